@@ -1,0 +1,306 @@
+//! Load harness: drives tower services in-process with N concurrent tasks for
+//! a fixed time and reports each scenario as a ratio to the `floor` measured
+//! in the same run — one raw GET on a redis-rs multiplexed connection, the
+//! fastest one-round-trip path a layer can hope for.
+//!
+//! ```text
+//! cargo bench --bench layers
+//! BENCH_CONCURRENCY=32 BENCH_SECS=5 BENCH_ROUNDS=2 BENCH_ONLY=floor,backend-get cargo bench
+//! REDIS_URL=redis://127.0.0.1:6379 cargo bench        # use a running Redis
+//! ```
+//!
+//! Each layer adds its scenarios to `scenarios()`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use http::Request;
+use http_body_util::BodyExt;
+use redis_layers::redis::RedisBackend;
+use tower::ServiceExt;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What every scenario gets to build its service.
+#[derive(Clone)]
+struct Ctx {
+    redis_url: String,
+    prefix: String,
+}
+
+/// A service to drive and the request each iteration sends.
+struct Target {
+    router: Router,
+    request: Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync>,
+}
+
+struct Scenario {
+    name: &'static str,
+    build: fn(Ctx) -> BoxFuture<Target>,
+}
+
+fn plain_get(path: &'static str) -> Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> {
+    Arc::new(move |_, _| Request::get(path).body(Body::empty()).unwrap())
+}
+
+fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "floor",
+            build: |ctx| {
+                Box::pin(async move {
+                    let client = redis::Client::open(ctx.redis_url.as_str()).unwrap();
+                    let conn = client.get_multiplexed_async_connection().await.unwrap();
+                    let key = format!("{}:bench", ctx.prefix);
+                    let router = Router::new()
+                        .route(
+                            "/",
+                            get(
+                                |State((mut conn, key)): State<(
+                                    redis::aio::MultiplexedConnection,
+                                    String,
+                                )>| async move {
+                                    let v: Option<Vec<u8>> = redis::cmd("GET")
+                                        .arg(&key)
+                                        .query_async(&mut conn)
+                                        .await
+                                        .unwrap();
+                                    v.unwrap_or_default()
+                                },
+                            ),
+                        )
+                        .with_state((conn, key));
+                    Target {
+                        router,
+                        request: plain_get("/"),
+                    }
+                })
+            },
+        },
+        Scenario {
+            name: "bare",
+            build: |_| {
+                Box::pin(async move {
+                    Target {
+                        router: Router::new().route("/", get(|| async { "hello" })),
+                        request: plain_get("/"),
+                    }
+                })
+            },
+        },
+        Scenario {
+            name: "backend-get",
+            build: |ctx| {
+                Box::pin(async move {
+                    let backend = RedisBackend::builder()
+                        .url(ctx.redis_url.clone())
+                        .prefix(ctx.prefix.clone())
+                        .multiplexed_connections(env_or("BENCH_LANES", 2))
+                        .deadline(Duration::from_secs(2))
+                        .build()
+                        .unwrap();
+                    let key = backend.namespace().key(&["bench"]);
+                    let router = Router::new()
+                        .route(
+                            "/",
+                            get(
+                                |State((backend, key)): State<(RedisBackend, String)>| async move {
+                                    backend.get(&key).await.unwrap().unwrap_or_default()
+                                },
+                            ),
+                        )
+                        .with_state((backend, key));
+                    Target {
+                        router,
+                        request: plain_get("/"),
+                    }
+                })
+            },
+        },
+    ]
+}
+
+struct Outcome {
+    requests: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+    errors: u64,
+}
+
+impl Outcome {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        self.latencies_us[i] as f64
+    }
+}
+
+async fn drive(target: Target, concurrency: usize, warmup: Duration, run: Duration) -> Outcome {
+    let start = Instant::now() + warmup;
+    let end = start + run;
+    let mut tasks = Vec::with_capacity(concurrency);
+    for task in 0..concurrency {
+        let router = target.router.clone();
+        let request = target.request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(1 << 14);
+            let mut errors = 0u64;
+            let mut i = 0u64;
+            loop {
+                let req = request(task, i);
+                i += 1;
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let res = router.clone().oneshot(req).await.unwrap();
+                let ok = res.status().is_success() || res.status().is_redirection();
+                let _ = res.into_body().collect().await;
+                let t1 = Instant::now();
+                if t0 >= start && t1 <= end {
+                    latencies.push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
+                    if !ok {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        latencies_us.extend(l);
+        errors += e;
+    }
+    latencies_us.sort_unstable();
+    Outcome {
+        requests: latencies_us.len() as u64,
+        elapsed: run,
+        latencies_us,
+        errors,
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    // `cargo test --benches` passes `--bench`-less args; run only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("layers bench: skipped (run with `cargo bench`)");
+        return;
+    }
+    let concurrency: usize = env_or("BENCH_CONCURRENCY", 64);
+    let secs: f64 = env_or("BENCH_SECS", 3.0);
+    let warmup: f64 = env_or("BENCH_WARMUP_SECS", 0.5);
+    let rounds: usize = env_or("BENCH_ROUNDS", 1);
+    let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
+        .ok()
+        .map(|s| s.split(',').map(|x| x.trim().to_owned()).collect());
+
+    let (_server, redis_url) = match std::env::var("REDIS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let server = support::RedisServer::start();
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let ctx = Ctx {
+        redis_url: redis_url.clone(),
+        prefix: format!("bench-{}", std::process::id()),
+    };
+    runtime.block_on(async {
+        let client = redis::Client::open(redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}:bench", ctx.prefix))
+            .arg("0123456789abcdef")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    });
+
+    println!(
+        "redis-layers bench: {concurrency} concurrent tasks, {secs}s per scenario, {rounds} round(s), {} worker threads, redis {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        redis_url
+    );
+    let mut results: BTreeMap<&'static str, Vec<Outcome>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for _round in 0..rounds {
+        for scenario in scenarios() {
+            if let Some(only) = &only {
+                if scenario.name != "floor" && !only.iter().any(|o| o == scenario.name) {
+                    continue;
+                }
+            }
+            let outcome = runtime.block_on(async {
+                let target = (scenario.build)(ctx.clone()).await;
+                drive(
+                    target,
+                    concurrency,
+                    Duration::from_secs_f64(warmup),
+                    Duration::from_secs_f64(secs),
+                )
+                .await
+            });
+            if !order.contains(&scenario.name) {
+                order.push(scenario.name);
+            }
+            results.entry(scenario.name).or_default().push(outcome);
+        }
+    }
+
+    // Per scenario, the round with the median throughput.
+    let pick = |name: &str| -> &Outcome {
+        let runs = &results[name];
+        let mut idx: Vec<usize> = (0..runs.len()).collect();
+        idx.sort_by(|a, b| runs[*a].rps().total_cmp(&runs[*b].rps()));
+        &runs[idx[idx.len() / 2]]
+    };
+    let floor = pick("floor");
+    println!(
+        "\n{:<16} {:>11} {:>9} {:>9} {:>8} {:>10} {:>10}",
+        "scenario", "req/s", "p50 µs", "p99 µs", "errors", "rps/floor", "p50/floor"
+    );
+    for name in order {
+        let o = pick(name);
+        println!(
+            "{:<16} {:>11.0} {:>9.0} {:>9.0} {:>8} {:>10.2} {:>10.2}",
+            name,
+            o.rps(),
+            o.percentile(0.50),
+            o.percentile(0.99),
+            o.errors,
+            o.rps() / floor.rps(),
+            o.percentile(0.50) / floor.percentile(0.50),
+        );
+    }
+}

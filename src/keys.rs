@@ -1,0 +1,178 @@
+//! Key names: one namespace per backend, hash tags for keys a script touches together.
+//!
+//! Every key this crate writes has the shape
+//! `{prefix}:{capability}:{{tag}}:{suffix}`, for example
+//! `redis-layers:session:{3f9a…}:data`. The part in braces is a Redis Cluster
+//! *hash tag*: keys that share it hash to the same slot, so one Lua script may
+//! touch all of them on a cluster. Keys that need no partner use
+//! [`Namespace::key`] and carry no tag.
+//!
+//! ```
+//! use redis_layers::Namespace;
+//!
+//! let ns = Namespace::new("myapp").unwrap();
+//! let slot = ns.tagged("session", "abc");
+//! assert_eq!(slot.key("data"), "myapp:session:{abc}:data");
+//! assert_eq!(slot.key("meta"), "myapp:session:{abc}:meta");
+//! assert_eq!(ns.key(&["session", "user", "42"]), "myapp:session:user:42");
+//! ```
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind};
+
+/// The key prefix a backend writes under; isolates applications (or tests)
+/// sharing one Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    prefix: Arc<str>,
+}
+
+impl Namespace {
+    /// The prefix used when none is configured.
+    pub const DEFAULT_PREFIX: &'static str = "redis-layers";
+
+    /// A namespace with the given prefix.
+    ///
+    /// The prefix must be non-empty, at most 128 bytes, and free of `{`, `}`
+    /// and whitespace: braces in the prefix would become the hash tag of every
+    /// key and put the whole namespace on one cluster slot.
+    pub fn new(prefix: &str) -> Result<Self, Error> {
+        if prefix.is_empty() || prefix.len() > 128 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "key prefix must be 1 to 128 bytes long",
+            ));
+        }
+        if prefix
+            .chars()
+            .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("key prefix {prefix:?} must not contain braces, whitespace or control characters"),
+            ));
+        }
+        Ok(Namespace {
+            prefix: Arc::from(prefix),
+        })
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `prefix:part:part…`, without a hash tag.
+    pub fn key(&self, parts: &[&str]) -> String {
+        let mut key = String::with_capacity(
+            self.prefix.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>(),
+        );
+        key.push_str(&self.prefix);
+        for part in parts {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    }
+
+    /// Keys of one `capability` that share the hash tag `tag`.
+    ///
+    /// Any `{`, `}` or `%` in `tag` is percent-encoded, so a caller-chosen tag
+    /// (an IP address, a user id) can neither break out of the braces nor
+    /// collide with another tag.
+    pub fn tagged(&self, capability: &str, tag: &str) -> TaggedKeys {
+        let mut base = String::with_capacity(self.prefix.len() + capability.len() + tag.len() + 4);
+        base.push_str(&self.prefix);
+        base.push(':');
+        base.push_str(capability);
+        base.push_str(":{");
+        for c in tag.chars() {
+            match c {
+                '{' | '}' | '%' => {
+                    let _ = write!(base, "%{:02X}", c as u32);
+                }
+                c => base.push(c),
+            }
+        }
+        base.push('}');
+        TaggedKeys { base }
+    }
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Namespace {
+            prefix: Arc::from(Self::DEFAULT_PREFIX),
+        }
+    }
+}
+
+/// Keys sharing one hash tag; see [`Namespace::tagged`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaggedKeys {
+    base: String,
+}
+
+impl TaggedKeys {
+    /// `prefix:capability:{tag}:suffix`.
+    pub fn key(&self, suffix: &str) -> String {
+        let mut key = String::with_capacity(self.base.len() + 1 + suffix.len());
+        key.push_str(&self.base);
+        key.push(':');
+        key.push_str(suffix);
+        key
+    }
+
+    /// `prefix:capability:{tag}`, the part every key of the group starts with.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slot-relevant part of a key, by Redis's rule: the text between the
+    /// first `{` and the next `}`, if non-empty.
+    fn hash_tag(key: &str) -> &str {
+        if let Some(open) = key.find('{') {
+            if let Some(len) = key[open + 1..].find('}') {
+                if len > 0 {
+                    return &key[open + 1..open + 1 + len];
+                }
+            }
+        }
+        key
+    }
+
+    #[test]
+    fn keys_of_one_group_share_the_tag() {
+        let ns = Namespace::new("app").unwrap();
+        let g = ns.tagged("rate", "1.2.3.4");
+        assert_eq!(hash_tag(&g.key("a")), "1.2.3.4");
+        assert_eq!(hash_tag(&g.key("b")), hash_tag(&g.key("a")));
+    }
+
+    #[test]
+    fn hostile_tags_cannot_escape_the_braces() {
+        let ns = Namespace::default();
+        let a = ns.tagged("x", "a}b");
+        let b = ns.tagged("x", "a%7Db");
+        assert_eq!(hash_tag(&a.key("k")), "a%7Db");
+        assert_ne!(a, b, "encoding must be injective");
+        assert_eq!(hash_tag(&ns.tagged("x", "{").key("k")), "%7B");
+    }
+
+    #[test]
+    fn bad_prefixes_are_rejected() {
+        for bad in ["", "a{b", "a}b", "a b", "a\nb"] {
+            let err = Namespace::new(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{bad:?}");
+        }
+        assert!(Namespace::new(&"x".repeat(129)).is_err());
+        assert_eq!(Namespace::default().prefix(), "redis-layers");
+    }
+}

@@ -1,0 +1,552 @@
+//! The in-process backend: a bounded keyspace with TTLs behind one lock.
+//!
+//! It keeps the semantics the layers rely on from Redis — values and hashes
+//! under string keys, millisecond TTLs, atomic multi-key operations, one clock
+//! per operation — without a server. It serves development, tests, and
+//! single-instance deployments; state is lost on restart and not shared
+//! between processes.
+//!
+//! ```
+//! use std::time::Duration;
+//! use redis_layers::memory::{MemoryBackend, Value};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), redis_layers::Error> {
+//! let backend = MemoryBackend::builder().max_entries(10_000).build()?;
+//! backend.set("greeting", b"hello", Some(Duration::from_secs(60))).await?;
+//! assert_eq!(backend.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
+//!
+//! // Several keys changed as one step, like a Lua script on Redis:
+//! let hits = backend.atomically(|ks| {
+//!     let hits = match ks.get("hits") {
+//!         Some(Value::Bytes(b)) => String::from_utf8_lossy(b).parse::<u64>().unwrap_or(0),
+//!         _ => 0,
+//!     } + 1;
+//!     ks.set("hits", Value::Bytes(hits.to_string().into_bytes()), None)?;
+//!     Ok::<_, redis_layers::Error>(hits)
+//! })?;
+//! assert_eq!(hits, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # Time
+//!
+//! The clock is [`tokio::time::Instant`], so tests can pause and advance it
+//! (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`). Each
+//! [`atomically`](MemoryBackend::atomically) call reads the clock once, as a
+//! Redis script reads `TIME` once.
+//!
+//! # Bounds and expiry
+//!
+//! At most [`max_entries`](MemoryBackendBuilder::max_entries) keys are kept
+//! (default [`DEFAULT_MAX_ENTRIES`]). Expired keys vanish when next touched,
+//! and a background task (started when the backend is built inside a Tokio
+//! runtime) sweeps them every
+//! [`sweep_interval`](MemoryBackendBuilder::sweep_interval). When a new key
+//! would exceed the bound, expired keys go first, then the key closest to
+//! expiry (like Redis's `volatile-ttl` policy); if no key has a TTL the write
+//! fails with [`ErrorKind::Capacity`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use crate::error::{Error, ErrorKind};
+use crate::keys::Namespace;
+
+/// Key limit used when none is configured: 100 000.
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+/// How often expired keys are swept when not configured: every 30 s.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A stored value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Value {
+    /// A plain byte string (a Redis string).
+    Bytes(Vec<u8>),
+    /// A map of fields to byte strings (a Redis hash).
+    Hash(HashMap<String, Vec<u8>>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Value,
+    expires_at: Option<Instant>,
+}
+
+/// The keyspace as seen inside one [`MemoryBackend::atomically`] call.
+pub struct Keyspace {
+    entries: HashMap<String, Entry>,
+    expiries: BTreeSet<(Instant, String)>,
+    max_entries: usize,
+    now: Instant,
+    epoch: (SystemTime, Instant),
+}
+
+impl fmt::Debug for Keyspace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyspace")
+            .field("entries", &self.entries.len())
+            .field("max_entries", &self.max_entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keyspace {
+    fn new(max_entries: usize) -> Self {
+        let now = Instant::now();
+        Keyspace {
+            entries: HashMap::new(),
+            expiries: BTreeSet::new(),
+            max_entries,
+            now,
+            epoch: (SystemTime::now(), now),
+        }
+    }
+
+    /// The operation's time as Unix milliseconds (what a script gets from `TIME`).
+    pub fn now_millis(&self) -> u64 {
+        let base = self
+            .epoch
+            .0
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        base + self.now.saturating_duration_since(self.epoch.1).as_millis() as u64
+    }
+
+    fn is_live(&self, key: &str) -> bool {
+        match self.entries.get(key) {
+            Some(Entry {
+                expires_at: Some(at),
+                ..
+            }) => *at > self.now,
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Removes `key` if its TTL has run out; true when it is (still) present.
+    fn expire_if_due(&mut self, key: &str) -> bool {
+        if self.is_live(key) {
+            return true;
+        }
+        self.remove(key);
+        false
+    }
+
+    /// The value under `key`, if present and not expired.
+    pub fn get(&mut self, key: &str) -> Option<&Value> {
+        if !self.expire_if_due(key) {
+            return None;
+        }
+        self.entries.get(key).map(|e| &e.value)
+    }
+
+    /// The value under `key` for changing in place (its TTL is kept).
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
+        if !self.expire_if_due(key) {
+            return None;
+        }
+        self.entries.get_mut(key).map(|e| &mut e.value)
+    }
+
+    /// Stores `value` under `key`, replacing any value and TTL (like `SET`
+    /// with `PX`, or without it when `ttl` is `None`).
+    pub fn set(&mut self, key: &str, value: Value, ttl: Option<Duration>) -> Result<(), Error> {
+        if !self.expire_if_due(key) {
+            self.make_room()?;
+        }
+        self.unindex(key);
+        let expires_at = ttl.map(|ttl| self.now + ttl);
+        if let Some(at) = expires_at {
+            self.expiries.insert((at, key.to_owned()));
+        }
+        self.entries
+            .insert(key.to_owned(), Entry { value, expires_at });
+        Ok(())
+    }
+
+    /// Removes `key`; returns its value if it was present and not expired.
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        let live = self.is_live(key);
+        self.unindex(key);
+        let entry = self.entries.remove(key)?;
+        live.then_some(entry.value)
+    }
+
+    /// `None` when `key` is absent, `Some(None)` when it has no TTL, else the
+    /// time it has left.
+    pub fn ttl(&mut self, key: &str) -> Option<Option<Duration>> {
+        if !self.expire_if_due(key) {
+            return None;
+        }
+        let entry = self.entries.get(key)?;
+        Some(
+            entry
+                .expires_at
+                .map(|at| at.saturating_duration_since(self.now)),
+        )
+    }
+
+    /// Sets the TTL of an existing key (like `PEXPIRE`); false when absent.
+    pub fn expire(&mut self, key: &str, ttl: Duration) -> bool {
+        if !self.expire_if_due(key) {
+            return false;
+        }
+        self.unindex(key);
+        let at = self.now + ttl;
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.expires_at = Some(at);
+        }
+        self.expiries.insert((at, key.to_owned()));
+        true
+    }
+
+    /// Number of keys held, counting expired keys not yet swept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no keys are held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Removes every expired key; returns how many.
+    pub fn purge_expired(&mut self) -> usize {
+        let mut removed = 0;
+        while let Some((at, key)) = self.expiries.first().cloned() {
+            if at > self.now {
+                break;
+            }
+            self.expiries.pop_first();
+            self.entries.remove(&key);
+            removed += 1;
+        }
+        removed
+    }
+
+    fn unindex(&mut self, key: &str) {
+        if let Some(Entry {
+            expires_at: Some(at),
+            ..
+        }) = self.entries.get(key)
+        {
+            self.expiries.remove(&(*at, key.to_owned()));
+        }
+    }
+
+    fn make_room(&mut self) -> Result<(), Error> {
+        if self.entries.len() < self.max_entries {
+            return Ok(());
+        }
+        self.purge_expired();
+        while self.entries.len() >= self.max_entries {
+            let Some((_, key)) = self.expiries.pop_first() else {
+                return Err(Error::new(
+                    ErrorKind::Capacity,
+                    format!(
+                        "memory backend holds {} keys without a TTL (max_entries)",
+                        self.entries.len()
+                    ),
+                ));
+            };
+            self.entries.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+/// An in-process backend; cheap to clone (clones share the keyspace).
+#[derive(Clone)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keyspace: Mutex<Keyspace>,
+    namespace: Namespace,
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("prefix", &self.inner.namespace.prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`MemoryBackend`]; made by [`MemoryBackend::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct MemoryBackendBuilder {
+    max_entries: usize,
+    sweep_interval: Duration,
+    prefix: Option<String>,
+}
+
+impl MemoryBackendBuilder {
+    /// The most keys kept (default [`DEFAULT_MAX_ENTRIES`]; at least 1).
+    pub fn max_entries(mut self, n: usize) -> Self {
+        self.max_entries = n.max(1);
+        self
+    }
+
+    /// How often expired keys are swept (default [`DEFAULT_SWEEP_INTERVAL`]).
+    pub fn sweep_interval(mut self, every: Duration) -> Self {
+        self.sweep_interval = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The key prefix (default [`Namespace::DEFAULT_PREFIX`]).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// Builds the backend, and starts its sweeper if a Tokio runtime is
+    /// running; the sweeper stops when the last clone is dropped.
+    pub fn build(self) -> Result<MemoryBackend, Error> {
+        let namespace = match &self.prefix {
+            Some(p) => Namespace::new(p)?,
+            None => Namespace::default(),
+        };
+        let inner = Arc::new(Inner {
+            keyspace: Mutex::new(Keyspace::new(self.max_entries)),
+            namespace,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&inner), self.sweep_interval));
+        }
+        Ok(MemoryBackend { inner })
+    }
+}
+
+async fn sweep(inner: Weak<Inner>, every: Duration) {
+    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let removed = MemoryBackend::lock(&inner).purge_expired();
+        if removed > 0 {
+            tracing::trace!(removed, "memory backend swept expired keys");
+        }
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend::new()
+    }
+}
+
+impl MemoryBackend {
+    /// A backend with the documented defaults.
+    pub fn new() -> Self {
+        // The defaults are valid, so building cannot fail.
+        Self::builder()
+            .build()
+            .unwrap_or_else(|_| unreachable!("default memory backend config is valid"))
+    }
+
+    /// A builder with the documented defaults.
+    pub fn builder() -> MemoryBackendBuilder {
+        MemoryBackendBuilder {
+            max_entries: DEFAULT_MAX_ENTRIES,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            prefix: None,
+        }
+    }
+
+    /// The key namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.inner.namespace
+    }
+
+    fn lock(inner: &Inner) -> MutexGuard<'_, Keyspace> {
+        // A panic inside `atomically` cannot leave the map half-updated in a
+        // way that breaks its invariants badly enough to stop serving.
+        let mut ks = inner.keyspace.lock().unwrap_or_else(|p| p.into_inner());
+        ks.now = Instant::now();
+        ks
+    }
+
+    /// Runs `f` with exclusive access to the keyspace: the memory backend's
+    /// equivalent of one Lua script. Keep `f` short and free of I/O.
+    pub fn atomically<R>(&self, f: impl FnOnce(&mut Keyspace) -> R) -> R {
+        f(&mut Self::lock(&self.inner))
+    }
+
+    /// The value of a byte-string key (like `GET`).
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.atomically(|ks| match ks.get(key) {
+            None => Ok(None),
+            Some(Value::Bytes(b)) => Ok(Some(b.clone())),
+            Some(_) => Err(Error::new(
+                ErrorKind::Server,
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+            )),
+        })
+    }
+
+    /// Stores a byte string (like `SET key value [PX ttl]`).
+    pub async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), Error> {
+        self.atomically(|ks| ks.set(key, Value::Bytes(value.to_vec()), ttl))
+    }
+
+    /// Removes a key (like `DEL`); true when one was removed.
+    pub async fn delete(&self, key: &str) -> Result<bool, Error> {
+        Ok(self.atomically(|ks| ks.remove(key)).is_some())
+    }
+
+    /// Number of keys held, counting expired keys not yet swept.
+    pub fn len(&self) -> usize {
+        self.atomically(|ks| ks.len())
+    }
+
+    /// True when no keys are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(s: &str) -> Value {
+        Value::Bytes(s.as_bytes().to_vec())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_expire_lazily() {
+        let b = MemoryBackend::builder()
+            .sweep_interval(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        b.set("k", b"v", Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        let left = b.atomically(|ks| ks.ttl("k")).unwrap().unwrap();
+        assert_eq!(left, Duration::from_millis(1));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(b.get("k").await.unwrap(), None);
+        assert_eq!(b.len(), 0, "reading an expired key removes it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_removes_untouched_expired_keys() {
+        let b = MemoryBackend::builder()
+            .sweep_interval(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        for i in 0..10 {
+            b.set(&format!("k{i}"), b"v", Some(Duration::from_millis(500)))
+                .await
+                .unwrap();
+        }
+        b.set("forever", b"v", None).await.unwrap();
+        assert_eq!(b.len(), 11);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert_eq!(b.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_stops_with_the_backend() {
+        let b = MemoryBackend::builder()
+            .sweep_interval(Duration::from_millis(10))
+            .build()
+            .unwrap();
+        let weak = Arc::downgrade(&b.inner);
+        drop(b);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(weak.upgrade().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_keyspace_evicts_the_soonest_expiring_key() {
+        let b = MemoryBackend::builder().max_entries(3).build().unwrap();
+        b.set("late", b"1", Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        b.set("soon", b"2", Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        b.set("none", b"3", None).await.unwrap();
+        b.set("new", b"4", Some(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        assert_eq!(b.get("soon").await.unwrap(), None);
+        for k in ["late", "none", "new"] {
+            assert!(b.get(k).await.unwrap().is_some(), "{k}");
+        }
+        // Overwriting an existing key needs no room.
+        b.set("none", b"5", None).await.unwrap();
+        assert_eq!(b.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_keys_are_evicted_before_live_ones() {
+        let b = MemoryBackend::builder().max_entries(2).build().unwrap();
+        b.set("old", b"1", Some(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        b.set("keep", b"2", Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        b.set("new", b"3", None).await.unwrap();
+        assert!(b.get("keep").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_keyspace_full_of_persistent_keys_refuses_new_ones() {
+        let b = MemoryBackend::builder().max_entries(1).build().unwrap();
+        b.set("a", b"1", None).await.unwrap();
+        let err = b.set("b", b"2", None).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Capacity);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_replaces_the_ttl_and_expire_changes_it() {
+        let b = MemoryBackend::new();
+        b.atomically(|ks| {
+            ks.set("k", bytes("v"), Some(Duration::from_secs(1)))
+                .unwrap();
+            ks.set("k", bytes("w"), None).unwrap();
+            assert_eq!(ks.ttl("k"), Some(None));
+            assert!(ks.expire("k", Duration::from_secs(5)));
+            assert_eq!(ks.ttl("k"), Some(Some(Duration::from_secs(5))));
+            assert!(!ks.expire("missing", Duration::from_secs(5)));
+            assert_eq!(ks.ttl("missing"), None);
+        });
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.get("k").await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_follows_tokio_time() {
+        let b = MemoryBackend::new();
+        let t0 = b.atomically(|ks| ks.now_millis());
+        tokio::time::advance(Duration::from_secs(90)).await;
+        let t1 = b.atomically(|ks| ks.now_millis());
+        assert_eq!(t1 - t0, 90_000);
+    }
+
+    #[tokio::test]
+    async fn a_hash_is_not_a_string() {
+        let b = MemoryBackend::new();
+        b.atomically(|ks| ks.set("h", Value::Hash(HashMap::new()), None))
+            .unwrap();
+        assert_eq!(b.get("h").await.unwrap_err().kind(), ErrorKind::Server);
+        assert!(b.delete("h").await.unwrap());
+        assert!(!b.delete("h").await.unwrap());
+    }
+}

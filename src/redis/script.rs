@@ -1,0 +1,149 @@
+//! Lua scripts and the EVALSHA-first runner.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use ::redis::{Cmd, FromRedisValue, ToRedisArgs};
+
+use super::RedisBackend;
+use crate::error::Error;
+
+/// A Lua script, kept as a `.lua` file beside the Rust that calls it.
+///
+/// Declare scripts as statics; the SHA-1 is computed once, on first use:
+///
+/// ```
+/// use redis_layers::redis::Script;
+///
+/// static INCR_TO: Script = Script::new(
+///     "incr-to",
+///     "-- KEYS[1]: counter; ARGV[1]: ceiling. Returns the new value or -1.\n\
+///      local v = redis.call('INCR', KEYS[1])\n\
+///      if v > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return -1 end\n\
+///      return v",
+/// );
+/// assert_eq!(INCR_TO.name(), "incr-to");
+/// assert_eq!(INCR_TO.sha1().len(), 40);
+/// ```
+///
+/// A call sends `EVALSHA`; only when Redis answers `NOSCRIPT` (after a
+/// `SCRIPT FLUSH`, a restart or a failover to a replica that never saw the
+/// script) does it send `EVAL` with the body, which also caches the script
+/// again. So the steady state is one round trip per call and no `SCRIPT LOAD`
+/// is ever sent.
+pub struct Script {
+    name: &'static str,
+    body: &'static str,
+    sha1: OnceLock<String>,
+}
+
+impl Script {
+    /// A script named `name` (used in errors and logs) with the Lua `body`.
+    pub const fn new(name: &'static str, body: &'static str) -> Self {
+        Script {
+            name,
+            body,
+            sha1: OnceLock::new(),
+        }
+    }
+
+    /// The name given at construction.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The Lua source.
+    pub fn body(&self) -> &'static str {
+        self.body
+    }
+
+    /// The hex SHA-1 of the body, as Redis names cached scripts.
+    pub fn sha1(&self) -> &str {
+        self.sha1
+            .get_or_init(|| ::redis::Script::new(self.body).get_hash().to_owned())
+    }
+}
+
+impl fmt::Debug for Script {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Script")
+            .field("name", &self.name)
+            .field("sha1", &self.sha1())
+            .finish()
+    }
+}
+
+/// One call of a [`Script`]: its keys and arguments, built with
+/// [`key`](ScriptCall::key) and [`arg`](ScriptCall::arg), sent with
+/// [`invoke`](ScriptCall::invoke). Made by [`RedisBackend::script`].
+#[must_use = "a script call does nothing until invoked"]
+pub struct ScriptCall<'a> {
+    backend: &'a RedisBackend,
+    script: &'a Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for ScriptCall<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScriptCall")
+            .field("script", &self.script.name)
+            .field("keys", &self.keys.len())
+            .field("args", &self.args.len())
+            .finish()
+    }
+}
+
+impl<'a> ScriptCall<'a> {
+    pub(super) fn new(backend: &'a RedisBackend, script: &'a Script) -> Self {
+        ScriptCall {
+            backend,
+            script,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Appends to `KEYS`.
+    pub fn key(mut self, key: impl ToRedisArgs) -> Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    /// Appends to `ARGV`.
+    pub fn arg(mut self, arg: impl ToRedisArgs) -> Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    fn command(&self, verb: &str, head: &str) -> Cmd {
+        let mut cmd = ::redis::cmd(verb);
+        cmd.arg(head).arg(self.keys.len());
+        for k in &self.keys {
+            cmd.arg(k.as_slice());
+        }
+        for a in &self.args {
+            cmd.arg(a.as_slice());
+        }
+        cmd
+    }
+
+    /// Runs the script (EVALSHA, then EVAL on NOSCRIPT) within the backend's
+    /// deadline and decodes the reply as `T`.
+    pub async fn invoke<T: FromRedisValue>(self) -> Result<T, Error> {
+        let evalsha = self.command("EVALSHA", self.script.sha1());
+        let value = self
+            .backend
+            .run_script_commands(self.script.name, &evalsha, || {
+                self.command("EVAL", self.script.body)
+            })
+            .await?;
+        T::from_redis_value(value).map_err(|e| {
+            Error::decode(format!(
+                "script {} returned an unexpected reply",
+                self.script.name
+            ))
+            .with_source(e.to_string())
+        })
+    }
+}

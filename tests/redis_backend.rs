@@ -1,0 +1,329 @@
+//! The Redis backend against a real `redis-server`: script runner, deadlines,
+//! restarts, key isolation, error kinds, and concurrency on multiplexed
+//! connections.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis_layers::redis::{RedisBackend, Script};
+use redis_layers::ErrorKind;
+use support::{delta, unique_prefix, RedisServer};
+
+/// KEYS[1]: a counter. ARGV[1]: increment. Returns the new value.
+static INCR_BY: Script = Script::new(
+    "test-incr-by",
+    "return redis.call('INCRBY', KEYS[1], ARGV[1])",
+);
+
+/// Raises a Lua error.
+static FAILING: Script = Script::new("test-failing", "return redis.error_reply('boom')");
+
+fn backend(server: &RedisServer, deadline_ms: u64) -> RedisBackend {
+    RedisBackend::builder()
+        .url(server.url())
+        .prefix(unique_prefix("backend"))
+        .deadline(Duration::from_millis(deadline_ms))
+        .build()
+        .unwrap()
+}
+
+const MARGIN: Duration = Duration::from_millis(150);
+
+#[tokio::test]
+async fn scripts_cost_one_evalsha_and_never_a_script_load() {
+    let server = RedisServer::start();
+    let b = backend(&server, 500);
+    let key = b.namespace().key(&["n"]);
+    // Warm up: the first call finds no cached script and falls back to EVAL.
+    let v: i64 = b.script(&INCR_BY).key(&key).arg(1).invoke().await.unwrap();
+    assert_eq!(v, 1);
+
+    let before = server.command_calls();
+    for i in 2..=11 {
+        let v: i64 = b.script(&INCR_BY).key(&key).arg(1).invoke().await.unwrap();
+        assert_eq!(v, i);
+    }
+    let after = server.command_calls();
+    assert_eq!(delta(&before, &after, "evalsha"), 10);
+    assert_eq!(delta(&before, &after, "eval"), 0);
+    assert_eq!(delta(&before, &after, "ping"), 0, "no PING per call");
+    assert_eq!(after.get("script|load"), None);
+}
+
+#[tokio::test]
+async fn the_script_runner_recovers_after_script_flush() {
+    let server = RedisServer::start();
+    let b = backend(&server, 500);
+    let key = b.namespace().key(&["n"]);
+    let _: i64 = b.script(&INCR_BY).key(&key).arg(5).invoke().await.unwrap();
+
+    let _: () = server.cmd(&["SCRIPT", "FLUSH"]);
+    let before = server.command_calls();
+    let v: i64 = b.script(&INCR_BY).key(&key).arg(5).invoke().await.unwrap();
+    assert_eq!(v, 10, "the call after the flush still runs exactly once");
+    let mid = server.command_calls();
+    assert_eq!(delta(&before, &mid, "evalsha"), 1);
+    assert_eq!(
+        delta(&before, &mid, "eval"),
+        1,
+        "NOSCRIPT falls back to EVAL"
+    );
+
+    // EVAL cached the script again: back to one EVALSHA per call.
+    let v: i64 = b.script(&INCR_BY).key(&key).arg(5).invoke().await.unwrap();
+    assert_eq!(v, 15);
+    let after = server.command_calls();
+    assert_eq!(delta(&mid, &after, "evalsha"), 1);
+    assert_eq!(delta(&mid, &after, "eval"), 0);
+    assert_eq!(after.get("script|load"), None, "never SCRIPT LOAD");
+}
+
+#[tokio::test]
+async fn a_paused_redis_yields_a_timeout_within_the_deadline() {
+    let server = RedisServer::start();
+    let deadline = Duration::from_millis(100);
+    let b = backend(&server, 100);
+    b.ping().await.unwrap();
+
+    let _: () = server.cmd(&["CLIENT", "PAUSE", "800", "ALL"]);
+    let started = Instant::now();
+    let err = b.get("k").await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.is_unavailable());
+    assert!(took >= deadline - Duration::from_millis(5), "{took:?}");
+    assert!(took < deadline + MARGIN, "{took:?}");
+
+    let started = Instant::now();
+    let err = b
+        .script(&INCR_BY)
+        .key("k2")
+        .arg(1)
+        .invoke::<i64>()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(started.elapsed() < deadline + MARGIN);
+
+    // Once the pause ends the same backend answers again.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    b.ping().await.unwrap();
+    let v: i64 = b.script(&INCR_BY).key("k2").arg(1).invoke().await.unwrap();
+    assert!(v >= 1);
+}
+
+#[tokio::test]
+async fn a_busy_redis_yields_a_timeout_within_the_deadline() {
+    let server = RedisServer::start();
+    let deadline = Duration::from_millis(100);
+    let b = backend(&server, 100);
+    b.ping().await.unwrap();
+
+    let url = server.url();
+    let sleeper = std::thread::spawn(move || {
+        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let _: () = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("0.7")
+            .query(&mut conn)
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    let err = b.get("k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(
+        started.elapsed() < deadline + MARGIN,
+        "{:?}",
+        started.elapsed()
+    );
+    sleeper.join().unwrap();
+    b.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_backend_recovers_after_redis_is_killed_and_restarted() {
+    let mut server = RedisServer::start();
+    let b = backend(&server, 200);
+    let key = b.namespace().key(&["n"]);
+    let _: i64 = b.script(&INCR_BY).key(&key).arg(1).invoke().await.unwrap();
+
+    server.kill();
+    for _ in 0..4 {
+        let started = Instant::now();
+        let err = b.get(&key).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(200) + MARGIN);
+    }
+
+    server.restart();
+    // The restarted server is empty and has no cached scripts.
+    let mut failures = 0;
+    let v = loop {
+        match b.script(&INCR_BY).key(&key).arg(1).invoke::<i64>().await {
+            Ok(v) => break v,
+            Err(e) => {
+                assert!(e.is_unavailable(), "{e}");
+                failures += 1;
+                assert!(failures <= 2, "still failing after restart: {e}");
+            }
+        }
+    };
+    assert_eq!(v, 1);
+    for _ in 0..20 {
+        b.get(&key)
+            .await
+            .expect("every call succeeds once reconnected");
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_was_never_up_gives_connection_errors() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let b = RedisBackend::builder()
+        .url(url)
+        .deadline(Duration::from_millis(300))
+        .build()
+        .expect("building does not connect");
+    let started = Instant::now();
+    let err = b.ping().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(started.elapsed() < Duration::from_millis(300) + MARGIN);
+}
+
+#[tokio::test]
+async fn prefixes_isolate_two_backends_on_one_redis() {
+    let server = RedisServer::start();
+    let a = RedisBackend::builder()
+        .url(server.url())
+        .prefix("app-a")
+        .build()
+        .unwrap();
+    let b = RedisBackend::builder()
+        .url(server.url())
+        .prefix("app-b")
+        .build()
+        .unwrap();
+    let ka = a.namespace().key(&["shared"]);
+    let kb = b.namespace().key(&["shared"]);
+    assert_ne!(ka, kb);
+    a.set(&ka, b"from a", None).await.unwrap();
+    b.set(&kb, b"from b", None).await.unwrap();
+    assert_eq!(a.get(&ka).await.unwrap().as_deref(), Some(&b"from a"[..]));
+    assert_eq!(b.get(&kb).await.unwrap().as_deref(), Some(&b"from b"[..]));
+    assert!(b.delete(&kb).await.unwrap());
+    assert_eq!(a.get(&ka).await.unwrap().as_deref(), Some(&b"from a"[..]));
+    let keys: Vec<String> = server.cmd(&["KEYS", "app-a:*"]);
+    assert_eq!(keys, vec!["app-a:shared".to_owned()]);
+}
+
+#[tokio::test]
+async fn error_kinds_tell_scripts_servers_and_decoding_apart() {
+    let server = RedisServer::start();
+    let b = backend(&server, 500);
+    let err = b.script(&FAILING).invoke::<i64>().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Script, "{err}");
+    assert!(err.to_string().contains("test-failing"), "{err}");
+
+    let key = b.namespace().key(&["h"]);
+    let _: () = server.cmd(&["HSET", &key, "f", "v"]);
+    let err = b.get(&key).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Server, "WRONGTYPE: {err}");
+
+    b.set(&key, b"not a number", None).await.unwrap();
+    let err = b
+        .query::<i64>(redis::cmd("GET").arg(&key))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+
+    // None of these broke the connection.
+    b.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_url_or_prefix_is_a_config_error() {
+    let err = RedisBackend::from_url("nonsense://x").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let err = RedisBackend::builder()
+        .url("redis://127.0.0.1:1")
+        .prefix("bad{prefix}")
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let err = RedisBackend::builder().build().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
+
+#[tokio::test]
+async fn a_pool_passed_in_is_used_and_stays_available() {
+    let server = RedisServer::start();
+    let manager = bb8_redis::RedisConnectionManager::new(server.url()).unwrap();
+    let pool = bb8::Pool::builder()
+        .max_size(2)
+        .build(manager)
+        .await
+        .unwrap();
+    let b = RedisBackend::builder()
+        .pool(pool)
+        .prefix(unique_prefix("pool"))
+        .build()
+        .unwrap();
+    let key = b.namespace().key(&["k"]);
+    b.set(&key, b"v", Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let mut conn = b.pool().get().await.unwrap();
+    let v: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(v, "v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_from_two_backends_are_all_applied() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("concurrent");
+    let make = || {
+        RedisBackend::builder()
+            .url(server.url())
+            .prefix(prefix.clone())
+            .deadline(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (make(), make());
+    let key = a.namespace().key(&["count"]);
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let backend = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            backend
+                .script(&INCR_BY)
+                .key(&key)
+                .arg(1)
+                .invoke::<i64>()
+                .await
+                .unwrap()
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=400).collect::<Vec<i64>>(),
+        "each increment applied once"
+    );
+    // Two backends with two multiplexed connections each: 4 clients, not 400.
+    let clients: String = server.cmd(&["CLIENT", "LIST"]);
+    assert!(clients.lines().count() <= 5, "{clients}");
+}

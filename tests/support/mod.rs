@@ -1,0 +1,228 @@
+//! Test support: real `redis-server` processes on free ports, killed on drop.
+//!
+//! Every test that needs Redis starts its own server (`RedisServer::start`),
+//! so tests never share state and never touch a Redis the developer runs.
+//! Set `REDIS_SERVER` to use a binary other than the `redis-server` on PATH.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process on a loopback port.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+fn binary() -> PathBuf {
+    std::env::var_os("REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-server"))
+}
+
+fn missing_binary(binary: &PathBuf) -> ! {
+    panic!(
+        "\n\nThe tests need a `redis-server` binary (Redis 7 or newer) and could not run {:?}.\n\
+         Install it (Debian/Ubuntu: `apt-get install redis-server`; macOS: `brew install redis`)\n\
+         or point REDIS_SERVER at the binary.\n\n",
+        binary
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Sends one inline command over a fresh socket and returns the raw reply.
+fn raw_command(port: u16, command: &str, timeout: Duration) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(format!("{command}\r\n").as_bytes())?;
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+impl RedisServer {
+    /// Starts a server on a free port; panics with install advice when the
+    /// binary is missing.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `--option value` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let binary = binary();
+        for _attempt in 0..5 {
+            let mut server = RedisServer {
+                port: free_port(),
+                child: None,
+                dir: tempfile::tempdir().expect("temp dir for redis-server"),
+                binary: binary.clone(),
+            };
+            if server.spawn(extra) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start after 5 attempts (see its log in the temp dir)")
+    }
+
+    /// Spawns the process on `self.port`; true once it answers PING.
+    fn spawn(&mut self, extra: &[&str]) -> bool {
+        let port = self.port.to_string();
+        let log = self.dir.path().join("redis.log");
+        let mut cmd = Command::new(&self.binary);
+        cmd.args([
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path())
+        .arg("--logfile")
+        .arg(&log)
+        .args(["--enable-debug-command", "yes"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing_binary(&self.binary),
+            Err(e) => panic!("could not start {:?}: {e}", self.binary),
+        };
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_status)) = child.try_wait() {
+                    // Exited early: usually the port was taken in between.
+                    self.child = None;
+                    return false;
+                }
+            }
+            if let Ok(reply) = raw_command(self.port, "PING", Duration::from_millis(200)) {
+                if reply.starts_with("+PONG") {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        false
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server and starts a new, empty one on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        for _ in 0..50 {
+            if self.spawn(&[]) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server did not restart on port {}", self.port);
+    }
+
+    /// A plain connection for setup and inspection (not the code under test).
+    pub fn admin(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("admin connection to the test redis-server")
+    }
+
+    /// Runs one admin command and returns its reply.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut self.admin())
+            .unwrap_or_else(|e| panic!("admin command {args:?} failed: {e}"))
+    }
+
+    /// Calls per command from `INFO commandstats` (`get`, `evalsha`,
+    /// `script|load`, …), counting rejected calls too (failed
+    /// calls, such as a NOSCRIPT reply, are already in `calls`).
+    pub fn command_calls(&self) -> HashMap<String, u64> {
+        let info: String = self.cmd(&["INFO", "commandstats"]);
+        let mut calls = HashMap::new();
+        for line in info.lines() {
+            let Some(rest) = line.strip_prefix("cmdstat_") else {
+                continue;
+            };
+            let Some((name, fields)) = rest.split_once(':') else {
+                continue;
+            };
+            let mut total = 0;
+            for field in fields.split(',') {
+                if let Some((k, v)) = field.split_once('=') {
+                    if matches!(k, "calls" | "rejected_calls") {
+                        total += v.parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+            calls.insert(name.to_owned(), total);
+        }
+        calls
+    }
+
+    /// Resets `INFO commandstats`.
+    pub fn reset_stats(&self) {
+        let _: () = self.cmd(&["CONFIG", "RESETSTAT"]);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Calls of `command` between two [`RedisServer::command_calls`] snapshots.
+pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, command: &str) -> u64 {
+    after.get(command).copied().unwrap_or(0) - before.get(command).copied().unwrap_or(0)
+}
+
+/// A key prefix no other test in this process uses.
+pub fn unique_prefix(name: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
