@@ -309,6 +309,24 @@ impl RedisBackend {
             .map_err(|e| Error::decode("unexpected reply").with_source(e.to_string()))
     }
 
+    /// Sends a pipeline (one round trip) within the deadline and decodes the
+    /// replies, as a tuple or a `Vec`.
+    pub async fn pipeline<T: ::redis::FromRedisValue>(
+        &self,
+        pipe: &::redis::Pipeline,
+    ) -> Result<T, Error> {
+        let value = self
+            .with_deadline(async {
+                let (lane, generation, mut conn) = self.connection().await?;
+                pipe.query_async::<Value>(&mut conn)
+                    .await
+                    .map_err(|e| self.fail(lane, generation, e, None))
+            })
+            .await?;
+        T::from_redis_value(value)
+            .map_err(|e| Error::decode("unexpected pipeline reply").with_source(e.to_string()))
+    }
+
     /// EVALSHA, and on NOSCRIPT the EVAL built by `eval`, on one connection
     /// within one deadline.
     async fn run_script_commands(

@@ -1,0 +1,87 @@
+//! Problem details (RFC 9457): how layers answer what they reject.
+
+use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use crate::body::ResponseBody;
+
+/// An `application/problem+json` response body: a status, a short title and
+/// a detail sentence. Layers use it for every rejection, so clients get one
+/// machine-readable error shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    status: StatusCode,
+    title: &'static str,
+    detail: String,
+}
+
+impl Problem {
+    /// A problem with the given status, title and detail.
+    pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            title,
+            detail: detail.into(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The JSON body.
+    pub fn to_json(&self) -> String {
+        json!({
+            "type": "about:blank",
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        })
+        .to_string()
+    }
+
+    /// The complete response.
+    pub fn to_response<B>(&self) -> Response<ResponseBody<B>> {
+        let mut res = Response::new(ResponseBody::full(self.to_json()));
+        *res.status_mut() = self.status;
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        res
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for Problem {
+    fn into_response(self) -> axum_core::response::Response {
+        let (parts, _) = self.to_response::<()>().into_parts();
+        axum_core::response::Response::from_parts(
+            parts,
+            axum_core::body::Body::from(self.to_json()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_rfc9457_fields() {
+        let p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable", "x");
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["title"], "Store unavailable");
+        assert_eq!(v["detail"], "x");
+        let res = p.to_response::<()>();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+}

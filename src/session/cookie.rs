@@ -1,0 +1,290 @@
+//! Reading the session cookie from a request and writing it to a response.
+
+use std::time::Duration;
+
+use cookie::{Cookie, CookieJar, Key, SameSite};
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderMap, HeaderValue};
+
+use super::id::SessionId;
+
+/// Longest raw cookie value considered: an id is 32 bytes, a signed one 76.
+const MAX_VALUE_LEN: usize = 128;
+
+/// How the session cookie is written and read.
+#[derive(Clone)]
+pub(crate) struct CookieConfig {
+    pub(crate) name: String,
+    pub(crate) domain: Option<String>,
+    pub(crate) path: String,
+    pub(crate) same_site: SameSite,
+    pub(crate) secure: bool,
+    pub(crate) persistent: bool,
+    /// Newest first: the first signs, all verify. Empty: unsigned.
+    pub(crate) keys: Vec<Key>,
+}
+
+impl std::fmt::Debug for CookieConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CookieConfig")
+            .field("name", &self.name)
+            .field("domain", &self.domain)
+            .field("path", &self.path)
+            .field("same_site", &self.same_site)
+            .field("secure", &self.secure)
+            .field("persistent", &self.persistent)
+            .field("signing_keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl Default for CookieConfig {
+    fn default() -> Self {
+        CookieConfig {
+            name: "id".to_owned(),
+            domain: None,
+            path: "/".to_owned(),
+            same_site: SameSite::Lax,
+            secure: true,
+            persistent: false,
+            keys: Vec::new(),
+        }
+    }
+}
+
+impl CookieConfig {
+    /// The session id the request carries, if exactly one well-formed (and,
+    /// when signing is on, correctly signed) session cookie is present.
+    /// Anything else — no cookie, two cookies of that name, a non-UTF-8
+    /// header, an oversized, malformed or forged value — is no session.
+    pub(crate) fn read(&self, headers: &HeaderMap) -> Option<SessionId> {
+        let mut found: Option<String> = None;
+        for header in headers.get_all(COOKIE) {
+            let Ok(header) = header.to_str() else {
+                continue;
+            };
+            for cookie in Cookie::split_parse(header).flatten() {
+                if cookie.name() != self.name {
+                    continue;
+                }
+                if found.is_some() {
+                    // Two session cookies (e.g. one planted for a parent
+                    // domain): trust neither.
+                    return None;
+                }
+                found = Some(cookie.value().to_owned());
+            }
+        }
+        let raw = found?;
+        if raw.len() > MAX_VALUE_LEN {
+            return None;
+        }
+        if self.keys.is_empty() {
+            return SessionId::parse(&raw);
+        }
+        let mut jar = CookieJar::new();
+        jar.add_original(Cookie::new(self.name.clone(), raw));
+        self.keys.iter().find_map(|key| {
+            let verified = jar.signed(key).get(&self.name)?;
+            SessionId::parse(verified.value())
+        })
+    }
+
+    /// `Set-Cookie` for `id`; `max_age` is used for persistent cookies.
+    pub(crate) fn set(&self, headers: &mut HeaderMap, id: &SessionId, max_age: Option<Duration>) {
+        let mut cookie = self.base(id.as_str().to_owned());
+        if self.persistent {
+            if let Some(age) = max_age {
+                cookie.set_max_age(cookie::time::Duration::seconds(
+                    i64::try_from(age.as_secs()).unwrap_or(i64::MAX),
+                ));
+            }
+        }
+        let cookie = match self.keys.first() {
+            Some(key) => {
+                let mut jar = CookieJar::new();
+                jar.signed_mut(key).add(cookie);
+                match jar.get(&self.name) {
+                    Some(signed) => signed.clone(),
+                    None => return,
+                }
+            }
+            None => cookie,
+        };
+        append(headers, &cookie);
+    }
+
+    /// `Set-Cookie` that makes the browser drop the cookie.
+    pub(crate) fn remove(&self, headers: &mut HeaderMap) {
+        let mut cookie = self.base(String::new());
+        cookie.make_removal();
+        append(headers, &cookie);
+    }
+
+    fn base(&self, value: String) -> Cookie<'static> {
+        let mut cookie = Cookie::new(self.name.clone(), value);
+        cookie.set_http_only(true);
+        cookie.set_secure(self.secure);
+        cookie.set_same_site(self.same_site);
+        cookie.set_path(self.path.clone());
+        if let Some(domain) = &self.domain {
+            cookie.set_domain(domain.clone());
+        }
+        cookie
+    }
+}
+
+fn append(headers: &mut HeaderMap, cookie: &Cookie<'_>) {
+    match HeaderValue::from_str(&cookie.to_string()) {
+        Ok(value) => {
+            headers.append(SET_COOKIE, value);
+        }
+        Err(_) => tracing::error!(
+            "session cookie is not a valid header value; check the cookie domain and path"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(COOKIE, HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    fn set_cookie_value(h: &HeaderMap) -> String {
+        let raw = h.get(SET_COOKIE).unwrap().to_str().unwrap();
+        let c = Cookie::parse(raw.to_owned()).unwrap();
+        c.value().to_owned()
+    }
+
+    #[test]
+    fn reads_one_well_formed_cookie() {
+        let c = CookieConfig::default();
+        let id = SessionId::generate().unwrap();
+        let h = headers(&[format!("a=b; id={}; c=d", id.as_str()).as_bytes()]);
+        assert_eq!(c.read(&h), Some(id.clone()));
+        let h = headers(&[b"a=b", format!("id={}", id.as_str()).as_bytes()]);
+        assert_eq!(c.read(&h), Some(id));
+    }
+
+    #[test]
+    fn rejects_duplicates_malformed_oversized_and_non_utf8() {
+        let c = CookieConfig::default();
+        let a = SessionId::generate().unwrap();
+        let b = SessionId::generate().unwrap();
+        let dup = format!("id={}; id={}", a.as_str(), b.as_str());
+        let same_twice = format!("id={0}; id={0}", a.as_str());
+        let huge = format!("id={}", "A".repeat(10_000));
+        for bad in [
+            dup.as_bytes(),
+            same_twice.as_bytes(),
+            huge.as_bytes(),
+            b"id=short",
+            b"id=",
+            b"id",
+            b";;;==",
+            b"id=\xff\xfe",
+        ] {
+            assert_eq!(
+                c.read(&headers(&[bad])),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Duplicates across two headers too.
+        let h = headers(&[
+            format!("id={}", a.as_str()).as_bytes(),
+            format!("id={}", b.as_str()).as_bytes(),
+        ]);
+        assert_eq!(c.read(&h), None);
+    }
+
+    #[test]
+    fn signed_cookies_verify_with_any_key_and_sign_with_the_newest() {
+        let old = Key::generate();
+        let new = Key::generate();
+        let id = SessionId::generate().unwrap();
+
+        let signer_old = CookieConfig {
+            keys: vec![old.clone()],
+            ..CookieConfig::default()
+        };
+        let mut out = HeaderMap::new();
+        signer_old.set(&mut out, &id, None);
+        let signed_by_old = set_cookie_value(&out);
+        assert_ne!(signed_by_old, id.as_str());
+
+        let rotated = CookieConfig {
+            keys: vec![new.clone(), old.clone()],
+            ..CookieConfig::default()
+        };
+        let h = headers(&[format!("id={signed_by_old}").as_bytes()]);
+        assert_eq!(rotated.read(&h), Some(id.clone()), "old keys still verify");
+
+        let mut out = HeaderMap::new();
+        rotated.set(&mut out, &id, None);
+        let signed_by_new = set_cookie_value(&out);
+        let only_new = CookieConfig {
+            keys: vec![new],
+            ..CookieConfig::default()
+        };
+        let h = headers(&[format!("id={signed_by_new}").as_bytes()]);
+        assert_eq!(only_new.read(&h), Some(id.clone()), "the newest key signs");
+
+        // Unsigned or forged values are refused when signing is on.
+        let h = headers(&[format!("id={}", id.as_str()).as_bytes()]);
+        assert_eq!(rotated.read(&h), None);
+        let mut forged = signed_by_new.clone().into_bytes();
+        forged[3] = if forged[3] == b'A' { b'B' } else { b'A' };
+        let h = headers(&[&[b"id=".as_slice(), &forged].concat()]);
+        assert_eq!(rotated.read(&h), None);
+    }
+
+    #[test]
+    fn set_cookie_carries_secure_defaults() {
+        let c = CookieConfig::default();
+        let mut out = HeaderMap::new();
+        c.set(
+            &mut out,
+            &SessionId::generate().unwrap(),
+            Some(Duration::from_secs(60)),
+        );
+        let raw = out.get(SET_COOKIE).unwrap().to_str().unwrap();
+        for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+            assert!(raw.contains(attr), "{raw}");
+        }
+        assert!(
+            !raw.contains("Max-Age"),
+            "browser-session cookie by default: {raw}"
+        );
+
+        let p = CookieConfig {
+            persistent: true,
+            ..CookieConfig::default()
+        };
+        let mut out = HeaderMap::new();
+        p.set(
+            &mut out,
+            &SessionId::generate().unwrap(),
+            Some(Duration::from_secs(60)),
+        );
+        assert!(out
+            .get(SET_COOKIE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=60"));
+
+        let mut out = HeaderMap::new();
+        c.remove(&mut out);
+        let raw = out.get(SET_COOKIE).unwrap().to_str().unwrap();
+        assert!(raw.contains("Max-Age=0"), "{raw}");
+    }
+}

@@ -1,0 +1,753 @@
+//! The per-request [`Session`] handle and what happens when the response
+//! goes out.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use super::cookie::CookieConfig;
+use super::id::{SessionHandle, SessionId};
+use super::store::{
+    DeleteOutcome, LoadRequest, Loaded, SaveMode, SaveOutcome, SaveRequest, SessionInfo,
+    SessionRecord, SessionStore,
+};
+use super::{Activity, FailurePolicy, SessionError};
+use crate::error::Error;
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`SessionStore`] behind a pointer, so [`Session`] needs no type parameter.
+pub(crate) trait DynStore: Send + Sync {
+    fn load<'a>(
+        &'a self,
+        h: &'a SessionHandle,
+        r: &'a LoadRequest,
+    ) -> BoxFuture<'a, Result<Option<Loaded>, Error>>;
+    fn save<'a>(
+        &'a self,
+        h: &'a SessionHandle,
+        r: &'a SaveRequest,
+    ) -> BoxFuture<'a, Result<SaveOutcome, Error>>;
+    fn delete<'a>(
+        &'a self,
+        h: &'a SessionHandle,
+        user: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<DeleteOutcome, Error>>;
+    fn index_add<'a>(
+        &'a self,
+        user: &'a str,
+        h: &'a SessionHandle,
+        deadline_ms: u64,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+    fn index_remove<'a>(
+        &'a self,
+        user: &'a str,
+        h: &'a SessionHandle,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+    fn list<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionInfo>, Error>>;
+}
+
+impl<T: SessionStore> DynStore for T {
+    fn load<'a>(
+        &'a self,
+        h: &'a SessionHandle,
+        r: &'a LoadRequest,
+    ) -> BoxFuture<'a, Result<Option<Loaded>, Error>> {
+        Box::pin(SessionStore::load(self, h, r))
+    }
+    fn save<'a>(
+        &'a self,
+        h: &'a SessionHandle,
+        r: &'a SaveRequest,
+    ) -> BoxFuture<'a, Result<SaveOutcome, Error>> {
+        Box::pin(SessionStore::save(self, h, r))
+    }
+    fn delete<'a>(
+        &'a self,
+        h: &'a SessionHandle,
+        user: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<DeleteOutcome, Error>> {
+        Box::pin(SessionStore::delete(self, h, user))
+    }
+    fn index_add<'a>(
+        &'a self,
+        user: &'a str,
+        h: &'a SessionHandle,
+        deadline_ms: u64,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(SessionStore::index_add(self, user, h, deadline_ms))
+    }
+    fn index_remove<'a>(
+        &'a self,
+        user: &'a str,
+        h: &'a SessionHandle,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(SessionStore::index_remove(self, user, h))
+    }
+    fn list<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionInfo>, Error>> {
+        Box::pin(SessionStore::list(self, user))
+    }
+}
+
+/// Configuration shared by a layer's sessions.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn DynStore>,
+    pub(crate) cookie: CookieConfig,
+    pub(crate) idle: Duration,
+    pub(crate) absolute: Duration,
+    pub(crate) touch_interval: Duration,
+    pub(crate) activity: Activity,
+    pub(crate) failure: FailurePolicy,
+}
+
+/// What the store told us about the cookie's session.
+#[derive(Debug)]
+enum Known {
+    /// Not asked yet.
+    Unknown,
+    /// Asked: no live session (or no cookie at all).
+    Absent,
+    /// Loaded.
+    Present(SessionRecord),
+}
+
+struct State {
+    /// The id from the cookie, well-formed; not yet known to exist.
+    cookie_id: Option<SessionId>,
+    known: Known,
+    /// The session's expiry as last seen, Unix ms.
+    expires_at_ms: Option<u64>,
+    /// The last load moved the expiry.
+    touched: bool,
+    /// Data changes: key to JSON (`None` removes).
+    changes: BTreeMap<String, Option<String>>,
+    clear: bool,
+    user_change: Option<Option<String>>,
+    cycle: bool,
+    destroyed: bool,
+    /// A store call failed under the fail-open policy: do nothing more.
+    degraded: bool,
+    user_agent: Option<String>,
+}
+
+/// The session of one request: read and change it from a handler.
+///
+/// Values are stored as JSON, one field per key; a request writes only the
+/// keys it changed, when the response goes out. Methods that may need the
+/// store are `async`; the others only record a change. Get it in axum with
+/// the extractor (`session: Session`), or from the request extensions.
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+    state: Arc<Mutex<State>>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+/// Longest user id accepted by [`Session::set_user`].
+const MAX_USER_LEN: usize = 256;
+/// Longest User-Agent kept in a session's metadata.
+const MAX_USER_AGENT_LEN: usize = 256;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, headers: &HeaderMap) -> Self {
+        let cookie_id = shared.cookie.read(headers);
+        let user_agent = headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| {
+                let mut end = ua.len().min(MAX_USER_AGENT_LEN);
+                while !ua.is_char_boundary(end) {
+                    end -= 1;
+                }
+                ua[..end].to_owned()
+            });
+        let known = if cookie_id.is_some() {
+            Known::Unknown
+        } else {
+            Known::Absent
+        };
+        Session {
+            shared,
+            state: Arc::new(Mutex::new(State {
+                cookie_id,
+                known,
+                expires_at_ms: None,
+                touched: false,
+                changes: BTreeMap::new(),
+                clear: false,
+                user_change: None,
+                cycle: false,
+                destroyed: false,
+                degraded: false,
+                user_agent,
+            })),
+        }
+    }
+
+    /// Loads the session if not done yet. Under fail-open a store failure
+    /// counts as "no session".
+    async fn ensure_loaded<'a>(
+        &'a self,
+        state: &mut tokio::sync::MutexGuard<'a, State>,
+    ) -> Result<(), SessionError> {
+        if !matches!(state.known, Known::Unknown) {
+            return Ok(());
+        }
+        let Some(id) = state.cookie_id.clone() else {
+            state.known = Known::Absent;
+            return Ok(());
+        };
+        let request = LoadRequest {
+            idle: self.shared.idle,
+            touch_interval: self.shared.touch_interval,
+            fields: true,
+        };
+        match self.shared.store.load(&id.handle(), &request).await {
+            Ok(Some(loaded)) => {
+                state.expires_at_ms = Some(loaded.expires_at_ms);
+                state.touched = loaded.touched;
+                state.known = Known::Present(loaded.record.unwrap_or_default());
+                Ok(())
+            }
+            Ok(None) => {
+                state.known = Known::Absent;
+                Ok(())
+            }
+            Err(e) => self.store_failed(state, e),
+        }
+    }
+
+    fn store_failed(&self, state: &mut State, e: Error) -> Result<(), SessionError> {
+        match self.shared.failure {
+            FailurePolicy::Closed => Err(SessionError::Store(e)),
+            FailurePolicy::Open => {
+                tracing::warn!(error = %e, "session store failed; continuing without a session");
+                state.known = Known::Absent;
+                state.degraded = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// The value under `key`, decoded from JSON; `None` when absent.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        let mut state = self.state.lock().await;
+        self.ensure_loaded(&mut state).await?;
+        let json = match state.changes.get(key) {
+            Some(change) => change.clone(),
+            None if state.clear => None,
+            None => match &state.known {
+                Known::Present(record) => record.data.get(key).cloned(),
+                _ => None,
+            },
+        };
+        match json {
+            None => Ok(None),
+            Some(json) => {
+                serde_json::from_str(&json)
+                    .map(Some)
+                    .map_err(|source| SessionError::Deserialize {
+                        key: key.to_owned(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Sets `key` to `value` (as JSON). Needs no store access: only this key
+    /// is written when the response goes out, and a session is created then
+    /// if there is none.
+    pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        let json = serde_json::to_string(&value).map_err(SessionError::Serialize)?;
+        self.state
+            .lock()
+            .await
+            .changes
+            .insert(key.to_owned(), Some(json));
+        Ok(())
+    }
+
+    /// Removes `key`.
+    pub async fn remove(&self, key: &str) {
+        self.state.lock().await.changes.insert(key.to_owned(), None);
+    }
+
+    /// Removes every key (the user binding and metadata stay).
+    pub async fn clear(&self) {
+        let mut state = self.state.lock().await;
+        state.changes.clear();
+        state.clear = true;
+    }
+
+    /// The session's id, when a session exists (loads it to find out).
+    pub async fn id(&self) -> Result<Option<SessionId>, SessionError> {
+        let mut state = self.state.lock().await;
+        self.ensure_loaded(&mut state).await?;
+        Ok(match state.known {
+            Known::Present(_) => state.cookie_id.clone(),
+            _ => None,
+        })
+    }
+
+    /// Gives the session a new id when the response goes out (call it on
+    /// login or any privilege change). The data moves to the new id; the new
+    /// record is written before the old one is deleted, so a failure between
+    /// the two loses nothing.
+    pub async fn cycle_id(&self) -> Result<(), SessionError> {
+        let mut state = self.state.lock().await;
+        self.ensure_loaded(&mut state).await?;
+        state.cycle = true;
+        Ok(())
+    }
+
+    /// Binds the session to `user` (for example at login, with
+    /// [`cycle_id`](Self::cycle_id)), so it appears in the user's
+    /// [`sessions`](Self::sessions) list. The user id must be 1 to 256 bytes.
+    pub async fn set_user(&self, user: impl Into<String>) -> Result<(), SessionError> {
+        let user = user.into();
+        if user.is_empty() || user.len() > MAX_USER_LEN {
+            return Err(SessionError::InvalidUser);
+        }
+        self.state.lock().await.user_change = Some(Some(user));
+        Ok(())
+    }
+
+    /// The user the session is bound to.
+    pub async fn user(&self) -> Result<Option<String>, SessionError> {
+        let mut state = self.state.lock().await;
+        if let Some(change) = &state.user_change {
+            return Ok(change.clone());
+        }
+        self.ensure_loaded(&mut state).await?;
+        Ok(match &state.known {
+            Known::Present(record) => record.user.clone(),
+            _ => None,
+        })
+    }
+
+    /// Logs out: deletes the session from the store now and expires the
+    /// cookie in the response. Changes made in this request are dropped.
+    pub async fn destroy(&self) -> Result<(), SessionError> {
+        let mut state = self.state.lock().await;
+        state.changes.clear();
+        state.clear = false;
+        state.user_change = None;
+        state.cycle = false;
+        state.destroyed = true;
+        let Some(id) = state.cookie_id.clone() else {
+            return Ok(());
+        };
+        state.known = Known::Absent;
+        let handle = id.handle();
+        match self.shared.store.delete(&handle, None).await {
+            Ok(DeleteOutcome::Deleted { user: Some(user) }) => {
+                if let Err(e) = self.shared.store.index_remove(&user, &handle).await {
+                    // The index entry is pruned on the next listing anyway.
+                    tracing::debug!(error = %e, "could not remove a destroyed session from its user index");
+                }
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(SessionError::Store(e)),
+        }
+    }
+
+    /// The sessions of the user this session is bound to, oldest first,
+    /// with this one marked [`current`](SessionInfo::current). Empty when
+    /// the session is not bound to a user.
+    pub async fn sessions(&self) -> Result<Vec<SessionInfo>, SessionError> {
+        let (user, current) = self.user_and_handle().await?;
+        let Some(user) = user else {
+            return Ok(Vec::new());
+        };
+        let mut list = self
+            .shared
+            .store
+            .list(&user)
+            .await
+            .map_err(SessionError::Store)?;
+        for info in &mut list {
+            info.current = Some(&info.handle) == current.as_ref();
+        }
+        Ok(list)
+    }
+
+    /// Revokes one of this user's sessions by its handle (as listed by
+    /// [`sessions`](Self::sessions)). Returns false when the handle is
+    /// malformed or names no session of this user. Revoking the current
+    /// session is [`destroy`](Self::destroy).
+    pub async fn revoke(&self, handle: &str) -> Result<bool, SessionError> {
+        let Some(handle) = SessionHandle::parse(handle) else {
+            return Ok(false);
+        };
+        let (user, current) = self.user_and_handle().await?;
+        let Some(user) = user else { return Ok(false) };
+        if current.as_ref() == Some(&handle) {
+            self.destroy().await?;
+            return Ok(true);
+        }
+        self.revoke_handle(&user, &handle).await
+    }
+
+    /// Revokes every session of this user except the current one ("log out
+    /// other devices"); returns how many were revoked.
+    pub async fn revoke_others(&self) -> Result<usize, SessionError> {
+        let (user, current) = self.user_and_handle().await?;
+        let Some(user) = user else { return Ok(0) };
+        let list = self
+            .shared
+            .store
+            .list(&user)
+            .await
+            .map_err(SessionError::Store)?;
+        let mut revoked = 0;
+        for info in list {
+            if Some(&info.handle) != current.as_ref()
+                && self.revoke_handle(&user, &info.handle).await?
+            {
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+
+    async fn revoke_handle(
+        &self,
+        user: &str,
+        handle: &SessionHandle,
+    ) -> Result<bool, SessionError> {
+        let store = &self.shared.store;
+        match store
+            .delete(handle, Some(user))
+            .await
+            .map_err(SessionError::Store)?
+        {
+            DeleteOutcome::Deleted { .. } => {
+                store
+                    .index_remove(user, handle)
+                    .await
+                    .map_err(SessionError::Store)?;
+                Ok(true)
+            }
+            DeleteOutcome::Missing => {
+                store
+                    .index_remove(user, handle)
+                    .await
+                    .map_err(SessionError::Store)?;
+                Ok(false)
+            }
+            DeleteOutcome::NotOwned => Ok(false),
+        }
+    }
+
+    async fn user_and_handle(
+        &self,
+    ) -> Result<(Option<String>, Option<SessionHandle>), SessionError> {
+        let mut state = self.state.lock().await;
+        self.ensure_loaded(&mut state).await?;
+        Ok(match &state.known {
+            Known::Present(record) => (
+                record.user.clone(),
+                state.cookie_id.as_ref().map(SessionId::handle),
+            ),
+            _ => (None, None),
+        })
+    }
+
+    /// Writes what the request changed and decides the cookie. Called by
+    /// the layer once the inner service answered with a non-5xx status.
+    pub(crate) async fn finish(&self, headers: &mut HeaderMap) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        let shared = &*self.shared;
+        if state.degraded {
+            return Ok(());
+        }
+        if state.destroyed {
+            if state.cookie_id.is_some() {
+                shared.cookie.remove(headers);
+            }
+            return Ok(());
+        }
+        let dirty =
+            !state.changes.is_empty() || state.clear || state.user_change.is_some() || state.cycle;
+        if !dirty {
+            return self.finish_untouched(&mut state, headers).await;
+        }
+        match std::mem::replace(&mut state.known, Known::Absent) {
+            Known::Present(record) if state.cycle => self.renew(&mut state, record, headers).await,
+            Known::Present(record) => {
+                let id = state
+                    .cookie_id
+                    .clone()
+                    .ok_or_else(|| Error::decode("loaded session without id"))?;
+                self.update(&mut state, &id, record.user.clone(), headers)
+                    .await
+            }
+            Known::Unknown => {
+                // A blind write: the save itself checks the session exists.
+                let id = state
+                    .cookie_id
+                    .clone()
+                    .ok_or_else(|| Error::decode("unknown session without id"))?;
+                self.update(&mut state, &id, None, headers).await
+            }
+            Known::Absent => self.create(&mut state, headers).await,
+        }
+    }
+
+    /// No changes: slide the expiry if any request counts as activity, and
+    /// re-send a persistent cookie only when its expiry moved.
+    async fn finish_untouched(
+        &self,
+        state: &mut State,
+        headers: &mut HeaderMap,
+    ) -> Result<(), Error> {
+        let shared = &*self.shared;
+        let Some(id) = state.cookie_id.clone() else {
+            return Ok(());
+        };
+        match state.known {
+            Known::Unknown if shared.activity == Activity::AnyRequest => {
+                let request = LoadRequest {
+                    idle: shared.idle,
+                    touch_interval: shared.touch_interval,
+                    fields: false,
+                };
+                match shared.store.load(&id.handle(), &request).await? {
+                    Some(loaded) => {
+                        if loaded.touched {
+                            self.refresh_cookie(headers, &id, loaded.expires_at_ms);
+                        }
+                    }
+                    None => shared.cookie.remove(headers),
+                }
+            }
+            Known::Unknown => {}
+            Known::Absent => shared.cookie.remove(headers),
+            Known::Present(_) => {
+                if state.touched {
+                    if let Some(expires) = state.expires_at_ms {
+                        self.refresh_cookie(headers, &id, expires);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn refresh_cookie(&self, headers: &mut HeaderMap, id: &SessionId, expires_at_ms: u64) {
+        if self.shared.cookie.persistent {
+            self.set_cookie(headers, id, expires_at_ms);
+        }
+    }
+
+    fn set_cookie(&self, headers: &mut HeaderMap, id: &SessionId, expires_at_ms: u64) {
+        let max_age = Duration::from_millis(expires_at_ms.saturating_sub(now_ms()));
+        self.shared.cookie.set(headers, id, Some(max_age));
+        no_store(headers);
+    }
+
+    fn save_request(&self, state: &mut State, mode: SaveMode) -> SaveRequest {
+        SaveRequest {
+            mode,
+            idle: self.shared.idle,
+            absolute: self.shared.absolute,
+            clear: state.clear,
+            data: std::mem::take(&mut state.changes).into_iter().collect(),
+            user: state.user_change.take(),
+        }
+    }
+
+    async fn update(
+        &self,
+        state: &mut State,
+        id: &SessionId,
+        old_user: Option<String>,
+        headers: &mut HeaderMap,
+    ) -> Result<(), Error> {
+        let shared = &*self.shared;
+        let handle = id.handle();
+        let new_user = state.user_change.clone();
+        let request = self.save_request(state, SaveMode::Update);
+        match shared.store.save(&handle, &request).await? {
+            SaveOutcome::Saved {
+                expires_at_ms,
+                deadline_ms,
+            } => {
+                self.reindex(&handle, old_user.as_deref(), new_user, deadline_ms)
+                    .await?;
+                // The save slid the expiry; a persistent cookie follows when
+                // it moved by more than the touch interval.
+                let moved = state.expires_at_ms.is_none_or(|before| {
+                    expires_at_ms.saturating_sub(before) > ms(shared.touch_interval)
+                });
+                if moved || state.touched {
+                    self.refresh_cookie(headers, id, expires_at_ms);
+                }
+                Ok(())
+            }
+            // Destroyed, revoked or expired while the request ran: never
+            // resurrect it; drop the cookie.
+            SaveOutcome::Missing | SaveOutcome::Exists => {
+                tracing::debug!("session ended during the request; its changes were dropped");
+                shared.cookie.remove(headers);
+                Ok(())
+            }
+        }
+    }
+
+    async fn create(&self, state: &mut State, headers: &mut HeaderMap) -> Result<(), Error> {
+        let shared = &*self.shared;
+        let holds_data = state.changes.values().any(Option::is_some)
+            || matches!(state.user_change, Some(Some(_)));
+        if !holds_data {
+            // Nothing to keep: no session is created for removals alone.
+            if state.cookie_id.is_some() {
+                shared.cookie.remove(headers);
+            }
+            return Ok(());
+        }
+        let new_user = state.user_change.clone();
+        let request = self.save_request(
+            state,
+            SaveMode::Create {
+                created_ms: None,
+                deadline_ms: None,
+                user_agent: state.user_agent.clone(),
+            },
+        );
+        let (id, expires_at_ms, deadline_ms) = self.create_record(&request).await?;
+        self.reindex(&id.handle(), None, new_user, deadline_ms)
+            .await?;
+        self.set_cookie(headers, &id, expires_at_ms);
+        Ok(())
+    }
+
+    /// Saves `request` (a create) under a fresh id, retrying on the
+    /// (astronomically unlikely) collision.
+    async fn create_record(&self, request: &SaveRequest) -> Result<(SessionId, u64, u64), Error> {
+        for _ in 0..3 {
+            let id = SessionId::generate().map_err(|e| {
+                Error::new(crate::ErrorKind::Config, "the OS random source failed")
+                    .with_source(e.to_string())
+            })?;
+            match self.shared.store.save(&id.handle(), request).await? {
+                SaveOutcome::Saved {
+                    expires_at_ms,
+                    deadline_ms,
+                } => return Ok((id, expires_at_ms, deadline_ms)),
+                SaveOutcome::Exists => continue,
+                SaveOutcome::Missing => {
+                    return Err(Error::decode("a new session could not be created"))
+                }
+            }
+        }
+        Err(Error::decode("three fresh session ids collided"))
+    }
+
+    /// Moves the session to a new id: write the new record (all data, the
+    /// original creation time and deadline), then delete the old one.
+    async fn renew(
+        &self,
+        state: &mut State,
+        record: SessionRecord,
+        headers: &mut HeaderMap,
+    ) -> Result<(), Error> {
+        let shared = &*self.shared;
+        let old = state
+            .cookie_id
+            .clone()
+            .ok_or_else(|| Error::decode("loaded session without id"))?;
+        let mut data: BTreeMap<String, Option<String>> = if state.clear {
+            BTreeMap::new()
+        } else {
+            record.data.into_iter().map(|(k, v)| (k, Some(v))).collect()
+        };
+        data.extend(std::mem::take(&mut state.changes));
+        let user = match state.user_change.take() {
+            Some(change) => change,
+            None => record.user.clone(),
+        };
+        let request = SaveRequest {
+            mode: SaveMode::Create {
+                created_ms: Some(record.created_ms),
+                deadline_ms: Some(record.deadline_ms),
+                user_agent: record.user_agent.or_else(|| state.user_agent.clone()),
+            },
+            idle: shared.idle,
+            absolute: shared.absolute,
+            clear: false,
+            data: data.into_iter().filter(|(_, v)| v.is_some()).collect(),
+            user: user.clone().map(Some),
+        };
+        let (id, expires_at_ms, deadline_ms) = self.create_record(&request).await?;
+        let old_handle = old.handle();
+        shared.store.delete(&old_handle, None).await?;
+        if let Some(old_user) = &record.user {
+            shared.store.index_remove(old_user, &old_handle).await?;
+        }
+        if let Some(user) = &user {
+            shared
+                .store
+                .index_add(user, &id.handle(), deadline_ms)
+                .await?;
+        }
+        self.set_cookie(headers, &id, expires_at_ms);
+        Ok(())
+    }
+
+    async fn reindex(
+        &self,
+        handle: &SessionHandle,
+        old_user: Option<&str>,
+        new_user: Option<Option<String>>,
+        deadline_ms: u64,
+    ) -> Result<(), Error> {
+        let Some(new_user) = new_user else {
+            return Ok(());
+        };
+        let store = &self.shared.store;
+        if let Some(old) = old_user {
+            if Some(old) != new_user.as_deref() {
+                store.index_remove(old, handle).await?;
+            }
+        }
+        if let Some(new) = &new_user {
+            store.index_add(new, handle, deadline_ms).await?;
+        }
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// A response that sets a session cookie must not be stored by a shared cache.
+fn no_store(headers: &mut HeaderMap) {
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+}

@@ -1,0 +1,12 @@
+-- Lists a user's sessions after pruning entries past their deadline.
+--
+-- KEYS[1]  the user's index (sorted set, see index_add.lua)
+--
+-- Returns the session handles, oldest deadline first. Entries whose session
+-- ended early (idle expiry, logout) are removed by the caller with ZREM once
+-- it has seen that the session hash is gone.
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+return redis.call('ZRANGE', key, 0, -1)

@@ -1,0 +1,331 @@
+//! [`SessionStore`] in process, on the [`MemoryBackend`]: the same records,
+//! keys and rules as the Redis store, each operation under the backend's lock.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::id::SessionHandle;
+use super::store::{
+    fields, from_ms, DeleteOutcome, LoadRequest, Loaded, SaveMode, SaveOutcome, SaveRequest,
+    SessionInfo, SessionRecord, SessionStore,
+};
+use crate::error::{Error, ErrorKind};
+use crate::memory::{Keyspace, MemoryBackend, Value};
+
+/// Sessions in process memory; cheap to clone (clones share the sessions).
+#[derive(Debug, Clone)]
+pub struct MemorySessionStore {
+    backend: MemoryBackend,
+}
+
+impl MemorySessionStore {
+    /// A store on `backend`.
+    pub fn new(backend: MemoryBackend) -> Self {
+        MemorySessionStore { backend }
+    }
+
+    fn session_key(&self, handle: &SessionHandle) -> String {
+        self.backend
+            .namespace()
+            .tagged("session", handle.as_str())
+            .base()
+            .to_owned()
+    }
+
+    fn user_key(&self, user: &str) -> String {
+        self.backend
+            .namespace()
+            .tagged("session-user", user)
+            .base()
+            .to_owned()
+    }
+}
+
+impl Default for MemorySessionStore {
+    fn default() -> Self {
+        MemorySessionStore::new(MemoryBackend::new())
+    }
+}
+
+fn wrong_type() -> Error {
+    Error::new(
+        ErrorKind::Server,
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+    )
+}
+
+/// The session hash under `key`, if any (a non-hash is an error, as in Redis).
+fn hash<'a>(
+    ks: &'a mut Keyspace,
+    key: &str,
+) -> Result<Option<&'a mut HashMap<String, Vec<u8>>>, Error> {
+    match ks.get_mut(key) {
+        None => Ok(None),
+        Some(Value::Hash(h)) => Ok(Some(h)),
+        Some(_) => Err(wrong_type()),
+    }
+}
+
+fn number(h: &HashMap<String, Vec<u8>>, field: &str) -> Option<u64> {
+    std::str::from_utf8(h.get(field)?).ok()?.parse().ok()
+}
+
+fn text(h: &HashMap<String, Vec<u8>>, field: &str) -> Option<String> {
+    h.get(field)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// The live deadline of the session under `key`; deletes it when past.
+fn live_deadline(ks: &mut Keyspace, key: &str, now: u64) -> Result<Option<u64>, Error> {
+    let Some(h) = hash(ks, key)? else {
+        return Ok(None);
+    };
+    let Some(deadline) = number(h, fields::DEADLINE) else {
+        return Ok(None);
+    };
+    if deadline <= now {
+        ks.remove(key);
+        return Ok(None);
+    }
+    Ok(Some(deadline))
+}
+
+impl SessionStore for MemorySessionStore {
+    async fn load(
+        &self,
+        handle: &SessionHandle,
+        request: &LoadRequest,
+    ) -> Result<Option<Loaded>, Error> {
+        let key = self.session_key(handle);
+        self.backend.atomically(|ks| {
+            let now = ks.now_millis();
+            let Some(deadline) = live_deadline(ks, &key, now)? else {
+                return Ok(None);
+            };
+            let ttl = ks.ttl(&key).flatten().map_or(0, ms);
+            let mut expires = now + ttl;
+            let target = (now + ms(request.idle)).min(deadline);
+            let touched = target.saturating_sub(expires) > ms(request.touch_interval);
+            if touched {
+                ks.expire(&key, Duration::from_millis(target - now));
+                if let Some(h) = hash(ks, &key)? {
+                    h.insert(fields::SEEN.to_owned(), now.to_string().into_bytes());
+                }
+                expires = target;
+            }
+            let record = if request.fields {
+                let h = hash(ks, &key)?.ok_or_else(|| Error::decode("session vanished"))?;
+                Some(SessionRecord::from_fields(h.iter().map(|(k, v)| {
+                    (k.clone(), String::from_utf8_lossy(v).into_owned())
+                })))
+            } else {
+                None
+            };
+            Ok(Some(Loaded {
+                expires_at_ms: expires,
+                touched,
+                record,
+            }))
+        })
+    }
+
+    async fn save(
+        &self,
+        handle: &SessionHandle,
+        request: &SaveRequest,
+    ) -> Result<SaveOutcome, Error> {
+        let key = self.session_key(handle);
+        self.backend.atomically(|ks| {
+            let now = ks.now_millis();
+            let deadline = match &request.mode {
+                SaveMode::Create {
+                    created_ms,
+                    deadline_ms,
+                    ..
+                } => {
+                    if ks.get(&key).is_some() {
+                        return Ok(SaveOutcome::Exists);
+                    }
+                    let deadline = deadline_ms.unwrap_or(now + ms(request.absolute));
+                    if deadline <= now {
+                        return Ok(SaveOutcome::Missing);
+                    }
+                    let mut h = HashMap::new();
+                    h.insert(
+                        fields::CREATED.to_owned(),
+                        created_ms.unwrap_or(now).to_string().into_bytes(),
+                    );
+                    h.insert(
+                        fields::DEADLINE.to_owned(),
+                        deadline.to_string().into_bytes(),
+                    );
+                    ks.set(
+                        &key,
+                        Value::Hash(h),
+                        Some(Duration::from_millis(deadline - now)),
+                    )?;
+                    deadline
+                }
+                SaveMode::Update => match live_deadline(ks, &key, now)? {
+                    Some(deadline) => deadline,
+                    None => return Ok(SaveOutcome::Missing),
+                },
+            };
+            let h = hash(ks, &key)?.ok_or_else(|| Error::decode("session vanished"))?;
+            if request.clear {
+                h.retain(|field, _| !field.starts_with(fields::DATA));
+            }
+            for (field, value) in request.field_changes() {
+                match value {
+                    Some(v) => {
+                        h.insert(field, v.as_bytes().to_vec());
+                    }
+                    None => {
+                        h.remove(&field);
+                    }
+                }
+            }
+            h.insert(fields::SEEN.to_owned(), now.to_string().into_bytes());
+            let expires = (now + ms(request.idle)).min(deadline);
+            ks.expire(&key, Duration::from_millis(expires - now));
+            Ok(SaveOutcome::Saved {
+                expires_at_ms: expires,
+                deadline_ms: deadline,
+            })
+        })
+    }
+
+    async fn delete(
+        &self,
+        handle: &SessionHandle,
+        only_for_user: Option<&str>,
+    ) -> Result<DeleteOutcome, Error> {
+        let key = self.session_key(handle);
+        self.backend.atomically(|ks| {
+            let Some(h) = hash(ks, &key)? else {
+                return Ok(DeleteOutcome::Missing);
+            };
+            let user = text(h, fields::USER);
+            if let Some(expected) = only_for_user {
+                if user.as_deref() != Some(expected) {
+                    return Ok(DeleteOutcome::NotOwned);
+                }
+            }
+            ks.remove(&key);
+            Ok(DeleteOutcome::Deleted { user })
+        })
+    }
+
+    async fn index_add(
+        &self,
+        user: &str,
+        handle: &SessionHandle,
+        deadline_ms: u64,
+    ) -> Result<(), Error> {
+        let key = self.user_key(user);
+        self.backend.atomically(|ks| {
+            let now = ks.now_millis();
+            let mut index = match ks.remove(&key) {
+                None => HashMap::new(),
+                Some(Value::Hash(h)) => h,
+                Some(other) => {
+                    ks.set(&key, other, None)?;
+                    return Err(wrong_type());
+                }
+            };
+            index.insert(
+                handle.as_str().to_owned(),
+                deadline_ms.to_string().into_bytes(),
+            );
+            index.retain(|_, deadline| {
+                std::str::from_utf8(deadline)
+                    .ok()
+                    .and_then(|d| d.parse::<u64>().ok())
+                    .is_some_and(|d| d > now)
+            });
+            let last = index
+                .values()
+                .filter_map(|d| number_of(d))
+                .max()
+                .unwrap_or(now);
+            if last > now {
+                ks.set(
+                    &key,
+                    Value::Hash(index),
+                    Some(Duration::from_millis(last - now)),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn index_remove(&self, user: &str, handle: &SessionHandle) -> Result<(), Error> {
+        let key = self.user_key(user);
+        self.backend.atomically(|ks| {
+            if let Some(index) = hash(ks, &key)? {
+                index.remove(handle.as_str());
+                if index.is_empty() {
+                    ks.remove(&key);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn list(&self, user: &str) -> Result<Vec<SessionInfo>, Error> {
+        let index_key = self.user_key(user);
+        let mut live = self.backend.atomically(|ks| {
+            let now = ks.now_millis();
+            let Some(index) = hash(ks, &index_key)? else {
+                return Ok(Vec::new());
+            };
+            let handles: Vec<String> = index.keys().cloned().collect();
+            let mut live = Vec::new();
+            for member in handles {
+                let handle = SessionHandle::parse(&member);
+                let info = match &handle {
+                    Some(handle) => {
+                        let key = self.session_key(handle);
+                        match live_deadline(ks, &key, now)? {
+                            Some(_) => hash(ks, &key)?.and_then(|h| {
+                                let created = number(h, fields::CREATED)?;
+                                (text(h, fields::USER).as_deref() == Some(user)).then(|| {
+                                    SessionInfo {
+                                        handle: handle.clone(),
+                                        created: from_ms(created),
+                                        last_seen: from_ms(
+                                            number(h, fields::SEEN).unwrap_or(created),
+                                        ),
+                                        user_agent: text(h, fields::USER_AGENT),
+                                        current: false,
+                                    }
+                                })
+                            }),
+                            None => None,
+                        }
+                    }
+                    None => None,
+                };
+                match info {
+                    Some(info) => live.push(info),
+                    None => {
+                        if let Some(index) = hash(ks, &index_key)? {
+                            index.remove(&member);
+                        }
+                    }
+                }
+            }
+            Ok::<_, Error>(live)
+        })?;
+        live.sort_by_key(|s| s.created);
+        Ok(live)
+    }
+}
+
+fn number_of(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}

@@ -1,0 +1,65 @@
+-- Writes the fields one request changed, and the expiry, in one step.
+--
+-- KEYS[1]  the session hash
+-- ARGV[1]  "update": change an existing session; never recreate one that
+--          expired, was destroyed or was revoked meanwhile
+--          "create": make a new session; refuse if the key exists
+-- ARGV[2]  idle timeout, ms
+-- ARGV[3]  absolute timeout, ms (create only)
+-- ARGV[4]  creation time to keep, ms, or "" for now (create only; id renewal
+--          keeps the original creation time and absolute deadline)
+-- ARGV[5]  absolute deadline to keep, ms, or "" for now + ARGV[3] (create only)
+-- ARGV[6]  "1" to delete every data field ("d:*") before applying changes
+-- ARGV[7..] field, value pairs; an empty value deletes the field
+--
+-- Returns { expires_at_ms, deadline_ms } when saved,
+--         0 when the session is gone (update), -1 when the key exists (create).
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local deadline
+if ARGV[1] == 'create' then
+  if redis.call('EXISTS', key) == 1 then
+    return -1
+  end
+  local created = now
+  if ARGV[4] ~= '' then created = tonumber(ARGV[4]) end
+  deadline = now + tonumber(ARGV[3])
+  if ARGV[5] ~= '' then deadline = tonumber(ARGV[5]) end
+  if deadline <= now then
+    return 0
+  end
+  redis.call('HSET', key, 'm:created', created, 'm:deadline', deadline)
+else
+  deadline = tonumber(redis.call('HGET', key, 'm:deadline'))
+  if not deadline then
+    return 0
+  end
+  if deadline <= now then
+    redis.call('DEL', key)
+    return 0
+  end
+end
+
+if ARGV[6] == '1' then
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(field, 1, 2) == 'd:' then
+      redis.call('HDEL', key, field)
+    end
+  end
+end
+
+for i = 7, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', key, ARGV[i])
+  else
+    redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+  end
+end
+
+-- A write is activity: it slides the idle expiry too.
+redis.call('HSET', key, 'm:seen', now)
+local expires = math.min(now + tonumber(ARGV[2]), deadline)
+redis.call('PEXPIREAT', key, expires)
+return { expires, deadline }

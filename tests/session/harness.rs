@@ -1,0 +1,415 @@
+//! Test app, fixture (backend + counting store) and a one-cookie client.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{header, Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::BodyExt;
+use redis_layers::memory::MemoryBackend;
+use redis_layers::redis::RedisBackend;
+use redis_layers::session::{
+    DeleteOutcome, LoadRequest, Loaded, MemorySessionStore, RedisSessionStore, SaveOutcome,
+    SaveRequest, Session, SessionError, SessionHandle, SessionInfo, SessionLayer, SessionStore,
+};
+use redis_layers::Error;
+use tower::ServiceExt;
+
+use crate::support::{unique_prefix, RedisServer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Redis,
+    Memory,
+}
+
+/// Counts every store call: the round-trip contract, checked on both backends.
+#[derive(Clone)]
+pub struct Counting<St> {
+    inner: St,
+    calls: Arc<AtomicUsize>,
+}
+
+impl<St> Counting<St> {
+    fn hit(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl<St: SessionStore> SessionStore for Counting<St> {
+    fn load(
+        &self,
+        h: &SessionHandle,
+        r: &LoadRequest,
+    ) -> impl Future<Output = Result<Option<Loaded>, Error>> + Send {
+        self.hit();
+        self.inner.load(h, r)
+    }
+    fn save(
+        &self,
+        h: &SessionHandle,
+        r: &SaveRequest,
+    ) -> impl Future<Output = Result<SaveOutcome, Error>> + Send {
+        self.hit();
+        self.inner.save(h, r)
+    }
+    fn delete(
+        &self,
+        h: &SessionHandle,
+        u: Option<&str>,
+    ) -> impl Future<Output = Result<DeleteOutcome, Error>> + Send {
+        self.hit();
+        self.inner.delete(h, u)
+    }
+    fn index_add(
+        &self,
+        u: &str,
+        h: &SessionHandle,
+        d: u64,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.hit();
+        self.inner.index_add(u, h, d)
+    }
+    fn index_remove(
+        &self,
+        u: &str,
+        h: &SessionHandle,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.hit();
+        self.inner.index_remove(u, h)
+    }
+    fn list(&self, u: &str) -> impl Future<Output = Result<Vec<SessionInfo>, Error>> + Send {
+        self.hit();
+        self.inner.list(u)
+    }
+}
+
+pub struct Fixture {
+    pub server: Option<RedisServer>,
+    pub redis: Option<RedisBackend>,
+    pub memory: Option<MemoryBackend>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Fixture {
+    pub fn new(kind: Kind) -> Self {
+        Self::with_deadline(kind, Duration::from_secs(2))
+    }
+
+    pub fn with_deadline(kind: Kind, deadline: Duration) -> Self {
+        let prefix = unique_prefix("session");
+        match kind {
+            Kind::Redis => {
+                let server = RedisServer::start();
+                let redis = RedisBackend::builder()
+                    .url(server.url())
+                    .prefix(prefix)
+                    .deadline(deadline)
+                    .build()
+                    .unwrap();
+                Fixture {
+                    server: Some(server),
+                    redis: Some(redis),
+                    memory: None,
+                    calls: Arc::default(),
+                }
+            }
+            Kind::Memory => Fixture {
+                server: None,
+                redis: None,
+                memory: Some(MemoryBackend::builder().prefix(prefix).build().unwrap()),
+                calls: Arc::default(),
+            },
+        }
+    }
+
+    /// A new layer (a new "instance" of the service) on this fixture's store.
+    pub fn layer(&self) -> SessionLayer {
+        let layer = match (&self.redis, &self.memory) {
+            (Some(redis), _) => SessionLayer::new(Counting {
+                inner: RedisSessionStore::new(redis.clone()),
+                calls: self.calls.clone(),
+            }),
+            (_, Some(memory)) => SessionLayer::new(Counting {
+                inner: MemorySessionStore::new(memory.clone()),
+                calls: self.calls.clone(),
+            }),
+            _ => unreachable!(),
+        };
+        layer.secure(true)
+    }
+
+    pub fn app(&self, configure: impl FnOnce(SessionLayer) -> SessionLayer) -> Router {
+        routes().layer(configure(self.layer()))
+    }
+
+    pub fn store_calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Session records left in the store.
+    pub fn session_count(&self) -> usize {
+        match (&self.server, &self.memory) {
+            (Some(server), _) => {
+                let prefix = self.redis.as_ref().unwrap().namespace().prefix().to_owned();
+                let keys: Vec<String> = server.cmd(&["KEYS", &format!("{prefix}:session:*")]);
+                keys.len()
+            }
+            (_, Some(memory)) => memory.len(),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Entries in a user's session index.
+    pub fn index_len(&self, user: &str) -> usize {
+        match (&self.server, &self.memory) {
+            (Some(server), _) => {
+                let store = RedisSessionStore::new(self.redis.clone().unwrap());
+                server.cmd::<usize>(&["ZCARD", &store.user_key(user)])
+            }
+            (_, Some(memory)) => {
+                let key = memory
+                    .namespace()
+                    .tagged("session-user", user)
+                    .base()
+                    .to_owned();
+                memory.atomically(|ks| match ks.get(&key) {
+                    Some(redis_layers::memory::Value::Hash(h)) => h.len(),
+                    _ => 0,
+                })
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    /// The bare session id inside a (possibly signed) `id=...` cookie.
+    pub fn first_session_id(&self, cookie: &str) -> String {
+        let value = cookie.trim_start_matches("id=");
+        value[value.len() - 32..].to_owned()
+    }
+}
+
+fn routes() -> Router {
+    Router::new()
+        .route("/untouched", get(|| async { "ok" }))
+        .route("/get/{key}", get(get_value))
+        .route("/set/{key}/{value}", post(set_value))
+        .route("/slow-set/{key}/{value}", post(slow_set))
+        .route("/fail/{key}/{value}", post(fail_after_set))
+        .route("/incr/{key}", post(incr))
+        .route("/remove/{key}", post(remove))
+        .route("/clear", post(clear))
+        .route("/login/{user}", post(login))
+        .route("/logout", post(logout))
+        .route("/user", get(user))
+        .route("/sessions", get(sessions))
+        .route("/revoke/{handle}", post(revoke))
+        .route("/revoke-others", post(revoke_others))
+}
+
+async fn get_value(session: Session, Path(key): Path<String>) -> Result<String, SessionError> {
+    Ok(match session.get::<serde_json::Value>(&key).await? {
+        Some(v) => v.to_string(),
+        None => "none".to_owned(),
+    })
+}
+
+async fn set_value(
+    session: Session,
+    Path((key, value)): Path<(String, String)>,
+) -> Result<&'static str, SessionError> {
+    let value: serde_json::Value =
+        serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+    session.insert(&key, value).await?;
+    Ok("ok")
+}
+
+async fn slow_set(
+    session: Session,
+    Path((key, value)): Path<(String, String)>,
+) -> Result<&'static str, SessionError> {
+    session.insert(&key, value).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok("ok")
+}
+
+async fn fail_after_set(
+    session: Session,
+    Path((key, value)): Path<(String, String)>,
+) -> impl IntoResponse {
+    let _ = session.insert(&key, value).await;
+    (StatusCode::INTERNAL_SERVER_ERROR, "handler failed")
+}
+
+async fn incr(session: Session, Path(key): Path<String>) -> Result<String, SessionError> {
+    let n: i64 = session.get(&key).await?.unwrap_or(0) + 1;
+    session.insert(&key, n).await?;
+    Ok(n.to_string())
+}
+
+async fn remove(session: Session, Path(key): Path<String>) -> &'static str {
+    session.remove(&key).await;
+    "ok"
+}
+
+async fn clear(session: Session) -> &'static str {
+    session.clear().await;
+    "ok"
+}
+
+async fn login(session: Session, Path(user): Path<String>) -> Result<&'static str, SessionError> {
+    session.cycle_id().await?;
+    session.set_user(user).await?;
+    Ok("ok")
+}
+
+async fn logout(session: Session) -> Result<&'static str, SessionError> {
+    session.destroy().await?;
+    Ok("ok")
+}
+
+async fn user(session: Session) -> Result<String, SessionError> {
+    Ok(session.user().await?.unwrap_or_else(|| "none".to_owned()))
+}
+
+async fn sessions(session: Session) -> Result<String, SessionError> {
+    let list = session.sessions().await?;
+    let json: Vec<serde_json::Value> = list
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "handle": s.handle.as_str(),
+                "user_agent": s.user_agent,
+                "current": s.current,
+                "created": s.created.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64,
+                "last_seen": s.last_seen.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64,
+            })
+        })
+        .collect();
+    Ok(serde_json::Value::Array(json).to_string())
+}
+
+async fn revoke(session: Session, Path(handle): Path<String>) -> Result<String, SessionError> {
+    Ok(session.revoke(&handle).await?.to_string())
+}
+
+async fn revoke_others(session: Session) -> Result<String, SessionError> {
+    Ok(session.revoke_others().await?.to_string())
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: String,
+    pub set_cookie: Option<String>,
+    pub cache_control: Option<String>,
+    pub content_type: Option<String>,
+}
+
+/// Sends one request with a raw `Cookie` header value.
+pub async fn send_raw(app: &Router, method: &str, path: &str, cookie: Option<&[u8]>) -> Reply {
+    send(app, method, path, cookie, None).await
+}
+
+async fn send(
+    app: &Router,
+    method: &str,
+    path: &str,
+    cookie: Option<&[u8]>,
+    agent: Option<&str>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(cookie) = cookie {
+        req = req.header(
+            header::COOKIE,
+            http::HeaderValue::from_bytes(cookie).unwrap(),
+        );
+    }
+    if let Some(agent) = agent {
+        req = req.header(header::USER_AGENT, agent);
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let (set_cookie, cache_control, content_type) = {
+        let text = |name| {
+            res.headers()
+                .get(name)
+                .map(|v: &http::HeaderValue| v.to_str().unwrap().to_owned())
+        };
+        (
+            text(header::SET_COOKIE),
+            text(header::CACHE_CONTROL),
+            text(header::CONTENT_TYPE),
+        )
+    };
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        set_cookie,
+        cache_control,
+        content_type,
+    }
+}
+
+/// A browser with one cookie.
+pub struct Client {
+    app: Router,
+    pub cookie: Option<String>,
+    agent: Option<String>,
+}
+
+impl Client {
+    pub fn new(app: Router) -> Self {
+        Client {
+            app,
+            cookie: None,
+            agent: None,
+        }
+    }
+
+    pub fn with_agent(app: Router, agent: &str) -> Self {
+        Client {
+            app,
+            cookie: None,
+            agent: Some(agent.to_owned()),
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.request("GET", path).await
+    }
+
+    pub async fn post(&mut self, path: &str) -> Reply {
+        self.request("POST", path).await
+    }
+
+    async fn request(&mut self, method: &str, path: &str) -> Reply {
+        let reply = send(
+            &self.app,
+            method,
+            path,
+            self.cookie.as_deref().map(str::as_bytes),
+            self.agent.as_deref(),
+        )
+        .await;
+        if let Some(set) = &reply.set_cookie {
+            let pair = set.split(';').next().unwrap().trim().to_owned();
+            if set.contains("Max-Age=0") || pair.ends_with('=') {
+                self.cookie = None;
+            } else {
+                self.cookie = Some(pair);
+            }
+        }
+        reply
+    }
+}

@@ -1,0 +1,200 @@
+//! What only a real Redis can show: commands actually sent, writes actually
+//! made, what the keys reveal, and failures of the server itself.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use redis_layers::session::FailurePolicy;
+
+use crate::harness::{send_raw, Client, Fixture, Kind};
+use crate::support::RedisServer;
+
+/// Round trips the layer made between two snapshots: the commands it sends
+/// itself (script calls, and the plain commands of listing and revoking).
+/// `INFO commandstats` also counts the commands a script runs inside Redis
+/// (`hget`, `time`, ...), which are not round trips, so those are left out.
+fn commands(server: &RedisServer, before: &HashMap<String, u64>) -> u64 {
+    let after = server.command_calls();
+    ["evalsha", "eval", "hmget", "zrem"]
+        .iter()
+        .map(|name| {
+            after.get(*name).copied().unwrap_or(0) - before.get(*name).copied().unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Writes Redis applied since start (the dirty counter).
+fn writes(server: &RedisServer) -> u64 {
+    let info: String = server.cmd(&["INFO", "persistence"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rdb_changes_since_last_save in INFO")
+}
+
+#[tokio::test]
+async fn round_trips_and_writes_as_measured_by_redis() {
+    let fx = Fixture::new(Kind::Redis);
+    let server = fx.server.as_ref().unwrap();
+    let app = fx.app(|l| l.touch_interval(Duration::from_millis(300)));
+    let mut c = Client::new(app.clone());
+
+    let before = server.command_calls();
+    c.get("/untouched").await;
+    c.get("/get/a").await;
+    assert_eq!(commands(server, &before), 0, "no cookie: no command");
+
+    // Warm the script cache: the first call of each script after a start
+    // is EVALSHA + EVAL (NOSCRIPT), once.
+    c.post("/set/a/1").await;
+    c.get("/get/a").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.get("/get/a").await;
+
+    let before = server.command_calls();
+    let w = writes(server);
+    c.get("/get/a").await;
+    assert_eq!(
+        commands(server, &before),
+        1,
+        "read-only, touch not due: one command"
+    );
+    assert_eq!(writes(server), w, "and no write");
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = server.command_calls();
+    let w = writes(server);
+    c.get("/get/a").await;
+    assert_eq!(
+        commands(server, &before),
+        1,
+        "read-only, touch due: still one command"
+    );
+    assert!(writes(server) > w, "the touch wrote the new expiry");
+
+    let before = server.command_calls();
+    c.post("/incr/a").await;
+    assert_eq!(commands(server, &before), 2, "read then write");
+
+    let before = server.command_calls();
+    c.post("/set/b/1").await;
+    assert_eq!(commands(server, &before), 1, "blind write");
+    assert_eq!(server.command_calls().get("script|load"), None);
+}
+
+#[tokio::test]
+async fn redis_keys_do_not_reveal_session_ids() {
+    let fx = Fixture::new(Kind::Redis);
+    let server = fx.server.as_ref().unwrap();
+    let mut c = Client::new(fx.app(|l| l));
+    c.post("/set/a/1").await;
+    let id = fx.first_session_id(c.cookie.as_ref().unwrap());
+    let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(!keys[0].contains(&id), "{keys:?}");
+    let dump: Vec<String> = server.cmd(&["HGETALL", &keys[0]]);
+    assert!(dump.iter().all(|v| !v.contains(&id)), "{dump:?}");
+    let ttl: i64 = server.cmd(&["PTTL", &keys[0]]);
+    assert!(ttl > 0, "every session key expires");
+}
+
+#[tokio::test]
+async fn a_dead_redis_is_a_503_within_the_deadline_and_recovery_is_automatic() {
+    let mut fx = Fixture::with_deadline(Kind::Redis, Duration::from_millis(200));
+    let app = fx.app(|l| l);
+    let mut c = Client::new(app.clone());
+    c.post("/set/a/1").await;
+    let cookie = c.cookie.clone().unwrap();
+
+    fx.server.as_mut().unwrap().kill();
+    for path in ["/get/a", "/untouched", "/set/b/2"] {
+        let method = if path.starts_with("/set") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let started = Instant::now();
+        let r = send_raw(&app, method, path, Some(cookie.as_bytes())).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(r.content_type.as_deref(), Some("application/problem+json"));
+        assert!(r.body.contains("\"status\":503"), "{}", r.body);
+        assert!(
+            started.elapsed() < Duration::from_millis(600),
+            "{path}: {:?}",
+            started.elapsed()
+        );
+    }
+    // Without a cookie nothing needs Redis.
+    let r = send_raw(&app, "GET", "/untouched", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // Restarted (empty): the same layer works again without a rebuild.
+    fx.server.as_mut().unwrap().restart();
+    let mut ok = false;
+    for _ in 0..3 {
+        let mut fresh = Client::new(app.clone());
+        if fresh.post("/set/a/1").await.status == StatusCode::OK {
+            assert_eq!(fresh.get("/get/a").await.body, "1");
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "the layer recovered after the restart");
+}
+
+#[tokio::test]
+async fn fail_open_continues_without_a_session() {
+    let mut fx = Fixture::with_deadline(Kind::Redis, Duration::from_millis(200));
+    let app = fx.app(|l| l.on_store_error(FailurePolicy::Open));
+    let mut c = Client::new(app.clone());
+    c.post("/set/a/1").await;
+    let cookie = c.cookie.clone().unwrap();
+    fx.server.as_mut().unwrap().kill();
+    let r = send_raw(&app, "GET", "/get/a", Some(cookie.as_bytes())).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "none");
+    let r = send_raw(&app, "POST", "/set/a/2", Some(cookie.as_bytes())).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the save failure is logged, not returned"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_redis_bounds_request_latency() {
+    let fx = Fixture::with_deadline(Kind::Redis, Duration::from_millis(150));
+    let server = fx.server.as_ref().unwrap();
+    let app = fx.app(|l| l);
+    let mut c = Client::new(app.clone());
+    c.post("/set/a/1").await;
+    let cookie = c.cookie.clone().unwrap();
+    let _: () = server.cmd(&["CLIENT", "PAUSE", "1000", "ALL"]);
+    let started = Instant::now();
+    let r = send_raw(&app, "GET", "/get/a", Some(cookie.as_bytes())).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        c.get("/get/a").await.body,
+        "1",
+        "served again once Redis answers"
+    );
+}
+
+#[tokio::test]
+async fn scripts_survive_a_script_flush() {
+    let fx = Fixture::new(Kind::Redis);
+    let server = fx.server.as_ref().unwrap();
+    let mut c = Client::new(fx.app(|l| l));
+    c.post("/set/a/1").await;
+    let _: () = server.cmd(&["SCRIPT", "FLUSH"]);
+    assert_eq!(c.post("/incr/a").await.body, "2");
+    assert_eq!(c.get("/get/a").await.body, "2");
+    assert_eq!(server.command_calls().get("script|load"), None);
+}
