@@ -36,6 +36,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 struct Ctx {
     redis_url: String,
     prefix: String,
+    concurrency: usize,
 }
 
 /// A service to drive and the request each iteration sends.
@@ -51,6 +52,68 @@ struct Scenario {
 
 fn plain_get(path: &'static str) -> Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> {
     Arc::new(move |_, _| Request::get(path).body(Body::empty()).unwrap())
+}
+
+/// A router with the session layer on Redis, and one session cookie per
+/// task (created through the router itself) so tasks do not share a key.
+async fn session_target(ctx: Ctx, path: &'static str, memory: bool) -> Target {
+    use redis_layers::memory::MemoryBackend;
+    use redis_layers::session::{MemorySessionStore, RedisSessionStore, Session, SessionLayer};
+
+    async fn read(session: Session) -> String {
+        let n: u64 = session.get("n").await.unwrap().unwrap_or(0);
+        n.to_string()
+    }
+    async fn write(session: Session) -> String {
+        let n: u64 = session.get("n").await.unwrap().unwrap_or(0) + 1;
+        session.insert("n", n).await.unwrap();
+        n.to_string()
+    }
+    async fn seed(session: Session) -> &'static str {
+        session.insert("n", 0u64).await.unwrap();
+        "ok"
+    }
+
+    let backend = RedisBackend::builder()
+        .url(ctx.redis_url.clone())
+        .prefix(format!("{}-{path}", ctx.prefix.trim_start_matches('/')))
+        .multiplexed_connections(env_or(
+            "BENCH_LANES",
+            redis_layers::redis::DEFAULT_MULTIPLEXED_CONNECTIONS,
+        ))
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let layer = if memory {
+        SessionLayer::new(MemorySessionStore::new(MemoryBackend::new()))
+    } else {
+        SessionLayer::new(RedisSessionStore::new(backend))
+    };
+    let router = Router::new()
+        .route("/read", get(read))
+        .route("/write", get(write))
+        .route("/seed", get(seed))
+        .layer(layer);
+    let mut cookies = Vec::with_capacity(ctx.concurrency);
+    for _ in 0..ctx.concurrency {
+        let res = router
+            .clone()
+            .oneshot(Request::get("/seed").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let set = res.headers()[http::header::SET_COOKIE].to_str().unwrap();
+        cookies.push(set.split(';').next().unwrap().to_owned());
+    }
+    let cookies = Arc::new(cookies);
+    Target {
+        router,
+        request: Arc::new(move |task, _| {
+            Request::get(path)
+                .header(http::header::COOKIE, cookies[task % cookies.len()].as_str())
+                .body(Body::empty())
+                .unwrap()
+        }),
+    }
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -105,7 +168,10 @@ fn scenarios() -> Vec<Scenario> {
                     let backend = RedisBackend::builder()
                         .url(ctx.redis_url.clone())
                         .prefix(ctx.prefix.clone())
-                        .multiplexed_connections(env_or("BENCH_LANES", 2))
+                        .multiplexed_connections(env_or(
+                            "BENCH_LANES",
+                            redis_layers::redis::DEFAULT_MULTIPLEXED_CONNECTIONS,
+                        ))
                         .deadline(Duration::from_secs(2))
                         .build()
                         .unwrap();
@@ -126,6 +192,60 @@ fn scenarios() -> Vec<Scenario> {
                     }
                 })
             },
+        },
+        // The cheapest script call: EVALSHA of a script doing one GET. The
+        // reference for layers whose single round trip is a Lua script.
+        Scenario {
+            name: "backend-script",
+            build: |ctx| {
+                Box::pin(async move {
+                    static GET: redis_layers::redis::Script = redis_layers::redis::Script::new(
+                        "bench-get",
+                        "return redis.call('GET', KEYS[1])",
+                    );
+                    let backend = RedisBackend::builder()
+                        .url(ctx.redis_url.clone())
+                        .prefix(ctx.prefix.clone())
+                        .deadline(Duration::from_secs(2))
+                        .build()
+                        .unwrap();
+                    let key = backend.namespace().key(&["bench"]);
+                    let router = Router::new()
+                        .route(
+                            "/",
+                            get(
+                                |State((backend, key)): State<(RedisBackend, String)>| async move {
+                                    let v: Option<Vec<u8>> =
+                                        backend.script(&GET).key(&key).invoke().await.unwrap();
+                                    v.unwrap_or_default()
+                                },
+                            ),
+                        )
+                        .with_state((backend, key));
+                    Target {
+                        router,
+                        request: plain_get("/"),
+                    }
+                })
+            },
+        },
+        Scenario {
+            name: "session-read",
+            build: |ctx| Box::pin(session_target(ctx, "/read", false)),
+        },
+        Scenario {
+            name: "session-write",
+            build: |ctx| Box::pin(session_target(ctx, "/write", false)),
+        },
+        // The layer's own cost, without Redis: the same requests on the
+        // memory store.
+        Scenario {
+            name: "session-read-mem",
+            build: |ctx| Box::pin(session_target(ctx, "/read", true)),
+        },
+        Scenario {
+            name: "session-write-mem",
+            build: |ctx| Box::pin(session_target(ctx, "/write", true)),
         },
     ]
 }
@@ -235,6 +355,7 @@ fn main() {
     let ctx = Ctx {
         redis_url: redis_url.clone(),
         prefix: format!("bench-{}", std::process::id()),
+        concurrency,
     };
     runtime.block_on(async {
         let client = redis::Client::open(redis_url.as_str()).unwrap();

@@ -107,15 +107,55 @@ impl Keyspace {
         }
     }
 
-    /// The operation's time as Unix milliseconds (what a script gets from `TIME`).
-    pub fn now_millis(&self) -> u64 {
-        let base = self
-            .epoch
+    fn epoch_millis(&self) -> u64 {
+        self.epoch
             .0
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
-            .as_millis() as u64;
-        base + self.now.saturating_duration_since(self.epoch.1).as_millis() as u64
+            .as_millis() as u64
+    }
+
+    /// The operation's time as Unix milliseconds (what a script gets from `TIME`).
+    pub fn now_millis(&self) -> u64 {
+        self.millis_of(self.now)
+    }
+
+    fn millis_of(&self, at: Instant) -> u64 {
+        self.epoch_millis() + at.saturating_duration_since(self.epoch.1).as_millis() as u64
+    }
+
+    fn instant_of(&self, unix_ms: u64) -> Instant {
+        self.epoch.1 + Duration::from_millis(unix_ms.saturating_sub(self.epoch_millis()))
+    }
+
+    /// Sets the expiry of an existing key to a Unix time in ms (like
+    /// `PEXPIREAT`); a time not after now removes the key. False when absent.
+    pub fn expire_at_millis(&mut self, key: &str, unix_ms: u64) -> bool {
+        if !self.expire_if_due(key) {
+            return false;
+        }
+        let at = self.instant_of(unix_ms);
+        if at <= self.now {
+            self.remove(key);
+            return true;
+        }
+        self.unindex(key);
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.expires_at = Some(at);
+        }
+        self.expiries.insert((at, key.to_owned()));
+        true
+    }
+
+    /// The expiry of `key` as Unix ms (like `PEXPIRETIME`): `None` when
+    /// absent, `Some(None)` when it has no TTL. Exact for expiries set with
+    /// [`expire_at_millis`](Self::expire_at_millis).
+    pub fn expire_time_millis(&mut self, key: &str) -> Option<Option<u64>> {
+        if !self.expire_if_due(key) {
+            return None;
+        }
+        let at = self.entries.get(key)?.expires_at;
+        Some(at.map(|at| self.millis_of(at)))
     }
 
     fn is_live(&self, key: &str) -> bool {
@@ -529,6 +569,21 @@ mod tests {
         });
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(b.get("k").await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_in_unix_millis_is_exact() {
+        let b = MemoryBackend::new();
+        tokio::time::advance(Duration::from_micros(1_500)).await;
+        b.atomically(|ks| {
+            let now = ks.now_millis();
+            ks.set("k", bytes("v"), None).unwrap();
+            assert!(ks.expire_at_millis("k", now + 250));
+            assert_eq!(ks.expire_time_millis("k"), Some(Some(now + 250)));
+            assert_eq!(ks.expire_time_millis("missing"), None);
+            assert!(ks.expire_at_millis("k", now), "a past time removes the key");
+            assert_eq!(ks.get("k"), None);
+        });
     }
 
     #[tokio::test(start_paused = true)]

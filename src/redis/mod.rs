@@ -350,6 +350,47 @@ impl RedisBackend {
         .await
     }
 
+    /// A two-command pipeline whose first command is EVALSHA; on NOSCRIPT
+    /// the pipeline built by `eval` is sent instead. Both replies, errors
+    /// extracted.
+    async fn run_script_pipeline(
+        &self,
+        name: &'static str,
+        evalsha: &::redis::Pipeline,
+        eval: impl FnOnce() -> ::redis::Pipeline,
+    ) -> Result<(Value, Value), Error> {
+        self.with_deadline(async {
+            let (lane, generation, mut conn) = self.connection().await?;
+            let mut replies = conn
+                .send_packed_commands(evalsha, 0, 2)
+                .await
+                .map_err(|e| self.fail(lane, generation, e, Some(name)))?;
+            let noscript = matches!(replies.first(), Some(Value::ServerError(e))
+                if e.kind() == Some(ServerErrorKind::NoScript));
+            if noscript {
+                tracing::debug!(script = name, "NOSCRIPT: sending the body with EVAL");
+                replies = conn
+                    .send_packed_commands(&eval(), 0, 2)
+                    .await
+                    .map_err(|e| self.fail(lane, generation, e, Some(name)))?;
+            }
+            let mut replies = replies.into_iter();
+            let (Some(first), Some(second)) = (replies.next(), replies.next()) else {
+                return Err(Error::decode(format!(
+                    "script {name}: short pipeline reply"
+                )));
+            };
+            let first = first
+                .extract_error()
+                .map_err(|e| self.fail(lane, generation, e, Some(name)))?;
+            let second = second
+                .extract_error()
+                .map_err(|e| self.fail(lane, generation, e, None))?;
+            Ok((first, second))
+        })
+        .await
+    }
+
     async fn with_deadline<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, Error>>,

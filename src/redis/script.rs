@@ -128,6 +128,44 @@ impl<'a> ScriptCall<'a> {
         cmd
     }
 
+    /// Runs the script and then `next` in one pipeline (one round trip),
+    /// within the backend's deadline, and decodes both replies. On NOSCRIPT
+    /// the pipeline is sent again with EVAL, so `next` runs twice then: it
+    /// must be a read. `next` runs right after the script but not atomically
+    /// with it: another client's command may come between the two.
+    pub async fn invoke_then<T: FromRedisValue, U: FromRedisValue>(
+        self,
+        next: &Cmd,
+    ) -> Result<(T, U), Error> {
+        let pipeline = |first: Cmd| {
+            let mut pipe = ::redis::pipe();
+            pipe.add_command(first).add_command(next.clone());
+            pipe
+        };
+        let evalsha = pipeline(self.command("EVALSHA", self.script.sha1()));
+        let (first, second) = self
+            .backend
+            .run_script_pipeline(self.script.name, &evalsha, || {
+                pipeline(self.command("EVAL", self.script.body))
+            })
+            .await?;
+        let first = T::from_redis_value(first).map_err(|e| {
+            Error::decode(format!(
+                "script {} returned an unexpected reply",
+                self.script.name
+            ))
+            .with_source(e.to_string())
+        })?;
+        let second = U::from_redis_value(second).map_err(|e| {
+            Error::decode(format!(
+                "the command after script {} returned an unexpected reply",
+                self.script.name
+            ))
+            .with_source(e.to_string())
+        })?;
+        Ok((first, second))
+    }
+
     /// Runs the script (EVALSHA, then EVAL on NOSCRIPT) within the backend's
     /// deadline and decodes the reply as `T`.
     pub async fn invoke<T: FromRedisValue>(self) -> Result<T, Error> {

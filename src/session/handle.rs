@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use serde::de::DeserializeOwned;
@@ -124,8 +124,8 @@ struct State {
     /// The id from the cookie, well-formed; not yet known to exist.
     cookie_id: Option<SessionId>,
     known: Known,
-    /// The session's expiry as last seen, Unix ms.
-    expires_at_ms: Option<u64>,
+    /// The session's expiry as last seen (local monotonic clock).
+    expires_at: Option<Instant>,
     /// The last load moved the expiry.
     touched: bool,
     /// Data changes: key to JSON (`None` removes).
@@ -162,13 +162,6 @@ const MAX_USER_LEN: usize = 256;
 /// Longest User-Agent kept in a session's metadata.
 const MAX_USER_AGENT_LEN: usize = 256;
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-}
-
 impl Session {
     pub(crate) fn new(shared: Arc<Shared>, headers: &HeaderMap) -> Self {
         let cookie_id = shared.cookie.read(headers);
@@ -192,7 +185,7 @@ impl Session {
             state: Arc::new(Mutex::new(State {
                 cookie_id,
                 known,
-                expires_at_ms: None,
+                expires_at: None,
                 touched: false,
                 changes: BTreeMap::new(),
                 clear: false,
@@ -225,7 +218,7 @@ impl Session {
         };
         match self.shared.store.load(&id.handle(), &request).await {
             Ok(Some(loaded)) => {
-                state.expires_at_ms = Some(loaded.expires_at_ms);
+                state.expires_at = Some(Instant::now() + loaded.expires_in);
                 state.touched = loaded.touched;
                 state.known = Known::Present(loaded.record.unwrap_or_default());
                 Ok(())
@@ -537,7 +530,7 @@ impl Session {
                 match shared.store.load(&id.handle(), &request).await? {
                     Some(loaded) => {
                         if loaded.touched {
-                            self.refresh_cookie(headers, &id, loaded.expires_at_ms);
+                            self.refresh_cookie(headers, &id, loaded.expires_in);
                         }
                     }
                     None => shared.cookie.remove(headers),
@@ -547,8 +540,12 @@ impl Session {
             Known::Absent => shared.cookie.remove(headers),
             Known::Present(_) => {
                 if state.touched {
-                    if let Some(expires) = state.expires_at_ms {
-                        self.refresh_cookie(headers, &id, expires);
+                    if let Some(at) = state.expires_at {
+                        self.refresh_cookie(
+                            headers,
+                            &id,
+                            at.saturating_duration_since(Instant::now()),
+                        );
                     }
                 }
             }
@@ -556,15 +553,14 @@ impl Session {
         Ok(())
     }
 
-    fn refresh_cookie(&self, headers: &mut HeaderMap, id: &SessionId, expires_at_ms: u64) {
+    fn refresh_cookie(&self, headers: &mut HeaderMap, id: &SessionId, expires_in: Duration) {
         if self.shared.cookie.persistent {
-            self.set_cookie(headers, id, expires_at_ms);
+            self.set_cookie(headers, id, expires_in);
         }
     }
 
-    fn set_cookie(&self, headers: &mut HeaderMap, id: &SessionId, expires_at_ms: u64) {
-        let max_age = Duration::from_millis(expires_at_ms.saturating_sub(now_ms()));
-        self.shared.cookie.set(headers, id, Some(max_age));
+    fn set_cookie(&self, headers: &mut HeaderMap, id: &SessionId, expires_in: Duration) {
+        self.shared.cookie.set(headers, id, Some(expires_in));
         no_store(headers);
     }
 
@@ -592,18 +588,19 @@ impl Session {
         let request = self.save_request(state, SaveMode::Update);
         match shared.store.save(&handle, &request).await? {
             SaveOutcome::Saved {
-                expires_at_ms,
+                expires_in,
                 deadline_ms,
             } => {
                 self.reindex(&handle, old_user.as_deref(), new_user, deadline_ms)
                     .await?;
                 // The save slid the expiry; a persistent cookie follows when
                 // it moved by more than the touch interval.
-                let moved = state.expires_at_ms.is_none_or(|before| {
-                    expires_at_ms.saturating_sub(before) > ms(shared.touch_interval)
+                let now = Instant::now();
+                let moved = state.expires_at.is_none_or(|before| {
+                    (now + expires_in).saturating_duration_since(before) > shared.touch_interval
                 });
                 if moved || state.touched {
-                    self.refresh_cookie(headers, id, expires_at_ms);
+                    self.refresh_cookie(headers, id, expires_in);
                 }
                 Ok(())
             }
@@ -637,16 +634,19 @@ impl Session {
                 user_agent: state.user_agent.clone(),
             },
         );
-        let (id, expires_at_ms, deadline_ms) = self.create_record(&request).await?;
+        let (id, expires_in, deadline_ms) = self.create_record(&request).await?;
         self.reindex(&id.handle(), None, new_user, deadline_ms)
             .await?;
-        self.set_cookie(headers, &id, expires_at_ms);
+        self.set_cookie(headers, &id, expires_in);
         Ok(())
     }
 
     /// Saves `request` (a create) under a fresh id, retrying on the
     /// (astronomically unlikely) collision.
-    async fn create_record(&self, request: &SaveRequest) -> Result<(SessionId, u64, u64), Error> {
+    async fn create_record(
+        &self,
+        request: &SaveRequest,
+    ) -> Result<(SessionId, Duration, u64), Error> {
         for _ in 0..3 {
             let id = SessionId::generate().map_err(|e| {
                 Error::new(crate::ErrorKind::Config, "the OS random source failed")
@@ -654,9 +654,9 @@ impl Session {
             })?;
             match self.shared.store.save(&id.handle(), request).await? {
                 SaveOutcome::Saved {
-                    expires_at_ms,
+                    expires_in,
                     deadline_ms,
-                } => return Ok((id, expires_at_ms, deadline_ms)),
+                } => return Ok((id, expires_in, deadline_ms)),
                 SaveOutcome::Exists => continue,
                 SaveOutcome::Missing => {
                     return Err(Error::decode("a new session could not be created"))
@@ -701,7 +701,7 @@ impl Session {
             data: data.into_iter().filter(|(_, v)| v.is_some()).collect(),
             user: user.clone().map(Some),
         };
-        let (id, expires_at_ms, deadline_ms) = self.create_record(&request).await?;
+        let (id, expires_in, deadline_ms) = self.create_record(&request).await?;
         let old_handle = old.handle();
         shared.store.delete(&old_handle, None).await?;
         if let Some(old_user) = &record.user {
@@ -713,7 +713,7 @@ impl Session {
                 .index_add(user, &id.handle(), deadline_ms)
                 .await?;
         }
-        self.set_cookie(headers, &id, expires_at_ms);
+        self.set_cookie(headers, &id, expires_in);
         Ok(())
     }
 
@@ -738,10 +738,6 @@ impl Session {
         }
         Ok(())
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
 /// A response that sets a session cookie must not be stored by a shared cache.

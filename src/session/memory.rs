@@ -106,12 +106,11 @@ impl SessionStore for MemorySessionStore {
             let Some(deadline) = live_deadline(ks, &key, now)? else {
                 return Ok(None);
             };
-            let ttl = ks.ttl(&key).flatten().map_or(0, ms);
-            let mut expires = now + ttl;
+            let mut expires = ks.expire_time_millis(&key).flatten().unwrap_or(now);
             let target = (now + ms(request.idle)).min(deadline);
             let touched = target.saturating_sub(expires) > ms(request.touch_interval);
             if touched {
-                ks.expire(&key, Duration::from_millis(target - now));
+                ks.expire_at_millis(&key, target);
                 if let Some(h) = hash(ks, &key)? {
                     h.insert(fields::SEEN.to_owned(), now.to_string().into_bytes());
                 }
@@ -126,7 +125,7 @@ impl SessionStore for MemorySessionStore {
                 None
             };
             Ok(Some(Loaded {
-                expires_at_ms: expires,
+                expires_in: Duration::from_millis(expires.saturating_sub(now)),
                 touched,
                 record,
             }))
@@ -191,9 +190,9 @@ impl SessionStore for MemorySessionStore {
             }
             h.insert(fields::SEEN.to_owned(), now.to_string().into_bytes());
             let expires = (now + ms(request.idle)).min(deadline);
-            ks.expire(&key, Duration::from_millis(expires - now));
+            ks.expire_at_millis(&key, expires);
             Ok(SaveOutcome::Saved {
-                expires_at_ms: expires,
+                expires_in: Duration::from_millis(expires - now),
                 deadline_ms: deadline,
             })
         })

@@ -7,7 +7,8 @@
 //!   scored by each session's absolute deadline; expires with the last one.
 //!
 //! Each operation touches the keys of one hash tag only, so it runs on Redis
-//! Cluster unchanged.
+//! Cluster unchanged. A load is one round trip: `touch.lua` (slides the
+//! expiry when due) pipelined with a plain `HGETALL`.
 
 use ::redis::{FromRedisValue, Value};
 
@@ -19,7 +20,7 @@ use super::store::{
 use crate::error::Error;
 use crate::redis::{RedisBackend, Script};
 
-static LOAD: Script = Script::new("session-load", include_str!("load.lua"));
+static TOUCH: Script = Script::new("session-touch", include_str!("touch.lua"));
 static SAVE: Script = Script::new("session-save", include_str!("save.lua"));
 static DELETE: Script = Script::new("session-delete", include_str!("delete.lua"));
 static INDEX_ADD: Script = Script::new("session-index-add", include_str!("index_add.lua"));
@@ -73,30 +74,36 @@ impl SessionStore for RedisSessionStore {
         handle: &SessionHandle,
         request: &LoadRequest,
     ) -> Result<Option<Loaded>, Error> {
-        let reply: Option<Vec<Value>> = self
+        let key = self.session_key(handle);
+        let touch = self
             .backend
-            .script(&LOAD)
-            .key(self.session_key(handle))
+            .script(&TOUCH)
+            .key(&key)
             .arg(ms(request.idle))
-            .arg(ms(request.touch_interval))
-            .arg(if request.fields { "1" } else { "0" })
-            .invoke()
-            .await?;
-        let Some(reply) = reply else { return Ok(None) };
-        let mut parts = reply.into_iter();
-        let (Some(expires), Some(touched)) = (parts.next(), parts.next()) else {
-            return Err(Error::decode("session-load returned a short reply"));
+            .arg(ms(request.touch_interval));
+        // One round trip either way: the touch script alone, or pipelined
+        // with a plain HGETALL of the same key.
+        let (touched, fields): (Option<(u64, i64)>, Option<Vec<(String, String)>>) =
+            if request.fields {
+                let mut hgetall = ::redis::cmd("HGETALL");
+                hgetall.arg(&key);
+                let (t, f) = touch.invoke_then(&hgetall).await?;
+                (t, Some(f))
+            } else {
+                (touch.invoke().await?, None)
+            };
+        let Some((ttl_ms, touched)) = touched else {
+            return Ok(None);
         };
-        let record = match parts.next() {
-            Some(pairs) => Some(SessionRecord::from_fields(decode::<Vec<(String, String)>>(
-                pairs,
-                "field list",
-            )?)),
+        let record = match fields {
+            // Deleted between the two commands: no session.
+            Some(f) if f.is_empty() => return Ok(None),
+            Some(f) => Some(SessionRecord::from_fields(f)),
             None => None,
         };
         Ok(Some(Loaded {
-            expires_at_ms: decode(expires, "expiry")?,
-            touched: decode::<i64>(touched, "touch flag")? == 1,
+            expires_in: std::time::Duration::from_millis(ttl_ms),
+            touched: touched == 1,
             record,
         }))
     }
@@ -134,9 +141,9 @@ impl SessionStore for RedisSessionStore {
             Value::Int(0) => Ok(SaveOutcome::Missing),
             Value::Int(-1) => Ok(SaveOutcome::Exists),
             other => {
-                let (expires_at_ms, deadline_ms): (u64, u64) = decode(other, "save result")?;
+                let (ttl_ms, deadline_ms): (u64, u64) = decode(other, "save result")?;
                 Ok(SaveOutcome::Saved {
-                    expires_at_ms,
+                    expires_in: std::time::Duration::from_millis(ttl_ms),
                     deadline_ms,
                 })
             }

@@ -12,7 +12,7 @@
 -- ARGV[6]  "1" to delete every data field ("d:*") before applying changes
 -- ARGV[7..] field, value pairs; an empty value deletes the field
 --
--- Returns { expires_at_ms, deadline_ms } when saved,
+-- Returns { ttl_ms, deadline_ms } when saved,
 --         0 when the session is gone (update), -1 when the key exists (create).
 local key = KEYS[1]
 local t = redis.call('TIME')
@@ -62,4 +62,4 @@ end
 redis.call('HSET', key, 'm:seen', now)
 local expires = math.min(now + tonumber(ARGV[2]), deadline)
 redis.call('PEXPIREAT', key, expires)
-return { expires, deadline }
+return { expires - now, deadline }

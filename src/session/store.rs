@@ -76,8 +76,8 @@ pub struct LoadRequest {
 /// What [`SessionStore::load`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
-    /// When the session expires now, Unix ms.
-    pub expires_at_ms: u64,
+    /// Time until the session expires, as of the load.
+    pub expires_in: Duration,
     /// True when this load moved the expiry.
     pub touched: bool,
     /// The session's contents, when [`LoadRequest::fields`] was set.
@@ -137,11 +137,11 @@ pub enum SaveMode {
 /// What [`SessionStore::save`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaveOutcome {
-    /// Saved; the session now expires at `expires_at_ms` and ends at the
+    /// Saved; the session now expires in `expires_in` and ends at the
     /// latest at `deadline_ms`.
     Saved {
-        /// Current expiry, Unix ms.
-        expires_at_ms: u64,
+        /// Time until the session expires, as of the save.
+        expires_in: Duration,
         /// Absolute deadline, Unix ms.
         deadline_ms: u64,
     },

@@ -7,6 +7,7 @@ mod support;
 
 mod harness;
 mod redis_only;
+mod store;
 
 use std::time::Duration;
 

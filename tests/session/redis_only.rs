@@ -10,18 +10,22 @@ use redis_layers::session::FailurePolicy;
 use crate::harness::{send_raw, Client, Fixture, Kind};
 use crate::support::RedisServer;
 
-/// Round trips the layer made between two snapshots: the commands it sends
-/// itself (script calls, and the plain commands of listing and revoking).
-/// `INFO commandstats` also counts the commands a script runs inside Redis
-/// (`hget`, `time`, ...), which are not round trips, so those are left out.
-fn commands(server: &RedisServer, before: &HashMap<String, u64>) -> u64 {
+/// The commands the layer sent between two snapshots, by name. `INFO
+/// commandstats` also counts the commands a script runs inside Redis
+/// (`hget`, `time`, ...), which are not sent by the client, so only the
+/// commands the session layer sends itself are kept.
+fn sent(server: &RedisServer, before: &HashMap<String, u64>) -> Vec<(&'static str, u64)> {
     let after = server.command_calls();
-    ["evalsha", "eval", "hmget", "zrem"]
-        .iter()
+    ["evalsha", "eval", "hgetall", "hmget", "zrem"]
+        .into_iter()
         .map(|name| {
-            after.get(*name).copied().unwrap_or(0) - before.get(*name).copied().unwrap_or(0)
+            (
+                name,
+                after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0),
+            )
         })
-        .sum()
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 /// Writes Redis applied since start (the dirty counter).
@@ -43,22 +47,24 @@ async fn round_trips_and_writes_as_measured_by_redis() {
     let before = server.command_calls();
     c.get("/untouched").await;
     c.get("/get/a").await;
-    assert_eq!(commands(server, &before), 0, "no cookie: no command");
+    assert_eq!(sent(server, &before), vec![], "no cookie: no command");
 
     // Warm the script cache: the first call of each script after a start
     // is EVALSHA + EVAL (NOSCRIPT), once.
     c.post("/set/a/1").await;
     c.get("/get/a").await;
+    c.get("/untouched").await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     c.get("/get/a").await;
 
+    // One round trip: the touch script pipelined with HGETALL.
     let before = server.command_calls();
     let w = writes(server);
     c.get("/get/a").await;
     assert_eq!(
-        commands(server, &before),
-        1,
-        "read-only, touch not due: one command"
+        sent(server, &before),
+        vec![("evalsha", 1), ("hgetall", 1)],
+        "read-only, touch not due"
     );
     assert_eq!(writes(server), w, "and no write");
 
@@ -67,19 +73,37 @@ async fn round_trips_and_writes_as_measured_by_redis() {
     let w = writes(server);
     c.get("/get/a").await;
     assert_eq!(
-        commands(server, &before),
-        1,
-        "read-only, touch due: still one command"
+        sent(server, &before),
+        vec![("evalsha", 1), ("hgetall", 1)],
+        "read-only, touch due"
     );
     assert!(writes(server) > w, "the touch wrote the new expiry");
 
     let before = server.command_calls();
+    let w = writes(server);
+    c.get("/untouched").await;
+    assert_eq!(
+        sent(server, &before),
+        vec![("evalsha", 1)],
+        "cookie, untouched: the touch alone"
+    );
+    assert_eq!(writes(server), w);
+
+    let before = server.command_calls();
     c.post("/incr/a").await;
-    assert_eq!(commands(server, &before), 2, "read then write");
+    assert_eq!(
+        sent(server, &before),
+        vec![("evalsha", 2), ("hgetall", 1)],
+        "read then write: two round trips"
+    );
 
     let before = server.command_calls();
     c.post("/set/b/1").await;
-    assert_eq!(commands(server, &before), 1, "blind write");
+    assert_eq!(
+        sent(server, &before),
+        vec![("evalsha", 1)],
+        "blind write: one round trip"
+    );
     assert_eq!(server.command_calls().get("script|load"), None);
 }
 

@@ -1,0 +1,204 @@
+//! The `SessionStore` contract, operation by operation (each Redis
+//! operation is one Lua script, so this tests every script on its own),
+//! against both stores.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis_layers::session::{
+    DeleteOutcome, LoadRequest, MemorySessionStore, RedisSessionStore, SaveMode, SaveOutcome,
+    SaveRequest, SessionHandle, SessionStore,
+};
+
+use crate::harness::{Fixture, Kind};
+
+const IDLE: Duration = Duration::from_secs(600);
+const ABSOLUTE: Duration = Duration::from_secs(3600);
+
+fn handle(n: u8) -> SessionHandle {
+    SessionHandle::parse(&format!("{:032x}", u128::from(n) * 0x1234_5678_9abc_def1)).unwrap()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn create(data: &[(&str, &str)], user: Option<&str>) -> SaveRequest {
+    SaveRequest {
+        mode: SaveMode::Create {
+            created_ms: None,
+            deadline_ms: None,
+            user_agent: Some("Agent/1".to_owned()),
+        },
+        idle: IDLE,
+        absolute: ABSOLUTE,
+        clear: false,
+        data: data
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Some((*v).to_owned())))
+            .collect(),
+        user: user.map(|u| Some(u.to_owned())),
+    }
+}
+
+fn update(data: &[(&str, Option<&str>)], clear: bool) -> SaveRequest {
+    SaveRequest {
+        mode: SaveMode::Update,
+        idle: IDLE,
+        absolute: ABSOLUTE,
+        clear,
+        data: data
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
+            .collect(),
+        user: None,
+    }
+}
+
+fn load(fields: bool, touch: Duration) -> LoadRequest {
+    LoadRequest {
+        idle: IDLE,
+        touch_interval: touch,
+        fields,
+    }
+}
+
+macro_rules! store_suite {
+    ($($name:ident => |$store:ident| $body:block)*) => {
+        mod on_redis {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let fx = Fixture::new(Kind::Redis);
+                    let $store = RedisSessionStore::new(fx.redis.clone().unwrap());
+                    $body
+                }
+            )*
+        }
+        mod on_memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let fx = Fixture::new(Kind::Memory);
+                    let $store = MemorySessionStore::new(fx.memory.clone().unwrap());
+                    $body
+                }
+            )*
+        }
+    };
+}
+
+store_suite! {
+    save_creates_once_and_load_returns_fields_and_metadata => |store| {
+        assert_eq!(store.load(&handle(1), &load(true, IDLE)).await.unwrap(), None);
+        let before = now_ms();
+        let saved = store.save(&handle(1), &create(&[("a", "1")], Some("u1"))).await.unwrap();
+        let SaveOutcome::Saved { expires_in, deadline_ms } = saved else { panic!("{saved:?}") };
+        assert!(expires_in <= IDLE && expires_in >= IDLE - Duration::from_secs(1), "{expires_in:?}");
+        assert!(deadline_ms >= before + 3_599_000 && deadline_ms <= now_ms() + 3_600_000);
+        assert_eq!(
+            store.save(&handle(1), &create(&[("a", "2")], None)).await.unwrap(),
+            SaveOutcome::Exists
+        );
+        let loaded = store.load(&handle(1), &load(true, IDLE)).await.unwrap().unwrap();
+        let record = loaded.record.unwrap();
+        assert_eq!(record.data.get("a").map(String::as_str), Some("1"));
+        assert_eq!(record.user.as_deref(), Some("u1"));
+        assert_eq!(record.user_agent.as_deref(), Some("Agent/1"));
+        assert_eq!(record.deadline_ms, deadline_ms);
+        assert!(record.created_ms >= before);
+        assert!(!loaded.touched, "touch interval not passed");
+    }
+
+    update_changes_only_the_given_fields_and_never_recreates => |store| {
+        assert_eq!(store.save(&handle(2), &update(&[("a", Some("1"))], false)).await.unwrap(), SaveOutcome::Missing);
+        assert_eq!(store.load(&handle(2), &load(true, IDLE)).await.unwrap(), None, "not created by an update");
+        store.save(&handle(2), &create(&[("a", "1"), ("b", "2")], Some("u"))).await.unwrap();
+        store.save(&handle(2), &update(&[("a", Some("10")), ("b", None), ("c", Some("3"))], false)).await.unwrap();
+        let record = store.load(&handle(2), &load(true, IDLE)).await.unwrap().unwrap().record.unwrap();
+        let mut keys: Vec<_> = record.data.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        keys.sort();
+        assert_eq!(keys, vec!["a=10", "c=3"]);
+
+        // Clear drops data, keeps the user binding.
+        store.save(&handle(2), &update(&[("d", Some("4"))], true)).await.unwrap();
+        let record = store.load(&handle(2), &load(true, IDLE)).await.unwrap().unwrap().record.unwrap();
+        assert_eq!(record.data.len(), 1);
+        assert_eq!(record.data.get("d").map(String::as_str), Some("4"));
+        assert_eq!(record.user.as_deref(), Some("u"));
+
+        assert!(matches!(store.delete(&handle(2), None).await.unwrap(), DeleteOutcome::Deleted { .. }));
+        assert_eq!(store.save(&handle(2), &update(&[("a", Some("1"))], false)).await.unwrap(), SaveOutcome::Missing);
+    }
+
+    load_touches_only_when_due_and_never_past_the_deadline => |store| {
+        store.save(&handle(3), &create(&[("a", "1")], None)).await.unwrap();
+        let t1 = std::time::Instant::now();
+        let first = store.load(&handle(3), &load(false, Duration::from_secs(60))).await.unwrap().unwrap();
+        assert!(!first.touched);
+        assert!(first.record.is_none(), "touch-only loads return no fields");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t2 = std::time::Instant::now();
+        let touched = store.load(&handle(3), &load(false, Duration::from_millis(10))).await.unwrap().unwrap();
+        assert!(touched.touched);
+        // The expiry moved later by about the 50 ms that passed.
+        assert!(t2 + touched.expires_in > t1 + first.expires_in + Duration::from_millis(30));
+
+        // A session created with a near deadline never expires after it.
+        let near = now_ms() + 300;
+        let mut req = create(&[("a", "1")], None);
+        req.mode = SaveMode::Create { created_ms: Some(now_ms()), deadline_ms: Some(near), user_agent: None };
+        let SaveOutcome::Saved { expires_in, .. } = store.save(&handle(4), &req).await.unwrap() else { panic!() };
+        // (5 ms of slack: the memory clock and this test's clock are read apart.)
+        assert!(expires_in <= Duration::from_millis(305), "min(now + idle, deadline): {expires_in:?}");
+        let l = store.load(&handle(4), &load(false, Duration::ZERO)).await.unwrap().unwrap();
+        assert!(l.expires_in <= expires_in);
+        assert!(!l.touched, "already at its deadline: nothing to slide");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(store.load(&handle(4), &load(true, Duration::ZERO)).await.unwrap(), None);
+
+        // A deadline already past refuses to create.
+        req.mode = SaveMode::Create { created_ms: None, deadline_ms: Some(now_ms() - 1), user_agent: None };
+        assert_eq!(store.save(&handle(5), &req).await.unwrap(), SaveOutcome::Missing);
+    }
+
+    delete_can_require_an_owner => |store| {
+        store.save(&handle(6), &create(&[("a", "1")], Some("alice"))).await.unwrap();
+        assert_eq!(store.delete(&handle(6), Some("bob")).await.unwrap(), DeleteOutcome::NotOwned);
+        assert!(store.load(&handle(6), &load(false, IDLE)).await.unwrap().is_some());
+        assert_eq!(
+            store.delete(&handle(6), Some("alice")).await.unwrap(),
+            DeleteOutcome::Deleted { user: Some("alice".to_owned()) }
+        );
+        assert_eq!(store.delete(&handle(6), None).await.unwrap(), DeleteOutcome::Missing);
+    }
+
+    the_user_index_lists_live_owned_sessions_and_prunes_the_rest => |store| {
+        for n in 10..13 {
+            store.save(&handle(n), &create(&[], Some("erin"))).await.unwrap();
+            store.index_add("erin", &handle(n), now_ms() + 3_600_000).await.unwrap();
+        }
+        // An entry whose deadline passed, one whose session is gone, and one
+        // whose session belongs to someone else.
+        store.index_add("erin", &handle(20), now_ms() - 1).await.unwrap();
+        store.index_add("erin", &handle(21), now_ms() + 3_600_000).await.unwrap();
+        store.save(&handle(22), &create(&[], Some("frank"))).await.unwrap();
+        store.index_add("erin", &handle(22), now_ms() + 3_600_000).await.unwrap();
+
+        let list = store.list("erin").await.unwrap();
+        let mut handles: Vec<_> = list.iter().map(|s| s.handle.clone()).collect();
+        handles.sort();
+        let mut expected = vec![handle(10), handle(11), handle(12)];
+        expected.sort();
+        assert_eq!(handles, expected);
+        assert!(list.iter().all(|s| s.user_agent.as_deref() == Some("Agent/1")));
+
+        store.index_remove("erin", &handle(11)).await.unwrap();
+        assert_eq!(store.list("erin").await.unwrap().len(), 2);
+        assert!(store.list("nobody").await.unwrap().is_empty());
+    }
+}
