@@ -2,18 +2,28 @@
 //!
 //! - `PORT` changes the port (default 3000).
 //! - `REDIS_URL` (e.g. `redis://127.0.0.1:6379`) switches from the in-process
-//!   memory backend to Redis.
+//!   memory backend to Redis; run two copies on different ports against one
+//!   Redis and a session works on both.
 //! - `RUST_LOG` sets the log filter (default `info`).
+//!
+//! Pages: a visit counter (`/`), login with any user name (the session id is
+//! renewed), logout, and an account page listing the user's sessions with
+//! buttons to revoke one or all others.
 
 use std::net::SocketAddr;
 
-use axum::extract::State;
+use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse};
-use axum::routing::get;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
 use axum::Router;
 use redis_layers::memory::MemoryBackend;
 use redis_layers::redis::RedisBackend;
+use redis_layers::session::{
+    MemorySessionStore, RedisSessionStore, Session, SessionError, SessionLayer,
+};
+use redis_layers::Problem;
+use serde::Deserialize;
 
 /// Which store the app runs on.
 #[derive(Clone)]
@@ -40,6 +50,16 @@ impl Backend {
             Backend::Memory(_) => "memory (in-process; set REDIS_URL to use Redis)",
             Backend::Redis(_) => "redis",
         }
+    }
+
+    fn session_layer(&self) -> SessionLayer {
+        let layer = match self {
+            Backend::Memory(memory) => SessionLayer::new(MemorySessionStore::new(memory.clone())),
+            Backend::Redis(redis) => SessionLayer::new(RedisSessionStore::new(redis.clone())),
+        };
+        // Plain http on localhost: a Secure cookie would never come back.
+        // Keep the default (true) anywhere served over https.
+        layer.secure(false)
     }
 }
 
@@ -75,19 +95,171 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn router(backend: Backend) -> Router {
+    let sessions = backend.session_layer();
     Router::new()
         .route("/", get(home))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/account", get(account))
+        .route("/account/revoke/{handle}", post(revoke))
+        .route("/account/revoke-others", post(revoke_others))
+        .layer(sessions)
+        // Outside the session layer: health checks never touch sessions.
         .route("/health", get(health))
         .with_state(backend)
 }
 
-async fn home(State(backend): State<Backend>) -> Html<String> {
+fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
-        "<!doctype html><title>redis-layers example</title>\
-         <h1>redis-layers example</h1><p>Backend: {}</p>\
-         <p><a href=\"/health\">/health</a></p>",
-        backend.describe()
+        "<!doctype html><meta charset=utf-8><title>{title}</title>\
+         <style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}\
+         table{{border-collapse:collapse}}td,th{{padding:.3em .8em;border-bottom:1px solid #ddd}}\
+         form{{display:inline}}</style>\
+         <h1>{title}</h1>{body}"
     ))
+}
+
+/// Escapes text for HTML (user names and user agents come from clients).
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+async fn home(
+    State(backend): State<Backend>,
+    session: Session,
+) -> Result<Html<String>, SessionError> {
+    let visits: u64 = session.get("visits").await?.unwrap_or(0) + 1;
+    session.insert("visits", visits).await?;
+    let who = match session.user().await? {
+        Some(user) => format!(
+            "Logged in as <b>{}</b>. <a href=\"/account\">Your sessions</a> \
+             <form method=post action=/logout><button>Log out</button></form>",
+            escape(&user)
+        ),
+        None => "Not logged in. <a href=\"/login\">Log in</a>".to_owned(),
+    };
+    Ok(page(
+        "redis-layers example",
+        &format!(
+            "<p>Visits in this session: <b>{visits}</b></p><p>{who}</p>\
+             <p>Backend: {}</p><p><a href=\"/health\">/health</a></p>",
+            backend.describe()
+        ),
+    ))
+}
+
+async fn login_form() -> Html<String> {
+    page(
+        "Log in",
+        "<form method=post action=/login>\
+         <label>User name <input name=user required maxlength=64 pattern=\"[A-Za-z0-9_.-]+\"></label> \
+         <button>Log in</button></form><p>Any name works: this is a demo.</p>",
+    )
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    user: String,
+}
+
+async fn login(session: Session, Form(form): Form<LoginForm>) -> Response {
+    let user = form.user.trim();
+    let valid = !user.is_empty()
+        && user.len() <= 64
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !valid {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid user name",
+            "Use 1 to 64 letters, digits, '_', '.' or '-'.",
+        )
+        .into_response();
+    }
+    // A new id on every privilege change (OWASP): a session id an attacker
+    // planted before login is useless after it.
+    let result = async {
+        session.cycle_id().await?;
+        session.set_user(user).await
+    }
+    .await;
+    match result {
+        Ok(()) => Redirect::to("/account").into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn logout(session: Session) -> Result<Redirect, SessionError> {
+    session.destroy().await?;
+    Ok(Redirect::to("/"))
+}
+
+async fn account(session: Session) -> Result<Response, SessionError> {
+    let Some(user) = session.user().await? else {
+        return Ok(Redirect::to("/login").into_response());
+    };
+    let mut rows = String::new();
+    for s in session.sessions().await? {
+        let age = |t: std::time::SystemTime| {
+            t.elapsed()
+                .map(|d| format!("{} s ago", d.as_secs()))
+                .unwrap_or_else(|_| "now".to_owned())
+        };
+        let action = if s.current {
+            "<i>this session</i>".to_owned()
+        } else {
+            format!(
+                "<form method=post action=/account/revoke/{}><button>Revoke</button></form>",
+                s.handle
+            )
+        };
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+            escape(s.user_agent.as_deref().unwrap_or("unknown")),
+            age(s.created),
+            age(s.last_seen),
+        ));
+    }
+    Ok(page(
+        &format!("Sessions of {}", escape(&user)),
+        &format!(
+            "<table><tr><th>Device</th><th>Created</th><th>Last seen</th><th></th></tr>{rows}</table>\
+             <p><form method=post action=/account/revoke-others><button>Log out other devices</button></form> \
+             <form method=post action=/logout><button>Log out</button></form> <a href=\"/\">Home</a></p>"
+        ),
+    )
+    .into_response())
+}
+
+async fn revoke(session: Session, Path(handle): Path<String>) -> Result<Response, SessionError> {
+    if session.revoke(&handle).await? {
+        Ok(Redirect::to("/account").into_response())
+    } else {
+        Ok(Problem::new(
+            StatusCode::NOT_FOUND,
+            "No such session",
+            "That session does not exist or is not yours.",
+        )
+        .into_response())
+    }
+}
+
+async fn revoke_others(session: Session) -> Result<Redirect, SessionError> {
+    let n = session.revoke_others().await?;
+    tracing::info!(revoked = n, "logged out other devices");
+    Ok(Redirect::to("/account"))
 }
 
 async fn health(State(backend): State<Backend>) -> impl IntoResponse {

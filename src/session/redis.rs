@@ -83,15 +83,16 @@ impl SessionStore for RedisSessionStore {
             .arg(ms(request.touch_interval));
         // One round trip either way: the touch script alone, or pipelined
         // with a plain HGETALL of the same key.
-        let (touched, fields): (Option<(u64, i64)>, Option<Vec<(String, String)>>) =
-            if request.fields {
-                let mut hgetall = ::redis::cmd("HGETALL");
-                hgetall.arg(&key);
-                let (t, f) = touch.invoke_then(&hgetall).await?;
-                (t, Some(f))
-            } else {
-                (touch.invoke().await?, None)
-            };
+        type Touch = Option<(u64, i64)>;
+        type Fields = Option<Vec<(String, String)>>;
+        let (touched, fields): (Touch, Fields) = if request.fields {
+            let mut hgetall = ::redis::cmd("HGETALL");
+            hgetall.arg(&key);
+            let (t, f) = touch.invoke_then(&hgetall).await?;
+            (t, Some(f))
+        } else {
+            (touch.invoke().await?, None)
+        };
         let Some((ttl_ms, touched)) = touched else {
             return Ok(None);
         };
