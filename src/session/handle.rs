@@ -472,13 +472,12 @@ impl Session {
     /// the layer once the inner service answered with a non-5xx status.
     pub(crate) async fn finish(&self, headers: &mut HeaderMap) -> Result<(), Error> {
         let mut state = self.state.lock().await;
-        let shared = &*self.shared;
         if state.degraded {
             return Ok(());
         }
         if state.destroyed {
             if state.cookie_id.is_some() {
-                shared.cookie.remove(headers);
+                self.remove_cookie(headers);
             }
             return Ok(());
         }
@@ -533,11 +532,11 @@ impl Session {
                             self.refresh_cookie(headers, &id, loaded.expires_in);
                         }
                     }
-                    None => shared.cookie.remove(headers),
+                    None => self.remove_cookie(headers),
                 }
             }
             Known::Unknown => {}
-            Known::Absent => shared.cookie.remove(headers),
+            Known::Absent => self.remove_cookie(headers),
             Known::Present(_) => {
                 if state.touched {
                     if let Some(at) = state.expires_at {
@@ -557,6 +556,11 @@ impl Session {
         if self.shared.cookie.persistent {
             self.set_cookie(headers, id, expires_in);
         }
+    }
+
+    fn remove_cookie(&self, headers: &mut HeaderMap) {
+        self.shared.cookie.remove(headers);
+        no_store(headers);
     }
 
     fn set_cookie(&self, headers: &mut HeaderMap, id: &SessionId, expires_in: Duration) {
@@ -608,20 +612,19 @@ impl Session {
             // resurrect it; drop the cookie.
             SaveOutcome::Missing | SaveOutcome::Exists => {
                 tracing::debug!("session ended during the request; its changes were dropped");
-                shared.cookie.remove(headers);
+                self.remove_cookie(headers);
                 Ok(())
             }
         }
     }
 
     async fn create(&self, state: &mut State, headers: &mut HeaderMap) -> Result<(), Error> {
-        let shared = &*self.shared;
         let holds_data = state.changes.values().any(Option::is_some)
             || matches!(state.user_change, Some(Some(_)));
         if !holds_data {
             // Nothing to keep: no session is created for removals alone.
             if state.cookie_id.is_some() {
-                shared.cookie.remove(headers);
+                self.remove_cookie(headers);
             }
             return Ok(());
         }

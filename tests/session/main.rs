@@ -41,6 +41,30 @@ macro_rules! session_suite {
     };
 }
 
+#[tokio::test]
+async fn a_missing_layer_is_a_500_naming_it() {
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let app = axum::Router::new().route(
+        "/",
+        get(|_s: redis_layers::session::Session| async { "unreachable" }),
+    );
+    let res = app
+        .oneshot(
+            http::Request::get("/")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("SessionLayer"));
+}
+
 session_suite! {
     no_cookie_and_untouched_costs_nothing => |fx| {
         let mut c = Client::new(fx.app(|l| l));
@@ -77,6 +101,30 @@ session_suite! {
         // A read-only request does not re-send the cookie.
         let r = c.get("/get/a").await;
         assert_eq!(r.set_cookie, None);
+    }
+
+    custom_cookie_settings_are_used => |fx| {
+        let app = fx.app(|l| {
+            l.cookie_name("sid")
+                .cookie_domain("example.com")
+                .cookie_path("/")
+                .same_site(redis_layers::session::SameSite::Strict)
+                .secure(false)
+        });
+        let r = harness::send_raw(&app, "POST", "/set/a/1", None).await;
+        let set = r.set_cookie.unwrap();
+        assert!(set.starts_with("sid="), "{set}");
+        for attr in ["Domain=example.com", "SameSite=Strict", "HttpOnly"] {
+            assert!(set.contains(attr), "{set}");
+        }
+        assert!(!set.contains("Secure"), "{set}");
+        let pair = set.split(';').next().unwrap().to_owned();
+        let r = harness::send_raw(&app, "GET", "/get/a", Some(pair.as_bytes())).await;
+        assert_eq!(r.body, "1");
+        // The default name means nothing to this layer.
+        let renamed = pair.replacen("sid=", "id=", 1);
+        let r = harness::send_raw(&app, "GET", "/get/a", Some(renamed.as_bytes())).await;
+        assert_eq!(r.body, "none");
     }
 
     values_round_trip_with_types => |fx| {
@@ -226,6 +274,7 @@ session_suite! {
         let cookie = c.cookie.clone().unwrap();
         let r = c.post("/logout").await;
         assert!(r.set_cookie.unwrap().contains("Max-Age=0"));
+        assert_eq!(r.cache_control.as_deref(), Some("no-store"));
         assert_eq!(c.cookie, None);
         // Replaying the old cookie finds nothing.
         let r = harness::send_raw(&app, "GET", "/get/a", Some(cookie.as_bytes())).await;
