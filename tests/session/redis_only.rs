@@ -222,3 +222,63 @@ async fn scripts_survive_a_script_flush() {
     assert_eq!(c.get("/get/a").await.body, "2");
     assert_eq!(server.command_calls().get("script|load"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_traffic_only_costs_the_outage() {
+    let mut fx = Fixture::with_deadline(Kind::Redis, Duration::from_millis(200));
+    let app = fx.app(|l| l);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let app = app.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            // Each iteration: a fresh session written, then read back.
+            let mut outcomes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let mut c = Client::new(app.clone());
+                let w = c.post("/set/a/1").await.status;
+                let r = if w == StatusCode::OK {
+                    c.get("/get/a").await.body
+                } else {
+                    String::new()
+                };
+                outcomes.push((Instant::now(), w, r, started.elapsed()));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            outcomes
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fx.server.as_mut().unwrap().kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fx.server.as_mut().unwrap().restart();
+    let restarted = Instant::now();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut failures = 0;
+    let mut after_recovery = 0;
+    for t in tasks {
+        for (started, status, body, took) in t.await.unwrap() {
+            assert!(
+                status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+                "only success or a clean 503: {status}"
+            );
+            // Two requests, each within the 200 ms deadline plus slack.
+            assert!(took < Duration::from_millis(900), "{took:?}");
+            if status != StatusCode::OK {
+                failures += 1;
+            }
+            if started > restarted + Duration::from_millis(300) {
+                // Long after the restart every iteration works end to end.
+                after_recovery += 1;
+                assert_eq!(status, StatusCode::OK, "still failing after the restart");
+                assert_eq!(body, "1", "a session written is read back");
+            }
+        }
+    }
+    assert!(failures > 0, "the outage was observed");
+    assert!(after_recovery > 8, "traffic continued after the restart");
+}
