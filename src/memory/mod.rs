@@ -107,12 +107,9 @@ impl Keyspace {
         }
     }
 
-    fn epoch_millis(&self) -> u64 {
-        self.epoch
-            .0
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64
+    /// The wall-clock time at the backend's creation, since the Unix epoch.
+    fn epoch_since_unix(&self) -> Duration {
+        self.epoch.0.duration_since(UNIX_EPOCH).unwrap_or_default()
     }
 
     /// The operation's time as Unix milliseconds (what a script gets from `TIME`).
@@ -121,11 +118,12 @@ impl Keyspace {
     }
 
     fn millis_of(&self, at: Instant) -> u64 {
-        self.epoch_millis() + at.saturating_duration_since(self.epoch.1).as_millis() as u64
+        let unix = self.epoch_since_unix() + at.saturating_duration_since(self.epoch.1);
+        unix.as_millis() as u64
     }
 
     fn instant_of(&self, unix_ms: u64) -> Instant {
-        self.epoch.1 + Duration::from_millis(unix_ms.saturating_sub(self.epoch_millis()))
+        self.epoch.1 + Duration::from_millis(unix_ms).saturating_sub(self.epoch_since_unix())
     }
 
     /// Sets the expiry of an existing key to a Unix time in ms (like
