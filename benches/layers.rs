@@ -50,6 +50,20 @@ struct Scenario {
     build: fn(Ctx) -> BoxFuture<Target>,
 }
 
+/// This crate's backend as every scenario configures it.
+fn bench_backend(ctx: &Ctx, prefix: String) -> RedisBackend {
+    RedisBackend::builder()
+        .url(ctx.redis_url.clone())
+        .prefix(prefix)
+        .multiplexed_connections(env_or(
+            "BENCH_LANES",
+            redis_layers::redis::DEFAULT_MULTIPLEXED_CONNECTIONS,
+        ))
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
 fn plain_get(path: &'static str) -> Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> {
     Arc::new(move |_, _| Request::get(path).body(Body::empty()).unwrap())
 }
@@ -74,16 +88,10 @@ async fn session_target(ctx: Ctx, path: &'static str, memory: bool) -> Target {
         "ok"
     }
 
-    let backend = RedisBackend::builder()
-        .url(ctx.redis_url.clone())
-        .prefix(format!("{}-{path}", ctx.prefix.trim_start_matches('/')))
-        .multiplexed_connections(env_or(
-            "BENCH_LANES",
-            redis_layers::redis::DEFAULT_MULTIPLEXED_CONNECTIONS,
-        ))
-        .deadline(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let backend = bench_backend(
+        &ctx,
+        format!("{}-{}", ctx.prefix, path.trim_start_matches('/')),
+    );
     let layer = if memory {
         SessionLayer::new(MemorySessionStore::new(MemoryBackend::new()))
     } else {
@@ -165,16 +173,7 @@ fn scenarios() -> Vec<Scenario> {
             name: "backend-get",
             build: |ctx| {
                 Box::pin(async move {
-                    let backend = RedisBackend::builder()
-                        .url(ctx.redis_url.clone())
-                        .prefix(ctx.prefix.clone())
-                        .multiplexed_connections(env_or(
-                            "BENCH_LANES",
-                            redis_layers::redis::DEFAULT_MULTIPLEXED_CONNECTIONS,
-                        ))
-                        .deadline(Duration::from_secs(2))
-                        .build()
-                        .unwrap();
+                    let backend = bench_backend(&ctx, ctx.prefix.clone());
                     let key = backend.namespace().key(&["bench"]);
                     let router = Router::new()
                         .route(
@@ -203,12 +202,7 @@ fn scenarios() -> Vec<Scenario> {
                         "bench-get",
                         "return redis.call('GET', KEYS[1])",
                     );
-                    let backend = RedisBackend::builder()
-                        .url(ctx.redis_url.clone())
-                        .prefix(ctx.prefix.clone())
-                        .deadline(Duration::from_secs(2))
-                        .build()
-                        .unwrap();
+                    let backend = bench_backend(&ctx, ctx.prefix.clone());
                     let key = backend.namespace().key(&["bench"]);
                     let router = Router::new()
                         .route(
