@@ -50,6 +50,12 @@
 //!   [signing](SessionLayer::signing_keys)) or non-UTF-8 cookies are no
 //!   session; they never cause an error response.
 //! - Nothing is saved when the response is a 5xx.
+//! - On the memory store, sessions count against the backend's
+//!   [`max_entries`](crate::memory::MemoryBackendBuilder::max_entries); when it
+//!   is full, the session closest to expiry is evicted first.
+//! - The layer can wrap a whole router (`Router::layer`) or only some routes
+//!   (`Router::route_layer`, `get(handler).layer(..)`); routes outside it
+//!   never touch the store.
 //! - A store failure answers 503 problem+json (the default
 //!   [`FailurePolicy::Closed`]), or continues without a session
 //!   ([`FailurePolicy::Open`]). Every store call is bounded by the backend's
