@@ -42,24 +42,34 @@ else
   end
 end
 
+-- Deletions and writes are batched, at most 500 fields a call, instead of a
+-- call per field (each redis.call has a fixed cost).
+local dels = {}
 if ARGV[6] == '1' then
   for _, field in ipairs(redis.call('HKEYS', key)) do
     if string.sub(field, 1, 2) == 'd:' then
-      redis.call('HDEL', key, field)
+      dels[#dels + 1] = field
     end
   end
 end
 
+-- A write is activity: it refreshes last-seen and slides the idle expiry.
+local sets = { 'm:seen', now }
 for i = 7, #ARGV, 2 do
   if ARGV[i + 1] == '' then
-    redis.call('HDEL', key, ARGV[i])
+    dels[#dels + 1] = ARGV[i]
   else
-    redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+    sets[#sets + 1] = ARGV[i]
+    sets[#sets + 1] = ARGV[i + 1]
   end
 end
+for i = 1, #dels, 500 do
+  redis.call('HDEL', key, unpack(dels, i, math.min(i + 499, #dels)))
+end
+for i = 1, #sets, 1000 do
+  redis.call('HSET', key, unpack(sets, i, math.min(i + 999, #sets)))
+end
 
--- A write is activity: it slides the idle expiry too.
-redis.call('HSET', key, 'm:seen', now)
 local expires = math.min(now + tonumber(ARGV[2]), deadline)
 redis.call('PEXPIREAT', key, expires)
 return { expires - now, deadline }

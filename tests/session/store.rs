@@ -166,6 +166,31 @@ store_suite! {
         assert_eq!(store.save(&handle(5), &req).await.unwrap(), SaveOutcome::Missing);
     }
 
+    large_change_sets_are_applied_whole => |store| {
+        let keys: Vec<String> = (0..1200).map(|i| format!("k{i}")).collect();
+        let mut create_req = create(&[], None);
+        create_req.data = keys.iter().map(|k| (k.clone(), Some("1".to_owned()))).collect();
+        store.save(&handle(7), &create_req).await.unwrap();
+        // Remove the even keys, change the odd ones.
+        let mut change = update(&[], false);
+        change.data = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), (i % 2 == 1).then(|| "2".to_owned())))
+            .collect();
+        store.save(&handle(7), &change).await.unwrap();
+        let record = store.load(&handle(7), &load(true, IDLE)).await.unwrap().unwrap().record.unwrap();
+        assert_eq!(record.data.len(), 600);
+        assert!(record.data.iter().all(|(k, v)| v == "2" && k[1..].parse::<u32>().unwrap() % 2 == 1));
+        // Clear plus new fields in one save.
+        let mut fresh = update(&[("only", Some("3"))], true);
+        fresh.user = Some(Some("zoe".to_owned()));
+        store.save(&handle(7), &fresh).await.unwrap();
+        let record = store.load(&handle(7), &load(true, IDLE)).await.unwrap().unwrap().record.unwrap();
+        assert_eq!(record.data.len(), 1);
+        assert_eq!(record.user.as_deref(), Some("zoe"));
+    }
+
     delete_can_require_an_owner => |store| {
         store.save(&handle(6), &create(&[("a", "1")], Some("alice"))).await.unwrap();
         assert_eq!(store.delete(&handle(6), Some("bob")).await.unwrap(), DeleteOutcome::NotOwned);
