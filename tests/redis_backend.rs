@@ -120,16 +120,7 @@ async fn a_busy_redis_yields_a_timeout_within_the_deadline() {
     let b = backend(&server, 100);
     b.ping().await.unwrap();
 
-    let url = server.url();
-    let sleeper = std::thread::spawn(move || {
-        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let _: () = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg("0.7")
-            .query(&mut conn)
-            .unwrap();
-    });
-    std::thread::sleep(Duration::from_millis(50));
+    let sleeper = block_server(&server, "0.7");
     let started = Instant::now();
     let err = b.get("k").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
@@ -326,4 +317,61 @@ async fn concurrent_calls_from_two_backends_are_all_applied() {
     // Two backends with two multiplexed connections each: 4 clients, not 400.
     let clients: String = server.cmd(&["CLIENT", "LIST"]);
     assert!(clients.lines().count() <= 5, "{clients}");
+}
+
+/// Blocks the server for `secs` from another thread; returns its handle.
+fn block_server(server: &RedisServer, secs: &str) -> std::thread::JoinHandle<()> {
+    let url = server.url();
+    let secs = secs.to_owned();
+    let handle = std::thread::spawn(move || {
+        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let _: () = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(secs)
+            .query(&mut conn)
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    handle
+}
+
+#[tokio::test]
+async fn a_deadline_longer_than_redis_rs_reply_timeout_is_honoured() {
+    let server = RedisServer::start();
+    let b = backend(&server, 1500);
+    b.ping().await.unwrap();
+    let sleeper = block_server(&server, "0.8");
+    let started = Instant::now();
+    b.ping()
+        .await
+        .expect("a slow reply within the deadline is a success");
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    sleeper.join().unwrap();
+}
+
+#[tokio::test]
+async fn with_a_passed_in_pool_replies_time_out_at_the_managers_500_ms() {
+    let server = RedisServer::start();
+    let manager = bb8_redis::RedisConnectionManager::new(server.url()).unwrap();
+    let pool = bb8::Pool::builder().build_unchecked(manager);
+    let b = RedisBackend::builder()
+        .pool(pool)
+        .deadline(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    b.ping().await.unwrap();
+    let sleeper = block_server(&server, "0.9");
+    let started = Instant::now();
+    let err = b.ping().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(700),
+        "documented 500 ms cap: {took:?}"
+    );
+    sleeper.join().unwrap();
 }

@@ -24,10 +24,11 @@
 //! either sends a `PING` (bb8's `test_on_check_out`) or makes concurrent
 //! requests queue for a free connection. Instead the backend opens one (or
 //! [a few](RedisBackendBuilder::multiplexed_connections)) dedicated
-//! [multiplexed](::redis::aio::MultiplexedConnection) connections
-//! through the pool's connection manager (so URL, credentials, database and
-//! TLS settings are the pool's) and spreads calls over them round-robin;
-//! concurrent calls are pipelined on one socket. A connection that breaks is
+//! [multiplexed](::redis::aio::MultiplexedConnection) connections and spreads
+//! calls over them round-robin; concurrent calls are pipelined on one socket.
+//! Built from a URL, it opens them itself from that URL; given a pool, it
+//! opens them through the pool's connection manager (so credentials,
+//! database and TLS settings are the pool's). A connection that breaks is
 //! replaced on the next call that needs it, so the backend recovers from a
 //! Redis restart or failover by itself.
 //!
@@ -36,7 +37,9 @@
 //! Every call — connecting if needed, sending, and waiting for the reply — is
 //! bounded by one deadline (default [`DEFAULT_DEADLINE`]). When it passes the
 //! call returns an [`ErrorKind::Timeout`] error; the
-//! connection stays usable.
+//! connection stays usable. With a passed-in pool, replies also time out
+//! after redis-rs's default of 500 ms (its manager's connections carry that
+//! setting), so a longer deadline is cut to 500 ms there.
 
 mod script;
 
@@ -80,6 +83,9 @@ pub struct RedisBackend {
 
 struct Inner {
     pool: RedisPool,
+    /// Set when built from a URL: lanes then connect with our own timeouts
+    /// instead of the manager's (whose replies time out after 500 ms).
+    direct: Option<(::redis::Client, ::redis::AsyncConnectionConfig)>,
     lanes: Box<[Lane]>,
     next_lane: AtomicUsize,
     deadline: Duration,
@@ -136,7 +142,10 @@ impl RedisBackendBuilder {
 
     /// Use a pool you already have. Its connection manager opens the
     /// backend's multiplexed connections; `pool_size` and
-    /// `connection_timeout` are then the pool's own.
+    /// `connection_timeout` are then the pool's own. bb8-redis's manager
+    /// opens connections whose replies time out after 500 ms (redis-rs's
+    /// default), so with a passed-in pool a [`deadline`](Self::deadline)
+    /// longer than that is cut to 500 ms while waiting for a reply.
     pub fn pool(mut self, pool: RedisPool) -> Self {
         self.source = Source::Pool(pool);
         self
@@ -186,19 +195,27 @@ impl RedisBackendBuilder {
             Some(p) => Namespace::new(p)?,
             None => Namespace::default(),
         };
-        let pool = match self.source {
-            Source::Pool(pool) => pool,
+        let (pool, direct) = match self.source {
+            Source::Pool(pool) => (pool, None),
             Source::Url(url) => {
-                let manager = RedisConnectionManager::new(url.as_str()).map_err(|e| {
+                let invalid = |e: ::redis::RedisError| {
                     Error::new(ErrorKind::Config, "invalid Redis URL").with_source(e)
-                })?;
-                bb8::Pool::builder()
+                };
+                let manager = RedisConnectionManager::new(url.as_str()).map_err(invalid)?;
+                let client = ::redis::Client::open(url.as_str()).map_err(invalid)?;
+                // The deadline bounds every call; redis-rs's own reply
+                // timeout (500 ms by default) would cap a longer one.
+                let config = ::redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.connection_timeout))
+                    .set_response_timeout(None);
+                let pool = bb8::Pool::builder()
                     .max_size(self.pool_size)
                     .connection_timeout(self.connection_timeout)
                     // A PING per checkout costs a round trip; broken
                     // connections surface as errors on use instead.
                     .test_on_check_out(false)
-                    .build_unchecked(manager)
+                    .build_unchecked(manager);
+                (pool, Some((client, config)))
             }
             Source::None => {
                 return Err(Error::new(
@@ -211,6 +228,7 @@ impl RedisBackendBuilder {
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 pool,
+                direct,
                 lanes,
                 next_lane: AtomicUsize::new(0),
                 deadline: self.deadline,
@@ -446,7 +464,15 @@ impl RedisBackend {
         if let Some((generation, conn)) = lane.current() {
             return Ok((index, generation, conn));
         }
-        let conn = self.inner.pool.dedicated_connection().await.map_err(|e| {
+        let conn = match &self.inner.direct {
+            Some((client, config)) => {
+                client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await
+            }
+            None => self.inner.pool.dedicated_connection().await,
+        };
+        let conn = conn.map_err(|e| {
             let kind = if e.is_timeout() {
                 ErrorKind::Timeout
             } else {
