@@ -34,6 +34,8 @@ pub enum Kind {
 pub struct Counting<St> {
     inner: St,
     calls: Arc<AtomicUsize>,
+    /// When set, `delete` fails as if the store were down.
+    fail_deletes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<St> Counting<St> {
@@ -65,7 +67,17 @@ impl<St: SessionStore> SessionStore for Counting<St> {
         u: Option<&str>,
     ) -> impl Future<Output = Result<DeleteOutcome, Error>> + Send {
         self.hit();
-        self.inner.delete(h, u)
+        let fail = self.fail_deletes.load(Ordering::SeqCst);
+        let inner = self.inner.delete(h, u);
+        async move {
+            if fail {
+                return Err(Error::new(
+                    redis_layers::ErrorKind::Connection,
+                    "injected failure",
+                ));
+            }
+            inner.await
+        }
     }
     fn index_add(
         &self,
@@ -95,6 +107,7 @@ pub struct Fixture {
     pub redis: Option<RedisBackend>,
     pub memory: Option<MemoryBackend>,
     calls: Arc<AtomicUsize>,
+    pub fail_deletes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Fixture {
@@ -118,6 +131,7 @@ impl Fixture {
                     redis: Some(redis),
                     memory: None,
                     calls: Arc::default(),
+                    fail_deletes: Arc::default(),
                 }
             }
             Kind::Memory => Fixture {
@@ -125,6 +139,7 @@ impl Fixture {
                 redis: None,
                 memory: Some(MemoryBackend::builder().prefix(prefix).build().unwrap()),
                 calls: Arc::default(),
+                fail_deletes: Arc::default(),
             },
         }
     }
@@ -135,10 +150,12 @@ impl Fixture {
             (Some(redis), _) => SessionLayer::new(Counting {
                 inner: RedisSessionStore::new(redis.clone()),
                 calls: self.calls.clone(),
+                fail_deletes: self.fail_deletes.clone(),
             }),
             (_, Some(memory)) => SessionLayer::new(Counting {
                 inner: MemorySessionStore::new(memory.clone()),
                 calls: self.calls.clone(),
+                fail_deletes: self.fail_deletes.clone(),
             }),
             _ => unreachable!(),
         };

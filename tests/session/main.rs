@@ -266,6 +266,22 @@ session_suite! {
         assert_eq!(r.body, "none", "the old id is dead");
     }
 
+    a_failed_renewal_loses_nothing => |fx| {
+        let app = fx.app(|l| l);
+        let mut c = Client::new(app.clone());
+        c.post("/set/cart/3").await;
+        let old = c.cookie.clone().unwrap();
+        // The new record is written, then deleting the old one fails.
+        fx.fail_deletes.store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = c.post("/login/alice").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.set_cookie, None, "the failed response carries no new cookie");
+        fx.fail_deletes.store(false, std::sync::atomic::Ordering::SeqCst);
+        // The client still holds the old id, and it still works.
+        assert_eq!(c.cookie.as_deref(), Some(old.as_str()));
+        assert_eq!(c.get("/get/cart").await.body, "3");
+    }
+
     destroy_logs_out_server_side => |fx| {
         let app = fx.app(|l| l);
         let mut c = Client::new(app.clone());
