@@ -136,7 +136,7 @@ struct State {
     destroyed: bool,
     /// A store call failed under the fail-open policy: do nothing more.
     degraded: bool,
-    user_agent: Option<String>,
+    user_agent: Option<http::HeaderValue>,
 }
 
 /// The session of one request: read and change it from a handler.
@@ -165,16 +165,9 @@ const MAX_USER_AGENT_LEN: usize = 256;
 impl Session {
     pub(crate) fn new(shared: Arc<Shared>, headers: &HeaderMap) -> Self {
         let cookie_id = shared.cookie.read(headers);
-        let user_agent = headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|ua| {
-                let mut end = ua.len().min(MAX_USER_AGENT_LEN);
-                while !ua.is_char_boundary(end) {
-                    end -= 1;
-                }
-                ua[..end].to_owned()
-            });
+        // Kept as the raw header (a cheap clone); turned into text only if
+        // a session is created.
+        let user_agent = headers.get(http::header::USER_AGENT).cloned();
         let known = if cookie_id.is_some() {
             Known::Unknown
         } else {
@@ -634,7 +627,7 @@ impl Session {
             SaveMode::Create {
                 created_ms: None,
                 deadline_ms: None,
-                user_agent: state.user_agent.clone(),
+                user_agent: state.user_agent.as_ref().and_then(user_agent_text),
             },
         );
         let (id, expires_in, deadline_ms) = self.create_record(&request).await?;
@@ -696,7 +689,9 @@ impl Session {
             mode: SaveMode::Create {
                 created_ms: Some(record.created_ms),
                 deadline_ms: Some(record.deadline_ms),
-                user_agent: record.user_agent.or_else(|| state.user_agent.clone()),
+                user_agent: record
+                    .user_agent
+                    .or_else(|| state.user_agent.as_ref().and_then(user_agent_text)),
             },
             idle: shared.idle,
             absolute: shared.absolute,
@@ -741,6 +736,13 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The User-Agent as text, cut to [`MAX_USER_AGENT_LEN`] bytes; `None` when
+/// it is not visible ASCII (as `HeaderValue::to_str` defines it).
+fn user_agent_text(value: &http::HeaderValue) -> Option<String> {
+    let ua = value.to_str().ok()?;
+    Some(ua[..ua.len().min(MAX_USER_AGENT_LEN)].to_owned())
 }
 
 /// A response that sets a session cookie must not be stored by a shared cache.

@@ -458,6 +458,16 @@ session_suite! {
         assert_eq!(list.as_array().unwrap().len(), 1);
     }
 
+    long_user_agents_are_cut_to_256_bytes => |fx| {
+        let app = fx.app(|l| l);
+        let long = "A".repeat(5000);
+        let mut c = Client::with_agent(app, &long);
+        c.post("/login/ua").await;
+        let list: serde_json::Value = serde_json::from_str(&c.get("/sessions").await.body).unwrap();
+        let ua = list[0]["user_agent"].as_str().unwrap();
+        assert_eq!(ua.len(), 256);
+    }
+
     expired_sessions_leave_the_user_index => |fx| {
         let app = fx.app(|l| l.idle_timeout(Duration::from_millis(300)));
         let mut old = Client::new(app.clone());
