@@ -149,21 +149,11 @@ impl<'a> ScriptCall<'a> {
                 pipeline(self.command("EVAL", self.script.body))
             })
             .await?;
-        let first = T::from_redis_value(first).map_err(|e| {
-            Error::decode(format!(
-                "script {} returned an unexpected reply",
-                self.script.name
-            ))
-            .with_source(e.to_string())
-        })?;
-        let second = U::from_redis_value(second).map_err(|e| {
-            Error::decode(format!(
-                "the command after script {} returned an unexpected reply",
-                self.script.name
-            ))
-            .with_source(e.to_string())
-        })?;
-        Ok((first, second))
+        let name = self.script.name;
+        Ok((
+            decode(first, || format!("script {name}"))?,
+            decode(second, || format!("the command after script {name}"))?,
+        ))
     }
 
     /// Runs the script (EVALSHA, then EVAL on NOSCRIPT) within the backend's
@@ -176,12 +166,17 @@ impl<'a> ScriptCall<'a> {
                 self.command("EVAL", self.script.body)
             })
             .await?;
-        T::from_redis_value(value).map_err(|e| {
-            Error::decode(format!(
-                "script {} returned an unexpected reply",
-                self.script.name
-            ))
-            .with_source(e.to_string())
-        })
+        decode(value, || format!("script {}", self.script.name))
     }
+}
+
+/// Decodes a reply; the error names what sent it.
+fn decode<T: FromRedisValue>(
+    value: ::redis::Value,
+    sender: impl FnOnce() -> String,
+) -> Result<T, Error> {
+    T::from_redis_value(value).map_err(|e| {
+        Error::decode(format!("{} returned an unexpected reply", sender()))
+            .with_source(e.to_string())
+    })
 }
