@@ -25,6 +25,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_ABSOLUTE_TIMEOUT: Duration = Duration::from_secs(8 * 60 * 60);
 /// Touch interval used when none is configured: 60 seconds.
 pub const DEFAULT_TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+/// The longest timeout accepted: 10 years. Longer settings are cut to it,
+/// so expiry times stay exact integers in Lua (whose numbers are doubles).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
 /// Adds a [`Session`] to every request and persists what handlers change.
 ///
@@ -118,21 +121,22 @@ impl SessionLayer {
         self.with(|s| s.cookie.keys = keys)
     }
 
-    /// Inactivity after which a session ends (default [`DEFAULT_IDLE_TIMEOUT`]).
+    /// Inactivity after which a session ends (default [`DEFAULT_IDLE_TIMEOUT`];
+    /// kept between 1 ms and [`MAX_TIMEOUT`]).
     pub fn idle_timeout(self, idle: Duration) -> Self {
-        self.with(|s| s.idle = idle.max(Duration::from_millis(1)))
+        self.with(|s| s.idle = idle.clamp(Duration::from_millis(1), MAX_TIMEOUT))
     }
 
     /// Age after which a session ends however active (default
-    /// [`DEFAULT_ABSOLUTE_TIMEOUT`]).
+    /// [`DEFAULT_ABSOLUTE_TIMEOUT`]; kept between 1 ms and [`MAX_TIMEOUT`]).
     pub fn absolute_timeout(self, absolute: Duration) -> Self {
-        self.with(|s| s.absolute = absolute.max(Duration::from_millis(1)))
+        self.with(|s| s.absolute = absolute.clamp(Duration::from_millis(1), MAX_TIMEOUT))
     }
 
     /// The expiry slides only when it would move by more than this (default
     /// [`DEFAULT_TOUCH_INTERVAL`]), so most requests write nothing.
     pub fn touch_interval(self, interval: Duration) -> Self {
-        self.with(|s| s.touch_interval = interval)
+        self.with(|s| s.touch_interval = interval.min(MAX_TIMEOUT))
     }
 
     /// Which requests slide the expiry (default [`Activity::AnyRequest`]).

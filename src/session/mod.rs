@@ -73,7 +73,7 @@ pub use self::handle::Session;
 pub use self::id::{SessionHandle, SessionId};
 pub use self::layer::{
     ResponseFuture, SessionLayer, SessionService, DEFAULT_ABSOLUTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_TOUCH_INTERVAL,
+    DEFAULT_TOUCH_INTERVAL, MAX_TIMEOUT,
 };
 pub use self::memory::MemorySessionStore;
 pub use self::redis::RedisSessionStore;

@@ -458,6 +458,21 @@ session_suite! {
         assert_eq!(list.as_array().unwrap().len(), 1);
     }
 
+    huge_timeouts_are_cut_not_broken => |fx| {
+        let app = fx.app(|l| {
+            l.idle_timeout(Duration::MAX)
+                .absolute_timeout(Duration::MAX)
+                .touch_interval(Duration::MAX)
+                .persistent(true)
+        });
+        let mut c = Client::new(app);
+        let r = c.post("/login/max").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(c.get("/user").await.body, "max");
+        let list: serde_json::Value = serde_json::from_str(&c.get("/sessions").await.body).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 1);
+    }
+
     long_user_agents_are_cut_to_256_bytes => |fx| {
         let app = fx.app(|l| l);
         let long = "A".repeat(5000);

@@ -226,3 +226,58 @@ pub fn unique_prefix(name: &str) -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A Redis Cluster of `n` primaries (no replicas), each a [`RedisServer`]
+/// started with `--cluster-enabled yes`, slots split evenly, all killed on
+/// drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `n` nodes, assigns the 16384 slots, joins them, and waits until
+    /// every node reports `cluster_state:ok`.
+    pub fn start(n: usize) -> Self {
+        assert!(n >= 1);
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let per = 16384 / n;
+        for (i, node) in nodes.iter().enumerate() {
+            let first = i * per;
+            let last = if i + 1 == n { 16383 } else { first + per - 1 };
+            let _: () = node.cmd(&[
+                "CLUSTER",
+                "ADDSLOTSRANGE",
+                &first.to_string(),
+                &last.to_string(),
+            ]);
+        }
+        for node in &nodes[1..] {
+            let _: () = nodes[0].cmd(&["CLUSTER", "MEET", "127.0.0.1", &node.port().to_string()]);
+        }
+        let started = Instant::now();
+        loop {
+            let ok = nodes.iter().all(|node| {
+                let info: String = node.cmd(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{n}"))
+            });
+            if ok {
+                return RedisCluster { nodes };
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the test cluster did not reach cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
