@@ -107,7 +107,7 @@ impl SessionStore for MemorySessionStore {
                 return Ok(None);
             };
             let mut expires = ks.expire_time_millis(&key).flatten().unwrap_or(now);
-            let target = (now + ms(request.idle)).min(deadline);
+            let target = now.saturating_add(ms(request.idle)).min(deadline);
             let touched = target.saturating_sub(expires) > ms(request.touch_interval);
             if touched {
                 ks.expire_at_millis(&key, target);
@@ -149,7 +149,7 @@ impl SessionStore for MemorySessionStore {
                     if ks.get(&key).is_some() {
                         return Ok(SaveOutcome::Exists);
                     }
-                    let deadline = deadline_ms.unwrap_or(now + ms(request.absolute));
+                    let deadline = deadline_ms.unwrap_or(now.saturating_add(ms(request.absolute)));
                     if deadline <= now {
                         return Ok(SaveOutcome::Missing);
                     }
@@ -189,7 +189,7 @@ impl SessionStore for MemorySessionStore {
                 }
             }
             h.insert(fields::SEEN.to_owned(), now.to_string().into_bytes());
-            let expires = (now + ms(request.idle)).min(deadline);
+            let expires = now.saturating_add(ms(request.idle)).min(deadline);
             ks.expire_at_millis(&key, expires);
             Ok(SaveOutcome::Saved {
                 expires_in: Duration::from_millis(expires - now),
