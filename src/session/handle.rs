@@ -211,7 +211,7 @@ impl Session {
         };
         match self.shared.store.load(&id.handle(), &request).await {
             Ok(Some(loaded)) => {
-                state.expires_at = Some(Instant::now() + loaded.expires_in);
+                state.expires_at = Instant::now().checked_add(loaded.expires_in);
                 state.touched = loaded.touched;
                 state.known = Known::Present(loaded.record.unwrap_or_default());
                 Ok(())
@@ -592,10 +592,13 @@ impl Session {
                     .await?;
                 // The save slid the expiry; a persistent cookie follows when
                 // it moved by more than the touch interval.
-                let now = Instant::now();
-                let moved = state.expires_at.is_none_or(|before| {
-                    (now + expires_in).saturating_duration_since(before) > shared.touch_interval
-                });
+                let after = Instant::now().checked_add(expires_in);
+                let moved = match (state.expires_at, after) {
+                    (Some(before), Some(after)) => {
+                        after.saturating_duration_since(before) > shared.touch_interval
+                    }
+                    _ => true,
+                };
                 if moved || state.touched {
                     self.refresh_cookie(headers, id, expires_in);
                 }
