@@ -80,11 +80,11 @@ async fn session_target(ctx: Ctx, path: &'static str, memory: bool) -> Target {
     }
     async fn write(session: Session) -> String {
         let n: u64 = session.get("n").await.unwrap().unwrap_or(0) + 1;
-        session.insert("n", n).await.unwrap();
+        session.insert("n", n).unwrap();
         n.to_string()
     }
     async fn seed(session: Session) -> &'static str {
-        session.insert("n", 0u64).await.unwrap();
+        session.insert("n", 0u64).unwrap();
         "ok"
     }
 

@@ -140,7 +140,7 @@ async fn home(
     session: Session,
 ) -> Result<Html<String>, SessionError> {
     let visits: u64 = session.get("visits").await?.unwrap_or(0) + 1;
-    session.insert("visits", visits).await?;
+    session.insert("visits", visits)?;
     let who = match session.user().await? {
         Some(user) => format!(
             "Logged in as <b>{}</b>. <a href=\"/account\">Your sessions</a> \
@@ -192,7 +192,7 @@ async fn login(session: Session, Form(form): Form<LoginForm>) -> Response {
     // planted before login is useless after it.
     let result = async {
         session.cycle_id().await?;
-        session.set_user(user).await
+        session.set_user(user)
     }
     .await;
     match result {

@@ -128,27 +128,43 @@ struct State {
     expires_at: Option<Instant>,
     /// The last load moved the expiry.
     touched: bool,
+    /// A store call failed under the fail-open policy: do nothing more.
+    degraded: bool,
+    user_agent: Option<http::HeaderValue>,
+}
+
+/// What handlers changed; recorded without touching the store, behind a
+/// plain mutex so the recording methods need no `.await`.
+#[derive(Default)]
+struct Edits {
     /// Data changes: key to JSON (`None` removes).
     changes: BTreeMap<String, Option<String>>,
     clear: bool,
     user_change: Option<Option<String>>,
     cycle: bool,
     destroyed: bool,
-    /// A store call failed under the fail-open policy: do nothing more.
-    degraded: bool,
-    user_agent: Option<http::HeaderValue>,
+}
+
+impl Edits {
+    fn is_dirty(&self) -> bool {
+        !self.changes.is_empty() || self.clear || self.user_change.is_some() || self.cycle
+    }
 }
 
 /// The session of one request: read and change it from a handler.
 ///
 /// Values are stored as JSON, one field per key; a request writes only the
 /// keys it changed, when the response goes out. Methods that may need the
-/// store are `async`; the others only record a change. Get it in axum with
-/// the extractor (`session: Session`), or from the request extensions.
+/// store are `async`; the others only record a change and return at once.
+/// Get it in axum with the extractor (`session: Session`), or from the
+/// request extensions.
 #[derive(Clone)]
 pub struct Session {
     shared: Arc<Shared>,
+    /// What the store said; locked across store calls. Lock it before
+    /// `edits`, never the other way round.
     state: Arc<Mutex<State>>,
+    edits: Arc<std::sync::Mutex<Edits>>,
 }
 
 impl fmt::Debug for Session {
@@ -180,15 +196,16 @@ impl Session {
                 known,
                 expires_at: None,
                 touched: false,
-                changes: BTreeMap::new(),
-                clear: false,
-                user_change: None,
-                cycle: false,
-                destroyed: false,
                 degraded: false,
                 user_agent,
             })),
+            edits: Arc::default(),
         }
+    }
+
+    /// The recorded edits (held briefly, never across an `.await`).
+    fn edits(&self) -> std::sync::MutexGuard<'_, Edits> {
+        self.edits.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Loads the session if not done yet. Under fail-open a store failure
@@ -240,14 +257,16 @@ impl Session {
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
         let mut state = self.state.lock().await;
         self.ensure_loaded(&mut state).await?;
-        let json = match state.changes.get(key) {
+        let edits = self.edits();
+        let json = match edits.changes.get(key) {
             Some(change) => change.clone(),
-            None if state.clear => None,
+            None if edits.clear => None,
             None => match &state.known {
                 Known::Present(record) => record.data.get(key).cloned(),
                 _ => None,
             },
         };
+        drop(edits);
         match json {
             None => Ok(None),
             Some(json) => {
@@ -264,26 +283,23 @@ impl Session {
     /// Sets `key` to `value` (as JSON). Needs no store access: only this key
     /// is written when the response goes out, and a session is created then
     /// if there is none.
-    pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+    pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
         let json = serde_json::to_string(&value).map_err(SessionError::Serialize)?;
-        self.state
-            .lock()
-            .await
-            .changes
-            .insert(key.to_owned(), Some(json));
+        self.edits().changes.insert(key.to_owned(), Some(json));
         Ok(())
     }
 
-    /// Removes `key`.
-    pub async fn remove(&self, key: &str) {
-        self.state.lock().await.changes.insert(key.to_owned(), None);
+    /// Removes `key` when the response goes out.
+    pub fn remove(&self, key: &str) {
+        self.edits().changes.insert(key.to_owned(), None);
     }
 
-    /// Removes every key (the user binding and metadata stay).
-    pub async fn clear(&self) {
-        let mut state = self.state.lock().await;
-        state.changes.clear();
-        state.clear = true;
+    /// Removes every key when the response goes out (the user binding and
+    /// metadata stay).
+    pub fn clear(&self) {
+        let mut edits = self.edits();
+        edits.changes.clear();
+        edits.clear = true;
     }
 
     /// The session's id, when a session exists (loads it to find out).
@@ -303,26 +319,26 @@ impl Session {
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
         let mut state = self.state.lock().await;
         self.ensure_loaded(&mut state).await?;
-        state.cycle = true;
+        self.edits().cycle = true;
         Ok(())
     }
 
     /// Binds the session to `user` (for example at login, with
     /// [`cycle_id`](Self::cycle_id)), so it appears in the user's
     /// [`sessions`](Self::sessions) list. The user id must be 1 to 256 bytes.
-    pub async fn set_user(&self, user: impl Into<String>) -> Result<(), SessionError> {
+    pub fn set_user(&self, user: impl Into<String>) -> Result<(), SessionError> {
         let user = user.into();
         if user.is_empty() || user.len() > MAX_USER_LEN {
             return Err(SessionError::InvalidUser);
         }
-        self.state.lock().await.user_change = Some(Some(user));
+        self.edits().user_change = Some(Some(user));
         Ok(())
     }
 
     /// The user the session is bound to.
     pub async fn user(&self) -> Result<Option<String>, SessionError> {
         let mut state = self.state.lock().await;
-        if let Some(change) = &state.user_change {
+        if let Some(change) = &self.edits().user_change {
             return Ok(change.clone());
         }
         self.ensure_loaded(&mut state).await?;
@@ -336,11 +352,10 @@ impl Session {
     /// cookie in the response. Changes made in this request are dropped.
     pub async fn destroy(&self) -> Result<(), SessionError> {
         let mut state = self.state.lock().await;
-        state.changes.clear();
-        state.clear = false;
-        state.user_change = None;
-        state.cycle = false;
-        state.destroyed = true;
+        *self.edits() = Edits {
+            destroyed: true,
+            ..Edits::default()
+        };
         let Some(id) = state.cookie_id.clone() else {
             return Ok(());
         };
@@ -468,25 +483,28 @@ impl Session {
         if state.degraded {
             return Ok(());
         }
-        if state.destroyed {
+        // The handler is done: take what it recorded.
+        let mut edits = std::mem::take(&mut *self.edits());
+        if edits.destroyed {
             if state.cookie_id.is_some() {
                 self.remove_cookie(headers);
             }
             return Ok(());
         }
-        let dirty =
-            !state.changes.is_empty() || state.clear || state.user_change.is_some() || state.cycle;
-        if !dirty {
+        if !edits.is_dirty() {
             return self.finish_untouched(&mut state, headers).await;
         }
+        let state = &mut *state;
         match std::mem::replace(&mut state.known, Known::Absent) {
-            Known::Present(record) if state.cycle => self.renew(&mut state, record, headers).await,
+            Known::Present(record) if edits.cycle => {
+                self.renew(state, &mut edits, record, headers).await
+            }
             Known::Present(record) => {
                 let id = state
                     .cookie_id
                     .clone()
                     .ok_or_else(|| Error::decode("loaded session without id"))?;
-                self.update(&mut state, &id, record.user.clone(), headers)
+                self.update(state, &mut edits, &id, record.user.clone(), headers)
                     .await
             }
             Known::Unknown => {
@@ -495,9 +513,9 @@ impl Session {
                     .cookie_id
                     .clone()
                     .ok_or_else(|| Error::decode("unknown session without id"))?;
-                self.update(&mut state, &id, None, headers).await
+                self.update(state, &mut edits, &id, None, headers).await
             }
-            Known::Absent => self.create(&mut state, headers).await,
+            Known::Absent => self.create(state, &mut edits, headers).await,
         }
     }
 
@@ -561,28 +579,29 @@ impl Session {
         no_store(headers);
     }
 
-    fn save_request(&self, state: &mut State, mode: SaveMode) -> SaveRequest {
+    fn save_request(&self, edits: &mut Edits, mode: SaveMode) -> SaveRequest {
         SaveRequest {
             mode,
             idle: self.shared.idle,
             absolute: self.shared.absolute,
-            clear: state.clear,
-            data: std::mem::take(&mut state.changes).into_iter().collect(),
-            user: state.user_change.take(),
+            clear: edits.clear,
+            data: std::mem::take(&mut edits.changes).into_iter().collect(),
+            user: edits.user_change.take(),
         }
     }
 
     async fn update(
         &self,
         state: &mut State,
+        edits: &mut Edits,
         id: &SessionId,
         old_user: Option<String>,
         headers: &mut HeaderMap,
     ) -> Result<(), Error> {
         let shared = &*self.shared;
         let handle = id.handle();
-        let new_user = state.user_change.clone();
-        let request = self.save_request(state, SaveMode::Update);
+        let new_user = edits.user_change.clone();
+        let request = self.save_request(edits, SaveMode::Update);
         match shared.store.save(&handle, &request).await? {
             SaveOutcome::Saved {
                 expires_in,
@@ -614,9 +633,14 @@ impl Session {
         }
     }
 
-    async fn create(&self, state: &mut State, headers: &mut HeaderMap) -> Result<(), Error> {
-        let holds_data = state.changes.values().any(Option::is_some)
-            || matches!(state.user_change, Some(Some(_)));
+    async fn create(
+        &self,
+        state: &mut State,
+        edits: &mut Edits,
+        headers: &mut HeaderMap,
+    ) -> Result<(), Error> {
+        let holds_data = edits.changes.values().any(Option::is_some)
+            || matches!(edits.user_change, Some(Some(_)));
         if !holds_data {
             // Nothing to keep: no session is created for removals alone.
             if state.cookie_id.is_some() {
@@ -624,9 +648,9 @@ impl Session {
             }
             return Ok(());
         }
-        let new_user = state.user_change.clone();
+        let new_user = edits.user_change.clone();
         let request = self.save_request(
-            state,
+            edits,
             SaveMode::Create {
                 created_ms: None,
                 deadline_ms: None,
@@ -670,6 +694,7 @@ impl Session {
     async fn renew(
         &self,
         state: &mut State,
+        edits: &mut Edits,
         record: SessionRecord,
         headers: &mut HeaderMap,
     ) -> Result<(), Error> {
@@ -678,13 +703,13 @@ impl Session {
             .cookie_id
             .clone()
             .ok_or_else(|| Error::decode("loaded session without id"))?;
-        let mut data: BTreeMap<String, Option<String>> = if state.clear {
+        let mut data: BTreeMap<String, Option<String>> = if edits.clear {
             BTreeMap::new()
         } else {
             record.data.into_iter().map(|(k, v)| (k, Some(v))).collect()
         };
-        data.extend(std::mem::take(&mut state.changes));
-        let user = match state.user_change.take() {
+        data.extend(std::mem::take(&mut edits.changes));
+        let user = match edits.user_change.take() {
             Some(change) => change,
             None => record.user.clone(),
         };

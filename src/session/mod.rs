@@ -8,7 +8,7 @@
 //!
 //! async fn counter(session: Session) -> Result<String, SessionError> {
 //!     let visits: u64 = session.get("visits").await?.unwrap_or(0) + 1;
-//!     session.insert("visits", visits).await?;
+//!     session.insert("visits", visits)?;
 //!     Ok(format!("visit number {visits}"))
 //! }
 //!

@@ -243,7 +243,7 @@ async fn set_value(
 ) -> Result<&'static str, SessionError> {
     let value: serde_json::Value =
         serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
-    session.insert(&key, value).await?;
+    session.insert(&key, value)?;
     Ok("ok")
 }
 
@@ -251,7 +251,7 @@ async fn slow_set(
     session: Session,
     Path((key, value)): Path<(String, String)>,
 ) -> Result<&'static str, SessionError> {
-    session.insert(&key, value).await?;
+    session.insert(&key, value)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok("ok")
 }
@@ -260,29 +260,29 @@ async fn fail_after_set(
     session: Session,
     Path((key, value)): Path<(String, String)>,
 ) -> impl IntoResponse {
-    let _ = session.insert(&key, value).await;
+    let _ = session.insert(&key, value);
     (StatusCode::INTERNAL_SERVER_ERROR, "handler failed")
 }
 
 async fn incr(session: Session, Path(key): Path<String>) -> Result<String, SessionError> {
     let n: i64 = session.get(&key).await?.unwrap_or(0) + 1;
-    session.insert(&key, n).await?;
+    session.insert(&key, n)?;
     Ok(n.to_string())
 }
 
 async fn remove(session: Session, Path(key): Path<String>) -> &'static str {
-    session.remove(&key).await;
+    session.remove(&key);
     "ok"
 }
 
 async fn clear(session: Session) -> &'static str {
-    session.clear().await;
+    session.clear();
     "ok"
 }
 
 async fn login(session: Session, Path(user): Path<String>) -> Result<&'static str, SessionError> {
     session.cycle_id().await?;
-    session.set_user(user).await?;
+    session.set_user(user)?;
     Ok("ok")
 }
 
