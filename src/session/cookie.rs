@@ -247,6 +247,50 @@ mod tests {
         assert_eq!(rotated.read(&h), None);
     }
 
+    /// Arbitrary header bytes (seeded, repeatable): never a panic, and
+    /// anything accepted is a well-formed id.
+    #[test]
+    fn arbitrary_cookie_headers_never_panic() {
+        let plain = CookieConfig::default();
+        let signed = CookieConfig {
+            keys: vec![Key::generate()],
+            ..CookieConfig::default()
+        };
+        let pieces: [&[u8]; 8] = [b"id=", b";", b" ", b"=", b"\"", b"%", b"\xff", b"A"];
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..5_000 {
+            let mut raw = Vec::new();
+            for _ in 0..(next() % 40) {
+                let r = next();
+                if r % 3 == 0 {
+                    raw.extend_from_slice(pieces[(r >> 8) as usize % pieces.len()]);
+                } else {
+                    // Any byte a header value may hold: visible ASCII, space, tab, obs-text.
+                    let b = (r >> 16) as u8;
+                    if b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80 {
+                        raw.push(b);
+                    }
+                }
+            }
+            let Ok(value) = HeaderValue::from_bytes(&raw) else {
+                continue;
+            };
+            let mut h = HeaderMap::new();
+            h.append(COOKIE, value);
+            for config in [&plain, &signed] {
+                if let Some(id) = config.read(&h) {
+                    assert_eq!(SessionId::parse(id.as_str()).as_ref(), Some(&id));
+                }
+            }
+        }
+    }
+
     #[test]
     fn set_cookie_carries_secure_defaults() {
         let c = CookieConfig::default();
