@@ -64,6 +64,32 @@ fn bench_backend(ctx: &Ctx, prefix: String) -> RedisBackend {
         .unwrap()
 }
 
+/// A router whose one route runs `handle(backend, key)` against this
+/// crate's backend; the key holds the seeded value.
+fn backend_target(
+    ctx: Ctx,
+    handle: fn(RedisBackend, String) -> BoxFuture<Vec<u8>>,
+) -> BoxFuture<Target> {
+    Box::pin(async move {
+        let backend = bench_backend(&ctx, ctx.prefix.clone());
+        let key = backend.namespace().key(&["bench"]);
+        let router = Router::new()
+            .route(
+                "/",
+                get(
+                    move |State((backend, key)): State<(RedisBackend, String)>| {
+                        handle(backend, key)
+                    },
+                ),
+            )
+            .with_state((backend, key));
+        Target {
+            router,
+            request: plain_get("/"),
+        }
+    })
+}
+
 fn plain_get(path: &'static str) -> Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> {
     Arc::new(move |_, _| Request::get(path).body(Body::empty()).unwrap())
 }
@@ -172,23 +198,8 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "backend-get",
             build: |ctx| {
-                Box::pin(async move {
-                    let backend = bench_backend(&ctx, ctx.prefix.clone());
-                    let key = backend.namespace().key(&["bench"]);
-                    let router = Router::new()
-                        .route(
-                            "/",
-                            get(
-                                |State((backend, key)): State<(RedisBackend, String)>| async move {
-                                    backend.get(&key).await.unwrap().unwrap_or_default()
-                                },
-                            ),
-                        )
-                        .with_state((backend, key));
-                    Target {
-                        router,
-                        request: plain_get("/"),
-                    }
+                backend_target(ctx, |backend, key| {
+                    Box::pin(async move { backend.get(&key).await.unwrap().unwrap_or_default() })
                 })
             },
         },
@@ -197,29 +208,16 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "backend-script",
             build: |ctx| {
-                Box::pin(async move {
+                backend_target(ctx, |backend, key| {
                     static GET: redis_layers::redis::Script = redis_layers::redis::Script::new(
                         "bench-get",
                         "return redis.call('GET', KEYS[1])",
                     );
-                    let backend = bench_backend(&ctx, ctx.prefix.clone());
-                    let key = backend.namespace().key(&["bench"]);
-                    let router = Router::new()
-                        .route(
-                            "/",
-                            get(
-                                |State((backend, key)): State<(RedisBackend, String)>| async move {
-                                    let v: Option<Vec<u8>> =
-                                        backend.script(&GET).key(&key).invoke().await.unwrap();
-                                    v.unwrap_or_default()
-                                },
-                            ),
-                        )
-                        .with_state((backend, key));
-                    Target {
-                        router,
-                        request: plain_get("/"),
-                    }
+                    Box::pin(async move {
+                        let v: Option<Vec<u8>> =
+                            backend.script(&GET).key(&key).invoke().await.unwrap();
+                        v.unwrap_or_default()
+                    })
                 })
             },
         },

@@ -129,6 +129,11 @@ impl TaggedKeys {
     pub fn base(&self) -> &str {
         &self.base
     }
+
+    /// The base as an owned key, for a group that is a single key.
+    pub fn into_base(self) -> String {
+        self.base
+    }
 }
 
 #[cfg(test)]

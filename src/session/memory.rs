@@ -28,16 +28,14 @@ impl MemorySessionStore {
         self.backend
             .namespace()
             .tagged("session", handle.as_str())
-            .base()
-            .to_owned()
+            .into_base()
     }
 
     fn user_key(&self, user: &str) -> String {
         self.backend
             .namespace()
             .tagged("session-user", user)
-            .base()
-            .to_owned()
+            .into_base()
     }
 }
 

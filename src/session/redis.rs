@@ -43,8 +43,7 @@ impl RedisSessionStore {
         self.backend
             .namespace()
             .tagged("session", handle.as_str())
-            .base()
-            .to_owned()
+            .into_base()
     }
 
     /// The Redis key of a user's session index.
@@ -52,8 +51,7 @@ impl RedisSessionStore {
         self.backend
             .namespace()
             .tagged("session-user", user)
-            .base()
-            .to_owned()
+            .into_base()
     }
 }
 

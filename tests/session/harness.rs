@@ -191,11 +191,7 @@ impl Fixture {
                 server.cmd::<usize>(&["ZCARD", &store.user_key(user)])
             }
             (_, Some(memory)) => {
-                let key = memory
-                    .namespace()
-                    .tagged("session-user", user)
-                    .base()
-                    .to_owned();
+                let key = memory.namespace().tagged("session-user", user).into_base();
                 memory.atomically(|ks| match ks.get(&key) {
                     Some(redis_layers::memory::Value::Hash(h)) => h.len(),
                     _ => 0,
