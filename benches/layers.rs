@@ -98,7 +98,8 @@ fn plain_get(path: &'static str) -> Arc<dyn Fn(usize, u64) -> Request<Body> + Se
 /// task (created through the router itself) so tasks do not share a key.
 async fn session_target(ctx: Ctx, path: &'static str, memory: bool) -> Target {
     use redis_layers::memory::MemoryBackend;
-    use redis_layers::session::{MemorySessionStore, RedisSessionStore, Session, SessionLayer};
+    use redis_layers::session::{Session, SessionLayer};
+    use redis_layers::Backend;
 
     async fn read(session: Session) -> String {
         let n: u64 = session.get("n").await.unwrap().unwrap_or(0);
@@ -114,15 +115,16 @@ async fn session_target(ctx: Ctx, path: &'static str, memory: bool) -> Target {
         "ok"
     }
 
-    let backend = bench_backend(
-        &ctx,
-        format!("{}-{}", ctx.prefix, path.trim_start_matches('/')),
-    );
-    let layer = if memory {
-        SessionLayer::new(MemorySessionStore::new(MemoryBackend::new()))
+    let backend: Backend = if memory {
+        MemoryBackend::new().into()
     } else {
-        SessionLayer::new(RedisSessionStore::new(backend))
+        bench_backend(
+            &ctx,
+            format!("{}-{}", ctx.prefix, path.trim_start_matches('/')),
+        )
+        .into()
     };
+    let layer = SessionLayer::new(backend);
     let router = Router::new()
         .route("/read", get(read))
         .route("/write", get(write))

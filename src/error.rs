@@ -29,8 +29,14 @@ pub enum ErrorKind {
     /// The backend is full: the memory backend reached its entry limit and had
     /// nothing it was allowed to evict.
     Capacity,
-    /// The backend was configured wrongly (a bad URL, a bad key prefix).
+    /// A layer or backend was configured wrongly (a bad URL, a bad key
+    /// prefix, an idle timeout longer than the absolute one); reported when
+    /// it is built, never per request.
     Config,
+    /// A failure inside this process that no client or store caused: the
+    /// operating system's random source failed, or an invariant of this
+    /// crate broke (a bug; please report it).
+    Internal,
 }
 
 impl ErrorKind {
@@ -43,6 +49,7 @@ impl ErrorKind {
             ErrorKind::Decode => "unexpected reply",
             ErrorKind::Capacity => "backend full",
             ErrorKind::Config => "invalid configuration",
+            ErrorKind::Internal => "internal error",
         }
     }
 }
@@ -92,6 +99,15 @@ impl Error {
 
     pub(crate) fn decode(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::Decode, message)
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Config, message)
+    }
+
+    #[allow(dead_code)] // unused when every layer feature is off
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Internal, message)
     }
 }
 

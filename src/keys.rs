@@ -1,20 +1,21 @@
 //! Key names: one namespace per backend, hash tags for keys a script touches together.
 //!
-//! Every key this crate writes has the shape
-//! `{prefix}:{capability}:{{tag}}:{suffix}`, for example
-//! `redis-layers:session:{3f9a…}:data`. The part in braces is a Redis Cluster
-//! *hash tag*: keys that share it hash to the same slot, so one Lua script may
-//! touch all of them on a cluster. Keys that need no partner use
-//! [`Namespace::key`] and carry no tag.
+//! Every key a layer writes starts with the backend's prefix and the
+//! capability, then a *hash tag* in braces: `{prefix}:{capability}:{{tag}}`,
+//! optionally followed by `:{suffix}`. A session, for example, is one key,
+//! `redis-layers:session:{3f9a…}`. Keys that share a tag hash to the same
+//! Redis Cluster slot, so one Lua script may touch all of them on a cluster.
+//! Keys that need no partner use [`Namespace::key`] and carry no tag.
 //!
 //! ```
 //! use redis_layers::Namespace;
 //!
 //! let ns = Namespace::new("myapp").unwrap();
-//! let slot = ns.tagged("session", "abc");
-//! assert_eq!(slot.key("data"), "myapp:session:{abc}:data");
-//! assert_eq!(slot.key("meta"), "myapp:session:{abc}:meta");
-//! assert_eq!(ns.key(&["session", "user", "42"]), "myapp:session:user:42");
+//! let group = ns.tagged("rate", "203.0.113.7");
+//! assert_eq!(group.base(), "myapp:rate:{203.0.113.7}");
+//! assert_eq!(group.key("minute"), "myapp:rate:{203.0.113.7}:minute");
+//! assert_eq!(group.key("hour"), "myapp:rate:{203.0.113.7}:hour");
+//! assert_eq!(ns.key(&["health"]), "myapp:health");
 //! ```
 
 use std::fmt::Write as _;

@@ -8,17 +8,36 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod backend;
 mod body;
 mod error;
+mod failure;
+// Helpers the layers share: unused when every layer feature is off.
+#[cfg_attr(not(feature = "session"), allow(dead_code))]
+mod headers;
 mod keys;
 mod problem;
+#[cfg_attr(not(feature = "session"), allow(dead_code))]
+mod time;
 
 pub mod memory;
 pub mod redis;
 #[cfg(feature = "session")]
 pub mod session;
 
+pub use backend::Backend;
 pub use body::ResponseBody;
 pub use error::{Error, ErrorKind};
+pub use failure::FailurePolicy;
 pub use keys::{Namespace, TaggedKeys};
 pub use problem::Problem;
+
+/// The crates this one is built on, at the versions it uses: build a
+/// [`RedisPool`](crate::redis::RedisPool) for
+/// [`RedisBackendBuilder::pool`](crate::redis::RedisBackendBuilder::pool)
+/// with these, so the types match.
+pub mod deps {
+    pub use ::bb8;
+    pub use ::bb8_redis;
+    pub use ::redis;
+}

@@ -4,6 +4,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 use crate::body::ResponseBody;
+use crate::error::Error;
 
 /// An `application/problem+json` response body: a status, a short title and
 /// a detail sentence. Layers use it for every rejection, so clients get one
@@ -22,6 +23,27 @@ impl Problem {
             status,
             title,
             detail: detail.into(),
+        }
+    }
+
+    /// What every layer answers when its store failed under
+    /// [`FailurePolicy::Closed`](crate::FailurePolicy::Closed): 503 when the
+    /// store could not be reached in time (the client may retry), else 500
+    /// (the store answered with an error: a bug or a misconfiguration).
+    /// `capability` names the store in the detail (`"session"`).
+    pub fn store_failure(capability: &str, error: &Error) -> Self {
+        if error.is_unavailable() {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Store unavailable",
+                format!("The {capability} store could not be reached in time; try again shortly."),
+            )
+        } else {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Store error",
+                format!("The {capability} store failed."),
+            )
         }
     }
 
@@ -83,5 +105,16 @@ mod tests {
             res.headers()[header::CONTENT_TYPE],
             "application/problem+json"
         );
+        assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
+    fn store_failures_are_503_only_when_the_store_is_unreachable() {
+        use crate::ErrorKind;
+        let down = Problem::store_failure("session", &Error::new(ErrorKind::Timeout, "t"));
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(down.to_json().contains("session store"));
+        let broken = Problem::store_failure("session", &Error::new(ErrorKind::Script, "s"));
+        assert_eq!(broken.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

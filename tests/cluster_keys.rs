@@ -10,9 +10,8 @@ mod support;
 use std::time::Duration;
 
 use redis_layers::redis::{RedisBackend, Script};
-use redis_layers::session::{
-    LoadRequest, RedisSessionStore, SaveMode, SaveRequest, SessionHandle, SessionStore,
-};
+use redis_layers::session::store::{DeleteRequest, LoadRequest, SaveRequest, SessionStore};
+use redis_layers::session::SessionHandle;
 use support::RedisCluster;
 
 #[tokio::test]
@@ -62,35 +61,21 @@ async fn every_session_operation_is_legal_on_a_cluster() {
         .deadline(Duration::from_secs(2))
         .build()
         .unwrap();
-    let store = RedisSessionStore::new(backend);
+    let store = &backend;
     let handle = SessionHandle::parse("00112233445566778899aabbccddeeff").unwrap();
-    let create = SaveRequest {
-        mode: SaveMode::Create {
-            created_ms: None,
-            deadline_ms: None,
-            user_agent: Some("UA".to_owned()),
-        },
-        idle: Duration::from_secs(60),
-        absolute: Duration::from_secs(600),
-        clear: false,
-        data: vec![("a".to_owned(), Some("1".to_owned()))],
-        user: Some(Some("u{1}".to_owned())),
-    };
+    let idle = Duration::from_secs(60);
+    let create = SaveRequest::create(idle, Duration::from_secs(600), Some("UA".to_owned()))
+        .change("a", Some("1".to_owned()))
+        .user(Some("u{1}".to_owned()));
     store.save(&handle, &create).await.unwrap();
-    let update = SaveRequest {
-        mode: SaveMode::Update,
-        clear: true,
-        data: vec![("b".to_owned(), Some("2".to_owned()))],
-        user: None,
-        ..create.clone()
-    };
+    let update = SaveRequest::update(idle)
+        .clear_data()
+        .change("b", Some("2".to_owned()));
     store.save(&handle, &update).await.unwrap();
-    for fields in [true, false] {
-        let request = LoadRequest {
-            idle: Duration::from_secs(60),
-            touch_interval: Duration::ZERO,
-            fields,
-        };
+    for request in [
+        LoadRequest::new(idle, Duration::ZERO),
+        LoadRequest::new(idle, Duration::ZERO).touch_only(),
+    ] {
         assert!(store.load(&handle, &request).await.unwrap().is_some());
     }
     let in_an_hour = std::time::SystemTime::now()
@@ -101,5 +86,7 @@ async fn every_session_operation_is_legal_on_a_cluster() {
     store.index_add("u{1}", &handle, in_an_hour).await.unwrap();
     assert_eq!(store.list("u{1}").await.unwrap().len(), 1);
     store.index_remove("u{1}", &handle).await.unwrap();
-    store.delete(&handle, Some("u{1}")).await.unwrap();
+    SessionStore::delete(store, &handle, &DeleteRequest::any().owned_by("u{1}"))
+        .await
+        .unwrap();
 }

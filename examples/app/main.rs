@@ -17,51 +17,9 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use redis_layers::memory::MemoryBackend;
-use redis_layers::redis::RedisBackend;
-use redis_layers::session::{
-    MemorySessionStore, RedisSessionStore, Session, SessionError, SessionLayer,
-};
-use redis_layers::Problem;
+use redis_layers::session::{Session, SessionError, SessionLayer};
+use redis_layers::{Backend, Problem};
 use serde::Deserialize;
-
-/// Which store the app runs on.
-#[derive(Clone)]
-enum Backend {
-    Memory(MemoryBackend),
-    Redis(RedisBackend),
-}
-
-impl Backend {
-    fn from_env() -> Result<Self, redis_layers::Error> {
-        match std::env::var("REDIS_URL") {
-            Ok(url) if !url.is_empty() => Ok(Backend::Redis(
-                RedisBackend::builder()
-                    .url(url)
-                    .prefix("example-app")
-                    .build()?,
-            )),
-            _ => Ok(Backend::Memory(MemoryBackend::new())),
-        }
-    }
-
-    fn describe(&self) -> &'static str {
-        match self {
-            Backend::Memory(_) => "memory (in-process; set REDIS_URL to use Redis)",
-            Backend::Redis(_) => "redis",
-        }
-    }
-
-    fn session_layer(&self) -> SessionLayer {
-        let layer = match self {
-            Backend::Memory(memory) => SessionLayer::new(MemorySessionStore::new(memory.clone())),
-            Backend::Redis(redis) => SessionLayer::new(RedisSessionStore::new(redis.clone())),
-        };
-        // Plain http on localhost: a Secure cookie would never come back.
-        // Keep the default (true) anywhere served over https.
-        layer.secure(false)
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -71,15 +29,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    let backend = Backend::from_env()?;
-    tracing::info!(backend = backend.describe(), "starting");
-    if let Backend::Redis(redis) = &backend {
-        if let Err(e) = redis.ping().await {
-            tracing::warn!(error = %e, "Redis is not answering yet; requests will retry");
-        }
+    // Redis when REDIS_URL is set, else the in-process memory backend.
+    let backend = Backend::from_env_with_prefix("example-app")?;
+    if let Err(e) = backend.ping().await {
+        tracing::warn!(error = %e, "Redis is not answering yet; requests will retry");
     }
 
-    let app = router(backend);
+    let app = router(backend)?;
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -94,9 +50,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn router(backend: Backend) -> Router {
-    let sessions = backend.session_layer();
-    Router::new()
+fn router(backend: Backend) -> Result<Router, redis_layers::Error> {
+    let sessions = SessionLayer::builder(backend.clone())
+        // Plain http on localhost: a Secure cookie would never come back.
+        // Keep the default (true) anywhere served over https.
+        .secure(false)
+        .build()?;
+    Ok(Router::new()
         .route("/", get(home))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -106,7 +66,7 @@ fn router(backend: Backend) -> Router {
         .layer(sessions)
         // Outside the session layer: health checks never touch sessions.
         .route("/health", get(health))
-        .with_state(backend)
+        .with_state(backend))
 }
 
 fn page(title: &str, body: &str) -> Html<String> {
@@ -154,7 +114,7 @@ async fn home(
         &format!(
             "<p>Visits in this session: <b>{visits}</b></p><p>{who}</p>\
              <p>Backend: {}</p><p><a href=\"/health\">/health</a></p>",
-            backend.describe()
+            backend.kind()
         ),
     ))
 }
@@ -263,15 +223,12 @@ async fn revoke_others(session: Session) -> Result<Redirect, SessionError> {
 }
 
 async fn health(State(backend): State<Backend>) -> impl IntoResponse {
-    match backend {
-        Backend::Memory(memory) => (StatusCode::OK, format!("ok: memory, {} keys", memory.len())),
-        Backend::Redis(redis) => match redis.ping().await {
-            Ok(()) => (StatusCode::OK, "ok: redis".to_owned()),
-            Err(e) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("redis unavailable: {e}"),
-            ),
-        },
+    match backend.ping().await {
+        Ok(()) => (StatusCode::OK, format!("ok: {}", backend.kind())),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} unavailable: {e}", backend.kind()),
+        ),
     }
 }
 

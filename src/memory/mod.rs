@@ -249,6 +249,14 @@ impl Keyspace {
         self.entries.len()
     }
 
+    /// The keys that have not expired, in no particular order (like `KEYS *`).
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.expires_at.is_none_or(|at| at > self.now))
+            .map(|(k, _)| k.as_str())
+    }
+
     /// True when no keys are held.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

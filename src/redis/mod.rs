@@ -41,17 +41,19 @@
 //! after redis-rs's default of 500 ms (its manager's connections carry that
 //! setting), so a longer deadline is cut to 500 ms there.
 
+mod conn;
 mod script;
 
+#[allow(unused_imports)]
+pub(crate) use script::script;
 pub use script::{Script, ScriptCall};
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::MultiplexedConnection;
-use ::redis::{Cmd, RedisError, ServerErrorKind, Value};
+use ::redis::{Cmd, Value};
 use bb8_redis::RedisConnectionManager;
 
 use crate::error::{Error, ErrorKind};
@@ -86,7 +88,7 @@ struct Inner {
     /// Set when built from a URL: lanes then connect with our own timeouts
     /// instead of the manager's (whose replies time out after 500 ms).
     direct: Option<(::redis::Client, ::redis::AsyncConnectionConfig)>,
-    lanes: Box<[Lane]>,
+    lanes: Box<[conn::Lane]>,
     next_lane: AtomicUsize,
     deadline: Duration,
     namespace: Namespace,
@@ -190,7 +192,15 @@ impl RedisBackendBuilder {
     /// Builds the backend. Nothing is sent to Redis yet: connections open on
     /// first use, so an application can start while Redis is still coming up.
     /// Use [`RedisBackend::ping`] to check connectivity at start-up.
+    ///
+    /// It must run inside a Tokio runtime (the pool's housekeeping task is
+    /// spawned on it); outside one it returns an [`ErrorKind::Config`] error.
     pub fn build(self) -> Result<RedisBackend, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "RedisBackend must be built inside a Tokio runtime",
+            ));
+        }
         let namespace = match &self.prefix {
             Some(p) => Namespace::new(p)?,
             None => Namespace::default(),
@@ -217,14 +227,11 @@ impl RedisBackendBuilder {
                     .build_unchecked(manager);
                 (pool, Some((client, config)))
             }
-            Source::None => {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    "RedisBackend needs a URL or a pool",
-                ))
-            }
+            Source::None => return Err(Error::config("RedisBackend needs a URL or a pool")),
         };
-        let lanes = (0..self.multiplexed).map(|_| Lane::default()).collect();
+        let lanes = (0..self.multiplexed)
+            .map(|_| conn::Lane::default())
+            .collect();
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 pool,
@@ -318,10 +325,7 @@ impl RedisBackend {
     /// Sends any command within the deadline and decodes the reply.
     pub async fn query<T: ::redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, Error> {
         let value = self
-            .with_deadline(async {
-                let (lane, generation, mut conn) = self.connection().await?;
-                self.send(lane, generation, &mut conn, cmd, None).await
-            })
+            .call(|mut c| async move { c.roundtrip(cmd).await.map_err(|e| c.fail(self, e, None)) })
             .await?;
         T::from_redis_value(value)
             .map_err(|e| Error::decode("unexpected reply").with_source(e.to_string()))
@@ -334,221 +338,13 @@ impl RedisBackend {
         pipe: &::redis::Pipeline,
     ) -> Result<T, Error> {
         let value = self
-            .with_deadline(async {
-                let (lane, generation, mut conn) = self.connection().await?;
-                pipe.query_async::<Value>(&mut conn)
+            .call(|mut c| async move {
+                pipe.query_async::<Value>(&mut c.conn)
                     .await
-                    .map_err(|e| self.fail(lane, generation, e, None))
+                    .map_err(|e| c.fail(self, e, None))
             })
             .await?;
         T::from_redis_value(value)
             .map_err(|e| Error::decode("unexpected pipeline reply").with_source(e.to_string()))
-    }
-
-    /// EVALSHA, and on NOSCRIPT the EVAL built by `eval`, on one connection
-    /// within one deadline.
-    async fn run_script_commands(
-        &self,
-        name: &'static str,
-        evalsha: &Cmd,
-        eval: impl FnOnce() -> Cmd,
-    ) -> Result<Value, Error> {
-        self.with_deadline(async {
-            let (lane, generation, mut conn) = self.connection().await?;
-            match roundtrip(&mut conn, evalsha).await {
-                Err(e) if e.kind() == ::redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    tracing::debug!(script = name, "NOSCRIPT: sending the body with EVAL");
-                    self.send(lane, generation, &mut conn, &eval(), Some(name))
-                        .await
-                }
-                Ok(value) => Ok(value),
-                Err(e) => Err(self.fail(lane, generation, e, Some(name))),
-            }
-        })
-        .await
-    }
-
-    /// A two-command pipeline whose first command is EVALSHA; on NOSCRIPT
-    /// the pipeline built by `eval` is sent instead. Both replies, errors
-    /// extracted.
-    async fn run_script_pipeline(
-        &self,
-        name: &'static str,
-        evalsha: &::redis::Pipeline,
-        eval: impl FnOnce() -> ::redis::Pipeline,
-    ) -> Result<(Value, Value), Error> {
-        self.with_deadline(async {
-            let (lane, generation, mut conn) = self.connection().await?;
-            let mut replies = conn
-                .send_packed_commands(evalsha, 0, 2)
-                .await
-                .map_err(|e| self.fail(lane, generation, e, Some(name)))?;
-            let noscript = matches!(replies.first(), Some(Value::ServerError(e))
-                if e.kind() == Some(ServerErrorKind::NoScript));
-            if noscript {
-                tracing::debug!(script = name, "NOSCRIPT: sending the body with EVAL");
-                replies = conn
-                    .send_packed_commands(&eval(), 0, 2)
-                    .await
-                    .map_err(|e| self.fail(lane, generation, e, Some(name)))?;
-            }
-            let mut replies = replies.into_iter();
-            let (Some(first), Some(second)) = (replies.next(), replies.next()) else {
-                return Err(Error::decode(format!(
-                    "script {name}: short pipeline reply"
-                )));
-            };
-            let first = first
-                .extract_error()
-                .map_err(|e| self.fail(lane, generation, e, Some(name)))?;
-            let second = second
-                .extract_error()
-                .map_err(|e| self.fail(lane, generation, e, None))?;
-            Ok((first, second))
-        })
-        .await
-    }
-
-    async fn with_deadline<T>(
-        &self,
-        work: impl std::future::Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
-        match tokio::time::timeout(self.inner.deadline, work).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::timeout(self.inner.deadline)),
-        }
-    }
-
-    async fn send(
-        &self,
-        lane: usize,
-        generation: u64,
-        conn: &mut MultiplexedConnection,
-        cmd: &Cmd,
-        script: Option<&'static str>,
-    ) -> Result<Value, Error> {
-        roundtrip(conn, cmd)
-            .await
-            .map_err(|e| self.fail(lane, generation, e, script))
-    }
-
-    /// Maps a redis error, dropping the lane's connection when it is broken.
-    fn fail(
-        &self,
-        lane: usize,
-        generation: u64,
-        e: RedisError,
-        script: Option<&'static str>,
-    ) -> Error {
-        let (kind, reconnect) = classify(&e, script.is_some());
-        if reconnect {
-            self.inner.lanes[lane].invalidate(generation);
-        }
-        let message = match script {
-            Some(name) => format!("script {name} failed"),
-            None => "command failed".to_owned(),
-        };
-        Error::new(kind, message).with_source(e)
-    }
-
-    /// A multiplexed connection from the next lane, opened if needed.
-    async fn connection(&self) -> Result<(usize, u64, MultiplexedConnection), Error> {
-        let lanes = &self.inner.lanes;
-        let index = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % lanes.len();
-        let lane = &lanes[index];
-        if let Some((generation, conn)) = lane.current() {
-            return Ok((index, generation, conn));
-        }
-        // One task per lane connects; the others wait for its result.
-        let _connecting = lane.connecting.lock().await;
-        if let Some((generation, conn)) = lane.current() {
-            return Ok((index, generation, conn));
-        }
-        let conn = match &self.inner.direct {
-            Some((client, config)) => {
-                client
-                    .get_multiplexed_async_connection_with_config(config)
-                    .await
-            }
-            None => self.inner.pool.dedicated_connection().await,
-        };
-        let conn = conn.map_err(|e| {
-            let kind = if e.is_timeout() {
-                ErrorKind::Timeout
-            } else {
-                ErrorKind::Connection
-            };
-            Error::new(kind, "could not connect to Redis").with_source(e)
-        })?;
-        let generation = lane.install(conn.clone());
-        Ok((index, generation, conn))
-    }
-}
-
-/// One command, one reply; an error reply becomes `Err`.
-async fn roundtrip(conn: &mut MultiplexedConnection, cmd: &Cmd) -> Result<Value, RedisError> {
-    conn.send_packed_command(cmd).await?.extract_error()
-}
-
-/// The error kind, and whether the connection must be replaced.
-fn classify(e: &RedisError, in_script: bool) -> (ErrorKind, bool) {
-    if e.is_timeout() {
-        return (ErrorKind::Timeout, false);
-    }
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-        return (ErrorKind::Connection, true);
-    }
-    match e.code() {
-        // After a failover the old primary answers READONLY: reconnecting
-        // follows DNS or a proxy to the new one.
-        Some("READONLY" | "MASTERDOWN") => (ErrorKind::Server, true),
-        // Redis is there but cannot serve the call right now (or is
-        // misconfigured): not the script's fault.
-        Some(
-            "LOADING" | "BUSY" | "OOM" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK" | "CROSSSLOT"
-            | "NOPERM" | "NOAUTH" | "WRONGPASS" | "MISCONF",
-        ) => (ErrorKind::Server, false),
-        // Anything else raised while a script ran (a Lua error, an error
-        // reply, a WRONGTYPE from redis.call) is the script's.
-        Some(_) if in_script => (ErrorKind::Script, false),
-        Some(_) => (ErrorKind::Server, false),
-        None => match e.kind() {
-            ::redis::ErrorKind::Parse | ::redis::ErrorKind::UnexpectedReturnType => {
-                (ErrorKind::Decode, false)
-            }
-            _ => (ErrorKind::Connection, e.is_unrecoverable_error()),
-        },
-    }
-}
-
-/// One multiplexed connection slot.
-#[derive(Default)]
-struct Lane {
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
-    connecting: tokio::sync::Mutex<()>,
-    generations: AtomicU64,
-}
-
-impl Lane {
-    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn install(&self, conn: MultiplexedConnection) -> u64 {
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, conn));
-        generation
-    }
-
-    /// Drops the connection if it is still the one of `generation` (a newer
-    /// one may already have replaced it).
-    fn invalidate(&self, generation: u64) {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(&*current, Some((g, _)) if *g == generation) {
-            *current = None;
-        }
     }
 }

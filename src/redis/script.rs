@@ -3,10 +3,28 @@
 use std::fmt;
 use std::sync::OnceLock;
 
-use ::redis::{Cmd, FromRedisValue, ToRedisArgs};
+use ::redis::{Cmd, FromRedisValue, Pipeline, ServerErrorKind, ToRedisArgs, Value};
 
 use super::RedisBackend;
 use crate::error::Error;
+
+/// A [`Script`] from a `.lua` file beside the calling module, with the
+/// crate's Lua prelude (`src/lua/prelude.lua`: `now_ms()` from `TIME`)
+/// prepended at compile time. (Unused when every layer feature is off.)
+#[allow(unused_macros)]
+macro_rules! script {
+    ($name:literal, $file:literal) => {
+        $crate::redis::Script::new(
+            $name,
+            concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lua/prelude.lua")),
+                include_str!($file)
+            ),
+        )
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use script;
 
 /// A Lua script, kept as a `.lua` file beside the Rust that calls it.
 ///
@@ -142,14 +160,42 @@ impl<'a> ScriptCall<'a> {
             pipe.add_command(first).add_command(next.clone());
             pipe
         };
+        let name = self.script.name;
+        let backend = self.backend;
         let evalsha = pipeline(self.command("EVALSHA", self.script.sha1()));
-        let (first, second) = self
-            .backend
-            .run_script_pipeline(self.script.name, &evalsha, || {
-                pipeline(self.command("EVAL", self.script.body))
+        let (first, second) = backend
+            .call(|mut c| async move {
+                let mut replies = c
+                    .conn
+                    .send_packed_commands(&evalsha, 0, 2)
+                    .await
+                    .map_err(|e| c.fail(backend, e, Some(name)))?;
+                if matches!(replies.first(), Some(Value::ServerError(e))
+                    if e.kind() == Some(ServerErrorKind::NoScript))
+                {
+                    tracing::debug!(script = name, "NOSCRIPT: sending the body with EVAL");
+                    let eval: Pipeline = pipeline(self.command("EVAL", self.script.body));
+                    replies = c
+                        .conn
+                        .send_packed_commands(&eval, 0, 2)
+                        .await
+                        .map_err(|e| c.fail(backend, e, Some(name)))?;
+                }
+                let mut replies = replies.into_iter();
+                let (Some(first), Some(second)) = (replies.next(), replies.next()) else {
+                    return Err(Error::decode(format!(
+                        "script {name}: short pipeline reply"
+                    )));
+                };
+                let first = first
+                    .extract_error()
+                    .map_err(|e| c.fail(backend, e, Some(name)))?;
+                let second = second
+                    .extract_error()
+                    .map_err(|e| c.fail(backend, e, None))?;
+                Ok((first, second))
             })
             .await?;
-        let name = self.script.name;
         Ok((
             decode(first, || format!("script {name}"))?,
             decode(second, || format!("the command after script {name}"))?,
@@ -159,14 +205,25 @@ impl<'a> ScriptCall<'a> {
     /// Runs the script (EVALSHA, then EVAL on NOSCRIPT) within the backend's
     /// deadline and decodes the reply as `T`.
     pub async fn invoke<T: FromRedisValue>(self) -> Result<T, Error> {
+        let name = self.script.name;
+        let backend = self.backend;
         let evalsha = self.command("EVALSHA", self.script.sha1());
-        let value = self
-            .backend
-            .run_script_commands(self.script.name, &evalsha, || {
-                self.command("EVAL", self.script.body)
+        let value = backend
+            .call(|mut c| async move {
+                match c.roundtrip(&evalsha).await {
+                    Err(e) if e.kind() == ::redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        tracing::debug!(script = name, "NOSCRIPT: sending the body with EVAL");
+                        let eval = self.command("EVAL", self.script.body);
+                        c.roundtrip(&eval)
+                            .await
+                            .map_err(|e| c.fail(backend, e, Some(name)))
+                    }
+                    Ok(value) => Ok(value),
+                    Err(e) => Err(c.fail(backend, e, Some(name))),
+                }
             })
             .await?;
-        decode(value, || format!("script {}", self.script.name))
+        decode(value, || format!("script {name}"))
     }
 }
 

@@ -7,6 +7,7 @@ use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
 use super::id::SessionId;
+use crate::error::Error;
 
 /// Longest raw cookie value considered: an id is 32 bytes, a signed one 76.
 const MAX_VALUE_LEN: usize = 128;
@@ -52,7 +53,64 @@ impl Default for CookieConfig {
     }
 }
 
+/// A cookie name must be an RFC 6265 token: visible ASCII without
+/// separators.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
 impl CookieConfig {
+    /// Checks the settings once, when the layer is built: anything here that
+    /// could make a `Set-Cookie` invalid, or make browsers ignore it.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if !is_token(&self.name) || self.name.len() > 64 {
+            return Err(Error::config(format!(
+                "session cookie name {:?} must be 1 to 64 visible ASCII characters without separators",
+                self.name
+            )));
+        }
+        if let Some(domain) = &self.domain {
+            let host = domain.strip_prefix('.').unwrap_or(domain);
+            let valid = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !valid {
+                return Err(Error::config(format!(
+                    "session cookie domain {domain:?} must be a host name"
+                )));
+            }
+        }
+        if !self.path.starts_with('/')
+            || !self.path.bytes().all(|b| b.is_ascii_graphic() && b != b';')
+        {
+            return Err(Error::config(format!(
+                "session cookie path {:?} must start with '/' and hold no ';', spaces or control characters",
+                self.path
+            )));
+        }
+        if self.same_site == SameSite::None && !self.secure {
+            return Err(Error::config(
+                "a SameSite=None session cookie must be Secure (browsers refuse it otherwise)",
+            ));
+        }
+        if self.name.starts_with("__Secure-") && !self.secure {
+            return Err(Error::config("a __Secure- cookie must be Secure"));
+        }
+        if self.name.starts_with("__Host-")
+            && (!self.secure || self.domain.is_some() || self.path != "/")
+        {
+            return Err(Error::config(
+                "a __Host- cookie must be Secure, with Path=/ and no Domain",
+            ));
+        }
+        Ok(())
+    }
+
     /// The session id the request carries, if exactly one well-formed (and,
     /// when signing is on, correctly signed) session cookie is present.
     /// Anything else — no cookie, two cookies of that name, a non-UTF-8
@@ -139,9 +197,9 @@ fn append(headers: &mut HeaderMap, cookie: &Cookie<'_>) {
         Ok(value) => {
             headers.append(SET_COOKIE, value);
         }
-        Err(_) => tracing::error!(
-            "session cookie is not a valid header value; check the cookie domain and path"
-        ),
+        // The settings were validated when the layer was built and an id is
+        // base64url: this cannot happen.
+        Err(_) => tracing::error!("session cookie is not a valid header value"),
     }
 }
 
@@ -289,6 +347,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn invalid_settings_are_refused() {
+        let ok = CookieConfig::default();
+        assert!(ok.validate().is_ok());
+        let with = |f: &dyn Fn(&mut CookieConfig)| {
+            let mut c = CookieConfig::default();
+            f(&mut c);
+            c.validate()
+        };
+        for bad in ["", "a b", "a;b", "a=b", "é", "a\u{7f}"] {
+            let name = bad.to_owned();
+            assert!(with(&|c| c.name = name.clone()).is_err(), "name {bad:?}");
+        }
+        assert!(with(&|c| c.name = "x".repeat(65)).is_err());
+        for bad in ["", ".", "a b", "a;b", "exa_mple.com"] {
+            let domain = bad.to_owned();
+            assert!(
+                with(&|c| c.domain = Some(domain.clone())).is_err(),
+                "domain {bad:?}"
+            );
+        }
+        assert!(with(&|c| c.domain = Some(".example.com".into())).is_ok());
+        for bad in ["", "app", "/a;b", "/a b"] {
+            let path = bad.to_owned();
+            assert!(with(&|c| c.path = path.clone()).is_err(), "path {bad:?}");
+        }
+        assert!(with(&|c| {
+            c.same_site = SameSite::None;
+            c.secure = false;
+        })
+        .is_err());
+        assert!(with(&|c| {
+            c.name = "__Host-id".into();
+            c.path = "/app".into();
+        })
+        .is_err());
+        assert!(with(&|c| c.name = "__Host-id".into()).is_ok());
+        assert!(with(&|c| {
+            c.name = "__Secure-id".into();
+            c.secure = false;
+        })
+        .is_err());
     }
 
     #[test]

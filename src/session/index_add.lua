@@ -8,8 +8,7 @@
 -- Returns the number of entries left. The index itself expires with its
 -- latest deadline, so an idle user's index does not outlive their sessions.
 local key = KEYS[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call('ZADD', key, ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
 local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')

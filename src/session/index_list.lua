@@ -6,7 +6,6 @@
 -- ended early (idle expiry, logout) are removed by the caller with ZREM once
 -- it has seen that the session hash is gone.
 local key = KEYS[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
 return redis.call('ZRANGE', key, 0, -1)

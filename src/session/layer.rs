@@ -1,4 +1,5 @@
-//! [`SessionLayer`], the [`SessionService`] it makes, and its future.
+//! [`SessionLayer`], its builder, the [`SessionService`] it makes, and its
+//! future.
 
 use std::fmt;
 use std::future::Future;
@@ -8,145 +9,194 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cookie::{Key, SameSite};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::cookie::CookieConfig;
-use super::handle::{Session, Shared};
+use super::config::{Config, MAX_TIMEOUT};
+use super::handle::Session;
 use super::store::SessionStore;
-use super::{Activity, FailurePolicy};
+use super::Activity;
 use crate::body::ResponseBody;
+use crate::error::Error;
 use crate::problem::Problem;
-
-/// Idle timeout used when none is configured: 30 minutes.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// Absolute timeout used when none is configured: 8 hours.
-pub const DEFAULT_ABSOLUTE_TIMEOUT: Duration = Duration::from_secs(8 * 60 * 60);
-/// Touch interval used when none is configured: 60 seconds.
-pub const DEFAULT_TOUCH_INTERVAL: Duration = Duration::from_secs(60);
-/// The longest timeout accepted: 10 years. Longer settings are cut to it,
-/// so expiry times stay exact integers in Lua (whose numbers are doubles).
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+use crate::FailurePolicy;
 
 /// Adds a [`Session`] to every request and persists what handlers change.
 ///
 /// Defaults (OWASP Session Management Cheat Sheet): cookie `id`, `HttpOnly`,
 /// `Secure`, `SameSite=Lax`, `Path=/`, ending with the browser session; idle
-/// timeout [`DEFAULT_IDLE_TIMEOUT`], absolute timeout
-/// [`DEFAULT_ABSOLUTE_TIMEOUT`], expiry slid at most once per
-/// [`DEFAULT_TOUCH_INTERVAL`]; any request with a valid cookie counts as
-/// activity; a store failure answers 503 (fail-closed).
+/// timeout [`DEFAULT_IDLE_TIMEOUT`](super::DEFAULT_IDLE_TIMEOUT), absolute
+/// timeout [`DEFAULT_ABSOLUTE_TIMEOUT`](super::DEFAULT_ABSOLUTE_TIMEOUT),
+/// expiry slid at most once per
+/// [`DEFAULT_TOUCH_INTERVAL`](super::DEFAULT_TOUCH_INTERVAL); any request with
+/// a valid cookie counts as activity; a store failure answers 503
+/// ([`FailurePolicy::Closed`]). Change them with
+/// [`SessionLayer::builder`].
 #[derive(Clone)]
 #[must_use]
 pub struct SessionLayer {
-    shared: Arc<Shared>,
+    config: Arc<Config>,
 }
 
 impl fmt::Debug for SessionLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionLayer")
-            .field("cookie", &self.shared.cookie)
-            .field("idle", &self.shared.idle)
-            .field("absolute", &self.shared.absolute)
-            .field("touch_interval", &self.shared.touch_interval)
-            .field("activity", &self.shared.activity)
-            .field("failure", &self.shared.failure)
-            .finish_non_exhaustive()
+            .field("config", &self.config)
+            .finish()
     }
 }
 
 impl SessionLayer {
-    /// A layer keeping sessions in `store`, with the secure defaults.
-    pub fn new<St: SessionStore>(store: St) -> Self {
+    /// A layer keeping sessions in `store` (a [`Backend`](crate::Backend),
+    /// or any [`SessionStore`]) with the secure defaults.
+    pub fn new(store: impl SessionStore) -> Self {
         SessionLayer {
-            shared: Arc::new(Shared {
-                store: Arc::new(store),
-                cookie: CookieConfig::default(),
-                idle: DEFAULT_IDLE_TIMEOUT,
-                absolute: DEFAULT_ABSOLUTE_TIMEOUT,
-                touch_interval: DEFAULT_TOUCH_INTERVAL,
-                activity: Activity::AnyRequest,
-                failure: FailurePolicy::Closed,
-            }),
+            config: Arc::new(Config::new(Arc::new(store))),
         }
     }
 
-    fn with(mut self, f: impl FnOnce(&mut Shared)) -> Self {
-        f(Arc::make_mut(&mut self.shared));
+    /// A builder to change the defaults; its [`build`](SessionLayerBuilder::build)
+    /// checks the settings.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redis_layers::memory::MemoryBackend;
+    /// use redis_layers::session::SessionLayer;
+    ///
+    /// let layer = SessionLayer::builder(MemoryBackend::new())
+    ///     .cookie_name("__Host-session")
+    ///     .idle_timeout(Duration::from_secs(15 * 60))
+    ///     .build()
+    ///     .expect("valid session settings");
+    ///
+    /// // Mistakes are reported here, not on every request:
+    /// let wrong = SessionLayer::builder(MemoryBackend::new())
+    ///     .idle_timeout(Duration::from_secs(60))
+    ///     .touch_interval(Duration::from_secs(60))
+    ///     .build();
+    /// assert!(wrong.is_err());
+    /// ```
+    pub fn builder(store: impl SessionStore) -> SessionLayerBuilder {
+        SessionLayerBuilder {
+            config: Config::new(Arc::new(store)),
+        }
+    }
+}
+
+/// The settings of a [`SessionLayer`]; made by [`SessionLayer::builder`].
+#[must_use]
+pub struct SessionLayerBuilder {
+    config: Config,
+}
+
+impl fmt::Debug for SessionLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayerBuilder")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl SessionLayerBuilder {
+    /// The cookie name (default `id`): an RFC 6265 token of at most 64
+    /// bytes. A `__Host-` name requires `Secure`, `Path=/` and no domain.
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.config.cookie.name = name.into();
         self
     }
 
-    /// The cookie name (default `id`).
-    pub fn cookie_name(self, name: impl Into<String>) -> Self {
-        let name = name.into();
-        self.with(|s| s.cookie.name = name)
-    }
-
     /// The cookie's `Domain` (default: none, so host-only).
-    pub fn cookie_domain(self, domain: impl Into<String>) -> Self {
-        let domain = domain.into();
-        self.with(|s| s.cookie.domain = Some(domain))
+    pub fn cookie_domain(mut self, domain: impl Into<String>) -> Self {
+        self.config.cookie.domain = Some(domain.into());
+        self
     }
 
     /// The cookie's `Path` (default `/`).
-    pub fn cookie_path(self, path: impl Into<String>) -> Self {
-        let path = path.into();
-        self.with(|s| s.cookie.path = path)
+    pub fn cookie_path(mut self, path: impl Into<String>) -> Self {
+        self.config.cookie.path = path.into();
+        self
     }
 
-    /// The cookie's `SameSite` (default `Lax`).
-    pub fn same_site(self, same_site: SameSite) -> Self {
-        self.with(|s| s.cookie.same_site = same_site)
+    /// The cookie's `SameSite` (default `Lax`); `None` requires `Secure`.
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.config.cookie.same_site = same_site;
+        self
     }
 
     /// Whether the cookie is `Secure` (default true). Turn it off only for
     /// local development over plain http.
-    pub fn secure(self, secure: bool) -> Self {
-        self.with(|s| s.cookie.secure = secure)
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.config.cookie.secure = secure;
+        self
     }
 
     /// A persistent cookie (with `Max-Age`, surviving browser restarts)
     /// instead of the default browser-session cookie. Its `Max-Age` follows
     /// the session's expiry; `Set-Cookie` is re-sent only when that moved.
-    pub fn persistent(self, persistent: bool) -> Self {
-        self.with(|s| s.cookie.persistent = persistent)
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.config.cookie.persistent = persistent;
+        self
     }
 
     /// Sign the cookie (HMAC, the `cookie` crate's signed jar). The first
     /// key signs; every key verifies, so rotate by putting the new key first
     /// and keeping the old one until its cookies have expired.
-    pub fn signing_keys(self, keys: impl IntoIterator<Item = Key>) -> Self {
-        let keys: Vec<Key> = keys.into_iter().collect();
-        self.with(|s| s.cookie.keys = keys)
+    pub fn signing_keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
+        self.config.cookie.keys = keys.into_iter().collect();
+        self
     }
 
-    /// Inactivity after which a session ends (default [`DEFAULT_IDLE_TIMEOUT`];
-    /// kept between 1 ms and [`MAX_TIMEOUT`]).
-    pub fn idle_timeout(self, idle: Duration) -> Self {
-        self.with(|s| s.idle = idle.clamp(Duration::from_millis(1), MAX_TIMEOUT))
+    /// Inactivity after which a session ends (default
+    /// [`DEFAULT_IDLE_TIMEOUT`](super::DEFAULT_IDLE_TIMEOUT); at least 1 ms,
+    /// at most the absolute timeout; cut to [`MAX_TIMEOUT`](super::MAX_TIMEOUT)).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.config.idle = idle.min(MAX_TIMEOUT);
+        self
     }
 
     /// Age after which a session ends however active (default
-    /// [`DEFAULT_ABSOLUTE_TIMEOUT`]; kept between 1 ms and [`MAX_TIMEOUT`]).
-    pub fn absolute_timeout(self, absolute: Duration) -> Self {
-        self.with(|s| s.absolute = absolute.clamp(Duration::from_millis(1), MAX_TIMEOUT))
+    /// [`DEFAULT_ABSOLUTE_TIMEOUT`](super::DEFAULT_ABSOLUTE_TIMEOUT); at
+    /// least 1 ms; cut to [`MAX_TIMEOUT`](super::MAX_TIMEOUT)).
+    pub fn absolute_timeout(mut self, absolute: Duration) -> Self {
+        self.config.absolute = absolute.min(MAX_TIMEOUT);
+        self
     }
 
     /// The expiry slides only when it would move by more than this (default
-    /// [`DEFAULT_TOUCH_INTERVAL`]), so most requests write nothing.
-    pub fn touch_interval(self, interval: Duration) -> Self {
-        self.with(|s| s.touch_interval = interval.min(MAX_TIMEOUT))
+    /// [`DEFAULT_TOUCH_INTERVAL`](super::DEFAULT_TOUCH_INTERVAL); shorter than
+    /// the idle timeout), so most requests write nothing.
+    pub fn touch_interval(mut self, interval: Duration) -> Self {
+        self.config.touch_interval = interval.min(MAX_TIMEOUT);
+        self
     }
 
     /// Which requests slide the expiry (default [`Activity::AnyRequest`]).
-    pub fn activity(self, activity: Activity) -> Self {
-        self.with(|s| s.activity = activity)
+    pub fn activity(mut self, activity: Activity) -> Self {
+        self.config.activity = activity;
+        self
     }
 
-    /// What a store failure does (default [`FailurePolicy::Closed`]).
-    pub fn on_store_error(self, policy: FailurePolicy) -> Self {
-        self.with(|s| s.failure = policy)
+    /// What a store failure does (default [`FailurePolicy::Closed`]: 503;
+    /// [`FailurePolicy::Open`] carries on without a session).
+    pub fn on_store_error(mut self, policy: FailurePolicy) -> Self {
+        self.config.failure = policy;
+        self
+    }
+
+    /// Checks the settings and builds the layer. An [`ErrorKind::Config`]
+    /// error names the first setting that is wrong: a cookie name, domain
+    /// or path that is not valid in a `Set-Cookie`, `SameSite=None` or a
+    /// `__Host-`/`__Secure-` name without `Secure`, a zero timeout, an idle
+    /// timeout longer than the absolute one, or a touch interval not
+    /// shorter than the idle timeout.
+    ///
+    /// [`ErrorKind::Config`]: crate::ErrorKind::Config
+    pub fn build(self) -> Result<SessionLayer, Error> {
+        self.config.validate()?;
+        Ok(SessionLayer {
+            config: Arc::new(self.config),
+        })
     }
 }
 
@@ -156,7 +206,7 @@ impl<S> Layer<S> for SessionLayer {
     fn layer(&self, inner: S) -> Self::Service {
         SessionService {
             inner,
-            shared: self.shared.clone(),
+            config: self.config.clone(),
         }
     }
 }
@@ -165,7 +215,7 @@ impl<S> Layer<S> for SessionLayer {
 #[derive(Clone)]
 pub struct SessionService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    config: Arc<Config>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
@@ -193,9 +243,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let session = Session::new(self.shared.clone(), req.headers());
+        let session = Session::new(self.config.clone(), req.headers());
         req.extensions_mut().insert(session.clone());
-        let failure = self.shared.failure;
+        let failure = self.config.failure;
         // Call the instance that was driven to readiness, leave a clone in
         // its place (see tower's "Be careful when cloning inner services").
         let clone = self.inner.clone();
@@ -217,30 +267,12 @@ where
                         }
                         FailurePolicy::Closed => {
                             tracing::error!(error = %e, "session could not be saved");
-                            Ok(store_unavailable(&e))
+                            Ok(Problem::store_failure("session", &e).to_response())
                         }
                     },
                 }
             }),
         }
-    }
-}
-
-pub(crate) fn store_unavailable<B>(e: &crate::Error) -> Response<ResponseBody<B>> {
-    if e.is_unavailable() {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Session store unavailable",
-            "The session could not be read or saved; try again shortly.",
-        )
-        .to_response()
-    } else {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Session store error",
-            "The session could not be read or saved.",
-        )
-        .to_response()
     }
 }
 

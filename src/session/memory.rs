@@ -1,49 +1,18 @@
-//! [`SessionStore`] in process, on the [`MemoryBackend`]: the same records,
-//! keys and rules as the Redis store, each operation under the backend's lock.
+//! [`SessionStore`] for [`MemoryBackend`]: the same records, keys and rules
+//! as on Redis, each operation under the backend's lock.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use super::id::SessionHandle;
+use super::layout::{field_changes, fields, record_from_fields, session_key, user_key};
 use super::store::{
-    fields, from_ms, DeleteOutcome, LoadRequest, Loaded, SaveMode, SaveOutcome, SaveRequest,
-    SessionInfo, SessionRecord, SessionStore,
+    DeleteOutcome, DeleteRequest, LoadRequest, Loaded, SaveMode, SaveOutcome, SaveRequest,
+    SessionInfo, SessionStore,
 };
 use crate::error::{Error, ErrorKind};
 use crate::memory::{Keyspace, MemoryBackend, Value};
-
-/// Sessions in process memory; cheap to clone (clones share the sessions).
-#[derive(Debug, Clone)]
-pub struct MemorySessionStore {
-    backend: MemoryBackend,
-}
-
-impl MemorySessionStore {
-    /// A store on `backend`.
-    pub fn new(backend: MemoryBackend) -> Self {
-        MemorySessionStore { backend }
-    }
-
-    fn session_key(&self, handle: &SessionHandle) -> String {
-        self.backend
-            .namespace()
-            .tagged("session", handle.as_str())
-            .into_base()
-    }
-
-    fn user_key(&self, user: &str) -> String {
-        self.backend
-            .namespace()
-            .tagged("session-user", user)
-            .into_base()
-    }
-}
-
-impl Default for MemorySessionStore {
-    fn default() -> Self {
-        MemorySessionStore::new(MemoryBackend::new())
-    }
-}
+use crate::time::{millis as ms, system_time};
 
 fn wrong_type() -> Error {
     Error::new(
@@ -73,10 +42,6 @@ fn text(h: &HashMap<String, Vec<u8>>, field: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis().min(u128::from(u64::MAX)) as u64
-}
-
 /// The live deadline of the session under `key`; deletes it when past.
 fn live_deadline(ks: &mut Keyspace, key: &str, now: u64) -> Result<Option<u64>, Error> {
     let Some(h) = hash(ks, key)? else {
@@ -92,14 +57,14 @@ fn live_deadline(ks: &mut Keyspace, key: &str, now: u64) -> Result<Option<u64>, 
     Ok(Some(deadline))
 }
 
-impl SessionStore for MemorySessionStore {
+impl SessionStore for MemoryBackend {
     async fn load(
         &self,
         handle: &SessionHandle,
         request: &LoadRequest,
     ) -> Result<Option<Loaded>, Error> {
-        let key = self.session_key(handle);
-        self.backend.atomically(|ks| {
+        let key = session_key(self.namespace(), handle);
+        self.atomically(|ks| {
             let now = ks.now_millis();
             let Some(deadline) = live_deadline(ks, &key, now)? else {
                 return Ok(None);
@@ -116,17 +81,17 @@ impl SessionStore for MemorySessionStore {
             }
             let record = if request.fields {
                 let h = hash(ks, &key)?.ok_or_else(|| Error::decode("session vanished"))?;
-                Some(SessionRecord::from_fields(h.iter().map(|(k, v)| {
+                Some(record_from_fields(h.iter().map(|(k, v)| {
                     (k.clone(), String::from_utf8_lossy(v).into_owned())
                 })))
             } else {
                 None
             };
-            Ok(Some(Loaded {
-                expires_in: Duration::from_millis(expires.saturating_sub(now)),
+            Ok(Some(Loaded::new(
+                Duration::from_millis(expires.saturating_sub(now)),
                 touched,
                 record,
-            }))
+            )))
         })
     }
 
@@ -135,8 +100,8 @@ impl SessionStore for MemorySessionStore {
         handle: &SessionHandle,
         request: &SaveRequest,
     ) -> Result<SaveOutcome, Error> {
-        let key = self.session_key(handle);
-        self.backend.atomically(|ks| {
+        let key = session_key(self.namespace(), handle);
+        self.atomically(|ks| {
             let now = ks.now_millis();
             let deadline = match &request.mode {
                 SaveMode::Create {
@@ -176,7 +141,7 @@ impl SessionStore for MemorySessionStore {
             if request.clear {
                 h.retain(|field, _| !field.starts_with(fields::DATA));
             }
-            for (field, value) in request.field_changes() {
+            for (field, value) in field_changes(request) {
                 match value {
                     Some(v) => {
                         h.insert(field, v.as_bytes().to_vec());
@@ -189,31 +154,31 @@ impl SessionStore for MemorySessionStore {
             h.insert(fields::SEEN.to_owned(), now.to_string().into_bytes());
             let expires = now.saturating_add(ms(request.idle)).min(deadline);
             ks.expire_at_millis(&key, expires);
-            Ok(SaveOutcome::Saved {
-                expires_in: Duration::from_millis(expires - now),
-                deadline_ms: deadline,
-            })
+            Ok(SaveOutcome::saved(
+                Duration::from_millis(expires - now),
+                deadline,
+            ))
         })
     }
 
     async fn delete(
         &self,
         handle: &SessionHandle,
-        only_for_user: Option<&str>,
+        request: &DeleteRequest,
     ) -> Result<DeleteOutcome, Error> {
-        let key = self.session_key(handle);
-        self.backend.atomically(|ks| {
+        let key = session_key(self.namespace(), handle);
+        self.atomically(|ks| {
             let Some(h) = hash(ks, &key)? else {
                 return Ok(DeleteOutcome::Missing);
             };
             let user = text(h, fields::USER);
-            if let Some(expected) = only_for_user {
-                if user.as_deref() != Some(expected) {
+            if let Some(expected) = &request.owner {
+                if user.as_ref() != Some(expected) {
                     return Ok(DeleteOutcome::NotOwned);
                 }
             }
             ks.remove(&key);
-            Ok(DeleteOutcome::Deleted { user })
+            Ok(DeleteOutcome::deleted(user))
         })
     }
 
@@ -223,8 +188,8 @@ impl SessionStore for MemorySessionStore {
         handle: &SessionHandle,
         deadline_ms: u64,
     ) -> Result<(), Error> {
-        let key = self.user_key(user);
-        self.backend.atomically(|ks| {
+        let key = user_key(self.namespace(), user);
+        self.atomically(|ks| {
             let now = ks.now_millis();
             let mut index = match ks.remove(&key) {
                 None => HashMap::new(),
@@ -261,8 +226,8 @@ impl SessionStore for MemorySessionStore {
     }
 
     async fn index_remove(&self, user: &str, handle: &SessionHandle) -> Result<(), Error> {
-        let key = self.user_key(user);
-        self.backend.atomically(|ks| {
+        let key = user_key(self.namespace(), user);
+        self.atomically(|ks| {
             if let Some(index) = hash(ks, &key)? {
                 index.remove(handle.as_str());
                 if index.is_empty() {
@@ -274,8 +239,8 @@ impl SessionStore for MemorySessionStore {
     }
 
     async fn list(&self, user: &str) -> Result<Vec<SessionInfo>, Error> {
-        let index_key = self.user_key(user);
-        let mut live = self.backend.atomically(|ks| {
+        let index_key = user_key(self.namespace(), user);
+        let mut live = self.atomically(|ks| {
             let now = ks.now_millis();
             let Some(index) = hash(ks, &index_key)? else {
                 return Ok(Vec::new());
@@ -286,20 +251,17 @@ impl SessionStore for MemorySessionStore {
                 let handle = SessionHandle::parse(&member);
                 let info = match &handle {
                     Some(handle) => {
-                        let key = self.session_key(handle);
+                        let key = session_key(self.namespace(), handle);
                         match live_deadline(ks, &key, now)? {
                             Some(_) => hash(ks, &key)?.and_then(|h| {
                                 let created = number(h, fields::CREATED)?;
                                 (text(h, fields::USER).as_deref() == Some(user)).then(|| {
-                                    SessionInfo {
-                                        handle: handle.clone(),
-                                        created: from_ms(created),
-                                        last_seen: from_ms(
-                                            number(h, fields::SEEN).unwrap_or(created),
-                                        ),
-                                        user_agent: text(h, fields::USER_AGENT),
-                                        current: false,
-                                    }
+                                    SessionInfo::new(
+                                        handle.clone(),
+                                        system_time(created),
+                                        system_time(number(h, fields::SEEN).unwrap_or(created)),
+                                        text(h, fields::USER_AGENT),
+                                    )
                                 })
                             }),
                             None => None,

@@ -3,8 +3,8 @@
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};
-//! use redis_layers::redis::RedisBackend;
-//! use redis_layers::session::{RedisSessionStore, Session, SessionError, SessionLayer};
+//! use redis_layers::session::{Session, SessionError, SessionLayer};
+//! use redis_layers::Backend;
 //!
 //! async fn counter(session: Session) -> Result<String, SessionError> {
 //!     let visits: u64 = session.get("visits").await?.unwrap_or(0) + 1;
@@ -12,13 +12,18 @@
 //!     Ok(format!("visit number {visits}"))
 //! }
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let backend = RedisBackend::from_url("redis://127.0.0.1:6379")?;
+//! # fn run() -> Result<(), redis_layers::Error> {
+//! // Redis when REDIS_URL is set, else in-process memory.
+//! let backend = Backend::from_env()?;
 //! let app: Router = Router::new()
 //!     .route("/", get(counter))
-//!     .layer(SessionLayer::new(RedisSessionStore::new(backend)));
+//!     .layer(SessionLayer::new(backend.clone()));
 //! # Ok(()) }
 //! ```
+//!
+//! Settings go through [`SessionLayer::builder`], whose `build()` rejects
+//! an invalid cookie name, domain or path and inconsistent timeouts when the
+//! application starts, never per request.
 //!
 //! # What it costs
 //!
@@ -31,7 +36,7 @@
 //! | cookie, write without reading | 1 (the save checks the session still exists) |
 //!
 //! The expiry slides only when it would move by more than the
-//! [touch interval](SessionLayer::touch_interval), so most loads write
+//! [touch interval](SessionLayerBuilder::touch_interval), so most loads write
 //! nothing, and a persistent cookie's `Set-Cookie` is re-sent only then.
 //!
 //! # Storage and safety
@@ -47,43 +52,54 @@
 //! - Idle and absolute timeouts: the expiry is `min(now + idle, created +
 //!   absolute)`, computed from the store's clock.
 //! - Malformed, oversized, duplicated, forged (with
-//!   [signing](SessionLayer::signing_keys)) or non-UTF-8 cookies are no
-//!   session; they never cause an error response.
+//!   [signing](SessionLayerBuilder::signing_keys)) or non-UTF-8 cookies are
+//!   no session; they never cause an error response.
 //! - Nothing is saved when the response is a 5xx.
-//! - On the memory store, sessions count against the backend's
+//! - On the memory backend, sessions count against its
 //!   [`max_entries`](crate::memory::MemoryBackendBuilder::max_entries); when it
 //!   is full, the session closest to expiry is evicted first.
 //! - The layer can wrap a whole router (`Router::layer`) or only some routes
 //!   (`Router::route_layer`, `get(handler).layer(..)`); routes outside it
 //!   never touch the store.
 //! - A store failure answers 503 problem+json (the default
-//!   [`FailurePolicy::Closed`]), or continues without a session
-//!   ([`FailurePolicy::Open`]). Every store call is bounded by the backend's
-//!   deadline.
+//!   [`FailurePolicy::Closed`](crate::FailurePolicy::Closed)), or continues
+//!   without a session ([`FailurePolicy::Open`](crate::FailurePolicy::Open)).
+//!   Every store call is bounded by the backend's deadline.
+//!
+//! # Inside
+//!
+//! `layer.rs` (the tower layer, its builder and future) → `handle.rs` (the
+//! [`Session`] handlers use; `users.rs` adds per-user control) →
+//! `finish.rs` (what is written when the response goes out) → [`store`]
+//! (the trait every backend implements: `redis.rs` with its Lua scripts,
+//! `memory.rs`).
 
+mod config;
 mod cookie;
+mod error;
+#[cfg(feature = "axum")]
+mod extract;
+mod finish;
 mod handle;
 mod id;
 mod layer;
+mod layout;
 mod memory;
 mod redis;
-mod store;
+pub mod store;
+mod users;
 
+pub use self::config::{
+    DEFAULT_ABSOLUTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_TOUCH_INTERVAL, MAX_TIMEOUT,
+};
+pub use self::error::SessionError;
+#[cfg(feature = "axum")]
+pub use self::extract::MissingSessionLayer;
 pub use self::handle::Session;
 pub use self::id::{SessionHandle, SessionId};
-pub use self::layer::{
-    ResponseFuture, SessionLayer, SessionService, DEFAULT_ABSOLUTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_TOUCH_INTERVAL, MAX_TIMEOUT,
-};
-pub use self::memory::MemorySessionStore;
-pub use self::redis::RedisSessionStore;
-pub use self::store::{
-    DeleteOutcome, LoadRequest, Loaded, SaveMode, SaveOutcome, SaveRequest, SessionInfo,
-    SessionRecord, SessionStore,
-};
+pub use self::layer::{ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService};
+pub use self::store::{SessionInfo, SessionStore};
 pub use ::cookie::{Key, SameSite};
-
-use std::fmt;
 
 /// Which requests count as session activity (slide the idle expiry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,131 +112,3 @@ pub enum Activity {
     /// Only requests whose handler reads or writes the session.
     SessionRead,
 }
-
-/// What the layer does when the session store fails or times out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum FailurePolicy {
-    /// Answer 503 with a problem+json body (the default).
-    #[default]
-    Closed,
-    /// Carry on as if the request had no session; log the failure.
-    Open,
-}
-
-/// Why a [`Session`] method failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum SessionError {
-    /// The store failed or timed out (fail-closed policy).
-    Store(crate::Error),
-    /// A value could not be turned into JSON.
-    Serialize(serde_json::Error),
-    /// The value stored under `key` is not of the requested type.
-    Deserialize {
-        /// The session key.
-        key: String,
-        /// The JSON error.
-        source: serde_json::Error,
-    },
-    /// A user id must be 1 to 256 bytes.
-    InvalidUser,
-}
-
-impl fmt::Display for SessionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SessionError::Store(e) => write!(f, "session store: {e}"),
-            SessionError::Serialize(e) => write!(f, "session value could not be serialized: {e}"),
-            SessionError::Deserialize { key, source } => {
-                write!(f, "session value {key:?} has an unexpected type: {source}")
-            }
-            SessionError::InvalidUser => f.write_str("a session user id must be 1 to 256 bytes"),
-        }
-    }
-}
-
-impl std::error::Error for SessionError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SessionError::Store(e) => Some(e),
-            SessionError::Serialize(e) => Some(e),
-            SessionError::Deserialize { source, .. } => Some(source),
-            SessionError::InvalidUser => None,
-        }
-    }
-}
-
-impl SessionError {
-    /// The problem+json response for this error: 503 when the store is
-    /// unavailable, else 500 (a programming error, not the client's).
-    pub fn problem(&self) -> crate::Problem {
-        use http::StatusCode;
-        match self {
-            SessionError::Store(e) if e.is_unavailable() => crate::Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Session store unavailable",
-                "The session could not be read or saved; try again shortly.",
-            ),
-            _ => crate::Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Session error",
-                "The session could not be used.",
-            ),
-        }
-    }
-}
-
-#[cfg(feature = "axum")]
-mod extract {
-    use axum_core::extract::FromRequestParts;
-    use axum_core::response::IntoResponse;
-    use http::request::Parts;
-    use http::StatusCode;
-
-    use super::{Session, SessionError};
-    use crate::Problem;
-
-    impl IntoResponse for SessionError {
-        fn into_response(self) -> axum_core::response::Response {
-            tracing::error!(error = %self, "session error");
-            self.problem().into_response()
-        }
-    }
-
-    /// Rejection when a handler asks for a [`Session`] but no
-    /// [`SessionLayer`](super::SessionLayer) runs in front of it: a 500
-    /// naming the missing layer.
-    #[derive(Debug)]
-    pub struct MissingSessionLayer;
-
-    impl IntoResponse for MissingSessionLayer {
-        fn into_response(self) -> axum_core::response::Response {
-            tracing::error!("a handler extracts Session but no SessionLayer is installed");
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Session layer missing",
-                "The Session extractor needs redis_layers::session::SessionLayer on this route.",
-            )
-            .into_response()
-        }
-    }
-
-    impl<S: Send + Sync> FromRequestParts<S> for Session {
-        type Rejection = MissingSessionLayer;
-
-        async fn from_request_parts(
-            parts: &mut Parts,
-            _state: &S,
-        ) -> Result<Self, Self::Rejection> {
-            parts
-                .extensions
-                .get::<Session>()
-                .cloned()
-                .ok_or(MissingSessionLayer)
-        }
-    }
-}
-
-#[cfg(feature = "axum")]
-pub use extract::MissingSessionLayer;

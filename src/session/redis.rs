@@ -1,4 +1,5 @@
-//! [`SessionStore`] on Redis: one hash per session, one sorted set per user.
+//! [`SessionStore`] for [`RedisBackend`]: one hash per session, one sorted
+//! set per user.
 //!
 //! Keys (the handle is the SHA-256-derived [`SessionHandle`], never the id):
 //! - `{prefix}:session:{<handle>}`: hash of `d:<key>` data fields (JSON) and
@@ -13,51 +14,20 @@
 use ::redis::{FromRedisValue, Value};
 
 use super::id::SessionHandle;
+use super::layout::{field_changes, fields, record_from_fields, session_key, user_key};
 use super::store::{
-    fields, from_ms, DeleteOutcome, LoadRequest, Loaded, SaveMode, SaveOutcome, SaveRequest,
-    SessionInfo, SessionRecord, SessionStore,
+    DeleteOutcome, DeleteRequest, LoadRequest, Loaded, SaveMode, SaveOutcome, SaveRequest,
+    SessionInfo, SessionStore,
 };
 use crate::error::Error;
-use crate::redis::{RedisBackend, Script};
+use crate::redis::{script, RedisBackend, Script};
+use crate::time::{millis as ms, system_time};
 
-static TOUCH: Script = Script::new("session-touch", include_str!("touch.lua"));
-static SAVE: Script = Script::new("session-save", include_str!("save.lua"));
-static DELETE: Script = Script::new("session-delete", include_str!("delete.lua"));
-static INDEX_ADD: Script = Script::new("session-index-add", include_str!("index_add.lua"));
-static INDEX_LIST: Script = Script::new("session-index-list", include_str!("index_list.lua"));
-
-/// Sessions in Redis; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct RedisSessionStore {
-    backend: RedisBackend,
-}
-
-impl RedisSessionStore {
-    /// A store on `backend`, under its key prefix.
-    pub fn new(backend: RedisBackend) -> Self {
-        RedisSessionStore { backend }
-    }
-
-    /// The Redis key of a session.
-    pub fn session_key(&self, handle: &SessionHandle) -> String {
-        self.backend
-            .namespace()
-            .tagged("session", handle.as_str())
-            .into_base()
-    }
-
-    /// The Redis key of a user's session index.
-    pub fn user_key(&self, user: &str) -> String {
-        self.backend
-            .namespace()
-            .tagged("session-user", user)
-            .into_base()
-    }
-}
-
-fn ms(d: std::time::Duration) -> u64 {
-    d.as_millis().min(u128::from(u64::MAX)) as u64
-}
+static TOUCH: Script = script!("session-touch", "touch.lua");
+static SAVE: Script = script!("session-save", "save.lua");
+static DELETE: Script = script!("session-delete", "delete.lua");
+static INDEX_ADD: Script = script!("session-index-add", "index_add.lua");
+static INDEX_LIST: Script = script!("session-index-list", "index_list.lua");
 
 fn decode<T: FromRedisValue>(v: Value, what: &str) -> Result<T, Error> {
     T::from_redis_value(v).map_err(|e| {
@@ -66,15 +36,14 @@ fn decode<T: FromRedisValue>(v: Value, what: &str) -> Result<T, Error> {
     })
 }
 
-impl SessionStore for RedisSessionStore {
+impl SessionStore for RedisBackend {
     async fn load(
         &self,
         handle: &SessionHandle,
         request: &LoadRequest,
     ) -> Result<Option<Loaded>, Error> {
-        let key = self.session_key(handle);
+        let key = session_key(self.namespace(), handle);
         let touch = self
-            .backend
             .script(&TOUCH)
             .key(&key)
             .arg(ms(request.idle))
@@ -97,14 +66,14 @@ impl SessionStore for RedisSessionStore {
         let record = match fields {
             // Deleted between the two commands: no session.
             Some(f) if f.is_empty() => return Ok(None),
-            Some(f) => Some(SessionRecord::from_fields(f)),
+            Some(f) => Some(record_from_fields(f)),
             None => None,
         };
-        Ok(Some(Loaded {
-            expires_in: std::time::Duration::from_millis(ttl_ms),
-            touched: touched == 1,
+        Ok(Some(Loaded::new(
+            std::time::Duration::from_millis(ttl_ms),
+            touched == 1,
             record,
-        }))
+        )))
     }
 
     async fn save(
@@ -112,7 +81,9 @@ impl SessionStore for RedisSessionStore {
         handle: &SessionHandle,
         request: &SaveRequest,
     ) -> Result<SaveOutcome, Error> {
-        let mut call = self.backend.script(&SAVE).key(self.session_key(handle));
+        let mut call = self
+            .script(&SAVE)
+            .key(session_key(self.namespace(), handle));
         call = match &request.mode {
             SaveMode::Update => call
                 .arg("update")
@@ -132,7 +103,7 @@ impl SessionStore for RedisSessionStore {
                 .arg(deadline_ms.map(|v| v.to_string()).unwrap_or_default()),
         };
         call = call.arg(if request.clear { "1" } else { "0" });
-        for (field, value) in request.field_changes() {
+        for (field, value) in field_changes(request) {
             call = call.arg(field).arg(value.unwrap_or(""));
         }
         let reply: Value = call.invoke().await?;
@@ -141,10 +112,10 @@ impl SessionStore for RedisSessionStore {
             Value::Int(-1) => Ok(SaveOutcome::Exists),
             other => {
                 let (ttl_ms, deadline_ms): (u64, u64) = decode(other, "save result")?;
-                Ok(SaveOutcome::Saved {
-                    expires_in: std::time::Duration::from_millis(ttl_ms),
+                Ok(SaveOutcome::saved(
+                    std::time::Duration::from_millis(ttl_ms),
                     deadline_ms,
-                })
+                ))
             }
         }
     }
@@ -152,19 +123,16 @@ impl SessionStore for RedisSessionStore {
     async fn delete(
         &self,
         handle: &SessionHandle,
-        only_for_user: Option<&str>,
+        request: &DeleteRequest,
     ) -> Result<DeleteOutcome, Error> {
         let (status, user): (i64, String) = self
-            .backend
             .script(&DELETE)
-            .key(self.session_key(handle))
-            .arg(only_for_user.unwrap_or(""))
+            .key(session_key(self.namespace(), handle))
+            .arg(request.owner.as_deref().unwrap_or(""))
             .invoke()
             .await?;
         Ok(match status {
-            1 => DeleteOutcome::Deleted {
-                user: (!user.is_empty()).then_some(user),
-            },
+            1 => DeleteOutcome::deleted((!user.is_empty()).then_some(user)),
             -1 => DeleteOutcome::NotOwned,
             _ => DeleteOutcome::Missing,
         })
@@ -177,9 +145,8 @@ impl SessionStore for RedisSessionStore {
         deadline_ms: u64,
     ) -> Result<(), Error> {
         let _: i64 = self
-            .backend
             .script(&INDEX_ADD)
-            .key(self.user_key(user))
+            .key(user_key(self.namespace(), user))
             .arg(handle.as_str())
             .arg(deadline_ms)
             .invoke()
@@ -189,10 +156,9 @@ impl SessionStore for RedisSessionStore {
 
     async fn index_remove(&self, user: &str, handle: &SessionHandle) -> Result<(), Error> {
         let _: i64 = self
-            .backend
             .query(
                 ::redis::cmd("ZREM")
-                    .arg(self.user_key(user))
+                    .arg(user_key(self.namespace(), user))
                     .arg(handle.as_str()),
             )
             .await?;
@@ -200,13 +166,8 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn list(&self, user: &str) -> Result<Vec<SessionInfo>, Error> {
-        let index = self.user_key(user);
-        let members: Vec<String> = self
-            .backend
-            .script(&INDEX_LIST)
-            .key(&index)
-            .invoke()
-            .await?;
+        let index = user_key(self.namespace(), user);
+        let members: Vec<String> = self.script(&INDEX_LIST).key(&index).invoke().await?;
         let handles: Vec<SessionHandle> = members
             .iter()
             .filter_map(|m| SessionHandle::parse(m))
@@ -218,25 +179,24 @@ impl SessionStore for RedisSessionStore {
         let mut pipe = ::redis::pipe();
         for handle in &handles {
             pipe.cmd("HMGET")
-                .arg(self.session_key(handle))
+                .arg(session_key(self.namespace(), handle))
                 .arg(fields::USER)
                 .arg(fields::CREATED)
                 .arg(fields::SEEN)
                 .arg(fields::USER_AGENT);
         }
         type Meta = (Option<String>, Option<u64>, Option<u64>, Option<String>);
-        let metas: Vec<Meta> = self.backend.pipeline(&pipe).await?;
+        let metas: Vec<Meta> = self.pipeline(&pipe).await?;
         let mut live = Vec::new();
         let mut stale = Vec::new();
         for (handle, (owner, created, seen, user_agent)) in handles.into_iter().zip(metas) {
             match (owner, created) {
-                (Some(owner), Some(created)) if owner == user => live.push(SessionInfo {
+                (Some(owner), Some(created)) if owner == user => live.push(SessionInfo::new(
                     handle,
-                    created: from_ms(created),
-                    last_seen: from_ms(seen.unwrap_or(created)),
+                    system_time(created),
+                    system_time(seen.unwrap_or(created)),
                     user_agent,
-                    current: false,
-                }),
+                )),
                 _ => stale.push(handle),
             }
         }
@@ -246,7 +206,7 @@ impl SessionStore for RedisSessionStore {
             for handle in &stale {
                 zrem.arg(handle.as_str());
             }
-            let _: i64 = self.backend.query(&zrem).await?;
+            let _: i64 = self.query(&zrem).await?;
         }
         live.sort_by_key(|s| s.created);
         Ok(live)

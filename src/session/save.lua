@@ -15,8 +15,7 @@
 -- Returns { ttl_ms, deadline_ms } when saved,
 --         0 when the session is gone (update), -1 when the key exists (create).
 local key = KEYS[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 
 local deadline
 if ARGV[1] == 'create' then

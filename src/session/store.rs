@@ -1,48 +1,90 @@
-//! The session store seam: domain operations, each atomic by contract.
+//! The session store seam: what the layer asks of a store, one domain
+//! operation at a time, each atomic by contract.
+//!
+//! The crate implements [`SessionStore`] for [`Backend`],
+//! [`RedisBackend`](crate::redis::RedisBackend) and
+//! [`MemoryBackend`](crate::memory::MemoryBackend); implement it to keep
+//! sessions elsewhere. The request types are built by the layer; the
+//! response types have constructors for your implementation. All are
+//! `#[non_exhaustive]`, so fields can be added without breaking you.
+//!
+//! A store that wraps another (to count or log calls, say) forwards each
+//! method:
+//!
+//! ```
+//! use std::future::Future;
+//! use redis_layers::session::store::*;
+//! use redis_layers::session::{SessionHandle, SessionInfo};
+//! use redis_layers::Error;
+//!
+//! #[derive(Clone)]
+//! struct Logged<S>(S);
+//!
+//! impl<S: SessionStore> SessionStore for Logged<S> {
+//!     fn load(&self, h: &SessionHandle, r: &LoadRequest)
+//!         -> impl Future<Output = Result<Option<Loaded>, Error>> + Send {
+//!         tracing::debug!(handle = %h, "load");
+//!         self.0.load(h, r)
+//!     }
+//!     fn save(&self, h: &SessionHandle, r: &SaveRequest)
+//!         -> impl Future<Output = Result<SaveOutcome, Error>> + Send { self.0.save(h, r) }
+//!     fn delete(&self, h: &SessionHandle, r: &DeleteRequest)
+//!         -> impl Future<Output = Result<DeleteOutcome, Error>> + Send { self.0.delete(h, r) }
+//!     fn index_add(&self, u: &str, h: &SessionHandle, d: u64)
+//!         -> impl Future<Output = Result<(), Error>> + Send { self.0.index_add(u, h, d) }
+//!     fn index_remove(&self, u: &str, h: &SessionHandle)
+//!         -> impl Future<Output = Result<(), Error>> + Send { self.0.index_remove(u, h) }
+//!     fn list(&self, u: &str)
+//!         -> impl Future<Output = Result<Vec<SessionInfo>, Error>> + Send { self.0.list(u) }
+//! }
+//! ```
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
 
 use super::id::SessionHandle;
+use crate::backend::on_backend;
 use crate::error::Error;
+use crate::Backend;
 
-/// Where sessions live. The Redis store implements each operation with one
-/// Lua script (or one command), the memory store under one lock; implement
-/// it to keep sessions elsewhere.
+/// Where sessions live.
 ///
-/// Every operation is atomic, reads the time from the store's own clock, and
-/// touches the keys of one session or of one user, never both (so each maps
-/// to one Redis Cluster slot).
-pub trait SessionStore: Clone + Send + Sync + 'static {
-    /// Loads a session, or only slides its expiry when `request.fields` is
-    /// false. Slides the idle expiry only when the new expiry would be later
-    /// than the current one by more than `request.touch_interval`. `None`
-    /// when there is no live session under `handle`.
+/// Every operation is atomic, reads the time from the store's own clock
+/// (never the application's), and touches the keys of one session or of one
+/// user, never both, so each maps to one Redis Cluster slot.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Loads a session, or only checks it and slides its expiry when
+    /// [`LoadRequest::fields`] is false. Slides the idle expiry only when the
+    /// new expiry, `min(now + idle, deadline)`, would be later than the
+    /// current one by more than [`LoadRequest::touch_interval`]. `None` when
+    /// there is no live session under `handle`.
     fn load(
         &self,
         handle: &SessionHandle,
         request: &LoadRequest,
     ) -> impl Future<Output = Result<Option<Loaded>, Error>> + Send;
 
-    /// Applies one request's changes to a session (or creates one), and
-    /// slides its expiry. An update never recreates a session that is gone.
+    /// Applies one request's changes to a session (or creates one) and
+    /// slides its expiry. An update never recreates a session that is gone;
+    /// a create never overwrites one that exists.
     fn save(
         &self,
         handle: &SessionHandle,
         request: &SaveRequest,
     ) -> impl Future<Output = Result<SaveOutcome, Error>> + Send;
 
-    /// Deletes a session; with `only_for_user`, only when it is bound to
-    /// that user.
+    /// Deletes a session, if it meets the request's conditions.
     fn delete(
         &self,
         handle: &SessionHandle,
-        only_for_user: Option<&str>,
+        request: &DeleteRequest,
     ) -> impl Future<Output = Result<DeleteOutcome, Error>> + Send;
 
     /// Records that `handle` belongs to `user` until `deadline_ms` (its
-    /// absolute deadline), and prunes the user's entries past their deadline.
+    /// absolute deadline, Unix ms), and prunes the user's entries past their
+    /// deadline.
     fn index_add(
         &self,
         user: &str,
@@ -57,24 +99,44 @@ pub trait SessionStore: Clone + Send + Sync + 'static {
         handle: &SessionHandle,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// The live sessions bound to `user`, pruning entries of sessions that
-    /// ended.
+    /// The live sessions bound to `user`, oldest first, pruning index
+    /// entries of sessions that ended.
     fn list(&self, user: &str) -> impl Future<Output = Result<Vec<SessionInfo>, Error>> + Send;
 }
 
 /// Options of [`SessionStore::load`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LoadRequest {
     /// The idle timeout the expiry slides to.
     pub idle: Duration,
     /// The expiry moves only when it would move by more than this.
     pub touch_interval: Duration,
-    /// Return the session's fields (false: only touch).
+    /// Return the session's contents (false: only check and touch).
     pub fields: bool,
+}
+
+impl LoadRequest {
+    /// A load of the whole session.
+    pub fn new(idle: Duration, touch_interval: Duration) -> Self {
+        LoadRequest {
+            idle,
+            touch_interval,
+            fields: true,
+        }
+    }
+
+    /// Only check the session exists and slide its expiry when due.
+    #[must_use]
+    pub fn touch_only(mut self) -> Self {
+        self.fields = false;
+        self
+    }
 }
 
 /// What [`SessionStore::load`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Loaded {
     /// Time until the session expires, as of the load.
     pub expires_in: Duration,
@@ -84,10 +146,22 @@ pub struct Loaded {
     pub record: Option<SessionRecord>,
 }
 
+impl Loaded {
+    /// A load result.
+    pub fn new(expires_in: Duration, touched: bool, record: Option<SessionRecord>) -> Self {
+        Loaded {
+            expires_in,
+            touched,
+            record,
+        }
+    }
+}
+
 /// A session's contents and metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionRecord {
-    /// Data fields: key to JSON text.
+    /// Data: key to JSON text.
     pub data: HashMap<String, String>,
     /// When the session was created, Unix ms.
     pub created_ms: u64,
@@ -101,8 +175,22 @@ pub struct SessionRecord {
     pub user_agent: Option<String>,
 }
 
-/// Changes of [`SessionStore::save`].
+impl SessionRecord {
+    /// An empty record created at `created_ms` (and last seen then) that
+    /// ends at the latest at `deadline_ms`.
+    pub fn new(created_ms: u64, deadline_ms: u64) -> Self {
+        SessionRecord {
+            created_ms,
+            deadline_ms,
+            last_seen_ms: created_ms,
+            ..SessionRecord::default()
+        }
+    }
+}
+
+/// The changes of one request, for [`SessionStore::save`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SaveRequest {
     /// Create or update.
     pub mode: SaveMode,
@@ -110,20 +198,87 @@ pub struct SaveRequest {
     pub idle: Duration,
     /// The absolute timeout (used when creating without a kept deadline).
     pub absolute: Duration,
-    /// Remove every data field before applying `data`.
+    /// Remove every data key before applying `data`.
     pub clear: bool,
-    /// Data fields to set (`Some(json)`) or remove (`None`).
+    /// Data keys to set (`Some(json)`) or remove (`None`).
     pub data: Vec<(String, Option<String>)>,
     /// Bind to a user (`Some(Some(id))`) or unbind (`Some(None)`).
     pub user: Option<Option<String>>,
 }
 
+impl SaveRequest {
+    /// Changes to an existing session.
+    pub fn update(idle: Duration) -> Self {
+        SaveRequest::new(SaveMode::Update, idle, Duration::ZERO)
+    }
+
+    /// A new session that ends at the latest `absolute` after it is created.
+    pub fn create(idle: Duration, absolute: Duration, user_agent: Option<String>) -> Self {
+        let mode = SaveMode::Create {
+            created_ms: None,
+            deadline_ms: None,
+            user_agent,
+        };
+        SaveRequest::new(mode, idle, absolute)
+    }
+
+    /// A new session that keeps an old one's creation time and absolute
+    /// deadline (id renewal).
+    pub fn renewal(
+        idle: Duration,
+        created_ms: u64,
+        deadline_ms: u64,
+        user_agent: Option<String>,
+    ) -> Self {
+        let mode = SaveMode::Create {
+            created_ms: Some(created_ms),
+            deadline_ms: Some(deadline_ms),
+            user_agent,
+        };
+        SaveRequest::new(mode, idle, Duration::ZERO)
+    }
+
+    fn new(mode: SaveMode, idle: Duration, absolute: Duration) -> Self {
+        SaveRequest {
+            mode,
+            idle,
+            absolute,
+            clear: false,
+            data: Vec::new(),
+            user: None,
+        }
+    }
+
+    /// Sets (`Some(json)`) or removes (`None`) a data key.
+    #[must_use]
+    pub fn change(mut self, key: impl Into<String>, json: Option<String>) -> Self {
+        self.data.push((key.into(), json));
+        self
+    }
+
+    /// Removes every data key before the changes apply.
+    #[must_use]
+    pub fn clear_data(mut self) -> Self {
+        self.clear = true;
+        self
+    }
+
+    /// Binds the session to `user`, or unbinds it (`None`).
+    #[must_use]
+    pub fn user(mut self, user: Option<String>) -> Self {
+        self.user = Some(user);
+        self
+    }
+}
+
 /// Whether [`SessionStore::save`] creates or updates.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SaveMode {
     /// Change an existing session; do nothing if it is gone.
     Update,
     /// Create a session; do nothing if the handle exists.
+    #[non_exhaustive]
     Create {
         /// Creation time to keep (id renewal), else now.
         created_ms: Option<u64>,
@@ -136,39 +291,86 @@ pub enum SaveMode {
 
 /// What [`SessionStore::save`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SaveOutcome {
     /// Saved; the session now expires in `expires_in` and ends at the
     /// latest at `deadline_ms`.
+    #[non_exhaustive]
     Saved {
         /// Time until the session expires, as of the save.
         expires_in: Duration,
         /// Absolute deadline, Unix ms.
         deadline_ms: u64,
     },
-    /// Update of a session that no longer exists: nothing written.
+    /// Update of a session that no longer exists (or a create whose kept
+    /// deadline has passed): nothing written.
     Missing,
     /// Create with a handle that exists: nothing written.
     Exists,
 }
 
+impl SaveOutcome {
+    /// [`SaveOutcome::Saved`].
+    pub fn saved(expires_in: Duration, deadline_ms: u64) -> Self {
+        SaveOutcome::Saved {
+            expires_in,
+            deadline_ms,
+        }
+    }
+}
+
+/// The conditions of [`SessionStore::delete`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeleteRequest {
+    /// Delete only a session bound to this user.
+    pub owner: Option<String>,
+}
+
+impl DeleteRequest {
+    /// Delete whatever session is there.
+    pub fn any() -> Self {
+        DeleteRequest::default()
+    }
+
+    /// Delete only a session bound to `user`.
+    #[must_use]
+    pub fn owned_by(mut self, user: impl Into<String>) -> Self {
+        self.owner = Some(user.into());
+        self
+    }
+}
+
 /// What [`SessionStore::delete`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeleteOutcome {
-    /// Deleted; it was bound to this user.
+    /// Deleted; `user` is the user it was bound to.
+    #[non_exhaustive]
     Deleted {
         /// The user it was bound to.
         user: Option<String>,
     },
     /// There was no such session.
     Missing,
-    /// It is bound to another user: nothing deleted.
+    /// It is bound to another user than [`DeleteRequest::owner`]: nothing
+    /// deleted.
     NotOwned,
+}
+
+impl DeleteOutcome {
+    /// [`DeleteOutcome::Deleted`].
+    pub fn deleted(user: Option<String>) -> Self {
+        DeleteOutcome::Deleted { user }
+    }
 }
 
 /// One entry of a user's session list.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionInfo {
-    /// The session's public handle (pass it to [`Session::revoke`](super::Session::revoke)).
+    /// The session's public handle (pass it to
+    /// [`Session::revoke`](super::Session::revoke)).
     pub handle: SessionHandle,
     /// When it was created.
     pub created: SystemTime,
@@ -180,59 +382,118 @@ pub struct SessionInfo {
     pub current: bool,
 }
 
-pub(crate) fn from_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-/// Field names in the stored hash: data under `d:`, metadata under `m:`.
-pub(crate) mod fields {
-    pub(crate) const DATA: &str = "d:";
-    pub(crate) const CREATED: &str = "m:created";
-    pub(crate) const DEADLINE: &str = "m:deadline";
-    pub(crate) const SEEN: &str = "m:seen";
-    pub(crate) const USER: &str = "m:user";
-    pub(crate) const USER_AGENT: &str = "m:ua";
-}
-
-impl SessionRecord {
-    /// Builds a record from the stored hash's fields.
-    pub(crate) fn from_fields<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
-        let mut record = SessionRecord::default();
-        for (field, value) in pairs {
-            if let Some(key) = field.strip_prefix(fields::DATA) {
-                record.data.insert(key.to_owned(), value);
-                continue;
-            }
-            match field.as_str() {
-                fields::CREATED => record.created_ms = value.parse().unwrap_or(0),
-                fields::DEADLINE => record.deadline_ms = value.parse().unwrap_or(0),
-                fields::SEEN => record.last_seen_ms = value.parse().unwrap_or(0),
-                fields::USER => record.user = Some(value),
-                fields::USER_AGENT => record.user_agent = Some(value),
-                _ => {}
-            }
+impl SessionInfo {
+    /// A list entry (not [`current`](Self::current); the layer marks that).
+    pub fn new(
+        handle: SessionHandle,
+        created: SystemTime,
+        last_seen: SystemTime,
+        user_agent: Option<String>,
+    ) -> Self {
+        SessionInfo {
+            handle,
+            created,
+            last_seen,
+            user_agent,
+            current: false,
         }
-        record
     }
 }
 
-impl SaveRequest {
-    /// The hash fields this save writes (`Some`) or deletes (`None`), in order.
-    pub(crate) fn field_changes(&self) -> Vec<(String, Option<&str>)> {
-        let mut out = Vec::with_capacity(self.data.len() + 2);
-        if let SaveMode::Create {
-            user_agent: Some(ua),
-            ..
-        } = &self.mode
-        {
-            out.push((fields::USER_AGENT.to_owned(), Some(ua.as_str())));
-        }
-        if let Some(user) = &self.user {
-            out.push((fields::USER.to_owned(), user.as_deref()));
-        }
-        for (key, value) in &self.data {
-            out.push((format!("{}{key}", fields::DATA), value.as_deref()));
-        }
-        out
+impl SessionStore for Backend {
+    async fn load(&self, h: &SessionHandle, r: &LoadRequest) -> Result<Option<Loaded>, Error> {
+        on_backend!(self, b => SessionStore::load(b, h, r).await)
+    }
+    async fn save(&self, h: &SessionHandle, r: &SaveRequest) -> Result<SaveOutcome, Error> {
+        on_backend!(self, b => SessionStore::save(b, h, r).await)
+    }
+    async fn delete(&self, h: &SessionHandle, r: &DeleteRequest) -> Result<DeleteOutcome, Error> {
+        on_backend!(self, b => SessionStore::delete(b, h, r).await)
+    }
+    async fn index_add(&self, u: &str, h: &SessionHandle, d: u64) -> Result<(), Error> {
+        on_backend!(self, b => SessionStore::index_add(b, u, h, d).await)
+    }
+    async fn index_remove(&self, u: &str, h: &SessionHandle) -> Result<(), Error> {
+        on_backend!(self, b => SessionStore::index_remove(b, u, h).await)
+    }
+    async fn list(&self, u: &str) -> Result<Vec<SessionInfo>, Error> {
+        on_backend!(self, b => SessionStore::list(b, u).await)
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`SessionStore`] behind a pointer (`Arc<dyn DynSessionStore>`), so the
+/// layer and [`Session`](super::Session) need no type parameter. Implemented
+/// for every `SessionStore`.
+pub(crate) trait DynSessionStore: Send + Sync {
+    fn load<'a>(
+        &'a self,
+        h: &'a SessionHandle,
+        r: &'a LoadRequest,
+    ) -> BoxFuture<'a, Result<Option<Loaded>, Error>>;
+    fn save<'a>(
+        &'a self,
+        h: &'a SessionHandle,
+        r: &'a SaveRequest,
+    ) -> BoxFuture<'a, Result<SaveOutcome, Error>>;
+    fn delete<'a>(
+        &'a self,
+        h: &'a SessionHandle,
+        r: &'a DeleteRequest,
+    ) -> BoxFuture<'a, Result<DeleteOutcome, Error>>;
+    fn index_add<'a>(
+        &'a self,
+        user: &'a str,
+        h: &'a SessionHandle,
+        deadline_ms: u64,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+    fn index_remove<'a>(
+        &'a self,
+        user: &'a str,
+        h: &'a SessionHandle,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+    fn list<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionInfo>, Error>>;
+}
+
+impl<T: SessionStore> DynSessionStore for T {
+    fn load<'a>(
+        &'a self,
+        h: &'a SessionHandle,
+        r: &'a LoadRequest,
+    ) -> BoxFuture<'a, Result<Option<Loaded>, Error>> {
+        Box::pin(SessionStore::load(self, h, r))
+    }
+    fn save<'a>(
+        &'a self,
+        h: &'a SessionHandle,
+        r: &'a SaveRequest,
+    ) -> BoxFuture<'a, Result<SaveOutcome, Error>> {
+        Box::pin(SessionStore::save(self, h, r))
+    }
+    fn delete<'a>(
+        &'a self,
+        h: &'a SessionHandle,
+        r: &'a DeleteRequest,
+    ) -> BoxFuture<'a, Result<DeleteOutcome, Error>> {
+        Box::pin(SessionStore::delete(self, h, r))
+    }
+    fn index_add<'a>(
+        &'a self,
+        user: &'a str,
+        h: &'a SessionHandle,
+        deadline_ms: u64,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(SessionStore::index_add(self, user, h, deadline_ms))
+    }
+    fn index_remove<'a>(
+        &'a self,
+        user: &'a str,
+        h: &'a SessionHandle,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(SessionStore::index_remove(self, user, h))
+    }
+    fn list<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionInfo>, Error>> {
+        Box::pin(SessionStore::list(self, user))
     }
 }

@@ -28,8 +28,7 @@ if idle - ttl <= interval then
   return { ttl, 0 }
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local deadline = tonumber(redis.call('HGET', key, 'm:deadline'))
 if not deadline then
   return { ttl, 0 }

@@ -12,39 +12,34 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::BodyExt;
-use redis_layers::memory::MemoryBackend;
-use redis_layers::redis::RedisBackend;
-use redis_layers::session::{
-    DeleteOutcome, LoadRequest, Loaded, MemorySessionStore, RedisSessionStore, SaveOutcome,
-    SaveRequest, Session, SessionError, SessionHandle, SessionInfo, SessionLayer, SessionStore,
+use redis_layers::session::store::{
+    DeleteOutcome, DeleteRequest, LoadRequest, Loaded, SaveOutcome, SaveRequest, SessionStore,
 };
-use redis_layers::Error;
+use redis_layers::session::{
+    Session, SessionError, SessionHandle, SessionInfo, SessionLayer, SessionLayerBuilder,
+};
+use redis_layers::{Backend, Error};
 use tower::ServiceExt;
 
-use crate::support::{unique_prefix, RedisServer};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Redis,
-    Memory,
-}
+pub use crate::support::Kind;
+use crate::support::{RedisServer, TestBackend};
 
 /// Counts every store call: the round-trip contract, checked on both backends.
 #[derive(Clone)]
-pub struct Counting<St> {
-    inner: St,
+pub struct Counting {
+    inner: Backend,
     calls: Arc<AtomicUsize>,
     /// When set, `delete` fails as if the store were down.
     fail_deletes: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl<St> Counting<St> {
+impl Counting {
     fn hit(&self) {
         self.calls.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-impl<St: SessionStore> SessionStore for Counting<St> {
+impl SessionStore for Counting {
     fn load(
         &self,
         h: &SessionHandle,
@@ -64,11 +59,11 @@ impl<St: SessionStore> SessionStore for Counting<St> {
     fn delete(
         &self,
         h: &SessionHandle,
-        u: Option<&str>,
+        r: &DeleteRequest,
     ) -> impl Future<Output = Result<DeleteOutcome, Error>> + Send {
         self.hit();
         let fail = self.fail_deletes.load(Ordering::SeqCst);
-        let inner = self.inner.delete(h, u);
+        let inner = SessionStore::delete(&self.inner, h, r);
         async move {
             if fail {
                 return Err(Error::new(
@@ -103,9 +98,7 @@ impl<St: SessionStore> SessionStore for Counting<St> {
 }
 
 pub struct Fixture {
-    pub server: Option<RedisServer>,
-    pub redis: Option<RedisBackend>,
-    pub memory: Option<MemoryBackend>,
+    pub test: TestBackend,
     calls: Arc<AtomicUsize>,
     pub fail_deletes: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -116,54 +109,49 @@ impl Fixture {
     }
 
     pub fn with_deadline(kind: Kind, deadline: Duration) -> Self {
-        let prefix = unique_prefix("session");
-        match kind {
-            Kind::Redis => {
-                let server = RedisServer::start();
-                let redis = RedisBackend::builder()
-                    .url(server.url())
-                    .prefix(prefix)
-                    .deadline(deadline)
-                    .build()
-                    .unwrap();
-                Fixture {
-                    server: Some(server),
-                    redis: Some(redis),
-                    memory: None,
-                    calls: Arc::default(),
-                    fail_deletes: Arc::default(),
-                }
-            }
-            Kind::Memory => Fixture {
-                server: None,
-                redis: None,
-                memory: Some(MemoryBackend::builder().prefix(prefix).build().unwrap()),
-                calls: Arc::default(),
-                fail_deletes: Arc::default(),
-            },
+        Fixture {
+            test: TestBackend::with_deadline(kind, deadline),
+            calls: Arc::default(),
+            fail_deletes: Arc::default(),
+        }
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.test.backend
+    }
+
+    pub fn server(&self) -> &RedisServer {
+        self.test.server()
+    }
+
+    pub fn server_mut(&mut self) -> &mut RedisServer {
+        self.test.server.as_mut().expect("a Redis test")
+    }
+
+    /// The counting store every layer of this fixture shares.
+    pub fn store(&self) -> Counting {
+        Counting {
+            inner: self.test.backend.clone(),
+            calls: self.calls.clone(),
+            fail_deletes: self.fail_deletes.clone(),
         }
     }
 
     /// A new layer (a new "instance" of the service) on this fixture's store.
-    pub fn layer(&self) -> SessionLayer {
-        let layer = match (&self.redis, &self.memory) {
-            (Some(redis), _) => SessionLayer::new(Counting {
-                inner: RedisSessionStore::new(redis.clone()),
-                calls: self.calls.clone(),
-                fail_deletes: self.fail_deletes.clone(),
-            }),
-            (_, Some(memory)) => SessionLayer::new(Counting {
-                inner: MemorySessionStore::new(memory.clone()),
-                calls: self.calls.clone(),
-                fail_deletes: self.fail_deletes.clone(),
-            }),
-            _ => unreachable!(),
-        };
-        layer.secure(true)
+    pub fn layer(
+        &self,
+        configure: impl FnOnce(SessionLayerBuilder) -> SessionLayerBuilder,
+    ) -> SessionLayer {
+        configure(SessionLayer::builder(self.store()).secure(true))
+            .build()
+            .expect("valid session settings")
     }
 
-    pub fn app(&self, configure: impl FnOnce(SessionLayer) -> SessionLayer) -> Router {
-        routes().layer(configure(self.layer()))
+    pub fn app(
+        &self,
+        configure: impl FnOnce(SessionLayerBuilder) -> SessionLayerBuilder,
+    ) -> Router {
+        routes().layer(self.layer(configure))
     }
 
     pub fn store_calls(&self) -> usize {
@@ -172,31 +160,18 @@ impl Fixture {
 
     /// Session records left in the store.
     pub fn session_count(&self) -> usize {
-        match (&self.server, &self.memory) {
-            (Some(server), _) => {
-                let prefix = self.redis.as_ref().unwrap().namespace().prefix().to_owned();
-                let keys: Vec<String> = server.cmd(&["KEYS", &format!("{prefix}:session:*")]);
-                keys.len()
-            }
-            (_, Some(memory)) => memory.len(),
-            _ => unreachable!(),
-        }
+        self.test.keys("session:*").len()
     }
 
     /// Entries in a user's session index.
     pub fn index_len(&self, user: &str) -> usize {
-        match (&self.server, &self.memory) {
-            (Some(server), _) => {
-                let store = RedisSessionStore::new(self.redis.clone().unwrap());
-                server.cmd::<usize>(&["ZCARD", &store.user_key(user)])
-            }
-            (_, Some(memory)) => {
-                let key = memory.namespace().tagged("session-user", user).into_base();
-                memory.atomically(|ks| match ks.get(&key) {
-                    Some(redis_layers::memory::Value::Hash(h)) => h.len(),
-                    _ => 0,
-                })
-            }
+        let key = user_index_key(self.backend(), user);
+        match self.backend() {
+            Backend::Redis(_) => self.server().cmd::<usize>(&["ZCARD", &key]),
+            Backend::Memory(memory) => memory.atomically(|ks| match ks.get(&key) {
+                Some(redis_layers::memory::Value::Hash(h)) => h.len(),
+                _ => 0,
+            }),
             _ => unreachable!(),
         }
     }
@@ -206,6 +181,12 @@ impl Fixture {
         let value = cookie.trim_start_matches("id=");
         value[value.len() - 32..].to_owned()
     }
+}
+
+/// The storage layout, as these tests pin it: a user's index lives under
+/// `{prefix}:session-user:{<user>}`.
+pub fn user_index_key(backend: &Backend, user: &str) -> String {
+    backend.namespace().tagged("session-user", user).into_base()
 }
 
 fn routes() -> Router {

@@ -11,34 +11,67 @@ mod store;
 
 use std::time::Duration;
 
-use harness::{Client, Fixture, Kind};
+use harness::{Client, Fixture};
 use http::StatusCode;
 use redis_layers::session::{Activity, Key};
 
-/// Runs each test body once per backend.
-macro_rules! session_suite {
-    ($($name:ident => |$fx:ident| $body:block)*) => {
-        mod on_redis {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let $fx = Fixture::new(Kind::Redis);
-                    $body
-                }
-            )*
-        }
-        mod on_memory {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let $fx = Fixture::new(Kind::Memory);
-                    $body
-                }
-            )*
-        }
+#[tokio::test]
+async fn settings_are_checked_when_the_layer_is_built() {
+    use redis_layers::memory::MemoryBackend;
+    use redis_layers::session::{SameSite, SessionLayer};
+    use redis_layers::ErrorKind;
+
+    let store = MemoryBackend::new();
+    let build = |f: &dyn Fn(
+        redis_layers::session::SessionLayerBuilder,
+    ) -> redis_layers::session::SessionLayerBuilder| {
+        f(SessionLayer::builder(store.clone())).build()
     };
+    assert!(build(&|b| b).is_ok(), "the defaults are valid");
+    let cases: Vec<(&str, Box<dyn Fn(_) -> _>)> = vec![
+        (
+            "cookie name",
+            Box::new(|b: redis_layers::session::SessionLayerBuilder| b.cookie_name("a b")),
+        ),
+        (
+            "cookie domain",
+            Box::new(|b: redis_layers::session::SessionLayerBuilder| b.cookie_domain("bad;domain")),
+        ),
+        (
+            "cookie path",
+            Box::new(|b: redis_layers::session::SessionLayerBuilder| b.cookie_path("no-slash")),
+        ),
+        (
+            "SameSite=None without Secure",
+            Box::new(|b: redis_layers::session::SessionLayerBuilder| {
+                b.same_site(SameSite::None).secure(false)
+            }),
+        ),
+        (
+            "idle > absolute",
+            Box::new(|b: redis_layers::session::SessionLayerBuilder| {
+                b.idle_timeout(Duration::from_secs(7200))
+                    .absolute_timeout(Duration::from_secs(3600))
+            }),
+        ),
+        (
+            "touch >= idle",
+            Box::new(|b: redis_layers::session::SessionLayerBuilder| {
+                b.idle_timeout(Duration::from_secs(60))
+                    .touch_interval(Duration::from_secs(60))
+            }),
+        ),
+        (
+            "zero idle",
+            Box::new(|b: redis_layers::session::SessionLayerBuilder| {
+                b.idle_timeout(Duration::ZERO)
+            }),
+        ),
+    ];
+    for (what, configure) in cases {
+        let err = build(&*configure).expect_err(what);
+        assert_eq!(err.kind(), ErrorKind::Config, "{what}: {err}");
+    }
 }
 
 #[tokio::test]
@@ -65,7 +98,7 @@ async fn a_missing_layer_is_a_500_naming_it() {
     assert!(String::from_utf8_lossy(&body).contains("SessionLayer"));
 }
 
-session_suite! {
+support::both_backends! { Fixture::new;
     no_cookie_and_untouched_costs_nothing => |fx| {
         let mut c = Client::new(fx.app(|l| l));
         let r = c.get("/untouched").await;
@@ -462,7 +495,7 @@ session_suite! {
         let app = fx.app(|l| {
             l.idle_timeout(Duration::MAX)
                 .absolute_timeout(Duration::MAX)
-                .touch_interval(Duration::MAX)
+                .touch_interval(Duration::from_secs(3600))
                 .persistent(true)
         });
         let mut c = Client::new(app);
@@ -484,7 +517,9 @@ session_suite! {
     }
 
     expired_sessions_leave_the_user_index => |fx| {
-        let app = fx.app(|l| l.idle_timeout(Duration::from_millis(300)));
+        let app = fx.app(|l| {
+            l.idle_timeout(Duration::from_millis(300)).touch_interval(Duration::from_millis(100))
+        });
         let mut old = Client::new(app.clone());
         old.post("/login/dave").await;
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use redis_layers::session::FailurePolicy;
+use redis_layers::FailurePolicy;
 
 use crate::harness::{send_raw, Client, Fixture, Kind};
 use crate::support::RedisServer;
@@ -40,7 +40,7 @@ fn writes(server: &RedisServer) -> u64 {
 #[tokio::test]
 async fn round_trips_and_writes_as_measured_by_redis() {
     let fx = Fixture::new(Kind::Redis);
-    let server = fx.server.as_ref().unwrap();
+    let server = fx.server();
     let app = fx.app(|l| l.touch_interval(Duration::from_millis(300)));
     let mut c = Client::new(app.clone());
 
@@ -110,7 +110,7 @@ async fn round_trips_and_writes_as_measured_by_redis() {
 #[tokio::test]
 async fn redis_keys_do_not_reveal_session_ids() {
     let fx = Fixture::new(Kind::Redis);
-    let server = fx.server.as_ref().unwrap();
+    let server = fx.server();
     let mut c = Client::new(fx.app(|l| l));
     c.post("/set/a/1").await;
     let id = fx.first_session_id(c.cookie.as_ref().unwrap());
@@ -131,7 +131,7 @@ async fn a_dead_redis_is_a_503_within_the_deadline_and_recovery_is_automatic() {
     c.post("/set/a/1").await;
     let cookie = c.cookie.clone().unwrap();
 
-    fx.server.as_mut().unwrap().kill();
+    fx.server_mut().kill();
     for path in ["/get/a", "/untouched", "/set/b/2"] {
         let method = if path.starts_with("/set") {
             "POST"
@@ -154,7 +154,7 @@ async fn a_dead_redis_is_a_503_within_the_deadline_and_recovery_is_automatic() {
     assert_eq!(r.status, StatusCode::OK);
 
     // Restarted (empty): the same layer works again without a rebuild.
-    fx.server.as_mut().unwrap().restart();
+    fx.server_mut().restart();
     let mut ok = false;
     for _ in 0..3 {
         let mut fresh = Client::new(app.clone());
@@ -174,7 +174,7 @@ async fn fail_open_continues_without_a_session() {
     let mut c = Client::new(app.clone());
     c.post("/set/a/1").await;
     let cookie = c.cookie.clone().unwrap();
-    fx.server.as_mut().unwrap().kill();
+    fx.server_mut().kill();
     let r = send_raw(&app, "GET", "/get/a", Some(cookie.as_bytes())).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, "none");
@@ -189,7 +189,7 @@ async fn fail_open_continues_without_a_session() {
 #[tokio::test]
 async fn a_paused_redis_bounds_request_latency() {
     let fx = Fixture::with_deadline(Kind::Redis, Duration::from_millis(150));
-    let server = fx.server.as_ref().unwrap();
+    let server = fx.server();
     let app = fx.app(|l| l);
     let mut c = Client::new(app.clone());
     c.post("/set/a/1").await;
@@ -214,7 +214,7 @@ async fn a_paused_redis_bounds_request_latency() {
 #[tokio::test]
 async fn scripts_survive_a_script_flush() {
     let fx = Fixture::new(Kind::Redis);
-    let server = fx.server.as_ref().unwrap();
+    let server = fx.server();
     let mut c = Client::new(fx.app(|l| l));
     c.post("/set/a/1").await;
     let _: () = server.cmd(&["SCRIPT", "FLUSH"]);
@@ -251,9 +251,9 @@ async fn redis_restarted_mid_traffic_only_costs_the_outage() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    fx.server.as_mut().unwrap().kill();
+    fx.server_mut().kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    fx.server.as_mut().unwrap().restart();
+    fx.server_mut().restart();
     let restarted = Instant::now();
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

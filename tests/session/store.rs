@@ -1,15 +1,15 @@
 //! The `SessionStore` contract, operation by operation (each Redis
 //! operation is one Lua script, so this tests every script on its own),
-//! against both stores.
+//! against both backends.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis_layers::session::{
-    DeleteOutcome, LoadRequest, MemorySessionStore, RedisSessionStore, SaveMode, SaveOutcome,
-    SaveRequest, SessionHandle, SessionStore,
+use redis_layers::session::store::{
+    DeleteOutcome, DeleteRequest, LoadRequest, SaveOutcome, SaveRequest, SessionStore,
 };
+use redis_layers::session::SessionHandle;
 
-use crate::harness::{Fixture, Kind};
+use crate::support::{both_backends, TestBackend};
 
 const IDLE: Duration = Duration::from_secs(600);
 const ABSOLUTE: Duration = Duration::from_secs(3600);
@@ -26,78 +26,43 @@ fn now_ms() -> u64 {
 }
 
 fn create(data: &[(&str, &str)], user: Option<&str>) -> SaveRequest {
-    SaveRequest {
-        mode: SaveMode::Create {
-            created_ms: None,
-            deadline_ms: None,
-            user_agent: Some("Agent/1".to_owned()),
-        },
-        idle: IDLE,
-        absolute: ABSOLUTE,
-        clear: false,
-        data: data
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), Some((*v).to_owned())))
-            .collect(),
-        user: user.map(|u| Some(u.to_owned())),
+    let mut request = SaveRequest::create(IDLE, ABSOLUTE, Some("Agent/1".to_owned()));
+    for (k, v) in data {
+        request = request.change(*k, Some((*v).to_owned()));
+    }
+    match user {
+        Some(u) => request.user(Some(u.to_owned())),
+        None => request,
     }
 }
 
 fn update(data: &[(&str, Option<&str>)], clear: bool) -> SaveRequest {
-    SaveRequest {
-        mode: SaveMode::Update,
-        idle: IDLE,
-        absolute: ABSOLUTE,
-        clear,
-        data: data
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
-            .collect(),
-        user: None,
+    let mut request = SaveRequest::update(IDLE);
+    if clear {
+        request = request.clear_data();
     }
+    for (k, v) in data {
+        request = request.change(*k, v.map(str::to_owned));
+    }
+    request
 }
 
 fn load(fields: bool, touch: Duration) -> LoadRequest {
-    LoadRequest {
-        idle: IDLE,
-        touch_interval: touch,
-        fields,
+    let request = LoadRequest::new(IDLE, touch);
+    if fields {
+        request
+    } else {
+        request.touch_only()
     }
 }
 
-macro_rules! store_suite {
-    ($($name:ident => |$store:ident| $body:block)*) => {
-        mod on_redis {
-            use super::*;
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let fx = Fixture::new(Kind::Redis);
-                    let $store = RedisSessionStore::new(fx.redis.clone().unwrap());
-                    $body
-                }
-            )*
-        }
-        mod on_memory {
-            use super::*;
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let fx = Fixture::new(Kind::Memory);
-                    let $store = MemorySessionStore::new(fx.memory.clone().unwrap());
-                    $body
-                }
-            )*
-        }
-    };
-}
-
-store_suite! {
-    save_creates_once_and_load_returns_fields_and_metadata => |store| {
+both_backends! { TestBackend::new;
+    save_creates_once_and_load_returns_fields_and_metadata => |fx| {
+        let store = &fx.backend;
         assert_eq!(store.load(&handle(1), &load(true, IDLE)).await.unwrap(), None);
         let before = now_ms();
         let saved = store.save(&handle(1), &create(&[("a", "1")], Some("u1"))).await.unwrap();
-        let SaveOutcome::Saved { expires_in, deadline_ms } = saved else { panic!("{saved:?}") };
+        let SaveOutcome::Saved { expires_in, deadline_ms, .. } = saved else { panic!("{saved:?}") };
         assert!(expires_in <= IDLE && expires_in >= IDLE - Duration::from_secs(1), "{expires_in:?}");
         assert!(deadline_ms >= before + 3_599_000 && deadline_ms <= now_ms() + 3_600_000);
         assert_eq!(
@@ -114,7 +79,8 @@ store_suite! {
         assert!(!loaded.touched, "touch interval not passed");
     }
 
-    update_changes_only_the_given_fields_and_never_recreates => |store| {
+    update_changes_only_the_given_fields_and_never_recreates => |fx| {
+        let store = &fx.backend;
         assert_eq!(store.save(&handle(2), &update(&[("a", Some("1"))], false)).await.unwrap(), SaveOutcome::Missing);
         assert_eq!(store.load(&handle(2), &load(true, IDLE)).await.unwrap(), None, "not created by an update");
         store.save(&handle(2), &create(&[("a", "1"), ("b", "2")], Some("u"))).await.unwrap();
@@ -131,11 +97,12 @@ store_suite! {
         assert_eq!(record.data.get("d").map(String::as_str), Some("4"));
         assert_eq!(record.user.as_deref(), Some("u"));
 
-        assert!(matches!(store.delete(&handle(2), None).await.unwrap(), DeleteOutcome::Deleted { .. }));
+        assert!(matches!(SessionStore::delete(store, &handle(2), &DeleteRequest::any()).await.unwrap(), DeleteOutcome::Deleted { .. }));
         assert_eq!(store.save(&handle(2), &update(&[("a", Some("1"))], false)).await.unwrap(), SaveOutcome::Missing);
     }
 
-    load_touches_only_when_due_and_never_past_the_deadline => |store| {
+    load_touches_only_when_due_and_never_past_the_deadline => |fx| {
+        let store = &fx.backend;
         store.save(&handle(3), &create(&[("a", "1")], None)).await.unwrap();
         let t1 = std::time::Instant::now();
         let first = store.load(&handle(3), &load(false, Duration::from_secs(60))).await.unwrap().unwrap();
@@ -150,8 +117,7 @@ store_suite! {
 
         // A session created with a near deadline never expires after it.
         let near = now_ms() + 300;
-        let mut req = create(&[("a", "1")], None);
-        req.mode = SaveMode::Create { created_ms: Some(now_ms()), deadline_ms: Some(near), user_agent: None };
+        let req = SaveRequest::renewal(IDLE, now_ms(), near, None).change("a", Some("1".into()));
         let SaveOutcome::Saved { expires_in, .. } = store.save(&handle(4), &req).await.unwrap() else { panic!() };
         // (5 ms of slack: the memory clock and this test's clock are read apart.)
         assert!(expires_in <= Duration::from_millis(305), "min(now + idle, deadline): {expires_in:?}");
@@ -162,47 +128,52 @@ store_suite! {
         assert_eq!(store.load(&handle(4), &load(true, Duration::ZERO)).await.unwrap(), None);
 
         // A deadline already past refuses to create.
-        req.mode = SaveMode::Create { created_ms: None, deadline_ms: Some(now_ms() - 1), user_agent: None };
+        let req = SaveRequest::renewal(IDLE, now_ms(), now_ms() - 1, None).change("a", Some("1".into()));
         assert_eq!(store.save(&handle(5), &req).await.unwrap(), SaveOutcome::Missing);
     }
 
-    large_change_sets_are_applied_whole => |store| {
+    large_change_sets_are_applied_whole => |fx| {
+        let store = &fx.backend;
         let keys: Vec<String> = (0..1200).map(|i| format!("k{i}")).collect();
         let mut create_req = create(&[], None);
-        create_req.data = keys.iter().map(|k| (k.clone(), Some("1".to_owned()))).collect();
+        for k in &keys {
+            create_req = create_req.change(k.clone(), Some("1".to_owned()));
+        }
         store.save(&handle(7), &create_req).await.unwrap();
         // Remove the even keys, change the odd ones.
         let mut change = update(&[], false);
-        change.data = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.clone(), (i % 2 == 1).then(|| "2".to_owned())))
-            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            change = change.change(k.clone(), (i % 2 == 1).then(|| "2".to_owned()));
+        }
         store.save(&handle(7), &change).await.unwrap();
         let record = store.load(&handle(7), &load(true, IDLE)).await.unwrap().unwrap().record.unwrap();
         assert_eq!(record.data.len(), 600);
         assert!(record.data.iter().all(|(k, v)| v == "2" && k[1..].parse::<u32>().unwrap() % 2 == 1));
         // Clear plus new fields in one save.
-        let mut fresh = update(&[("only", Some("3"))], true);
-        fresh.user = Some(Some("zoe".to_owned()));
+        let fresh = update(&[("only", Some("3"))], true).user(Some("zoe".to_owned()));
         store.save(&handle(7), &fresh).await.unwrap();
         let record = store.load(&handle(7), &load(true, IDLE)).await.unwrap().unwrap().record.unwrap();
         assert_eq!(record.data.len(), 1);
         assert_eq!(record.user.as_deref(), Some("zoe"));
     }
 
-    delete_can_require_an_owner => |store| {
+    delete_can_require_an_owner => |fx| {
+        let store = &fx.backend;
         store.save(&handle(6), &create(&[("a", "1")], Some("alice"))).await.unwrap();
-        assert_eq!(store.delete(&handle(6), Some("bob")).await.unwrap(), DeleteOutcome::NotOwned);
+        assert_eq!(
+            SessionStore::delete(store, &handle(6), &DeleteRequest::any().owned_by("bob")).await.unwrap(),
+            DeleteOutcome::NotOwned
+        );
         assert!(store.load(&handle(6), &load(false, IDLE)).await.unwrap().is_some());
         assert_eq!(
-            store.delete(&handle(6), Some("alice")).await.unwrap(),
-            DeleteOutcome::Deleted { user: Some("alice".to_owned()) }
+            SessionStore::delete(store, &handle(6), &DeleteRequest::any().owned_by("alice")).await.unwrap(),
+            DeleteOutcome::deleted(Some("alice".to_owned()))
         );
-        assert_eq!(store.delete(&handle(6), None).await.unwrap(), DeleteOutcome::Missing);
+        assert_eq!(SessionStore::delete(store, &handle(6), &DeleteRequest::any()).await.unwrap(), DeleteOutcome::Missing);
     }
 
-    the_user_index_lists_live_owned_sessions_and_prunes_the_rest => |store| {
+    the_user_index_lists_live_owned_sessions_and_prunes_the_rest => |fx| {
+        let store = &fx.backend;
         for n in 10..13 {
             store.save(&handle(n), &create(&[], Some("erin"))).await.unwrap();
             store.index_add("erin", &handle(n), now_ms() + 3_600_000).await.unwrap();

@@ -3,7 +3,7 @@
 //! Every test that needs Redis starts its own server (`RedisServer::start`),
 //! so tests never share state and never touch a Redis the developer runs.
 //! Set `REDIS_SERVER` to use a binary other than the `redis-server` on PATH.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_macros, unused_imports)]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -281,3 +281,128 @@ impl RedisCluster {
         }
     }
 }
+
+/// Which backend a behaviour test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Redis,
+    Memory,
+}
+
+/// A backend for one test: a Redis backend on its own `redis-server`
+/// (kept alive, and reachable for inspection, as long as this value), or a
+/// memory backend. Each gets a key prefix no other test uses.
+pub struct TestBackend {
+    pub backend: redis_layers::Backend,
+    pub server: Option<RedisServer>,
+}
+
+impl TestBackend {
+    pub fn new(kind: Kind) -> Self {
+        Self::with_deadline(kind, Duration::from_secs(2))
+    }
+
+    pub fn with_deadline(kind: Kind, deadline: Duration) -> Self {
+        let prefix = unique_prefix("test");
+        match kind {
+            Kind::Redis => {
+                let server = RedisServer::start();
+                let redis = redis_layers::redis::RedisBackend::builder()
+                    .url(server.url())
+                    .prefix(prefix)
+                    .deadline(deadline)
+                    .build()
+                    .expect("a Redis backend for the test server");
+                TestBackend {
+                    backend: redis.into(),
+                    server: Some(server),
+                }
+            }
+            Kind::Memory => TestBackend {
+                backend: redis_layers::memory::MemoryBackend::builder()
+                    .prefix(prefix)
+                    .build()
+                    .expect("a memory backend")
+                    .into(),
+                server: None,
+            },
+        }
+    }
+
+    /// The test's Redis server; panics on the memory backend.
+    pub fn server(&self) -> &RedisServer {
+        self.server.as_ref().expect("a Redis test")
+    }
+
+    /// Keys under this backend's prefix matching `pattern` (after the
+    /// prefix), on either backend.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let prefix = self.backend.namespace().prefix().to_owned();
+        match &self.backend {
+            redis_layers::Backend::Redis(_) => {
+                self.server().cmd(&["KEYS", &format!("{prefix}:{pattern}")])
+            }
+            redis_layers::Backend::Memory(memory) => {
+                let glob = format!("{prefix}:{pattern}");
+                memory.atomically(|ks| {
+                    ks.keys()
+                        .filter(|k| glob_match(&glob, k))
+                        .map(str::to_owned)
+                        .collect()
+                })
+            }
+            _ => unreachable!("a backend this harness does not know"),
+        }
+    }
+}
+
+/// Redis's `KEYS` glob, for the `*` wildcard only.
+fn glob_match(pattern: &str, key: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = key.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// Runs each test body once per backend: `both_backends!(make; name =>
+/// |fx| { .. } ...)` makes `on_redis::name` and `on_memory::name`, each
+/// with `fx = make(Kind::Redis)` or `make(Kind::Memory)`. Every
+/// capability's behaviour suite uses it, so the memory backend is held to
+/// exactly what Redis does.
+macro_rules! both_backends {
+    ($make:path; $($name:ident => |$fx:ident| $body:block)*) => {
+        mod on_redis {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let $fx = $make($crate::support::Kind::Redis);
+                    $body
+                }
+            )*
+        }
+        mod on_memory {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let $fx = $make($crate::support::Kind::Memory);
+                    $body
+                }
+            )*
+        }
+    };
+}
+pub(crate) use both_backends;

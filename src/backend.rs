@@ -1,0 +1,130 @@
+//! [`Backend`]: the one value every layer is built from.
+
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::keys::Namespace;
+use crate::memory::MemoryBackend;
+use crate::redis::RedisBackend;
+
+/// Where the layers keep their state: Redis, or this process's memory.
+///
+/// Build it once and hand a clone to every layer; each capability's store
+/// trait is implemented for it (and for [`RedisBackend`] and
+/// [`MemoryBackend`] directly), so choosing the backend at run time takes no
+/// per-capability store type:
+///
+/// ```no_run
+/// use redis_layers::session::SessionLayer;
+/// use redis_layers::Backend;
+///
+/// # fn run() -> Result<(), redis_layers::Error> {
+/// // Redis when REDIS_URL is set, else the in-process memory backend.
+/// let backend = Backend::from_env()?;
+/// let sessions = SessionLayer::new(backend.clone());
+/// # let _ = sessions; Ok(()) }
+/// ```
+///
+/// Clones share connections (Redis) or the keyspace (memory).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Backend {
+    /// A Redis server (several application instances share it).
+    Redis(RedisBackend),
+    /// This process's memory (one instance; lost on restart).
+    Memory(MemoryBackend),
+}
+
+/// Runs `$body` with `$b` bound to the concrete backend inside `$backend`:
+/// how each capability implements its store trait for [`Backend`].
+macro_rules! on_backend {
+    ($backend:expr, $b:ident => $body:expr) => {
+        match $backend {
+            $crate::Backend::Redis($b) => $body,
+            $crate::Backend::Memory($b) => $body,
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_backend;
+
+impl Backend {
+    /// Redis at `REDIS_URL` when that variable is set and not empty, else a
+    /// memory backend; both with the default key prefix. Logs which one it
+    /// chose (never the URL, which may hold a password).
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_env_with_prefix(Namespace::DEFAULT_PREFIX)
+    }
+
+    /// [`from_env`](Self::from_env) with a key prefix of your own.
+    pub fn from_env_with_prefix(prefix: &str) -> Result<Self, Error> {
+        match std::env::var("REDIS_URL") {
+            Ok(url) if !url.trim().is_empty() => {
+                let redis = RedisBackend::builder()
+                    .url(url.trim())
+                    .prefix(prefix)
+                    .build()?;
+                tracing::info!(backend = "redis", prefix, "REDIS_URL is set: using Redis");
+                Ok(Backend::Redis(redis))
+            }
+            _ => {
+                let memory = MemoryBackend::builder().prefix(prefix).build()?;
+                tracing::info!(
+                    backend = "memory",
+                    prefix,
+                    "REDIS_URL is not set: using the in-process memory backend"
+                );
+                Ok(Backend::Memory(memory))
+            }
+        }
+    }
+
+    /// `"redis"` or `"memory"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Redis(_) => "redis",
+            Backend::Memory(_) => "memory",
+        }
+    }
+
+    /// The key namespace.
+    pub fn namespace(&self) -> &Namespace {
+        on_backend!(self, b => b.namespace())
+    }
+
+    /// The value of a plain key (`GET`); see [`RedisBackend::get`].
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        on_backend!(self, b => b.get(key).await)
+    }
+
+    /// Stores a plain key with an optional TTL (`SET key value [PX ttl]`).
+    pub async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), Error> {
+        on_backend!(self, b => b.set(key, value, ttl).await)
+    }
+
+    /// Removes a key (`DEL`); true when one was removed.
+    pub async fn delete(&self, key: &str) -> Result<bool, Error> {
+        on_backend!(self, b => b.delete(key).await)
+    }
+
+    /// Checks that the store answers: a `PING` within the deadline on Redis,
+    /// always true in memory. For health checks and start-up.
+    pub async fn ping(&self) -> Result<(), Error> {
+        match self {
+            Backend::Redis(b) => b.ping().await,
+            Backend::Memory(_) => Ok(()),
+        }
+    }
+}
+
+impl From<RedisBackend> for Backend {
+    fn from(b: RedisBackend) -> Self {
+        Backend::Redis(b)
+    }
+}
+
+impl From<MemoryBackend> for Backend {
+    fn from(b: MemoryBackend) -> Self {
+        Backend::Memory(b)
+    }
+}

@@ -1,0 +1,167 @@
+//! The connection machinery under [`RedisBackend`]: multiplexed lanes opened
+//! on demand, the per-call deadline, and error classification. Commands
+//! (`mod.rs`) and scripts (`script.rs`) both run through [`RedisBackend::call`].
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{Cmd, RedisError, Value};
+
+use super::RedisBackend;
+use crate::error::{Error, ErrorKind};
+
+/// A connection handed to one call, and where it came from, so that an
+/// error can retire exactly that connection.
+pub(super) struct Checkout {
+    lane: usize,
+    generation: u64,
+    pub(super) conn: MultiplexedConnection,
+}
+
+impl RedisBackend {
+    /// Runs `work` on a connection, within the deadline. `work` maps redis
+    /// errors with [`Checkout::fail`] so a broken connection is replaced.
+    pub(super) async fn call<T, F>(&self, work: impl FnOnce(Checkout) -> F) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
+        let deadline = self.inner.deadline;
+        let attempt = async {
+            let checkout = self.checkout().await?;
+            work(checkout).await
+        };
+        match tokio::time::timeout(deadline, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::timeout(deadline)),
+        }
+    }
+
+    /// A multiplexed connection from the next lane, opened if needed.
+    async fn checkout(&self) -> Result<Checkout, Error> {
+        let lanes = &self.inner.lanes;
+        let index = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % lanes.len();
+        let lane = &lanes[index];
+        let checkout = |(generation, conn)| Checkout {
+            lane: index,
+            generation,
+            conn,
+        };
+        if let Some(current) = lane.current() {
+            return Ok(checkout(current));
+        }
+        // One task per lane connects; the others wait for its result.
+        let _connecting = lane.connecting.lock().await;
+        if let Some(current) = lane.current() {
+            return Ok(checkout(current));
+        }
+        let conn = match &self.inner.direct {
+            Some((client, config)) => {
+                client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await
+            }
+            None => self.inner.pool.dedicated_connection().await,
+        };
+        let conn = conn.map_err(|e| {
+            let kind = if e.is_timeout() {
+                ErrorKind::Timeout
+            } else {
+                ErrorKind::Connection
+            };
+            Error::new(kind, "could not connect to Redis").with_source(e)
+        })?;
+        let generation = lane.install(conn.clone());
+        Ok(checkout((generation, conn)))
+    }
+}
+
+impl Checkout {
+    /// One command, one reply; an error reply becomes `Err`.
+    pub(super) async fn roundtrip(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
+        self.conn.send_packed_command(cmd).await?.extract_error()
+    }
+
+    /// Maps a redis error; drops this lane's connection when it is broken.
+    /// `script` names the script that was running, if any.
+    pub(super) fn fail(
+        &self,
+        backend: &RedisBackend,
+        e: RedisError,
+        script: Option<&'static str>,
+    ) -> Error {
+        let (kind, reconnect) = classify(&e, script.is_some());
+        if reconnect {
+            backend.inner.lanes[self.lane].invalidate(self.generation);
+        }
+        let message = match script {
+            Some(name) => format!("script {name} failed"),
+            None => "command failed".to_owned(),
+        };
+        Error::new(kind, message).with_source(e)
+    }
+}
+
+/// The error kind, and whether the connection must be replaced.
+fn classify(e: &RedisError, in_script: bool) -> (ErrorKind, bool) {
+    if e.is_timeout() {
+        return (ErrorKind::Timeout, false);
+    }
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return (ErrorKind::Connection, true);
+    }
+    match e.code() {
+        // After a failover the old primary answers READONLY: reconnecting
+        // follows DNS or a proxy to the new one.
+        Some("READONLY" | "MASTERDOWN") => (ErrorKind::Server, true),
+        // Redis is there but cannot serve the call right now (or is
+        // misconfigured): not the script's fault.
+        Some(
+            "LOADING" | "BUSY" | "OOM" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK" | "CROSSSLOT"
+            | "NOPERM" | "NOAUTH" | "WRONGPASS" | "MISCONF",
+        ) => (ErrorKind::Server, false),
+        // Anything else raised while a script ran (a Lua error, an error
+        // reply, a WRONGTYPE from redis.call) is the script's.
+        Some(_) if in_script => (ErrorKind::Script, false),
+        Some(_) => (ErrorKind::Server, false),
+        None => match e.kind() {
+            ::redis::ErrorKind::Parse | ::redis::ErrorKind::UnexpectedReturnType => {
+                (ErrorKind::Decode, false)
+            }
+            _ => (ErrorKind::Connection, e.is_unrecoverable_error()),
+        },
+    }
+}
+
+/// One multiplexed connection slot.
+#[derive(Default)]
+pub(super) struct Lane {
+    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    connecting: tokio::sync::Mutex<()>,
+    generations: AtomicU64,
+}
+
+impl Lane {
+    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn install(&self, conn: MultiplexedConnection) -> u64 {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, conn));
+        generation
+    }
+
+    /// Drops the connection if it is still the one of `generation` (a newer
+    /// one may already have replaced it).
+    fn invalidate(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(&*current, Some((g, _)) if *g == generation) {
+            *current = None;
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! [`SessionError`]: why a [`Session`](super::Session) method failed, and
+//! the response it becomes.
+
+use std::fmt;
+
+use http::StatusCode;
+
+use crate::Problem;
+
+/// Why a [`Session`](super::Session) method failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The store failed or timed out (fail-closed policy).
+    Store(crate::Error),
+    /// A value could not be turned into JSON.
+    Serialize(serde_json::Error),
+    /// The value stored under `key` is not of the requested type.
+    Deserialize {
+        /// The session key.
+        key: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// A user id must be 1 to 256 bytes.
+    InvalidUser,
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Store(e) => write!(f, "session store: {e}"),
+            SessionError::Serialize(e) => write!(f, "session value could not be serialized: {e}"),
+            SessionError::Deserialize { key, source } => {
+                write!(f, "session value {key:?} has an unexpected type: {source}")
+            }
+            SessionError::InvalidUser => f.write_str("a session user id must be 1 to 256 bytes"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionError::Store(e) => Some(e),
+            SessionError::Serialize(e) => Some(e),
+            SessionError::Deserialize { source, .. } => Some(source),
+            SessionError::InvalidUser => None,
+        }
+    }
+}
+
+impl SessionError {
+    /// The problem+json response for this error: 503 when the store is
+    /// unavailable, else 500 (a programming error, not the client's).
+    pub fn problem(&self) -> Problem {
+        match self {
+            SessionError::Store(e) => Problem::store_failure("session", e),
+            _ => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Session error",
+                "The session could not be used.",
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for SessionError {
+    fn into_response(self) -> axum_core::response::Response {
+        tracing::error!(error = %self, "session error");
+        self.problem().into_response()
+    }
+}
