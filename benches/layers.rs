@@ -152,6 +152,10 @@ async fn session_target(ctx: Ctx, path: &'static str, memory: bool) -> Target {
     }
 }
 
+/// The cheapest script: one GET.
+static GET: redis_layers::redis::Script =
+    redis_layers::redis::Script::new("bench-get", "return redis.call('GET', KEYS[1])");
+
 fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
@@ -211,11 +215,22 @@ fn scenarios() -> Vec<Scenario> {
             name: "backend-script",
             build: |ctx| {
                 backend_target(ctx, |backend, key| {
-                    static GET: redis_layers::redis::Script = redis_layers::redis::Script::new(
-                        "bench-get",
-                        "return redis.call('GET', KEYS[1])",
-                    );
                     Box::pin(async move {
+                        let v: Option<Vec<u8>> =
+                            backend.script(&GET).key(&key).invoke().await.unwrap();
+                        v.unwrap_or_default()
+                    })
+                })
+            },
+        },
+        // The floor of a read-then-write request: a GET, then the
+        // cheapest script, one after the other (two round trips).
+        Scenario {
+            name: "get-then-script",
+            build: |ctx| {
+                backend_target(ctx, |backend, key| {
+                    Box::pin(async move {
+                        let _ = backend.get(&key).await.unwrap();
                         let v: Option<Vec<u8>> =
                             backend.script(&GET).key(&key).invoke().await.unwrap();
                         v.unwrap_or_default()

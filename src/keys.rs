@@ -89,13 +89,18 @@ impl Namespace {
         base.push(':');
         base.push_str(capability);
         base.push_str(":{");
-        for c in tag.chars() {
-            match c {
-                '{' | '}' | '%' => {
-                    let _ = write!(base, "%{:02X}", c as u32);
+        if tag.bytes().any(|b| matches!(b, b'{' | b'}' | b'%')) {
+            for c in tag.chars() {
+                match c {
+                    '{' | '}' | '%' => {
+                        let _ = write!(base, "%{:02X}", c as u32);
+                    }
+                    c => base.push(c),
                 }
-                c => base.push(c),
             }
+        } else {
+            // The common case (a hex handle, an address): copied whole.
+            base.push_str(tag);
         }
         base.push('}');
         TaggedKeys { base }

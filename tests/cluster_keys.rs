@@ -76,7 +76,12 @@ async fn every_session_operation_is_legal_on_a_cluster() {
         LoadRequest::new(idle, Duration::ZERO),
         LoadRequest::new(idle, Duration::ZERO).touch_only(),
     ] {
-        assert!(store.load(&handle, &request).await.unwrap().is_some());
+        assert!(store
+            .load(&handle, &request)
+            .await
+            .unwrap()
+            .found()
+            .is_some());
     }
     let in_an_hour = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -52,9 +52,17 @@ impl RedisBackend {
             return Ok(checkout(current));
         }
         // One task per lane connects; the others wait for its result.
+        // Boxed: connecting is rare, and its future is large (kilobytes),
+        // which every call's future would otherwise carry and copy.
+        Ok(checkout(Box::pin(self.connect(lane)).await?))
+    }
+
+    /// Opens and installs a connection for `lane`, unless another task did
+    /// while this one waited for the lane's lock.
+    async fn connect(&self, lane: &Lane) -> Result<(u64, MultiplexedConnection), Error> {
         let _connecting = lane.connecting.lock().await;
         if let Some(current) = lane.current() {
-            return Ok(checkout(current));
+            return Ok(current);
         }
         let conn = match &self.inner.direct {
             Some((client, config)) => {
@@ -72,8 +80,7 @@ impl RedisBackend {
             };
             Error::new(kind, "could not connect to Redis").with_source(e)
         })?;
-        let generation = lane.install(conn.clone());
-        Ok(checkout((generation, conn)))
+        Ok((lane.install(conn.clone()), conn))
     }
 }
 

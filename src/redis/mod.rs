@@ -58,6 +58,7 @@ use bb8_redis::RedisConnectionManager;
 
 use crate::error::{Error, ErrorKind};
 use crate::keys::Namespace;
+use crate::time::{Clock, ServerClock};
 
 /// The bb8 pool type this backend is built from.
 pub type RedisPool = bb8::Pool<RedisConnectionManager>;
@@ -92,6 +93,7 @@ struct Inner {
     next_lane: AtomicUsize,
     deadline: Duration,
     namespace: Namespace,
+    clock: ServerClock,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -119,6 +121,7 @@ pub struct RedisBackendBuilder {
     deadline: Duration,
     prefix: Option<String>,
     multiplexed: usize,
+    clock: Clock,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -129,6 +132,7 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("deadline", &self.deadline)
             .field("prefix", &self.prefix)
             .field("multiplexed_connections", &self.multiplexed)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -189,6 +193,15 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// The application's clock (default: the system clock). Layers use it
+    /// only to estimate Redis's time, so they can skip a round trip when
+    /// nothing is due (a session touch, for example); every rule about time
+    /// is decided by Redis's own clock. Replace it to test a skewed host.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Builds the backend. Nothing is sent to Redis yet: connections open on
     /// first use, so an application can start while Redis is still coming up.
     /// Use [`RedisBackend::ping`] to check connectivity at start-up.
@@ -240,6 +253,7 @@ impl RedisBackendBuilder {
                 next_lane: AtomicUsize::new(0),
                 deadline: self.deadline,
                 namespace,
+                clock: ServerClock::new(self.clock),
             }),
         })
     }
@@ -256,6 +270,7 @@ impl RedisBackend {
             deadline: DEFAULT_DEADLINE,
             prefix: None,
             multiplexed: DEFAULT_MULTIPLEXED_CONNECTIONS,
+            clock: Clock::system(),
         }
     }
 
@@ -282,6 +297,11 @@ impl RedisBackend {
     /// The per-call deadline.
     pub fn deadline(&self) -> Duration {
         self.inner.deadline
+    }
+
+    /// The application's estimate of Redis's clock.
+    pub(crate) fn server_clock(&self) -> &ServerClock {
+        &self.inner.clock
     }
 
     /// Sends `PING`; an error tells that Redis cannot be reached within the deadline.

@@ -8,17 +8,17 @@ use ::redis::{Cmd, FromRedisValue, Pipeline, ServerErrorKind, ToRedisArgs, Value
 use super::RedisBackend;
 use crate::error::Error;
 
-/// A [`Script`] from a `.lua` file beside the calling module, with the
-/// crate's Lua prelude (`src/lua/prelude.lua`: `now_ms()` from `TIME`)
-/// prepended at compile time. (Unused when every layer feature is off.)
+/// A [`Script`] from `.lua` files beside the calling module (helpers first,
+/// the script last), with the crate's Lua prelude (`src/lua/prelude.lua`:
+/// `now_ms()` from `TIME`) prepended at compile time. (Unused when every layer feature is off.)
 #[allow(unused_macros)]
 macro_rules! script {
-    ($name:literal, $file:literal) => {
+    ($name:literal, $($file:literal),+) => {
         $crate::redis::Script::new(
             $name,
             concat!(
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lua/prelude.lua")),
-                include_str!($file)
+                $(include_str!($file)),+
             ),
         )
     };
@@ -91,6 +91,65 @@ impl fmt::Debug for Script {
     }
 }
 
+/// Arguments written one after the other into one buffer (no allocation
+/// per argument): what a script call collects until it knows how many keys
+/// come before the arguments.
+struct Args {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Args {
+    /// Room for `count` arguments of `bytes` in all, so that a typical call
+    /// never grows its buffers.
+    fn with_capacity(count: usize, bytes: usize) -> Self {
+        Args {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(count),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter()).map(|(a, b)| &self.data[a..*b])
+    }
+}
+
+impl ::redis::RedisWrite for Args {
+    fn write_arg(&mut self, arg: &[u8]) {
+        self.data.extend_from_slice(arg);
+        self.ends.push(self.data.len());
+    }
+
+    fn writer_for_next_arg(&mut self) -> impl std::io::Write + '_ {
+        ArgWriter(self)
+    }
+}
+
+/// Writes one argument; it ends when the writer is dropped.
+struct ArgWriter<'a>(&'a mut Args);
+
+impl std::io::Write for ArgWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ArgWriter<'_> {
+    fn drop(&mut self) {
+        self.0.ends.push(self.0.data.len());
+    }
+}
+
 /// One call of a [`Script`]: its keys and arguments, built with
 /// [`key`](ScriptCall::key) and [`arg`](ScriptCall::arg), sent with
 /// [`invoke`](ScriptCall::invoke). Made by [`RedisBackend::script`].
@@ -98,8 +157,8 @@ impl fmt::Debug for Script {
 pub struct ScriptCall<'a> {
     backend: &'a RedisBackend,
     script: &'a Script,
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
+    keys: Args,
+    args: Args,
 }
 
 impl fmt::Debug for ScriptCall<'_> {
@@ -117,8 +176,8 @@ impl<'a> ScriptCall<'a> {
         ScriptCall {
             backend,
             script,
-            keys: Vec::new(),
-            args: Vec::new(),
+            keys: Args::with_capacity(2, 128),
+            args: Args::with_capacity(16, 256),
         }
     }
 
@@ -135,13 +194,16 @@ impl<'a> ScriptCall<'a> {
     }
 
     fn command(&self, verb: &str, head: &str) -> Cmd {
-        let mut cmd = ::redis::cmd(verb);
-        cmd.arg(head).arg(self.keys.len());
-        for k in &self.keys {
-            cmd.arg(k.as_slice());
+        let mut cmd = Cmd::with_capacity(
+            3 + self.keys.len() + self.args.len(),
+            verb.len() + head.len() + 4 + self.keys.data.len() + self.args.data.len(),
+        );
+        cmd.arg(verb).arg(head).arg(self.keys.len());
+        for k in self.keys.iter() {
+            cmd.arg(k);
         }
-        for a in &self.args {
-            cmd.arg(a.as_slice());
+        for a in self.args.iter() {
+            cmd.arg(a);
         }
         cmd
     }

@@ -116,13 +116,19 @@ impl CookieConfig {
     /// Anything else — no cookie, two cookies of that name, a non-UTF-8
     /// header, an oversized, malformed or forged value — is no session.
     pub(crate) fn read(&self, headers: &HeaderMap) -> Option<SessionId> {
-        let mut found: Option<String> = None;
+        // A `Cookie` header is `name=value` pairs separated by `;` (RFC 6265
+        // §4.2.1): scanned in place, without building a cookie per pair,
+        // since every request with cookies pays for this.
+        let mut found: Option<&str> = None;
         for header in headers.get_all(COOKIE) {
             let Ok(header) = header.to_str() else {
                 continue;
             };
-            for cookie in Cookie::split_parse(header).flatten() {
-                if cookie.name() != self.name {
+            for pair in header.split(';') {
+                let Some((name, value)) = pair.split_once('=') else {
+                    continue;
+                };
+                if name.trim() != self.name {
                     continue;
                 }
                 if found.is_some() {
@@ -130,7 +136,7 @@ impl CookieConfig {
                     // domain): trust neither.
                     return None;
                 }
-                found = Some(cookie.value().to_owned());
+                found = Some(value.trim());
             }
         }
         let raw = found?;
@@ -138,10 +144,10 @@ impl CookieConfig {
             return None;
         }
         if self.keys.is_empty() {
-            return SessionId::parse(&raw);
+            return SessionId::parse(raw);
         }
         let mut jar = CookieJar::new();
-        jar.add_original(Cookie::new(self.name.clone(), raw));
+        jar.add_original(Cookie::new(self.name.clone(), raw.to_owned()));
         self.keys.iter().find_map(|key| {
             let verified = jar.signed(key).get(&self.name)?;
             SessionId::parse(verified.value())
@@ -226,9 +232,14 @@ mod tests {
         let c = CookieConfig::default();
         let id = SessionId::generate().unwrap();
         let h = headers(&[format!("a=b; id={}; c=d", id.as_str()).as_bytes()]);
-        assert_eq!(c.read(&h), Some(id.clone()));
+        assert_eq!(c.read(&h), Some(id));
         let h = headers(&[b"a=b", format!("id={}", id.as_str()).as_bytes()]);
         assert_eq!(c.read(&h), Some(id));
+        // Whitespace around names and values, and pairs without a value.
+        let h = headers(&[format!("flag; a=b;  id = {} ;x=", id.as_str()).as_bytes()]);
+        assert_eq!(c.read(&h), Some(id));
+        let h = headers(&[format!("xid={0}; idx={0}", id.as_str()).as_bytes()]);
+        assert_eq!(c.read(&h), None, "only the exact name counts");
     }
 
     #[test]
@@ -284,7 +295,7 @@ mod tests {
             ..CookieConfig::default()
         };
         let h = headers(&[format!("id={signed_by_old}").as_bytes()]);
-        assert_eq!(rotated.read(&h), Some(id.clone()), "old keys still verify");
+        assert_eq!(rotated.read(&h), Some(id), "old keys still verify");
 
         let mut out = HeaderMap::new();
         rotated.set(&mut out, &id, None);
@@ -294,7 +305,7 @@ mod tests {
             ..CookieConfig::default()
         };
         let h = headers(&[format!("id={signed_by_new}").as_bytes()]);
-        assert_eq!(only_new.read(&h), Some(id.clone()), "the newest key signs");
+        assert_eq!(only_new.read(&h), Some(id), "the newest key signs");
 
         // Unsigned or forged values are refused when signing is on.
         let h = headers(&[format!("id={}", id.as_str()).as_bytes()]);

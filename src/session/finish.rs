@@ -9,20 +9,88 @@ use http::HeaderMap;
 
 use super::handle::{Edits, Known, Live, Session, State};
 use super::id::{SessionHandle, SessionId};
-use super::store::{DeleteRequest, SaveOutcome, SaveRequest};
+use super::store::{
+    DeleteOutcome, DeleteRequest, LoadOutcome, SaveOutcome, SaveRequest, SessionRecord,
+};
 use super::Activity;
 use crate::error::Error;
 use crate::headers::no_store;
 
 /// Longest User-Agent kept in a session's metadata.
 const MAX_USER_AGENT_LEN: usize = 256;
+/// How often a renewal copies the session again when a concurrent save
+/// changed it between the copy and the delete of the old record.
+const RENEWAL_ATTEMPTS: usize = 3;
+
+/// Why the response-side work failed.
+#[derive(Debug)]
+pub(crate) enum FinishError {
+    /// The store failed (the layer's failure policy decides).
+    Store(Error),
+    /// The id renewal lost to a concurrent request (another renewal, a
+    /// logout, or saves that kept changing the session): nothing of this
+    /// request was kept, and no cookie may be sent.
+    Conflict,
+}
+
+impl From<Error> for FinishError {
+    fn from(e: Error) -> Self {
+        FinishError::Store(e)
+    }
+}
 
 impl Session {
+    /// Finishes the response without the store when nothing needs it (no
+    /// change, no touch due, a logout already done): the common case.
+    /// `false` leaves everything for [`finish`](Self::finish).
+    pub(crate) fn finish_now(&self, headers: &mut HeaderMap) -> bool {
+        // The handler is done, so nothing else holds the state.
+        let Ok(state) = self.inner.state.try_lock() else {
+            return false;
+        };
+        let mut edits = self.edits();
+        if edits.destroyed {
+            if state.had_cookie() {
+                self.remove_cookie(headers);
+            }
+        } else if matches!(state.known, Known::Degraded { .. }) {
+            // Fail-open after a store failure: write nothing.
+        } else if edits.is_dirty() || !self.untouched_without_store(&state, headers) {
+            return false;
+        }
+        *edits = Edits::default();
+        true
+    }
+
+    /// An unchanged session whose response needs no store call: drop a
+    /// cookie that names no session, re-send a persistent one whose expiry
+    /// the load moved. `false` when a touch may be due (the cookie was never
+    /// looked up and every request counts as activity).
+    fn untouched_without_store(&self, state: &State, headers: &mut HeaderMap) -> bool {
+        match &state.known {
+            Known::Unloaded(_) => self.config().activity != Activity::AnyRequest,
+            Known::Missing => {
+                self.remove_cookie(headers);
+                true
+            }
+            Known::Live(live) if live.touched => {
+                if let Some(at) = live.expires_at {
+                    let expires_in = at.saturating_duration_since(Instant::now());
+                    self.refresh_cookie(headers, &live.id, expires_in);
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+
     /// Writes what the request changed and decides the cookie. Called by
-    /// the layer once the inner service answered with a non-5xx status.
-    pub(crate) async fn finish(&self, headers: &mut HeaderMap) -> Result<(), Error> {
-        let mut state = self.inner.state.lock().await;
-        // The handler is done: take what it recorded.
+    /// the layer once the inner service answered with a non-5xx status and
+    /// [`finish_now`](Self::finish_now) could not finish without the store.
+    pub(crate) async fn finish(&self, headers: &mut HeaderMap) -> Result<(), FinishError> {
+        let mut state = self.state().await;
+        // The handler is done: take what it recorded. (`finish_now` already
+        // handled a logout and a fail-open degradation.)
         let mut edits = std::mem::take(&mut *self.edits());
         if edits.destroyed {
             if state.had_cookie() {
@@ -34,21 +102,24 @@ impl Session {
             return Ok(());
         }
         if !edits.is_dirty() {
-            return self.finish_untouched(&mut state, headers).await;
+            return Ok(self.finish_untouched(&mut state, headers).await?);
         }
         let had_cookie = state.had_cookie();
         match std::mem::replace(&mut state.known, Known::Missing) {
-            Known::Live(live) if edits.cycle => {
-                self.renew(&state, &mut edits, *live, headers).await
-            }
+            Known::Live(live) if edits.cycle => self.renew(&state, &edits, live, headers).await,
             Known::Live(live) => {
-                self.update(&live.id, Some(&live), &mut edits, headers)
+                self.update(&live.id, &live.handle, Some(&live), &mut edits, headers)
                     .await
             }
             // A blind write: the save itself checks the session exists.
-            Known::Unloaded(id) => self.update(&id, None, &mut edits, headers).await,
+            Known::Unloaded(id) => {
+                self.update(&id, &id.handle(), None, &mut edits, headers)
+                    .await
+            }
+            // Writing now would fork the session the other request renewed.
+            Known::Renewed => Err(FinishError::Conflict),
             Known::Missing | Known::NoCookie | Known::Degraded { .. } => {
-                self.create(&state, had_cookie, &mut edits, headers).await
+                Ok(self.create(&state, had_cookie, &mut edits, headers).await?)
             }
         }
     }
@@ -60,29 +131,20 @@ impl Session {
         state: &mut State,
         headers: &mut HeaderMap,
     ) -> Result<(), Error> {
-        let config = self.config();
-        match &state.known {
-            Known::Unloaded(id) if config.activity == Activity::AnyRequest => {
-                let request = config.load_request().touch_only();
-                match config.store.load(&id.handle(), &request).await? {
-                    Some(loaded) if loaded.touched => {
-                        self.refresh_cookie(headers, id, loaded.expires_in)
-                    }
-                    Some(_) => {}
-                    None => self.remove_cookie(headers),
+        if self.untouched_without_store(state, headers) {
+            return Ok(());
+        }
+        // Only a cookie never looked up gets here: touch it.
+        if let Known::Unloaded(id) = &state.known {
+            let config = self.config();
+            let request = config.load_request().touch_only();
+            match config.store.load(&id.handle(), &request).await? {
+                LoadOutcome::Found(loaded) if loaded.touched => {
+                    self.refresh_cookie(headers, id, loaded.expires_in)
                 }
+                LoadOutcome::Missing => self.remove_cookie(headers),
+                _ => {}
             }
-            Known::Missing => self.remove_cookie(headers),
-            Known::Live(live) if live.touched => {
-                if let Some(at) = live.expires_at {
-                    self.refresh_cookie(
-                        headers,
-                        &live.id,
-                        at.saturating_duration_since(Instant::now()),
-                    );
-                }
-            }
-            _ => {}
         }
         Ok(())
     }
@@ -116,22 +178,22 @@ impl Session {
     async fn update(
         &self,
         id: &SessionId,
+        handle: &SessionHandle,
         prior: Option<&Live>,
         edits: &mut Edits,
         headers: &mut HeaderMap,
-    ) -> Result<(), Error> {
+    ) -> Result<(), FinishError> {
         let config = self.config();
-        let handle = id.handle();
         let new_user = edits.user_change.clone();
         let request = Self::with_edits(SaveRequest::update(config.idle), edits);
-        match config.store.save(&handle, &request).await? {
+        match config.store.save(handle, &request).await? {
             SaveOutcome::Saved {
                 expires_in,
                 deadline_ms,
                 ..
             } => {
                 let old_user = prior.and_then(|p| p.record.user.as_deref());
-                self.reindex(&handle, old_user, new_user, deadline_ms)
+                self.reindex(handle, old_user, new_user, deadline_ms)
                     .await?;
                 // The save slid the expiry; a persistent cookie follows when
                 // it moved by more than the touch interval.
@@ -147,6 +209,9 @@ impl Session {
                 }
                 Ok(())
             }
+            // Renewed while the request ran: the change would be lost under
+            // the old id, so the client is told to retry with the new one.
+            SaveOutcome::Renewed => Err(FinishError::Conflict),
             // Destroyed, revoked or expired while the request ran: never
             // resurrect it; drop the cookie.
             _ => {
@@ -214,54 +279,109 @@ impl Session {
         Err(Error::internal("three fresh session ids collided"))
     }
 
-    /// Moves the session to a new id: write the new record (all data, the
-    /// original creation time and deadline), then delete the old one.
+    /// Moves the session to a new id (the data, the original creation time
+    /// and deadline), so that exactly one successor survives however many
+    /// requests renew the same session at once:
+    ///
+    /// 1. write the new record, and add it to the user's index;
+    /// 2. delete the old record *only if it is still at the revision this
+    ///    request copied* (compare-and-delete): exactly one renewal can
+    ///    succeed, and a change saved after the copy is never dropped;
+    /// 3. a renewal that finds the old record gone (another renewal won, or
+    ///    a logout) deletes its copy and answers 409 with no cookie; one
+    ///    that finds it changed copies it again (up to
+    ///    [`RENEWAL_ATTEMPTS`] times).
+    ///
+    /// The new record exists before the old one goes, so a failure between
+    /// the two loses nothing (the old id keeps working; the copy expires).
     async fn renew(
         &self,
         state: &State,
-        edits: &mut Edits,
-        live: Live,
+        edits: &Edits,
+        mut live: Live,
         headers: &mut HeaderMap,
-    ) -> Result<(), Error> {
+    ) -> Result<(), FinishError> {
         let config = self.config();
-        let Live {
-            id: old, record, ..
-        } = live;
-        let mut data: BTreeMap<String, Option<String>> = if edits.clear {
-            BTreeMap::new()
-        } else {
-            record.data.into_iter().map(|(k, v)| (k, Some(v))).collect()
-        };
-        data.extend(std::mem::take(&mut edits.changes));
-        let user = match edits.user_change.take() {
-            Some(change) => change,
+        let old = live.handle;
+        for _ in 0..RENEWAL_ATTEMPTS {
+            let (request, user) = self.renewal_request(state, edits, &live.record);
+            let (id, expires_in, deadline_ms) = self.create_record(&request).await?;
+            let new = id.handle();
+            if let Some(user) = &user {
+                config.store.index_add(user, &new, deadline_ms).await?;
+            }
+            let retire = DeleteRequest::renewal(live.record.revision);
+            match config.store.delete(&old, &retire).await? {
+                DeleteOutcome::Deleted { .. } => {
+                    if let Some(old_user) = &live.record.user {
+                        if let Err(e) = config.store.index_remove(old_user, &old).await {
+                            // Listing prunes entries of sessions that are gone.
+                            tracing::debug!(error = %e, "could not drop a renewed session from its user index");
+                        }
+                    }
+                    self.set_cookie(headers, &id, expires_in);
+                    return Ok(());
+                }
+                outcome => {
+                    self.discard(&new, user.as_deref()).await;
+                    if outcome != DeleteOutcome::Changed {
+                        return Err(FinishError::Conflict);
+                    }
+                    // Saved since we copied it: copy the current version.
+                    let reloaded = config.store.load(&old, &config.load_request()).await?;
+                    match reloaded.found().and_then(|loaded| loaded.record) {
+                        Some(record) => live.record = record,
+                        None => return Err(FinishError::Conflict),
+                    }
+                }
+            }
+        }
+        Err(FinishError::Conflict)
+    }
+
+    /// The create request of a renewal that copies `record` with this
+    /// request's edits applied, and the user the copy is bound to.
+    fn renewal_request(
+        &self,
+        state: &State,
+        edits: &Edits,
+        record: &SessionRecord,
+    ) -> (SaveRequest, Option<String>) {
+        let mut data: BTreeMap<&str, Option<&String>> = BTreeMap::new();
+        if !edits.clear {
+            data.extend(record.data.iter().map(|(k, v)| (k.as_str(), Some(v))));
+        }
+        data.extend(edits.changes.iter().map(|(k, v)| (k.as_str(), v.as_ref())));
+        let user = match &edits.user_change {
+            Some(change) => change.clone(),
             None => record.user.clone(),
         };
         let mut request = SaveRequest::renewal(
-            config.idle,
+            self.config().idle,
             record.created_ms,
             record.deadline_ms,
-            record.user_agent.or_else(|| user_agent_text(state)),
+            record.user_agent.clone().or_else(|| user_agent_text(state)),
         );
-        request.data = data.into_iter().filter(|(_, v)| v.is_some()).collect();
+        request.data = data
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), Some(v?.clone()))))
+            .collect();
         request.user = user.clone().map(Some);
-        let (id, expires_in, deadline_ms) = self.create_record(&request).await?;
-        let old_handle = old.handle();
-        config
-            .store
-            .delete(&old_handle, &DeleteRequest::any())
-            .await?;
-        if let Some(old_user) = &record.user {
-            config.store.index_remove(old_user, &old_handle).await?;
+        (request, user)
+    }
+
+    /// Deletes a renewal's copy that lost the race (best effort: if this
+    /// fails, the copy expires when idle and no client holds its id).
+    async fn discard(&self, handle: &SessionHandle, user: Option<&str>) {
+        let store = &self.config().store;
+        if let Err(e) = store.delete(handle, &DeleteRequest::any()).await {
+            tracing::debug!(error = %e, "could not delete a renewal's losing copy");
         }
-        if let Some(user) = &user {
-            config
-                .store
-                .index_add(user, &id.handle(), deadline_ms)
-                .await?;
+        if let Some(user) = user {
+            if let Err(e) = store.index_remove(user, handle).await {
+                tracing::debug!(error = %e, "could not unlist a renewal's losing copy");
+            }
         }
-        self.set_cookie(headers, &id, expires_in);
-        Ok(())
     }
 
     async fn reindex(

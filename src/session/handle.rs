@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,8 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::config::Config;
-use super::id::SessionId;
-use super::store::{DeleteOutcome, DeleteRequest, SessionRecord};
+use super::id::{SessionHandle, SessionId};
+use super::store::{DeleteOutcome, DeleteRequest, LoadOutcome, SessionRecord};
 use super::SessionError;
 use crate::error::Error;
 use crate::FailurePolicy;
@@ -38,6 +39,11 @@ pub(super) struct Inner {
     /// What handlers changed; behind a plain mutex so the recording methods
     /// need no `.await`.
     edits: std::sync::Mutex<Edits>,
+    /// The request carried a well-formed session cookie.
+    had_cookie: bool,
+    /// A handler asked for the session's contents: the response depends on
+    /// them (see [`Session::mark_response`]).
+    read: AtomicBool,
 }
 
 impl fmt::Debug for Session {
@@ -62,8 +68,12 @@ pub(super) enum Known {
     Unloaded(SessionId),
     /// The cookie names no live session (or this request destroyed it).
     Missing,
+    /// The cookie names a session that a concurrent request renewed moments
+    /// ago: no session here, and the cookie is left alone (the client most
+    /// likely holds the successor's already); a write answers 409.
+    Renewed,
     /// A live session.
-    Live(Box<Live>),
+    Live(Live),
     /// A store call failed under the fail-open policy: behave as if there
     /// were no session and write nothing.
     Degraded {
@@ -74,6 +84,8 @@ pub(super) enum Known {
 
 pub(super) struct Live {
     pub(super) id: SessionId,
+    /// The id's handle, hashed once per request.
+    pub(super) handle: SessionHandle,
     pub(super) record: SessionRecord,
     /// The session's expiry as last seen (this process's monotonic clock).
     pub(super) expires_at: Option<Instant>,
@@ -119,17 +131,41 @@ impl Session {
             None => Known::NoCookie,
         };
         let user_agent = headers.get(http::header::USER_AGENT).cloned();
+        let had_cookie = matches!(known, Known::Unloaded(_));
         Session {
             inner: Arc::new(Inner {
                 config,
                 state: tokio::sync::Mutex::new(State { known, user_agent }),
                 edits: std::sync::Mutex::default(),
+                had_cookie,
+                read: AtomicBool::new(false),
             }),
+        }
+    }
+
+    /// Marks a response whose handler read the session so that no shared
+    /// cache serves it to another client: `Vary: Cookie`, plus
+    /// `Cache-Control: private` (unless the handler set `Cache-Control`)
+    /// when the request carried a session cookie. A response that sets or
+    /// removes the cookie gets `no-store` instead, in `finish`.
+    pub(crate) fn mark_response(&self, headers: &mut HeaderMap) {
+        if self.inner.read.load(Ordering::Relaxed) {
+            crate::headers::session_dependent(headers, self.inner.had_cookie);
         }
     }
 
     pub(super) fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The state, locked (held across store calls). Uncontended in all
+    /// but odd handlers, so `try_lock` first: it skips the async
+    /// semaphore's bookkeeping.
+    pub(super) async fn state(&self) -> tokio::sync::MutexGuard<'_, State> {
+        match self.inner.state.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => self.inner.state.lock().await,
+        }
     }
 
     /// The recorded edits (held briefly, never across an `.await`).
@@ -140,34 +176,34 @@ impl Session {
     /// Loads the session if not done yet. Under fail-open a store failure
     /// counts as "no session".
     pub(super) async fn ensure_loaded(&self, state: &mut State) -> Result<(), SessionError> {
+        self.inner.read.store(true, Ordering::Relaxed);
         let Known::Unloaded(id) = &state.known else {
             return Ok(());
         };
-        let id = id.clone();
+        let id = *id;
+        let handle = id.handle();
         let config = self.config();
-        let loaded = match config
-            .store
-            .load(&id.handle(), &config.load_request())
-            .await
-        {
+        let loaded = match config.store.load(&handle, &config.load_request()).await {
             Ok(loaded) => loaded,
             Err(e) => return self.store_failed(state, Some(id), e),
         };
         state.known = match loaded {
-            None => Known::Missing,
-            Some(loaded) => {
+            LoadOutcome::Renewed => Known::Renewed,
+            LoadOutcome::Found(loaded) => {
                 let Some(record) = loaded.record else {
                     let e =
                         Error::internal("the session store loaded a session without its record");
                     return self.store_failed(state, Some(id), e);
                 };
-                Known::Live(Box::new(Live {
+                Known::Live(Live {
                     id,
+                    handle,
                     record,
                     expires_at: Instant::now().checked_add(loaded.expires_in),
                     touched: loaded.touched,
-                }))
+                })
             }
+            _ => Known::Missing,
         };
         Ok(())
     }
@@ -190,7 +226,7 @@ impl Session {
 
     /// The value under `key`, decoded from JSON; `None` when absent.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
-        let mut state = self.inner.state.lock().await;
+        let mut state = self.state().await;
         self.ensure_loaded(&mut state).await?;
         let edits = self.edits();
         let json = match edits.changes.get(key) {
@@ -237,20 +273,22 @@ impl Session {
 
     /// The session's id, when a session exists (loads it to find out).
     pub async fn id(&self) -> Result<Option<SessionId>, SessionError> {
-        let mut state = self.inner.state.lock().await;
+        let mut state = self.state().await;
         self.ensure_loaded(&mut state).await?;
         Ok(match &state.known {
-            Known::Live(live) => Some(live.id.clone()),
+            Known::Live(live) => Some(live.id),
             _ => None,
         })
     }
 
     /// Gives the session a new id when the response goes out (call it on
     /// login or any privilege change). The data moves to the new id; the new
-    /// record is written before the old one is deleted, so a failure between
-    /// the two loses nothing.
+    /// record is written before the old one is retired, so a failure between
+    /// the two loses nothing. When several requests renew the same session
+    /// at once, one wins; the others answer 409 with no cookie (see the
+    /// module docs).
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
-        let mut state = self.inner.state.lock().await;
+        let mut state = self.state().await;
         self.ensure_loaded(&mut state).await?;
         self.edits().cycle = true;
         Ok(())
@@ -270,7 +308,7 @@ impl Session {
 
     /// The user the session is bound to.
     pub async fn user(&self) -> Result<Option<String>, SessionError> {
-        let mut state = self.inner.state.lock().await;
+        let mut state = self.state().await;
         if let Some(change) = &self.edits().user_change {
             return Ok(change.clone());
         }
@@ -286,17 +324,19 @@ impl Session {
     /// store failure is returned even under [`FailurePolicy::Open`]: a
     /// logout must not look done when it is not.
     pub async fn destroy(&self) -> Result<(), SessionError> {
-        let mut state = self.inner.state.lock().await;
+        let mut state = self.state().await;
         *self.edits() = Edits {
             destroyed: true,
             ..Edits::default()
         };
-        let id = match &state.known {
-            Known::Unloaded(id) | Known::Degraded { cookie: Some(id) } => id.clone(),
-            Known::Live(live) => live.id.clone(),
-            Known::NoCookie | Known::Missing | Known::Degraded { cookie: None } => return Ok(()),
+        let handle = match &state.known {
+            Known::Unloaded(id) | Known::Degraded { cookie: Some(id) } => id.handle(),
+            Known::Live(live) => live.handle,
+            Known::NoCookie
+            | Known::Missing
+            | Known::Renewed
+            | Known::Degraded { cookie: None } => return Ok(()),
         };
-        let handle = id.handle();
         let store = &self.config().store;
         let outcome = store
             .delete(&handle, &DeleteRequest::any())

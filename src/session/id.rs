@@ -14,43 +14,47 @@ pub(crate) const ID_LEN: usize = 32;
 
 /// A session id: the secret the cookie carries. Never logged, never stored:
 /// the store only sees its [`SessionHandle`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct SessionId(String);
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SessionId([u8; ID_LEN]);
 
 impl SessionId {
     /// A fresh id from the operating system's CSPRNG.
     pub(crate) fn generate() -> Result<Self, getrandom::Error> {
         let mut bytes = [0u8; ID_BYTES];
         getrandom::fill(&mut bytes)?;
-        Ok(SessionId(URL_SAFE_NO_PAD.encode(bytes)))
+        let mut text = [0u8; ID_LEN];
+        // 24 bytes are exactly 32 base64 characters: the buffer fits.
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(bytes, &mut text)
+            .unwrap_or_default();
+        debug_assert_eq!(written, ID_LEN);
+        Ok(SessionId(text))
     }
 
     /// Accepts only what [`generate`](Self::generate) makes: exactly 32
-    /// base64url characters that decode to 24 bytes.
+    /// base64url characters. (32 characters of 6 bits are exactly 24 bytes,
+    /// so any such string is a well-formed id; nothing needs decoding.)
     pub(crate) fn parse(s: &str) -> Option<Self> {
-        if s.len() != ID_LEN
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return None;
-        }
-        let decoded = URL_SAFE_NO_PAD.decode(s).ok()?;
-        (decoded.len() == ID_BYTES).then(|| SessionId(s.to_owned()))
+        let bytes: [u8; ID_LEN] = s.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+            .then_some(SessionId(bytes))
     }
 
     /// The id as it appears in the cookie.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only base64url characters are ever stored (see `parse`, `generate`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// The handle naming this session in the store and in session lists.
     pub fn handle(&self) -> SessionHandle {
-        let digest = Sha256::digest(self.0.as_bytes());
-        let mut hex = String::with_capacity(HANDLE_LEN);
-        for byte in &digest[..HANDLE_LEN / 2] {
-            hex.push(char::from(HEX[usize::from(byte >> 4)]));
-            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        let digest = Sha256::digest(self.0);
+        let mut hex = [0u8; HANDLE_LEN];
+        for (i, byte) in digest[..HANDLE_LEN / 2].iter().enumerate() {
+            hex[2 * i] = HEX[usize::from(byte >> 4)];
+            hex[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
         }
         SessionHandle(hex)
     }
@@ -70,31 +74,35 @@ const HANDLE_LEN: usize = 32;
 /// hex. The store is keyed by it (so a dump of Redis reveals no live cookie),
 /// and session lists show it (so a page listing a user's sessions can offer
 /// "revoke" without exposing the other sessions' ids).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionHandle(String);
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionHandle([u8; HANDLE_LEN]);
 
 impl SessionHandle {
     /// Accepts a handle as shown in a session list (32 lowercase hex characters).
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == HANDLE_LEN && s.bytes().all(|b| HEX.contains(&b)))
-            .then(|| SessionHandle(s.to_owned()))
+        let bytes: [u8; HANDLE_LEN] = s.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(|b| HEX.contains(b))
+            .then_some(SessionHandle(bytes))
     }
 
     /// The handle as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only lowercase hex is ever stored (see `parse`, `SessionId::handle`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 impl fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SessionHandle({})", self.0)
+        write!(f, "SessionHandle({})", self.as_str())
     }
 }
 
 impl fmt::Display for SessionHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -108,7 +116,7 @@ mod tests {
         let b = SessionId::generate().unwrap();
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), ID_LEN);
-        assert_eq!(SessionId::parse(a.as_str()), Some(a.clone()));
+        assert_eq!(SessionId::parse(a.as_str()), Some(a));
         assert_ne!(a.handle(), b.handle());
         assert_eq!(a.handle(), SessionId::parse(a.as_str()).unwrap().handle());
     }
@@ -120,6 +128,7 @@ mod tests {
         let short = &good.as_str()[1..];
         let bad_char = format!("{}.", &good.as_str()[1..]);
         let padded = format!("{}=", &good.as_str()[1..]);
+        let multibyte = format!("{}é", &good.as_str()[2..]);
         for bad in [
             "",
             short,
@@ -127,6 +136,7 @@ mod tests {
             bad_char.as_str(),
             padded.as_str(),
             "é",
+            multibyte.as_str(),
         ] {
             assert_eq!(SessionId::parse(bad), None, "{bad:?}");
         }
@@ -136,7 +146,7 @@ mod tests {
     fn handles_are_hex_and_do_not_contain_the_id() {
         let id = SessionId::generate().unwrap();
         let h = id.handle();
-        assert_eq!(SessionHandle::parse(h.as_str()), Some(h.clone()));
+        assert_eq!(SessionHandle::parse(h.as_str()), Some(h));
         assert!(!h.as_str().contains(id.as_str()));
         assert_eq!(
             SessionHandle::parse("ABCDEF0123456789abcdef0123456789"),

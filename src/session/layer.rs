@@ -5,15 +5,18 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use cookie::{Key, SameSite};
-use http::{Request, Response};
+use http::response::Parts;
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::config::{Config, MAX_TIMEOUT};
+use super::finish::FinishError;
 use super::handle::Session;
 use super::store::SessionStore;
 use super::Activity;
@@ -236,7 +239,7 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<ResBody, S::Error>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -245,54 +248,115 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let session = Session::new(self.config.clone(), req.headers());
         req.extensions_mut().insert(session.clone());
-        let failure = self.config.failure;
         // Call the instance that was driven to readiness, leave a clone in
         // its place (see tower's "Be careful when cloning inner services").
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture {
-            inner: Box::pin(async move {
-                let res = inner.call(req).await?;
-                if res.status().is_server_error() {
-                    // The handler failed: persist nothing it may have half done.
-                    return Ok(res.map(ResponseBody::inner));
-                }
-                let (mut parts, body) = res.into_parts();
-                match session.finish(&mut parts.headers).await {
-                    Ok(()) => Ok(Response::from_parts(parts, ResponseBody::inner(body))),
-                    Err(e) => match failure {
-                        FailurePolicy::Open => {
-                            tracing::warn!(error = %e, "session could not be saved (fail-open)");
-                            Ok(Response::from_parts(parts, ResponseBody::inner(body)))
-                        }
-                        FailurePolicy::Closed => {
-                            tracing::error!(error = %e, "session could not be saved");
-                            Ok(Problem::store_failure("session", &e).to_response())
-                        }
-                    },
-                }
-            }),
+            state: State::Inner {
+                future: inner.call(req),
+                session,
+            },
         }
+    }
+}
+
+/// The answer to a request whose id renewal lost to a concurrent request
+/// (another renewal, a logout, a save): 409, and no cookie, so the client
+/// keeps whatever cookie the winning response set.
+fn renewal_conflict<B>() -> Response<ResponseBody<B>> {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "Session changed concurrently",
+        "Another request renewed or ended this session while this one ran; retry with the current cookie.",
+    )
+    .to_response()
+}
+
+/// Writes what the request changed (the store calls of `finish`), then
+/// builds the response; under fail-closed a store failure replaces it.
+async fn finish<B>(session: Session, mut parts: Parts, body: B) -> Response<ResponseBody<B>> {
+    match session.finish(&mut parts.headers).await {
+        Ok(()) => Response::from_parts(parts, ResponseBody::inner(body)),
+        Err(FinishError::Conflict) => {
+            tracing::info!("session renewal lost to a concurrent request");
+            renewal_conflict()
+        }
+        Err(FinishError::Store(e)) => match session.config().failure {
+            FailurePolicy::Open => {
+                tracing::warn!(error = %e, "session could not be saved (fail-open)");
+                Response::from_parts(parts, ResponseBody::inner(body))
+            }
+            FailurePolicy::Closed => {
+                tracing::error!(error = %e, "session could not be saved");
+                Problem::store_failure("session", &e).to_response()
+            }
+        },
     }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The response future of [`SessionService`].
-pub struct ResponseFuture<B, E> {
-    inner: BoxFuture<Result<Response<ResponseBody<B>>, E>>,
+pin_project! {
+    /// The response future of [`SessionService`]: the inner service's
+    /// future, then, only when the response needs the store (a save, a
+    /// touch), that work.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
 }
 
-impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Inner {
+            #[pin]
+            future: F,
+            session: Session,
+        },
+        Finishing {
+            future: BoxFuture<Response<ResponseBody<B>>>,
+        },
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<B, E> Future for ResponseFuture<B, E> {
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Send + 'static,
+{
     type Output = Result<Response<ResponseBody<B>>, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let finishing = match this.state.as_mut().project() {
+                StateProj::Inner { future, session } => {
+                    let (mut parts, body) = match ready!(future.poll(cx)) {
+                        Ok(res) => res.into_parts(),
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    session.mark_response(&mut parts.headers);
+                    // A 5xx persists nothing the handler may have half done;
+                    // most other responses need no store call at all.
+                    if parts.status.is_server_error() || session.finish_now(&mut parts.headers) {
+                        return Poll::Ready(Ok(Response::from_parts(
+                            parts,
+                            ResponseBody::inner(body),
+                        )));
+                    }
+                    Box::pin(finish(session.clone(), parts, body))
+                }
+                StateProj::Finishing { future } => return future.as_mut().poll(cx).map(Ok),
+            };
+            this.state.set(State::Finishing { future: finishing });
+        }
     }
 }

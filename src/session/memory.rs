@@ -1,14 +1,15 @@
-//! [`SessionStore`] for [`MemoryBackend`]: the same records, keys and rules
-//! as on Redis, each operation under the backend's lock.
+//! [`SessionStore`] for [`MemoryBackend`]: the same values, keys and rules
+//! as on Redis (`layout.rs`), each operation under the backend's lock,
+//! timed by the backend's clock.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use super::id::SessionHandle;
-use super::layout::{field_changes, fields, record_from_fields, session_key, user_key};
+use super::layout::{self, session_key, user_key, Header, RENEWED};
 use super::store::{
-    DeleteOutcome, DeleteRequest, LoadRequest, Loaded, SaveMode, SaveOutcome, SaveRequest,
-    SessionInfo, SessionStore,
+    DeleteOutcome, DeleteRequest, LoadOutcome, LoadRequest, Loaded, SaveMode, SaveOutcome,
+    SaveRequest, SessionInfo, SessionRecord, SessionStore,
 };
 use crate::error::{Error, ErrorKind};
 use crate::memory::{Keyspace, MemoryBackend, Value};
@@ -21,7 +22,16 @@ fn wrong_type() -> Error {
     )
 }
 
-/// The session hash under `key`, if any (a non-hash is an error, as in Redis).
+/// The session value under `key`, if any (a hash is an error, as on Redis).
+fn value<'a>(ks: &'a mut Keyspace, key: &str) -> Result<Option<&'a mut Vec<u8>>, Error> {
+    match ks.get_mut(key) {
+        None => Ok(None),
+        Some(Value::Bytes(b)) => Ok(Some(b)),
+        Some(_) => Err(wrong_type()),
+    }
+}
+
+/// The index hash under `key`, if any.
 fn hash<'a>(
     ks: &'a mut Keyspace,
     key: &str,
@@ -33,63 +43,37 @@ fn hash<'a>(
     }
 }
 
-fn number(h: &HashMap<String, Vec<u8>>, field: &str) -> Option<u64> {
-    std::str::from_utf8(h.get(field)?).ok()?.parse().ok()
-}
-
-fn text(h: &HashMap<String, Vec<u8>>, field: &str) -> Option<String> {
-    h.get(field)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
-/// The live deadline of the session under `key`; deletes it when past.
-fn live_deadline(ks: &mut Keyspace, key: &str, now: u64) -> Result<Option<u64>, Error> {
-    let Some(h) = hash(ks, key)? else {
-        return Ok(None);
-    };
-    let Some(deadline) = number(h, fields::DEADLINE) else {
-        return Ok(None);
-    };
-    if deadline <= now {
-        ks.remove(key);
-        return Ok(None);
-    }
-    Ok(Some(deadline))
-}
-
 impl SessionStore for MemoryBackend {
     async fn load(
         &self,
         handle: &SessionHandle,
         request: &LoadRequest,
-    ) -> Result<Option<Loaded>, Error> {
+    ) -> Result<LoadOutcome, Error> {
         let key = session_key(self.namespace(), handle);
         self.atomically(|ks| {
             let now = ks.now_millis();
-            let Some(deadline) = live_deadline(ks, &key, now)? else {
-                return Ok(None);
+            let Some(raw) = value(ks, &key)? else {
+                return Ok(LoadOutcome::Missing);
             };
-            let mut expires = ks.expire_time_millis(&key).flatten().unwrap_or(now);
-            let target = now.saturating_add(ms(request.idle)).min(deadline);
-            let touched = target.saturating_sub(expires) > ms(request.touch_interval);
-            if touched {
-                ks.expire_at_millis(&key, target);
-                if let Some(h) = hash(ks, &key)? {
-                    h.insert(fields::SEEN.to_owned(), now.to_string().into_bytes());
-                }
-                expires = target;
+            if raw == RENEWED {
+                return Ok(LoadOutcome::Renewed);
             }
-            let record = if request.fields {
-                let h = hash(ks, &key)?.ok_or_else(|| Error::decode("session vanished"))?;
-                Some(record_from_fields(h.iter().map(|(k, v)| {
-                    (k.clone(), String::from_utf8_lossy(v).into_owned())
-                })))
-            } else {
-                None
+            let mut header = Header::parse(raw)?;
+            let target = header.touch_target(now, ms(request.idle), ms(request.touch_interval));
+            if let Some(target) = target {
+                header.touch(target, now);
+                header.overwrite(raw);
+            }
+            let record = match request.fields {
+                true => Some(layout::decode(raw)?.1),
+                false => None,
             };
-            Ok(Some(Loaded::new(
-                Duration::from_millis(expires.saturating_sub(now)),
-                touched,
+            if let Some(target) = target {
+                ks.expire_at_millis(&key, target);
+            }
+            Ok(LoadOutcome::Found(Loaded::new(
+                Duration::from_millis(header.expires_ms.saturating_sub(now)),
+                target.is_some(),
                 record,
             )))
         })
@@ -103,60 +87,57 @@ impl SessionStore for MemoryBackend {
         let key = session_key(self.namespace(), handle);
         self.atomically(|ks| {
             let now = ks.now_millis();
-            let deadline = match &request.mode {
-                SaveMode::Create {
-                    created_ms,
-                    deadline_ms,
-                    ..
-                } => {
-                    if ks.get(&key).is_some() {
-                        return Ok(SaveOutcome::Exists);
-                    }
+            let existing = match value(ks, &key)? {
+                Some(raw) if raw == RENEWED => match request.mode {
+                    SaveMode::Update => return Ok(SaveOutcome::Renewed),
+                    SaveMode::Create { .. } => return Ok(SaveOutcome::Exists),
+                },
+                Some(raw) => Some(layout::decode(raw)?),
+                None => None,
+            };
+            let (mut header, mut record) = match (&request.mode, existing) {
+                (SaveMode::Create { .. }, Some(_)) => return Ok(SaveOutcome::Exists),
+                (
+                    SaveMode::Create {
+                        created_ms,
+                        deadline_ms,
+                        ..
+                    },
+                    None,
+                ) => {
                     let deadline = deadline_ms.unwrap_or(now.saturating_add(ms(request.absolute)));
                     if deadline <= now {
                         return Ok(SaveOutcome::Missing);
                     }
-                    let mut h = HashMap::new();
-                    h.insert(
-                        fields::CREATED.to_owned(),
-                        created_ms.unwrap_or(now).to_string().into_bytes(),
-                    );
-                    h.insert(
-                        fields::DEADLINE.to_owned(),
-                        deadline.to_string().into_bytes(),
-                    );
-                    ks.set(
-                        &key,
-                        Value::Hash(h),
-                        Some(Duration::from_millis(deadline - now)),
-                    )?;
-                    deadline
+                    let created = created_ms.unwrap_or(now);
+                    let header = Header {
+                        expires_ms: now,
+                        seen_ms: now,
+                        deadline_ms: deadline,
+                        created_ms: created,
+                        revision: 0,
+                    };
+                    (header, SessionRecord::new(created, deadline))
                 }
-                SaveMode::Update => match live_deadline(ks, &key, now)? {
-                    Some(deadline) => deadline,
-                    None => return Ok(SaveOutcome::Missing),
-                },
+                (SaveMode::Update, None) => return Ok(SaveOutcome::Missing),
+                (SaveMode::Update, Some((header, record))) => {
+                    if header.deadline_ms <= now {
+                        ks.remove(&key);
+                        return Ok(SaveOutcome::Missing);
+                    }
+                    (header, record)
+                }
             };
-            let h = hash(ks, &key)?.ok_or_else(|| Error::decode("session vanished"))?;
-            if request.clear {
-                h.retain(|field, _| !field.starts_with(fields::DATA));
-            }
-            for (field, value) in field_changes(request) {
-                match value {
-                    Some(v) => {
-                        h.insert(field, v.as_bytes().to_vec());
-                    }
-                    None => {
-                        h.remove(&field);
-                    }
-                }
-            }
-            h.insert(fields::SEEN.to_owned(), now.to_string().into_bytes());
-            let expires = now.saturating_add(ms(request.idle)).min(deadline);
-            ks.expire_at_millis(&key, expires);
+            layout::apply(&mut record, request);
+            // A write is activity: it refreshes last-seen and slides the expiry.
+            header.seen_ms = now;
+            header.expires_ms = now.saturating_add(ms(request.idle)).min(header.deadline_ms);
+            header.revision += 1;
+            ks.set(&key, Value::Bytes(layout::encode(&header, &record)), None)?;
+            ks.expire_at_millis(&key, header.expires_ms);
             Ok(SaveOutcome::saved(
-                Duration::from_millis(expires - now),
-                deadline,
+                Duration::from_millis(header.expires_ms - now),
+                header.deadline_ms,
             ))
         })
     }
@@ -168,17 +149,24 @@ impl SessionStore for MemoryBackend {
     ) -> Result<DeleteOutcome, Error> {
         let key = session_key(self.namespace(), handle);
         self.atomically(|ks| {
-            let Some(h) = hash(ks, &key)? else {
-                return Ok(DeleteOutcome::Missing);
+            let raw = match value(ks, &key)? {
+                Some(raw) if raw != RENEWED => raw,
+                _ => return Ok(DeleteOutcome::Missing),
             };
-            let user = text(h, fields::USER);
-            if let Some(expected) = &request.owner {
-                if user.as_ref() != Some(expected) {
-                    return Ok(DeleteOutcome::NotOwned);
+            let (header, record) = layout::decode(raw)?;
+            if request.revision.is_some_and(|r| r != header.revision) {
+                return Ok(DeleteOutcome::Changed);
+            }
+            if request.owner.is_some() && request.owner != record.user {
+                return Ok(DeleteOutcome::NotOwned);
+            }
+            match request.renewed_marker {
+                Some(ttl) => ks.set(&key, Value::Bytes(RENEWED.to_vec()), Some(ttl))?,
+                None => {
+                    ks.remove(&key);
                 }
             }
-            ks.remove(&key);
-            Ok(DeleteOutcome::deleted(user))
+            Ok(DeleteOutcome::deleted(record.user))
         })
     }
 
@@ -241,37 +229,29 @@ impl SessionStore for MemoryBackend {
     async fn list(&self, user: &str) -> Result<Vec<SessionInfo>, Error> {
         let index_key = user_key(self.namespace(), user);
         let mut live = self.atomically(|ks| {
-            let now = ks.now_millis();
             let Some(index) = hash(ks, &index_key)? else {
                 return Ok(Vec::new());
             };
-            let handles: Vec<String> = index.keys().cloned().collect();
+            let members: Vec<String> = index.keys().cloned().collect();
             let mut live = Vec::new();
-            for member in handles {
+            for member in members {
                 let handle = SessionHandle::parse(&member);
-                let info = match &handle {
-                    Some(handle) => {
-                        let key = session_key(self.namespace(), handle);
-                        match live_deadline(ks, &key, now)? {
-                            Some(_) => hash(ks, &key)?.and_then(|h| {
-                                let created = number(h, fields::CREATED)?;
-                                (text(h, fields::USER).as_deref() == Some(user)).then(|| {
-                                    SessionInfo::new(
-                                        handle.clone(),
-                                        system_time(created),
-                                        system_time(number(h, fields::SEEN).unwrap_or(created)),
-                                        text(h, fields::USER_AGENT),
-                                    )
-                                })
-                            }),
-                            None => None,
-                        }
-                    }
+                let record = match &handle {
+                    Some(handle) => match value(ks, &session_key(self.namespace(), handle))? {
+                        Some(raw) if raw != RENEWED => Some(layout::decode(raw)?.1),
+                        _ => None,
+                    },
                     None => None,
                 };
-                match info {
-                    Some(info) => live.push(info),
-                    None => {
+                match (handle, record) {
+                    (Some(handle), Some(record)) if record.user.as_deref() == Some(user) => live
+                        .push(SessionInfo::new(
+                            handle,
+                            system_time(record.created_ms),
+                            system_time(record.last_seen_ms),
+                            record.user_agent,
+                        )),
+                    _ => {
                         if let Some(index) = hash(ks, &index_key)? {
                             index.remove(&member);
                         }

@@ -27,30 +27,56 @@
 //!
 //! # What it costs
 //!
-//! | request | store round trips |
+//! | request | store round trips (Redis commands) |
 //! |---|---|
 //! | no session cookie, session untouched | 0 |
-//! | cookie, handler reads the session | 1 (the load slides the expiry when due) |
-//! | cookie, session untouched | 1 touch ([`Activity::AnyRequest`]) or 0 ([`Activity::SessionRead`]) |
-//! | cookie, read then write | 2 |
-//! | cookie, write without reading | 1 (the save checks the session still exists) |
+//! | cookie, handler reads the session | 1 (`GET`); +1 (`touch.lua`) when a touch is due |
+//! | cookie, session untouched | 1 (`GETRANGE` of the header) with [`Activity::AnyRequest`], +1 when a touch is due; 0 with [`Activity::SessionRead`] |
+//! | cookie, read then write | 2 (`GET`, `save.lua`) |
+//! | cookie, write without reading | 1 (`save.lua` checks the session still exists) |
 //!
-//! The expiry slides only when it would move by more than the
-//! [touch interval](SessionLayerBuilder::touch_interval), so most loads write
-//! nothing, and a persistent cookie's `Set-Cookie` is re-sent only then.
+//! A touch (sliding the idle expiry) is due only when it would move the
+//! expiry by more than the [touch interval](SessionLayerBuilder::touch_interval),
+//! so under steady traffic it costs one extra round trip at most once per
+//! interval per session; a persistent cookie's `Set-Cookie` is re-sent only
+//! then.
+//!
+//! # Time
+//!
+//! Expiry is decided by the store's clock (Redis `TIME` inside the scripts).
+//! The read path decides *whether to send* the touch from the stored header
+//! and this process's estimate of Redis's time: its own clock plus an offset
+//! learned from the time every script returns (the measurement over the
+//! fastest round trip is kept, and re-taken at least once a minute). A wrong
+//! estimate only moves when the touch is sent: too early costs a round trip
+//! the script then declines; too late is harmless while the error stays
+//! below `idle timeout − touch interval`. A host clock off by minutes is
+//! tested both ways.
 //!
 //! # Storage and safety
 //!
-//! - One Redis hash per session, keyed by a SHA-256-derived
-//!   [`SessionHandle`]: a dump of Redis reveals no cookie. Ids are 192 bits
-//!   from the OS CSPRNG; an id the store does not know is no session (the
-//!   client never picks an id).
-//! - A save writes only the keys the request changed, in one script that
-//!   also checks the session still exists: concurrent requests changing
-//!   different keys both persist, and a session destroyed or revoked while
-//!   a request ran is never brought back.
+//! - One string value per session: a 42-byte header (expiry, last seen,
+//!   absolute deadline, creation time, revision) and the data as
+//!   MessagePack. It is keyed by a SHA-256-derived [`SessionHandle`]: a dump
+//!   of Redis reveals no cookie. Ids are 192 bits from the OS CSPRNG; an id
+//!   the store does not know is no session (the client never picks an id).
+//! - A save writes only the keys the request changed, merged inside one
+//!   script that also checks the session still exists: concurrent requests
+//!   changing different keys both persist, and a session destroyed or
+//!   revoked while a request ran is never brought back.
 //! - Idle and absolute timeouts: the expiry is `min(now + idle, created +
 //!   absolute)`, computed from the store's clock.
+//! - Id renewal ([`Session::cycle_id`]) leaves exactly one successor however
+//!   many requests renew at once (a double-submitted login form): the old
+//!   record is retired only at the revision that was copied, and replaced by
+//!   a one-minute marker; the losers, and writes that still carry the old
+//!   cookie, get a 409 problem and no cookie, so the browser keeps the
+//!   winner's.
+//! - A response whose handler read the session carries `Vary: Cookie`, and,
+//!   when the request had a session cookie, `Cache-Control: private` unless
+//!   the handler set its own; a response that sets or removes the cookie
+//!   carries `Cache-Control: no-store`. No shared cache (this crate's, a
+//!   CDN) serves one user's page to another.
 //! - Malformed, oversized, duplicated, forged (with
 //!   [signing](SessionLayerBuilder::signing_keys)) or non-UTF-8 cookies are
 //!   no session; they never cause an error response.

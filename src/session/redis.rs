@@ -1,39 +1,65 @@
-//! [`SessionStore`] for [`RedisBackend`]: one hash per session, one sorted
-//! set per user.
+//! [`SessionStore`] for [`RedisBackend`]: one string value per session (see
+//! `layout.rs`), one sorted set per user.
 //!
-//! Keys (the handle is the SHA-256-derived [`SessionHandle`], never the id):
-//! - `{prefix}:session:{<handle>}`: hash of `d:<key>` data fields (JSON) and
-//!   `m:*` metadata; its TTL is the session's expiry.
-//! - `{prefix}:session-user:{<user>}`: sorted set of the user's handles,
-//!   scored by each session's absolute deadline; expires with the last one.
-//!
-//! Each operation touches the keys of one hash tag only, so it runs on Redis
-//! Cluster unchanged. A load is one round trip: `touch.lua` (slides the
-//! expiry when due) pipelined with a plain `HGETALL`.
+//! A read is one plain `GET` (a touch-only check a `GETRANGE` of the
+//! header). The expiry slides through `touch.lua`, a second round trip sent
+//! only when the header shows a touch is due by this process's estimate of
+//! Redis's clock: at most once per touch interval per session. Saves and
+//! deletes are one script each. Every operation touches the keys of one
+//! hash tag only, so it runs on Redis Cluster unchanged.
 
-use ::redis::{FromRedisValue, Value};
+use std::time::Duration;
 
 use super::id::SessionHandle;
-use super::layout::{field_changes, fields, record_from_fields, session_key, user_key};
+use super::layout::{self, session_key, user_key, Header, HEADER_LEN, RENEWED};
 use super::store::{
-    DeleteOutcome, DeleteRequest, LoadRequest, Loaded, SaveMode, SaveOutcome, SaveRequest,
-    SessionInfo, SessionStore,
+    DeleteOutcome, DeleteRequest, LoadOutcome, LoadRequest, Loaded, SaveMode, SaveOutcome,
+    SaveRequest, SessionInfo, SessionStore,
 };
 use crate::error::Error;
 use crate::redis::{script, RedisBackend, Script};
 use crate::time::{millis as ms, system_time};
 
-static TOUCH: Script = script!("session-touch", "touch.lua");
-static SAVE: Script = script!("session-save", "save.lua");
-static DELETE: Script = script!("session-delete", "delete.lua");
+static TOUCH: Script = script!("session-touch", "record.lua", "touch.lua");
+static SAVE: Script = script!("session-save", "record.lua", "save.lua");
+static DELETE: Script = script!("session-delete", "record.lua", "delete.lua");
 static INDEX_ADD: Script = script!("session-index-add", "index_add.lua");
 static INDEX_LIST: Script = script!("session-index-list", "index_list.lua");
 
-fn decode<T: FromRedisValue>(v: Value, what: &str) -> Result<T, Error> {
-    T::from_redis_value(v).map_err(|e| {
-        Error::decode(format!("unexpected {what} in a session script reply"))
-            .with_source(e.to_string())
-    })
+impl RedisBackend {
+    /// Runs `touch.lua`: the session's status (see the script), its
+    /// expiry and Redis's time. Teaches the clock estimate.
+    async fn touch(&self, key: &str, request: &LoadRequest) -> Result<(i64, u64, u64), Error> {
+        let clock = self.server_clock();
+        let sent = clock.app_ms();
+        let reply: Vec<u8> = self
+            .script(&TOUCH)
+            .key(key)
+            .arg(ms(request.idle))
+            .arg(ms(request.touch_interval))
+            .invoke()
+            .await?;
+        let [status, expires, now] = numbers(&reply)?;
+        clock.observe(sent, now as u64, clock.app_ms());
+        Ok((status as i64, expires as u64, now as u64))
+    }
+}
+
+/// A script reply of `N` numbers packed as big-endian doubles (`reply3`,
+/// `reply4` in `record.lua`).
+fn numbers<const N: usize>(reply: &[u8]) -> Result<[f64; N], Error> {
+    if reply.len() != N * 8 {
+        return Err(Error::decode(
+            "a session script's reply has the wrong length",
+        ));
+    }
+    let mut out = [0.0; N];
+    for (n, chunk) in out.iter_mut().zip(reply.chunks_exact(8)) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        *n = f64::from_be_bytes(bytes);
+    }
+    Ok(out)
 }
 
 impl SessionStore for RedisBackend {
@@ -41,39 +67,56 @@ impl SessionStore for RedisBackend {
         &self,
         handle: &SessionHandle,
         request: &LoadRequest,
-    ) -> Result<Option<Loaded>, Error> {
+    ) -> Result<LoadOutcome, Error> {
         let key = session_key(self.namespace(), handle);
-        let touch = self
-            .script(&TOUCH)
-            .key(&key)
-            .arg(ms(request.idle))
-            .arg(ms(request.touch_interval));
-        // One round trip either way: the touch script alone, or pipelined
-        // with a plain HGETALL of the same key.
-        type Touch = Option<(u64, i64)>;
-        type Fields = Option<Vec<(String, String)>>;
-        let (touched, fields): (Touch, Fields) = if request.fields {
-            let mut hgetall = ::redis::cmd("HGETALL");
-            hgetall.arg(&key);
-            let (t, f) = touch.invoke_then(&hgetall).await?;
-            (t, Some(f))
+        let mut cmd = ::redis::cmd(if request.fields { "GET" } else { "GETRANGE" });
+        cmd.arg(&key);
+        if !request.fields {
+            cmd.arg(0).arg(HEADER_LEN - 1);
+        }
+        let raw: Option<Vec<u8>> = self.query(&cmd).await?;
+        // GETRANGE answers "" for a missing key.
+        let Some(raw) = raw.filter(|raw| !raw.is_empty()) else {
+            return Ok(LoadOutcome::Missing);
+        };
+        if raw == RENEWED {
+            return Ok(LoadOutcome::Renewed);
+        }
+        let mut header = Header::parse(&raw)?;
+        // Redis's time unknown (at start, or the estimate is too old): ask
+        // the script, which also measures it.
+        let estimate = self.server_clock().estimate();
+        let due = estimate.is_none_or(|now| {
+            header
+                .touch_target(now, ms(request.idle), ms(request.touch_interval))
+                .is_some()
+        });
+        let (now, touched) = if due {
+            // Boxed: rare, and its future would otherwise make every
+            // load's future (and what it is copied into) larger.
+            let (status, expires, now) = Box::pin(self.touch(&key, request)).await?;
+            match status {
+                1 | 2 => {}
+                3 => return Ok(LoadOutcome::Renewed),
+                _ => return Ok(LoadOutcome::Missing),
+            }
+            header.expires_ms = expires;
+            if status == 2 {
+                header.seen_ms = now;
+            }
+            (now, status == 2)
         } else {
-            (touch.invoke().await?, None)
+            (estimate.unwrap_or_default(), false)
         };
-        let Some((ttl_ms, touched)) = touched else {
-            return Ok(None);
+        let record = if request.fields {
+            let (_, mut record) = layout::decode(&raw)?;
+            record.last_seen_ms = header.seen_ms;
+            Some(record)
+        } else {
+            None
         };
-        let record = match fields {
-            // Deleted between the two commands: no session.
-            Some(f) if f.is_empty() => return Ok(None),
-            Some(f) => Some(record_from_fields(f)),
-            None => None,
-        };
-        Ok(Some(Loaded::new(
-            std::time::Duration::from_millis(ttl_ms),
-            touched == 1,
-            record,
-        )))
+        let expires_in = Duration::from_millis(header.expires_ms.saturating_sub(now));
+        Ok(LoadOutcome::Found(Loaded::new(expires_in, touched, record)))
     }
 
     async fn save(
@@ -84,6 +127,7 @@ impl SessionStore for RedisBackend {
         let mut call = self
             .script(&SAVE)
             .key(session_key(self.namespace(), handle));
+        let optional = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
         call = match &request.mode {
             SaveMode::Update => call
                 .arg("update")
@@ -99,25 +143,37 @@ impl SessionStore for RedisBackend {
                 .arg("create")
                 .arg(ms(request.idle))
                 .arg(ms(request.absolute))
-                .arg(created_ms.map(|v| v.to_string()).unwrap_or_default())
-                .arg(deadline_ms.map(|v| v.to_string()).unwrap_or_default()),
+                .arg(optional(*created_ms))
+                .arg(optional(*deadline_ms)),
         };
         call = call.arg(if request.clear { "1" } else { "0" });
-        for (field, value) in field_changes(request) {
-            call = call.arg(field).arg(value.unwrap_or(""));
+        call = match &request.user {
+            None => call.arg(""),
+            Some(None) => call.arg("-"),
+            Some(Some(user)) => call.arg(format!("={user}")),
+        };
+        call = match &request.mode {
+            SaveMode::Create {
+                user_agent: Some(ua),
+                ..
+            } => call.arg(ua.as_str()),
+            _ => call.arg(""),
+        };
+        for (key, json) in &request.data {
+            call = call.arg(key.as_str()).arg(json.as_deref().unwrap_or(""));
         }
-        let reply: Value = call.invoke().await?;
-        match reply {
-            Value::Int(0) => Ok(SaveOutcome::Missing),
-            Value::Int(-1) => Ok(SaveOutcome::Exists),
-            other => {
-                let (ttl_ms, deadline_ms): (u64, u64) = decode(other, "save result")?;
-                Ok(SaveOutcome::saved(
-                    std::time::Duration::from_millis(ttl_ms),
-                    deadline_ms,
-                ))
-            }
-        }
+        let clock = self.server_clock();
+        let sent = clock.app_ms();
+        let reply: Vec<u8> = call.invoke().await?;
+        let [status, expires, deadline, now] = numbers(&reply)?;
+        let (expires, deadline, now) = (expires as u64, deadline as u64, now as u64);
+        clock.observe(sent, now, clock.app_ms());
+        Ok(match status as i64 {
+            1 => SaveOutcome::saved(Duration::from_millis(expires.saturating_sub(now)), deadline),
+            2 => SaveOutcome::Renewed,
+            -1 => SaveOutcome::Exists,
+            _ => SaveOutcome::Missing,
+        })
     }
 
     async fn delete(
@@ -129,11 +185,19 @@ impl SessionStore for RedisBackend {
             .script(&DELETE)
             .key(session_key(self.namespace(), handle))
             .arg(request.owner.as_deref().unwrap_or(""))
+            .arg(request.revision.map(|r| r.to_string()).unwrap_or_default())
+            .arg(
+                request
+                    .renewed_marker
+                    .map(|ttl| ms(ttl).max(1).to_string())
+                    .unwrap_or_default(),
+            )
             .invoke()
             .await?;
         Ok(match status {
             1 => DeleteOutcome::deleted((!user.is_empty()).then_some(user)),
             -1 => DeleteOutcome::NotOwned,
+            -2 => DeleteOutcome::Changed,
             _ => DeleteOutcome::Missing,
         })
     }
@@ -175,28 +239,28 @@ impl SessionStore for RedisBackend {
         if handles.is_empty() {
             return Ok(Vec::new());
         }
-        // One round trip for every session's metadata.
+        // One round trip for every session.
         let mut pipe = ::redis::pipe();
         for handle in &handles {
-            pipe.cmd("HMGET")
-                .arg(session_key(self.namespace(), handle))
-                .arg(fields::USER)
-                .arg(fields::CREATED)
-                .arg(fields::SEEN)
-                .arg(fields::USER_AGENT);
+            pipe.cmd("GET").arg(session_key(self.namespace(), handle));
         }
-        type Meta = (Option<String>, Option<u64>, Option<u64>, Option<String>);
-        let metas: Vec<Meta> = self.pipeline(&pipe).await?;
+        let values: Vec<Option<Vec<u8>>> = self.pipeline(&pipe).await?;
         let mut live = Vec::new();
         let mut stale = Vec::new();
-        for (handle, (owner, created, seen, user_agent)) in handles.into_iter().zip(metas) {
-            match (owner, created) {
-                (Some(owner), Some(created)) if owner == user => live.push(SessionInfo::new(
-                    handle,
-                    system_time(created),
-                    system_time(seen.unwrap_or(created)),
-                    user_agent,
-                )),
+        for (handle, value) in handles.into_iter().zip(values) {
+            let record = value
+                .filter(|v| v != RENEWED)
+                .map(|v| layout::decode(&v))
+                .transpose()?;
+            match record {
+                Some((_, record)) if record.user.as_deref() == Some(user) => {
+                    live.push(SessionInfo::new(
+                        handle,
+                        system_time(record.created_ms),
+                        system_time(record.last_seen_ms),
+                        record.user_agent,
+                    ))
+                }
                 _ => stale.push(handle),
             }
         }

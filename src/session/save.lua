@@ -1,74 +1,79 @@
--- Writes the fields one request changed, and the expiry, in one step.
+-- Merges the changes of one request into a session, or creates one, in one
+-- step: concurrent saves of different keys all persist, and an update never
+-- recreates a session that expired, was destroyed or was revoked.
 --
--- KEYS[1]  the session hash
--- ARGV[1]  "update": change an existing session; never recreate one that
---          expired, was destroyed or was revoked meanwhile
---          "create": make a new session; refuse if the key exists
+-- KEYS[1]  the session
+-- ARGV[1]  "update" (the session must exist) or "create" (it must not)
 -- ARGV[2]  idle timeout, ms
--- ARGV[3]  absolute timeout, ms (create only)
--- ARGV[4]  creation time to keep, ms, or "" for now (create only; id renewal
---          keeps the original creation time and absolute deadline)
--- ARGV[5]  absolute deadline to keep, ms, or "" for now + ARGV[3] (create only)
--- ARGV[6]  "1" to delete every data field ("d:*") before applying changes
--- ARGV[7..] field, value pairs; an empty value deletes the field
+-- ARGV[3]  absolute timeout, ms (create)
+-- ARGV[4]  creation time to keep, ms, or "" for now (create; a renewal
+--          keeps the original creation time and deadline)
+-- ARGV[5]  absolute deadline to keep, ms, or "" for now + ARGV[3] (create)
+-- ARGV[6]  "1" to remove every data key before the changes
+-- ARGV[7]  the user: "" unchanged, "-" unbind, "=" .. id to bind
+-- ARGV[8]  the user agent (create), or ""
+-- ARGV[9..] data key, JSON pairs; an empty JSON removes the key
 --
--- Returns { ttl_ms, deadline_ms } when saved,
---         0 when the session is gone (update), -1 when the key exists (create).
+-- Returns (as four doubles, see reply4) 1, expires, deadline, now when
+-- saved; 0, 0, 0, now when the session is gone (update) or the kept
+-- deadline has passed (create); 2, 0, 0, now when it was just renewed
+-- (update); -1, 0, 0, now when the key exists (create).
 local key = KEYS[1]
 local now = now_ms()
-
-local deadline
+local v = redis.call('GET', key)
+local h, rec
 if ARGV[1] == 'create' then
-  if redis.call('EXISTS', key) == 1 then
-    return -1
+  if v then
+    return reply4(-1, 0, 0, now)
+  end
+  local deadline = now + tonumber(ARGV[3])
+  if ARGV[5] ~= '' then deadline = tonumber(ARGV[5]) end
+  if deadline <= now then
+    return reply4(0, 0, 0, now)
   end
   local created = now
   if ARGV[4] ~= '' then created = tonumber(ARGV[4]) end
-  deadline = now + tonumber(ARGV[3])
-  if ARGV[5] ~= '' then deadline = tonumber(ARGV[5]) end
-  if deadline <= now then
-    return 0
-  end
-  redis.call('HSET', key, 'm:created', created, 'm:deadline', deadline)
+  h = { created = created, deadline = deadline, revision = 0 }
+  rec = {}
+  if ARGV[8] ~= '' then rec.a = ARGV[8] end
 else
-  deadline = tonumber(redis.call('HGET', key, 'm:deadline'))
-  if not deadline then
-    return 0
+  if not v then
+    return reply4(0, 0, 0, now)
   end
-  if deadline <= now then
+  if v == RENEWED then
+    return reply4(2, 0, 0, now)
+  end
+  h = header(v)
+  if not h then
+    return not_a_session()
+  end
+  if h.deadline <= now then
     redis.call('DEL', key)
-    return 0
+    return reply4(0, 0, 0, now)
   end
+  rec = body(v)
 end
 
--- Deletions and writes are batched, at most 500 fields a call, instead of a
--- call per field (each redis.call has a fixed cost).
-local dels = {}
-if ARGV[6] == '1' then
-  for _, field in ipairs(redis.call('HKEYS', key)) do
-    if string.sub(field, 1, 2) == 'd:' then
-      dels[#dels + 1] = field
-    end
+local data = rec.d or {}
+if ARGV[6] == '1' then data = {} end
+for i = 9, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    data[ARGV[i]] = nil
+  else
+    data[ARGV[i]] = ARGV[i + 1]
   end
+end
+-- An empty table would be packed as an array: leave it out instead.
+if next(data) == nil then rec.d = nil else rec.d = data end
+if ARGV[7] == '-' then
+  rec.u = nil
+elseif string.sub(ARGV[7], 1, 1) == '=' then
+  rec.u = string.sub(ARGV[7], 2)
 end
 
 -- A write is activity: it refreshes last-seen and slides the idle expiry.
-local sets = { 'm:seen', now }
-for i = 7, #ARGV, 2 do
-  if ARGV[i + 1] == '' then
-    dels[#dels + 1] = ARGV[i]
-  else
-    sets[#sets + 1] = ARGV[i]
-    sets[#sets + 1] = ARGV[i + 1]
-  end
-end
-for i = 1, #dels, 500 do
-  redis.call('HDEL', key, unpack(dels, i, math.min(i + 499, #dels)))
-end
-for i = 1, #sets, 1000 do
-  redis.call('HSET', key, unpack(sets, i, math.min(i + 999, #sets)))
-end
-
-local expires = math.min(now + tonumber(ARGV[2]), deadline)
-redis.call('PEXPIREAT', key, expires)
-return { expires - now, deadline }
+h.seen = now
+h.expires = math.min(now + tonumber(ARGV[2]), h.deadline)
+h.revision = h.revision + 1
+redis.call('SET', key, pack_header(h) .. cmsgpack.pack(rec), 'PXAT', h.expires)
+return reply4(1, h.expires, h.deadline, now)

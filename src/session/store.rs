@@ -22,7 +22,7 @@
 //!
 //! impl<S: SessionStore> SessionStore for Logged<S> {
 //!     fn load(&self, h: &SessionHandle, r: &LoadRequest)
-//!         -> impl Future<Output = Result<Option<Loaded>, Error>> + Send {
+//!         -> impl Future<Output = Result<LoadOutcome, Error>> + Send {
 //!         tracing::debug!(handle = %h, "load");
 //!         self.0.load(h, r)
 //!     }
@@ -58,13 +58,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Loads a session, or only checks it and slides its expiry when
     /// [`LoadRequest::fields`] is false. Slides the idle expiry only when the
     /// new expiry, `min(now + idle, deadline)`, would be later than the
-    /// current one by more than [`LoadRequest::touch_interval`]. `None` when
-    /// there is no live session under `handle`.
+    /// current one by more than [`LoadRequest::touch_interval`].
     fn load(
         &self,
         handle: &SessionHandle,
         request: &LoadRequest,
-    ) -> impl Future<Output = Result<Option<Loaded>, Error>> + Send;
+    ) -> impl Future<Output = Result<LoadOutcome, Error>> + Send;
 
     /// Applies one request's changes to a session (or creates one) and
     /// slides its expiry. An update never recreates a session that is gone;
@@ -134,7 +133,31 @@ impl LoadRequest {
     }
 }
 
-/// What [`SessionStore::load`] found.
+/// What [`SessionStore::load`] found under a handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LoadOutcome {
+    /// A live session.
+    Found(Loaded),
+    /// No session (never created, expired, destroyed or revoked).
+    Missing,
+    /// The session was renewed moments ago: its id was replaced (see
+    /// [`DeleteRequest::renewal`]). No session here, but the client most
+    /// likely holds the successor's cookie already, so it is left alone.
+    Renewed,
+}
+
+impl LoadOutcome {
+    /// The session, if one was found.
+    pub fn found(self) -> Option<Loaded> {
+        match self {
+            LoadOutcome::Found(loaded) => Some(loaded),
+            _ => None,
+        }
+    }
+}
+
+/// A live session, as [`SessionStore::load`] found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Loaded {
@@ -173,6 +196,9 @@ pub struct SessionRecord {
     pub user: Option<String>,
     /// The User-Agent of the request that created it.
     pub user_agent: Option<String>,
+    /// How many saves the session has seen; a renewal deletes the old
+    /// record only at the revision it copied (see [`DeleteRequest::revision`]).
+    pub revision: u64,
 }
 
 impl SessionRecord {
@@ -200,7 +226,7 @@ pub struct SaveRequest {
     pub absolute: Duration,
     /// Remove every data key before applying `data`.
     pub clear: bool,
-    /// Data keys to set (`Some(json)`) or remove (`None`).
+    /// Data keys to set (`Some(json)`, never empty JSON text) or remove (`None`).
     pub data: Vec<(String, Option<String>)>,
     /// Bind to a user (`Some(Some(id))`) or unbind (`Some(None)`).
     pub user: Option<Option<String>>,
@@ -305,6 +331,9 @@ pub enum SaveOutcome {
     /// Update of a session that no longer exists (or a create whose kept
     /// deadline has passed): nothing written.
     Missing,
+    /// Update of a session renewed moments ago (see [`LoadOutcome::Renewed`]):
+    /// nothing written.
+    Renewed,
     /// Create with a handle that exists: nothing written.
     Exists,
 }
@@ -325,7 +354,19 @@ impl SaveOutcome {
 pub struct DeleteRequest {
     /// Delete only a session bound to this user.
     pub owner: Option<String>,
+    /// Delete only a session still at this [revision](SessionRecord::revision)
+    /// (no save since it was read).
+    pub revision: Option<u64>,
+    /// Leave a marker for this long instead of nothing, so that requests
+    /// still carrying the old id see [`LoadOutcome::Renewed`], not
+    /// [`LoadOutcome::Missing`] (set by [`DeleteRequest::renewal`]).
+    pub renewed_marker: Option<Duration>,
 }
+
+/// How long the marker of a renewed session stays: requests that carry the
+/// old id within this time (a double-submitted login form, requests in
+/// flight) are told the session was renewed, not that it is gone.
+pub const RENEWED_MARKER_TTL: Duration = Duration::from_secs(60);
 
 impl DeleteRequest {
     /// Delete whatever session is there.
@@ -339,6 +380,24 @@ impl DeleteRequest {
         self.owner = Some(user.into());
         self
     }
+
+    /// Delete only a session still at `revision`: a compare-and-delete, so
+    /// that a renewal never drops a change saved after it read the session.
+    #[must_use]
+    pub fn at_revision(mut self, revision: u64) -> Self {
+        self.revision = Some(revision);
+        self
+    }
+
+    /// Retire a session whose id a renewal replaced: only at `revision`, and
+    /// leave a marker for [`RENEWED_MARKER_TTL`].
+    pub fn renewal(revision: u64) -> Self {
+        DeleteRequest {
+            revision: Some(revision),
+            renewed_marker: Some(RENEWED_MARKER_TTL),
+            ..DeleteRequest::default()
+        }
+    }
 }
 
 /// What [`SessionStore::delete`] did.
@@ -351,11 +410,13 @@ pub enum DeleteOutcome {
         /// The user it was bound to.
         user: Option<String>,
     },
-    /// There was no such session.
+    /// There was no such session (or only a renewed marker).
     Missing,
     /// It is bound to another user than [`DeleteRequest::owner`]: nothing
     /// deleted.
     NotOwned,
+    /// It was saved since [`DeleteRequest::revision`]: nothing deleted.
+    Changed,
 }
 
 impl DeleteOutcome {
@@ -401,7 +462,7 @@ impl SessionInfo {
 }
 
 impl SessionStore for Backend {
-    async fn load(&self, h: &SessionHandle, r: &LoadRequest) -> Result<Option<Loaded>, Error> {
+    async fn load(&self, h: &SessionHandle, r: &LoadRequest) -> Result<LoadOutcome, Error> {
         on_backend!(self, b => SessionStore::load(b, h, r).await)
     }
     async fn save(&self, h: &SessionHandle, r: &SaveRequest) -> Result<SaveOutcome, Error> {
@@ -431,7 +492,7 @@ pub(crate) trait DynSessionStore: Send + Sync {
         &'a self,
         h: &'a SessionHandle,
         r: &'a LoadRequest,
-    ) -> BoxFuture<'a, Result<Option<Loaded>, Error>>;
+    ) -> BoxFuture<'a, Result<LoadOutcome, Error>>;
     fn save<'a>(
         &'a self,
         h: &'a SessionHandle,
@@ -461,7 +522,7 @@ impl<T: SessionStore> DynSessionStore for T {
         &'a self,
         h: &'a SessionHandle,
         r: &'a LoadRequest,
-    ) -> BoxFuture<'a, Result<Option<Loaded>, Error>> {
+    ) -> BoxFuture<'a, Result<LoadOutcome, Error>> {
         Box::pin(SessionStore::load(self, h, r))
     }
     fn save<'a>(

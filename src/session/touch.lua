@@ -1,42 +1,42 @@
--- Checks that a session is live and slides its idle expiry when a touch is due.
+-- Slides a session's idle expiry, if a touch is due by Redis's clock.
 --
--- KEYS[1]  the session hash
+-- KEYS[1]  the session
 -- ARGV[1]  idle timeout, ms
 -- ARGV[2]  touch interval, ms: the expiry moves only when it would move
---          later by more than this, so most calls write nothing
+--          later by more than this
 --
--- Returns nil when there is no live session, else { ttl_ms, touched (0|1) }.
+-- Returns (as three doubles, see reply3) status, expires, now:
+--   0, 0, now        no live session
+--   1, expires, now  live, not touched
+--   2, expires, now  touched (expires is the new expiry)
+--   3, 0, now        just renewed (a marker)
+-- now is Redis's time (ms), from which the caller learns its clock offset.
 --
--- A load sends this script and a plain HGETALL of the same key in one
--- pipeline (one round trip): returning the hash through Lua costs Redis
--- about twice as much as HGETALL itself.
---
--- The common path is one read (PTTL). Every expiry this crate sets is
--- min(now + idle, absolute deadline), so a key that still exists is within
--- its deadline, and a touch can only be due when idle - ttl exceeds the
--- interval; only then are TIME and the deadline read.
+-- A read is a plain GET: the caller decides from the header (with its
+-- estimate of Redis's time) whether a touch is due, and sends this script
+-- only then. Only the header is read and rewritten (GETRANGE, SETRANGE),
+-- whatever the size of the session.
 local key = KEYS[1]
-local ttl = redis.call('PTTL', key)
-if ttl < 0 then
-  -- -2: no such key; -1: a key without expiry, which this crate never writes.
-  return nil
-end
-
-local idle = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-if idle - ttl <= interval then
-  return { ttl, 0 }
-end
-
 local now = now_ms()
-local deadline = tonumber(redis.call('HGET', key, 'm:deadline'))
-if not deadline then
-  return { ttl, 0 }
+local v = redis.call('GETRANGE', key, 0, HEADER - 1)
+if v == '' then
+  return reply3(0, 0, now)
 end
-local target = math.min(now + idle, deadline)
-if target - (now + ttl) <= interval then
-  return { ttl, 0 }
+if v == RENEWED then
+  return reply3(3, 0, now)
 end
+local h = header(v)
+if not h then
+  return not_a_session()
+end
+local target = math.min(now + tonumber(ARGV[1]), h.deadline)
+if target <= now then
+  redis.call('DEL', key)
+  return reply3(0, 0, now)
+end
+if target - h.expires <= tonumber(ARGV[2]) then
+  return reply3(1, h.expires, now)
+end
+redis.call('SETRANGE', key, 2, struct.pack('>dd', target, now))
 redis.call('PEXPIREAT', key, target)
-redis.call('HSET', key, 'm:seen', now)
-return { target - now, 1 }
+return reply3(2, target, now)

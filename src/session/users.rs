@@ -80,7 +80,7 @@ impl Session {
         let revoked = match outcome {
             DeleteOutcome::Deleted { .. } => true,
             DeleteOutcome::Missing => false,
-            DeleteOutcome::NotOwned => return Ok(false),
+            _ => return Ok(false),
         };
         store
             .index_remove(user, handle)
@@ -92,10 +92,10 @@ impl Session {
     async fn user_and_handle(
         &self,
     ) -> Result<(Option<String>, Option<SessionHandle>), SessionError> {
-        let mut state = self.inner.state.lock().await;
+        let mut state = self.state().await;
         self.ensure_loaded(&mut state).await?;
         Ok(match &state.known {
-            Known::Live(live) => (live.record.user.clone(), Some(live.id.handle())),
+            Known::Live(live) => (live.record.user.clone(), Some(live.handle)),
             _ => (None, None),
         })
     }

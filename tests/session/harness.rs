@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::BodyExt;
 use redis_layers::session::store::{
-    DeleteOutcome, DeleteRequest, LoadRequest, Loaded, SaveOutcome, SaveRequest, SessionStore,
+    DeleteOutcome, DeleteRequest, LoadOutcome, LoadRequest, SaveOutcome, SaveRequest, SessionStore,
 };
 use redis_layers::session::{
     Session, SessionError, SessionHandle, SessionInfo, SessionLayer, SessionLayerBuilder,
@@ -44,7 +44,7 @@ impl SessionStore for Counting {
         &self,
         h: &SessionHandle,
         r: &LoadRequest,
-    ) -> impl Future<Output = Result<Option<Loaded>, Error>> + Send {
+    ) -> impl Future<Output = Result<LoadOutcome, Error>> + Send {
         self.hit();
         self.inner.load(h, r)
     }
@@ -109,8 +109,12 @@ impl Fixture {
     }
 
     pub fn with_deadline(kind: Kind, deadline: Duration) -> Self {
+        Self::on(TestBackend::with_deadline(kind, deadline))
+    }
+
+    pub fn on(test: TestBackend) -> Self {
         Fixture {
-            test: TestBackend::with_deadline(kind, deadline),
+            test,
             calls: Arc::default(),
             fail_deletes: Arc::default(),
         }
@@ -158,9 +162,24 @@ impl Fixture {
         self.calls.load(Ordering::SeqCst)
     }
 
-    /// Session records left in the store.
+    /// Live session records in the store (not counting the short-lived
+    /// `R1` markers a renewal leaves under the old id).
     pub fn session_count(&self) -> usize {
-        self.test.keys("session:*").len()
+        self.test
+            .keys("session:*")
+            .iter()
+            .filter(|key| {
+                let value: Vec<u8> = match self.backend() {
+                    Backend::Redis(_) => self.server().cmd(&["GET", key]),
+                    Backend::Memory(memory) => memory.atomically(|ks| match ks.get(key) {
+                        Some(redis_layers::memory::Value::Bytes(b)) => b.clone(),
+                        _ => Vec::new(),
+                    }),
+                    _ => unreachable!(),
+                };
+                value.starts_with(b"S1")
+            })
+            .count()
     }
 
     /// Entries in a user's session index.
@@ -193,6 +212,7 @@ fn routes() -> Router {
     Router::new()
         .route("/untouched", get(|| async { "ok" }))
         .route("/get/{key}", get(get_value))
+        .route("/get-cached/{key}", get(get_value_cached))
         .route("/set/{key}/{value}", post(set_value))
         .route("/slow-set/{key}/{value}", post(slow_set))
         .route("/fail/{key}/{value}", post(fail_after_set))
@@ -200,6 +220,7 @@ fn routes() -> Router {
         .route("/remove/{key}", post(remove))
         .route("/clear", post(clear))
         .route("/login/{user}", post(login))
+        .route("/slow-login/{user}", post(slow_login))
         .route("/logout", post(logout))
         .route("/user", get(user))
         .route("/sessions", get(sessions))
@@ -212,6 +233,15 @@ async fn get_value(session: Session, Path(key): Path<String>) -> Result<String, 
         Some(v) => v.to_string(),
         None => "none".to_owned(),
     })
+}
+
+/// Reads the session but chooses its own Cache-Control.
+async fn get_value_cached(
+    session: Session,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, SessionError> {
+    let body = get_value(session, Path(key)).await?;
+    Ok(([(header::CACHE_CONTROL, "no-cache")], body))
 }
 
 async fn set_value(
@@ -263,6 +293,17 @@ async fn login(session: Session, Path(user): Path<String>) -> Result<&'static st
     Ok("ok")
 }
 
+/// A login that reads the session, then waits before the response goes out.
+async fn slow_login(
+    session: Session,
+    Path(user): Path<String>,
+) -> Result<&'static str, SessionError> {
+    session.cycle_id().await?;
+    session.set_user(user)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok("ok")
+}
+
 async fn logout(session: Session) -> Result<&'static str, SessionError> {
     session.destroy().await?;
     Ok("ok")
@@ -303,6 +344,7 @@ pub struct Reply {
     pub set_cookie: Option<String>,
     pub cache_control: Option<String>,
     pub content_type: Option<String>,
+    pub vary: Option<String>,
 }
 
 /// Sends one request with a raw `Cookie` header value.
@@ -332,7 +374,7 @@ async fn send(
         .oneshot(req.body(Body::empty()).unwrap())
         .await
         .unwrap();
-    let (set_cookie, cache_control, content_type) = {
+    let (set_cookie, cache_control, content_type, vary) = {
         let text = |name| {
             res.headers()
                 .get(name)
@@ -342,6 +384,7 @@ async fn send(
             text(header::SET_COOKIE),
             text(header::CACHE_CONTROL),
             text(header::CONTENT_TYPE),
+            text(header::VARY),
         )
     };
     let status = res.status();
@@ -352,6 +395,7 @@ async fn send(
         set_cookie,
         cache_control,
         content_type,
+        vary,
     }
 }
 

@@ -516,6 +516,130 @@ support::both_backends! { Fixture::new;
         assert_eq!(ua.len(), 256);
     }
 
+    concurrent_renewals_leave_exactly_one_successor => |fx| {
+        // A double-submitted login, forty times over, through two instances.
+        let a = fx.app(|l| l);
+        let b = fx.app(|l| l);
+        let mut c = Client::new(a.clone());
+        c.post("/set/cart/3").await;
+        let old = c.cookie.clone().unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let old = old.clone();
+            tasks.push(tokio::spawn(async move {
+                harness::send_raw(&app, "POST", "/login/alice", Some(old.as_bytes())).await
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            let r = t.await.unwrap();
+            match r.status {
+                StatusCode::OK => winners.push(r.set_cookie.expect("the winner's new cookie")),
+                StatusCode::CONFLICT => {
+                    assert_eq!(r.set_cookie, None, "a loser sends no cookie");
+                    assert_eq!(r.content_type.as_deref(), Some("application/problem+json"));
+                }
+                other => panic!("unexpected {other}: {}", r.body),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one renewal wins: {winners:?}");
+        assert_eq!(fx.session_count(), 1, "exactly one live session: no forks");
+        assert_eq!(fx.index_len("alice"), 1, "and one entry in the user's index");
+        let new = winners[0].split(';').next().unwrap().to_owned();
+        let r = harness::send_raw(&a, "GET", "/get/cart", Some(new.as_bytes())).await;
+        assert_eq!(r.body, "3", "the successor holds the data");
+        let r = harness::send_raw(&b, "GET", "/user", Some(new.as_bytes())).await;
+        assert_eq!(r.body, "alice");
+        let r = harness::send_raw(&a, "GET", "/get/cart", Some(old.as_bytes())).await;
+        assert_eq!(r.body, "none", "the old id is dead");
+    }
+
+    requests_with_a_just_renewed_cookie_leave_it_alone => |fx| {
+        let app = fx.app(|l| l);
+        let mut c = Client::new(app.clone());
+        c.post("/set/a/1").await;
+        let old = c.cookie.clone().unwrap();
+        c.post("/login/ivy").await;
+        // A request sent with the old cookie before the login's response
+        // arrived: no session, and no removal cookie that would clobber
+        // the new one in the browser.
+        let r = harness::send_raw(&app, "GET", "/get/a", Some(old.as_bytes())).await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "none"));
+        assert_eq!(r.set_cookie, None);
+        let r = harness::send_raw(&app, "GET", "/untouched", Some(old.as_bytes())).await;
+        assert_eq!(r.set_cookie, None);
+        // A write with it would be lost (or fork the session): 409.
+        for path in ["/set/b/2", "/incr/b", "/login/ivy"] {
+            let r = harness::send_raw(&app, "POST", path, Some(old.as_bytes())).await;
+            assert_eq!(r.status, StatusCode::CONFLICT, "{path}");
+            assert_eq!(r.set_cookie, None, "{path}");
+        }
+        assert_eq!(fx.session_count(), 1);
+        assert_eq!(c.get("/get/a").await.body, "1", "the successor is untouched");
+        assert_eq!(c.get("/get/b").await.body, "none");
+    }
+
+    a_renewal_keeps_a_change_saved_while_it_ran => |fx| {
+        let app = fx.app(|l| l);
+        let mut c = Client::new(app.clone());
+        c.post("/set/a/1").await;
+        let old = c.cookie.clone().unwrap();
+        // A login that reads the session, then takes its time.
+        let login = {
+            let app = app.clone();
+            let old = old.clone();
+            tokio::spawn(async move {
+                harness::send_raw(&app, "POST", "/slow-login/erin", Some(old.as_bytes())).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Meanwhile another request saves a change to the old session.
+        let r = harness::send_raw(&app, "POST", "/set/b/2", Some(old.as_bytes())).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let r = login.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let new = r.set_cookie.unwrap().split(';').next().unwrap().to_owned();
+        let r = harness::send_raw(&app, "GET", "/get/b", Some(new.as_bytes())).await;
+        assert_eq!(r.body, "2", "the renewal copied the change made after its read");
+        let r = harness::send_raw(&app, "GET", "/get/a", Some(new.as_bytes())).await;
+        assert_eq!(r.body, "1");
+        assert_eq!(fx.session_count(), 1);
+    }
+
+    responses_built_from_a_session_are_private => |fx| {
+        let app = fx.app(|l| l);
+        let mut c = Client::new(app.clone());
+        // No cookie: a read makes the response vary by cookie, but it is the
+        // same for every cookie-less client, so it stays shareable.
+        let r = c.get("/get/a").await;
+        assert_eq!(r.vary.as_deref(), Some("cookie"));
+        assert_eq!(r.cache_control, None);
+        // A route that never touches the session gets no marker.
+        let r = c.get("/untouched").await;
+        assert_eq!((r.vary, r.cache_control), (None, None));
+        // Setting the cookie: no-store.
+        let r = c.post("/set/a/1").await;
+        assert_eq!(r.cache_control.as_deref(), Some("no-store"));
+        // With the cookie, a read is private and varies by cookie.
+        let r = c.get("/get/a").await;
+        assert_eq!(r.body, "1");
+        assert_eq!(r.vary.as_deref(), Some("cookie"));
+        assert_eq!(r.cache_control.as_deref(), Some("private"));
+        // A handler's own Cache-Control is kept.
+        let r = c.get("/get-cached/a").await;
+        assert_eq!(r.cache_control.as_deref(), Some("no-cache"));
+        assert_eq!(r.vary.as_deref(), Some("cookie"));
+        // The account page (a list of the user's sessions) is private.
+        c.post("/login/gina").await;
+        let r = c.get("/sessions").await;
+        assert_eq!(r.cache_control.as_deref(), Some("private"));
+        assert_eq!(r.vary.as_deref(), Some("cookie"));
+        // An untouched request with a cookie reads nothing: no marker.
+        let r = c.get("/untouched").await;
+        assert_eq!(r.vary, None);
+    }
+
     expired_sessions_leave_the_user_index => |fx| {
         let app = fx.app(|l| {
             l.idle_timeout(Duration::from_millis(300)).touch_interval(Duration::from_millis(100))

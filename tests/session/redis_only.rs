@@ -1,32 +1,13 @@
 //! What only a real Redis can show: commands actually sent, writes actually
 //! made, what the keys reveal, and failures of the server itself.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::StatusCode;
-use redis_layers::FailurePolicy;
+use redis_layers::{Clock, FailurePolicy};
 
 use crate::harness::{send_raw, Client, Fixture, Kind};
-use crate::support::RedisServer;
-
-/// The commands the layer sent between two snapshots, by name. `INFO
-/// commandstats` also counts the commands a script runs inside Redis
-/// (`hget`, `time`, ...), which are not sent by the client, so only the
-/// commands the session layer sends itself are kept.
-fn sent(server: &RedisServer, before: &HashMap<String, u64>) -> Vec<(&'static str, u64)> {
-    let after = server.command_calls();
-    ["evalsha", "eval", "hgetall", "hmget", "zrem"]
-        .into_iter()
-        .map(|name| {
-            (
-                name,
-                after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0),
-            )
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect()
-}
+use crate::support::{Monitor, RedisServer, TestBackend};
 
 /// Writes Redis applied since start (the dirty counter).
 fn writes(server: &RedisServer) -> u64 {
@@ -41,70 +22,149 @@ fn writes(server: &RedisServer) -> u64 {
 async fn round_trips_and_writes_as_measured_by_redis() {
     let fx = Fixture::new(Kind::Redis);
     let server = fx.server();
+    let mut monitor = Monitor::start(server);
     let app = fx.app(|l| l.touch_interval(Duration::from_millis(300)));
     let mut c = Client::new(app.clone());
 
-    let before = server.command_calls();
     c.get("/untouched").await;
-    c.get("/get/a").await;
-    assert_eq!(sent(server, &before), vec![], "no cookie: no command");
-
-    // Warm the script cache: the first call of each script after a start
-    // is EVALSHA + EVAL (NOSCRIPT), once.
-    c.post("/set/a/1").await;
-    c.get("/get/a").await;
-    c.get("/untouched").await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    c.get("/get/a").await;
-
-    // One round trip: the touch script pipelined with HGETALL.
-    let before = server.command_calls();
-    let w = writes(server);
     c.get("/get/a").await;
     assert_eq!(
-        sent(server, &before),
-        vec![("evalsha", 1), ("hgetall", 1)],
-        "read-only, touch not due"
+        monitor.take(),
+        Vec::<String>::new(),
+        "no cookie: no command"
     );
+
+    // A create (NOSCRIPT once after a start, then EVAL); the save script
+    // returns Redis's time, from which the layer learns the clock offset.
+    c.post("/set/a/1").await;
+    assert_eq!(monitor.take(), ["evalsha", "eval"]);
+
+    // A read: one plain GET, no write.
+    let w = writes(server);
+    c.get("/get/a").await;
+    assert_eq!(monitor.take(), ["get"], "read-only, touch not due");
     assert_eq!(writes(server), w, "and no write");
 
+    // The first touch after a start: NOSCRIPT, then EVAL.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let before = server.command_calls();
+    c.get("/get/a").await;
+    assert_eq!(monitor.take(), ["get", "evalsha", "eval"]);
+
+    // A read whose touch is due: the GET, then the touch script.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let w = writes(server);
     c.get("/get/a").await;
-    assert_eq!(
-        sent(server, &before),
-        vec![("evalsha", 1), ("hgetall", 1)],
-        "read-only, touch due"
-    );
+    assert_eq!(monitor.take(), ["get", "evalsha"], "read-only, touch due");
     assert!(writes(server) > w, "the touch wrote the new expiry");
 
-    let before = server.command_calls();
-    let w = writes(server);
+    // Untouched with a cookie: the header alone.
     c.get("/untouched").await;
     assert_eq!(
-        sent(server, &before),
-        vec![("evalsha", 1)],
-        "cookie, untouched: the touch alone"
+        monitor.take(),
+        ["getrange"],
+        "cookie, untouched, touch not due"
     );
-    assert_eq!(writes(server), w);
 
-    let before = server.command_calls();
     c.post("/incr/a").await;
     assert_eq!(
-        sent(server, &before),
-        vec![("evalsha", 2), ("hgetall", 1)],
+        monitor.take(),
+        ["get", "evalsha"],
         "read then write: two round trips"
     );
 
-    let before = server.command_calls();
     c.post("/set/b/1").await;
-    assert_eq!(
-        sent(server, &before),
-        vec![("evalsha", 1)],
-        "blind write: one round trip"
-    );
+    assert_eq!(monitor.take(), ["evalsha"], "blind write: one round trip");
     assert_eq!(server.command_calls().get("script|load"), None);
+}
+
+#[tokio::test]
+async fn under_steady_traffic_the_touch_runs_at_most_once_per_interval() {
+    let fx = Fixture::new(Kind::Redis);
+    let mut monitor = Monitor::start(fx.server());
+    let interval = Duration::from_millis(200);
+    let app = fx.app(|l| {
+        l.idle_timeout(Duration::from_secs(5))
+            .touch_interval(interval)
+    });
+    let mut c = Client::new(app);
+    // The save slides the expiry: the interval counts from it.
+    let saved = std::time::Instant::now();
+    c.post("/set/a/1").await;
+    c.get("/get/a").await;
+    monitor.take();
+
+    let started = std::time::Instant::now();
+    let mut reads = 0;
+    while started.elapsed() < Duration::from_millis(1_500) {
+        assert_eq!(c.get("/get/a").await.body, "1");
+        reads += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = saved.elapsed();
+    let sent = monitor.take();
+    let gets = sent.iter().filter(|c| *c == "get").count();
+    let touches = sent.iter().filter(|c| *c == "evalsha").count();
+    // (The first touch after a start is EVALSHA, NOSCRIPT, then EVAL.)
+    let evals = sent.iter().filter(|c| *c == "eval").count();
+    assert_eq!(gets, reads, "one GET per read: {sent:?}");
+    assert!(evals <= 1, "{sent:?}");
+    assert_eq!(gets + touches + evals, sent.len(), "nothing else: {sent:?}");
+    let most = (elapsed.as_millis() / interval.as_millis()) as usize + 1;
+    assert!(
+        touches <= most,
+        "{touches} touches in {elapsed:?} (at most {most})"
+    );
+    assert!(touches >= 3, "the expiry kept sliding: {touches} touches");
+}
+
+/// The application's clock off by five minutes either way: Redis's clock
+/// decides expiry, the offset learned from the scripts' TIME keeps the
+/// touch decision right, and reads stay one GET.
+#[tokio::test]
+async fn a_skewed_application_clock_changes_nothing() {
+    for skew_secs in [300i64, -300] {
+        let skewed = Clock::from_fn(move || {
+            let now = SystemTime::now();
+            let by = Duration::from_secs(skew_secs.unsigned_abs());
+            if skew_secs > 0 {
+                now + by
+            } else {
+                now - by
+            }
+        });
+        let fx = Fixture::on(TestBackend::redis_with(|b| b.clock(skewed)));
+        let mut monitor = Monitor::start(fx.server());
+        let interval = Duration::from_millis(200);
+        let app = fx.app(|l| {
+            l.idle_timeout(Duration::from_millis(800))
+                .touch_interval(interval)
+        });
+        let mut c = Client::new(app);
+        c.post("/set/a/1").await;
+        monitor.take();
+        let started = std::time::Instant::now();
+        let mut reads = 0;
+        while started.elapsed() < Duration::from_millis(2_000) {
+            // Longer than the idle timeout in all: only touches keep it alive.
+            assert_eq!(
+                c.get("/get/a").await.body,
+                "1",
+                "skew {skew_secs} s: expired"
+            );
+            reads += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let sent = monitor.take();
+        let touches = sent.iter().filter(|c| *c == "evalsha").count();
+        let most = (started.elapsed().as_millis() / interval.as_millis()) as usize + 2;
+        assert!(
+            touches <= most,
+            "skew {skew_secs} s: {touches} touches for {reads} reads (at most {most})"
+        );
+        // The session expires by Redis's clock once reads stop.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert_eq!(c.get("/get/a").await.body, "none", "skew {skew_secs} s");
+    }
 }
 
 #[tokio::test]
@@ -117,8 +177,11 @@ async fn redis_keys_do_not_reveal_session_ids() {
     let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert!(!keys[0].contains(&id), "{keys:?}");
-    let dump: Vec<String> = server.cmd(&["HGETALL", &keys[0]]);
-    assert!(dump.iter().all(|v| !v.contains(&id)), "{dump:?}");
+    let value: Vec<u8> = server.cmd(&["GET", &keys[0]]);
+    assert!(
+        !String::from_utf8_lossy(&value).contains(&id),
+        "the value holds no id"
+    );
     let ttl: i64 = server.cmd(&["PTTL", &keys[0]]);
     assert!(ttl > 0, "every session key expires");
 }

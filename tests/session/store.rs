@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis_layers::session::store::{
-    DeleteOutcome, DeleteRequest, LoadRequest, SaveOutcome, SaveRequest, SessionStore,
+    DeleteOutcome, DeleteRequest, LoadOutcome, LoadRequest, SaveOutcome, SaveRequest, SessionStore,
 };
 use redis_layers::session::SessionHandle;
 
@@ -59,7 +59,7 @@ fn load(fields: bool, touch: Duration) -> LoadRequest {
 both_backends! { TestBackend::new;
     save_creates_once_and_load_returns_fields_and_metadata => |fx| {
         let store = &fx.backend;
-        assert_eq!(store.load(&handle(1), &load(true, IDLE)).await.unwrap(), None);
+        assert_eq!(store.load(&handle(1), &load(true, IDLE)).await.unwrap(), LoadOutcome::Missing);
         let before = now_ms();
         let saved = store.save(&handle(1), &create(&[("a", "1")], Some("u1"))).await.unwrap();
         let SaveOutcome::Saved { expires_in, deadline_ms, .. } = saved else { panic!("{saved:?}") };
@@ -69,7 +69,7 @@ both_backends! { TestBackend::new;
             store.save(&handle(1), &create(&[("a", "2")], None)).await.unwrap(),
             SaveOutcome::Exists
         );
-        let loaded = store.load(&handle(1), &load(true, IDLE)).await.unwrap().unwrap();
+        let loaded = store.load(&handle(1), &load(true, IDLE)).await.unwrap().found().unwrap();
         let record = loaded.record.unwrap();
         assert_eq!(record.data.get("a").map(String::as_str), Some("1"));
         assert_eq!(record.user.as_deref(), Some("u1"));
@@ -82,17 +82,17 @@ both_backends! { TestBackend::new;
     update_changes_only_the_given_fields_and_never_recreates => |fx| {
         let store = &fx.backend;
         assert_eq!(store.save(&handle(2), &update(&[("a", Some("1"))], false)).await.unwrap(), SaveOutcome::Missing);
-        assert_eq!(store.load(&handle(2), &load(true, IDLE)).await.unwrap(), None, "not created by an update");
+        assert_eq!(store.load(&handle(2), &load(true, IDLE)).await.unwrap(), LoadOutcome::Missing, "not created by an update");
         store.save(&handle(2), &create(&[("a", "1"), ("b", "2")], Some("u"))).await.unwrap();
         store.save(&handle(2), &update(&[("a", Some("10")), ("b", None), ("c", Some("3"))], false)).await.unwrap();
-        let record = store.load(&handle(2), &load(true, IDLE)).await.unwrap().unwrap().record.unwrap();
+        let record = store.load(&handle(2), &load(true, IDLE)).await.unwrap().found().unwrap().record.unwrap();
         let mut keys: Vec<_> = record.data.iter().map(|(k, v)| format!("{k}={v}")).collect();
         keys.sort();
         assert_eq!(keys, vec!["a=10", "c=3"]);
 
         // Clear drops data, keeps the user binding.
         store.save(&handle(2), &update(&[("d", Some("4"))], true)).await.unwrap();
-        let record = store.load(&handle(2), &load(true, IDLE)).await.unwrap().unwrap().record.unwrap();
+        let record = store.load(&handle(2), &load(true, IDLE)).await.unwrap().found().unwrap().record.unwrap();
         assert_eq!(record.data.len(), 1);
         assert_eq!(record.data.get("d").map(String::as_str), Some("4"));
         assert_eq!(record.user.as_deref(), Some("u"));
@@ -105,12 +105,12 @@ both_backends! { TestBackend::new;
         let store = &fx.backend;
         store.save(&handle(3), &create(&[("a", "1")], None)).await.unwrap();
         let t1 = std::time::Instant::now();
-        let first = store.load(&handle(3), &load(false, Duration::from_secs(60))).await.unwrap().unwrap();
+        let first = store.load(&handle(3), &load(false, Duration::from_secs(60))).await.unwrap().found().unwrap();
         assert!(!first.touched);
         assert!(first.record.is_none(), "touch-only loads return no fields");
         tokio::time::sleep(Duration::from_millis(50)).await;
         let t2 = std::time::Instant::now();
-        let touched = store.load(&handle(3), &load(false, Duration::from_millis(10))).await.unwrap().unwrap();
+        let touched = store.load(&handle(3), &load(false, Duration::from_millis(10))).await.unwrap().found().unwrap();
         assert!(touched.touched);
         // The expiry moved later by about the 50 ms that passed.
         assert!(t2 + touched.expires_in > t1 + first.expires_in + Duration::from_millis(30));
@@ -121,11 +121,11 @@ both_backends! { TestBackend::new;
         let SaveOutcome::Saved { expires_in, .. } = store.save(&handle(4), &req).await.unwrap() else { panic!() };
         // (5 ms of slack: the memory clock and this test's clock are read apart.)
         assert!(expires_in <= Duration::from_millis(305), "min(now + idle, deadline): {expires_in:?}");
-        let l = store.load(&handle(4), &load(false, Duration::ZERO)).await.unwrap().unwrap();
+        let l = store.load(&handle(4), &load(false, Duration::ZERO)).await.unwrap().found().unwrap();
         assert!(l.expires_in <= expires_in);
         assert!(!l.touched, "already at its deadline: nothing to slide");
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(store.load(&handle(4), &load(true, Duration::ZERO)).await.unwrap(), None);
+        assert_eq!(store.load(&handle(4), &load(true, Duration::ZERO)).await.unwrap(), LoadOutcome::Missing);
 
         // A deadline already past refuses to create.
         let req = SaveRequest::renewal(IDLE, now_ms(), now_ms() - 1, None).change("a", Some("1".into()));
@@ -146,15 +146,58 @@ both_backends! { TestBackend::new;
             change = change.change(k.clone(), (i % 2 == 1).then(|| "2".to_owned()));
         }
         store.save(&handle(7), &change).await.unwrap();
-        let record = store.load(&handle(7), &load(true, IDLE)).await.unwrap().unwrap().record.unwrap();
+        let record = store.load(&handle(7), &load(true, IDLE)).await.unwrap().found().unwrap().record.unwrap();
         assert_eq!(record.data.len(), 600);
         assert!(record.data.iter().all(|(k, v)| v == "2" && k[1..].parse::<u32>().unwrap() % 2 == 1));
         // Clear plus new fields in one save.
         let fresh = update(&[("only", Some("3"))], true).user(Some("zoe".to_owned()));
         store.save(&handle(7), &fresh).await.unwrap();
-        let record = store.load(&handle(7), &load(true, IDLE)).await.unwrap().unwrap().record.unwrap();
+        let record = store.load(&handle(7), &load(true, IDLE)).await.unwrap().found().unwrap().record.unwrap();
         assert_eq!(record.data.len(), 1);
         assert_eq!(record.user.as_deref(), Some("zoe"));
+    }
+
+    saves_count_revisions_and_delete_can_require_one => |fx| {
+        let store = &fx.backend;
+        store.save(&handle(8), &create(&[("a", "1")], Some("hal"))).await.unwrap();
+        let first = store.load(&handle(8), &load(true, IDLE)).await.unwrap().found().unwrap().record.unwrap();
+        assert_eq!(first.revision, 1);
+        // A touch is not a save.
+        let touched = store.load(&handle(8), &load(true, Duration::ZERO)).await.unwrap().found().unwrap();
+        assert_eq!(touched.record.unwrap().revision, 1);
+        store.save(&handle(8), &update(&[("b", Some("2"))], false)).await.unwrap();
+        assert_eq!(
+            SessionStore::delete(store, &handle(8), &DeleteRequest::any().at_revision(1)).await.unwrap(),
+            DeleteOutcome::Changed,
+            "saved since revision 1"
+        );
+        assert!(store.load(&handle(8), &load(false, IDLE)).await.unwrap().found().is_some());
+        assert_eq!(
+            SessionStore::delete(store, &handle(8), &DeleteRequest::any().at_revision(2).owned_by("hal"))
+                .await
+                .unwrap(),
+            DeleteOutcome::deleted(Some("hal".to_owned()))
+        );
+        assert_eq!(
+            SessionStore::delete(store, &handle(8), &DeleteRequest::any().at_revision(2)).await.unwrap(),
+            DeleteOutcome::Missing
+        );
+    }
+
+    a_touch_moves_last_seen_and_the_expiry_together => |fx| {
+        let store = &fx.backend;
+        store.save(&handle(9), &create(&[("a", "1")], None)).await.unwrap();
+        let before = store.load(&handle(9), &load(true, IDLE)).await.unwrap().found().unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let after = store.load(&handle(9), &load(true, Duration::ZERO)).await.unwrap().found().unwrap();
+        assert!(after.touched);
+        let (b, a) = (before.record.unwrap(), after.record.unwrap());
+        assert!(a.last_seen_ms >= b.last_seen_ms + 25, "{} -> {}", b.last_seen_ms, a.last_seen_ms);
+        assert_eq!(a.data, b.data);
+        assert_eq!((a.created_ms, a.deadline_ms), (b.created_ms, b.deadline_ms));
+        // And what a touch wrote reads back.
+        let again = store.load(&handle(9), &load(true, IDLE)).await.unwrap().found().unwrap();
+        assert_eq!(again.record.unwrap().last_seen_ms, a.last_seen_ms);
     }
 
     delete_can_require_an_owner => |fx| {
@@ -164,7 +207,7 @@ both_backends! { TestBackend::new;
             SessionStore::delete(store, &handle(6), &DeleteRequest::any().owned_by("bob")).await.unwrap(),
             DeleteOutcome::NotOwned
         );
-        assert!(store.load(&handle(6), &load(false, IDLE)).await.unwrap().is_some());
+        assert!(store.load(&handle(6), &load(false, IDLE)).await.unwrap().found().is_some());
         assert_eq!(
             SessionStore::delete(store, &handle(6), &DeleteRequest::any().owned_by("alice")).await.unwrap(),
             DeleteOutcome::deleted(Some("alice".to_owned()))
@@ -186,7 +229,7 @@ both_backends! { TestBackend::new;
         store.index_add("erin", &handle(22), now_ms() + 3_600_000).await.unwrap();
 
         let list = store.list("erin").await.unwrap();
-        let mut handles: Vec<_> = list.iter().map(|s| s.handle.clone()).collect();
+        let mut handles: Vec<_> = list.iter().map(|s| s.handle).collect();
         handles.sort();
         let mut expected = vec![handle(10), handle(11), handle(12)];
         expected.sort();

@@ -303,29 +303,41 @@ impl TestBackend {
     }
 
     pub fn with_deadline(kind: Kind, deadline: Duration) -> Self {
-        let prefix = unique_prefix("test");
         match kind {
-            Kind::Redis => {
-                let server = RedisServer::start();
-                let redis = redis_layers::redis::RedisBackend::builder()
-                    .url(server.url())
-                    .prefix(prefix)
-                    .deadline(deadline)
-                    .build()
-                    .expect("a Redis backend for the test server");
-                TestBackend {
-                    backend: redis.into(),
-                    server: Some(server),
-                }
-            }
-            Kind::Memory => TestBackend {
-                backend: redis_layers::memory::MemoryBackend::builder()
-                    .prefix(prefix)
-                    .build()
-                    .expect("a memory backend")
-                    .into(),
-                server: None,
-            },
+            Kind::Redis => Self::redis_with(|b| b.deadline(deadline)),
+            Kind::Memory => Self::memory(),
+        }
+    }
+
+    /// A Redis backend on its own server, configured by `configure`.
+    pub fn redis_with(
+        configure: impl FnOnce(
+            redis_layers::redis::RedisBackendBuilder,
+        ) -> redis_layers::redis::RedisBackendBuilder,
+    ) -> Self {
+        let server = RedisServer::start();
+        let builder = redis_layers::redis::RedisBackend::builder()
+            .url(server.url())
+            .prefix(unique_prefix("test"))
+            .deadline(Duration::from_secs(2));
+        let redis = configure(builder)
+            .build()
+            .expect("a Redis backend for the test server");
+        TestBackend {
+            backend: redis.into(),
+            server: Some(server),
+        }
+    }
+
+    /// A memory backend.
+    pub fn memory() -> Self {
+        TestBackend {
+            backend: redis_layers::memory::MemoryBackend::builder()
+                .prefix(unique_prefix("test"))
+                .build()
+                .expect("a memory backend")
+                .into(),
+            server: None,
         }
     }
 
@@ -406,3 +418,70 @@ macro_rules! both_backends {
     };
 }
 pub(crate) use both_backends;
+
+/// The commands clients send to a server, as `MONITOR` reports them,
+/// without those that scripts run inside Redis (which `INFO commandstats`
+/// counts too). For round-trip tests: what did the layer send?
+pub struct Monitor {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    port: u16,
+    markers: usize,
+}
+
+impl Monitor {
+    /// Starts monitoring `server` (a background thread reads until the
+    /// server closes the connection).
+    pub fn start(server: &RedisServer) -> Self {
+        use std::io::BufRead;
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", server.port())).expect("monitor connection");
+        stream.write_all(b"MONITOR\r\n").expect("MONITOR");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let mut reader = std::io::BufReader::new(stream);
+        let mut first = String::new();
+        reader.read_line(&mut first).expect("MONITOR reply");
+        assert!(first.starts_with("+OK"), "MONITOR answered {first:?}");
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                sink.lock().unwrap().push(std::mem::take(&mut line));
+            }
+        });
+        Monitor {
+            lines,
+            port: server.port(),
+            markers: 0,
+        }
+    }
+
+    /// The commands sent since the last call, lowercase, in order (e.g.
+    /// `["get", "evalsha"]`), excluding commands run by scripts and this
+    /// harness's own admin commands.
+    pub fn take(&mut self) -> Vec<String> {
+        // A marker through another connection: once MONITOR shows it,
+        // every command sent before it has been reported.
+        self.markers += 1;
+        let marker = format!("monitor-marker-{}", self.markers);
+        raw_command(self.port, &format!("ECHO {marker}"), Duration::from_secs(2)).expect("marker");
+        let started = Instant::now();
+        loop {
+            let mut lines = self.lines.lock().unwrap();
+            if let Some(at) = lines.iter().position(|l| l.contains(&marker)) {
+                let taken: Vec<String> = lines.drain(..=at).collect();
+                return taken
+                    .iter()
+                    .filter(|l| !l.contains(" lua]") && !l.contains("\"ECHO\""))
+                    .filter(|l| !l.contains("\"INFO\"") && !l.contains("\"CONFIG\""))
+                    .filter_map(|l| l.split('"').nth(1).map(str::to_lowercase))
+                    .collect();
+            }
+            drop(lines);
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "MONITOR did not report the marker"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
