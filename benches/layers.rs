@@ -238,6 +238,26 @@ fn scenarios() -> Vec<Scenario> {
                 })
             },
         },
+        // The read of the layout this crate moved away from (a hash per
+        // session, its TTL checked in the same round trip): PTTL and
+        // HGETALL of a 4-field hash, pipelined, no layer. Against
+        // `backend-get` (one GET of a whole session value) it shows what
+        // each layout's read costs Redis and the client at best.
+        Scenario {
+            name: "hash-pttl-read",
+            build: |ctx| {
+                backend_target(ctx, |backend, key| {
+                    Box::pin(async move {
+                        let mut pipe = redis::pipe();
+                        let hash = format!("{key}-hash");
+                        pipe.cmd("PTTL").arg(&hash).cmd("HGETALL").arg(&hash);
+                        let (_, fields): (i64, Vec<(String, String)>) =
+                            backend.pipeline(&pipe).await.unwrap();
+                        fields.into_iter().next().unwrap_or_default().1.into_bytes()
+                    })
+                })
+            },
+        },
         Scenario {
             name: "session-read",
             build: |ctx| Box::pin(session_target(ctx, "/read", false)),
@@ -372,6 +392,20 @@ fn main() {
         let _: () = redis::cmd("SET")
             .arg(format!("{}:bench", ctx.prefix))
             .arg("0123456789abcdef")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // The old session layout, for `hash-pttl-read`.
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{}:bench-hash", ctx.prefix))
+            .arg(&["m:created", "1764230400000", "m:deadline", "1764259200000"])
+            .arg(&["m:seen", "1764230400000", "d:n", "0"])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("PEXPIRE")
+            .arg(format!("{}:bench-hash", ctx.prefix))
+            .arg(3_600_000)
             .query_async(&mut conn)
             .await
             .unwrap();

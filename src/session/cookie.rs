@@ -117,18 +117,17 @@ impl CookieConfig {
     /// header, an oversized, malformed or forged value — is no session.
     pub(crate) fn read(&self, headers: &HeaderMap) -> Option<SessionId> {
         // A `Cookie` header is `name=value` pairs separated by `;` (RFC 6265
-        // §4.2.1): scanned in place, without building a cookie per pair,
-        // since every request with cookies pays for this.
-        let mut found: Option<&str> = None;
+        // §4.2.1): scanned in place as bytes, since every request with
+        // cookies pays for this. Only the session cookie's value is
+        // validated (strictly, by `SessionId::parse` or the signature).
+        let name = self.name.as_bytes();
+        let mut found: Option<&[u8]> = None;
         for header in headers.get_all(COOKIE) {
-            let Ok(header) = header.to_str() else {
-                continue;
-            };
-            for pair in header.split(';') {
-                let Some((name, value)) = pair.split_once('=') else {
+            for pair in header.as_bytes().split(|b| *b == b';') {
+                let Some(eq) = pair.iter().position(|b| *b == b'=') else {
                     continue;
                 };
-                if name.trim() != self.name {
+                if trim(&pair[..eq]) != name {
                     continue;
                 }
                 if found.is_some() {
@@ -136,10 +135,10 @@ impl CookieConfig {
                     // domain): trust neither.
                     return None;
                 }
-                found = Some(value.trim());
+                found = Some(trim(&pair[eq + 1..]));
             }
         }
-        let raw = found?;
+        let raw = std::str::from_utf8(found?).ok()?;
         if raw.len() > MAX_VALUE_LEN {
             return None;
         }
@@ -196,6 +195,17 @@ impl CookieConfig {
         }
         cookie
     }
+}
+
+/// `bytes` without the spaces and tabs around it.
+fn trim(bytes: &[u8]) -> &[u8] {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = bytes.iter().position(|b| !blank(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !blank(b))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
 }
 
 fn append(headers: &mut HeaderMap, cookie: &Cookie<'_>) {

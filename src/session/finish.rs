@@ -347,11 +347,16 @@ impl Session {
         edits: &Edits,
         record: &SessionRecord,
     ) -> (SaveRequest, Option<String>) {
-        let mut data: BTreeMap<&str, Option<&String>> = BTreeMap::new();
+        let mut data: BTreeMap<&str, Option<&str>> = BTreeMap::new();
         if !edits.clear {
-            data.extend(record.data.iter().map(|(k, v)| (k.as_str(), Some(v))));
+            data.extend(record.data.iter().map(|(k, v)| (k, Some(v))));
         }
-        data.extend(edits.changes.iter().map(|(k, v)| (k.as_str(), v.as_ref())));
+        data.extend(
+            edits
+                .changes
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref())),
+        );
         let user = match &edits.user_change {
             Some(change) => change.clone(),
             None => record.user.clone(),
@@ -364,7 +369,7 @@ impl Session {
         );
         request.data = data
             .into_iter()
-            .filter_map(|(k, v)| Some((k.to_owned(), Some(v?.clone()))))
+            .filter_map(|(k, v)| Some((k.to_owned(), Some(v?.to_owned()))))
             .collect();
         request.user = user.clone().map(Some);
         (request, user)

@@ -228,20 +228,21 @@ impl Session {
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
         let mut state = self.state().await;
         self.ensure_loaded(&mut state).await?;
+        // Decoded in place (the edits lock is held briefly, never across an
+        // `.await`): no copy of the JSON text.
         let edits = self.edits();
         let json = match edits.changes.get(key) {
-            Some(change) => change.clone(),
+            Some(change) => change.as_deref(),
             None if edits.clear => None,
             None => match &state.known {
-                Known::Live(live) => live.record.data.get(key).cloned(),
+                Known::Live(live) => live.record.data.get(key),
                 _ => None,
             },
         };
-        drop(edits);
         let Some(json) = json else {
             return Ok(None);
         };
-        serde_json::from_str(&json)
+        serde_json::from_str(json)
             .map(Some)
             .map_err(|source| SessionError::Deserialize {
                 key: key.to_owned(),

@@ -32,9 +32,12 @@
 //! can merge fields inside Redis, and the `rmp` crate reads it here without
 //! an intermediate value tree. `record.lua` is the Lua side of this file.
 
-use rmp::decode::{marker_to_len, read_marker, read_str_from_slice, Bytes};
+use rmp::decode::{marker_to_len, read_marker, read_str_from_slice, Bytes as Reader};
 use rmp::Marker;
 
+use bytes::Bytes;
+
+use super::data::SessionData;
 use super::id::SessionHandle;
 use super::store::{SaveMode, SaveRequest, SessionRecord};
 use crate::error::Error;
@@ -137,14 +140,18 @@ impl Header {
     }
 }
 
-/// Decodes a whole stored value.
-pub(crate) fn decode(raw: &[u8]) -> Result<(Header, SessionRecord), Error> {
-    let header = Header::parse(raw)?;
+/// Decodes a whole stored value. The data stays in `raw` (see
+/// [`SessionData`]): it is checked here, and decoded as it is read.
+pub(crate) fn decode(raw: Bytes) -> Result<(Header, SessionRecord), Error> {
+    let header = Header::parse(&raw)?;
     let mut record = SessionRecord::new(header.created_ms, header.deadline_ms);
     record.last_seen_ms = header.seen_ms;
     record.revision = header.revision;
-    decode_body(&raw[HEADER_LEN..], &mut record)
+    let data = decode_body(&raw, &mut record)
         .ok_or_else(|| Error::decode("a stored session's fields could not be read"))?;
+    if let Some((start, count)) = data {
+        record.data = SessionData::packed(raw, start, count);
+    }
     Ok((header, record))
 }
 
@@ -174,7 +181,7 @@ pub(crate) fn encode(header: &Header, record: &SessionRecord) -> Vec<u8> {
     if !record.data.is_empty() {
         let _ = rmp::encode::write_str(&mut out, "d");
         let _ = rmp::encode::write_map_len(&mut out, record.data.len() as u32);
-        for (key, json) in &record.data {
+        for (key, json) in record.data.iter() {
             let _ = rmp::encode::write_str(&mut out, key);
             let _ = rmp::encode::write_str(&mut out, json);
         }
@@ -184,7 +191,7 @@ pub(crate) fn encode(header: &Header, record: &SessionRecord) -> Vec<u8> {
 
 /// The length of a map (an empty array counts as an empty map).
 fn map_len(rest: &mut &[u8]) -> Option<u32> {
-    let mut rd = Bytes::new(rest);
+    let mut rd = Reader::new(rest);
     let len = match read_marker(&mut rd).ok()? {
         Marker::FixArray(0) => 0,
         marker => marker_to_len(&mut rd, marker).ok()?,
@@ -193,33 +200,39 @@ fn map_len(rest: &mut &[u8]) -> Option<u32> {
     Some(len)
 }
 
-fn text<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
+/// The next MessagePack string (checked UTF-8).
+pub(crate) fn text<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
     let (s, tail) = read_str_from_slice(*rest).ok()?;
     *rest = tail;
     Some(s)
 }
 
-fn decode_body(mut rest: &[u8], record: &mut SessionRecord) -> Option<()> {
+/// Reads the user and user agent into `record`, and checks the data map,
+/// whose place it returns: its first entry's offset in `raw` and how many
+/// entries it has (`None` when there is no data).
+fn decode_body(raw: &[u8], record: &mut SessionRecord) -> Option<Option<(usize, usize)>> {
+    let mut rest = &raw[HEADER_LEN..];
+    let mut data = None;
     if rest.is_empty() {
-        return Some(());
+        return Some(data);
     }
     for _ in 0..map_len(&mut rest)? {
         match text(&mut rest)? {
             "u" => record.user = Some(text(&mut rest)?.to_owned()),
             "a" => record.user_agent = Some(text(&mut rest)?.to_owned()),
             "d" => {
-                let n = map_len(&mut rest)?;
-                record.data.reserve(n as usize);
-                for _ in 0..n {
-                    let key = text(&mut rest)?.to_owned();
-                    let json = text(&mut rest)?.to_owned();
-                    record.data.insert(key, json);
+                let count = map_len(&mut rest)? as usize;
+                let start = raw.len() - rest.len();
+                for _ in 0..count {
+                    text(&mut rest)?;
+                    text(&mut rest)?;
                 }
+                data = Some((start, count));
             }
             _ => return None,
         }
     }
-    rest.is_empty().then_some(())
+    rest.is_empty().then_some(data)
 }
 
 /// Applies a save's changes to a record (the memory store's side of
@@ -279,12 +292,12 @@ mod tests {
         assert_eq!(&raw[..2], b"S1");
         assert_eq!(&raw[2..10], &1_700_000_600_000f64.to_be_bytes());
         assert_eq!(&raw[34..42], &7f64.to_be_bytes());
-        let (h, back) = decode(&raw).unwrap();
+        let (h, back) = decode(Bytes::from(raw.clone())).unwrap();
         assert_eq!(h, header());
         assert_eq!(back, record);
 
         let empty = SessionRecord::new(5, 6);
-        let (_, back) = decode(&encode(&header(), &empty)).unwrap();
+        let (_, back) = decode(Bytes::from(encode(&header(), &empty))).unwrap();
         assert_eq!(back.data.len(), 0);
         assert_eq!(back.user, None);
     }
@@ -296,16 +309,16 @@ mod tests {
         let mut raw = Vec::new();
         header().write(&mut raw);
         raw.push(0x90);
-        let (_, r) = decode(&raw).unwrap();
+        let (_, r) = decode(Bytes::from(raw.clone())).unwrap();
         assert!(r.data.is_empty() && r.user.is_none());
         let mut raw = Vec::new();
         header().write(&mut raw);
         raw.extend_from_slice(&[
             0x82, 0xa1, b'd', 0x81, 0xa1, b'k', 0xa1, b'1', 0xa1, b'u', 0xa1, b'x',
         ]);
-        let (_, r) = decode(&raw).unwrap();
+        let (_, r) = decode(Bytes::from(raw.clone())).unwrap();
         assert_eq!(r.user.as_deref(), Some("x"));
-        assert_eq!(r.data.get("k").map(String::as_str), Some("1"));
+        assert_eq!(r.data.get("k"), Some("1"));
     }
 
     #[test]
@@ -330,7 +343,10 @@ mod tests {
         truncated.pop();
         cases.push(truncated);
         for case in &cases {
-            assert_eq!(decode(case).unwrap_err().kind(), crate::ErrorKind::Decode);
+            assert_eq!(
+                decode(Bytes::from(case.clone())).unwrap_err().kind(),
+                crate::ErrorKind::Decode
+            );
         }
         // Every prefix of a real value: an error or a value, never a panic.
         let mut full = SessionRecord::new(1, 2);
@@ -338,7 +354,7 @@ mod tests {
         full.data.insert("a".into(), "1".into());
         let raw = encode(&header(), &full);
         for end in 0..raw.len() {
-            let _ = decode(&raw[..end]);
+            let _ = decode(Bytes::copy_from_slice(&raw[..end]));
         }
     }
 

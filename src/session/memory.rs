@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::id::SessionHandle;
 use super::layout::{self, session_key, user_key, Header, RENEWED};
 use super::store::{
@@ -65,7 +67,7 @@ impl SessionStore for MemoryBackend {
                 header.overwrite(raw);
             }
             let record = match request.fields {
-                true => Some(layout::decode(raw)?.1),
+                true => Some(layout::decode(Bytes::copy_from_slice(raw))?.1),
                 false => None,
             };
             if let Some(target) = target {
@@ -92,7 +94,7 @@ impl SessionStore for MemoryBackend {
                     SaveMode::Update => return Ok(SaveOutcome::Renewed),
                     SaveMode::Create { .. } => return Ok(SaveOutcome::Exists),
                 },
-                Some(raw) => Some(layout::decode(raw)?),
+                Some(raw) => Some(layout::decode(Bytes::copy_from_slice(raw))?),
                 None => None,
             };
             let (mut header, mut record) = match (&request.mode, existing) {
@@ -153,7 +155,7 @@ impl SessionStore for MemoryBackend {
                 Some(raw) if raw != RENEWED => raw,
                 _ => return Ok(DeleteOutcome::Missing),
             };
-            let (header, record) = layout::decode(raw)?;
+            let (header, record) = layout::decode(Bytes::copy_from_slice(raw))?;
             if request.revision.is_some_and(|r| r != header.revision) {
                 return Ok(DeleteOutcome::Changed);
             }
@@ -238,7 +240,9 @@ impl SessionStore for MemoryBackend {
                 let handle = SessionHandle::parse(&member);
                 let record = match &handle {
                     Some(handle) => match value(ks, &session_key(self.namespace(), handle))? {
-                        Some(raw) if raw != RENEWED => Some(layout::decode(raw)?.1),
+                        Some(raw) if raw != RENEWED => {
+                            Some(layout::decode(Bytes::copy_from_slice(raw))?.1)
+                        }
                         _ => None,
                     },
                     None => None,

@@ -102,6 +102,7 @@
 
 mod config;
 mod cookie;
+mod data;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;

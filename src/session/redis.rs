@@ -69,8 +69,9 @@ impl SessionStore for RedisBackend {
         request: &LoadRequest,
     ) -> Result<LoadOutcome, Error> {
         let key = session_key(self.namespace(), handle);
-        let mut cmd = ::redis::cmd(if request.fields { "GET" } else { "GETRANGE" });
-        cmd.arg(&key);
+        let mut cmd = ::redis::Cmd::with_capacity(4, 16 + key.len());
+        cmd.arg(if request.fields { "GET" } else { "GETRANGE" })
+            .arg(&key);
         if !request.fields {
             cmd.arg(0).arg(HEADER_LEN - 1);
         }
@@ -109,7 +110,7 @@ impl SessionStore for RedisBackend {
             (estimate.unwrap_or_default(), false)
         };
         let record = if request.fields {
-            let (_, mut record) = layout::decode(&raw)?;
+            let (_, mut record) = layout::decode(raw.into())?;
             record.last_seen_ms = header.seen_ms;
             Some(record)
         } else {
@@ -250,7 +251,7 @@ impl SessionStore for RedisBackend {
         for (handle, value) in handles.into_iter().zip(values) {
             let record = value
                 .filter(|v| v != RENEWED)
-                .map(|v| layout::decode(&v))
+                .map(|v| layout::decode(v.into()))
                 .transpose()?;
             match record {
                 Some((_, record)) if record.user.as_deref() == Some(user) => {

@@ -39,11 +39,11 @@
 //! }
 //! ```
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
+pub use super::data::SessionData;
 use super::id::SessionHandle;
 use crate::backend::on_backend;
 use crate::error::Error;
@@ -185,7 +185,7 @@ impl Loaded {
 #[non_exhaustive]
 pub struct SessionRecord {
     /// Data: key to JSON text.
-    pub data: HashMap<String, String>,
+    pub data: SessionData,
     /// When the session was created, Unix ms.
     pub created_ms: u64,
     /// Its absolute deadline, Unix ms.

@@ -71,7 +71,7 @@ both_backends! { TestBackend::new;
         );
         let loaded = store.load(&handle(1), &load(true, IDLE)).await.unwrap().found().unwrap();
         let record = loaded.record.unwrap();
-        assert_eq!(record.data.get("a").map(String::as_str), Some("1"));
+        assert_eq!(record.data.get("a"), Some("1"));
         assert_eq!(record.user.as_deref(), Some("u1"));
         assert_eq!(record.user_agent.as_deref(), Some("Agent/1"));
         assert_eq!(record.deadline_ms, deadline_ms);
@@ -94,7 +94,7 @@ both_backends! { TestBackend::new;
         store.save(&handle(2), &update(&[("d", Some("4"))], true)).await.unwrap();
         let record = store.load(&handle(2), &load(true, IDLE)).await.unwrap().found().unwrap().record.unwrap();
         assert_eq!(record.data.len(), 1);
-        assert_eq!(record.data.get("d").map(String::as_str), Some("4"));
+        assert_eq!(record.data.get("d"), Some("4"));
         assert_eq!(record.user.as_deref(), Some("u"));
 
         assert!(matches!(SessionStore::delete(store, &handle(2), &DeleteRequest::any()).await.unwrap(), DeleteOutcome::Deleted { .. }));
