@@ -31,7 +31,6 @@ pub use error::{Error, ErrorKind};
 pub use failure::FailurePolicy;
 pub use keys::{Namespace, TaggedKeys};
 pub use problem::Problem;
-pub use time::Clock;
 
 /// The crates this one is built on, at the versions it uses: build a
 /// [`RedisPool`](crate::redis::RedisPool) for

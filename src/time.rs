@@ -1,17 +1,19 @@
-//! Time: conversions every layer needs, the application's clock, and what
-//! the application knows of the store's clock.
+//! Time: conversions every layer needs, and what the application knows of
+//! the store's clock.
 //!
 //! Expiry and every other rule about time is decided by the store's clock
 //! (Redis `TIME` inside scripts, see `src/lua/prelude.lua`), never by the
 //! application's: several instances with skewed clocks must agree. The
 //! application only *estimates* the store's time, to skip a round trip when
-//! it can tell that nothing is due; a wrong estimate costs a round trip,
-//! never correctness.
+//! it can tell that nothing is due. The estimate never reads this host's
+//! wall clock; it is off by at most half a measured round trip (plus the
+//! drift of a monotonic clock over a minute), which only moves *when* a
+//! touch is sent.
 
-use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 /// A duration in whole milliseconds, saturating at `u64::MAX`.
 pub(crate) fn millis(d: Duration) -> u64 {
@@ -23,194 +25,126 @@ pub(crate) fn system_time(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// Milliseconds since the Unix epoch (0 before it).
-pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0)
-}
-
-/// The application's wall clock: [`SystemTime::now`] unless replaced.
-///
-/// Replace it to test how the layers behave when this machine's clock is off
-/// (see [`RedisBackendBuilder::clock`](crate::redis::RedisBackendBuilder::clock)):
-///
-/// ```
-/// use std::time::{Duration, SystemTime};
-/// use redis_layers::Clock;
-///
-/// let five_minutes_late = Clock::from_fn(|| SystemTime::now() - Duration::from_secs(300));
-/// assert!(five_minutes_late.now() < SystemTime::now());
-/// ```
-#[derive(Clone, Default)]
-pub struct Clock {
-    now: Option<Arc<dyn Fn() -> SystemTime + Send + Sync>>,
-}
-
-impl Clock {
-    /// The system clock.
-    pub fn system() -> Self {
-        Clock::default()
-    }
-
-    /// A clock that reads `now`.
-    pub fn from_fn(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
-        Clock {
-            now: Some(Arc::new(now)),
-        }
-    }
-
-    /// The current time by this clock.
-    pub fn now(&self) -> SystemTime {
-        match &self.now {
-            Some(now) => now(),
-            None => SystemTime::now(),
-        }
-    }
-
-    pub(crate) fn unix_ms(&self) -> u64 {
-        unix_ms(self.now())
-    }
-}
-
-impl fmt::Debug for Clock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.now.is_some() {
-            "Clock(custom)"
-        } else {
-            "Clock(system)"
-        })
-    }
-}
-
-/// How long a measured offset between the application's clock and the
-/// store's is trusted before it must be measured again.
+/// How long a measurement of the store's clock is trusted before it must
+/// be taken again.
 pub(crate) const SERVER_CLOCK_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// A measurement is replaced by a less precise one (a slower round trip)
 /// only once it is this old.
 const SERVER_CLOCK_KEEP_BEST: Duration = Duration::from_secs(10);
 
-/// The application's estimate of the store's clock: its own clock plus an
-/// offset measured from the `TIME` that scripts return.
+/// The application's estimate of the store's clock: the store's time as a
+/// script last reported it, plus the time elapsed since on this process's
+/// monotonic clock. The wall clock of this host is never read, so its skew
+/// or a step (an NTP correction) cannot move the estimate.
 ///
 /// A measurement is off by at most half its round trip, so the one taken
 /// over the fastest round trip is kept (as NTP does): a slow reply under
 /// load cannot push the estimate ahead and make touches look due early.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ServerClock {
-    clock: Clock,
-    /// Store time minus application time, in ms, as measured.
-    offset_ms: AtomicI64,
+    /// The origin of the monotonic readings below.
+    base: Instant,
+    /// The store's time (Unix ms) at the measurement; 0 when never measured.
+    server_ms: AtomicU64,
+    /// Monotonic ms since `base` when the store read it.
+    at_ms: AtomicU64,
     /// The round trip of that measurement, ms.
     rtt_ms: AtomicU64,
-    /// Application time (ms) of the measurement; 0 when never measured.
-    measured_at: AtomicU64,
+}
+
+impl Default for ServerClock {
+    fn default() -> Self {
+        ServerClock {
+            base: Instant::now(),
+            server_ms: AtomicU64::new(0),
+            at_ms: AtomicU64::new(0),
+            rtt_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 impl ServerClock {
-    pub(crate) fn new(clock: Clock) -> Self {
-        ServerClock {
-            clock,
-            ..ServerClock::default()
-        }
+    /// This process's monotonic clock, ms (for [`observe`](Self::observe)).
+    pub(crate) fn mono_ms(&self) -> u64 {
+        millis(self.base.elapsed())
     }
 
-    /// The application's clock, Unix ms.
-    pub(crate) fn app_ms(&self) -> u64 {
-        self.clock.unix_ms()
-    }
-
-    /// The store's time now, Unix ms, if the offset was measured recently
-    /// enough to trust; `None` tells the caller to ask the store.
+    /// The store's time now, Unix ms, if measured recently enough to trust;
+    /// `None` tells the caller to ask the store.
     pub(crate) fn estimate(&self) -> Option<u64> {
-        let measured_at = self.measured_at.load(Ordering::Acquire);
-        if measured_at == 0 {
+        let server_ms = self.server_ms.load(Ordering::Acquire);
+        if server_ms == 0 {
             return None;
         }
-        let now = self.app_ms();
-        let max_age = millis(SERVER_CLOCK_MAX_AGE);
-        // Too old, or this clock jumped backwards past the measurement.
-        if now.saturating_sub(measured_at) > max_age || measured_at > now.saturating_add(max_age) {
-            return None;
-        }
-        let offset = self.offset_ms.load(Ordering::Relaxed);
-        Some(now.saturating_add_signed(offset))
+        let age = self
+            .mono_ms()
+            .saturating_sub(self.at_ms.load(Ordering::Relaxed));
+        (age <= millis(SERVER_CLOCK_MAX_AGE)).then(|| server_ms.saturating_add(age))
     }
 
     /// Records the store's time `server_ms`, read by a call sent at
-    /// application time `sent_ms` and answered at `received_ms`: the store
-    /// read it about halfway between.
+    /// monotonic time `sent_ms` and answered at `received_ms` (both from
+    /// [`mono_ms`](Self::mono_ms)): the store read it about halfway between.
     pub(crate) fn observe(&self, sent_ms: u64, server_ms: u64, received_ms: u64) {
         let rtt = received_ms.saturating_sub(sent_ms);
-        let measured_at = self.measured_at.load(Ordering::Acquire);
-        let better = measured_at == 0
+        let at = sent_ms / 2 + received_ms / 2;
+        let measured = self.server_ms.load(Ordering::Acquire) != 0;
+        let better = !measured
             || rtt <= self.rtt_ms.load(Ordering::Relaxed)
-            || received_ms.saturating_sub(measured_at) > millis(SERVER_CLOCK_KEEP_BEST)
-            || measured_at > received_ms;
-        if !better {
+            || at.saturating_sub(self.at_ms.load(Ordering::Relaxed))
+                > millis(SERVER_CLOCK_KEEP_BEST);
+        if !better || server_ms == 0 {
             return;
         }
-        let midpoint = sent_ms / 2 + received_ms / 2;
-        let offset = i64::try_from(i128::from(server_ms) - i128::from(midpoint)).unwrap_or(0);
-        self.offset_ms.store(offset, Ordering::Relaxed);
+        // Readers may briefly pair a new time with the old instant (or the
+        // reverse); either is a measurement a few ms off, which only moves
+        // when a touch is sent.
+        self.at_ms.store(at, Ordering::Relaxed);
         self.rtt_ms.store(rtt, Ordering::Relaxed);
-        self.measured_at
-            .store(received_ms.max(1), Ordering::Release);
+        self.server_ms.store(server_ms, Ordering::Release);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
 
     #[test]
     fn conversions_saturate_and_round_trip() {
         assert_eq!(millis(Duration::MAX), u64::MAX);
         assert_eq!(millis(Duration::from_micros(1_999)), 1);
-        assert_eq!(unix_ms(system_time(1_700_000_000_123)), 1_700_000_000_123);
-        assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_secs(1)), 0);
+        assert_eq!(
+            system_time(1_700_000_000_123),
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
+        );
     }
 
-    #[test]
-    fn the_server_clock_learns_an_offset_and_forgets_it_when_old() {
-        let app = Arc::new(AtomicU64::new(1_000_000));
-        let read = app.clone();
-        let clock = ServerClock::new(Clock::from_fn(move || {
-            system_time(read.load(Ordering::Relaxed))
-        }));
+    #[tokio::test(start_paused = true)]
+    async fn the_estimate_is_the_store_time_plus_monotonic_time_since() {
+        let clock = ServerClock::default();
         assert_eq!(clock.estimate(), None, "never measured");
-        // The store is 5 minutes behind; the call took 10 ms.
-        clock.observe(1_000_000, 1_000_005 - 300_000, 1_000_010);
-        assert_eq!(clock.estimate(), Some(1_000_000 - 300_000));
-        app.store(1_030_000, Ordering::Relaxed);
-        assert_eq!(clock.estimate(), Some(1_030_000 - 300_000));
-        app.store(1_000_010 + 60_001, Ordering::Relaxed);
+        // The store said 1_000_000 halfway through a 10 ms call.
+        clock.observe(0, 1_000_000, 10);
+        tokio::time::advance(Duration::from_millis(30_005)).await;
+        assert_eq!(clock.estimate(), Some(1_000_000 + 30_000));
+        tokio::time::advance(Duration::from_millis(30_001)).await;
         assert_eq!(clock.estimate(), None, "older than the maximum age");
-        // A clock that jumps far backwards distrusts the measurement too.
-        clock.observe(2_000_000, 2_000_000, 2_000_000);
-        app.store(1_900_000, Ordering::Relaxed);
-        assert_eq!(clock.estimate(), None);
     }
 
-    #[test]
-    fn the_fastest_round_trip_wins_until_it_is_old() {
-        let app = Arc::new(AtomicU64::new(1_000_000));
-        let read = app.clone();
-        let clock = ServerClock::new(Clock::from_fn(move || {
-            system_time(read.load(Ordering::Relaxed))
-        }));
-        // 2 ms round trip: offset +1 000.
-        clock.observe(1_000_000, 1_001_001, 1_000_002);
-        assert_eq!(clock.estimate(), Some(1_001_000));
-        // A 200 ms round trip whose reply was read late: ignored.
-        clock.observe(1_000_100, 1_001_110, 1_000_300);
-        assert_eq!(clock.estimate(), Some(1_001_000));
-        // As precise: taken.
-        clock.observe(1_000_400, 1_001_402, 1_000_402);
-        assert_eq!(clock.estimate(), Some(1_001_001));
+    #[tokio::test(start_paused = true)]
+    async fn the_fastest_round_trip_wins_until_it_is_old() {
+        let clock = ServerClock::default();
+        // 2 ms round trip.
+        clock.observe(0, 1_000_001, 2);
+        // A 200 ms round trip (a reply read late): ignored.
+        clock.observe(100, 1_000_999, 300);
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        assert_eq!(clock.estimate(), Some(1_000_001 + 1_000));
         // Once the best is older than 10 s, a slower one replaces it.
-        app.store(1_020_000, Ordering::Relaxed);
-        clock.observe(1_019_900, 1_020_950, 1_020_000);
-        assert_eq!(clock.estimate(), Some(1_020_000 + 1_000));
+        tokio::time::advance(Duration::from_millis(11_000)).await;
+        clock.observe(12_000, 2_000_000, 12_040);
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert_eq!(clock.estimate(), Some(2_000_000 + 1));
     }
 }

@@ -58,7 +58,7 @@ use bb8_redis::RedisConnectionManager;
 
 use crate::error::{Error, ErrorKind};
 use crate::keys::Namespace;
-use crate::time::{Clock, ServerClock};
+use crate::time::ServerClock;
 
 /// The bb8 pool type this backend is built from.
 pub type RedisPool = bb8::Pool<RedisConnectionManager>;
@@ -121,7 +121,6 @@ pub struct RedisBackendBuilder {
     deadline: Duration,
     prefix: Option<String>,
     multiplexed: usize,
-    clock: Clock,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -132,7 +131,6 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("deadline", &self.deadline)
             .field("prefix", &self.prefix)
             .field("multiplexed_connections", &self.multiplexed)
-            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -193,15 +191,6 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// The application's clock (default: the system clock). Layers use it
-    /// only to estimate Redis's time, so they can skip a round trip when
-    /// nothing is due (a session touch, for example); every rule about time
-    /// is decided by Redis's own clock. Replace it to test a skewed host.
-    pub fn clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
-        self
-    }
-
     /// Builds the backend. Nothing is sent to Redis yet: connections open on
     /// first use, so an application can start while Redis is still coming up.
     /// Use [`RedisBackend::ping`] to check connectivity at start-up.
@@ -253,7 +242,7 @@ impl RedisBackendBuilder {
                 next_lane: AtomicUsize::new(0),
                 deadline: self.deadline,
                 namespace,
-                clock: ServerClock::new(self.clock),
+                clock: ServerClock::default(),
             }),
         })
     }
@@ -270,7 +259,6 @@ impl RedisBackend {
             deadline: DEFAULT_DEADLINE,
             prefix: None,
             multiplexed: DEFAULT_MULTIPLEXED_CONNECTIONS,
-            clock: Clock::system(),
         }
     }
 

@@ -117,7 +117,7 @@ impl Session {
                     .await
             }
             // Writing now would fork the session the other request renewed.
-            Known::Renewed => Err(FinishError::Conflict),
+            Known::Renewed(_) => Err(FinishError::Conflict),
             Known::Missing | Known::NoCookie | Known::Degraded { .. } => {
                 Ok(self.create(&state, had_cookie, &mut edits, headers).await?)
             }
@@ -244,7 +244,11 @@ impl Session {
             SaveRequest::create(config.idle, config.absolute, user_agent_text(state)),
             edits,
         );
-        let (id, expires_in, deadline_ms) = self.create_record(&request).await?;
+        let Some((id, expires_in, deadline_ms)) = self.create_record(&request).await? else {
+            return Err(Error::internal(
+                "the session store refused to create a session",
+            ));
+        };
         self.reindex(&id.handle(), None, new_user, deadline_ms)
             .await?;
         self.set_cookie(headers, &id, expires_in);
@@ -252,11 +256,12 @@ impl Session {
     }
 
     /// Saves `request` (a create) under a fresh id, retrying on the
-    /// (astronomically unlikely) collision.
+    /// (astronomically unlikely) collision. `None` when the store refused
+    /// because the deadline kept by a renewal has passed.
     async fn create_record(
         &self,
         request: &SaveRequest,
-    ) -> Result<(SessionId, Duration, u64), Error> {
+    ) -> Result<Option<(SessionId, Duration, u64)>, Error> {
         for _ in 0..3 {
             let id = SessionId::generate().map_err(|e| {
                 Error::internal("the operating system's random source failed")
@@ -267,13 +272,9 @@ impl Session {
                     expires_in,
                     deadline_ms,
                     ..
-                } => return Ok((id, expires_in, deadline_ms)),
+                } => return Ok(Some((id, expires_in, deadline_ms))),
                 SaveOutcome::Exists => continue,
-                _ => {
-                    return Err(Error::internal(
-                        "the session store refused to create a session",
-                    ))
-                }
+                _ => return Ok(None),
             }
         }
         Err(Error::internal("three fresh session ids collided"))
@@ -284,13 +285,18 @@ impl Session {
     /// requests renew the same session at once:
     ///
     /// 1. write the new record, and add it to the user's index;
-    /// 2. delete the old record *only if it is still at the revision this
-    ///    request copied* (compare-and-delete): exactly one renewal can
-    ///    succeed, and a change saved after the copy is never dropped;
+    /// 2. retire the old record *only if it is still at the revision this
+    ///    request copied* (compare-and-delete), leaving for ten seconds a
+    ///    marker that names the successor: exactly one renewal can succeed,
+    ///    and a change saved after the copy is never dropped;
     /// 3. a renewal that finds the old record gone (another renewal won, or
     ///    a logout) deletes its copy and answers 409 with no cookie; one
     ///    that finds it changed copies it again (up to
     ///    [`RENEWAL_ATTEMPTS`] times).
+    ///
+    /// The old id never reaches the successor: giving its holder (possibly
+    /// someone who planted it before a login) the new session is what a
+    /// renewal exists to prevent.
     ///
     /// The new record exists before the old one goes, so a failure between
     /// the two loses nothing (the old id keeps working; the copy expires).
@@ -305,12 +311,17 @@ impl Session {
         let old = live.handle;
         for _ in 0..RENEWAL_ATTEMPTS {
             let (request, user) = self.renewal_request(state, edits, &live.record);
-            let (id, expires_in, deadline_ms) = self.create_record(&request).await?;
+            let Some((id, expires_in, deadline_ms)) = self.create_record(&request).await? else {
+                // The absolute deadline passed while this request ran: the
+                // session is over.
+                self.remove_cookie(headers);
+                return Ok(());
+            };
             let new = id.handle();
             if let Some(user) = &user {
                 config.store.index_add(user, &new, deadline_ms).await?;
             }
-            let retire = DeleteRequest::renewal(live.record.revision);
+            let retire = DeleteRequest::renewal(live.record.revision, new);
             match config.store.delete(&old, &retire).await? {
                 DeleteOutcome::Deleted { .. } => {
                     if let Some(old_user) = &live.record.user {
@@ -413,8 +424,9 @@ impl Session {
 }
 
 /// The request's User-Agent as text, cut to [`MAX_USER_AGENT_LEN`] bytes;
-/// `None` when it is not visible ASCII (as `HeaderValue::to_str` defines it).
+/// `None` when it is empty or not visible ASCII (as `HeaderValue::to_str`
+/// defines it).
 fn user_agent_text(state: &State) -> Option<String> {
     let ua = state.user_agent.as_ref()?.to_str().ok()?;
-    Some(ua[..ua.len().min(MAX_USER_AGENT_LEN)].to_owned())
+    (!ua.is_empty()).then(|| ua[..ua.len().min(MAX_USER_AGENT_LEN)].to_owned())
 }

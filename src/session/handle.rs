@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::config::Config;
 use super::id::{SessionHandle, SessionId};
-use super::store::{DeleteOutcome, DeleteRequest, LoadOutcome, SessionRecord};
+use super::store::{DeleteOutcome, DeleteRequest, DynSessionStore, LoadOutcome, SessionRecord};
 use super::SessionError;
 use crate::error::Error;
 use crate::FailurePolicy;
@@ -69,9 +69,10 @@ pub(super) enum Known {
     /// The cookie names no live session (or this request destroyed it).
     Missing,
     /// The cookie names a session that a concurrent request renewed moments
-    /// ago: no session here, and the cookie is left alone (the client most
-    /// likely holds the successor's already); a write answers 409.
-    Renewed,
+    /// ago: no session here (the old id never reaches the successor), the
+    /// cookie is left alone (the client most likely holds the successor's
+    /// already), a write answers 409, a logout ends the successor too.
+    Renewed(SessionId),
     /// A live session.
     Live(Live),
     /// A store call failed under the fail-open policy: behave as if there
@@ -188,7 +189,7 @@ impl Session {
             Err(e) => return self.store_failed(state, Some(id), e),
         };
         state.known = match loaded {
-            LoadOutcome::Renewed => Known::Renewed,
+            LoadOutcome::Renewed => Known::Renewed(id),
             LoadOutcome::Found(loaded) => {
                 let Some(record) = loaded.record else {
                     let e =
@@ -331,25 +332,43 @@ impl Session {
             ..Edits::default()
         };
         let handle = match &state.known {
-            Known::Unloaded(id) | Known::Degraded { cookie: Some(id) } => id.handle(),
+            Known::Unloaded(id) | Known::Renewed(id) | Known::Degraded { cookie: Some(id) } => {
+                id.handle()
+            }
             Known::Live(live) => live.handle,
-            Known::NoCookie
-            | Known::Missing
-            | Known::Renewed
-            | Known::Degraded { cookie: None } => return Ok(()),
+            Known::NoCookie | Known::Missing | Known::Degraded { cookie: None } => return Ok(()),
         };
         let store = &self.config().store;
-        let outcome = store
+        let mut outcome = store
             .delete(&handle, &DeleteRequest::any())
             .await
             .map_err(SessionError::Store)?;
-        state.known = Known::Missing;
-        if let DeleteOutcome::Deleted { user: Some(user) } = outcome {
-            if let Err(e) = store.index_remove(&user, &handle).await {
-                // The index entry is pruned on the next listing anyway.
-                tracing::debug!(error = %e, "could not remove a destroyed session from its user index");
+        // A logout sent with an id that a concurrent login just replaced
+        // ends the successor too: the user asked to log out. (It gives the
+        // old id's holder no access, only this.)
+        if let DeleteOutcome::Renewed {
+            successor: Some(successor),
+        } = outcome
+        {
+            outcome = store
+                .delete(&successor, &DeleteRequest::any())
+                .await
+                .map_err(SessionError::Store)?;
+            if let DeleteOutcome::Deleted { user: Some(user) } = &outcome {
+                Self::unlist(store, user, &successor).await;
             }
+        } else if let DeleteOutcome::Deleted { user: Some(user) } = &outcome {
+            Self::unlist(store, user, &handle).await;
         }
+        state.known = Known::Missing;
         Ok(())
+    }
+
+    /// Drops an ended session from its user's index (best effort: listing
+    /// prunes entries of sessions that are gone anyway).
+    async fn unlist(store: &Arc<dyn DynSessionStore>, user: &str, handle: &SessionHandle) {
+        if let Err(e) = store.index_remove(user, handle).await {
+            tracing::debug!(error = %e, "could not remove an ended session from its user index");
+        }
     }
 }

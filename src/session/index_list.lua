@@ -4,7 +4,7 @@
 --
 -- Returns the session handles, oldest deadline first. Entries whose session
 -- ended early (idle expiry, logout) are removed by the caller with ZREM once
--- it has seen that the session hash is gone.
+-- it has seen that the session is gone.
 local key = KEYS[1]
 local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now)

@@ -33,7 +33,8 @@ use crate::FailurePolicy;
 /// timeout [`DEFAULT_ABSOLUTE_TIMEOUT`](super::DEFAULT_ABSOLUTE_TIMEOUT),
 /// expiry slid at most once per
 /// [`DEFAULT_TOUCH_INTERVAL`](super::DEFAULT_TOUCH_INTERVAL); any request with
-/// a valid cookie counts as activity; a store failure answers 503
+/// a valid cookie counts as activity; a store failure answers 503 when the
+/// store is unreachable (500 when it answered with an error)
 /// ([`FailurePolicy::Closed`]). Change them with
 /// [`SessionLayer::builder`].
 #[derive(Clone)]
@@ -180,7 +181,8 @@ impl SessionLayerBuilder {
         self
     }
 
-    /// What a store failure does (default [`FailurePolicy::Closed`]: 503;
+    /// What a store failure does (default [`FailurePolicy::Closed`]: 503
+    /// when the store is unreachable, 500 when it answered with an error;
     /// [`FailurePolicy::Open`] carries on without a session).
     pub fn on_store_error(mut self, policy: FailurePolicy) -> Self {
         self.config.failure = policy;

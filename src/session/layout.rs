@@ -1,6 +1,6 @@
 //! How sessions are laid out, the same on Redis and in memory.
 //!
-//! - `{prefix}:session:{<handle>}`: the session, **one string value**: a
+//! - `{prefix}:session:{<handle>}:v2`: the session, **one string value**: a
 //!   fixed 42-byte header followed by the fields as MessagePack. Its TTL is
 //!   the session's expiry.
 //! - `{prefix}:session-user:{<user>}`: the user's index of sessions (a
@@ -23,8 +23,8 @@
 //! 2^53 (exact): Lua's numbers are doubles, and Redis's bundled `struct`
 //! library packs and unpacks them in C, several times faster than
 //! formatting decimal text in Lua (measured: 0.45 µs against 1.8 µs per
-//! save). A renewal replaces the old id's value with the 2-byte marker `R1`
-//! for a minute. The body is a MessagePack
+//! save). A renewal replaces the old id's value, for ten seconds, with a
+//! marker: `R1` and the successor's handle. The body is a MessagePack
 //! map with `u` (user), `a` (user agent) and `d` (a map of data key to JSON
 //! text), each left out when empty; an empty map may be written as an empty
 //! array (what Lua's `cmsgpack` makes of an empty table). MessagePack
@@ -43,10 +43,15 @@ use super::store::{SaveMode, SaveRequest, SessionRecord};
 use crate::error::Error;
 use crate::keys::Namespace;
 
-/// `{prefix}:session:{<handle>}`: the session's value.
+/// `{prefix}:session:{<handle>}:v2`: the session's value. The suffix names
+/// the layout, so instances running an older layout (a hash under the key
+/// without it) and this one never read each other's keys as the wrong type.
 pub(crate) fn session_key(ns: &Namespace, handle: &SessionHandle) -> String {
-    ns.tagged("session", handle.as_str()).into_base()
+    ns.tagged("session", handle.as_str()).key(LAYOUT)
 }
+
+/// The layout version, the last part of every session key.
+const LAYOUT: &str = "v2";
 
 /// `{prefix}:session-user:{<user>}`: the user's index of sessions.
 pub(crate) fn user_key(ns: &Namespace, user: &str) -> String {
@@ -54,9 +59,25 @@ pub(crate) fn user_key(ns: &Namespace, user: &str) -> String {
 }
 
 const MAGIC: &[u8; 2] = b"S1";
-/// What a renewal leaves under the old id for a short while (see
+/// What a renewal leaves under the old id for a short while, followed by
+/// the successor's handle (see
 /// [`LoadOutcome::Renewed`](super::store::LoadOutcome::Renewed)).
 pub(crate) const RENEWED: &[u8] = b"R1";
+
+/// When `value` is a renewal's marker: the successor it names, if readable.
+pub(crate) fn renewed(value: &[u8]) -> Option<Option<SessionHandle>> {
+    let rest = value.strip_prefix(RENEWED)?;
+    Some(
+        std::str::from_utf8(rest)
+            .ok()
+            .and_then(SessionHandle::parse),
+    )
+}
+
+/// The marker a renewal leaves: [`RENEWED`] and the successor's handle.
+pub(crate) fn renewed_marker(successor: &SessionHandle) -> Vec<u8> {
+    [RENEWED, successor.as_str().as_bytes()].concat()
+}
 /// Length of the header.
 pub(crate) const HEADER_LEN: usize = 2 + 5 * 8;
 /// The largest number a header field holds exactly (2^53).
@@ -244,7 +265,8 @@ pub(crate) fn apply(record: &mut SessionRecord, request: &SaveRequest) {
         ..
     } = &request.mode
     {
-        record.user_agent = Some(ua.clone());
+        // (An empty one is none, as in `save.lua`.)
+        record.user_agent = (!ua.is_empty()).then(|| ua.clone());
     }
     if request.clear {
         record.data.clear();

@@ -8,10 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::id::SessionHandle;
-use super::layout::{self, session_key, user_key, Header, RENEWED};
+use super::layout::{self, renewed, renewed_marker, session_key, user_key, Header};
 use super::store::{
     DeleteOutcome, DeleteRequest, LoadOutcome, LoadRequest, Loaded, SaveMode, SaveOutcome,
-    SaveRequest, SessionInfo, SessionRecord, SessionStore,
+    SaveRequest, SessionInfo, SessionRecord, SessionStore, RENEWED_MARKER_TTL,
 };
 use crate::error::{Error, ErrorKind};
 use crate::memory::{Keyspace, MemoryBackend, Value};
@@ -57,7 +57,7 @@ impl SessionStore for MemoryBackend {
             let Some(raw) = value(ks, &key)? else {
                 return Ok(LoadOutcome::Missing);
             };
-            if raw == RENEWED {
+            if renewed(raw).is_some() {
                 return Ok(LoadOutcome::Renewed);
             }
             let mut header = Header::parse(raw)?;
@@ -90,7 +90,7 @@ impl SessionStore for MemoryBackend {
         self.atomically(|ks| {
             let now = ks.now_millis();
             let existing = match value(ks, &key)? {
-                Some(raw) if raw == RENEWED => match request.mode {
+                Some(raw) if renewed(raw).is_some() => match request.mode {
                     SaveMode::Update => return Ok(SaveOutcome::Renewed),
                     SaveMode::Create { .. } => return Ok(SaveOutcome::Exists),
                 },
@@ -151,10 +151,12 @@ impl SessionStore for MemoryBackend {
     ) -> Result<DeleteOutcome, Error> {
         let key = session_key(self.namespace(), handle);
         self.atomically(|ks| {
-            let raw = match value(ks, &key)? {
-                Some(raw) if raw != RENEWED => raw,
-                _ => return Ok(DeleteOutcome::Missing),
+            let Some(raw) = value(ks, &key)? else {
+                return Ok(DeleteOutcome::Missing);
             };
+            if let Some(successor) = renewed(raw) {
+                return Ok(DeleteOutcome::renewed(successor));
+            }
             let (header, record) = layout::decode(Bytes::copy_from_slice(raw))?;
             if request.revision.is_some_and(|r| r != header.revision) {
                 return Ok(DeleteOutcome::Changed);
@@ -162,8 +164,12 @@ impl SessionStore for MemoryBackend {
             if request.owner.is_some() && request.owner != record.user {
                 return Ok(DeleteOutcome::NotOwned);
             }
-            match request.renewed_marker {
-                Some(ttl) => ks.set(&key, Value::Bytes(RENEWED.to_vec()), Some(ttl))?,
+            match &request.successor {
+                Some(successor) => ks.set(
+                    &key,
+                    Value::Bytes(renewed_marker(successor)),
+                    Some(RENEWED_MARKER_TTL),
+                )?,
                 None => {
                     ks.remove(&key);
                 }
@@ -240,7 +246,7 @@ impl SessionStore for MemoryBackend {
                 let handle = SessionHandle::parse(&member);
                 let record = match &handle {
                     Some(handle) => match value(ks, &session_key(self.namespace(), handle))? {
-                        Some(raw) if raw != RENEWED => {
+                        Some(raw) if renewed(raw).is_none() => {
                             Some(layout::decode(Bytes::copy_from_slice(raw))?.1)
                         }
                         _ => None,

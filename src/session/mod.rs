@@ -45,13 +45,14 @@
 //!
 //! Expiry is decided by the store's clock (Redis `TIME` inside the scripts).
 //! The read path decides *whether to send* the touch from the stored header
-//! and this process's estimate of Redis's time: its own clock plus an offset
-//! learned from the time every script returns (the measurement over the
-//! fastest round trip is kept, and re-taken at least once a minute). A wrong
-//! estimate only moves when the touch is sent: too early costs a round trip
-//! the script then declines; too late is harmless while the error stays
-//! below `idle timeout − touch interval`. A host clock off by minutes is
-//! tested both ways.
+//! and this process's estimate of Redis's time: the time a script last
+//! returned plus the time elapsed since on this process's monotonic clock
+//! (the measurement over the fastest round trip is kept; it is re-taken at
+//! least once a minute, by sending the touch). This host's wall clock is
+//! never read, so its skew or a step cannot move the estimate, which is off
+//! by at most half a round trip. An error only moves when the touch is
+//! sent: too early costs a round trip the script then declines; too late is
+//! harmless while it stays below `idle timeout − touch interval`.
 //!
 //! # Storage and safety
 //!
@@ -68,10 +69,14 @@
 //!   absolute)`, computed from the store's clock.
 //! - Id renewal ([`Session::cycle_id`]) leaves exactly one successor however
 //!   many requests renew at once (a double-submitted login form): the old
-//!   record is retired only at the revision that was copied, and replaced by
-//!   a one-minute marker; the losers, and writes that still carry the old
-//!   cookie, get a 409 problem and no cookie, so the browser keeps the
-//!   winner's.
+//!   record is retired only at the revision that was copied, and replaced
+//!   for ten seconds by a marker naming the successor's handle. The old id
+//!   never reaches the successor (it may have been planted before the
+//!   login: that is what renewal defeats). The losers, and writes that
+//!   still carry the old cookie within those ten seconds, get a 409 problem
+//!   and no cookie, so the browser keeps the winner's; reads with it see no
+//!   session and leave the cookie alone; a logout with it ends the
+//!   successor too.
 //! - A response whose handler read the session carries `Vary: Cookie`, and,
 //!   when the request had a session cookie, `Cache-Control: private` unless
 //!   the handler set its own; a response that sets or removes the cookie
@@ -87,7 +92,8 @@
 //! - The layer can wrap a whole router (`Router::layer`) or only some routes
 //!   (`Router::route_layer`, `get(handler).layer(..)`); routes outside it
 //!   never touch the store.
-//! - A store failure answers 503 problem+json (the default
+//! - A store failure answers a problem+json, 503 when the store could not
+//!   be reached in time and 500 when it answered with an error (the default
 //!   [`FailurePolicy::Closed`](crate::FailurePolicy::Closed)), or continues
 //!   without a session ([`FailurePolicy::Open`](crate::FailurePolicy::Open)).
 //!   Every store call is bounded by the backend's deadline.

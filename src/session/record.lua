@@ -4,8 +4,13 @@
 -- d = { key = json } }. Prepended to the session scripts that need it.
 local HEADER = 42
 local HEADER_FORMAT = '>c2ddddd'
--- What a renewal leaves under the old id for a short while.
+-- What a renewal leaves under the old id for a short while: 'R1' and the
+-- successor's handle.
 local RENEWED = 'R1'
+
+local function is_renewed(v)
+  return string.sub(v, 1, 2) == RENEWED
+end
 
 -- The header of value `v` as a table, or nil when it is not a session.
 local function header(v)

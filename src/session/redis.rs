@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use super::id::SessionHandle;
-use super::layout::{self, session_key, user_key, Header, HEADER_LEN, RENEWED};
+use super::layout::{self, renewed, session_key, user_key, Header, HEADER_LEN};
 use super::store::{
     DeleteOutcome, DeleteRequest, LoadOutcome, LoadRequest, Loaded, SaveMode, SaveOutcome,
-    SaveRequest, SessionInfo, SessionStore,
+    SaveRequest, SessionInfo, SessionStore, RENEWED_MARKER_TTL,
 };
 use crate::error::Error;
 use crate::redis::{script, RedisBackend, Script};
@@ -31,7 +31,7 @@ impl RedisBackend {
     /// expiry and Redis's time. Teaches the clock estimate.
     async fn touch(&self, key: &str, request: &LoadRequest) -> Result<(i64, u64, u64), Error> {
         let clock = self.server_clock();
-        let sent = clock.app_ms();
+        let sent = clock.mono_ms();
         let reply: Vec<u8> = self
             .script(&TOUCH)
             .key(key)
@@ -40,7 +40,7 @@ impl RedisBackend {
             .invoke()
             .await?;
         let [status, expires, now] = numbers(&reply)?;
-        clock.observe(sent, now as u64, clock.app_ms());
+        clock.observe(sent, now as u64, clock.mono_ms());
         Ok((status as i64, expires as u64, now as u64))
     }
 }
@@ -80,7 +80,7 @@ impl SessionStore for RedisBackend {
         let Some(raw) = raw.filter(|raw| !raw.is_empty()) else {
             return Ok(LoadOutcome::Missing);
         };
-        if raw == RENEWED {
+        if renewed(&raw).is_some() {
             return Ok(LoadOutcome::Renewed);
         }
         let mut header = Header::parse(&raw)?;
@@ -164,11 +164,11 @@ impl SessionStore for RedisBackend {
             call = call.arg(key.as_str()).arg(json.as_deref().unwrap_or(""));
         }
         let clock = self.server_clock();
-        let sent = clock.app_ms();
+        let sent = clock.mono_ms();
         let reply: Vec<u8> = call.invoke().await?;
         let [status, expires, deadline, now] = numbers(&reply)?;
         let (expires, deadline, now) = (expires as u64, deadline as u64, now as u64);
-        clock.observe(sent, now, clock.app_ms());
+        clock.observe(sent, now, clock.mono_ms());
         Ok(match status as i64 {
             1 => SaveOutcome::saved(Duration::from_millis(expires.saturating_sub(now)), deadline),
             2 => SaveOutcome::Renewed,
@@ -182,23 +182,20 @@ impl SessionStore for RedisBackend {
         handle: &SessionHandle,
         request: &DeleteRequest,
     ) -> Result<DeleteOutcome, Error> {
-        let (status, user): (i64, String) = self
+        let (status, detail): (i64, String) = self
             .script(&DELETE)
             .key(session_key(self.namespace(), handle))
             .arg(request.owner.as_deref().unwrap_or(""))
             .arg(request.revision.map(|r| r.to_string()).unwrap_or_default())
-            .arg(
-                request
-                    .renewed_marker
-                    .map(|ttl| ms(ttl).max(1).to_string())
-                    .unwrap_or_default(),
-            )
+            .arg(request.successor.as_ref().map_or("", SessionHandle::as_str))
+            .arg(ms(RENEWED_MARKER_TTL))
             .invoke()
             .await?;
         Ok(match status {
-            1 => DeleteOutcome::deleted((!user.is_empty()).then_some(user)),
+            1 => DeleteOutcome::deleted((!detail.is_empty()).then_some(detail)),
             -1 => DeleteOutcome::NotOwned,
             -2 => DeleteOutcome::Changed,
+            -3 => DeleteOutcome::renewed(SessionHandle::parse(&detail)),
             _ => DeleteOutcome::Missing,
         })
     }
@@ -250,7 +247,7 @@ impl SessionStore for RedisBackend {
         let mut stale = Vec::new();
         for (handle, value) in handles.into_iter().zip(values) {
             let record = value
-                .filter(|v| v != RENEWED)
+                .filter(|v| renewed(v).is_none())
                 .map(|v| layout::decode(v.into()))
                 .transpose()?;
             match record {

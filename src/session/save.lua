@@ -40,7 +40,7 @@ else
   if not v then
     return reply4(0, 0, 0, now)
   end
-  if v == RENEWED then
+  if is_renewed(v) then
     return reply4(2, 0, 0, now)
   end
   h = header(v)

@@ -51,9 +51,12 @@ use crate::Backend;
 
 /// Where sessions live.
 ///
-/// Every operation is atomic, reads the time from the store's own clock
-/// (never the application's), and touches the keys of one session or of one
-/// user, never both, so each maps to one Redis Cluster slot.
+/// Every change is atomic and timed by the store's own clock (never the
+/// application's): on Redis each is one Lua script. A load may read first
+/// and then touch, but the touch re-checks everything by the store's clock,
+/// so an estimate in between can only send it too early (declined) or late.
+/// Each operation touches the keys of one session or of one user, never
+/// both, so each maps to one Redis Cluster slot.
 pub trait SessionStore: Send + Sync + 'static {
     /// Loads a session, or only checks it and slides its expiry when
     /// [`LoadRequest::fields`] is false. Slides the idle expiry only when the
@@ -142,8 +145,11 @@ pub enum LoadOutcome {
     /// No session (never created, expired, destroyed or revoked).
     Missing,
     /// The session was renewed moments ago: its id was replaced (see
-    /// [`DeleteRequest::renewal`]). No session here, but the client most
-    /// likely holds the successor's cookie already, so it is left alone.
+    /// [`DeleteRequest::renewal`]). The old id gives no access to the
+    /// successor (that is what a renewal is for), but the layer answers
+    /// differently: a write is refused (409) rather than starting a new
+    /// session, and the client's cookie is left alone, since the client
+    /// most likely holds the successor's already.
     Renewed,
 }
 
@@ -357,16 +363,18 @@ pub struct DeleteRequest {
     /// Delete only a session still at this [revision](SessionRecord::revision)
     /// (no save since it was read).
     pub revision: Option<u64>,
-    /// Leave a marker for this long instead of nothing, so that requests
-    /// still carrying the old id see [`LoadOutcome::Renewed`], not
-    /// [`LoadOutcome::Missing`] (set by [`DeleteRequest::renewal`]).
-    pub renewed_marker: Option<Duration>,
+    /// Leave a marker naming this successor for [`RENEWED_MARKER_TTL`]
+    /// instead of nothing, so that requests still carrying the old id see
+    /// [`LoadOutcome::Renewed`] (set by [`DeleteRequest::renewal`]).
+    pub successor: Option<SessionHandle>,
 }
 
-/// How long the marker of a renewed session stays: requests that carry the
+/// How long the marker of a renewed session stays. Requests that carry the
 /// old id within this time (a double-submitted login form, requests in
-/// flight) are told the session was renewed, not that it is gone.
-pub const RENEWED_MARKER_TTL: Duration = Duration::from_secs(60);
+/// flight) are told the session was renewed, not that it is gone, so they
+/// neither start a second session nor clear the client's new cookie; after
+/// it, the old id is simply unknown.
+pub const RENEWED_MARKER_TTL: Duration = Duration::from_secs(10);
 
 impl DeleteRequest {
     /// Delete whatever session is there.
@@ -389,12 +397,13 @@ impl DeleteRequest {
         self
     }
 
-    /// Retire a session whose id a renewal replaced: only at `revision`, and
-    /// leave a marker for [`RENEWED_MARKER_TTL`].
-    pub fn renewal(revision: u64) -> Self {
+    /// Retire a session whose id a renewal replaced with `successor`: only
+    /// at `revision`, leaving a marker that names the successor for
+    /// [`RENEWED_MARKER_TTL`].
+    pub fn renewal(revision: u64, successor: SessionHandle) -> Self {
         DeleteRequest {
             revision: Some(revision),
-            renewed_marker: Some(RENEWED_MARKER_TTL),
+            successor: Some(successor),
             ..DeleteRequest::default()
         }
     }
@@ -410,8 +419,15 @@ pub enum DeleteOutcome {
         /// The user it was bound to.
         user: Option<String>,
     },
-    /// There was no such session (or only a renewed marker).
+    /// There was no such session.
     Missing,
+    /// Only the marker a renewal left: nothing deleted. `successor` is the
+    /// session that replaced it (a logout carrying the old id ends it too).
+    #[non_exhaustive]
+    Renewed {
+        /// The successor's handle, as the marker names it.
+        successor: Option<SessionHandle>,
+    },
     /// It is bound to another user than [`DeleteRequest::owner`]: nothing
     /// deleted.
     NotOwned,
@@ -423,6 +439,11 @@ impl DeleteOutcome {
     /// [`DeleteOutcome::Deleted`].
     pub fn deleted(user: Option<String>) -> Self {
         DeleteOutcome::Deleted { user }
+    }
+
+    /// [`DeleteOutcome::Renewed`].
+    pub fn renewed(successor: Option<SessionHandle>) -> Self {
+        DeleteOutcome::Renewed { successor }
     }
 }
 

@@ -22,7 +22,7 @@ local v = redis.call('GETRANGE', key, 0, HEADER - 1)
 if v == '' then
   return reply3(0, 0, now)
 end
-if v == RENEWED then
+if is_renewed(v) then
   return reply3(3, 0, now)
 end
 local h = header(v)

@@ -580,6 +580,46 @@ support::both_backends! { Fixture::new;
         assert_eq!(c.get("/get/b").await.body, "none");
     }
 
+    a_logout_with_the_cookie_a_login_just_replaced_ends_the_new_session => |fx| {
+        let app = fx.app(|l| l);
+        let mut c = Client::new(app.clone());
+        c.post("/set/a/1").await;
+        let old = c.cookie.clone().unwrap();
+        c.post("/login/kim").await;
+        let new = c.cookie.clone().unwrap();
+        // The logout was sent before the login's response arrived.
+        let r = harness::send_raw(&app, "POST", "/logout", Some(old.as_bytes())).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.set_cookie.unwrap().contains("Max-Age=0"));
+        let r = harness::send_raw(&app, "GET", "/user", Some(new.as_bytes())).await;
+        assert_eq!(r.body, "none", "the successor is logged out too");
+        assert_eq!(fx.session_count(), 0);
+    }
+
+    a_renewal_past_the_absolute_deadline_ends_the_session => |fx| {
+        let app = fx.app(|l| {
+            l.idle_timeout(Duration::from_millis(500))
+                .absolute_timeout(Duration::from_millis(500))
+                .touch_interval(Duration::from_millis(100))
+        });
+        let mut c = Client::new(app.clone());
+        c.post("/set/a/1").await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Loads the session, then outlives its deadline before renewing it.
+        let r = c.post("/slow-login/lee").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(r.set_cookie.unwrap_or_default().contains("Max-Age=0"));
+        assert_eq!(fx.session_count(), 0);
+    }
+
+    an_empty_user_agent_is_none => |fx| {
+        let app = fx.app(|l| l);
+        let mut c = Client::with_agent(app, "");
+        c.post("/login/eve").await;
+        let list: serde_json::Value = serde_json::from_str(&c.get("/sessions").await.body).unwrap();
+        assert_eq!(list[0]["user_agent"], serde_json::Value::Null);
+    }
+
     a_renewal_keeps_a_change_saved_while_it_ran => |fx| {
         let app = fx.app(|l| l);
         let mut c = Client::new(app.clone());

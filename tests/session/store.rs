@@ -200,6 +200,41 @@ both_backends! { TestBackend::new;
         assert_eq!(again.record.unwrap().last_seen_ms, a.last_seen_ms);
     }
 
+    a_renewal_leaves_a_marker_that_gives_no_session => |fx| {
+        let store = &fx.backend;
+        store.save(&handle(30), &create(&[("a", "1")], Some("jo"))).await.unwrap();
+        store.save(&handle(31), &create(&[("a", "1")], Some("jo"))).await.unwrap();
+        assert_eq!(
+            SessionStore::delete(store, &handle(30), &DeleteRequest::renewal(1, handle(31))).await.unwrap(),
+            DeleteOutcome::deleted(Some("jo".to_owned()))
+        );
+        // The old handle: no session, but "renewed", not "missing".
+        assert_eq!(store.load(&handle(30), &load(true, IDLE)).await.unwrap(), LoadOutcome::Renewed);
+        assert_eq!(store.load(&handle(30), &load(false, Duration::ZERO)).await.unwrap(), LoadOutcome::Renewed);
+        assert_eq!(
+            store.save(&handle(30), &update(&[("b", Some("2"))], false)).await.unwrap(),
+            SaveOutcome::Renewed
+        );
+        assert_eq!(
+            store.save(&handle(30), &create(&[("b", "2")], None)).await.unwrap(),
+            SaveOutcome::Exists,
+            "a fresh id never lands on a marker"
+        );
+        // A delete finds the successor the marker names (a logout with the
+        // old id ends it too); a renewal of the marker finds it renewed.
+        assert_eq!(
+            SessionStore::delete(store, &handle(30), &DeleteRequest::any()).await.unwrap(),
+            DeleteOutcome::renewed(Some(handle(31)))
+        );
+        assert_eq!(
+            SessionStore::delete(store, &handle(30), &DeleteRequest::renewal(1, handle(32))).await.unwrap(),
+            DeleteOutcome::renewed(Some(handle(31)))
+        );
+        assert!(store.list("jo").await.unwrap().is_empty(), "the marker is no listed session");
+        // The successor itself is untouched.
+        assert!(store.load(&handle(31), &load(true, IDLE)).await.unwrap().found().is_some());
+    }
+
     delete_can_require_an_owner => |fx| {
         let store = &fx.backend;
         store.save(&handle(6), &create(&[("a", "1")], Some("alice"))).await.unwrap();
