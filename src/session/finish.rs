@@ -3,7 +3,7 @@
 //! session, and decide the cookie.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::HeaderMap;
 
@@ -63,21 +63,18 @@ impl Session {
     }
 
     /// An unchanged session whose response needs no store call: drop a
-    /// cookie that names no session, re-send a persistent one whose expiry
-    /// the load moved. `false` when a touch may be due (the cookie was never
-    /// looked up and every request counts as activity).
+    /// cookie that names no session. `false` when a touch may be due (the
+    /// cookie was never looked up and every request counts as activity).
+    ///
+    /// A live session's cookie is never re-sent: a persistent cookie's
+    /// `Max-Age` runs to the absolute deadline from when the id was issued,
+    /// and the store enforces the idle timeout. So no read answered after a
+    /// concurrent login can put the old id back in the browser.
     fn untouched_without_store(&self, state: &State, headers: &mut HeaderMap) -> bool {
         match &state.known {
             Known::Unloaded(_) => self.config().activity != Activity::AnyRequest,
             Known::Missing => {
                 self.remove_cookie(headers);
-                true
-            }
-            Known::Live(live) if live.touched => {
-                if let Some(at) = live.expires_at {
-                    let expires_in = at.saturating_duration_since(Instant::now());
-                    self.refresh_cookie(headers, &live.id, expires_in);
-                }
                 true
             }
             _ => true,
@@ -108,14 +105,11 @@ impl Session {
         match std::mem::replace(&mut state.known, Known::Missing) {
             Known::Live(live) if edits.cycle => self.renew(&state, &edits, live, headers).await,
             Known::Live(live) => {
-                self.update(&live.id, &live.handle, Some(&live), &mut edits, headers)
+                self.update(&live.handle, Some(&live), &mut edits, headers)
                     .await
             }
             // A blind write: the save itself checks the session exists.
-            Known::Unloaded(id) => {
-                self.update(&id, &id.handle(), None, &mut edits, headers)
-                    .await
-            }
+            Known::Unloaded(id) => self.update(&id.handle(), None, &mut edits, headers).await,
             // Writing now would fork the session the other request renewed.
             Known::Renewed(_) => Err(FinishError::Conflict),
             Known::Missing | Known::NoCookie | Known::Degraded { .. } => {
@@ -124,8 +118,7 @@ impl Session {
         }
     }
 
-    /// No changes: slide the expiry if any request counts as activity, and
-    /// re-send a persistent cookie only when its expiry moved.
+    /// No changes: slide the expiry if any request counts as activity.
     async fn finish_untouched(
         &self,
         state: &mut State,
@@ -138,21 +131,11 @@ impl Session {
         if let Known::Unloaded(id) = &state.known {
             let config = self.config();
             let request = config.load_request().touch_only();
-            match config.store.load(&id.handle(), &request).await? {
-                LoadOutcome::Found(loaded) if loaded.touched => {
-                    self.refresh_cookie(headers, id, loaded.expires_in)
-                }
-                LoadOutcome::Missing => self.remove_cookie(headers),
-                _ => {}
+            if let LoadOutcome::Missing = config.store.load(&id.handle(), &request).await? {
+                self.remove_cookie(headers);
             }
         }
         Ok(())
-    }
-
-    fn refresh_cookie(&self, headers: &mut HeaderMap, id: &SessionId, expires_in: Duration) {
-        if self.config().cookie.persistent {
-            self.set_cookie(headers, id, expires_in);
-        }
     }
 
     fn remove_cookie(&self, headers: &mut HeaderMap) {
@@ -160,8 +143,10 @@ impl Session {
         no_store(headers);
     }
 
-    fn set_cookie(&self, headers: &mut HeaderMap, id: &SessionId, expires_in: Duration) {
-        self.config().cookie.set(headers, id, Some(expires_in));
+    /// `Set-Cookie` for a newly issued id; a persistent cookie lives until
+    /// the session's absolute deadline, `ends_in` from now.
+    fn set_cookie(&self, headers: &mut HeaderMap, id: &SessionId, ends_in: Duration) {
+        self.config().cookie.set(headers, id, Some(ends_in));
         no_store(headers);
     }
 
@@ -177,7 +162,6 @@ impl Session {
     /// loaded, if it did.
     async fn update(
         &self,
-        id: &SessionId,
         handle: &SessionHandle,
         prior: Option<&Live>,
         edits: &mut Edits,
@@ -187,26 +171,10 @@ impl Session {
         let new_user = edits.user_change.clone();
         let request = Self::with_edits(SaveRequest::update(config.idle), edits);
         match config.store.save(handle, &request).await? {
-            SaveOutcome::Saved {
-                expires_in,
-                deadline_ms,
-                ..
-            } => {
+            SaveOutcome::Saved { deadline_ms, .. } => {
                 let old_user = prior.and_then(|p| p.record.user.as_deref());
                 self.reindex(handle, old_user, new_user, deadline_ms)
                     .await?;
-                // The save slid the expiry; a persistent cookie follows when
-                // it moved by more than the touch interval.
-                let after = Instant::now().checked_add(expires_in);
-                let moved = match (prior.and_then(|p| p.expires_at), after) {
-                    (Some(before), Some(after)) => {
-                        after.saturating_duration_since(before) > config.touch_interval
-                    }
-                    _ => true,
-                };
-                if moved || prior.is_some_and(|p| p.touched) {
-                    self.refresh_cookie(headers, id, expires_in);
-                }
                 Ok(())
             }
             // Renewed while the request ran: the change would be lost under
@@ -244,19 +212,20 @@ impl Session {
             SaveRequest::create(config.idle, config.absolute, user_agent_text(state)),
             edits,
         );
-        let Some((id, expires_in, deadline_ms)) = self.create_record(&request).await? else {
+        let Some((id, ends_in, deadline_ms)) = self.create_record(&request).await? else {
             return Err(Error::internal(
                 "the session store refused to create a session",
             ));
         };
         self.reindex(&id.handle(), None, new_user, deadline_ms)
             .await?;
-        self.set_cookie(headers, &id, expires_in);
+        self.set_cookie(headers, &id, ends_in);
         Ok(())
     }
 
     /// Saves `request` (a create) under a fresh id, retrying on the
-    /// (astronomically unlikely) collision. `None` when the store refused
+    /// (astronomically unlikely) collision: the id, the time until its
+    /// absolute deadline, and that deadline. `None` when the store refused
     /// because the deadline kept by a renewal has passed.
     async fn create_record(
         &self,
@@ -269,10 +238,10 @@ impl Session {
             })?;
             match self.config().store.save(&id.handle(), request).await? {
                 SaveOutcome::Saved {
-                    expires_in,
+                    ends_in,
                     deadline_ms,
                     ..
-                } => return Ok(Some((id, expires_in, deadline_ms))),
+                } => return Ok(Some((id, ends_in, deadline_ms))),
                 SaveOutcome::Exists => continue,
                 _ => return Ok(None),
             }
@@ -311,7 +280,7 @@ impl Session {
         let old = live.handle;
         for _ in 0..RENEWAL_ATTEMPTS {
             let (request, user) = self.renewal_request(state, edits, &live.record);
-            let Some((id, expires_in, deadline_ms)) = self.create_record(&request).await? else {
+            let Some((id, ends_in, deadline_ms)) = self.create_record(&request).await? else {
                 // The absolute deadline passed while this request ran: the
                 // session is over.
                 self.remove_cookie(headers);
@@ -330,7 +299,7 @@ impl Session {
                             tracing::debug!(error = %e, "could not drop a renewed session from its user index");
                         }
                     }
-                    self.set_cookie(headers, &id, expires_in);
+                    self.set_cookie(headers, &id, ends_in);
                     return Ok(());
                 }
                 outcome => {

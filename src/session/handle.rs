@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
@@ -88,10 +87,6 @@ pub(super) struct Live {
     /// The id's handle, hashed once per request.
     pub(super) handle: SessionHandle,
     pub(super) record: SessionRecord,
-    /// The session's expiry as last seen (this process's monotonic clock).
-    pub(super) expires_at: Option<Instant>,
-    /// The load moved the expiry.
-    pub(super) touched: bool,
 }
 
 impl State {
@@ -196,13 +191,7 @@ impl Session {
                         Error::internal("the session store loaded a session without its record");
                     return self.store_failed(state, Some(id), e);
                 };
-                Known::Live(Live {
-                    id,
-                    handle,
-                    record,
-                    expires_at: Instant::now().checked_add(loaded.expires_in),
-                    touched: loaded.touched,
-                })
+                Known::Live(Live { id, handle, record })
             }
             _ => Known::Missing,
         };

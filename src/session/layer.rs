@@ -136,8 +136,11 @@ impl SessionLayerBuilder {
     }
 
     /// A persistent cookie (with `Max-Age`, surviving browser restarts)
-    /// instead of the default browser-session cookie. Its `Max-Age` follows
-    /// the session's expiry; `Set-Cookie` is re-sent only when that moved.
+    /// instead of the default browser-session cookie. Its `Max-Age` runs to
+    /// the session's absolute deadline and is set only when an id is issued
+    /// (creation, renewal); the idle timeout is enforced by the store. No
+    /// read ever re-sends the cookie, so a response to a read that raced a
+    /// login cannot put the old id back in the browser.
     pub fn persistent(mut self, persistent: bool) -> Self {
         self.config.cookie.persistent = persistent;
         self

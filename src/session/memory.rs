@@ -139,6 +139,7 @@ impl SessionStore for MemoryBackend {
             ks.expire_at_millis(&key, header.expires_ms);
             Ok(SaveOutcome::saved(
                 Duration::from_millis(header.expires_ms - now),
+                Duration::from_millis(header.deadline_ms - now),
                 header.deadline_ms,
             ))
         })

@@ -38,8 +38,9 @@
 //! A touch (sliding the idle expiry) is due only when it would move the
 //! expiry by more than the [touch interval](SessionLayerBuilder::touch_interval),
 //! so under steady traffic it costs one extra round trip at most once per
-//! interval per session; a persistent cookie's `Set-Cookie` is re-sent only
-//! then.
+//! interval per session. `Set-Cookie` goes out only when an id is issued
+//! (creation, renewal) or dropped: never on a read, so such responses stay
+//! cacheable as `private` (see below).
 //!
 //! # Time
 //!

@@ -170,7 +170,11 @@ impl SessionStore for RedisBackend {
         let (expires, deadline, now) = (expires as u64, deadline as u64, now as u64);
         clock.observe(sent, now, clock.mono_ms());
         Ok(match status as i64 {
-            1 => SaveOutcome::saved(Duration::from_millis(expires.saturating_sub(now)), deadline),
+            1 => SaveOutcome::saved(
+                Duration::from_millis(expires.saturating_sub(now)),
+                Duration::from_millis(deadline.saturating_sub(now)),
+                deadline,
+            ),
             2 => SaveOutcome::Renewed,
             -1 => SaveOutcome::Exists,
             _ => SaveOutcome::Missing,

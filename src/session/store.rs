@@ -326,11 +326,14 @@ pub enum SaveMode {
 #[non_exhaustive]
 pub enum SaveOutcome {
     /// Saved; the session now expires in `expires_in` and ends at the
-    /// latest at `deadline_ms`.
+    /// latest at `deadline_ms`, `ends_in` from now.
     #[non_exhaustive]
     Saved {
         /// Time until the session expires, as of the save.
         expires_in: Duration,
+        /// Time until its absolute deadline, as of the save (by the store's
+        /// clock).
+        ends_in: Duration,
         /// Absolute deadline, Unix ms.
         deadline_ms: u64,
     },
@@ -345,10 +348,12 @@ pub enum SaveOutcome {
 }
 
 impl SaveOutcome {
-    /// [`SaveOutcome::Saved`].
-    pub fn saved(expires_in: Duration, deadline_ms: u64) -> Self {
+    /// [`SaveOutcome::Saved`]: the session expires in `expires_in` and ends
+    /// at `deadline_ms`, which is `ends_in` from now.
+    pub fn saved(expires_in: Duration, ends_in: Duration, deadline_ms: u64) -> Self {
         SaveOutcome::Saved {
             expires_in,
+            ends_in,
             deadline_ms,
         }
     }

@@ -389,10 +389,11 @@ support::both_backends! { Fixture::new;
         assert!(alive_after < Duration::from_millis(1100), "{alive_after:?}");
     }
 
-    persistent_cookies_follow_the_expiry_only_when_it_moves => |fx| {
+    persistent_cookies_last_until_the_deadline_and_are_never_resent => |fx| {
         let mut c = Client::new(fx.app(|l| {
             l.persistent(true)
-                .idle_timeout(Duration::from_secs(3600))
+                .idle_timeout(Duration::from_secs(600))
+                .absolute_timeout(Duration::from_secs(3600))
                 .touch_interval(Duration::from_millis(300))
         }));
         let r = c.post("/set/a/1").await;
@@ -401,10 +402,15 @@ support::both_backends! { Fixture::new;
         let r = c.get("/get/a").await;
         assert_eq!(r.set_cookie, None, "touch not due: no Set-Cookie");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = c.get("/get/a").await;
-        assert!(r.set_cookie.is_some(), "touch due: Max-Age refreshed");
-        let r = c.get("/get/a").await;
-        assert_eq!(r.set_cookie, None);
+        for path in ["/get/a", "/untouched", "/set/b/2"] {
+            let r = if path.starts_with("/set") { c.post(path).await } else { c.get(path).await };
+            assert_eq!(r.set_cookie, None, "{path}: the slid expiry is the store's business");
+            assert_ne!(r.cache_control.as_deref(), Some("no-store"), "{path}");
+        }
+        // A renewal issues a new id, still ending at the original deadline.
+        let r = c.post("/login/pat").await;
+        let set = r.set_cookie.unwrap();
+        assert!(set.contains("Max-Age=3599") || set.contains("Max-Age=3598"), "{set}");
     }
 
     concurrent_field_saves_from_two_layers_all_persist => |fx| {
