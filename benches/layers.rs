@@ -1,7 +1,9 @@
 //! Load harness: drives tower services in-process with N concurrent tasks for
-//! a fixed time and reports each scenario as a ratio to the `floor` measured
-//! in the same run — one raw GET on a redis-rs multiplexed connection, the
-//! fastest one-round-trip path a layer can hope for.
+//! a fixed time and reports each scenario as a ratio to the `floor` — one raw
+//! GET on a redis-rs multiplexed connection, the fastest one-round-trip path
+//! a layer can hope for. Every round measures the floor again right before
+//! each scenario, and the ratio reported is the median over rounds of these
+//! paired ratios, so slow drift on a shared machine cancels out.
 //!
 //! ```text
 //! cargo bench --bench layers
@@ -417,7 +419,27 @@ fn main() {
         redis_url
     );
     let mut results: BTreeMap<&'static str, Vec<Outcome>> = BTreeMap::new();
+    // Per scenario and round: (rps, p50) as ratios to a floor run measured
+    // just before it, so that drift during the run (a shared VM's CPU
+    // steal, frequency changes) cancels out of each ratio.
+    let mut ratios: BTreeMap<&'static str, Vec<(f64, f64)>> = BTreeMap::new();
     let order: Vec<&'static str> = scenarios().iter().map(|s| s.name).collect();
+    let measure = |scenario: &Scenario| {
+        runtime.block_on(async {
+            let target = (scenario.build)(ctx.clone()).await;
+            drive(
+                target,
+                concurrency,
+                Duration::from_secs_f64(warmup),
+                Duration::from_secs_f64(secs),
+            )
+            .await
+        })
+    };
+    let floor_scenario = scenarios()
+        .into_iter()
+        .find(|s| s.name == "floor")
+        .expect("a floor scenario");
     for round in 0..rounds {
         // Rotate the order each round so no scenario always runs first
         // (or right after a heavy one).
@@ -425,33 +447,37 @@ fn main() {
         let len = list.len();
         list.rotate_left(round % len);
         for scenario in list {
+            if scenario.name == "floor" {
+                continue;
+            }
             if let Some(only) = &only {
-                if scenario.name != "floor" && !only.iter().any(|o| o == scenario.name) {
+                if !only.iter().any(|o| o == scenario.name) {
                     continue;
                 }
             }
-            let outcome = runtime.block_on(async {
-                let target = (scenario.build)(ctx.clone()).await;
-                drive(
-                    target,
-                    concurrency,
-                    Duration::from_secs_f64(warmup),
-                    Duration::from_secs_f64(secs),
-                )
-                .await
-            });
+            let floor = measure(&floor_scenario);
+            let outcome = measure(&scenario);
+            ratios.entry(scenario.name).or_default().push((
+                outcome.rps() / floor.rps(),
+                outcome.percentile(0.50) / floor.percentile(0.50),
+            ));
+            results.entry("floor").or_default().push(floor);
             results.entry(scenario.name).or_default().push(outcome);
         }
     }
 
-    // Per scenario, the round with the median throughput.
+    // Per scenario, the round with the median throughput, and the median of
+    // its paired ratios.
     let pick = |name: &str| -> &Outcome {
         let runs = &results[name];
         let mut idx: Vec<usize> = (0..runs.len()).collect();
         idx.sort_by(|a, b| runs[*a].rps().total_cmp(&runs[*b].rps()));
         &runs[idx[idx.len() / 2]]
     };
-    let floor = pick("floor");
+    let median = |mut values: Vec<f64>| -> f64 {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
     println!(
         "\n{:<16} {:>11} {:>9} {:>9} {:>8} {:>10} {:>10}",
         "scenario", "req/s", "p50 µs", "p99 µs", "errors", "rps/floor", "p50/floor"
@@ -461,6 +487,13 @@ fn main() {
             continue;
         }
         let o = pick(name);
+        let (rps_ratio, p50_ratio) = match ratios.get(name) {
+            Some(r) => (
+                median(r.iter().map(|x| x.0).collect()),
+                median(r.iter().map(|x| x.1).collect()),
+            ),
+            None => (1.0, 1.0),
+        };
         println!(
             "{:<16} {:>11.0} {:>9.0} {:>9.0} {:>8} {:>10.2} {:>10.2}",
             name,
@@ -468,8 +501,8 @@ fn main() {
             o.percentile(0.50),
             o.percentile(0.99),
             o.errors,
-            o.rps() / floor.rps(),
-            o.percentile(0.50) / floor.percentile(0.50),
+            rps_ratio,
+            p50_ratio,
         );
     }
 }

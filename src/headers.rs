@@ -1,6 +1,6 @@
 //! Response headers several layers set, written once.
 
-use http::header::{CACHE_CONTROL, VARY};
+use http::header::{Entry, CACHE_CONTROL, VARY};
 use http::{HeaderMap, HeaderValue};
 
 /// `Cache-Control: no-store`: the response sets or clears a credential (a
@@ -17,15 +17,17 @@ pub(crate) fn no_store(headers: &mut HeaderMap) {
 /// response is the same for every cookie-less client, so it may be shared.)
 pub(crate) fn session_dependent(headers: &mut HeaderMap, personal: bool) {
     add_vary(headers, "cookie");
-    if personal && !headers.contains_key(CACHE_CONTROL) {
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+    if personal {
+        if let Entry::Vacant(slot) = headers.entry(CACHE_CONTROL) {
+            slot.insert(HeaderValue::from_static("private"));
+        }
     }
 }
 
 /// Adds `name` to `Vary` unless it (or `*`) is already listed.
 pub(crate) fn add_vary(headers: &mut HeaderMap, name: &'static str) {
-    if !headers.contains_key(VARY) {
-        headers.insert(VARY, HeaderValue::from_static(name));
+    if let Entry::Vacant(slot) = headers.entry(VARY) {
+        slot.insert(HeaderValue::from_static(name));
         return;
     }
     let listed = headers.get_all(VARY).iter().any(|value| {

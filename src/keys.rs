@@ -84,7 +84,14 @@ impl Namespace {
     /// (an IP address, a user id) can neither break out of the braces nor
     /// collide with another tag.
     pub fn tagged(&self, capability: &str, tag: &str) -> TaggedKeys {
-        let mut base = String::with_capacity(self.prefix.len() + capability.len() + tag.len() + 4);
+        self.tagged_with_room(capability, tag, 0)
+    }
+
+    /// [`tagged`](Self::tagged), with room for a `:suffix` of `room` bytes
+    /// (so that [`TaggedKeys::into_key`] needs no second allocation).
+    pub(crate) fn tagged_with_room(&self, capability: &str, tag: &str, room: usize) -> TaggedKeys {
+        let mut base =
+            String::with_capacity(self.prefix.len() + capability.len() + tag.len() + 5 + room);
         base.push_str(&self.prefix);
         base.push(':');
         base.push_str(capability);
@@ -138,6 +145,13 @@ impl TaggedKeys {
 
     /// The base as an owned key, for a group that is a single key.
     pub fn into_base(self) -> String {
+        self.base
+    }
+
+    /// `prefix:capability:{tag}:suffix`, reusing the base's buffer.
+    pub(crate) fn into_key(mut self, suffix: &str) -> String {
+        self.base.push(':');
+        self.base.push_str(suffix);
         self.base
     }
 }

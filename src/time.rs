@@ -11,9 +11,7 @@
 //! touch is sent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use tokio::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A duration in whole milliseconds, saturating at `u64::MAX`.
 pub(crate) fn millis(d: Duration) -> u64 {
@@ -73,13 +71,16 @@ impl ServerClock {
     /// The store's time now, Unix ms, if measured recently enough to trust;
     /// `None` tells the caller to ask the store.
     pub(crate) fn estimate(&self) -> Option<u64> {
+        self.estimate_at(self.mono_ms())
+    }
+
+    /// [`estimate`](Self::estimate) at monotonic time `now_ms`.
+    fn estimate_at(&self, now_ms: u64) -> Option<u64> {
         let server_ms = self.server_ms.load(Ordering::Acquire);
         if server_ms == 0 {
             return None;
         }
-        let age = self
-            .mono_ms()
-            .saturating_sub(self.at_ms.load(Ordering::Relaxed));
+        let age = now_ms.saturating_sub(self.at_ms.load(Ordering::Relaxed));
         (age <= millis(SERVER_CLOCK_MAX_AGE)).then(|| server_ms.saturating_add(age))
     }
 
@@ -120,31 +121,34 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_estimate_is_the_store_time_plus_monotonic_time_since() {
+    #[test]
+    fn the_estimate_is_the_store_time_plus_monotonic_time_since() {
         let clock = ServerClock::default();
-        assert_eq!(clock.estimate(), None, "never measured");
+        assert_eq!(clock.estimate_at(0), None, "never measured");
         // The store said 1_000_000 halfway through a 10 ms call.
         clock.observe(0, 1_000_000, 10);
-        tokio::time::advance(Duration::from_millis(30_005)).await;
-        assert_eq!(clock.estimate(), Some(1_000_000 + 30_000));
-        tokio::time::advance(Duration::from_millis(30_001)).await;
-        assert_eq!(clock.estimate(), None, "older than the maximum age");
+        assert_eq!(clock.estimate_at(30_005), Some(1_000_000 + 30_000));
+        assert_eq!(
+            clock.estimate_at(60_006),
+            None,
+            "older than the maximum age"
+        );
+        assert!(
+            clock.estimate().is_some(),
+            "on the real clock: just measured"
+        );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_fastest_round_trip_wins_until_it_is_old() {
+    #[test]
+    fn the_fastest_round_trip_wins_until_it_is_old() {
         let clock = ServerClock::default();
         // 2 ms round trip.
         clock.observe(0, 1_000_001, 2);
         // A 200 ms round trip (a reply read late): ignored.
         clock.observe(100, 1_000_999, 300);
-        tokio::time::advance(Duration::from_millis(1_001)).await;
-        assert_eq!(clock.estimate(), Some(1_000_001 + 1_000));
+        assert_eq!(clock.estimate_at(1_001), Some(1_000_001 + 1_000));
         // Once the best is older than 10 s, a slower one replaces it.
-        tokio::time::advance(Duration::from_millis(11_000)).await;
         clock.observe(12_000, 2_000_000, 12_040);
-        tokio::time::advance(Duration::from_millis(20)).await;
-        assert_eq!(clock.estimate(), Some(2_000_000 + 1));
+        assert_eq!(clock.estimate_at(12_021), Some(2_000_000 + 1));
     }
 }

@@ -1,11 +1,10 @@
 //! A layer's settings, checked once when the layer is built and shared by
 //! every request's [`Session`](super::Session).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::cookie::CookieConfig;
-use super::store::{DynSessionStore, LoadRequest};
+use super::store::{LoadRequest, Store};
 use super::Activity;
 use crate::error::Error;
 use crate::FailurePolicy;
@@ -22,7 +21,7 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
 #[derive(Clone)]
 pub(crate) struct Config {
-    pub(crate) store: Arc<dyn DynSessionStore>,
+    pub(crate) store: Store,
     pub(crate) cookie: CookieConfig,
     pub(crate) idle: Duration,
     pub(crate) absolute: Duration,
@@ -45,7 +44,7 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    pub(crate) fn new(store: Arc<dyn DynSessionStore>) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Config {
             store,
             cookie: CookieConfig::default(),

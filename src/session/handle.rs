@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::config::Config;
 use super::id::{SessionHandle, SessionId};
-use super::store::{DeleteOutcome, DeleteRequest, DynSessionStore, LoadOutcome, SessionRecord};
+use super::store::{DeleteOutcome, DeleteRequest, LoadOutcome, SessionRecord, Store};
 use super::SessionError;
 use crate::error::Error;
 use crate::FailurePolicy;
@@ -355,7 +355,7 @@ impl Session {
 
     /// Drops an ended session from its user's index (best effort: listing
     /// prunes entries of sessions that are gone anyway).
-    async fn unlist(store: &Arc<dyn DynSessionStore>, user: &str, handle: &SessionHandle) {
+    async fn unlist(store: &Store, user: &str, handle: &SessionHandle) {
         if let Err(e) = store.index_remove(user, handle).await {
             tracing::debug!(error = %e, "could not remove an ended session from its user index");
         }

@@ -18,7 +18,7 @@ use tower_service::Service;
 use super::config::{Config, MAX_TIMEOUT};
 use super::finish::FinishError;
 use super::handle::Session;
-use super::store::SessionStore;
+use super::store::{SessionStore, Store};
 use super::Activity;
 use crate::body::ResponseBody;
 use crate::error::Error;
@@ -56,7 +56,7 @@ impl SessionLayer {
     /// or any [`SessionStore`]) with the secure defaults.
     pub fn new(store: impl SessionStore) -> Self {
         SessionLayer {
-            config: Arc::new(Config::new(Arc::new(store))),
+            config: Arc::new(Config::new(Store::new(store))),
         }
     }
 
@@ -83,7 +83,7 @@ impl SessionLayer {
     /// ```
     pub fn builder(store: impl SessionStore) -> SessionLayerBuilder {
         SessionLayerBuilder {
-            config: Config::new(Arc::new(store)),
+            config: Config::new(Store::new(store)),
         }
     }
 }

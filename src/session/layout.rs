@@ -47,7 +47,8 @@ use crate::keys::Namespace;
 /// the layout, so instances running an older layout (a hash under the key
 /// without it) and this one never read each other's keys as the wrong type.
 pub(crate) fn session_key(ns: &Namespace, handle: &SessionHandle) -> String {
-    ns.tagged("session", handle.as_str()).key(LAYOUT)
+    ns.tagged_with_room("session", handle.as_str(), LAYOUT.len())
+        .into_key(LAYOUT)
 }
 
 /// The layout version, the last part of every session key.
@@ -165,6 +166,11 @@ impl Header {
 /// [`SessionData`]): it is checked here, and decoded as it is read.
 pub(crate) fn decode(raw: Bytes) -> Result<(Header, SessionRecord), Error> {
     let header = Header::parse(&raw)?;
+    Ok((header, record(&header, raw)?))
+}
+
+/// The record of a value whose header was parsed already.
+pub(crate) fn record(header: &Header, raw: Bytes) -> Result<SessionRecord, Error> {
     let mut record = SessionRecord::new(header.created_ms, header.deadline_ms);
     record.last_seen_ms = header.seen_ms;
     record.revision = header.revision;
@@ -173,7 +179,7 @@ pub(crate) fn decode(raw: Bytes) -> Result<(Header, SessionRecord), Error> {
     if let Some((start, count)) = data {
         record.data = SessionData::packed(raw, start, count);
     }
-    Ok((header, record))
+    Ok(record)
 }
 
 /// Encodes a whole value (the memory store's side of `save.lua`).

@@ -110,9 +110,8 @@ impl SessionStore for RedisBackend {
             (estimate.unwrap_or_default(), false)
         };
         let record = if request.fields {
-            let (_, mut record) = layout::decode(raw.into())?;
-            record.last_seen_ms = header.seen_ms;
-            Some(record)
+            // (The header as the touch left it: `last_seen` is current.)
+            Some(layout::record(&header, raw.into())?)
         } else {
             None
         };

@@ -39,14 +39,18 @@
 //! }
 //! ```
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use super::data::SessionData;
 use super::id::SessionHandle;
 use crate::backend::on_backend;
 use crate::error::Error;
+use crate::memory::MemoryBackend;
+use crate::redis::RedisBackend;
 use crate::Backend;
 
 /// Where sessions live.
@@ -505,6 +509,85 @@ impl SessionStore for Backend {
     }
     async fn list(&self, u: &str) -> Result<Vec<SessionInfo>, Error> {
         on_backend!(self, b => SessionStore::list(b, u).await)
+    }
+}
+
+/// How the layer holds its store: this crate's backends as they are (a
+/// store call is then a plain `.await`, with no boxed future), any other
+/// store behind a pointer.
+#[derive(Clone)]
+pub(crate) enum Store {
+    Backend(Backend),
+    Custom(Arc<dyn DynSessionStore>),
+}
+
+impl Store {
+    pub(crate) fn new<S: SessionStore>(store: S) -> Self {
+        let any: &dyn Any = &store;
+        if let Some(b) = any.downcast_ref::<Backend>() {
+            return Store::Backend(b.clone());
+        }
+        if let Some(b) = any.downcast_ref::<RedisBackend>() {
+            return Store::Backend(b.clone().into());
+        }
+        if let Some(b) = any.downcast_ref::<MemoryBackend>() {
+            return Store::Backend(b.clone().into());
+        }
+        Store::Custom(Arc::new(store))
+    }
+
+    pub(crate) async fn load(
+        &self,
+        h: &SessionHandle,
+        r: &LoadRequest,
+    ) -> Result<LoadOutcome, Error> {
+        match self {
+            Store::Backend(b) => SessionStore::load(b, h, r).await,
+            Store::Custom(s) => s.load(h, r).await,
+        }
+    }
+
+    pub(crate) async fn save(
+        &self,
+        h: &SessionHandle,
+        r: &SaveRequest,
+    ) -> Result<SaveOutcome, Error> {
+        match self {
+            Store::Backend(b) => SessionStore::save(b, h, r).await,
+            Store::Custom(s) => s.save(h, r).await,
+        }
+    }
+
+    pub(crate) async fn delete(
+        &self,
+        h: &SessionHandle,
+        r: &DeleteRequest,
+    ) -> Result<DeleteOutcome, Error> {
+        match self {
+            Store::Backend(b) => SessionStore::delete(b, h, r).await,
+            Store::Custom(s) => s.delete(h, r).await,
+        }
+    }
+
+    pub(crate) async fn index_add(&self, u: &str, h: &SessionHandle, d: u64) -> Result<(), Error> {
+        match self {
+            Store::Backend(b) => SessionStore::index_add(b, u, h, d).await,
+            Store::Custom(s) => s.index_add(u, h, d).await,
+        }
+    }
+
+    pub(crate) async fn index_remove(&self, u: &str, h: &SessionHandle) -> Result<(), Error> {
+        match self {
+            Store::Backend(b) => SessionStore::index_remove(b, u, h).await,
+            Store::Custom(s) => s.index_remove(u, h).await,
+        }
+    }
+
+    pub(crate) async fn list(&self, u: &str) -> Result<Vec<SessionInfo>, Error> {
+        match self {
+            Store::Backend(b) => SessionStore::list(b, u).await,
+            Store::Custom(s) => s.list(u).await,
+        }
     }
 }
 
