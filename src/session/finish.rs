@@ -44,10 +44,7 @@ impl Session {
     /// change, no touch due, a logout already done): the common case.
     /// `false` leaves everything for [`finish`](Self::finish).
     pub(crate) fn finish_now(&self, headers: &mut HeaderMap) -> bool {
-        // The handler is done, so nothing else holds the state.
-        let Ok(state) = self.inner.state.try_lock() else {
-            return false;
-        };
+        let state = self.state();
         let mut edits = self.edits();
         if edits.destroyed {
             if state.had_cookie() {
@@ -85,10 +82,16 @@ impl Session {
     /// the layer once the inner service answered with a non-5xx status and
     /// [`finish_now`](Self::finish_now) could not finish without the store.
     pub(crate) async fn finish(&self, headers: &mut HeaderMap) -> Result<(), FinishError> {
-        let mut state = self.state().await;
-        // The handler is done: take what it recorded. (`finish_now` already
-        // handled a logout and a fail-open degradation.)
-        let mut edits = std::mem::take(&mut *self.edits());
+        // The handler is done: take what it recorded.
+        let (mut state, mut edits) = {
+            let mut state = self.state();
+            let taken = State {
+                known: Known::Missing,
+                user_agent: None,
+            };
+            let state = std::mem::replace(&mut *state, taken);
+            (state, std::mem::take(&mut *self.edits()))
+        };
         if edits.destroyed {
             if state.had_cookie() {
                 self.remove_cookie(headers);

@@ -32,9 +32,13 @@ pub struct Session {
 
 pub(super) struct Inner {
     pub(super) config: Arc<Config>,
-    /// What the store said; locked across store calls. Lock it before
-    /// `edits`, never the other way round.
-    pub(super) state: tokio::sync::Mutex<State>,
+    /// What the store said. Held briefly, never across an `.await`; lock
+    /// it before `edits`, never the other way round.
+    state: std::sync::Mutex<State>,
+    /// Held while the session loads, so that calls made concurrently in one
+    /// request load it once. Taken only when a load is due, so most requests
+    /// never touch it.
+    loading: tokio::sync::Mutex<()>,
     /// What handlers changed; behind a plain mutex so the recording methods
     /// need no `.await`.
     edits: std::sync::Mutex<Edits>,
@@ -131,7 +135,8 @@ impl Session {
         Session {
             inner: Arc::new(Inner {
                 config,
-                state: tokio::sync::Mutex::new(State { known, user_agent }),
+                state: std::sync::Mutex::new(State { known, user_agent }),
+                loading: tokio::sync::Mutex::new(()),
                 edits: std::sync::Mutex::default(),
                 had_cookie,
                 read: AtomicBool::new(false),
@@ -154,14 +159,9 @@ impl Session {
         &self.inner.config
     }
 
-    /// The state, locked (held across store calls). Uncontended in all
-    /// but odd handlers, so `try_lock` first: it skips the async
-    /// semaphore's bookkeeping.
-    pub(super) async fn state(&self) -> tokio::sync::MutexGuard<'_, State> {
-        match self.inner.state.try_lock() {
-            Ok(guard) => guard,
-            Err(_) => self.inner.state.lock().await,
-        }
+    /// The state (held briefly, never across an `.await`).
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The recorded edits (held briefly, never across an `.await`).
@@ -171,17 +171,27 @@ impl Session {
 
     /// Loads the session if not done yet. Under fail-open a store failure
     /// counts as "no session".
-    pub(super) async fn ensure_loaded(&self, state: &mut State) -> Result<(), SessionError> {
+    pub(super) async fn ensure_loaded(&self) -> Result<(), SessionError> {
         self.inner.read.store(true, Ordering::Relaxed);
-        let Known::Unloaded(id) = &state.known else {
+        if !matches!(self.state().known, Known::Unloaded(_)) {
+            return Ok(());
+        }
+        let _loading = self.inner.loading.lock().await;
+        // Another call may have loaded it while this one waited.
+        let Known::Unloaded(id) = self.state().known else {
             return Ok(());
         };
-        let id = *id;
         let handle = id.handle();
         let config = self.config();
-        let loaded = match config.store.load(&handle, &config.load_request()).await {
+        let loaded = config.store.load(&handle, &config.load_request()).await;
+        let mut state = self.state();
+        if !matches!(state.known, Known::Unloaded(_)) {
+            // Destroyed meanwhile: that stands.
+            return Ok(());
+        }
+        let loaded = match loaded {
             Ok(loaded) => loaded,
-            Err(e) => return self.store_failed(state, Some(id), e),
+            Err(e) => return self.store_failed(&mut state, Some(id), e),
         };
         state.known = match loaded {
             LoadOutcome::Renewed => Known::Renewed(id),
@@ -189,7 +199,7 @@ impl Session {
                 let Some(record) = loaded.record else {
                     let e =
                         Error::internal("the session store loaded a session without its record");
-                    return self.store_failed(state, Some(id), e);
+                    return self.store_failed(&mut state, Some(id), e);
                 };
                 Known::Live(Live { id, handle, record })
             }
@@ -216,8 +226,8 @@ impl Session {
 
     /// The value under `key`, decoded from JSON; `None` when absent.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
-        let mut state = self.state().await;
-        self.ensure_loaded(&mut state).await?;
+        self.ensure_loaded().await?;
+        let state = self.state();
         // Decoded in place (the edits lock is held briefly, never across an
         // `.await`): no copy of the JSON text.
         let edits = self.edits();
@@ -264,9 +274,8 @@ impl Session {
 
     /// The session's id, when a session exists (loads it to find out).
     pub async fn id(&self) -> Result<Option<SessionId>, SessionError> {
-        let mut state = self.state().await;
-        self.ensure_loaded(&mut state).await?;
-        Ok(match &state.known {
+        self.ensure_loaded().await?;
+        Ok(match &self.state().known {
             Known::Live(live) => Some(live.id),
             _ => None,
         })
@@ -279,8 +288,7 @@ impl Session {
     /// at once, one wins; the others answer 409 with no cookie (see the
     /// module docs).
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
-        let mut state = self.state().await;
-        self.ensure_loaded(&mut state).await?;
+        self.ensure_loaded().await?;
         self.edits().cycle = true;
         Ok(())
     }
@@ -299,12 +307,11 @@ impl Session {
 
     /// The user the session is bound to.
     pub async fn user(&self) -> Result<Option<String>, SessionError> {
-        let mut state = self.state().await;
         if let Some(change) = &self.edits().user_change {
             return Ok(change.clone());
         }
-        self.ensure_loaded(&mut state).await?;
-        Ok(match &state.known {
+        self.ensure_loaded().await?;
+        Ok(match &self.state().known {
             Known::Live(live) => live.record.user.clone(),
             _ => None,
         })
@@ -315,17 +322,21 @@ impl Session {
     /// store failure is returned even under [`FailurePolicy::Open`]: a
     /// logout must not look done when it is not.
     pub async fn destroy(&self) -> Result<(), SessionError> {
-        let mut state = self.state().await;
-        *self.edits() = Edits {
-            destroyed: true,
-            ..Edits::default()
-        };
-        let handle = match &state.known {
-            Known::Unloaded(id) | Known::Renewed(id) | Known::Degraded { cookie: Some(id) } => {
-                id.handle()
+        let handle = {
+            let state = self.state();
+            *self.edits() = Edits {
+                destroyed: true,
+                ..Edits::default()
+            };
+            match &state.known {
+                Known::Unloaded(id) | Known::Renewed(id) | Known::Degraded { cookie: Some(id) } => {
+                    id.handle()
+                }
+                Known::Live(live) => live.handle,
+                Known::NoCookie | Known::Missing | Known::Degraded { cookie: None } => {
+                    return Ok(())
+                }
             }
-            Known::Live(live) => live.handle,
-            Known::NoCookie | Known::Missing | Known::Degraded { cookie: None } => return Ok(()),
         };
         let store = &self.config().store;
         let mut outcome = store
@@ -349,7 +360,7 @@ impl Session {
         } else if let DeleteOutcome::Deleted { user: Some(user) } = &outcome {
             Self::unlist(store, user, &handle).await;
         }
-        state.known = Known::Missing;
+        self.state().known = Known::Missing;
         Ok(())
     }
 

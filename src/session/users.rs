@@ -92,9 +92,8 @@ impl Session {
     async fn user_and_handle(
         &self,
     ) -> Result<(Option<String>, Option<SessionHandle>), SessionError> {
-        let mut state = self.state().await;
-        self.ensure_loaded(&mut state).await?;
-        Ok(match &state.known {
+        self.ensure_loaded().await?;
+        Ok(match &self.state().known {
             Known::Live(live) => (live.record.user.clone(), Some(live.handle)),
             _ => (None, None),
         })
