@@ -158,8 +158,11 @@ impl CookieConfig {
         let mut cookie = self.base(id.as_str().to_owned());
         if self.persistent {
             if let Some(age) = max_age {
+                // Rounded up: a session with half a second left must not get
+                // `Max-Age=0`, which deletes the cookie at once.
+                let secs = age.as_millis().div_ceil(1000);
                 cookie.set_max_age(cookie::time::Duration::seconds(
-                    i64::try_from(age.as_secs()).unwrap_or(i64::MAX),
+                    i64::try_from(secs).unwrap_or(i64::MAX),
                 ));
             }
         }
@@ -448,6 +451,14 @@ mod tests {
             .to_str()
             .unwrap()
             .contains("Max-Age=60"));
+        let mut out = HeaderMap::new();
+        p.set(
+            &mut out,
+            &SessionId::generate().unwrap(),
+            Some(Duration::from_millis(400)),
+        );
+        let raw = out.get(SET_COOKIE).unwrap().to_str().unwrap();
+        assert!(raw.contains("Max-Age=1"), "rounded up, never 0: {raw}");
 
         let mut out = HeaderMap::new();
         c.remove(&mut out);

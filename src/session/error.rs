@@ -24,6 +24,9 @@ pub enum SessionError {
     },
     /// A user id must be 1 to 256 bytes.
     InvalidUser,
+    /// The response has gone out: a change made now (by a task the handler
+    /// spawned, say) could no longer be saved. A logout still works.
+    ResponseSent,
 }
 
 impl fmt::Display for SessionError {
@@ -35,6 +38,9 @@ impl fmt::Display for SessionError {
                 write!(f, "session value {key:?} has an unexpected type: {source}")
             }
             SessionError::InvalidUser => f.write_str("a session user id must be 1 to 256 bytes"),
+            SessionError::ResponseSent => {
+                f.write_str("the response has gone out: session changes can no longer be saved")
+            }
         }
     }
 }
@@ -45,7 +51,7 @@ impl std::error::Error for SessionError {
             SessionError::Store(e) => Some(e),
             SessionError::Serialize(e) => Some(e),
             SessionError::Deserialize { source, .. } => Some(source),
-            SessionError::InvalidUser => None,
+            SessionError::InvalidUser | SessionError::ResponseSent => None,
         }
     }
 }

@@ -56,6 +56,7 @@ impl Session {
             return false;
         }
         *edits = Edits::default();
+        self.close();
         true
     }
 
@@ -82,11 +83,19 @@ impl Session {
     /// the layer once the inner service answered with a non-5xx status and
     /// [`finish_now`](Self::finish_now) could not finish without the store.
     pub(crate) async fn finish(&self, headers: &mut HeaderMap) -> Result<(), FinishError> {
-        // The handler is done: take what it recorded.
+        // The handler is done: take what it recorded, leaving the id the
+        // request came with for a logout made after the response.
         let (mut state, mut edits) = {
             let mut state = self.state();
+            self.close();
+            let cookie = match &state.known {
+                Known::Unloaded(id) | Known::Renewed(id) => Some(*id),
+                Known::Live(live) => Some(live.id),
+                Known::Degraded { cookie } | Known::Finished { cookie } => *cookie,
+                Known::NoCookie | Known::Missing => None,
+            };
             let taken = State {
-                known: Known::Missing,
+                known: Known::Finished { cookie },
                 user_agent: None,
             };
             let state = std::mem::replace(&mut *state, taken);
@@ -118,6 +127,8 @@ impl Session {
             Known::Missing | Known::NoCookie | Known::Degraded { .. } => {
                 Ok(self.create(&state, had_cookie, &mut edits, headers).await?)
             }
+            // (`finish` runs once; nothing is left to write.)
+            Known::Finished { .. } => Ok(()),
         }
     }
 

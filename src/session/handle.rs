@@ -47,6 +47,8 @@ pub(super) struct Inner {
     /// A handler asked for the session's contents: the response depends on
     /// them (see [`Session::mark_response`]).
     read: AtomicBool,
+    /// The response has gone out: changes can no longer be saved.
+    finished: AtomicBool,
 }
 
 impl fmt::Debug for Session {
@@ -78,6 +80,12 @@ pub(super) enum Known {
     Renewed(SessionId),
     /// A live session.
     Live(Live),
+    /// The response has gone out (`finish` took the state); `cookie` is the
+    /// id the request came with, which a late logout still deletes.
+    Finished {
+        /// The request's session id, if it had one.
+        cookie: Option<SessionId>,
+    },
     /// A store call failed under the fail-open policy: behave as if there
     /// were no session and write nothing.
     Degraded {
@@ -99,7 +107,7 @@ impl State {
     pub(super) fn had_cookie(&self) -> bool {
         !matches!(
             self.known,
-            Known::NoCookie | Known::Degraded { cookie: None }
+            Known::NoCookie | Known::Degraded { cookie: None } | Known::Finished { cookie: None }
         )
     }
 }
@@ -140,6 +148,7 @@ impl Session {
                 edits: std::sync::Mutex::default(),
                 had_cookie,
                 read: AtomicBool::new(false),
+                finished: AtomicBool::new(false),
             }),
         }
     }
@@ -157,6 +166,20 @@ impl Session {
 
     pub(super) fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Refuses a change once the response has gone out (it would be lost).
+    fn check_open(&self) -> Result<(), SessionError> {
+        if self.inner.finished.load(Ordering::Acquire) {
+            tracing::warn!("a session change after the response went out was dropped");
+            return Err(SessionError::ResponseSent);
+        }
+        Ok(())
+    }
+
+    /// Marks the response as gone out: later changes are refused.
+    pub(super) fn close(&self) {
+        self.inner.finished.store(true, Ordering::Release);
     }
 
     /// The state (held briefly, never across an `.await`).
@@ -254,6 +277,7 @@ impl Session {
     /// is written when the response goes out, and a session is created then
     /// if there is none.
     pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        self.check_open()?;
         let json = serde_json::to_string(&value).map_err(SessionError::Serialize)?;
         self.edits().changes.insert(key.to_owned(), Some(json));
         Ok(())
@@ -261,12 +285,17 @@ impl Session {
 
     /// Removes `key` when the response goes out.
     pub fn remove(&self, key: &str) {
-        self.edits().changes.insert(key.to_owned(), None);
+        if self.check_open().is_ok() {
+            self.edits().changes.insert(key.to_owned(), None);
+        }
     }
 
     /// Removes every key when the response goes out (the user binding and
     /// metadata stay).
     pub fn clear(&self) {
+        if self.check_open().is_err() {
+            return;
+        }
         let mut edits = self.edits();
         edits.changes.clear();
         edits.clear = true;
@@ -288,6 +317,7 @@ impl Session {
     /// at once, one wins; the others answer 409 with no cookie (see the
     /// module docs).
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
+        self.check_open()?;
         self.ensure_loaded().await?;
         self.edits().cycle = true;
         Ok(())
@@ -297,6 +327,7 @@ impl Session {
     /// [`cycle_id`](Self::cycle_id)), so it appears in the user's
     /// [`sessions`](Self::sessions) list. The user id must be 1 to 256 bytes.
     pub fn set_user(&self, user: impl Into<String>) -> Result<(), SessionError> {
+        self.check_open()?;
         let user = user.into();
         if user.is_empty() || user.len() > MAX_USER_LEN {
             return Err(SessionError::InvalidUser);
@@ -320,7 +351,9 @@ impl Session {
     /// Logs out: deletes the session from the store now and expires the
     /// cookie in the response. Changes made in this request are dropped. A
     /// store failure is returned even under [`FailurePolicy::Open`]: a
-    /// logout must not look done when it is not.
+    /// logout must not look done when it is not. Called after the response
+    /// has gone out (from a spawned task), it still deletes the session the
+    /// request came with.
     pub async fn destroy(&self) -> Result<(), SessionError> {
         let handle = {
             let state = self.state();
@@ -329,13 +362,15 @@ impl Session {
                 ..Edits::default()
             };
             match &state.known {
-                Known::Unloaded(id) | Known::Renewed(id) | Known::Degraded { cookie: Some(id) } => {
-                    id.handle()
-                }
+                Known::Unloaded(id)
+                | Known::Renewed(id)
+                | Known::Degraded { cookie: Some(id) }
+                | Known::Finished { cookie: Some(id) } => id.handle(),
                 Known::Live(live) => live.handle,
-                Known::NoCookie | Known::Missing | Known::Degraded { cookie: None } => {
-                    return Ok(())
-                }
+                Known::NoCookie
+                | Known::Missing
+                | Known::Degraded { cookie: None }
+                | Known::Finished { cookie: None } => return Ok(()),
             }
         };
         let store = &self.config().store;

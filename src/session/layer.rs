@@ -351,6 +351,9 @@ where
                     session.mark_response(&mut parts.headers);
                     // A 5xx persists nothing the handler may have half done;
                     // most other responses need no store call at all.
+                    if parts.status.is_server_error() {
+                        session.close();
+                    }
                     if parts.status.is_server_error() || session.finish_now(&mut parts.headers) {
                         return Poll::Ready(Ok(Response::from_parts(
                             parts,

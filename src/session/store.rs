@@ -2,8 +2,8 @@
 //! operation at a time, each atomic by contract.
 //!
 //! The crate implements [`SessionStore`] for [`Backend`],
-//! [`RedisBackend`](crate::redis::RedisBackend) and
-//! [`MemoryBackend`](crate::memory::MemoryBackend); implement it to keep
+//! [`RedisBackend`] and
+//! [`MemoryBackend`]; implement it to keep
 //! sessions elsewhere. The request types are built by the layer; the
 //! response types have constructors for your implementation. All are
 //! `#[non_exhaustive]`, so fields can be added without breaking you.
@@ -353,7 +353,9 @@ pub enum SaveOutcome {
 
 impl SaveOutcome {
     /// [`SaveOutcome::Saved`]: the session expires in `expires_in` and ends
-    /// at `deadline_ms`, which is `ends_in` from now.
+    /// at `deadline_ms`, which is `ends_in` from now. Both durations must come
+    /// from the store's own clock: the layer gives a persistent cookie
+    /// `Max-Age` = `ends_in`.
     pub fn saved(expires_in: Duration, ends_in: Duration, deadline_ms: u64) -> Self {
         SaveOutcome::Saved {
             expires_in,
@@ -665,5 +667,66 @@ impl<T: SessionStore> DynSessionStore for T {
     }
     fn list<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionInfo>, Error>> {
         Box::pin(SessionStore::list(self, user))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone)]
+    struct Wrapped(MemoryBackend);
+
+    impl SessionStore for Wrapped {
+        async fn load(&self, h: &SessionHandle, r: &LoadRequest) -> Result<LoadOutcome, Error> {
+            SessionStore::load(&self.0, h, r).await
+        }
+        async fn save(&self, h: &SessionHandle, r: &SaveRequest) -> Result<SaveOutcome, Error> {
+            SessionStore::save(&self.0, h, r).await
+        }
+        async fn delete(
+            &self,
+            h: &SessionHandle,
+            r: &DeleteRequest,
+        ) -> Result<DeleteOutcome, Error> {
+            SessionStore::delete(&self.0, h, r).await
+        }
+        async fn index_add(&self, u: &str, h: &SessionHandle, d: u64) -> Result<(), Error> {
+            SessionStore::index_add(&self.0, u, h, d).await
+        }
+        async fn index_remove(&self, u: &str, h: &SessionHandle) -> Result<(), Error> {
+            SessionStore::index_remove(&self.0, u, h).await
+        }
+        async fn list(&self, u: &str) -> Result<Vec<SessionInfo>, Error> {
+            SessionStore::list(&self.0, u).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_crate_backends_are_called_directly_and_other_stores_through_a_pointer() {
+        let memory = MemoryBackend::new();
+        assert!(matches!(
+            Store::new(memory.clone()),
+            Store::Backend(Backend::Memory(_))
+        ));
+        let backend: Backend = memory.clone().into();
+        assert!(matches!(
+            Store::new(backend),
+            Store::Backend(Backend::Memory(_))
+        ));
+        let redis = RedisBackend::from_url("redis://127.0.0.1:1").unwrap();
+        assert!(matches!(
+            Store::new(redis),
+            Store::Backend(Backend::Redis(_))
+        ));
+        let wrapped = Store::new(Wrapped(memory));
+        assert!(matches!(wrapped, Store::Custom(_)));
+        // Both paths reach the store.
+        let handle = SessionHandle::parse("00112233445566778899aabbccddeeff").unwrap();
+        let request = LoadRequest::new(Duration::from_secs(60), Duration::ZERO);
+        assert_eq!(
+            wrapped.load(&handle, &request).await.unwrap(),
+            LoadOutcome::Missing
+        );
     }
 }

@@ -158,6 +158,18 @@ impl Fixture {
         routes().layer(self.layer(configure))
     }
 
+    /// The app on the bare backend (no counting wrapper): the path users
+    /// take, where the layer calls this crate's backend directly.
+    pub fn bare_app(
+        &self,
+        configure: impl FnOnce(SessionLayerBuilder) -> SessionLayerBuilder,
+    ) -> Router {
+        let layer = configure(SessionLayer::builder(self.test.backend.clone()).secure(true))
+            .build()
+            .expect("valid session settings");
+        routes().layer(layer)
+    }
+
     pub fn store_calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
@@ -221,6 +233,8 @@ fn routes() -> Router {
         .route("/clear", post(clear))
         .route("/login/{user}", post(login))
         .route("/slow-login/{user}", post(slow_login))
+        .route("/late-logout", post(late_logout))
+        .route("/late-insert", post(late_insert))
         .route("/logout", post(logout))
         .route("/user", get(user))
         .route("/sessions", get(sessions))
@@ -303,6 +317,30 @@ async fn slow_login(
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok("ok")
 }
+
+/// Saves a change, and logs out from a task that outlives the response.
+async fn late_logout(session: Session) -> Result<&'static str, SessionError> {
+    session.insert("late", 1)?;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let done = session.destroy().await.is_ok();
+        LATE_RESULTS.lock().unwrap().push(done);
+    });
+    Ok("ok")
+}
+
+/// Changes the session from a task that outlives the response.
+async fn late_insert(session: Session) -> &'static str {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let refused = matches!(session.insert("late", 2), Err(SessionError::ResponseSent));
+        LATE_RESULTS.lock().unwrap().push(refused);
+    });
+    "ok"
+}
+
+/// What the late tasks above saw, in order.
+pub static LATE_RESULTS: std::sync::Mutex<Vec<bool>> = std::sync::Mutex::new(Vec::new());
 
 async fn logout(session: Session) -> Result<&'static str, SessionError> {
     session.destroy().await?;

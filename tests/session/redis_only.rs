@@ -23,7 +23,8 @@ async fn round_trips_and_writes_as_measured_by_redis() {
     let fx = Fixture::new(Kind::Redis);
     let server = fx.server();
     let mut monitor = Monitor::start(server);
-    let app = fx.app(|l| l.touch_interval(Duration::from_millis(300)));
+    // On the bare backend, as users run it.
+    let app = fx.bare_app(|l| l.touch_interval(Duration::from_millis(300)));
     let mut c = Client::new(app.clone());
 
     c.get("/untouched").await;
