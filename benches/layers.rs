@@ -140,16 +140,19 @@ async fn session_target(ctx: Ctx, path: &'static str, memory: bool) -> Target {
             .await
             .unwrap();
         let set = res.headers()[http::header::SET_COOKIE].to_str().unwrap();
-        cookies.push(set.split(';').next().unwrap().to_owned());
+        let pair = set.split(';').next().unwrap().to_owned();
+        // Built once: parsing a header value per request is the client's
+        // work, not the layer's.
+        cookies.push(http::HeaderValue::from_maybe_shared(bytes::Bytes::from(pair)).unwrap());
     }
     let cookies = Arc::new(cookies);
     Target {
         router,
         request: Arc::new(move |task, _| {
-            Request::get(path)
-                .header(http::header::COOKIE, cookies[task % cookies.len()].as_str())
-                .body(Body::empty())
-                .unwrap()
+            let mut req = Request::get(path).body(Body::empty()).unwrap();
+            req.headers_mut()
+                .insert(http::header::COOKIE, cookies[task % cookies.len()].clone());
+            req
         }),
     }
 }
