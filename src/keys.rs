@@ -149,6 +149,7 @@ impl TaggedKeys {
     }
 
     /// `prefix:capability:{tag}:suffix`, reusing the base's buffer.
+    #[cfg_attr(not(feature = "session"), allow(dead_code))]
     pub(crate) fn into_key(mut self, suffix: &str) -> String {
         self.base.push(':');
         self.base.push_str(suffix);

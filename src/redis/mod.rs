@@ -93,6 +93,8 @@ struct Inner {
     next_lane: AtomicUsize,
     deadline: Duration,
     namespace: Namespace,
+    // Read by the layers' stores (none without a layer feature).
+    #[cfg_attr(not(feature = "session"), allow(dead_code))]
     clock: ServerClock,
 }
 
@@ -288,6 +290,7 @@ impl RedisBackend {
     }
 
     /// The application's estimate of Redis's clock.
+    #[cfg_attr(not(feature = "session"), allow(dead_code))]
     pub(crate) fn server_clock(&self) -> &ServerClock {
         &self.inner.clock
     }
