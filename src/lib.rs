@@ -21,6 +21,8 @@ mod problem;
 mod time;
 
 pub mod memory;
+#[cfg(feature = "rate-limit")]
+pub mod rate_limit;
 pub mod redis;
 #[cfg(feature = "session")]
 pub mod session;

@@ -9,11 +9,13 @@ use crate::error::Error;
 /// An `application/problem+json` response body: a status, a short title and
 /// a detail sentence. Layers use it for every rejection, so clients get one
 /// machine-readable error shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
     status: StatusCode,
+    kind: &'static str,
     title: &'static str,
     detail: String,
+    members: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Problem {
@@ -21,9 +23,25 @@ impl Problem {
     pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
         Problem {
             status,
+            kind: "about:blank",
             title,
             detail: detail.into(),
+            members: Vec::new(),
         }
+    }
+
+    /// The problem type, a URI (default `about:blank`).
+    #[must_use]
+    pub fn with_type(mut self, uri: &'static str) -> Self {
+        self.kind = uri;
+        self
+    }
+
+    /// An extension member of the problem object (RFC 9457 §3.2).
+    #[must_use]
+    pub fn with_member(mut self, name: &'static str, value: serde_json::Value) -> Self {
+        self.members.push((name, value));
+        self
     }
 
     /// What every layer answers when its store failed under
@@ -54,13 +72,18 @@ impl Problem {
 
     /// The JSON body.
     pub fn to_json(&self) -> String {
-        json!({
-            "type": "about:blank",
+        let mut object = json!({
+            "type": self.kind,
             "title": self.title,
             "status": self.status.as_u16(),
             "detail": self.detail,
-        })
-        .to_string()
+        });
+        if let Some(map) = object.as_object_mut() {
+            for (name, value) in &self.members {
+                map.insert((*name).to_owned(), value.clone());
+            }
+        }
+        object.to_string()
     }
 
     /// The complete response.

@@ -1,0 +1,406 @@
+//! [`Key`]: who a request is counted against.
+
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::header::{HeaderName, FORWARDED};
+use http::request::Parts;
+use ipnet::{IpNet, Ipv6Net};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type CustomKey = Arc<dyn Fn(&Parts) -> BoxFuture<Option<String>> + Send + Sync>;
+
+/// Who a request is counted against: its client address, an API key, the
+/// session's user, everyone together, or your own function. When a key
+/// yields nothing (no such header, no user), [`or`](Key::or) tries the
+/// next; when none yields, the layer's
+/// [`missing_key`](super::RateLimitLayerBuilder::missing_key) choice applies.
+///
+/// ```
+/// use redis_layers::rate_limit::Key;
+///
+/// // An API key when the client sends one, else its address.
+/// let key = Key::header("x-api-key").or(Key::client_ip());
+/// # let _ = key;
+/// ```
+#[derive(Clone)]
+pub struct Key {
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    PeerIp,
+    ClientIp,
+    Header(HeaderName),
+    Global,
+    #[cfg(feature = "session")]
+    SessionUser,
+    Custom(CustomKey),
+    Either(Box<Key>, Box<Key>),
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::PeerIp => f.write_str("Key::peer_ip()"),
+            Kind::ClientIp => f.write_str("Key::client_ip()"),
+            Kind::Header(name) => write!(f, "Key::header({name:?})"),
+            Kind::Global => f.write_str("Key::global()"),
+            #[cfg(feature = "session")]
+            Kind::SessionUser => f.write_str("Key::session_user()"),
+            Kind::Custom(_) => f.write_str("Key::custom(..)"),
+            Kind::Either(a, b) => write!(f, "{a:?}.or({b:?})"),
+        }
+    }
+}
+
+impl Key {
+    /// The address of the peer that connected: axum's `ConnectInfo` (serve
+    /// with `into_make_service_with_connect_info::<SocketAddr>()`), or a
+    /// [`SocketAddr`] request extension (hyper). Forwarding headers are
+    /// ignored. IPv6 addresses are grouped by the layer's
+    /// [`ipv6_prefix`](super::RateLimitLayerBuilder::ipv6_prefix).
+    pub fn peer_ip() -> Self {
+        Key { kind: Kind::PeerIp }
+    }
+
+    /// The client's address as the layer's
+    /// [`trusted_proxies`](super::RateLimitLayerBuilder::trusted_proxies)
+    /// saw it (the default key): the peer's address, unless the peer is a
+    /// trusted proxy; then the rightmost address in `Forwarded` (or else
+    /// `X-Forwarded-For`) that is not a trusted proxy. Forwarding headers
+    /// from an untrusted peer are ignored, so a client cannot choose its
+    /// key by sending them.
+    pub fn client_ip() -> Self {
+        Key {
+            kind: Kind::ClientIp,
+        }
+    }
+
+    /// The value of a request header (an API key, say). Counted under a
+    /// SHA-256 digest of the value, so the store holds no credential.
+    pub fn header(name: &'static str) -> Self {
+        Key {
+            kind: Kind::Header(HeaderName::from_static(name)),
+        }
+    }
+
+    /// One key for every request: a limit on the route as a whole.
+    pub fn global() -> Self {
+        Key { kind: Kind::Global }
+    }
+
+    /// The user the request's session is bound to (see
+    /// [`Session::set_user`](crate::session::Session::set_user)); needs the
+    /// [`SessionLayer`](crate::session::SessionLayer) outside this layer.
+    /// Nothing for anonymous sessions.
+    #[cfg(feature = "session")]
+    pub fn session_user() -> Self {
+        Key {
+            kind: Kind::SessionUser,
+        }
+    }
+
+    /// Your own function of the request's head; `None` when it cannot
+    /// tell.
+    pub fn custom<F, Fut>(f: F) -> Self
+    where
+        F: Fn(&Parts) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<String>> + Send + 'static,
+    {
+        Key {
+            kind: Kind::Custom(Arc::new(move |parts| Box::pin(f(parts)))),
+        }
+    }
+
+    /// This key, or `other` when this one yields nothing.
+    #[must_use]
+    pub fn or(self, other: Key) -> Self {
+        Key {
+            kind: Kind::Either(Box::new(self), Box::new(other)),
+        }
+    }
+
+    /// The key, if it can be found without an `.await`; `Err(())` when it
+    /// needs one ([`find`](Self::find) then).
+    pub(crate) fn find_now(&self, parts: &Parts, ips: &IpRules) -> Result<Option<String>, ()> {
+        match &self.kind {
+            Kind::PeerIp => Ok(peer(parts).map(|ip| ips.key(ip))),
+            Kind::ClientIp => Ok(ips.client(parts).map(|ip| ips.key(ip))),
+            Kind::Header(name) => Ok(header_key(parts, name)),
+            Kind::Global => Ok(Some("global".to_owned())),
+            Kind::Either(a, b) => match a.find_now(parts, ips)? {
+                Some(key) => Ok(Some(key)),
+                None => b.find_now(parts, ips),
+            },
+            _ => Err(()),
+        }
+    }
+
+    /// The key, however it is found.
+    pub(crate) fn find<'a>(
+        &'a self,
+        parts: &'a Parts,
+        ips: &'a IpRules,
+    ) -> Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>> {
+        Box::pin(async move {
+            match &self.kind {
+                #[cfg(feature = "session")]
+                Kind::SessionUser => {
+                    let session = parts.extensions.get::<crate::session::Session>()?;
+                    let user = session.user().await.ok()??;
+                    Some(format!("user:{user}"))
+                }
+                Kind::Custom(f) => f(parts).await.map(|k| format!("custom:{k}")),
+                Kind::Either(a, b) => match a.find(parts, ips).await {
+                    Some(key) => Some(key),
+                    None => b.find(parts, ips).await,
+                },
+                _ => self.find_now(parts, ips).ok().flatten(),
+            }
+        })
+    }
+}
+
+/// `hdr:` and a hex SHA-256 prefix of the value: the store never holds the
+/// credential itself.
+fn header_key(parts: &Parts, name: &HeaderName) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let value = parts.headers.get(name)?.as_bytes();
+    if value.is_empty() {
+        return None;
+    }
+    let digest = Sha256::digest(value);
+    let mut key = String::with_capacity(4 + 32);
+    key.push_str("hdr:");
+    for byte in &digest[..16] {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    Some(key)
+}
+
+/// The peer's address: axum's `ConnectInfo`, or a `SocketAddr` extension.
+fn peer(parts: &Parts) -> Option<IpAddr> {
+    #[cfg(feature = "axum")]
+    if let Some(info) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(info.0.ip());
+    }
+    parts.extensions.get::<SocketAddr>().map(SocketAddr::ip)
+}
+
+/// How addresses become keys: which peers are trusted proxies, and how
+/// IPv6 addresses are grouped.
+#[derive(Debug, Clone)]
+pub(crate) struct IpRules {
+    pub(crate) trusted: Vec<IpNet>,
+    pub(crate) ipv6_prefix: u8,
+}
+
+impl IpRules {
+    /// `ip:<address>`, or `ip:<network>/<prefix>` for IPv6 (one client may
+    /// hold a whole /64). An IPv4-mapped IPv6 address counts as IPv4.
+    fn key(&self, ip: IpAddr) -> String {
+        match canonical(ip) {
+            IpAddr::V4(v4) => format!("ip:{v4}"),
+            IpAddr::V6(v6) => match Ipv6Net::new(v6, self.ipv6_prefix) {
+                Ok(net) => format!("ip:{}", net.trunc()),
+                Err(_) => format!("ip:{v6}"),
+            },
+        }
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address (see [`Key::client_ip`]).
+    fn client(&self, parts: &Parts) -> Option<IpAddr> {
+        let peer = peer(parts)?;
+        if !self.is_trusted(peer) {
+            return Some(canonical(peer));
+        }
+        let hops = if parts.headers.contains_key(FORWARDED) {
+            forwarded_for(parts)
+        } else {
+            x_forwarded_for(parts)
+        };
+        // From the nearest hop outwards: the first address that is not a
+        // trusted proxy is the client. A hop that cannot be read ends the
+        // walk: the last trusted address is all that can be vouched for.
+        let mut client = canonical(peer);
+        for hop in hops.iter().rev() {
+            match hop {
+                Some(ip) if self.is_trusted(*ip) => client = canonical(*ip),
+                Some(ip) => return Some(canonical(*ip)),
+                None => break,
+            }
+        }
+        Some(client)
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The `X-Forwarded-For` hops in order (left: the farthest); `None` for a
+/// hop that is not an address.
+fn x_forwarded_for(parts: &Parts) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    for value in parts.headers.get_all("x-forwarded-for") {
+        let Ok(value) = value.to_str() else {
+            hops.push(None);
+            continue;
+        };
+        hops.extend(value.split(',').map(|hop| parse_hop(hop.trim())));
+    }
+    hops
+}
+
+/// The `for=` parameters of `Forwarded` (RFC 7239) in order.
+fn forwarded_for(parts: &Parts) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    for value in parts.headers.get_all(FORWARDED) {
+        let Ok(value) = value.to_str() else {
+            hops.push(None);
+            continue;
+        };
+        for element in value.split(',') {
+            let node = element.split(';').find_map(|pair| {
+                let (name, value) = pair.trim().split_once('=')?;
+                name.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| value.trim())
+            });
+            // An element without `for` says nothing of the client: skip it.
+            if let Some(node) = node {
+                hops.push(parse_hop(node.trim_matches('"')));
+            }
+        }
+    }
+    hops
+}
+
+/// An address, with or without a port (`[v6]:port`, `v4:port`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = hop.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    let inner = hop.strip_prefix('[')?.split(']').next()?;
+    inner.parse::<IpAddr>().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(peer: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut req = http::Request::builder();
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let (mut parts, ()) = req.body(()).unwrap().into_parts();
+        parts.extensions.insert(peer.parse::<SocketAddr>().unwrap());
+        parts
+    }
+
+    fn rules(trusted: &[&str]) -> IpRules {
+        IpRules {
+            trusted: trusted.iter().map(|n| n.parse().unwrap()).collect(),
+            ipv6_prefix: 64,
+        }
+    }
+
+    fn client(p: &Parts, r: &IpRules) -> Option<String> {
+        Key::client_ip().find_now(p, r).unwrap()
+    }
+
+    #[test]
+    fn forwarding_headers_from_untrusted_peers_are_ignored() {
+        let r = rules(&["10.0.0.0/8"]);
+        let p = parts("203.0.113.7:5000", &[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(client(&p, &r).as_deref(), Some("ip:203.0.113.7"));
+        let p = parts("203.0.113.7:5000", &[("forwarded", "for=1.2.3.4")]);
+        assert_eq!(client(&p, &r).as_deref(), Some("ip:203.0.113.7"));
+    }
+
+    #[test]
+    fn behind_trusted_proxies_the_rightmost_untrusted_hop_is_the_client() {
+        let r = rules(&["10.0.0.0/8", "192.168.0.0/16"]);
+        // A client spoofing a leftmost entry does not matter.
+        let p = parts(
+            "10.0.0.2:80",
+            &[("x-forwarded-for", "6.6.6.6, 198.51.100.9, 192.168.1.1")],
+        );
+        assert_eq!(client(&p, &r).as_deref(), Some("ip:198.51.100.9"));
+        let p = parts(
+            "10.0.0.2:80",
+            &[(
+                "forwarded",
+                "for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.1.1.1",
+            )],
+        );
+        assert_eq!(client(&p, &r).as_deref(), Some("ip:2001:db8:cafe::/64"));
+        // Only proxies: the farthest one.
+        let p = parts("10.0.0.2:80", &[("x-forwarded-for", "10.9.9.9")]);
+        assert_eq!(client(&p, &r).as_deref(), Some("ip:10.9.9.9"));
+        // No header: the proxy itself.
+        let p = parts("10.0.0.2:80", &[]);
+        assert_eq!(client(&p, &r).as_deref(), Some("ip:10.0.0.2"));
+    }
+
+    #[test]
+    fn malformed_forwarding_headers_stop_at_the_last_trusted_hop() {
+        let r = rules(&["10.0.0.0/8"]);
+        for bad in ["garbage", "1.2.3.4, ???, 10.0.0.9", ", ,", "999.1.1.1"] {
+            let p = parts("10.0.0.2:80", &[("x-forwarded-for", bad)]);
+            let key = client(&p, &r).unwrap();
+            assert!(key == "ip:10.0.0.2" || key == "ip:10.0.0.9", "{bad}: {key}");
+        }
+        let p = parts("10.0.0.2:80", &[("forwarded", "for=unknown;proto=http")]);
+        assert_eq!(client(&p, &r).as_deref(), Some("ip:10.0.0.2"));
+    }
+
+    #[test]
+    fn ipv6_clients_in_one_prefix_share_a_key() {
+        let r = rules(&[]);
+        let a = parts("[2001:db8:1:2::1]:1", &[]);
+        let b = parts("[2001:db8:1:2:ffff::9]:1", &[]);
+        let c = parts("[2001:db8:1:3::1]:1", &[]);
+        assert_eq!(client(&a, &r), client(&b, &r));
+        assert_ne!(client(&a, &r), client(&c, &r));
+        let mapped = parts("[::ffff:192.0.2.1]:1", &[]);
+        assert_eq!(client(&mapped, &r).as_deref(), Some("ip:192.0.2.1"));
+    }
+
+    #[test]
+    fn header_keys_hide_the_value_and_fall_back() {
+        let r = rules(&[]);
+        let key = Key::header("x-api-key").or(Key::peer_ip());
+        let p = parts("192.0.2.1:1", &[("x-api-key", "secret-token")]);
+        let k = key.find_now(&p, &r).unwrap().unwrap();
+        assert!(k.starts_with("hdr:") && !k.contains("secret"), "{k}");
+        let p = parts("192.0.2.1:1", &[]);
+        assert_eq!(
+            key.find_now(&p, &r).unwrap().as_deref(),
+            Some("ip:192.0.2.1")
+        );
+        // No peer address at all: nothing.
+        let (bare, ()) = http::Request::new(()).into_parts();
+        assert_eq!(Key::peer_ip().find_now(&bare, &r).unwrap(), None);
+    }
+}

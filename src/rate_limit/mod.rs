@@ -1,0 +1,78 @@
+//! Distributed rate limiting: exact under concurrency, one store round trip
+//! per limited request, per-route rules, the IETF `RateLimit` fields.
+//!
+//! ```no_run
+//! use axum::{routing::post, Router};
+//! use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, Rule};
+//! use redis_layers::Backend;
+//!
+//! # fn run() -> Result<(), redis_layers::Error> {
+//! let backend = Backend::from_env()?;
+//! let limits = RateLimitLayer::builder(backend)
+//!     // Behind a load balancer on 10.0.0.0/8: believe its X-Forwarded-For.
+//!     .trusted_proxies(["10.0.0.0/8"])
+//!     .rule(
+//!         Rule::route("/login")
+//!             .policy(Policy::per_minute(10).burst(5).named("login"))
+//!             .policy(Policy::per_day(100).fixed_window().named("login-daily")),
+//!     )
+//!     .build()?;
+//! let app: Router = Router::new()
+//!     .route("/login", post(|| async { "ok" }))
+//!     .layer(limits);
+//! # Ok(()) }
+//! ```
+//!
+//! # What it does
+//!
+//! - A [`Policy`] is a quota per window, counted by GCRA (the default: a
+//!   steady rate with bursts), a fixed window, or a sliding window. Time is
+//!   Redis's (`TIME` inside the script), never the application's.
+//! - A [`Rule`] says which requests (route template, path prefix, methods)
+//!   count against which policies, by which [`Key`] (client address behind
+//!   trusted proxies by default, a header such as an API key, the session's
+//!   user, one global key, your own function). All of a rule's policies are
+//!   checked in one script, all or nothing: a refused request consumes
+//!   nothing. A request that matches no rule passes with no store call.
+//! - Per route, two ways: one layer with a table of rules, or a layer on a
+//!   route (`Router::route_layer`, a method router's `.layer`) built with
+//!   [`RateLimitLayer::new`].
+//! - Responses to limited routes carry `RateLimit-Policy` and `RateLimit`
+//!   (draft-ietf-httpapi-ratelimit-headers), optionally the legacy
+//!   `X-RateLimit-*` fields. A refused request gets 429 with `Retry-After`
+//!   in whole seconds rounded up (never 0 while still refused) and a
+//!   `quota-exceeded` problem naming the violated policies.
+//! - Once the store says a client is refused until an instant, this
+//!   instance answers its requests locally until then: a flood costs the
+//!   store nothing (a bounded cache, [`quick_cache`]).
+//! - Dry run (per layer or rule): headers and logs as if limiting, never a
+//!   429.
+//! - A store failure lets the request through by default (logged, counted
+//!   in [`RateLimitLayer::stats`]); fail-closed answers 503.
+//!
+//! # Cost
+//!
+//! | request | store round trips |
+//! |---|---|
+//! | matches no rule | 0 |
+//! | matches a rule | 1 (one script for all of the rule's policies) per matching rule |
+//! | from a client known to be refused | 0 |
+
+mod headers;
+mod key;
+mod layer;
+mod layout;
+mod memory;
+mod policy;
+mod redis;
+mod rule;
+pub mod store;
+
+pub use self::key::Key;
+pub use self::layer::{
+    MissingKey, RateLimit, RateLimitLayer, RateLimitLayerBuilder, RateLimitStats, ResponseFuture,
+    DEFAULT_DENY_CACHE_CAPACITY, MAX_POLICIES_PER_RULE,
+};
+pub use self::policy::{Algorithm, Policy, MAX_QUOTA, MAX_WINDOW};
+pub use self::rule::Rule;
+pub use self::store::{Decision, PolicyState, RateLimitStore};

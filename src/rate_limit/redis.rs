@@ -1,0 +1,58 @@
+//! [`RateLimitStore`] for [`RedisBackend`]: one `check.lua` call per
+//! request, for all of its policies.
+
+use std::time::Duration;
+
+use super::layout::policy_key;
+use super::policy::Policy;
+use super::store::{Decision, PolicyState, RateLimitStore};
+use crate::error::Error;
+use crate::redis::{script, RedisBackend, Script};
+
+static CHECK: Script = script!("rate-limit-check", "check.lua");
+
+impl RateLimitStore for RedisBackend {
+    async fn check(&self, key: &str, policies: &[Policy], cost: u64) -> Result<Decision, Error> {
+        let mut call = self.script(&CHECK);
+        for policy in policies {
+            call = call.key(policy_key(self.namespace(), key, policy));
+        }
+        call = call.arg(cost);
+        for policy in policies {
+            call = call
+                .arg(policy.algorithm().code())
+                .arg(policy.quota())
+                .arg(policy.window_ms())
+                .arg(policy.burst_size());
+        }
+        let reply: Vec<u8> = call.invoke().await?;
+        decode(&reply, policies.len())
+    }
+}
+
+/// The script's reply: doubles, see `check.lua`.
+fn decode(reply: &[u8], policies: usize) -> Result<Decision, Error> {
+    if reply.len() != (2 + 4 * policies) * 8 {
+        return Err(Error::decode(
+            "the rate-limit script's reply has the wrong length",
+        ));
+    }
+    let number = |i: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&reply[i * 8..i * 8 + 8]);
+        f64::from_be_bytes(bytes)
+    };
+    let ms = |v: f64| Duration::from_millis(v.max(0.0) as u64);
+    let states = (0..policies)
+        .map(|p| {
+            let at = 2 + 4 * p;
+            PolicyState::new(
+                number(at) == 1.0,
+                number(at + 1).max(0.0) as u64,
+                ms(number(at + 2)),
+                ms(number(at + 3)),
+            )
+        })
+        .collect();
+    Ok(Decision::new(states))
+}

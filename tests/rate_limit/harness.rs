@@ -1,0 +1,142 @@
+//! Test app, a counting store and a request helper for the rate-limit
+//! suites.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::BodyExt;
+use redis_layers::rate_limit::{Decision, Policy, RateLimitLayer, RateLimitStore};
+use redis_layers::{Backend, Error};
+use tower::ServiceExt;
+
+pub use crate::support::Kind;
+use crate::support::{RedisServer, TestBackend};
+
+/// Counts store calls, so tests on either backend can tell what reached
+/// the store.
+#[derive(Clone)]
+pub struct Counting {
+    pub inner: Backend,
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl RateLimitStore for Counting {
+    fn check(
+        &self,
+        key: &str,
+        policies: &[Policy],
+        cost: u64,
+    ) -> impl Future<Output = Result<Decision, Error>> + Send {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.check(key, policies, cost)
+    }
+}
+
+/// A backend for one test, and what a test needs around it.
+pub struct Fixture {
+    pub tb: TestBackend,
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl Fixture {
+    pub fn new(kind: Kind) -> Self {
+        Fixture {
+            tb: TestBackend::new(kind),
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn with_deadline(kind: Kind, deadline: std::time::Duration) -> Self {
+        Fixture {
+            tb: TestBackend::with_deadline(kind, deadline),
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.tb.backend.clone()
+    }
+
+    /// The backend behind a call counter.
+    pub fn counting(&self) -> Counting {
+        Counting {
+            inner: self.backend(),
+            calls: self.calls.clone(),
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn server(&self) -> &RedisServer {
+        self.tb.server()
+    }
+
+    pub fn server_mut(&mut self) -> &mut RedisServer {
+        self.tb.server.as_mut().expect("a Redis test")
+    }
+}
+
+/// The test app: a few routes under `layer`.
+pub fn app(layer: RateLimitLayer) -> Router {
+    Router::new()
+        .route("/login", post(|| async { "welcome" }))
+        .route("/users/{id}", get(|| async { "user" }))
+        .route("/api/items", get(|| async { "items" }))
+        .route("/free", get(|| async { "free" }))
+        .layer(layer)
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends a request from `peer` (an address, as `ConnectInfo` carries it)
+/// with `headers`.
+pub async fn send(
+    app: &Router,
+    method: &str,
+    path: &str,
+    peer: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let mut req = req.body(Body::empty()).unwrap();
+    let addr: SocketAddr = peer.parse().expect("a socket address");
+    req.extensions_mut().insert(ConnectInfo(addr));
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A GET from `peer`.
+pub async fn get_from(app: &Router, path: &str, peer: &str) -> Reply {
+    send(app, "GET", path, peer, &[]).await
+}
