@@ -157,6 +157,37 @@ async fn session_target(ctx: Ctx, path: &'static str, memory: bool) -> Target {
     }
 }
 
+/// A router limited by one rule holding `policies` (keyed by the client
+/// address, one address per task so tasks do not share a key).
+async fn ratelimit_target(
+    ctx: Ctx,
+    name: &str,
+    policies: Vec<redis_layers::rate_limit::Policy>,
+) -> Target {
+    use redis_layers::rate_limit::{RateLimitLayer, Rule};
+
+    let backend = bench_backend(&ctx, format!("{}-{name}", ctx.prefix));
+    let rule = policies.into_iter().fold(Rule::any(), Rule::policy);
+    let layer = RateLimitLayer::builder(backend).rule(rule).build().unwrap();
+    let router = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .layer(layer);
+    let peers: Arc<Vec<std::net::SocketAddr>> = Arc::new(
+        (0..ctx.concurrency)
+            .map(|i| std::net::SocketAddr::from(([192, 0, 2, (i % 250) as u8], 1000)))
+            .collect(),
+    );
+    Target {
+        router,
+        request: Arc::new(move |task, _| {
+            let mut req = Request::get("/").body(Body::empty()).unwrap();
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peers[task % peers.len()]));
+            req
+        }),
+    }
+}
+
 /// The cheapest script: one GET.
 static GET: redis_layers::redis::Script =
     redis_layers::redis::Script::new("bench-get", "return redis.call('GET', KEYS[1])");
@@ -270,6 +301,106 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "session-write",
             build: |ctx| Box::pin(session_target(ctx, "/write", false)),
+        },
+        // One GCRA policy that always admits: one check.lua per request.
+        Scenario {
+            name: "ratelimit-allow",
+            build: |ctx| {
+                use redis_layers::rate_limit::Policy;
+                Box::pin(ratelimit_target(
+                    ctx,
+                    "allow",
+                    vec![Policy::per_second(1_000_000_000).named("a")],
+                ))
+            },
+        },
+        // Three policies (one of each algorithm), still one script call.
+        Scenario {
+            name: "ratelimit-allow-3",
+            build: |ctx| {
+                use redis_layers::rate_limit::Policy;
+                Box::pin(ratelimit_target(
+                    ctx,
+                    "allow3",
+                    vec![
+                        Policy::per_second(1_000_000_000).named("a"),
+                        Policy::per_hour(1_000_000_000_000)
+                            .fixed_window()
+                            .named("b"),
+                        Policy::per_day(1_000_000_000_000)
+                            .sliding_window()
+                            .named("c"),
+                    ],
+                ))
+            },
+        },
+        // One fixed-window policy through the layer's script, to compare
+        // with `fixed-window-pipeline`.
+        Scenario {
+            name: "ratelimit-allow-fixed",
+            build: |ctx| {
+                use redis_layers::rate_limit::Policy;
+                Box::pin(ratelimit_target(
+                    ctx,
+                    "fixed",
+                    vec![Policy::per_hour(1_000_000_000_000)
+                        .fixed_window()
+                        .named("f")],
+                ))
+            },
+        },
+        // A fixed window as plain commands, no layer: SET NX PX, INCRBY,
+        // PTTL pipelined (one round trip, no script; but a refused request
+        // would count, and its window is the key's TTL, not the clock's).
+        Scenario {
+            name: "fixed-window-pipeline",
+            build: |ctx| {
+                backend_target(ctx, |backend, key| {
+                    Box::pin(async move {
+                        let mut pipe = redis::pipe();
+                        let counter = format!("{key}-fixed");
+                        pipe.cmd("SET")
+                            .arg(&counter)
+                            .arg(0)
+                            .arg("PX")
+                            .arg(3_600_000)
+                            .arg("NX")
+                            .ignore()
+                            .cmd("INCRBY")
+                            .arg(&counter)
+                            .arg(1)
+                            .cmd("PTTL")
+                            .arg(&counter);
+                        let (count, ttl): (i64, i64) = backend.pipeline(&pipe).await.unwrap();
+                        format!("{count} {ttl}").into_bytes()
+                    })
+                })
+            },
+        },
+        // Every client already refused: answered by the local deny cache
+        // (compare with `bare`).
+        Scenario {
+            name: "ratelimit-deny",
+            build: |ctx| {
+                Box::pin(async move {
+                    use redis_layers::rate_limit::Policy;
+                    let target =
+                        ratelimit_target(ctx.clone(), "deny", vec![Policy::per_day(1).named("d")])
+                            .await;
+                    // Spend each client's one request, and get it refused once.
+                    for task in 0..ctx.concurrency {
+                        for i in 0..2 {
+                            let _ = target
+                                .router
+                                .clone()
+                                .oneshot((target.request)(task, i))
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    target
+                })
+            },
         },
         // The layer's own cost, without Redis: the same requests on the
         // memory store.

@@ -125,19 +125,33 @@ impl Key {
         }
     }
 
-    /// The key, if it can be found without an `.await`; `Err(())` when it
-    /// needs one ([`find`](Self::find) then).
-    pub(crate) fn find_now(&self, parts: &Parts, ips: &IpRules) -> Result<Option<String>, ()> {
+    /// Appends the key to `out` if it can be found without an `.await`:
+    /// `Ok(true)` when found, `Ok(false)` when this request has none (and
+    /// `out` is as it was), `Err(())` when finding it needs an `.await`
+    /// ([`find`](Self::find) then).
+    pub(crate) fn find_now(
+        &self,
+        parts: &Parts,
+        ips: &IpRules,
+        out: &mut String,
+    ) -> Result<bool, ()> {
         match &self.kind {
-            Kind::PeerIp => Ok(peer(parts).map(|ip| ips.key(ip))),
-            Kind::ClientIp => Ok(ips.client(parts).map(|ip| ips.key(ip))),
-            Kind::Header(name) => Ok(header_key(parts, name)),
-            Kind::Global => Ok(Some("global".to_owned())),
-            Kind::Either(a, b) => match a.find_now(parts, ips)? {
-                Some(key) => Ok(Some(key)),
-                None => b.find_now(parts, ips),
-            },
-            _ => Err(()),
+            Kind::PeerIp => Ok(peer(parts).map(|ip| ips.write_key(ip, out)).is_some()),
+            Kind::ClientIp => Ok(ips.client(parts).map(|ip| ips.write_key(ip, out)).is_some()),
+            Kind::Header(name) => Ok(header_key(parts, name, out)),
+            Kind::Global => {
+                out.push_str("global");
+                Ok(true)
+            }
+            Kind::Either(a, b) => {
+                if a.find_now(parts, ips, out)? {
+                    return Ok(true);
+                }
+                b.find_now(parts, ips, out)
+            }
+            #[cfg(feature = "session")]
+            Kind::SessionUser => Err(()),
+            Kind::Custom(_) => Err(()),
         }
     }
 
@@ -160,27 +174,37 @@ impl Key {
                     Some(key) => Some(key),
                     None => b.find(parts, ips).await,
                 },
-                _ => self.find_now(parts, ips).ok().flatten(),
+                _ => {
+                    let mut key = String::new();
+                    match self.find_now(parts, ips, &mut key) {
+                        Ok(true) => Some(key),
+                        _ => None,
+                    }
+                }
             }
         })
     }
 }
 
-/// `hdr:` and a hex SHA-256 prefix of the value: the store never holds the
-/// credential itself.
-fn header_key(parts: &Parts, name: &HeaderName) -> Option<String> {
+/// Appends `hdr:` and a hex SHA-256 prefix of the header's value (the
+/// store never holds the credential itself); false when there is no
+/// value.
+fn header_key(parts: &Parts, name: &HeaderName, out: &mut String) -> bool {
     use sha2::{Digest, Sha256};
-    let value = parts.headers.get(name)?.as_bytes();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let Some(value) = parts.headers.get(name).map(|v| v.as_bytes()) else {
+        return false;
+    };
     if value.is_empty() {
-        return None;
+        return false;
     }
     let digest = Sha256::digest(value);
-    let mut key = String::with_capacity(4 + 32);
-    key.push_str("hdr:");
+    out.push_str("hdr:");
     for byte in &digest[..16] {
-        key.push_str(&format!("{byte:02x}"));
+        out.push(HEX[usize::from(byte >> 4)] as char);
+        out.push(HEX[usize::from(byte & 15)] as char);
     }
-    Some(key)
+    true
 }
 
 /// The peer's address: axum's `ConnectInfo`, or a `SocketAddr` extension.
@@ -206,14 +230,26 @@ pub(crate) struct IpRules {
 impl IpRules {
     /// `ip:<address>`, or `ip:<network>/<prefix>` for IPv6 (one client may
     /// hold a whole /64). An IPv4-mapped IPv6 address counts as IPv4.
-    fn key(&self, ip: IpAddr) -> String {
-        match canonical(ip) {
-            IpAddr::V4(v4) => format!("ip:{v4}"),
+    fn write_key(&self, ip: IpAddr, out: &mut String) {
+        use std::fmt::Write;
+        out.push_str("ip:");
+        let _ = match canonical(ip) {
+            IpAddr::V4(v4) => {
+                // The usual case, without the formatting machinery.
+                let mut n = itoa::Buffer::new();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    out.push_str(n.format(octet));
+                }
+                Ok(())
+            }
             IpAddr::V6(v6) => match Ipv6Net::new(v6, self.ipv6_prefix) {
-                Ok(net) => format!("ip:{}", net.trunc()),
-                Err(_) => format!("ip:{v6}"),
+                Ok(net) => write!(out, "{}", net.trunc()),
+                Err(_) => write!(out, "{v6}"),
             },
-        }
+        };
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -325,8 +361,13 @@ mod tests {
         }
     }
 
+    fn now(key: &Key, p: &Parts, r: &IpRules) -> Option<String> {
+        let mut out = String::new();
+        key.find_now(p, r, &mut out).unwrap().then_some(out)
+    }
+
     fn client(p: &Parts, r: &IpRules) -> Option<String> {
-        Key::client_ip().find_now(p, r).unwrap()
+        now(&Key::client_ip(), p, r)
     }
 
     #[test]
@@ -392,15 +433,12 @@ mod tests {
         let r = rules(&[]);
         let key = Key::header("x-api-key").or(Key::peer_ip());
         let p = parts("192.0.2.1:1", &[("x-api-key", "secret-token")]);
-        let k = key.find_now(&p, &r).unwrap().unwrap();
+        let k = now(&key, &p, &r).unwrap();
         assert!(k.starts_with("hdr:") && !k.contains("secret"), "{k}");
         let p = parts("192.0.2.1:1", &[]);
-        assert_eq!(
-            key.find_now(&p, &r).unwrap().as_deref(),
-            Some("ip:192.0.2.1")
-        );
+        assert_eq!(now(&key, &p, &r).as_deref(), Some("ip:192.0.2.1"));
         // No peer address at all: nothing.
         let (bare, ()) = http::Request::new(()).into_parts();
-        assert_eq!(Key::peer_ip().find_now(&bare, &r).unwrap(), None);
+        assert_eq!(now(&Key::peer_ip(), &bare, &r), None);
     }
 }

@@ -11,13 +11,13 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::request::Parts;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode};
 use ipnet::IpNet;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::headers::{Denial, Limits};
+use super::headers::{self, Limits};
 use super::key::{IpRules, Key};
 use super::policy::Policy;
 use super::rule::{CostFn, Rule, Target};
@@ -127,11 +127,15 @@ struct Config {
     legacy_headers: bool,
     failure: FailurePolicy,
     missing_key: MissingKey,
-    /// Client → (refused until, the cost refused): a request costing at
-    /// least as much is refused too until then.
-    deny_cache: Option<quick_cache::sync::Cache<String, (Instant, u64)>>,
+    /// `<rule>|<client>` → its refusal: a request costing at least as
+    /// much is refused too until the refusal's instant.
+    deny_cache: Option<quick_cache::sync::Cache<String, Arc<Refusal>>>,
+    respond: Option<Responder>,
     counters: Counters,
 }
+
+/// A user's 429.
+type Responder = Arc<dyn Fn(&Limited) -> Response<bytes::Bytes> + Send + Sync>;
 
 struct CompiledRule {
     name: String,
@@ -139,6 +143,52 @@ struct CompiledRule {
     key: Key,
     cost: Option<CostFn>,
     dry_run: bool,
+    /// The rule's `RateLimit-Policy` value, rendered once.
+    field: HeaderValue,
+}
+
+impl CompiledRule {
+    fn cost(&self, parts: &Parts) -> u64 {
+        self.cost.as_ref().map_or(1, |f| f(parts))
+    }
+}
+
+/// A refusal by the store, as the local deny cache remembers it.
+struct Refusal {
+    /// When a request of `cost` would be admitted.
+    until: Instant,
+    cost: u64,
+    /// Per policy of the rule: what remained, and when its `t` runs out.
+    states: Vec<(u64, Instant)>,
+    /// The policies that refused.
+    violated: Vec<String>,
+    /// The problem+json body (it names no time, so it stays true).
+    body: bytes::Bytes,
+}
+
+/// A refused request, for a custom 429 ([`RateLimitLayerBuilder::on_limited`]).
+#[derive(Debug)]
+pub struct Limited<'a> {
+    violated: &'a [String],
+    retry_after: Duration,
+}
+
+impl Limited<'_> {
+    /// The names of the policies that refused the request.
+    pub fn violated_policies(&self) -> &[String] {
+        self.violated
+    }
+
+    /// How long until the request would be admitted.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+
+    /// The problem this layer answers with by default (a 429
+    /// `quota-exceeded` problem naming the violated policies).
+    pub fn problem(&self) -> Problem {
+        headers::problem(self.violated.iter().map(String::as_str))
+    }
 }
 
 impl std::fmt::Debug for CompiledRule {
@@ -149,7 +199,7 @@ impl std::fmt::Debug for CompiledRule {
             .field("key", &self.key)
             .field("cost", &self.cost.as_ref().map(|_| "fn"))
             .field("dry_run", &self.dry_run)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -179,6 +229,7 @@ impl RateLimitLayer {
             failure: FailurePolicy::Open,
             missing_key: MissingKey::Shared,
             deny_cache: DEFAULT_DENY_CACHE_CAPACITY,
+            respond: None,
             errors: Vec::new(),
         }
     }
@@ -211,6 +262,7 @@ pub struct RateLimitLayerBuilder {
     failure: FailurePolicy,
     missing_key: MissingKey,
     deny_cache: usize,
+    respond: Option<Responder>,
     errors: Vec<String>,
 }
 
@@ -320,6 +372,37 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// Your own answer to a refused request instead of the default 429
+    /// problem+json. The layer adds `Retry-After` and the `RateLimit`
+    /// fields unless the response has them.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Response, StatusCode};
+    /// use redis_layers::memory::MemoryBackend;
+    /// use redis_layers::rate_limit::{Policy, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder(MemoryBackend::new())
+    ///     .policy(Policy::per_minute(60))
+    ///     .on_limited(|limited| {
+    ///         let mut res = Response::new(Bytes::from(format!(
+    ///             "slow down: {}",
+    ///             limited.violated_policies().join(", ")
+    ///         )));
+    ///         *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    ///         res
+    ///     })
+    ///     .build();
+    /// # assert!(layer.is_ok());
+    /// ```
+    pub fn on_limited(
+        mut self,
+        respond: impl Fn(&Limited) -> Response<bytes::Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        self.respond = Some(Arc::new(respond));
+        self
+    }
+
     /// Checks the settings and builds the layer: every policy valid
     /// (names, quotas, windows), at least one rule, rule names unique,
     /// policy names unique within a rule, trusted proxies that parse, an
@@ -370,7 +453,12 @@ impl RateLimitLayerBuilder {
                     )));
                 }
             }
+            let field =
+                HeaderValue::try_from(headers::policy_field(&rule.policies)).map_err(|_| {
+                    Error::config(format!("rate-limit rule {name:?}: bad policy names"))
+                })?;
             rules.push(CompiledRule {
+                field,
                 name,
                 key: rule.key.clone().unwrap_or_else(|| self.key.clone()),
                 cost: rule.cost.clone().or_else(|| self.cost.clone()),
@@ -392,6 +480,7 @@ impl RateLimitLayerBuilder {
                 missing_key: self.missing_key,
                 deny_cache: (self.deny_cache > 0)
                     .then(|| quick_cache::sync::Cache::new(self.deny_cache)),
+                respond: self.respond,
                 counters: Counters::default(),
             }),
         })
@@ -424,10 +513,20 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
     }
 }
 
+/// A rule that applies to a request, with its key when it was found
+/// without an `.await`.
+struct Pending {
+    rule: usize,
+    /// `<rule>|<client>`; `None` while the key needs an `.await`.
+    key: Option<String>,
+    cost: u64,
+}
+
 /// What the checks decided for a request.
 enum Verdict {
-    /// Go on; these headers go on the response.
-    Pass(HeaderMap),
+    /// Go on; these fields go on the response (the legacy ones too when
+    /// true).
+    Pass(Limits, bool),
     /// Answer this instead.
     Stop(http::response::Parts, bytes::Bytes),
 }
@@ -453,19 +552,60 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = req.into_parts();
-        if !self.config.rules.iter().any(|r| r.rule.matches(&parts)) {
-            // No rule: untouched, no store call.
+        let config = &self.config;
+
+        // Without an `.await`: the rules that apply, their keys, and any
+        // refusal this instance already knows of (then no store call).
+        let mut pending = Vec::new();
+        for (i, rule) in config.rules.iter().enumerate() {
+            if !rule.rule.matches(&parts) {
+                continue;
+            }
+            let mut key = String::with_capacity(rule.name.len() + 48);
+            key.push_str(&rule.name);
+            key.push('|');
+            match rule.key.find_now(&parts, &config.ips, &mut key) {
+                Ok(true) => {}
+                Ok(false) => match config.missing_key {
+                    MissingKey::Skip => continue,
+                    MissingKey::Shared => key.push_str("unknown"),
+                },
+                Err(()) => {
+                    pending.push(Pending {
+                        rule: i,
+                        key: None,
+                        cost: 0,
+                    });
+                    continue;
+                }
+            }
+            let cost = rule.cost(&parts);
+            if let Some((head, bytes)) = config.refused_locally(rule, &key, cost) {
+                return ResponseFuture {
+                    state: State::Ready {
+                        response: Some((head, bytes)),
+                    },
+                };
+            }
+            pending.push(Pending {
+                rule: i,
+                key: Some(key),
+                cost,
+            });
+        }
+        if pending.is_empty() {
+            // No rule applies: untouched, no store call.
             return ResponseFuture {
                 state: State::Inner {
                     future: inner.call(Request::from_parts(parts, body)),
-                    headers: HeaderMap::new(),
+                    limits: None,
+                    legacy: false,
                 },
             };
         }
-        let config = self.config.clone();
         ResponseFuture {
             state: State::Checking {
-                check: Box::pin(check(config, parts)),
+                check: Box::pin(check(self.config.clone(), parts, pending)),
                 body: Some(body),
                 inner: Some(inner),
             },
@@ -473,45 +613,123 @@ where
     }
 }
 
-/// Runs every matching rule's check; the request head comes back with the
-/// verdict.
-async fn check(config: Arc<Config>, parts: Parts) -> (Parts, Verdict) {
-    let mut limits = Limits::default();
-    for rule in config.rules.iter().filter(|r| r.rule.matches(&parts)) {
-        let key = match rule.key.find_now(&parts, &config.ips) {
-            Ok(key) => key,
-            Err(()) => rule.key.find(&parts, &config.ips).await,
+impl Config {
+    /// The 429 for a client this instance knows to be refused, if it is.
+    fn refused_locally(
+        &self,
+        rule: &CompiledRule,
+        key: &str,
+        cost: u64,
+    ) -> Option<(http::response::Parts, bytes::Bytes)> {
+        if rule.dry_run {
+            return None;
+        }
+        let cache = self.deny_cache.as_ref()?;
+        let refusal = cache.get(key)?;
+        let now = Instant::now();
+        if refusal.until <= now {
+            cache.remove(key);
+            return None;
+        }
+        if cost < refusal.cost {
+            // A cheaper request may fit: ask the store.
+            return None;
+        }
+        self.counters.denied_locally.fetch_add(1, Ordering::Relaxed);
+        Some(self.refuse(rule, &refusal, now, Limits::default()))
+    }
+
+    /// The answer to a refused request: the 429 (or the user's), its
+    /// `RateLimit` fields (`limits` met before, then this rule's) and
+    /// `Retry-After`.
+    fn refuse(
+        &self,
+        rule: &CompiledRule,
+        refusal: &Refusal,
+        now: Instant,
+        mut limits: Limits,
+    ) -> (http::response::Parts, bytes::Bytes) {
+        let wait = refusal.until.saturating_duration_since(now);
+        limits.add(
+            &rule.field,
+            &rule.rule.policies,
+            refusal
+                .states
+                .iter()
+                .map(|(remaining, at)| (*remaining, at.saturating_duration_since(now))),
+        );
+        let (mut head, body) = match &self.respond {
+            Some(respond) => {
+                let limited = Limited {
+                    violated: &refusal.violated,
+                    retry_after: wait,
+                };
+                respond(&limited).into_parts()
+            }
+            None => {
+                let (mut head, ()) = Response::new(()).into_parts();
+                head.status = StatusCode::TOO_MANY_REQUESTS;
+                head.headers.reserve(6);
+                head.headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/problem+json"),
+                );
+                head.headers.insert(
+                    http::header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                );
+                (head, refusal.body.clone())
+            }
         };
-        let key = match (key, config.missing_key) {
+        if !head.headers.contains_key(headers::RATELIMIT) {
+            limits.write(&mut head.headers, self.legacy_headers);
+        }
+        if !head.headers.contains_key(http::header::RETRY_AFTER) {
+            head.headers
+                .insert(http::header::RETRY_AFTER, headers::retry_after(wait));
+        }
+        (head, body)
+    }
+}
+
+/// The checks that need an `.await`: keys found by one, refusals known for
+/// them, then the store, rule by rule. The request head comes back with
+/// the verdict.
+async fn check(config: Arc<Config>, parts: Parts, mut pending: Vec<Pending>) -> (Parts, Verdict) {
+    // Keys that need an `.await`, and what is known locally of them.
+    let mut i = 0;
+    while i < pending.len() {
+        if pending[i].key.is_some() {
+            i += 1;
+            continue;
+        }
+        let rule = &config.rules[pending[i].rule];
+        let key = match (rule.key.find(&parts, &config.ips).await, config.missing_key) {
             (Some(key), _) => key,
             (None, MissingKey::Shared) => "unknown".to_owned(),
-            (None, MissingKey::Skip) => continue,
-        };
-        let client = format!("{}|{}", rule.name, key);
-        let policies = &rule.rule.policies;
-        let cost = rule.cost.as_ref().map_or(1, |f| f(&parts));
-
-        // Known to be denied until an instant: answer here.
-        if let (Some(cache), false) = (&config.deny_cache, rule.dry_run) {
-            if let Some((until, refused_cost)) = cache.get(&client) {
-                let now = Instant::now();
-                if until > now && cost >= refused_cost {
-                    config
-                        .counters
-                        .denied_locally
-                        .fetch_add(1, Ordering::Relaxed);
-                    let wait = until - now;
-                    limits.add_exhausted(policies, wait);
-                    let denial = Denial::new(policies.iter().map(Policy::name), wait);
-                    return (parts, stop(&config, &limits, &denial));
-                }
-                if until <= now {
-                    cache.remove(&client);
-                }
+            (None, MissingKey::Skip) => {
+                pending.remove(i);
+                continue;
             }
+        };
+        let key = format!("{}|{key}", rule.name);
+        let cost = rule.cost(&parts);
+        if let Some((head, body)) = config.refused_locally(rule, &key, cost) {
+            return (parts, Verdict::Stop(head, body));
         }
+        pending[i].key = Some(key);
+        pending[i].cost = cost;
+        i += 1;
+    }
 
-        let decision = match config.store.check(&client, policies, cost).await {
+    let mut limits = Limits::default();
+    for p in &pending {
+        let rule = &config.rules[p.rule];
+        let Some(key) = p.key.as_deref() else {
+            continue;
+        };
+        let policies = &rule.rule.policies;
+        let decision = match config.store.check(key, policies, p.cost).await {
             Ok(decision) => decision,
             Err(e) => {
                 config.counters.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -522,64 +740,83 @@ async fn check(config: Arc<Config>, parts: Parts) -> (Parts, Verdict) {
                     }
                     FailurePolicy::Closed => {
                         tracing::error!(error = %e, rule = %rule.name, "rate-limit store failed");
-                        let (head, body) =
-                            problem_response(&Problem::store_failure("rate-limit", &e));
+                        let problem = Problem::store_failure("rate-limit", &e);
+                        let (head, _) = problem.to_response::<()>().into_parts();
+                        let body = bytes::Bytes::from(problem.to_json());
                         return (parts, Verdict::Stop(head, body));
                     }
                 }
             }
         };
-        limits.add(policies, &decision);
+        // For a policy that refused, `t` is its wait, so `Retry-After`
+        // (the longest wait) is never earlier than any `t`.
+        let shown = |s: &super::store::PolicyState| {
+            if s.admitted {
+                s.reset
+            } else {
+                s.retry_after
+            }
+        };
         if decision.allowed {
+            limits.add(
+                &rule.field,
+                policies,
+                decision.policies.iter().map(|s| (s.remaining, shown(s))),
+            );
             continue;
         }
+        let now = Instant::now();
         let retry = decision.retry_after();
-        let violated = policies
+        let violated: Vec<String> = policies
             .iter()
             .zip(&decision.policies)
             .filter(|(_, state)| !state.admitted)
-            .map(|(policy, _)| policy.name());
-        let denial = Denial::new(violated, retry);
+            .map(|(policy, _)| policy.name().to_owned())
+            .collect();
         if rule.dry_run {
             config
                 .counters
                 .dry_run_denied
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(rule = %rule.name, key = %key, retry_after_ms = retry.as_millis() as u64, "rate limit exceeded (dry run: let through)");
+            tracing::info!(rule = %rule.name, key = %key, violated = ?violated, retry_after_ms = retry.as_millis() as u64, "rate limit exceeded (dry run: let through)");
+            limits.add(
+                &rule.field,
+                policies,
+                decision.policies.iter().map(|s| (s.remaining, shown(s))),
+            );
             continue;
         }
         config.counters.denied.fetch_add(1, Ordering::Relaxed);
-        if let Some(cache) = &config.deny_cache {
-            if retry > Duration::ZERO {
-                cache.insert(client, (Instant::now() + retry, cost));
-            }
+        tracing::debug!(rule = %rule.name, key = %key, violated = ?violated, "rate limit exceeded");
+        let refusal = Refusal {
+            until: now + retry,
+            cost: p.cost,
+            states: decision
+                .policies
+                .iter()
+                .map(|s| (s.remaining, now + shown(s)))
+                .collect(),
+            body: bytes::Bytes::from(
+                headers::problem(violated.iter().map(String::as_str)).to_json(),
+            ),
+            violated,
+        };
+        let answer = config.refuse(rule, &refusal, now, limits);
+        if let (Some(cache), false) = (&config.deny_cache, retry.is_zero()) {
+            cache.insert(key.to_owned(), Arc::new(refusal));
         }
-        tracing::debug!(rule = %rule.name, key = %key, "rate limit exceeded");
-        return (parts, stop(&config, &limits, &denial));
+        return (parts, Verdict::Stop(answer.0, answer.1));
     }
     config.counters.allowed.fetch_add(1, Ordering::Relaxed);
-    (parts, Verdict::Pass(limits.headers(config.legacy_headers)))
-}
-
-/// The 429 answer, with the limit headers.
-fn stop(config: &Config, limits: &Limits, denial: &Denial) -> Verdict {
-    let (mut head, body) = problem_response(&denial.problem());
-    head.headers.extend(limits.headers(config.legacy_headers));
-    head.headers
-        .insert(http::header::RETRY_AFTER, denial.retry_after_header());
-    Verdict::Stop(head, body)
-}
-
-fn problem_response(problem: &Problem) -> (http::response::Parts, bytes::Bytes) {
-    let (head, _) = problem.to_response::<()>().into_parts();
-    (head, bytes::Bytes::from(problem.to_json()))
+    (parts, Verdict::Pass(limits, config.legacy_headers))
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 pin_project! {
     /// The response future of [`RateLimit`]: the check (only when a rule
-    /// applies), then the inner service's future.
+    /// applies and this instance does not already know the answer), then
+    /// the inner service's future.
     pub struct ResponseFuture<F, S, B> {
         #[pin]
         state: State<F, S, B>,
@@ -589,6 +826,9 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, S, B> {
+        Ready {
+            response: Option<(http::response::Parts, bytes::Bytes)>,
+        },
         Checking {
             check: BoxFuture<(Parts, Verdict)>,
             body: Option<B>,
@@ -597,7 +837,8 @@ pin_project! {
         Inner {
             #[pin]
             future: F,
-            headers: HeaderMap,
+            limits: Option<Limits>,
+            legacy: bool,
         },
     }
 }
@@ -619,6 +860,13 @@ where
         let mut this = self.project();
         loop {
             let next = match this.state.as_mut().project() {
+                StateProj::Ready { response } => {
+                    let Some((head, bytes)) = response.take() else {
+                        // Polled again after it finished.
+                        return Poll::Pending;
+                    };
+                    return Poll::Ready(Ok(Response::from_parts(head, ResponseBody::full(bytes))));
+                }
                 StateProj::Checking { check, body, inner } => {
                     let (parts, verdict) = ready!(check.as_mut().poll(cx));
                     match verdict {
@@ -628,20 +876,28 @@ where
                                 ResponseBody::full(bytes),
                             )))
                         }
-                        Verdict::Pass(headers) => {
+                        Verdict::Pass(limits, legacy) => {
                             let (Some(body), Some(mut inner)) = (body.take(), inner.take()) else {
                                 // Polled again after it finished.
                                 return Poll::Pending;
                             };
                             let future = inner.call(Request::from_parts(parts, body));
-                            State::Inner { future, headers }
+                            State::Inner {
+                                future,
+                                limits: Some(limits),
+                                legacy,
+                            }
                         }
                     }
                 }
-                StateProj::Inner { future, headers } => {
+                StateProj::Inner {
+                    future,
+                    limits,
+                    legacy,
+                } => {
                     let mut res = ready!(future.poll(cx))?;
-                    if !headers.is_empty() {
-                        res.headers_mut().extend(std::mem::take(headers));
+                    if let Some(limits) = limits.take() {
+                        limits.write(res.headers_mut(), *legacy);
                     }
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 }

@@ -70,8 +70,8 @@ pub mod store;
 
 pub use self::key::Key;
 pub use self::layer::{
-    MissingKey, RateLimit, RateLimitLayer, RateLimitLayerBuilder, RateLimitStats, ResponseFuture,
-    DEFAULT_DENY_CACHE_CAPACITY, MAX_POLICIES_PER_RULE,
+    Limited, MissingKey, RateLimit, RateLimitLayer, RateLimitLayerBuilder, RateLimitStats,
+    ResponseFuture, DEFAULT_DENY_CACHE_CAPACITY, MAX_POLICIES_PER_RULE,
 };
 pub use self::policy::{Algorithm, Policy, MAX_QUOTA, MAX_WINDOW};
 pub use self::rule::Rule;

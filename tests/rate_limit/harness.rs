@@ -140,3 +140,23 @@ pub async fn send(
 pub async fn get_from(app: &Router, path: &str, peer: &str) -> Reply {
     send(app, "GET", path, peer, &[]).await
 }
+
+/// A POST with a body and, optionally, a cookie, from one fixed peer.
+pub async fn send_body(app: &Router, path: &str, body: &str, cookie: Option<&str>) -> Reply {
+    let mut req = Request::post(path);
+    if let Some(cookie) = cookie {
+        req = req.header("cookie", cookie);
+    }
+    let mut req = req.body(Body::from(body.to_owned())).unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 99], 1))));
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}

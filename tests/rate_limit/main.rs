@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use harness::{app, get_from, send, Fixture, Kind};
+use harness::{app, get_from, send, send_body, Fixture, Kind};
 use redis_layers::rate_limit::{Key, MissingKey, Policy, RateLimitLayer, RateLimitStore, Rule};
 use redis_layers::ErrorKind;
 
@@ -614,6 +614,90 @@ support::both_backends! { fixture;
         assert_eq!(get_from(&app, "/free", "192.0.2.2:1").await.status, StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(450)).await;
         assert_eq!(get_from(&app, "/free", peer).await.status, StatusCode::OK);
+    }
+
+    a_custom_refusal_keeps_the_limit_fields => |fx| {
+        let layer = RateLimitLayer::builder(fx.counting())
+            .policy(Policy::per_minute(1).named("p"))
+            .on_limited(|limited| {
+                let mut res = http::Response::new(bytes::Bytes::from(format!(
+                    "slow down ({}) for {} ms",
+                    limited.violated_policies().join(","),
+                    limited.retry_after().as_millis()
+                )));
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                res
+            })
+            .build()
+            .unwrap();
+        let app = app(layer);
+        assert_eq!(get_from(&app, "/free", "192.0.2.1:1").await.status, StatusCode::OK);
+        // Refused by the store, then from the deny cache: the same answer.
+        for _ in 0..2 {
+            let r = get_from(&app, "/free", "192.0.2.1:1").await;
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(r.body.starts_with("slow down (p) for "), "{}", r.body);
+            assert!(r.header("retry-after").is_some());
+            assert!(r.header("ratelimit").unwrap().starts_with("\"p\";r=0;t="));
+        }
+    }
+
+    a_layer_on_one_route_limits_only_that_route => |fx| {
+        use axum::routing::get;
+        let app = axum::Router::new()
+            .route(
+                "/search",
+                get(|| async { "results" })
+                    .layer(RateLimitLayer::new(fx.counting(), Policy::per_minute(1).named("search"))),
+            )
+            .route("/other", get(|| async { "other" }));
+        let peer = "192.0.2.1:1";
+        assert_eq!(get_from(&app, "/search", peer).await.status, StatusCode::OK);
+        assert_eq!(get_from(&app, "/search", peer).await.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(get_from(&app, "/other", peer).await.status, StatusCode::OK);
+        assert_eq!(fx.calls(), 2);
+    }
+
+    the_session_user_is_a_key => |fx| {
+        use axum::routing::post;
+        use redis_layers::session::{Session, SessionLayer};
+        async fn login(session: Session, body: String) -> &'static str {
+            session.set_user(body).unwrap();
+            "in"
+        }
+        let limits = RateLimitLayer::builder(fx.counting())
+            .rule(
+                Rule::route("/work")
+                    .key(Key::session_user())
+                    .policy(Policy::per_minute(1).named("per-user")),
+            )
+            .missing_key(MissingKey::Skip)
+            .build()
+            .unwrap();
+        let app = axum::Router::new()
+            .route("/login", post(login))
+            .route("/work", post(|| async { "done" }))
+            .layer(limits)
+            .layer(SessionLayer::builder(fx.backend()).secure(false).build().unwrap());
+        let mut cookies = Vec::new();
+        for user in ["ann", "bob", "ann"] {
+            let r = send_body(&app, "/login", user, None).await;
+            assert_eq!(r.status, StatusCode::OK);
+            let set = r.header("set-cookie").unwrap();
+            cookies.push(set.split(';').next().unwrap().to_owned());
+        }
+        let work = |i: usize| send_body(&app, "/work", "", Some(&cookies[i]));
+        assert_eq!(work(0).await.status, StatusCode::OK);
+        assert_eq!(work(1).await.status, StatusCode::OK, "another user");
+        assert_eq!(
+            work(2).await.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "the same user in another session"
+        );
+        // Anonymous: skipped (missing_key), not refused.
+        for _ in 0..3 {
+            assert_eq!(send_body(&app, "/work", "", None).await.status, StatusCode::OK);
+        }
     }
 
     rules_are_counted_apart => |fx| {
