@@ -8,7 +8,12 @@
 //!
 //! Pages: a visit counter (`/`), login with any user name (the session id is
 //! renewed), logout, and an account page listing the user's sessions with
-//! buttons to revoke one or all others.
+//! buttons to revoke one or all others; `/api/time`, a JSON endpoint.
+//!
+//! Rate limits: login attempts per client address (the layer) and per user
+//! name (a check in the handler, since the name is in the body); the API
+//! per `X-API-Key`, else per address. Try
+//! `for i in $(seq 12); do curl -si localhost:3000/api/time | head -1; done`.
 
 use std::net::SocketAddr;
 
@@ -17,6 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
 use redis_layers::session::{Session, SessionError, SessionLayer};
 use redis_layers::{Backend, Problem};
 use serde::Deserialize;
@@ -43,9 +49,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("listening on http://{addr}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // With the peer's address: the rate limits key on it.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -56,6 +66,23 @@ fn router(backend: Backend) -> Result<Router, redis_layers::Error> {
         // Keep the default (true) anywhere served over https.
         .secure(false)
         .build()?;
+    let limits = RateLimitLayer::builder(backend.clone())
+        // Behind a proxy, name its networks so X-Forwarded-For counts:
+        // .trusted_proxies(["10.0.0.0/8"])
+        .rule(
+            Rule::route("/login")
+                .method(axum::http::Method::POST)
+                .policy(Policy::per_minute(30).burst(10).named("login-ip"))
+                .named("login-ip"),
+        )
+        .rule(
+            Rule::prefix("/api/")
+                .key(Key::header("x-api-key").or(Key::client_ip()))
+                .policy(Policy::per_minute(10).named("api"))
+                .policy(Policy::per_hour(300).fixed_window().named("api-hourly"))
+                .named("api"),
+        )
+        .build()?;
     Ok(Router::new()
         .route("/", get(home))
         .route("/login", get(login_form).post(login))
@@ -63,6 +90,8 @@ fn router(backend: Backend) -> Result<Router, redis_layers::Error> {
         .route("/account", get(account))
         .route("/account/revoke/{handle}", post(revoke))
         .route("/account/revoke-others", post(revoke_others))
+        .route("/api/time", get(api_time))
+        .layer(limits)
         .layer(sessions)
         // Outside the session layer: health checks never touch sessions.
         .route("/health", get(health))
@@ -133,7 +162,11 @@ struct LoginForm {
     user: String,
 }
 
-async fn login(session: Session, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(backend): State<Backend>,
+    session: Session,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let user = form.user.trim();
     let valid = !user.is_empty()
         && user.len() <= 64
@@ -147,6 +180,29 @@ async fn login(session: Session, Form(form): Form<LoginForm>) -> Response {
             "Use 1 to 64 letters, digits, '_', '.' or '-'.",
         )
         .into_response();
+    }
+    // Per user name, whatever the address (password spraying from many
+    // addresses): the name is in the body, so the handler asks the store.
+    let per_name = [Policy::per_hour(20).burst(5).named("login-user")];
+    match backend
+        .check(&format!("login-user|{user}"), &per_name, 1)
+        .await
+    {
+        Ok(decision) if !decision.allowed => {
+            let wait = decision.retry_after().as_millis().div_ceil(1000).max(1) as u64;
+            let mut res = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many login attempts",
+                "Too many attempts for this user name; try again later.",
+            )
+            .into_response();
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, wait.into());
+            return res;
+        }
+        Ok(_) => {}
+        // Fail open, as the layer does by default.
+        Err(e) => tracing::warn!(error = %e, "login limit unavailable"),
     }
     // A new id on every privilege change (OWASP): a session id an attacker
     // planted before login is useless after it.
@@ -220,6 +276,16 @@ async fn revoke_others(session: Session) -> Result<Redirect, SessionError> {
     let n = session.revoke_others().await?;
     tracing::info!(revoked = n, "logged out other devices");
     Ok(Redirect::to("/account"))
+}
+
+async fn api_time() -> impl IntoResponse {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        format!("{{\"unix_ms\":{}}}", now.as_millis()),
+    )
 }
 
 async fn health(State(backend): State<Backend>) -> impl IntoResponse {
