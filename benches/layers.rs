@@ -483,6 +483,9 @@ async fn drive(target: Target, concurrency: usize, warmup: Duration, run: Durati
     }
 }
 
+/// Scenarios answered without Redis, also reported against `bare`.
+const IN_PROCESS: &[&str] = &["ratelimit-deny"];
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -574,6 +577,13 @@ fn main() {
         .into_iter()
         .find(|s| s.name == "floor")
         .expect("a floor scenario");
+    let bare_scenario = scenarios()
+        .into_iter()
+        .find(|s| s.name == "bare")
+        .expect("a bare scenario");
+    // Scenarios that never reach Redis: also paired with `bare` (no layer,
+    // no Redis), the floor of a request answered in process.
+    let mut bare_ratios: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
         // Rotate the order each round so no scenario always runs first
         // (or right after a heavy one).
@@ -597,6 +607,13 @@ fn main() {
                 outcome.rps() / floor.rps(),
                 outcome.percentile(0.50) / floor.percentile(0.50),
             ));
+            if IN_PROCESS.contains(&scenario.name) {
+                let bare = measure(&bare_scenario);
+                bare_ratios
+                    .entry(scenario.name)
+                    .or_default()
+                    .push(outcome.rps() / bare.rps());
+            }
             results.entry("floor").or_default().push(floor);
             results.entry(scenario.name).or_default().push(outcome);
         }
@@ -648,6 +665,12 @@ fn main() {
             o.errors,
             rps_ratio,
             p50_ratio,
+        );
+    }
+    for (name, r) in bare_ratios {
+        println!(
+            "{name}: {:.2} of bare (median over rounds of the ratio to a bare run just after)",
+            median(r)
         );
     }
 }

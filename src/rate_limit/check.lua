@@ -2,103 +2,123 @@
 -- every policy admits it and each counts it, or nothing is written.
 -- `policy::check` in policy.rs is the same arithmetic (the memory store's).
 --
--- KEYS[i]  the client's state for policy i (all keys share one hash tag);
---          a string of three big-endian doubles, absent when idle
+-- KEYS[1]  the client's states: 24 bytes (three big-endian doubles) per
+--          policy, in order; absent when idle
 -- ARGV[1]  the request's cost
--- ARGV[2 + 4(i - 1) ..]  for policy i: algorithm (1 GCRA, 2 fixed window,
---          3 sliding window), quota, window (ms), burst (GCRA)
+-- ARGV[2]  the policies: 32 bytes (four big-endian doubles) each, in order:
+--          algorithm (1 GCRA, 2 fixed window, 3 sliding window), quota,
+--          window (ms), burst (GCRA)
 --
 -- Returns one string of big-endian doubles: admitted (1 or 0), now (ms),
 -- then for each policy: admitted, remaining, reset (ms), retry (ms). When
 -- the request was refused, remaining and reset leave it out for every
 -- policy (nothing was counted).
+local call, pack, unpack_s = redis.call, struct.pack, struct.unpack
+local floor, ceil, max = math.floor, math.ceil, math.max
 local now = now_ms()
 local cost = tonumber(ARGV[1])
-local all_ok = true
-local results = {}
+local params = ARGV[2]
+local n = #params / 32
+local raw = call('GET', KEYS[1])
+if not raw or #raw ~= 24 * n then raw = nil end
 
-for i = 1, #KEYS do
-  local a = 2 + (i - 1) * 4
-  local algo = tonumber(ARGV[a])
-  local quota = tonumber(ARGV[a + 1])
-  local window = tonumber(ARGV[a + 2])
-  local s1, s2, s3 = 0, 0, 0
-  local raw = redis.call('GET', KEYS[i])
-  if raw and #raw == 24 then
-    s1, s2, s3 = struct.unpack('>ddd', raw)
-  end
-  -- r: { admitted, remaining, reset, retry, remaining and reset without
-  -- this request, the state to write, its ttl }
-  local r
+-- Policy i on state (s1, s2, s3): admitted, remaining, reset, retry,
+-- remaining and reset without this request, then (when admitted) the
+-- state to write and how long it must live.
+local function policy(i, s1, s2, s3)
+  local algo, quota, window, burst_n = unpack_s('>dddd', params, (i - 1) * 32 + 1)
   if algo == 1 then
     -- GCRA: s1 is the theoretical arrival time.
     local interval = window / quota
-    local burst = tonumber(ARGV[a + 3]) * interval
-    local tat = math.max(s1, now)
+    local burst = burst_n * interval
+    local tat = max(s1, now)
     local new_tat = tat + interval * cost
     local allow_at = new_tat - burst
     local uncounted = (now + burst - tat) / interval
     if now < allow_at then
-      r = { false, uncounted, tat - now, allow_at - now, uncounted, tat - now }
-    else
-      r = { true, (now - allow_at) / interval, new_tat - now, 0, uncounted, tat - now,
-            new_tat, 0, 0, new_tat - now }
+      return false, uncounted, tat - now, allow_at - now, uncounted, tat - now
     end
-  else
-    local start = math.floor(now / window) * window
-    local left = start + window - now
-    if algo == 2 then
-      -- Fixed window: s1 is the window's start, s2 its count.
-      local count = 0
-      if s1 == start then count = s2 end
-      if count + cost > quota then
-        r = { false, quota - count, left, left, quota - count, left }
-      else
-        r = { true, quota - count - cost, left, 0, quota - count, left,
-              start, count + cost, 0, left }
-      end
-    else
-      -- Sliding window: s1 the current window's start, s2 its count, s3
-      -- the previous window's count.
-      local current, previous = 0, 0
-      if s1 == start then
-        current, previous = s2, s3
-      elseif s1 == start - window then
-        previous = s2
-      end
-      local used = previous * left / window + current
-      if used + cost > quota then
-        local retry = left
-        if current + cost <= quota then
-          -- In this window, once the previous one weighs little enough.
-          retry = start + window - (quota - current - cost) / previous * window - now
-        elseif cost <= quota and current > 0 then
-          -- In the next window, once this one weighs little enough.
-          retry = start + 2 * window - (quota - cost) / current * window - now
-        end
-        r = { false, quota - used, left, retry, quota - used, left }
-      else
-        r = { true, quota - used - cost, left, 0, quota - used, left,
-              start, current + cost, previous, left + window }
-      end
-    end
+    return true, (now - allow_at) / interval, new_tat - now, 0, uncounted, tat - now,
+      new_tat, 0, 0, new_tat - now
   end
-  if not r[1] then all_ok = false end
-  results[i] = r
+  local start = floor(now / window) * window
+  local left = start + window - now
+  if algo == 2 then
+    -- Fixed window: s1 is the window's start, s2 its count.
+    local count = 0
+    if s1 == start then count = s2 end
+    if count + cost > quota then
+      return false, quota - count, left, left, quota - count, left
+    end
+    return true, quota - count - cost, left, 0, quota - count, left,
+      start, count + cost, 0, left
+  end
+  -- Sliding window: s1 the current window's start, s2 its count, s3 the
+  -- previous window's count.
+  local current, previous = 0, 0
+  if s1 == start then
+    current, previous = s2, s3
+  elseif s1 == start - window then
+    previous = s2
+  end
+  local used = previous * left / window + current
+  if used + cost > quota then
+    local retry = left
+    if current + cost <= quota then
+      -- In this window, once the previous one weighs little enough.
+      retry = start + window - (quota - current - cost) / previous * window - now
+    elseif cost <= quota and current > 0 then
+      -- In the next window, once this one weighs little enough.
+      retry = start + 2 * window - (quota - cost) / current * window - now
+    end
+    return false, quota - used, left, retry, quota - used, left
+  end
+  return true, quota - used - cost, left, 0, quota - used, left,
+    start, current + cost, previous, left + window
 end
 
-local out = { all_ok and 1 or 0, now }
-for i, r in ipairs(results) do
-  local remaining, reset, retry = r[2], r[3], 0
-  if not all_ok then remaining, reset = r[5], r[6] end
-  if not r[1] then retry = math.max(math.ceil(r[4]), 1) end
-  out[#out + 1] = r[1] and 1 or 0
-  out[#out + 1] = math.max(math.floor(remaining), 0)
-  out[#out + 1] = math.max(math.ceil(reset), 0)
-  out[#out + 1] = retry
-  if all_ok then
-    redis.call('SET', KEYS[i], struct.pack('>ddd', r[7], r[8], r[9]), 'PX',
-      math.max(math.ceil(r[10]), 1))
-  end
+local function state(i)
+  if raw then return unpack_s('>ddd', raw, (i - 1) * 24 + 1) end
+  return 0, 0, 0
 end
-return struct.pack('>' .. string.rep('d', #out), unpack(out))
+
+if n == 1 then
+  -- One policy: no tables.
+  local ok, rem, reset, retry, _, _, n1, n2, n3, ttl = policy(1, state(1))
+  if ok then
+    call('SET', KEYS[1], pack('>ddd', n1, n2, n3), 'PX', max(ceil(ttl), 1))
+    return pack('>dddddd', 1, now, 1, max(floor(rem), 0), max(ceil(reset), 0), 0)
+  end
+  return pack('>dddddd', 0, now, 0, max(floor(rem), 0), max(ceil(reset), 0),
+    max(ceil(retry), 1))
+end
+
+-- Several: every policy's outcome first (10 values each), then the reply.
+local r, all_ok = {}, true
+for i = 1, n do
+  local b = (i - 1) * 10
+  local s1, s2, s3 = state(i)
+  r[b + 1], r[b + 2], r[b + 3], r[b + 4], r[b + 5], r[b + 6], r[b + 7], r[b + 8],
+    r[b + 9], r[b + 10] = policy(i, s1, s2, s3)
+  if not r[b + 1] then all_ok = false end
+end
+local out, states, ttl = { all_ok and 1 or 0, now }, {}, 1
+for i = 1, n do
+  local b = (i - 1) * 10
+  local rem, reset, retry = r[b + 2], r[b + 3], 0
+  if all_ok then
+    states[#states + 1] = pack('>ddd', r[b + 7], r[b + 8], r[b + 9])
+    ttl = max(ttl, ceil(r[b + 10]))
+  else
+    rem, reset = r[b + 5], r[b + 6]
+  end
+  if not r[b + 1] then retry = max(ceil(r[b + 4]), 1) end
+  out[#out + 1] = r[b + 1] and 1 or 0
+  out[#out + 1] = max(floor(rem), 0)
+  out[#out + 1] = max(ceil(reset), 0)
+  out[#out + 1] = retry
+end
+if all_ok then
+  call('SET', KEYS[1], table.concat(states), 'PX', ttl)
+end
+return pack('>' .. string.rep('d', #out), unpack(out))

@@ -1,29 +1,98 @@
-//! Where rate-limit state lives, the same on Redis and in memory:
-//! `{prefix}:rl:{<client key>}:<policy>`, one value per policy per client
-//! (three big-endian doubles), every key of a client in one hash tag.
+//! Where rate-limit state lives, the same on Redis and in memory: one
+//! value per client per set of policies, `{prefix}:rl:{<client>}:<set>`,
+//! where `<client>` is the caller's key (the layer's is `<rule>|<who>`) and
+//! `<set>` is the hex fingerprint of the policies (names, algorithms and
+//! numbers, in order). The value is three big-endian doubles per policy,
+//! in order. One value means one read and one write per check whatever
+//! the number of policies; the fingerprint means a changed configuration
+//! starts from fresh state instead of misreading the old one.
 
-use super::policy::{Policy, State};
+use super::policy::{Policy, State, FNV_OFFSET, FNV_PRIME};
 use crate::keys::Namespace;
 
-/// The state key of `policy` for the client `key`.
-pub(crate) fn policy_key(ns: &Namespace, key: &str, policy: &Policy) -> String {
-    ns.tagged("rl", key).key(policy.name())
+/// Bytes of one policy's state.
+pub(crate) const STATE_LEN: usize = 24;
+
+/// The state key of `policies` for the client `key`.
+pub(crate) fn state_key(ns: &Namespace, key: &str, policies: &[Policy]) -> String {
+    let set = policies.iter().fold(FNV_OFFSET, |hash, p| {
+        (hash ^ p.fingerprint()).wrapping_mul(FNV_PRIME)
+    });
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((set >> (60 - 4 * i)) & 15) as usize];
+    }
+    let hex = std::str::from_utf8(&hex).unwrap_or("0");
+    ns.tagged_with_room("rl", key, 17).into_key(hex)
 }
 
-/// A stored state; zeros when absent or unreadable (a fresh start).
-pub(crate) fn decode(value: Option<&[u8]>) -> State {
-    let mut state = [0.0; 3];
-    if let Some(value) = value.filter(|v| v.len() == 24) {
-        for (n, chunk) in state.iter_mut().zip(value.chunks_exact(8)) {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(chunk);
-            *n = f64::from_be_bytes(bytes);
+/// The stored states of `n` policies; zeros (a fresh start) when absent
+/// or not of that shape.
+pub(crate) fn decode(value: Option<&[u8]>, n: usize) -> Vec<State> {
+    let mut states = vec![[0.0; 3]; n];
+    if let Some(value) = value.filter(|v| v.len() == STATE_LEN * n) {
+        for (state, chunk) in states.iter_mut().zip(value.chunks_exact(STATE_LEN)) {
+            for (x, bytes) in state.iter_mut().zip(chunk.chunks_exact(8)) {
+                let mut be = [0u8; 8];
+                be.copy_from_slice(bytes);
+                *x = f64::from_be_bytes(be);
+            }
         }
     }
-    state
+    states
 }
 
-/// A state to store.
-pub(crate) fn encode(state: &State) -> Vec<u8> {
-    state.iter().flat_map(|n| n.to_be_bytes()).collect()
+/// States to store.
+pub(crate) fn encode(states: &[State]) -> Vec<u8> {
+    states
+        .iter()
+        .flatten()
+        .flat_map(|x| x.to_be_bytes())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_the_client_and_the_policy_set() {
+        let ns = Namespace::new("app").unwrap();
+        let a = [Policy::per_second(5).named("a")];
+        let key = state_key(&ns, "r|ip:192.0.2.1", &a);
+        assert!(key.starts_with("app:rl:{r|ip:192.0.2.1}:"), "{key}");
+        assert_eq!(key.len(), "app:rl:{r|ip:192.0.2.1}:".len() + 16);
+        assert_eq!(key, state_key(&ns, "r|ip:192.0.2.1", &a), "stable");
+        // Any change to the set is another key.
+        for other in [
+            vec![Policy::per_second(6).named("a")],
+            vec![Policy::per_second(5).named("b")],
+            vec![Policy::per_second(5).named("a").burst(2)],
+            vec![Policy::per_second(5).named("a").fixed_window()],
+            vec![Policy::per_second(5).named("a"), Policy::per_hour(9)],
+        ] {
+            assert_ne!(key, state_key(&ns, "r|ip:192.0.2.1", &other), "{other:?}");
+        }
+        // Order matters too.
+        let ab = [
+            Policy::per_second(1).named("a"),
+            Policy::per_second(1).named("b"),
+        ];
+        let ba = [
+            Policy::per_second(1).named("b"),
+            Policy::per_second(1).named("a"),
+        ];
+        assert_ne!(state_key(&ns, "c", &ab), state_key(&ns, "c", &ba));
+    }
+
+    #[test]
+    fn states_round_trip_and_bad_shapes_start_fresh() {
+        let states = vec![[1.5, 2.0, 3.0], [4.0, 5.0, 6.0]];
+        let bytes = encode(&states);
+        assert_eq!(bytes.len(), 48);
+        assert_eq!(decode(Some(&bytes), 2), states);
+        assert_eq!(decode(Some(&bytes), 3), vec![[0.0; 3]; 3]);
+        assert_eq!(decode(Some(b"garbage"), 1), vec![[0.0; 3]]);
+        assert_eq!(decode(None, 1), vec![[0.0; 3]]);
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::layout::{decode, encode, policy_key};
+use super::layout::{decode, encode, state_key};
 use super::policy::{check, Policy};
 use super::store::{Decision, PolicyState, RateLimitStore};
 use crate::error::{Error, ErrorKind};
@@ -11,28 +11,27 @@ use crate::memory::{MemoryBackend, Value};
 
 impl RateLimitStore for MemoryBackend {
     async fn check(&self, key: &str, policies: &[Policy], cost: u64) -> Result<Decision, Error> {
-        let keys: Vec<String> = policies
-            .iter()
-            .map(|p| policy_key(self.namespace(), key, p))
-            .collect();
+        let key = state_key(self.namespace(), key, policies);
         self.atomically(|ks| {
             let now = ks.now_millis() as f64;
+            let stored = match ks.get(&key) {
+                None => None,
+                Some(Value::Bytes(b)) => Some(b.as_slice()),
+                Some(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Server,
+                        "WRONGTYPE Operation against a key holding the wrong kind of value",
+                    ))
+                }
+            };
             let mut outcomes = Vec::with_capacity(policies.len());
-            let mut writes = Vec::with_capacity(policies.len());
-            for (policy, key) in policies.iter().zip(&keys) {
-                let stored = match ks.get(key) {
-                    None => None,
-                    Some(Value::Bytes(b)) => Some(b.as_slice()),
-                    Some(_) => {
-                        return Err(Error::new(
-                            ErrorKind::Server,
-                            "WRONGTYPE Operation against a key holding the wrong kind of value",
-                        ))
-                    }
-                };
-                let (outcome, next, ttl) = check(policy, decode(stored), now, cost as f64);
+            let mut next = Vec::with_capacity(policies.len());
+            let mut ttl: f64 = 1.0;
+            for (policy, state) in policies.iter().zip(decode(stored, policies.len())) {
+                let (outcome, written, lives) = check(policy, state, now, cost as f64);
                 outcomes.push(outcome);
-                writes.push((next, ttl));
+                next.push(written);
+                ttl = ttl.max(lives.ceil());
             }
             // All or nothing: when any policy refuses, none counts the
             // request, and each reports its state without it.
@@ -55,10 +54,8 @@ impl RateLimitStore for MemoryBackend {
                 .collect();
             let decision = Decision::new(states);
             if allowed {
-                for (key, (next, ttl)) in keys.iter().zip(writes) {
-                    let ttl = Duration::from_millis((ttl.ceil() as u64).max(1));
-                    ks.set(key, Value::Bytes(encode(&next)), Some(ttl))?;
-                }
+                let ttl = Duration::from_millis(ttl as u64);
+                ks.set(&key, Value::Bytes(encode(&next)), Some(ttl))?;
             }
             Ok(decision)
         })

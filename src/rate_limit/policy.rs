@@ -61,6 +61,8 @@ pub struct Policy {
     window: Duration,
     burst: Option<u64>,
     algorithm: Algorithm,
+    /// A stable hash of all of the above (see `layout`).
+    fingerprint: u64,
 }
 
 impl fmt::Debug for Policy {
@@ -74,6 +76,10 @@ impl fmt::Debug for Policy {
             .finish()
     }
 }
+
+/// FNV-1a's 64-bit parameters.
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub(crate) const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// The longest window accepted: a year (times in Lua stay exact).
 pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
@@ -89,7 +95,33 @@ impl Policy {
             window,
             burst: None,
             algorithm: Algorithm::Gcra,
+            fingerprint: 0,
         }
+        .fingerprinted()
+    }
+
+    /// With its fingerprint: FNV-1a (64 bits) over the name and the
+    /// numbers in big-endian bytes, so every build of the crate on every
+    /// platform agrees, and instances sharing a store share states.
+    fn fingerprinted(mut self) -> Self {
+        let mut hash = FNV_OFFSET;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                hash = (hash ^ u64::from(*b)).wrapping_mul(FNV_PRIME);
+            }
+        };
+        eat(self.name.as_bytes());
+        eat(&[0, self.algorithm.code()]);
+        eat(&self.quota.to_be_bytes());
+        eat(&self.window_ms().to_be_bytes());
+        eat(&self.burst_or_quota().to_be_bytes());
+        self.fingerprint = hash;
+        self
+    }
+
+    /// The fingerprint (see `fingerprinted`).
+    pub(crate) fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// `quota` requests per second.
@@ -117,28 +149,28 @@ impl Policy {
     #[must_use]
     pub fn named(mut self, name: &str) -> Self {
         self.name = Arc::from(name);
-        self
+        self.fingerprinted()
     }
 
     /// For GCRA, how many requests may arrive at once (default: the quota).
     #[must_use]
     pub fn burst(mut self, burst: u64) -> Self {
         self.burst = Some(burst);
-        self
+        self.fingerprinted()
     }
 
     /// Counts by [`Algorithm::FixedWindow`].
     #[must_use]
     pub fn fixed_window(mut self) -> Self {
         self.algorithm = Algorithm::FixedWindow;
-        self
+        self.fingerprinted()
     }
 
     /// Counts by [`Algorithm::SlidingWindow`].
     #[must_use]
     pub fn sliding_window(mut self) -> Self {
         self.algorithm = Algorithm::SlidingWindow;
-        self
+        self.fingerprinted()
     }
 
     /// The name.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::layout::policy_key;
+use super::layout::state_key;
 use super::policy::Policy;
 use super::store::{Decision, PolicyState, RateLimitStore};
 use crate::error::Error;
@@ -13,19 +13,26 @@ static CHECK: Script = script!("rate-limit-check", "check.lua");
 
 impl RateLimitStore for RedisBackend {
     async fn check(&self, key: &str, policies: &[Policy], cost: u64) -> Result<Decision, Error> {
-        let mut call = self.script(&CHECK);
+        // The policies as the script reads them: four doubles each (all
+        // below 2^53, so exact).
+        let mut params = Vec::with_capacity(32 * policies.len());
         for policy in policies {
-            call = call.key(policy_key(self.namespace(), key, policy));
+            for x in [
+                f64::from(policy.algorithm().code()),
+                policy.quota() as f64,
+                policy.window_ms() as f64,
+                policy.burst_size() as f64,
+            ] {
+                params.extend_from_slice(&x.to_be_bytes());
+            }
         }
-        call = call.arg(cost);
-        for policy in policies {
-            call = call
-                .arg(policy.algorithm().code())
-                .arg(policy.quota())
-                .arg(policy.window_ms())
-                .arg(policy.burst_size());
-        }
-        let reply: Vec<u8> = call.invoke().await?;
+        let reply: Vec<u8> = self
+            .script(&CHECK)
+            .key(state_key(self.namespace(), key, policies))
+            .arg(cost)
+            .arg(params)
+            .invoke()
+            .await?;
         decode(&reply, policies.len())
     }
 }

@@ -20,9 +20,10 @@ use crate::Backend;
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Checks a request of `cost` by the client `key` against `policies`,
     /// all or nothing, by the store's clock: when every policy admits it,
-    /// each counts it; when any refuses, none does. One state per policy per
-    /// client, expiring when idle; all of one client's states share a Redis
-    /// Cluster slot.
+    /// each counts it; when any refuses, none does. The state of `key`
+    /// under this set of policies expires when idle; a changed set (other
+    /// names, numbers, algorithms or order) starts from fresh state. All of
+    /// a key's state shares one Redis Cluster slot.
     fn check(
         &self,
         key: &str,

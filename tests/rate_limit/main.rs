@@ -157,8 +157,8 @@ support::both_backends! { fixture;
     a_refusal_by_one_policy_counts_against_none => |fx| {
         let store = fx.backend();
         let policies = [
-            Policy::per_minute(10).fixed_window().named("wide"),
-            Policy::per_minute(2).fixed_window().named("narrow"),
+            Policy::per_hour(10).fixed_window().named("wide"),
+            Policy::per_hour(2).fixed_window().named("narrow"),
         ];
         for _ in 0..2 {
             assert!(store.check("c", &policies, 1).await.unwrap().allowed);
@@ -168,13 +168,14 @@ support::both_backends! { fixture;
             assert!(!d.allowed);
             assert!(d.policies[0].admitted, "the wide policy alone would admit");
             assert!(!d.policies[1].admitted);
+            // The wide policy saw two requests, not more.
+            assert_eq!(d.policies[0].remaining, 8);
         }
-        // The wide policy saw two requests, not seven.
-        let wide = [Policy::per_minute(10).fixed_window().named("wide")];
-        assert_eq!(
-            store.check("c", &wide, 1).await.unwrap().policies[0].remaining,
-            7
-        );
+        // Cheaper requests do not fit the narrow policy either; a costly
+        // one does not fit the wide one: still nothing counted.
+        let d = store.check("c", &policies, 9).await.unwrap();
+        assert!(!d.policies[0].admitted && !d.policies[1].admitted);
+        assert_eq!(d.policies[0].remaining, 8);
     }
 
     each_algorithm_admits_exactly_its_quota_in_a_window => |fx| {
@@ -237,7 +238,7 @@ support::both_backends! { fixture;
             Policy::new(1, Duration::from_millis(200)).sliding_window().named("s"),
         ];
         assert!(store.check("idle", &policies, 1).await.unwrap().allowed);
-        assert_eq!(fx.tb.keys("rl:*").len(), 3, "{:?}", fx.tb.keys("*"));
+        assert_eq!(fx.tb.keys("rl:*").len(), 1, "one value for all: {:?}", fx.tb.keys("*"));
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert_eq!(fx.tb.keys("rl:*"), Vec::<String>::new(), "no state is kept for idle clients");
     }
@@ -698,6 +699,25 @@ support::both_backends! { fixture;
         for _ in 0..3 {
             assert_eq!(send_body(&app, "/work", "", None).await.status, StatusCode::OK);
         }
+    }
+
+    a_changed_policy_set_starts_from_fresh_state => |fx| {
+        let store = fx.backend();
+        let before = [Policy::per_hour(2).fixed_window().named("p")];
+        assert!(store.check("c", &before, 2).await.unwrap().allowed);
+        assert!(!store.check("c", &before, 1).await.unwrap().allowed);
+        // A new quota (a deploy): its own state, not the old one misread.
+        let after = [Policy::per_hour(3).fixed_window().named("p")];
+        assert_eq!(store.check("c", &after, 1).await.unwrap().policies[0].remaining, 2);
+        // Two policies: each has its own numbers in the one value.
+        let two = [
+            Policy::per_hour(5).named("g"),
+            Policy::per_hour(4).sliding_window().named("s"),
+        ];
+        let d = store.check("c", &two, 1).await.unwrap();
+        assert_eq!((d.policies[0].remaining, d.policies[1].remaining), (4, 3));
+        let d = store.check("c", &two, 2).await.unwrap();
+        assert_eq!((d.policies[0].remaining, d.policies[1].remaining), (2, 1));
     }
 
     rules_are_counted_apart => |fx| {
