@@ -11,7 +11,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use ipnet::IpNet;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -164,6 +164,23 @@ struct Refusal {
     violated: Vec<String>,
     /// The problem+json body (it names no time, so it stays true).
     body: bytes::Bytes,
+    /// The default 429's head as last rendered, with the whole seconds it
+    /// shows (`Retry-After`, then each policy's `t`): requests refused
+    /// within the same second get a copy instead of a new rendering.
+    rendered: std::sync::Mutex<Option<(Vec<u64>, HeaderMap)>>,
+}
+
+impl Refusal {
+    /// The whole seconds the 429 shows at `now`: `Retry-After`, then each
+    /// policy's `t`.
+    fn seconds(&self, now: Instant) -> impl Iterator<Item = u64> + '_ {
+        let wait = self.until.saturating_duration_since(now);
+        std::iter::once(headers::secs_up(wait).max(1)).chain(
+            self.states
+                .iter()
+                .map(move |(_, at)| headers::secs_up(at.saturating_duration_since(now))),
+        )
+    }
 }
 
 /// A refused request, for a custom 429 ([`RateLimitLayerBuilder::on_limited`]).
@@ -547,10 +564,6 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // Call the instance that was driven to readiness, leave a clone in
-        // its place (see tower's "Be careful when cloning inner services").
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = req.into_parts();
         let config = &self.config;
 
@@ -593,6 +606,11 @@ where
                 cost,
             });
         }
+        // Call the instance that was driven to readiness, leave a clone in
+        // its place (see tower's "Be careful when cloning inner services").
+        // A local refusal returned above without either.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         if pending.is_empty() {
             // No rule applies: untouched, no store call.
             return ResponseFuture {
@@ -636,7 +654,28 @@ impl Config {
             return None;
         }
         self.counters.denied_locally.fetch_add(1, Ordering::Relaxed);
-        Some(self.refuse(rule, &refusal, now, Limits::default()))
+        if self.respond.is_some() {
+            // The user's 429 is theirs to build each time.
+            return Some(self.refuse(rule, &refusal, now, Limits::default()));
+        }
+        // A poisoned lock only means a panic elsewhere mid-copy: the
+        // cached head is then rendered again.
+        let mut rendered = refusal.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        let head = match &*rendered {
+            Some((seconds, head)) if seconds.iter().copied().eq(refusal.seconds(now)) => {
+                head.clone()
+            }
+            _ => {
+                let (head, _) = self.refuse(rule, &refusal, now, Limits::default());
+                *rendered = Some((refusal.seconds(now).collect(), head.headers.clone()));
+                return Some((head, refusal.body.clone()));
+            }
+        };
+        drop(rendered);
+        let (mut parts, ()) = Response::new(()).into_parts();
+        parts.status = StatusCode::TOO_MANY_REQUESTS;
+        parts.headers = head;
+        Some((parts, refusal.body.clone()))
     }
 
     /// The answer to a refused request: the 429 (or the user's), its
@@ -800,6 +839,7 @@ async fn check(config: Arc<Config>, parts: Parts, mut pending: Vec<Pending>) -> 
                 headers::problem(violated.iter().map(String::as_str)).to_json(),
             ),
             violated,
+            rendered: std::sync::Mutex::new(None),
         };
         let answer = config.refuse(rule, &refusal, now, limits);
         if let (Some(cache), false) = (&config.deny_cache, retry.is_zero()) {

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use harness::{app, get_from, send, send_body, Fixture, Kind};
+use harness::{app, get_from, send, send_body, Fixture, Kind, Reply};
 use redis_layers::rate_limit::{Key, MissingKey, Policy, RateLimitLayer, RateLimitStore, Rule};
 use redis_layers::ErrorKind;
 
@@ -615,6 +615,35 @@ support::both_backends! { fixture;
         assert_eq!(get_from(&app, "/free", "192.0.2.2:1").await.status, StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(450)).await;
         assert_eq!(get_from(&app, "/free", peer).await.status, StatusCode::OK);
+    }
+
+    a_local_refusal_counts_its_wait_down => |fx| {
+        let layer = layer(&fx, Rule::any().policy(Policy::new(1, Duration::from_secs(3)).named("p")));
+        let app = app(layer.clone());
+        let peer = "192.0.2.1:1";
+        assert_eq!(get_from(&app, "/free", peer).await.status, StatusCode::OK);
+        let t = |r: &Reply| -> u64 {
+            let field = r.header("ratelimit").unwrap();
+            field.rsplit("t=").next().unwrap().parse().unwrap()
+        };
+        let retry = |r: &Reply| -> u64 { r.header("retry-after").unwrap().parse().unwrap() };
+        let by_store = get_from(&app, "/free", peer).await;
+        let local = get_from(&app, "/free", peer).await;
+        assert_eq!(layer.stats().denied_locally, 1);
+        for r in [&by_store, &local] {
+            assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(retry(r), t(r), "{:?}", r.header("ratelimit"));
+        }
+        assert_eq!(local.body, by_store.body);
+        assert_eq!(retry(&local), retry(&by_store));
+        assert!((2..=3).contains(&retry(&local)), "{}", retry(&local));
+        // A second later the same refusal shows a shorter wait.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let later = get_from(&app, "/free", peer).await;
+        assert_eq!(later.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(layer.stats().denied_locally, 2);
+        assert!(retry(&later) < retry(&local), "{} then {}", retry(&local), retry(&later));
+        assert_eq!(retry(&later), t(&later));
     }
 
     a_custom_refusal_keeps_the_limit_fields => |fx| {
