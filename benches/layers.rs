@@ -407,6 +407,35 @@ fn scenarios() -> Vec<Scenario> {
                 })
             },
         },
+        // A stored 1 KB response answered from Redis: one GET.
+        Scenario {
+            name: "cache-hit-redis",
+            build: |ctx| {
+                Box::pin(async move {
+                    use redis_layers::cache::CacheLayer;
+                    let backend = bench_backend(&ctx, format!("{}-cache", ctx.prefix));
+                    let body = "x".repeat(1024);
+                    let router = Router::new()
+                        .route(
+                            "/",
+                            get(move || {
+                                let body = body.clone();
+                                async move { ([("cache-control", "public, max-age=3600")], body) }
+                            }),
+                        )
+                        .layer(CacheLayer::new(backend));
+                    let request = plain_get("/");
+                    // Stored by the first request (the write follows its body).
+                    let res = router.clone().oneshot(request(0, 0)).await.unwrap();
+                    let _ = res.into_body().collect().await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let res = router.clone().oneshot(request(0, 0)).await.unwrap();
+                    let status = res.headers()["cache-status"].to_str().unwrap().to_owned();
+                    assert!(status.contains("hit"), "{status}");
+                    Target { router, request }
+                })
+            },
+        },
         // The layer's own cost, without Redis: the same requests on the
         // memory store.
         Scenario {

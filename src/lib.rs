@@ -20,6 +20,8 @@ mod problem;
 #[cfg_attr(not(feature = "session"), allow(dead_code))]
 mod time;
 
+#[cfg(feature = "cache")]
+pub mod cache;
 pub mod memory;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;

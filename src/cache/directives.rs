@@ -1,0 +1,182 @@
+//! `Cache-Control` directives (RFC 9111 §5.2), parsed by hand.
+//!
+//! The `headers` crate's `CacheControl` was the first choice, but for a
+//! shared cache it falls short where it matters: `private="Set-Cookie"` and
+//! `no-cache="..."` (the qualified forms) are dropped as unknown, so such a
+//! response would look public; names are matched case-sensitively; one bad
+//! value (`max-age=soon`) fails the whole header; and the RFC 5861
+//! extensions are not read. Here every form is kept, a bad value is read
+//! the way RFC 9111 §4.2.1 and §1.2.2 ask (an invalid freshness value means
+//! stale; delta-seconds past 2^31 mean 2^31), and unknown directives are
+//! ignored.
+
+use http::header::CACHE_CONTROL;
+use http::HeaderMap;
+
+/// The largest delta-seconds value the RFC asks caches to handle (§1.2.2).
+const MAX_DELTA: u64 = 1 << 31;
+
+/// The directives of every `Cache-Control` field of a message.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Directives {
+    pub(crate) no_store: bool,
+    /// `no-cache`, qualified or not (both mean "revalidate" to this cache).
+    pub(crate) no_cache: bool,
+    /// `private`, qualified or not (a shared cache stores neither).
+    pub(crate) private: bool,
+    pub(crate) public: bool,
+    pub(crate) must_revalidate: bool,
+    pub(crate) proxy_revalidate: bool,
+    pub(crate) only_if_cached: bool,
+    /// `Some(0)` when the value is invalid: the response is then stale.
+    pub(crate) max_age: Option<u64>,
+    pub(crate) s_maxage: Option<u64>,
+    pub(crate) min_fresh: Option<u64>,
+    /// `max-stale` without a value accepts any staleness.
+    pub(crate) max_stale: Option<u64>,
+    pub(crate) stale_while_revalidate: Option<u64>,
+    pub(crate) stale_if_error: Option<u64>,
+}
+
+impl Directives {
+    /// Every `Cache-Control` field of `headers`; an unreadable field (not
+    /// visible ASCII) reads as `no-store`, the safe side.
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let mut d = Directives::default();
+        for value in headers.get_all(CACHE_CONTROL) {
+            match value.to_str() {
+                Ok(text) => d.read(text),
+                Err(_) => d.no_store = true,
+            }
+        }
+        d
+    }
+
+    fn read(&mut self, text: &str) {
+        for item in split_outside_quotes(text) {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let (name, value) = match item.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim())),
+                None => (item, None),
+            };
+            let seconds = || value.map_or(Some(0), parse_delta);
+            match name.to_ascii_lowercase().as_str() {
+                "no-store" => self.no_store = true,
+                "no-cache" => self.no_cache = true,
+                "private" => self.private = true,
+                "public" => self.public = true,
+                "must-revalidate" => self.must_revalidate = true,
+                "proxy-revalidate" => self.proxy_revalidate = true,
+                "only-if-cached" => self.only_if_cached = true,
+                // Invalid values make the response stale (max-age=0).
+                "max-age" => self.max_age = Some(seconds().unwrap_or(0)),
+                "s-maxage" => self.s_maxage = Some(seconds().unwrap_or(0)),
+                "min-fresh" => self.min_fresh = seconds().or(self.min_fresh),
+                "max-stale" => {
+                    self.max_stale = match value {
+                        None => Some(u64::MAX),
+                        Some(v) => parse_delta(v).or(self.max_stale),
+                    }
+                }
+                "stale-while-revalidate" => {
+                    self.stale_while_revalidate = value.and_then(parse_delta)
+                }
+                "stale-if-error" => self.stale_if_error = value.and_then(parse_delta),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// delta-seconds: digits only (a quoted value is tolerated, as RFC 9111
+/// §5.2 asks of recipients), capped at 2^31.
+fn parse_delta(value: &str) -> Option<u64> {
+    let value = value.trim_matches('"');
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(value.parse::<u64>().unwrap_or(MAX_DELTA).min(MAX_DELTA))
+}
+
+/// Splits on commas that are not inside a quoted string
+/// (`private="a, b", max-age=5` is two directives).
+fn split_outside_quotes(text: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut start = 0;
+    let mut parts = Vec::new();
+    for (i, b) in text.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts.into_iter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn parse(values: &[&str]) -> Directives {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(CACHE_CONTROL, HeaderValue::from_str(v).unwrap());
+        }
+        Directives::of(&h)
+    }
+
+    #[test]
+    fn qualified_forms_count() {
+        let d = parse(&[r#"private="Set-Cookie, X-Foo", max-age=60"#]);
+        assert!(d.private);
+        assert_eq!(d.max_age, Some(60));
+        assert!(parse(&[r#"no-cache="Set-Cookie""#]).no_cache);
+    }
+
+    #[test]
+    fn names_are_case_insensitive_and_fields_combine() {
+        let d = parse(&["Public, S-MaxAge=10", "NO-STORE"]);
+        assert!(d.public && d.no_store);
+        assert_eq!(d.s_maxage, Some(10));
+    }
+
+    #[test]
+    fn bad_values_read_safely() {
+        assert_eq!(parse(&["max-age=soon"]).max_age, Some(0), "invalid: stale");
+        assert_eq!(parse(&["max-age=-5"]).max_age, Some(0));
+        assert_eq!(parse(&["max-age=\"30\""]).max_age, Some(30));
+        assert_eq!(
+            parse(&["max-age=999999999999999999999999"]).max_age,
+            Some(MAX_DELTA)
+        );
+        assert_eq!(parse(&["max-stale"]).max_stale, Some(u64::MAX));
+        assert_eq!(parse(&["min-fresh=x"]).min_fresh, None);
+        assert_eq!(
+            parse(&["stale-while-revalidate=30, stale-if-error=600"]),
+            Directives {
+                stale_while_revalidate: Some(30),
+                stale_if_error: Some(600),
+                ..Directives::default()
+            }
+        );
+        assert_eq!(parse(&[",, ,unknown-thing=1"]), Directives::default());
+        let mut h = HeaderMap::new();
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_bytes(b"max-age=5\xff").unwrap(),
+        );
+        assert!(Directives::of(&h).no_store, "unreadable: do not store");
+    }
+}

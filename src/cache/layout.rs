@@ -1,0 +1,239 @@
+//! Where entries live and how they are encoded, the same on Redis and in
+//! memory.
+//!
+//! Key: `{prefix}:cache:{<hash>}:e`, where `<hash>` is 32 hex digits of the
+//! SHA-256 of the request's cache key (method, scheme, host, path and
+//! query), so nothing a client sends (a token in a query string) appears
+//! in clear in Redis.
+//!
+//! Value: a compact binary entry, big-endian throughout:
+//!
+//! ```text
+//! "RLC1"                 magic and version
+//! u64 stored_at          Unix ms when stored (this instance's clock)
+//! u64 initial_age        ms: the response's age when stored (RFC 9111 §4.2.3)
+//! u64 lifetime           ms: its freshness lifetime (§4.2.1)
+//! u8  flags              1: no-cache (revalidate before every use)
+//!                        2: must-revalidate (never served stale)
+//! u16 status
+//! u8  n, n × (u8 len, name)   the header names `Vary` lists, lowercase
+//! [u8; 16]               hash of the request's values of those headers
+//! u16 m, m × (u8 len, name, u16 len, value)   the stored header fields
+//! body                   the rest
+//! ```
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::keys::Namespace;
+
+const MAGIC: &[u8; 4] = b"RLC1";
+
+/// Entry flag: revalidate before every use.
+pub(crate) const NO_CACHE: u8 = 1;
+/// Entry flag: never served stale.
+pub(crate) const MUST_REVALIDATE: u8 = 2;
+
+/// The store key of a request's cache key.
+pub(crate) fn entry_key(ns: &Namespace, hash: &str) -> String {
+    ns.tagged_with_room("cache", hash, 2).into_key("e")
+}
+
+/// 32 hex digits of SHA-256 over `parts`, each length-prefixed so that no
+/// two different lists hash alike.
+pub(crate) fn hash_hex<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let digest = hash(parts);
+    let mut out = String::with_capacity(32);
+    for b in digest {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// The first 16 bytes of SHA-256 over length-prefixed `parts`.
+pub(crate) fn hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 16] {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    let full = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+/// A stored response and what the cache knows of it.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) stored_at: u64,
+    pub(crate) initial_age: u64,
+    pub(crate) lifetime: u64,
+    pub(crate) flags: u8,
+    pub(crate) status: StatusCode,
+    pub(crate) vary: Vec<HeaderName>,
+    pub(crate) vary_hash: [u8; 16],
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Entry {
+    /// The binary form (see the module docs); `None` when a name or value
+    /// is too long for its length field.
+    pub(crate) fn encode(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(64 + self.body.len() + 32 * self.headers.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.stored_at.to_be_bytes());
+        out.extend_from_slice(&self.initial_age.to_be_bytes());
+        out.extend_from_slice(&self.lifetime.to_be_bytes());
+        out.push(self.flags);
+        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        out.push(u8::try_from(self.vary.len()).ok()?);
+        for name in &self.vary {
+            out.push(u8::try_from(name.as_str().len()).ok()?);
+            out.extend_from_slice(name.as_str().as_bytes());
+        }
+        out.extend_from_slice(&self.vary_hash);
+        out.extend_from_slice(&u16::try_from(self.headers.len()).ok()?.to_be_bytes());
+        for (name, value) in &self.headers {
+            out.push(u8::try_from(name.as_str().len()).ok()?);
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(&u16::try_from(value.len()).ok()?.to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        out.extend_from_slice(&self.body);
+        Some(out)
+    }
+
+    /// Reads an entry; `None` for anything not written by `encode` (another
+    /// version, a truncated or foreign value), which the cache then treats
+    /// as a miss.
+    pub(crate) fn decode(raw: Bytes) -> Option<Entry> {
+        let mut r = Reader { raw: &raw, at: 0 };
+        if r.take(4)? != MAGIC {
+            return None;
+        }
+        let stored_at = r.u64()?;
+        let initial_age = r.u64()?;
+        let lifetime = r.u64()?;
+        let flags = r.u8()?;
+        let status = StatusCode::from_u16(r.u16()?).ok()?;
+        let n = r.u8()?;
+        let mut vary = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            let len = r.u8()?;
+            vary.push(HeaderName::from_bytes(r.take(usize::from(len))?).ok()?);
+        }
+        let mut vary_hash = [0u8; 16];
+        vary_hash.copy_from_slice(r.take(16)?);
+        let m = r.u16()?;
+        let mut headers = HeaderMap::with_capacity(usize::from(m));
+        for _ in 0..m {
+            let len = r.u8()?;
+            let name = HeaderName::from_bytes(r.take(usize::from(len))?).ok()?;
+            let len = r.u16()?;
+            let value = HeaderValue::from_bytes(r.take(usize::from(len))?).ok()?;
+            headers.append(name, value);
+        }
+        let at = r.at;
+        Some(Entry {
+            stored_at,
+            initial_age,
+            lifetime,
+            flags,
+            status,
+            vary,
+            vary_hash,
+            headers,
+            body: raw.slice(at..),
+        })
+    }
+}
+
+struct Reader<'a> {
+    raw: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let out = self.raw.get(self.at..end)?;
+        self.at = end;
+        Some(out)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Entry {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.append("x-many", HeaderValue::from_static("a"));
+        headers.append("x-many", HeaderValue::from_static("b"));
+        Entry {
+            stored_at: 1_764_230_400_000,
+            initial_age: 1_500,
+            lifetime: 60_000,
+            flags: MUST_REVALIDATE,
+            status: StatusCode::NOT_FOUND,
+            vary: vec![HeaderName::from_static("accept-encoding")],
+            vary_hash: [7; 16],
+            headers,
+            body: Bytes::from_static(b"hello\x00world"),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let e = sample();
+        let back = Entry::decode(Bytes::from(e.encode().unwrap())).unwrap();
+        assert_eq!(back.stored_at, e.stored_at);
+        assert_eq!(back.initial_age, e.initial_age);
+        assert_eq!(back.lifetime, e.lifetime);
+        assert_eq!(back.flags, e.flags);
+        assert_eq!(back.status, e.status);
+        assert_eq!(back.vary, e.vary);
+        assert_eq!(back.vary_hash, e.vary_hash);
+        assert_eq!(back.headers, e.headers);
+        assert_eq!(back.body, e.body);
+    }
+
+    #[test]
+    fn foreign_or_truncated_values_are_not_entries() {
+        let raw = sample().encode().unwrap();
+        for cut in [0, 3, 10, 30, 40, 50] {
+            assert!(
+                Entry::decode(Bytes::copy_from_slice(&raw[..cut])).is_none(),
+                "{cut}"
+            );
+        }
+        assert!(Entry::decode(Bytes::from_static(b"RLC2whatever")).is_none());
+        assert!(Entry::decode(Bytes::from_static(b"")).is_none());
+    }
+
+    #[test]
+    fn keys_hide_what_they_hash() {
+        let ns = Namespace::new("app").unwrap();
+        let h = hash_hex([b"GET".as_slice(), b"/?token=secret"]);
+        let key = entry_key(&ns, &h);
+        assert_eq!(key, format!("app:cache:{{{h}}}:e"));
+        assert!(!key.contains("secret"));
+        assert_eq!(h.len(), 32);
+        // Length prefixes: moving a byte between parts changes the hash.
+        assert_ne!(h, hash_hex([b"GET/".as_slice(), b"?token=secret"]));
+    }
+}

@@ -1,0 +1,464 @@
+//! RFC 9111 as a shared cache reads it: whether a response may be stored
+//! (§3), for how long it is fresh (§4.2.1), how old it is (§4.2.3), and
+//! whether a stored response may answer a request (§4.2, §5.2.1).
+
+use std::time::SystemTime;
+
+use http::header::{AUTHORIZATION, DATE, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
+use http::{HeaderMap, StatusCode};
+
+use super::directives::Directives;
+use super::layout::{Entry, MUST_REVALIDATE, NO_CACHE};
+
+/// Heuristic freshness is this fraction of the time since Last-Modified
+/// (RFC 9111 §4.2.2 suggests 10%)...
+const HEURISTIC_FRACTION: u64 = 10;
+/// ...and at most a day.
+const HEURISTIC_MAX_MS: u64 = 86_400_000;
+
+/// Status codes RFC 9110 §15.1 calls heuristically cacheable.
+pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// What the layer's settings add to the RFC.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Statuses stored besides the heuristically cacheable ones (when the
+    /// response gives them explicit freshness).
+    pub(crate) extra_statuses: Vec<StatusCode>,
+    /// Freshness for a storable response that states none, in ms.
+    pub(crate) default_ttl: Option<u64>,
+    /// Store responses with `Set-Cookie`, without that header.
+    pub(crate) strip_set_cookie: bool,
+}
+
+/// Why a response is not stored (for logs and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotStored {
+    Status,
+    NoStore,
+    Private,
+    Authorization,
+    SetCookie,
+    VaryStar,
+    NoFreshness,
+    NoCache,
+}
+
+/// How a storable response is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Keep {
+    pub(crate) lifetime: u64,
+    pub(crate) initial_age: u64,
+    pub(crate) flags: u8,
+}
+
+/// Whether a response to a GET may be stored by a shared cache, and how.
+pub(crate) fn storable(
+    request: &HeaderMap,
+    status: StatusCode,
+    response: &HeaderMap,
+    settings: &Settings,
+    now: SystemTime,
+) -> Result<Keep, NotStored> {
+    let req = Directives::of(request);
+    let res = Directives::of(response);
+    if req.no_store || res.no_store {
+        return Err(NotStored::NoStore);
+    }
+    if res.private {
+        return Err(NotStored::Private);
+    }
+    let explicit =
+        res.s_maxage.is_some() || res.max_age.is_some() || response.contains_key(EXPIRES);
+    // The heuristically cacheable statuses; others only when the layer
+    // lists them and the response states its freshness (RFC 9111 would
+    // let any final status with max-age through, but a blanket
+    // `Cache-Control` on every response would then keep a passing 500 or
+    // 302). Never a partial or a 304: this cache does not combine them.
+    let listed = settings.extra_statuses.contains(&status) && (explicit || res.public);
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || !(heuristically_cacheable(status) || listed)
+    {
+        return Err(NotStored::Status);
+    }
+    if request.contains_key(AUTHORIZATION)
+        && !(res.public || res.s_maxage.is_some() || res.must_revalidate)
+    {
+        return Err(NotStored::Authorization);
+    }
+    if response.contains_key(SET_COOKIE) && !settings.strip_set_cookie {
+        return Err(NotStored::SetCookie);
+    }
+    if vary_names(response).is_none() {
+        return Err(NotStored::VaryStar);
+    }
+    if res.no_cache {
+        // Stored responses are served only after revalidation, which this
+        // version does not do yet: keeping them would only cost memory.
+        return Err(NotStored::NoCache);
+    }
+    let now_ms = unix_ms(now);
+    let date = http_date(response, DATE);
+    let lifetime = if let Some(s) = res.s_maxage.or(res.max_age) {
+        s.saturating_mul(1000)
+    } else if response.contains_key(EXPIRES) {
+        // An invalid Expires means already expired (§5.3).
+        match http_date(response, EXPIRES) {
+            Some(expires) => expires.saturating_sub(date.unwrap_or(now_ms)),
+            None => 0,
+        }
+    } else if let (true, Some(modified)) = (
+        heuristically_cacheable(status) || res.public,
+        http_date(response, LAST_MODIFIED),
+    ) {
+        (date.unwrap_or(now_ms).saturating_sub(modified) / HEURISTIC_FRACTION).min(HEURISTIC_MAX_MS)
+    } else {
+        settings.default_ttl.ok_or(NotStored::NoFreshness)?
+    };
+    // §4.2.3: the handler answers in this process, so the response delay
+    // is nil and the apparent age is what Date says.
+    let apparent = date.map_or(0, |d| now_ms.saturating_sub(d));
+    let age_value = response
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(0, |s| s.saturating_mul(1000));
+    let initial_age = apparent.max(age_value);
+    if lifetime <= initial_age {
+        return Err(NotStored::NoFreshness);
+    }
+    let mut flags = 0;
+    if res.must_revalidate || res.proxy_revalidate || res.s_maxage.is_some() {
+        flags |= MUST_REVALIDATE;
+    }
+    Ok(Keep {
+        lifetime,
+        initial_age,
+        flags,
+    })
+}
+
+/// The lowercase names `Vary` lists; `None` for `Vary: *` (never
+/// matches, so never stored).
+pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<http::HeaderName>> {
+    let mut names: Vec<http::HeaderName> = Vec::new();
+    for value in headers.get_all(VARY) {
+        let text = value.to_str().ok()?;
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item == "*" {
+                return None;
+            }
+            let name = http::HeaderName::from_bytes(item.as_bytes()).ok()?;
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    Some(names)
+}
+
+/// The entry's age at `now`, in ms (§4.2.3).
+pub(crate) fn age(entry: &Entry, now: SystemTime) -> u64 {
+    entry.initial_age + unix_ms(now).saturating_sub(entry.stored_at)
+}
+
+/// Why a stored response cannot answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unusable {
+    /// Past its freshness lifetime (and the request accepts no staleness).
+    Stale,
+    /// Fresh, but the request's directives forbid its use (`no-cache`,
+    /// `max-age`, `min-fresh`).
+    Request,
+}
+
+/// Whether `entry`, `age` ms old, may answer a request with directives
+/// `req` without revalidation (§4.2, §5.2.1).
+pub(crate) fn usable(entry: &Entry, age: u64, req: &Directives) -> Result<(), Unusable> {
+    let fresh = age < entry.lifetime;
+    if entry.flags & NO_CACHE != 0 {
+        return Err(if fresh {
+            Unusable::Request
+        } else {
+            Unusable::Stale
+        });
+    }
+    if !fresh {
+        // max-stale lets a stale response through unless the response
+        // forbids it.
+        let stale_by = age - entry.lifetime;
+        let accepted = entry.flags & MUST_REVALIDATE == 0
+            && req
+                .max_stale
+                .is_some_and(|s| stale_by < s.saturating_mul(1000));
+        return if accepted {
+            Ok(())
+        } else {
+            Err(Unusable::Stale)
+        };
+    }
+    if req.no_cache {
+        return Err(Unusable::Request);
+    }
+    if req.max_age.is_some_and(|s| age > s.saturating_mul(1000)) {
+        return Err(Unusable::Request);
+    }
+    if req
+        .min_fresh
+        .is_some_and(|s| entry.lifetime - age < s.saturating_mul(1000))
+    {
+        return Err(Unusable::Request);
+    }
+    Ok(())
+}
+
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, crate::time::millis)
+}
+
+fn http_date(headers: &HeaderMap, name: http::HeaderName) -> Option<u64> {
+    let value = headers.get(name)?.to_str().ok()?;
+    httpdate::parse_http_date(value).ok().map(unix_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use std::time::Duration;
+
+    const NOW: u64 = 1_764_230_400_000;
+
+    fn now() -> SystemTime {
+        crate::time::system_time(NOW)
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn date(ms: u64) -> String {
+        httpdate::fmt_http_date(crate::time::system_time(ms))
+    }
+
+    fn plain() -> Settings {
+        Settings {
+            extra_statuses: vec![],
+            default_ttl: None,
+            strip_set_cookie: false,
+        }
+    }
+
+    fn keep(
+        req: &[(&'static str, &str)],
+        status: u16,
+        res: &[(&'static str, &str)],
+    ) -> Result<Keep, NotStored> {
+        storable(
+            &headers(req),
+            StatusCode::from_u16(status).unwrap(),
+            &headers(res),
+            &plain(),
+            now(),
+        )
+    }
+
+    #[test]
+    fn freshness_comes_from_s_maxage_then_max_age_then_expires() {
+        let cc = |v| [("cache-control", v)];
+        assert_eq!(
+            keep(&[], 200, &cc("max-age=60, s-maxage=5"))
+                .unwrap()
+                .lifetime,
+            5_000
+        );
+        assert_eq!(keep(&[], 200, &cc("max-age=60")).unwrap().lifetime, 60_000);
+        let e = date(NOW + 30_000);
+        let d = date(NOW);
+        assert_eq!(
+            keep(&[], 200, &[("expires", &e), ("date", &d)])
+                .unwrap()
+                .lifetime,
+            30_000
+        );
+        assert_eq!(
+            keep(&[], 200, &[("expires", "0")]),
+            Err(NotStored::NoFreshness)
+        );
+        assert_eq!(keep(&[], 200, &[]), Err(NotStored::NoFreshness));
+        // Heuristic: 10% of the time since Last-Modified.
+        let lm = date(NOW - 1_000_000);
+        assert_eq!(
+            keep(&[], 200, &[("last-modified", &lm)]).unwrap().lifetime,
+            100_000
+        );
+        // Not for a status that is not heuristically cacheable.
+        assert_eq!(
+            keep(&[], 302, &[("last-modified", &lm)]),
+            Err(NotStored::Status)
+        );
+        assert_eq!(
+            keep(&[], 302, &cc("max-age=9")),
+            Err(NotStored::Status),
+            "not listed"
+        );
+        assert_eq!(keep(&[], 500, &cc("max-age=9")), Err(NotStored::Status));
+        let listed = Settings {
+            extra_statuses: vec![StatusCode::FOUND],
+            ..plain()
+        };
+        let res = headers(&[("cache-control", "max-age=9")]);
+        assert!(storable(&HeaderMap::new(), StatusCode::FOUND, &res, &listed, now()).is_ok());
+        let res = headers(&[("last-modified", &lm)]);
+        assert_eq!(
+            storable(&HeaderMap::new(), StatusCode::FOUND, &res, &listed, now()),
+            Err(NotStored::Status),
+            "listed, but without explicit freshness"
+        );
+        // The configured default comes last.
+        let with_default = Settings {
+            default_ttl: Some(7_000),
+            ..plain()
+        };
+        let k = storable(
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &HeaderMap::new(),
+            &with_default,
+            now(),
+        );
+        assert_eq!(k.unwrap().lifetime, 7_000);
+    }
+
+    #[test]
+    fn what_a_shared_cache_must_not_store() {
+        let cc = |v| [("cache-control", v)];
+        assert_eq!(
+            keep(&[], 200, &cc("max-age=60, private")),
+            Err(NotStored::Private)
+        );
+        assert_eq!(
+            keep(&[], 200, &cc(r#"private="x", max-age=60"#)),
+            Err(NotStored::Private)
+        );
+        assert_eq!(
+            keep(&[], 200, &cc("no-store, max-age=60")),
+            Err(NotStored::NoStore)
+        );
+        assert_eq!(
+            keep(&cc("no-store"), 200, &cc("max-age=60")),
+            Err(NotStored::NoStore)
+        );
+        assert_eq!(keep(&[], 206, &cc("max-age=60")), Err(NotStored::Status));
+        assert_eq!(keep(&[], 304, &cc("max-age=60")), Err(NotStored::Status));
+        assert_eq!(
+            keep(
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]
+            ),
+            Err(NotStored::SetCookie)
+        );
+        assert_eq!(
+            keep(
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "accept, *")]
+            ),
+            Err(NotStored::VaryStar)
+        );
+        let auth = [("authorization", "Bearer x")];
+        assert_eq!(
+            keep(&auth, 200, &cc("max-age=60")),
+            Err(NotStored::Authorization)
+        );
+        for ok in [
+            "max-age=60, public",
+            "s-maxage=60",
+            "max-age=60, must-revalidate",
+        ] {
+            assert!(keep(&auth, 200, &cc(ok)).is_ok(), "{ok}");
+        }
+        let strip = Settings {
+            strip_set_cookie: true,
+            ..plain()
+        };
+        let res = headers(&[("cache-control", "max-age=60"), ("set-cookie", "a=b")]);
+        assert!(storable(&HeaderMap::new(), StatusCode::OK, &res, &strip, now()).is_ok());
+    }
+
+    #[test]
+    fn age_counts_from_date_and_the_age_header() {
+        let d = date(NOW - 4_000);
+        let k = keep(&[], 200, &[("cache-control", "max-age=60"), ("date", &d)]).unwrap();
+        assert_eq!(k.initial_age, 4_000);
+        let k = keep(&[], 200, &[("cache-control", "max-age=60"), ("age", "10")]).unwrap();
+        assert_eq!(k.initial_age, 10_000);
+        assert_eq!(
+            keep(&[], 200, &[("cache-control", "max-age=60"), ("age", "60")]),
+            Err(NotStored::NoFreshness),
+            "already stale"
+        );
+        let k = keep(&[], 200, &[("cache-control", "s-maxage=5")]).unwrap();
+        assert_eq!(
+            k.flags & MUST_REVALIDATE,
+            MUST_REVALIDATE,
+            "s-maxage implies proxy-revalidate"
+        );
+    }
+
+    fn entry(lifetime: u64, flags: u8) -> Entry {
+        Entry {
+            stored_at: NOW,
+            initial_age: 0,
+            lifetime,
+            flags,
+            status: StatusCode::OK,
+            vary: vec![],
+            vary_hash: [0; 16],
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn requests_narrow_what_they_accept() {
+        let cc = |v: &str| Directives::of(&headers(&[("cache-control", v)]));
+        let e = entry(60_000, 0);
+        let later = |ms| age(&e, now() + Duration::from_millis(ms));
+        assert_eq!(later(10_000), 10_000);
+        assert_eq!(usable(&e, 10_000, &Directives::default()), Ok(()));
+        assert_eq!(
+            usable(&e, 60_000, &Directives::default()),
+            Err(Unusable::Stale)
+        );
+        assert_eq!(usable(&e, 10_000, &cc("no-cache")), Err(Unusable::Request));
+        assert_eq!(usable(&e, 10_000, &cc("max-age=5")), Err(Unusable::Request));
+        assert_eq!(usable(&e, 10_000, &cc("max-age=10")), Ok(()));
+        assert_eq!(
+            usable(&e, 10_000, &cc("min-fresh=51")),
+            Err(Unusable::Request)
+        );
+        assert_eq!(usable(&e, 10_000, &cc("min-fresh=50")), Ok(()));
+        assert_eq!(usable(&e, 65_000, &cc("max-stale=10")), Ok(()));
+        assert_eq!(usable(&e, 65_000, &cc("max-stale=5")), Err(Unusable::Stale));
+        assert_eq!(usable(&e, 65_000, &cc("max-stale")), Ok(()));
+        let strict = entry(60_000, MUST_REVALIDATE);
+        assert_eq!(
+            usable(&strict, 65_000, &cc("max-stale")),
+            Err(Unusable::Stale)
+        );
+    }
+}

@@ -1,0 +1,500 @@
+//! Response-cache behaviour, one suite run against a real Redis and the
+//! memory backend; Redis-only tests (commands sent, faults) live in
+//! `redis_only.rs`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod redis_only;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::IntoResponse;
+
+use axum::Router;
+use http_body_util::BodyExt;
+use redis_layers::cache::{CacheLayer, CacheLayerBuilder};
+use tower::ServiceExt;
+
+use support::{Kind, TestBackend};
+
+/// A backend and a count of handler runs.
+pub struct Fixture {
+    pub tb: TestBackend,
+    pub runs: Arc<AtomicUsize>,
+}
+
+fn fixture(kind: Kind) -> Fixture {
+    Fixture {
+        tb: TestBackend::new(kind),
+        runs: Arc::new(AtomicUsize::new(0)),
+    }
+}
+
+impl Fixture {
+    fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+
+    fn builder(&self) -> CacheLayerBuilder {
+        CacheLayer::builder(self.tb.backend.clone())
+    }
+
+    /// Entries stored so far.
+    fn entries(&self) -> usize {
+        self.tb.keys("cache:*").len()
+    }
+
+    /// Waits until `n` entries are stored (the write follows the body).
+    async fn stored(&self, n: usize) {
+        let started = Instant::now();
+        while self.entries() < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{} entries, expected {n}",
+                self.entries()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Routes whose answers say how they may be cached; each body carries the
+/// handler's run count, so a cached answer is recognisable.
+fn app(fx: &Fixture, layer: CacheLayer) -> Router {
+    async fn answer(
+        State(runs): State<Arc<AtomicUsize>>,
+        uri: axum::http::Uri,
+        headers: HeaderMap,
+    ) -> axum::response::Response {
+        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+        let path = uri.path();
+        let mut out = HeaderMap::new();
+        let mut set = |name: &'static str, value: &str| {
+            out.append(name, value.parse().unwrap());
+        };
+        let mut body = format!("{path} #{n}");
+        match path {
+            "/fresh" => set("cache-control", "public, max-age=60"),
+            "/short" => set("cache-control", "max-age=1"),
+            "/private" => set("cache-control", "private, max-age=60"),
+            "/no-store" => set("cache-control", "no-store"),
+            "/no-cache" => set("cache-control", "no-cache, max-age=60"),
+            "/cookie" => {
+                set("cache-control", "max-age=60");
+                set("set-cookie", "id=secret");
+            }
+            "/plain" => {}
+            "/vary" => {
+                set("cache-control", "max-age=60");
+                set("vary", "Accept-Language");
+                let lang = headers
+                    .get("accept-language")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                body = format!("{path} #{n} {lang:?}");
+            }
+            "/vary-star" => {
+                set("cache-control", "max-age=60");
+                set("vary", "*");
+            }
+            "/etag" => {
+                set("cache-control", "max-age=60");
+                set("etag", "\"v1\"");
+                set("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT");
+            }
+            "/big" => {
+                set("cache-control", "max-age=60");
+                body = "x".repeat(5_000);
+            }
+            "/error" => {
+                set("cache-control", "max-age=60");
+                return (StatusCode::INTERNAL_SERVER_ERROR, out, body).into_response();
+            }
+            "/missing" => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    [("cache-control", "max-age=60")],
+                    body,
+                )
+                    .into_response();
+            }
+            "/hop" => {
+                set("cache-control", "max-age=60");
+                set("connection", "close");
+                set("keep-alive", "timeout=5");
+                set("x-kept", "yes");
+            }
+            _ => {}
+        }
+        (out, body).into_response()
+    }
+    async fn change(State(runs): State<Arc<AtomicUsize>>) -> impl IntoResponse {
+        runs.fetch_add(1, Ordering::SeqCst);
+        (
+            StatusCode::CREATED,
+            [("location", "/fresh?created")],
+            "changed",
+        )
+    }
+    async fn fail() -> impl IntoResponse {
+        (StatusCode::BAD_REQUEST, "no")
+    }
+    Router::new()
+        .route(
+            "/{*path}",
+            axum::routing::get(answer).post(change).put(fail),
+        )
+        .with_state(fx.runs.clone())
+        .layer(layer)
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+    fn cache_status(&self) -> &str {
+        self.header("cache-status").unwrap_or("")
+    }
+    fn hit(&self) -> bool {
+        self.cache_status().contains("; hit")
+    }
+}
+
+async fn send(app: &Router, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "shop.example");
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn get(app: &Router, path: &str) -> Reply {
+    send(app, "GET", path, &[]).await
+}
+
+support::both_backends! { fixture;
+    a_fresh_response_is_served_from_the_store => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let first = get(&app, "/fresh").await;
+        assert_eq!(first.body, "/fresh #1");
+        assert_eq!(first.cache_status(), "redis-layers; fwd=uri-miss; fwd-status=200; stored");
+        fx.stored(1).await;
+        let second = get(&app, "/fresh").await;
+        assert_eq!(second.body, "/fresh #1");
+        assert_eq!(second.status, StatusCode::OK);
+        assert!(second.hit(), "{}", second.cache_status());
+        assert!(second.cache_status().starts_with("redis-layers; hit; ttl="));
+        assert_eq!(second.header("age"), Some("0"));
+        assert_eq!(second.header("cache-control"), Some("public, max-age=60"));
+        assert_eq!(fx.runs(), 1);
+        // Another query is another resource.
+        assert_eq!(get(&app, "/fresh?page=2").await.body, "/fresh?page=2 #2".replace("?page=2", ""));
+        assert_eq!(fx.runs(), 2);
+    }
+
+    age_grows_and_an_expired_entry_is_not_served => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/short").await;
+        fx.stored(1).await;
+        let hit = get(&app, "/short").await;
+        assert!(hit.hit());
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let after = get(&app, "/short").await;
+        assert_eq!(after.body, "/short #2", "{}", after.cache_status());
+        assert!(!after.hit());
+    }
+
+    age_counts_up_on_hits => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/fresh").await;
+        fx.stored(1).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let hit = get(&app, "/fresh").await;
+        assert!(hit.hit());
+        assert_eq!(hit.header("age"), Some("1"));
+        assert!(hit.cache_status().ends_with("ttl=58") || hit.cache_status().ends_with("ttl=59"), "{}", hit.cache_status());
+    }
+
+    what_a_shared_cache_must_not_store_is_not_stored => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        for path in ["/private", "/no-store", "/cookie", "/plain", "/vary-star", "/error", "/no-cache"] {
+            let a = get(&app, path).await;
+            let b = get(&app, path).await;
+            assert_ne!(a.body, b.body, "{path} was served from the store");
+            assert!(!a.cache_status().contains("stored"), "{path}: {}", a.cache_status());
+            assert!(!b.hit());
+        }
+        assert_eq!(fx.entries(), 0);
+        // The other user's cookie never reaches anyone.
+        let c = get(&app, "/cookie").await;
+        assert!(c.header("set-cookie").is_some());
+    }
+
+    a_request_with_authorization_is_not_shared => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        // max-age alone does not allow storing an authorised response.
+        send(&app, "GET", "/short", &[("authorization", "Bearer a")]).await;
+        let other = get(&app, "/short").await;
+        assert_eq!(other.body, "/short #2");
+        // public does.
+        send(&app, "GET", "/fresh", &[("authorization", "Bearer a")]).await;
+        fx.stored(2).await;
+        assert!(get(&app, "/fresh").await.hit());
+    }
+
+    a_default_ttl_stores_what_says_nothing => |fx| {
+        let layer = fx.builder().default_ttl(Duration::from_secs(30)).build().unwrap();
+        let app = app(&fx, layer);
+        get(&app, "/plain").await;
+        fx.stored(1).await;
+        assert_eq!(get(&app, "/plain").await.body, "/plain #1");
+        // Still never what must not be stored.
+        get(&app, "/private").await;
+        assert_ne!(get(&app, "/private").await.body, "/private #2");
+    }
+
+    a_not_found_is_cached_but_not_an_error => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let a = get(&app, "/missing").await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+        fx.stored(1).await;
+        let b = get(&app, "/missing").await;
+        assert_eq!(b.status, StatusCode::NOT_FOUND);
+        assert!(b.hit());
+        assert_eq!(b.body, a.body);
+    }
+
+    vary_keeps_variants_apart => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let fr = send(&app, "GET", "/vary", &[("accept-language", "fr")]).await;
+        assert_eq!(fr.body, "/vary #1 Some(\"fr\")");
+        fx.stored(1).await;
+        let fr2 = send(&app, "GET", "/vary", &[("accept-language", "fr")]).await;
+        assert!(fr2.hit());
+        assert_eq!(fr2.body, fr.body);
+        let de = send(&app, "GET", "/vary", &[("accept-language", "de")]).await;
+        assert_eq!(de.body, "/vary #2 Some(\"de\")");
+        assert!(de.cache_status().contains("fwd=vary-miss"), "{}", de.cache_status());
+        let none = get(&app, "/vary").await;
+        assert!(!none.body.contains("fr") && !none.body.contains("de"), "{}", none.body);
+    }
+
+    conditional_requests_get_304s => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/etag").await;
+        fx.stored(1).await;
+        let r = send(&app, "GET", "/etag", &[("if-none-match", "\"v0\", W/\"v1\"")]).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(r.body, "");
+        assert_eq!(r.header("etag"), Some("\"v1\""));
+        assert_eq!(r.header("cache-control"), Some("max-age=60"));
+        assert!(r.header("content-type").is_none());
+        assert!(r.hit());
+        let r = send(&app, "GET", "/etag", &[("if-none-match", "\"v2\"")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, "/etag #1");
+        let r = send(&app, "GET", "/etag", &[("if-modified-since", "Thu, 22 Oct 2015 07:28:00 GMT")]).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        let r = send(&app, "GET", "/etag", &[("if-modified-since", "Tue, 20 Oct 2015 07:28:00 GMT")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        // If-None-Match wins over If-Modified-Since.
+        let r = send(&app, "GET", "/etag", &[("if-none-match", "\"v2\""), ("if-modified-since", "Thu, 22 Oct 2015 07:28:00 GMT")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        // Malformed validators are ignored, never an error.
+        let r = send(&app, "GET", "/etag", &[("if-none-match", "not a tag"), ("if-modified-since", "yesterday")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(fx.runs(), 1);
+    }
+
+    head_is_answered_from_the_get_entry => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/fresh").await;
+        fx.stored(1).await;
+        let r = send(&app, "HEAD", "/fresh", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, "");
+        assert!(r.hit());
+        assert_eq!(fx.runs(), 1);
+    }
+
+    request_directives_narrow_what_is_served => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/fresh").await;
+        fx.stored(1).await;
+        let r = send(&app, "GET", "/fresh", &[("cache-control", "no-cache")]).await;
+        assert_eq!(r.body, "/fresh #2");
+        assert!(r.cache_status().contains("fwd=request"), "{}", r.cache_status());
+        // That answer replaced the entry.
+        fx.stored(1).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let r = send(&app, "GET", "/fresh", &[("cache-control", "max-age=0")]).await;
+        assert!(r.cache_status().contains("fwd=request"), "{}", r.cache_status());
+        let r = send(&app, "GET", "/fresh", &[("cache-control", "min-fresh=3600")]).await;
+        assert!(!r.hit());
+        let r = send(&app, "GET", "/fresh", &[("cache-control", "max-age=3600, min-fresh=1")]).await;
+        assert!(r.hit(), "{}", r.cache_status());
+        // only-if-cached: what is stored, else 504.
+        let r = send(&app, "GET", "/fresh", &[("cache-control", "only-if-cached")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let r = send(&app, "GET", "/never-seen", &[("cache-control", "only-if-cached")]).await;
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+        // no-store: served, nothing stored.
+        let before = fx.entries();
+        send(&app, "GET", "/etag", &[("cache-control", "no-store")]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(fx.entries(), before);
+        // Malformed directives are read safely.
+        let r = send(&app, "GET", "/fresh", &[("cache-control", "max-age=soon, ,,=")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+
+    a_write_invalidates_its_uri_and_location => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/fresh").await;
+        get(&app, "/fresh?created").await;
+        fx.stored(2).await;
+        assert!(get(&app, "/fresh").await.hit());
+        // A failed write changes nothing.
+        assert_eq!(send(&app, "PUT", "/fresh", &[]).await.status, StatusCode::BAD_REQUEST);
+        assert!(get(&app, "/fresh").await.hit());
+        let w = send(&app, "POST", "/fresh", &[]).await;
+        assert_eq!(w.status, StatusCode::CREATED);
+        assert_eq!(fx.entries(), 0, "both the URI and Location are gone");
+        assert!(!get(&app, "/fresh").await.hit());
+    }
+
+    a_large_body_streams_through_uncached => |fx| {
+        let layer = fx.builder().max_body(1_000).build().unwrap();
+        let app = app(&fx, layer);
+        let a = get(&app, "/big").await;
+        assert_eq!(a.body.len(), 5_000);
+        let b = get(&app, "/big").await;
+        assert_eq!(b.body.len(), 5_000);
+        assert!(!b.hit());
+        assert_eq!(fx.runs(), 2);
+        assert_eq!(fx.entries(), 0);
+    }
+
+    hop_by_hop_headers_are_not_stored => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/hop").await;
+        fx.stored(1).await;
+        let r = get(&app, "/hop").await;
+        assert!(r.hit());
+        assert_eq!(r.header("x-kept"), Some("yes"));
+        assert!(r.header("connection").is_none() && r.header("keep-alive").is_none());
+    }
+
+    keys_hide_the_url => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/fresh?token=hunter2").await;
+        fx.stored(1).await;
+        let keys = fx.tb.keys("cache:*");
+        assert_eq!(keys.len(), 1);
+        assert!(!keys[0].contains("hunter2") && !keys[0].contains("fresh"), "{keys:?}");
+    }
+
+    hosts_do_not_share_entries => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/fresh").await;
+        fx.stored(1).await;
+        let mut req = Request::get("/fresh").header("host", "other.example").body(Body::empty()).unwrap();
+        req.headers_mut().insert("x", "y".parse().unwrap());
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert!(!res.headers()["cache-status"].to_str().unwrap().contains("hit"));
+    }
+
+    two_instances_share_the_store => |fx| {
+        let a = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let b = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&a, "/fresh").await;
+        fx.stored(1).await;
+        assert!(get(&b, "/fresh").await.hit());
+        send(&b, "POST", "/fresh", &[]).await;
+        assert!(!get(&a, "/fresh").await.hit());
+    }
+}
+
+#[test]
+fn settings_are_checked_when_the_layer_is_built() {
+    let backend = redis_layers::memory::MemoryBackend::new();
+    let err = CacheLayer::builder(backend.clone())
+        .name("my cache")
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), redis_layers::ErrorKind::Config);
+    let err = CacheLayer::builder(backend.clone())
+        .default_ttl(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), redis_layers::ErrorKind::Config);
+    assert!(CacheLayer::builder(backend).name("edge-1").build().is_ok());
+}
+
+/// The cache stacked with the session layer.
+mod with_sessions {
+    use super::*;
+
+    support::both_backends! { fixture;
+        outside_the_session_layer_one_users_page_never_reaches_another => |fx| {
+            use redis_layers::session::{Session, SessionLayer};
+            async fn login(session: Session, axum::extract::Path(name): axum::extract::Path<String>) -> &'static str {
+                session.insert("name", name).unwrap();
+                "ok"
+            }
+            async fn me(session: Session) -> impl IntoResponse {
+                let name: Option<String> = session.get("name").await.unwrap();
+                ([("cache-control", "public, max-age=60")], name.unwrap_or_default())
+            }
+            let app = Router::new()
+                .route("/login/{name}", axum::routing::post(login))
+                .route("/me", axum::routing::get(me))
+                .layer(SessionLayer::new(fx.tb.backend.clone()))
+                .layer(CacheLayer::new(fx.tb.backend.clone()));
+            let mut cookies = Vec::new();
+            for name in ["alice", "bob"] {
+                let r = send(&app, "POST", &format!("/login/{name}"), &[]).await;
+                let set = r.header("set-cookie").unwrap();
+                cookies.push(set.split(';').next().unwrap().to_owned());
+            }
+            let as_user = |i: usize| [("cookie", cookies[i].as_str())];
+            let a = send(&app, "GET", "/me", &as_user(0)).await;
+            assert_eq!(a.body, "alice");
+            assert!(a.header("vary").unwrap().to_ascii_lowercase().contains("cookie"));
+            fx.stored(1).await;
+            let b = send(&app, "GET", "/me", &as_user(1)).await;
+            assert_eq!(b.body, "bob", "{}", b.cache_status());
+            let anonymous = get(&app, "/me").await;
+            assert_eq!(anonymous.body, "");
+            let a2 = send(&app, "GET", "/me", &as_user(0)).await;
+            assert_eq!(a2.body, "alice");
+        }
+    }
+}

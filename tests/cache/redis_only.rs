@@ -1,0 +1,95 @@
+//! What only a real Redis can show: commands sent, and a failing server.
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use redis_layers::cache::CacheLayer;
+
+use crate::support::{Kind, Monitor};
+use crate::{app, fixture, get, send, Fixture};
+
+#[tokio::test]
+async fn a_hit_is_one_get_and_a_miss_adds_one_set() {
+    let fx = fixture(Kind::Redis);
+    let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+    let mut monitor = Monitor::start(fx.tb.server());
+    // What the layer sent (not the test's own KEYS while it waits).
+    let mut sent =
+        move || -> Vec<String> { monitor.take().into_iter().filter(|c| c != "keys").collect() };
+    get(&app, "/fresh").await;
+    fx.stored(1).await;
+    assert_eq!(sent(), ["get", "set"]);
+    assert!(get(&app, "/fresh").await.hit());
+    assert_eq!(sent(), ["get"]);
+    send(&app, "POST", "/other", &[]).await;
+    assert_eq!(sent(), ["del", "del"], "the URI and its Location");
+    // The entry expires with its freshness.
+    let ttl: i64 = fx.tb.server().cmd(&["PTTL", &fx.tb.keys("cache:*")[0]]);
+    assert!((59_000..=60_000).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
+async fn a_dead_store_sends_requests_to_the_handler() {
+    let mut fx: Fixture = crate::Fixture {
+        tb: crate::support::TestBackend::with_deadline(Kind::Redis, Duration::from_millis(300)),
+        runs: Default::default(),
+    };
+    let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+    get(&app, "/fresh").await;
+    fx.stored(1).await;
+    fx.tb.server.as_mut().unwrap().kill();
+    let started = Instant::now();
+    let r = get(&app, "/fresh").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "/fresh #2");
+    assert!(
+        r.cache_status().contains("detail=store-error"),
+        "{}",
+        r.cache_status()
+    );
+    let w = send(&app, "POST", "/fresh", &[]).await;
+    assert_eq!(
+        w.status,
+        StatusCode::CREATED,
+        "a failed invalidation is logged, not an error"
+    );
+    // Back up (empty): misses again, then hits.
+    fx.tb.server.as_mut().unwrap().restart();
+    let started = Instant::now();
+    loop {
+        let r = get(&app, "/fresh").await;
+        if r.cache_status().contains("stored") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}",
+            r.cache_status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fx.stored(1).await;
+    assert!(get(&app, "/fresh").await.hit());
+}
+
+#[tokio::test]
+async fn a_foreign_value_under_an_entry_key_is_a_miss() {
+    let fx = fixture(Kind::Redis);
+    let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+    get(&app, "/fresh").await;
+    fx.stored(1).await;
+    let key = fx.tb.keys("cache:*")[0].clone();
+    let _: () = fx.tb.server().cmd(&["SET", &key, "garbage"]);
+    let r = get(&app, "/fresh").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.cache_status().contains("detail=unreadable"),
+        "{}",
+        r.cache_status()
+    );
+}
