@@ -48,6 +48,22 @@ macro_rules! on_backend {
 #[allow(unused_imports)]
 pub(crate) use on_backend;
 
+/// `store` as a [`Backend`] when it is one of this crate's backends, so a
+/// layer can call it without boxing each future (see each capability's
+/// `Store` enum); `None` for a user's own store.
+#[allow(dead_code)]
+pub(crate) fn as_backend<S: std::any::Any>(store: &S) -> Option<Backend> {
+    let any: &dyn std::any::Any = store;
+    if let Some(b) = any.downcast_ref::<Backend>() {
+        return Some(b.clone());
+    }
+    if let Some(b) = any.downcast_ref::<crate::redis::RedisBackend>() {
+        return Some(b.clone().into());
+    }
+    any.downcast_ref::<crate::memory::MemoryBackend>()
+        .map(|b| b.clone().into())
+}
+
 impl Backend {
     /// Redis at `REDIS_URL` when that variable is set and not empty, else a
     /// memory backend; both with the default key prefix. Logs which one it

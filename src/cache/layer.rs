@@ -19,7 +19,7 @@ use super::body::{CacheBody, Copy};
 use super::directives::Directives;
 use super::layout::{hash, hash_hex, Entry};
 use super::policy::{self, Settings, Unusable};
-use super::store::{CacheStore, DynCacheStore};
+use super::store::{CacheStore, Store};
 use crate::error::{Error, ErrorKind};
 
 /// The most a response body may weigh to be stored, by default: 1 MiB.
@@ -60,7 +60,7 @@ impl fmt::Debug for CacheLayer {
 }
 
 struct Config {
-    store: Arc<dyn DynCacheStore>,
+    store: Store,
     settings: Settings,
     max_body: usize,
     name: String,
@@ -80,7 +80,7 @@ impl CacheLayer {
     /// A builder, to change the defaults.
     pub fn builder(store: impl CacheStore) -> CacheLayerBuilder {
         CacheLayerBuilder {
-            store: Arc::new(store),
+            store: Store::new(store),
             default_ttl: None,
             max_body: DEFAULT_MAX_BODY,
             name: DEFAULT_NAME.to_owned(),
@@ -93,7 +93,7 @@ impl CacheLayer {
 
 /// Settings of a [`CacheLayer`]; [`build`](Self::build) checks them.
 pub struct CacheLayerBuilder {
-    store: Arc<dyn DynCacheStore>,
+    store: Store,
     default_ttl: Option<Duration>,
     max_body: usize,
     name: String,
@@ -260,42 +260,41 @@ where
 }
 
 /// The cache key of a request to `uri` (hashed): scheme, host, path and
-/// query.
+/// query, one per line (none of them can hold a line break, so the
+/// concatenation is unambiguous; short keys fit one SHA-256 block).
 fn cache_key(config: &Config, uri: &http::Uri, headers: &HeaderMap) -> String {
     let scheme = uri.scheme_str().unwrap_or("http");
     let host = uri
         .authority()
-        .map(|a| a.as_str().to_ascii_lowercase())
-        .or_else(|| {
-            headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_ascii_lowercase)
-        })
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default();
-    let path = uri.path();
-    let query = match (uri.query(), config.sort_query) {
-        (Some(q), true) => {
-            let mut pairs: Vec<&str> = q.split('&').collect();
+    let mut line = Vec::with_capacity(8 + scheme.len() + host.len() + uri.path().len() + 32);
+    line.extend_from_slice(b"GET\n");
+    line.extend_from_slice(scheme.as_bytes());
+    line.push(b'\n');
+    line.extend(host.bytes().map(|b| b.to_ascii_lowercase()));
+    line.push(b'\n');
+    line.extend_from_slice(uri.path().as_bytes());
+    if let Some(query) = uri.query() {
+        line.push(b'?');
+        if config.sort_query {
+            let mut pairs: Vec<&str> = query.split('&').collect();
             pairs.sort_unstable();
-            pairs.join("&")
+            line.extend_from_slice(pairs.join("&").as_bytes());
+        } else {
+            line.extend_from_slice(query.as_bytes());
         }
-        (Some(q), false) => q.to_owned(),
-        (None, _) => String::new(),
-    };
-    let has_query = [u8::from(uri.query().is_some())];
-    hash_hex([
-        b"GET".as_slice(),
-        scheme.as_bytes(),
-        host.as_bytes(),
-        path.as_bytes(),
-        &has_query,
-        query.as_bytes(),
-    ])
+    }
+    hash_hex([line.as_slice()])
 }
 
-/// The hash of a request's values of the headers `names`.
+/// The hash of a request's values of the headers `names` (all zeros when
+/// the response varies on nothing).
 fn vary_hash(names: &[HeaderName], headers: &HeaderMap) -> [u8; 16] {
+    if names.is_empty() {
+        return [0; 16];
+    }
     let mut values: Vec<Vec<u8>> = Vec::with_capacity(names.len() * 2);
     for name in names {
         values.push(name.as_str().as_bytes().to_vec());
@@ -319,8 +318,11 @@ fn vary_hash(names: &[HeaderName], headers: &HeaderMap) -> [u8; 16] {
 
 /// `Cache-Status` for this cache: `<name>; <params>`.
 fn status_field(name: &str, params: &str) -> HeaderValue {
-    HeaderValue::try_from(format!("{name}; {params}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("redis-layers"))
+    let mut field = String::with_capacity(name.len() + 2 + params.len());
+    field.push_str(name);
+    field.push_str("; ");
+    field.push_str(params);
+    HeaderValue::try_from(field).unwrap_or_else(|_| HeaderValue::from_static("redis-layers"))
 }
 
 /// GET and HEAD: answer from the store when a stored response may be used,
@@ -497,10 +499,11 @@ fn hit<ReqBody, ResBody>(
     };
     head.headers
         .insert(header::AGE, HeaderValue::from(age / 1000));
-    head.headers.insert(
-        CACHE_STATUS,
-        status_field(&config.name, &format!("hit; ttl={ttl}")),
-    );
+    let mut params = String::with_capacity(24);
+    params.push_str("hit; ttl=");
+    params.push_str(itoa::Buffer::new().format(ttl));
+    head.headers
+        .insert(CACHE_STATUS, status_field(&config.name, &params));
     Response::from_parts(head, body)
 }
 

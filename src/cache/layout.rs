@@ -133,8 +133,10 @@ impl Entry {
         for _ in 0..m {
             let len = r.u8()?;
             let name = HeaderName::from_bytes(r.take(usize::from(len))?).ok()?;
-            let len = r.u16()?;
-            let value = HeaderValue::from_bytes(r.take(usize::from(len))?).ok()?;
+            let len = usize::from(r.u16()?);
+            r.take(len)?;
+            // A view of the stored bytes, not a copy.
+            let value = HeaderValue::from_maybe_shared(raw.slice(r.at - len..r.at)).ok()?;
             headers.append(name, value);
         }
         let at = r.at;

@@ -113,3 +113,46 @@ impl<T: CacheStore> DynCacheStore for T {
         Box::pin(CacheStore::invalidate(self, key))
     }
 }
+
+/// The store a layer holds: one of this crate's backends, called without
+/// boxing, or a user's store behind the object-safe copy.
+#[derive(Clone)]
+pub(crate) enum Store {
+    Backend(Backend),
+    Custom(std::sync::Arc<dyn DynCacheStore>),
+}
+
+impl Store {
+    pub(crate) fn new<S: CacheStore>(store: S) -> Self {
+        match crate::backend::as_backend(&store) {
+            Some(b) => Store::Backend(b),
+            None => Store::Custom(std::sync::Arc::new(store)),
+        }
+    }
+
+    pub(crate) async fn lookup(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        match self {
+            Store::Backend(b) => CacheStore::lookup(b, key).await,
+            Store::Custom(s) => s.lookup(key).await,
+        }
+    }
+
+    pub(crate) async fn store(
+        &self,
+        key: &str,
+        entry: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), Error> {
+        match self {
+            Store::Backend(b) => CacheStore::store(b, key, entry, ttl).await,
+            Store::Custom(s) => s.store(key, entry, ttl).await,
+        }
+    }
+
+    pub(crate) async fn invalidate(&self, key: &str) -> Result<bool, Error> {
+        match self {
+            Store::Backend(b) => CacheStore::invalidate(b, key).await,
+            Store::Custom(s) => s.invalidate(key).await,
+        }
+    }
+}

@@ -1,9 +1,10 @@
 //! The rate-limit store seam: one domain operation, atomic by contract.
 //!
-//! The crate implements [`RateLimitStore`] for [`Backend`], [`RedisBackend`]
-//! and [`MemoryBackend`]; implement it to count elsewhere.
+//! The crate implements [`RateLimitStore`] for [`Backend`],
+//! [`RedisBackend`](crate::redis::RedisBackend) and
+//! [`MemoryBackend`](crate::memory::MemoryBackend); implement it to count
+//! elsewhere.
 
-use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,8 +13,6 @@ use std::time::Duration;
 use super::policy::Policy;
 use crate::backend::on_backend;
 use crate::error::Error;
-use crate::memory::MemoryBackend;
-use crate::redis::RedisBackend;
 use crate::Backend;
 
 /// Where rate-limit state lives.
@@ -128,17 +127,10 @@ pub(crate) enum Store {
 
 impl Store {
     pub(crate) fn new<S: RateLimitStore>(store: S) -> Self {
-        let any: &dyn Any = &store;
-        if let Some(b) = any.downcast_ref::<Backend>() {
-            return Store::Backend(b.clone());
+        match crate::backend::as_backend(&store) {
+            Some(b) => Store::Backend(b),
+            None => Store::Custom(Arc::new(store)),
         }
-        if let Some(b) = any.downcast_ref::<RedisBackend>() {
-            return Store::Backend(b.clone().into());
-        }
-        if let Some(b) = any.downcast_ref::<MemoryBackend>() {
-            return Store::Backend(b.clone().into());
-        }
-        Store::Custom(Arc::new(store))
     }
 
     pub(crate) async fn check(

@@ -431,6 +431,22 @@ support::both_backends! { fixture;
         assert!(!res.headers()["cache-status"].to_str().unwrap().contains("hit"));
     }
 
+    query_order_matters_unless_sorted => |fx| {
+        let plain = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&plain, "/fresh?b=2&a=1").await;
+        fx.stored(1).await;
+        assert!(get(&plain, "/fresh?b=2&a=1").await.hit());
+        assert!(!get(&plain, "/fresh?a=1&b=2").await.hit());
+        let sorted = app(&fx, fx.builder().sort_query(true).build().unwrap());
+        get(&sorted, "/fresh?d=4&c=3").await;
+        fx.stored(3).await;
+        assert!(get(&sorted, "/fresh?c=3&d=4").await.hit());
+        // A query, even an empty one, is another resource than none.
+        assert!(!get(&sorted, "/fresh").await.hit());
+        fx.stored(4).await;
+        assert!(!get(&sorted, "/fresh?").await.hit());
+    }
+
     two_instances_share_the_store => |fx| {
         let a = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
         let b = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
