@@ -31,10 +31,14 @@ local function policy(i, s1, s2, s3)
     -- GCRA: s1 is the theoretical arrival time.
     local interval = window / quota
     local burst = burst_n * interval
+    -- Up to half a ms (or half an interval) early, so that the rounding
+    -- of absolute times in doubles never refuses within the burst.
+    local tol = interval / 2
+    if tol > 0.5 then tol = 0.5 end
     local tat = max(s1, now)
     local new_tat = tat + interval * cost
-    local allow_at = new_tat - burst
-    local uncounted = (now + burst - tat) / interval
+    local allow_at = new_tat - burst - tol
+    local uncounted = (now + burst + tol - tat) / interval
     if now < allow_at then
       return false, uncounted, tat - now, allow_at - now, uncounted, tat - now
     end

@@ -71,10 +71,12 @@ impl Key {
     /// The client's address as the layer's
     /// [`trusted_proxies`](super::RateLimitLayerBuilder::trusted_proxies)
     /// saw it (the default key): the peer's address, unless the peer is a
-    /// trusted proxy; then the rightmost address in `Forwarded` (or else
-    /// `X-Forwarded-For`) that is not a trusted proxy. Forwarding headers
-    /// from an untrusted peer are ignored, so a client cannot choose its
-    /// key by sending them.
+    /// trusted proxy; then the rightmost address that is not a trusted
+    /// proxy in the configured
+    /// [`forwarded_header`](super::RateLimitLayerBuilder::forwarded_header)
+    /// (`X-Forwarded-For` unless set; the other header is never read).
+    /// Forwarding headers from an untrusted peer are ignored, so a client
+    /// cannot choose its key by sending them.
     pub fn client_ip() -> Self {
         Key {
             kind: Kind::ClientIp,
@@ -83,9 +85,16 @@ impl Key {
 
     /// The value of a request header (an API key, say). Counted under a
     /// SHA-256 digest of the value, so the store holds no credential.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a header name (any case is accepted).
     pub fn header(name: &'static str) -> Self {
-        Key {
-            kind: Kind::Header(HeaderName::from_static(name)),
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => Key {
+                kind: Kind::Header(name),
+            },
+            Err(_) => panic!("Key::header: {name:?} is not a header name"),
         }
     }
 
@@ -225,6 +234,24 @@ fn peer(parts: &Parts) -> Option<IpAddr> {
 pub(crate) struct IpRules {
     pub(crate) trusted: Vec<IpNet>,
     pub(crate) ipv6_prefix: u8,
+    pub(crate) header: ForwardedHeader,
+}
+
+/// Which header the trusted proxies write the client's address into.
+///
+/// One is chosen in configuration, never by which header a request
+/// carries: most proxies append to `X-Forwarded-For` and pass a client's
+/// own `Forwarded` header through untouched, so reading `Forwarded`
+/// whenever present would let the client pick its key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, cloud load balancers): the
+    /// default.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239), its `for=` parameters.
+    Forwarded,
 }
 
 impl IpRules {
@@ -263,10 +290,9 @@ impl IpRules {
         if !self.is_trusted(peer) {
             return Some(canonical(peer));
         }
-        let hops = if parts.headers.contains_key(FORWARDED) {
-            forwarded_for(parts)
-        } else {
-            x_forwarded_for(parts)
+        let hops = match self.header {
+            ForwardedHeader::Forwarded => forwarded_for(parts),
+            ForwardedHeader::XForwardedFor => x_forwarded_for(parts),
         };
         // From the nearest hop outwards: the first address that is not a
         // trusted proxy is the client. A hop that cannot be read ends the
@@ -290,39 +316,43 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The comma-separated items of every `name` field, each read on its own:
+/// a byte that is not text spoils only its own item (a proxy appends the
+/// real address to the same line a client may have filled with junk).
+fn items<'a>(parts: &'a Parts, name: &'a str) -> impl Iterator<Item = Option<&'a str>> + 'a {
+    parts
+        .headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(|item| std::str::from_utf8(item).ok())
+}
+
 /// The `X-Forwarded-For` hops in order (left: the farthest); `None` for a
 /// hop that is not an address.
 fn x_forwarded_for(parts: &Parts) -> Vec<Option<IpAddr>> {
-    let mut hops = Vec::new();
-    for value in parts.headers.get_all("x-forwarded-for") {
-        let Ok(value) = value.to_str() else {
-            hops.push(None);
-            continue;
-        };
-        hops.extend(value.split(',').map(|hop| parse_hop(hop.trim())));
-    }
-    hops
+    items(parts, "x-forwarded-for")
+        .map(|hop| hop.and_then(|h| parse_hop(h.trim())))
+        .collect()
 }
 
 /// The `for=` parameters of `Forwarded` (RFC 7239) in order.
 fn forwarded_for(parts: &Parts) -> Vec<Option<IpAddr>> {
     let mut hops = Vec::new();
-    for value in parts.headers.get_all(FORWARDED) {
-        let Ok(value) = value.to_str() else {
+    for element in items(parts, FORWARDED.as_str()) {
+        let Some(element) = element else {
             hops.push(None);
             continue;
         };
-        for element in value.split(',') {
-            let node = element.split(';').find_map(|pair| {
-                let (name, value) = pair.trim().split_once('=')?;
-                name.trim()
-                    .eq_ignore_ascii_case("for")
-                    .then(|| value.trim())
-            });
-            // An element without `for` says nothing of the client: skip it.
-            if let Some(node) = node {
-                hops.push(parse_hop(node.trim_matches('"')));
-            }
+        let node = element.split(';').find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("for")
+                .then(|| value.trim())
+        });
+        // An element without `for` says nothing of the client: skip it.
+        if let Some(node) = node {
+            hops.push(parse_hop(node.trim_matches('"')));
         }
     }
     hops
@@ -358,6 +388,7 @@ mod tests {
         IpRules {
             trusted: trusted.iter().map(|n| n.parse().unwrap()).collect(),
             ipv6_prefix: 64,
+            header: ForwardedHeader::XForwardedFor,
         }
     }
 
@@ -388,14 +419,21 @@ mod tests {
             &[("x-forwarded-for", "6.6.6.6, 198.51.100.9, 192.168.1.1")],
         );
         assert_eq!(client(&p, &r).as_deref(), Some("ip:198.51.100.9"));
-        let p = parts(
-            "10.0.0.2:80",
-            &[(
-                "forwarded",
-                "for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.1.1.1",
-            )],
-        );
-        assert_eq!(client(&p, &r).as_deref(), Some("ip:2001:db8:cafe::/64"));
+        let forwarded = [(
+            "forwarded",
+            "for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.1.1.1",
+        )];
+        let p = parts("10.0.0.2:80", &forwarded);
+        // Not the configured header: ignored, the proxy is the client.
+        assert_eq!(client(&p, &r).as_deref(), Some("ip:10.0.0.2"));
+        let rfc = IpRules {
+            header: ForwardedHeader::Forwarded,
+            ..rules(&["10.0.0.0/8", "192.168.0.0/16"])
+        };
+        assert_eq!(client(&p, &rfc).as_deref(), Some("ip:2001:db8:cafe::/64"));
+        // And X-Forwarded-For is then ignored.
+        let p = parts("10.0.0.2:80", &[("x-forwarded-for", "198.51.100.9")]);
+        assert_eq!(client(&p, &rfc).as_deref(), Some("ip:10.0.0.2"));
         // Only proxies: the farthest one.
         let p = parts("10.0.0.2:80", &[("x-forwarded-for", "10.9.9.9")]);
         assert_eq!(client(&p, &r).as_deref(), Some("ip:10.9.9.9"));
@@ -412,8 +450,28 @@ mod tests {
             let key = client(&p, &r).unwrap();
             assert!(key == "ip:10.0.0.2" || key == "ip:10.0.0.9", "{bad}: {key}");
         }
+        let rfc = IpRules {
+            header: ForwardedHeader::Forwarded,
+            ..rules(&["10.0.0.0/8"])
+        };
         let p = parts("10.0.0.2:80", &[("forwarded", "for=unknown;proto=http")]);
-        assert_eq!(client(&p, &r).as_deref(), Some("ip:10.0.0.2"));
+        assert_eq!(client(&p, &rfc).as_deref(), Some("ip:10.0.0.2"));
+    }
+
+    #[test]
+    fn a_bad_byte_spoils_only_its_own_hop() {
+        // The client wrote junk; the proxy appended the real address to
+        // the same line.
+        let r = rules(&["10.0.0.0/8"]);
+        let mut req = http::Request::builder();
+        req = req.header(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.23").unwrap(),
+        );
+        let (mut p, ()) = req.body(()).unwrap().into_parts();
+        p.extensions
+            .insert("10.0.0.2:80".parse::<SocketAddr>().unwrap());
+        assert_eq!(client(&p, &r).as_deref(), Some("ip:198.51.100.23"));
     }
 
     #[test]
@@ -435,6 +493,9 @@ mod tests {
         let p = parts("192.0.2.1:1", &[("x-api-key", "secret-token")]);
         let k = now(&key, &p, &r).unwrap();
         assert!(k.starts_with("hdr:") && !k.contains("secret"), "{k}");
+        // The name in any case.
+        let upper = Key::header("X-Api-Key").or(Key::peer_ip());
+        assert_eq!(now(&upper, &p, &r).as_deref(), Some(k.as_str()));
         let p = parts("192.0.2.1:1", &[]);
         assert_eq!(now(&key, &p, &r).as_deref(), Some("ip:192.0.2.1"));
         // No peer address at all: nothing.

@@ -18,7 +18,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::headers::{self, Limits};
-use super::key::{IpRules, Key};
+use super::key::{ForwardedHeader, IpRules, Key};
 use super::policy::Policy;
 use super::rule::{CostFn, Rule, Target};
 use super::store::{RateLimitStore, Store};
@@ -106,7 +106,8 @@ pub struct RateLimitStats {
     pub denied_locally: u64,
     /// Requests that would have been denied, let through by dry run.
     pub dry_run_denied: u64,
-    /// Store failures (let through under fail-open, 503 under fail-closed).
+    /// Store failures (let through under fail-open, refused under
+    /// fail-closed).
     pub store_errors: u64,
 }
 
@@ -224,6 +225,12 @@ impl RateLimitLayer {
     /// A layer that counts every request it sees against `policy`, by the
     /// client's address ([`Key::client_ip`]): the style for one route
     /// (`Router::route_layer`, a method router's `.layer`).
+    ///
+    /// Counts live under the rule's name and the policy (name and
+    /// numbers): two such layers whose policies have the same name and
+    /// numbers share one budget per client, wherever they are mounted.
+    /// Name each route's policy apart (`.named("search")`) to count the
+    /// routes apart.
     pub fn new(store: impl RateLimitStore, policy: Policy) -> Self {
         let built = RateLimitLayer::builder(store).policy(policy).build();
         match built {
@@ -240,6 +247,7 @@ impl RateLimitLayer {
             key: Key::client_ip(),
             trusted: Vec::new(),
             ipv6_prefix: 64,
+            forwarded_header: ForwardedHeader::default(),
             cost: None,
             dry_run: false,
             legacy_headers: false,
@@ -273,6 +281,7 @@ pub struct RateLimitLayerBuilder {
     key: Key,
     trusted: Vec<IpNet>,
     ipv6_prefix: u8,
+    forwarded_header: ForwardedHeader,
     cost: Option<CostFn>,
     dry_run: bool,
     legacy_headers: bool,
@@ -338,6 +347,14 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// The header the trusted proxies write the client's address into
+    /// (default `X-Forwarded-For`); the other one is never read. See
+    /// [`ForwardedHeader`].
+    pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
+        self.forwarded_header = header;
+        self
+    }
+
     /// How many leading bits of an IPv6 address name a client (default 64:
     /// a host usually holds a whole /64). 128 counts each address apart.
     pub fn ipv6_prefix(mut self, bits: u8) -> Self {
@@ -367,7 +384,9 @@ impl RateLimitLayerBuilder {
 
     /// What a store failure does (default [`FailurePolicy::Open`]: the
     /// request goes through, the failure is logged and counted in
-    /// [`RateLimitLayer::stats`]; [`FailurePolicy::Closed`] answers 503).
+    /// [`RateLimitLayer::stats`]; [`FailurePolicy::Closed`] answers 503, or 500
+    /// when the store answered with an error such as a failed script; a
+    /// dry-run rule lets the request through either way).
     pub fn on_store_error(mut self, policy: FailurePolicy) -> Self {
         self.failure = policy;
         self
@@ -490,6 +509,7 @@ impl RateLimitLayerBuilder {
                 ips: IpRules {
                     trusted: self.trusted,
                     ipv6_prefix: self.ipv6_prefix,
+                    header: self.forwarded_header,
                 },
                 dry_run: self.dry_run,
                 legacy_headers: self.legacy_headers,
@@ -646,7 +666,9 @@ impl Config {
         let refusal = cache.get(key)?;
         let now = Instant::now();
         if refusal.until <= now {
-            cache.remove(key);
+            // Only this expired refusal: another request may have stored a
+            // fresh one since.
+            cache.remove_if(key, |stored| Arc::ptr_eq(stored, &refusal));
             return None;
         }
         if cost < refusal.cost {
@@ -773,6 +795,11 @@ async fn check(config: Arc<Config>, parts: Parts, mut pending: Vec<Pending>) -> 
             Err(e) => {
                 config.counters.store_errors.fetch_add(1, Ordering::Relaxed);
                 match config.failure {
+                    // A dry run never refuses: not for a store failure either.
+                    _ if rule.dry_run => {
+                        tracing::warn!(error = %e, rule = %rule.name, "rate-limit store failed; dry-run rule lets the request through");
+                        continue;
+                    }
                     FailurePolicy::Open => {
                         tracing::warn!(error = %e, rule = %rule.name, "rate-limit store failed; letting the request through (fail-open)");
                         continue;

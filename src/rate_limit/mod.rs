@@ -33,7 +33,13 @@
 //!   trusted proxies by default, a header such as an API key, the session's
 //!   user, one global key, your own function). All of a rule's policies are
 //!   checked in one script, all or nothing: a refused request consumes
-//!   nothing. A request that matches no rule passes with no store call.
+//!   nothing from that rule. When several rules match, they are checked in
+//!   order, so a rule checked before the one that refuses has already
+//!   counted the request. A request that matches no rule passes with no
+//!   store call.
+//! - State is one value per client per rule name and policy set: rules
+//!   (or layers) with the same name and the same policies share a budget
+//!   per client; different names count apart.
 //! - Per route, two ways: one layer with a table of rules, or a layer on a
 //!   route (`Router::route_layer`, a method router's `.layer`) built with
 //!   [`RateLimitLayer::new`].
@@ -48,7 +54,9 @@
 //! - Dry run (per layer or rule): headers and logs as if limiting, never a
 //!   429.
 //! - A store failure lets the request through by default (logged, counted
-//!   in [`RateLimitLayer::stats`]); fail-closed answers 503.
+//!   in [`RateLimitLayer::stats`]); fail-closed answers 503 (500 when the
+//!   store answered with an error, e.g. a failed script). A dry-run rule
+//!   never refuses, store failure or not.
 //!
 //! # Cost
 //!
@@ -68,7 +76,7 @@ mod redis;
 mod rule;
 pub mod store;
 
-pub use self::key::Key;
+pub use self::key::{ForwardedHeader, Key};
 pub use self::layer::{
     Limited, MissingKey, RateLimit, RateLimitLayer, RateLimitLayerBuilder, RateLimitStats,
     ResponseFuture, DEFAULT_DENY_CACHE_CAPACITY, MAX_POLICIES_PER_RULE,

@@ -312,10 +312,16 @@ pub(crate) fn check(policy: &Policy, state: State, now: f64, cost: f64) -> (Outc
         Algorithm::Gcra => {
             let interval = window / quota;
             let burst = policy.burst_or_quota() as f64 * interval;
+            // Arrival times are absolute ms (~1.7e12), where a double
+            // rounds to ~2.4e-4 ms: a burst's sums can land a hair past
+            // `now`. Admitting up to half a ms (or half an interval) early,
+            // below the whole-ms clock's resolution, keeps rounding from
+            // refusing a request within the burst.
+            let tol = (interval / 2.0).min(0.5);
             let tat = state[0].max(now);
             let new_tat = tat + interval * cost;
-            let allow_at = new_tat - burst;
-            let uncounted = (now + burst - tat) / interval;
+            let allow_at = new_tat - burst - tol;
+            let uncounted = (now + burst + tol - tat) / interval;
             if now < allow_at {
                 let outcome = Outcome::refused(uncounted, tat - now, allow_at - now);
                 (outcome, state, 0.0)
@@ -489,5 +495,41 @@ mod tests {
             );
         }
         assert!(Policy::per_minute(100).burst(20).validate().is_ok());
+    }
+
+    #[test]
+    fn a_full_burst_is_admitted_at_real_timestamps() {
+        // Absolute times where doubles round: every request of a burst
+        // sent in the same millisecond is admitted, `r` counts down one
+        // at a time, and the next one is refused.
+        let now = 1_764_230_400_123.0;
+        for policy in [
+            Policy::per_second(6),
+            Policy::per_second(7),
+            Policy::per_second(13),
+            Policy::per_minute(9),
+            Policy::per_minute(17),
+            Policy::new(3, Duration::from_secs(2)),
+            Policy::per_second(7).burst(40),
+            Policy::per_hour(1_000),
+        ] {
+            let mut state = [0.0; 3];
+            let burst = policy.burst_or_quota();
+            for i in 0..burst {
+                let (outcome, next, _) = check(&policy, state, now, 1.0);
+                assert!(outcome.allowed, "{policy:?}: request {i} of {burst}");
+                assert_eq!(outcome.remaining, burst - i - 1, "{policy:?}: request {i}");
+                state = next;
+            }
+            let (outcome, _, _) = check(&policy, state, now, 1.0);
+            assert!(!outcome.allowed, "{policy:?}: one past the burst");
+            assert_eq!(outcome.remaining, 0);
+            let interval = policy.window_ms() as f64 / policy.quota as f64;
+            assert!(
+                (outcome.retry_ms as f64 - interval).abs() <= 1.0,
+                "{policy:?}: {}",
+                outcome.retry_ms
+            );
+        }
     }
 }

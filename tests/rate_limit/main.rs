@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use harness::{app, get_from, send, send_body, Fixture, Kind, Reply};
-use redis_layers::rate_limit::{Key, MissingKey, Policy, RateLimitLayer, RateLimitStore, Rule};
+use redis_layers::rate_limit::{
+    ForwardedHeader, Key, MissingKey, Policy, RateLimitLayer, RateLimitStore, Rule,
+};
 use redis_layers::ErrorKind;
 
 #[test]
@@ -127,6 +129,26 @@ fn layer(fx: &Fixture, rule: Rule) -> RateLimitLayer {
 }
 
 support::both_backends! { fixture;
+    a_gcra_burst_is_admitted_whole => |fx| {
+        // Rates whose interval is not a whole number of ms: rounding of
+        // absolute times must not refuse the burst's last request.
+        let store = fx.backend();
+        for (i, policy) in [Policy::per_second(7), Policy::per_minute(9), Policy::per_second(13).burst(20)]
+            .into_iter()
+            .enumerate()
+        {
+            let burst = policy.burst_size();
+            let policies = [policy.named("p")];
+            let client = format!("burst-{i}");
+            for n in 0..burst {
+                let d = store.check(&client, &policies, 1).await.unwrap();
+                assert!(d.allowed, "{policies:?}: request {n} of {burst}");
+                assert_eq!(d.policies[0].remaining, burst - n - 1, "{policies:?}: request {n}");
+            }
+            assert!(!store.check(&client, &policies, 1).await.unwrap().allowed, "{policies:?}");
+        }
+    }
+
 
     store_admits_the_quota_then_refuses_without_counting => |fx| {
         let store = fx.backend();
@@ -421,15 +443,35 @@ support::both_backends! { fixture;
             ok,
             "trusted hops are skipped"
         );
-        // RFC 7239 Forwarded wins over X-Forwarded-For.
+        // A Forwarded header the proxy passed through from the client is
+        // not read: X-Forwarded-For is the configured header.
+        let fwd = [("forwarded", "for=203.0.113.99"), ("x-forwarded-for", "198.51.100.1")];
+        assert_eq!(send(&app, "GET", "/free", proxy, &fwd).await.status, no, "still 198.51.100.1");
+        // Configured for RFC 7239: Forwarded is read, X-Forwarded-For not.
+        let rfc = harness::app(
+            RateLimitLayer::builder(fx.counting())
+                .trusted_proxies(["10.0.0.0/8"])
+                .forwarded_header(ForwardedHeader::Forwarded)
+                .rule(Rule::any().policy(Policy::per_minute(1).named("q")))
+                .build()
+                .unwrap(),
+        );
         let fwd = [("forwarded", "for=\"[2001:db8::1]:4711\""), ("x-forwarded-for", "198.51.100.4")];
-        assert_eq!(send(&app, "GET", "/free", proxy, &fwd).await.status, ok);
+        assert_eq!(send(&rfc, "GET", "/free", proxy, &fwd).await.status, ok);
         let fwd2 = [("forwarded", "for=2001:db8::ffff"), ("x-forwarded-for", "198.51.100.5")];
         assert_eq!(
-            send(&app, "GET", "/free", proxy, &fwd2).await.status,
+            send(&rfc, "GET", "/free", proxy, &fwd2).await.status,
             no,
             "the same IPv6 /64 is one client"
         );
+        // One client's junk never merges everyone into the proxy's key.
+        let junk = http::HeaderValue::from_bytes(b"\xff, 198.51.100.6").unwrap();
+        let mut req = axum::http::Request::get("/free").header("x-forwarded-for", junk);
+        req = req.extension(axum::extract::ConnectInfo(proxy.parse::<std::net::SocketAddr>().unwrap()));
+        let res = tower::ServiceExt::oneshot(app.clone(), req.body(axum::body::Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), ok, "198.51.100.6 is a new client");
+        let junk2 = [("x-forwarded-for", "junk, 198.51.100.7")];
+        assert_eq!(send(&app, "GET", "/free", proxy, &junk2).await.status, ok, "and so is 198.51.100.7");
     }
 
     ipv6_clients_are_grouped_by_prefix => |fx| {

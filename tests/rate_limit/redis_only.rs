@@ -86,6 +86,13 @@ async fn a_dead_redis_fails_open_by_default_and_closed_on_request() {
     let open = limited(&fx, FailurePolicy::Open);
     let closed = limited(&fx, FailurePolicy::Closed);
     let (open_app, closed_app) = (app(open.clone()), app(closed.clone()));
+    // A dry run never refuses, even fail-closed.
+    let dry_app = app(RateLimitLayer::builder(fx.backend())
+        .rule(Rule::route("/api/items").policy(Policy::per_minute(3).named("a")))
+        .on_store_error(FailurePolicy::Closed)
+        .dry_run(true)
+        .build()
+        .unwrap());
     assert_eq!(
         get_from(&open_app, "/api/items", "192.0.2.1:1")
             .await
@@ -104,6 +111,9 @@ async fn a_dead_redis_fails_open_by_default_and_closed_on_request() {
             "{:?}",
             started.elapsed()
         );
+
+        let r = get_from(&dry_app, "/api/items", "192.0.2.1:1").await;
+        assert_eq!(r.status, StatusCode::OK, "dry run: {}", r.body);
 
         let started = Instant::now();
         let r = get_from(&closed_app, "/api/items", "192.0.2.1:1").await;
