@@ -1,24 +1,24 @@
-//! [`CacheLayer`], its builder, and the service it wraps around a handler.
+//! [`CacheLayer`], its builder, the service it wraps around a handler, and
+//! [`Purger`].
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
-use headers::{ETag, HeaderMapExt, IfModifiedSince, IfNoneMatch, LastModified};
-use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::header::HeaderName;
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::body::{CacheBody, Copy};
-use super::directives::Directives;
-use super::layout::{hash, hash_hex, Entry};
-use super::policy::{self, Settings, Unusable};
+use super::body::CacheBody;
+use super::flight::{Flights, Refreshing};
+use super::flow;
+use super::policy::Settings;
 use super::store::{CacheStore, Store};
 use crate::error::{Error, ErrorKind};
 
@@ -28,19 +28,20 @@ pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 /// The cache's name in `Cache-Status`, by default.
 pub const DEFAULT_NAME: &str = "redis-layers";
 
-/// The `Cache-Status` field (RFC 9211).
-const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// How long (ms) a stale response with a validator is kept to be
+/// revalidated, by default: one minute.
+pub const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(60);
 
-/// Headers that describe one connection, never stored (RFC 9111 §3.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// How long a request waits for a concurrent miss of the same key to fill
+/// the entry, by default.
+pub const DEFAULT_COALESCE_WAIT: Duration = Duration::from_secs(3);
+
+/// The response header a handler names its tags in, by default
+/// (comma-separated; removed before the response goes out).
+pub const DEFAULT_TAG_HEADER: &str = "cache-tag";
+
+/// The `Cache-Status` field (RFC 9211).
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// A shared HTTP cache in front of the inner service; see the [module
 /// docs](super).
@@ -59,12 +60,16 @@ impl fmt::Debug for CacheLayer {
     }
 }
 
-struct Config {
-    store: Store,
-    settings: Settings,
-    max_body: usize,
-    name: String,
-    sort_query: bool,
+pub(crate) struct Config {
+    pub(crate) store: Store,
+    pub(crate) settings: Settings,
+    pub(crate) max_body: usize,
+    pub(crate) name: String,
+    pub(crate) sort_query: bool,
+    pub(crate) coalesce_wait: Duration,
+    pub(crate) tag_header: HeaderName,
+    pub(crate) flights: Flights,
+    pub(crate) refreshing: Refreshing,
 }
 
 impl CacheLayer {
@@ -87,6 +92,19 @@ impl CacheLayer {
             strip_set_cookie: false,
             sort_query: false,
             extra_statuses: Vec::new(),
+            stale_while_revalidate: None,
+            stale_if_error: None,
+            keep_stale: DEFAULT_KEEP_STALE,
+            coalesce_wait: DEFAULT_COALESCE_WAIT,
+            tag_header: DEFAULT_TAG_HEADER.to_owned(),
+        }
+    }
+
+    /// A handle to purge this cache's entries (also in every request's
+    /// extensions, for handlers: `Extension<Purger>` in axum).
+    pub fn purger(&self) -> Purger {
+        Purger {
+            config: self.config.clone(),
         }
     }
 }
@@ -100,6 +118,11 @@ pub struct CacheLayerBuilder {
     strip_set_cookie: bool,
     sort_query: bool,
     extra_statuses: Vec<StatusCode>,
+    stale_while_revalidate: Option<Duration>,
+    stale_if_error: Option<Duration>,
+    keep_stale: Duration,
+    coalesce_wait: Duration,
+    tag_header: String,
 }
 
 impl fmt::Debug for CacheLayerBuilder {
@@ -161,8 +184,49 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// The layer; a Config error when the name is not a token or a
-    /// duration is zero.
+    /// A stale-while-revalidate window (RFC 5861) for responses that name
+    /// none: within it a stale response is served at once while one
+    /// background request refreshes it. Off by default.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = Some(window);
+        self
+    }
+
+    /// A stale-if-error window (RFC 5861) for responses that name none:
+    /// within it a stale response is served when the handler fails or
+    /// answers 5xx. Off by default.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(window);
+        self
+    }
+
+    /// How long a stale response with a validator (`ETag`,
+    /// `Last-Modified`) is kept, so that it can be revalidated with a
+    /// conditional request instead of fetched whole (default
+    /// [`DEFAULT_KEEP_STALE`]; zero keeps nothing past its freshness).
+    pub fn keep_stale(mut self, keep: Duration) -> Self {
+        self.keep_stale = keep;
+        self
+    }
+
+    /// How long a miss waits for a concurrent miss of the same key on this
+    /// instance to store its response (default [`DEFAULT_COALESCE_WAIT`]);
+    /// then it looks again, and asks the handler itself if there is still
+    /// nothing.
+    pub fn coalesce_wait(mut self, wait: Duration) -> Self {
+        self.coalesce_wait = wait;
+        self
+    }
+
+    /// The response header a handler names its tags in (default
+    /// [`DEFAULT_TAG_HEADER`]); it never reaches the client.
+    pub fn tag_header(mut self, name: impl Into<String>) -> Self {
+        self.tag_header = name.into();
+        self
+    }
+
+    /// The layer; a Config error when the name is not a token, the tag
+    /// header is not a header name, or `default_ttl` is zero.
     pub fn build(self) -> Result<CacheLayer, Error> {
         let token = !self.name.is_empty()
             && self
@@ -181,17 +245,31 @@ impl CacheLayerBuilder {
                 "default_ttl must not be zero",
             ));
         }
+        let tag_header = HeaderName::from_bytes(self.tag_header.as_bytes()).map_err(|_| {
+            Error::new(
+                ErrorKind::Config,
+                format!("tag header {:?} is not a header name", self.tag_header),
+            )
+        })?;
+        let ms = |d: Duration| crate::time::millis(d);
         Ok(CacheLayer {
             config: Arc::new(Config {
                 store: self.store,
                 settings: Settings {
                     extra_statuses: self.extra_statuses,
-                    default_ttl: self.default_ttl.map(crate::time::millis),
+                    default_ttl: self.default_ttl.map(ms),
                     strip_set_cookie: self.strip_set_cookie,
+                    stale_while_revalidate: self.stale_while_revalidate.map(ms),
+                    stale_if_error: self.stale_if_error.map(ms),
+                    keep_stale: ms(self.keep_stale),
                 },
                 max_body: self.max_body,
                 name: self.name,
                 sort_query: self.sort_query,
+                coalesce_wait: self.coalesce_wait,
+                tag_header,
+                flights: Flights::default(),
+                refreshing: Refreshing::default(),
             }),
         })
     }
@@ -241,344 +319,67 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
+        req.extensions_mut().insert(Purger {
+            config: config.clone(),
+        });
         match *req.method() {
-            Method::GET | Method::HEAD => Box::pin(read(config, inner, req)),
+            Method::GET | Method::HEAD => Box::pin(flow::read(config, inner, req)),
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
-                Box::pin(write(config, inner, req))
+                Box::pin(flow::write(config, inner, req))
             }
             _ => {
                 let mut inner = inner;
                 let future = inner.call(req);
-                Box::pin(async move { Ok(future.await?.map(|b| CacheBody::inner(b, None))) })
+                Box::pin(async move {
+                    let (mut head, body) = future.await?.into_parts();
+                    flow::take_tags(&mut head.headers, &config.tag_header);
+                    Ok(Response::from_parts(head, CacheBody::inner(body, None)))
+                })
             }
         }
     }
 }
 
-/// The cache key of a request to `uri` (hashed): scheme, host, path and
-/// query, one per line (none of them can hold a line break, so the
-/// concatenation is unambiguous; short keys fit one SHA-256 block).
-fn cache_key(config: &Config, uri: &http::Uri, headers: &HeaderMap) -> String {
-    let scheme = uri.scheme_str().unwrap_or("http");
-    let host = uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or_default();
-    let mut line = Vec::with_capacity(8 + scheme.len() + host.len() + uri.path().len() + 32);
-    line.extend_from_slice(b"GET\n");
-    line.extend_from_slice(scheme.as_bytes());
-    line.push(b'\n');
-    line.extend(host.bytes().map(|b| b.to_ascii_lowercase()));
-    line.push(b'\n');
-    line.extend_from_slice(uri.path().as_bytes());
-    if let Some(query) = uri.query() {
-        line.push(b'?');
-        if config.sort_query {
-            let mut pairs: Vec<&str> = query.split('&').collect();
-            pairs.sort_unstable();
-            line.extend_from_slice(pairs.join("&").as_bytes());
-        } else {
-            line.extend_from_slice(query.as_bytes());
-        }
-    }
-    hash_hex([line.as_slice()])
-}
-
-/// The hash of a request's values of the headers `names` (all zeros when
-/// the response varies on nothing).
-fn vary_hash(names: &[HeaderName], headers: &HeaderMap) -> [u8; 16] {
-    if names.is_empty() {
-        return [0; 16];
-    }
-    let mut values: Vec<Vec<u8>> = Vec::with_capacity(names.len() * 2);
-    for name in names {
-        values.push(name.as_str().as_bytes().to_vec());
-        let mut all = headers.get_all(name).iter().peekable();
-        if all.peek().is_none() {
-            // Absent differs from empty.
-            values.push(vec![0]);
-            continue;
-        }
-        let mut joined = vec![1];
-        for (i, v) in all.enumerate() {
-            if i > 0 {
-                joined.push(b',');
-            }
-            joined.extend_from_slice(v.as_bytes());
-        }
-        values.push(joined);
-    }
-    hash(values.iter().map(Vec::as_slice))
-}
-
-/// `Cache-Status` for this cache: `<name>; <params>`.
-fn status_field(name: &str, params: &str) -> HeaderValue {
-    let mut field = String::with_capacity(name.len() + 2 + params.len());
-    field.push_str(name);
-    field.push_str("; ");
-    field.push_str(params);
-    HeaderValue::try_from(field).unwrap_or_else(|_| HeaderValue::from_static("redis-layers"))
-}
-
-/// GET and HEAD: answer from the store when a stored response may be used,
-/// else ask the inner service (and store its response when it may be).
-async fn read<S, ReqBody, ResBody>(
+/// Removes entries of a [`CacheLayer`] from its store: by tag, or by URL.
+/// Get one from [`CacheLayer::purger`], or in a handler from the request's
+/// extensions (axum: `Extension<Purger>`).
+///
+/// A purge removes the entries from the shared store, so every instance
+/// sharing it sees the purge at once.
+#[derive(Clone)]
+pub struct Purger {
     config: Arc<Config>,
-    mut inner: S,
-    req: Request<ReqBody>,
-) -> Result<Response<CacheBody<ResBody>>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-{
-    let key = cache_key(&config, req.uri(), req.headers());
-    let directives = Directives::of(req.headers());
-    let now = SystemTime::now();
-    // Why the stored response (if any) was not used: RFC 9211's `fwd`.
-    let mut fwd = "uri-miss";
-    if directives.no_cache {
-        fwd = "request";
-    } else {
-        match config.store.lookup(&key).await {
-            Err(e) => {
-                tracing::warn!(error = %e, "cache store failed; asking the handler");
-                fwd = "miss; detail=store-error";
-            }
-            Ok(None) => {}
-            Ok(Some(raw)) => match Entry::decode(raw) {
-                None => fwd = "miss; detail=unreadable",
-                Some(entry) if entry.vary_hash != vary_hash(&entry.vary, req.headers()) => {
-                    fwd = "vary-miss";
-                }
-                Some(entry) => {
-                    let age = policy::age(&entry, now);
-                    match policy::usable(&entry, age, &directives) {
-                        Ok(()) => return Ok(hit(&config, entry, age, &req)),
-                        Err(Unusable::Stale) => fwd = "stale",
-                        Err(Unusable::Request) => fwd = "request",
-                    }
-                }
-            },
-        }
-    }
-    if directives.only_if_cached {
-        // RFC 9111 §5.2.1.7: no stored response to use, so 504.
-        let mut res = Response::new(CacheBody::full(Bytes::new()));
-        *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-        res.headers_mut().insert(
-            CACHE_STATUS,
-            status_field(&config.name, "fwd=miss; detail=only-if-cached"),
-        );
-        return Ok(res);
-    }
-    let is_get = req.method() == Method::GET;
-    let request_headers = is_get.then(|| req.headers().clone());
-    let res = inner.call(req).await?;
-    let (mut head, body) = res.into_parts();
-    let mut copy = None;
-    let mut stored = "";
-    if let Some(request_headers) = request_headers {
-        let too_big = head
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n > config.max_body as u64);
-        let keep = policy::storable(
-            &request_headers,
-            head.status,
-            &head.headers,
-            &config.settings,
-            now,
-        );
-        match keep {
-            Ok(keep) if !too_big => {
-                let vary = policy::vary_names(&head.headers).unwrap_or_default();
-                let mut headers = head.headers.clone();
-                for name in
-                    HOP_BY_HOP
-                        .iter()
-                        .chain([&header::SET_COOKIE, &header::AGE, &CACHE_STATUS])
-                {
-                    headers.remove(name);
-                }
-                let entry = Entry {
-                    stored_at: policy::unix_ms(now),
-                    initial_age: keep.initial_age,
-                    lifetime: keep.lifetime,
-                    flags: keep.flags,
-                    status: head.status,
-                    vary_hash: vary_hash(&vary, &request_headers),
-                    vary,
-                    headers,
-                    body: Bytes::new(),
-                };
-                let ttl = Duration::from_millis(keep.lifetime - keep.initial_age);
-                let store = config.store.clone();
-                let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
-                copy = Some(Copy::new(config.max_body, hint, move |body| {
-                    let entry = Entry { body, ..entry };
-                    let Some(raw) = entry.encode() else {
-                        tracing::debug!("response not stored: a header is too long for an entry");
-                        return;
-                    };
-                    tokio::spawn(async move {
-                        if let Err(e) = store.store(&key, raw, ttl).await {
-                            tracing::warn!(error = %e, "cache store failed; response not stored");
-                        }
-                    });
-                }));
-                stored = "; stored";
-            }
-            Ok(_) => tracing::debug!("response not stored: body larger than max_body"),
-            Err(why) => tracing::trace!(?why, "response not stored"),
-        }
-    }
-    let params = format!("fwd={fwd}; fwd-status={}{stored}", head.status.as_u16());
-    head.headers
-        .insert(CACHE_STATUS, status_field(&config.name, &params));
-    Ok(Response::from_parts(head, CacheBody::inner(body, copy)))
 }
 
-/// The stored response as the answer, or a 304 when the request's
-/// validators match it (RFC 9110 §13.1.2, §13.1.3).
-fn hit<ReqBody, ResBody>(
-    config: &Config,
-    entry: Entry,
-    age: u64,
-    req: &Request<ReqBody>,
-) -> Response<CacheBody<ResBody>> {
-    let ttl = (entry.lifetime as i64 - age as i64) / 1000;
-    let not_modified = match req.headers().typed_get::<IfNoneMatch>() {
-        Some(inm) => entry
-            .headers
-            .typed_get::<ETag>()
-            .is_some_and(|etag| !inm.precondition_passes(&etag)),
-        None => match (
-            req.headers().typed_get::<IfModifiedSince>(),
-            entry.headers.typed_get::<LastModified>(),
-        ) {
-            (Some(since), Some(modified)) => !since.is_modified(modified.into()),
-            _ => false,
-        },
-    };
-    let (mut head, body) = if not_modified {
-        // §15.4.5: the fields a 200 would have sent that describe it.
-        let mut headers = HeaderMap::new();
-        for name in [
-            header::CACHE_CONTROL,
-            header::CONTENT_LOCATION,
-            header::DATE,
-            header::ETAG,
-            header::EXPIRES,
-            header::VARY,
-        ] {
-            for value in entry.headers.get_all(&name) {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-        let mut res = Response::new(CacheBody::full(Bytes::new()));
-        *res.status_mut() = StatusCode::NOT_MODIFIED;
-        *res.headers_mut() = headers;
-        res.into_parts()
-    } else {
-        let body = if req.method() == Method::HEAD {
-            Bytes::new()
-        } else {
-            entry.body
-        };
-        let mut res = Response::new(CacheBody::full(body));
-        *res.status_mut() = entry.status;
-        *res.headers_mut() = entry.headers;
-        res.into_parts()
-    };
-    head.headers
-        .insert(header::AGE, HeaderValue::from(age / 1000));
-    let mut params = String::with_capacity(24);
-    params.push_str("hit; ttl=");
-    params.push_str(itoa::Buffer::new().format(ttl));
-    head.headers
-        .insert(CACHE_STATUS, status_field(&config.name, &params));
-    Response::from_parts(head, body)
-}
-
-/// Unsafe methods: a non-error response invalidates what is stored for
-/// the target URI and for `Location` and `Content-Location` on the same
-/// origin (RFC 9111 §4.4), before the response goes out, so the client's
-/// next read sees its write.
-async fn write<S, ReqBody, ResBody>(
-    config: Arc<Config>,
-    mut inner: S,
-    req: Request<ReqBody>,
-) -> Result<Response<CacheBody<ResBody>>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    let uri = req.uri().clone();
-    let headers = req.headers().clone();
-    let res = inner.call(req).await?;
-    if res.status().is_success() || res.status().is_redirection() {
-        let mut keys = vec![cache_key(&config, &uri, &headers)];
-        for name in [header::LOCATION, header::CONTENT_LOCATION] {
-            if let Some(target) = res
-                .headers()
-                .get(name)
-                .and_then(|v| same_origin(&uri, &headers, v))
-            {
-                keys.push(cache_key(&config, &target, &headers));
-            }
-        }
-        for key in keys {
-            if let Err(e) = config.store.invalidate(&key).await {
-                tracing::warn!(error = %e, "cache store failed; a stored response was not invalidated");
-            }
-        }
+impl fmt::Debug for Purger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Purger").finish_non_exhaustive()
     }
-    Ok(res.map(|b| CacheBody::inner(b, None)))
 }
 
-/// `value` (an absolute or relative reference) as a URI on the request's
-/// origin, or `None` when it names another origin.
-fn same_origin(uri: &http::Uri, headers: &HeaderMap, value: &HeaderValue) -> Option<http::Uri> {
-    let target: http::Uri = value.to_str().ok()?.parse().ok()?;
-    match target.authority() {
-        None => {
-            // A relative reference: resolve an absolute path only.
-            let path = target.path_and_query()?.as_str();
-            if !path.starts_with('/') {
-                return None;
-            }
-            let mut parts = uri.clone().into_parts();
-            parts.path_and_query = Some(path.parse().ok()?);
-            http::Uri::from_parts(parts).ok()
+impl Purger {
+    /// Removes every entry stored with `tag` (named by its handler in the
+    /// tag header); how many there were.
+    pub async fn purge_tag(&self, tag: &str) -> Result<u64, Error> {
+        self.config.store.purge_tag(tag).await
+    }
+
+    /// Removes the entry for a URL: `uri` as requests name it (a path and
+    /// query, or an absolute URI), on `host` (the `Host` header's value)
+    /// when `uri` names none. True when there was one.
+    pub async fn purge_url(&self, uri: &str, host: &str) -> Result<bool, Error> {
+        let uri: http::Uri = uri
+            .parse()
+            .map_err(|_| Error::new(ErrorKind::Config, format!("{uri:?} is not a URI")))?;
+        let mut headers = http::HeaderMap::new();
+        if let Ok(host) = http::HeaderValue::from_str(host) {
+            headers.insert(http::header::HOST, host);
         }
-        Some(authority) => {
-            let host = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
-                headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })?;
-            let scheme = uri.scheme_str().unwrap_or("http");
-            let same = authority.as_str().eq_ignore_ascii_case(&host)
-                && target.scheme_str().unwrap_or(scheme) == scheme;
-            same.then(|| {
-                // Keyed as the request would be: without the authority when
-                // the request had none.
-                if uri.authority().is_some() {
-                    target.clone()
-                } else {
-                    target
-                        .path_and_query()
-                        .and_then(|p| p.as_str().parse().ok())
-                        .unwrap_or(target.clone())
-                }
-            })
-        }
+        let key = flow::cache_key(self.config.sort_query, &uri, &headers);
+        self.config.store.invalidate(&key).await
     }
 }

@@ -13,12 +13,14 @@
 //! u64 stored_at          Unix ms when stored (this instance's clock)
 //! u64 initial_age        ms: the response's age when stored (RFC 9111 §4.2.3)
 //! u64 lifetime           ms: its freshness lifetime (§4.2.1)
+//! u64 swr, u64 sie       ms: stale-while-revalidate, stale-if-error
 //! u8  flags              1: no-cache (revalidate before every use)
 //!                        2: must-revalidate (never served stale)
 //! u16 status
 //! u8  n, n × (u8 len, name)   the header names `Vary` lists, lowercase
 //! [u8; 16]               hash of the request's values of those headers
 //! u16 m, m × (u8 len, name, u16 len, value)   the stored header fields
+//! u8  t, t × (u8 len, tag)    the tags the response named
 //! body                   the rest
 //! ```
 
@@ -34,6 +36,12 @@ const MAGIC: &[u8; 4] = b"RLC1";
 pub(crate) const NO_CACHE: u8 = 1;
 /// Entry flag: never served stale.
 pub(crate) const MUST_REVALIDATE: u8 = 2;
+
+/// The set of entry keys that carry `tag`: `{prefix}:cache-tag:{<tag>}`
+/// (its own slot: a purge reads it, then removes each entry by key).
+pub(crate) fn tag_key(ns: &Namespace, tag: &str) -> String {
+    ns.tagged("cache-tag", tag).into_base()
+}
 
 /// The store key of a request's cache key.
 pub(crate) fn entry_key(ns: &Namespace, hash: &str) -> String {
@@ -71,11 +79,14 @@ pub(crate) struct Entry {
     pub(crate) stored_at: u64,
     pub(crate) initial_age: u64,
     pub(crate) lifetime: u64,
+    pub(crate) swr: u64,
+    pub(crate) sie: u64,
     pub(crate) flags: u8,
     pub(crate) status: StatusCode,
     pub(crate) vary: Vec<HeaderName>,
     pub(crate) vary_hash: [u8; 16],
     pub(crate) headers: HeaderMap,
+    pub(crate) tags: Vec<String>,
     pub(crate) body: Bytes,
 }
 
@@ -88,6 +99,8 @@ impl Entry {
         out.extend_from_slice(&self.stored_at.to_be_bytes());
         out.extend_from_slice(&self.initial_age.to_be_bytes());
         out.extend_from_slice(&self.lifetime.to_be_bytes());
+        out.extend_from_slice(&self.swr.to_be_bytes());
+        out.extend_from_slice(&self.sie.to_be_bytes());
         out.push(self.flags);
         out.extend_from_slice(&self.status.as_u16().to_be_bytes());
         out.push(u8::try_from(self.vary.len()).ok()?);
@@ -102,6 +115,11 @@ impl Entry {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(&u16::try_from(value.len()).ok()?.to_be_bytes());
             out.extend_from_slice(value.as_bytes());
+        }
+        out.push(u8::try_from(self.tags.len()).ok()?);
+        for tag in &self.tags {
+            out.push(u8::try_from(tag.len()).ok()?);
+            out.extend_from_slice(tag.as_bytes());
         }
         out.extend_from_slice(&self.body);
         Some(out)
@@ -118,6 +136,8 @@ impl Entry {
         let stored_at = r.u64()?;
         let initial_age = r.u64()?;
         let lifetime = r.u64()?;
+        let swr = r.u64()?;
+        let sie = r.u64()?;
         let flags = r.u8()?;
         let status = StatusCode::from_u16(r.u16()?).ok()?;
         let n = r.u8()?;
@@ -139,16 +159,25 @@ impl Entry {
             let value = HeaderValue::from_maybe_shared(raw.slice(r.at - len..r.at)).ok()?;
             headers.append(name, value);
         }
+        let t = r.u8()?;
+        let mut tags = Vec::with_capacity(usize::from(t));
+        for _ in 0..t {
+            let len = r.u8()?;
+            tags.push(String::from_utf8(r.take(usize::from(len))?.to_vec()).ok()?);
+        }
         let at = r.at;
         Some(Entry {
             stored_at,
             initial_age,
             lifetime,
+            swr,
+            sie,
             flags,
             status,
             vary,
             vary_hash,
             headers,
+            tags,
             body: raw.slice(at..),
         })
     }
@@ -190,11 +219,14 @@ mod tests {
             stored_at: 1_764_230_400_000,
             initial_age: 1_500,
             lifetime: 60_000,
+            swr: 5_000,
+            sie: 9_000,
             flags: MUST_REVALIDATE,
             status: StatusCode::NOT_FOUND,
             vary: vec![HeaderName::from_static("accept-encoding")],
             vary_hash: [7; 16],
             headers,
+            tags: vec!["product:7".into(), "list".into()],
             body: Bytes::from_static(b"hello\x00world"),
         }
     }
@@ -206,18 +238,20 @@ mod tests {
         assert_eq!(back.stored_at, e.stored_at);
         assert_eq!(back.initial_age, e.initial_age);
         assert_eq!(back.lifetime, e.lifetime);
+        assert_eq!((back.swr, back.sie), (e.swr, e.sie));
         assert_eq!(back.flags, e.flags);
         assert_eq!(back.status, e.status);
         assert_eq!(back.vary, e.vary);
         assert_eq!(back.vary_hash, e.vary_hash);
         assert_eq!(back.headers, e.headers);
+        assert_eq!(back.tags, e.tags);
         assert_eq!(back.body, e.body);
     }
 
     #[test]
     fn foreign_or_truncated_values_are_not_entries() {
         let raw = sample().encode().unwrap();
-        for cut in [0, 3, 10, 30, 40, 50] {
+        for cut in [0, 3, 10, 30, 40, 50, 60, 70] {
             assert!(
                 Entry::decode(Bytes::copy_from_slice(&raw[..cut])).is_none(),
                 "{cut}"

@@ -45,8 +45,8 @@
 //!   then 10% of the time since `Last-Modified` (at most a day), then the
 //!   layer's [`default_ttl`](CacheLayerBuilder::default_ttl); a response
 //!   with none of these is not stored;
-//! - `no-cache` responses are not stored in this version (they may only
-//!   be used after revalidation, which is not built yet);
+//! - `no-cache` responses only with a validator (`ETag` or
+//!   `Last-Modified`), and then revalidated before every use;
 //! - bodies up to [`max_body`](CacheLayerBuilder::max_body); a larger
 //!   response streams through uncached. The body is copied as it goes to
 //!   the client and stored once it has ended; a client that goes away
@@ -71,9 +71,67 @@
 //!   `stored` when it is being stored.
 //! - `only-if-cached` without a usable stored response: 504.
 //!
+//! # Stale responses
+//!
+//! - **Revalidation**: a stale entry with a validator is kept
+//!   [`keep_stale`](CacheLayerBuilder::keep_stale) longer (one minute by
+//!   default); the next request for it goes to the handler with
+//!   `If-None-Match` / `If-Modified-Since` added, and a 304 refreshes the
+//!   stored fields and freshness (RFC 9111 §4.3.4): the client gets the
+//!   stored response, `Cache-Status: ...; fwd=stale; fwd-status=304`.
+//! - **stale-while-revalidate** (RFC 5861, from the response or
+//!   [`stale_while_revalidate`](CacheLayerBuilder::stale_while_revalidate)):
+//!   within the window a stale entry is served at once and one background
+//!   request per stale version refreshes it.
+//! - **stale-if-error** (from the response or
+//!   [`stale_if_error`](CacheLayerBuilder::stale_if_error)): within the
+//!   window, a handler that fails or answers 5xx is replaced by the stale
+//!   entry.
+//! - `must-revalidate`, `proxy-revalidate`, `s-maxage` and `no-cache`
+//!   forbid serving stale, as RFC 9111 §4.2.4 says.
+//!
+//! # Concurrent misses
+//!
+//! Concurrent misses of one key on one instance run the handler once: the
+//! first asks the handler, the others wait (at most
+//! [`coalesce_wait`](CacheLayerBuilder::coalesce_wait)) until its response
+//! is stored, then answer from the store (`Cache-Status: ...; collapsed`).
+//! A response that may not be stored is never handed to them: they find
+//! nothing and ask the handler themselves.
+//!
+//! # Invalidation and tags
+//!
 //! A non-error response to `POST`, `PUT`, `PATCH` or `DELETE` removes what
 //! is stored for its URI and for `Location` / `Content-Location` on the
 //! same origin, before the response is returned.
+//!
+//! A handler tags its response in a `Cache-Tag` header (comma-separated;
+//! the name is [`tag_header`](CacheLayerBuilder::tag_header); the layer
+//! removes it). A [`Purger`] ([`CacheLayer::purger`], or
+//! `Extension<Purger>` in a handler) removes every entry of a tag, or one
+//! URL's entry, from the shared store: every instance sees it at once.
+//!
+//! ```
+//! use axum::{extract::Path, routing::{get, post}, Extension, Router};
+//! use redis_layers::cache::{CacheLayer, Purger};
+//! use redis_layers::memory::MemoryBackend;
+//!
+//! async fn product(Path(id): Path<u32>) -> ([(&'static str, String); 2], String) {
+//!     let tags = format!("products, product-{id}");
+//!     ([("cache-control", "public, max-age=300".into()), ("cache-tag", tags)], format!("product {id}"))
+//! }
+//!
+//! async fn set_price(Extension(purger): Extension<Purger>, Path(id): Path<u32>) -> &'static str {
+//!     // ... change the price, then:
+//!     let _ = purger.purge_tag(&format!("product-{id}")).await;
+//!     "ok"
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/products/{id}", get(product))
+//!     .route("/admin/products/{id}/price", post(set_price))
+//!     .layer(CacheLayer::new(MemoryBackend::new()));
+//! ```
 //!
 //! Ages are measured with this instance's clock (RFC 9111 §4.2.3): skewed
 //! instances sharing a store see an entry older or younger by the skew.
@@ -100,21 +158,27 @@
 //! | request | store calls |
 //! |---|---|
 //! | hit | 1 `GET` |
-//! | miss | 1 `GET`, then 1 `SET ... PX` after the body when stored |
-//! | request `no-cache` | 0 before the handler, 1 `SET` when stored |
+//! | miss | 1 `GET`, then 1 write after the body when stored (`SET ... PX`, pipelined with `SADD`/`PEXPIRE` per tag) |
+//! | revalidation (304) | 1 `GET`, then 1 write |
+//! | request `no-cache` | 0 before the handler, 1 write when stored |
 //! | unsafe method | 1 `DEL` per invalidated URI |
+//! | purge a tag | `SMEMBERS`, then one pipeline of `DEL`s and `SREM` |
 //!
-//! Not built yet (see the project's issue): revalidation of stale
-//! entries, stale-while-revalidate and stale-if-error, tags and purges,
-//! coalescing of concurrent misses, the in-process tier.
+//! Not built yet (see the project's issue): coalescing across instances
+//! (a Redis lease), purging everything at once, the in-process tier.
 
 mod body;
 mod directives;
+mod flight;
+mod flow;
 mod layer;
 mod layout;
 mod policy;
 pub mod store;
 
 pub use body::CacheBody;
-pub use layer::{Cache, CacheLayer, CacheLayerBuilder, DEFAULT_MAX_BODY, DEFAULT_NAME};
+pub use layer::{
+    Cache, CacheLayer, CacheLayerBuilder, Purger, DEFAULT_COALESCE_WAIT, DEFAULT_KEEP_STALE,
+    DEFAULT_MAX_BODY, DEFAULT_NAME, DEFAULT_TAG_HEADER,
+};
 pub use store::CacheStore;

@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use http::header::{AUTHORIZATION, DATE, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
+use http::header::{AUTHORIZATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
 use http::{HeaderMap, StatusCode};
 
 use super::directives::Directives;
@@ -34,6 +34,13 @@ pub(crate) struct Settings {
     pub(crate) default_ttl: Option<u64>,
     /// Store responses with `Set-Cookie`, without that header.
     pub(crate) strip_set_cookie: bool,
+    /// stale-while-revalidate (ms) for responses that do not say.
+    pub(crate) stale_while_revalidate: Option<u64>,
+    /// stale-if-error (ms) for responses that do not say.
+    pub(crate) stale_if_error: Option<u64>,
+    /// How long (ms) a stale response with a validator is kept, to be
+    /// revalidated rather than fetched again.
+    pub(crate) keep_stale: u64,
 }
 
 /// Why a response is not stored (for logs and tests).
@@ -55,6 +62,12 @@ pub(crate) struct Keep {
     pub(crate) lifetime: u64,
     pub(crate) initial_age: u64,
     pub(crate) flags: u8,
+    /// stale-while-revalidate and stale-if-error windows, ms.
+    pub(crate) swr: u64,
+    pub(crate) sie: u64,
+    /// How long (ms) the store keeps the entry: its remaining freshness
+    /// plus the longest window in which a stale copy is still of use.
+    pub(crate) retention: u64,
 }
 
 /// Whether a response to a GET may be stored by a shared cache, and how.
@@ -99,9 +112,10 @@ pub(crate) fn storable(
     if vary_names(response).is_none() {
         return Err(NotStored::VaryStar);
     }
-    if res.no_cache {
-        // Stored responses are served only after revalidation, which this
-        // version does not do yet: keeping them would only cost memory.
+    let validator = response.contains_key(ETAG) || response.contains_key(LAST_MODIFIED);
+    if res.no_cache && !validator {
+        // Used only after revalidation, which needs a validator: without
+        // one, a stored copy would never be used.
         return Err(NotStored::NoCache);
     }
     let now_ms = unix_ms(now);
@@ -119,6 +133,9 @@ pub(crate) fn storable(
         http_date(response, LAST_MODIFIED),
     ) {
         (date.unwrap_or(now_ms).saturating_sub(modified) / HEURISTIC_FRACTION).min(HEURISTIC_MAX_MS)
+    } else if res.no_cache {
+        // Revalidated before every use: its own freshness does not matter.
+        0
     } else {
         settings.default_ttl.ok_or(NotStored::NoFreshness)?
     };
@@ -131,17 +148,36 @@ pub(crate) fn storable(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map_or(0, |s| s.saturating_mul(1000));
     let initial_age = apparent.max(age_value);
-    if lifetime <= initial_age {
+    if lifetime <= initial_age && !res.no_cache {
         return Err(NotStored::NoFreshness);
     }
     let mut flags = 0;
     if res.must_revalidate || res.proxy_revalidate || res.s_maxage.is_some() {
         flags |= MUST_REVALIDATE;
     }
+    if res.no_cache {
+        flags |= NO_CACHE;
+    }
+    let secs = |s: u64| s.saturating_mul(1000);
+    let swr = res
+        .stale_while_revalidate
+        .map(secs)
+        .or(settings.stale_while_revalidate)
+        .unwrap_or(0);
+    let sie = res
+        .stale_if_error
+        .map(secs)
+        .or(settings.stale_if_error)
+        .unwrap_or(0);
+    let keep = if validator { settings.keep_stale } else { 0 };
+    let retention = lifetime.saturating_sub(initial_age) + swr.max(sie).max(keep);
     Ok(Keep {
         lifetime,
         initial_age,
         flags,
+        swr,
+        sie,
+        retention,
     })
 }
 
@@ -258,6 +294,9 @@ mod tests {
             extra_statuses: vec![],
             default_ttl: None,
             strip_set_cookie: false,
+            stale_while_revalidate: None,
+            stale_if_error: None,
+            keep_stale: 60_000,
         }
     }
 
@@ -425,10 +464,13 @@ mod tests {
             initial_age: 0,
             lifetime,
             flags,
+            swr: 0,
+            sie: 0,
             status: StatusCode::OK,
             vary: vec![],
             vary_hash: [0; 16],
             headers: HeaderMap::new(),
+            tags: vec![],
             body: bytes::Bytes::new(),
         }
     }
@@ -460,5 +502,59 @@ mod tests {
             usable(&strict, 65_000, &cc("max-stale")),
             Err(Unusable::Stale)
         );
+    }
+
+    #[test]
+    fn stale_windows_and_validators_set_the_retention() {
+        let k = keep(
+            &[],
+            200,
+            &[(
+                "cache-control",
+                "max-age=60, stale-while-revalidate=30, stale-if-error=600",
+            )],
+        )
+        .unwrap();
+        assert_eq!((k.swr, k.sie, k.retention), (30_000, 600_000, 660_000));
+        // No validator, no window: kept while fresh.
+        assert_eq!(
+            keep(&[], 200, &[("cache-control", "max-age=60")])
+                .unwrap()
+                .retention,
+            60_000
+        );
+        // A validator: kept keep_stale longer, to be revalidated.
+        let k = keep(
+            &[],
+            200,
+            &[("cache-control", "max-age=60"), ("etag", "\"a\"")],
+        )
+        .unwrap();
+        assert_eq!(k.retention, 120_000);
+        // no-cache: stored only with a validator, and flagged.
+        assert_eq!(
+            keep(&[], 200, &[("cache-control", "no-cache")]),
+            Err(NotStored::NoCache)
+        );
+        let k = keep(
+            &[],
+            200,
+            &[("cache-control", "no-cache"), ("etag", "\"a\"")],
+        )
+        .unwrap();
+        assert_eq!(k.flags & NO_CACHE, NO_CACHE);
+        assert_eq!(k.retention, 60_000);
+        // The layer's windows apply when the response names none.
+        let s = Settings {
+            stale_while_revalidate: Some(5_000),
+            stale_if_error: Some(7_000),
+            ..plain()
+        };
+        let res = headers(&[("cache-control", "max-age=10")]);
+        let k = storable(&HeaderMap::new(), StatusCode::OK, &res, &s, now()).unwrap();
+        assert_eq!((k.swr, k.sie, k.retention), (5_000, 7_000, 17_000));
+        let res = headers(&[("cache-control", "max-age=10, stale-while-revalidate=1")]);
+        let k = storable(&HeaderMap::new(), StatusCode::OK, &res, &s, now()).unwrap();
+        assert_eq!(k.swr, 1_000, "the response's own window wins");
     }
 }

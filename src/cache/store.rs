@@ -1,9 +1,10 @@
-//! The cache store seam: entries by key, each operation one round trip.
+//! The cache store seam: entries by key, with tag sets, each operation
+//! one round trip.
 //!
-//! The crate implements [`CacheStore`] for [`Backend`], [`RedisBackend`]
-//! and [`MemoryBackend`]; implement it to keep entries elsewhere. Keys are
-//! 32 hex digits (a hash of the request's cache key); values are opaque
-//! bytes the layer encodes.
+//! The crate implements [`CacheStore`] for [`Backend`],
+//! [`RedisBackend`] and [`MemoryBackend`]; implement it to keep
+//! entries elsewhere. Keys are 32 hex digits (a hash of the request's
+//! cache key); values are opaque bytes the layer encodes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,10 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::layout::entry_key;
+use super::layout::{entry_key, tag_key};
 use crate::backend::on_backend;
-use crate::error::Error;
-use crate::memory::MemoryBackend;
+use crate::error::{Error, ErrorKind};
+use crate::memory::{MemoryBackend, Value};
 use crate::redis::RedisBackend;
 use crate::Backend;
 
@@ -23,18 +24,25 @@ pub trait CacheStore: Send + Sync + 'static {
     /// The entry stored under `key`, if any (Redis: one `GET`).
     fn lookup(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, Error>> + Send;
 
-    /// Stores `entry` under `key` for `ttl`, replacing any entry there
-    /// (Redis: one `SET ... PX`).
+    /// Stores `entry` under `key` for `ttl`, replacing any entry there, and
+    /// adds `key` to the set of each of `tags`, which then lives at least
+    /// as long (Redis: one pipeline of `SET ... PX` and, per tag, `SADD`
+    /// and `PEXPIRE`).
     fn store(
         &self,
         key: &str,
         entry: Vec<u8>,
         ttl: Duration,
+        tags: &[String],
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Removes the entry under `key`; true when there was one (Redis: one
     /// `DEL`).
     fn invalidate(&self, key: &str) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Removes every entry stored with `tag`; how many there were (Redis:
+    /// `SMEMBERS`, then one pipeline of `DEL`s and `SREM`).
+    fn purge_tag(&self, tag: &str) -> impl Future<Output = Result<u64, Error>> + Send;
 }
 
 impl CacheStore for RedisBackend {
@@ -43,13 +51,56 @@ impl CacheStore for RedisBackend {
         Ok(value.map(Bytes::from))
     }
 
-    async fn store(&self, key: &str, entry: Vec<u8>, ttl: Duration) -> Result<(), Error> {
-        self.set(&entry_key(self.namespace(), key), &entry, Some(ttl))
-            .await
+    async fn store(
+        &self,
+        key: &str,
+        entry: Vec<u8>,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Result<(), Error> {
+        let ms = crate::time::millis(ttl).max(1);
+        let entry_key = entry_key(self.namespace(), key);
+        if tags.is_empty() {
+            return self.set(&entry_key, &entry, Some(ttl)).await;
+        }
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("SET")
+            .arg(&entry_key)
+            .arg(entry)
+            .arg("PX")
+            .arg(ms)
+            .ignore();
+        for tag in tags {
+            let set = tag_key(self.namespace(), tag);
+            // The set outlives each of its entries: NX gives a new set a
+            // TTL, GT only ever lengthens it.
+            pipe.cmd("SADD").arg(&set).arg(key).ignore();
+            pipe.cmd("PEXPIRE").arg(&set).arg(ms).arg("NX").ignore();
+            pipe.cmd("PEXPIRE").arg(&set).arg(ms).arg("GT").ignore();
+        }
+        self.pipeline::<()>(&pipe).await
     }
 
     async fn invalidate(&self, key: &str) -> Result<bool, Error> {
         self.delete(&entry_key(self.namespace(), key)).await
+    }
+
+    async fn purge_tag(&self, tag: &str) -> Result<u64, Error> {
+        let set = tag_key(self.namespace(), tag);
+        let members: Vec<String> = self.query(::redis::cmd("SMEMBERS").arg(&set)).await?;
+        if members.is_empty() {
+            return Ok(0);
+        }
+        // Each entry by its own key (their slots differ from the set's),
+        // then only the members read: one tagged since stays for the next
+        // purge.
+        let mut pipe = ::redis::pipe();
+        for member in &members {
+            pipe.cmd("DEL").arg(entry_key(self.namespace(), member));
+        }
+        pipe.cmd("SREM").arg(&set).arg(&members).ignore();
+        let removed: Vec<u64> = self.pipeline(&pipe).await?;
+        Ok(removed.iter().sum())
     }
 }
 
@@ -59,14 +110,67 @@ impl CacheStore for MemoryBackend {
         Ok(value.map(Bytes::from))
     }
 
-    async fn store(&self, key: &str, entry: Vec<u8>, ttl: Duration) -> Result<(), Error> {
-        self.set(&entry_key(self.namespace(), key), &entry, Some(ttl))
-            .await
+    async fn store(
+        &self,
+        key: &str,
+        entry: Vec<u8>,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Result<(), Error> {
+        let entry_key = entry_key(self.namespace(), key);
+        let ttl = ttl.max(Duration::from_millis(1));
+        self.atomically(|ks| {
+            ks.set(&entry_key, Value::Bytes(entry), Some(ttl))?;
+            for tag in tags {
+                let set = tag_key(self.namespace(), tag);
+                let longer = match ks.ttl(&set) {
+                    Some(Some(left)) => left.max(ttl),
+                    _ => ttl,
+                };
+                match ks.get_mut(&set) {
+                    Some(Value::Hash(members)) => {
+                        members.insert(key.to_owned(), Vec::new());
+                    }
+                    Some(_) => return Err(wrong_type()),
+                    None => {
+                        let members = [(key.to_owned(), Vec::new())].into_iter().collect();
+                        ks.set(&set, Value::Hash(members), None)?;
+                    }
+                }
+                ks.expire(&set, longer);
+            }
+            Ok(())
+        })
     }
 
     async fn invalidate(&self, key: &str) -> Result<bool, Error> {
         self.delete(&entry_key(self.namespace(), key)).await
     }
+
+    async fn purge_tag(&self, tag: &str) -> Result<u64, Error> {
+        let set = tag_key(self.namespace(), tag);
+        self.atomically(|ks| {
+            let members = match ks.remove(&set) {
+                None => return Ok(0),
+                Some(Value::Hash(members)) => members,
+                Some(_) => return Err(wrong_type()),
+            };
+            let mut removed = 0;
+            for member in members.keys() {
+                if ks.remove(&entry_key(self.namespace(), member)).is_some() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+    }
+}
+
+fn wrong_type() -> Error {
+    Error::new(
+        ErrorKind::Server,
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+    )
 }
 
 impl CacheStore for Backend {
@@ -74,12 +178,22 @@ impl CacheStore for Backend {
         on_backend!(self, b => CacheStore::lookup(b, key).await)
     }
 
-    async fn store(&self, key: &str, entry: Vec<u8>, ttl: Duration) -> Result<(), Error> {
-        on_backend!(self, b => CacheStore::store(b, key, entry, ttl).await)
+    async fn store(
+        &self,
+        key: &str,
+        entry: Vec<u8>,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Result<(), Error> {
+        on_backend!(self, b => CacheStore::store(b, key, entry, ttl, tags).await)
     }
 
     async fn invalidate(&self, key: &str) -> Result<bool, Error> {
         on_backend!(self, b => CacheStore::invalidate(b, key).await)
+    }
+
+    async fn purge_tag(&self, tag: &str) -> Result<u64, Error> {
+        on_backend!(self, b => CacheStore::purge_tag(b, tag).await)
     }
 }
 
@@ -93,8 +207,10 @@ pub(crate) trait DynCacheStore: Send + Sync {
         key: &'a str,
         entry: Vec<u8>,
         ttl: Duration,
+        tags: &'a [String],
     ) -> BoxFuture<'a, Result<(), Error>>;
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, Error>>;
+    fn purge_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<u64, Error>>;
 }
 
 impl<T: CacheStore> DynCacheStore for T {
@@ -106,11 +222,15 @@ impl<T: CacheStore> DynCacheStore for T {
         key: &'a str,
         entry: Vec<u8>,
         ttl: Duration,
+        tags: &'a [String],
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(CacheStore::store(self, key, entry, ttl))
+        Box::pin(CacheStore::store(self, key, entry, ttl, tags))
     }
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(CacheStore::invalidate(self, key))
+    }
+    fn purge_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(CacheStore::purge_tag(self, tag))
     }
 }
 
@@ -142,10 +262,11 @@ impl Store {
         key: &str,
         entry: Vec<u8>,
         ttl: Duration,
+        tags: &[String],
     ) -> Result<(), Error> {
         match self {
-            Store::Backend(b) => CacheStore::store(b, key, entry, ttl).await,
-            Store::Custom(s) => s.store(key, entry, ttl).await,
+            Store::Backend(b) => CacheStore::store(b, key, entry, ttl, tags).await,
+            Store::Custom(s) => s.store(key, entry, ttl, tags).await,
         }
     }
 
@@ -153,6 +274,13 @@ impl Store {
         match self {
             Store::Backend(b) => CacheStore::invalidate(b, key).await,
             Store::Custom(s) => s.invalidate(key).await,
+        }
+    }
+
+    pub(crate) async fn purge_tag(&self, tag: &str) -> Result<u64, Error> {
+        match self {
+            Store::Backend(b) => CacheStore::purge_tag(b, tag).await,
+            Store::Custom(s) => s.purge_tag(tag).await,
         }
     }
 }

@@ -123,6 +123,42 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                 )
                     .into_response();
             }
+            "/rev" | "/no-cache-etag" => {
+                let cc = if path == "/rev" {
+                    "max-age=1"
+                } else {
+                    "no-cache"
+                };
+                set("cache-control", cc);
+                set("etag", "\"r1\"");
+                if headers.get("if-none-match").is_some_and(|v| v == "\"r1\"") {
+                    return (StatusCode::NOT_MODIFIED, out).into_response();
+                }
+            }
+            "/swr" => set("cache-control", "max-age=1, stale-while-revalidate=30"),
+            "/sie" | "/no-sie" => {
+                let cc = if path == "/sie" {
+                    "max-age=1, stale-if-error=30"
+                } else {
+                    "max-age=1"
+                };
+                set("cache-control", cc);
+                if n > 1 {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+                }
+            }
+            "/slow" => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                set("cache-control", "max-age=60");
+            }
+            "/tagged" => {
+                set("cache-control", "max-age=60");
+                set("cache-tag", "products, product-7");
+            }
+            "/other-tagged" => {
+                set("cache-control", "max-age=60");
+                set("cache-tag", "product-8");
+            }
             "/hop" => {
                 set("cache-control", "max-age=60");
                 set("connection", "close");
@@ -144,7 +180,14 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
     async fn fail() -> impl IntoResponse {
         (StatusCode::BAD_REQUEST, "no")
     }
+    async fn purge(
+        axum::Extension(purger): axum::Extension<redis_layers::cache::Purger>,
+        axum::extract::Path(tag): axum::extract::Path<String>,
+    ) -> String {
+        purger.purge_tag(&tag).await.unwrap().to_string()
+    }
     Router::new()
+        .route("/admin/purge/{tag}", axum::routing::post(purge))
         .route(
             "/{*path}",
             axum::routing::get(answer).post(change).put(fail),
@@ -445,6 +488,157 @@ support::both_backends! { fixture;
         assert!(!get(&sorted, "/fresh").await.hit());
         fx.stored(4).await;
         assert!(!get(&sorted, "/fresh?").await.hit());
+    }
+
+    a_stale_entry_is_revalidated_and_a_304_refreshes_it => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        assert_eq!(get(&app, "/rev").await.body, "/rev #1");
+        fx.stored(1).await;
+        assert!(get(&app, "/rev").await.hit());
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let r = get(&app, "/rev").await;
+        assert_eq!(r.status, StatusCode::OK, "the client asked nothing conditional");
+        assert_eq!(r.body, "/rev #1", "the stored body, validated");
+        assert_eq!(r.cache_status(), "redis-layers; fwd=stale; fwd-status=304; stored");
+        assert_eq!(fx.runs(), 2);
+        // Fresh again after the 304.
+        let started = Instant::now();
+        loop {
+            let r = get(&app, "/rev").await;
+            if r.hit() {
+                assert_eq!(r.body, "/rev #1");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_millis(900), "{}", r.cache_status());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A client's own validator still gets its 304 from the store.
+        let r = send(&app, "GET", "/rev", &[("if-none-match", "\"r1\"")]).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    }
+
+    a_no_cache_response_is_stored_and_revalidated_before_each_use => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/no-cache-etag").await;
+        fx.stored(1).await;
+        for runs in 2..4 {
+            let r = get(&app, "/no-cache-etag").await;
+            assert_eq!(r.body, "/no-cache-etag #1");
+            assert!(r.cache_status().contains("fwd-status=304"), "{}", r.cache_status());
+            assert_eq!(fx.runs(), runs, "asked every time");
+        }
+    }
+
+    stale_while_revalidate_serves_stale_and_refreshes_once => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/swr").await;
+        fx.stored(1).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move { get(&app, "/swr").await }));
+        }
+        for t in tasks {
+            let r = t.await.unwrap();
+            // Stale at once, or (once the refresh is in) the new one.
+            if r.body == "/swr #1" {
+                assert!(r.cache_status().contains("detail=stale-while-revalidate"), "{}", r.cache_status());
+                assert!(r.header("age").unwrap().parse::<u64>().unwrap() >= 1);
+            } else {
+                assert_eq!(r.body, "/swr #2");
+                assert!(r.hit(), "{}", r.cache_status());
+            }
+        }
+        // One refresh replaced it.
+        let started = Instant::now();
+        loop {
+            let r = get(&app, "/swr").await;
+            if r.body == "/swr #2" {
+                assert!(r.hit(), "{}", r.cache_status());
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(2), "{} after {} runs", r.cache_status(), fx.runs());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(fx.runs(), 2, "exactly one background refresh");
+    }
+
+    stale_if_error_serves_stale_when_the_handler_fails => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        assert_eq!(get(&app, "/sie").await.body, "/sie #1");
+        fx.stored(1).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let r = get(&app, "/sie").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, "/sie #1");
+        assert!(r.cache_status().contains("fwd-status=503; detail=stale-if-error"), "{}", r.cache_status());
+    }
+
+    without_stale_if_error_a_failure_reaches_the_client => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/no-sie").await;
+        fx.stored(1).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let r = get(&app, "/no-sie").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        // The layer's own window applies to responses that name none.
+        let fx2 = fixture(if matches!(fx.tb.backend, redis_layers::Backend::Memory(_)) { Kind::Memory } else { Kind::Redis });
+        let lenient = crate::app(&fx2, fx2.builder().stale_if_error(Duration::from_secs(30)).build().unwrap());
+        get(&lenient, "/no-sie").await;
+        fx2.stored(1).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let r = get(&lenient, "/no-sie").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.cache_status());
+        assert_eq!(r.body, "/no-sie #1");
+    }
+
+    concurrent_misses_run_the_handler_once_per_instance => |fx| {
+        let a = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let b = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move { get(&app, "/slow").await }));
+        }
+        let mut collapsed = 0;
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, StatusCode::OK);
+            assert!(r.body.starts_with("/slow #"), "{}", r.body);
+            if r.cache_status().contains("collapsed") {
+                collapsed += 1;
+            }
+        }
+        assert!(fx.runs() <= 2, "{} handler runs for 50 misses on 2 instances", fx.runs());
+        assert!(collapsed >= 48, "{collapsed} collapsed");
+    }
+
+    tags_purge_what_they_name => |fx| {
+        let layer = CacheLayer::new(fx.tb.backend.clone());
+        let purger = layer.purger();
+        let app = app(&fx, layer);
+        let r = get(&app, "/tagged").await;
+        assert!(r.header("cache-tag").is_none(), "tags never reach the client");
+        get(&app, "/other-tagged").await;
+        get(&app, "/fresh").await;
+        fx.stored(3).await;
+        assert!(get(&app, "/tagged").await.hit());
+        assert_eq!(purger.purge_tag("product-7").await.unwrap(), 1);
+        assert!(!get(&app, "/tagged").await.hit(), "purged");
+        assert!(get(&app, "/other-tagged").await.hit(), "another tag stays");
+        assert!(get(&app, "/fresh").await.hit(), "untagged stays");
+        assert_eq!(purger.purge_tag("nothing").await.unwrap(), 0);
+        // From a handler, through the request's extensions, on another
+        // instance sharing the store.
+        let other = crate::app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let r = send(&other, "POST", "/admin/purge/product-8", &[]).await;
+        assert_eq!(r.body, "1");
+        assert!(!get(&app, "/other-tagged").await.hit());
+        // By URL.
+        assert!(purger.purge_url("/fresh", "shop.example").await.unwrap());
+        assert!(!get(&app, "/fresh").await.hit());
+        assert!(!purger.purge_url("/fresh", "other.example").await.unwrap());
     }
 
     two_instances_share_the_store => |fx| {
