@@ -14,6 +14,12 @@
 //! name (a check in the handler, since the name is in the body); the API
 //! per `X-API-Key`, else per address. Try
 //! `for i in $(seq 12); do curl -si localhost:3000/api/time | head -1; done`.
+//!
+//! Caching: the shop (`/products`, `/products/{id}`) is public and cached
+//! for a minute, tagged per product; a logged-in user can change a price,
+//! which purges that product's tag, so every instance shows the new price
+//! at once. Watch `Cache-Status`:
+//! `curl -si localhost:3000/products/1 | grep -i cache-status` (twice).
 
 use std::net::SocketAddr;
 
@@ -21,7 +27,9 @@ use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
+use redis_layers::cache::{CacheLayer, Purger};
 use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
 use redis_layers::session::{Session, SessionError, SessionLayer};
 use redis_layers::{Backend, Problem};
@@ -83,8 +91,16 @@ fn router(backend: Backend) -> Result<Router, redis_layers::Error> {
                 .named("api"),
         )
         .build()?;
+    // Outside the session layer: it sees the session's `Vary: Cookie` and
+    // `private` marks, so one user's page never reaches another.
+    let cache = CacheLayer::builder(backend.clone())
+        .stale_if_error(std::time::Duration::from_secs(300))
+        .build()?;
     Ok(Router::new()
         .route("/", get(home))
+        .route("/products", get(products))
+        .route("/products/{id}", get(product))
+        .route("/admin/products/{id}/price", post(set_price))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route("/account", get(account))
@@ -93,6 +109,7 @@ fn router(backend: Backend) -> Result<Router, redis_layers::Error> {
         .route("/api/time", get(api_time))
         .layer(limits)
         .layer(sessions)
+        .layer(cache)
         // Outside the session layer: health checks never touch sessions.
         .route("/health", get(health))
         .with_state(backend))
@@ -142,10 +159,139 @@ async fn home(
         "redis-layers example",
         &format!(
             "<p>Visits in this session: <b>{visits}</b></p><p>{who}</p>\
+             <p><a href=\"/products\">Shop</a> (cached)</p>\
              <p>Backend: {}</p><p><a href=\"/health\">/health</a></p>",
             backend.kind()
         ),
     ))
+}
+
+/// The shop's catalogue: names here, prices in the backend (shared by
+/// every instance).
+const PRODUCTS: [(u32, &str, u64); 3] = [
+    (1, "Green tea", 450),
+    (2, "Oat biscuits", 320),
+    (3, "Honey jar", 890),
+];
+
+fn price_key(backend: &Backend, id: u32) -> String {
+    backend.namespace().key(&["shop", "price", &id.to_string()])
+}
+
+async fn price(backend: &Backend, id: u32, default: u64) -> u64 {
+    match backend.get(&price_key(backend, id)).await {
+        Ok(Some(raw)) => std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default),
+        _ => default,
+    }
+}
+
+fn euros(cents: u64) -> String {
+    format!("{}.{:02} €", cents / 100, cents % 100)
+}
+
+/// Public pages: cached by the cache layer for a minute (and refreshed in
+/// the background for 30 s after), tagged so a price change can purge
+/// them.
+fn public(tags: String, body: Html<String>) -> Response {
+    (
+        [
+            (
+                axum::http::header::CACHE_CONTROL,
+                "public, max-age=60, stale-while-revalidate=30".to_owned(),
+            ),
+            (
+                axum::http::header::HeaderName::from_static("cache-tag"),
+                tags,
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn products(State(backend): State<Backend>) -> Response {
+    let mut rows = String::new();
+    for (id, name, default) in PRODUCTS {
+        rows.push_str(&format!(
+            "<tr><td><a href=\"/products/{id}\">{name}</a></td><td>{}</td></tr>",
+            euros(price(&backend, id, default).await)
+        ));
+    }
+    public(
+        "products".to_owned(),
+        page(
+            "Shop",
+            &format!("<table>{rows}</table><p><a href=\"/\">Home</a></p>"),
+        ),
+    )
+}
+
+async fn product(State(backend): State<Backend>, Path(id): Path<u32>) -> Response {
+    let Some((id, name, default)) = PRODUCTS.into_iter().find(|p| p.0 == id) else {
+        return Problem::new(StatusCode::NOT_FOUND, "No such product", "Try /products.")
+            .into_response();
+    };
+    let cents = price(&backend, id, default).await;
+    public(
+        format!("products, product-{id}"),
+        page(
+            name,
+            &format!(
+                "<p>Price: <b>{}</b></p>\
+                 <form method=post action=/admin/products/{id}/price>\
+                 <label>New price (cents) <input name=cents type=number min=0 max=1000000 required></label> \
+                 <button>Change (logged-in users)</button></form>\
+                 <p><a href=\"/products\">All products</a></p>",
+                euros(cents)
+            ),
+        ),
+    )
+}
+
+#[derive(Deserialize)]
+struct PriceForm {
+    cents: u64,
+}
+
+async fn set_price(
+    State(backend): State<Backend>,
+    Extension(purger): Extension<Purger>,
+    session: Session,
+    Path(id): Path<u32>,
+    Form(form): Form<PriceForm>,
+) -> Result<Response, SessionError> {
+    if session.user().await?.is_none() {
+        return Ok(Redirect::to("/login").into_response());
+    }
+    if !PRODUCTS.iter().any(|p| p.0 == id) || form.cents > 1_000_000 {
+        return Ok(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid price change",
+            "Name a listed product and a price up to 1000000 cents.",
+        )
+        .into_response());
+    }
+    let stored = backend
+        .set(
+            &price_key(&backend, id),
+            form.cents.to_string().as_bytes(),
+            None,
+        )
+        .await;
+    if let Err(e) = stored {
+        return Ok(Problem::store_failure("shop", &e).into_response());
+    }
+    // Every instance shares the store: the next request anywhere misses
+    // and shows the new price.
+    for tag in [format!("product-{id}"), "products".to_owned()] {
+        if let Err(e) = purger.purge_tag(&tag).await {
+            tracing::warn!(error = %e, tag, "purge failed; the old price shows until it expires");
+        }
+    }
+    Ok(Redirect::to(&format!("/products/{id}")).into_response())
 }
 
 async fn login_form() -> Html<String> {

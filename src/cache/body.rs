@@ -86,8 +86,8 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Inner { body, copy } => {
-                let polled = body.poll_frame(cx);
+            KindProj::Inner { mut body, copy } => {
+                let polled = body.as_mut().poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
                         Some(data) => {
@@ -97,6 +97,15 @@ where
                             match copy {
                                 Some(c) if fits => c.buf.extend_from_slice(data),
                                 _ => *copy = None,
+                            }
+                            // A server stops polling once a body with a
+                            // known length has sent it all: the end is
+                            // now, not at a `None` that may never be asked
+                            // for.
+                            if body.is_end_stream() {
+                                if let Some(c) = copy.take() {
+                                    (c.done)(c.buf.freeze());
+                                }
                             }
                         }
                         // Trailers: not kept.
@@ -179,6 +188,21 @@ mod tests {
         let body = CacheBody::inner(chunks(&["abc", "defg"]), Some(copy));
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcdefg");
         assert_eq!(seen.lock().unwrap().as_deref(), Some(&b"abcdefg"[..]));
+    }
+
+    #[tokio::test]
+    async fn the_copy_is_done_when_the_last_bytes_pass() {
+        // As a server does with a known length: it stops at the last
+        // bytes and never polls for the end.
+        let (copy, seen) = copied(100);
+        let mut body = CacheBody::inner(
+            http_body_util::Full::new(Bytes::from_static(b"whole")),
+            Some(copy),
+        );
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().map(|d| &d[..]), Some(&b"whole"[..]));
+        assert_eq!(seen.lock().unwrap().as_deref(), Some(&b"whole"[..]));
+        assert!(body.is_end_stream());
     }
 
     #[tokio::test]

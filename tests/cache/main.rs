@@ -641,6 +641,33 @@ support::both_backends! { fixture;
         assert!(!purger.purge_url("/fresh", "other.example").await.unwrap());
     }
 
+    over_a_real_server_responses_are_stored => |fx| {
+        // A server stops reading a body of known length at its last byte:
+        // the copy must be stored then (an in-process client polls on to
+        // the end and would not show it).
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let fetch = || async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(b"GET /fresh HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).await.unwrap();
+            reply.to_ascii_lowercase()
+        };
+        assert!(fetch().await.contains("fwd=uri-miss"));
+        fx.stored(1).await;
+        let second = fetch().await;
+        assert!(second.contains("cache-status: redis-layers; hit"), "{second}");
+        assert!(second.ends_with("/fresh #1"), "{second}");
+        server.abort();
+    }
+
     two_instances_share_the_store => |fx| {
         let a = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
         let b = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
