@@ -25,6 +25,7 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Full { data: Option<Bytes> },
+        Chain { prefix: Option<Bytes>, body: Pin<Box<B>> },
     }
 }
 
@@ -33,6 +34,17 @@ impl<B> ResponseBody<B> {
     pub fn inner(body: B) -> Self {
         ResponseBody {
             kind: Kind::Inner { body },
+        }
+    }
+
+    /// `prefix` (bytes already read from `body`), then the rest of `body`.
+    pub fn chain(prefix: impl Into<Bytes>, body: Pin<Box<B>>) -> Self {
+        let prefix: Bytes = prefix.into();
+        ResponseBody {
+            kind: Kind::Chain {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                body,
+            },
         }
     }
 
@@ -61,6 +73,10 @@ where
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Chain { prefix, body } => match prefix.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => body.as_mut().poll_frame(cx),
+            },
         }
     }
 
@@ -68,6 +84,7 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
+            Kind::Chain { prefix, body } => prefix.is_none() && body.is_end_stream(),
         }
     }
 
@@ -76,6 +93,16 @@ where
             Kind::Inner { body } => body.size_hint(),
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Chain { prefix, body } => {
+                let extra = prefix.as_ref().map_or(0, |d| d.len() as u64);
+                let inner = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
             }
         }
     }
@@ -94,6 +121,15 @@ mod tests {
         assert_eq!(&bytes[..], b"abc");
         let empty: ResponseBody<http_body_util::Empty<Bytes>> = ResponseBody::full("");
         assert!(empty.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_chain_sends_its_prefix_then_the_rest() {
+        let rest = Box::pin(http_body_util::Full::new(Bytes::from_static(b"def")));
+        let body = ResponseBody::chain(Bytes::from_static(b"abc"), rest);
+        assert_eq!(body.size_hint().exact(), Some(6));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"abcdef");
     }
 
     #[tokio::test]

@@ -22,6 +22,8 @@ mod time;
 
 #[cfg(feature = "cache")]
 pub mod cache;
+#[cfg(feature = "idempotency")]
+pub mod idempotency;
 pub mod memory;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;

@@ -1,0 +1,729 @@
+//! [`IdempotencyLayer`], its builder and service: claim, run, complete or
+//! release, replay.
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Body;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::header as key_field;
+use super::layout::{self, digest, hash_hex, Record, Stored};
+use super::store::{Claim, DynIdempotencyStore, IdempotencyStore};
+use crate::body::ResponseBody;
+use crate::error::{Error, ErrorKind};
+use crate::problem::Problem;
+
+/// How long a claim holds before it must be renewed, by default. While the
+/// handler runs the layer renews it every third of this; if the process
+/// dies, the key is free again within this time.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// How long a completed response is kept for replay, by default.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// The largest request body buffered (and fingerprinted), by default;
+/// larger is 413.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// The largest response body stored for replay, by default; a larger one
+/// is sent but not kept (the key is released).
+pub const DEFAULT_MAX_RESPONSE: usize = 1 << 20;
+
+/// The response headers stored and replayed, besides none other: never
+/// `Set-Cookie`, `Date` or anything describing one connection.
+pub const REPLAYED_HEADERS: [&str; 9] = [
+    "content-type",
+    "content-language",
+    "content-location",
+    "location",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "retry-after",
+    "link",
+];
+
+const PROBLEM_TYPE: &str =
+    "https://datatracker.ietf.org/doc/draft-ietf-httpapi-idempotency-key-header/";
+
+/// `Idempotent-Replayed: true` marks a replayed response.
+pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// The fencing token of the claim a handler runs under, in the request's
+/// extensions: pass it along with your own writes so a handler that lost
+/// its claim (a lease that ran out) cannot overwrite a newer one's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FencingToken(pub u64);
+
+type ScopeFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// Whose keys a record belongs to: the same client key from two scopes
+/// never meets.
+#[derive(Clone)]
+pub struct Scope {
+    kind: ScopeKind,
+}
+
+#[derive(Clone)]
+enum ScopeKind {
+    Global,
+    Header(HeaderName),
+    Custom(ScopeFn),
+    #[cfg(feature = "session")]
+    SessionUser,
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ScopeKind::Global => f.write_str("Scope::global()"),
+            ScopeKind::Header(h) => write!(f, "Scope::header({h:?})"),
+            ScopeKind::Custom(_) => f.write_str("Scope::custom(..)"),
+            #[cfg(feature = "session")]
+            ScopeKind::SessionUser => f.write_str("Scope::session_user()"),
+        }
+    }
+}
+
+impl Scope {
+    /// A request header's value (an API key, a tenant id), kept only as a
+    /// digest. A request without it has no scope.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a header name.
+    pub fn header(name: &'static str) -> Self {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => Scope {
+                kind: ScopeKind::Header(name),
+            },
+            Err(_) => panic!("Scope::header: {name:?} is not a header name"),
+        }
+    }
+
+    /// The session's user (needs the session layer outside this one);
+    /// anonymous sessions have no scope.
+    #[cfg(feature = "session")]
+    pub fn session_user() -> Self {
+        Scope {
+            kind: ScopeKind::SessionUser,
+        }
+    }
+
+    /// Your own function of the request head; `None` is "no scope".
+    pub fn custom(f: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
+        Scope {
+            kind: ScopeKind::Custom(Arc::new(f)),
+        }
+    }
+
+    /// One scope for everyone: any client can replay any other's response
+    /// by sending its key. Only for routes without callers to tell apart.
+    pub fn global() -> Self {
+        Scope {
+            kind: ScopeKind::Global,
+        }
+    }
+
+    async fn of(&self, parts: &Parts) -> Option<String> {
+        match &self.kind {
+            ScopeKind::Global => Some("global".to_owned()),
+            ScopeKind::Header(name) => {
+                let value = parts.headers.get(name)?;
+                let d = digest([value.as_bytes()]);
+                Some(format!("hdr:{}", hash_hex([&d[..]])))
+            }
+            ScopeKind::Custom(f) => f(parts).map(|s| format!("fn:{s}")),
+            #[cfg(feature = "session")]
+            ScopeKind::SessionUser => {
+                let session = parts.extensions.get::<crate::session::Session>()?;
+                let user = session.user().await.ok()??;
+                Some(format!("user:{user}"))
+            }
+        }
+    }
+}
+
+/// Idempotency-Key handling in front of the inner service; see the
+/// [module docs](super).
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    config: Arc<Config>,
+}
+
+impl fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("scope", &self.config.scope)
+            .field("required", &self.config.required)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Config {
+    store: Arc<dyn DynIdempotencyStore>,
+    scope: Scope,
+    header: HeaderName,
+    methods: Vec<Method>,
+    required: bool,
+    lease: Duration,
+    retention: Duration,
+    max_body: usize,
+    max_response: usize,
+}
+
+impl IdempotencyLayer {
+    /// Requires an `Idempotency-Key` on POST and PATCH, with records
+    /// scoped by `scope`, and the other defaults.
+    pub fn new(store: impl IdempotencyStore, scope: Scope) -> Self {
+        Self::builder(store, scope)
+            .build()
+            .expect("the default settings are valid")
+    }
+
+    /// A builder, to change the defaults.
+    pub fn builder(store: impl IdempotencyStore, scope: Scope) -> IdempotencyLayerBuilder {
+        IdempotencyLayerBuilder {
+            store: Arc::new(store),
+            scope,
+            header: "idempotency-key".to_owned(),
+            methods: vec![Method::POST, Method::PATCH],
+            required: true,
+            lease: DEFAULT_LEASE,
+            retention: DEFAULT_RETENTION,
+            max_body: DEFAULT_MAX_BODY,
+            max_response: DEFAULT_MAX_RESPONSE,
+        }
+    }
+}
+
+/// Settings of an [`IdempotencyLayer`]; [`build`](Self::build) checks
+/// them.
+pub struct IdempotencyLayerBuilder {
+    store: Arc<dyn DynIdempotencyStore>,
+    scope: Scope,
+    header: String,
+    methods: Vec<Method>,
+    required: bool,
+    lease: Duration,
+    retention: Duration,
+    max_body: usize,
+    max_response: usize,
+}
+
+impl fmt::Debug for IdempotencyLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayerBuilder")
+            .field("header", &self.header)
+            .field("methods", &self.methods)
+            .field("required", &self.required)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdempotencyLayerBuilder {
+    /// The header carrying the key (default `Idempotency-Key`).
+    pub fn header(mut self, name: impl Into<String>) -> Self {
+        self.header = name.into();
+        self
+    }
+
+    /// The methods that take a key (default POST and PATCH); others pass
+    /// untouched.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Whether a request without a key is refused (400, the default) or
+    /// passes without idempotency.
+    pub fn required(mut self, required: bool) -> Self {
+        self.required = required;
+        self
+    }
+
+    /// How long a claim holds without renewal (default [`DEFAULT_LEASE`]).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long a completed response is replayed (default
+    /// [`DEFAULT_RETENTION`]).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The largest request body accepted (default [`DEFAULT_MAX_BODY`]);
+    /// larger is 413.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The largest response body kept for replay (default
+    /// [`DEFAULT_MAX_RESPONSE`]).
+    pub fn max_response(mut self, bytes: usize) -> Self {
+        self.max_response = bytes;
+        self
+    }
+
+    /// The layer; a Config error for a bad header name, no methods, or a
+    /// lease or retention under 100 ms.
+    pub fn build(self) -> Result<IdempotencyLayer, Error> {
+        let header = HeaderName::from_bytes(self.header.as_bytes()).map_err(|_| {
+            Error::new(
+                ErrorKind::Config,
+                format!("{:?} is not a header name", self.header),
+            )
+        })?;
+        if self.methods.is_empty() {
+            return Err(Error::new(ErrorKind::Config, "no methods take a key"));
+        }
+        let floor = Duration::from_millis(100);
+        if self.lease < floor || self.retention < floor {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "lease and retention must be at least 100 ms",
+            ));
+        }
+        Ok(IdempotencyLayer {
+            config: Arc::new(Config {
+                store: self.store,
+                scope: self.scope,
+                header,
+                methods: self.methods,
+                required: self.required,
+                lease: self.lease,
+                retention: self.retention,
+                max_body: self.max_body,
+                max_response: self.max_response,
+            }),
+        })
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service of an [`IdempotencyLayer`]. The inner service receives the
+/// request with its body buffered (a [`ResponseBody`], the crate's body
+/// type, in both directions).
+#[derive(Clone)]
+pub struct Idempotency<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S>
+where
+    S: Service<Request<ResponseBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        if !config.methods.contains(req.method()) {
+            let future = inner.call(req.map(ResponseBody::inner));
+            return Box::pin(async move { Ok(future.await?.map(ResponseBody::inner)) });
+        }
+        Box::pin(run(config, inner, req))
+    }
+}
+
+/// A problem+json answer of the layer's own.
+fn problem<B>(
+    status: StatusCode,
+    title: &'static str,
+    detail: impl Into<String>,
+) -> Response<ResponseBody<B>> {
+    Problem::new(status, title, detail)
+        .with_type(PROBLEM_TYPE)
+        .to_response()
+}
+
+async fn run<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ResponseBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let (mut parts, body) = req.into_parts();
+    // The key.
+    let client_key = match parts.headers.get(&config.header) {
+        None if config.required => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "Idempotency key missing",
+                format!("This request needs an {} header.", config.header),
+            ))
+        }
+        None => {
+            let future = inner.call(Request::from_parts(parts, ResponseBody::inner(body)));
+            return Ok(future.await?.map(ResponseBody::inner));
+        }
+        Some(value) => match key_field::parse(value) {
+            Ok(key) => key,
+            Err(why) => {
+                return Ok(problem(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid idempotency key",
+                    format!("{}: {why}.", config.header),
+                ))
+            }
+        },
+    };
+    let Some(scope) = config.scope.of(&parts).await else {
+        return Ok(problem(
+            StatusCode::BAD_REQUEST,
+            "No idempotency scope",
+            "An idempotency key is kept per caller, and this request names none (no credential or session).",
+        ));
+    };
+    // The body, whole and bounded.
+    let body = match read_body(body, config.max_body).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            return Ok(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request body too large",
+                format!(
+                    "An idempotent request's body may be at most {} bytes.",
+                    config.max_body
+                ),
+            ))
+        }
+        Err(BodyError::Read) => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "Unreadable request body",
+                "The request body could not be read.",
+            ))
+        }
+    };
+    let route = route(&parts);
+    let key = hash_hex([
+        scope.as_bytes(),
+        parts.method.as_str().as_bytes(),
+        route.as_bytes(),
+        client_key.as_bytes(),
+    ]);
+    let fingerprint = digest([
+        parts.method.as_str().as_bytes(),
+        parts.uri.path().as_bytes(),
+        parts.uri.query().unwrap_or("").as_bytes(),
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map_or(&b""[..], HeaderValue::as_bytes),
+        &body[..],
+    ]);
+    let counter_ttl = config.retention + config.lease * 2;
+    let claim = config
+        .store
+        .claim(&key, &fingerprint, config.lease, counter_ttl)
+        .await;
+    let token = match claim {
+        Err(e) => {
+            // Fail closed: never run the handler without the lock.
+            tracing::error!(error = %e, "idempotency store failed");
+            return Ok(Problem::store_failure("idempotency", &e).to_response());
+        }
+        Ok(Claim::Taken { record, ttl }) => return Ok(taken(&record, ttl, &fingerprint)),
+        Ok(Claim::Claimed(token)) => token,
+    };
+
+    let mut guard = Held::new(config.clone(), key.clone(), token);
+    parts.extensions.insert(FencingToken(token));
+    let result = inner
+        .call(Request::from_parts(parts, ResponseBody::full(body)))
+        .await;
+    let res = match result {
+        Ok(res) => res,
+        Err(e) => {
+            guard.release().await;
+            return Err(e);
+        }
+    };
+    if res.status().is_server_error() {
+        // The client may retry: free the key.
+        guard.release().await;
+        return Ok(res.map(ResponseBody::inner));
+    }
+    let (head, body) = res.into_parts();
+    let (prefix, rest) = read_prefix(body, config.max_response).await;
+    let Some(rest_body) = rest else {
+        // Whole: store it, then answer.
+        let stored = Stored {
+            status: head.status,
+            headers: replayed_headers(&head.headers),
+            body: prefix.clone(),
+        };
+        match layout::complete(token, &fingerprint, &stored) {
+            Some(record) => guard.complete(record).await,
+            None => guard.release().await,
+        }
+        return Ok(Response::from_parts(head, ResponseBody::full(prefix)));
+    };
+    // Too large to keep (or it failed midway): released, sent as it comes.
+    tracing::warn!("idempotent response too large to keep; key released, not replayable");
+    guard.release().await;
+    Ok(Response::from_parts(
+        head,
+        ResponseBody::chain(prefix, rest_body),
+    ))
+}
+
+/// The answer when the key is already claimed or completed.
+fn taken<B>(record: &Bytes, ttl: Duration, fingerprint: &[u8; 32]) -> Response<ResponseBody<B>> {
+    match layout::decode(record) {
+        Some(Record::InFlight { .. }) => {
+            let mut res = problem(
+                StatusCode::CONFLICT,
+                "Request in progress",
+                "A request with this idempotency key is still being processed; retry later.",
+            );
+            let secs = ttl.as_millis().div_ceil(1000).max(1) as u64;
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            res
+        }
+        Some(Record::Complete {
+            fingerprint: stored,
+            response,
+        }) => {
+            if &stored != fingerprint {
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Idempotency key reused",
+                    "This idempotency key was used for a different request.",
+                );
+            }
+            let mut res = Response::new(ResponseBody::full(response.body));
+            *res.status_mut() = response.status;
+            *res.headers_mut() = response.headers;
+            res.headers_mut()
+                .insert(REPLAYED, HeaderValue::from_static("true"));
+            res
+        }
+        None => problem(
+            StatusCode::CONFLICT,
+            "Idempotency record unreadable",
+            "The record for this idempotency key cannot be read; use a new key.",
+        ),
+    }
+}
+
+/// The route a request matched (axum's template), else its path.
+fn route(parts: &Parts) -> String {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
+        return matched.as_str().to_owned();
+    }
+    parts.uri.path().to_owned()
+}
+
+fn replayed_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in REPLAYED_HEADERS {
+        for value in headers.get_all(name) {
+            out.append(HeaderName::from_static(name), value.clone());
+        }
+    }
+    out
+}
+
+enum BodyError {
+    TooLarge,
+    Read,
+}
+
+/// The whole body, at most `max` bytes.
+async fn read_body<B: Body<Data = Bytes>>(body: B, max: usize) -> Result<Bytes, BodyError> {
+    if body.size_hint().lower() > max as u64 {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(|_| BodyError::Read)?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > max {
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Up to `max` bytes of a body: the whole of it (and `None`), or what was
+/// read and the rest of it to send on.
+async fn read_prefix<B: Body<Data = Bytes> + Send + 'static>(
+    body: B,
+    max: usize,
+) -> (Bytes, Option<Pin<Box<B>>>) {
+    let mut body = Box::pin(body);
+    let mut buf = BytesMut::new();
+    if body.size_hint().lower() > max as u64 {
+        return (Bytes::new(), Some(body));
+    }
+    loop {
+        match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            None => return (buf.freeze(), None),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > max {
+                        return (buf.freeze(), Some(body));
+                    }
+                }
+                // Trailers are not kept: send on what is left.
+                Err(_) => return (buf.freeze(), Some(body)),
+            },
+            Some(Err(_)) => return (buf.freeze(), Some(body)),
+        }
+    }
+}
+
+/// A claim while the handler runs: renews the lease in the background and,
+/// if dropped before it completes or releases (the request future dropped,
+/// a panic), releases the key so the client can retry.
+struct Held {
+    config: Arc<Config>,
+    key: String,
+    token: u64,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    done: bool,
+}
+
+impl Held {
+    fn new(config: Arc<Config>, key: String, token: u64) -> Self {
+        let every = config.lease / 3;
+        let (c, k) = (config.clone(), key.clone());
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match c.store.extend(&k, token, c.lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!("idempotency claim lost while the handler ran");
+                        return;
+                    }
+                    // Try again at the next beat; the lease may hold.
+                    Err(e) => tracing::warn!(error = %e, "idempotency lease not renewed"),
+                }
+            }
+        });
+        Held {
+            config,
+            key,
+            token,
+            heartbeat: Some(heartbeat),
+            done: false,
+        }
+    }
+
+    fn stop(&mut self) {
+        self.done = true;
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
+
+    async fn complete(&mut self, record: Vec<u8>) {
+        self.stop();
+        match self
+            .config
+            .store
+            .complete(&self.key, self.token, record, self.config.retention)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "idempotency claim lost before completion; the response is not kept (fencing)"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "idempotency record not stored; releasing the key");
+                let _ = self.config.store.release(&self.key, self.token).await;
+            }
+        }
+    }
+
+    async fn release(&mut self) {
+        self.stop();
+        if let Err(e) = self.config.store.release(&self.key, self.token).await {
+            tracing::warn!(error = %e, "idempotency key not released; it frees itself when the lease ends");
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.stop();
+        let (config, key, token) = (
+            self.config.clone(),
+            std::mem::take(&mut self.key),
+            self.token,
+        );
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = config.store.release(&key, token).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Where records live and how they are encoded, the same on Redis and in
+//! memory (`record.lua` reads the same layout).
+//!
+//! Keys, one hash tag per record: `{prefix}:idem:{<hash>}:r` (the record)
+//! and `{prefix}:idem:{<hash>}:n` (its fencing counter), where `<hash>`
+//! is 32 hex digits of SHA-256 over the scope, method, route and the
+//! client's key, so no client key or scope appears in clear.
+//!
+//! Record, big-endian:
+//!
+//! ```text
+//! "RLI1"
+//! u8  state             1 in flight, 2 complete
+//! f64 token             the fencing token (a double, as Lua keeps it)
+//! [u8; 32] fingerprint  of the request (method, path, query, type, body)
+//! -- complete only:
+//! u16 status
+//! u16 n, n × (u8 len, name, u16 len, value)   the replayed headers
+//! body                  the rest
+//! ```
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::keys::Namespace;
+
+const MAGIC: &[u8; 4] = b"RLI1";
+const IN_FLIGHT: u8 = 1;
+const COMPLETE: u8 = 2;
+
+/// The record and counter keys of a record hash.
+pub(crate) fn keys(ns: &Namespace, hash: &str) -> (String, String) {
+    let tagged = ns.tagged("idem", hash);
+    (tagged.key("r"), tagged.key("n"))
+}
+
+/// SHA-256 over length-prefixed parts.
+pub(crate) fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// 32 hex digits of [`digest`].
+pub(crate) fn hash_hex<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let d = digest(parts);
+    let mut out = String::with_capacity(32);
+    for b in &d[..16] {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// A token as the record and the scripts hold it.
+pub(crate) fn token_bytes(token: u64) -> [u8; 8] {
+    (token as f64).to_be_bytes()
+}
+
+/// A stored response, to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// What a record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Record {
+    InFlight {
+        token: u64,
+        fingerprint: [u8; 32],
+    },
+    Complete {
+        fingerprint: [u8; 32],
+        response: Stored,
+    },
+}
+
+/// An in-flight record.
+pub(crate) fn in_flight(token: u64, fingerprint: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(45);
+    out.extend_from_slice(MAGIC);
+    out.push(IN_FLIGHT);
+    out.extend_from_slice(&token_bytes(token));
+    out.extend_from_slice(fingerprint);
+    out
+}
+
+/// A completed record; `None` when a header is too long for its field.
+pub(crate) fn complete(token: u64, fingerprint: &[u8; 32], response: &Stored) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(64 + response.body.len());
+    out.extend_from_slice(MAGIC);
+    out.push(COMPLETE);
+    out.extend_from_slice(&token_bytes(token));
+    out.extend_from_slice(fingerprint);
+    out.extend_from_slice(&response.status.as_u16().to_be_bytes());
+    out.extend_from_slice(&u16::try_from(response.headers.len()).ok()?.to_be_bytes());
+    for (name, value) in &response.headers {
+        out.push(u8::try_from(name.as_str().len()).ok()?);
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(&u16::try_from(value.len()).ok()?.to_be_bytes());
+        out.extend_from_slice(value.as_bytes());
+    }
+    out.extend_from_slice(&response.body);
+    Some(out)
+}
+
+/// Reads a record; `None` for anything else.
+pub(crate) fn decode(raw: &Bytes) -> Option<Record> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let out = raw.get(at..at.checked_add(n)?)?;
+        at += n;
+        Some(out)
+    };
+    if take(4)? != MAGIC {
+        return None;
+    }
+    let state = take(1)?[0];
+    let token = f64::from_be_bytes(take(8)?.try_into().ok()?);
+    if !(0.0..9.007_199_254_740_992e15).contains(&token) {
+        return None;
+    }
+    let fingerprint: [u8; 32] = take(32)?.try_into().ok()?;
+    match state {
+        IN_FLIGHT => Some(Record::InFlight {
+            token: token as u64,
+            fingerprint,
+        }),
+        COMPLETE => {
+            let status =
+                StatusCode::from_u16(u16::from_be_bytes(take(2)?.try_into().ok()?)).ok()?;
+            let n = u16::from_be_bytes(take(2)?.try_into().ok()?);
+            let mut headers = HeaderMap::with_capacity(usize::from(n));
+            for _ in 0..n {
+                let len = usize::from(take(1)?[0]);
+                let name = HeaderName::from_bytes(take(len)?).ok()?;
+                let len = usize::from(u16::from_be_bytes(take(2)?.try_into().ok()?));
+                let value = HeaderValue::from_bytes(take(len)?).ok()?;
+                headers.append(name, value);
+            }
+            let body = raw.slice(at..);
+            Some(Record::Complete {
+                fingerprint,
+                response: Stored {
+                    status,
+                    headers,
+                    body,
+                },
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let fp = [9u8; 32];
+        let raw = Bytes::from(in_flight(41, &fp));
+        assert_eq!(
+            decode(&raw),
+            Some(Record::InFlight {
+                token: 41,
+                fingerprint: fp
+            })
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("location", HeaderValue::from_static("/orders/7"));
+        let response = Stored {
+            status: StatusCode::CREATED,
+            headers,
+            body: Bytes::from_static(b"{\"id\":7}"),
+        };
+        let raw = Bytes::from(complete(42, &fp, &response).unwrap());
+        assert_eq!(
+            decode(&raw),
+            Some(Record::Complete {
+                fingerprint: fp,
+                response
+            })
+        );
+        for cut in [0, 4, 5, 12, 44, 46, 48] {
+            assert_eq!(decode(&raw.slice(..cut)), None, "{cut}");
+        }
+        assert_eq!(decode(&Bytes::from_static(b"garbage")), None);
+    }
+
+    #[test]
+    fn keys_share_a_tag_and_hide_their_inputs() {
+        let ns = Namespace::new("app").unwrap();
+        let h = hash_hex([b"user:1".as_slice(), b"POST", b"/orders", b"secret-key"]);
+        let (r, n) = keys(&ns, &h);
+        assert_eq!(r, format!("app:idem:{{{h}}}:r"));
+        assert_eq!(n, format!("app:idem:{{{h}}}:n"));
+        assert!(!r.contains("secret"));
+        assert_ne!(
+            h,
+            hash_hex([b"user:2".as_slice(), b"POST", b"/orders", b"secret-key"])
+        );
+    }
+}

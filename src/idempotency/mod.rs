@@ -1,0 +1,79 @@
+//! Idempotency-Key handling (draft-ietf-httpapi-idempotency-key-header): a
+//! retried POST or PATCH gets the first attempt's response instead of
+//! running twice, across every instance sharing the store.
+//!
+//! ```
+//! use axum::{routing::post, Router};
+//! use redis_layers::idempotency::{IdempotencyLayer, Scope};
+//! use redis_layers::memory::MemoryBackend;
+//!
+//! async fn create_order(body: String) -> (axum::http::StatusCode, String) {
+//!     (axum::http::StatusCode::CREATED, format!("order for {body}"))
+//! }
+//!
+//! let backend = MemoryBackend::new(); // or RedisBackend, or Backend::from_env()?
+//! let app: Router = Router::new().route(
+//!     "/orders",
+//!     // Keys are kept per API key: one client never replays another's.
+//!     post(create_order).layer(IdempotencyLayer::new(backend, Scope::header("x-api-key"))),
+//! );
+//! ```
+//!
+//! # What a request gets
+//!
+//! On the methods that take a key (POST and PATCH by default):
+//!
+//! | request | answer |
+//! |---|---|
+//! | no `Idempotency-Key` | 400 (or passes untouched with `required(false)`) |
+//! | a key that is not an sf-string or token of 1 to 255 visible characters | 400 |
+//! | no scope (the scope's header or session user is missing) | 400 |
+//! | a body over `max_body` | 413 |
+//! | a new key | the handler runs under a claim; its response is kept |
+//! | the key while its first request runs | 409 with `Retry-After` |
+//! | the key again, same request | the kept response, `Idempotent-Replayed: true` |
+//! | the key again, another method, path, query, content type or body | 422 |
+//! | the store unreachable | 503 (fail-closed: never run without the claim) |
+//!
+//! Every refusal is problem+json. The record is keyed by a hash of the
+//! scope, method, route template and key.
+//!
+//! # The claim
+//!
+//! - One store call claims a free key (with a lease, [`DEFAULT_LEASE`],
+//!   and a fencing token one higher than the key's last) or returns its
+//!   record.
+//! - While the handler runs the lease is renewed every third of it, so a
+//!   long handler keeps its claim; if the process dies, the key is free
+//!   again once the lease runs out.
+//! - The handler sees its [`FencingToken`] in the request's extensions.
+//!   Completion stores the response only if the claim is still that
+//!   token's: a handler that lost its lease cannot overwrite a newer one.
+//! - 2xx and 4xx responses are final: status, the headers in
+//!   [`REPLAYED_HEADERS`] (never `Set-Cookie` or `Date`) and the body are
+//!   kept for [`DEFAULT_RETENTION`].
+//! - A 5xx, an error from the inner service, a panic or a dropped request
+//!   releases the key, so the client can retry.
+//! - A response body over `max_response` is sent as it is and not kept:
+//!   the key is released, so a retry runs the handler again.
+//!
+//! # Round trips
+//!
+//! A new key: 1 script to claim, 1 to complete (or release), plus one
+//! renewal per third of the lease while the handler runs. A replay or a
+//! conflict: 1.
+//!
+//! Not built yet (see the project's issue): waiting for an in-flight
+//! request instead of a 409.
+
+mod header;
+mod layer;
+mod layout;
+pub mod store;
+
+pub use header::MAX_KEY_LEN;
+pub use layer::{
+    FencingToken, Idempotency, IdempotencyLayer, IdempotencyLayerBuilder, Scope, DEFAULT_LEASE,
+    DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_RETENTION, REPLAYED, REPLAYED_HEADERS,
+};
+pub use store::{Claim, IdempotencyStore};

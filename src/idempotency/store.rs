@@ -1,0 +1,374 @@
+//! The idempotency store seam: claim, renew, complete and release a
+//! record, each atomic and one round trip.
+//!
+//! The crate implements [`IdempotencyStore`] for [`Backend`],
+//! [`RedisBackend`] and [`MemoryBackend`]; implement it to keep records
+//! elsewhere. `key` is 32 hex digits (the layer's hash of scope, method,
+//! route and client key).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::layout::{self, keys, token_bytes};
+use crate::backend::on_backend;
+use crate::error::{Error, ErrorKind};
+use crate::memory::{MemoryBackend, Value};
+use crate::redis::{script, RedisBackend, Script};
+use crate::Backend;
+
+static CLAIM: Script = script!("idempotency-claim", "claim.lua");
+static EXTEND: Script = script!("idempotency-extend", "record.lua", "extend.lua");
+static COMPLETE: Script = script!("idempotency-complete", "record.lua", "complete.lua");
+static RELEASE: Script = script!("idempotency-release", "record.lua", "release.lua");
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Claim {
+    /// The key was free: it is now held with this fencing token, for the
+    /// lease.
+    Claimed(u64),
+    /// Another request holds the key, or completed it: its record (opaque
+    /// bytes) and how long it lives on.
+    Taken {
+        /// The record.
+        record: Bytes,
+        /// Its remaining time to live.
+        ttl: Duration,
+    },
+}
+
+/// Where an idempotency layer keeps its records.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims `key` for `lease` when it is free (a new fencing token, one
+    /// higher than any before for this key while its counter lives
+    /// `counter_ttl`), else returns what holds it.
+    fn claim(
+        &self,
+        key: &str,
+        fingerprint: &[u8; 32],
+        lease: Duration,
+        counter_ttl: Duration,
+    ) -> impl Future<Output = Result<Claim, Error>> + Send;
+
+    /// Renews the lease of `token`'s claim; false when it is no longer
+    /// held by `token`.
+    fn extend(
+        &self,
+        key: &str,
+        token: u64,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Replaces `token`'s claim with `record`, kept `retention`; false
+    /// (and nothing written) when the claim is no longer `token`'s.
+    fn complete(
+        &self,
+        key: &str,
+        token: u64,
+        record: Vec<u8>,
+        retention: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Frees `token`'s claim; false when it was no longer held by `token`.
+    fn release(&self, key: &str, token: u64) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+fn ms(d: Duration) -> u64 {
+    crate::time::millis(d).max(1)
+}
+
+impl IdempotencyStore for RedisBackend {
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: &[u8; 32],
+        lease: Duration,
+        counter_ttl: Duration,
+    ) -> Result<Claim, Error> {
+        let (record, counter) = keys(self.namespace(), key);
+        let reply: Vec<u8> = self
+            .script(&CLAIM)
+            .key(record)
+            .key(counter)
+            .arg(&fingerprint[..])
+            .arg(ms(lease))
+            .arg(ms(counter_ttl))
+            .invoke()
+            .await?;
+        decode_claim(reply)
+    }
+
+    async fn extend(&self, key: &str, token: u64, lease: Duration) -> Result<bool, Error> {
+        let (record, _) = keys(self.namespace(), key);
+        let n: i64 = self
+            .script(&EXTEND)
+            .key(record)
+            .arg(&token_bytes(token)[..])
+            .arg(ms(lease))
+            .invoke()
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        token: u64,
+        value: Vec<u8>,
+        retention: Duration,
+    ) -> Result<bool, Error> {
+        let (record, _) = keys(self.namespace(), key);
+        let n: i64 = self
+            .script(&COMPLETE)
+            .key(record)
+            .arg(&token_bytes(token)[..])
+            .arg(value)
+            .arg(ms(retention))
+            .invoke()
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn release(&self, key: &str, token: u64) -> Result<bool, Error> {
+        let (record, _) = keys(self.namespace(), key);
+        let n: i64 = self
+            .script(&RELEASE)
+            .key(record)
+            .arg(&token_bytes(token)[..])
+            .invoke()
+            .await?;
+        Ok(n == 1)
+    }
+}
+
+/// `claim.lua`'s reply.
+fn decode_claim(reply: Vec<u8>) -> Result<Claim, Error> {
+    let bad = || Error::decode("the idempotency claim script's reply is malformed");
+    let number =
+        |b: &[u8]| -> Option<f64> { Some(f64::from_be_bytes(b.get(..8)?.try_into().ok()?)) };
+    match reply.first() {
+        Some(b'C') => {
+            let token = number(&reply[1..]).ok_or_else(bad)?;
+            Ok(Claim::Claimed(token as u64))
+        }
+        Some(b'R') => {
+            let ttl = number(&reply[1..]).ok_or_else(bad)?;
+            let mut reply = Bytes::from(reply);
+            let record = reply.split_off(9);
+            Ok(Claim::Taken {
+                record,
+                ttl: Duration::from_millis(ttl.max(0.0) as u64),
+            })
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Whether `raw` is in flight under `token`.
+fn holds(raw: Option<&Value>, token: u64) -> bool {
+    match raw {
+        Some(Value::Bytes(b)) => matches!(
+            layout::decode(&Bytes::copy_from_slice(b)),
+            Some(layout::Record::InFlight { token: t, .. }) if t == token
+        ),
+        _ => false,
+    }
+}
+
+impl IdempotencyStore for MemoryBackend {
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: &[u8; 32],
+        lease: Duration,
+        counter_ttl: Duration,
+    ) -> Result<Claim, Error> {
+        let (record, counter) = keys(self.namespace(), key);
+        self.atomically(|ks| {
+            if let Some(value) = ks.get(&record) {
+                let Value::Bytes(raw) = value else {
+                    return Err(wrong_type());
+                };
+                let raw = Bytes::copy_from_slice(raw);
+                let ttl = match ks.ttl(&record) {
+                    Some(Some(left)) => left,
+                    _ => Duration::ZERO,
+                };
+                return Ok(Claim::Taken { record: raw, ttl });
+            }
+            let token = match ks.get(&counter) {
+                None => 1,
+                Some(Value::Bytes(n)) => {
+                    std::str::from_utf8(n)
+                        .ok()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .ok_or_else(|| {
+                            Error::new(ErrorKind::Server, "ERR value is not an integer")
+                        })?
+                        + 1
+                }
+                Some(_) => return Err(wrong_type()),
+            };
+            ks.set(
+                &counter,
+                Value::Bytes(token.to_string().into_bytes()),
+                Some(counter_ttl.max(Duration::from_millis(1))),
+            )?;
+            ks.set(
+                &record,
+                Value::Bytes(layout::in_flight(token, fingerprint)),
+                Some(lease.max(Duration::from_millis(1))),
+            )?;
+            Ok(Claim::Claimed(token))
+        })
+    }
+
+    async fn extend(&self, key: &str, token: u64, lease: Duration) -> Result<bool, Error> {
+        let (record, _) = keys(self.namespace(), key);
+        Ok(self.atomically(|ks| {
+            if holds(ks.get(&record), token) {
+                ks.expire(&record, lease.max(Duration::from_millis(1)))
+            } else {
+                false
+            }
+        }))
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        token: u64,
+        value: Vec<u8>,
+        retention: Duration,
+    ) -> Result<bool, Error> {
+        let (record, _) = keys(self.namespace(), key);
+        self.atomically(|ks| {
+            if !holds(ks.get(&record), token) {
+                return Ok(false);
+            }
+            ks.set(
+                &record,
+                Value::Bytes(value),
+                Some(retention.max(Duration::from_millis(1))),
+            )?;
+            Ok(true)
+        })
+    }
+
+    async fn release(&self, key: &str, token: u64) -> Result<bool, Error> {
+        let (record, _) = keys(self.namespace(), key);
+        Ok(self.atomically(|ks| {
+            if holds(ks.get(&record), token) {
+                ks.remove(&record);
+                true
+            } else {
+                false
+            }
+        }))
+    }
+}
+
+fn wrong_type() -> Error {
+    Error::new(
+        ErrorKind::Server,
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+    )
+}
+
+impl IdempotencyStore for Backend {
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: &[u8; 32],
+        lease: Duration,
+        counter_ttl: Duration,
+    ) -> Result<Claim, Error> {
+        on_backend!(self, b => IdempotencyStore::claim(b, key, fingerprint, lease, counter_ttl).await)
+    }
+    async fn extend(&self, key: &str, token: u64, lease: Duration) -> Result<bool, Error> {
+        on_backend!(self, b => IdempotencyStore::extend(b, key, token, lease).await)
+    }
+    async fn complete(
+        &self,
+        key: &str,
+        token: u64,
+        record: Vec<u8>,
+        retention: Duration,
+    ) -> Result<bool, Error> {
+        on_backend!(self, b => IdempotencyStore::complete(b, key, token, record, retention).await)
+    }
+    async fn release(&self, key: &str, token: u64) -> Result<bool, Error> {
+        on_backend!(self, b => IdempotencyStore::release(b, key, token).await)
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`IdempotencyStore`] in object-safe form.
+pub(crate) trait DynIdempotencyStore: Send + Sync {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        fingerprint: &'a [u8; 32],
+        lease: Duration,
+        counter_ttl: Duration,
+    ) -> BoxFuture<'a, Result<Claim, Error>>;
+    fn extend<'a>(
+        &'a self,
+        key: &'a str,
+        token: u64,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        token: u64,
+        record: Vec<u8>,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
+    fn release<'a>(&'a self, key: &'a str, token: u64) -> BoxFuture<'a, Result<bool, Error>>;
+}
+
+impl<T: IdempotencyStore> DynIdempotencyStore for T {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        fingerprint: &'a [u8; 32],
+        lease: Duration,
+        counter_ttl: Duration,
+    ) -> BoxFuture<'a, Result<Claim, Error>> {
+        Box::pin(IdempotencyStore::claim(
+            self,
+            key,
+            fingerprint,
+            lease,
+            counter_ttl,
+        ))
+    }
+    fn extend<'a>(
+        &'a self,
+        key: &'a str,
+        token: u64,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(IdempotencyStore::extend(self, key, token, lease))
+    }
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        token: u64,
+        record: Vec<u8>,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(IdempotencyStore::complete(
+            self, key, token, record, retention,
+        ))
+    }
+    fn release<'a>(&'a self, key: &'a str, token: u64) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(IdempotencyStore::release(self, key, token))
+    }
+}

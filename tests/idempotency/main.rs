@@ -1,0 +1,351 @@
+//! Idempotency behaviour, one suite run against a real Redis and the
+//! memory backend; Redis-only tests (commands sent, faults) live in
+//! `redis_only.rs`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod redis_only;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::Router;
+use http_body_util::BodyExt;
+use redis_layers::idempotency::{FencingToken, IdempotencyLayer, IdempotencyLayerBuilder, Scope};
+use tower::ServiceExt;
+
+use support::{Kind, TestBackend};
+
+pub struct Fixture {
+    pub tb: TestBackend,
+    pub runs: Arc<AtomicUsize>,
+}
+
+pub fn fixture(kind: Kind) -> Fixture {
+    Fixture {
+        tb: TestBackend::new(kind),
+        runs: Arc::new(AtomicUsize::new(0)),
+    }
+}
+
+impl Fixture {
+    pub fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+    pub fn builder(&self) -> IdempotencyLayerBuilder {
+        IdempotencyLayer::builder(self.tb.backend.clone(), Scope::header("x-api-key"))
+    }
+}
+
+/// `/orders` creates an order (201, Location, a body naming the run and
+/// the fencing token); `/slow` takes 600 ms; `/fail` answers 500 the first
+/// time; `/panic` panics the first time; `/big` answers 5 KB.
+pub fn app(fx: &Fixture, layer: IdempotencyLayer) -> Router {
+    async fn handle(
+        State(runs): State<Arc<AtomicUsize>>,
+        uri: axum::http::Uri,
+        token: Option<axum::Extension<FencingToken>>,
+        body: String,
+    ) -> axum::response::Response {
+        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+        match uri.path() {
+            "/slow" => tokio::time::sleep(Duration::from_millis(600)).await,
+            "/fail" if n == 1 => {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response()
+            }
+            "/panic" if n == 1 => panic!("handler panicked"),
+            "/big" => return "x".repeat(5_000).into_response(),
+            "/bad" => return (StatusCode::BAD_REQUEST, "bad order").into_response(),
+            _ => {}
+        }
+        (
+            StatusCode::CREATED,
+            [
+                ("location", format!("/orders/{n}")),
+                ("set-cookie", "s=1".to_owned()),
+            ],
+            format!(
+                "order #{n} token {} for {body}",
+                token.map_or(0, |t| t.0 .0)
+            ),
+        )
+            .into_response()
+    }
+    Router::new()
+        .route("/{*path}", post(handle).patch(handle).put(handle))
+        .with_state(fx.runs.clone())
+        .layer(layer)
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+    pub fn problem_type(&self) -> bool {
+        self.header("content-type") == Some("application/problem+json")
+    }
+}
+
+pub async fn send(
+    app: &Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &str,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(path);
+    for (n, v) in headers {
+        req = req.header(*n, axum::http::HeaderValue::from_bytes(v).unwrap());
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A POST by client `who` with key `key`.
+pub async fn order(app: &Router, who: &str, key: &str, body: &str) -> Reply {
+    send(
+        app,
+        "POST",
+        "/orders",
+        &[
+            ("x-api-key", who.as_bytes()),
+            ("idempotency-key", key.as_bytes()),
+            ("content-type", b"text/plain"),
+        ],
+        body,
+    )
+    .await
+}
+
+support::both_backends! { fixture;
+    a_retry_replays_the_first_response => |fx| {
+        let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
+        let first = order(&app, "alice", "\"k-1\"", "tea").await;
+        assert_eq!(first.status, StatusCode::CREATED);
+        assert!(first.body.starts_with("order #1 token "), "{}", first.body);
+        assert!(first.header("idempotent-replayed").is_none());
+        let again = order(&app, "alice", "\"k-1\"", "tea").await;
+        assert_eq!(again.status, StatusCode::CREATED);
+        assert_eq!(again.body, first.body);
+        assert_eq!(again.header("location"), Some("/orders/1"));
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        assert!(again.header("set-cookie").is_none(), "never replayed");
+        assert_eq!(fx.runs(), 1);
+        // The bare-token form names the same key.
+        assert_eq!(order(&app, "alice", "k-1", "tea").await.body, first.body);
+        // A new key runs again.
+        assert_eq!(order(&app, "alice", "k-2", "tea").await.body.split(' ').nth(1), Some("#2"));
+    }
+
+    a_4xx_is_final_too => |fx| {
+        let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
+        let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"k")];
+        assert_eq!(send(&app, "POST", "/bad", h, "").await.status, StatusCode::BAD_REQUEST);
+        let r = send(&app, "POST", "/bad", h, "").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.header("idempotent-replayed"), Some("true"));
+        assert_eq!(fx.runs(), 1);
+    }
+
+    the_same_key_for_another_request_is_422 => |fx| {
+        let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
+        order(&app, "alice", "k", "tea").await;
+        let r = order(&app, "alice", "k", "coffee").await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(r.problem_type());
+        // Another content type is another request too.
+        let r = send(&app, "POST", "/orders", &[("x-api-key", b"alice"), ("idempotency-key", b"k"), ("content-type", b"application/json")], "tea").await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(fx.runs(), 1);
+    }
+
+    scopes_never_meet => |fx| {
+        let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
+        let a = order(&app, "alice", "same", "tea").await;
+        let b = order(&app, "bob", "same", "tea").await;
+        assert_ne!(a.body, b.body);
+        assert!(b.header("idempotent-replayed").is_none());
+        assert_eq!(fx.runs(), 2);
+        // No scope at all: refused.
+        let r = send(&app, "POST", "/orders", &[("idempotency-key", b"k")], "tea").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.problem_type());
+        assert_eq!(fx.runs(), 2);
+    }
+
+    bad_keys_are_400s => |fx| {
+        let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
+        let long = vec![b'a'; 256];
+        for key in [&b""[..], b"\"\"", b"\"unterminated", b"a,b", b"\xff", &long, b"\"a\" \"b\""] {
+            let r = send(&app, "POST", "/orders", &[("x-api-key", b"a"), ("idempotency-key", key)], "tea").await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{key:?}");
+            assert!(r.problem_type(), "{key:?}");
+        }
+        // Missing, when required.
+        let r = send(&app, "POST", "/orders", &[("x-api-key", b"a")], "tea").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(fx.runs(), 0);
+    }
+
+    optional_mode_and_other_methods_pass => |fx| {
+        let app = app(&fx, fx.builder().required(false).build().unwrap());
+        let r = send(&app, "POST", "/orders", &[("x-api-key", b"a")], "tea").await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        // PUT is not one of the methods: passes, key or not.
+        let r = send(&app, "PUT", "/orders", &[("idempotency-key", b"a,b")], "tea").await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert_eq!(fx.runs(), 2);
+    }
+
+    a_body_over_the_limit_is_413 => |fx| {
+        let app = app(&fx, fx.builder().max_body(10).build().unwrap());
+        let r = order(&app, "a", "k", "this body is longer than ten bytes").await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(r.problem_type());
+        assert_eq!(fx.runs(), 0);
+    }
+
+    a_key_in_flight_is_409_and_runs_once_across_instances => |fx| {
+        let a = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
+        let b = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                send(&app, "POST", "/slow", &[("x-api-key", b"a"), ("idempotency-key", b"k")], "x").await
+            }));
+        }
+        let (mut ok, mut conflict) = (0, 0);
+        for t in tasks {
+            let r = t.await.unwrap();
+            match r.status {
+                StatusCode::CREATED => ok += 1,
+                StatusCode::CONFLICT => {
+                    conflict += 1;
+                    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                    assert!((1..=30).contains(&wait), "{wait}");
+                    assert!(r.problem_type());
+                }
+                s => panic!("{s}: {}", r.body),
+            }
+        }
+        assert_eq!((ok, conflict), (1, 31));
+        assert_eq!(fx.runs(), 1);
+        // Done: every later one replays.
+        let r = send(&b, "POST", "/slow", &[("x-api-key", b"a"), ("idempotency-key", b"k")], "x").await;
+        assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    }
+
+    a_5xx_releases_the_key => |fx| {
+        let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
+        let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"k")];
+        assert_eq!(send(&app, "POST", "/fail", h, "").await.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let r = send(&app, "POST", "/fail", h, "").await;
+        assert_eq!(r.status, StatusCode::CREATED, "the retry ran");
+        assert!(r.header("idempotent-replayed").is_none());
+        assert_eq!(fx.runs(), 2);
+    }
+
+    a_panic_or_a_dropped_request_releases_the_key => |fx| {
+        let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
+        let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"p")];
+        let panicked = {
+            let app = app.clone();
+            tokio::spawn(async move { send(&app, "POST", "/panic", &[("x-api-key", b"a"), ("idempotency-key", b"p")], "").await })
+        };
+        assert!(panicked.await.is_err(), "the handler panicked");
+        let retry = || send(&app, "POST", "/panic", h, "");
+        let started = std::time::Instant::now();
+        let r = loop {
+            let r = retry().await;
+            if r.status != StatusCode::CONFLICT {
+                break r;
+            }
+            assert!(started.elapsed() < Duration::from_secs(2), "still claimed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(r.status, StatusCode::CREATED);
+        // A request dropped while its handler runs.
+        let h2: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"d")];
+        let _ = tokio::time::timeout(Duration::from_millis(100), send(&app, "POST", "/slow", h2, "")).await;
+        let started = std::time::Instant::now();
+        loop {
+            let r = send(&app, "POST", "/slow", h2, "").await;
+            if r.status == StatusCode::CREATED {
+                break;
+            }
+            assert_eq!(r.status, StatusCode::CONFLICT);
+            assert!(started.elapsed() < Duration::from_secs(3), "still claimed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    a_long_handler_keeps_its_claim => |fx| {
+        // Lease 300 ms, handler 600 ms: the renewals keep it claimed.
+        let app = app(&fx, fx.builder().lease(Duration::from_millis(300)).build().unwrap());
+        let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"long")];
+        let first = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                send(&app, "POST", "/slow", &[("x-api-key", b"a"), ("idempotency-key", b"long")], "").await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(send(&app, "POST", "/slow", h, "").await.status, StatusCode::CONFLICT, "past the first lease");
+        assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+        assert_eq!(fx.runs(), 1);
+    }
+
+    a_response_too_large_to_keep_is_sent_and_not_replayed => |fx| {
+        let app = app(&fx, fx.builder().max_response(1_000).build().unwrap());
+        let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"big")];
+        assert_eq!(send(&app, "POST", "/big", h, "").await.body.len(), 5_000);
+        let r = send(&app, "POST", "/big", h, "").await;
+        assert_eq!(r.body.len(), 5_000);
+        assert!(r.header("idempotent-replayed").is_none());
+        assert_eq!(fx.runs(), 2, "released, so the retry ran");
+    }
+
+    tokens_grow_per_key => |fx| {
+        let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
+        let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"t")];
+        send(&app, "POST", "/fail", h, "").await; // token 1, released
+        let r = send(&app, "POST", "/fail", h, "").await; // token 2
+        assert!(r.body.contains("token 2"), "{}", r.body);
+    }
+}
+
+#[test]
+fn settings_are_checked_when_the_layer_is_built() {
+    let backend = redis_layers::memory::MemoryBackend::new();
+    let b = || IdempotencyLayer::builder(backend.clone(), Scope::global());
+    assert!(b().header("bad header").build().is_err());
+    assert!(b().methods([]).build().is_err());
+    assert!(b().lease(Duration::from_millis(10)).build().is_err());
+    assert!(b().build().is_ok());
+}
