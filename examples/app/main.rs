@@ -20,6 +20,12 @@
 //! which purges that product's tag, so every instance shows the new price
 //! at once. Watch `Cache-Status`:
 //! `curl -si localhost:3000/products/1 | grep -i cache-status` (twice).
+//!
+//! Idempotency: `POST /api/orders` needs an `Idempotency-Key` (and an
+//! `X-API-Key`, whose holder the key belongs to); a retry replays the
+//! order, a concurrent duplicate gets 409, another body with the same key
+//! 422:
+//! `curl -si -X POST -H 'X-API-Key: demo' -H 'Idempotency-Key: "o-1"' -d '{"item":1}' localhost:3000/api/orders`
 
 use std::net::SocketAddr;
 
@@ -30,6 +36,7 @@ use axum::routing::{get, post};
 use axum::Extension;
 use axum::Router;
 use redis_layers::cache::{CacheLayer, Purger};
+use redis_layers::idempotency::{FencingToken, IdempotencyLayer, Scope};
 use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
 use redis_layers::session::{Session, SessionError, SessionLayer};
 use redis_layers::{Backend, Problem};
@@ -107,6 +114,14 @@ fn router(backend: Backend) -> Result<Router, redis_layers::Error> {
         .route("/account/revoke/{handle}", post(revoke))
         .route("/account/revoke-others", post(revoke_others))
         .route("/api/time", get(api_time))
+        .route(
+            "/api/orders",
+            // Keys belong to the API key that sent them.
+            post(create_order).layer(IdempotencyLayer::new(
+                backend.clone(),
+                Scope::header("x-api-key"),
+            )),
+        )
         .layer(limits)
         .layer(sessions)
         .layer(cache)
@@ -432,6 +447,33 @@ async fn api_time() -> impl IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         format!("{{\"unix_ms\":{}}}", now.as_millis()),
     )
+}
+
+/// Creates an order (here: makes up its number). Runs once per
+/// idempotency key; retries get this same answer.
+async fn create_order(Extension(token): Extension<FencingToken>, body: String) -> Response {
+    if body.len() > 4096 {
+        return Problem::new(StatusCode::BAD_REQUEST, "Order too large", "At most 4 KB.")
+            .into_response();
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let id = format!("{nanos:x}");
+    tracing::info!(order = %id, fencing_token = token.0, "order created");
+    (
+        StatusCode::CREATED,
+        [
+            (axum::http::header::LOCATION, format!("/api/orders/{id}")),
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/json".to_owned(),
+            ),
+        ],
+        format!("{{\"id\":\"{id}\",\"items\":{}}}", serde_json::json!(body)),
+    )
+        .into_response()
 }
 
 async fn health(State(backend): State<Backend>) -> impl IntoResponse {
