@@ -176,12 +176,18 @@ where
 {
     let key = cache_key(config.sort_query, req.uri(), req.headers());
     let directives = Directives::of(req.headers());
+    // Inside the session layer: a request with a session is never answered
+    // from the store (its handler may read the session), and a response
+    // whose handler read the session is never stored.
+    let session = SessionProbe::of(&req);
     let is_get = req.method() == Method::GET;
     let method = req.method().clone();
     let mut fwd = "request";
     let mut stale = None;
     let mut flight = None;
-    if !directives.no_cache {
+    if session.personal() {
+        fwd = "bypass";
+    } else if !directives.no_cache {
         let mut collapsed = false;
         loop {
             match find(&config, &key, req.headers(), &directives).await {
@@ -309,7 +315,8 @@ where
                 &params,
             ));
         }
-        let (res, params) = settle_now(&config, key, &request_headers, res, is_get, fwd, None);
+        let storable = is_get && !session.read();
+        let (res, params) = settle_now(&config, key, &request_headers, res, storable, fwd, None);
         return Ok(with_status(res, &config.name, &params));
     }
 
@@ -321,7 +328,8 @@ where
     let res = inner.call(req).await?;
     match request_headers {
         Some(h) => {
-            let (res, params) = settle_now(&config, key, &h, res, true, fwd, flight);
+            let storable = !session.read();
+            let (res, params) = settle_now(&config, key, &h, res, storable, fwd, flight);
             Ok(with_status(res, &config.name, &params))
         }
         None => {
@@ -334,6 +342,40 @@ where
                 &params,
             ))
         }
+    }
+}
+
+/// The session handle a session layer outside this one put on the
+/// request, if any (nothing without the `session` feature).
+struct SessionProbe {
+    #[cfg(feature = "session")]
+    session: Option<crate::session::Session>,
+}
+
+impl SessionProbe {
+    fn of<B>(_req: &Request<B>) -> Self {
+        SessionProbe {
+            #[cfg(feature = "session")]
+            session: _req.extensions().get::<crate::session::Session>().cloned(),
+        }
+    }
+
+    /// The request carries a session cookie.
+    fn personal(&self) -> bool {
+        #[cfg(feature = "session")]
+        if let Some(s) = &self.session {
+            return s.had_cookie();
+        }
+        false
+    }
+
+    /// The handler read the session.
+    fn read(&self) -> bool {
+        #[cfg(feature = "session")]
+        if let Some(s) = &self.session {
+            return s.was_read();
+        }
+        false
     }
 }
 
@@ -430,7 +472,7 @@ fn settle_now<ResBody>(
     key: String,
     request_headers: &HeaderMap,
     res: Response<ResBody>,
-    is_get: bool,
+    may_store: bool,
     fwd: &str,
     flight: Option<super::flight::Guard>,
 ) -> (Response<CacheBody<ResBody>>, String)
@@ -441,7 +483,7 @@ where
     let tags = take_tags(&mut head.headers, &config.tag_header);
     let mut copy = None;
     let mut stored = "";
-    if is_get {
+    if may_store {
         if let Some((entry, ttl)) = plan(config, request_headers, &head, tags) {
             let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
             let config = config.clone();

@@ -138,13 +138,18 @@
 //!
 //! # Stacking with sessions
 //!
-//! Put the cache **outside** the session layer (`.layer(session)` first,
-//! then `.layer(cache)`): the session layer marks every response whose
-//! handler read the session with `Vary: Cookie` (and `private` when the
-//! request had a cookie), and the cache, seeing those marks, keeps one
-//! user's page from another. Inside the session layer the cache would see
-//! the response before it is marked; this version does not yet detect that
-//! order.
+//! Either order keeps one user's page from another:
+//!
+//! - **Outside the session layer** (`.layer(session)` first, then
+//!   `.layer(cache)`; the order DESIGN recommends): the session layer marks
+//!   every response whose handler read the session with `Vary: Cookie`
+//!   (and `private` when the request had a cookie), and the cache honours
+//!   those marks. A handler that reads the session only for some requests
+//!   marks only those; a response it gives without reading is shared.
+//! - **Inside it**: the cache sees the session handle, so a request that
+//!   carries a session cookie goes to the handler (`Cache-Status: ...;
+//!   fwd=bypass`) and a response whose handler read the session is never
+//!   stored; pages that never read it are cached for cookie-less requests.
 //!
 //! # Failures
 //!

@@ -164,6 +164,20 @@ impl Session {
         }
     }
 
+    /// Whether a handler has asked for the session's contents (for a
+    /// cache inside the session layer: such a response is never stored).
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
+    pub(crate) fn was_read(&self) -> bool {
+        self.inner.read.load(Ordering::Relaxed)
+    }
+
+    /// Whether the request carried a session cookie (for a cache inside
+    /// the session layer: such a request is never answered from it).
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
+    pub(crate) fn had_cookie(&self) -> bool {
+        self.inner.had_cookie
+    }
+
     pub(super) fn config(&self) -> &Config {
         &self.inner.config
     }

@@ -733,5 +733,49 @@ mod with_sessions {
             let a2 = send(&app, "GET", "/me", &as_user(0)).await;
             assert_eq!(a2.body, "alice");
         }
+
+        inside_the_session_layer_session_requests_bypass_it => |fx| {
+            use redis_layers::session::{Session, SessionLayer};
+            async fn login(session: Session, axum::extract::Path(name): axum::extract::Path<String>) -> &'static str {
+                session.insert("name", name).unwrap();
+                "ok"
+            }
+            async fn me(session: Session) -> impl IntoResponse {
+                let name: Option<String> = session.get("name").await.unwrap();
+                ([("cache-control", "public, max-age=60")], name.unwrap_or_default())
+            }
+            async fn news() -> impl IntoResponse {
+                ([("cache-control", "public, max-age=60")], "news")
+            }
+            // The cache sees responses before the session layer marks them.
+            let app = Router::new()
+                .route("/login/{name}", axum::routing::post(login))
+                .route("/me", axum::routing::get(me))
+                .route("/news", axum::routing::get(news))
+                .layer(CacheLayer::new(fx.tb.backend.clone()))
+                .layer(SessionLayer::new(fx.tb.backend.clone()));
+            let mut cookies = Vec::new();
+            for name in ["alice", "bob"] {
+                let r = send(&app, "POST", &format!("/login/{name}"), &[]).await;
+                let set = r.header("set-cookie").unwrap();
+                cookies.push(set.split(';').next().unwrap().to_owned());
+            }
+            let as_user = |i: usize| [("cookie", cookies[i].as_str())];
+            let a = send(&app, "GET", "/me", &as_user(0)).await;
+            assert_eq!(a.body, "alice");
+            assert!(a.cache_status().contains("fwd=bypass"), "{}", a.cache_status());
+            let b = send(&app, "GET", "/me", &as_user(1)).await;
+            assert_eq!(b.body, "bob");
+            // An anonymous read of the session is not stored either.
+            let anon = get(&app, "/me").await;
+            assert!(!anon.cache_status().contains("stored"), "{}", anon.cache_status());
+            assert_eq!(send(&app, "GET", "/me", &as_user(0)).await.body, "alice");
+            // A page that never reads the session is cached for anonymous
+            // requests.
+            get(&app, "/news").await;
+            fx.stored(1).await;
+            assert!(get(&app, "/news").await.hit());
+            assert_eq!(fx.entries(), 1);
+        }
     }
 }
