@@ -56,6 +56,9 @@ pub const REPLAYED_HEADERS: [&str; 9] = [
 const PROBLEM_TYPE: &str =
     "https://datatracker.ietf.org/doc/draft-ietf-httpapi-idempotency-key-header/";
 
+/// How often a request waiting on a key in flight asks again.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
 /// `Idempotent-Replayed: true` marks a replayed response.
 pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
@@ -180,6 +183,7 @@ struct Config {
     retention: Duration,
     max_body: usize,
     max_response: usize,
+    wait: Duration,
 }
 
 impl IdempotencyLayer {
@@ -203,6 +207,7 @@ impl IdempotencyLayer {
             retention: DEFAULT_RETENTION,
             max_body: DEFAULT_MAX_BODY,
             max_response: DEFAULT_MAX_RESPONSE,
+            wait: Duration::ZERO,
         }
     }
 }
@@ -219,6 +224,7 @@ pub struct IdempotencyLayerBuilder {
     retention: Duration,
     max_body: usize,
     max_response: usize,
+    wait: Duration,
 }
 
 impl fmt::Debug for IdempotencyLayerBuilder {
@@ -279,6 +285,15 @@ impl IdempotencyLayerBuilder {
         self
     }
 
+    /// Instead of answering 409 at once, wait up to `wait` for a request
+    /// with the same key to finish, then replay its response (or run, if
+    /// it released the key). Off by default (zero): 409 at once. The store
+    /// is asked again every 50 ms while waiting.
+    pub fn wait_for_completion(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
     /// The layer; a Config error for a bad header name, no methods, or a
     /// lease or retention under 100 ms.
     pub fn build(self) -> Result<IdempotencyLayer, Error> {
@@ -309,6 +324,7 @@ impl IdempotencyLayerBuilder {
                 retention: self.retention,
                 max_body: self.max_body,
                 max_response: self.max_response,
+                wait: self.wait,
             }),
         })
     }
@@ -470,18 +486,32 @@ where
         &body[..],
     ]);
     let counter_ttl = config.retention + config.lease * 2;
-    let claim = config
-        .store
-        .claim(&key, &fingerprint, config.lease, counter_ttl)
-        .await;
-    let token = match claim {
-        Err(e) => {
-            // Fail closed: never run the handler without the lock.
-            tracing::error!(error = %e, "idempotency store failed");
-            return Ok(Problem::store_failure("idempotency", &e).to_response());
+    // With a wait configured, a key in flight is asked again until it
+    // completes (then replayed), is freed (then claimed), or the wait ends.
+    let waited_until = tokio::time::Instant::now() + config.wait;
+    let token = loop {
+        let claim = config
+            .store
+            .claim(&key, &fingerprint, config.lease, counter_ttl)
+            .await;
+        match claim {
+            Err(e) => {
+                // Fail closed: never run the handler without the lock.
+                tracing::error!(error = %e, "idempotency store failed");
+                return Ok(Problem::store_failure("idempotency", &e).to_response());
+            }
+            Ok(Claim::Claimed(token)) => break token,
+            Ok(Claim::Taken { record, ttl }) => {
+                let in_flight = matches!(layout::decode(&record), Some(Record::InFlight { .. }));
+                let now = tokio::time::Instant::now();
+                if in_flight && now < waited_until {
+                    let pause = WAIT_POLL.min(waited_until - now);
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+                return Ok(taken(&record, ttl, &fingerprint));
+            }
         }
-        Ok(Claim::Taken { record, ttl }) => return Ok(taken(&record, ttl, &fingerprint)),
-        Ok(Claim::Claimed(token)) => token,
     };
 
     let mut guard = Held::new(config.clone(), key.clone(), token);

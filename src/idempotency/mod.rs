@@ -30,7 +30,7 @@
 //! | no scope (the scope's header or session user is missing) | 400 |
 //! | a body over `max_body` | 413 |
 //! | a new key | the handler runs under a claim; its response is kept |
-//! | the key while its first request runs | 409 with `Retry-After` |
+//! | the key while its first request runs | 409 with `Retry-After` (or, with [`wait_for_completion`](IdempotencyLayerBuilder::wait_for_completion), the first one's response once it is done) |
 //! | the key again, same request | the kept response, `Idempotent-Replayed: true` |
 //! | the key again, another method, path, query, content type or body | 422 |
 //! | the store unreachable | 503 (fail-closed: never run without the claim) |
@@ -62,9 +62,7 @@
 //! A new key: 1 script to claim, 1 to complete (or release), plus one
 //! renewal per third of the lease while the handler runs. A replay or a
 //! conflict: 1.
-//!
-//! Not built yet (see the project's issue): waiting for an in-flight
-//! request instead of a 409.
+//! A request waiting on a key in flight asks again every 50 ms.
 
 mod header;
 mod layer;

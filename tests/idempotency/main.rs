@@ -261,6 +261,42 @@ support::both_backends! { fixture;
         assert_eq!(r.header("idempotent-replayed"), Some("true"));
     }
 
+    a_duplicate_can_wait_for_the_first_and_get_its_response => |fx| {
+        let app = app(&fx, fx.builder().wait_for_completion(Duration::from_secs(2)).build().unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                send(&app, "POST", "/slow", &[("x-api-key", b"a"), ("idempotency-key", b"w")], "x").await
+            }));
+        }
+        let mut bodies = std::collections::HashSet::new();
+        let mut replayed = 0;
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            if r.header("idempotent-replayed").is_some() {
+                replayed += 1;
+            }
+            bodies.insert(r.body);
+        }
+        assert_eq!(bodies.len(), 1, "one response for all");
+        assert_eq!(replayed, 7);
+        assert_eq!(fx.runs(), 1);
+        // A wait shorter than the handler still ends in a 409.
+        let short = crate::app(&fx, fx.builder().wait_for_completion(Duration::from_millis(100)).build().unwrap());
+        let first = {
+            let short = short.clone();
+            tokio::spawn(async move {
+                send(&short, "POST", "/slow", &[("x-api-key", b"a"), ("idempotency-key", b"w2")], "x").await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = send(&short, "POST", "/slow", &[("x-api-key", b"a"), ("idempotency-key", b"w2")], "x").await;
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+    }
+
     a_5xx_releases_the_key => |fx| {
         let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
         let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"k")];
