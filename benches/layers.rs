@@ -436,6 +436,47 @@ fn scenarios() -> Vec<Scenario> {
                 })
             },
         },
+        // A retried POST answered from its idempotency record: one
+        // claim script that returns the record.
+        Scenario {
+            name: "idempotency-replay",
+            build: |ctx| {
+                Box::pin(async move {
+                    use redis_layers::idempotency::{IdempotencyLayer, Scope};
+                    let backend = bench_backend(&ctx, format!("{}-idem", ctx.prefix));
+                    let router = Router::new()
+                        .route(
+                            "/orders",
+                            axum::routing::post(|| async {
+                                (http::StatusCode::CREATED, "order 1")
+                            }),
+                        )
+                        .layer(IdempotencyLayer::new(backend, Scope::header("x-api-key")));
+                    // Keys built once: a client's formatting is not the layer's cost.
+                    let keys: Arc<Vec<http::HeaderValue>> = Arc::new(
+                        (0..ctx.concurrency)
+                            .map(|t| http::HeaderValue::try_from(format!("k-{t}")).unwrap())
+                            .collect(),
+                    );
+                    let request: Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> =
+                        Arc::new(move |task, _| {
+                            let mut req = Request::post("/orders")
+                                .header("x-api-key", "bench")
+                                .body(Body::from("{}"))
+                                .unwrap();
+                            req.headers_mut()
+                                .insert("idempotency-key", keys[task % keys.len()].clone());
+                            req
+                        });
+                    // Each task's key completed once.
+                    for task in 0..ctx.concurrency {
+                        let res = router.clone().oneshot(request(task, 0)).await.unwrap();
+                        assert_eq!(res.status(), http::StatusCode::CREATED);
+                    }
+                    Target { router, request }
+                })
+            },
+        },
         // The layer's own cost, without Redis: the same requests on the
         // memory store.
         Scenario {

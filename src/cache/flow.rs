@@ -240,11 +240,15 @@ where
                 let config = config.clone();
                 tokio::spawn(async move {
                     let request_headers = req.headers().clone();
-                    conditional(&mut req, &entry);
+                    // Only this cache's validators: a 304 must validate
+                    // the stored entry, not whatever the client held.
+                    for name in CONDITIONAL {
+                        req.headers_mut().remove(name);
+                    }
+                    let validated = conditional(&mut req, &entry);
+                    let stale = validated.then_some(entry);
                     let replaced = match inner.call(req).await {
-                        Ok(res) => {
-                            settle(&config, key.clone(), Some(entry), &request_headers, res).await
-                        }
+                        Ok(res) => settle(&config, key.clone(), stale, &request_headers, res).await,
                         Err(_) => false,
                     };
                     if !replaced {
@@ -297,10 +301,10 @@ where
         }
         if revalidating && res.status() == StatusCode::NOT_MODIFIED {
             let (head, _) = res.into_parts();
-            let refreshed = refresh_headers(entry, &head.headers);
+            let refreshed = refresh_headers(&config, entry, &head.headers, &request_headers);
             let params = format!(
                 "fwd=stale; fwd-status=304{}",
-                if store_refreshed(&config, &key, &refreshed, &request_headers) {
+                if store_refreshed(&config, &key, &refreshed, &request_headers, None) {
                     "; stored"
                 } else {
                     ""
@@ -316,7 +320,15 @@ where
             ));
         }
         let storable = is_get && !session.read();
-        let (res, params) = settle_now(&config, key, &request_headers, res, storable, fwd, None);
+        let (res, params) = settle_now(
+            &config,
+            key,
+            &request_headers,
+            res,
+            storable,
+            fwd,
+            Waiting::default(),
+        );
         return Ok(with_status(res, &config.name, &params));
     }
 
@@ -329,7 +341,15 @@ where
     match request_headers {
         Some(h) => {
             let storable = !session.read();
-            let (res, params) = settle_now(&config, key, &h, res, storable, fwd, flight);
+            let (res, params) = settle_now(
+                &config,
+                key,
+                &h,
+                res,
+                storable,
+                fwd,
+                Waiting::flight(flight),
+            );
             Ok(with_status(res, &config.name, &params))
         }
         None => {
@@ -387,7 +407,7 @@ fn with_status<B>(mut res: Response<B>, name: &str, params: &str) -> Response<B>
 
 /// `hit; ttl=<seconds left>` (negative when stale) and `extra`.
 fn ttl_params(entry: &Entry, age: u64, extra: &str) -> String {
-    let ttl = (entry.lifetime as i64 - age as i64).div_euclid(1000);
+    let ttl = (i128::from(entry.lifetime) - i128::from(age)).div_euclid(1000);
     let mut params = String::with_capacity(24 + extra.len());
     params.push_str("hit; ttl=");
     params.push_str(itoa::Buffer::new().format(ttl));
@@ -414,9 +434,19 @@ fn conditional<B>(req: &mut Request<B>, entry: &Entry) -> bool {
 
 /// The stored response updated by a 304's fields (RFC 9111 §4.3.4), its
 /// age and freshness reset to the moment of the 304.
-fn refresh_headers(mut entry: Entry, fresh: &HeaderMap) -> Entry {
+fn refresh_headers(
+    config: &Config,
+    mut entry: Entry,
+    fresh: &HeaderMap,
+    request_headers: &HeaderMap,
+) -> Entry {
+    let mut fresh = fresh.clone();
+    let tags = take_tags(&mut fresh, &config.tag_header);
+    if !tags.is_empty() {
+        entry.tags = tags;
+    }
     for name in fresh.keys() {
-        if KEEP_ON_UPDATE.contains(name) || HOP_BY_HOP.contains(name) || name == CACHE_STATUS {
+        if KEEP_ON_UPDATE.contains(name) || never_stored(name) {
             continue;
         }
         entry.headers.remove(name);
@@ -424,7 +454,19 @@ fn refresh_headers(mut entry: Entry, fresh: &HeaderMap) -> Entry {
             entry.headers.append(name.clone(), value.clone());
         }
     }
+    // A 304 may change Vary: key the entry by the new list.
+    entry.vary = policy::vary_names(&entry.headers).unwrap_or_default();
+    entry.vary_hash = vary_hash(&entry.vary, request_headers);
     entry
+}
+
+/// Fields no entry keeps: connection-specific ones, `Set-Cookie`, `Age`
+/// (worked out on each hit) and `Cache-Status`.
+fn never_stored(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+        || name == header::SET_COOKIE
+        || name == header::AGE
+        || name == CACHE_STATUS
 }
 
 /// Stores a revalidated entry again (its freshness worked out from its
@@ -434,6 +476,7 @@ fn store_refreshed(
     key: &str,
     entry: &Entry,
     request_headers: &HeaderMap,
+    notify: Option<Written>,
 ) -> bool {
     let now = SystemTime::now();
     let Ok(keep) = policy::storable(
@@ -457,10 +500,50 @@ fn store_refreshed(
         key.to_owned(),
         entry,
         Duration::from_millis(keep.retention),
-        None,
+        Waiting {
+            flight: None,
+            notify,
+        },
     );
     true
 }
+
+/// Told whether a background write reached the store.
+type Written = tokio::sync::oneshot::Sender<bool>;
+
+/// What waits on a background write: the followers of a coalesced miss
+/// (released when the guard drops), a refresh (told the outcome).
+#[derive(Default)]
+struct Waiting {
+    flight: Option<super::flight::Guard>,
+    notify: Option<Written>,
+}
+
+impl Waiting {
+    fn flight(flight: Option<super::flight::Guard>) -> Self {
+        Waiting {
+            flight,
+            notify: None,
+        }
+    }
+
+    fn done(self, written: bool) {
+        drop(self.flight);
+        if let Some(notify) = self.notify {
+            let _ = notify.send(written);
+        }
+    }
+}
+
+/// Request fields that make a request conditional or partial.
+const CONDITIONAL: [HeaderName; 6] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
 
 /// The handler's response on its way out: decides whether it is stored
 /// (then copies its body as it streams), strips the tag header, and
@@ -474,7 +557,7 @@ fn settle_now<ResBody>(
     res: Response<ResBody>,
     may_store: bool,
     fwd: &str,
-    flight: Option<super::flight::Guard>,
+    waiting: Waiting,
 ) -> (Response<CacheBody<ResBody>>, String)
 where
     ResBody: Body<Data = Bytes> + Send + 'static,
@@ -488,7 +571,7 @@ where
             let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
             let config = config.clone();
             copy = Some(Copy::new(config.max_body, hint, move |body| {
-                write_entry(config, key, Entry { body, ..entry }, ttl, flight);
+                write_entry(config, key, Entry { body, ..entry }, ttl, waiting);
             }));
             stored = "; stored";
         }
@@ -534,10 +617,12 @@ fn plan(
     };
     let vary = policy::vary_names(&head.headers).unwrap_or_default();
     let mut headers = head.headers.clone();
-    for name in HOP_BY_HOP
-        .iter()
-        .chain([&header::SET_COOKIE, &header::AGE, &CACHE_STATUS])
-    {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| never_stored(n))
+        .cloned()
+        .collect();
+    for name in names {
         headers.remove(name);
     }
     let entry = Entry {
@@ -559,22 +644,20 @@ fn plan(
 
 /// Writes an entry in the background; `flight` is released when the write
 /// is done.
-fn write_entry(
-    config: Arc<Config>,
-    key: String,
-    entry: Entry,
-    ttl: Duration,
-    flight: Option<super::flight::Guard>,
-) {
+fn write_entry(config: Arc<Config>, key: String, entry: Entry, ttl: Duration, waiting: Waiting) {
     let Some(raw) = entry.encode() else {
         tracing::debug!("response not stored: a header is too long for an entry");
         return;
     };
     tokio::spawn(async move {
-        if let Err(e) = config.store.store(&key, raw, ttl, &entry.tags).await {
-            tracing::warn!(error = %e, "cache store failed; response not stored");
-        }
-        drop(flight);
+        let written = match config.store.store(&key, raw, ttl, &entry.tags).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cache store failed; response not stored");
+                false
+            }
+        };
+        waiting.done(written);
     });
 }
 
@@ -592,22 +675,34 @@ async fn settle<ResBody>(
 where
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
-    if let (Some(entry), StatusCode::NOT_MODIFIED) = (stale, res.status()) {
-        let refreshed = refresh_headers(entry, res.headers());
-        return store_refreshed(config, &key, &refreshed, request_headers);
+    let (tx, written) = tokio::sync::oneshot::channel();
+    if res.status() == StatusCode::NOT_MODIFIED {
+        // Only a 304 to this cache's own validators refreshes the entry.
+        let Some(entry) = stale else { return false };
+        let refreshed = refresh_headers(config, entry, res.headers(), request_headers);
+        if !store_refreshed(config, &key, &refreshed, request_headers, Some(tx)) {
+            return false;
+        }
+        return written.await.unwrap_or(false);
     }
-    let (res, params) = settle_now(config, key, request_headers, res, true, "stale", None);
+    let waiting = Waiting {
+        flight: None,
+        notify: Some(tx),
+    };
+    let (res, params) = settle_now(config, key, request_headers, res, true, "stale", waiting);
     if !params.ends_with("stored") {
         return false;
     }
-    // Read the body through, so that its copy is stored.
+    // Read the body through, so that its copy is stored; then wait for
+    // the write (a copy given up, or a failed write, is not a refresh).
     let mut body = Box::pin(res.into_body());
     while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).as_mut().poll_frame(cx)).await {
         if frame.is_err() {
             return false;
         }
     }
-    true
+    drop(body);
+    written.await.unwrap_or(false)
 }
 
 /// The stored response as the answer to `req`; see [`respond_stored_to`].
@@ -631,19 +726,21 @@ fn respond_stored_to<ResBody>(
     method: &Method,
     params: &str,
 ) -> Response<CacheBody<ResBody>> {
-    let not_modified = match request.typed_get::<IfNoneMatch>() {
-        Some(inm) => entry
-            .headers
-            .typed_get::<ETag>()
-            .is_some_and(|etag| !inm.precondition_passes(&etag)),
-        None => match (
-            request.typed_get::<IfModifiedSince>(),
-            entry.headers.typed_get::<LastModified>(),
-        ) {
-            (Some(since), Some(modified)) => !since.is_modified(modified.into()),
-            _ => false,
-        },
-    };
+    // RFC 9110 §13.2.1: preconditions apply to a 2xx answer only.
+    let not_modified = entry.status.is_success()
+        && match request.typed_get::<IfNoneMatch>() {
+            Some(inm) => entry
+                .headers
+                .typed_get::<ETag>()
+                .is_some_and(|etag| !inm.precondition_passes(&etag)),
+            None => match (
+                request.typed_get::<IfModifiedSince>(),
+                entry.headers.typed_get::<LastModified>(),
+            ) {
+                (Some(since), Some(modified)) => !since.is_modified(modified.into()),
+                _ => false,
+            },
+        };
     let (mut head, body) = if not_modified {
         // §15.4.5: the fields a 200 would have sent that describe it.
         let mut headers = HeaderMap::new();

@@ -202,7 +202,9 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<http::HeaderName>> {
 
 /// The entry's age at `now`, in ms (§4.2.3).
 pub(crate) fn age(entry: &Entry, now: SystemTime) -> u64 {
-    entry.initial_age + unix_ms(now).saturating_sub(entry.stored_at)
+    entry
+        .initial_age
+        .saturating_add(unix_ms(now).saturating_sub(entry.stored_at))
 }
 
 /// Why a stored response cannot answer a request.

@@ -41,8 +41,10 @@ pub const DEFAULT_MAX_RESPONSE: usize = 1 << 20;
 
 /// The response headers stored and replayed, besides none other: never
 /// `Set-Cookie`, `Date` or anything describing one connection.
-pub const REPLAYED_HEADERS: [&str; 9] = [
+pub const REPLAYED_HEADERS: [&str; 11] = [
     "content-type",
+    "content-encoding",
+    "vary",
     "content-language",
     "content-location",
     "location",
@@ -55,6 +57,9 @@ pub const REPLAYED_HEADERS: [&str; 9] = [
 
 const PROBLEM_TYPE: &str =
     "https://datatracker.ietf.org/doc/draft-ietf-httpapi-idempotency-key-header/";
+
+/// The least time a key's fencing counter lives.
+const COUNTER_FLOOR: Duration = Duration::from_secs(24 * 3600);
 
 /// How often a request waiting on a key in flight asks again.
 const WAIT_POLL: Duration = Duration::from_millis(50);
@@ -485,7 +490,10 @@ where
             .map_or(&b""[..], HeaderValue::as_bytes),
         &body[..],
     ]);
-    let counter_ttl = config.retention + config.lease * 2;
+    // The counter outlives every record of the key and, with a floor of a
+    // day, any handler kept alive by its renewals: tokens never repeat
+    // while an old holder may still act.
+    let counter_ttl = config.retention.max(COUNTER_FLOOR) + config.lease * 2;
     // With a wait configured, a key in flight is asked again until it
     // completes (then replayed), is freed (then claimed), or the wait ends.
     let waited_until = tokio::time::Instant::now() + config.wait;
@@ -526,7 +534,11 @@ where
             return Err(e);
         }
     };
-    if res.status().is_server_error() {
+    let transient = matches!(
+        res.status(),
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+    );
+    if res.status().is_server_error() || transient {
         // The client may retry: free the key.
         guard.release().await;
         return Ok(res.map(ResponseBody::inner));
@@ -546,9 +558,13 @@ where
         }
         return Ok(Response::from_parts(head, ResponseBody::full(prefix)));
     };
-    // Too large to keep (or it failed midway): released, sent as it comes.
-    tracing::warn!("idempotent response too large to keep; key released, not replayable");
-    guard.release().await;
+    // Too large to keep (or trailers, or an error midway): sent as it
+    // comes, and the key is marked done without its response, so a retry
+    // does not run the handler again.
+    tracing::warn!("idempotent response too large to keep; a retry gets 409, not a replay");
+    guard
+        .complete(layout::unretained(token, &fingerprint))
+        .await;
     Ok(Response::from_parts(
         head,
         ResponseBody::chain(prefix, rest_body),
@@ -586,6 +602,22 @@ fn taken<B>(record: &Bytes, ttl: Duration, fingerprint: &[u8; 32]) -> Response<R
             res.headers_mut()
                 .insert(REPLAYED, HeaderValue::from_static("true"));
             res
+        }
+        Some(Record::Unretained {
+            fingerprint: stored,
+        }) => {
+            if &stored != fingerprint {
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Idempotency key reused",
+                    "This idempotency key was used for a different request.",
+                );
+            }
+            problem(
+                StatusCode::CONFLICT,
+                "Response not retained",
+                "The request with this key was processed, but its response was too large to keep for replay; use a new key to run it again.",
+            )
         }
         None => problem(
             StatusCode::CONFLICT,

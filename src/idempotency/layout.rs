@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! "RLI1"
-//! u8  state             1 in flight, 2 complete
+//! u8  state             1 in flight, 2 complete, 3 complete but its
+//!                       response too large to keep
 //! f64 token             the fencing token (a double, as Lua keeps it)
 //! [u8; 32] fingerprint  of the request (method, path, query, type, body)
 //! -- complete only:
@@ -28,6 +29,7 @@ use crate::keys::Namespace;
 const MAGIC: &[u8; 4] = b"RLI1";
 const IN_FLIGHT: u8 = 1;
 const COMPLETE: u8 = 2;
+const UNRETAINED: u8 = 3;
 
 /// The record and counter keys of a record hash.
 pub(crate) fn keys(ns: &Namespace, hash: &str) -> (String, String) {
@@ -80,6 +82,10 @@ pub(crate) enum Record {
         fingerprint: [u8; 32],
         response: Stored,
     },
+    /// Completed, but the response was not kept (too large).
+    Unretained {
+        fingerprint: [u8; 32],
+    },
 }
 
 /// An in-flight record.
@@ -111,6 +117,13 @@ pub(crate) fn complete(token: u64, fingerprint: &[u8; 32], response: &Stored) ->
     Some(out)
 }
 
+/// A completed record whose response was not kept.
+pub(crate) fn unretained(token: u64, fingerprint: &[u8; 32]) -> Vec<u8> {
+    let mut out = in_flight(token, fingerprint);
+    out[4] = UNRETAINED;
+    out
+}
+
 /// Reads a record; `None` for anything else.
 pub(crate) fn decode(raw: &Bytes) -> Option<Record> {
     let mut at = 0usize;
@@ -133,6 +146,7 @@ pub(crate) fn decode(raw: &Bytes) -> Option<Record> {
             token: token as u64,
             fingerprint,
         }),
+        UNRETAINED => Some(Record::Unretained { fingerprint }),
         COMPLETE => {
             let status =
                 StatusCode::from_u16(u16::from_be_bytes(take(2)?.try_into().ok()?)).ok()?;
@@ -190,6 +204,8 @@ mod tests {
                 response
             })
         );
+        let raw2 = Bytes::from(unretained(43, &fp));
+        assert_eq!(decode(&raw2), Some(Record::Unretained { fingerprint: fp }));
         for cut in [0, 4, 5, 12, 44, 46, 48] {
             assert_eq!(decode(&raw.slice(..cut)), None, "{cut}");
         }

@@ -33,7 +33,8 @@
 //! | the key while its first request runs | 409 with `Retry-After` (or, with [`wait_for_completion`](IdempotencyLayerBuilder::wait_for_completion), the first one's response once it is done) |
 //! | the key again, same request | the kept response, `Idempotent-Replayed: true` |
 //! | the key again, another method, path, query, content type or body | 422 |
-//! | the store unreachable | 503 (fail-closed: never run without the claim) |
+//! | the key again after a response too large to keep | 409, never a second run |
+//! | the store unreachable | 503, or 500 when Redis answered with an error (fail-closed: never run without the claim) |
 //!
 //! Every refusal is problem+json. The record is keyed by a hash of the
 //! scope, method, route template and key.
@@ -49,13 +50,16 @@
 //! - The handler sees its [`FencingToken`] in the request's extensions.
 //!   Completion stores the response only if the claim is still that
 //!   token's: a handler that lost its lease cannot overwrite a newer one.
-//! - 2xx and 4xx responses are final: status, the headers in
+//! - 2xx and 4xx responses (but 408 and 429, which invite a retry) are
+//!   final: status, the headers in
 //!   [`REPLAYED_HEADERS`] (never `Set-Cookie` or `Date`) and the body are
 //!   kept for [`DEFAULT_RETENTION`].
-//! - A 5xx, an error from the inner service, a panic or a dropped request
-//!   releases the key, so the client can retry.
-//! - A response body over `max_response` is sent as it is and not kept:
-//!   the key is released, so a retry runs the handler again.
+//! - A 5xx, a 408 or 429, an error from the inner service, a panic or a
+//!   dropped request releases the key, so the client can retry.
+//! - A response body over `max_response` (or with trailers) is sent as it
+//!   is and not kept: the key is marked done without it, so a retry gets
+//!   409 "response not retained" and the handler never runs twice.
+//!   Trailers are not forwarded on such a response.
 //!
 //! # Round trips
 //!

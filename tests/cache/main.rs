@@ -136,6 +136,23 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                 }
             }
             "/swr" => set("cache-control", "max-age=1, stale-while-revalidate=30"),
+            // No validator of its own, but answers 304 to any If-None-Match.
+            "/swr-lazy" => {
+                set("cache-control", "max-age=1, stale-while-revalidate=30");
+                if headers.contains_key("if-none-match") {
+                    return (StatusCode::NOT_MODIFIED, out).into_response();
+                }
+            }
+            // Revalidated with a 304 that tries to set a cookie and tag.
+            "/rev-cookie" => {
+                set("cache-control", "max-age=1");
+                set("etag", "\"c1\"");
+                if headers.get("if-none-match").is_some_and(|v| v == "\"c1\"") {
+                    set("set-cookie", "user=alice");
+                    set("cache-tag", "secret-tag");
+                    return (StatusCode::NOT_MODIFIED, out).into_response();
+                }
+            }
             "/sie" | "/no-sie" => {
                 let cc = if path == "/sie" {
                     "max-age=1, stale-if-error=30"
@@ -562,6 +579,59 @@ support::both_backends! { fixture;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(fx.runs(), 2, "exactly one background refresh");
+    }
+
+    a_background_refresh_uses_only_the_caches_validators => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/swr-lazy").await;
+        fx.stored(1).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        // The client's own validator must not reach the refresh: the entry
+        // has none, so the refresh is a plain request and replaces it.
+        let r = send(&app, "GET", "/swr-lazy", &[("if-none-match", "\"whatever\"")]).await;
+        assert!(r.cache_status().contains("stale-while-revalidate"), "{}", r.cache_status());
+        let started = Instant::now();
+        loop {
+            let r = get(&app, "/swr-lazy").await;
+            if r.body == "/swr-lazy #2" {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(2), "{}: {}", r.body, r.cache_status());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    a_304_never_stores_a_cookie_or_leaks_tags => |fx| {
+        let app = app(&fx, fx.builder().strip_set_cookie(true).build().unwrap());
+        get(&app, "/rev-cookie").await;
+        fx.stored(1).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let r = get(&app, "/rev-cookie").await;
+        assert!(r.cache_status().contains("fwd-status=304"), "{}", r.cache_status());
+        assert!(r.header("set-cookie").is_none() && r.header("cache-tag").is_none());
+        let started = Instant::now();
+        loop {
+            let r = get(&app, "/rev-cookie").await;
+            if r.hit() {
+                assert!(r.header("set-cookie").is_none(), "a stored cookie was served");
+                assert!(r.header("cache-tag").is_none());
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_millis(900), "{}", r.cache_status());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The 304's tag was taken for the entry, not shown.
+        let purger = redis_layers::cache::CacheLayer::new(fx.tb.backend.clone()).purger();
+        assert_eq!(purger.purge_tag("secret-tag").await.unwrap(), 1);
+    }
+
+    a_304_is_only_for_a_stored_2xx => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/missing").await;
+        fx.stored(1).await;
+        let r = send(&app, "GET", "/missing", &[("if-none-match", "*")]).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert!(r.hit());
     }
 
     stale_if_error_serves_stale_when_the_handler_fails => |fx| {

@@ -63,6 +63,7 @@ pub fn app(fx: &Fixture, layer: IdempotencyLayer) -> Router {
             "/panic" if n == 1 => panic!("handler panicked"),
             "/big" => return "x".repeat(5_000).into_response(),
             "/bad" => return (StatusCode::BAD_REQUEST, "bad order").into_response(),
+            "/busy" if n == 1 => return (StatusCode::TOO_MANY_REQUESTS, "busy").into_response(),
             _ => {}
         }
         (
@@ -357,14 +358,25 @@ support::both_backends! { fixture;
         assert_eq!(fx.runs(), 1);
     }
 
-    a_response_too_large_to_keep_is_sent_and_not_replayed => |fx| {
+    a_response_too_large_to_keep_is_sent_and_never_run_again => |fx| {
         let app = app(&fx, fx.builder().max_response(1_000).build().unwrap());
         let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"big")];
         assert_eq!(send(&app, "POST", "/big", h, "").await.body.len(), 5_000);
         let r = send(&app, "POST", "/big", h, "").await;
-        assert_eq!(r.body.len(), 5_000);
-        assert!(r.header("idempotent-replayed").is_none());
-        assert_eq!(fx.runs(), 2, "released, so the retry ran");
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        assert!(r.problem_type() && r.body.contains("not retained"), "{}", r.body);
+        assert!(r.header("retry-after").is_none());
+        assert_eq!(fx.runs(), 1, "the handler ran once");
+        // Another body with that key is still a misuse.
+        assert_eq!(send(&app, "POST", "/big", h, "other").await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    a_429_from_the_handler_releases_the_key => |fx| {
+        let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
+        let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"busy")];
+        assert_eq!(send(&app, "POST", "/busy", h, "").await.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(send(&app, "POST", "/busy", h, "").await.status, StatusCode::CREATED, "ran again");
+        assert_eq!(fx.runs(), 2);
     }
 
     tokens_grow_per_key => |fx| {
