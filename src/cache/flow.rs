@@ -185,6 +185,7 @@ where
     let mut fwd = "request";
     let mut stale = None;
     let mut flight = None;
+    let mut lease = None;
     if session.personal() {
         fwd = "bypass";
     } else if !directives.no_cache {
@@ -208,6 +209,19 @@ where
             match config.flights.join(&key) {
                 Role::Leader(guard) => {
                     flight = Some(guard);
+                    // Across instances: one fills the entry, the others
+                    // wait for it.
+                    match config.store.lease(&key, config.coalesce_wait).await {
+                        Ok(true) => lease = Some(Lease::new(config.clone(), key.clone())),
+                        Ok(false) => {
+                            let waited =
+                                wait_fill(&config, &key, req.headers(), &method, &directives);
+                            if let Some(res) = waited.await {
+                                return Ok(res);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cache fill lease unavailable"),
+                    }
                     break;
                 }
                 Role::Follower(wait) => {
@@ -348,7 +362,7 @@ where
                 res,
                 storable,
                 fwd,
-                Waiting::flight(flight),
+                Waiting::miss(flight, lease),
             );
             Ok(with_status(res, &config.name, &params))
         }
@@ -501,8 +515,8 @@ fn store_refreshed(
         entry,
         Duration::from_millis(keep.retention),
         Waiting {
-            flight: None,
             notify,
+            ..Waiting::default()
         },
     );
     true
@@ -516,24 +530,88 @@ type Written = tokio::sync::oneshot::Sender<bool>;
 #[derive(Default)]
 struct Waiting {
     flight: Option<super::flight::Guard>,
+    lease: Option<Lease>,
     notify: Option<Written>,
 }
 
 impl Waiting {
-    fn flight(flight: Option<super::flight::Guard>) -> Self {
+    fn miss(flight: Option<super::flight::Guard>, lease: Option<Lease>) -> Self {
         Waiting {
             flight,
+            lease,
             notify: None,
         }
     }
 
     fn done(self, written: bool) {
         drop(self.flight);
+        drop(self.lease);
         if let Some(notify) = self.notify {
             let _ = notify.send(written);
         }
     }
 }
+
+/// This instance's fill lease on a key: given up (in the background) when
+/// dropped, once the entry is written or turned out not storable.
+struct Lease {
+    config: Arc<Config>,
+    key: String,
+}
+
+impl Lease {
+    fn new(config: Arc<Config>, key: String) -> Self {
+        Lease { config, key }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let (config, key) = (self.config.clone(), std::mem::take(&mut self.key));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = config.store.unlease(&key).await {
+                    tracing::debug!(error = %e, "cache fill lease not given up; it expires");
+                }
+            });
+        }
+    }
+}
+
+/// Waits (at most `coalesce_wait`) for another instance holding the fill
+/// lease to store the entry: its response once there, or `None` when the
+/// lease ends without a usable entry (then ask the handler).
+async fn wait_fill<ResBody>(
+    config: &Config,
+    key: &str,
+    request: &HeaderMap,
+    method: &Method,
+    directives: &Directives,
+) -> Option<Response<CacheBody<ResBody>>> {
+    let until = tokio::time::Instant::now() + config.coalesce_wait;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(FILL_POLL).await;
+        let (raw, held) = config.store.poll(key).await.ok()?;
+        if let Some(entry) = raw.and_then(Entry::decode) {
+            if entry.vary_hash == vary_hash(&entry.vary, request) {
+                let age = policy::age(&entry, SystemTime::now());
+                if policy::usable(&entry, age, directives).is_ok() {
+                    let params = ttl_params(&entry, age, "; collapsed");
+                    return Some(respond_stored_to(
+                        config, entry, age, request, method, &params,
+                    ));
+                }
+            }
+        }
+        if !held {
+            return None;
+        }
+    }
+    None
+}
+
+/// How often a request waiting on another instance's fill looks again.
+const FILL_POLL: Duration = Duration::from_millis(25);
 
 /// Request fields that make a request conditional or partial.
 const CONDITIONAL: [HeaderName; 6] = [
@@ -686,8 +764,8 @@ where
         return written.await.unwrap_or(false);
     }
     let waiting = Waiting {
-        flight: None,
         notify: Some(tx),
+        ..Waiting::default()
     };
     let (res, params) = settle_now(config, key, request_headers, res, true, "stale", waiting);
     if !params.ends_with("stored") {

@@ -43,6 +43,12 @@ pub(crate) fn tag_key(ns: &Namespace, tag: &str) -> String {
     ns.tagged("cache-tag", tag).into_base()
 }
 
+/// The fill lease of a request's cache key (same hash tag as its entry):
+/// held by the instance asking the handler on a miss.
+pub(crate) fn lease_key(ns: &Namespace, hash: &str) -> String {
+    ns.tagged_with_room("cache", hash, 2).into_key("l")
+}
+
 /// The store key of a request's cache key.
 pub(crate) fn entry_key(ns: &Namespace, hash: &str) -> String {
     ns.tagged_with_room("cache", hash, 2).into_key("e")

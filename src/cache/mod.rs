@@ -92,12 +92,15 @@
 //!
 //! # Concurrent misses
 //!
-//! Concurrent misses of one key on one instance run the handler once: the
-//! first asks the handler, the others wait (at most
-//! [`coalesce_wait`](CacheLayerBuilder::coalesce_wait)) until its response
-//! is stored, then answer from the store (`Cache-Status: ...; collapsed`).
-//! A response that may not be stored is never handed to them: they find
-//! nothing and ask the handler themselves.
+//! Concurrent misses of one key run the handler once, across instances:
+//! on each instance the first miss leads and the others wait for it in
+//! process; the leader then takes a short fill lease in the store (`SET
+//! ... NX PX`, [`coalesce_wait`](CacheLayerBuilder::coalesce_wait) long).
+//! The instance holding it asks the handler; the others look for the
+//! entry every 25 ms until it is there (`Cache-Status: ...; collapsed`),
+//! the lease ends, or the wait is over. A response that may not be stored
+//! is never handed to anyone: its lease is given up at once, and the
+//! waiters ask the handler themselves.
 //!
 //! # Invalidation and tags
 //!
@@ -163,14 +166,15 @@
 //! | request | store calls |
 //! |---|---|
 //! | hit | 1 `GET` |
-//! | miss | 1 `GET`, then 1 write after the body when stored (`SET ... PX`, pipelined with `SADD`/`PEXPIRE` per tag) |
+//! | miss | 1 `GET`, 1 `SET ... NX` (the fill lease), then in the background 1 write after the body when stored (`SET ... PX`, pipelined with `SADD`/`PEXPIRE` per tag) and 1 `DEL` of the lease |
+//! | miss while another instance fills | 1 `GET`, 1 `SET ... NX`, then `GET` + `EXISTS` every 25 ms until the entry is there |
 //! | revalidation (304) | 1 `GET`, then 1 write |
 //! | request `no-cache` | 0 before the handler, 1 write when stored |
 //! | unsafe method | 1 `DEL` per invalidated URI |
 //! | purge a tag | `SMEMBERS`, then one pipeline of `DEL`s and `SREM` |
 //!
-//! Not built yet (see the project's issue): coalescing across instances
-//! (a Redis lease), purging everything at once, the in-process tier.
+//! Not built yet (see the project's issue): purging everything at once,
+//! the in-process tier.
 
 mod body;
 mod directives;

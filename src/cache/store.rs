@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::layout::{entry_key, tag_key};
+use super::layout::{entry_key, lease_key, tag_key};
 use crate::backend::on_backend;
 use crate::error::{Error, ErrorKind};
 use crate::memory::{MemoryBackend, Value};
@@ -43,6 +43,18 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Removes every entry stored with `tag`; how many there were (Redis:
     /// `SMEMBERS`, then one pipeline of `DEL`s and `SREM`).
     fn purge_tag(&self, tag: &str) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    /// Takes the fill lease of `key` for `ttl` if no one holds it: the
+    /// holder asks the handler, other instances wait for its entry (Redis:
+    /// `SET ... NX PX`).
+    fn lease(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// The entry under `key`, and whether its fill lease is still held
+    /// (Redis: `GET` and `EXISTS`, pipelined).
+    fn poll(&self, key: &str) -> impl Future<Output = Result<(Option<Bytes>, bool), Error>> + Send;
+
+    /// Gives up the fill lease of `key` (Redis: `DEL`).
+    fn unlease(&self, key: &str) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 impl CacheStore for RedisBackend {
@@ -101,6 +113,31 @@ impl CacheStore for RedisBackend {
         pipe.cmd("SREM").arg(&set).arg(&members).ignore();
         let removed: Vec<u64> = self.pipeline(&pipe).await?;
         Ok(removed.iter().sum())
+    }
+
+    async fn lease(&self, key: &str, ttl: Duration) -> Result<bool, Error> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(lease_key(self.namespace(), key))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(crate::time::millis(ttl).max(1));
+        let reply: Option<String> = self.query(&cmd).await?;
+        Ok(reply.is_some())
+    }
+
+    async fn poll(&self, key: &str) -> Result<(Option<Bytes>, bool), Error> {
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("GET").arg(entry_key(self.namespace(), key));
+        pipe.cmd("EXISTS").arg(lease_key(self.namespace(), key));
+        let (entry, held): (Option<Vec<u8>>, i64) = self.pipeline(&pipe).await?;
+        Ok((entry.map(Bytes::from), held > 0))
+    }
+
+    async fn unlease(&self, key: &str) -> Result<(), Error> {
+        self.delete(&lease_key(self.namespace(), key))
+            .await
+            .map(drop)
     }
 }
 
@@ -164,6 +201,42 @@ impl CacheStore for MemoryBackend {
             Ok(removed)
         })
     }
+
+    async fn lease(&self, key: &str, ttl: Duration) -> Result<bool, Error> {
+        let lease = lease_key(self.namespace(), key);
+        self.atomically(|ks| {
+            if ks.get(&lease).is_some() {
+                return Ok(false);
+            }
+            ks.set(
+                &lease,
+                Value::Bytes(b"1".to_vec()),
+                Some(ttl.max(Duration::from_millis(1))),
+            )?;
+            Ok(true)
+        })
+    }
+
+    async fn poll(&self, key: &str) -> Result<(Option<Bytes>, bool), Error> {
+        let (entry, lease) = (
+            entry_key(self.namespace(), key),
+            lease_key(self.namespace(), key),
+        );
+        self.atomically(|ks| {
+            let found = match ks.get(&entry) {
+                None => None,
+                Some(Value::Bytes(b)) => Some(Bytes::copy_from_slice(b)),
+                Some(_) => return Err(wrong_type()),
+            };
+            Ok((found, ks.get(&lease).is_some()))
+        })
+    }
+
+    async fn unlease(&self, key: &str) -> Result<(), Error> {
+        self.delete(&lease_key(self.namespace(), key))
+            .await
+            .map(drop)
+    }
 }
 
 fn wrong_type() -> Error {
@@ -195,6 +268,18 @@ impl CacheStore for Backend {
     async fn purge_tag(&self, tag: &str) -> Result<u64, Error> {
         on_backend!(self, b => CacheStore::purge_tag(b, tag).await)
     }
+
+    async fn lease(&self, key: &str, ttl: Duration) -> Result<bool, Error> {
+        on_backend!(self, b => CacheStore::lease(b, key, ttl).await)
+    }
+
+    async fn poll(&self, key: &str) -> Result<(Option<Bytes>, bool), Error> {
+        on_backend!(self, b => CacheStore::poll(b, key).await)
+    }
+
+    async fn unlease(&self, key: &str) -> Result<(), Error> {
+        on_backend!(self, b => CacheStore::unlease(b, key).await)
+    }
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -211,6 +296,9 @@ pub(crate) trait DynCacheStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), Error>>;
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, Error>>;
     fn purge_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<u64, Error>>;
+    fn lease<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, Error>>;
+    fn poll<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(Option<Bytes>, bool), Error>>;
+    fn unlease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>>;
 }
 
 impl<T: CacheStore> DynCacheStore for T {
@@ -231,6 +319,15 @@ impl<T: CacheStore> DynCacheStore for T {
     }
     fn purge_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<u64, Error>> {
         Box::pin(CacheStore::purge_tag(self, tag))
+    }
+    fn lease<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(CacheStore::lease(self, key, ttl))
+    }
+    fn poll<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(Option<Bytes>, bool), Error>> {
+        Box::pin(CacheStore::poll(self, key))
+    }
+    fn unlease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(CacheStore::unlease(self, key))
     }
 }
 
@@ -281,6 +378,27 @@ impl Store {
         match self {
             Store::Backend(b) => CacheStore::purge_tag(b, tag).await,
             Store::Custom(s) => s.purge_tag(tag).await,
+        }
+    }
+
+    pub(crate) async fn lease(&self, key: &str, ttl: Duration) -> Result<bool, Error> {
+        match self {
+            Store::Backend(b) => CacheStore::lease(b, key, ttl).await,
+            Store::Custom(s) => s.lease(key, ttl).await,
+        }
+    }
+
+    pub(crate) async fn poll(&self, key: &str) -> Result<(Option<Bytes>, bool), Error> {
+        match self {
+            Store::Backend(b) => CacheStore::poll(b, key).await,
+            Store::Custom(s) => s.poll(key).await,
+        }
+    }
+
+    pub(crate) async fn unlease(&self, key: &str) -> Result<(), Error> {
+        match self {
+            Store::Backend(b) => CacheStore::unlease(b, key).await,
+            Store::Custom(s) => s.unlease(key).await,
         }
     }
 }
