@@ -436,6 +436,43 @@ fn scenarios() -> Vec<Scenario> {
                 })
             },
         },
+        // The same 1 KB response from the cache's local tier: no round
+        // trip (compare with `bare`).
+        Scenario {
+            name: "cache-hit-local",
+            build: |ctx| {
+                Box::pin(async move {
+                    use redis_layers::cache::CacheLayer;
+                    let backend = bench_backend(&ctx, format!("{}-local", ctx.prefix));
+                    let body = "x".repeat(1024);
+                    let layer = CacheLayer::builder(backend)
+                        .local_tier(1024)
+                        .build()
+                        .unwrap();
+                    let router = Router::new()
+                        .route(
+                            "/",
+                            get(move || {
+                                let body = body.clone();
+                                async move { ([("cache-control", "public, max-age=3600")], body) }
+                            }),
+                        )
+                        .layer(layer);
+                    let request = plain_get("/");
+                    // Listening, then stored, then in the local tier.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    for _ in 0..2 {
+                        let res = router.clone().oneshot(request(0, 0)).await.unwrap();
+                        let _ = res.into_body().collect().await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    let res = router.clone().oneshot(request(0, 0)).await.unwrap();
+                    let status = res.headers()["cache-status"].to_str().unwrap().to_owned();
+                    assert!(status.contains("detail=local"), "{status}");
+                    Target { router, request }
+                })
+            },
+        },
         // A retried POST answered from its idempotency record: one
         // claim script that returns the record.
         Scenario {
@@ -559,7 +596,7 @@ async fn drive(target: Target, concurrency: usize, warmup: Duration, run: Durati
 }
 
 /// Scenarios answered without Redis, also reported against `bare`.
-const IN_PROCESS: &[&str] = &["ratelimit-deny"];
+const IN_PROCESS: &[&str] = &["ratelimit-deny", "cache-hit-local"];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)

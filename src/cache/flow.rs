@@ -137,6 +137,7 @@ enum Found {
 }
 
 async fn find(config: &Config, key: &str, req: &HeaderMap, d: &Directives) -> Found {
+    let epoch = config.local.as_ref().map(|l| l.epoch());
     match config.store.lookup(key).await {
         Err(e) => {
             tracing::warn!(error = %e, "cache store failed; asking the handler");
@@ -151,7 +152,12 @@ async fn find(config: &Config, key: &str, req: &HeaderMap, d: &Directives) -> Fo
             Some(entry) => {
                 let age = policy::age(&entry, SystemTime::now());
                 match policy::usable(&entry, age, d) {
-                    Ok(()) => Found::Usable(entry, age),
+                    Ok(()) => {
+                        if let (Some(local), Some(epoch)) = (&config.local, epoch) {
+                            local.keep(key, entry.clone(), epoch);
+                        }
+                        Found::Usable(entry, age)
+                    }
                     Err(Unusable::Stale) => Found::Not("stale", Some((entry, age))),
                     Err(Unusable::Request) => Found::Not("request", Some((entry, age))),
                 }
@@ -186,6 +192,24 @@ where
     let mut stale = None;
     let mut flight = None;
     let mut lease = None;
+    // The local tier first: a hit there is no round trip.
+    if let (Some(local), false, false) = (&config.local, session.personal(), directives.no_cache) {
+        if let Some(entry) = local.get(&key) {
+            if entry.vary_hash == vary_hash(&entry.vary, req.headers()) {
+                let age = policy::age(&entry, SystemTime::now());
+                if policy::usable(&entry, age, &directives).is_ok() {
+                    let params = ttl_params(&entry, age, "; detail=local");
+                    return Ok(respond_stored(
+                        &config,
+                        (*entry).clone(),
+                        age,
+                        &req,
+                        &params,
+                    ));
+                }
+            }
+        }
+    }
     if session.personal() {
         fwd = "bypass";
     } else if !directives.no_cache {
@@ -729,7 +753,13 @@ fn write_entry(config: Arc<Config>, key: String, entry: Entry, ttl: Duration, wa
     };
     tokio::spawn(async move {
         let written = match config.store.store(&key, raw, ttl, &entry.tags).await {
-            Ok(()) => true,
+            Ok(()) => {
+                if let Some(local) = &config.local {
+                    let epoch = local.epoch();
+                    local.keep(&key, entry, epoch);
+                }
+                true
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cache store failed; response not stored");
                 false
@@ -884,11 +914,12 @@ where
                 keys.push(cache_key(config.sort_query, &target, &headers));
             }
         }
-        for key in keys {
-            if let Err(e) = config.store.invalidate(&key).await {
+        for key in &keys {
+            if let Err(e) = config.store.invalidate(key).await {
                 tracing::warn!(error = %e, "cache store failed; a stored response was not invalidated");
             }
         }
+        config.announce(&keys).await;
     }
     Ok(Response::from_parts(head, CacheBody::inner(body, None)))
 }

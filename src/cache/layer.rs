@@ -18,6 +18,7 @@ use tower_service::Service;
 use super::body::CacheBody;
 use super::flight::{Flights, Refreshing};
 use super::flow;
+use super::local::LocalTier;
 use super::policy::Settings;
 use super::store::{CacheStore, Store};
 use crate::error::{Error, ErrorKind};
@@ -70,6 +71,22 @@ pub(crate) struct Config {
     pub(crate) tag_header: HeaderName,
     pub(crate) flights: Flights,
     pub(crate) refreshing: Refreshing,
+    pub(crate) local: Option<Arc<LocalTier>>,
+}
+
+impl Config {
+    /// Drops local copies of `keys` here and tells every other instance.
+    pub(crate) async fn announce(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Some(local) = &self.local {
+            local.forget(keys);
+        }
+        if let Err(e) = self.store.announce(keys).await {
+            tracing::warn!(error = %e, "cache invalidation not announced; other local tiers keep their copies until they expire");
+        }
+    }
 }
 
 impl CacheLayer {
@@ -97,6 +114,7 @@ impl CacheLayer {
             keep_stale: DEFAULT_KEEP_STALE,
             coalesce_wait: DEFAULT_COALESCE_WAIT,
             tag_header: DEFAULT_TAG_HEADER.to_owned(),
+            local_tier: None,
         }
     }
 
@@ -123,6 +141,7 @@ pub struct CacheLayerBuilder {
     keep_stale: Duration,
     coalesce_wait: Duration,
     tag_header: String,
+    local_tier: Option<usize>,
 }
 
 impl fmt::Debug for CacheLayerBuilder {
@@ -225,8 +244,22 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// An in-process tier of up to `entries` decoded entries in front of the
+    /// store: a hit there costs no round trip. It is kept coherent through
+    /// the store's announcements (Redis pub/sub): every purge and
+    /// invalidation, on any instance, drops the copies everywhere; while
+    /// the channel is down the tier is emptied and unused. Off by default.
+    /// Needs a store that can announce: a Redis backend built from a URL,
+    /// or the memory backend.
+    pub fn local_tier(mut self, entries: usize) -> Self {
+        self.local_tier = Some(entries);
+        self
+    }
+
     /// The layer; a Config error when the name is not a token, the tag
-    /// header is not a header name, or `default_ttl` is zero.
+    /// header is not a header name, `default_ttl` is zero, or a local tier
+    /// is asked of a store that cannot announce (or outside a Tokio
+    /// runtime).
     pub fn build(self) -> Result<CacheLayer, Error> {
         let token = !self.name.is_empty()
             && self
@@ -251,6 +284,24 @@ impl CacheLayerBuilder {
                 format!("tag header {:?} is not a header name", self.tag_header),
             )
         })?;
+        let local = match self.local_tier {
+            None => None,
+            Some(entries) => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "a local tier is built inside a Tokio runtime",
+                    ));
+                }
+                let heard = self.store.listen().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Config,
+                        "a local tier needs a store that announces changes (a Redis backend built from a URL, or memory)",
+                    )
+                })?;
+                Some(LocalTier::start(entries, heard))
+            }
+        };
         let ms = |d: Duration| crate::time::millis(d);
         Ok(CacheLayer {
             config: Arc::new(Config {
@@ -270,6 +321,7 @@ impl CacheLayerBuilder {
                 tag_header,
                 flights: Flights::default(),
                 refreshing: Refreshing::default(),
+                local,
             }),
         })
     }
@@ -365,7 +417,9 @@ impl Purger {
     /// Removes every entry stored with `tag` (named by its handler in the
     /// tag header); how many there were.
     pub async fn purge_tag(&self, tag: &str) -> Result<u64, Error> {
-        self.config.store.purge_tag(tag).await
+        let keys = self.config.store.purge_tag(tag).await?;
+        self.config.announce(&keys).await;
+        Ok(keys.len() as u64)
     }
 
     /// Removes the entry for a URL: `uri` as requests name it (a path and
@@ -380,6 +434,8 @@ impl Purger {
             headers.insert(http::header::HOST, host);
         }
         let key = flow::cache_key(self.config.sort_query, &uri, &headers);
-        self.config.store.invalidate(&key).await
+        let removed = self.config.store.invalidate(&key).await?;
+        self.config.announce(&[key]).await;
+        Ok(removed)
     }
 }

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use super::layout::{entry_key, lease_key, tag_key};
 use crate::backend::on_backend;
@@ -40,9 +41,9 @@ pub trait CacheStore: Send + Sync + 'static {
     /// `DEL`).
     fn invalidate(&self, key: &str) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Removes every entry stored with `tag`; how many there were (Redis:
-    /// `SMEMBERS`, then one pipeline of `DEL`s and `SREM`).
-    fn purge_tag(&self, tag: &str) -> impl Future<Output = Result<u64, Error>> + Send;
+    /// Removes every entry stored with `tag`; the keys of those it removed
+    /// (Redis: `SMEMBERS`, then one pipeline of `DEL`s and `SREM`).
+    fn purge_tag(&self, tag: &str) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
 
     /// Takes the fill lease of `key` for `ttl` if no one holds it: the
     /// holder asks the handler, other instances wait for its entry (Redis:
@@ -55,6 +56,39 @@ pub trait CacheStore: Send + Sync + 'static {
 
     /// Gives up the fill lease of `key` (Redis: `DEL`).
     fn unlease(&self, key: &str) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Tells every instance's local tier that the entries of `keys` changed
+    /// (Redis: one `PUBLISH`). The default tells no one: a store without it
+    /// cannot back a local tier.
+    fn announce(&self, keys: &[String]) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = keys;
+        std::future::ready(Ok(()))
+    }
+
+    /// What other instances announce, from now on, with [`Heard::Lost`]
+    /// whenever announcements may have been missed (Redis: a `SUBSCRIBE`
+    /// connection, reconnected when lost). `None` when this store cannot
+    /// (the default; a Redis backend built from a pool rather than a URL).
+    fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
+        None
+    }
+}
+
+/// What a local tier hears from its store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Heard {
+    /// Listening (again): announcements from now on arrive.
+    Ready,
+    /// Announcements may have been missed: local copies cannot be trusted.
+    Lost,
+    /// These entries changed.
+    Changed(Vec<String>),
+}
+
+/// The channel announcements travel on.
+fn channel(ns: &crate::keys::Namespace) -> String {
+    ns.key(&["cache", "events"])
 }
 
 impl CacheStore for RedisBackend {
@@ -97,11 +131,11 @@ impl CacheStore for RedisBackend {
         self.delete(&entry_key(self.namespace(), key)).await
     }
 
-    async fn purge_tag(&self, tag: &str) -> Result<u64, Error> {
+    async fn purge_tag(&self, tag: &str) -> Result<Vec<String>, Error> {
         let set = tag_key(self.namespace(), tag);
         let members: Vec<String> = self.query(::redis::cmd("SMEMBERS").arg(&set)).await?;
         if members.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         // Each entry by its own key (their slots differ from the set's),
         // then only the members read: one tagged since stays for the next
@@ -112,7 +146,12 @@ impl CacheStore for RedisBackend {
         }
         pipe.cmd("SREM").arg(&set).arg(&members).ignore();
         let removed: Vec<u64> = self.pipeline(&pipe).await?;
-        Ok(removed.iter().sum())
+        Ok(members
+            .into_iter()
+            .zip(removed)
+            .filter(|(_, n)| *n > 0)
+            .map(|(key, _)| key)
+            .collect())
     }
 
     async fn lease(&self, key: &str, ttl: Duration) -> Result<bool, Error> {
@@ -138,6 +177,59 @@ impl CacheStore for RedisBackend {
         self.delete(&lease_key(self.namespace(), key))
             .await
             .map(drop)
+    }
+
+    async fn announce(&self, keys: &[String]) -> Result<(), Error> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = ::redis::cmd("PUBLISH");
+        cmd.arg(channel(self.namespace())).arg(keys.join(","));
+        self.query::<i64>(&cmd).await.map(drop)
+    }
+
+    fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
+        let client = self.client()?.clone();
+        let channel = channel(self.namespace());
+        let deadline = self.deadline();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            loop {
+                let connected = tokio::time::timeout(deadline.max(Duration::from_secs(1)), async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, ::redis::RedisError>(pubsub)
+                })
+                .await;
+                if let Ok(Ok(pubsub)) = connected {
+                    if tx.send(Heard::Ready).await.is_err() {
+                        return;
+                    }
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        tokio::select! {
+                            message = messages.next() => {
+                                let Some(message) = message else { break };
+                                let payload: String = message.get_payload().unwrap_or_default();
+                                let keys = payload.split(',').filter(|k| !k.is_empty()).map(str::to_owned).collect();
+                                if tx.send(Heard::Changed(keys)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            // The layer is gone: stop listening.
+                            () = tx.closed() => return,
+                        }
+                    }
+                }
+                if tx.send(Heard::Lost).await.is_err() {
+                    return;
+                }
+                tracing::warn!("cache invalidation channel lost; local tier emptied, reconnecting");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Some(rx)
     }
 }
 
@@ -184,18 +276,18 @@ impl CacheStore for MemoryBackend {
         self.delete(&entry_key(self.namespace(), key)).await
     }
 
-    async fn purge_tag(&self, tag: &str) -> Result<u64, Error> {
+    async fn purge_tag(&self, tag: &str) -> Result<Vec<String>, Error> {
         let set = tag_key(self.namespace(), tag);
         self.atomically(|ks| {
             let members = match ks.remove(&set) {
-                None => return Ok(0),
+                None => return Ok(Vec::new()),
                 Some(Value::Hash(members)) => members,
                 Some(_) => return Err(wrong_type()),
             };
-            let mut removed = 0;
+            let mut removed = Vec::new();
             for member in members.keys() {
                 if ks.remove(&entry_key(self.namespace(), member)).is_some() {
-                    removed += 1;
+                    removed.push(member.clone());
                 }
             }
             Ok(removed)
@@ -237,6 +329,42 @@ impl CacheStore for MemoryBackend {
             .await
             .map(drop)
     }
+
+    async fn announce(&self, keys: &[String]) -> Result<(), Error> {
+        if !keys.is_empty() {
+            self.publish(&keys.join(","));
+        }
+        Ok(())
+    }
+
+    fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
+        let mut events = self.subscribe();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            if tx.send(Heard::Ready).await.is_err() {
+                return;
+            }
+            loop {
+                let heard = tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(payload) => Heard::Changed(payload.split(',').map(str::to_owned).collect()),
+                        Err(RecvError::Lagged(_)) => Heard::Lost,
+                        Err(RecvError::Closed) => return,
+                    },
+                    () = tx.closed() => return,
+                };
+                let lost = heard == Heard::Lost;
+                if tx.send(heard).await.is_err() {
+                    return;
+                }
+                if lost && tx.send(Heard::Ready).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Some(rx)
+    }
 }
 
 fn wrong_type() -> Error {
@@ -265,7 +393,7 @@ impl CacheStore for Backend {
         on_backend!(self, b => CacheStore::invalidate(b, key).await)
     }
 
-    async fn purge_tag(&self, tag: &str) -> Result<u64, Error> {
+    async fn purge_tag(&self, tag: &str) -> Result<Vec<String>, Error> {
         on_backend!(self, b => CacheStore::purge_tag(b, tag).await)
     }
 
@@ -279,6 +407,14 @@ impl CacheStore for Backend {
 
     async fn unlease(&self, key: &str) -> Result<(), Error> {
         on_backend!(self, b => CacheStore::unlease(b, key).await)
+    }
+
+    async fn announce(&self, keys: &[String]) -> Result<(), Error> {
+        on_backend!(self, b => CacheStore::announce(b, keys).await)
+    }
+
+    fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
+        on_backend!(self, b => CacheStore::listen(b))
     }
 }
 
@@ -295,10 +431,12 @@ pub(crate) trait DynCacheStore: Send + Sync {
         tags: &'a [String],
     ) -> BoxFuture<'a, Result<(), Error>>;
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, Error>>;
-    fn purge_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<u64, Error>>;
+    fn purge_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<Vec<String>, Error>>;
     fn lease<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, Error>>;
     fn poll<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(Option<Bytes>, bool), Error>>;
     fn unlease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+    fn announce<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), Error>>;
+    fn listen(&self) -> Option<mpsc::Receiver<Heard>>;
 }
 
 impl<T: CacheStore> DynCacheStore for T {
@@ -317,7 +455,7 @@ impl<T: CacheStore> DynCacheStore for T {
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(CacheStore::invalidate(self, key))
     }
-    fn purge_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<u64, Error>> {
+    fn purge_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<Vec<String>, Error>> {
         Box::pin(CacheStore::purge_tag(self, tag))
     }
     fn lease<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, Error>> {
@@ -328,6 +466,12 @@ impl<T: CacheStore> DynCacheStore for T {
     }
     fn unlease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(CacheStore::unlease(self, key))
+    }
+    fn announce<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(CacheStore::announce(self, keys))
+    }
+    fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
+        CacheStore::listen(self)
     }
 }
 
@@ -374,7 +518,7 @@ impl Store {
         }
     }
 
-    pub(crate) async fn purge_tag(&self, tag: &str) -> Result<u64, Error> {
+    pub(crate) async fn purge_tag(&self, tag: &str) -> Result<Vec<String>, Error> {
         match self {
             Store::Backend(b) => CacheStore::purge_tag(b, tag).await,
             Store::Custom(s) => s.purge_tag(tag).await,
@@ -399,6 +543,20 @@ impl Store {
         match self {
             Store::Backend(b) => CacheStore::unlease(b, key).await,
             Store::Custom(s) => s.unlease(key).await,
+        }
+    }
+
+    pub(crate) async fn announce(&self, keys: &[String]) -> Result<(), Error> {
+        match self {
+            Store::Backend(b) => CacheStore::announce(b, keys).await,
+            Store::Custom(s) => s.announce(keys).await,
+        }
+    }
+
+    pub(crate) fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
+        match self {
+            Store::Backend(b) => CacheStore::listen(b),
+            Store::Custom(s) => s.listen(),
         }
     }
 }

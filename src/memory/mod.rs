@@ -316,6 +316,10 @@ pub struct MemoryBackend {
 struct Inner {
     keyspace: Mutex<Keyspace>,
     namespace: Namespace,
+    /// Messages between the layers sharing this backend (Redis pub/sub's
+    /// counterpart: the cache's local tiers hear of invalidations on it).
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
+    events: tokio::sync::broadcast::Sender<std::sync::Arc<str>>,
 }
 
 impl fmt::Debug for MemoryBackend {
@@ -364,6 +368,7 @@ impl MemoryBackendBuilder {
         let inner = Arc::new(Inner {
             keyspace: Mutex::new(Keyspace::new(self.max_entries)),
             namespace,
+            events: tokio::sync::broadcast::channel(1024).0,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(sweep(Arc::downgrade(&inner), self.sweep_interval));
@@ -458,6 +463,18 @@ impl MemoryBackend {
     /// True when no keys are held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Sends `message` to every current subscriber (like `PUBLISH`).
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
+    pub(crate) fn publish(&self, message: &str) {
+        let _ = self.inner.events.send(std::sync::Arc::from(message));
+    }
+
+    /// Messages published from now on (like `SUBSCRIBE`).
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<str>> {
+        self.inner.events.subscribe()
     }
 }
 

@@ -289,6 +289,13 @@ impl RedisBackend {
         self.inner.deadline
     }
 
+    /// A client for a dedicated connection (pub/sub), when the backend was
+    /// built from a URL.
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
+    pub(crate) fn client(&self) -> Option<&::redis::Client> {
+        self.inner.direct.as_ref().map(|(client, _)| client)
+    }
+
     /// The application's estimate of Redis's clock.
     #[cfg_attr(not(feature = "session"), allow(dead_code))]
     pub(crate) fn server_clock(&self) -> &ServerClock {

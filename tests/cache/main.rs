@@ -758,6 +758,43 @@ support::both_backends! { fixture;
         server.abort();
     }
 
+    the_local_tier_answers_without_the_store_and_hears_purges => |fx| {
+        let a_layer = fx.builder().local_tier(100).build().unwrap();
+        let b_layer = fx.builder().local_tier(100).build().unwrap();
+        let purger = b_layer.purger();
+        let (a, b) = (app(&fx, a_layer), app(&fx, b_layer));
+        // Listening takes a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        get(&a, "/tagged").await;
+        fx.stored(1).await;
+        // Written by A: kept in A's tier. Read by B from the store: kept in B's.
+        assert!(get(&a, "/tagged").await.cache_status().contains("detail=local"));
+        assert!(!get(&b, "/tagged").await.cache_status().contains("detail=local"));
+        assert!(get(&b, "/tagged").await.cache_status().contains("detail=local"));
+        // Purged through B: A drops its copy too.
+        assert_eq!(purger.purge_tag("products").await.unwrap(), 1);
+        let started = Instant::now();
+        loop {
+            let r = get(&a, "/tagged").await;
+            if !r.hit() {
+                assert!(r.cache_status().contains("fwd=uri-miss"), "{}", r.cache_status());
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(2), "A still serves its copy: {}", r.cache_status());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // An unsafe method on A reaches B's tier.
+        fx.stored(1).await;
+        get(&b, "/tagged").await;
+        assert!(get(&b, "/tagged").await.cache_status().contains("detail=local"));
+        send(&a, "POST", "/tagged", &[]).await;
+        let started = Instant::now();
+        while get(&b, "/tagged").await.cache_status().contains("detail=local") {
+            assert!(started.elapsed() < Duration::from_secs(2), "B still serves its copy");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     two_instances_share_the_store => |fx| {
         let a = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
         let b = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
@@ -767,6 +804,54 @@ support::both_backends! { fixture;
         send(&b, "POST", "/fresh", &[]).await;
         assert!(!get(&a, "/fresh").await.hit());
     }
+}
+
+/// A store of one's own that cannot announce changes.
+#[derive(Clone)]
+struct Quiet(redis_layers::Backend);
+
+impl redis_layers::cache::CacheStore for Quiet {
+    async fn lookup(&self, key: &str) -> Result<Option<bytes::Bytes>, redis_layers::Error> {
+        self.0.lookup(key).await
+    }
+    async fn store(
+        &self,
+        key: &str,
+        entry: Vec<u8>,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Result<(), redis_layers::Error> {
+        self.0.store(key, entry, ttl, tags).await
+    }
+    async fn invalidate(&self, key: &str) -> Result<bool, redis_layers::Error> {
+        self.0.invalidate(key).await
+    }
+    async fn purge_tag(&self, tag: &str) -> Result<Vec<String>, redis_layers::Error> {
+        self.0.purge_tag(tag).await
+    }
+    async fn lease(&self, key: &str, ttl: Duration) -> Result<bool, redis_layers::Error> {
+        self.0.lease(key, ttl).await
+    }
+    async fn poll(&self, key: &str) -> Result<(Option<bytes::Bytes>, bool), redis_layers::Error> {
+        self.0.poll(key).await
+    }
+    async fn unlease(&self, key: &str) -> Result<(), redis_layers::Error> {
+        self.0.unlease(key).await
+    }
+}
+
+#[tokio::test]
+async fn a_local_tier_needs_a_store_that_announces() {
+    let quiet = Quiet(redis_layers::memory::MemoryBackend::new().into());
+    let err = CacheLayer::builder(quiet.clone())
+        .local_tier(10)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), redis_layers::ErrorKind::Config);
+    assert!(
+        CacheLayer::builder(quiet).build().is_ok(),
+        "without the tier it is fine"
+    );
 }
 
 #[test]

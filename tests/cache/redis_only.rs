@@ -23,7 +23,11 @@ async fn a_hit_is_one_get_and_a_miss_adds_one_set() {
     assert!(get(&app, "/fresh").await.hit());
     assert_eq!(sent(), ["get"]);
     send(&app, "POST", "/other", &[]).await;
-    assert_eq!(sent(), ["del", "del"], "the URI and its Location");
+    assert_eq!(
+        sent(),
+        ["del", "del", "publish"],
+        "the URI and its Location, then the news for local tiers"
+    );
     // The entry expires with its freshness.
     let ttl: i64 = fx.tb.server().cmd(&["PTTL", &fx.tb.keys("cache:*:e")[0]]);
     assert!((59_000..=60_000).contains(&ttl), "{ttl}");
@@ -93,4 +97,49 @@ async fn a_foreign_value_under_an_entry_key_is_a_miss() {
         "{}",
         r.cache_status()
     );
+}
+
+#[tokio::test]
+async fn a_local_hit_sends_nothing_and_a_lost_channel_empties_the_tier() {
+    let fx = fixture(Kind::Redis);
+    let app = app(&fx, fx.builder().local_tier(100).build().unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    get(&app, "/fresh").await;
+    fx.stored(1).await;
+    let mut monitor = Monitor::start(fx.tb.server());
+    let r = get(&app, "/fresh").await;
+    assert!(
+        r.cache_status().contains("detail=local"),
+        "{}",
+        r.cache_status()
+    );
+    let sent: Vec<String> = monitor.take().into_iter().filter(|c| c != "keys").collect();
+    assert_eq!(sent, Vec::<String>::new(), "a local hit is no round trip");
+
+    // The announcement channel drops; then the entry goes behind the
+    // layer's back. The tier was emptied, so the store is asked.
+    let _: i64 = fx.tb.server().cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let key = fx.tb.keys("cache:*:e")[0].clone();
+    let _: i64 = fx.tb.server().cmd(&["DEL", &key]);
+    let r = get(&app, "/fresh").await;
+    assert!(
+        !r.hit(),
+        "a copy survived the lost channel: {}",
+        r.cache_status()
+    );
+    // Listening again, the tier works again.
+    let started = Instant::now();
+    loop {
+        let r = get(&app, "/fresh").await;
+        if r.cache_status().contains("detail=local") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{}",
+            r.cache_status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
