@@ -43,6 +43,8 @@ pub fn router(backend: Backend, secure_cookies: bool) -> Result<Router, redis_la
     // `private` marks, so one user's page never reaches another.
     let cache = CacheLayer::builder(backend.clone())
         .stale_if_error(std::time::Duration::from_secs(300))
+        // Hot pages from memory; purges reach every instance's copy.
+        .local_tier(1_000)
         .build()?;
     Ok(Router::new()
         .route("/", get(home))
