@@ -103,9 +103,18 @@ async fn a_foreign_value_under_an_entry_key_is_a_miss() {
 async fn a_local_hit_sends_nothing_and_a_lost_channel_empties_the_tier() {
     let fx = fixture(Kind::Redis);
     let app = app(&fx, fx.builder().local_tier(100).build().unwrap());
-    tokio::time::sleep(Duration::from_millis(200)).await;
     get(&app, "/fresh").await;
     fx.stored(1).await;
+    // Once listening, the tier keeps its copy.
+    let started = Instant::now();
+    while !get(&app, "/fresh")
+        .await
+        .cache_status()
+        .contains("detail=local")
+    {
+        assert!(started.elapsed() < Duration::from_secs(3), "no local copy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut monitor = Monitor::start(fx.tb.server());
     let r = get(&app, "/fresh").await;
     assert!(
