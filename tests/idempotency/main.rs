@@ -57,6 +57,7 @@ pub fn app(fx: &Fixture, layer: IdempotencyLayer) -> Router {
         let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
         match uri.path() {
             "/slow" => tokio::time::sleep(Duration::from_millis(600)).await,
+            "/slower" => tokio::time::sleep(Duration::from_millis(1_500)).await,
             "/fail" if n == 1 => {
                 return (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response()
             }
@@ -343,17 +344,18 @@ support::both_backends! { fixture;
     }
 
     a_long_handler_keeps_its_claim => |fx| {
-        // Lease 300 ms, handler 600 ms: the renewals keep it claimed.
-        let app = app(&fx, fx.builder().lease(Duration::from_millis(300)).build().unwrap());
+        // Lease 600 ms, handler 1.5 s: the renewals (every 200 ms) keep it
+        // claimed well past the first lease.
+        let app = app(&fx, fx.builder().lease(Duration::from_millis(600)).build().unwrap());
         let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"long")];
         let first = {
             let app = app.clone();
             tokio::spawn(async move {
-                send(&app, "POST", "/slow", &[("x-api-key", b"a"), ("idempotency-key", b"long")], "").await
+                send(&app, "POST", "/slower", &[("x-api-key", b"a"), ("idempotency-key", b"long")], "").await
             })
         };
-        tokio::time::sleep(Duration::from_millis(450)).await;
-        assert_eq!(send(&app, "POST", "/slow", h, "").await.status, StatusCode::CONFLICT, "past the first lease");
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert_eq!(send(&app, "POST", "/slower", h, "").await.status, StatusCode::CONFLICT, "past the first lease");
         assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
         assert_eq!(fx.runs(), 1);
     }
