@@ -235,8 +235,13 @@ where
                     flight = Some(guard);
                     // Across instances: one fills the entry, the others
                     // wait for it.
-                    match config.store.lease(&key, config.coalesce_wait).await {
-                        Ok(true) => lease = Some(Lease::new(config.clone(), key.clone())),
+                    let holder = Lease::holder();
+                    match config
+                        .store
+                        .lease(&key, &holder, config.coalesce_wait)
+                        .await
+                    {
+                        Ok(true) => lease = Some(Lease::new(config.clone(), key.clone(), holder)),
                         Ok(false) => {
                             let waited =
                                 wait_fill(&config, &key, req.headers(), &method, &directives);
@@ -581,20 +586,34 @@ impl Waiting {
 struct Lease {
     config: Arc<Config>,
     key: String,
+    holder: String,
 }
 
 impl Lease {
-    fn new(config: Arc<Config>, key: String) -> Self {
-        Lease { config, key }
+    fn new(config: Arc<Config>, key: String, holder: String) -> Self {
+        Lease {
+            config,
+            key,
+            holder,
+        }
+    }
+
+    /// A token no other lease holds: this process, the time, a counter.
+    fn holder() -> String {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = policy::unix_ms(SystemTime::now());
+        format!("{}-{t}-{n}", std::process::id())
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         let (config, key) = (self.config.clone(), std::mem::take(&mut self.key));
+        let holder = std::mem::take(&mut self.holder);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(e) = config.store.unlease(&key).await {
+                if let Err(e) = config.store.unlease(&key, &holder).await {
                     tracing::debug!(error = %e, "cache fill lease not given up; it expires");
                 }
             });
@@ -752,10 +771,11 @@ fn write_entry(config: Arc<Config>, key: String, entry: Entry, ttl: Duration, wa
         return;
     };
     tokio::spawn(async move {
+        // Before the write: a purge announced while it runs wins.
+        let epoch = config.local.as_ref().map(|l| l.epoch());
         let written = match config.store.store(&key, raw, ttl, &entry.tags).await {
             Ok(()) => {
-                if let Some(local) = &config.local {
-                    let epoch = local.epoch();
+                if let (Some(local), Some(epoch)) = (&config.local, epoch) {
                     local.keep(&key, entry, epoch);
                 }
                 true

@@ -15,6 +15,9 @@ use super::store::Heard;
 
 pub(crate) struct LocalTier {
     entries: quick_cache::sync::Cache<String, Arc<Entry>>,
+    /// The task that applies what is heard; stopped with the tier, which
+    /// drops its channel and so ends the store's listening too.
+    task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// Listening: announcements arrive, so copies can be trusted.
     coherent: AtomicBool,
     /// Bumped by every change heard: a copy read from the store before a
@@ -29,8 +32,10 @@ impl LocalTier {
             entries: quick_cache::sync::Cache::new(capacity.max(1)),
             coherent: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
+            task: std::sync::Mutex::new(None),
         });
-        tokio::spawn(listen(Arc::downgrade(&tier), heard));
+        let task = tokio::spawn(listen(Arc::downgrade(&tier), heard));
+        *tier.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
         tier
     }
 
@@ -45,33 +50,48 @@ impl LocalTier {
     /// The epoch to pass to [`keep`](Self::keep) for a copy about to be
     /// read from the store.
     pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// Keeps a copy read from the store at `epoch`, unless something
     /// changed since (or the tier is not coherent).
     pub(crate) fn keep(&self, key: &str, entry: Entry, epoch: u64) {
-        if self.coherent.load(Ordering::Acquire) && self.epoch() == epoch {
-            self.entries.insert(key.to_owned(), Arc::new(entry));
+        if !self.coherent.load(Ordering::SeqCst) || self.epoch() != epoch {
+            return;
+        }
+        self.entries.insert(key.to_owned(), Arc::new(entry));
+        // A change heard between the check and the insert: undo it (the
+        // change bumped the epoch before removing, so one of the two sees
+        // the other).
+        if !self.coherent.load(Ordering::SeqCst) || self.epoch() != epoch {
+            self.entries.remove(key);
         }
     }
 
     /// Drops the copies of `keys`.
     pub(crate) fn forget(&self, keys: &[String]) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         for key in keys {
             self.entries.remove(key.as_str());
         }
     }
 
     fn clear(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.clear();
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()
+    }
+}
+
+impl Drop for LocalTier {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
     }
 }
 

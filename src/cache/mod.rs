@@ -166,7 +166,7 @@
 //! | request | store calls |
 //! |---|---|
 //! | hit | 1 `GET` |
-//! | miss | 1 `GET`, 1 `SET ... NX` (the fill lease), then in the background 1 write after the body when stored (`SET ... PX`, pipelined with `SADD`/`PEXPIRE` per tag) and 1 `DEL` of the lease |
+//! | miss | 1 `GET`, 1 `SET ... NX` (the fill lease), then in the background 1 write after the body when stored (`SET ... PX`, pipelined with `SADD`/`PEXPIRE` per tag) and 1 script giving the lease up (only for its holder) |
 //! | miss while another instance fills | 1 `GET`, 1 `SET ... NX`, then `GET` + `EXISTS` every 25 ms until the entry is there |
 //! | revalidation (304) | 1 `GET`, then 1 write |
 //! | request `no-cache` | 0 before the handler, 1 write when stored |

@@ -17,8 +17,10 @@ use super::layout::{entry_key, lease_key, tag_key};
 use crate::backend::on_backend;
 use crate::error::{Error, ErrorKind};
 use crate::memory::{MemoryBackend, Value};
-use crate::redis::RedisBackend;
+use crate::redis::{script, RedisBackend, Script};
 use crate::Backend;
+
+static UNLEASE: Script = script!("cache-unlease", "unlease.lua");
 
 /// Where a cache layer keeps its entries.
 pub trait CacheStore: Send + Sync + 'static {
@@ -41,21 +43,28 @@ pub trait CacheStore: Send + Sync + 'static {
     /// `DEL`).
     fn invalidate(&self, key: &str) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Removes every entry stored with `tag`; the keys of those it removed
+    /// Removes every entry stored with `tag`; the keys the tag named
+    /// (removed now, or already gone: local copies of either must go)
     /// (Redis: `SMEMBERS`, then one pipeline of `DEL`s and `SREM`).
     fn purge_tag(&self, tag: &str) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
 
-    /// Takes the fill lease of `key` for `ttl` if no one holds it: the
+    /// Takes the fill lease of `key` for `ttl`, as `holder`, if no one holds it: the
     /// holder asks the handler, other instances wait for its entry (Redis:
     /// `SET ... NX PX`).
-    fn lease(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<bool, Error>> + Send;
+    fn lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// The entry under `key`, and whether its fill lease is still held
     /// (Redis: `GET` and `EXISTS`, pipelined).
     fn poll(&self, key: &str) -> impl Future<Output = Result<(Option<Bytes>, bool), Error>> + Send;
 
-    /// Gives up the fill lease of `key` (Redis: `DEL`).
-    fn unlease(&self, key: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Gives up the fill lease of `key` if `holder` still holds it (Redis:
+    /// a compare-and-delete script).
+    fn unlease(&self, key: &str, holder: &str) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Tells every instance's local tier that the entries of `keys` changed
     /// (Redis: one `PUBLISH`). The default tells no one: a store without it
@@ -145,19 +154,14 @@ impl CacheStore for RedisBackend {
             pipe.cmd("DEL").arg(entry_key(self.namespace(), member));
         }
         pipe.cmd("SREM").arg(&set).arg(&members).ignore();
-        let removed: Vec<u64> = self.pipeline(&pipe).await?;
-        Ok(members
-            .into_iter()
-            .zip(removed)
-            .filter(|(_, n)| *n > 0)
-            .map(|(key, _)| key)
-            .collect())
+        let _: Vec<u64> = self.pipeline(&pipe).await?;
+        Ok(members)
     }
 
-    async fn lease(&self, key: &str, ttl: Duration) -> Result<bool, Error> {
+    async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
         let mut cmd = ::redis::cmd("SET");
         cmd.arg(lease_key(self.namespace(), key))
-            .arg(1)
+            .arg(holder)
             .arg("NX")
             .arg("PX")
             .arg(crate::time::millis(ttl).max(1));
@@ -173,10 +177,14 @@ impl CacheStore for RedisBackend {
         Ok((entry.map(Bytes::from), held > 0))
     }
 
-    async fn unlease(&self, key: &str) -> Result<(), Error> {
-        self.delete(&lease_key(self.namespace(), key))
-            .await
-            .map(drop)
+    async fn unlease(&self, key: &str, holder: &str) -> Result<(), Error> {
+        let _: i64 = self
+            .script(&UNLEASE)
+            .key(lease_key(self.namespace(), key))
+            .arg(holder)
+            .invoke()
+            .await?;
+        Ok(())
     }
 
     async fn announce(&self, keys: &[String]) -> Result<(), Error> {
@@ -211,9 +219,16 @@ impl CacheStore for RedisBackend {
                         tokio::select! {
                             message = messages.next() => {
                                 let Some(message) = message else { break };
-                                let payload: String = message.get_payload().unwrap_or_default();
-                                let keys = payload.split(',').filter(|k| !k.is_empty()).map(str::to_owned).collect();
-                                if tx.send(Heard::Changed(keys)).await.is_err() {
+                                // An unreadable message may have named keys:
+                                // nothing local can be trusted then.
+                                let heard = match message.get_payload::<String>() {
+                                    Ok(payload) => Heard::Changed(
+                                        payload.split(',').filter(|k| !k.is_empty()).map(str::to_owned).collect(),
+                                    ),
+                                    Err(_) => Heard::Lost,
+                                };
+                                let lost = heard == Heard::Lost;
+                                if tx.send(heard).await.is_err() || (lost && tx.send(Heard::Ready).await.is_err()) {
                                     return;
                                 }
                             }
@@ -284,17 +299,15 @@ impl CacheStore for MemoryBackend {
                 Some(Value::Hash(members)) => members,
                 Some(_) => return Err(wrong_type()),
             };
-            let mut removed = Vec::new();
-            for member in members.keys() {
-                if ks.remove(&entry_key(self.namespace(), member)).is_some() {
-                    removed.push(member.clone());
-                }
+            let members: Vec<String> = members.into_keys().collect();
+            for member in &members {
+                ks.remove(&entry_key(self.namespace(), member));
             }
-            Ok(removed)
+            Ok(members)
         })
     }
 
-    async fn lease(&self, key: &str, ttl: Duration) -> Result<bool, Error> {
+    async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
         let lease = lease_key(self.namespace(), key);
         self.atomically(|ks| {
             if ks.get(&lease).is_some() {
@@ -302,7 +315,7 @@ impl CacheStore for MemoryBackend {
             }
             ks.set(
                 &lease,
-                Value::Bytes(b"1".to_vec()),
+                Value::Bytes(holder.as_bytes().to_vec()),
                 Some(ttl.max(Duration::from_millis(1))),
             )?;
             Ok(true)
@@ -324,10 +337,14 @@ impl CacheStore for MemoryBackend {
         })
     }
 
-    async fn unlease(&self, key: &str) -> Result<(), Error> {
-        self.delete(&lease_key(self.namespace(), key))
-            .await
-            .map(drop)
+    async fn unlease(&self, key: &str, holder: &str) -> Result<(), Error> {
+        let lease = lease_key(self.namespace(), key);
+        self.atomically(|ks| {
+            if matches!(ks.get(&lease), Some(Value::Bytes(b)) if b == holder.as_bytes()) {
+                ks.remove(&lease);
+            }
+        });
+        Ok(())
     }
 
     async fn announce(&self, keys: &[String]) -> Result<(), Error> {
@@ -397,16 +414,16 @@ impl CacheStore for Backend {
         on_backend!(self, b => CacheStore::purge_tag(b, tag).await)
     }
 
-    async fn lease(&self, key: &str, ttl: Duration) -> Result<bool, Error> {
-        on_backend!(self, b => CacheStore::lease(b, key, ttl).await)
+    async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
+        on_backend!(self, b => CacheStore::lease(b, key, holder, ttl).await)
     }
 
     async fn poll(&self, key: &str) -> Result<(Option<Bytes>, bool), Error> {
         on_backend!(self, b => CacheStore::poll(b, key).await)
     }
 
-    async fn unlease(&self, key: &str) -> Result<(), Error> {
-        on_backend!(self, b => CacheStore::unlease(b, key).await)
+    async fn unlease(&self, key: &str, holder: &str) -> Result<(), Error> {
+        on_backend!(self, b => CacheStore::unlease(b, key, holder).await)
     }
 
     async fn announce(&self, keys: &[String]) -> Result<(), Error> {
@@ -432,9 +449,14 @@ pub(crate) trait DynCacheStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), Error>>;
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, Error>>;
     fn purge_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<Vec<String>, Error>>;
-    fn lease<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, Error>>;
+    fn lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
     fn poll<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(Option<Bytes>, bool), Error>>;
-    fn unlease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+    fn unlease<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), Error>>;
     fn announce<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), Error>>;
     fn listen(&self) -> Option<mpsc::Receiver<Heard>>;
 }
@@ -458,14 +480,19 @@ impl<T: CacheStore> DynCacheStore for T {
     fn purge_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<Vec<String>, Error>> {
         Box::pin(CacheStore::purge_tag(self, tag))
     }
-    fn lease<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(CacheStore::lease(self, key, ttl))
+    fn lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(CacheStore::lease(self, key, holder, ttl))
     }
     fn poll<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(Option<Bytes>, bool), Error>> {
         Box::pin(CacheStore::poll(self, key))
     }
-    fn unlease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(CacheStore::unlease(self, key))
+    fn unlease<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(CacheStore::unlease(self, key, holder))
     }
     fn announce<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(CacheStore::announce(self, keys))
@@ -525,10 +552,15 @@ impl Store {
         }
     }
 
-    pub(crate) async fn lease(&self, key: &str, ttl: Duration) -> Result<bool, Error> {
+    pub(crate) async fn lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
         match self {
-            Store::Backend(b) => CacheStore::lease(b, key, ttl).await,
-            Store::Custom(s) => s.lease(key, ttl).await,
+            Store::Backend(b) => CacheStore::lease(b, key, holder, ttl).await,
+            Store::Custom(s) => s.lease(key, holder, ttl).await,
         }
     }
 
@@ -539,10 +571,10 @@ impl Store {
         }
     }
 
-    pub(crate) async fn unlease(&self, key: &str) -> Result<(), Error> {
+    pub(crate) async fn unlease(&self, key: &str, holder: &str) -> Result<(), Error> {
         match self {
-            Store::Backend(b) => CacheStore::unlease(b, key).await,
-            Store::Custom(s) => s.unlease(key).await,
+            Store::Backend(b) => CacheStore::unlease(b, key, holder).await,
+            Store::Custom(s) => s.unlease(key, holder).await,
         }
     }
 

@@ -802,6 +802,21 @@ support::both_backends! { fixture;
         }
     }
 
+    a_fill_lease_is_given_up_only_by_its_holder => |fx| {
+        use redis_layers::cache::CacheStore;
+        let store = fx.tb.backend.clone();
+        let short = Duration::from_millis(100);
+        assert!(store.lease("k", "a", short).await.unwrap());
+        assert!(!store.lease("k", "b", short).await.unwrap(), "held");
+        // A's lease runs out; B takes it; A's late give-up leaves B's.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(store.lease("k", "b", Duration::from_secs(5)).await.unwrap());
+        store.unlease("k", "a").await.unwrap();
+        assert!(store.poll("k").await.unwrap().1, "B still holds it");
+        store.unlease("k", "b").await.unwrap();
+        assert!(!store.poll("k").await.unwrap().1);
+    }
+
     two_instances_share_the_store => |fx| {
         let a = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
         let b = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
@@ -836,14 +851,19 @@ impl redis_layers::cache::CacheStore for Quiet {
     async fn purge_tag(&self, tag: &str) -> Result<Vec<String>, redis_layers::Error> {
         self.0.purge_tag(tag).await
     }
-    async fn lease(&self, key: &str, ttl: Duration) -> Result<bool, redis_layers::Error> {
-        self.0.lease(key, ttl).await
+    async fn lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, redis_layers::Error> {
+        self.0.lease(key, holder, ttl).await
     }
     async fn poll(&self, key: &str) -> Result<(Option<bytes::Bytes>, bool), redis_layers::Error> {
         self.0.poll(key).await
     }
-    async fn unlease(&self, key: &str) -> Result<(), redis_layers::Error> {
-        self.0.unlease(key).await
+    async fn unlease(&self, key: &str, holder: &str) -> Result<(), redis_layers::Error> {
+        self.0.unlease(key, holder).await
     }
 }
 

@@ -18,8 +18,12 @@ async fn a_hit_is_one_get_and_a_miss_adds_one_set() {
         move || -> Vec<String> { monitor.take().into_iter().filter(|c| c != "keys").collect() };
     get(&app, "/fresh").await;
     fx.stored(1).await;
-    // Look up, take the fill lease, store, give the lease up.
-    assert_eq!(sent(), ["get", "set", "set", "del"]);
+    // Look up, take the fill lease, store, give the lease up (a
+    // compare-and-delete script, loaded on this first use).
+    assert_eq!(sent(), ["get", "set", "set", "evalsha", "eval"]);
+    get(&app, "/fresh?another").await;
+    fx.stored(2).await;
+    assert_eq!(sent(), ["get", "set", "set", "evalsha"]);
     assert!(get(&app, "/fresh").await.hit());
     assert_eq!(sent(), ["get"]);
     send(&app, "POST", "/other", &[]).await;
