@@ -514,6 +514,38 @@ fn scenarios() -> Vec<Scenario> {
                 })
             },
         },
+        // A first POST with a new key each time: claim, run, complete.
+        Scenario {
+            name: "idempotency-first",
+            build: |ctx| {
+                Box::pin(async move {
+                    use redis_layers::idempotency::{IdempotencyLayer, Scope};
+                    let backend = bench_backend(&ctx, format!("{}-idem-first", ctx.prefix));
+                    let router = Router::new()
+                        .route(
+                            "/orders",
+                            axum::routing::post(|| async {
+                                (http::StatusCode::CREATED, "order 1")
+                            }),
+                        )
+                        .layer(IdempotencyLayer::new(backend, Scope::header("x-api-key")));
+                    // A fresh key per request (the client's formatting is
+                    // small next to two scripts).
+                    let request: Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> =
+                        Arc::new(|task, i| {
+                            Request::post("/orders")
+                                .header("x-api-key", "bench")
+                                .header(
+                                    "idempotency-key",
+                                    format!("f-{task}-{i}-{}", std::process::id()),
+                                )
+                                .body(Body::from("{}"))
+                                .unwrap()
+                        });
+                    Target { router, request }
+                })
+            },
+        },
         // The layer's own cost, without Redis: the same requests on the
         // memory store.
         Scenario {
