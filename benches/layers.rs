@@ -531,14 +531,14 @@ fn scenarios() -> Vec<Scenario> {
                         .layer(IdempotencyLayer::new(backend, Scope::header("x-api-key")));
                     // A fresh key per request (the client's formatting is
                     // small next to two scripts).
+                    static NEXT: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
                     let request: Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> =
-                        Arc::new(|task, i| {
+                        Arc::new(|_, _| {
+                            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             Request::post("/orders")
                                 .header("x-api-key", "bench")
-                                .header(
-                                    "idempotency-key",
-                                    format!("f-{task}-{i}-{}", std::process::id()),
-                                )
+                                .header("idempotency-key", format!("f-{n}-{}", std::process::id()))
                                 .body(Body::from("{}"))
                                 .unwrap()
                         });
