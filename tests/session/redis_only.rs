@@ -110,7 +110,13 @@ async fn under_steady_traffic_the_touch_runs_at_most_once_per_interval() {
     assert_eq!(gets, reads, "one GET per read: {sent:?}");
     assert!(evals <= 1, "{sent:?}");
     assert_eq!(gets + touches + evals, sent.len(), "nothing else: {sent:?}");
-    let most = (elapsed.as_millis() / interval.as_millis()) as usize + 1;
+    // The layer's estimate of Redis's clock may run ahead by half the
+    // round trip it was measured over; on a loaded machine (this suite's
+    // tests run in parallel on two cores) that reaches tens of ms, so a
+    // touch may come up to ~50 ms early. Without the interval there would
+    // be a touch per read (over a hundred).
+    let slack = Duration::from_millis(50);
+    let most = (elapsed.as_millis() / (interval - slack).as_millis()) as usize + 1;
     assert!(
         touches <= most,
         "{touches} touches in {elapsed:?} (at most {most})"
