@@ -524,9 +524,8 @@ where
 
     let mut guard = Held::new(config.clone(), key.clone(), token);
     parts.extensions.insert(FencingToken(token));
-    let result = inner
-        .call(Request::from_parts(parts, ResponseBody::full(body)))
-        .await;
+    let handler = inner.call(Request::from_parts(parts, ResponseBody::full(body)));
+    let result = guard.beside(handler).await;
     let res = match result {
         Ok(res) => res,
         Err(e) => {
@@ -699,49 +698,62 @@ async fn read_prefix<B: Body<Data = Bytes> + Send + 'static>(
     }
 }
 
-/// A claim while the handler runs: renews the lease in the background and,
+/// A claim while the handler runs: renews the lease beside it and,
 /// if dropped before it completes or releases (the request future dropped,
 /// a panic), releases the key so the client can retry.
 struct Held {
     config: Arc<Config>,
     key: String,
     token: u64,
-    heartbeat: Option<tokio::task::JoinHandle<()>>,
     done: bool,
 }
 
 impl Held {
     fn new(config: Arc<Config>, key: String, token: u64) -> Self {
-        let every = config.lease / 3;
-        let (c, k) = (config.clone(), key.clone());
-        let heartbeat = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                match c.store.extend(&k, token, c.lease).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!("idempotency claim lost while the handler ran");
-                        return;
-                    }
-                    // Try again at the next beat; the lease may hold.
-                    Err(e) => tracing::warn!(error = %e, "idempotency lease not renewed"),
-                }
-            }
-        });
         Held {
             config,
             key,
             token,
-            heartbeat: Some(heartbeat),
             done: false,
+        }
+    }
+
+    /// Runs `handler`, renewing the lease every third of it while the
+    /// handler runs (in this same task: no task or timer for a handler
+    /// quicker than that).
+    async fn beside<F: Future>(&self, handler: F) -> F::Output {
+        let every = self.config.lease / 3;
+        let mut handler = std::pin::pin!(handler);
+        loop {
+            let beat = tokio::time::sleep(every);
+            tokio::select! {
+                out = &mut handler => return out,
+                () = beat => {}
+            }
+            let renew = self
+                .config
+                .store
+                .extend(&self.key, self.token, self.config.lease);
+            let mut renew = std::pin::pin!(renew);
+            tokio::select! {
+                out = &mut handler => return out,
+                renewed = &mut renew => match renewed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // Another request holds it now: nothing to renew;
+                        // completion will be refused (fencing).
+                        tracing::warn!("idempotency claim lost while the handler ran");
+                        return handler.await;
+                    }
+                    // Again at the next beat; the lease may hold.
+                    Err(e) => tracing::warn!(error = %e, "idempotency lease not renewed"),
+                },
+            }
         }
     }
 
     fn stop(&mut self) {
         self.done = true;
-        if let Some(h) = self.heartbeat.take() {
-            h.abort();
-        }
     }
 
     async fn complete(&mut self, record: Vec<u8>) {
