@@ -101,6 +101,15 @@ impl Error {
         Error::new(ErrorKind::Decode, message)
     }
 
+    /// What Redis answers to a command on a key of another type; the
+    /// memory backend answers the same.
+    pub(crate) fn wrong_type() -> Self {
+        Error::new(
+            ErrorKind::Server,
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+        )
+    }
+
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::Config, message)
     }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::layout::{entry_key, lease_key, tag_key};
 use crate::backend::on_backend;
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::memory::{MemoryBackend, Value};
 use crate::redis::{script, RedisBackend, Script};
 use crate::Backend;
@@ -275,7 +275,7 @@ impl CacheStore for MemoryBackend {
                     Some(Value::Hash(members)) => {
                         members.insert(key.to_owned(), Vec::new());
                     }
-                    Some(_) => return Err(wrong_type()),
+                    Some(_) => return Err(Error::wrong_type()),
                     None => {
                         let members = [(key.to_owned(), Vec::new())].into_iter().collect();
                         ks.set(&set, Value::Hash(members), None)?;
@@ -297,7 +297,7 @@ impl CacheStore for MemoryBackend {
             let members = match ks.remove(&set) {
                 None => return Ok(Vec::new()),
                 Some(Value::Hash(members)) => members,
-                Some(_) => return Err(wrong_type()),
+                Some(_) => return Err(Error::wrong_type()),
             };
             let members: Vec<String> = members.into_keys().collect();
             for member in &members {
@@ -331,7 +331,7 @@ impl CacheStore for MemoryBackend {
             let found = match ks.get(&entry) {
                 None => None,
                 Some(Value::Bytes(b)) => Some(Bytes::copy_from_slice(b)),
-                Some(_) => return Err(wrong_type()),
+                Some(_) => return Err(Error::wrong_type()),
             };
             Ok((found, ks.get(&lease).is_some()))
         })
@@ -382,13 +382,6 @@ impl CacheStore for MemoryBackend {
         });
         Some(rx)
     }
-}
-
-fn wrong_type() -> Error {
-    Error::new(
-        ErrorKind::Server,
-        "WRONGTYPE Operation against a key holding the wrong kind of value",
-    )
 }
 
 impl CacheStore for Backend {

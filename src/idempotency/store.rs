@@ -191,7 +191,7 @@ impl IdempotencyStore for MemoryBackend {
         self.atomically(|ks| {
             if let Some(value) = ks.get(&record) {
                 let Value::Bytes(raw) = value else {
-                    return Err(wrong_type());
+                    return Err(Error::wrong_type());
                 };
                 let raw = Bytes::copy_from_slice(raw);
                 let ttl = match ks.ttl(&record) {
@@ -211,7 +211,7 @@ impl IdempotencyStore for MemoryBackend {
                         })?
                         + 1
                 }
-                Some(_) => return Err(wrong_type()),
+                Some(_) => return Err(Error::wrong_type()),
             };
             ks.set(
                 &counter,
@@ -270,13 +270,6 @@ impl IdempotencyStore for MemoryBackend {
             }
         }))
     }
-}
-
-fn wrong_type() -> Error {
-    Error::new(
-        ErrorKind::Server,
-        "WRONGTYPE Operation against a key holding the wrong kind of value",
-    )
 }
 
 impl IdempotencyStore for Backend {

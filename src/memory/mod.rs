@@ -438,10 +438,7 @@ impl MemoryBackend {
         self.atomically(|ks| match ks.get(key) {
             None => Ok(None),
             Some(Value::Bytes(b)) => Ok(Some(b.clone())),
-            Some(_) => Err(Error::new(
-                ErrorKind::Server,
-                "WRONGTYPE Operation against a key holding the wrong kind of value",
-            )),
+            Some(_) => Err(Error::wrong_type()),
         })
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::layout::{decode, encode, state_key};
 use super::policy::{check, Policy};
 use super::store::{Decision, PolicyState, RateLimitStore};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::memory::{MemoryBackend, Value};
 
 impl RateLimitStore for MemoryBackend {
@@ -17,12 +17,7 @@ impl RateLimitStore for MemoryBackend {
             let stored = match ks.get(&key) {
                 None => None,
                 Some(Value::Bytes(b)) => Some(b.as_slice()),
-                Some(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Server,
-                        "WRONGTYPE Operation against a key holding the wrong kind of value",
-                    ))
-                }
+                Some(_) => return Err(Error::wrong_type()),
             };
             let mut outcomes = Vec::with_capacity(policies.len());
             let mut next = Vec::with_capacity(policies.len());

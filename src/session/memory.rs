@@ -13,23 +13,16 @@ use super::store::{
     DeleteOutcome, DeleteRequest, LoadOutcome, LoadRequest, Loaded, SaveMode, SaveOutcome,
     SaveRequest, SessionInfo, SessionRecord, SessionStore, RENEWED_MARKER_TTL,
 };
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::memory::{Keyspace, MemoryBackend, Value};
 use crate::time::{millis as ms, system_time};
-
-fn wrong_type() -> Error {
-    Error::new(
-        ErrorKind::Server,
-        "WRONGTYPE Operation against a key holding the wrong kind of value",
-    )
-}
 
 /// The session value under `key`, if any (a hash is an error, as on Redis).
 fn value<'a>(ks: &'a mut Keyspace, key: &str) -> Result<Option<&'a mut Vec<u8>>, Error> {
     match ks.get_mut(key) {
         None => Ok(None),
         Some(Value::Bytes(b)) => Ok(Some(b)),
-        Some(_) => Err(wrong_type()),
+        Some(_) => Err(Error::wrong_type()),
     }
 }
 
@@ -41,7 +34,7 @@ fn hash<'a>(
     match ks.get_mut(key) {
         None => Ok(None),
         Some(Value::Hash(h)) => Ok(Some(h)),
-        Some(_) => Err(wrong_type()),
+        Some(_) => Err(Error::wrong_type()),
     }
 }
 
@@ -193,7 +186,7 @@ impl SessionStore for MemoryBackend {
                 Some(Value::Hash(h)) => h,
                 Some(other) => {
                     ks.set(&key, other, None)?;
-                    return Err(wrong_type());
+                    return Err(Error::wrong_type());
                 }
             };
             index.insert(
