@@ -9,11 +9,10 @@ mod support;
 #[path = "../examples/app/routes.rs"]
 mod routes;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use support::http::Client;
 use support::{Kind, TestBackend};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The app on a free loopback port, for as long as the test runs.
 async fn serve(backend: redis_layers::Backend) -> SocketAddr {
@@ -28,141 +27,6 @@ async fn serve(backend: redis_layers::Backend) -> SocketAddr {
         .await
     });
     addr
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// An HTTP/1.1 client with a cookie jar: one connection per request.
-struct Client {
-    addr: SocketAddr,
-    jar: BTreeMap<String, String>,
-}
-
-impl Client {
-    fn new(addr: SocketAddr) -> Self {
-        Client {
-            addr,
-            jar: BTreeMap::new(),
-        }
-    }
-
-    fn on(&self, addr: SocketAddr) -> Self {
-        Client {
-            addr,
-            jar: self.jar.clone(),
-        }
-    }
-
-    async fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> Reply {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-        if !self.jar.is_empty() {
-            let cookies: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            req.push_str(&format!("Cookie: {}\r\n", cookies.join("; ")));
-        }
-        for (n, v) in headers {
-            req.push_str(&format!("{n}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        stream.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a response head");
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut body = raw[split + 4..].to_vec();
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        if headers
-            .iter()
-            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
-        {
-            body = dechunk(&body);
-        }
-        for (n, v) in &headers {
-            if n != "set-cookie" {
-                continue;
-            }
-            let pair = v.split(';').next().unwrap_or("");
-            if let Some((name, value)) = pair.split_once('=') {
-                let expired = v.to_ascii_lowercase().contains("max-age=0");
-                if value.is_empty() || expired {
-                    self.jar.remove(name);
-                } else {
-                    self.jar.insert(name.to_owned(), value.to_owned());
-                }
-            }
-        }
-        Reply {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> Reply {
-        self.send("GET", path, &[], "").await
-    }
-
-    async fn form(&mut self, path: &str, body: &str) -> Reply {
-        self.send(
-            "POST",
-            path,
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            body,
-        )
-        .await
-    }
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&raw[..end]).unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&raw[end + 2..end + 2 + size]);
-        raw = &raw[end + 2 + size + 2..];
-    }
 }
 
 /// The handle of the first session on an account page that is not this one.

@@ -5,6 +5,8 @@
 //! Set `REDIS_SERVER` to use a binary other than the `redis-server` on PATH.
 #![allow(dead_code, unreachable_pub, unused_macros, unused_imports)]
 
+pub mod http;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
