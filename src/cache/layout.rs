@@ -26,7 +26,6 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use sha2::{Digest, Sha256};
 
 use crate::keys::Namespace;
 
@@ -54,26 +53,11 @@ pub(crate) fn entry_key(ns: &Namespace, hash: &str) -> String {
     ns.tagged_with_room("cache", hash, 2).into_key("e")
 }
 
-/// 32 hex digits of SHA-256 over `parts`, each length-prefixed so that no
-/// two different lists hash alike.
-pub(crate) fn hash_hex<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
-    let digest = hash(parts);
-    let mut out = String::with_capacity(32);
-    for b in digest {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    out
-}
+pub(crate) use crate::digest::hex_digest as hash_hex;
 
-/// The first 16 bytes of SHA-256 over length-prefixed `parts`.
+/// The first 16 bytes of [`digest_parts`](crate::digest::digest_parts).
 pub(crate) fn hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 16] {
-    let mut h = Sha256::new();
-    for part in parts {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    let full = h.finalize();
+    let full = crate::digest::digest_parts(parts);
     let mut out = [0u8; 16];
     out.copy_from_slice(&full[..16]);
     out

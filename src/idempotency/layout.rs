@@ -22,7 +22,6 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use sha2::{Digest, Sha256};
 
 use crate::keys::Namespace;
 
@@ -37,26 +36,7 @@ pub(crate) fn keys(ns: &Namespace, hash: &str) -> (String, String) {
     (tagged.key("r"), tagged.key("n"))
 }
 
-/// SHA-256 over length-prefixed parts.
-pub(crate) fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for part in parts {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    h.finalize().into()
-}
-
-/// 32 hex digits of [`digest`].
-pub(crate) fn hash_hex<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
-    let d = digest(parts);
-    let mut out = String::with_capacity(32);
-    for b in &d[..16] {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    out
-}
+pub(crate) use crate::digest::{digest_parts as digest, hex_digest as hash_hex};
 
 /// A token as the record and the scripts hold it.
 pub(crate) fn token_bytes(token: u64) -> [u8; 8] {

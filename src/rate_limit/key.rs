@@ -200,7 +200,6 @@ impl Key {
 /// value.
 fn header_key(parts: &Parts, name: &HeaderName, out: &mut String) -> bool {
     use sha2::{Digest, Sha256};
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let Some(value) = parts.headers.get(name).map(|v| v.as_bytes()) else {
         return false;
     };
@@ -209,10 +208,7 @@ fn header_key(parts: &Parts, name: &HeaderName, out: &mut String) -> bool {
     }
     let digest = Sha256::digest(value);
     out.push_str("hdr:");
-    for byte in &digest[..16] {
-        out.push(HEX[usize::from(byte >> 4)] as char);
-        out.push(HEX[usize::from(byte & 15)] as char);
-    }
+    crate::digest::push_hex(out, &digest[..16]);
     true
 }
 
