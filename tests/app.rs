@@ -29,9 +29,12 @@ async fn serve(backend: redis_layers::Backend) -> SocketAddr {
     addr
 }
 
+const LOGIN_ALICE: &str = "user=alice&password=wonderland";
+
 /// The handle of the first session on an account page that is not this one.
 fn other_session(account: &str) -> Option<String> {
-    let at = account.find("action=/account/revoke/")? + "action=/account/revoke/".len();
+    let marker = "action=\"/account/revoke/";
+    let at = account.find(marker)? + marker.len();
     Some(
         account[at..]
             .chars()
@@ -44,23 +47,21 @@ async fn every_flow(kind: Kind) {
     let tb = TestBackend::new(kind);
     let addr = serve(tb.backend.clone()).await;
 
-    // Health and the visit counter.
+    // Health; an anonymous visit stores nothing and sets no cookie.
     let mut alice = Client::new(addr);
     assert_eq!(alice.get("/healthz").await.status, 200);
-    assert!(alice
-        .get("/")
-        .await
-        .body
-        .contains("Visits in this session: <b>1</b>"));
-    assert!(alice
-        .get("/")
-        .await
-        .body
-        .contains("Visits in this session: <b>2</b>"));
+    let r = alice.get("/").await;
+    assert!(r.body.contains("Not logged in"), "{}", r.body);
+    assert_eq!(r.header("set-cookie"), None);
 
-    // Login renews the session id; the account lists this session.
+    // A wrong password is refused; the right one logs in and renews the id.
+    let r = alice.form("/login", "user=alice&password=nope").await;
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("Wrong user name or password"), "{}", r.body);
+    let r = alice.form("/login", "user=carol&password=wonderland").await;
+    assert_eq!(r.status, 401, "an unknown user is refused the same way");
     let before = alice.jar.clone();
-    let r = alice.form("/login", "user=alice").await;
+    let r = alice.form("/login", LOGIN_ALICE).await;
     assert_eq!(r.status, 303);
     assert_eq!(r.header("location"), Some("/account"));
     assert_ne!(alice.jar, before, "a new session id at login");
@@ -71,10 +72,20 @@ async fn every_flow(kind: Kind) {
         account.body
     );
     assert!(account.body.contains("this session"));
+    assert_eq!(account.header("cache-control"), Some("no-store"));
+    // The visit counter lives in the logged-in session.
+    assert!(alice
+        .get("/")
+        .await
+        .body
+        .contains("Visits in this session: <b>1</b>"));
+    let home = alice.get("/").await;
+    assert!(home.body.contains("Visits in this session: <b>2</b>"));
+    assert_eq!(home.header("cache-control"), Some("no-store"));
 
     // A second device; the first revokes it; it is logged out.
     let mut phone = Client::new(addr);
-    assert_eq!(phone.form("/login", "user=alice").await.status, 303);
+    assert_eq!(phone.form("/login", LOGIN_ALICE).await.status, 303);
     let account = alice.get("/account").await;
     let handle = other_session(&account.body).expect("the phone's session is listed");
     assert_eq!(
@@ -88,10 +99,11 @@ async fn every_flow(kind: Kind) {
     assert_eq!(r.status, 303, "revoked: back to the login page");
     assert_eq!(r.header("location"), Some("/login"));
 
-    // A bad user name is a problem, not a 500.
-    let r = alice.form("/login", "user=%3Cscript%3E").await;
+    // A bad user name is a 400 page that echoes it escaped.
+    let r = alice.form("/login", "user=%3Cscript%3E&password=x").await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert!(r.body.contains("value=\"&lt;script&gt;\""), "{}", r.body);
+    assert!(!r.body.contains("<script>"));
 
     // The API's rate limit, with its fields.
     let mut api = Client::new(addr);
@@ -146,7 +158,13 @@ async fn every_flow(kind: Kind) {
 
     // Orders: replay, 422, missing key.
     let mut buyer = Client::new(addr);
-    let order = |key: &'static str| [("X-API-Key", "buyer"), ("Idempotency-Key", key)];
+    let order = |key: &'static str| {
+        [
+            ("X-API-Key", "buyer"),
+            ("Idempotency-Key", key),
+            ("Content-Type", "application/json"),
+        ]
+    };
     let first = buyer
         .send("POST", "/api/orders", &order("\"o-1\""), "{\"item\":1}")
         .await;
@@ -174,8 +192,12 @@ async fn every_flow(kind: Kind) {
             c.send(
                 "POST",
                 "/api/orders",
-                &[("X-API-Key", "buyer-2"), ("Idempotency-Key", "o-2")],
-                "{}",
+                &[
+                    ("X-API-Key", "buyer-2"),
+                    ("Idempotency-Key", "o-2"),
+                    ("Content-Type", "application/json"),
+                ],
+                "{\"item\":3,\"quantity\":2}",
             )
             .await
         }));
@@ -212,13 +234,14 @@ async fn two_instances_share_one_redis() {
 
     // A session made on one is valid on the other.
     let mut on_a = Client::new(a);
-    assert_eq!(on_a.form("/login", "user=carol").await.status, 303);
+    assert_eq!(
+        on_a.form("/login", "user=bob&password=builder")
+            .await
+            .status,
+        303
+    );
     let mut on_b = on_a.on(b);
-    assert!(on_b
-        .get("/account")
-        .await
-        .body
-        .contains("Sessions of carol"));
+    assert!(on_b.get("/account").await.body.contains("Sessions of bob"));
 
     // A purge on one is seen by the other.
     let mut shopper = Client::new(b);
@@ -252,9 +275,18 @@ async fn two_instances_share_one_redis() {
     }
 
     // An order made on one replays on the other.
-    let h = [("X-API-Key", "k"), ("Idempotency-Key", "shared")];
-    let first = Client::new(a).send("POST", "/api/orders", &h, "{}").await;
-    let again = Client::new(b).send("POST", "/api/orders", &h, "{}").await;
+    let h = [
+        ("X-API-Key", "k"),
+        ("Idempotency-Key", "shared"),
+        ("Content-Type", "application/json"),
+    ];
+    let first = Client::new(a)
+        .send("POST", "/api/orders", &h, "{\"item\":2}")
+        .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = Client::new(b)
+        .send("POST", "/api/orders", &h, "{\"item\":2}")
+        .await;
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.body, first.body);
 
@@ -275,4 +307,370 @@ async fn two_instances_share_one_redis() {
         "{statuses:?}"
     );
     assert_eq!(statuses.last(), Some(&429));
+}
+
+/// Asserts `r` is a client error in the form its route promises: a small
+/// HTML page (pages) or problem+json (the API), never markup it was sent.
+#[track_caller]
+fn client_error(r: &support::http::Reply, status: u16, api: bool, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.body);
+    let want = if api {
+        "application/problem+json"
+    } else {
+        "text/html; charset=utf-8"
+    };
+    assert_eq!(r.header("content-type"), Some(want), "{what}");
+    assert!(
+        !r.body.contains("<script>"),
+        "{what} echoed markup: {}",
+        r.body
+    );
+}
+
+/// Every form and API route answers malformed input with a 4xx page or
+/// problem+json, over HTTP; nothing a client sends gets a 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_get_4xx_answers() {
+    let tb = TestBackend::new(Kind::Memory);
+    let addr = serve(tb.backend.clone()).await;
+    let mut c = Client::new(addr);
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let json = |key: &'static str| {
+        [
+            ("X-API-Key", "hostile"),
+            ("Idempotency-Key", key),
+            ("Content-Type", "application/json"),
+        ]
+    };
+    let huge = "a".repeat(routes::MAX_BODY_BYTES + 1);
+
+    // Login (under its per-address limit of 10 in a burst).
+    let r = c.form("/login", "password=x").await;
+    client_error(&r, 422, false, "login without a user name");
+    let r = c.form("/login", "user=alice").await;
+    client_error(&r, 422, false, "login without a password");
+    let r = c.send("POST", "/login", &[], "user=alice&password=x").await;
+    client_error(&r, 415, false, "login without a content type");
+    let r = c
+        .send("POST", "/login", &form, b"user=%FF%FE&password=x")
+        .await;
+    assert!(
+        r.status == 400 || r.status == 422,
+        "not UTF-8: {}",
+        r.status
+    );
+    let r = c
+        .form("/login", &format!("user=alice&password={huge}"))
+        .await;
+    client_error(&r, 413, false, "a huge login form");
+    let r = c
+        .form("/login", &format!("user={}&password=x", "a".repeat(65)))
+        .await;
+    client_error(&r, 400, false, "a 65-character user name");
+    let r = c
+        .form(
+            "/login",
+            "user=%3Cscript%3Ealert(1)%3C%2Fscript%3E&password=x",
+        )
+        .await;
+    client_error(&r, 400, false, "markup in a user name");
+    assert!(r.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    let r = c
+        .form(
+            "/login",
+            &format!("user=alice&password={}", "p".repeat(300)),
+        )
+        .await;
+    client_error(&r, 401, false, "a password over the length limit");
+
+    // The price form (logged in) and product paths.
+    let mut admin = Client::new(addr);
+    assert_eq!(admin.form("/login", LOGIN_ALICE).await.status, 303);
+    let r = admin.form("/admin/products/1/price", "cents=-5").await;
+    client_error(&r, 422, false, "a negative price");
+    let r = admin.form("/admin/products/1/price", "cents=2000000").await;
+    client_error(&r, 400, false, "a price over the limit");
+    let r = admin.form("/admin/products/1/price", "").await;
+    client_error(&r, 422, false, "no price");
+    let r = admin.form("/admin/products/999/price", "cents=5").await;
+    client_error(&r, 404, false, "an unknown product");
+    let r = admin.form("/admin/products/abc/price", "cents=5").await;
+    client_error(&r, 404, false, "a product id that is not a number");
+    let r = c.get("/products/abc").await;
+    client_error(&r, 404, false, "a product page that is not a number");
+    let r = c.get("/products/99999999999999999999").await;
+    client_error(&r, 404, false, "a product id past u32");
+    let r = admin.form("/account/revoke/%3Cscript%3E", "").await;
+    client_error(&r, 404, false, "revoking a session that does not exist");
+
+    // Unknown paths and wrong methods: a page, or problem+json under /api/.
+    let r = c.get("/nowhere/%3Cscript%3E").await;
+    client_error(&r, 404, false, "an unknown page");
+    let r = c.get("/api/nowhere").await;
+    client_error(&r, 404, true, "an unknown API route");
+    let r = c.send("DELETE", "/login", &[], "").await;
+    client_error(&r, 405, false, "DELETE on a page");
+    assert!(r.header("allow").is_some_and(|a| a.contains("POST")));
+    let r = c.send("PUT", "/api/orders", &[], "").await;
+    client_error(&r, 405, true, "PUT on the API");
+
+    // Orders.
+    let r = c
+        .send("POST", "/api/orders", &json("\"h-1\""), "{\"item\":")
+        .await;
+    client_error(&r, 400, true, "broken JSON");
+    let r = c
+        .send(
+            "POST",
+            "/api/orders",
+            &json("\"h-2\""),
+            "{\"item\":\"tea\"}",
+        )
+        .await;
+    client_error(&r, 422, true, "a string for a number");
+    let r = c
+        .send("POST", "/api/orders", &json("\"h-3\""), "{\"item\":42}")
+        .await;
+    client_error(&r, 422, true, "an unknown product");
+    let r = c
+        .send(
+            "POST",
+            "/api/orders",
+            &json("\"h-4\""),
+            "{\"item\":1,\"quantity\":0}",
+        )
+        .await;
+    client_error(&r, 422, true, "no quantity");
+    let r = c
+        .send(
+            "POST",
+            "/api/orders",
+            &json("\"h-5\""),
+            b"{\"item\":\xff}".as_slice(),
+        )
+        .await;
+    client_error(&r, 400, true, "not UTF-8");
+    let r = c
+        .send(
+            "POST",
+            "/api/orders",
+            &[("X-API-Key", "hostile"), ("Idempotency-Key", "\"h-6\"")],
+            "{\"item\":1}",
+        )
+        .await;
+    client_error(&r, 415, true, "JSON without its content type");
+    let r = c
+        .send(
+            "POST",
+            "/api/orders",
+            &json("\"h-7\""),
+            format!("{{\"x\":\"{huge}\"}}"),
+        )
+        .await;
+    assert!(r.status == 413, "a huge order: {} {}", r.status, r.body);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let r = c
+        .send(
+            "POST",
+            "/api/orders",
+            &json("not a structured string"),
+            "{\"item\":1}",
+        )
+        .await;
+    client_error(&r, 400, true, "a malformed Idempotency-Key");
+    let long_key = format!("\"{}\"", "k".repeat(300));
+    let r = c
+        .send(
+            "POST",
+            "/api/orders",
+            &[
+                ("X-API-Key", "hostile"),
+                ("Idempotency-Key", long_key.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            "{\"item\":1}",
+        )
+        .await;
+    client_error(&r, 400, true, "an oversized Idempotency-Key");
+}
+
+/// A flood of cookieless visits (and of distinct cached URLs) cannot push
+/// a logged-in session out of a full memory backend: anonymous visits
+/// store nothing, and the backend evicts the soonest-expiring keys (the
+/// short-lived cache entries) first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_anonymous_visits_logs_nobody_out() {
+    // Small, so that a bounded flood more than fills it.
+    let memory = redis_layers::memory::MemoryBackend::builder()
+        .max_entries(200)
+        .build()
+        .unwrap();
+    let backend = redis_layers::Backend::Memory(memory.clone());
+    let addr = serve(backend).await;
+    let mut alice = Client::new(addr);
+    assert_eq!(alice.form("/login", LOGIN_ALICE).await.status, 303);
+    let stored = memory.len();
+
+    let flood: Vec<_> = (0..4)
+        .map(|task| {
+            tokio::spawn(async move {
+                for i in 0..75 {
+                    let mut anonymous = Client::new(addr);
+                    let r = anonymous.get("/").await;
+                    assert_eq!(r.status, 200);
+                    assert_eq!(
+                        r.header("set-cookie"),
+                        None,
+                        "an anonymous visit sets no cookie"
+                    );
+                    let r = anonymous.get(&format!("/products?flood={task}-{i}")).await;
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in flood {
+        t.await.unwrap();
+    }
+    assert!(
+        memory.len() >= 150,
+        "the cache entries filled the backend: {}",
+        memory.len()
+    );
+    let account = alice.get("/account").await;
+    assert_eq!(account.status, 200, "alice is still logged in");
+    assert!(account.body.contains("Sessions of alice"));
+    assert!(stored <= 5, "a login stores a few keys, not {stored}");
+}
+
+/// The example binary itself (built by `cargo test` with the other
+/// examples): settings errors, the port in use, SIGTERM.
+mod process {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn app() -> Command {
+        let exe = std::env::current_exe().unwrap();
+        let examples = exe.parent().unwrap().parent().unwrap().join("examples");
+        let path = examples.join(format!("app{}", std::env::consts::EXE_SUFFIX));
+        assert!(
+            path.exists(),
+            "{} is missing: `cargo test` builds it; or run `cargo build --example app`",
+            path.display()
+        );
+        let mut cmd = Command::new(path);
+        cmd.env_remove("REDIS_URL")
+            .env_remove("HOST")
+            .env_remove("PORT")
+            .env_remove("COOKIE_SECURE")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs `cmd` to its end (bounded) and returns (exit code, stderr).
+    fn fails(cmd: &mut Command) -> (Option<i32>, String) {
+        let mut child = cmd.spawn().unwrap();
+        let started = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("the app did not stop on a bad setting");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn a_bad_setting_is_one_line_naming_the_variable() {
+        let (code, err) = fails(app().env("PORT", "abc"));
+        assert_eq!(code, Some(2));
+        assert_eq!(
+            err.trim(),
+            "error: PORT must be a number from 0 to 65535, not \"abc\""
+        );
+        let (code, err) = fails(app().env("HOST", "my host"));
+        assert_eq!(code, Some(2));
+        assert!(err.contains("HOST must be an IP address"), "{err}");
+        let (code, err) = fails(app().env("REDIS_URL", "secret@localhost:6379"));
+        assert_eq!(code, Some(2));
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("REDIS_URL must start with redis://"), "{err}");
+        assert!(!err.contains("secret"), "the URL is not echoed: {err}");
+        let (code, err) = fails(app().env("COOKIE_SECURE", "maybe"));
+        assert_eq!(code, Some(2));
+        assert!(err.contains("COOKIE_SECURE"), "{err}");
+    }
+
+    #[test]
+    fn a_port_in_use_is_named() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let (code, err) = fails(app().env("PORT", port.to_string()));
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            err.trim(),
+            format!("error: port {port} on 127.0.0.1 is already in use: set PORT to another")
+        );
+    }
+
+    #[test]
+    fn sigterm_stops_it_gracefully_and_logs_carry_no_colour_codes() {
+        let port = {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            free.local_addr().unwrap().port()
+        };
+        let mut child = app().env("PORT", port.to_string()).spawn().unwrap();
+        let started = Instant::now();
+        // Up: /healthz answers.
+        loop {
+            let up = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out)
+            });
+            if up.is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the app did not start"
+            );
+            assert!(child.try_wait().unwrap().is_none(), "the app exited");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let stopping = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                stopping.elapsed() < Duration::from_secs(10),
+                "the app did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{:?}", out.status);
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert!(log.contains("SIGTERM received, shutting down"), "{log}");
+        assert!(log.contains("stopped"), "{log}");
+        assert!(
+            !log.contains('\u{1b}'),
+            "colour codes in a log file: {log:?}"
+        );
+    }
 }

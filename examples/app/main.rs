@@ -1,12 +1,19 @@
-//! The example web app: `cargo run --example app`, then open http://127.0.0.1:3000.
+//! The example web app: `cargo run --example app`, then open
+//! http://127.0.0.1:3000 and log in as `alice` / `wonderland`.
 //!
-//! - `PORT` changes the port (default 3000).
+//! Settings, from the environment (a bad value stops the app with one line
+//! naming it):
+//! - `HOST` (default 127.0.0.1) and `PORT` (default 3000).
 //! - `REDIS_URL` (e.g. `redis://127.0.0.1:6379`) switches from the in-process
 //!   memory backend to Redis; run two copies on different ports against one
-//!   Redis and a session works on both.
+//!   Redis and they share sessions, limits, cache purges and orders.
+//! - `COOKIE_SECURE=1` when served over https (e.g. behind a TLS proxy).
 //! - `RUST_LOG` sets the log filter (default `info`).
 //!
-//! Pages: a visit counter (`/`), login with any user name (the session id is
+//! It stops gracefully on Ctrl-C or SIGTERM: in-flight requests finish.
+//!
+//! Pages: a visit counter for logged-in users (`/`), login with a demo
+//! account (passwords checked against Argon2id hashes; the session id is
 //! renewed), logout, and an account page listing the user's sessions with
 //! buttons to revoke one or all others; `/api/time`, a JSON endpoint.
 //!
@@ -25,37 +32,68 @@
 //! `X-API-Key`, whose holder the key belongs to); a retry replays the
 //! order, a concurrent duplicate gets 409, another body with the same key
 //! 422:
-//! `curl -si -X POST -H 'X-API-Key: demo' -H 'Idempotency-Key: "o-1"' -d '{"item":1}' localhost:3000/api/orders`
+//! `curl -si -X POST -H 'X-API-Key: demo' -H 'Idempotency-Key: "o-1"' -H 'Content-Type: application/json' -d '{"item":1}' localhost:3000/api/orders`
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
 use redis_layers::Backend;
 
+mod config;
 mod routes;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
+    let config = match config::Config::from_env() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+async fn run(config: config::Config) -> Result<(), String> {
     // Redis when REDIS_URL is set, else the in-process memory backend.
-    let backend = Backend::from_env_with_prefix("example-app")?;
+    let backend = Backend::from_env_with_prefix("example-app").map_err(|e| e.to_string())?;
     if let Err(e) = backend.ping().await {
         tracing::warn!(error = %e, "Redis is not answering yet; requests will retry");
     }
-
-    // COOKIE_SECURE=1 when served over https (e.g. behind a TLS proxy).
-    let secure = std::env::var("COOKIE_SECURE").is_ok_and(|v| v == "1" || v == "true");
-    let app = routes::router(backend, secure)?;
-    let port: u16 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(3000);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = routes::router(backend, config.secure_cookies).map_err(|e| e.to_string())?;
+    let addr = config.addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                format!(
+                    "port {} on {} is already in use: set PORT to another",
+                    addr.port(),
+                    addr.ip()
+                )
+            }
+            _ => format!("cannot listen on {addr}: {e}"),
+        })?;
     tracing::info!("listening on http://{addr}");
     // With the peer's address: the rate limits key on it.
     axum::serve(
@@ -63,15 +101,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    .await
+    .map_err(|e| format!("the server stopped: {e}"))?;
     tracing::info!("stopped");
     Ok(())
 }
 
+/// Ctrl-C or (on Unix) SIGTERM, as sent by `kill`, systemd or Kubernetes.
 async fn shutdown_signal() {
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %e, "cannot listen for Ctrl-C");
-        std::future::pending::<()>().await;
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
+        () = term => tracing::info!("SIGTERM received, shutting down"),
     }
-    tracing::info!("Ctrl-C received, shutting down");
 }

@@ -1,9 +1,10 @@
 //! The example app's routes and handlers (shared with the end-to-end tests
 //! in `tests/app.rs`, which serve this same router).
 
-use axum::extract::{Form, Path, State};
-use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Form, Json, Path, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Extension;
 use axum::Router;
@@ -13,6 +14,14 @@ use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule
 use redis_layers::session::{Session, SessionError, SessionLayer};
 use redis_layers::{Backend, Problem};
 use serde::Deserialize;
+
+#[path = "users.rs"]
+mod users;
+#[path = "views.rs"]
+mod views;
+
+/// Request bodies larger than this get a 413 (forms and JSON alike).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// The whole app on `backend`. `secure_cookies` is the session cookie's
 /// `Secure` flag: off only for plain http on localhost.
@@ -27,7 +36,7 @@ pub fn router(backend: Backend, secure_cookies: bool) -> Result<Router, redis_la
         // .trusted_proxies(["10.0.0.0/8"])
         .rule(
             Rule::route("/login")
-                .method(axum::http::Method::POST)
+                .method(Method::POST)
                 .policy(Policy::per_minute(30).burst(10).named("login-ip"))
                 .named("login-ip"),
         )
@@ -65,6 +74,9 @@ pub fn router(backend: Backend, secure_cookies: bool) -> Result<Router, redis_la
                 Scope::header("x-api-key"),
             )),
         )
+        .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(limits)
         .layer(sessions)
         .layer(cache)
@@ -74,55 +86,70 @@ pub fn router(backend: Backend, secure_cookies: bool) -> Result<Router, redis_la
         .with_state(backend))
 }
 
-fn page(title: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><meta charset=utf-8><title>{title}</title>\
-         <style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}\
-         table{{border-collapse:collapse}}td,th{{padding:.3em .8em;border-bottom:1px solid #ddd}}\
-         form{{display:inline}}</style>\
-         <h1>{title}</h1>{body}"
-    ))
+/// `Cache-Control: no-store` for pages that show private data.
+fn private(page: maud::Markup) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], page).into_response()
 }
 
-/// Escapes text for HTML (user names and user agents come from clients).
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
+/// Unknown paths: problem+json under `/api/`, a small page elsewhere.
+async fn not_found(uri: Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such API route: see /api/time and /api/orders.",
+        )
+        .into_response();
     }
-    out
+    views::error(
+        StatusCode::NOT_FOUND,
+        "Page not found",
+        "There is no page at this address.",
+    )
 }
 
-async fn home(
-    State(backend): State<Backend>,
-    session: Session,
-) -> Result<Html<String>, SessionError> {
+/// A known path with a method it does not take.
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        return Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed",
+            format!("{} does not take {method}.", uri.path()),
+        )
+        .into_response();
+    }
+    views::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed",
+        &format!("This page does not take {method}."),
+    )
+}
+
+/// A form the extractor refused (wrong content type, a missing or bad
+/// field, not UTF-8, too large): its 4xx status, as a page.
+fn bad_form(rejection: FormRejection) -> Response {
+    let detail = match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => format!("The form is larger than {MAX_BODY_BYTES} bytes."),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            "Send the form as application/x-www-form-urlencoded.".to_owned()
+        }
+        _ => "A field is missing or not valid.".to_owned(),
+    };
+    views::error(rejection.status(), "Invalid form", &detail)
+}
+
+async fn home(State(backend): State<Backend>, session: Session) -> Result<Response, SessionError> {
+    let Some(user) = session.user().await? else {
+        // No write: an anonymous visit creates no session.
+        return Ok(views::home(None, None, backend.kind()).into_response());
+    };
     let visits: u64 = session.get("visits").await?.unwrap_or(0) + 1;
     session.insert("visits", visits)?;
-    let who = match session.user().await? {
-        Some(user) => format!(
-            "Logged in as <b>{}</b>. <a href=\"/account\">Your sessions</a> \
-             <form method=post action=/logout><button>Log out</button></form>",
-            escape(&user)
-        ),
-        None => "Not logged in. <a href=\"/login\">Log in</a>".to_owned(),
-    };
-    Ok(page(
-        "redis-layers example",
-        &format!(
-            "<p>Visits in this session: <b>{visits}</b></p><p>{who}</p>\
-             <p><a href=\"/products\">Shop</a> (cached)</p>\
-             <p>Backend: {}</p><p><a href=\"/health\">/health</a></p>",
-            backend.kind()
-        ),
-    ))
+    Ok(private(views::home(
+        Some(&user),
+        Some(visits),
+        backend.kind(),
+    )))
 }
 
 /// The shop's catalogue: names here, prices in the backend (shared by
@@ -154,59 +181,50 @@ fn euros(cents: u64) -> String {
 /// Public pages: cached by the cache layer for a minute (and refreshed in
 /// the background for 30 s after), tagged so a price change can purge
 /// them.
-fn public(tags: String, body: Html<String>) -> Response {
+fn public(tags: String, page: maud::Markup) -> Response {
     (
         [
             (
-                axum::http::header::CACHE_CONTROL,
+                header::CACHE_CONTROL,
                 "public, max-age=60, stale-while-revalidate=30".to_owned(),
             ),
-            (
-                axum::http::header::HeaderName::from_static("cache-tag"),
-                tags,
-            ),
+            (header::HeaderName::from_static("cache-tag"), tags),
         ],
-        body,
+        page,
     )
         .into_response()
 }
 
 async fn products(State(backend): State<Backend>) -> Response {
-    let mut rows = String::new();
+    let mut rows = Vec::new();
     for (id, name, default) in PRODUCTS {
-        rows.push_str(&format!(
-            "<tr><td><a href=\"/products/{id}\">{name}</a></td><td>{}</td></tr>",
-            euros(price(&backend, id, default).await)
-        ));
+        let price = euros(price(&backend, id, default).await);
+        rows.push(views::ProductRow { id, name, price });
     }
-    public(
-        "products".to_owned(),
-        page(
-            "Shop",
-            &format!("<table>{rows}</table><p><a href=\"/\">Home</a></p>"),
-        ),
+    public("products".to_owned(), views::products(&rows))
+}
+
+fn find_product(id: Result<Path<u32>, PathRejection>) -> Option<(u32, &'static str, u64)> {
+    let Path(id) = id.ok()?;
+    PRODUCTS.into_iter().find(|p| p.0 == id)
+}
+
+fn no_such_product() -> Response {
+    views::error(
+        StatusCode::NOT_FOUND,
+        "No such product",
+        "See the product list for what the shop sells.",
     )
 }
 
-async fn product(State(backend): State<Backend>, Path(id): Path<u32>) -> Response {
-    let Some((id, name, default)) = PRODUCTS.into_iter().find(|p| p.0 == id) else {
-        return Problem::new(StatusCode::NOT_FOUND, "No such product", "Try /products.")
-            .into_response();
+async fn product(State(backend): State<Backend>, id: Result<Path<u32>, PathRejection>) -> Response {
+    let Some((id, name, default)) = find_product(id) else {
+        return no_such_product();
     };
     let cents = price(&backend, id, default).await;
     public(
         format!("products, product-{id}"),
-        page(
-            name,
-            &format!(
-                "<p>Price: <b>{}</b></p>\
-                 <form method=post action=/admin/products/{id}/price>\
-                 <label>New price (cents) <input name=cents type=number min=0 max=1000000 required></label> \
-                 <button>Change (logged-in users)</button></form>\
-                 <p><a href=\"/products\">All products</a></p>",
-                euros(cents)
-            ),
-        ),
+        views::product(id, name, &euros(cents)),
     )
 }
 
@@ -219,26 +237,28 @@ async fn set_price(
     State(backend): State<Backend>,
     Extension(purger): Extension<Purger>,
     session: Session,
-    Path(id): Path<u32>,
-    Form(form): Form<PriceForm>,
+    id: Result<Path<u32>, PathRejection>,
+    form: Result<Form<PriceForm>, FormRejection>,
 ) -> Result<Response, SessionError> {
     if session.user().await?.is_none() {
         return Ok(Redirect::to("/login").into_response());
     }
-    if !PRODUCTS.iter().any(|p| p.0 == id) || form.cents > 1_000_000 {
-        return Ok(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Invalid price change",
-            "Name a listed product and a price up to 1000000 cents.",
-        )
-        .into_response());
-    }
+    let Some((id, _, _)) = find_product(id) else {
+        return Ok(no_such_product());
+    };
+    let cents = match form {
+        Ok(Form(form)) if form.cents <= 1_000_000 => form.cents,
+        Ok(_) => {
+            return Ok(views::error(
+                StatusCode::BAD_REQUEST,
+                "Invalid price",
+                "A price is 0 to 1000000 cents.",
+            ))
+        }
+        Err(rejection) => return Ok(bad_form(rejection)),
+    };
     let stored = backend
-        .set(
-            &price_key(&backend, id),
-            form.cents.to_string().as_bytes(),
-            None,
-        )
+        .set(&price_key(&backend, id), cents.to_string().as_bytes(), None)
         .await;
     if let Err(e) = stored {
         return Ok(Problem::store_failure("shop", &e).into_response());
@@ -253,38 +273,44 @@ async fn set_price(
     Ok(Redirect::to(&format!("/products/{id}")).into_response())
 }
 
-async fn login_form() -> Html<String> {
-    page(
-        "Log in",
-        "<form method=post action=/login>\
-         <label>User name <input name=user required maxlength=64 pattern=\"[A-Za-z0-9_.-]+\"></label> \
-         <button>Log in</button></form><p>Any name works: this is a demo.</p>",
-    )
+async fn login_form() -> maud::Markup {
+    views::login(None, "")
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
     user: String,
+    password: String,
+}
+
+/// The rule the login form states.
+fn valid_user_name(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 64
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 async fn login(
     State(backend): State<Backend>,
     session: Session,
-    Form(form): Form<LoginForm>,
+    form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejection) => return bad_form(rejection),
+    };
     let user = form.user.trim();
-    let valid = !user.is_empty()
-        && user.len() <= 64
-        && user
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if !valid {
-        return Problem::new(
+    if !valid_user_name(user) {
+        return (
             StatusCode::BAD_REQUEST,
-            "Invalid user name",
-            "Use 1 to 64 letters, digits, '_', '.' or '-'.",
+            views::login(
+                Some("User names are 1 to 64 letters, digits, '_', '.' or '-'."),
+                user,
+            ),
         )
-        .into_response();
+            .into_response();
     }
     // Per user name, whatever the address (password spraying from many
     // addresses): the name is in the body, so the handler asks the store.
@@ -295,19 +321,29 @@ async fn login(
     {
         Ok(decision) if !decision.allowed => {
             let wait = decision.retry_after().as_millis().div_ceil(1000).max(1) as u64;
-            let mut res = Problem::new(
+            let mut res = views::error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many login attempts",
-                "Too many attempts for this user name; try again later.",
-            )
-            .into_response();
-            res.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, wait.into());
+                &format!("Too many attempts for this user name; try again in {wait} s."),
+            );
+            res.headers_mut().insert(header::RETRY_AFTER, wait.into());
             return res;
         }
         Ok(_) => {}
         // Fail open, as the layer does by default.
         Err(e) => tracing::warn!(error = %e, "login limit unavailable"),
+    }
+    // Argon2 is slow on purpose: off the async workers.
+    let (name, password) = (user.to_owned(), form.password);
+    let verified = tokio::task::spawn_blocking(move || users::verify(&name, &password))
+        .await
+        .unwrap_or(false);
+    if !verified {
+        return (
+            StatusCode::UNAUTHORIZED,
+            views::login(Some("Wrong user name or password."), user),
+        )
+            .into_response();
     }
     // A new id on every privilege change (OWASP): a session id an attacker
     // planted before login is useless after it.
@@ -331,49 +367,38 @@ async fn account(session: Session) -> Result<Response, SessionError> {
     let Some(user) = session.user().await? else {
         return Ok(Redirect::to("/login").into_response());
     };
-    let mut rows = String::new();
-    for s in session.sessions().await? {
-        let age = |t: std::time::SystemTime| {
-            t.elapsed()
-                .map(|d| format!("{} s ago", d.as_secs()))
-                .unwrap_or_else(|_| "now".to_owned())
-        };
-        let action = if s.current {
-            "<i>this session</i>".to_owned()
-        } else {
-            format!(
-                "<form method=post action=/account/revoke/{}><button>Revoke</button></form>",
-                s.handle
-            )
-        };
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
-            escape(s.user_agent.as_deref().unwrap_or("unknown")),
-            age(s.created),
-            age(s.last_seen),
-        ));
-    }
-    Ok(page(
-        &format!("Sessions of {}", escape(&user)),
-        &format!(
-            "<table><tr><th>Device</th><th>Created</th><th>Last seen</th><th></th></tr>{rows}</table>\
-             <p><form method=post action=/account/revoke-others><button>Log out other devices</button></form> \
-             <form method=post action=/logout><button>Log out</button></form> <a href=\"/\">Home</a></p>"
-        ),
-    )
-    .into_response())
+    let ago = |t: std::time::SystemTime| {
+        t.elapsed()
+            .map(|d| format!("{} s ago", d.as_secs()))
+            .unwrap_or_else(|_| "now".to_owned())
+    };
+    let rows: Vec<views::SessionRow> = session
+        .sessions()
+        .await?
+        .into_iter()
+        .map(|s| views::SessionRow {
+            handle: s.handle.to_string(),
+            device: s.user_agent.unwrap_or_else(|| "unknown".to_owned()),
+            created: ago(s.created),
+            last_seen: ago(s.last_seen),
+            current: s.current,
+        })
+        .collect();
+    Ok(private(views::account(&user, &rows)))
 }
 
 async fn revoke(session: Session, Path(handle): Path<String>) -> Result<Response, SessionError> {
+    if session.user().await?.is_none() {
+        return Ok(Redirect::to("/login").into_response());
+    }
     if session.revoke(&handle).await? {
         Ok(Redirect::to("/account").into_response())
     } else {
-        Ok(Problem::new(
+        Ok(views::error(
             StatusCode::NOT_FOUND,
             "No such session",
             "That session does not exist or is not yours.",
-        )
-        .into_response())
+        ))
     }
 }
 
@@ -387,18 +412,54 @@ async fn api_time() -> impl IntoResponse {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        format!("{{\"unix_ms\":{}}}", now.as_millis()),
-    )
+    Json(serde_json::json!({ "unix_ms": now.as_millis() as u64 }))
+}
+
+/// An order: a listed product and a quantity.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Order {
+    item: u32,
+    #[serde(default = "one")]
+    quantity: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Creates an order (here: makes up its number). Runs once per
-/// idempotency key; retries get this same answer.
-async fn create_order(Extension(token): Extension<FencingToken>, body: String) -> Response {
-    if body.len() > 4096 {
-        return Problem::new(StatusCode::BAD_REQUEST, "Order too large", "At most 4 KB.")
-            .into_response();
+/// idempotency key; retries get this same answer, 4xx answers included.
+async fn create_order(
+    Extension(token): Extension<FencingToken>,
+    order: Result<Json<Order>, JsonRejection>,
+) -> Response {
+    let order = match order {
+        Ok(Json(order)) => order,
+        Err(rejection) => {
+            return Problem::new(
+                rejection.status(),
+                "Invalid order",
+                match rejection {
+                    JsonRejection::MissingJsonContentType(_) => {
+                        "Send the order as application/json.".to_owned()
+                    }
+                    JsonRejection::BytesRejection(_) => {
+                        format!("The order is larger than {MAX_BODY_BYTES} bytes.")
+                    }
+                    _ => "Send {\"item\": <product id>, \"quantity\": 1 to 100}.".to_owned(),
+                },
+            )
+            .into_response()
+        }
+    };
+    if !PRODUCTS.iter().any(|p| p.0 == order.item) || !(1..=100).contains(&order.quantity) {
+        return Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid order",
+            "Name a listed product (1 to 3) and a quantity from 1 to 100.",
+        )
+        .into_response();
     }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -408,14 +469,12 @@ async fn create_order(Extension(token): Extension<FencingToken>, body: String) -
     tracing::info!(order = %id, fencing_token = token.0, "order created");
     (
         StatusCode::CREATED,
-        [
-            (axum::http::header::LOCATION, format!("/api/orders/{id}")),
-            (
-                axum::http::header::CONTENT_TYPE,
-                "application/json".to_owned(),
-            ),
-        ],
-        format!("{{\"id\":\"{id}\",\"items\":{}}}", serde_json::json!(body)),
+        [(header::LOCATION, format!("/api/orders/{id}"))],
+        Json(serde_json::json!({
+            "id": id,
+            "item": order.item,
+            "quantity": order.quantity,
+        })),
     )
         .into_response()
 }

@@ -213,7 +213,10 @@ impl RedisBackendBuilder {
             Source::Pool(pool) => (pool, None),
             Source::Url(url) => {
                 let invalid = |e: ::redis::RedisError| {
-                    Error::new(ErrorKind::Config, "invalid Redis URL").with_source(e)
+                    Error::new(
+                        ErrorKind::Config,
+                        "invalid Redis URL (expected redis://host:port, rediss://host:port or unix:///path)",
+                    ).with_source(e)
                 };
                 let manager = RedisConnectionManager::new(url.as_str()).map_err(invalid)?;
                 let client = ::redis::Client::open(url.as_str()).map_err(invalid)?;
