@@ -457,8 +457,8 @@ fn scenarios() -> Vec<Scenario> {
             name: "cache-hit-local",
             build: |ctx| Box::pin(cache_target(ctx, true)),
         },
-        // A retried POST answered from its idempotency record: one
-        // claim script that returns the record.
+        // A retried POST answered from its idempotency record: one claim
+        // transaction (MULTI/EXEC) that returns the record.
         Scenario {
             name: "idempotency-replay",
             build: |ctx| {

@@ -2,7 +2,7 @@
 -- that lost its lease cannot overwrite a newer claim).
 --
 -- KEYS[1]  the record
--- ARGV[1]  the holder's token (8 bytes)
+-- ARGV[1]  the holder id (8 bytes)
 -- ARGV[2]  the completed record
 -- ARGV[3]  how long it is kept (ms)
 --

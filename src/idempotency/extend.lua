@@ -1,7 +1,7 @@
 -- Renews a claim's lease, only for its holder.
 --
 -- KEYS[1]  the record
--- ARGV[1]  the holder's token (8 bytes)
+-- ARGV[1]  the holder id (8 bytes)
 -- ARGV[2]  the lease (ms)
 --
 -- Returns 1 when renewed, 0 when the record is gone or held by another.

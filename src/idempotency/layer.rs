@@ -497,10 +497,11 @@ where
     // With a wait configured, a key in flight is asked again until it
     // completes (then replayed), is freed (then claimed), or the wait ends.
     let waited_until = tokio::time::Instant::now() + config.wait;
+    let holder = layout::new_holder();
     let token = loop {
         let claim = config
             .store
-            .claim(&key, &fingerprint, config.lease, counter_ttl)
+            .claim(&key, &fingerprint, holder, config.lease, counter_ttl)
             .await;
         match claim {
             Err(e) => {
@@ -522,7 +523,7 @@ where
         }
     };
 
-    let mut guard = Held::new(config.clone(), key.clone(), token);
+    let mut guard = Held::new(config.clone(), key.clone(), holder);
     parts.extensions.insert(FencingToken(token));
     let handler = inner.call(Request::from_parts(parts, ResponseBody::full(body)));
     let result = guard.beside(handler).await;
@@ -551,7 +552,7 @@ where
             headers: replayed_headers(&head.headers),
             body: prefix.clone(),
         };
-        match layout::complete(token, &fingerprint, &stored) {
+        match layout::complete(holder, &fingerprint, &stored) {
             Some(record) => guard.complete(record).await,
             None => guard.release().await,
         }
@@ -562,7 +563,7 @@ where
     // does not run the handler again.
     tracing::warn!("idempotent response too large to keep; a retry gets 409, not a replay");
     guard
-        .complete(layout::unretained(token, &fingerprint))
+        .complete(layout::unretained(holder, &fingerprint))
         .await;
     Ok(Response::from_parts(
         head,
@@ -704,16 +705,16 @@ async fn read_prefix<B: Body<Data = Bytes> + Send + 'static>(
 struct Held {
     config: Arc<Config>,
     key: String,
-    token: u64,
+    holder: u64,
     done: bool,
 }
 
 impl Held {
-    fn new(config: Arc<Config>, key: String, token: u64) -> Self {
+    fn new(config: Arc<Config>, key: String, holder: u64) -> Self {
         Held {
             config,
             key,
-            token,
+            holder,
             done: false,
         }
     }
@@ -733,7 +734,7 @@ impl Held {
             let renew = self
                 .config
                 .store
-                .extend(&self.key, self.token, self.config.lease);
+                .extend(&self.key, self.holder, self.config.lease);
             let mut renew = std::pin::pin!(renew);
             tokio::select! {
                 out = &mut handler => return out,
@@ -761,7 +762,7 @@ impl Held {
         match self
             .config
             .store
-            .complete(&self.key, self.token, record, self.config.retention)
+            .complete(&self.key, self.holder, record, self.config.retention)
             .await
         {
             Ok(true) => {}
@@ -770,14 +771,14 @@ impl Held {
             ),
             Err(e) => {
                 tracing::error!(error = %e, "idempotency record not stored; releasing the key");
-                let _ = self.config.store.release(&self.key, self.token).await;
+                let _ = self.config.store.release(&self.key, self.holder).await;
             }
         }
     }
 
     async fn release(&mut self) {
         self.stop();
-        if let Err(e) = self.config.store.release(&self.key, self.token).await {
+        if let Err(e) = self.config.store.release(&self.key, self.holder).await {
             tracing::warn!(error = %e, "idempotency key not released; it frees itself when the lease ends");
         }
     }
@@ -789,14 +790,14 @@ impl Drop for Held {
             return;
         }
         self.stop();
-        let (config, key, token) = (
+        let (config, key, holder) = (
             self.config.clone(),
             std::mem::take(&mut self.key),
-            self.token,
+            self.holder,
         );
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let _ = config.store.release(&key, token).await;
+                let _ = config.store.release(&key, holder).await;
             });
         }
     }

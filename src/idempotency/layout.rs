@@ -2,7 +2,7 @@
 //! memory (`record.lua` reads the same layout).
 //!
 //! Keys, one hash tag per record: `{prefix}:idem:{<hash>}:r` (the record)
-//! and `{prefix}:idem:{<hash>}:n` (its fencing counter), where `<hash>`
+//! and `{prefix}:idem:{<hash>}:n` (its fencing-token counter), where `<hash>`
 //! is 32 hex digits of SHA-256 over the scope, method, route and the
 //! client's key, so no client key or scope appears in clear.
 //!
@@ -12,7 +12,9 @@
 //! "RLI1"
 //! u8  state             1 in flight, 2 complete, 3 complete but its
 //!                       response too large to keep
-//! f64 token             the fencing token (a double, as Lua keeps it)
+//! u64 holder            who claimed it: unique per claim, so renew,
+//!                       complete and release act only for their own
+//!                       claim (the fencing token is the counter's)
 //! [u8; 32] fingerprint  of the request (method, path, query, type, body)
 //! -- complete only:
 //! u16 status
@@ -38,9 +40,33 @@ pub(crate) fn keys(ns: &Namespace, hash: &str) -> (String, String) {
 
 pub(crate) use crate::digest::{digest_parts as digest, hex_digest as hash_hex};
 
-/// A token as the record and the scripts hold it.
-pub(crate) fn token_bytes(token: u64) -> [u8; 8] {
-    (token as f64).to_be_bytes()
+/// A holder id as the record and the scripts hold it.
+pub(crate) fn holder_bytes(holder: u64) -> [u8; 8] {
+    holder.to_be_bytes()
+}
+
+/// A new holder id: unique per claim. A random base per process plus a
+/// counter, so ids never repeat within a process, and two processes' ids
+/// collide with a chance of about one in 2^64 per pair.
+pub(crate) fn new_holder() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static BASE: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the operating system's random source.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A stored response, to replay.
@@ -55,7 +81,7 @@ pub(crate) struct Stored {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Record {
     InFlight {
-        token: u64,
+        holder: u64,
         fingerprint: [u8; 32],
     },
     Complete {
@@ -69,21 +95,21 @@ pub(crate) enum Record {
 }
 
 /// An in-flight record.
-pub(crate) fn in_flight(token: u64, fingerprint: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn in_flight(holder: u64, fingerprint: &[u8; 32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(45);
     out.extend_from_slice(MAGIC);
     out.push(IN_FLIGHT);
-    out.extend_from_slice(&token_bytes(token));
+    out.extend_from_slice(&holder_bytes(holder));
     out.extend_from_slice(fingerprint);
     out
 }
 
 /// A completed record; `None` when a header is too long for its field.
-pub(crate) fn complete(token: u64, fingerprint: &[u8; 32], response: &Stored) -> Option<Vec<u8>> {
+pub(crate) fn complete(holder: u64, fingerprint: &[u8; 32], response: &Stored) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(64 + response.body.len());
     out.extend_from_slice(MAGIC);
     out.push(COMPLETE);
-    out.extend_from_slice(&token_bytes(token));
+    out.extend_from_slice(&holder_bytes(holder));
     out.extend_from_slice(fingerprint);
     out.extend_from_slice(&response.status.as_u16().to_be_bytes());
     out.extend_from_slice(&u16::try_from(response.headers.len()).ok()?.to_be_bytes());
@@ -98,8 +124,8 @@ pub(crate) fn complete(token: u64, fingerprint: &[u8; 32], response: &Stored) ->
 }
 
 /// A completed record whose response was not kept.
-pub(crate) fn unretained(token: u64, fingerprint: &[u8; 32]) -> Vec<u8> {
-    let mut out = in_flight(token, fingerprint);
+pub(crate) fn unretained(holder: u64, fingerprint: &[u8; 32]) -> Vec<u8> {
+    let mut out = in_flight(holder, fingerprint);
     out[4] = UNRETAINED;
     out
 }
@@ -116,14 +142,11 @@ pub(crate) fn decode(raw: &Bytes) -> Option<Record> {
         return None;
     }
     let state = take(1)?[0];
-    let token = f64::from_be_bytes(take(8)?.try_into().ok()?);
-    if !(0.0..9.007_199_254_740_992e15).contains(&token) {
-        return None;
-    }
+    let holder = u64::from_be_bytes(take(8)?.try_into().ok()?);
     let fingerprint: [u8; 32] = take(32)?.try_into().ok()?;
     match state {
         IN_FLIGHT => Some(Record::InFlight {
-            token: token as u64,
+            holder,
             fingerprint,
         }),
         UNRETAINED => Some(Record::Unretained { fingerprint }),
@@ -164,7 +187,7 @@ mod tests {
         assert_eq!(
             decode(&raw),
             Some(Record::InFlight {
-                token: 41,
+                holder: 41,
                 fingerprint: fp
             })
         );
@@ -190,6 +213,12 @@ mod tests {
             assert_eq!(decode(&raw.slice(..cut)), None, "{cut}");
         }
         assert_eq!(decode(&Bytes::from_static(b"garbage")), None);
+    }
+
+    #[test]
+    fn holder_ids_do_not_repeat() {
+        let ids: std::collections::HashSet<u64> = (0..10_000).map(|_| new_holder()).collect();
+        assert_eq!(ids.len(), 10_000);
     }
 
     #[test]

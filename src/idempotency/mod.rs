@@ -42,14 +42,16 @@
 //! # The claim
 //!
 //! - One store call claims a free key (with a lease, [`DEFAULT_LEASE`],
-//!   and a fencing token one higher than the key's last) or returns its
-//!   record.
+//!   and a fencing token higher than the key's last) or returns its
+//!   record. The in-flight record names its holder (an id unique to the
+//!   claim); renewal, completion and release act only for that holder.
 //! - While the handler runs the lease is renewed every third of it, so a
 //!   long handler keeps its claim; if the process dies, the key is free
 //!   again once the lease runs out.
 //! - The handler sees its [`FencingToken`] in the request's extensions.
-//!   Completion stores the response only if the claim is still that
-//!   token's: a handler that lost its lease cannot overwrite a newer one.
+//!   Completion stores the response only if the claim is still its own:
+//!   a handler that lost its lease cannot overwrite a newer one, and the
+//!   newer handler's token is higher, for your own writes to compare.
 //! - 2xx and 4xx responses (but 408 and 429, which invite a retry) are
 //!   final: status, the headers in
 //!   [`REPLAYED_HEADERS`] (never `Set-Cookie` or `Date`) and the body are
@@ -63,9 +65,10 @@
 //!
 //! # Round trips
 //!
-//! A new key: 1 script to claim, 1 to complete (or release), plus one
-//! renewal per third of the lease while the handler runs. A replay or a
-//! conflict: 1.
+//! A new key: 1 to claim (on Redis a `MULTI`/`EXEC` of plain commands:
+//! `SET … NX PX … GET`, `PTTL`, `INCR`, `PEXPIRE`), 1 script to complete
+//! (or release), plus one renewal per third of the lease while the
+//! handler runs. A replay or a conflict: the claim alone.
 //! A request waiting on a key in flight asks again every 50 ms.
 
 mod header;

@@ -1,6 +1,12 @@
 //! The idempotency store seam: claim, renew, complete and release a
 //! record, each atomic and one round trip.
 //!
+//! On Redis the claim is one `MULTI`/`EXEC` of plain commands (`SET … NX
+//! GET` claims the key or returns its record; `INCR` of the key's counter
+//! gives the fencing token), cheaper for Redis than a script; renew,
+//! complete and release are small scripts that act only for the claim's
+//! holder.
+//!
 //! The crate implements [`IdempotencyStore`] for [`Backend`],
 //! [`RedisBackend`] and [`MemoryBackend`]; implement it to keep records
 //! elsewhere. `key` is 32 hex digits (the layer's hash of scope, method,
@@ -12,14 +18,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::layout::{self, keys, token_bytes};
+use super::layout::{self, holder_bytes, keys};
 use crate::backend::on_backend;
 use crate::error::{Error, ErrorKind};
 use crate::memory::{MemoryBackend, Value};
 use crate::redis::{script, RedisBackend, Script};
 use crate::Backend;
 
-static CLAIM: Script = script!("idempotency-claim", "claim.lua");
 static EXTEND: Script = script!("idempotency-extend", "record.lua", "extend.lua");
 static COMPLETE: Script = script!("idempotency-complete", "record.lua", "complete.lua");
 static RELEASE: Script = script!("idempotency-release", "record.lua", "release.lua");
@@ -43,38 +48,42 @@ pub enum Claim {
 
 /// Where an idempotency layer keeps its records.
 pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Claims `key` for `lease` when it is free (a new fencing token, one
-    /// higher than any before for this key while its counter lives
-    /// `counter_ttl`), else returns what holds it.
+    /// Claims `key` for `lease` when it is free, as `holder` (an id unique
+    /// to this claim, written into the in-flight record), with a new
+    /// fencing token (higher than any before for this key while its
+    /// counter lives `counter_ttl` past the last claim); else returns what
+    /// holds it.
     fn claim(
         &self,
         key: &str,
         fingerprint: &[u8; 32],
+        holder: u64,
         lease: Duration,
         counter_ttl: Duration,
     ) -> impl Future<Output = Result<Claim, Error>> + Send;
 
-    /// Renews the lease of `token`'s claim; false when it is no longer
-    /// held by `token`.
+    /// Renews the lease of `holder`'s claim; false when it is no longer
+    /// held by `holder`.
     fn extend(
         &self,
         key: &str,
-        token: u64,
+        holder: u64,
         lease: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Replaces `token`'s claim with `record`, kept `retention`; false
-    /// (and nothing written) when the claim is no longer `token`'s.
+    /// Replaces `holder`'s claim with `record`, kept `retention`; false
+    /// (and nothing written) when the claim is no longer `holder`'s.
     fn complete(
         &self,
         key: &str,
-        token: u64,
+        holder: u64,
         record: Vec<u8>,
         retention: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Frees `token`'s claim; false when it was no longer held by `token`.
-    fn release(&self, key: &str, token: u64) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Frees `holder`'s claim; false when it was no longer held by
+    /// `holder`.
+    fn release(&self, key: &str, holder: u64) -> impl Future<Output = Result<bool, Error>> + Send;
 }
 
 fn ms(d: Duration) -> u64 {
@@ -86,28 +95,48 @@ impl IdempotencyStore for RedisBackend {
         &self,
         key: &str,
         fingerprint: &[u8; 32],
+        holder: u64,
         lease: Duration,
         counter_ttl: Duration,
     ) -> Result<Claim, Error> {
         let (record, counter) = keys(self.namespace(), key);
-        let reply: Vec<u8> = self
-            .script(&CLAIM)
-            .key(record)
-            .key(counter)
-            .arg(&fingerprint[..])
+        // One transaction: the record when one exists (and nothing set),
+        // else the claim; its time to live either way; the next token
+        // (counted on every attempt: tokens stay increasing, with gaps);
+        // and the counter kept `counter_ttl` past this claim.
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(&record)
+            .arg(layout::in_flight(holder, fingerprint))
+            .arg("NX")
+            .arg("PX")
             .arg(ms(lease))
+            .arg("GET")
+            .cmd("PTTL")
+            .arg(&record)
+            .cmd("INCR")
+            .arg(&counter)
+            .cmd("PEXPIRE")
+            .arg(&counter)
             .arg(ms(counter_ttl))
-            .invoke()
-            .await?;
-        decode_claim(reply)
+            .ignore();
+        let (existing, ttl, token): (Option<Vec<u8>>, i64, u64) = self.pipeline(&pipe).await?;
+        Ok(match existing {
+            None => Claim::Claimed(token),
+            Some(raw) => Claim::Taken {
+                record: Bytes::from(raw),
+                ttl: Duration::from_millis(ttl.max(0) as u64),
+            },
+        })
     }
 
-    async fn extend(&self, key: &str, token: u64, lease: Duration) -> Result<bool, Error> {
+    async fn extend(&self, key: &str, holder: u64, lease: Duration) -> Result<bool, Error> {
         let (record, _) = keys(self.namespace(), key);
         let n: i64 = self
             .script(&EXTEND)
             .key(record)
-            .arg(&token_bytes(token)[..])
+            .arg(&holder_bytes(holder)[..])
             .arg(ms(lease))
             .invoke()
             .await?;
@@ -117,7 +146,7 @@ impl IdempotencyStore for RedisBackend {
     async fn complete(
         &self,
         key: &str,
-        token: u64,
+        holder: u64,
         value: Vec<u8>,
         retention: Duration,
     ) -> Result<bool, Error> {
@@ -125,7 +154,7 @@ impl IdempotencyStore for RedisBackend {
         let n: i64 = self
             .script(&COMPLETE)
             .key(record)
-            .arg(&token_bytes(token)[..])
+            .arg(&holder_bytes(holder)[..])
             .arg(value)
             .arg(ms(retention))
             .invoke()
@@ -133,47 +162,24 @@ impl IdempotencyStore for RedisBackend {
         Ok(n == 1)
     }
 
-    async fn release(&self, key: &str, token: u64) -> Result<bool, Error> {
+    async fn release(&self, key: &str, holder: u64) -> Result<bool, Error> {
         let (record, _) = keys(self.namespace(), key);
         let n: i64 = self
             .script(&RELEASE)
             .key(record)
-            .arg(&token_bytes(token)[..])
+            .arg(&holder_bytes(holder)[..])
             .invoke()
             .await?;
         Ok(n == 1)
     }
 }
 
-/// `claim.lua`'s reply.
-fn decode_claim(reply: Vec<u8>) -> Result<Claim, Error> {
-    let bad = || Error::decode("the idempotency claim script's reply is malformed");
-    let number =
-        |b: &[u8]| -> Option<f64> { Some(f64::from_be_bytes(b.get(..8)?.try_into().ok()?)) };
-    match reply.first() {
-        Some(b'C') => {
-            let token = number(&reply[1..]).ok_or_else(bad)?;
-            Ok(Claim::Claimed(token as u64))
-        }
-        Some(b'R') => {
-            let ttl = number(&reply[1..]).ok_or_else(bad)?;
-            let mut reply = Bytes::from(reply);
-            let record = reply.split_off(9);
-            Ok(Claim::Taken {
-                record,
-                ttl: Duration::from_millis(ttl.max(0.0) as u64),
-            })
-        }
-        _ => Err(bad()),
-    }
-}
-
-/// Whether `raw` is in flight under `token`.
-fn holds(raw: Option<&Value>, token: u64) -> bool {
+/// Whether `raw` is in flight under `holder`.
+fn holds(raw: Option<&Value>, holder: u64) -> bool {
     match raw {
         Some(Value::Bytes(b)) => matches!(
             layout::decode(&Bytes::copy_from_slice(b)),
-            Some(layout::Record::InFlight { token: t, .. }) if t == token
+            Some(layout::Record::InFlight { holder: t, .. }) if t == holder
         ),
         _ => false,
     }
@@ -184,6 +190,7 @@ impl IdempotencyStore for MemoryBackend {
         &self,
         key: &str,
         fingerprint: &[u8; 32],
+        holder: u64,
         lease: Duration,
         counter_ttl: Duration,
     ) -> Result<Claim, Error> {
@@ -220,17 +227,17 @@ impl IdempotencyStore for MemoryBackend {
             )?;
             ks.set(
                 &record,
-                Value::Bytes(layout::in_flight(token, fingerprint)),
+                Value::Bytes(layout::in_flight(holder, fingerprint)),
                 Some(lease.max(Duration::from_millis(1))),
             )?;
             Ok(Claim::Claimed(token))
         })
     }
 
-    async fn extend(&self, key: &str, token: u64, lease: Duration) -> Result<bool, Error> {
+    async fn extend(&self, key: &str, holder: u64, lease: Duration) -> Result<bool, Error> {
         let (record, _) = keys(self.namespace(), key);
         Ok(self.atomically(|ks| {
-            if holds(ks.get(&record), token) {
+            if holds(ks.get(&record), holder) {
                 ks.expire(&record, lease.max(Duration::from_millis(1)))
             } else {
                 false
@@ -241,13 +248,13 @@ impl IdempotencyStore for MemoryBackend {
     async fn complete(
         &self,
         key: &str,
-        token: u64,
+        holder: u64,
         value: Vec<u8>,
         retention: Duration,
     ) -> Result<bool, Error> {
         let (record, _) = keys(self.namespace(), key);
         self.atomically(|ks| {
-            if !holds(ks.get(&record), token) {
+            if !holds(ks.get(&record), holder) {
                 return Ok(false);
             }
             ks.set(
@@ -259,10 +266,10 @@ impl IdempotencyStore for MemoryBackend {
         })
     }
 
-    async fn release(&self, key: &str, token: u64) -> Result<bool, Error> {
+    async fn release(&self, key: &str, holder: u64) -> Result<bool, Error> {
         let (record, _) = keys(self.namespace(), key);
         Ok(self.atomically(|ks| {
-            if holds(ks.get(&record), token) {
+            if holds(ks.get(&record), holder) {
                 ks.remove(&record);
                 true
             } else {
@@ -277,25 +284,26 @@ impl IdempotencyStore for Backend {
         &self,
         key: &str,
         fingerprint: &[u8; 32],
+        holder: u64,
         lease: Duration,
         counter_ttl: Duration,
     ) -> Result<Claim, Error> {
-        on_backend!(self, b => IdempotencyStore::claim(b, key, fingerprint, lease, counter_ttl).await)
+        on_backend!(self, b => IdempotencyStore::claim(b, key, fingerprint, holder, lease, counter_ttl).await)
     }
-    async fn extend(&self, key: &str, token: u64, lease: Duration) -> Result<bool, Error> {
-        on_backend!(self, b => IdempotencyStore::extend(b, key, token, lease).await)
+    async fn extend(&self, key: &str, holder: u64, lease: Duration) -> Result<bool, Error> {
+        on_backend!(self, b => IdempotencyStore::extend(b, key, holder, lease).await)
     }
     async fn complete(
         &self,
         key: &str,
-        token: u64,
+        holder: u64,
         record: Vec<u8>,
         retention: Duration,
     ) -> Result<bool, Error> {
-        on_backend!(self, b => IdempotencyStore::complete(b, key, token, record, retention).await)
+        on_backend!(self, b => IdempotencyStore::complete(b, key, holder, record, retention).await)
     }
-    async fn release(&self, key: &str, token: u64) -> Result<bool, Error> {
-        on_backend!(self, b => IdempotencyStore::release(b, key, token).await)
+    async fn release(&self, key: &str, holder: u64) -> Result<bool, Error> {
+        on_backend!(self, b => IdempotencyStore::release(b, key, holder).await)
     }
 }
 
@@ -307,23 +315,24 @@ pub(crate) trait DynIdempotencyStore: Send + Sync {
         &'a self,
         key: &'a str,
         fingerprint: &'a [u8; 32],
+        holder: u64,
         lease: Duration,
         counter_ttl: Duration,
     ) -> BoxFuture<'a, Result<Claim, Error>>;
     fn extend<'a>(
         &'a self,
         key: &'a str,
-        token: u64,
+        holder: u64,
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, Error>>;
     fn complete<'a>(
         &'a self,
         key: &'a str,
-        token: u64,
+        holder: u64,
         record: Vec<u8>,
         retention: Duration,
     ) -> BoxFuture<'a, Result<bool, Error>>;
-    fn release<'a>(&'a self, key: &'a str, token: u64) -> BoxFuture<'a, Result<bool, Error>>;
+    fn release<'a>(&'a self, key: &'a str, holder: u64) -> BoxFuture<'a, Result<bool, Error>>;
 }
 
 impl<T: IdempotencyStore> DynIdempotencyStore for T {
@@ -331,6 +340,7 @@ impl<T: IdempotencyStore> DynIdempotencyStore for T {
         &'a self,
         key: &'a str,
         fingerprint: &'a [u8; 32],
+        holder: u64,
         lease: Duration,
         counter_ttl: Duration,
     ) -> BoxFuture<'a, Result<Claim, Error>> {
@@ -338,6 +348,7 @@ impl<T: IdempotencyStore> DynIdempotencyStore for T {
             self,
             key,
             fingerprint,
+            holder,
             lease,
             counter_ttl,
         ))
@@ -345,23 +356,23 @@ impl<T: IdempotencyStore> DynIdempotencyStore for T {
     fn extend<'a>(
         &'a self,
         key: &'a str,
-        token: u64,
+        holder: u64,
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(IdempotencyStore::extend(self, key, token, lease))
+        Box::pin(IdempotencyStore::extend(self, key, holder, lease))
     }
     fn complete<'a>(
         &'a self,
         key: &'a str,
-        token: u64,
+        holder: u64,
         record: Vec<u8>,
         retention: Duration,
     ) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(IdempotencyStore::complete(
-            self, key, token, record, retention,
+            self, key, holder, record, retention,
         ))
     }
-    fn release<'a>(&'a self, key: &'a str, token: u64) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(IdempotencyStore::release(self, key, token))
+    fn release<'a>(&'a self, key: &'a str, holder: u64) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(IdempotencyStore::release(self, key, holder))
     }
 }
