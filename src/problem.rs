@@ -88,7 +88,15 @@ impl Problem {
 
     /// The complete response.
     pub fn to_response<B>(&self) -> Response<ResponseBody<B>> {
-        let mut res = Response::new(ResponseBody::full(self.to_json()));
+        self.to_response_bytes().map(ResponseBody::full)
+    }
+
+    /// The complete response with a plain [`Bytes`](bytes::Bytes) body: for
+    /// example the default answer inside a rate-limit
+    /// [`on_limited`](crate::rate_limit::RateLimitLayerBuilder::on_limited)
+    /// that answers some routes otherwise.
+    pub fn to_response_bytes(&self) -> Response<bytes::Bytes> {
+        let mut res = Response::new(bytes::Bytes::from(self.to_json()));
         *res.status_mut() = self.status;
         let headers = res.headers_mut();
         headers.insert(

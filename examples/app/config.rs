@@ -14,8 +14,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The variables read.
+    pub const VARS: [&'static str; 4] = ["HOST", "PORT", "COOKIE_SECURE", "REDIS_URL"];
+
     /// From the process environment.
     pub fn from_env() -> Result<Self, String> {
+        for name in Self::VARS {
+            if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(name) {
+                return Err(format!("{name} is not valid UTF-8"));
+            }
+        }
         Self::from_vars(|name| std::env::var(name).ok())
     }
 
@@ -48,6 +56,13 @@ impl Config {
                 return Err(
                     "REDIS_URL must start with redis:// (or rediss://, unix://), \
                      as in redis://127.0.0.1:6379"
+                        .to_owned(),
+                );
+            }
+            if redis::IntoConnectionInfo::into_connection_info(url.trim()).is_err() {
+                return Err(
+                    "REDIS_URL is not a valid Redis URL (a host, a port up to 65535, \
+                     a database number), as in redis://127.0.0.1:6379/0"
                         .to_owned(),
                 );
             }

@@ -12,6 +12,9 @@
 //!
 //! It stops gracefully on Ctrl-C or SIGTERM: in-flight requests finish.
 //!
+//! Form posts to pages from another site are refused (403): the browser's
+//! `Sec-Fetch-Site` or `Origin` says where they come from.
+//!
 //! Pages: a visit counter for logged-in users (`/`), login with a demo
 //! account (passwords checked against Argon2id hashes; the session id is
 //! renewed), logout, and an account page listing the user's sessions with
@@ -19,7 +22,7 @@
 //!
 //! Rate limits: login attempts per client address (the layer) and per user
 //! name (a check in the handler, since the name is in the body); the API
-//! per `X-API-Key`, else per address. Try
+//! per known `X-API-Key` (`demo`, `alpha`, ...), else per address. Try
 //! `for i in $(seq 12); do curl -si localhost:3000/api/time | head -1; done`.
 //!
 //! Caching: the shop (`/products`, `/products/{id}`) is public and cached
@@ -29,7 +32,7 @@
 //! `curl -si localhost:3000/products/1 | grep -i cache-status` (twice).
 //!
 //! Idempotency: `POST /api/orders` needs an `Idempotency-Key` (and an
-//! `X-API-Key`, whose holder the key belongs to); a retry replays the
+//! known `X-API-Key` such as `demo`, whose holder the key belongs to); a retry replays the
 //! order, a concurrent duplicate gets 409, another body with the same key
 //! 422:
 //! `curl -si -X POST -H 'X-API-Key: demo' -H 'Idempotency-Key: "o-1"' -H 'Content-Type: application/json' -d '{"item":1}' localhost:3000/api/orders`
@@ -94,6 +97,8 @@ async fn run(config: config::Config) -> Result<(), String> {
             }
             _ => format!("cannot listen on {addr}: {e}"),
         })?;
+    // The port the system chose when PORT=0.
+    let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!("listening on http://{addr}");
     // With the peer's address: the rate limits key on it.
     axum::serve(

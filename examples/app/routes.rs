@@ -2,8 +2,9 @@
 //! in `tests/app.rs`, which serve this same router).
 
 use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Form, Json, Path, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::extract::{DefaultBodyLimit, Form, Json, Path, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Extension;
@@ -22,6 +23,21 @@ mod views;
 
 /// Request bodies larger than this get a 413 (forms and JSON alike).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The API keys this demo knows (a real app looks them up). Unknown keys
+/// are not trusted with anything stored: the API's rate limit falls back
+/// to the client's address, and orders need a known key.
+pub const API_KEYS: [&str; 6] = ["demo", "alpha", "beta", "gamma", "delta", "epsilon"];
+
+/// The request's `X-API-Key` when it is one of [`API_KEYS`].
+fn known_api_key(headers: &HeaderMap) -> Option<&'static str> {
+    let sent = headers.get("x-api-key")?.to_str().ok()?;
+    API_KEYS.into_iter().find(|k| *k == sent)
+}
+
+/// How long placing an order takes: it stands for the payment provider's
+/// round trip, and is why a concurrent duplicate sees 409.
+const ORDER_LATENCY: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// The whole app on `backend`. `secure_cookies` is the session cookie's
 /// `Secure` flag: off only for plain http on localhost.
@@ -42,11 +58,34 @@ pub fn router(backend: Backend, secure_cookies: bool) -> Result<Router, redis_la
         )
         .rule(
             Rule::prefix("/api/")
-                .key(Key::header("x-api-key").or(Key::client_ip()))
+                // A known API key, else the address: a made-up key per
+                // request neither escapes the limit nor stores a counter.
+                .key(
+                    Key::custom(|parts| {
+                        std::future::ready(known_api_key(&parts.headers).map(str::to_owned))
+                    })
+                    .or(Key::client_ip()),
+                )
                 .policy(Policy::per_minute(10).named("api"))
                 .policy(Policy::per_hour(300).fixed_window().named("api-hourly"))
                 .named("api"),
         )
+        // Pages get a page; the API keeps the default problem+json.
+        .on_limited(|limited| {
+            let login = limited
+                .violated_policies()
+                .iter()
+                .any(|p| p.starts_with("login"));
+            if !login {
+                return limited.problem().to_response_bytes();
+            }
+            let wait = limited.retry_after().as_millis().div_ceil(1000).max(1);
+            views::error_bytes(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many login attempts",
+                &format!("Too many attempts from your address; try again in {wait} s."),
+            )
+        })
         .build()?;
     // Outside the session layer: it sees the session's `Vary: Cookie` and
     // `private` marks, so one user's page never reaches another.
@@ -68,15 +107,20 @@ pub fn router(backend: Backend, secure_cookies: bool) -> Result<Router, redis_la
         .route("/api/time", get(api_time))
         .route(
             "/api/orders",
-            // Keys belong to the API key that sent them.
-            post(create_order).layer(IdempotencyLayer::new(
-                backend.clone(),
-                Scope::header("x-api-key"),
-            )),
+            // Keys belong to the API key that sent them; only known API
+            // keys get as far as a stored record.
+            post(create_order)
+                .layer(
+                    IdempotencyLayer::builder(backend.clone(), Scope::header("x-api-key"))
+                        .max_body(MAX_BODY_BYTES)
+                        .build()?,
+                )
+                .layer(middleware::from_fn(require_api_key)),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(same_origin_posts))
         .layer(limits)
         .layer(sessions)
         .layer(cache)
@@ -84,6 +128,52 @@ pub fn router(backend: Backend, secure_cookies: bool) -> Result<Router, redis_la
         .route("/health", get(health))
         .route("/healthz", get(health))
         .with_state(backend))
+}
+
+/// Orders need a known API key: 401 problem+json before anything is
+/// claimed or stored.
+async fn require_api_key(req: Request, next: Next) -> Response {
+    if known_api_key(req.headers()).is_none() {
+        return Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "Unknown API key",
+            "Send a known X-API-Key (this demo knows \"demo\").",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Cross-site request forgery: a browser says where a form post comes
+/// from (`Sec-Fetch-Site`, else `Origin`); posts to pages from another
+/// site are refused. Clients that send neither (curl) are let through:
+/// they carry no victim's cookies. The session cookie's `SameSite=Lax`
+/// already keeps it off cross-site posts; this also covers same-site
+/// neighbours (another port, a sibling subdomain).
+async fn same_origin_posts(req: Request, next: Next) -> Response {
+    if req.method() == Method::POST && !req.uri().path().starts_with("/api/") {
+        let headers = req.headers();
+        let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let allowed = match site {
+            Some(site) => site == "same-origin" || site == "none",
+            None => match headers.get(header::ORIGIN) {
+                None => true,
+                Some(origin) => {
+                    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+                    let origin = origin.to_str().ok().and_then(|o| o.parse::<Uri>().ok());
+                    matches!((origin, host), (Some(o), Some(h)) if o.authority().is_some_and(|a| a.as_str().eq_ignore_ascii_case(h)))
+                }
+            },
+        };
+        if !allowed {
+            return views::error(
+                StatusCode::FORBIDDEN,
+                "Cross-site form refused",
+                "This form was posted from another site.",
+            );
+        }
+    }
+    next.run(req).await
 }
 
 /// `Cache-Control: no-store` for pages that show private data.
@@ -195,7 +285,23 @@ fn public(tags: String, page: maud::Markup) -> Response {
         .into_response()
 }
 
-async fn products(State(backend): State<Backend>) -> Response {
+/// The shop's pages take no query: one with a query is sent to the bare
+/// path (and not stored), so made-up queries cannot fill the cache.
+fn without_query(uri: &Uri) -> Option<Response> {
+    uri.query()?;
+    Some(
+        (
+            [(header::CACHE_CONTROL, "no-store")],
+            Redirect::permanent(uri.path()),
+        )
+            .into_response(),
+    )
+}
+
+async fn products(State(backend): State<Backend>, uri: Uri) -> Response {
+    if let Some(redirect) = without_query(&uri) {
+        return redirect;
+    }
     let mut rows = Vec::new();
     for (id, name, default) in PRODUCTS {
         let price = euros(price(&backend, id, default).await);
@@ -217,7 +323,14 @@ fn no_such_product() -> Response {
     )
 }
 
-async fn product(State(backend): State<Backend>, id: Result<Path<u32>, PathRejection>) -> Response {
+async fn product(
+    State(backend): State<Backend>,
+    uri: Uri,
+    id: Result<Path<u32>, PathRejection>,
+) -> Response {
+    if let Some(redirect) = without_query(&uri) {
+        return redirect;
+    }
     let Some((id, name, default)) = find_product(id) else {
         return no_such_product();
     };
@@ -261,7 +374,12 @@ async fn set_price(
         .set(&price_key(&backend, id), cents.to_string().as_bytes(), None)
         .await;
     if let Err(e) = stored {
-        return Ok(Problem::store_failure("shop", &e).into_response());
+        tracing::error!(error = %e, "price not stored");
+        return Ok(views::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Price not changed",
+            "The store is unavailable; try again shortly.",
+        ));
     }
     // Every instance shares the store: the next request anywhere misses
     // and shows the new price.
@@ -333,11 +451,29 @@ async fn login(
         // Fail open, as the layer does by default.
         Err(e) => tracing::warn!(error = %e, "login limit unavailable"),
     }
-    // Argon2 is slow on purpose: off the async workers.
+    // Argon2 is slow on purpose (and takes 19 MiB): off the async workers,
+    // a few at a time, so a burst of logins cannot exhaust memory.
+    static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+    let Ok(_permit) = HASHING.acquire().await else {
+        return views::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "Logins are paused.",
+        );
+    };
     let (name, password) = (user.to_owned(), form.password);
-    let verified = tokio::task::spawn_blocking(move || users::verify(&name, &password))
-        .await
-        .unwrap_or(false);
+    let verified = match tokio::task::spawn_blocking(move || users::verify(&name, &password)).await
+    {
+        Ok(verified) => verified,
+        Err(e) => {
+            tracing::error!(error = %e, "password check failed");
+            return views::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Login failed",
+                "The password could not be checked; try again.",
+            );
+        }
+    };
     if !verified {
         return (
             StatusCode::UNAUTHORIZED,
@@ -387,11 +523,18 @@ async fn account(session: Session) -> Result<Response, SessionError> {
     Ok(private(views::account(&user, &rows)))
 }
 
-async fn revoke(session: Session, Path(handle): Path<String>) -> Result<Response, SessionError> {
+async fn revoke(
+    session: Session,
+    handle: Result<Path<String>, PathRejection>,
+) -> Result<Response, SessionError> {
     if session.user().await?.is_none() {
         return Ok(Redirect::to("/login").into_response());
     }
-    if session.revoke(&handle).await? {
+    let revoked = match handle {
+        Ok(Path(handle)) => session.revoke(&handle).await?,
+        Err(_) => false,
+    };
+    if revoked {
         Ok(Redirect::to("/account").into_response())
     } else {
         Ok(views::error(
@@ -466,6 +609,7 @@ async fn create_order(
         .unwrap_or_default()
         .as_nanos();
     let id = format!("{nanos:x}");
+    tokio::time::sleep(ORDER_LATENCY).await;
     tracing::info!(order = %id, fencing_token = token.0, "order created");
     (
         StatusCode::CREATED,

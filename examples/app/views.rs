@@ -182,6 +182,35 @@ pub fn account(user: &str, rows: &[SessionRow]) -> Markup {
     )
 }
 
+/// [`error`] as a bare `Response<Bytes>` (for the rate-limit layer's
+/// `on_limited`).
+pub fn error_bytes(
+    status: StatusCode,
+    title: &str,
+    detail: &str,
+) -> axum::http::Response<bytes::Bytes> {
+    let page = layout(
+        title,
+        None,
+        html! {
+            p { (detail) }
+            p { a href="/" { "Home" } }
+        },
+    );
+    let mut res = axum::http::Response::new(bytes::Bytes::from(page.into_string()));
+    *res.status_mut() = status;
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
 /// A small error page with `status`, never cached.
 pub fn error(status: StatusCode, title: &str, detail: &str) -> Response {
     let page = layout(
