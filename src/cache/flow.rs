@@ -45,8 +45,14 @@ pub(crate) const MAX_TAG_LEN: usize = 128;
 
 /// The cache key of a request to `uri` (hashed): scheme, host, path and
 /// query, one per line (none of them can hold a line break, so the
-/// concatenation is unambiguous; short keys fit one SHA-256 block).
-pub(crate) fn cache_key(sort_query: bool, uri: &http::Uri, headers: &HeaderMap) -> String {
+/// concatenation is unambiguous; short keys fit one SHA-256 block), and
+/// after the first purge of everything a last line with the generation.
+pub(crate) fn cache_key(
+    sort_query: bool,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    generation: u64,
+) -> String {
     let scheme = uri.scheme_str().unwrap_or("http");
     let host = uri
         .authority()
@@ -69,6 +75,10 @@ pub(crate) fn cache_key(sort_query: bool, uri: &http::Uri, headers: &HeaderMap) 
         } else {
             line.extend_from_slice(query.as_bytes());
         }
+    }
+    if generation > 0 {
+        line.extend_from_slice(b"\n#");
+        line.extend_from_slice(itoa::Buffer::new().format(generation).as_bytes());
     }
     hash_hex([line.as_slice()])
 }
@@ -180,7 +190,29 @@ where
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
-    let key = cache_key(config.sort_query, req.uri(), req.headers());
+    // One clock read for the generation's refresh and the local tier's age.
+    let now = SystemTime::now();
+    let generation = match config.generation.fresh(now) {
+        Some(generation) => Ok(generation),
+        // Boxed: the store call's state would otherwise grow every
+        // request's future (measured: local hits 0.40 -> 0.26 of bare).
+        None => Box::pin(config.generation.current(&config.store, now)).await,
+    };
+    let generation = match generation {
+        Ok(generation) => generation,
+        Err(e) => {
+            // Without the generation no key is known to be current:
+            // neither read nor store.
+            tracing::warn!(error = %e, "cache store failed; asking the handler");
+            let res = inner.call(req).await?;
+            return Ok(with_status(
+                res.map(|body| CacheBody::inner(body, None)),
+                &config.name,
+                "fwd=miss; detail=store-error",
+            ));
+        }
+    };
+    let key = cache_key(config.sort_query, req.uri(), req.headers(), generation);
     let directives = Directives::of(req.headers());
     // Inside the session layer: a request with a session is never answered
     // from the store (its handler may read the session), and a response
@@ -196,7 +228,7 @@ where
     if let (Some(local), false, false) = (&config.local, session.personal(), directives.no_cache) {
         if let Some(entry) = local.get(&key) {
             if entry.vary_hash == vary_hash(&entry.vary, req.headers()) {
-                let age = policy::age(&entry, SystemTime::now());
+                let age = policy::age(&entry, now);
                 if policy::usable(&entry, age, &directives).is_ok() {
                     let params = ttl_params(&entry, age, "; detail=local");
                     return Ok(respond_stored(
@@ -924,14 +956,25 @@ where
     let (mut head, body) = res.into_parts();
     take_tags(&mut head.headers, &config.tag_header);
     if head.status.is_success() || head.status.is_redirection() {
-        let mut keys = vec![cache_key(config.sort_query, &uri, &headers)];
+        let generation = match config
+            .generation
+            .current(&config.store, SystemTime::now())
+            .await
+        {
+            Ok(generation) => generation,
+            Err(e) => {
+                tracing::warn!(error = %e, "cache store failed; a stored response was not invalidated");
+                return Ok(Response::from_parts(head, CacheBody::inner(body, None)));
+            }
+        };
+        let mut keys = vec![cache_key(config.sort_query, &uri, &headers, generation)];
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(target) = head
                 .headers
                 .get(name)
                 .and_then(|v| same_origin(&uri, &headers, v))
             {
-                keys.push(cache_key(config.sort_query, &target, &headers));
+                keys.push(cache_key(config.sort_query, &target, &headers, generation));
             }
         }
         for key in &keys {

@@ -18,6 +18,7 @@ use tower_service::Service;
 use super::body::CacheBody;
 use super::flight::{Flights, Refreshing};
 use super::flow;
+use super::generation::Generation;
 use super::local::LocalTier;
 use super::policy::Settings;
 use super::store::{CacheStore, Store};
@@ -36,6 +37,10 @@ pub const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(60);
 /// How long a request waits for a concurrent miss of the same key to fill
 /// the entry, by default.
 pub const DEFAULT_COALESCE_WAIT: Duration = Duration::from_secs(3);
+
+/// How often a layer asks the store for the current generation, by
+/// default (see [`CacheLayerBuilder::generation_refresh`]).
+pub const DEFAULT_GENERATION_REFRESH: Duration = Duration::from_secs(1);
 
 /// The response header a handler names its tags in, by default
 /// (comma-separated; removed before the response goes out).
@@ -72,6 +77,7 @@ pub(crate) struct Config {
     pub(crate) flights: Flights,
     pub(crate) refreshing: Refreshing,
     pub(crate) local: Option<Arc<LocalTier>>,
+    pub(crate) generation: Arc<Generation>,
 }
 
 impl Config {
@@ -115,6 +121,7 @@ impl CacheLayer {
             coalesce_wait: DEFAULT_COALESCE_WAIT,
             tag_header: DEFAULT_TAG_HEADER.to_owned(),
             local_tier: None,
+            generation_refresh: DEFAULT_GENERATION_REFRESH,
         }
     }
 
@@ -142,6 +149,7 @@ pub struct CacheLayerBuilder {
     coalesce_wait: Duration,
     tag_header: String,
     local_tier: Option<usize>,
+    generation_refresh: Duration,
 }
 
 impl fmt::Debug for CacheLayerBuilder {
@@ -256,10 +264,21 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// How often the layer asks the store for the current generation
+    /// (default [`DEFAULT_GENERATION_REFRESH`]): the longest another
+    /// instance keeps answering from entries a
+    /// [`purge_all`](Purger::purge_all) hid, unless it has a local tier
+    /// (which hears the purge at once). The request that asks pays one
+    /// more round trip; the others do not wait for it.
+    pub fn generation_refresh(mut self, every: Duration) -> Self {
+        self.generation_refresh = every;
+        self
+    }
+
     /// The layer; a Config error when the name is not a token, the tag
-    /// header is not a header name, `default_ttl` is zero, or a local tier
-    /// is asked of a store that cannot announce (or outside a Tokio
-    /// runtime).
+    /// header is not a header name, `default_ttl` or `generation_refresh`
+    /// is zero, or a local tier is asked of a store that cannot announce
+    /// (or outside a Tokio runtime).
     pub fn build(self) -> Result<CacheLayer, Error> {
         let token = !self.name.is_empty()
             && self
@@ -284,6 +303,13 @@ impl CacheLayerBuilder {
                 format!("tag header {:?} is not a header name", self.tag_header),
             )
         })?;
+        if self.generation_refresh.is_zero() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "generation_refresh must not be zero",
+            ));
+        }
+        let generation = Arc::new(Generation::new(self.generation_refresh));
         let local = match self.local_tier {
             None => None,
             Some(entries) => {
@@ -299,7 +325,7 @@ impl CacheLayerBuilder {
                         "a local tier needs a store that announces changes (a Redis backend built from a URL, or memory)",
                     )
                 })?;
-                Some(LocalTier::start(entries, heard))
+                Some(LocalTier::start(entries, heard, generation.clone()))
             }
         };
         let ms = |d: Duration| crate::time::millis(d);
@@ -322,6 +348,7 @@ impl CacheLayerBuilder {
                 flights: Flights::default(),
                 refreshing: Refreshing::default(),
                 local,
+                generation,
             }),
         })
     }
@@ -423,6 +450,32 @@ impl Purger {
         Ok(keys.len() as u64)
     }
 
+    /// Purges everything this cache stored, on every instance that shares
+    /// its store: the store's generation moves on, and every entry key is
+    /// made under the generation, so no entry stored before is found
+    /// again; they expire on their own (no `SCAN`, nothing listed).
+    /// Returns the new generation.
+    ///
+    /// This instance sees the purge at once, instances with a local tier
+    /// as soon as they hear it (pub/sub), and the others within their
+    /// [`generation_refresh`](CacheLayerBuilder::generation_refresh).
+    pub async fn purge_all(&self) -> Result<u64, Error> {
+        let generation = self.config.store.next_generation().await?;
+        self.config.generation.learn(generation);
+        if let Some(local) = &self.config.local {
+            local.clear();
+        }
+        if let Err(e) = self
+            .config
+            .store
+            .announce(&[format!("generation:{generation}")])
+            .await
+        {
+            tracing::warn!(error = %e, "purge of everything not announced; other instances see it within their generation refresh");
+        }
+        Ok(generation)
+    }
+
     /// Removes the entry for a URL: `uri` as requests name it (a path and
     /// query, or an absolute URI), on `host` (the `Host` header's value)
     /// when `uri` names none. True when there was one.
@@ -434,7 +487,12 @@ impl Purger {
         if let Ok(host) = http::HeaderValue::from_str(host) {
             headers.insert(http::header::HOST, host);
         }
-        let key = flow::cache_key(self.config.sort_query, &uri, &headers);
+        let generation = self
+            .config
+            .generation
+            .current(&self.config.store, std::time::SystemTime::now())
+            .await?;
+        let key = flow::cache_key(self.config.sort_query, &uri, &headers, generation);
         // Announced whatever the store said: a timed-out DEL may still
         // have run.
         let removed = self.config.store.invalidate(&key).await;

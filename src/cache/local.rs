@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
 
+use super::generation::Generation;
 use super::layout::Entry;
 use super::store::Heard;
 
@@ -27,14 +28,18 @@ pub(crate) struct LocalTier {
 
 impl LocalTier {
     /// A tier of at most `capacity` entries, listening on `heard`.
-    pub(crate) fn start(capacity: usize, heard: mpsc::Receiver<Heard>) -> Arc<Self> {
+    pub(crate) fn start(
+        capacity: usize,
+        heard: mpsc::Receiver<Heard>,
+        generation: Arc<Generation>,
+    ) -> Arc<Self> {
         let tier = Arc::new(LocalTier {
             entries: quick_cache::sync::Cache::new(capacity.max(1)),
             coherent: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             task: std::sync::Mutex::new(None),
         });
-        let task = tokio::spawn(listen(Arc::downgrade(&tier), heard));
+        let task = tokio::spawn(listen(Arc::downgrade(&tier), heard, generation));
         *tier.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
         tier
     }
@@ -76,7 +81,7 @@ impl LocalTier {
         }
     }
 
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.clear();
     }
@@ -95,7 +100,11 @@ impl Drop for LocalTier {
     }
 }
 
-async fn listen(tier: Weak<LocalTier>, mut heard: mpsc::Receiver<Heard>) {
+async fn listen(
+    tier: Weak<LocalTier>,
+    mut heard: mpsc::Receiver<Heard>,
+    generation: Arc<Generation>,
+) {
     while let Some(event) = heard.recv().await {
         let Some(tier) = tier.upgrade() else { return };
         match event {
@@ -108,6 +117,11 @@ async fn listen(tier: Weak<LocalTier>, mut heard: mpsc::Receiver<Heard>) {
                 tier.clear();
             }
             Heard::Changed(keys) => tier.forget(&keys),
+            // Everything purged: keys of the new generation from now on.
+            Heard::Generation(n) => {
+                generation.learn(n);
+                tier.clear();
+            }
         }
     }
     // The store stopped telling: nothing can be trusted any more.
@@ -146,7 +160,7 @@ mod tests {
     #[tokio::test]
     async fn copies_follow_what_is_heard() {
         let (tx, rx) = mpsc::channel(8);
-        let tier = LocalTier::start(10, rx);
+        let tier = LocalTier::start(10, rx, Arc::new(Generation::new(Duration::from_secs(1))));
         tier.keep("a", entry(), tier.epoch());
         assert!(tier.get("a").is_none(), "not listening yet: nothing kept");
         tx.send(Heard::Ready).await.unwrap();

@@ -114,6 +114,16 @@
 //! `Extension<Purger>` in a handler) removes every entry of a tag, or one
 //! URL's entry, from the shared store: every instance sees it at once.
 //!
+//! [`Purger::purge_all`] purges everything without listing anything: every
+//! entry key is made under the store's generation (a counter, 0 until the
+//! first such purge), and the purge starts the next one, so no earlier
+//! entry is found again (they expire on their own). The purging instance
+//! sees it at once, instances with a local tier as soon as they hear it,
+//! the others within their
+//! [`generation_refresh`](CacheLayerBuilder::generation_refresh) (1 s by
+//! default: each instance asks the store for the generation at most that
+//! often, one request paying one more `GET`).
+//!
 //! ```
 //! use axum::{extract::Path, routing::{get, post}, Extension, Router};
 //! use redis_layers::cache::{CacheLayer, Purger};
@@ -173,6 +183,8 @@
 //! | hit in the local tier | 0 |
 //! | unsafe method | 1 `DEL` per invalidated URI, 1 `PUBLISH` |
 //! | purge a tag | `SMEMBERS`, then one pipeline of `DEL`s and `SREM`, 1 `PUBLISH` |
+//! | purge everything | 1 `INCR`, 1 `PUBLISH` |
+//! | once per `generation_refresh`, one request | 1 more `GET` (the generation) |
 //!
 //! # The local tier
 //!
@@ -185,13 +197,12 @@
 //! again when it comes back. A copy is an entry as it was stored: a newer
 //! write by another instance (not a purge) is seen once the copy goes
 //! stale.
-//!
-//! Not built yet (see the project's issue): purging everything at once.
 
 mod body;
 mod directives;
 mod flight;
 mod flow;
+mod generation;
 mod layer;
 mod layout;
 mod local;
@@ -200,7 +211,8 @@ pub mod store;
 
 pub use body::CacheBody;
 pub use layer::{
-    Cache, CacheLayer, CacheLayerBuilder, Purger, DEFAULT_COALESCE_WAIT, DEFAULT_KEEP_STALE,
-    DEFAULT_MAX_BODY, DEFAULT_NAME, DEFAULT_TAG_HEADER,
+    Cache, CacheLayer, CacheLayerBuilder, Purger, DEFAULT_COALESCE_WAIT,
+    DEFAULT_GENERATION_REFRESH, DEFAULT_KEEP_STALE, DEFAULT_MAX_BODY, DEFAULT_NAME,
+    DEFAULT_TAG_HEADER,
 };
 pub use store::CacheStore;

@@ -81,6 +81,22 @@ pub trait CacheStore: Send + Sync + 'static {
     fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
         None
     }
+
+    /// The current generation: every entry key is made under it, so a new
+    /// one hides every entry stored before (Redis: one `GET`). The default
+    /// is always 0: such a store cannot purge everything.
+    fn generation(&self) -> impl Future<Output = Result<u64, Error>> + Send {
+        std::future::ready(Ok(0))
+    }
+
+    /// Starts the next generation and returns it (Redis: one `INCR`). The
+    /// default refuses.
+    fn next_generation(&self) -> impl Future<Output = Result<u64, Error>> + Send {
+        std::future::ready(Err(Error::new(
+            crate::error::ErrorKind::Config,
+            "this cache store cannot purge everything (no generation counter)",
+        )))
+    }
 }
 
 /// What a local tier hears from its store.
@@ -93,6 +109,42 @@ pub enum Heard {
     Lost,
     /// These entries changed.
     Changed(Vec<String>),
+    /// Everything was purged: this is the new generation.
+    Generation(u64),
+}
+
+impl Heard {
+    /// An announcement's payload: keys separated by commas, or
+    /// `generation:<n>` after a purge of everything.
+    fn of_payload(payload: &str) -> Heard {
+        match payload.strip_prefix("generation:") {
+            Some(n) => n.parse().map_or(Heard::Lost, Heard::Generation),
+            None => Heard::Changed(
+                payload
+                    .split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// The generation counter: `{prefix}:cache:generation` (one key; it never
+/// expires).
+fn generation_key(ns: &crate::keys::Namespace) -> String {
+    ns.key(&["cache", "generation"])
+}
+
+/// A stored counter's value (absent: 0).
+fn counter(raw: Option<&[u8]>) -> Result<u64, Error> {
+    match raw {
+        None => Ok(0),
+        Some(raw) => std::str::from_utf8(raw)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::decode("the cache generation is not a number")),
+    }
 }
 
 /// The channel announcements travel on.
@@ -222,9 +274,7 @@ impl CacheStore for RedisBackend {
                                 // An unreadable message may have named keys:
                                 // nothing local can be trusted then.
                                 let heard = match message.get_payload::<String>() {
-                                    Ok(payload) => Heard::Changed(
-                                        payload.split(',').filter(|k| !k.is_empty()).map(str::to_owned).collect(),
-                                    ),
+                                    Ok(payload) => Heard::of_payload(&payload),
                                     Err(_) => Heard::Lost,
                                 };
                                 let lost = heard == Heard::Lost;
@@ -245,6 +295,20 @@ impl CacheStore for RedisBackend {
             }
         });
         Some(rx)
+    }
+
+    async fn generation(&self) -> Result<u64, Error> {
+        counter(
+            self.get(&generation_key(self.namespace()))
+                .await?
+                .as_deref(),
+        )
+    }
+
+    async fn next_generation(&self) -> Result<u64, Error> {
+        let mut cmd = ::redis::cmd("INCR");
+        cmd.arg(generation_key(self.namespace()));
+        self.query(&cmd).await
     }
 }
 
@@ -365,7 +429,7 @@ impl CacheStore for MemoryBackend {
             loop {
                 let heard = tokio::select! {
                     event = events.recv() => match event {
-                        Ok(payload) => Heard::Changed(payload.split(',').map(str::to_owned).collect()),
+                        Ok(payload) => Heard::of_payload(&payload),
                         Err(RecvError::Lagged(_)) => Heard::Lost,
                         Err(RecvError::Closed) => return,
                     },
@@ -381,6 +445,27 @@ impl CacheStore for MemoryBackend {
             }
         });
         Some(rx)
+    }
+
+    async fn generation(&self) -> Result<u64, Error> {
+        counter(
+            self.get(&generation_key(self.namespace()))
+                .await?
+                .as_deref(),
+        )
+    }
+
+    async fn next_generation(&self) -> Result<u64, Error> {
+        let key = generation_key(self.namespace());
+        self.atomically(|ks| {
+            let next = match ks.get(&key) {
+                None => 1,
+                Some(Value::Bytes(raw)) => counter(Some(raw))? + 1,
+                Some(_) => return Err(Error::wrong_type()),
+            };
+            ks.set(&key, Value::Bytes(next.to_string().into_bytes()), None)?;
+            Ok(next)
+        })
     }
 }
 
@@ -426,6 +511,14 @@ impl CacheStore for Backend {
     fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
         on_backend!(self, b => CacheStore::listen(b))
     }
+
+    async fn generation(&self) -> Result<u64, Error> {
+        on_backend!(self, b => CacheStore::generation(b).await)
+    }
+
+    async fn next_generation(&self) -> Result<u64, Error> {
+        on_backend!(self, b => CacheStore::next_generation(b).await)
+    }
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -452,6 +545,8 @@ pub(crate) trait DynCacheStore: Send + Sync {
     fn unlease<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), Error>>;
     fn announce<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), Error>>;
     fn listen(&self) -> Option<mpsc::Receiver<Heard>>;
+    fn generation(&self) -> BoxFuture<'_, Result<u64, Error>>;
+    fn next_generation(&self) -> BoxFuture<'_, Result<u64, Error>>;
 }
 
 impl<T: CacheStore> DynCacheStore for T {
@@ -492,6 +587,12 @@ impl<T: CacheStore> DynCacheStore for T {
     }
     fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
         CacheStore::listen(self)
+    }
+    fn generation(&self) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(CacheStore::generation(self))
+    }
+    fn next_generation(&self) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(CacheStore::next_generation(self))
     }
 }
 
@@ -582,6 +683,20 @@ impl Store {
         match self {
             Store::Backend(b) => CacheStore::listen(b),
             Store::Custom(s) => s.listen(),
+        }
+    }
+
+    pub(crate) async fn generation(&self) -> Result<u64, Error> {
+        match self {
+            Store::Backend(b) => CacheStore::generation(b).await,
+            Store::Custom(s) => s.generation().await,
+        }
+    }
+
+    pub(crate) async fn next_generation(&self) -> Result<u64, Error> {
+        match self {
+            Store::Backend(b) => CacheStore::next_generation(b).await,
+            Store::Custom(s) => s.next_generation().await,
         }
     }
 }

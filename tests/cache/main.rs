@@ -735,6 +735,59 @@ support::both_backends! { fixture;
         assert!(!purger.purge_url("/fresh", "other.example").await.unwrap());
     }
 
+    purging_everything_hides_every_entry_on_every_instance => |fx| {
+        let layer = CacheLayer::new(fx.tb.backend.clone());
+        let purger = layer.purger();
+        let app = app(&fx, layer);
+        // Another instance that asks the store for the generation often,
+        // and one with a local tier that never asks but hears purges.
+        let other = crate::app(
+            &fx,
+            fx.builder().generation_refresh(Duration::from_millis(100)).build().unwrap(),
+        );
+        let local = crate::app(
+            &fx,
+            fx.builder()
+                .generation_refresh(Duration::from_secs(3_600))
+                .local_tier(100)
+                .build()
+                .unwrap(),
+        );
+        for path in ["/tagged", "/fresh"] {
+            get(&app, path).await;
+        }
+        fx.stored(2).await;
+        for (name, app) in [("this", &app), ("other", &other), ("local", &local)] {
+            for path in ["/tagged", "/fresh"] {
+                assert!(get(app, path).await.hit(), "{name} {path}");
+            }
+        }
+        let before = get(&app, "/tagged").await.body;
+        let runs = fx.runs();
+        assert_eq!(purger.purge_all().await.unwrap(), 1);
+        // At once here, the entries stored again under the new generation.
+        let r = get(&app, "/fresh").await;
+        assert!(r.cache_status().contains("fwd=uri-miss"), "{}", r.cache_status());
+        assert_eq!(fx.runs(), runs + 1);
+        fx.stored(3).await;
+        assert!(get(&app, "/fresh").await.hit());
+        // Within a bounded time on the others, with nothing listed: they
+        // stop answering with what was stored before.
+        for (name, app) in [("other", &other), ("local", &local)] {
+            let started = Instant::now();
+            loop {
+                let r = get(app, "/tagged").await;
+                if r.body != before {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(3), "{name} still answers {before}: {}", r.cache_status());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(purger.purge_all().await.unwrap(), 2, "generations count up");
+        assert!(!get(&app, "/fresh").await.hit());
+    }
+
     over_a_real_server_responses_are_stored => |fx| {
         // A server stops reading a body of known length at its last byte:
         // the copy must be stored then (an in-process client polls on to

@@ -11,16 +11,23 @@ use crate::{app, fixture, get, send, Fixture};
 #[tokio::test]
 async fn a_hit_is_one_get_and_a_miss_adds_one_set() {
     let fx = fixture(Kind::Redis);
-    let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+    // Asking for the generation once (not again within the test).
+    let layer = fx
+        .builder()
+        .generation_refresh(Duration::from_secs(3_600))
+        .build()
+        .unwrap();
+    let app = app(&fx, layer);
     let mut monitor = Monitor::start(fx.tb.server());
     // What the layer sent (not the test's own KEYS while it waits).
     let mut sent =
         move || -> Vec<String> { monitor.take().into_iter().filter(|c| c != "keys").collect() };
     get(&app, "/fresh").await;
     fx.stored(1).await;
-    // Look up, take the fill lease, store, give the lease up (a
-    // compare-and-delete script, loaded on this first use).
-    assert_eq!(sent(), ["get", "set", "set", "evalsha", "eval"]);
+    // The generation (on first use), look up, take the fill lease, store,
+    // give the lease up (a compare-and-delete script, loaded on this
+    // first use).
+    assert_eq!(sent(), ["get", "get", "set", "set", "evalsha", "eval"]);
     get(&app, "/fresh?another").await;
     fx.stored(2).await;
     assert_eq!(sent(), ["get", "set", "set", "evalsha"]);
@@ -35,6 +42,44 @@ async fn a_hit_is_one_get_and_a_miss_adds_one_set() {
     // The entry expires with its freshness.
     let ttl: i64 = fx.tb.server().cmd(&["PTTL", &fx.tb.keys("cache:*:e")[0]]);
     assert!((59_000..=60_000).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
+async fn the_generation_is_asked_again_once_per_refresh_and_purging_all_is_one_incr() {
+    let fx = fixture(Kind::Redis);
+    let layer = fx
+        .builder()
+        .generation_refresh(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let purger = layer.purger();
+    let app = app(&fx, layer);
+    get(&app, "/fresh").await;
+    fx.stored(1).await;
+    let mut monitor = Monitor::start(fx.tb.server());
+    let mut sent =
+        move || -> Vec<String> { monitor.take().into_iter().filter(|c| c != "keys").collect() };
+    // Whatever the wait for the store took, the generation was just
+    // asked (or is fresh): a hit right after is the entry alone.
+    assert!(get(&app, "/fresh").await.hit());
+    sent();
+    assert!(get(&app, "/fresh").await.hit());
+    assert_eq!(sent(), ["get"], "within the refresh: the entry alone");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(get(&app, "/fresh").await.hit());
+    assert!(get(&app, "/fresh").await.hit());
+    assert_eq!(
+        sent(),
+        ["get", "get", "get"],
+        "the generation once, then the entry twice"
+    );
+    assert_eq!(purger.purge_all().await.unwrap(), 1);
+    assert_eq!(sent(), ["incr", "publish"]);
+    let generation: String = fx.tb.server().cmd(&[
+        "GET",
+        &format!("{}:cache:generation", fx.tb.backend.namespace().prefix()),
+    ]);
+    assert_eq!(generation, "1");
 }
 
 #[tokio::test]
