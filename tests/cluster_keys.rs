@@ -2,8 +2,9 @@
 //! mode refuses a script whose keys span slots (CROSSSLOT) or that touches
 //! keys it did not declare. Every session operation runs on a one-node
 //! cluster (which owns all slots, so a plain connection needs no
-//! redirects). The `cluster` feature, still reserved, will add routing for
-//! clusters of several nodes.
+//! redirects); with the `cluster` feature, each layer's keys are checked
+//! to sit in the slots the design names on a cluster of three (the
+//! behaviour suites run there too: `on_cluster` in each suite).
 
 mod support;
 
@@ -97,4 +98,96 @@ async fn every_session_operation_is_legal_on_a_cluster() {
     SessionStore::delete(store, &handle, &DeleteRequest::any().owned_by("u{1}"))
         .await
         .unwrap();
+}
+
+/// Each layer's keys sit where the design says: what one call touches in
+/// one slot, what spans slots (tags, a user's index) in its own.
+#[cfg(feature = "cluster")]
+#[tokio::test]
+async fn each_layers_keys_sit_in_the_slots_the_design_names() {
+    use redis_layers::cache::CacheStore;
+    use redis_layers::idempotency::{Claim, IdempotencyStore};
+    use redis_layers::rate_limit::{Policy, RateLimitStore};
+    use support::{Kind, TestBackend};
+
+    let tb = TestBackend::new(Kind::Cluster);
+    let cluster = tb.cluster.clone().expect("a cluster test");
+    let slot = |key: &str| -> u64 { cluster.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]) };
+    let backend = tb.backend.clone();
+
+    // Rate limiting: one client's policies of one rule are one key.
+    let policies = [
+        Policy::per_minute(10).named("m"),
+        Policy::per_hour(100).fixed_window().named("h"),
+        Policy::per_second(5).sliding_window().named("s"),
+    ];
+    assert!(
+        backend
+            .check("rule|client-a", &policies, 1)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        backend
+            .check("rule|client-b", &policies, 1)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let limits = tb.keys("rl:*");
+    assert_eq!(limits.len(), 2, "one key per client: {limits:?}");
+
+    // Idempotency: a record and its counter, one slot, one transaction.
+    let fingerprint = [7u8; 32];
+    let day = Duration::from_secs(86_400);
+    let claim = IdempotencyStore::claim(
+        &backend,
+        "0123456789abcdef0123456789abcdef",
+        &fingerprint,
+        9,
+        Duration::from_secs(30),
+        day,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(claim, Claim::Claimed(_)));
+    let records = tb.keys("idem:*");
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(slot(&records[0]), slot(&records[1]), "{records:?}");
+
+    // Cache: an entry and its fill lease in one slot; each tag's set in
+    // its own (stored and purged by concurrent per-slot calls).
+    let key = "fedcba9876543210fedcba9876543210";
+    assert!(
+        CacheStore::lease(&backend, key, "me", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    let tags = [
+        "product-1".to_owned(),
+        "products".to_owned(),
+        "home".to_owned(),
+    ];
+    CacheStore::store(
+        &backend,
+        key,
+        b"entry".to_vec(),
+        Duration::from_secs(60),
+        &tags,
+    )
+    .await
+    .unwrap();
+    let entry: Vec<String> = tb.keys("cache:{*");
+    assert_eq!(entry.len(), 2, "the entry and its lease: {entry:?}");
+    assert_eq!(slot(&entry[0]), slot(&entry[1]), "{entry:?}");
+    let sets = tb.keys("cache-tag:*");
+    assert_eq!(sets.len(), 3, "{sets:?}");
+    let slots: std::collections::HashSet<u64> = sets.iter().map(|k| slot(k)).collect();
+    assert!(slots.len() >= 2, "tags spread over slots: {sets:?}");
+    assert_eq!(
+        CacheStore::purge_tag(&backend, "products").await.unwrap(),
+        vec![key.to_owned()]
+    );
+    assert_eq!(CacheStore::lookup(&backend, key).await.unwrap(), None);
 }

@@ -170,22 +170,25 @@ impl CacheStore for RedisBackend {
         if tags.is_empty() {
             return self.set(&entry_key, &entry, Some(ttl)).await;
         }
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("SET")
-            .arg(&entry_key)
-            .arg(entry)
-            .arg("PX")
-            .arg(ms)
-            .ignore();
+        // One pipeline; on a cluster the entry and each tag's set (their
+        // own slots) go concurrently.
+        let mut set_entry = ::redis::cmd("SET");
+        set_entry.arg(&entry_key).arg(entry).arg("PX").arg(ms);
+        let mut groups = vec![vec![set_entry]];
         for tag in tags {
             let set = tag_key(self.namespace(), tag);
             // The set outlives each of its entries: NX gives a new set a
             // TTL, GT only ever lengthens it.
-            pipe.cmd("SADD").arg(&set).arg(key).ignore();
-            pipe.cmd("PEXPIRE").arg(&set).arg(ms).arg("NX").ignore();
-            pipe.cmd("PEXPIRE").arg(&set).arg(ms).arg("GT").ignore();
+            let mut add = ::redis::cmd("SADD");
+            add.arg(&set).arg(key);
+            let mut new_ttl = ::redis::cmd("PEXPIRE");
+            new_ttl.arg(&set).arg(ms).arg("NX");
+            let mut longer = ::redis::cmd("PEXPIRE");
+            longer.arg(&set).arg(ms).arg("GT");
+            groups.push(vec![add, new_ttl, longer]);
         }
-        self.pipeline::<()>(&pipe).await
+        let _: Vec<::redis::Value> = self.grouped(groups).await?;
+        Ok(())
     }
 
     async fn invalidate(&self, key: &str) -> Result<bool, Error> {
@@ -201,12 +204,19 @@ impl CacheStore for RedisBackend {
         // Each entry by its own key (their slots differ from the set's),
         // then only the members read: one tagged since stays for the next
         // purge.
-        let mut pipe = ::redis::pipe();
-        for member in &members {
-            pipe.cmd("DEL").arg(entry_key(self.namespace(), member));
-        }
-        pipe.cmd("SREM").arg(&set).arg(&members).ignore();
-        let _: Vec<u64> = self.pipeline(&pipe).await?;
+        // On a cluster each in its own slot, concurrently.
+        let mut groups: Vec<Vec<::redis::Cmd>> = members
+            .iter()
+            .map(|member| {
+                let mut del = ::redis::cmd("DEL");
+                del.arg(entry_key(self.namespace(), member));
+                vec![del]
+            })
+            .collect();
+        let mut remove = ::redis::cmd("SREM");
+        remove.arg(&set).arg(&members);
+        groups.push(vec![remove]);
+        let _: Vec<u64> = self.grouped(groups).await?;
         Ok(members)
     }
 

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use ::redis::aio::MultiplexedConnection;
-use ::redis::{Cmd, RedisError, Value};
+use ::redis::aio::{ConnectionLike, MultiplexedConnection};
+use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use super::RedisBackend;
 use crate::error::{Error, ErrorKind};
@@ -17,7 +17,75 @@ use crate::error::{Error, ErrorKind};
 pub(super) struct Checkout {
     lane: usize,
     generation: u64,
-    pub(super) conn: MultiplexedConnection,
+    pub(super) conn: Conn,
+}
+
+/// One multiplexed connection: to a single Redis, or (with the `cluster`
+/// feature) to a Redis Cluster, where redis-rs routes each command to the
+/// node owning its key's slot and follows `MOVED` / `ASK` redirects.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Node(MultiplexedConnection),
+    #[cfg(feature = "cluster")]
+    Cluster(::redis::cluster_async::ClusterConnection),
+}
+
+impl Conn {
+    /// One command.
+    pub(super) async fn send_packed_command(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
+        match self {
+            Conn::Node(c) => c.send_packed_command(cmd).await,
+            #[cfg(feature = "cluster")]
+            // An error reply may come back as `Err` here: callers extract
+            // errors either way.
+            Conn::Cluster(c) => c.req_packed_command(cmd).await,
+        }
+    }
+
+    /// A pipeline's replies from `offset`, `count` of them.
+    pub(super) async fn send_packed_commands(
+        &mut self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<Value>, RedisError> {
+        match self {
+            Conn::Node(c) => c.send_packed_commands(pipeline, offset, count).await,
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl RedisBackend {
@@ -59,10 +127,19 @@ impl RedisBackend {
 
     /// Opens and installs a connection for `lane`, unless another task did
     /// while this one waited for the lane's lock.
-    async fn connect(&self, lane: &Lane) -> Result<(u64, MultiplexedConnection), Error> {
+    async fn connect(&self, lane: &Lane) -> Result<(u64, Conn), Error> {
         let _connecting = lane.connecting.lock().await;
         if let Some(current) = lane.current() {
             return Ok(current);
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.inner.cluster {
+            let conn = cluster
+                .get_async_connection()
+                .await
+                .map(Conn::Cluster)
+                .map_err(connect_error)?;
+            return Ok((lane.install(conn.clone()), conn));
         }
         let conn = match &self.inner.direct {
             Some((client, config)) => {
@@ -72,16 +149,18 @@ impl RedisBackend {
             }
             None => self.inner.pool.dedicated_connection().await,
         };
-        let conn = conn.map_err(|e| {
-            let kind = if e.is_timeout() {
-                ErrorKind::Timeout
-            } else {
-                ErrorKind::Connection
-            };
-            Error::new(kind, "could not connect to Redis").with_source(e)
-        })?;
+        let conn = Conn::Node(conn.map_err(connect_error)?);
         Ok((lane.install(conn.clone()), conn))
     }
+}
+
+fn connect_error(e: RedisError) -> Error {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Connection
+    };
+    Error::new(kind, "could not connect to Redis").with_source(e)
 }
 
 impl Checkout {
@@ -144,20 +223,20 @@ fn classify(e: &RedisError, in_script: bool) -> (ErrorKind, bool) {
 /// One multiplexed connection slot.
 #[derive(Default)]
 pub(super) struct Lane {
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    current: Mutex<Option<(u64, Conn)>>,
     connecting: tokio::sync::Mutex<()>,
     generations: AtomicU64,
 }
 
 impl Lane {
-    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+    fn current(&self) -> Option<(u64, Conn)> {
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    fn install(&self, conn: MultiplexedConnection) -> u64 {
+    fn install(&self, conn: Conn) -> u64 {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, conn));
         generation

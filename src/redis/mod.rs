@@ -89,6 +89,9 @@ struct Inner {
     /// Set when built from a URL: lanes then connect with our own timeouts
     /// instead of the manager's (whose replies time out after 500 ms).
     direct: Option<(::redis::Client, ::redis::AsyncConnectionConfig)>,
+    /// Set for a Redis Cluster: lanes are cluster connections.
+    #[cfg(feature = "cluster")]
+    cluster: Option<::redis::cluster::ClusterClient>,
     lanes: Box<[conn::Lane]>,
     next_lane: AtomicUsize,
     deadline: Duration,
@@ -112,6 +115,8 @@ enum Source {
     None,
     Url(String),
     Pool(RedisPool),
+    #[cfg(feature = "cluster")]
+    Cluster(Vec<String>),
 }
 
 /// Configures a [`RedisBackend`]; made by [`RedisBackend::builder`].
@@ -143,6 +148,28 @@ impl RedisBackendBuilder {
     /// [`connection_timeout`](Self::connection_timeout).
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.source = Source::Url(url.into());
+        self
+    }
+
+    /// Connect to a Redis Cluster through these seed nodes (`redis://`
+    /// URLs of one or more of its primaries; the rest of the cluster is
+    /// discovered from them). Every command goes to the node that owns its
+    /// key's slot, redirects (`MOVED`, `ASK`) are followed, and the slot
+    /// map is refreshed after a resharding or a failover, all by redis-rs's
+    /// async cluster client. The layers keep the keys one call touches in
+    /// one slot (a hash tag), and split what spans slots (a user's session
+    /// list, a tag purge) into concurrent calls.
+    ///
+    /// [`pool`](RedisBackend::pool) is then a pool to the first seed node
+    /// only, and cache invalidations are heard through that node (Redis
+    /// Cluster forwards every `PUBLISH` to every node).
+    #[cfg(feature = "cluster")]
+    pub fn cluster<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.source = Source::Cluster(nodes.into_iter().map(Into::into).collect());
         self
     }
 
@@ -209,30 +236,52 @@ impl RedisBackendBuilder {
             Some(p) => Namespace::new(p)?,
             None => Namespace::default(),
         };
-        let (pool, direct) = match self.source {
-            Source::Pool(pool) => (pool, None),
-            Source::Url(url) => {
-                let invalid = |e: ::redis::RedisError| {
-                    Error::new(
-                        ErrorKind::Config,
-                        "invalid Redis URL (expected redis://host:port, rediss://host:port or unix:///path)",
-                    ).with_source(e)
+        let invalid = |e: ::redis::RedisError| {
+            Error::new(
+                ErrorKind::Config,
+                "invalid Redis URL (expected redis://host:port, rediss://host:port or unix:///path)",
+            )
+            .with_source(e)
+        };
+        // A pool and a direct client for `url`.
+        let direct = |url: &str| -> Result<_, Error> {
+            let manager = RedisConnectionManager::new(url).map_err(invalid)?;
+            let client = ::redis::Client::open(url).map_err(invalid)?;
+            // The deadline bounds every call; redis-rs's own reply
+            // timeout (500 ms by default) would cap a longer one.
+            let config = ::redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.connection_timeout))
+                .set_response_timeout(None);
+            let pool = bb8::Pool::builder()
+                .max_size(self.pool_size)
+                .connection_timeout(self.connection_timeout)
+                // A PING per checkout costs a round trip; broken
+                // connections surface as errors on use instead.
+                .test_on_check_out(false)
+                .build_unchecked(manager);
+            Ok((pool, Some((client, config))))
+        };
+        #[cfg(feature = "cluster")]
+        let mut cluster = None;
+        let (pool, direct) = match &self.source {
+            Source::Pool(pool) => (pool.clone(), None),
+            Source::Url(url) => direct(url)?,
+            #[cfg(feature = "cluster")]
+            Source::Cluster(nodes) => {
+                let Some(first) = nodes.first() else {
+                    return Err(Error::config(
+                        "a Redis Cluster needs at least one seed node",
+                    ));
                 };
-                let manager = RedisConnectionManager::new(url.as_str()).map_err(invalid)?;
-                let client = ::redis::Client::open(url.as_str()).map_err(invalid)?;
-                // The deadline bounds every call; redis-rs's own reply
-                // timeout (500 ms by default) would cap a longer one.
-                let config = ::redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.connection_timeout))
-                    .set_response_timeout(None);
-                let pool = bb8::Pool::builder()
-                    .max_size(self.pool_size)
-                    .connection_timeout(self.connection_timeout)
-                    // A PING per checkout costs a round trip; broken
-                    // connections surface as errors on use instead.
-                    .test_on_check_out(false)
-                    .build_unchecked(manager);
-                (pool, Some((client, config)))
+                cluster = Some(
+                    ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+                        .connection_timeout(self.connection_timeout)
+                        // The deadline bounds every call.
+                        .response_timeout(Duration::from_secs(60))
+                        .build()
+                        .map_err(invalid)?,
+                );
+                direct(first)?
             }
             Source::None => return Err(Error::config("RedisBackend needs a URL or a pool")),
         };
@@ -243,6 +292,8 @@ impl RedisBackendBuilder {
             inner: Arc::new(Inner {
                 pool,
                 direct,
+                #[cfg(feature = "cluster")]
+                cluster,
                 lanes,
                 next_lane: AtomicUsize::new(0),
                 deadline: self.deadline,
@@ -290,6 +341,44 @@ impl RedisBackend {
     /// The per-call deadline.
     pub fn deadline(&self) -> Duration {
         self.inner.deadline
+    }
+
+    /// Whether this backend talks to a Redis Cluster (calls whose keys span
+    /// slots are then split).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.inner.cluster.is_some()
+    }
+
+    /// Sends `groups` of commands and decodes every reply, in order. Each
+    /// group's keys share one slot. On a single Redis: one pipeline of
+    /// them all. On a cluster, where the groups may live on several nodes:
+    /// each group as its own pipeline (in order within it), the groups
+    /// concurrently (still about one round trip).
+    #[cfg_attr(not(any(feature = "session", feature = "cache")), allow(dead_code))]
+    pub(crate) async fn grouped<T: ::redis::FromRedisValue>(
+        &self,
+        groups: Vec<Vec<Cmd>>,
+    ) -> Result<Vec<T>, Error> {
+        let pipeline_of = |cmds: Vec<Cmd>| {
+            let mut pipe = ::redis::pipe();
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            pipe
+        };
+        #[cfg(feature = "cluster")]
+        if self.is_cluster() {
+            let pipes: Vec<_> = groups.into_iter().map(pipeline_of).collect();
+            let calls = pipes.iter().map(|pipe| self.pipeline::<Vec<T>>(pipe));
+            let replies = futures_util::future::try_join_all(calls).await?;
+            return Ok(replies.into_iter().flatten().collect());
+        }
+        let all: Vec<Cmd> = groups.into_iter().flatten().collect();
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.pipeline(&pipeline_of(all)).await
     }
 
     /// A client for a dedicated connection (pub/sub), when the backend was

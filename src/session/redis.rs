@@ -240,12 +240,17 @@ impl SessionStore for RedisBackend {
         if handles.is_empty() {
             return Ok(Vec::new());
         }
-        // One round trip for every session.
-        let mut pipe = ::redis::pipe();
-        for handle in &handles {
-            pipe.cmd("GET").arg(session_key(self.namespace(), handle));
-        }
-        let values: Vec<Option<Vec<u8>>> = self.pipeline(&pipe).await?;
+        // One round trip for every session (on a cluster, concurrent
+        // reads of their slots).
+        let reads = handles
+            .iter()
+            .map(|handle| {
+                let mut get = ::redis::cmd("GET");
+                get.arg(session_key(self.namespace(), handle));
+                vec![get]
+            })
+            .collect();
+        let values: Vec<Option<Vec<u8>>> = self.grouped(reads).await?;
         let mut live = Vec::new();
         let mut stale = Vec::new();
         for (handle, value) in handles.into_iter().zip(values) {

@@ -657,7 +657,7 @@ support::both_backends! { fixture;
         let r = get(&app, "/no-sie").await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
         // The layer's own window applies to responses that name none.
-        let fx2 = fixture(if matches!(fx.tb.backend, redis_layers::Backend::Memory(_)) { Kind::Memory } else { Kind::Redis });
+        let fx2 = fixture(fx.tb.kind);
         let lenient = crate::app(&fx2, fx2.builder().stale_if_error(Duration::from_secs(30)).build().unwrap());
         get(&lenient, "/no-sie").await;
         fx2.stored(1).await;

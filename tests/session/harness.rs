@@ -182,7 +182,7 @@ impl Fixture {
             .iter()
             .filter(|key| {
                 let value: Vec<u8> = match self.backend() {
-                    Backend::Redis(_) => self.server().cmd(&["GET", key]),
+                    Backend::Redis(_) => self.test.key_cmd(key, &["GET", key]),
                     Backend::Memory(memory) => memory.atomically(|ks| match ks.get(key) {
                         Some(redis_layers::memory::Value::Bytes(b)) => b.clone(),
                         _ => Vec::new(),
@@ -198,7 +198,7 @@ impl Fixture {
     pub fn index_len(&self, user: &str) -> usize {
         let key = user_index_key(self.backend(), user);
         match self.backend() {
-            Backend::Redis(_) => self.server().cmd::<usize>(&["ZCARD", &key]),
+            Backend::Redis(_) => self.test.key_cmd::<usize>(&key, &["ZCARD", &key]),
             Backend::Memory(memory) => memory.atomically(|ks| match ks.get(&key) {
                 Some(redis_layers::memory::Value::Hash(h)) => h.len(),
                 _ => 0,

@@ -237,6 +237,13 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// The node owning `key`'s slot (slots are split evenly, in order).
+    pub fn node_for(&self, key: &str) -> &RedisServer {
+        let slot: usize = self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]);
+        let per = 16384 / self.nodes.len();
+        &self.nodes[(slot / per).min(self.nodes.len() - 1)]
+    }
+
     /// Starts `n` nodes, assigns the 16384 slots, joins them, and waits until
     /// every node reports `cluster_state:ok`.
     pub fn start(n: usize) -> Self {
@@ -289,14 +296,37 @@ impl RedisCluster {
 pub enum Kind {
     Redis,
     Memory,
+    /// A three-primary Redis Cluster (the `cluster` feature).
+    #[cfg(feature = "cluster")]
+    Cluster,
 }
 
 /// A backend for one test: a Redis backend on its own `redis-server`
-/// (kept alive, and reachable for inspection, as long as this value), or a
+/// (kept alive, and reachable for inspection, as long as this value), a
+/// Redis Cluster shared by the tests running at the same time, or a
 /// memory backend. Each gets a key prefix no other test uses.
 pub struct TestBackend {
     pub backend: redis_layers::Backend,
     pub server: Option<RedisServer>,
+    pub kind: Kind,
+    #[cfg(feature = "cluster")]
+    pub cluster: Option<std::sync::Arc<RedisCluster>>,
+}
+
+/// The test cluster of this test process: started by the first test that
+/// needs it, stopped when the last one holding it ends (a static would
+/// never be dropped, and its servers would outlive the tests).
+#[cfg(feature = "cluster")]
+pub fn shared_cluster() -> std::sync::Arc<RedisCluster> {
+    use std::sync::{Arc, Mutex, Weak};
+    static SHARED: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(cluster) = shared.upgrade() {
+        return cluster;
+    }
+    let cluster = Arc::new(RedisCluster::start(3));
+    *shared = Arc::downgrade(&cluster);
+    cluster
 }
 
 impl TestBackend {
@@ -308,6 +338,32 @@ impl TestBackend {
         match kind {
             Kind::Redis => Self::redis_with(|b| b.deadline(deadline)),
             Kind::Memory => Self::memory(),
+            #[cfg(feature = "cluster")]
+            Kind::Cluster => Self::cluster_with(|b| b.deadline(deadline)),
+        }
+    }
+
+    /// A Redis backend on the shared test cluster, configured by
+    /// `configure`.
+    #[cfg(feature = "cluster")]
+    pub fn cluster_with(
+        configure: impl FnOnce(
+            redis_layers::redis::RedisBackendBuilder,
+        ) -> redis_layers::redis::RedisBackendBuilder,
+    ) -> Self {
+        let cluster = shared_cluster();
+        let builder = redis_layers::redis::RedisBackend::builder()
+            .cluster(cluster.nodes.iter().map(RedisServer::url))
+            .prefix(unique_prefix("test"))
+            .deadline(Duration::from_secs(2));
+        let redis = configure(builder)
+            .build()
+            .expect("a Redis backend for the test cluster");
+        TestBackend {
+            backend: redis.into(),
+            server: None,
+            kind: Kind::Cluster,
+            cluster: Some(cluster),
         }
     }
 
@@ -328,6 +384,9 @@ impl TestBackend {
         TestBackend {
             backend: redis.into(),
             server: Some(server),
+            kind: Kind::Redis,
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
     }
 
@@ -340,12 +399,26 @@ impl TestBackend {
                 .expect("a memory backend")
                 .into(),
             server: None,
+            kind: Kind::Memory,
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
     }
 
-    /// The test's Redis server; panics on the memory backend.
+    /// The test's Redis server; panics on the memory backend (and on a
+    /// cluster: see [`key_cmd`](Self::key_cmd)).
     pub fn server(&self) -> &RedisServer {
-        self.server.as_ref().expect("a Redis test")
+        self.server.as_ref().expect("a Redis test on one server")
+    }
+
+    /// Runs an admin command about `key` on the server that holds it (the
+    /// test's server, or the cluster node owning its slot).
+    pub fn key_cmd<T: redis::FromRedisValue>(&self, key: &str, args: &[&str]) -> T {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            return cluster.node_for(key).cmd(args);
+        }
+        self.server().cmd(args)
     }
 
     /// Keys under this backend's prefix matching `pattern` (after the
@@ -353,6 +426,16 @@ impl TestBackend {
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let prefix = self.backend.namespace().prefix().to_owned();
         match &self.backend {
+            #[cfg(feature = "cluster")]
+            redis_layers::Backend::Redis(_) if self.cluster.is_some() => {
+                let cluster = self.cluster.as_ref().expect("the cluster");
+                let mut keys = Vec::new();
+                for node in &cluster.nodes {
+                    let found: Vec<String> = node.cmd(&["KEYS", &format!("{prefix}:{pattern}")]);
+                    keys.extend(found);
+                }
+                keys
+            }
             redis_layers::Backend::Redis(_) => {
                 self.server().cmd(&["KEYS", &format!("{prefix}:{pattern}")])
             }
@@ -391,8 +474,9 @@ fn glob_match(pattern: &str, key: &str) -> bool {
 }
 
 /// Runs each test body once per backend: `both_backends!(make; name =>
-/// |fx| { .. } ...)` makes `on_redis::name` and `on_memory::name`, each
-/// with `fx = make(Kind::Redis)` or `make(Kind::Memory)`. Every
+/// |fx| { .. } ...)` makes `on_redis::name`, `on_memory::name` and (with
+/// the `cluster` feature) `on_cluster::name`, each with `fx =
+/// make(Kind::Redis)`, `make(Kind::Memory)` or `make(Kind::Cluster)`. Every
 /// capability's behaviour suite uses it, so the memory backend is held to
 /// exactly what Redis does.
 macro_rules! both_backends {
@@ -413,6 +497,17 @@ macro_rules! both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let $fx = $make($crate::support::Kind::Memory);
+                    $body
+                }
+            )*
+        }
+        #[cfg(feature = "cluster")]
+        mod on_cluster {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let $fx = $make($crate::support::Kind::Cluster);
                     $body
                 }
             )*
