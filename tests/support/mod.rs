@@ -234,14 +234,80 @@ pub fn unique_prefix(name: &str) -> String {
 /// drop.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    /// How many of `nodes` (the first) were started as primaries.
+    pub primaries: usize,
 }
 
 impl RedisCluster {
+    /// Starts `primaries` primaries with a replica each (the replicas are
+    /// `nodes[primaries..]`, `nodes[primaries + i]` replicating
+    /// `nodes[i]`), and waits until every node reports `cluster_state:ok`
+    /// and every replica's link to its primary is up.
+    pub fn start_with_replicas(primaries: usize) -> Self {
+        let mut cluster = Self::start(primaries);
+        let replicas: Vec<RedisServer> = (0..primaries)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        for replica in &replicas {
+            let _: () = cluster.nodes[0].cmd(&[
+                "CLUSTER",
+                "MEET",
+                "127.0.0.1",
+                &replica.port().to_string(),
+            ]);
+        }
+        let started = Instant::now();
+        for (i, replica) in replicas.iter().enumerate() {
+            let primary: String = cluster.nodes[i].cmd(&["CLUSTER", "MYID"]);
+            // The replica must have heard of its primary first.
+            loop {
+                let known: String = replica.cmd(&["CLUSTER", "NODES"]);
+                if known.contains(&primary) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "the replica never met its primary"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _: () = replica.cmd(&["CLUSTER", "REPLICATE", &primary]);
+        }
+        let n = primaries * 2;
+        loop {
+            let ok = cluster.nodes.iter().chain(&replicas).all(|node| {
+                let info: String = node.cmd(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{n}"))
+            }) && replicas.iter().all(|replica| {
+                let info: String = replica.cmd(&["INFO", "replication"]);
+                info.contains("master_link_status:up")
+            });
+            if ok {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the replicas never caught up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster.nodes.extend(replicas);
+        cluster
+    }
+
     /// The node owning `key`'s slot (slots are split evenly, in order).
     pub fn node_for(&self, key: &str) -> &RedisServer {
         let slot: usize = self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]);
-        let per = 16384 / self.nodes.len();
-        &self.nodes[(slot / per).min(self.nodes.len() - 1)]
+        let per = 16384 / self.primaries;
+        &self.nodes[(slot / per).min(self.primaries - 1)]
     }
 
     /// Starts `n` nodes, assigns the 16384 slots, joins them, and waits until
@@ -280,7 +346,10 @@ impl RedisCluster {
                     && info.contains(&format!("cluster_known_nodes:{n}"))
             });
             if ok {
-                return RedisCluster { nodes };
+                return RedisCluster {
+                    nodes,
+                    primaries: n,
+                };
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),

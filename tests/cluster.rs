@@ -1,0 +1,385 @@
+//! Redis Cluster while it changes: slots moved (with their keys) while
+//! traffic runs, and a primary lost to its replica. Needs the `cluster`
+//! feature; each test starts its own cluster on free ports.
+#![cfg(feature = "cluster")]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{header, Request, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use redis_layers::rate_limit::{Key, Policy, RateLimitLayer};
+use redis_layers::redis::RedisBackend;
+use redis_layers::session::{Session, SessionError, SessionLayer};
+use redis_layers::{Backend, FailurePolicy};
+use support::{RedisCluster, RedisServer};
+use tower::ServiceExt;
+
+/// Sessions holding a number, and one rate-limited route (fail-closed: a
+/// store error never admits).
+fn app(backend: &Backend, quota: u64) -> Router {
+    async fn login(session: Session, Path(v): Path<u64>) -> Result<&'static str, SessionError> {
+        session.insert("v", v)?;
+        Ok("in")
+    }
+    async fn write(session: Session, Path(v): Path<u64>) -> Result<StatusCode, SessionError> {
+        if session.get::<u64>("v").await?.is_none() {
+            return Ok(StatusCode::NOT_FOUND);
+        }
+        session.insert("v", v)?;
+        Ok(StatusCode::OK)
+    }
+    async fn read(session: Session) -> Result<String, SessionError> {
+        Ok(session
+            .get::<u64>("v")
+            .await?
+            .map_or_else(|| "none".to_owned(), |v| v.to_string()))
+    }
+    let limits = RateLimitLayer::builder(backend.clone())
+        .rule(
+            redis_layers::rate_limit::Rule::prefix("/limited")
+                .key(Key::global())
+                .policy(Policy::per_hour(quota).named("quota")),
+        )
+        .on_store_error(FailurePolicy::Closed)
+        .build()
+        .unwrap();
+    Router::new()
+        .route("/login/{v}", get(login))
+        .route("/write/{v}", get(write))
+        .route("/read", get(read))
+        .route("/limited", get(|| async { "ok" }))
+        .layer(limits)
+        .layer(
+            SessionLayer::builder(backend.clone())
+                .secure(false)
+                .build()
+                .unwrap(),
+        )
+}
+
+async fn call(
+    app: &Router,
+    path: &str,
+    cookie: Option<&str>,
+) -> (StatusCode, String, Option<String>) {
+    let mut req = Request::get(path);
+    if let Some(cookie) = cookie {
+        req = req.header(header::COOKIE, cookie);
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let set_cookie = res
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        set_cookie,
+    )
+}
+
+fn id(node: &RedisServer) -> String {
+    node.cmd(&["CLUSTER", "MYID"])
+}
+
+/// Moves `slot` and its keys from `from` to `to`, as `redis-cli --cluster
+/// reshard` does: importing / migrating marks, `MIGRATE` in batches, then
+/// every node told the new owner.
+fn move_slot(nodes: &[RedisServer], from: usize, to: usize, slot: u64) {
+    let slot = slot.to_string();
+    let (from_id, to_id) = (id(&nodes[from]), id(&nodes[to]));
+    let _: () = nodes[to].cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+    let _: () = nodes[from].cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+    loop {
+        let keys: Vec<String> = nodes[from].cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "50"]);
+        if keys.is_empty() {
+            break;
+        }
+        let port = nodes[to].port().to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        let _: () = nodes[from].cmd(&args);
+    }
+    for node in nodes {
+        let _: () = node.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+    }
+}
+
+/// The node owning `slot`, from `CLUSTER SLOTS` as `nodes[0]` sees it.
+fn owner(nodes: &[RedisServer], slot: u64) -> usize {
+    let ranges: Vec<(u64, u64, (String, u16))> = {
+        let raw: Vec<redis::Value> = nodes[0].cmd(&["CLUSTER", "SLOTS"]);
+        raw.into_iter()
+            .map(|range| {
+                let redis::Value::Array(parts) = range else {
+                    panic!("a slot range")
+                };
+                let num = |v: &redis::Value| match v {
+                    redis::Value::Int(n) => *n as u64,
+                    other => panic!("{other:?}"),
+                };
+                let redis::Value::Array(primary) = &parts[2] else {
+                    panic!("a node")
+                };
+                let port = num(&primary[1]) as u16;
+                (num(&parts[0]), num(&parts[1]), (String::new(), port))
+            })
+            .collect()
+    };
+    let port = ranges
+        .iter()
+        .find(|(first, last, _)| (*first..=*last).contains(&slot))
+        .map(|(_, _, (_, port))| *port)
+        .expect("every slot has an owner");
+    nodes
+        .iter()
+        .position(|n| n.port() == port)
+        .expect("a known node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_slots_under_traffic_loses_no_session_and_admits_nothing_extra() {
+    let cluster = RedisCluster::start(3);
+    let backend: Backend = RedisBackend::builder()
+        .cluster(cluster.nodes.iter().map(RedisServer::url))
+        .prefix("reshard")
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .into();
+    const QUOTA: u64 = 40;
+    let app = app(&backend, QUOTA);
+
+    // Sessions spread over the nodes, each holding its number.
+    let mut cookies = Vec::new();
+    for i in 0..24u64 {
+        let (status, _, cookie) = call(&app, &format!("/login/{i}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        cookies.push(cookie.expect("a session cookie"));
+    }
+    assert_eq!(call(&app, "/limited", None).await.0, StatusCode::OK);
+
+    // Every slot that holds one of our keys, and its owner.
+    let mut slots = HashSet::new();
+    for node in &cluster.nodes {
+        let keys: Vec<String> = node.cmd(&["KEYS", "reshard:*"]);
+        for key in keys {
+            let slot: u64 = node.cmd(&["CLUSTER", "KEYSLOT", &key]);
+            slots.insert(slot);
+        }
+    }
+    assert!(slots.len() >= 10, "keys over many slots: {}", slots.len());
+
+    // Traffic while the slots move: every session writes and reads its
+    // number; one client asks the limited route over and over.
+    let moving = Arc::new(AtomicBool::new(true));
+    let admitted = Arc::new(AtomicU64::new(1));
+    let mut tasks = Vec::new();
+    for (i, cookie) in cookies.iter().enumerate() {
+        let (app, cookie, moving) = (app.clone(), cookie.clone(), moving.clone());
+        tasks.push(tokio::spawn(async move {
+            // (last acknowledged, last attempted)
+            let (mut acked, mut tried) = (i as u64, i as u64);
+            let mut v = 1_000 * (i as u64 + 1);
+            while moving.load(Ordering::Relaxed) {
+                v += 1;
+                tried = v;
+                let (status, _, _) = call(&app, &format!("/write/{v}"), Some(&cookie)).await;
+                match status {
+                    StatusCode::OK => acked = v,
+                    s if s.is_server_error() => {}
+                    s => panic!("a write answered {s}: the session was lost"),
+                }
+                let (status, body, _) = call(&app, "/read", Some(&cookie)).await;
+                if status == StatusCode::OK {
+                    let seen: u64 = body
+                        .parse()
+                        .unwrap_or_else(|_| panic!("session {i} read {body:?}"));
+                    assert!(
+                        seen >= acked && seen <= tried,
+                        "session {i}: {seen} not in {acked}..={tried}"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (acked, tried)
+        }));
+    }
+    let limiter = {
+        let (app, moving, admitted) = (app.clone(), moving.clone(), admitted.clone());
+        tokio::spawn(async move {
+            let mut errors = 0;
+            while moving.load(Ordering::Relaxed) {
+                match call(&app, "/limited", None).await.0 {
+                    StatusCode::OK => {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    StatusCode::TOO_MANY_REQUESTS => {}
+                    s if s.is_server_error() => errors += 1,
+                    s => panic!("the limited route answered {s}"),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            errors
+        })
+    };
+
+    // Move every one of those slots to the next node, with its keys.
+    let nodes = Arc::new(cluster);
+    let moved = {
+        let nodes = nodes.clone();
+        let slots: Vec<u64> = slots.into_iter().collect();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            // Twice round: each slot to the next node, then to the one
+            // after, so traffic meets both redirect kinds for longer.
+            for _round in 0..2 {
+                for slot in &slots {
+                    let from = owner(&nodes.nodes, *slot);
+                    move_slot(&nodes.nodes, from, (from + 1) % 3, *slot);
+                }
+            }
+            (slots.len(), started.elapsed())
+        })
+        .await
+        .unwrap()
+    };
+    // Let traffic run on the new layout for a moment, then stop it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    moving.store(false, Ordering::Relaxed);
+    let mut last = Vec::new();
+    for t in tasks {
+        last.push(t.await.unwrap());
+    }
+    let errors = limiter.await.unwrap();
+
+    // Nothing lost: every session holds what it was last told (or a write
+    // whose answer was an error but which landed).
+    for (i, cookie) in cookies.iter().enumerate() {
+        let (status, body, _) = call(&app, "/read", Some(cookie)).await;
+        assert_eq!(status, StatusCode::OK, "session {i}");
+        let seen: u64 = body
+            .parse()
+            .unwrap_or_else(|_| panic!("session {i} read {body:?}"));
+        let (acked, tried) = last[i];
+        assert!(
+            seen >= acked && seen <= tried,
+            "session {i}: {seen} not in {acked}..={tried}"
+        );
+    }
+    // Nothing extra admitted: at most the quota over the whole run.
+    let admitted = admitted.load(Ordering::Relaxed);
+    assert!(admitted <= QUOTA, "{admitted} admitted, quota {QUOTA}");
+    assert!(
+        admitted >= QUOTA / 2,
+        "the limit kept working: {admitted} admitted ({errors} errors)"
+    );
+    assert_eq!(
+        call(&app, "/limited", None).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    eprintln!(
+        "moved {} slots twice in {:?}; {admitted} admitted, {errors} limit errors",
+        moved.0, moved.1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_primary_to_its_replica_recovers_within_a_bounded_time() {
+    let mut cluster = RedisCluster::start_with_replicas(3);
+    let backend: Backend = RedisBackend::builder()
+        .cluster(cluster.nodes.iter().map(RedisServer::url))
+        .prefix("failover")
+        .deadline(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .into();
+    let app = app(&backend, 1_000_000);
+    let mut cookies = Vec::new();
+    for i in 0..24u64 {
+        let (status, _, cookie) = call(&app, &format!("/login/{i}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        cookies.push(cookie.expect("a session cookie"));
+    }
+    // The sessions of the primary about to go, and time for its replica
+    // to receive them (replication is asynchronous: a write acknowledged
+    // just before the loss may be lost with it).
+    let doomed: Vec<String> = cluster.nodes[0].cmd(&["KEYS", "failover:*"]);
+    assert!(
+        !doomed.is_empty(),
+        "some sessions live on the first primary"
+    );
+    let started = Instant::now();
+    loop {
+        let primary: String = cluster.nodes[0].cmd(&["INFO", "replication"]);
+        let replica: String = cluster.nodes[3].cmd(&["INFO", "replication"]);
+        let offset = |info: &str, field: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if offset(&primary, "master_repl_offset:") == offset(&replica, "slave_repl_offset:") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the replica never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The primary dies; traffic goes on.
+    cluster.nodes[0].kill();
+    let killed = Instant::now();
+    let mut failures = 0u64;
+    let recovered = loop {
+        let mut all_ok = true;
+        for (i, cookie) in cookies.iter().enumerate() {
+            let (status, body, _) = call(&app, "/read", Some(cookie)).await;
+            match status {
+                StatusCode::OK => assert_eq!(body, i.to_string(), "session {i}"),
+                // The session layer's failure policy: a 5xx, never a panic
+                // or another session.
+                s if s.is_server_error() => {
+                    failures += 1;
+                    all_ok = false;
+                }
+                s => panic!("session {i}: {s} {body}"),
+            }
+        }
+        if all_ok {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no recovery within 30 s ({failures} failed reads)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The replica was promoted and holds the sessions the primary had.
+    let info: String = cluster.nodes[3].cmd(&["INFO", "replication"]);
+    assert!(info.contains("role:master"), "{info}");
+    // Writes and the limiter work again too.
+    let (status, _, _) = call(&app, "/write/7", Some(&cookies[0])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(call(&app, "/limited", None).await.0, StatusCode::OK);
+    eprintln!("recovered {recovered:?} after the primary died; {failures} reads failed meanwhile");
+}
