@@ -267,7 +267,7 @@ async fn a_pool_passed_in_is_used_and_stays_available() {
     b.set(&key, b"v", Some(Duration::from_secs(60)))
         .await
         .unwrap();
-    let mut conn = b.pool().get().await.unwrap();
+    let mut conn = b.pool().expect("a pool").get().await.unwrap();
     let v: String = redis::cmd("GET")
         .arg(&key)
         .query_async(&mut *conn)

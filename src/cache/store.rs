@@ -259,7 +259,10 @@ impl CacheStore for RedisBackend {
     }
 
     fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
-        let client = self.client()?.clone();
+        if !self.can_subscribe() {
+            return None;
+        }
+        let backend = self.clone();
         let channel = channel(self.namespace());
         let deadline = self.deadline();
         let (tx, rx) = mpsc::channel(256);
@@ -267,6 +270,9 @@ impl CacheStore for RedisBackend {
             use futures_util::StreamExt;
             loop {
                 let connected = tokio::time::timeout(deadline.max(Duration::from_secs(1)), async {
+                    // Asked again on every reconnection: behind Sentinel, the
+                    // primary of the moment.
+                    let client = backend.subscriber().await?;
                     let mut pubsub = client.get_async_pubsub().await?;
                     pubsub.subscribe(&channel).await?;
                     Ok::<_, ::redis::RedisError>(pubsub)

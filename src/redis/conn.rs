@@ -141,13 +141,28 @@ impl RedisBackend {
                 .map_err(connect_error)?;
             return Ok((lane.install(conn.clone()), conn));
         }
-        let conn = match &self.inner.direct {
-            Some((client, config)) => {
+        #[cfg(feature = "sentinel")]
+        if let Some((sentinel, config)) = &self.inner.sentinel {
+            // The primary as the sentinels see it now.
+            let conn = sentinel
+                .lock()
+                .await
+                .get_async_connection_with_config(config)
+                .await
+                .map(Conn::Node)
+                .map_err(connect_error)?;
+            return Ok((lane.install(conn.clone()), conn));
+        }
+        let conn = match (&self.inner.direct, &self.inner.pool) {
+            (Some((client, config)), _) => {
                 client
                     .get_multiplexed_async_connection_with_config(config)
                     .await
             }
-            None => self.inner.pool.dedicated_connection().await,
+            (None, Some(pool)) => pool.dedicated_connection().await,
+            (None, None) => {
+                return Err(Error::config("the Redis backend has no way to connect"));
+            }
         };
         let conn = Conn::Node(conn.map_err(connect_error)?);
         Ok((lane.install(conn.clone()), conn))

@@ -32,6 +32,11 @@
 //! replaced on the next call that needs it, so the backend recovers from a
 //! Redis restart or failover by itself.
 //!
+//! With the `cluster` feature, [`RedisBackendBuilder::cluster`] connects to
+//! a Redis Cluster instead (commands routed by slot); with the `sentinel`
+//! feature, [`RedisBackendBuilder::sentinel`] follows a primary through
+//! Redis Sentinel. The layers work the same on all three.
+//!
 //! # Deadlines
 //!
 //! Every call — connecting if needed, sending, and waiting for the reply — is
@@ -85,13 +90,21 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    pool: RedisPool,
+    /// None when following Sentinel (no node is fixed).
+    pool: Option<RedisPool>,
     /// Set when built from a URL: lanes then connect with our own timeouts
     /// instead of the manager's (whose replies time out after 500 ms).
     direct: Option<(::redis::Client, ::redis::AsyncConnectionConfig)>,
     /// Set for a Redis Cluster: lanes are cluster connections.
     #[cfg(feature = "cluster")]
     cluster: Option<::redis::cluster::ClusterClient>,
+    /// Set behind Sentinel: lanes (and the cache's subscriber) ask the
+    /// sentinels for the primary each time they connect.
+    #[cfg(feature = "sentinel")]
+    sentinel: Option<(
+        tokio::sync::Mutex<::redis::sentinel::SentinelClient>,
+        ::redis::AsyncConnectionConfig,
+    )>,
     lanes: Box<[conn::Lane]>,
     next_lane: AtomicUsize,
     deadline: Duration,
@@ -117,6 +130,11 @@ enum Source {
     Pool(RedisPool),
     #[cfg(feature = "cluster")]
     Cluster(Vec<String>),
+    #[cfg(feature = "sentinel")]
+    Sentinel {
+        sentinels: Vec<String>,
+        service: String,
+    },
 }
 
 /// Configures a [`RedisBackend`]; made by [`RedisBackend::builder`].
@@ -170,6 +188,28 @@ impl RedisBackendBuilder {
         S: Into<String>,
     {
         self.source = Source::Cluster(nodes.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Follow a primary through Redis Sentinel: `sentinels` are the
+    /// sentinels' `redis://` URLs, `service` the name they monitor the
+    /// primary under (`sentinel monitor <service> ...`). Each connection
+    /// asks the sentinels for the current primary; when a failover breaks
+    /// it (or the old primary answers `READONLY`), the next call connects
+    /// to the new one. The cache's local tier subscribes the same way.
+    ///
+    /// There is no fixed node to pool connections to:
+    /// [`pool`](RedisBackend::pool) is then `None`.
+    #[cfg(feature = "sentinel")]
+    pub fn sentinel<I, S>(mut self, sentinels: I, service: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.source = Source::Sentinel {
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            service: service.into(),
+        };
         self
     }
 
@@ -259,12 +299,32 @@ impl RedisBackendBuilder {
                 // connections surface as errors on use instead.
                 .test_on_check_out(false)
                 .build_unchecked(manager);
-            Ok((pool, Some((client, config))))
+            Ok((Some(pool), Some((client, config))))
         };
         #[cfg(feature = "cluster")]
         let mut cluster = None;
+        #[cfg(feature = "sentinel")]
+        let mut sentinel = None;
         let (pool, direct) = match &self.source {
-            Source::Pool(pool) => (pool.clone(), None),
+            Source::Pool(pool) => (Some(pool.clone()), None),
+            #[cfg(feature = "sentinel")]
+            Source::Sentinel { sentinels, service } => {
+                if sentinels.is_empty() {
+                    return Err(Error::config("Sentinel needs at least one sentinel"));
+                }
+                let client = ::redis::sentinel::SentinelClient::build(
+                    sentinels.iter().map(String::as_str).collect(),
+                    service.clone(),
+                    None,
+                    ::redis::sentinel::SentinelServerType::Master,
+                )
+                .map_err(invalid)?;
+                let config = ::redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.connection_timeout))
+                    .set_response_timeout(None);
+                sentinel = Some((tokio::sync::Mutex::new(client), config));
+                (None, None)
+            }
             Source::Url(url) => direct(url)?,
             #[cfg(feature = "cluster")]
             Source::Cluster(nodes) => {
@@ -294,6 +354,8 @@ impl RedisBackendBuilder {
                 direct,
                 #[cfg(feature = "cluster")]
                 cluster,
+                #[cfg(feature = "sentinel")]
+                sentinel,
                 lanes,
                 next_lane: AtomicUsize::new(0),
                 deadline: self.deadline,
@@ -328,9 +390,11 @@ impl RedisBackend {
         Self::builder().pool(pool).build()
     }
 
-    /// The bb8 pool, for commands of your own.
-    pub fn pool(&self) -> &RedisPool {
-        &self.inner.pool
+    /// The bb8 pool, for commands of your own: the one given to the
+    /// builder, or built from its URL (on a cluster, to the first seed
+    /// node). `None` behind Sentinel, where no node is fixed.
+    pub fn pool(&self) -> Option<&RedisPool> {
+        self.inner.pool.as_ref()
     }
 
     /// The key namespace.
@@ -381,11 +445,32 @@ impl RedisBackend {
         self.pipeline(&pipeline_of(all)).await
     }
 
-    /// A client for a dedicated connection (pub/sub), when the backend was
-    /// built from a URL.
+    /// Whether [`subscriber`](Self::subscriber) can give a client: built
+    /// from a URL (or seed nodes), or behind Sentinel.
     #[cfg_attr(not(feature = "cache"), allow(dead_code))]
-    pub(crate) fn client(&self) -> Option<&::redis::Client> {
-        self.inner.direct.as_ref().map(|(client, _)| client)
+    pub(crate) fn can_subscribe(&self) -> bool {
+        #[cfg(feature = "sentinel")]
+        if self.inner.sentinel.is_some() {
+            return true;
+        }
+        self.inner.direct.is_some()
+    }
+
+    /// A client for a dedicated connection (pub/sub): the URL's, or the
+    /// primary the sentinels name now.
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
+    pub(crate) async fn subscriber(&self) -> Result<::redis::Client, ::redis::RedisError> {
+        #[cfg(feature = "sentinel")]
+        if let Some((sentinel, _)) = &self.inner.sentinel {
+            return sentinel.lock().await.async_get_client().await;
+        }
+        match &self.inner.direct {
+            Some((client, _)) => Ok(client.clone()),
+            None => Err(::redis::RedisError::from((
+                ::redis::ErrorKind::InvalidClientConfig,
+                "no URL to subscribe with",
+            ))),
+        }
     }
 
     /// The application's estimate of Redis's clock.

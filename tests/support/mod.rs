@@ -651,3 +651,148 @@ impl Monitor {
         }
     }
 }
+
+/// A primary, a replica and three sentinels watching the primary as
+/// `mymaster` (quorum 2, down after 1 s), all on free loopback ports and
+/// killed on drop.
+pub struct SentinelSetup {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<Sentinel>,
+}
+
+/// One `redis-server --sentinel` process.
+pub struct Sentinel {
+    port: u16,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    fn start(primary: u16) -> Sentinel {
+        for _attempt in 0..5 {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("temp dir for a sentinel");
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\n\
+                     sentinel monitor mymaster 127.0.0.1 {primary} 2\n\
+                     sentinel down-after-milliseconds mymaster 1000\n\
+                     sentinel failover-timeout mymaster 5000\n",
+                    dir.path().display(),
+                    dir.path().join("sentinel.log").display(),
+                ),
+            )
+            .expect("sentinel.conf");
+            let child = match Command::new(binary())
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+            {
+                Ok(child) => child,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing_binary(&binary()),
+                Err(e) => panic!("could not start a sentinel: {e}"),
+            };
+            let mut sentinel = Sentinel {
+                port,
+                child: Some(child),
+                _dir: dir,
+            };
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
+                if raw_command(port, "PING", Duration::from_millis(200))
+                    .is_ok_and(|r| r.starts_with("+PONG"))
+                {
+                    return sentinel;
+                }
+                if let Some(Ok(Some(_))) = sentinel.child.as_mut().map(Child::try_wait) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            sentinel.kill();
+        }
+        panic!("a sentinel did not start after 5 attempts")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The primary's port as this sentinel names it now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client.get_connection().ok()?;
+        let addr: Vec<String> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("mymaster")
+            .query(&mut conn)
+            .ok()?;
+        addr.get(1)?.parse().ok()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl SentinelSetup {
+    /// Starts them all and waits until the replica is in sync and every
+    /// sentinel names the primary and knows the others.
+    pub fn start() -> SentinelSetup {
+        let primary = RedisServer::start();
+        let port = primary.port().to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+        let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port())).collect();
+        let started = Instant::now();
+        loop {
+            let info: String = replica.cmd(&["INFO", "replication"]);
+            let synced = info.contains("master_link_status:up");
+            let named = sentinels
+                .iter()
+                .all(|s| s.primary_port() == Some(primary.port()));
+            let acquainted = sentinels.iter().all(|s| {
+                let client = redis::Client::open(s.url()).unwrap();
+                let Ok(mut conn) = client.get_connection() else {
+                    return false;
+                };
+                let others: Vec<redis::Value> = redis::cmd("SENTINEL")
+                    .arg("sentinels")
+                    .arg("mymaster")
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                others.len() == 2
+            });
+            if synced && named && acquainted {
+                return SentinelSetup {
+                    primary,
+                    replica,
+                    sentinels,
+                };
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the sentinels never agreed (synced {synced}, named {named}, acquainted {acquainted})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(Sentinel::url).collect()
+    }
+}

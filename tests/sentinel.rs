@@ -1,0 +1,265 @@
+//! Behind Redis Sentinel: the backend finds the primary through the
+//! sentinels, every layer works unchanged, and a failover is followed.
+//! Needs the `sentinel` feature; each test starts a primary, a replica and
+//! three sentinels of its own.
+#![cfg(feature = "sentinel")]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{header, Request, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use redis_layers::cache::CacheLayer;
+use redis_layers::idempotency::{IdempotencyLayer, Scope};
+use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, Rule};
+use redis_layers::redis::RedisBackend;
+use redis_layers::session::{Session, SessionError, SessionLayer};
+use redis_layers::Backend;
+use support::SentinelSetup;
+use tower::ServiceExt;
+
+fn backend(setup: &SentinelSetup) -> Backend {
+    RedisBackend::builder()
+        .sentinel(setup.sentinel_urls(), "mymaster")
+        .prefix("sentinel")
+        .deadline(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .into()
+}
+
+/// The four layers on one backend.
+fn app(backend: &Backend) -> Router {
+    async fn login(session: Session, Path(v): Path<u64>) -> Result<&'static str, SessionError> {
+        session.insert("v", v)?;
+        Ok("in")
+    }
+    async fn read(session: Session) -> Result<String, SessionError> {
+        Ok(session
+            .get::<u64>("v")
+            .await?
+            .map_or_else(|| "none".to_owned(), |v| v.to_string()))
+    }
+    let orders =
+        post(|body: String| async move { (StatusCode::CREATED, format!("order for {body}")) })
+            .layer(IdempotencyLayer::new(
+                backend.clone(),
+                Scope::header("x-api-key"),
+            ));
+    Router::new()
+        .route("/login/{v}", get(login))
+        .route("/read", get(read))
+        .route("/limited", get(|| async { "ok" }))
+        .route(
+            "/cached",
+            get(|| async {
+                (
+                    [(header::CACHE_CONTROL, "public, max-age=60")],
+                    "cached page",
+                )
+            }),
+        )
+        .route("/orders", orders)
+        .layer(
+            RateLimitLayer::builder(backend.clone())
+                .rule(
+                    Rule::prefix("/limited")
+                        .key(Key::global())
+                        .policy(Policy::per_hour(3)),
+                )
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            SessionLayer::builder(backend.clone())
+                .secure(false)
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            CacheLayer::builder(backend.clone())
+                .local_tier(10)
+                .build()
+                .unwrap(),
+        )
+}
+
+async fn send(
+    app: &Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, Vec<(String, String)>, String) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, "shop.test");
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+async fn login(app: &Router, v: u64) -> String {
+    let (status, headers, _) = send(app, "GET", &format!("/login/{v}"), &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    header(&headers, "set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_layer_works_behind_sentinel() {
+    let setup = SentinelSetup::start();
+    let backend = backend(&setup);
+    let app = app(&backend);
+    // Sessions.
+    let cookie = login(&app, 41).await;
+    let (status, _, body) = send(&app, "GET", "/read", &[("cookie", &cookie)], "").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "41"));
+    // Rate limits.
+    for _ in 0..3 {
+        assert_eq!(
+            send(&app, "GET", "/limited", &[], "").await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        send(&app, "GET", "/limited", &[], "").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Caching: stored, then a hit.
+    let (_, first, _) = send(&app, "GET", "/cached", &[], "").await;
+    assert!(header(&first, "cache-status")
+        .unwrap()
+        .contains("fwd=uri-miss"));
+    let started = Instant::now();
+    loop {
+        let (_, again, _) = send(&app, "GET", "/cached", &[], "").await;
+        if header(&again, "cache-status").unwrap().contains("hit") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "never a hit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Idempotency: a replay.
+    let h = [("x-api-key", "k"), ("idempotency-key", "\"o-1\"")];
+    let (status, _, body) = send(&app, "POST", "/orders", &h, "tea").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::CREATED, "order for tea")
+    );
+    let (status, headers, again) = send(&app, "POST", "/orders", &h, "tea").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(again, body);
+    assert_eq!(header(&headers, "idempotent-replayed"), Some("true"));
+    // It all went to the primary, none of it to the sentinels' own keyspace.
+    let keys: Vec<String> = setup.primary.cmd(&["KEYS", "sentinel:*"]);
+    assert!(keys.len() >= 4, "{keys:?}");
+    // No fixed node to pool connections to.
+    let Backend::Redis(redis) = &backend else {
+        unreachable!()
+    };
+    assert!(redis.pool().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_is_followed_within_a_bounded_time() {
+    let mut setup = SentinelSetup::start();
+    let backend = backend(&setup);
+    let app = app(&backend);
+    let mut cookies = Vec::new();
+    for v in 0..10u64 {
+        cookies.push(login(&app, v).await);
+    }
+    // Replication is asynchronous: wait until the replica holds it all
+    // (a write acknowledged just before the loss may be lost with it).
+    let started = Instant::now();
+    loop {
+        let offset = |info: String, field: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
+        };
+        let primary = offset(
+            setup.primary.cmd(&["INFO", "replication"]),
+            "master_repl_offset:",
+        );
+        let replica = offset(
+            setup.replica.cmd(&["INFO", "replication"]),
+            "slave_repl_offset:",
+        );
+        if primary.is_some() && primary == replica {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the replica never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    setup.primary.kill();
+    let killed = Instant::now();
+    let mut failures = 0u64;
+    let recovered = loop {
+        let mut all_ok = true;
+        for (v, cookie) in cookies.iter().enumerate() {
+            let (status, _, body) = send(&app, "GET", "/read", &[("cookie", cookie)], "").await;
+            match status {
+                StatusCode::OK => assert_eq!(body, v.to_string(), "session {v}"),
+                s if s.is_server_error() => {
+                    failures += 1;
+                    all_ok = false;
+                }
+                s => panic!("session {v}: {s} {body}"),
+            }
+        }
+        if all_ok {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no recovery within 30 s ({failures} failed reads)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The sentinels promoted the replica, and the backend writes there.
+    assert_eq!(
+        setup.sentinels[0].primary_port(),
+        Some(setup.replica.port())
+    );
+    let info: String = setup.replica.cmd(&["INFO", "replication"]);
+    assert!(info.contains("role:master"), "{info}");
+    let cookie = login(&app, 99).await;
+    let (status, _, body) = send(&app, "GET", "/read", &[("cookie", &cookie)], "").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "99"));
+    assert!(failures > 0, "the loss was noticed at all");
+    eprintln!("recovered {recovered:?} after the primary died; {failures} reads failed meanwhile");
+}
