@@ -9,7 +9,11 @@
 //! cargo bench --bench layers
 //! BENCH_CONCURRENCY=32 BENCH_SECS=5 BENCH_ROUNDS=3 BENCH_ONLY=backend-get,session-read cargo bench
 //! REDIS_URL=redis://127.0.0.1:6379 cargo bench        # use a running Redis
+//! BENCH_CLUSTER=1 cargo bench --features cluster     # a 3-primary cluster it starts
 //! ```
+//!
+//! With `BENCH_CLUSTER=1` the floor is a GET on a redis-rs cluster
+//! connection and every layer's backend is built with `.cluster(...)`.
 //!
 //! Each layer adds its scenarios to `scenarios()`.
 
@@ -37,6 +41,8 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 #[derive(Clone)]
 struct Ctx {
     redis_url: String,
+    /// Seed nodes, when benchmarking a cluster.
+    cluster: Option<Vec<String>>,
     prefix: String,
     concurrency: usize,
 }
@@ -54,8 +60,15 @@ struct Scenario {
 
 /// This crate's backend as every scenario configures it.
 fn bench_backend(ctx: &Ctx, prefix: String) -> RedisBackend {
-    RedisBackend::builder()
-        .url(ctx.redis_url.clone())
+    let builder = RedisBackend::builder();
+    #[cfg(feature = "cluster")]
+    let builder = match &ctx.cluster {
+        Some(nodes) => builder.cluster(nodes.clone()),
+        None => builder.url(ctx.redis_url.clone()),
+    };
+    #[cfg(not(feature = "cluster"))]
+    let builder = builder.url(ctx.redis_url.clone());
+    builder
         .prefix(prefix)
         .multiplexed_connections(env_or(
             "BENCH_LANES",
@@ -64,6 +77,56 @@ fn bench_backend(ctx: &Ctx, prefix: String) -> RedisBackend {
         .deadline(Duration::from_secs(2))
         .build()
         .unwrap()
+}
+
+/// The floor on a cluster: one GET on a redis-rs cluster connection.
+#[cfg(feature = "cluster")]
+async fn cluster_floor(ctx: &Ctx, nodes: &[String]) -> Target {
+    let client = redis::cluster::ClusterClient::new(nodes.to_vec()).unwrap();
+    let conn = client.get_async_connection().await.unwrap();
+    let key = format!("{}:bench", ctx.prefix);
+    let router = Router::new()
+        .route(
+            "/",
+            get(
+                |State((mut conn, key)): State<(
+                    redis::cluster_async::ClusterConnection,
+                    String,
+                )>| async move {
+                    let v: Option<Vec<u8>> = redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    v.unwrap_or_default()
+                },
+            ),
+        )
+        .with_state((conn, key));
+    Target {
+        router,
+        request: plain_get("/"),
+    }
+}
+
+/// The values the raw scenarios read, on a cluster.
+#[cfg(feature = "cluster")]
+async fn seed_cluster(prefix: &str, nodes: &[String]) {
+    let client = redis::cluster::ClusterClient::new(nodes.to_vec()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:bench"))
+        .arg("0123456789abcdef")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:bench-hash"))
+        .arg(&["m:created", "1764230400000", "m:deadline", "1764259200000"])
+        .arg(&["m:seen", "1764230400000", "d:n", "0"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }
 
 /// A router whose one route runs `handle(backend, key)` against this
@@ -242,6 +305,10 @@ fn scenarios() -> Vec<Scenario> {
             name: "floor",
             build: |ctx| {
                 Box::pin(async move {
+                    #[cfg(feature = "cluster")]
+                    if let Some(nodes) = &ctx.cluster {
+                        return cluster_floor(&ctx, nodes).await;
+                    }
                     let client = redis::Client::open(ctx.redis_url.as_str()).unwrap();
                     let conn = client.get_multiplexed_async_connection().await.unwrap();
                     let key = format!("{}:bench", ctx.prefix);
@@ -643,6 +710,21 @@ fn main() {
             (Some(server), url)
         }
     };
+    #[cfg(feature = "cluster")]
+    let cluster_nodes = (std::env::var("BENCH_CLUSTER").is_ok_and(|v| v == "1"))
+        .then(|| support::RedisCluster::start(3));
+    #[cfg(feature = "cluster")]
+    let cluster = cluster_nodes.as_ref().map(|c| {
+        c.nodes
+            .iter()
+            .map(support::RedisServer::url)
+            .collect::<Vec<_>>()
+    });
+    #[cfg(not(feature = "cluster"))]
+    let cluster: Option<Vec<String>> = None;
+    if std::env::var("BENCH_CLUSTER").is_ok_and(|v| v == "1") && cluster.is_none() {
+        panic!("BENCH_CLUSTER=1 needs `--features cluster`");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -650,10 +732,16 @@ fn main() {
 
     let ctx = Ctx {
         redis_url: redis_url.clone(),
+        cluster: cluster.clone(),
         prefix: format!("bench-{}", std::process::id()),
         concurrency,
     };
     runtime.block_on(async {
+        #[cfg(feature = "cluster")]
+        if let Some(nodes) = &cluster {
+            seed_cluster(&ctx.prefix, nodes).await;
+            return;
+        }
         let client = redis::Client::open(redis_url.as_str()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let _: () = redis::cmd("SET")

@@ -375,3 +375,50 @@ async fn with_a_passed_in_pool_replies_time_out_at_the_managers_500_ms() {
     );
     sleeper.join().unwrap();
 }
+
+/// A server that stops answering without closing the socket (a host lost
+/// in a failover) is left after three missed deadlines in a row: the next
+/// call opens a new connection, instead of waiting on the old one until
+/// the kernel gives up.
+#[tokio::test]
+async fn three_missed_deadlines_in_a_row_replace_the_connection() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::builder()
+        .url(server.url())
+        .deadline(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let id = || async {
+        backend
+            .query::<i64>(&redis::cmd("CLIENT").arg("ID").to_owned())
+            .await
+    };
+    let before = id().await.unwrap();
+    assert_eq!(
+        id().await.unwrap(),
+        before,
+        "one connection while all is well"
+    );
+    // Two misses: the connection stays.
+    let blocked = block_server(&server, "0.5");
+    for _ in 0..2 {
+        assert_eq!(backend.ping().await.unwrap_err().kind(), ErrorKind::Timeout);
+    }
+    blocked.join().unwrap();
+    assert_eq!(
+        id().await.unwrap(),
+        before,
+        "two misses keep the connection"
+    );
+    // Three in a row: a new one.
+    let blocked = block_server(&server, "0.6");
+    for _ in 0..3 {
+        assert_eq!(backend.ping().await.unwrap_err().kind(), ErrorKind::Timeout);
+    }
+    blocked.join().unwrap();
+    assert_ne!(
+        id().await.unwrap(),
+        before,
+        "a new connection after three misses"
+    );
+}

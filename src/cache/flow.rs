@@ -956,25 +956,40 @@ where
     let (mut head, body) = res.into_parts();
     take_tags(&mut head.headers, &config.tag_header);
     if head.status.is_success() || head.status.is_redirection() {
-        let generation = match config
-            .generation
-            .current(&config.store, SystemTime::now())
-            .await
-        {
-            Ok(generation) => generation,
+        // The store's generation now, not the one known here (up to a
+        // refresh old): a purge of everything elsewhere must not make this
+        // invalidation miss the entry stored since. (Writes are rare: one
+        // more GET.) The known one too, for what this instance stored
+        // under it.
+        let known = config.generation.known();
+        let generation = match config.store.generation().await {
+            Ok(generation) => {
+                config.generation.learn(generation);
+                config.generation.known()
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cache store failed; a stored response was not invalidated");
                 return Ok(Response::from_parts(head, CacheBody::inner(body, None)));
             }
         };
-        let mut keys = vec![cache_key(config.sort_query, &uri, &headers, generation)];
+        let mut generations = vec![generation];
+        if known != generation {
+            generations.push(known);
+        }
+        let mut targets = vec![uri.clone()];
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(target) = head
                 .headers
                 .get(name)
                 .and_then(|v| same_origin(&uri, &headers, v))
             {
-                keys.push(cache_key(config.sort_query, &target, &headers, generation));
+                targets.push(target);
+            }
+        }
+        let mut keys = Vec::new();
+        for generation in generations {
+            for target in &targets {
+                keys.push(cache_key(config.sort_query, target, &headers, generation));
             }
         }
         for key in &keys {

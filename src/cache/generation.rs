@@ -62,8 +62,21 @@ impl Generation {
     /// call (the hot path, kept out of the request's future).
     pub(crate) fn fresh(&self, now: SystemTime) -> Option<u64> {
         let checked = self.checked.load(Ordering::Acquire);
-        let due = checked == NEVER || unix_ms(now).saturating_sub(checked) >= self.refresh;
-        (!due).then(|| self.value.load(Ordering::Acquire))
+        (!self.due(checked, unix_ms(now))).then(|| self.value.load(Ordering::Acquire))
+    }
+
+    /// Due for asking: never asked, `refresh` passed, or the clock stepped
+    /// back past the last ask (so a clock fixed after a jump forward does
+    /// not stop the asking).
+    fn due(&self, checked: u64, now: u64) -> bool {
+        checked == NEVER || now < checked || now - checked >= self.refresh
+    }
+
+    /// Makes the next request ask (announcements may have been missed).
+    pub(crate) fn mark_due(&self) {
+        if self.checked.load(Ordering::Acquire) != NEVER {
+            self.checked.store(0, Ordering::Release);
+        }
     }
 
     /// The generation to key a request under. Asks the store when it was
@@ -78,8 +91,7 @@ impl Generation {
             self.learn_at(generation, now);
             return Ok(self.value.load(Ordering::Acquire));
         }
-        let due = now.saturating_sub(checked) >= self.refresh;
-        if due && !self.asking.swap(true, Ordering::AcqRel) {
+        if self.due(checked, now) && !self.asking.swap(true, Ordering::AcqRel) {
             let _asking = Asking(&self.asking);
             match store.generation().await {
                 Ok(generation) => self.learn_at(generation, now),
@@ -90,6 +102,11 @@ impl Generation {
             }
         }
         Ok(self.value.load(Ordering::Acquire))
+    }
+
+    /// The highest generation known here (without asking).
+    pub(crate) fn known(&self) -> u64 {
+        self.value.load(Ordering::Acquire)
     }
 
     /// Learns `generation` (never going back to an older one).
@@ -118,18 +135,26 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         assert_eq!(generation.current(&store, at(0)).await.unwrap(), 0);
         // The store moves on; within the refresh the known one is used.
-        assert_eq!(store.next_generation().await.unwrap(), 1);
+        assert_eq!(store.next_generation(0).await.unwrap(), 1);
         assert_eq!(generation.current(&store, at(999)).await.unwrap(), 0);
         assert_eq!(generation.current(&store, at(1_000)).await.unwrap(), 1);
-        // The clock stepping back: no ask until it catches up.
-        assert_eq!(store.next_generation().await.unwrap(), 2);
-        assert_eq!(generation.current(&store, at(10)).await.unwrap(), 1);
-        assert_eq!(generation.current(&store, at(2_000)).await.unwrap(), 2);
+        // The clock stepping back (a jump forward corrected): asked again.
+        assert_eq!(store.next_generation(0).await.unwrap(), 2);
+        assert_eq!(generation.current(&store, at(10)).await.unwrap(), 2);
+        assert_eq!(generation.current(&store, at(20)).await.unwrap(), 2);
+        // Announcements missed: the next request asks.
+        assert_eq!(store.next_generation(0).await.unwrap(), 3);
+        assert_eq!(generation.current(&store, at(30)).await.unwrap(), 2);
+        generation.mark_due();
+        assert_eq!(generation.current(&store, at(40)).await.unwrap(), 3);
         // Learned from a purge or an announcement: at once, never back.
         generation.learn(5);
         assert_eq!(generation.current(&store, at(2_001)).await.unwrap(), 5);
+        // A store whose counter went back (a failover lost an INCR) still
+        // moves past what this layer knows.
+        assert_eq!(store.next_generation(5).await.unwrap(), 6);
         generation.learn(3);
         let later = SystemTime::now() + Duration::from_secs(5);
-        assert_eq!(generation.current(&store, later).await.unwrap(), 5);
+        assert_eq!(generation.current(&store, later).await.unwrap(), 6);
     }
 }

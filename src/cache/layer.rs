@@ -460,7 +460,8 @@ impl Purger {
     /// as soon as they hear it (pub/sub), and the others within their
     /// [`generation_refresh`](CacheLayerBuilder::generation_refresh).
     pub async fn purge_all(&self) -> Result<u64, Error> {
-        let generation = self.config.store.next_generation().await?;
+        let known = self.config.generation.known();
+        let generation = self.config.store.next_generation(known).await?;
         self.config.generation.learn(generation);
         if let Some(local) = &self.config.local {
             local.clear();

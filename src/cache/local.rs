@@ -109,10 +109,13 @@ async fn listen(
         let Some(tier) = tier.upgrade() else { return };
         match event {
             Heard::Ready => {
+                // A purge of everything may have gone by unheard.
+                generation.mark_due();
                 tier.clear();
                 tier.coherent.store(true, Ordering::Release);
             }
             Heard::Lost => {
+                generation.mark_due();
                 tier.coherent.store(false, Ordering::Release);
                 tier.clear();
             }

@@ -21,6 +21,7 @@ use crate::redis::{script, RedisBackend, Script};
 use crate::Backend;
 
 static UNLEASE: Script = script!("cache-unlease", "unlease.lua");
+static NEXT_GENERATION: Script = script!("cache-next-generation", "generation.lua");
 
 /// Where a cache layer keeps its entries.
 pub trait CacheStore: Send + Sync + 'static {
@@ -89,9 +90,11 @@ pub trait CacheStore: Send + Sync + 'static {
         std::future::ready(Ok(0))
     }
 
-    /// Starts the next generation and returns it (Redis: one `INCR`). The
-    /// default refuses.
-    fn next_generation(&self) -> impl Future<Output = Result<u64, Error>> + Send {
+    /// Starts the next generation, past both the stored one and
+    /// `at_least` (the caller's: a counter that went back still moves on),
+    /// and returns it (Redis: one small script). The default refuses.
+    fn next_generation(&self, at_least: u64) -> impl Future<Output = Result<u64, Error>> + Send {
+        let _ = at_least;
         std::future::ready(Err(Error::new(
             crate::error::ErrorKind::Config,
             "this cache store cannot purge everything (no generation counter)",
@@ -170,11 +173,12 @@ impl CacheStore for RedisBackend {
         if tags.is_empty() {
             return self.set(&entry_key, &entry, Some(ttl)).await;
         }
-        // One pipeline; on a cluster the entry and each tag's set (their
-        // own slots) go concurrently.
+        // One pipeline, the tags first: an entry is never found without
+        // its tags (a purge would miss it). On a cluster each tag's set
+        // (its own slot) concurrently, then the entry.
         let mut set_entry = ::redis::cmd("SET");
         set_entry.arg(&entry_key).arg(entry).arg("PX").arg(ms);
-        let mut groups = vec![vec![set_entry]];
+        let mut groups = Vec::new();
         for tag in tags {
             let set = tag_key(self.namespace(), tag);
             // The set outlives each of its entries: NX gives a new set a
@@ -187,7 +191,7 @@ impl CacheStore for RedisBackend {
             longer.arg(&set).arg(ms).arg("GT");
             groups.push(vec![add, new_ttl, longer]);
         }
-        let _: Vec<::redis::Value> = self.grouped(groups).await?;
+        let _: Vec<::redis::Value> = self.phased(vec![groups, vec![vec![set_entry]]]).await?;
         Ok(())
     }
 
@@ -204,8 +208,10 @@ impl CacheStore for RedisBackend {
         // Each entry by its own key (their slots differ from the set's),
         // then only the members read: one tagged since stays for the next
         // purge.
-        // On a cluster each in its own slot, concurrently.
-        let mut groups: Vec<Vec<::redis::Cmd>> = members
+        // On a cluster each in its own slot, concurrently; the members
+        // leave the set only once their entries are gone (else a failed
+        // DEL would leave an entry no purge finds).
+        let groups: Vec<Vec<::redis::Cmd>> = members
             .iter()
             .map(|member| {
                 let mut del = ::redis::cmd("DEL");
@@ -215,8 +221,7 @@ impl CacheStore for RedisBackend {
             .collect();
         let mut remove = ::redis::cmd("SREM");
         remove.arg(&set).arg(&members);
-        groups.push(vec![remove]);
-        let _: Vec<u64> = self.grouped(groups).await?;
+        let _: Vec<u64> = self.phased(vec![groups, vec![vec![remove]]]).await?;
         Ok(members)
     }
 
@@ -321,10 +326,12 @@ impl CacheStore for RedisBackend {
         )
     }
 
-    async fn next_generation(&self) -> Result<u64, Error> {
-        let mut cmd = ::redis::cmd("INCR");
-        cmd.arg(generation_key(self.namespace()));
-        self.query(&cmd).await
+    async fn next_generation(&self, at_least: u64) -> Result<u64, Error> {
+        self.script(&NEXT_GENERATION)
+            .key(generation_key(self.namespace()))
+            .arg(at_least)
+            .invoke()
+            .await
     }
 }
 
@@ -471,14 +478,15 @@ impl CacheStore for MemoryBackend {
         )
     }
 
-    async fn next_generation(&self) -> Result<u64, Error> {
+    async fn next_generation(&self, at_least: u64) -> Result<u64, Error> {
         let key = generation_key(self.namespace());
         self.atomically(|ks| {
-            let next = match ks.get(&key) {
-                None => 1,
-                Some(Value::Bytes(raw)) => counter(Some(raw))? + 1,
+            let stored = match ks.get(&key) {
+                None => 0,
+                Some(Value::Bytes(raw)) => counter(Some(raw))?,
                 Some(_) => return Err(Error::wrong_type()),
             };
+            let next = stored.max(at_least) + 1;
             ks.set(&key, Value::Bytes(next.to_string().into_bytes()), None)?;
             Ok(next)
         })
@@ -532,8 +540,8 @@ impl CacheStore for Backend {
         on_backend!(self, b => CacheStore::generation(b).await)
     }
 
-    async fn next_generation(&self) -> Result<u64, Error> {
-        on_backend!(self, b => CacheStore::next_generation(b).await)
+    async fn next_generation(&self, at_least: u64) -> Result<u64, Error> {
+        on_backend!(self, b => CacheStore::next_generation(b, at_least).await)
     }
 }
 
@@ -562,7 +570,7 @@ pub(crate) trait DynCacheStore: Send + Sync {
     fn announce<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), Error>>;
     fn listen(&self) -> Option<mpsc::Receiver<Heard>>;
     fn generation(&self) -> BoxFuture<'_, Result<u64, Error>>;
-    fn next_generation(&self) -> BoxFuture<'_, Result<u64, Error>>;
+    fn next_generation(&self, at_least: u64) -> BoxFuture<'_, Result<u64, Error>>;
 }
 
 impl<T: CacheStore> DynCacheStore for T {
@@ -607,8 +615,8 @@ impl<T: CacheStore> DynCacheStore for T {
     fn generation(&self) -> BoxFuture<'_, Result<u64, Error>> {
         Box::pin(CacheStore::generation(self))
     }
-    fn next_generation(&self) -> BoxFuture<'_, Result<u64, Error>> {
-        Box::pin(CacheStore::next_generation(self))
+    fn next_generation(&self, at_least: u64) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(CacheStore::next_generation(self, at_least))
     }
 }
 
@@ -709,10 +717,10 @@ impl Store {
         }
     }
 
-    pub(crate) async fn next_generation(&self) -> Result<u64, Error> {
+    pub(crate) async fn next_generation(&self, at_least: u64) -> Result<u64, Error> {
         match self {
-            Store::Backend(b) => CacheStore::next_generation(b).await,
-            Store::Custom(s) => s.next_generation().await,
+            Store::Backend(b) => CacheStore::next_generation(b, at_least).await,
+            Store::Custom(s) => s.next_generation(at_least).await,
         }
     }
 }

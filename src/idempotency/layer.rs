@@ -505,8 +505,14 @@ where
             .await;
         match claim {
             Err(e) => {
-                // Fail closed: never run the handler without the lock.
+                // Fail closed: never run the handler without the lock. The
+                // claim may have been written before the error (a
+                // transaction does not roll back): free it if it is ours.
                 tracing::error!(error = %e, "idempotency store failed");
+                let (config, key) = (config.clone(), key.clone());
+                tokio::spawn(async move {
+                    let _ = config.store.release(&key, holder).await;
+                });
                 return Ok(Problem::store_failure("idempotency", &e).to_response());
             }
             Ok(Claim::Claimed(token)) => break token,

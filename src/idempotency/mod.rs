@@ -51,7 +51,9 @@
 //! - The handler sees its [`FencingToken`] in the request's extensions.
 //!   Completion stores the response only if the claim is still its own:
 //!   a handler that lost its lease cannot overwrite a newer one, and the
-//!   newer handler's token is higher, for your own writes to compare.
+//!   newer handler's token is higher, for your own writes to compare
+//!   (unless a Redis failover lost the counter's last increments: tokens
+//!   are monotonic only as far as the store's writes survive).
 //! - 2xx and 4xx responses (but 408 and 429, which invite a retry) are
 //!   final: status, the headers in
 //!   [`REPLAYED_HEADERS`] (never `Set-Cookie` or `Date`) and the body are

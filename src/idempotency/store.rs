@@ -25,6 +25,8 @@ use crate::memory::{MemoryBackend, Value};
 use crate::redis::{script, RedisBackend, Script};
 use crate::Backend;
 
+#[cfg(feature = "cluster")]
+static CLAIM: Script = script!("idempotency-claim", "claim.lua");
 static EXTEND: Script = script!("idempotency-extend", "record.lua", "extend.lua");
 static COMPLETE: Script = script!("idempotency-complete", "record.lua", "complete.lua");
 static RELEASE: Script = script!("idempotency-release", "record.lua", "release.lua");
@@ -100,6 +102,19 @@ impl IdempotencyStore for RedisBackend {
         counter_ttl: Duration,
     ) -> Result<Claim, Error> {
         let (record, counter) = keys(self.namespace(), key);
+        #[cfg(feature = "cluster")]
+        if self.is_cluster() {
+            let reply: Vec<::redis::Value> = self
+                .script(&CLAIM)
+                .key(&record)
+                .key(&counter)
+                .arg(layout::in_flight(holder, fingerprint))
+                .arg(ms(lease))
+                .arg(ms(counter_ttl))
+                .invoke()
+                .await?;
+            return decode_claim(reply);
+        }
         // One transaction: the record when one exists (and nothing set),
         // else the claim; its time to live either way; the next token
         // (counted on every attempt: tokens stay increasing, with gaps);
@@ -172,6 +187,29 @@ impl IdempotencyStore for RedisBackend {
             .await?;
         Ok(n == 1)
     }
+}
+
+/// `claim.lua`'s reply.
+#[cfg(feature = "cluster")]
+fn decode_claim(reply: Vec<::redis::Value>) -> Result<Claim, Error> {
+    use ::redis::Value;
+    let number = |v: &Value| match v {
+        Value::Int(n) => Some(*n),
+        _ => None,
+    };
+    match reply.as_slice() {
+        [first, token] if number(first) == Some(0) => number(token)
+            .and_then(|t| u64::try_from(t).ok())
+            .map(Claim::Claimed),
+        [first, ttl, Value::BulkString(record)] if number(first) == Some(1) => {
+            number(ttl).map(|ttl| Claim::Taken {
+                record: Bytes::copy_from_slice(record),
+                ttl: Duration::from_millis(ttl.max(0) as u64),
+            })
+        }
+        _ => None,
+    }
+    .ok_or_else(|| Error::decode("the idempotency claim script's reply is malformed"))
 }
 
 /// Whether `raw` is in flight under `holder`.

@@ -3,7 +3,7 @@
 //! (`mod.rs`) and scripts (`script.rs`) both run through [`RedisBackend::call`].
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use ::redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -96,20 +96,27 @@ impl RedisBackend {
         F: Future<Output = Result<T, Error>>,
     {
         let deadline = self.inner.deadline;
+        let lanes = &self.inner.lanes;
+        let index = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % lanes.len();
         let attempt = async {
-            let checkout = self.checkout().await?;
+            let checkout = self.checkout(index).await?;
             work(checkout).await
         };
         match tokio::time::timeout(deadline, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::timeout(deadline)),
+            Ok(result) => {
+                lanes[index].answered();
+                result
+            }
+            Err(_) => {
+                lanes[index].timed_out();
+                Err(Error::timeout(deadline))
+            }
         }
     }
 
-    /// A multiplexed connection from the next lane, opened if needed.
-    async fn checkout(&self) -> Result<Checkout, Error> {
+    /// A multiplexed connection from lane `index`, opened if needed.
+    async fn checkout(&self, index: usize) -> Result<Checkout, Error> {
         let lanes = &self.inner.lanes;
-        let index = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % lanes.len();
         let lane = &lanes[index];
         let checkout = |(generation, conn)| Checkout {
             lane: index,
@@ -216,6 +223,16 @@ fn classify(e: &RedisError, in_script: bool) -> (ErrorKind, bool) {
         // After a failover the old primary answers READONLY: reconnecting
         // follows DNS or a proxy to the new one.
         Some("READONLY" | "MASTERDOWN") => (ErrorKind::Server, true),
+        // A transaction refused: one of its commands' errors decides (a
+        // READONLY inside it means a demoted primary as well).
+        Some("EXECABORT") => {
+            let demoted = e.clone().into_server_errors().is_some_and(|errors| {
+                errors
+                    .iter()
+                    .any(|(_, err)| matches!(err.code(), "READONLY" | "MASTERDOWN"))
+            });
+            (ErrorKind::Server, demoted)
+        }
         // Redis is there but cannot serve the call right now (or is
         // misconfigured): not the script's fault.
         Some(
@@ -235,15 +252,38 @@ fn classify(e: &RedisError, in_script: bool) -> (ErrorKind, bool) {
     }
 }
 
+/// Deadlines missed in a row after which a lane's connection is dropped:
+/// a server that vanished without closing the socket (a host lost in a
+/// failover) would otherwise hold the lane until the kernel gives up.
+const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
+
 /// One multiplexed connection slot.
 #[derive(Default)]
 pub(super) struct Lane {
     current: Mutex<Option<(u64, Conn)>>,
     connecting: tokio::sync::Mutex<()>,
     generations: AtomicU64,
+    /// Deadlines missed in a row.
+    timeouts: AtomicU32,
 }
 
 impl Lane {
+    /// A call finished within its deadline.
+    fn answered(&self) {
+        // A read first: no shared write on the hot path.
+        if self.timeouts.load(Ordering::Relaxed) != 0 {
+            self.timeouts.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A call missed its deadline; enough in a row drop the connection.
+    fn timed_out(&self) {
+        if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_RECONNECT {
+            self.timeouts.store(0, Ordering::Relaxed);
+            *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
     fn current(&self) -> Option<(u64, Conn)> {
         self.current
             .lock()

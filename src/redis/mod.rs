@@ -55,6 +55,8 @@ pub use script::{Script, ScriptCall};
 
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
+#[cfg(feature = "cluster")]
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +100,12 @@ struct Inner {
     /// Set for a Redis Cluster: lanes are cluster connections.
     #[cfg(feature = "cluster")]
     cluster: Option<::redis::cluster::ClusterClient>,
+    /// A cluster's seed nodes, for subscribing (taken in turn, so a lost
+    /// node does not end the subscription for good).
+    #[cfg(feature = "cluster")]
+    seeds: Vec<::redis::Client>,
+    #[cfg(feature = "cluster")]
+    next_seed: AtomicUsize,
     /// Set behind Sentinel: lanes (and the cache's subscriber) ask the
     /// sentinels for the primary each time they connect.
     #[cfg(feature = "sentinel")]
@@ -193,7 +201,9 @@ impl RedisBackendBuilder {
 
     /// Follow a primary through Redis Sentinel: `sentinels` are the
     /// sentinels' `redis://` URLs, `service` the name they monitor the
-    /// primary under (`sentinel monitor <service> ...`). Each connection
+    /// primary under (`sentinel monitor <service> ...`). The primary is
+    /// reached with default settings (no password, database 0, no TLS):
+    /// setting those for the data connections is not supported yet. Each connection
     /// asks the sentinels for the current primary; when a failover breaks
     /// it (or the old primary answers `READONLY`), the next call connects
     /// to the new one. The cache's local tier subscribes the same way.
@@ -303,6 +313,8 @@ impl RedisBackendBuilder {
         };
         #[cfg(feature = "cluster")]
         let mut cluster = None;
+        #[cfg(feature = "cluster")]
+        let mut seeds = Vec::new();
         #[cfg(feature = "sentinel")]
         let mut sentinel = None;
         let (pool, direct) = match &self.source {
@@ -341,6 +353,9 @@ impl RedisBackendBuilder {
                         .build()
                         .map_err(invalid)?,
                 );
+                for node in nodes {
+                    seeds.push(::redis::Client::open(node.as_str()).map_err(invalid)?);
+                }
                 direct(first)?
             }
             Source::None => return Err(Error::config("RedisBackend needs a URL or a pool")),
@@ -354,6 +369,10 @@ impl RedisBackendBuilder {
                 direct,
                 #[cfg(feature = "cluster")]
                 cluster,
+                #[cfg(feature = "cluster")]
+                seeds,
+                #[cfg(feature = "cluster")]
+                next_seed: AtomicUsize::new(0),
                 #[cfg(feature = "sentinel")]
                 sentinel,
                 lanes,
@@ -419,10 +438,23 @@ impl RedisBackend {
     /// them all. On a cluster, where the groups may live on several nodes:
     /// each group as its own pipeline (in order within it), the groups
     /// concurrently (still about one round trip).
-    #[cfg_attr(not(any(feature = "session", feature = "cache")), allow(dead_code))]
+    #[cfg_attr(not(feature = "session"), allow(dead_code))]
     pub(crate) async fn grouped<T: ::redis::FromRedisValue>(
         &self,
         groups: Vec<Vec<Cmd>>,
+    ) -> Result<Vec<T>, Error> {
+        self.phased(vec![groups]).await
+    }
+
+    /// [`grouped`](Self::grouped) in phases: on a cluster, a phase starts
+    /// only once every group of the one before succeeded (what must not
+    /// happen unless the earlier writes did: a tag before its entry, an
+    /// entry's removal before its tag's). On a single Redis, still one
+    /// pipeline, in order.
+    #[cfg_attr(not(any(feature = "session", feature = "cache")), allow(dead_code))]
+    pub(crate) async fn phased<T: ::redis::FromRedisValue>(
+        &self,
+        phases: Vec<Vec<Vec<Cmd>>>,
     ) -> Result<Vec<T>, Error> {
         let pipeline_of = |cmds: Vec<Cmd>| {
             let mut pipe = ::redis::pipe();
@@ -433,12 +465,16 @@ impl RedisBackend {
         };
         #[cfg(feature = "cluster")]
         if self.is_cluster() {
-            let pipes: Vec<_> = groups.into_iter().map(pipeline_of).collect();
-            let calls = pipes.iter().map(|pipe| self.pipeline::<Vec<T>>(pipe));
-            let replies = futures_util::future::try_join_all(calls).await?;
-            return Ok(replies.into_iter().flatten().collect());
+            let mut out = Vec::new();
+            for groups in phases {
+                let pipes: Vec<_> = groups.into_iter().map(pipeline_of).collect();
+                let calls = pipes.iter().map(|pipe| self.pipeline::<Vec<T>>(pipe));
+                let replies = futures_util::future::try_join_all(calls).await?;
+                out.extend(replies.into_iter().flatten());
+            }
+            return Ok(out);
         }
-        let all: Vec<Cmd> = groups.into_iter().flatten().collect();
+        let all: Vec<Cmd> = phases.into_iter().flatten().flatten().collect();
         if all.is_empty() {
             return Ok(Vec::new());
         }
@@ -463,6 +499,13 @@ impl RedisBackend {
         #[cfg(feature = "sentinel")]
         if let Some((sentinel, _)) = &self.inner.sentinel {
             return sentinel.lock().await.async_get_client().await;
+        }
+        // On a cluster any node hears every PUBLISH: the next seed each
+        // time.
+        #[cfg(feature = "cluster")]
+        if !self.inner.seeds.is_empty() {
+            let at = self.inner.next_seed.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.inner.seeds[at % self.inner.seeds.len()].clone());
         }
         match &self.inner.direct {
             Some((client, _)) => Ok(client.clone()),

@@ -212,7 +212,9 @@ impl<'a> ScriptCall<'a> {
     /// within the backend's deadline, and decodes both replies. On NOSCRIPT
     /// the pipeline is sent again with EVAL, so `next` runs twice then: it
     /// must be a read. `next` runs right after the script but not atomically
-    /// with it: another client's command may come between the two.
+    /// with it: another client's command may come between the two. On a
+    /// Redis Cluster `next`'s key must share the script's slot (one
+    /// pipeline goes to one node).
     pub async fn invoke_then<T: FromRedisValue, U: FromRedisValue>(
         self,
         next: &Cmd,
