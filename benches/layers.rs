@@ -42,6 +42,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 struct Ctx {
     redis_url: String,
     /// Seed nodes, when benchmarking a cluster.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     cluster: Option<Vec<String>>,
     prefix: String,
     concurrency: usize,

@@ -487,6 +487,7 @@ impl TestBackend {
         if let Some(cluster) = &self.cluster {
             return cluster.node_for(key).cmd(args);
         }
+        let _ = key;
         self.server().cmd(args)
     }
 
