@@ -17,7 +17,7 @@ use tower_service::Service;
 use super::body::{CacheBody, Copy};
 use super::directives::Directives;
 use super::flight::Role;
-use super::layer::{Config, CACHE_STATUS};
+use super::layer::{Config, Purger, CACHE_STATUS};
 use super::layout::{hash, hash_hex, Entry, MUST_REVALIDATE, NO_CACHE};
 use super::policy::{self, Unusable};
 
@@ -204,6 +204,7 @@ where
             // Without the generation no key is known to be current:
             // neither read nor store.
             tracing::warn!(error = %e, "cache store failed; asking the handler");
+            req.extensions_mut().insert(Purger::of(&config));
             let res = inner.call(req).await?;
             return Ok(with_status(
                 res.map(|body| CacheBody::inner(body, None)),
@@ -242,6 +243,8 @@ where
             }
         }
     }
+    // From here the handler may run: it may want to purge.
+    req.extensions_mut().insert(Purger::of(&config));
     if session.personal() {
         fwd = "bypass";
     } else if !directives.no_cache {

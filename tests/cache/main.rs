@@ -203,8 +203,18 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
     ) -> String {
         purger.purge_tag(&tag).await.unwrap().to_string()
     }
+    async fn sees_purger(
+        purger: Option<axum::Extension<redis_layers::cache::Purger>>,
+    ) -> &'static str {
+        if purger.is_some() {
+            "purger"
+        } else {
+            "none"
+        }
+    }
     Router::new()
         .route("/admin/purge/{tag}", axum::routing::post(purge))
+        .route("/sees-purger", axum::routing::get(sees_purger))
         .route(
             "/{*path}",
             axum::routing::get(answer).post(change).put(fail),
@@ -723,6 +733,8 @@ support::both_backends! { fixture;
         assert!(get(&app, "/other-tagged").await.hit(), "another tag stays");
         assert!(get(&app, "/fresh").await.hit(), "untagged stays");
         assert_eq!(purger.purge_tag("nothing").await.unwrap(), 0);
+        // A reading handler (a miss) gets the purger too.
+        assert_eq!(get(&app, "/sees-purger").await.body, "purger");
         // From a handler, through the request's extensions, on another
         // instance sharing the store.
         let other = crate::app(&fx, CacheLayer::new(fx.tb.backend.clone()));
