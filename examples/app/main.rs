@@ -31,7 +31,7 @@
 //! at once. Watch `Cache-Status`:
 //! `curl -si localhost:3000/products/1 | grep -i cache-status` (twice).
 //!
-//! Idempotency: `POST /api/orders` needs an `Idempotency-Key` (and an
+//! Idempotency: `POST /api/orders` needs an `Idempotency-Key` (and a
 //! known `X-API-Key` such as `demo`, whose holder the key belongs to); a retry replays the
 //! order, a concurrent duplicate gets 409, another body with the same key
 //! 422:

@@ -67,7 +67,8 @@
 //!   response, with the fields RFC 9110 §15.4.5 lists.
 //! - Otherwise the handler's response, with `Cache-Status:
 //!   redis-layers; fwd=<why>; fwd-status=<status>` (`uri-miss`,
-//!   `vary-miss`, `stale`, `request`, or `miss` with a `detail`), plus
+//!   `vary-miss`, `stale`, `request`, `bypass`, or `miss` with a
+//!   `detail`), plus
 //!   `stored` when it is being stored.
 //! - `only-if-cached` without a usable stored response: 504.
 //!
@@ -122,7 +123,8 @@
 //! the others within their
 //! [`generation_refresh`](CacheLayerBuilder::generation_refresh) (1 s by
 //! default: each instance asks the store for the generation at most that
-//! often, one request paying one more `GET`).
+//! often on reads, one request paying one more `GET`; every unsafe method
+//! asks, to invalidate under the current generation).
 //!
 //! ```
 //! use axum::{extract::Path, routing::{get, post}, Extension, Router};
@@ -154,7 +156,7 @@
 //! Either order keeps one user's page from another:
 //!
 //! - **Outside the session layer** (`.layer(session)` first, then
-//!   `.layer(cache)`; the order DESIGN recommends): the session layer marks
+//!   `.layer(cache)`; the recommended order): the session layer marks
 //!   every response whose handler read the session with `Vary: Cookie`
 //!   (and `private` when the request had a cookie), and the cache honours
 //!   those marks. A handler that reads the session only for some requests
@@ -181,9 +183,9 @@
 //! | revalidation (304) | 1 `GET`, then 1 write |
 //! | request `no-cache` | 0 before the handler, 1 write when stored |
 //! | hit in the local tier | 0 |
-//! | unsafe method | 1 `DEL` per invalidated URI, 1 `PUBLISH` |
+//! | unsafe method | 1 `GET` (the generation), 1 `DEL` per invalidated URI (per generation, when this instance knew an older one), 1 `PUBLISH` |
 //! | purge a tag | `SMEMBERS`, then one pipeline of `DEL`s and `SREM`, 1 `PUBLISH` |
-//! | purge everything | 1 `INCR`, 1 `PUBLISH` |
+//! | purge everything | 1 small script (the next generation), 1 `PUBLISH` |
 //! | once per `generation_refresh`, one request | 1 more `GET` (the generation) |
 //!
 //! # The local tier

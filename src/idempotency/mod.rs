@@ -68,7 +68,9 @@
 //! # Round trips
 //!
 //! A new key: 1 to claim (on Redis a `MULTI`/`EXEC` of plain commands:
-//! `SET … NX PX … GET`, `PTTL`, `INCR`, `PEXPIRE`), 1 script to complete
+//! `SET … NX PX … GET`, `PTTL`, `INCR`, `PEXPIRE`; on a Redis Cluster,
+//! whose redirects redis-rs follows only outside a transaction, the
+//! script `claim.lua`), 1 script to complete
 //! (or release), plus one renewal per third of the lease while the
 //! handler runs. A replay or a conflict: the claim alone.
 //! A request waiting on a key in flight asks again every 50 ms.

@@ -19,7 +19,8 @@
 //! # How connections are used
 //!
 //! The backend keeps the bb8-redis pool you give it (or builds one from a URL)
-//! and exposes it with [`RedisBackend::pool`] for your own commands. On the
+//! and exposes it with [`RedisBackend::pool`] for your own commands (`None`
+//! behind Sentinel; on a cluster, a pool to the first seed node). On the
 //! hot path it does **not** check a connection out per request: a checkout
 //! either sends a `PING` (bb8's `test_on_check_out`) or makes concurrent
 //! requests queue for a free connection. Instead the backend opens one (or
