@@ -80,34 +80,36 @@ fn bench_backend(ctx: &Ctx, prefix: String) -> RedisBackend {
         .unwrap()
 }
 
-/// The floor on a cluster: one GET on a redis-rs cluster connection.
-#[cfg(feature = "cluster")]
-async fn cluster_floor(ctx: &Ctx, nodes: &[String]) -> Target {
-    let client = redis::cluster::ClusterClient::new(nodes.to_vec()).unwrap();
-    let conn = client.get_async_connection().await.unwrap();
-    let key = format!("{}:bench", ctx.prefix);
+/// The floor: one raw redis-rs GET per request on `conn`.
+fn floor_target<C>(conn: C, key: String) -> Target
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
     let router = Router::new()
         .route(
             "/",
-            get(
-                |State((mut conn, key)): State<(
-                    redis::cluster_async::ClusterConnection,
-                    String,
-                )>| async move {
-                    let v: Option<Vec<u8>> = redis::cmd("GET")
-                        .arg(&key)
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap();
-                    v.unwrap_or_default()
-                },
-            ),
+            get(|State((mut conn, key)): State<(C, String)>| async move {
+                let v: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                v.unwrap_or_default()
+            }),
         )
         .with_state((conn, key));
     Target {
         router,
         request: plain_get("/"),
     }
+}
+
+/// The floor on a cluster: one GET on a redis-rs cluster connection.
+#[cfg(feature = "cluster")]
+async fn cluster_floor(ctx: &Ctx, nodes: &[String]) -> Target {
+    let client = redis::cluster::ClusterClient::new(nodes.to_vec()).unwrap();
+    let conn = client.get_async_connection().await.unwrap();
+    floor_target(conn, format!("{}:bench", ctx.prefix))
 }
 
 /// The values the raw scenarios read, on a cluster.
@@ -312,29 +314,7 @@ fn scenarios() -> Vec<Scenario> {
                     }
                     let client = redis::Client::open(ctx.redis_url.as_str()).unwrap();
                     let conn = client.get_multiplexed_async_connection().await.unwrap();
-                    let key = format!("{}:bench", ctx.prefix);
-                    let router = Router::new()
-                        .route(
-                            "/",
-                            get(
-                                |State((mut conn, key)): State<(
-                                    redis::aio::MultiplexedConnection,
-                                    String,
-                                )>| async move {
-                                    let v: Option<Vec<u8>> = redis::cmd("GET")
-                                        .arg(&key)
-                                        .query_async(&mut conn)
-                                        .await
-                                        .unwrap();
-                                    v.unwrap_or_default()
-                                },
-                            ),
-                        )
-                        .with_state((conn, key));
-                    Target {
-                        router,
-                        request: plain_get("/"),
-                    }
+                    floor_target(conn, format!("{}:bench", ctx.prefix))
                 })
             },
         },

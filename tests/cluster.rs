@@ -459,53 +459,19 @@ async fn losing_a_primary_to_its_replica_recovers_within_a_bounded_time() {
         !doomed.is_empty(),
         "some sessions live on the first primary"
     );
-    let started = Instant::now();
-    loop {
-        let primary: String = cluster.nodes[0].cmd(&["INFO", "replication"]);
-        let replica: String = cluster.nodes[3].cmd(&["INFO", "replication"]);
-        let offset = |info: &str, field: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        if offset(&primary, "master_repl_offset:") == offset(&replica, "slave_repl_offset:") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the replica never caught up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_in_sync(&cluster.nodes[0], &cluster.nodes[3]).await;
 
     // The primary dies; traffic goes on.
     cluster.nodes[0].kill();
-    let killed = Instant::now();
-    let mut failures = 0u64;
-    let recovered = loop {
-        let mut all_ok = true;
-        for (i, cookie) in cookies.iter().enumerate() {
-            let (status, body, _) = call(&app, "/read", Some(cookie)).await;
-            match status {
-                StatusCode::OK => assert_eq!(body, i.to_string(), "session {i}"),
-                // The session layer's failure policy: a 5xx, never a panic
-                // or another session.
-                s if s.is_server_error() => {
-                    failures += 1;
-                    all_ok = false;
-                }
-                s => panic!("session {i}: {s} {body}"),
-            }
+    let app2 = app.clone();
+    let (recovered, failures) = support::until_every_session_reads_back(cookies.len(), |i| {
+        let (app, cookie) = (app2.clone(), cookies[i].clone());
+        async move {
+            let (status, body, _) = call(&app, "/read", Some(&cookie)).await;
+            (status.as_u16(), body)
         }
-        if all_ok {
-            break killed.elapsed();
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "no recovery within 30 s ({failures} failed reads)"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     // The replica was promoted and holds the sessions the primary had.
     let info: String = cluster.nodes[3].cmd(&["INFO", "replication"]);
     assert!(info.contains("role:master"), "{info}");

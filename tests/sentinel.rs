@@ -201,55 +201,18 @@ async fn a_failover_is_followed_within_a_bounded_time() {
     }
     // Replication is asynchronous: wait until the replica holds it all
     // (a write acknowledged just before the loss may be lost with it).
-    let started = Instant::now();
-    loop {
-        let offset = |info: String, field: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
-        };
-        let primary = offset(
-            setup.primary.cmd(&["INFO", "replication"]),
-            "master_repl_offset:",
-        );
-        let replica = offset(
-            setup.replica.cmd(&["INFO", "replication"]),
-            "slave_repl_offset:",
-        );
-        if primary.is_some() && primary == replica {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the replica never caught up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_in_sync(&setup.primary, &setup.replica).await;
 
     setup.primary.kill();
-    let killed = Instant::now();
-    let mut failures = 0u64;
-    let recovered = loop {
-        let mut all_ok = true;
-        for (v, cookie) in cookies.iter().enumerate() {
-            let (status, _, body) = send(&app, "GET", "/read", &[("cookie", cookie)], "").await;
-            match status {
-                StatusCode::OK => assert_eq!(body, v.to_string(), "session {v}"),
-                s if s.is_server_error() => {
-                    failures += 1;
-                    all_ok = false;
-                }
-                s => panic!("session {v}: {s} {body}"),
-            }
+    let app2 = app.clone();
+    let (recovered, failures) = support::until_every_session_reads_back(cookies.len(), |v| {
+        let (app, cookie) = (app2.clone(), cookies[v].clone());
+        async move {
+            let (status, _, body) = send(&app, "GET", "/read", &[("cookie", &cookie)], "").await;
+            (status.as_u16(), body)
         }
-        if all_ok {
-            break killed.elapsed();
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "no recovery within 30 s ({failures} failed reads)"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     // The sentinels promoted the replica (each learns it within a hello
     // round or two), and the backend writes there.
     let started = Instant::now();

@@ -797,3 +797,62 @@ impl SentinelSetup {
         self.sentinels.iter().map(Sentinel::url).collect()
     }
 }
+
+/// Waits (up to 10 s) until `replica` has received everything `primary`
+/// wrote: replication is asynchronous, and a failover test must not count
+/// a write lost in flight as the layer's.
+pub async fn wait_in_sync(primary: &RedisServer, replica: &RedisServer) {
+    let offset = |info: String, field: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
+    };
+    let started = Instant::now();
+    loop {
+        let sent = offset(primary.cmd(&["INFO", "replication"]), "master_repl_offset:");
+        let got = offset(replica.cmd(&["INFO", "replication"]), "slave_repl_offset:");
+        if sent.is_some() && sent == got {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the replica never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// After a primary is lost: reads every session `read(i)` (its status and
+/// body) until all answer 200 with `i`, within 30 s. A 5xx meanwhile is
+/// the session layer's failure policy (counted); anything else, or a
+/// session answering another's value, fails the test. Returns how long it
+/// took and how many reads failed.
+pub async fn until_every_session_reads_back<F, Fut>(sessions: usize, read: F) -> (Duration, u64)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = (u16, String)>,
+{
+    let lost = Instant::now();
+    let mut failures = 0u64;
+    loop {
+        let mut all_ok = true;
+        for i in 0..sessions {
+            let (status, body) = read(i).await;
+            match status {
+                200 => assert_eq!(body, i.to_string(), "session {i}"),
+                500..=599 => {
+                    failures += 1;
+                    all_ok = false;
+                }
+                s => panic!("session {i}: {s} {body}"),
+            }
+        }
+        if all_ok {
+            return (lost.elapsed(), failures);
+        }
+        assert!(
+            lost.elapsed() < Duration::from_secs(30),
+            "no recovery within 30 s ({failures} failed reads)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
