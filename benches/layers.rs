@@ -293,6 +293,18 @@ async fn cache_target(ctx: Ctx, local: bool) -> Target {
     Target { router, request }
 }
 
+/// `POST /orders` answering 201 behind an idempotency layer on `backend`,
+/// scoped by `X-API-Key`.
+fn orders_router(backend: RedisBackend) -> Router {
+    use redis_layers::idempotency::{IdempotencyLayer, Scope};
+    Router::new()
+        .route(
+            "/orders",
+            axum::routing::post(|| async { (http::StatusCode::CREATED, "order 1") }),
+        )
+        .layer(IdempotencyLayer::new(backend, Scope::header("x-api-key")))
+}
+
 /// No layer, no Redis: one route answering "hello".
 fn bare_router() -> Router {
     Router::new().route("/", get(|| async { "hello" }))
@@ -511,16 +523,8 @@ fn scenarios() -> Vec<Scenario> {
             name: "idempotency-replay",
             build: |ctx| {
                 Box::pin(async move {
-                    use redis_layers::idempotency::{IdempotencyLayer, Scope};
                     let backend = bench_backend(&ctx, format!("{}-idem", ctx.prefix));
-                    let router = Router::new()
-                        .route(
-                            "/orders",
-                            axum::routing::post(|| async {
-                                (http::StatusCode::CREATED, "order 1")
-                            }),
-                        )
-                        .layer(IdempotencyLayer::new(backend, Scope::header("x-api-key")));
+                    let router = orders_router(backend);
                     // Keys built once: a client's formatting is not the layer's cost.
                     let keys: Arc<Vec<http::HeaderValue>> = Arc::new(
                         (0..ctx.concurrency)
@@ -551,18 +555,10 @@ fn scenarios() -> Vec<Scenario> {
             name: "idempotency-first",
             build: |ctx| {
                 Box::pin(async move {
-                    use redis_layers::idempotency::{IdempotencyLayer, Scope};
                     let backend = bench_backend(&ctx, format!("{}-idem-first", ctx.prefix));
-                    let router = Router::new()
-                        .route(
-                            "/orders",
-                            axum::routing::post(|| async {
-                                (http::StatusCode::CREATED, "order 1")
-                            }),
-                        )
-                        .layer(IdempotencyLayer::new(backend, Scope::header("x-api-key")));
+                    let router = orders_router(backend);
                     // A fresh key per request (the client's formatting is
-                    // small next to two scripts).
+                    // small next to a transaction and a script).
                     static NEXT: std::sync::atomic::AtomicU64 =
                         std::sync::atomic::AtomicU64::new(0);
                     let request: Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> =
