@@ -2,6 +2,7 @@
 //! stale-while-revalidate, stale-if-error, coalesced misses, storing the
 //! answer) and the write path (invalidation).
 
+use std::borrow::Cow;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use super::directives::Directives;
 use super::flight::Role;
 use super::layer::{Config, Purger, CACHE_STATUS};
 use super::layout::{hash, hash_hex, Entry, MUST_REVALIDATE, NO_CACHE};
+use super::local::ThreadCopy;
 use super::policy::{self, Unusable};
 
 /// Headers that describe one connection, never stored (RFC 9111 §3.1).
@@ -43,23 +45,45 @@ const KEEP_ON_UPDATE: [HeaderName; 3] = [
 pub(crate) const MAX_TAGS: usize = 32;
 pub(crate) const MAX_TAG_LEN: usize = 128;
 
-/// The cache key of a request to `uri` (hashed): scheme, host, path and
-/// query, one per line (none of them can hold a line break, so the
-/// concatenation is unambiguous; short keys fit one SHA-256 block), and
-/// after the first purge of everything a last line with the generation.
+/// The cache key of a request to `uri`: [`key_line`], hashed.
 pub(crate) fn cache_key(
     sort_query: bool,
     uri: &http::Uri,
     headers: &HeaderMap,
     generation: u64,
 ) -> String {
+    hash_hex([key_line(sort_query, uri, headers, generation).as_slice()])
+}
+
+/// What a request's cache key hashes: scheme, host, path and query, one
+/// per line (none of them can hold a line break, so the concatenation is
+/// unambiguous; short keys fit one SHA-256 block), and after the first
+/// purge of everything a last line with the generation.
+pub(crate) fn key_line(
+    sort_query: bool,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    generation: u64,
+) -> Vec<u8> {
+    let mut line = Vec::with_capacity(64 + uri.path().len());
+    write_key_line(&mut line, sort_query, uri, headers, generation);
+    line
+}
+
+/// Appends a request's [`key_line`] to `line`.
+fn write_key_line(
+    line: &mut Vec<u8>,
+    sort_query: bool,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    generation: u64,
+) {
     let scheme = uri.scheme_str().unwrap_or("http");
     let host = uri
         .authority()
         .map(|a| a.as_str())
         .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default();
-    let mut line = Vec::with_capacity(8 + scheme.len() + host.len() + uri.path().len() + 32);
     line.extend_from_slice(b"GET\n");
     line.extend_from_slice(scheme.as_bytes());
     line.push(b'\n');
@@ -80,7 +104,230 @@ pub(crate) fn cache_key(
         line.extend_from_slice(b"\n#");
         line.extend_from_slice(itoa::Buffer::new().format(generation).as_bytes());
     }
-    hash_hex([line.as_slice()])
+}
+
+/// The store key of a key line (its SHA-256 in hex): this thread's memory
+/// of it when the line was seen lately, else computed (then remembered).
+pub(crate) fn store_key(line: &[u8]) -> String {
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        if let Some(key) = keys.get(line) {
+            if let Ok(key) = std::str::from_utf8(key) {
+                return key.to_owned();
+            }
+        }
+        let key = hash_hex([line]);
+        if let Ok(hex) = <[u8; 32]>::try_from(key.as_bytes()) {
+            if keys.len() >= REMEMBERED_KEYS {
+                // A thread seeing many lines (a crawl, a flood): start over.
+                keys.clear();
+            }
+            keys.insert(line.into(), hex);
+        }
+        key
+    })
+}
+
+/// The most key lines a thread remembers the store key of.
+const REMEMBERED_KEYS: usize = 1024;
+
+thread_local! {
+    /// Key lines and their store keys: a pure function's results, never
+    /// stale (the line names the generation), so the hash is computed
+    /// once per line and thread while it stays in use.
+    static KEYS: std::cell::RefCell<std::collections::HashMap<Box<[u8]>, [u8; 32], quick_cache::DefaultHashBuilder>> =
+        std::cell::RefCell::new(std::collections::HashMap::default());
+}
+
+/// What the local tier says of a request, before any future is made.
+pub(crate) enum Local<B> {
+    /// Its answer: a usable copy.
+    Hit(Response<B>),
+    /// It was asked and has nothing usable.
+    Looked,
+    /// It could not be asked without a store call (no tier, or the
+    /// generation is due for a refresh).
+    Unknown,
+}
+
+/// The local tier's answer to a GET or HEAD, found without awaiting
+/// anything: the layer asks before it makes the request's future, so a
+/// local hit allocates no future and clones no inner service.
+pub(crate) fn answer_locally<B, ResBody>(
+    config: &Config,
+    req: &Request<B>,
+) -> Local<CacheBody<ResBody>> {
+    let Some(local) = &config.local else {
+        return Local::Unknown;
+    };
+    // One clock read, in Unix ms, for the generation and the copy's age.
+    let now = policy::unix_ms(SystemTime::now());
+    let Some(generation) = config.generation.usable_at(now) else {
+        return Local::Unknown;
+    };
+    let directives = Directives::of(req.headers());
+    if directives.no_cache || SessionProbe::of(req).personal() {
+        return Local::Looked;
+    }
+    let line = |line: &mut Vec<u8>| {
+        write_key_line(
+            line,
+            config.sort_query,
+            req.uri(),
+            req.headers(),
+            generation,
+        )
+    };
+    let answer = |copy: &mut ThreadCopy| copy_answer(config, copy, req, &directives, now);
+    match local.with_copy(line, answer).flatten() {
+        Some(res) => Local::Hit(res),
+        None => Local::Looked,
+    }
+}
+
+/// This thread's copy of a local entry as the answer to `req`, when the
+/// request may use it: the prepared fields and body, or for a
+/// conditional request the general answer (it may be a 304).
+fn copy_answer<B, ResBody>(
+    config: &Config,
+    copy: &mut ThreadCopy,
+    req: &Request<B>,
+    directives: &Directives,
+    now: u64,
+) -> Option<Response<CacheBody<ResBody>>> {
+    let entry = &*copy.entry;
+    if entry.vary_hash != vary_hash(&entry.vary, req.headers()) {
+        return None;
+    }
+    let age = policy::age_at(entry, now);
+    policy::usable(entry, age, directives).ok()?;
+    Some(answer_copy(config, copy, req, age, "; detail=local"))
+}
+
+/// A thread's copy (usable at `age` by `req`) as the answer: its prepared
+/// fields and body, or for a conditional request the general answer (it
+/// may be a 304). `detail` ends `Cache-Status` (the same for every use
+/// of one copy).
+fn answer_copy<B, ResBody>(
+    config: &Config,
+    copy: &mut ThreadCopy,
+    req: &Request<B>,
+    age: u64,
+    detail: &'static str,
+) -> Response<CacheBody<ResBody>> {
+    let entry = &*copy.entry;
+    let ttl = ttl_secs(entry, age);
+    if req.headers().contains_key(header::IF_NONE_MATCH)
+        || req.headers().contains_key(header::IF_MODIFIED_SINCE)
+    {
+        let mut buf = itoa::Buffer::new();
+        let params = ["hit; ttl=", buf.format(ttl), detail];
+        return respond_stored(config, Cow::Borrowed(entry), age, req, &params);
+    }
+    let status = entry.status;
+    let (headers, body) = copy.answer(age / 1000, ttl, number_value, || {
+        let mut buf = itoa::Buffer::new();
+        status_field(&config.name, &["hit; ttl=", buf.format(ttl), detail])
+    });
+    let body = if req.method() == Method::HEAD {
+        Bytes::new()
+    } else {
+        body
+    };
+    let mut res = Response::new(CacheBody::full(body));
+    *res.status_mut() = status;
+    *res.headers_mut() = headers;
+    res
+}
+
+/// The most entries a thread keeps decoded, and the largest it keeps
+/// (bytes as stored): at most 1 MiB per thread.
+const DECODED_ENTRIES: usize = 64;
+const DECODED_MAX: usize = 16 * 1024;
+
+/// An entry as read from the store, decoded, with its answer's fields
+/// prepared.
+struct Decoded {
+    raw: Bytes,
+    copy: ThreadCopy,
+}
+
+thread_local! {
+    /// The entries this thread read from the store lately, by store key:
+    /// a read that returns the same bytes again (the common case: a hot
+    /// entry) skips decoding and reuses the prepared fields.
+    static DECODED: std::cell::RefCell<std::collections::HashMap<String, Decoded, quick_cache::DefaultHashBuilder>> =
+        std::cell::RefCell::new(std::collections::HashMap::default());
+}
+
+/// The entry `raw` (read from the store for `key`) holds: decoded again
+/// only when this thread has not just decoded the same bytes.
+fn decode_cached(key: &str, raw: Bytes) -> Option<Arc<Entry>> {
+    if raw.len() > DECODED_MAX {
+        return Entry::decode(raw).map(Arc::new);
+    }
+    DECODED.with(|decoded| {
+        let mut decoded = decoded.borrow_mut();
+        if let Some(known) = decoded.get(key) {
+            if known.raw == raw {
+                return Some(known.copy.entry.clone());
+            }
+        }
+        let entry = Arc::new(Entry::decode(raw.clone())?);
+        if decoded.len() >= DECODED_ENTRIES && !decoded.contains_key(key) {
+            decoded.clear();
+        }
+        let copy = ThreadCopy::new(entry.clone(), 0, false);
+        decoded.insert(key.to_owned(), Decoded { raw, copy });
+        Some(entry)
+    })
+}
+
+/// A stored response just read for `key` as the answer to `req` (usable at
+/// `age`), from this thread's prepared fields when it decoded it.
+fn answer_read<B, ResBody>(
+    config: &Config,
+    key: &str,
+    entry: Arc<Entry>,
+    req: &Request<B>,
+    age: u64,
+    detail: &'static str,
+) -> Response<CacheBody<ResBody>> {
+    let answer = DECODED.with(|decoded| {
+        let mut decoded = decoded.borrow_mut();
+        let known = decoded.get_mut(key)?;
+        Arc::ptr_eq(&known.copy.entry, &entry)
+            .then(|| answer_copy(config, &mut known.copy, req, age, detail))
+    });
+    answer.unwrap_or_else(|| {
+        let mut ttl = itoa::Buffer::new();
+        let params = ["hit; ttl=", ttl_of(&mut ttl, &entry, age), detail];
+        respond_stored(config, Cow::Borrowed(&entry), age, req, &params)
+    })
+}
+
+/// A local copy as the answer to `req`, when the request may use it.
+fn local_answer<B, ResBody>(
+    config: &Config,
+    entry: &Entry,
+    req: &Request<B>,
+    directives: &Directives,
+    now: SystemTime,
+) -> Option<Response<CacheBody<ResBody>>> {
+    if entry.vary_hash != vary_hash(&entry.vary, req.headers()) {
+        return None;
+    }
+    let age = policy::age(entry, now);
+    policy::usable(entry, age, directives).ok()?;
+    let mut ttl = itoa::Buffer::new();
+    let params = ["hit; ttl=", ttl_of(&mut ttl, entry, age), "; detail=local"];
+    Some(respond_stored(
+        config,
+        Cow::Borrowed(entry),
+        age,
+        req,
+        &params,
+    ))
 }
 
 /// The hash of a request's values of the headers `names` (all zeros when
@@ -110,12 +357,16 @@ fn vary_hash(names: &[HeaderName], headers: &HeaderMap) -> [u8; 16] {
     hash(values.iter().map(Vec::as_slice))
 }
 
-/// `Cache-Status` for this cache: `<name>; <params>`.
-fn status_field(name: &str, params: &str) -> HeaderValue {
-    let mut field = String::with_capacity(name.len() + 2 + params.len());
+/// `Cache-Status` for this cache: `<name>; <params...>` (the parameters
+/// concatenated; one allocation of the exact size).
+fn status_field(name: &str, params: &[&str]) -> HeaderValue {
+    let len = name.len() + 2 + params.iter().map(|p| p.len()).sum::<usize>();
+    let mut field = String::with_capacity(len);
     field.push_str(name);
     field.push_str("; ");
-    field.push_str(params);
+    for p in params {
+        field.push_str(p);
+    }
     HeaderValue::try_from(field).unwrap_or_else(|_| HeaderValue::from_static("redis-layers"))
 }
 
@@ -140,10 +391,10 @@ pub(crate) fn take_tags(headers: &mut HeaderMap, name: &HeaderName) -> Vec<Strin
 /// What a lookup found.
 enum Found {
     /// A stored response this request may use as it is.
-    Usable(Entry, u64),
+    Usable(Arc<Entry>, u64),
     /// None to use: RFC 9211's `fwd` reason, and a stale entry (with its
     /// age) when there is one.
-    Not(&'static str, Option<(Entry, u64)>),
+    Not(&'static str, Option<(Arc<Entry>, u64)>),
 }
 
 async fn find(config: &Config, key: &str, req: &HeaderMap, d: &Directives) -> Found {
@@ -154,7 +405,7 @@ async fn find(config: &Config, key: &str, req: &HeaderMap, d: &Directives) -> Fo
             Found::Not("miss; detail=store-error", None)
         }
         Ok(None) => Found::Not("uri-miss", None),
-        Ok(Some(raw)) => match Entry::decode(raw) {
+        Ok(Some(raw)) => match decode_cached(key, raw) {
             None => Found::Not("miss; detail=unreadable", None),
             Some(entry) if entry.vary_hash != vary_hash(&entry.vary, req) => {
                 Found::Not("vary-miss", None)
@@ -164,7 +415,7 @@ async fn find(config: &Config, key: &str, req: &HeaderMap, d: &Directives) -> Fo
                 match policy::usable(&entry, age, d) {
                     Ok(()) => {
                         if let (Some(local), Some(epoch)) = (&config.local, epoch) {
-                            local.keep(key, entry.clone(), epoch);
+                            local.keep(key, Entry::clone(&entry), epoch);
                         }
                         Found::Usable(entry, age)
                     }
@@ -178,10 +429,12 @@ async fn find(config: &Config, key: &str, req: &HeaderMap, d: &Directives) -> Fo
 
 /// GET and HEAD: answer from the store when a stored response may be used,
 /// else ask the inner service (and store its response when it may be).
+/// `looked`: [`answer_locally`] already asked the local tier.
 pub(crate) async fn read<S, ReqBody, ResBody>(
     config: Arc<Config>,
     mut inner: S,
     mut req: Request<ReqBody>,
+    looked: bool,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -204,61 +457,100 @@ where
             // Without the generation no key is known to be current:
             // neither read nor store.
             tracing::warn!(error = %e, "cache store failed; asking the handler");
-            req.extensions_mut().insert(Purger::of(&config));
-            let res = inner.call(req).await?;
-            return Ok(with_status(
-                res.map(|body| CacheBody::inner(body, None)),
-                &config.name,
-                "fwd=miss; detail=store-error",
-            ));
+            return Box::pin(async move {
+                req.extensions_mut().insert(Purger::of(&config));
+                let res = inner.call(req).await?;
+                Ok(with_status(
+                    res.map(|body| CacheBody::inner(body, None)),
+                    &config.name,
+                    "fwd=miss; detail=store-error",
+                ))
+            })
+            .await;
         }
     };
-    let key = cache_key(config.sort_query, req.uri(), req.headers(), generation);
+    let key = store_key(&key_line(
+        config.sort_query,
+        req.uri(),
+        req.headers(),
+        generation,
+    ));
     let directives = Directives::of(req.headers());
     // Inside the session layer: a request with a session is never answered
     // from the store (its handler may read the session), and a response
     // whose handler read the session is never stored.
     let session = SessionProbe::of(&req);
+    // The local tier first (unless already asked): a hit there is no
+    // round trip.
+    if let (Some(local), false, false, false) = (
+        &config.local,
+        looked,
+        session.personal(),
+        directives.no_cache,
+    ) {
+        if let Some(res) = local
+            .get(&key)
+            .and_then(|entry| local_answer(&config, &entry, &req, &directives, now))
+        {
+            return Ok(res);
+        }
+    }
+    // Then the store.
+    let mut first = None;
+    if !session.personal() && !directives.no_cache {
+        match find(&config, &key, req.headers(), &directives).await {
+            Found::Usable(entry, age) => {
+                return Ok(answer_read(&config, &key, entry, &req, age, ""));
+            }
+            not => first = Some(not),
+        }
+    }
+    // A miss, a stale entry or a bypass: the rest, boxed (its state would
+    // otherwise grow every request's future, hits included, threefold).
+    Box::pin(read_on(config, inner, req, key, directives, session, first)).await
+}
+
+/// [`read`] once the store had nothing to use as it is: `first` is what
+/// it found (`None` when it was not asked).
+async fn read_on<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    mut req: Request<ReqBody>,
+    key: String,
+    directives: Directives,
+    session: SessionProbe,
+    mut first: Option<Found>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
     let is_get = req.method() == Method::GET;
     let method = req.method().clone();
     let mut fwd = "request";
     let mut stale = None;
     let mut flight = None;
     let mut lease = None;
-    // The local tier first: a hit there is no round trip.
-    if let (Some(local), false, false) = (&config.local, session.personal(), directives.no_cache) {
-        if let Some(entry) = local.get(&key) {
-            if entry.vary_hash == vary_hash(&entry.vary, req.headers()) {
-                let age = policy::age(&entry, now);
-                if policy::usable(&entry, age, &directives).is_ok() {
-                    let params = ttl_params(&entry, age, "; detail=local");
-                    return Ok(respond_stored(
-                        &config,
-                        (*entry).clone(),
-                        age,
-                        &req,
-                        &params,
-                    ));
-                }
-            }
-        }
-    }
-    // From here the handler may run: it may want to purge.
-    req.extensions_mut().insert(Purger::of(&config));
     if session.personal() {
         fwd = "bypass";
     } else if !directives.no_cache {
         let mut collapsed = false;
         loop {
-            match find(&config, &key, req.headers(), &directives).await {
+            let found = match first.take() {
+                Some(found) => found,
+                None => find(&config, &key, req.headers(), &directives).await,
+            };
+            match found {
                 Found::Usable(entry, age) => {
-                    let params =
-                        ttl_params(&entry, age, if collapsed { "; collapsed" } else { "" });
-                    return Ok(respond_stored(&config, entry, age, &req, &params));
+                    let detail = if collapsed { "; collapsed" } else { "" };
+                    return Ok(answer_read(&config, &key, entry, &req, age, detail));
                 }
                 Found::Not(why, found) => {
                     fwd = why;
-                    stale = found;
+                    stale = found.map(|(entry, age)| (Arc::unwrap_or_clone(entry), age));
                 }
             }
             // Coalesce only plain misses of GETs, and wait only once.
@@ -301,7 +593,7 @@ where
         *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
         res.headers_mut().insert(
             CACHE_STATUS,
-            status_field(&config.name, "fwd=miss; detail=only-if-cached"),
+            status_field(&config.name, &["fwd=miss; detail=only-if-cached"]),
         );
         return Ok(res);
     }
@@ -311,8 +603,13 @@ where
         let strict = entry.flags & (MUST_REVALIDATE | NO_CACHE) != 0;
         // RFC 5861 §3: serve it now, refresh in the background.
         if is_get && fwd == "stale" && !strict && over < entry.swr {
-            let params = ttl_params(&entry, age, "; detail=stale-while-revalidate");
-            let res = respond_stored(&config, entry.clone(), age, &req, &params);
+            let mut ttl = itoa::Buffer::new();
+            let params = [
+                "hit; ttl=",
+                ttl_of(&mut ttl, &entry, age),
+                "; detail=stale-while-revalidate",
+            ];
+            let res = respond_stored(&config, Cow::Borrowed(&entry), age, &req, &params);
             let version = entry.stored_at;
             if config.refreshing.begin(&key, version) {
                 let config = config.clone();
@@ -325,6 +622,7 @@ where
                     }
                     let validated = conditional(&mut req, &entry);
                     let stale = validated.then_some(entry);
+                    req.extensions_mut().insert(Purger::of(&config));
                     let replaced = match inner.call(req).await {
                         Ok(res) => settle(&config, key.clone(), stale, &request_headers, res).await,
                         Err(_) => false,
@@ -343,18 +641,20 @@ where
         let request_headers = req.headers().clone();
         let revalidating = is_get && !client_conditional && conditional(&mut req, &entry);
         let may_use_stale = !strict && over < entry.sie;
+        req.extensions_mut().insert(Purger::of(&config));
         let res = match inner.call(req).await {
             Ok(res) => res,
             Err(e) if may_use_stale => {
                 tracing::warn!("handler failed; serving a stale response (stale-if-error)");
                 drop(e);
-                let params = format!(
-                    "fwd=stale; detail=stale-if-error; {}",
-                    ttl_params(&entry, age, "")
-                );
+                let mut ttl = itoa::Buffer::new();
+                let params = [
+                    "fwd=stale; detail=stale-if-error; hit; ttl=",
+                    ttl_of(&mut ttl, &entry, age),
+                ];
                 return Ok(respond_stored_to(
                     &config,
-                    entry,
+                    Cow::Owned(entry),
                     age,
                     &request_headers,
                     &method,
@@ -370,11 +670,11 @@ where
             );
             return Ok(respond_stored_to(
                 &config,
-                entry,
+                Cow::Owned(entry),
                 age,
                 &request_headers,
                 &method,
-                &params,
+                &[&params],
             ));
         }
         if revalidating && res.status() == StatusCode::NOT_MODIFIED {
@@ -390,11 +690,11 @@ where
             );
             return Ok(respond_stored_to(
                 &config,
-                refreshed,
+                Cow::Owned(refreshed),
                 0,
                 &request_headers,
                 &method,
-                &params,
+                &[&params],
             ));
         }
         let storable = is_get && !session.read();
@@ -415,6 +715,9 @@ where
     } else {
         None
     };
+    // The handler runs only here and above (never for a stored answer):
+    // it may want to purge.
+    req.extensions_mut().insert(Purger::of(&config));
     let res = inner.call(req).await?;
     match request_headers {
         Some(h) => {
@@ -479,18 +782,20 @@ impl SessionProbe {
 
 fn with_status<B>(mut res: Response<B>, name: &str, params: &str) -> Response<B> {
     res.headers_mut()
-        .insert(CACHE_STATUS, status_field(name, params));
+        .insert(CACHE_STATUS, status_field(name, &[params]));
     res
 }
 
-/// `hit; ttl=<seconds left>` (negative when stale) and `extra`.
-fn ttl_params(entry: &Entry, age: u64, extra: &str) -> String {
-    let ttl = (i128::from(entry.lifetime) - i128::from(age)).div_euclid(1000);
-    let mut params = String::with_capacity(24 + extra.len());
-    params.push_str("hit; ttl=");
-    params.push_str(itoa::Buffer::new().format(ttl));
-    params.push_str(extra);
-    params
+/// The `ttl` parameter of a hit: whole seconds of freshness left
+/// (negative when stale).
+fn ttl_secs(entry: &Entry, age: u64) -> i64 {
+    let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    ms(entry.lifetime).saturating_sub(ms(age)).div_euclid(1000)
+}
+
+/// [`ttl_secs`], formatted in `buf`.
+fn ttl_of<'a>(buf: &'a mut itoa::Buffer, entry: &Entry, age: u64) -> &'a str {
+    buf.format(ttl_secs(entry, age))
 }
 
 /// Adds the stored response's validators to a request, so the handler
@@ -674,9 +979,15 @@ async fn wait_fill<ResBody>(
             if entry.vary_hash == vary_hash(&entry.vary, request) {
                 let age = policy::age(&entry, SystemTime::now());
                 if policy::usable(&entry, age, directives).is_ok() {
-                    let params = ttl_params(&entry, age, "; collapsed");
+                    let mut ttl = itoa::Buffer::new();
+                    let params = ["hit; ttl=", ttl_of(&mut ttl, &entry, age), "; collapsed"];
                     return Some(respond_stored_to(
-                        config, entry, age, request, method, &params,
+                        config,
+                        Cow::Owned(entry),
+                        age,
+                        request,
+                        method,
+                        &params,
                     ));
                 }
             }
@@ -871,10 +1182,10 @@ where
 /// The stored response as the answer to `req`; see [`respond_stored_to`].
 fn respond_stored<ReqBody, ResBody>(
     config: &Config,
-    entry: Entry,
+    entry: Cow<'_, Entry>,
     age: u64,
     req: &Request<ReqBody>,
-    params: &str,
+    params: &[&str],
 ) -> Response<CacheBody<ResBody>> {
     respond_stored_to(config, entry, age, req.headers(), req.method(), params)
 }
@@ -883,11 +1194,11 @@ fn respond_stored<ReqBody, ResBody>(
 /// (RFC 9110 §13.1.2, §13.1.3), with `Age` and `Cache-Status`.
 fn respond_stored_to<ResBody>(
     config: &Config,
-    entry: Entry,
+    entry: Cow<'_, Entry>,
     age: u64,
     request: &HeaderMap,
     method: &Method,
-    params: &str,
+    params: &[&str],
 ) -> Response<CacheBody<ResBody>> {
     // RFC 9110 §13.2.1: preconditions apply to a 2xx answer only.
     let not_modified = entry.status.is_success()
@@ -924,21 +1235,92 @@ fn respond_stored_to<ResBody>(
         *res.headers_mut() = headers;
         res.into_parts()
     } else {
+        let status = entry.status;
+        let (headers, body) = match entry {
+            Cow::Owned(entry) => (entry.headers, entry.body),
+            Cow::Borrowed(entry) => (entry.headers.clone(), entry.body.clone()),
+        };
+        let mut headers = headers;
+        set_content_length(&mut headers, status, body.len());
         let body = if method == Method::HEAD {
             Bytes::new()
         } else {
-            entry.body
+            body
         };
         let mut res = Response::new(CacheBody::full(body));
-        *res.status_mut() = entry.status;
-        *res.headers_mut() = entry.headers;
+        *res.status_mut() = status;
+        *res.headers_mut() = headers;
         res.into_parts()
     };
-    head.headers
-        .insert(header::AGE, HeaderValue::from(age / 1000));
+    head.headers.insert(header::AGE, number_value(age / 1000));
     head.headers
         .insert(CACHE_STATUS, status_field(&config.name, params));
     Response::from_parts(head, body)
+}
+
+/// Sets `Content-Length` to the stored body's length, unless the stored
+/// response has one or may not (a 204, RFC 9110 §8.6); a `HEAD` gets the
+/// length its `GET` has.
+pub(crate) fn set_content_length(headers: &mut HeaderMap, status: StatusCode, len: usize) {
+    if status != StatusCode::NO_CONTENT && !headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, number_value(len as u64));
+    }
+}
+
+/// Numbers below this (an `Age` under almost three hours, a
+/// `Content-Length` under 10 kB) come from [`DIGITS`], without an
+/// allocation each.
+const NUMBERS: u64 = 10_000;
+
+/// The decimal forms of `0..NUMBERS`, one after another (38,890 bytes).
+static DIGITS: [u8; 38_890] = all_digits();
+
+const fn all_digits() -> [u8; 38_890] {
+    let mut out = [0u8; 38_890];
+    let mut n = 0;
+    let mut at = 0;
+    while n < NUMBERS {
+        let len = digits(n);
+        let mut i = len;
+        let mut v = n;
+        while i > 0 {
+            i -= 1;
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        at += len;
+        n += 1;
+    }
+    out
+}
+
+/// The number of decimal digits of `n` (below [`NUMBERS`]).
+const fn digits(n: u64) -> usize {
+    match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        _ => 4,
+    }
+}
+
+/// A field value holding the number `n` (`Age`, `Content-Length`).
+fn number_value(n: u64) -> HeaderValue {
+    if n < NUMBERS {
+        // Where `n` starts in the table: every shorter number first.
+        let len = digits(n);
+        let (first, start) = match len {
+            1 => (0, 0),
+            2 => (10, 10),
+            3 => (100, 190),
+            _ => (1000, 2890),
+        };
+        let at = start + (n - first) as usize * len;
+        if let Ok(text) = std::str::from_utf8(&DIGITS[at..at + len]) {
+            return HeaderValue::from_static(text);
+        }
+    }
+    HeaderValue::from(n)
 }
 
 /// Unsafe methods: a non-error response invalidates what is stored for
@@ -1042,6 +1424,18 @@ fn same_origin(uri: &http::Uri, headers: &HeaderMap, value: &HeaderValue) -> Opt
                         .unwrap_or(target.clone())
                 }
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_values_are_decimal() {
+        for n in (0..NUMBERS + 50).chain([99_999, u64::MAX]) {
+            assert_eq!(number_value(n).to_str().unwrap(), n.to_string(), "{n}");
         }
     }
 }

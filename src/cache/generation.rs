@@ -65,6 +65,16 @@ impl Generation {
         (!self.due(checked, unix_ms(now))).then(|| self.value.load(Ordering::Acquire))
     }
 
+    /// The generation a request may use at `now` (Unix ms) without a
+    /// store call: a fresh one, or while another request is asking, the
+    /// known one (as [`current`](Self::current) gives it). `None` when
+    /// this request should ask.
+    pub(crate) fn usable_at(&self, now: u64) -> Option<u64> {
+        let checked = self.checked.load(Ordering::Acquire);
+        let asked_elsewhere = checked != NEVER && self.asking.load(Ordering::Acquire);
+        (asked_elsewhere || !self.due(checked, now)).then(|| self.value.load(Ordering::Acquire))
+    }
+
     /// Due for asking: never asked, `refresh` passed, or the clock stepped
     /// back past the last ask (so a clock fixed after a jump forward does
     /// not stop the asking).

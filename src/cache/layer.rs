@@ -392,34 +392,95 @@ where
 {
     type Response = Response<CacheBody<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+    type Future = ResponseFuture<Self::Response, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
+        // A local hit is answered here: no future to allocate, no inner
+        // service to clone.
+        let looked = is_read
+            && match flow::answer_locally(&self.config, &req) {
+                flow::Local::Hit(res) => return ResponseFuture::ready(Ok(res)),
+                flow::Local::Looked => true,
+                flow::Local::Unknown => false,
+            };
+        // Call the instance that was driven to readiness, leave a clone in
+        // its place (see tower's "Be careful when cloning inner services").
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
+        if is_read {
+            // Read adds the purger only once the handler may run.
+            return ResponseFuture::boxed(flow::read(config, inner, req, looked));
+        }
+        req.extensions_mut().insert(Purger::of(&config));
         match *req.method() {
-            // Read adds the purger only once the handler may run: a local
-            // hit answers without (one allocation less).
-            Method::GET | Method::HEAD => Box::pin(flow::read(config, inner, req)),
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
-                req.extensions_mut().insert(Purger::of(&config));
-                Box::pin(flow::write(config, inner, req))
+                ResponseFuture::boxed(flow::write(config, inner, req))
             }
             _ => {
-                req.extensions_mut().insert(Purger::of(&config));
                 let mut inner = inner;
                 let future = inner.call(req);
-                Box::pin(async move {
+                ResponseFuture::boxed(async move {
                     let (mut head, body) = future.await?.into_parts();
                     flow::take_tags(&mut head.headers, &config.tag_header);
                     Ok(Response::from_parts(head, CacheBody::inner(body, None)))
                 })
             }
+        }
+    }
+}
+
+/// The response future of [`Cache`]: ready at once for an answer from the
+/// local tier, else the cache's work and the inner service's.
+pub struct ResponseFuture<T, E> {
+    state: FutureState<T, E>,
+}
+
+enum FutureState<T, E> {
+    Ready(Option<Result<T, E>>),
+    Boxed(BoxFuture<Result<T, E>>),
+}
+
+// The ready value is moved out, never pinned; the boxed future is pinned
+// on the heap.
+impl<T, E> Unpin for ResponseFuture<T, E> {}
+
+impl<T, E> ResponseFuture<T, E> {
+    fn ready(value: Result<T, E>) -> Self {
+        ResponseFuture {
+            state: FutureState::Ready(Some(value)),
+        }
+    }
+
+    fn boxed(future: impl Future<Output = Result<T, E>> + Send + 'static) -> Self {
+        ResponseFuture {
+            state: FutureState::Boxed(Box::pin(future)),
+        }
+    }
+}
+
+impl<T, E> fmt::Debug for ResponseFuture<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<T, E> Future for ResponseFuture<T, E> {
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            FutureState::Ready(value) => match value.take() {
+                Some(value) => Poll::Ready(value),
+                // Polled again after it finished.
+                None => Poll::Pending,
+            },
+            FutureState::Boxed(future) => future.as_mut().poll(cx),
         }
     }
 }

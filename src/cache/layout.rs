@@ -139,7 +139,9 @@ impl Entry {
         let mut vary_hash = [0u8; 16];
         vary_hash.copy_from_slice(r.take(16)?);
         let m = r.u16()?;
-        let mut headers = HeaderMap::with_capacity(usize::from(m));
+        // Room for the fields an answer adds (`Age`, `Cache-Status`,
+        // `Content-Length`).
+        let mut headers = HeaderMap::with_capacity(usize::from(m) + 3);
         for _ in 0..m {
             let len = r.u8()?;
             let name = HeaderName::from_bytes(r.take(usize::from(len))?).ok()?;

@@ -4,17 +4,36 @@
 //! empty and unused; every change this or another instance makes to the
 //! store (purge, invalidation) is announced, and every instance drops its
 //! copy.
+//!
+//! In front of the tier, each thread keeps its own copies of the entries
+//! it answers from most ([`LocalTier::with_copy`]): a hit there writes to
+//! no memory another thread reads (no lock, no shared reference count),
+//! and the response's header fields are prepared once a second. A thread's
+//! copy is used only while the tier's epoch is the one it was checked at:
+//! any change heard sends it back to the tier, which either confirms it
+//! (the same entry) or replaces it.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
+use http::HeaderMap;
+
 use tokio::sync::mpsc;
 
+use http::header::AGE;
+use http::HeaderValue;
+
 use super::generation::Generation;
+use super::layer::CACHE_STATUS;
 use super::layout::Entry;
 use super::store::Heard;
 
 pub(crate) struct LocalTier {
+    /// Names this tier in the threads' fronts.
+    id: u64,
     entries: quick_cache::sync::Cache<String, Arc<Entry>>,
     /// The task that applies what is heard; stopped with the tier, which
     /// drops its channel and so ends the store's listening too.
@@ -33,7 +52,9 @@ impl LocalTier {
         heard: mpsc::Receiver<Heard>,
         generation: Arc<Generation>,
     ) -> Arc<Self> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let tier = Arc::new(LocalTier {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             entries: quick_cache::sync::Cache::new(capacity.max(1)),
             coherent: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
@@ -50,6 +71,58 @@ impl LocalTier {
             return None;
         }
         self.entries.get(key)
+    }
+
+    /// Runs `f` on this thread's copy of the entry for the key line that
+    /// `line` writes, taken from the tier (or confirmed against it) when
+    /// the thread's copy is missing or older than the tier's epoch. `None`
+    /// when the tier has no copy (or is not coherent).
+    pub(crate) fn with_copy<R>(
+        &self,
+        line: impl FnOnce(&mut Vec<u8>),
+        f: impl FnOnce(&mut ThreadCopy) -> R,
+    ) -> Option<R> {
+        if !self.coherent.load(Ordering::Acquire) {
+            return None;
+        }
+        // Read before the tier is: a change after this makes the copy
+        // checked now look old next time.
+        let epoch = self.epoch();
+        FRONTS.with(|fronts| {
+            let mut fronts = fronts.borrow_mut();
+            let fronts = &mut *fronts;
+            fronts.line.clear();
+            line(&mut fronts.line);
+            let front = front_of(&mut fronts.tiers, self.id);
+            let line = fronts.line.as_slice();
+            if let Some(copy) = front.get_mut(line) {
+                if copy.epoch != epoch {
+                    match self.shared(line) {
+                        Some(entry) if Arc::ptr_eq(&entry, &copy.entry) => copy.epoch = epoch,
+                        Some(entry) => *copy = ThreadCopy::new(entry, epoch, true),
+                        None => {
+                            front.remove(line);
+                            return None;
+                        }
+                    }
+                }
+                return Some(f(copy));
+            }
+            let entry = self.shared(line)?;
+            if front.len() >= FRONT_CAPACITY {
+                // Rare (a thread answering from many entries): start over.
+                front.clear();
+            }
+            let copy = front
+                .entry(line.into())
+                .or_insert_with(|| ThreadCopy::new(entry, epoch, true));
+            Some(f(copy))
+        })
+    }
+
+    /// The tier's copy for a key line.
+    fn shared(&self, line: &[u8]) -> Option<Arc<Entry>> {
+        self.get(&super::flow::store_key(line))
     }
 
     /// The epoch to pass to [`keep`](Self::keep) for a copy about to be
@@ -73,22 +146,135 @@ impl LocalTier {
         }
     }
 
-    /// Drops the copies of `keys`.
+    /// Drops the copies of `keys`. The epoch moves before (a copy read
+    /// from the store before is not kept) and after (a thread's copy
+    /// confirmed against the tier while the removal ran is checked again).
     pub(crate) fn forget(&self, keys: &[String]) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for key in keys {
             self.entries.remove(key.as_str());
         }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Drops every copy (the epoch moves as in [`forget`](Self::forget)).
     pub(crate) fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.clear();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()
+    }
+}
+
+/// The most copies a thread keeps per tier.
+const FRONT_CAPACITY: usize = 64;
+
+/// Bodies up to this size are copied for each thread; larger ones are
+/// shared with the tier (one reference count then touched per hit).
+const PRIVATE_BODY: usize = 16 * 1024;
+
+/// The most tiers a thread keeps copies for (the oldest go first).
+const FRONT_TIERS: usize = 8;
+
+thread_local! {
+    static FRONTS: RefCell<Fronts> = RefCell::new(Fronts::default());
+}
+
+/// A thread's copies, per tier, and a buffer for key lines.
+#[derive(Default)]
+struct Fronts {
+    tiers: Vec<(u64, Front)>,
+    line: Vec<u8>,
+}
+
+/// Keyed by key line, hashed with `quick_cache`'s fast hasher (randomly
+/// seeded; at most [`FRONT_CAPACITY`] entries in any case).
+type Front = HashMap<Box<[u8]>, ThreadCopy, quick_cache::DefaultHashBuilder>;
+
+/// A thread's copies for `tier`.
+fn front_of(tiers: &mut Vec<(u64, Front)>, tier: u64) -> &mut Front {
+    let at = match tiers.iter().position(|(id, _)| *id == tier) {
+        Some(at) => at,
+        None => {
+            if tiers.len() >= FRONT_TIERS {
+                tiers.remove(0);
+            }
+            tiers.push((tier, HashMap::default()));
+            tiers.len() - 1
+        }
+    };
+    &mut tiers[at].1
+}
+
+/// One thread's copy of a tier's entry, with the header fields of its
+/// answer prepared for one (age, ttl) pair of seconds.
+pub(crate) struct ThreadCopy {
+    pub(crate) entry: Arc<Entry>,
+    /// The tier's epoch when this copy was last checked against it.
+    epoch: u64,
+    /// The (age, ttl) the prepared fields are for.
+    stamp: Option<(u64, i64)>,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl ThreadCopy {
+    /// A copy of `entry` checked at `epoch`. `private`: the entry is shared
+    /// with other threads (the tier's), so its bytes are copied for this
+    /// thread: cloning them per hit then touches no reference count
+    /// another thread touches.
+    pub(crate) fn new(entry: Arc<Entry>, epoch: u64, private: bool) -> Self {
+        let mut headers = if private {
+            let mut headers = HeaderMap::with_capacity(entry.headers.len() + 3);
+            for (name, value) in &entry.headers {
+                let mut own =
+                    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+                own.set_sensitive(value.is_sensitive());
+                headers.append(name.clone(), own);
+            }
+            headers
+        } else {
+            entry.headers.clone()
+        };
+        // The fields every answer sets, already there: an answer replaces
+        // them instead of growing its clone of the map.
+        headers.insert(AGE, HeaderValue::from_static("0"));
+        headers.insert(CACHE_STATUS, HeaderValue::from_static(""));
+        super::flow::set_content_length(&mut headers, entry.status, entry.body.len());
+        let body = if private && entry.body.len() <= PRIVATE_BODY {
+            Bytes::copy_from_slice(&entry.body)
+        } else {
+            entry.body.clone()
+        };
+        ThreadCopy {
+            entry,
+            epoch,
+            stamp: None,
+            headers,
+            body,
+        }
+    }
+
+    /// The headers and body of an answer at `age` and `ttl` seconds: the
+    /// prepared fields, set again (`Age`, and `Cache-Status` from
+    /// `status`) when the seconds changed.
+    pub(crate) fn answer(
+        &mut self,
+        age: u64,
+        ttl: i64,
+        age_field: impl FnOnce(u64) -> HeaderValue,
+        status: impl FnOnce() -> HeaderValue,
+    ) -> (HeaderMap, Bytes) {
+        if self.stamp != Some((age, ttl)) {
+            self.headers.insert(AGE, age_field(age));
+            self.headers.insert(CACHE_STATUS, status());
+            self.stamp = Some((age, ttl));
+        }
+        (self.headers.clone(), self.body.clone())
     }
 }
 

@@ -202,9 +202,14 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<http::HeaderName>> {
 
 /// The entry's age at `now`, in ms (§4.2.3).
 pub(crate) fn age(entry: &Entry, now: SystemTime) -> u64 {
+    age_at(entry, unix_ms(now))
+}
+
+/// [`age`] at `now` in Unix ms.
+pub(crate) fn age_at(entry: &Entry, now: u64) -> u64 {
     entry
         .initial_age
-        .saturating_add(unix_ms(now).saturating_sub(entry.stored_at))
+        .saturating_add(now.saturating_sub(entry.stored_at))
 }
 
 /// Why a stored response cannot answer a request.

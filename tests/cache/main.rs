@@ -418,6 +418,138 @@ support::both_backends! { fixture;
         assert_eq!(fx.runs(), 1);
     }
 
+    every_hit_carries_the_stored_length_heads_included => |fx| {
+        // From the store, then (with a local tier) from this thread's copy.
+        for local in [false, true] {
+            let mut builder = fx.builder();
+            if local {
+                builder = builder.local_tier(10);
+            }
+            let app = app(&fx, builder.build().unwrap());
+            let path = if local { "/big" } else { "/fresh" };
+            let first = get(&app, path).await;
+            let length = first.body.len().to_string();
+            let started = Instant::now();
+            loop {
+                let r = get(&app, path).await;
+                assert_eq!(r.body, first.body);
+                if r.hit() {
+                    assert_eq!(r.header("content-length"), Some(length.as_str()), "{local}");
+                    let age: u64 = r.header("age").unwrap().parse().unwrap();
+                    assert!(age < 5, "{age}");
+                    if !local || r.cache_status().contains("detail=local") {
+                        break;
+                    }
+                }
+                assert!(started.elapsed() < Duration::from_secs(3), "{}", r.cache_status());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // A HEAD gets the length its GET has, and no body.
+            let r = send(&app, "HEAD", path, &[]).await;
+            assert!(r.hit(), "{}", r.cache_status());
+            assert_eq!(r.body, "");
+            assert_eq!(r.header("content-length"), Some(length.as_str()), "{local}");
+        }
+    }
+
+    a_local_copy_answers_conditionals_heads_and_narrowed_requests => |fx| {
+        let app = app(&fx, fx.builder().local_tier(10).build().unwrap());
+        get(&app, "/etag").await;
+        fx.stored(1).await;
+        let started = Instant::now();
+        while !get(&app, "/etag").await.cache_status().contains("detail=local") {
+            assert!(started.elapsed() < Duration::from_secs(3), "no local copy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = send(&app, "GET", "/etag", &[("if-none-match", "\"v1\"")]).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        assert!(r.cache_status().contains("detail=local"), "{}", r.cache_status());
+        assert_eq!(r.header("etag"), Some("\"v1\""));
+        let r = send(&app, "GET", "/etag", &[("if-none-match", "\"v0\"")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, "/etag #1");
+        // A request that allows no stored answer reaches the handler.
+        let r = send(&app, "GET", "/etag", &[("cache-control", "no-cache")]).await;
+        assert!(!r.cache_status().contains("detail=local"), "{}", r.cache_status());
+        let r = send(&app, "GET", "/etag", &[("cache-control", "min-fresh=3600")]).await;
+        assert!(!r.hit(), "{}", r.cache_status());
+        assert_eq!(fx.runs(), 3);
+    }
+
+    an_entry_stored_anew_is_read_anew => |fx| {
+        // A reads the entry twice (the second time from bytes it decoded
+        // already); B replaces it in the store; A's next read is B's.
+        let a = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let b_layer = CacheLayer::new(fx.tb.backend.clone());
+        let purger = b_layer.purger();
+        let b = app(&fx, b_layer);
+        get(&a, "/fresh").await;
+        fx.stored(1).await;
+        for _ in 0..3 {
+            let r = get(&a, "/fresh").await;
+            assert!(r.hit() && r.body == "/fresh #1", "{} {}", r.body, r.cache_status());
+        }
+        assert!(purger.purge_url("/fresh", "shop.example").await.unwrap());
+        assert_eq!(get(&b, "/fresh").await.body, "/fresh #2");
+        fx.stored(1).await;
+        for _ in 0..3 {
+            let r = get(&a, "/fresh").await;
+            assert!(r.hit() && r.body == "/fresh #2", "{} {}", r.body, r.cache_status());
+        }
+    }
+
+    every_threads_copy_hears_a_purge => |fx| {
+        // Many tasks on both worker threads answer from their thread's
+        // copies of A's local tier; a purge through B reaches them all, and
+        // once a task has seen the new answer it never sees the old one.
+        let a_layer = fx.builder().local_tier(100).build().unwrap();
+        let b_layer = fx.builder().local_tier(100).build().unwrap();
+        let purger = b_layer.purger();
+        let (a, b) = (app(&fx, a_layer), app(&fx, b_layer));
+        get(&a, "/tagged").await;
+        fx.stored(1).await;
+        let started = Instant::now();
+        while !get(&a, "/tagged").await.cache_status().contains("detail=local") {
+            assert!(started.elapsed() < Duration::from_secs(3), "no local copy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let purged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (a, purged) = (a.clone(), purged.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut local_hits, mut seen_new) = (0, false);
+                let started = Instant::now();
+                loop {
+                    let done = purged.load(Ordering::SeqCst);
+                    let r = get(&a, "/tagged").await;
+                    if r.cache_status().contains("detail=local") {
+                        local_hits += 1;
+                    }
+                    if r.body == "/tagged #1" {
+                        assert!(!seen_new, "the old answer came back: {}", r.cache_status());
+                    } else {
+                        seen_new = true;
+                    }
+                    if done && seen_new {
+                        return local_hits;
+                    }
+                    assert!(started.elapsed() < Duration::from_secs(5), "still the old answer");
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(purger.purge_tag("products").await.unwrap(), 1);
+        purged.store(true, Ordering::SeqCst);
+        let mut local_hits = 0;
+        for t in tasks {
+            local_hits += t.await.unwrap();
+        }
+        assert!(local_hits > 16, "the tasks answered from local copies: {local_hits}");
+        drop(b);
+    }
+
     request_directives_narrow_what_is_served => |fx| {
         let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
         get(&app, "/fresh").await;
@@ -933,6 +1065,41 @@ impl redis_layers::cache::CacheStore for Quiet {
     }
     async fn unlease(&self, key: &str, holder: &str) -> Result<(), redis_layers::Error> {
         self.0.unlease(key, holder).await
+    }
+}
+
+#[tokio::test]
+async fn a_stored_204_gets_no_content_length() {
+    // RFC 9110 §8.6: never on a 204. Through the layer alone (a router
+    // would add its own).
+    use redis_layers::memory::MemoryBackend;
+    let inner = tower::service_fn(|_req: Request<Body>| async {
+        let mut res = axum::response::Response::new(Body::empty());
+        *res.status_mut() = StatusCode::NO_CONTENT;
+        res.headers_mut()
+            .insert("cache-control", "max-age=60".parse().unwrap());
+        Ok::<_, std::convert::Infallible>(res)
+    });
+    let service = tower::Layer::layer(&CacheLayer::new(MemoryBackend::new()), inner);
+    let call = || {
+        let req = Request::get("http://shop.example/none")
+            .body(Body::empty())
+            .unwrap();
+        service.clone().oneshot(req)
+    };
+    let first = call().await.unwrap();
+    let _ = first.into_body().collect().await;
+    let started = Instant::now();
+    loop {
+        let res = call().await.unwrap();
+        let status = res.headers()["cache-status"].to_str().unwrap().to_owned();
+        if status.contains("; hit") {
+            assert_eq!(res.status(), StatusCode::NO_CONTENT);
+            assert!(res.headers().get("content-length").is_none());
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
