@@ -246,8 +246,9 @@ const DECODED_ENTRIES: usize = 64;
 const DECODED_MAX: usize = 16 * 1024;
 
 /// An entry as read from the store, decoded, with its answer's fields
-/// prepared.
+/// prepared by the layer `layer`.
 struct Decoded {
+    layer: u64,
     raw: Bytes,
     copy: ThreadCopy,
 }
@@ -260,16 +261,17 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashMap::default());
 }
 
-/// The entry `raw` (read from the store for `key`) holds: decoded again
-/// only when this thread has not just decoded the same bytes.
-fn decode_cached(key: &str, raw: Bytes) -> Option<Arc<Entry>> {
+/// The entry `raw` (read from the store by the layer `layer` for `key`)
+/// holds: decoded again only when this thread has not just decoded the
+/// same bytes for that layer.
+fn decode_cached(layer: u64, key: &str, raw: Bytes) -> Option<Arc<Entry>> {
     if raw.len() > DECODED_MAX {
         return Entry::decode(raw).map(Arc::new);
     }
     DECODED.with(|decoded| {
         let mut decoded = decoded.borrow_mut();
         if let Some(known) = decoded.get(key) {
-            if known.raw == raw {
+            if known.layer == layer && known.raw == raw {
                 return Some(known.copy.entry.clone());
             }
         }
@@ -278,7 +280,7 @@ fn decode_cached(key: &str, raw: Bytes) -> Option<Arc<Entry>> {
             decoded.clear();
         }
         let copy = ThreadCopy::new(entry.clone(), 0, false);
-        decoded.insert(key.to_owned(), Decoded { raw, copy });
+        decoded.insert(key.to_owned(), Decoded { layer, raw, copy });
         Some(entry)
     })
 }
@@ -296,7 +298,7 @@ fn answer_read<B, ResBody>(
     let answer = DECODED.with(|decoded| {
         let mut decoded = decoded.borrow_mut();
         let known = decoded.get_mut(key)?;
-        Arc::ptr_eq(&known.copy.entry, &entry)
+        (known.layer == config.id && Arc::ptr_eq(&known.copy.entry, &entry))
             .then(|| answer_copy(config, &mut known.copy, req, age, detail))
     });
     answer.unwrap_or_else(|| {
@@ -397,7 +399,15 @@ enum Found {
     Not(&'static str, Option<(Arc<Entry>, u64)>),
 }
 
-async fn find(config: &Config, key: &str, req: &HeaderMap, d: &Directives) -> Found {
+/// `now`: when the request began (the stored response's age is taken
+/// then).
+async fn find(
+    config: &Config,
+    key: &str,
+    req: &HeaderMap,
+    d: &Directives,
+    now: SystemTime,
+) -> Found {
     let epoch = config.local.as_ref().map(|l| l.epoch());
     match config.store.lookup(key).await {
         Err(e) => {
@@ -405,13 +415,13 @@ async fn find(config: &Config, key: &str, req: &HeaderMap, d: &Directives) -> Fo
             Found::Not("miss; detail=store-error", None)
         }
         Ok(None) => Found::Not("uri-miss", None),
-        Ok(Some(raw)) => match decode_cached(key, raw) {
+        Ok(Some(raw)) => match decode_cached(config.id, key, raw) {
             None => Found::Not("miss; detail=unreadable", None),
             Some(entry) if entry.vary_hash != vary_hash(&entry.vary, req) => {
                 Found::Not("vary-miss", None)
             }
             Some(entry) => {
-                let age = policy::age(&entry, SystemTime::now());
+                let age = policy::age(&entry, now);
                 match policy::usable(&entry, age, d) {
                     Ok(()) => {
                         if let (Some(local), Some(epoch)) = (&config.local, epoch) {
@@ -498,7 +508,7 @@ where
     // Then the store.
     let mut first = None;
     if !session.personal() && !directives.no_cache {
-        match find(&config, &key, req.headers(), &directives).await {
+        match find(&config, &key, req.headers(), &directives, now).await {
             Found::Usable(entry, age) => {
                 return Ok(answer_read(&config, &key, entry, &req, age, ""));
             }
@@ -541,7 +551,10 @@ where
         loop {
             let found = match first.take() {
                 Some(found) => found,
-                None => find(&config, &key, req.headers(), &directives).await,
+                None => {
+                    let now = SystemTime::now();
+                    find(&config, &key, req.headers(), &directives, now).await
+                }
             };
             match found {
                 Found::Usable(entry, age) => {

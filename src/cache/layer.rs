@@ -67,6 +67,9 @@ impl fmt::Debug for CacheLayer {
 }
 
 pub(crate) struct Config {
+    /// Names this layer in the threads' decoded entries (whose prepared
+    /// `Cache-Status` carries the layer's name).
+    pub(crate) id: u64,
     pub(crate) store: Store,
     pub(crate) settings: Settings,
     pub(crate) max_body: usize,
@@ -329,8 +332,10 @@ impl CacheLayerBuilder {
             }
         };
         let ms = |d: Duration| crate::time::millis(d);
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(CacheLayer {
             config: Arc::new(Config {
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 store: self.store,
                 settings: Settings {
                     extra_statuses: self.extra_statuses,

@@ -498,6 +498,21 @@ support::both_backends! { fixture;
         }
     }
 
+    each_layer_names_itself_on_entries_it_shares => |fx| {
+        // Same store, same URL, same stored bytes: each answer still
+        // carries its own layer's name.
+        let a = app(&fx, fx.builder().name("edge").build().unwrap());
+        let b = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&a, "/fresh").await;
+        fx.stored(1).await;
+        for _ in 0..3 {
+            let r = get(&a, "/fresh").await;
+            assert!(r.cache_status().starts_with("edge; hit"), "{}", r.cache_status());
+            let r = get(&b, "/fresh").await;
+            assert!(r.cache_status().starts_with("redis-layers; hit"), "{}", r.cache_status());
+        }
+    }
+
     every_threads_copy_hears_a_purge => |fx| {
         // Many tasks on both worker threads answer from their thread's
         // copies of A's local tier; a purge through B reaches them all, and
