@@ -20,7 +20,7 @@ use super::directives::Directives;
 use super::flight::Role;
 use super::layer::{Config, Purger, CACHE_STATUS};
 use super::layout::{hash, hash_hex, Entry, MUST_REVALIDATE, NO_CACHE};
-use super::local::ThreadCopy;
+use super::local::{Copied, ThreadCopy, MAX_LINE};
 use super::policy::{self, Unusable};
 
 /// Headers that describe one connection, never stored (RFC 9111 §3.1).
@@ -106,8 +106,10 @@ fn write_key_line(
     }
 }
 
-/// The store key of a key line (its SHA-256 in hex): this thread's memory
-/// of it when the line was seen lately, else computed (then remembered).
+/// The store key of a key line (the first 128 bits of its SHA-256, in
+/// hex): this thread's memory of it when the line was seen lately, else
+/// computed (then remembered, when the line is at most [`MAX_LINE`]
+/// long).
 pub(crate) fn store_key(line: &[u8]) -> String {
     KEYS.with(|keys| {
         let mut keys = keys.borrow_mut();
@@ -117,7 +119,7 @@ pub(crate) fn store_key(line: &[u8]) -> String {
             }
         }
         let key = hash_hex([line]);
-        if let Ok(hex) = <[u8; 32]>::try_from(key.as_bytes()) {
+        if let (Ok(hex), true) = (<[u8; 32]>::try_from(key.as_bytes()), line.len() <= MAX_LINE) {
             if keys.len() >= REMEMBERED_KEYS {
                 // A thread seeing many lines (a crawl, a flood): start over.
                 keys.clear();
@@ -128,7 +130,8 @@ pub(crate) fn store_key(line: &[u8]) -> String {
     })
 }
 
-/// The most key lines a thread remembers the store key of.
+/// The most key lines a thread remembers the store key of (with
+/// [`MAX_LINE`], at most about 0.5 MiB).
 const REMEMBERED_KEYS: usize = 1024;
 
 thread_local! {
@@ -179,9 +182,11 @@ pub(crate) fn answer_locally<B, ResBody>(
         )
     };
     let answer = |copy: &mut ThreadCopy| copy_answer(config, copy, req, &directives, now);
-    match local.with_copy(line, answer).flatten() {
-        Some(res) => Local::Hit(res),
-        None => Local::Looked,
+    match local.with_copy(line, answer) {
+        Copied::Answered(Some(res)) => Local::Hit(res),
+        Copied::Answered(None) | Copied::Absent => Local::Looked,
+        // The tier itself answers, on the request's way through `read`.
+        Copied::Unsuitable => Local::Unknown,
     }
 }
 
@@ -241,7 +246,8 @@ fn answer_copy<B, ResBody>(
 }
 
 /// The most entries a thread keeps decoded, and the largest it keeps
-/// (bytes as stored): at most 1 MiB per thread.
+/// (bytes as stored): 1 MiB of stored bytes per thread at most, plus
+/// their prepared header fields.
 const DECODED_ENTRIES: usize = 64;
 const DECODED_MAX: usize = 16 * 1024;
 
@@ -295,13 +301,17 @@ fn answer_read<B, ResBody>(
     age: u64,
     detail: &'static str,
 ) -> Response<CacheBody<ResBody>> {
-    let answer = DECODED.with(|decoded| {
-        let mut decoded = decoded.borrow_mut();
-        let known = decoded.get_mut(key)?;
-        (known.layer == config.id && Arc::ptr_eq(&known.copy.entry, &entry))
-            .then(|| answer_copy(config, &mut known.copy, req, age, detail))
+    // The prepared fields end `Cache-Status` without a detail: an
+    // answer with one (a collapsed wait's) is built on its own.
+    let answer = detail.is_empty().then(|| {
+        DECODED.with(|decoded| {
+            let mut decoded = decoded.borrow_mut();
+            let known = decoded.get_mut(key)?;
+            (known.layer == config.id && Arc::ptr_eq(&known.copy.entry, &entry))
+                .then(|| answer_copy(config, &mut known.copy, req, age, detail))
+        })
     });
-    answer.unwrap_or_else(|| {
+    answer.flatten().unwrap_or_else(|| {
         let mut ttl = itoa::Buffer::new();
         let params = ["hit; ttl=", ttl_of(&mut ttl, &entry, age), detail];
         respond_stored(config, Cow::Borrowed(&entry), age, req, &params)
@@ -399,15 +409,7 @@ enum Found {
     Not(&'static str, Option<(Arc<Entry>, u64)>),
 }
 
-/// `now`: when the request began (the stored response's age is taken
-/// then).
-async fn find(
-    config: &Config,
-    key: &str,
-    req: &HeaderMap,
-    d: &Directives,
-    now: SystemTime,
-) -> Found {
+async fn find(config: &Config, key: &str, req: &HeaderMap, d: &Directives) -> Found {
     let epoch = config.local.as_ref().map(|l| l.epoch());
     match config.store.lookup(key).await {
         Err(e) => {
@@ -421,7 +423,7 @@ async fn find(
                 Found::Not("vary-miss", None)
             }
             Some(entry) => {
-                let age = policy::age(&entry, now);
+                let age = policy::age(&entry, SystemTime::now());
                 match policy::usable(&entry, age, d) {
                     Ok(()) => {
                         if let (Some(local), Some(epoch)) = (&config.local, epoch) {
@@ -508,7 +510,7 @@ where
     // Then the store.
     let mut first = None;
     if !session.personal() && !directives.no_cache {
-        match find(&config, &key, req.headers(), &directives, now).await {
+        match find(&config, &key, req.headers(), &directives).await {
             Found::Usable(entry, age) => {
                 return Ok(answer_read(&config, &key, entry, &req, age, ""));
             }
@@ -551,10 +553,7 @@ where
         loop {
             let found = match first.take() {
                 Some(found) => found,
-                None => {
-                    let now = SystemTime::now();
-                    find(&config, &key, req.headers(), &directives, now).await
-                }
+                None => find(&config, &key, req.headers(), &directives).await,
             };
             match found {
                 Found::Usable(entry, age) => {

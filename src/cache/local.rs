@@ -34,6 +34,9 @@ use super::store::Heard;
 pub(crate) struct LocalTier {
     /// Names this tier in the threads' fronts.
     id: u64,
+    /// Alive while the tier is: a thread drops its copies of a dropped
+    /// tier's entries when it next adds a tier.
+    alive: Arc<()>,
     entries: quick_cache::sync::Cache<String, Arc<Entry>>,
     /// The task that applies what is heard; stopped with the tier, which
     /// drops its channel and so ends the store's listening too.
@@ -55,6 +58,7 @@ impl LocalTier {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let tier = Arc::new(LocalTier {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::new(()),
             entries: quick_cache::sync::Cache::new(capacity.max(1)),
             coherent: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
@@ -75,15 +79,14 @@ impl LocalTier {
 
     /// Runs `f` on this thread's copy of the entry for the key line that
     /// `line` writes, taken from the tier (or confirmed against it) when
-    /// the thread's copy is missing or older than the tier's epoch. `None`
-    /// when the tier has no copy (or is not coherent).
+    /// the thread's copy is missing or older than the tier's epoch.
     pub(crate) fn with_copy<R>(
         &self,
         line: impl FnOnce(&mut Vec<u8>),
         f: impl FnOnce(&mut ThreadCopy) -> R,
-    ) -> Option<R> {
+    ) -> Copied<R> {
         if !self.coherent.load(Ordering::Acquire) {
-            return None;
+            return Copied::Absent;
         }
         // Read before the tier is: a change after this makes the copy
         // checked now look old next time.
@@ -92,31 +95,48 @@ impl LocalTier {
             let mut fronts = fronts.borrow_mut();
             let fronts = &mut *fronts;
             fronts.line.clear();
+            if fronts.line.capacity() > 4 * MAX_LINE {
+                fronts.line.shrink_to(MAX_LINE);
+            }
             line(&mut fronts.line);
-            let front = front_of(&mut fronts.tiers, self.id);
             let line = fronts.line.as_slice();
+            if line.len() > MAX_LINE {
+                return Copied::Unsuitable;
+            }
+            let front = front_of(&mut fronts.tiers, self);
             if let Some(copy) = front.get_mut(line) {
                 if copy.epoch != epoch {
                     match self.shared(line) {
                         Some(entry) if Arc::ptr_eq(&entry, &copy.entry) => copy.epoch = epoch,
-                        Some(entry) => *copy = ThreadCopy::new(entry, epoch, true),
-                        None => {
+                        Some(entry) if entry.body.len() <= PRIVATE_BODY => {
+                            *copy = ThreadCopy::new(entry, epoch, true);
+                        }
+                        found => {
                             front.remove(line);
-                            return None;
+                            return match found {
+                                Some(_) => Copied::Unsuitable,
+                                None => Copied::Absent,
+                            };
                         }
                     }
                 }
-                return Some(f(copy));
+                return Copied::Answered(f(copy));
             }
-            let entry = self.shared(line)?;
+            let Some(entry) = self.shared(line) else {
+                return Copied::Absent;
+            };
+            if entry.body.len() > PRIVATE_BODY {
+                // Not copied per thread: answered from the tier's copy.
+                return Copied::Unsuitable;
+            }
             if front.len() >= FRONT_CAPACITY {
-                // Rare (a thread answering from many entries): start over.
+                // A thread answering from many entries: start over.
                 front.clear();
             }
             let copy = front
                 .entry(line.into())
                 .or_insert_with(|| ThreadCopy::new(entry, epoch, true));
-            Some(f(copy))
+            Copied::Answered(f(copy))
         })
     }
 
@@ -138,11 +158,16 @@ impl LocalTier {
             return;
         }
         self.entries.insert(key.to_owned(), Arc::new(entry));
-        // A change heard between the check and the insert: undo it (the
-        // change bumped the epoch before removing, so one of the two sees
-        // the other).
-        if !self.coherent.load(Ordering::SeqCst) || self.epoch() != epoch {
+        // The epoch moves after the insert: a thread's copy of an older
+        // version of this entry is checked against the tier again. A
+        // change heard between the check and the insert moved it first
+        // (before removing): then undo the insert, and move the epoch
+        // once more, so that a thread that confirmed its copy against the
+        // undone entry checks again too.
+        let before = self.epoch.fetch_add(1, Ordering::SeqCst);
+        if !self.coherent.load(Ordering::SeqCst) || before != epoch {
             self.entries.remove(key);
+            self.epoch.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -170,24 +195,42 @@ impl LocalTier {
     }
 }
 
+/// What [`LocalTier::with_copy`] did.
+pub(crate) enum Copied<R> {
+    /// Ran on this thread's copy.
+    Answered(R),
+    /// The tier has no copy (or is not coherent).
+    Absent,
+    /// The tier's copy is not kept per thread (its body is larger than
+    /// [`PRIVATE_BODY`], or its key line longer than [`MAX_LINE`]): ask the
+    /// tier itself.
+    Unsuitable,
+}
+
 /// The most copies a thread keeps per tier.
 const FRONT_CAPACITY: usize = 64;
 
-/// Bodies up to this size are copied for each thread; larger ones are
-/// shared with the tier (one reference count then touched per hit).
+/// Only entries with bodies up to this size are copied for each thread:
+/// a thread's copies of one tier hold at most `FRONT_CAPACITY` of them,
+/// about 1 MiB.
 const PRIVATE_BODY: usize = 16 * 1024;
 
-/// The most tiers a thread keeps copies for (the oldest go first).
-const FRONT_TIERS: usize = 8;
+/// The longest key line a thread keeps a copy for.
+pub(crate) const MAX_LINE: usize = 512;
+
+/// The most tiers a thread keeps copies for (the oldest go first, and
+/// dropped tiers' copies whenever one is added).
+const FRONT_TIERS: usize = 4;
 
 thread_local! {
     static FRONTS: RefCell<Fronts> = RefCell::new(Fronts::default());
 }
 
-/// A thread's copies, per tier, and a buffer for key lines.
+/// A thread's copies, per tier (with the tier's liveness), and a buffer
+/// for key lines.
 #[derive(Default)]
 struct Fronts {
-    tiers: Vec<(u64, Front)>,
+    tiers: Vec<(u64, Weak<()>, Front)>,
     line: Vec<u8>,
 }
 
@@ -196,18 +239,19 @@ struct Fronts {
 type Front = HashMap<Box<[u8]>, ThreadCopy, quick_cache::DefaultHashBuilder>;
 
 /// A thread's copies for `tier`.
-fn front_of(tiers: &mut Vec<(u64, Front)>, tier: u64) -> &mut Front {
-    let at = match tiers.iter().position(|(id, _)| *id == tier) {
+fn front_of<'a>(tiers: &'a mut Vec<(u64, Weak<()>, Front)>, tier: &LocalTier) -> &'a mut Front {
+    let at = match tiers.iter().position(|(id, _, _)| *id == tier.id) {
         Some(at) => at,
         None => {
+            tiers.retain(|(_, alive, _)| alive.strong_count() > 0);
             if tiers.len() >= FRONT_TIERS {
                 tiers.remove(0);
             }
-            tiers.push((tier, HashMap::default()));
+            tiers.push((tier.id, Arc::downgrade(&tier.alive), HashMap::default()));
             tiers.len() - 1
         }
     };
-    &mut tiers[at].1
+    &mut tiers[at].2
 }
 
 /// One thread's copy of a tier's entry, with the header fields of its

@@ -200,12 +200,16 @@
 //! write by another instance (not a purge) is seen once the copy goes
 //! stale.
 //!
-//! Each thread keeps its own copies of the entries it answers from most
-//! (up to 64 per tier, bodies up to 16 KiB copied): a local hit then takes
-//! no lock and touches no reference count another thread touches, and is
-//! answered before the request's future is even made. A thread's copy is
-//! checked against the tier again after any change the tier hears, so it
-//! is dropped as soon as the tier's is.
+//! Each thread keeps its own copies of the tier's entries it answers from
+//! (up to 64 per tier, then it starts over; only entries whose body is at
+//! most 16 KiB, and whose URL is short): a local hit then takes no lock,
+//! shares no reference count with the other threads (but for a custom
+//! header name's), and is answered before the request's future is even
+//! made. Every change the tier hears, and every entry it keeps, sends the
+//! threads' copies back to the tier to be confirmed or replaced, so no
+//! thread answers from a copy the tier has dropped for a purge or an
+//! invalidation, or replaced. Other entries are answered from the tier's
+//! copy.
 //!
 //! Without a local tier, each thread still remembers the entries it read
 //! lately (up to 64, of at most 16 KiB stored): a read that returns the

@@ -468,6 +468,10 @@ support::both_backends! { fixture;
         let r = send(&app, "GET", "/etag", &[("if-none-match", "\"v0\"")]).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.body, "/etag #1");
+        let r = send(&app, "HEAD", "/etag", &[]).await;
+        assert!(r.cache_status().contains("detail=local"), "{}", r.cache_status());
+        assert_eq!(r.body, "");
+        assert_eq!(r.header("content-length"), Some("8"));
         // A request that allows no stored answer reaches the handler.
         let r = send(&app, "GET", "/etag", &[("cache-control", "no-cache")]).await;
         assert!(!r.cache_status().contains("detail=local"), "{}", r.cache_status());
@@ -511,6 +515,49 @@ support::both_backends! { fixture;
             let r = get(&b, "/fresh").await;
             assert!(r.cache_status().starts_with("redis-layers; hit"), "{}", r.cache_status());
         }
+    }
+
+    a_local_copy_that_expired_is_replaced_on_every_thread => |fx| {
+        // The tier keeps the entry stored after expiry (or after a reload
+        // with no-cache): every thread answers from it, not from its own
+        // copy of the old one, and not from the store.
+        let app = app(&fx, fx.builder().local_tier(10).build().unwrap());
+        let until_on_all_tasks = |path: &'static str, want: String| {
+            let app = app.clone();
+            async move {
+                let mut tasks = Vec::new();
+                for _ in 0..8 {
+                    let (app, want) = (app.clone(), want.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let started = Instant::now();
+                        loop {
+                            let r = get(&app, path).await;
+                            if r.body == want && r.cache_status().contains("detail=local") {
+                                return;
+                            }
+                            assert!(started.elapsed() < Duration::from_secs(3), "{} {}", r.body, r.cache_status());
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            }
+        };
+        get(&app, "/short").await;
+        fx.stored(1).await;
+        until_on_all_tasks("/short", "/short #1".into()).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let r = get(&app, "/short").await;
+        assert_eq!(r.body, "/short #2", "{}", r.cache_status());
+        until_on_all_tasks("/short", "/short #2".into()).await;
+        // A reload with no-cache stores the handler's new answer.
+        get(&app, "/fresh").await;
+        until_on_all_tasks("/fresh", "/fresh #3".into()).await;
+        let r = send(&app, "GET", "/fresh", &[("cache-control", "no-cache")]).await;
+        assert_eq!(r.body, "/fresh #4");
+        until_on_all_tasks("/fresh", "/fresh #4".into()).await;
     }
 
     every_threads_copy_hears_a_purge => |fx| {
@@ -1081,6 +1128,34 @@ impl redis_layers::cache::CacheStore for Quiet {
     async fn unlease(&self, key: &str, holder: &str) -> Result<(), redis_layers::Error> {
         self.0.unlease(key, holder).await
     }
+}
+
+#[tokio::test]
+async fn a_collapsed_answer_and_a_plain_hit_each_say_what_they_are() {
+    // One thread (this runtime's): a waiter's answer and a plain hit right
+    // after it come from the same decoded entry.
+    let fx = fixture(Kind::Memory);
+    let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+    let leader = tokio::spawn({
+        let app = app.clone();
+        async move { get(&app, "/slow").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waiter = get(&app, "/slow").await;
+    assert!(
+        waiter.cache_status().contains("; collapsed"),
+        "{}",
+        waiter.cache_status()
+    );
+    let plain = get(&app, "/slow").await;
+    assert!(plain.hit(), "{}", plain.cache_status());
+    assert!(
+        !plain.cache_status().contains("collapsed"),
+        "{}",
+        plain.cache_status()
+    );
+    assert_eq!(leader.await.unwrap().body, "/slow #1");
+    assert_eq!(fx.runs(), 1);
 }
 
 #[tokio::test]
