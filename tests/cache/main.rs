@@ -269,6 +269,31 @@ async fn get(app: &Router, path: &str) -> Reply {
     send(app, "GET", path, &[]).await
 }
 
+/// Two instances A and B with local tiers (and B's purger), A having
+/// stored `/tagged`.
+async fn two_local_tiers(fx: &Fixture) -> (Router, Router, redis_layers::cache::Purger) {
+    let a_layer = fx.builder().local_tier(100).build().unwrap();
+    let b_layer = fx.builder().local_tier(100).build().unwrap();
+    let purger = b_layer.purger();
+    let (a, b) = (app(fx, a_layer), app(fx, b_layer));
+    get(&a, "/tagged").await;
+    fx.stored(1).await;
+    (a, b, purger)
+}
+
+/// Waits until `app` answers `path` from its local tier (it keeps copies
+/// once it listens, a moment after start).
+async fn answered_locally(app: &Router, path: &str) {
+    let started = Instant::now();
+    while !get(app, path).await.cache_status().contains("detail=local") {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "no local copy of {path}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 support::both_backends! { fixture;
     a_fresh_response_is_served_from_the_store => |fx| {
         let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
@@ -456,11 +481,7 @@ support::both_backends! { fixture;
         let app = app(&fx, fx.builder().local_tier(10).build().unwrap());
         get(&app, "/etag").await;
         fx.stored(1).await;
-        let started = Instant::now();
-        while !get(&app, "/etag").await.cache_status().contains("detail=local") {
-            assert!(started.elapsed() < Duration::from_secs(3), "no local copy");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        answered_locally(&app, "/etag").await;
         let r = send(&app, "GET", "/etag", &[("if-none-match", "\"v1\"")]).await;
         assert_eq!(r.status, StatusCode::NOT_MODIFIED);
         assert!(r.cache_status().contains("detail=local"), "{}", r.cache_status());
@@ -564,17 +585,8 @@ support::both_backends! { fixture;
         // Many tasks on both worker threads answer from their thread's
         // copies of A's local tier; a purge through B reaches them all, and
         // once a task has seen the new answer it never sees the old one.
-        let a_layer = fx.builder().local_tier(100).build().unwrap();
-        let b_layer = fx.builder().local_tier(100).build().unwrap();
-        let purger = b_layer.purger();
-        let (a, b) = (app(&fx, a_layer), app(&fx, b_layer));
-        get(&a, "/tagged").await;
-        fx.stored(1).await;
-        let started = Instant::now();
-        while !get(&a, "/tagged").await.cache_status().contains("detail=local") {
-            assert!(started.elapsed() < Duration::from_secs(3), "no local copy");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (a, b, purger) = two_local_tiers(&fx).await;
+        answered_locally(&a, "/tagged").await;
         let purged = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
         for _ in 0..16 {
@@ -1022,20 +1034,11 @@ support::both_backends! { fixture;
     }
 
     the_local_tier_answers_without_the_store_and_hears_purges => |fx| {
-        let a_layer = fx.builder().local_tier(100).build().unwrap();
-        let b_layer = fx.builder().local_tier(100).build().unwrap();
-        let purger = b_layer.purger();
-        let (a, b) = (app(&fx, a_layer), app(&fx, b_layer));
-        get(&a, "/tagged").await;
-        fx.stored(1).await;
+        let (a, b, purger) = two_local_tiers(&fx).await;
         // Once listening (a moment after start), each tier keeps the copy
         // it wrote or read from the store, and answers from it.
         for app in [&a, &b] {
-            let started = Instant::now();
-            while !get(app, "/tagged").await.cache_status().contains("detail=local") {
-                assert!(started.elapsed() < Duration::from_secs(3), "no local copy");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            answered_locally(app, "/tagged").await;
         }
         assert_eq!(fx.runs(), 1);
         // Purged through B: A drops its copy too.
@@ -1052,11 +1055,7 @@ support::both_backends! { fixture;
         }
         // An unsafe method on A reaches B's tier.
         fx.stored(1).await;
-        let started = Instant::now();
-        while !get(&b, "/tagged").await.cache_status().contains("detail=local") {
-            assert!(started.elapsed() < Duration::from_secs(3), "no local copy on B");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        answered_locally(&b, "/tagged").await;
         send(&a, "POST", "/tagged", &[]).await;
         let started = Instant::now();
         while get(&b, "/tagged").await.cache_status().contains("detail=local") {

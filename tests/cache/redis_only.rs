@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use redis_layers::cache::CacheLayer;
 
 use crate::support::{Kind, Monitor};
-use crate::{app, fixture, get, send, Fixture};
+use crate::{answered_locally, app, fixture, get, send, Fixture};
 
 #[tokio::test]
 async fn a_hit_is_one_get_and_a_miss_adds_one_set() {
@@ -162,15 +162,7 @@ async fn a_local_hit_sends_nothing_and_a_lost_channel_empties_the_tier() {
     get(&app, "/fresh").await;
     fx.stored(1).await;
     // Once listening, the tier keeps its copy.
-    let started = Instant::now();
-    while !get(&app, "/fresh")
-        .await
-        .cache_status()
-        .contains("detail=local")
-    {
-        assert!(started.elapsed() < Duration::from_secs(3), "no local copy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    answered_locally(&app, "/fresh").await;
     let mut monitor = Monitor::start(fx.tb.server());
     let r = get(&app, "/fresh").await;
     assert!(
@@ -194,17 +186,5 @@ async fn a_local_hit_sends_nothing_and_a_lost_channel_empties_the_tier() {
         r.cache_status()
     );
     // Listening again, the tier works again.
-    let started = Instant::now();
-    loop {
-        let r = get(&app, "/fresh").await;
-        if r.cache_status().contains("detail=local") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{}",
-            r.cache_status()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    answered_locally(&app, "/fresh").await;
 }
