@@ -256,7 +256,9 @@ impl CacheLayerBuilder {
     }
 
     /// An in-process tier of up to `entries` decoded entries in front of the
-    /// store: a hit there costs no round trip. It is kept coherent through
+    /// store: a hit there costs no round trip. Each worker thread also keeps
+    /// its own copies of up to 64 of them (bodies up to 16 KiB: about 1 MiB
+    /// per thread), checked against the tier after every change. It is kept coherent through
     /// the store's announcements (Redis pub/sub): every purge and
     /// invalidation, on any instance, drops the copies everywhere; while
     /// the channel is down the tier is emptied and unused. Off by default.
@@ -440,8 +442,9 @@ where
     }
 }
 
-/// The response future of [`Cache`]: ready at once for an answer from the
-/// local tier, else the cache's work and the inner service's.
+/// The response future of [`Cache`]: ready at once for an answer from a
+/// thread's copy of a local-tier entry, else the cache's work and the
+/// inner service's.
 pub struct ResponseFuture<T, E> {
     state: FutureState<T, E>,
 }

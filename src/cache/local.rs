@@ -6,12 +6,12 @@
 //! copy.
 //!
 //! In front of the tier, each thread keeps its own copies of the entries
-//! it answers from most ([`LocalTier::with_copy`]): a hit there writes to
-//! no memory another thread reads (no lock, no shared reference count),
-//! and the response's header fields are prepared once a second. A thread's
+//! it answers from ([`LocalTier::with_copy`]): a hit there takes no lock
+//! and touches no reference count of the tier's, and the response's header
+//! fields are prepared once a second. A thread's
 //! copy is used only while the tier's epoch is the one it was checked at:
-//! any change heard sends it back to the tier, which either confirms it
-//! (the same entry) or replaces it.
+//! any change heard, and any entry kept, sends it back to the tier, which
+//! either confirms it (the same entry) or replaces it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -43,9 +43,15 @@ pub(crate) struct LocalTier {
     task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// Listening: announcements arrive, so copies can be trusted.
     coherent: AtomicBool,
-    /// Bumped by every change heard: a copy read from the store before a
-    /// change is not kept after it.
+    /// Moved by every change heard (a purge, an invalidation, a clear): a
+    /// copy read from the store before a change is not kept after it.
+    changes: AtomicU64,
+    /// Moved around every removal and after every insert: a thread's copy
+    /// stamped with an older epoch is checked against the tier again.
     epoch: AtomicU64,
+    /// Held while the tier's entries change (keep, forget, clear), so that
+    /// a keep and a change heard never interleave.
+    writing: std::sync::Mutex<()>,
 }
 
 impl LocalTier {
@@ -61,7 +67,9 @@ impl LocalTier {
             alive: Arc::new(()),
             entries: quick_cache::sync::Cache::new(capacity.max(1)),
             coherent: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            writing: std::sync::Mutex::new(()),
             task: std::sync::Mutex::new(None),
         });
         let task = tokio::spawn(listen(Arc::downgrade(&tier), heard, generation));
@@ -90,7 +98,7 @@ impl LocalTier {
         }
         // Read before the tier is: a change after this makes the copy
         // checked now look old next time.
-        let epoch = self.epoch();
+        let epoch = self.epoch.load(Ordering::SeqCst);
         FRONTS.with(|fronts| {
             let mut fronts = fronts.borrow_mut();
             let fronts = &mut *fronts;
@@ -145,36 +153,35 @@ impl LocalTier {
         self.get(&super::flow::store_key(line))
     }
 
-    /// The epoch to pass to [`keep`](Self::keep) for a copy about to be
-    /// read from the store.
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
+    /// The count of changes to pass to [`keep`](Self::keep) for a copy
+    /// about to be read from the store.
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
     }
 
-    /// Keeps a copy read from the store at `epoch`, unless something
-    /// changed since (or the tier is not coherent).
-    pub(crate) fn keep(&self, key: &str, entry: Entry, epoch: u64) {
-        if !self.coherent.load(Ordering::SeqCst) || self.epoch() != epoch {
+    fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a copy read from the store when the count of changes was
+    /// `changes`, unless a change was heard since (or the tier is not
+    /// coherent). The epoch moves after the insert: a thread's copy of an
+    /// older version of the entry is checked against the tier again.
+    pub(crate) fn keep(&self, key: &str, entry: Entry, changes: u64) {
+        let _writing = self.writing();
+        if !self.coherent.load(Ordering::SeqCst) || self.changes() != changes {
             return;
         }
         self.entries.insert(key.to_owned(), Arc::new(entry));
-        // The epoch moves after the insert: a thread's copy of an older
-        // version of this entry is checked against the tier again. A
-        // change heard between the check and the insert moved it first
-        // (before removing): then undo the insert, and move the epoch
-        // once more, so that a thread that confirmed its copy against the
-        // undone entry checks again too.
-        let before = self.epoch.fetch_add(1, Ordering::SeqCst);
-        if !self.coherent.load(Ordering::SeqCst) || before != epoch {
-            self.entries.remove(key);
-            self.epoch.fetch_add(1, Ordering::SeqCst);
-        }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Drops the copies of `keys`. The epoch moves before (a copy read
-    /// from the store before is not kept) and after (a thread's copy
-    /// confirmed against the tier while the removal ran is checked again).
+    /// Drops the copies of `keys`. The epoch moves before and after the
+    /// removal: a thread's copy confirmed against the tier while it ran is
+    /// checked again.
     pub(crate) fn forget(&self, keys: &[String]) {
+        let _writing = self.writing();
+        self.changes.fetch_add(1, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for key in keys {
             self.entries.remove(key.as_str());
@@ -182,8 +189,10 @@ impl LocalTier {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Drops every copy (the epoch moves as in [`forget`](Self::forget)).
+    /// Drops every copy (as [`forget`](Self::forget) does).
     pub(crate) fn clear(&self) {
+        let _writing = self.writing();
+        self.changes.fetch_add(1, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.clear();
         self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -394,18 +403,18 @@ mod tests {
     async fn copies_follow_what_is_heard() {
         let (tx, rx) = mpsc::channel(8);
         let tier = LocalTier::start(10, rx, Arc::new(Generation::new(Duration::from_secs(1))));
-        tier.keep("a", entry(), tier.epoch());
+        tier.keep("a", entry(), tier.changes());
         assert!(tier.get("a").is_none(), "not listening yet: nothing kept");
         tx.send(Heard::Ready).await.unwrap();
         settle().await;
-        tier.keep("a", entry(), tier.epoch());
-        tier.keep("b", entry(), tier.epoch());
+        tier.keep("a", entry(), tier.changes());
+        tier.keep("b", entry(), tier.changes());
         assert!(tier.get("a").is_some());
         tx.send(Heard::Changed(vec!["a".into()])).await.unwrap();
         settle().await;
         assert!(tier.get("a").is_none() && tier.get("b").is_some());
         // A copy read before a change is not kept after it.
-        let before = tier.epoch();
+        let before = tier.changes();
         tx.send(Heard::Changed(vec!["c".into()])).await.unwrap();
         settle().await;
         tier.keep("c", entry(), before);
@@ -414,11 +423,11 @@ mod tests {
         tx.send(Heard::Lost).await.unwrap();
         settle().await;
         assert_eq!(tier.len(), 0);
-        tier.keep("d", entry(), tier.epoch());
+        tier.keep("d", entry(), tier.changes());
         assert!(tier.get("d").is_none());
         tx.send(Heard::Ready).await.unwrap();
         settle().await;
-        tier.keep("d", entry(), tier.epoch());
+        tier.keep("d", entry(), tier.changes());
         assert!(tier.get("d").is_some());
         // The channel gone: emptied for good.
         drop(tx);

@@ -202,18 +202,18 @@
 //!
 //! Each thread keeps its own copies of the tier's entries it answers from
 //! (up to 64 per tier, then it starts over; only entries whose body is at
-//! most 16 KiB, and whose URL is short): a local hit then takes no lock,
-//! shares no reference count with the other threads (but for a custom
-//! header name's), and is answered before the request's future is even
-//! made. Every change the tier hears, and every entry it keeps, sends the
-//! threads' copies back to the tier to be confirmed or replaced, so no
-//! thread answers from a copy the tier has dropped for a purge or an
-//! invalidation, or replaced. Other entries are answered from the tier's
-//! copy.
+//! most 16 KiB and whose URL is at most 512 bytes; about 1 MiB per thread
+//! and tier): a hit there takes no lock and touches no reference count of
+//! the tier's, and is answered before the request's future is even made.
+//! Once the tier has applied a change it heard, or kept an entry, a
+//! thread's next hit checks its copy against the tier again (confirmed, or
+//! replaced), so no thread answers from a copy the tier dropped for a purge
+//! or an invalidation, or replaced. Other entries are answered from the
+//! tier's copy.
 //!
-//! Without a local tier, each thread still remembers the entries it read
-//! lately (up to 64, of at most 16 KiB stored): a read that returns the
-//! same bytes again reuses their decoded form and prepared header fields.
+//! Each thread also remembers the entries it read from the store lately
+//! (up to 64, of at most 16 KiB stored): a read that returns the same bytes
+//! again reuses their decoded form and prepared header fields.
 
 mod body;
 mod directives;
