@@ -238,6 +238,12 @@ pub struct RedisCluster {
     pub primaries: usize,
 }
 
+/// A server ready to join a cluster (node timeout 2 s, for quick
+/// failovers).
+fn cluster_node() -> RedisServer {
+    RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+}
+
 impl RedisCluster {
     /// Starts `primaries` primaries with a replica each (the replicas are
     /// `nodes[primaries..]`, `nodes[primaries + i]` replicating
@@ -245,16 +251,7 @@ impl RedisCluster {
     /// and every replica's link to its primary is up.
     pub fn start_with_replicas(primaries: usize) -> Self {
         let mut cluster = Self::start(primaries);
-        let replicas: Vec<RedisServer> = (0..primaries)
-            .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
-            })
-            .collect();
+        let replicas: Vec<RedisServer> = (0..primaries).map(|_| cluster_node()).collect();
         for replica in &replicas {
             let _: () = cluster.nodes[0].cmd(&[
                 "CLUSTER",
@@ -314,16 +311,7 @@ impl RedisCluster {
     /// every node reports `cluster_state:ok`.
     pub fn start(n: usize) -> Self {
         assert!(n >= 1);
-        let nodes: Vec<RedisServer> = (0..n)
-            .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
-            })
-            .collect();
+        let nodes: Vec<RedisServer> = (0..n).map(|_| cluster_node()).collect();
         let per = 16384 / n;
         for (i, node) in nodes.iter().enumerate() {
             let first = i * per;
