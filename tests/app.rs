@@ -9,25 +9,11 @@ mod support;
 #[path = "../examples/app/routes.rs"]
 mod routes;
 
-use std::net::SocketAddr;
+mod app_server;
 
+use app_server::serve;
 use support::http::Client;
 use support::{Kind, TestBackend};
-
-/// The app on a free loopback port, for as long as the test runs.
-async fn serve(backend: redis_layers::Backend) -> SocketAddr {
-    let app = routes::router(backend, false).expect("the app's router");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    addr
-}
 
 const LOGIN_ALICE: &str = "user=alice&password=wonderland";
 

@@ -6,11 +6,11 @@
 //! them when missing); fails with a message naming what is missing. Set
 //! `SCREENSHOT=path.png` to keep the screenshot (the README's is made so).
 
+mod app_server;
 #[allow(dead_code)]
 #[path = "../examples/app/routes.rs"]
 mod routes;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,19 +77,19 @@ impl Drop for Driver {
     }
 }
 
-async fn serve() -> SocketAddr {
-    let backend = redis_layers::Backend::Memory(redis_layers::memory::MemoryBackend::new());
-    let app = routes::router(backend, false).expect("the app's router");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
+/// Clicks the button `button` and waits (10 s at most) for the page at
+/// `url`.
+async fn submit(
+    browser: &fantoccini::Client,
+    button: &str,
+    url: &str,
+) -> Result<(), fantoccini::error::CmdError> {
+    browser.find(Locator::Css(button)).await?.click().await?;
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_url(&url.parse().unwrap())
         .await
-    });
-    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +100,10 @@ async fn log_in_see_the_account_page_and_log_out_in_chromium() {
         "chromium",
     );
     let driver = Driver::start();
-    let addr = serve().await;
+    let addr = app_server::serve(redis_layers::Backend::Memory(
+        redis_layers::memory::MemoryBackend::new(),
+    ))
+    .await;
     let profile = tempfile::tempdir().unwrap();
 
     // Headless, and quiet on a machine without internet.
@@ -136,16 +139,7 @@ async fn log_in_see_the_account_page_and_log_out_in_chromium() {
         let form = browser.form(Locator::Id("login")).await?;
         form.set_by_name("user", "alice").await?;
         form.set_by_name("password", "wonderland").await?;
-        browser
-            .find(Locator::Css("form#login button"))
-            .await?
-            .click()
-            .await?;
-        browser
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_url(&format!("{base}/account").parse().unwrap())
-            .await?;
+        submit(&browser, "form#login button", &format!("{base}/account")).await?;
 
         // The account page lists this session, as the browser it is.
         let heading = browser.find(Locator::Css("h1")).await?.text().await?;
@@ -163,16 +157,7 @@ async fn log_in_see_the_account_page_and_log_out_in_chromium() {
         assert!(Path::new(&path).exists());
 
         // Log out: back home, not logged in, and the account page is gone.
-        browser
-            .find(Locator::Css("form#logout button"))
-            .await?
-            .click()
-            .await?;
-        browser
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_url(&format!("{base}/").parse().unwrap())
-            .await?;
+        submit(&browser, "form#logout button", &format!("{base}/")).await?;
         let body = browser.find(Locator::Css("main")).await?.text().await?;
         assert!(body.contains("Not logged in"), "{body}");
         browser.goto(&format!("{base}/account")).await?;

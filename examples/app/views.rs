@@ -189,14 +189,7 @@ pub fn error_bytes(
     title: &str,
     detail: &str,
 ) -> axum::http::Response<bytes::Bytes> {
-    let page = layout(
-        title,
-        None,
-        html! {
-            p { (detail) }
-            p { a href="/" { "Home" } }
-        },
-    );
+    let page = error_page(title, detail);
     let mut res = axum::http::Response::new(bytes::Bytes::from(page.into_string()));
     *res.status_mut() = status;
     let headers = res.headers_mut();
@@ -213,13 +206,18 @@ pub fn error_bytes(
 
 /// A small error page with `status`, never cached.
 pub fn error(status: StatusCode, title: &str, detail: &str) -> Response {
-    let page = layout(
+    let page = error_page(title, detail);
+    (status, [(header::CACHE_CONTROL, "no-store")], page).into_response()
+}
+
+/// The markup of an error page: its detail and a way home.
+fn error_page(title: &str, detail: &str) -> Markup {
+    layout(
         title,
         None,
         html! {
             p { (detail) }
             p { a href="/" { "Home" } }
         },
-    );
-    (status, [(header::CACHE_CONTROL, "no-store")], page).into_response()
+    )
 }
