@@ -93,9 +93,7 @@ fn write_key_line(
     if let Some(query) = uri.query() {
         line.push(b'?');
         if sort_query {
-            let mut pairs: Vec<&str> = query.split('&').collect();
-            pairs.sort_unstable();
-            line.extend_from_slice(pairs.join("&").as_bytes());
+            write_sorted_query(line, query);
         } else {
             line.extend_from_slice(query.as_bytes());
         }
@@ -104,6 +102,14 @@ fn write_key_line(
         line.extend_from_slice(b"\n#");
         line.extend_from_slice(itoa::Buffer::new().format(generation).as_bytes());
     }
+}
+
+/// Writes `query` with its parameters sorted.
+#[inline(never)]
+fn write_sorted_query(line: &mut Vec<u8>, query: &str) {
+    let mut pairs: Vec<&str> = query.split('&').collect();
+    pairs.sort_unstable();
+    line.extend_from_slice(pairs.join("&").as_bytes());
 }
 
 /// The store key of a key line (the first 128 bits of its SHA-256, in
@@ -170,7 +176,7 @@ pub(crate) fn answer_locally<B, ResBody>(
         return Local::Unknown;
     };
     let directives = Directives::of(req.headers());
-    if directives.no_cache || SessionProbe::of(req).personal() {
+    if directives.no_cache || SessionProbe::personal_request(req) {
         return Local::Looked;
     }
     let line = |line: &mut Vec<u8>| {
@@ -345,10 +351,18 @@ fn local_answer<B, ResBody>(
 
 /// The hash of a request's values of the headers `names` (all zeros when
 /// the response varies on nothing).
+#[inline]
 fn vary_hash(names: &[HeaderName], headers: &HeaderMap) -> [u8; 16] {
     if names.is_empty() {
         return [0; 16];
     }
+    vary_values_hash(names, headers)
+}
+
+/// [`vary_hash`] of a response that names some fields (kept out of line:
+/// most hits name none).
+#[inline(never)]
+fn vary_values_hash(names: &[HeaderName], headers: &HeaderMap) -> [u8; 16] {
     let mut values: Vec<Vec<u8>> = Vec::with_capacity(names.len() * 2);
     for name in names {
         values.push(name.as_str().as_bytes().to_vec());
@@ -773,6 +787,16 @@ impl SessionProbe {
             #[cfg(feature = "session")]
             session: _req.extensions().get::<crate::session::Session>().cloned(),
         }
+    }
+
+    /// `req` carries a session cookie (as [`personal`](Self::personal),
+    /// without keeping the session).
+    fn personal_request<B>(_req: &Request<B>) -> bool {
+        #[cfg(feature = "session")]
+        if let Some(s) = _req.extensions().get::<crate::session::Session>() {
+            return s.had_cookie();
+        }
+        false
     }
 
     /// The request carries a session cookie.

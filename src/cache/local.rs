@@ -113,38 +113,58 @@ impl LocalTier {
             }
             let front = front_of(&mut fronts.tiers, self);
             if let Some(copy) = front.get_mut(line) {
-                if copy.epoch != epoch {
-                    match self.shared(line) {
-                        Some(entry) if Arc::ptr_eq(&entry, &copy.entry) => copy.epoch = epoch,
-                        Some(entry) if entry.body.len() <= PRIVATE_BODY => {
-                            *copy = ThreadCopy::new(entry, epoch, true);
-                        }
-                        found => {
-                            front.remove(line);
-                            return match found {
-                                Some(_) => Copied::Unsuitable,
-                                None => Copied::Absent,
-                            };
-                        }
-                    }
+                if copy.epoch == epoch {
+                    return Copied::Answered(f(copy));
                 }
-                return Copied::Answered(f(copy));
             }
-            let Some(entry) = self.shared(line) else {
-                return Copied::Absent;
-            };
-            if entry.body.len() > PRIVATE_BODY {
-                // Not copied per thread: answered from the tier's copy.
-                return Copied::Unsuitable;
+            match self.refresh(front, line, epoch) {
+                Ok(copy) => Copied::Answered(f(copy)),
+                Err(Miss::Absent) => Copied::Absent,
+                Err(Miss::Unsuitable) => Copied::Unsuitable,
             }
-            if front.len() >= FRONT_CAPACITY {
-                // A thread answering from many entries: start over.
-                front.clear();
+        })
+    }
+
+    /// This thread's copy for `line` checked against the tier at `epoch`:
+    /// confirmed, replaced, or added; else why there is none. Out of line:
+    /// a hit on a current copy never comes here.
+    #[cold]
+    #[inline(never)]
+    fn refresh<'a>(
+        &self,
+        front: &'a mut Front,
+        line: &[u8],
+        epoch: u64,
+    ) -> Result<&'a mut ThreadCopy, Miss> {
+        let found = self.shared(line);
+        let Some(entry) = found else {
+            front.remove(line);
+            return Err(Miss::Absent);
+        };
+        if let Some(copy) = front.get_mut(line) {
+            if Arc::ptr_eq(&entry, &copy.entry) {
+                copy.epoch = epoch;
             }
-            let copy = front
-                .entry(line.into())
-                .or_insert_with(|| ThreadCopy::new(entry, epoch, true));
-            Copied::Answered(f(copy))
+        }
+        if front.get(line).is_some_and(|copy| copy.epoch == epoch) {
+            return Ok(front.get_mut(line).expect("just found"));
+        }
+        if entry.body.len() > PRIVATE_BODY {
+            // Not copied per thread: answered from the tier's copy.
+            front.remove(line);
+            return Err(Miss::Unsuitable);
+        }
+        if !front.contains_key(line) && front.len() >= FRONT_CAPACITY {
+            // A thread answering from many entries: start over.
+            front.clear();
+        }
+        let copy = ThreadCopy::new(entry, epoch, true);
+        Ok(match front.entry(line.into()) {
+            std::collections::hash_map::Entry::Occupied(mut old) => {
+                old.insert(copy);
+                old.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(new) => new.insert(copy),
         })
     }
 
@@ -202,6 +222,12 @@ impl LocalTier {
     fn len(&self) -> usize {
         self.entries.len()
     }
+}
+
+/// Why [`LocalTier::refresh`] has no copy.
+enum Miss {
+    Absent,
+    Unsuitable,
 }
 
 /// What [`LocalTier::with_copy`] did.
@@ -323,11 +349,24 @@ impl ThreadCopy {
         status: impl FnOnce() -> HeaderValue,
     ) -> (HeaderMap, Bytes) {
         if self.stamp != Some((age, ttl)) {
-            self.headers.insert(AGE, age_field(age));
-            self.headers.insert(CACHE_STATUS, status());
-            self.stamp = Some((age, ttl));
+            self.stamp_fields(age, ttl, age_field, status);
         }
         (self.headers.clone(), self.body.clone())
+    }
+
+    /// Sets the prepared fields for `age` and `ttl` (once a second).
+    #[cold]
+    #[inline(never)]
+    fn stamp_fields(
+        &mut self,
+        age: u64,
+        ttl: i64,
+        age_field: impl FnOnce(u64) -> HeaderValue,
+        status: impl FnOnce() -> HeaderValue,
+    ) {
+        self.headers.insert(AGE, age_field(age));
+        self.headers.insert(CACHE_STATUS, status());
+        self.stamp = Some((age, ttl));
     }
 }
 
@@ -433,5 +472,49 @@ mod tests {
         drop(tx);
         settle().await;
         assert!(tier.get("d").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_threads_copy_follows_the_tier() {
+        let (tx, rx) = mpsc::channel(8);
+        let tier = LocalTier::start(10, rx, Arc::new(Generation::new(Duration::from_secs(1))));
+        tx.send(Heard::Ready).await.unwrap();
+        settle().await;
+        let key = super::super::flow::store_key(b"GET\nhttp\nh\n/a");
+        let line = |l: &mut Vec<u8>| l.extend_from_slice(b"GET\nhttp\nh\n/a");
+        // The entry this thread's copy was taken from, if it answered.
+        let ask = || match tier.with_copy(line, |copy| copy.entry.clone()) {
+            Copied::Answered(entry) => Ok(entry),
+            Copied::Absent => Err("absent"),
+            Copied::Unsuitable => Err("unsuitable"),
+        };
+        assert_eq!(ask().err(), Some("absent"));
+        let mut first = entry();
+        first.body = Bytes::from_static(b"one");
+        tier.keep(&key, first, tier.changes());
+        let kept = tier.get(&key).unwrap();
+        assert!(Arc::ptr_eq(&ask().unwrap(), &kept));
+        assert!(Arc::ptr_eq(&ask().unwrap(), &kept), "answered again");
+        // Another key kept moves the epoch: the copy is confirmed.
+        tier.keep("other", entry(), tier.changes());
+        assert!(Arc::ptr_eq(&ask().unwrap(), &kept));
+        // Forgotten: the thread's copy no longer answers.
+        tier.forget(std::slice::from_ref(&key));
+        assert_eq!(ask().err(), Some("absent"));
+        assert_eq!(ask().err(), Some("absent"));
+        // Kept anew: the copy is of the new entry.
+        tier.keep(&key, entry(), tier.changes());
+        let second = tier.get(&key).unwrap();
+        assert!(Arc::ptr_eq(&ask().unwrap(), &second));
+        // Replaced by an entry too large to copy per thread: the tier
+        // answers it, not the thread's older copy.
+        let mut large = entry();
+        large.body = Bytes::from(vec![b'x'; PRIVATE_BODY + 1]);
+        tier.keep(&key, large, tier.changes());
+        assert_eq!(ask().err(), Some("unsuitable"));
+        assert_eq!(ask().err(), Some("unsuitable"));
+        // Cleared: nothing answers.
+        tier.clear();
+        assert_eq!(ask().err(), Some("absent"));
     }
 }

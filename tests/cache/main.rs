@@ -587,27 +587,32 @@ support::both_backends! { fixture;
 
     every_threads_copy_hears_a_purge => |fx| {
         // Many tasks on both worker threads answer from their thread's
-        // copies of A's local tier; a purge through B reaches them all, and
-        // once a task has seen the new answer it never sees the old one.
+        // copies of A's local tier; a purge through B reaches them all.
+        // Every thread answers from its copy until A hears the purge, so
+        // the first new answer means A has heard it: from then on no task
+        // on either thread may see the old one.
         let (a, b, purger) = two_local_tiers(&fx).await;
         answered_locally(&a, "/tagged").await;
         let purged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let new_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
         for _ in 0..16 {
-            let (a, purged) = (a.clone(), purged.clone());
+            let (a, purged, new_seen) = (a.clone(), purged.clone(), new_seen.clone());
             tasks.push(tokio::spawn(async move {
                 let (mut local_hits, mut seen_new) = (0, false);
                 let started = Instant::now();
                 loop {
                     let done = purged.load(Ordering::SeqCst);
+                    let heard = new_seen.load(Ordering::SeqCst);
                     let r = get(&a, "/tagged").await;
                     if r.cache_status().contains("detail=local") {
                         local_hits += 1;
                     }
                     if r.body == "/tagged #1" {
-                        assert!(!seen_new, "the old answer came back: {}", r.cache_status());
+                        assert!(!heard, "the old answer came back: {}", r.cache_status());
                     } else {
                         seen_new = true;
+                        new_seen.store(true, Ordering::SeqCst);
                     }
                     if done && seen_new {
                         return local_hits;
