@@ -267,7 +267,7 @@ async fn cache_target(ctx: Ctx, local: bool) -> Target {
     }
     // A body the handler need not copy (axum clones a layered route's
     // handler, captures included, on every request).
-    let body: &'static str = Box::leak("x".repeat(1024).into_boxed_str());
+    let body = one_kb();
     let router = Router::new()
         .route(
             "/",
@@ -309,6 +309,54 @@ fn bare_router() -> Router {
     Router::new().route("/", get(|| async { "hello" }))
 }
 
+/// A layer that does nothing: what any layer on a route costs in axum
+/// (a boxed service clone and a boxed future per request), for reading
+/// the in-process scenarios against `bare`.
+#[derive(Clone)]
+struct NoopLayer;
+
+impl<S> tower::Layer<S> for NoopLayer {
+    type Service = Noop<S>;
+    fn layer(&self, inner: S) -> Noop<S> {
+        Noop(inner)
+    }
+}
+
+#[derive(Clone)]
+struct Noop<S>(S);
+
+impl<S: tower::Service<R>, R> tower::Service<R> for Noop<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, req: R) -> S::Future {
+        self.0.call(req)
+    }
+}
+
+/// No layer, no Redis: one route answering the cache scenarios' 1 KB
+/// public response.
+fn one_kb_router() -> Router {
+    let body = one_kb();
+    Router::new().route(
+        "/",
+        get(move || async move { ([("cache-control", "public, max-age=3600")], body) }),
+    )
+}
+
+/// A 1 KB public response, as the cache scenarios store it, kept
+/// (leaked) for the life of the bench.
+fn one_kb() -> &'static str {
+    static BODY: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    BODY.get_or_init(|| Box::leak("x".repeat(1024).into_boxed_str()))
+}
+
 /// The cheapest script: one GET.
 static GET: redis_layers::redis::Script =
     redis_layers::redis::Script::new("bench-get", "return redis.call('GET', KEYS[1])");
@@ -335,6 +383,44 @@ fn scenarios() -> Vec<Scenario> {
                 Box::pin(async move {
                     Target {
                         router: bare_router(),
+                        request: plain_get("/"),
+                    }
+                })
+            },
+        },
+        // References for the in-process scenarios (read against `bare`):
+        // bare's route behind a layer that does nothing, and the cache
+        // scenarios' 1 KB response answered by its handler, no layer.
+        Scenario {
+            name: "noop-layer",
+            build: |_| {
+                Box::pin(async move {
+                    Target {
+                        router: bare_router().layer(NoopLayer),
+                        request: plain_get("/"),
+                    }
+                })
+            },
+        },
+        Scenario {
+            name: "bare-1k",
+            build: |_| {
+                Box::pin(async move {
+                    Target {
+                        router: one_kb_router(),
+                        request: plain_get("/"),
+                    }
+                })
+            },
+        },
+        // The cache scenarios' response behind a layer that does nothing:
+        // a local hit with no cache work at all.
+        Scenario {
+            name: "noop-layer-1k",
+            build: |_| {
+                Box::pin(async move {
+                    Target {
+                        router: one_kb_router().layer(NoopLayer),
                         request: plain_get("/"),
                     }
                 })
@@ -658,7 +744,13 @@ async fn drive(target: Target, concurrency: usize, warmup: Duration, run: Durati
 }
 
 /// Scenarios answered without Redis, also reported against `bare`.
-const IN_PROCESS: &[&str] = &["ratelimit-deny", "cache-hit-local"];
+const IN_PROCESS: &[&str] = &[
+    "noop-layer",
+    "bare-1k",
+    "noop-layer-1k",
+    "ratelimit-deny",
+    "cache-hit-local",
+];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
