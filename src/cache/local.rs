@@ -9,9 +9,10 @@
 //! it answers from ([`LocalTier::with_copy`]): a hit there takes no lock
 //! and touches no reference count of the tier's, and the response's header
 //! fields are prepared once a second. A thread's
-//! copy is used only while the tier's epoch is the one it was checked at:
-//! any change heard, and any entry kept, sends it back to the tier, which
-//! either confirms it (the same entry) or replaces it.
+//! copy is used only while the tier's epoch is the one it was checked at
+//! (a copy checked while a change was under way, never): any change heard,
+//! and any entry kept, sends it back to the tier, which either confirms it
+//! (the same entry) or replaces it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -46,8 +47,10 @@ pub(crate) struct LocalTier {
     /// Moved by every change heard (a purge, an invalidation, a clear): a
     /// copy read from the store before a change is not kept after it.
     changes: AtomicU64,
-    /// Moved around every removal and after every insert: a thread's copy
-    /// stamped with an older epoch is checked against the tier again.
+    /// Moved before and after every change to the entries (so odd while
+    /// one is under way): a thread's copy stamped with another epoch is
+    /// checked against the tier again, and a copy checked while a change
+    /// was under way is never stamped as current.
     epoch: AtomicU64,
     /// Held while the tier's entries change (keep, forget, clear), so that
     /// a keep and a change heard never interleave.
@@ -136,18 +139,25 @@ impl LocalTier {
         line: &[u8],
         epoch: u64,
     ) -> Result<&'a mut ThreadCopy, Miss> {
-        let found = self.shared(line);
-        let Some(entry) = found else {
+        // Checked while a change is under way (an odd epoch): the tier may
+        // be about to drop what it holds now, so the copy answers this
+        // request only and is checked again on the next.
+        let stamp = if epoch.is_multiple_of(2) {
+            epoch
+        } else {
+            UNSETTLED
+        };
+        let Some(entry) = self.shared(line) else {
             front.remove(line);
             return Err(Miss::Absent);
         };
-        if let Some(copy) = front.get_mut(line) {
-            if Arc::ptr_eq(&entry, &copy.entry) {
-                copy.epoch = epoch;
-            }
-        }
-        if front.get(line).is_some_and(|copy| copy.epoch == epoch) {
-            return Ok(front.get_mut(line).expect("just found"));
+        if front
+            .get(line)
+            .is_some_and(|copy| Arc::ptr_eq(&entry, &copy.entry))
+        {
+            let copy = front.get_mut(line).expect("just found");
+            copy.epoch = stamp;
+            return Ok(copy);
         }
         if entry.body.len() > PRIVATE_BODY {
             // Not copied per thread: answered from the tier's copy.
@@ -158,7 +168,7 @@ impl LocalTier {
             // A thread answering from many entries: start over.
             front.clear();
         }
-        let copy = ThreadCopy::new(entry, epoch, true);
+        let copy = ThreadCopy::new(entry, stamp, true);
         Ok(match front.entry(line.into()) {
             std::collections::hash_map::Entry::Occupied(mut old) => {
                 old.insert(copy);
@@ -185,14 +195,21 @@ impl LocalTier {
 
     /// Keeps a copy read from the store when the count of changes was
     /// `changes`, unless a change was heard since (or the tier is not
-    /// coherent). The epoch moves after the insert: a thread's copy of an
+    /// coherent). The epoch moves around the insert: a thread's copy of an
     /// older version of the entry is checked against the tier again.
     pub(crate) fn keep(&self, key: &str, entry: Entry, changes: u64) {
         let _writing = self.writing();
         if !self.coherent.load(Ordering::SeqCst) || self.changes() != changes {
             return;
         }
-        self.entries.insert(key.to_owned(), Arc::new(entry));
+        self.changing(|| self.entries.insert(key.to_owned(), Arc::new(entry)));
+    }
+
+    /// Runs `change` on the entries with the epoch odd meanwhile (see
+    /// [`LocalTier::epoch`]). Called with `writing` held.
+    fn changing(&self, change: impl FnOnce()) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        change();
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -202,20 +219,18 @@ impl LocalTier {
     pub(crate) fn forget(&self, keys: &[String]) {
         let _writing = self.writing();
         self.changes.fetch_add(1, Ordering::SeqCst);
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        for key in keys {
-            self.entries.remove(key.as_str());
-        }
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.changing(|| {
+            for key in keys {
+                self.entries.remove(key.as_str());
+            }
+        });
     }
 
     /// Drops every copy (as [`forget`](Self::forget) does).
     pub(crate) fn clear(&self) {
         let _writing = self.writing();
         self.changes.fetch_add(1, Ordering::SeqCst);
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries.clear();
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.changing(|| self.entries.clear());
     }
 
     #[cfg(test)]
@@ -241,6 +256,10 @@ pub(crate) enum Copied<R> {
     /// tier itself.
     Unsuitable,
 }
+
+/// The stamp of a copy checked while a change was under way: odd, so never
+/// the epoch of a settled tier.
+const UNSETTLED: u64 = u64::MAX;
 
 /// The most copies a thread keeps per tier.
 const FRONT_CAPACITY: usize = 64;
@@ -506,6 +525,21 @@ mod tests {
         tier.keep(&key, entry(), tier.changes());
         let second = tier.get(&key).unwrap();
         assert!(Arc::ptr_eq(&ask().unwrap(), &second));
+        // Replaced while this thread holds a copy: the copy is replaced.
+        tier.keep(&key, entry(), tier.changes());
+        let third = tier.get(&key).unwrap();
+        assert!(!Arc::ptr_eq(&second, &third));
+        assert!(Arc::ptr_eq(&ask().unwrap(), &third));
+        // Checked in the middle of a change (as `forget` runs: the epoch
+        // moved, the entry not yet removed): answered, but not trusted
+        // once the entry is gone, before the change ends.
+        tier.epoch.fetch_add(1, Ordering::SeqCst);
+        assert!(Arc::ptr_eq(&ask().unwrap(), &third));
+        tier.entries.remove(key.as_str());
+        assert_eq!(ask().err(), Some("absent"));
+        tier.epoch.fetch_add(1, Ordering::SeqCst);
+        tier.keep(&key, entry(), tier.changes());
+        assert!(ask().is_ok());
         // Replaced by an entry too large to copy per thread: the tier
         // answers it, not the thread's older copy.
         let mut large = entry();

@@ -588,9 +588,10 @@ support::both_backends! { fixture;
     every_threads_copy_hears_a_purge => |fx| {
         // Many tasks on both worker threads answer from their thread's
         // copies of A's local tier; a purge through B reaches them all.
-        // Every thread answers from its copy until A hears the purge, so
-        // the first new answer means A has heard it: from then on no task
-        // on either thread may see the old one.
+        // Every thread answers from its copy until A's tier drops the
+        // entry, so the first new answer means it has: from then on no
+        // task on either thread may see the old one (a copy checked while
+        // the tier was changing is not trusted again).
         let (a, b, purger) = two_local_tiers(&fx).await;
         answered_locally(&a, "/tagged").await;
         let purged = Arc::new(std::sync::atomic::AtomicBool::new(false));
