@@ -413,8 +413,8 @@ fn scenarios() -> Vec<Scenario> {
                 })
             },
         },
-        // The cache scenarios' response behind a layer that does nothing:
-        // a local hit with no cache work at all.
+        // The cache scenarios' response behind a layer that does nothing
+        // (the handler still runs, where a local hit skips it).
         Scenario {
             name: "noop-layer-1k",
             build: |_| {
