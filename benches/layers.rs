@@ -304,6 +304,17 @@ fn orders_router(backend: RedisBackend) -> Router {
         .layer(IdempotencyLayer::new(backend, Scope::header("x-api-key")))
 }
 
+/// The target of a scenario answered in process: `router`, sent plain
+/// GETs of `/`.
+fn in_process(router: Router) -> BoxFuture<Target> {
+    Box::pin(async move {
+        Target {
+            router,
+            request: plain_get("/"),
+        }
+    })
+}
+
 /// No layer, no Redis: one route answering "hello".
 fn bare_router() -> Router {
     Router::new().route("/", get(|| async { "hello" }))
@@ -379,52 +390,24 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "bare",
-            build: |_| {
-                Box::pin(async move {
-                    Target {
-                        router: bare_router(),
-                        request: plain_get("/"),
-                    }
-                })
-            },
+            build: |_| in_process(bare_router()),
         },
         // References for the in-process scenarios (read against `bare`):
         // bare's route behind a layer that does nothing, and the cache
         // scenarios' 1 KB response answered by its handler, no layer.
         Scenario {
             name: "noop-layer",
-            build: |_| {
-                Box::pin(async move {
-                    Target {
-                        router: bare_router().layer(NoopLayer),
-                        request: plain_get("/"),
-                    }
-                })
-            },
+            build: |_| in_process(bare_router().layer(NoopLayer)),
         },
         Scenario {
             name: "bare-1k",
-            build: |_| {
-                Box::pin(async move {
-                    Target {
-                        router: one_kb_router(),
-                        request: plain_get("/"),
-                    }
-                })
-            },
+            build: |_| in_process(one_kb_router()),
         },
         // The cache scenarios' response behind a layer that does nothing
         // (the handler still runs, where a local hit skips it).
         Scenario {
             name: "noop-layer-1k",
-            build: |_| {
-                Box::pin(async move {
-                    Target {
-                        router: one_kb_router().layer(NoopLayer),
-                        request: plain_get("/"),
-                    }
-                })
-            },
+            build: |_| in_process(one_kb_router().layer(NoopLayer)),
         },
         Scenario {
             name: "backend-get",
