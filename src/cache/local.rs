@@ -10,9 +10,9 @@
 //! and touches no reference count of the tier's, and the response's header
 //! fields are prepared once a second. A thread's
 //! copy is used only while the tier's epoch is the one it was checked at
-//! (a copy checked while a change was under way, never): any change heard,
-//! and any entry kept, sends it back to the tier, which either confirms it
-//! (the same entry) or replaces it.
+//! (a copy checked while a change was under way answers that request only):
+//! any change heard, and any entry kept, sends it back to the tier, which
+//! either confirms it (the same entry) or replaces it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -90,7 +90,7 @@ impl LocalTier {
 
     /// Runs `f` on this thread's copy of the entry for the key line that
     /// `line` writes, taken from the tier (or confirmed against it) when
-    /// the thread's copy is missing or older than the tier's epoch.
+    /// the thread's copy is missing or not stamped with the tier's epoch.
     pub(crate) fn with_copy<R>(
         &self,
         line: impl FnOnce(&mut Vec<u8>),
@@ -206,11 +206,18 @@ impl LocalTier {
     }
 
     /// Runs `change` on the entries with the epoch odd meanwhile (see
-    /// [`LocalTier::epoch`]). Called with `writing` held.
+    /// [`LocalTier::epoch`]); even again afterwards, also if `change`
+    /// panics. Called with `writing` held.
     fn changing(&self, change: impl FnOnce()) {
+        struct Settle<'a>(&'a AtomicU64);
+        impl Drop for Settle<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        let _settle = Settle(&self.epoch);
         change();
-        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Drops the copies of `keys`. The epoch moves before and after the
@@ -312,7 +319,8 @@ fn front_of<'a>(tiers: &'a mut Vec<(u64, Weak<()>, Front)>, tier: &LocalTier) ->
 /// answer prepared for one (age, ttl) pair of seconds.
 pub(crate) struct ThreadCopy {
     pub(crate) entry: Arc<Entry>,
-    /// The tier's epoch when this copy was last checked against it.
+    /// The tier's epoch when this copy was last checked against it, or
+    /// [`UNSETTLED`] when a change was under way then.
     epoch: u64,
     /// The (age, ttl) the prepared fields are for.
     stamp: Option<(u64, i64)>,
@@ -538,6 +546,23 @@ mod tests {
         tier.entries.remove(key.as_str());
         assert_eq!(ask().err(), Some("absent"));
         tier.epoch.fetch_add(1, Ordering::SeqCst);
+        // A copy made anew in the middle of a change: the same.
+        tier.keep(&key, entry(), tier.changes());
+        let fourth = tier.get(&key).unwrap();
+        assert!(Arc::ptr_eq(&ask().unwrap(), &fourth));
+        tier.epoch.fetch_add(1, Ordering::SeqCst);
+        tier.entries.insert(key.clone(), Arc::new(entry()));
+        assert!(!Arc::ptr_eq(&ask().unwrap(), &fourth), "a new copy");
+        tier.entries.remove(key.as_str());
+        assert_eq!(ask().err(), Some("absent"));
+        tier.epoch.fetch_add(1, Ordering::SeqCst);
+        // A change that panics still ends: the epoch is settled again.
+        let before = tier.epoch.load(Ordering::SeqCst);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tier.changing(|| panic!("in a change"))
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(tier.epoch.load(Ordering::SeqCst), before + 2);
         tier.keep(&key, entry(), tier.changes());
         assert!(ask().is_ok());
         // Replaced by an entry too large to copy per thread: the tier
