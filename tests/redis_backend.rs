@@ -422,3 +422,91 @@ async fn three_missed_deadlines_in_a_row_replace_the_connection() {
         "a new connection after three misses"
     );
 }
+
+/// A script call that times out behind a paused Redis whose script cache
+/// was flushed: its `EVALSHA` comes back `NOSCRIPT` after the deadline, and
+/// the call must still send `EVAL` then, so the script runs once, as a
+/// plain command that timed out would.
+#[tokio::test]
+async fn a_script_that_times_out_still_runs_once_after_a_late_noscript() {
+    let server = RedisServer::start();
+    let b = backend(&server, 150);
+    let key = b.namespace().key(&["late"]);
+    let v: i64 = b.script(&INCR_BY).key(&key).arg(1).invoke().await.unwrap();
+    assert_eq!(v, 1);
+    let _: () = server.cmd(&["SCRIPT", "FLUSH"]);
+    let _: () = server.cmd(&["CLIENT", "PAUSE", "600", "WRITE"]);
+    let err = b
+        .script(&INCR_BY)
+        .key(&key)
+        .arg(10)
+        .invoke::<i64>()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let started = Instant::now();
+    loop {
+        let n: Option<String> = server.cmd(&["GET", &key]);
+        let n = n.parse_or_none();
+        if n == Some(11) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the timed-out script never ran: {n:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Exactly once: nothing else sends it again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n: String = server.cmd(&["GET", &key]);
+    assert_eq!(n, "11");
+}
+
+/// Three deadlines missed in a row retire the connection; commands already
+/// sent on it (held by a paused Redis) still run once Redis resumes, rather
+/// than being dropped with the socket.
+#[tokio::test]
+async fn commands_sent_before_a_reconnect_still_run() {
+    let server = RedisServer::start();
+    let b = backend(&server, 100);
+    let key = b.namespace().key(&["sent"]);
+    b.ping().await.unwrap();
+    let _: () = server.cmd(&["CLIENT", "PAUSE", "800", "WRITE"]);
+    for _ in 0..4 {
+        let err = b
+            .script(&INCR_BY)
+            .key(&key)
+            .arg(1)
+            .invoke::<i64>()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    }
+    let started = Instant::now();
+    loop {
+        let n: Option<String> = server.cmd(&["GET", &key]);
+        let n = n.parse_or_none();
+        if n == Some(4) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "commands sent before the reconnect were lost: {n:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the backend works on its new connection.
+    let v: i64 = b.script(&INCR_BY).key(&key).arg(1).invoke().await.unwrap();
+    assert_eq!(v, 5);
+}
+
+trait ParseOrNone {
+    fn parse_or_none(self) -> Option<i64>;
+}
+
+impl ParseOrNone for Option<String> {
+    fn parse_or_none(self) -> Option<i64> {
+        self.and_then(|s| s.parse().ok())
+    }
+}

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, MultiplexedConnection};
 use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
@@ -109,6 +110,52 @@ impl RedisBackend {
             }
             Err(_) => {
                 lanes[index].timed_out();
+                Err(Error::timeout(deadline))
+            }
+        }
+    }
+
+    /// Like [`call`](Self::call), for work that must not be lost halfway
+    /// once sent: when the deadline passes, the caller gets its timeout
+    /// error as usual, but `work` goes on in a task of its own for up to
+    /// [`LATE_GRACE`] and its outcome is dropped. A script whose `EVALSHA`
+    /// comes back `NOSCRIPT` after the deadline (Redis was slow, then lost
+    /// its script cache) is thus still sent with `EVAL`, as a plain command
+    /// that timed out would still have run: a timed-out call may take
+    /// effect later, but never half.
+    pub(super) async fn call_detachable<T, F>(
+        &self,
+        work: impl FnOnce(Checkout) -> F,
+    ) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let deadline = self.inner.deadline;
+        let until = tokio::time::Instant::now() + deadline;
+        let lanes = &self.inner.lanes;
+        let index = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % lanes.len();
+        let checkout = match tokio::time::timeout_at(until, self.checkout(index)).await {
+            Ok(checkout) => checkout?,
+            Err(_) => {
+                lanes[index].timed_out();
+                return Err(Error::timeout(deadline));
+            }
+        };
+        // Boxed so that it can move into a task of its own if it runs late.
+        let mut work = Box::pin(work(checkout));
+        match tokio::time::timeout_at(until, &mut work).await {
+            Ok(result) => {
+                lanes[index].answered();
+                result
+            }
+            Err(_) => {
+                lanes[index].timed_out();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = tokio::time::timeout(LATE_GRACE, work).await;
+                    });
+                }
                 Err(Error::timeout(deadline))
             }
         }
@@ -252,10 +299,44 @@ fn classify(e: &RedisError, in_script: bool) -> (ErrorKind, bool) {
     }
 }
 
-/// Deadlines missed in a row after which a lane's connection is dropped:
+/// Deadlines missed in a row after which a lane's connection is retired:
 /// a server that vanished without closing the socket (a host lost in a
 /// failover) would otherwise hold the lane until the kernel gives up.
 const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
+
+/// How long a retired connection, or a call that ran past its deadline, is
+/// kept going so that commands already sent are still answered (and so
+/// run) by a Redis that was only slow or paused. Past it they are dropped:
+/// a server that has not answered in this time is taken for gone.
+pub(crate) const LATE_GRACE: Duration = Duration::from_secs(30);
+
+/// Keeps a connection taken off its lane open until every command sent on
+/// it has been answered, or [`LATE_GRACE`] has passed. Closing it at once
+/// would make Redis discard commands it had received but not yet run (a
+/// `CLIENT PAUSE`, a long script elsewhere), so a completion the caller
+/// took for "timed out, may still run" would then never run.
+fn retire(conn: Conn) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        match conn {
+            // Replies come in order: once this PING is answered, so is
+            // everything sent before it.
+            Conn::Node(mut c) => {
+                let ping = ::redis::cmd("PING");
+                let _ = tokio::time::timeout(LATE_GRACE, c.send_packed_command(&ping)).await;
+            }
+            // A cluster connection spreads commands over nodes, so no one
+            // reply marks the end of the others: hold it for the grace.
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => {
+                tokio::time::sleep(LATE_GRACE).await;
+                drop(c);
+            }
+        }
+    });
+}
 
 /// One multiplexed connection slot.
 #[derive(Default)]
@@ -280,7 +361,14 @@ impl Lane {
     fn timed_out(&self) {
         if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_RECONNECT {
             self.timeouts.store(0, Ordering::Relaxed);
-            *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let old = self
+                .current
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some((_, conn)) = old {
+                retire(conn);
+            }
         }
     }
 

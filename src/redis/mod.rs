@@ -43,7 +43,17 @@
 //! Every call — connecting if needed, sending, and waiting for the reply — is
 //! bounded by one deadline (default [`DEFAULT_DEADLINE`]). When it passes the
 //! call returns an [`ErrorKind::Timeout`] error; the
-//! connection stays usable. With a passed-in pool, replies also time out
+//! connection stays usable.
+//!
+//! A timeout means "outcome unknown", never "not run": a command already
+//! sent still runs if Redis was only slow or paused. The backend keeps it
+//! that way for scripts and reconnects too. A script call past its
+//! deadline goes on in the background (for up to 30 s), so an `EVALSHA`
+//! answered `NOSCRIPT` late is still followed by `EVAL` rather than
+//! abandoned halfway; and a connection retired after three missed
+//! deadlines in a row is kept open until its sent commands are answered
+//! (a `PING` behind them comes back) or 30 s pass, since closing it would
+//! make Redis discard them. With a passed-in pool, replies also time out
 //! after redis-rs's default of 500 ms (its manager's connections carry that
 //! setting), so a longer deadline is cut to 500 ms there.
 

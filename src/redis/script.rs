@@ -194,18 +194,7 @@ impl<'a> ScriptCall<'a> {
     }
 
     fn command(&self, verb: &str, head: &str) -> Cmd {
-        let mut cmd = Cmd::with_capacity(
-            3 + self.keys.len() + self.args.len(),
-            verb.len() + head.len() + 4 + self.keys.data.len() + self.args.data.len(),
-        );
-        cmd.arg(verb).arg(head).arg(self.keys.len());
-        for k in self.keys.iter() {
-            cmd.arg(k);
-        }
-        for a in self.args.iter() {
-            cmd.arg(a);
-        }
-        cmd
+        command(verb, head, &self.keys, &self.args)
     }
 
     /// Runs the script and then `next` in one pipeline (one round trip),
@@ -215,35 +204,42 @@ impl<'a> ScriptCall<'a> {
     /// with it: another client's command may come between the two. On a
     /// Redis Cluster `next`'s key must share the script's slot (one
     /// pipeline goes to one node).
+    ///
+    /// Like [`invoke`](Self::invoke), a call past the deadline goes on in
+    /// the background (see there).
     pub async fn invoke_then<T: FromRedisValue, U: FromRedisValue>(
         self,
         next: &Cmd,
     ) -> Result<(T, U), Error> {
-        let pipeline = |first: Cmd| {
+        fn pipeline(first: Cmd, next: &Cmd) -> Pipeline {
             let mut pipe = ::redis::pipe();
             pipe.add_command(first).add_command(next.clone());
             pipe
-        };
+        }
         let name = self.script.name;
-        let backend = self.backend;
-        let evalsha = pipeline(self.command("EVALSHA", self.script.sha1()));
-        let (first, second) = backend
-            .call(|mut c| async move {
+        let body = self.script.body;
+        let backend = self.backend.clone();
+        let evalsha = pipeline(self.command("EVALSHA", self.script.sha1()), next);
+        let next = next.clone();
+        let (keys, args) = (self.keys, self.args);
+        let (first, second) = self
+            .backend
+            .call_detachable(move |mut c| async move {
                 let mut replies = c
                     .conn
                     .send_packed_commands(&evalsha, 0, 2)
                     .await
-                    .map_err(|e| c.fail(backend, e, Some(name)))?;
+                    .map_err(|e| c.fail(&backend, e, Some(name)))?;
                 if matches!(replies.first(), Some(Value::ServerError(e))
                     if e.kind() == Some(ServerErrorKind::NoScript))
                 {
                     tracing::debug!(script = name, "NOSCRIPT: sending the body with EVAL");
-                    let eval: Pipeline = pipeline(self.command("EVAL", self.script.body));
+                    let eval = pipeline(command("EVAL", body, &keys, &args), &next);
                     replies = c
                         .conn
                         .send_packed_commands(&eval, 0, 2)
                         .await
-                        .map_err(|e| c.fail(backend, e, Some(name)))?;
+                        .map_err(|e| c.fail(&backend, e, Some(name)))?;
                 }
                 let mut replies = replies.into_iter();
                 let (Some(first), Some(second)) = (replies.next(), replies.next()) else {
@@ -253,10 +249,10 @@ impl<'a> ScriptCall<'a> {
                 };
                 let first = first
                     .extract_error()
-                    .map_err(|e| c.fail(backend, e, Some(name)))?;
+                    .map_err(|e| c.fail(&backend, e, Some(name)))?;
                 let second = second
                     .extract_error()
-                    .map_err(|e| c.fail(backend, e, None))?;
+                    .map_err(|e| c.fail(&backend, e, None))?;
                 Ok((first, second))
             })
             .await?;
@@ -268,27 +264,53 @@ impl<'a> ScriptCall<'a> {
 
     /// Runs the script (EVALSHA, then EVAL on NOSCRIPT) within the backend's
     /// deadline and decodes the reply as `T`.
+    ///
+    /// When the deadline passes first, the call returns a timeout error but
+    /// is not abandoned halfway: it goes on in the background for a while
+    /// (30 s), so a `NOSCRIPT` that arrives late (Redis was slow, then lost
+    /// its script cache) is still followed by `EVAL`. A timed-out call may
+    /// therefore still run once, later, exactly like a plain command that
+    /// timed out; it is never sent twice by this method.
     pub async fn invoke<T: FromRedisValue>(self) -> Result<T, Error> {
         let name = self.script.name;
-        let backend = self.backend;
+        let body = self.script.body;
+        let backend = self.backend.clone();
         let evalsha = self.command("EVALSHA", self.script.sha1());
-        let value = backend
-            .call(|mut c| async move {
+        let (keys, args) = (self.keys, self.args);
+        let value = self
+            .backend
+            .call_detachable(move |mut c| async move {
                 match c.roundtrip(&evalsha).await {
                     Err(e) if e.kind() == ::redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
                         tracing::debug!(script = name, "NOSCRIPT: sending the body with EVAL");
-                        let eval = self.command("EVAL", self.script.body);
+                        let eval = command("EVAL", body, &keys, &args);
                         c.roundtrip(&eval)
                             .await
-                            .map_err(|e| c.fail(backend, e, Some(name)))
+                            .map_err(|e| c.fail(&backend, e, Some(name)))
                     }
                     Ok(value) => Ok(value),
-                    Err(e) => Err(c.fail(backend, e, Some(name))),
+                    Err(e) => Err(c.fail(&backend, e, Some(name))),
                 }
             })
             .await?;
         decode(value, || format!("script {name}"))
     }
+}
+
+/// `verb head numkeys keys… args…`.
+fn command(verb: &str, head: &str, keys: &Args, args: &Args) -> Cmd {
+    let mut cmd = Cmd::with_capacity(
+        3 + keys.len() + args.len(),
+        verb.len() + head.len() + 4 + keys.data.len() + args.data.len(),
+    );
+    cmd.arg(verb).arg(head).arg(keys.len());
+    for k in keys.iter() {
+        cmd.arg(k);
+    }
+    for a in args.iter() {
+        cmd.arg(a);
+    }
+    cmd
 }
 
 /// Decodes a reply; the error names what sent it.
