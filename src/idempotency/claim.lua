@@ -1,6 +1,5 @@
--- Claims a key, or returns what holds it, in one call. Used on a Redis
--- Cluster, where redis-rs follows a script's redirect (MOVED, ASK) but not
--- one inside a transaction; a single Redis uses MULTI/EXEC instead.
+-- Claims a key, or returns what holds it, in one call (one command, where
+-- a transaction of plain commands would be six).
 --
 -- KEYS[1]  the record
 -- KEYS[2]  its fencing-token counter (same hash tag)

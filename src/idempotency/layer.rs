@@ -15,6 +15,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::header as key_field;
 use super::layout::{self, digest, hash_hex, Record, Stored};
@@ -189,6 +190,7 @@ struct Config {
     max_body: usize,
     max_response: usize,
     wait: Duration,
+    release_on_server_error: bool,
 }
 
 impl IdempotencyLayer {
@@ -213,6 +215,7 @@ impl IdempotencyLayer {
             max_body: DEFAULT_MAX_BODY,
             max_response: DEFAULT_MAX_RESPONSE,
             wait: Duration::ZERO,
+            release_on_server_error: true,
         }
     }
 }
@@ -230,6 +233,7 @@ pub struct IdempotencyLayerBuilder {
     max_body: usize,
     max_response: usize,
     wait: Duration,
+    release_on_server_error: bool,
 }
 
 impl fmt::Debug for IdempotencyLayerBuilder {
@@ -299,6 +303,16 @@ impl IdempotencyLayerBuilder {
         self
     }
 
+    /// Whether a 5xx response (and a 408 or 429, which invite a retry)
+    /// frees the key so that a retry runs the handler again: true by
+    /// default, taking such an answer to mean the request had no effect.
+    /// Set false when a handler can fail *after* its side effects: those
+    /// responses are then kept and replayed like any other.
+    pub fn release_on_server_error(mut self, release: bool) -> Self {
+        self.release_on_server_error = release;
+        self
+    }
+
     /// The layer; a Config error for a bad header name, no methods, or a
     /// lease or retention under 100 ms.
     pub fn build(self) -> Result<IdempotencyLayer, Error> {
@@ -330,6 +344,7 @@ impl IdempotencyLayerBuilder {
                 max_body: self.max_body,
                 max_response: self.max_response,
                 wait: self.wait,
+                release_on_server_error: self.release_on_server_error,
             }),
         })
     }
@@ -417,6 +432,7 @@ async fn run<S, ReqBody, ResBody>(
 where
     S: Service<Request<ResponseBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ReqBody: Body<Data = Bytes> + Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
@@ -499,15 +515,12 @@ where
     let waited_until = tokio::time::Instant::now() + config.wait;
     let holder = layout::new_holder();
     let token = loop {
-        let claim = config
-            .store
-            .claim(&key, &fingerprint, holder, config.lease, counter_ttl)
-            .await;
-        match claim {
+        let mut claim = PendingClaim::start(&config, &key, fingerprint, holder, counter_ttl);
+        match claim.answer().await {
             Err(e) => {
-                // Fail closed: never run the handler without the lock. The
-                // claim may have been written before the error (a
-                // transaction does not roll back): free it if it is ours.
+                // Fail closed: never run the handler without the lock. A
+                // claim that timed out may still land later (the backend
+                // does not abandon a sent call): free it if it is ours.
                 tracing::error!(error = %e, "idempotency store failed");
                 let (config, key) = (config.clone(), key.clone());
                 tokio::spawn(async move {
@@ -529,52 +542,102 @@ where
         }
     };
 
-    let mut guard = Held::new(config.clone(), key.clone(), holder);
+    // From here on the outcome is recorded whether or not the client still
+    // listens: the handler and the completion run in a task of their own
+    // (in this request's span), and this future only waits for the answer.
+    // Dropping it (a client gone, an outer timeout) neither cancels the
+    // handler nor frees the key.
     parts.extensions.insert(FencingToken(token));
     let handler = inner.call(Request::from_parts(parts, ResponseBody::full(body)));
-    let result = guard.beside(handler).await;
-    let res = match result {
+    let held = Held::new(config, key, holder);
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(
+        execute(held, fingerprint, handler, answer).instrument(tracing::Span::current()),
+    );
+    match answered.await {
+        Ok(out) => out,
+        // The task ended without answering: the handler panicked (carry
+        // the panic on, as if it had run here), or the runtime is going
+        // away.
+        Err(_) => match task.await {
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            _ => Ok(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Request abandoned",
+                "The server stopped before this request finished; retry it with the same key.",
+            )),
+        },
+    }
+}
+
+/// What answers the request: the handler's response, or its error.
+type Answer<B, E> = tokio::sync::oneshot::Sender<Result<Response<ResponseBody<B>>, E>>;
+
+/// Runs the handler under `held`'s claim and records its outcome, then
+/// answers through `answer` (if anyone still waits).
+async fn execute<F, B, E>(mut held: Held, fingerprint: [u8; 32], handler: F, answer: Answer<B, E>)
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    let res = match held.beside(handler).await {
         Ok(res) => res,
         Err(e) => {
-            guard.release().await;
-            return Err(e);
+            // The service failed before making a response: taken as
+            // having had no effect.
+            held.release().await;
+            let _ = answer.send(Err(e));
+            return;
         }
     };
+    let status = res.status();
     let transient = matches!(
-        res.status(),
+        status,
         StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
     );
-    if res.status().is_server_error() || transient {
+    if held.config.release_on_server_error && (status.is_server_error() || transient) {
         // The client may retry: free the key.
-        guard.release().await;
-        return Ok(res.map(ResponseBody::inner));
+        held.release().await;
+        let _ = answer.send(Ok(res.map(ResponseBody::inner)));
+        return;
     }
     let (head, body) = res.into_parts();
-    let (prefix, rest) = read_prefix(body, config.max_response).await;
-    let Some(rest_body) = rest else {
-        // Whole: store it, then answer.
-        let stored = Stored {
-            status: head.status,
-            headers: replayed_headers(&head.headers),
-            body: prefix.clone(),
-        };
-        match layout::complete(holder, &fingerprint, &stored) {
-            Some(record) => guard.complete(record).await,
-            None => guard.release().await,
-        }
-        return Ok(Response::from_parts(head, ResponseBody::full(prefix)));
-    };
-    // Too large to keep (or trailers, or an error midway): sent as it
-    // comes, and the key is marked done without its response, so a retry
-    // does not run the handler again.
-    tracing::warn!("idempotent response too large to keep; a retry gets 409, not a replay");
-    guard
-        .complete(layout::unretained(holder, &fingerprint))
+    // The lease is renewed while the body is read too: a slow body must
+    // not let a duplicate claim the key.
+    let (prefix, rest) = held
+        .beside(read_prefix(body, held.config.max_response))
         .await;
-    Ok(Response::from_parts(
-        head,
-        ResponseBody::chain(prefix, rest_body),
-    ))
+    let (record, res) = match rest {
+        None => {
+            let stored = Stored {
+                status: head.status,
+                headers: replayed_headers(&head.headers),
+                body: prefix.clone(),
+            };
+            let record = layout::complete(held.holder, &fingerprint, &stored).unwrap_or_else(|| {
+                tracing::warn!("idempotent response has a header too long to keep; a retry gets 409, not a replay");
+                layout::unretained(held.holder, &fingerprint)
+            });
+            (
+                record,
+                Response::from_parts(head, ResponseBody::full(prefix)),
+            )
+        }
+        // Too large to keep (or trailers, or an error midway): sent as it
+        // comes, and the key is marked done without its response, so a
+        // retry does not run the handler again.
+        Some(rest) => {
+            tracing::warn!("idempotent response too large to keep; a retry gets 409, not a replay");
+            (
+                layout::unretained(held.holder, &fingerprint),
+                Response::from_parts(head, ResponseBody::chain(prefix, rest)),
+            )
+        }
+    };
+    held.complete(&record, move || {
+        let _ = answer.send(Ok(res));
+    })
+    .await;
 }
 
 /// The answer when the key is already claimed or completed.
@@ -705,9 +768,81 @@ async fn read_prefix<B: Body<Data = Bytes> + Send + 'static>(
     }
 }
 
-/// A claim while the handler runs: renews the lease beside it and,
-/// if dropped before it completes or releases (the request future dropped,
-/// a panic), releases the key so the client can retry.
+/// A claim call on its way. Dropped before it answers (the request went
+/// away mid-call), the call is finished in a task of its own and a claim
+/// it made is released: no orphaned in-flight record holds the key for a
+/// lease.
+struct PendingClaim {
+    call: Option<BoxFuture<Result<Claim, Error>>>,
+    config: Arc<Config>,
+    key: String,
+    holder: u64,
+}
+
+impl PendingClaim {
+    fn start(
+        config: &Arc<Config>,
+        key: &str,
+        fingerprint: [u8; 32],
+        holder: u64,
+        counter_ttl: Duration,
+    ) -> Self {
+        let (config, key) = (config.clone(), key.to_owned());
+        let call = {
+            let (config, key) = (config.clone(), key.clone());
+            Box::pin(async move {
+                config
+                    .store
+                    .claim(&key, &fingerprint, holder, config.lease, counter_ttl)
+                    .await
+            })
+        };
+        PendingClaim {
+            call: Some(call),
+            config,
+            key,
+            holder,
+        }
+    }
+
+    async fn answer(&mut self) -> Result<Claim, Error> {
+        let Some(call) = self.call.as_mut() else {
+            return Err(Error::new(ErrorKind::Config, "claim answered twice"));
+        };
+        let out = call.await;
+        self.call = None;
+        out
+    }
+}
+
+impl Drop for PendingClaim {
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else {
+            return;
+        };
+        let (config, key, holder) = (
+            self.config.clone(),
+            std::mem::take(&mut self.key),
+            self.holder,
+        );
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Ok(Claim::Claimed(_)) = call.await {
+                    let _ = config.store.release(&key, holder).await;
+                }
+            });
+        }
+    }
+}
+
+/// First pause before a failed completion is sent again; it doubles up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest pause between completion attempts.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A claim while its handler runs: renews the lease beside it, records
+/// the outcome, and, if dropped before either (a panic), releases the key.
 struct Held {
     config: Arc<Config>,
     key: String,
@@ -725,16 +860,15 @@ impl Held {
         }
     }
 
-    /// Runs `handler`, renewing the lease every third of it while the
-    /// handler runs (in this same task: no task or timer for a handler
-    /// quicker than that).
-    async fn beside<F: Future>(&self, handler: F) -> F::Output {
+    /// Runs `work`, renewing the lease every third of it meanwhile (in this
+    /// same task: no task or timer for work quicker than that).
+    async fn beside<F: Future>(&self, work: F) -> F::Output {
         let every = self.config.lease / 3;
-        let mut handler = std::pin::pin!(handler);
+        let mut work = std::pin::pin!(work);
         loop {
             let beat = tokio::time::sleep(every);
             tokio::select! {
-                out = &mut handler => return out,
+                out = &mut work => return out,
                 () = beat => {}
             }
             let renew = self
@@ -743,14 +877,16 @@ impl Held {
                 .extend(&self.key, self.holder, self.config.lease);
             let mut renew = std::pin::pin!(renew);
             tokio::select! {
-                out = &mut handler => return out,
+                out = &mut work => return out,
                 renewed = &mut renew => match renewed {
                     Ok(true) => {}
                     Ok(false) => {
-                        // Another request holds it now: nothing to renew;
-                        // completion will be refused (fencing).
-                        tracing::warn!("idempotency claim lost while the handler ran");
-                        return handler.await;
+                        // The lease ran out (the store was unreachable for
+                        // longer than it) or another request holds the key
+                        // now: completion still writes onto a free key, and
+                        // fencing refuses it over another's claim.
+                        tracing::warn!("idempotency claim lost while its request ran");
+                        return work.await;
                     }
                     // Again at the next beat; the lease may hold.
                     Err(e) => tracing::warn!(error = %e, "idempotency lease not renewed"),
@@ -759,31 +895,53 @@ impl Held {
         }
     }
 
-    fn stop(&mut self) {
+    /// Stores `record`, calls `answered` once the first attempt is over
+    /// (whatever came of it), and while the store is unreachable sends it
+    /// again with backoff, the lease renewed all along, for up to the
+    /// retention. Until it is stored a retry finds the key in flight (409),
+    /// never free.
+    async fn complete(&mut self, record: &[u8], answered: impl FnOnce()) {
+        self.beside(self.complete_with_retries(record, answered))
+            .await;
         self.done = true;
     }
 
-    async fn complete(&mut self, record: Vec<u8>) {
-        self.stop();
-        match self
-            .config
-            .store
-            .complete(&self.key, self.holder, record, self.config.retention)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                "idempotency claim lost before completion; the response is not kept (fencing)"
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "idempotency record not stored; releasing the key");
-                let _ = self.config.store.release(&self.key, self.holder).await;
+    async fn complete_with_retries(&self, record: &[u8], answered: impl FnOnce()) {
+        let config = &self.config;
+        let mut answered = Some(answered);
+        let started = tokio::time::Instant::now();
+        let mut pause = RETRY_FIRST;
+        loop {
+            let outcome = config
+                .store
+                .complete(&self.key, self.holder, record, config.retention)
+                .await;
+            if let Some(answered) = answered.take() {
+                answered();
+            }
+            match outcome {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::warn!(
+                        "idempotency claim taken over before completion; the response is not kept (fencing)"
+                    );
+                    return;
+                }
+                Err(e) if e.is_unavailable() && started.elapsed() < config.retention => {
+                    tracing::warn!(error = %e, "idempotency record not stored yet; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "idempotency record not stored; the key stays claimed until its lease ends");
+                    return;
+                }
             }
         }
     }
 
     async fn release(&mut self) {
-        self.stop();
+        self.done = true;
         if let Err(e) = self.config.store.release(&self.key, self.holder).await {
             tracing::warn!(error = %e, "idempotency key not released; it frees itself when the lease ends");
         }
@@ -795,7 +953,7 @@ impl Drop for Held {
         if self.done {
             return;
         }
-        self.stop();
+        self.done = true;
         let (config, key, holder) = (
             self.config.clone(),
             std::mem::take(&mut self.key),

@@ -130,6 +130,15 @@ pub(crate) fn unretained(holder: u64, fingerprint: &[u8; 32]) -> Vec<u8> {
     out
 }
 
+/// The holder of a completed record (kept or not); `None` for any other
+/// bytes.
+pub(crate) fn completed_by(raw: &[u8]) -> Option<u64> {
+    if raw.get(..4)? != MAGIC || !matches!(raw.get(4)?, &COMPLETE | &UNRETAINED) {
+        return None;
+    }
+    Some(u64::from_be_bytes(raw.get(5..13)?.try_into().ok()?))
+}
+
 /// Reads a record; `None` for anything else.
 pub(crate) fn decode(raw: &Bytes) -> Option<Record> {
     let mut at = 0usize;

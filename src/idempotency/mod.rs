@@ -58,22 +58,67 @@
 //!   final: status, the headers in
 //!   [`REPLAYED_HEADERS`] (never `Set-Cookie` or `Date`) and the body are
 //!   kept for [`DEFAULT_RETENTION`].
-//! - A 5xx, a 408 or 429, an error from the inner service, a panic or a
-//!   dropped request releases the key, so the client can retry.
+//! - A 5xx, a 408 or 429, or an error from the inner service is taken to
+//!   mean the request had no effect: the key is released, so the client
+//!   can retry. A handler that can fail *after* its side effects should
+//!   say so with
+//!   [`release_on_server_error(false)`](IdempotencyLayerBuilder::release_on_server_error):
+//!   its 5xx are then kept and replayed. A panic releases the key too.
 //! - A response body over `max_response` (or with trailers) is sent as it
 //!   is and not kept: the key is marked done without it, so a retry gets
 //!   409 "response not retained" and the handler never runs twice.
 //!   Trailers are not forwarded on such a response.
 //!
+//! # Exactly once, when the client or the store misbehaves
+//!
+//! Once the handler has started for a key, no later request with that key
+//! runs it again, except as the previous section says (a 5xx, an error, a
+//! panic). In particular:
+//!
+//! - **The client goes away** (a timeout, an HTTP/2 reset, an outer
+//!   `TimeoutLayer` dropping the response future): the handler and the
+//!   completion run in a task of their own, in the request's tracing span,
+//!   and finish regardless; a retry meanwhile gets 409 with `Retry-After`,
+//!   and the response once it is recorded. An idempotent handler is
+//!   therefore never cancelled by this layer's callers. A request dropped
+//!   while its claim is on its way finishes the call in the background and
+//!   releases what it claimed.
+//! - **The lease** is renewed while the handler runs and while its
+//!   response body is read, until the record is written.
+//! - **The store fails while completing** (deadline, lost connection): the
+//!   response still goes to the client, and the completion is sent again
+//!   with backoff (50 ms doubling to 2 s, the lease renewed meanwhile) for
+//!   up to the retention. Completion is safe to repeat, and it writes onto
+//!   a key that is free (a lease that ran out while Redis was unreachable),
+//!   refusing only where another request's claim or record stands. Until
+//!   it lands, retries find the key in flight (409), never free.
+//!
+//! What can still run a handler twice, and why:
+//!
+//! - The process dies (or is killed) after the handler started and before
+//!   the completion landed: nothing is left to renew the lease, so the key
+//!   is free once it runs out, and a retry runs again. A record written
+//!   before the handler's effects would need a two-phase protocol with the
+//!   handler's own store; use the [`FencingToken`] to make your writes
+//!   reject a stale holder.
+//! - The store stays unreachable for longer than the lease *and* another
+//!   instance claims the key in between (it reached the store when this one
+//!   could not): both may run. The completion that lands second is refused
+//!   by fencing.
+//! - A Redis failover loses the last writes (asynchronous replication):
+//!   a claim or record not yet on the replica is gone.
+//! - A non-transient store error while completing (a script error, a key
+//!   of the wrong type): the completion is not retried and the key frees
+//!   at the lease's end.
+//!
 //! # Round trips
 //!
-//! A new key: 1 to claim (on Redis a `MULTI`/`EXEC` of plain commands:
-//! `SET … NX PX … GET`, `PTTL`, `INCR`, `PEXPIRE`; on a Redis Cluster,
-//! whose redirects redis-rs follows only outside a transaction, the
-//! script `claim.lua`), 1 script to complete
-//! (or release), plus one renewal per third of the lease while the
-//! handler runs. A replay or a conflict: the claim alone.
-//! A request waiting on a key in flight asks again every 50 ms.
+//! A new key: 1 to claim (the script `claim.lua`: one command that reads
+//! the record and, only for a free key, writes the claim and counts the
+//! fencing token), 1 script to complete (or release), plus one renewal
+//! per third of the lease while the handler runs. A replay or a conflict:
+//! the claim alone, one command. A request waiting on a key in flight
+//! asks again every 50 ms.
 
 mod header;
 mod layer;

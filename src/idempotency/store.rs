@@ -1,11 +1,11 @@
 //! The idempotency store seam: claim, renew, complete and release a
 //! record, each atomic and one round trip.
 //!
-//! On Redis the claim is one `MULTI`/`EXEC` of plain commands (`SET … NX
-//! GET` claims the key or returns its record; `INCR` of the key's counter
-//! gives the fencing token), cheaper for Redis than a script; renew,
-//! complete and release are small scripts that act only for the claim's
-//! holder.
+//! On Redis each is one small script (one command): the claim reads the
+//! record and, only when the key is free, writes the in-flight record and
+//! counts the fencing token (a transaction of plain commands would be six
+//! commands, for a replay as much as for a new key); renew, complete and
+//! release act only for the claim's holder.
 //!
 //! The crate implements [`IdempotencyStore`] for [`Backend`],
 //! [`RedisBackend`] and [`MemoryBackend`]; implement it to keep records
@@ -25,7 +25,6 @@ use crate::memory::{MemoryBackend, Value};
 use crate::redis::{script, RedisBackend, Script};
 use crate::Backend;
 
-#[cfg(feature = "cluster")]
 static CLAIM: Script = script!("idempotency-claim", "claim.lua");
 static EXTEND: Script = script!("idempotency-extend", "record.lua", "extend.lua");
 static COMPLETE: Script = script!("idempotency-complete", "record.lua", "complete.lua");
@@ -73,13 +72,18 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Replaces `holder`'s claim with `record`, kept `retention`; false
-    /// (and nothing written) when the claim is no longer `holder`'s.
+    /// Replaces `holder`'s claim with `record`, kept `retention`, and
+    /// answers true. Also true, and written, when the key is free (the
+    /// claim's lease ran out and no one claimed it since: this outcome is
+    /// still the key's first), and true without writing when `holder`'s
+    /// completed record is already there (a retried completion whose first
+    /// reply was lost). False, and nothing written, when another holder's
+    /// record is there.
     fn complete(
         &self,
         key: &str,
         holder: u64,
-        record: Vec<u8>,
+        record: &[u8],
         retention: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
@@ -102,48 +106,16 @@ impl IdempotencyStore for RedisBackend {
         counter_ttl: Duration,
     ) -> Result<Claim, Error> {
         let (record, counter) = keys(self.namespace(), key);
-        #[cfg(feature = "cluster")]
-        if self.is_cluster() {
-            let reply: Vec<::redis::Value> = self
-                .script(&CLAIM)
-                .key(&record)
-                .key(&counter)
-                .arg(layout::in_flight(holder, fingerprint))
-                .arg(ms(lease))
-                .arg(ms(counter_ttl))
-                .invoke()
-                .await?;
-            return decode_claim(reply);
-        }
-        // One transaction: the record when one exists (and nothing set),
-        // else the claim; its time to live either way; the next token
-        // (counted on every attempt: tokens stay increasing, with gaps);
-        // and the counter kept `counter_ttl` past this claim.
-        let mut pipe = ::redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(&record)
+        let reply: Vec<::redis::Value> = self
+            .script(&CLAIM)
+            .key(&record)
+            .key(&counter)
             .arg(layout::in_flight(holder, fingerprint))
-            .arg("NX")
-            .arg("PX")
             .arg(ms(lease))
-            .arg("GET")
-            .cmd("PTTL")
-            .arg(&record)
-            .cmd("INCR")
-            .arg(&counter)
-            .cmd("PEXPIRE")
-            .arg(&counter)
             .arg(ms(counter_ttl))
-            .ignore();
-        let (existing, ttl, token): (Option<Vec<u8>>, i64, u64) = self.pipeline(&pipe).await?;
-        Ok(match existing {
-            None => Claim::Claimed(token),
-            Some(raw) => Claim::Taken {
-                record: Bytes::from(raw),
-                ttl: Duration::from_millis(ttl.max(0) as u64),
-            },
-        })
+            .invoke()
+            .await?;
+        decode_claim(reply)
     }
 
     async fn extend(&self, key: &str, holder: u64, lease: Duration) -> Result<bool, Error> {
@@ -162,7 +134,7 @@ impl IdempotencyStore for RedisBackend {
         &self,
         key: &str,
         holder: u64,
-        value: Vec<u8>,
+        value: &[u8],
         retention: Duration,
     ) -> Result<bool, Error> {
         let (record, _) = keys(self.namespace(), key);
@@ -190,7 +162,6 @@ impl IdempotencyStore for RedisBackend {
 }
 
 /// `claim.lua`'s reply.
-#[cfg(feature = "cluster")]
 fn decode_claim(reply: Vec<::redis::Value>) -> Result<Claim, Error> {
     use ::redis::Value;
     let number = |v: &Value| match v {
@@ -219,6 +190,14 @@ fn holds(raw: Option<&Value>, holder: u64) -> bool {
             layout::decode(&Bytes::copy_from_slice(b)),
             Some(layout::Record::InFlight { holder: t, .. }) if t == holder
         ),
+        _ => false,
+    }
+}
+
+/// Whether `raw` is a completed record of `holder`.
+fn written_by(raw: Option<&Value>, holder: u64) -> bool {
+    match raw {
+        Some(Value::Bytes(b)) => layout::completed_by(b) == Some(holder),
         _ => false,
     }
 }
@@ -287,17 +266,19 @@ impl IdempotencyStore for MemoryBackend {
         &self,
         key: &str,
         holder: u64,
-        value: Vec<u8>,
+        value: &[u8],
         retention: Duration,
     ) -> Result<bool, Error> {
         let (record, _) = keys(self.namespace(), key);
         self.atomically(|ks| {
-            if !holds(ks.get(&record), holder) {
-                return Ok(false);
+            match ks.get(&record) {
+                None => {}
+                raw if holds(raw, holder) => {}
+                raw => return Ok(written_by(raw, holder)),
             }
             ks.set(
                 &record,
-                Value::Bytes(value),
+                Value::Bytes(value.to_vec()),
                 Some(retention.max(Duration::from_millis(1))),
             )?;
             Ok(true)
@@ -335,7 +316,7 @@ impl IdempotencyStore for Backend {
         &self,
         key: &str,
         holder: u64,
-        record: Vec<u8>,
+        record: &[u8],
         retention: Duration,
     ) -> Result<bool, Error> {
         on_backend!(self, b => IdempotencyStore::complete(b, key, holder, record, retention).await)
@@ -367,7 +348,7 @@ pub(crate) trait DynIdempotencyStore: Send + Sync {
         &'a self,
         key: &'a str,
         holder: u64,
-        record: Vec<u8>,
+        record: &'a [u8],
         retention: Duration,
     ) -> BoxFuture<'a, Result<bool, Error>>;
     fn release<'a>(&'a self, key: &'a str, holder: u64) -> BoxFuture<'a, Result<bool, Error>>;
@@ -403,7 +384,7 @@ impl<T: IdempotencyStore> DynIdempotencyStore for T {
         &'a self,
         key: &'a str,
         holder: u64,
-        record: Vec<u8>,
+        record: &'a [u8],
         retention: Duration,
     ) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(IdempotencyStore::complete(

@@ -7,6 +7,7 @@ mod support;
 
 mod redis_only;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +47,8 @@ impl Fixture {
 
 /// `/orders` creates an order (201, Location, a body naming the run and
 /// the fencing token); `/slow` takes 600 ms; `/fail` answers 500 the first
-/// time; `/panic` panics the first time; `/big` answers 5 KB.
+/// time; `/panic` panics the first time; `/big` answers 5 KB; `/trickle`
+/// answers at once with a body that takes a second to arrive.
 pub fn app(fx: &Fixture, layer: IdempotencyLayer) -> Router {
     async fn handle(
         State(runs): State<Arc<AtomicUsize>>,
@@ -65,6 +67,13 @@ pub fn app(fx: &Fixture, layer: IdempotencyLayer) -> Router {
             "/big" => return "x".repeat(5_000).into_response(),
             "/bad" => return (StatusCode::BAD_REQUEST, "bad order").into_response(),
             "/busy" if n == 1 => return (StatusCode::TOO_MANY_REQUESTS, "busy").into_response(),
+            "/trickle" => {
+                return (
+                    StatusCode::CREATED,
+                    Body::new(Trickle::new(10, Duration::from_millis(100))),
+                )
+                    .into_response()
+            }
             _ => {}
         }
         (
@@ -84,6 +93,70 @@ pub fn app(fx: &Fixture, layer: IdempotencyLayer) -> Router {
         .route("/{*path}", post(handle).patch(handle).put(handle))
         .with_state(fx.runs.clone())
         .layer(layer)
+}
+
+/// A body of `left` chunks, one every `every`.
+pub struct Trickle {
+    left: usize,
+    every: Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Trickle {
+    pub fn new(chunks: usize, every: Duration) -> Self {
+        Trickle {
+            left: chunks,
+            every,
+            sleep: Box::pin(tokio::time::sleep(every)),
+        }
+    }
+}
+
+impl http_body::Body for Trickle {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        self.left -= 1;
+        let next = tokio::time::Instant::now() + self.every;
+        self.sleep.as_mut().reset(next);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b"chunk;",
+        )))))
+    }
+}
+
+/// Sends `path` with key `key` until the answer is final (not 409, not
+/// 503), for up to `within`.
+pub async fn until_final(app: &Router, path: &str, key: &str, within: Duration) -> Reply {
+    let started = std::time::Instant::now();
+    loop {
+        let r = send(
+            app,
+            "POST",
+            path,
+            &[("x-api-key", b"a"), ("idempotency-key", key.as_bytes())],
+            "x",
+        )
+        .await;
+        if r.status != StatusCode::CONFLICT && r.status != StatusCode::SERVICE_UNAVAILABLE {
+            return r;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{key}: no final answer in {within:?}: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 #[derive(Debug)]
@@ -309,7 +382,7 @@ support::both_backends! { fixture;
         assert_eq!(fx.runs(), 2);
     }
 
-    a_panic_or_a_dropped_request_releases_the_key => |fx| {
+    a_panic_releases_the_key => |fx| {
         let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
         let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"p")];
         let panicked = {
@@ -328,19 +401,7 @@ support::both_backends! { fixture;
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         assert_eq!(r.status, StatusCode::CREATED);
-        // A request dropped while its handler runs.
-        let h2: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"d")];
-        let _ = tokio::time::timeout(Duration::from_millis(100), send(&app, "POST", "/slow", h2, "")).await;
-        let started = std::time::Instant::now();
-        loop {
-            let r = send(&app, "POST", "/slow", h2, "").await;
-            if r.status == StatusCode::CREATED {
-                break;
-            }
-            assert_eq!(r.status, StatusCode::CONFLICT);
-            assert!(started.elapsed() < Duration::from_secs(3), "still claimed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert_eq!(fx.runs(), 2, "the panicked run, then the retry");
     }
 
     a_long_handler_keeps_its_claim => |fx| {
@@ -379,6 +440,59 @@ support::both_backends! { fixture;
         assert_eq!(send(&app, "POST", "/busy", h, "").await.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(send(&app, "POST", "/busy", h, "").await.status, StatusCode::CREATED, "ran again");
         assert_eq!(fx.runs(), 2);
+    }
+
+    a_request_dropped_at_any_point_never_runs_twice => |fx| {
+        // Dropped while claiming, while the handler runs (600 ms), around
+        // its end and while completing: the handler runs once per key,
+        // whatever the retries find.
+        let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
+        let drops = [0u64, 1, 3, 50, 300, 590, 600, 602, 605, 620];
+        for (i, after) in drops.iter().enumerate() {
+            let key = format!("drop-{i}");
+            let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", key.as_bytes())];
+            let _ = tokio::time::timeout(Duration::from_millis(*after), send(&app, "POST", "/slow", h, "x")).await;
+            let r = until_final(&app, "/slow", &key, Duration::from_secs(5)).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{key}: {}", r.body);
+            let again = until_final(&app, "/slow", &key, Duration::from_secs(5)).await;
+            assert_eq!(again.header("idempotent-replayed"), Some("true"), "{key}");
+            assert_eq!(fx.runs(), i + 1, "{key} dropped after {after} ms ran twice");
+        }
+    }
+
+    a_body_slower_than_the_lease_keeps_the_claim => |fx| {
+        // Lease 300 ms; the body takes a second to arrive after the
+        // handler returned: a duplicate meanwhile is 409, never a second run.
+        let app = app(&fx, fx.builder().lease(Duration::from_millis(300)).build().unwrap());
+        let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"slow-body")];
+        let first = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                send(&app, "POST", "/trickle", &[("x-api-key", b"a"), ("idempotency-key", b"slow-body")], "x").await
+            })
+        };
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let r = send(&app, "POST", "/trickle", h, "x").await;
+            assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+        }
+        let first = first.await.unwrap();
+        assert_eq!(first.status, StatusCode::CREATED);
+        assert_eq!(first.body, "chunk;".repeat(10));
+        let again = send(&app, "POST", "/trickle", h, "x").await;
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.body, first.body);
+        assert_eq!(fx.runs(), 1);
+    }
+
+    a_5xx_can_be_kept_when_handlers_fail_after_their_effects => |fx| {
+        let app = app(&fx, fx.builder().release_on_server_error(false).build().unwrap());
+        let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"k")];
+        assert_eq!(send(&app, "POST", "/fail", h, "").await.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let r = send(&app, "POST", "/fail", h, "").await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.header("idempotent-replayed"), Some("true"));
+        assert_eq!(fx.runs(), 1);
     }
 
     tokens_grow_per_key => |fx| {

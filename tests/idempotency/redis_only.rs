@@ -6,10 +6,10 @@ use axum::http::StatusCode;
 use redis_layers::idempotency::{Claim, IdempotencyLayer, IdempotencyStore, Scope};
 
 use crate::support::{Kind, Monitor, TestBackend};
-use crate::{app, fixture, order, Fixture};
+use crate::{app, fixture, order, until_final, Fixture};
 
 #[tokio::test]
-async fn a_new_key_is_a_transaction_and_a_script_and_a_replay_one_transaction() {
+async fn a_new_key_is_two_scripts_and_a_replay_one() {
     let fx = fixture(Kind::Redis);
     let app = app(
         &fx,
@@ -19,12 +19,9 @@ async fn a_new_key_is_a_transaction_and_a_script_and_a_replay_one_transaction() 
     order(&app, "warm", "w", "x").await;
     let mut monitor = Monitor::start(fx.tb.server());
     order(&app, "a", "k", "tea").await;
-    let claim = ["multi", "set", "pttl", "incr", "pexpire", "exec"];
-    let mut first = claim.to_vec();
-    first.push("evalsha");
-    assert_eq!(monitor.take(), first, "claim (plain commands), complete");
+    assert_eq!(monitor.take(), ["evalsha", "evalsha"], "claim, complete");
     order(&app, "a", "k", "tea").await;
-    assert_eq!(monitor.take(), claim, "the claim returns the record");
+    assert_eq!(monitor.take(), ["evalsha"], "the claim returns the record");
     // Record and counter share one hash slot, and expire.
     let keys = fx.tb.keys("idem:*");
     assert_eq!(keys.len(), 4, "{keys:?}");
@@ -61,18 +58,12 @@ async fn a_lost_claim_cannot_complete() {
     assert!(second_token > first_token);
     assert!(!store.extend("k", first, lease).await.unwrap());
     assert!(
-        !store
-            .complete("k", first, b"late".to_vec(), day)
-            .await
-            .unwrap(),
+        !store.complete("k", first, b"late", day).await.unwrap(),
         "fenced"
     );
     assert!(!store.release("k", first).await.unwrap());
     assert!(store.extend("k", second, lease).await.unwrap());
-    assert!(store
-        .complete("k", second, b"RLI1-any".to_vec(), day)
-        .await
-        .unwrap());
+    assert!(store.complete("k", second, b"RLI1-any", day).await.unwrap());
 }
 
 #[tokio::test]
@@ -129,11 +120,138 @@ async fn foreign_data_at_a_record_key_never_runs_the_handler() {
     let r = order(&app, "a", "k", "tea").await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
     assert!(r.problem_type());
-    // Not even a string: the transaction fails, the layer fails closed.
+    // Not even a string: the claim script fails, the layer fails closed.
     let _: () = fx.tb.server().cmd(&["DEL", &record]);
     let _: i64 = fx.tb.server().cmd(&["HSET", &record, "f", "v"]);
     let r = order(&app, "a", "k", "tea").await;
     assert!(r.status.is_server_error(), "{}: {}", r.status, r.body);
     assert!(r.problem_type());
     assert_eq!(fx.runs(), 1, "the handler ran only for the first order");
+}
+
+/// A layer on a backend with a short deadline, and its fixture.
+fn paused_fixture() -> (Fixture, axum::Router) {
+    let fx = Fixture {
+        tb: TestBackend::with_deadline(Kind::Redis, Duration::from_millis(200)),
+        runs: Default::default(),
+    };
+    let app = app(
+        &fx,
+        IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")),
+    );
+    (fx, app)
+}
+
+/// Redis pauses writes while the handler (600 ms) runs, for longer than
+/// the deadline: the completion times out, the client retries during the
+/// pause and after it, and the handler has run once.
+#[tokio::test]
+async fn a_completion_behind_a_paused_redis_is_recorded_once() {
+    let (fx, app) = paused_fixture();
+    let first = {
+        let app = app.clone();
+        tokio::spawn(
+            async move { until_final(&app, "/slow", "paused", Duration::from_secs(1)).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _: () = fx.tb.server().cmd(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    // Retries while paused: refused (503: the claim times out) or 409,
+    // never a second run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let r = crate::send(
+            &app,
+            "POST",
+            "/slow",
+            &[("x-api-key", b"a"), ("idempotency-key", b"paused")],
+            "x",
+        )
+        .await;
+        assert!(
+            matches!(
+                r.status,
+                StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE
+            ),
+            "{}: {}",
+            r.status,
+            r.body
+        );
+    }
+    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+    let r = until_final(&app, "/slow", "paused", Duration::from_secs(5)).await;
+    assert_eq!(r.header("idempotent-replayed"), Some("true"), "{}", r.body);
+    assert_eq!(fx.runs(), 1);
+}
+
+/// The connection carrying the completion is killed while Redis holds it
+/// (paused): the completion is sent again on a new connection.
+#[tokio::test]
+async fn a_completion_whose_connection_is_killed_is_recorded_once() {
+    let (fx, app) = paused_fixture();
+    let first = {
+        let app = app.clone();
+        tokio::spawn(
+            async move { until_final(&app, "/slow", "killed", Duration::from_secs(1)).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = fx.tb.server().cmd(&["CLIENT", "PAUSE", "1200", "WRITE"]);
+    // The handler ends at 600 ms; its completion waits behind the pause.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let _: i64 = fx
+        .tb
+        .server()
+        .cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+    let r = until_final(&app, "/slow", "killed", Duration::from_secs(5)).await;
+    assert_eq!(r.header("idempotent-replayed"), Some("true"), "{}", r.body);
+    assert_eq!(fx.runs(), 1);
+}
+
+/// The script cache is flushed, then Redis pauses, while the handler runs:
+/// the completion's `EVALSHA` is answered `NOSCRIPT` only after its
+/// deadline, and the record is still written.
+#[tokio::test]
+async fn the_first_completion_after_script_flush_is_recorded() {
+    let (fx, app) = paused_fixture();
+    order(&app, "a", "warm", "x").await;
+    let first = {
+        let app = app.clone();
+        tokio::spawn(
+            async move { until_final(&app, "/slow", "flushed", Duration::from_secs(1)).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _: () = fx.tb.server().cmd(&["SCRIPT", "FLUSH"]);
+    let _: () = fx.tb.server().cmd(&["CLIENT", "PAUSE", "1000", "WRITE"]);
+    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+    let r = until_final(&app, "/slow", "flushed", Duration::from_secs(5)).await;
+    assert_eq!(r.header("idempotent-replayed"), Some("true"), "{}", r.body);
+    assert_eq!(fx.runs(), 2, "the warm-up order, then this one once");
+}
+
+/// A request dropped while its claim waits on a paused Redis: once Redis
+/// resumes, the claim that lands is released, so the key is not held for a
+/// whole lease (30 s) by no one.
+#[tokio::test]
+async fn a_claim_dropped_mid_call_leaves_no_orphan() {
+    let fx = fixture(Kind::Redis);
+    let app = app(
+        &fx,
+        IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")),
+    );
+    order(&app, "a", "warm", "x").await;
+    let _: () = fx.tb.server().cmd(&["CLIENT", "PAUSE", "400", "WRITE"]);
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        order(&app, "a", "orphan", "tea"),
+    )
+    .await;
+    assert!(dropped.is_err(), "the claim was still waiting");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = order(&app, "a", "orphan", "tea").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(r.header("idempotent-replayed").is_none());
+    assert_eq!(fx.runs(), 2);
 }
