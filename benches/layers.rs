@@ -586,7 +586,7 @@ fn scenarios() -> Vec<Scenario> {
             build: |ctx| Box::pin(cache_target(ctx, true)),
         },
         // A retried POST answered from its idempotency record: one claim
-        // transaction (MULTI/EXEC) that returns the record.
+        // script call that returns the record.
         Scenario {
             name: "idempotency-replay",
             build: |ctx| {
@@ -626,7 +626,7 @@ fn scenarios() -> Vec<Scenario> {
                     let backend = bench_backend(&ctx, format!("{}-idem-first", ctx.prefix));
                     let router = orders_router(backend);
                     // A fresh key per request (the client's formatting is
-                    // small next to a transaction and a script).
+                    // small next to two script calls).
                     static NEXT: std::sync::atomic::AtomicU64 =
                         std::sync::atomic::AtomicU64::new(0);
                     let request: Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> =
