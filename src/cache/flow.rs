@@ -808,11 +808,11 @@ impl SessionProbe {
         false
     }
 
-    /// The handler read the session.
+    /// The handler used the session (any method).
     fn read(&self) -> bool {
         #[cfg(feature = "session")]
         if let Some(s) = &self.session {
-            return s.was_read();
+            return s.was_used();
         }
         false
     }

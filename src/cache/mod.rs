@@ -157,13 +157,14 @@
 //!
 //! - **Outside the session layer** (`.layer(session)` first, then
 //!   `.layer(cache)`; the recommended order): the session layer marks
-//!   every response whose handler read the session with `Vary: Cookie`
-//!   (and `private` when the request had a cookie), and the cache honours
-//!   those marks. A handler that reads the session only for some requests
-//!   marks only those; a response it gives without reading is shared.
+//!   every response whose handler used the session (read it, wrote to it,
+//!   or called any other method of the handle) with `Vary: Cookie` (and
+//!   `private` when the request had a cookie), and the cache honours those
+//!   marks. A handler that uses the session only for some requests marks
+//!   only those; a response it gives without touching it is shared.
 //! - **Inside it**: the cache sees the session handle, so a request that
 //!   carries a session cookie goes to the handler (`Cache-Status: ...;
-//!   fwd=bypass`) and a response whose handler read the session is never
+//!   fwd=bypass`) and a response whose handler used the session is never
 //!   stored; pages that never read it are cached for cookie-less requests.
 //!
 //! # Failures

@@ -44,9 +44,10 @@ pub(super) struct Inner {
     edits: std::sync::Mutex<Edits>,
     /// The request carried a well-formed session cookie.
     had_cookie: bool,
-    /// A handler asked for the session's contents: the response depends on
-    /// them (see [`Session::mark_response`]).
-    read: AtomicBool,
+    /// A handler used the session (any method: a read, a write, a login,
+    /// a logout, an admin call): the response may depend on it, so it is
+    /// never shared (see [`Session::mark_response`]).
+    used: AtomicBool,
     /// The response has gone out: changes can no longer be saved.
     finished: AtomicBool,
 }
@@ -147,28 +148,37 @@ impl Session {
                 loading: tokio::sync::Mutex::new(()),
                 edits: std::sync::Mutex::default(),
                 had_cookie,
-                read: AtomicBool::new(false),
+                used: AtomicBool::new(false),
                 finished: AtomicBool::new(false),
             }),
         }
     }
 
-    /// Marks a response whose handler read the session so that no shared
+    /// Marks a response whose handler used the session so that no shared
     /// cache serves it to another client: `Vary: Cookie`, plus
     /// `Cache-Control: private` (unless the handler set `Cache-Control`)
     /// when the request carried a session cookie. A response that sets or
     /// removes the cookie gets `no-store` instead, in `finish`.
     pub(crate) fn mark_response(&self, headers: &mut HeaderMap) {
-        if self.inner.read.load(Ordering::Relaxed) {
+        if self.was_used() {
             crate::headers::session_dependent(headers, self.inner.had_cookie);
         }
     }
 
-    /// Whether a handler has asked for the session's contents (for a
+    /// Whether a handler has used the session, by any method (for a
     /// cache inside the session layer: such a response is never stored).
-    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
-    pub(crate) fn was_read(&self) -> bool {
-        self.inner.read.load(Ordering::Relaxed)
+    pub(crate) fn was_used(&self) -> bool {
+        self.inner.used.load(Ordering::Relaxed)
+    }
+
+    /// Records that a handler used the session: every public method calls
+    /// this first, so that a response built from a session (even one that
+    /// only wrote to it, say a fresh CSRF token also put in the page) is
+    /// never served to anyone else.
+    pub(super) fn mark_used(&self) {
+        if !self.was_used() {
+            self.inner.used.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether the request carried a session cookie (for a cache inside
@@ -209,7 +219,7 @@ impl Session {
     /// Loads the session if not done yet. Under fail-open a store failure
     /// counts as "no session".
     pub(super) async fn ensure_loaded(&self) -> Result<(), SessionError> {
-        self.inner.read.store(true, Ordering::Relaxed);
+        self.mark_used();
         if !matches!(self.state().known, Known::Unloaded(_)) {
             return Ok(());
         }
@@ -291,6 +301,7 @@ impl Session {
     /// is written when the response goes out, and a session is created then
     /// if there is none.
     pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        self.mark_used();
         self.check_open()?;
         let json = serde_json::to_string(&value).map_err(SessionError::Serialize)?;
         self.edits().changes.insert(key.to_owned(), Some(json));
@@ -299,6 +310,7 @@ impl Session {
 
     /// Removes `key` when the response goes out.
     pub fn remove(&self, key: &str) {
+        self.mark_used();
         if self.check_open().is_ok() {
             self.edits().changes.insert(key.to_owned(), None);
         }
@@ -307,6 +319,7 @@ impl Session {
     /// Removes every key when the response goes out (the user binding and
     /// metadata stay).
     pub fn clear(&self) {
+        self.mark_used();
         if self.check_open().is_err() {
             return;
         }
@@ -331,6 +344,7 @@ impl Session {
     /// at once, one wins; the others answer 409 with no cookie (see the
     /// module docs).
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
+        self.mark_used();
         self.check_open()?;
         self.ensure_loaded().await?;
         self.edits().cycle = true;
@@ -341,6 +355,7 @@ impl Session {
     /// [`cycle_id`](Self::cycle_id)), so it appears in the user's
     /// [`sessions`](Self::sessions) list. The user id must be 1 to 256 bytes.
     pub fn set_user(&self, user: impl Into<String>) -> Result<(), SessionError> {
+        self.mark_used();
         self.check_open()?;
         let user = user.into();
         if user.is_empty() || user.len() > MAX_USER_LEN {
@@ -352,6 +367,7 @@ impl Session {
 
     /// The user the session is bound to.
     pub async fn user(&self) -> Result<Option<String>, SessionError> {
+        self.mark_used();
         if let Some(change) = &self.edits().user_change {
             return Ok(change.clone());
         }
@@ -369,6 +385,7 @@ impl Session {
     /// has gone out (from a spawned task), it still deletes the session the
     /// request came with.
     pub async fn destroy(&self) -> Result<(), SessionError> {
+        self.mark_used();
         let handle = {
             let state = self.state();
             *self.edits() = Edits {

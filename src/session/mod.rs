@@ -78,7 +78,9 @@
 //!   and no cookie, so the browser keeps the winner's; reads with it see no
 //!   session and leave the cookie alone; a logout with it ends the
 //!   successor too.
-//! - A response whose handler read the session carries `Vary: Cookie`, and,
+//! - A response whose handler used the session (any method of [`Session`]:
+//!   a read, a write such as a fresh CSRF token, a login, a logout, a
+//!   listing) carries `Vary: Cookie`, and,
 //!   when the request had a session cookie, `Cache-Control: private` unless
 //!   the handler set its own; a response that sets or removes the cookie
 //!   carries `Cache-Control: no-store`. No shared cache (this crate's, a

@@ -11,6 +11,7 @@ impl Session {
     /// with this one marked [`current`](SessionInfo::current). Empty when
     /// the session is not bound to a user.
     pub async fn sessions(&self) -> Result<Vec<SessionInfo>, SessionError> {
+        self.mark_used();
         let (user, current) = self.user_and_handle().await?;
         let Some(user) = user else {
             return Ok(Vec::new());
@@ -32,6 +33,7 @@ impl Session {
     /// malformed or names no session of this user. Revoking the current
     /// session is [`destroy`](Self::destroy).
     pub async fn revoke(&self, handle: &str) -> Result<bool, SessionError> {
+        self.mark_used();
         let Some(handle) = SessionHandle::parse(handle) else {
             return Ok(false);
         };
@@ -47,6 +49,7 @@ impl Session {
     /// Revokes every session of this user except the current one ("log out
     /// other devices"); returns how many were revoked.
     pub async fn revoke_others(&self) -> Result<usize, SessionError> {
+        self.mark_used();
         let (user, current) = self.user_and_handle().await?;
         let Some(user) = user else { return Ok(0) };
         let list = self

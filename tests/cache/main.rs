@@ -1271,6 +1271,81 @@ mod with_sessions {
             assert_eq!(a2.body, "alice");
         }
 
+        a_page_built_with_any_session_method_is_never_shared => |fx| {
+            use redis_layers::session::{Session, SessionLayer};
+            // Every method of `Session`: the handler uses the session that
+            // way and puts the caller's cookie (standing for a CSRF token,
+            // a name) in a page it calls public.
+            const METHODS: [&str; 12] = [
+                "get", "insert", "remove", "clear", "id", "cycle_id", "set_user",
+                "user", "destroy", "sessions", "revoke", "revoke_others",
+            ];
+            async fn login(session: Session) -> &'static str {
+                session.insert("name", "alice").unwrap();
+                session.set_user("alice").unwrap();
+                "ok"
+            }
+            async fn page(
+                session: Session,
+                axum::extract::Path(method): axum::extract::Path<String>,
+                headers: axum::http::HeaderMap,
+            ) -> impl IntoResponse {
+                match method.as_str() {
+                    "get" => drop(session.get::<String>("name").await),
+                    "insert" => session.insert("csrf", "fresh").unwrap(),
+                    "remove" => session.remove("name"),
+                    "clear" => session.clear(),
+                    "id" => drop(session.id().await),
+                    "cycle_id" => drop(session.cycle_id().await),
+                    "set_user" => session.set_user("alice").unwrap(),
+                    "user" => {
+                        session.set_user("alice").unwrap();
+                        drop(session.user().await);
+                    }
+                    "destroy" => drop(session.destroy().await),
+                    "sessions" => drop(session.sessions().await),
+                    "revoke" => drop(session.revoke("nope").await),
+                    "revoke_others" => drop(session.revoke_others().await),
+                    m => panic!("{m}"),
+                }
+                let cookie = headers
+                    .get("cookie")
+                    .map(|c| c.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                ([("cache-control", "public, max-age=60")], format!("page for {cookie}"))
+            }
+            for outside in [true, false] {
+                let router = Router::new()
+                    .route("/login", axum::routing::post(login))
+                    .route("/page/{method}", axum::routing::get(page));
+                let sessions = SessionLayer::new(fx.tb.backend.clone());
+                let cache = CacheLayer::builder(fx.tb.backend.clone())
+                    .name(if outside { "outside" } else { "inside" })
+                    .build()
+                    .unwrap();
+                let app = if outside {
+                    router.layer(sessions).layer(cache)
+                } else {
+                    router.layer(cache).layer(sessions)
+                };
+                for method in METHODS {
+                    let r = send(&app, "POST", "/login", &[]).await;
+                    let cookie = r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
+                    let path = format!("/page/{method}");
+                    let mine = send(&app, "GET", &path, &[("cookie", cookie.as_str())]).await;
+                    assert_eq!(mine.body, format!("page for {cookie}"), "{method}");
+                    // Give a (wrongful) store time to land.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let other = get(&app, &path).await;
+                    assert!(
+                        !other.body.contains(&cookie),
+                        "outside: {outside}, {method}: another client got the first one's page ({})",
+                        other.cache_status()
+                    );
+                }
+            }
+        }
+
         inside_the_session_layer_session_requests_bypass_it => |fx| {
             use redis_layers::session::{Session, SessionLayer};
             async fn login(session: Session, axum::extract::Path(name): axum::extract::Path<String>) -> &'static str {
