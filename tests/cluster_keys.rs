@@ -138,20 +138,18 @@ async fn each_layers_keys_sit_in_the_slots_the_design_names() {
     let limits = tb.keys("rl:*");
     assert_eq!(limits.len(), 2, "one key per client: {limits:?}");
 
-    // Idempotency: a record and its counter, one slot, one transaction.
+    // Idempotency: a record and its counter, one slot.
     let fingerprint = [7u8; 32];
     let day = Duration::from_secs(86_400);
-    let claim = IdempotencyStore::claim(
-        &backend,
-        "0123456789abcdef0123456789abcdef",
-        &fingerprint,
-        9,
-        Duration::from_secs(30),
-        day,
-    )
-    .await
-    .unwrap();
-    assert!(matches!(claim, Claim::Claimed(_)));
+    let key = "0123456789abcdef0123456789abcdef";
+    let claim = IdempotencyStore::claim(&backend, key, &fingerprint, 9, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claim, Claim::Claimed);
+    let token = IdempotencyStore::fence(&backend, key, 9, day)
+        .await
+        .unwrap();
+    assert_eq!(token, Some(1));
     let records = tb.keys("idem:*");
     assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(slot(&records[0]), slot(&records[1]), "{records:?}");

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::Extension;
 use axum::Router;
 use redis_layers::cache::{CacheLayer, Purger};
-use redis_layers::idempotency::{FencingToken, IdempotencyLayer, Scope};
+use redis_layers::idempotency::{Fence, IdempotencyLayer, Scope};
 use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
 use redis_layers::session::{Session, SessionError, SessionLayer};
 use redis_layers::{Backend, Problem};
@@ -574,7 +574,7 @@ fn one() -> u32 {
 /// Creates an order (here: makes up its number). Runs once per
 /// idempotency key; retries get this same answer, 4xx answers included.
 async fn create_order(
-    Extension(token): Extension<FencingToken>,
+    Extension(fence): Extension<Fence>,
     order: Result<Json<Order>, JsonRejection>,
 ) -> Response {
     let order = match order {
@@ -609,8 +609,22 @@ async fn create_order(
         .unwrap_or_default()
         .as_nanos();
     let id = format!("{nanos:x}");
+    // A real shop would pass the token with its order write, so that a
+    // handler whose claim ran out cannot overwrite a newer one's order.
+    let token = match fence.token().await {
+        Ok(Some(token)) => token.0,
+        Ok(None) => {
+            return Problem::new(
+                StatusCode::CONFLICT,
+                "Order superseded",
+                "Another request with this key took over; retry with the same key.",
+            )
+            .into_response()
+        }
+        Err(e) => return Problem::store_failure("idempotency", &e).into_response(),
+    };
     tokio::time::sleep(ORDER_LATENCY).await;
-    tracing::info!(order = %id, fencing_token = token.0, "order created");
+    tracing::info!(order = %id, fencing_token = token, "order created");
     (
         StatusCode::CREATED,
         [(header::LOCATION, format!("/api/orders/{id}"))],

@@ -62,17 +62,70 @@ const PROBLEM_TYPE: &str =
 /// The least time a key's fencing counter lives.
 const COUNTER_FLOOR: Duration = Duration::from_secs(24 * 3600);
 
+/// `Retry-After` (seconds) of a 409 for a key in flight: its request may
+/// end any moment, and asking again costs one command.
+const IN_FLIGHT_RETRY_AFTER: u64 = 1;
+
 /// How often a request waiting on a key in flight asks again.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
 /// `Idempotent-Replayed: true` marks a replayed response.
 pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// The fencing token of the claim a handler runs under, in the request's
-/// extensions: pass it along with your own writes so a handler that lost
+/// A fencing token: a number that grows with every claim of one key, for a
+/// handler to pass along with its own writes, so that a handler that lost
 /// its claim (a lease that ran out) cannot overwrite a newer one's work.
+/// Ask [`Fence::token`] for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FencingToken(pub u64);
+
+/// The claim a handler runs under, in the request's extensions (axum:
+/// `Extension<Fence>`). Its [`token`](Fence::token) is counted on first
+/// use, so a handler that never asks pays no round trip for it.
+#[derive(Clone)]
+pub struct Fence {
+    inner: Arc<FenceInner>,
+}
+
+struct FenceInner {
+    config: Arc<Config>,
+    key: String,
+    holder: u64,
+    counter_ttl: Duration,
+    token: tokio::sync::OnceCell<Option<FencingToken>>,
+}
+
+impl fmt::Debug for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fence")
+            .field("token", &self.inner.token.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fence {
+    /// This claim's fencing token: higher than that of every earlier claim
+    /// of the same key (while the key's counter lives, at least a day past
+    /// its last claim and always longer than its records). One store call
+    /// the first time, none after. `None` when the claim is no longer
+    /// this request's (its lease ran out and the key was claimed again, or
+    /// it was already completed): stop, your work would be stale.
+    pub async fn token(&self) -> Result<Option<FencingToken>, Error> {
+        let inner = &self.inner;
+        inner
+            .token
+            .get_or_try_init(|| async {
+                let token = inner
+                    .config
+                    .store
+                    .fence(&inner.key, inner.holder, inner.counter_ttl)
+                    .await?;
+                Ok(token.map(FencingToken))
+            })
+            .await
+            .copied()
+    }
+}
 
 type ScopeFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
@@ -514,8 +567,8 @@ where
     // completes (then replayed), is freed (then claimed), or the wait ends.
     let waited_until = tokio::time::Instant::now() + config.wait;
     let holder = layout::new_holder();
-    let token = loop {
-        let mut claim = PendingClaim::start(&config, &key, fingerprint, holder, counter_ttl);
+    loop {
+        let mut claim = PendingClaim::start(&config, &key, fingerprint, holder);
         match claim.answer().await {
             Err(e) => {
                 // Fail closed: never run the handler without the lock. A
@@ -528,8 +581,8 @@ where
                 });
                 return Ok(Problem::store_failure("idempotency", &e).to_response());
             }
-            Ok(Claim::Claimed(token)) => break token,
-            Ok(Claim::Taken { record, ttl }) => {
+            Ok(Claim::Claimed) => break,
+            Ok(Claim::Taken { record }) => {
                 let in_flight = matches!(layout::decode(&record), Some(Record::InFlight { .. }));
                 let now = tokio::time::Instant::now();
                 if in_flight && now < waited_until {
@@ -537,17 +590,25 @@ where
                     tokio::time::sleep(pause).await;
                     continue;
                 }
-                return Ok(taken(&record, ttl, &fingerprint));
+                return Ok(taken(&record, &fingerprint));
             }
         }
-    };
+    }
 
     // From here on the outcome is recorded whether or not the client still
     // listens: the handler and the completion run in a task of their own
     // (in this request's span), and this future only waits for the answer.
     // Dropping it (a client gone, an outer timeout) neither cancels the
     // handler nor frees the key.
-    parts.extensions.insert(FencingToken(token));
+    parts.extensions.insert(Fence {
+        inner: Arc::new(FenceInner {
+            config: config.clone(),
+            key: key.clone(),
+            holder,
+            counter_ttl,
+            token: tokio::sync::OnceCell::new(),
+        }),
+    });
     let handler = inner.call(Request::from_parts(parts, ResponseBody::full(body)));
     let held = Held::new(config, key, holder);
     let (answer, answered) = tokio::sync::oneshot::channel();
@@ -641,7 +702,7 @@ where
 }
 
 /// The answer when the key is already claimed or completed.
-fn taken<B>(record: &Bytes, ttl: Duration, fingerprint: &[u8; 32]) -> Response<ResponseBody<B>> {
+fn taken<B>(record: &Bytes, fingerprint: &[u8; 32]) -> Response<ResponseBody<B>> {
     match layout::decode(record) {
         Some(Record::InFlight { .. }) => {
             let mut res = problem(
@@ -649,9 +710,10 @@ fn taken<B>(record: &Bytes, ttl: Duration, fingerprint: &[u8; 32]) -> Response<R
                 "Request in progress",
                 "A request with this idempotency key is still being processed; retry later.",
             );
-            let secs = ttl.as_millis().div_ceil(1000).max(1) as u64;
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(IN_FLIGHT_RETRY_AFTER),
+            );
             res
         }
         Some(Record::Complete {
@@ -780,20 +842,14 @@ struct PendingClaim {
 }
 
 impl PendingClaim {
-    fn start(
-        config: &Arc<Config>,
-        key: &str,
-        fingerprint: [u8; 32],
-        holder: u64,
-        counter_ttl: Duration,
-    ) -> Self {
+    fn start(config: &Arc<Config>, key: &str, fingerprint: [u8; 32], holder: u64) -> Self {
         let (config, key) = (config.clone(), key.to_owned());
         let call = {
             let (config, key) = (config.clone(), key.clone());
             Box::pin(async move {
                 config
                     .store
-                    .claim(&key, &fingerprint, holder, config.lease, counter_ttl)
+                    .claim(&key, &fingerprint, holder, config.lease)
                     .await
             })
         };
@@ -827,7 +883,7 @@ impl Drop for PendingClaim {
         );
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Ok(Claim::Claimed(_)) = call.await {
+                if let Ok(Claim::Claimed) = call.await {
                     let _ = config.store.release(&key, holder).await;
                 }
             });

@@ -30,7 +30,7 @@
 //! | no scope (the scope's header or session user is missing) | 400 |
 //! | a body over `max_body` | 413 |
 //! | a new key | the handler runs under a claim; its response is kept |
-//! | the key while its first request runs | 409 with `Retry-After` (or, with [`wait_for_completion`](IdempotencyLayerBuilder::wait_for_completion), the first one's response once it is done) |
+//! | the key while its first request runs | 409 with `Retry-After: 1` (or, with [`wait_for_completion`](IdempotencyLayerBuilder::wait_for_completion), the first one's response once it is done) |
 //! | the key again, same request | the kept response, `Idempotent-Replayed: true` |
 //! | the key again, another method, path, query, content type or body | 422 |
 //! | the key again after a response too large to keep | 409, never a second run |
@@ -48,12 +48,14 @@
 //! - While the handler runs the lease is renewed every third of it, so a
 //!   long handler keeps its claim; if the process dies, the key is free
 //!   again once the lease runs out.
-//! - The handler sees its [`FencingToken`] in the request's extensions.
-//!   Completion stores the response only if the claim is still its own:
-//!   a handler that lost its lease cannot overwrite a newer one, and the
-//!   newer handler's token is higher, for your own writes to compare
-//!   (unless a Redis failover lost the counter's last increments: tokens
-//!   are monotonic only as far as the store's writes survive).
+//! - The handler finds its claim's [`Fence`] in the request's extensions;
+//!   [`Fence::token`] gives its [`FencingToken`] (one store call, made only
+//!   when asked, and only while the claim holds). Completion stores the
+//!   response only if the claim is still its own: a handler that lost its
+//!   lease cannot overwrite a newer one, and the newer handler's token is
+//!   higher, for your own writes to compare (unless a Redis failover lost
+//!   the counter's last increments: tokens are monotonic only as far as
+//!   the store's writes survive).
 //! - 2xx and 4xx responses (but 408 and 429, which invite a retry) are
 //!   final: status, the headers in
 //!   [`REPLAYED_HEADERS`] (never `Set-Cookie` or `Date`) and the body are
@@ -113,12 +115,13 @@
 //!
 //! # Round trips
 //!
-//! A new key: 1 to claim (the script `claim.lua`: one command that reads
-//! the record and, only for a free key, writes the claim and counts the
-//! fencing token), 1 script to complete (or release), plus one renewal
-//! per third of the lease while the handler runs. A replay or a conflict:
-//! the claim alone, one command. A request waiting on a key in flight
-//! asks again every 50 ms.
+//! A new key: 1 to claim (`SET record in-flight NX PX lease GET`, a plain
+//! command: it takes a free key, or returns its record and writes
+//! nothing), 1 script to complete (or release): two in all, plus one
+//! renewal per third of the lease while the handler runs, and one script
+//! for the fencing token if the handler asks for it. A replay or a
+//! conflict: the claim alone, one command. A request waiting on a key in
+//! flight asks again every 50 ms.
 
 mod header;
 mod layer;
@@ -127,7 +130,8 @@ pub mod store;
 
 pub use header::MAX_KEY_LEN;
 pub use layer::{
-    FencingToken, Idempotency, IdempotencyLayer, IdempotencyLayerBuilder, Scope, DEFAULT_LEASE,
-    DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_RETENTION, REPLAYED, REPLAYED_HEADERS,
+    Fence, FencingToken, Idempotency, IdempotencyLayer, IdempotencyLayerBuilder, Scope,
+    DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_RETENTION, REPLAYED,
+    REPLAYED_HEADERS,
 };
 pub use store::{Claim, IdempotencyStore};

@@ -1,11 +1,12 @@
 //! The idempotency store seam: claim, renew, complete and release a
 //! record, each atomic and one round trip.
 //!
-//! On Redis each is one small script (one command): the claim reads the
-//! record and, only when the key is free, writes the in-flight record and
-//! counts the fencing token (a transaction of plain commands would be six
-//! commands, for a replay as much as for a new key); renew, complete and
-//! release act only for the claim's holder.
+//! On Redis the claim is one plain command, `SET record in-flight NX PX
+//! lease GET`: it takes a free key, or returns the record that holds it
+//! without writing anything, so a replay costs what a `GET` does. The
+//! fencing token is counted apart, only for a handler that asks for it
+//! ([`fence`](IdempotencyStore::fence)). Renew, fence, complete and
+//! release are small scripts that act only for the claim's holder.
 //!
 //! The crate implements [`IdempotencyStore`] for [`Backend`],
 //! [`RedisBackend`] and [`MemoryBackend`]; implement it to keep records
@@ -25,7 +26,7 @@ use crate::memory::{MemoryBackend, Value};
 use crate::redis::{script, RedisBackend, Script};
 use crate::Backend;
 
-static CLAIM: Script = script!("idempotency-claim", "claim.lua");
+static FENCE: Script = script!("idempotency-fence", "record.lua", "fence.lua");
 static EXTEND: Script = script!("idempotency-extend", "record.lua", "extend.lua");
 static COMPLETE: Script = script!("idempotency-complete", "record.lua", "complete.lua");
 static RELEASE: Script = script!("idempotency-release", "record.lua", "release.lua");
@@ -34,34 +35,39 @@ static RELEASE: Script = script!("idempotency-release", "record.lua", "release.l
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Claim {
-    /// The key was free: it is now held with this fencing token, for the
-    /// lease.
-    Claimed(u64),
+    /// The key was free: it is now held, for the lease.
+    Claimed,
     /// Another request holds the key, or completed it: its record (opaque
-    /// bytes) and how long it lives on.
+    /// bytes).
     Taken {
         /// The record.
         record: Bytes,
-        /// Its remaining time to live.
-        ttl: Duration,
     },
 }
 
 /// Where an idempotency layer keeps its records.
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// Claims `key` for `lease` when it is free, as `holder` (an id unique
-    /// to this claim, written into the in-flight record), with a new
-    /// fencing token (higher than any before for this key while its
-    /// counter lives `counter_ttl` past the last claim); else returns what
-    /// holds it.
+    /// to this claim, written into the in-flight record); else returns
+    /// what holds it, writing nothing.
     fn claim(
         &self,
         key: &str,
         fingerprint: &[u8; 32],
         holder: u64,
         lease: Duration,
-        counter_ttl: Duration,
     ) -> impl Future<Output = Result<Claim, Error>> + Send;
+
+    /// A new fencing token for `holder`'s claim: higher than any before for
+    /// this key while its counter lives (`counter_ttl` past this call).
+    /// `None`, and nothing counted, when `holder` no longer holds the key,
+    /// so tokens rise in the order the key was claimed.
+    fn fence(
+        &self,
+        key: &str,
+        holder: u64,
+        counter_ttl: Duration,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
 
     /// Renews the lease of `holder`'s claim; false when it is no longer
     /// held by `holder`.
@@ -103,19 +109,40 @@ impl IdempotencyStore for RedisBackend {
         fingerprint: &[u8; 32],
         holder: u64,
         lease: Duration,
-        counter_ttl: Duration,
     ) -> Result<Claim, Error> {
-        let (record, counter) = keys(self.namespace(), key);
-        let reply: Vec<::redis::Value> = self
-            .script(&CLAIM)
-            .key(&record)
-            .key(&counter)
+        let (record, _) = keys(self.namespace(), key);
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(&record)
             .arg(layout::in_flight(holder, fingerprint))
+            .arg("NX")
+            .arg("PX")
             .arg(ms(lease))
+            .arg("GET");
+        let existing: Option<Vec<u8>> = self.query(&cmd).await?;
+        Ok(match existing {
+            None => Claim::Claimed,
+            Some(raw) => Claim::Taken {
+                record: Bytes::from(raw),
+            },
+        })
+    }
+
+    async fn fence(
+        &self,
+        key: &str,
+        holder: u64,
+        counter_ttl: Duration,
+    ) -> Result<Option<u64>, Error> {
+        let (record, counter) = keys(self.namespace(), key);
+        let token: u64 = self
+            .script(&FENCE)
+            .key(record)
+            .key(counter)
+            .arg(&holder_bytes(holder)[..])
             .arg(ms(counter_ttl))
             .invoke()
             .await?;
-        decode_claim(reply)
+        Ok((token > 0).then_some(token))
     }
 
     async fn extend(&self, key: &str, holder: u64, lease: Duration) -> Result<bool, Error> {
@@ -161,28 +188,6 @@ impl IdempotencyStore for RedisBackend {
     }
 }
 
-/// `claim.lua`'s reply.
-fn decode_claim(reply: Vec<::redis::Value>) -> Result<Claim, Error> {
-    use ::redis::Value;
-    let number = |v: &Value| match v {
-        Value::Int(n) => Some(*n),
-        _ => None,
-    };
-    match reply.as_slice() {
-        [first, token] if number(first) == Some(0) => number(token)
-            .and_then(|t| u64::try_from(t).ok())
-            .map(Claim::Claimed),
-        [first, ttl, Value::BulkString(record)] if number(first) == Some(1) => {
-            number(ttl).map(|ttl| Claim::Taken {
-                record: Bytes::copy_from_slice(record),
-                ttl: Duration::from_millis(ttl.max(0) as u64),
-            })
-        }
-        _ => None,
-    }
-    .ok_or_else(|| Error::decode("the idempotency claim script's reply is malformed"))
-}
-
 /// Whether `raw` is in flight under `holder`.
 fn holds(raw: Option<&Value>, holder: u64) -> bool {
     match raw {
@@ -209,20 +214,36 @@ impl IdempotencyStore for MemoryBackend {
         fingerprint: &[u8; 32],
         holder: u64,
         lease: Duration,
-        counter_ttl: Duration,
     ) -> Result<Claim, Error> {
-        let (record, counter) = keys(self.namespace(), key);
+        let (record, _) = keys(self.namespace(), key);
         self.atomically(|ks| {
             if let Some(value) = ks.get(&record) {
                 let Value::Bytes(raw) = value else {
                     return Err(Error::wrong_type());
                 };
-                let raw = Bytes::copy_from_slice(raw);
-                let ttl = match ks.ttl(&record) {
-                    Some(Some(left)) => left,
-                    _ => Duration::ZERO,
-                };
-                return Ok(Claim::Taken { record: raw, ttl });
+                return Ok(Claim::Taken {
+                    record: Bytes::copy_from_slice(raw),
+                });
+            }
+            ks.set(
+                &record,
+                Value::Bytes(layout::in_flight(holder, fingerprint)),
+                Some(lease.max(Duration::from_millis(1))),
+            )?;
+            Ok(Claim::Claimed)
+        })
+    }
+
+    async fn fence(
+        &self,
+        key: &str,
+        holder: u64,
+        counter_ttl: Duration,
+    ) -> Result<Option<u64>, Error> {
+        let (record, counter) = keys(self.namespace(), key);
+        self.atomically(|ks| {
+            if !holds(ks.get(&record), holder) {
+                return Ok(None);
             }
             let token = match ks.get(&counter) {
                 None => 1,
@@ -242,12 +263,7 @@ impl IdempotencyStore for MemoryBackend {
                 Value::Bytes(token.to_string().into_bytes()),
                 Some(counter_ttl.max(Duration::from_millis(1))),
             )?;
-            ks.set(
-                &record,
-                Value::Bytes(layout::in_flight(holder, fingerprint)),
-                Some(lease.max(Duration::from_millis(1))),
-            )?;
-            Ok(Claim::Claimed(token))
+            Ok(Some(token))
         })
     }
 
@@ -305,9 +321,16 @@ impl IdempotencyStore for Backend {
         fingerprint: &[u8; 32],
         holder: u64,
         lease: Duration,
-        counter_ttl: Duration,
     ) -> Result<Claim, Error> {
-        on_backend!(self, b => IdempotencyStore::claim(b, key, fingerprint, holder, lease, counter_ttl).await)
+        on_backend!(self, b => IdempotencyStore::claim(b, key, fingerprint, holder, lease).await)
+    }
+    async fn fence(
+        &self,
+        key: &str,
+        holder: u64,
+        counter_ttl: Duration,
+    ) -> Result<Option<u64>, Error> {
+        on_backend!(self, b => IdempotencyStore::fence(b, key, holder, counter_ttl).await)
     }
     async fn extend(&self, key: &str, holder: u64, lease: Duration) -> Result<bool, Error> {
         on_backend!(self, b => IdempotencyStore::extend(b, key, holder, lease).await)
@@ -336,8 +359,13 @@ pub(crate) trait DynIdempotencyStore: Send + Sync {
         fingerprint: &'a [u8; 32],
         holder: u64,
         lease: Duration,
-        counter_ttl: Duration,
     ) -> BoxFuture<'a, Result<Claim, Error>>;
+    fn fence<'a>(
+        &'a self,
+        key: &'a str,
+        holder: u64,
+        counter_ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<u64>, Error>>;
     fn extend<'a>(
         &'a self,
         key: &'a str,
@@ -361,7 +389,6 @@ impl<T: IdempotencyStore> DynIdempotencyStore for T {
         fingerprint: &'a [u8; 32],
         holder: u64,
         lease: Duration,
-        counter_ttl: Duration,
     ) -> BoxFuture<'a, Result<Claim, Error>> {
         Box::pin(IdempotencyStore::claim(
             self,
@@ -369,8 +396,15 @@ impl<T: IdempotencyStore> DynIdempotencyStore for T {
             fingerprint,
             holder,
             lease,
-            counter_ttl,
         ))
+    }
+    fn fence<'a>(
+        &'a self,
+        key: &'a str,
+        holder: u64,
+        counter_ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
+        Box::pin(IdempotencyStore::fence(self, key, holder, counter_ttl))
     }
     fn extend<'a>(
         &'a self,

@@ -9,7 +9,7 @@ use crate::support::{Kind, Monitor, TestBackend};
 use crate::{app, fixture, order, until_final, Fixture};
 
 #[tokio::test]
-async fn a_new_key_is_two_scripts_and_a_replay_one() {
+async fn a_new_key_is_a_set_and_a_script_and_a_replay_one_set() {
     let fx = fixture(Kind::Redis);
     let app = app(
         &fx,
@@ -19,12 +19,31 @@ async fn a_new_key_is_two_scripts_and_a_replay_one() {
     order(&app, "warm", "w", "x").await;
     let mut monitor = Monitor::start(fx.tb.server());
     order(&app, "a", "k", "tea").await;
-    assert_eq!(monitor.take(), ["evalsha", "evalsha"], "claim, complete");
+    // `/orders` asks for its fencing token: that is the script between.
+    assert_eq!(
+        monitor.take(),
+        ["set", "evalsha", "evalsha"],
+        "claim, fence, complete"
+    );
     order(&app, "a", "k", "tea").await;
-    assert_eq!(monitor.take(), ["evalsha"], "the claim returns the record");
+    assert_eq!(monitor.take(), ["set"], "the claim returns the record");
+    // A handler that does not ask for a token: two round trips in all.
+    crate::send(
+        &app,
+        "POST",
+        "/plain",
+        &[("x-api-key", b"a"), ("idempotency-key", b"p")],
+        "x",
+    )
+    .await;
+    assert_eq!(monitor.take(), ["set", "evalsha"], "claim, complete");
     // Record and counter share one hash slot, and expire.
     let keys = fx.tb.keys("idem:*");
-    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert_eq!(
+        keys.len(),
+        5,
+        "two records with counters, one without: {keys:?}"
+    );
     for key in &keys {
         let ttl: i64 = fx.tb.server().cmd(&["PTTL", key]);
         assert!(ttl > 0, "{key}: {ttl}");
@@ -33,29 +52,34 @@ async fn a_new_key_is_two_scripts_and_a_replay_one() {
 }
 
 #[tokio::test]
-async fn a_lost_claim_cannot_complete() {
+async fn a_lost_claim_cannot_fence_or_complete() {
     let tb = TestBackend::new(Kind::Redis);
     let store = tb.backend.clone();
     let fp = [1u8; 32];
     let lease = Duration::from_millis(200);
     let day = Duration::from_secs(86_400);
     let (first, second) = (0x1111_u64, 0x2222_u64);
-    let Claim::Claimed(first_token) = store.claim("k", &fp, first, lease, day).await.unwrap()
-    else {
-        panic!("free")
-    };
-    // Taken while the lease holds: the record comes back, nothing is set.
-    let Claim::Taken { ttl, .. } = store.claim("k", &fp, second, lease, day).await.unwrap() else {
+    assert_eq!(
+        store.claim("k", &fp, first, lease).await.unwrap(),
+        Claim::Claimed
+    );
+    let first_token = store.fence("k", first, day).await.unwrap().expect("held");
+    // Taken while the lease holds: the record comes back, nothing is set,
+    // and the other holder gets no token.
+    let Claim::Taken { .. } = store.claim("k", &fp, second, lease).await.unwrap() else {
         panic!("held")
     };
-    assert!(ttl <= lease && ttl > Duration::ZERO, "{ttl:?}");
+    assert_eq!(store.fence("k", second, day).await.unwrap(), None);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // The lease ran out; another request claims with a higher token.
-    let Claim::Claimed(second_token) = store.claim("k", &fp, second, lease, day).await.unwrap()
-    else {
-        panic!("free again")
-    };
+    // The lease ran out; another request claims, with a higher token.
+    assert_eq!(
+        store.claim("k", &fp, second, lease).await.unwrap(),
+        Claim::Claimed
+    );
+    let second_token = store.fence("k", second, day).await.unwrap().expect("held");
     assert!(second_token > first_token);
+    // The first holder, late: no token, no renewal, no completion.
+    assert_eq!(store.fence("k", first, day).await.unwrap(), None);
     assert!(!store.extend("k", first, lease).await.unwrap());
     assert!(
         !store.complete("k", first, b"late", day).await.unwrap(),
@@ -63,7 +87,17 @@ async fn a_lost_claim_cannot_complete() {
     );
     assert!(!store.release("k", first).await.unwrap());
     assert!(store.extend("k", second, lease).await.unwrap());
-    assert!(store.complete("k", second, b"RLI1-any", day).await.unwrap());
+    let record = {
+        let mut r = b"RLI1".to_vec();
+        r.push(2);
+        r.extend_from_slice(&second.to_be_bytes());
+        r.extend_from_slice(&fp);
+        r
+    };
+    assert!(store.complete("k", second, &record, day).await.unwrap());
+    // Sent again (its first reply lost): still true, nothing changes.
+    assert!(store.complete("k", second, &record, day).await.unwrap());
+    assert!(!store.complete("k", first, b"late", day).await.unwrap());
 }
 
 #[tokio::test]
