@@ -38,7 +38,43 @@ pub(crate) struct Directives {
     pub(crate) stale_if_error: Option<u64>,
 }
 
+/// What the cache makes of the `Cache-Control` a *client* sends on a
+/// request (`no-cache`, `max-age`, `min-fresh`, `max-stale`).
+///
+/// RFC 9111 §5.2.1 lets a client say it *prefers* a fresher answer;
+/// honouring that sends each such request past the cache, and browsers send
+/// `no-cache` on every hard reload, so any client could push the whole load
+/// of a popular page onto the handler at will. Most reverse proxies
+/// therefore ignore these by default, and so does this cache. `no-store`
+/// (the client's privacy) and `only-if-cached` (which never reaches the
+/// handler) are always honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RequestDirectives {
+    /// Treat `no-cache`, `max-age`, `min-fresh` and `max-stale` on requests
+    /// as absent (the default): the response's own freshness decides.
+    #[default]
+    Ignore,
+    /// Follow them as RFC 9111 describes for a shared cache. Concurrent
+    /// requests that refuse the stored response still run the handler
+    /// once per key at a time: they share one fetch, and any response
+    /// stored after such a request arrived satisfies it.
+    Honour,
+}
+
 impl Directives {
+    /// A request's directives, under `policy`.
+    pub(crate) fn of_request(headers: &HeaderMap, policy: RequestDirectives) -> Self {
+        let mut d = Directives::of(headers);
+        if policy == RequestDirectives::Ignore {
+            d.no_cache = false;
+            d.max_age = None;
+            d.min_fresh = None;
+            d.max_stale = None;
+        }
+        d
+    }
+
     /// Every `Cache-Control` field of `headers`; an unreadable field (not
     /// visible ASCII) reads as `no-store`, the safe side.
     pub(crate) fn of(headers: &HeaderMap) -> Self {

@@ -175,7 +175,7 @@ pub(crate) fn answer_locally<B, ResBody>(
     let Some(generation) = config.generation.usable_at(now) else {
         return Local::Unknown;
     };
-    let directives = Directives::of(req.headers());
+    let directives = Directives::of_request(req.headers(), config.request_directives);
     if directives.no_cache || SessionProbe::personal_request(req) {
         return Local::Looked;
     }
@@ -502,7 +502,7 @@ where
         req.headers(),
         generation,
     ));
-    let directives = Directives::of(req.headers());
+    let directives = Directives::of_request(req.headers(), config.request_directives);
     // Inside the session layer: a request with a session is never answered
     // from the store (its handler may read the session), and a response
     // whose handler read the session is never stored.

@@ -16,6 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::CacheBody;
+use super::directives::RequestDirectives;
 use super::flight::{Flights, Refreshing};
 use super::flow;
 use super::generation::Generation;
@@ -76,6 +77,7 @@ pub(crate) struct Config {
     pub(crate) name: String,
     pub(crate) sort_query: bool,
     pub(crate) coalesce_wait: Duration,
+    pub(crate) request_directives: RequestDirectives,
     pub(crate) tag_header: HeaderName,
     pub(crate) flights: Flights,
     pub(crate) refreshing: Refreshing,
@@ -122,6 +124,7 @@ impl CacheLayer {
             stale_if_error: None,
             keep_stale: DEFAULT_KEEP_STALE,
             coalesce_wait: DEFAULT_COALESCE_WAIT,
+            request_directives: RequestDirectives::default(),
             tag_header: DEFAULT_TAG_HEADER.to_owned(),
             local_tier: None,
             generation_refresh: DEFAULT_GENERATION_REFRESH,
@@ -150,6 +153,7 @@ pub struct CacheLayerBuilder {
     stale_if_error: Option<Duration>,
     keep_stale: Duration,
     coalesce_wait: Duration,
+    request_directives: RequestDirectives,
     tag_header: String,
     local_tier: Option<usize>,
     generation_refresh: Duration,
@@ -245,6 +249,14 @@ impl CacheLayerBuilder {
     /// nothing.
     pub fn coalesce_wait(mut self, wait: Duration) -> Self {
         self.coalesce_wait = wait;
+        self
+    }
+
+    /// What a client's request `Cache-Control` may ask of the cache:
+    /// [`RequestDirectives::Ignore`] by default (a client cannot make the
+    /// cache bypass itself), or [`RequestDirectives::Honour`].
+    pub fn request_directives(mut self, policy: RequestDirectives) -> Self {
+        self.request_directives = policy;
         self
     }
 
@@ -351,6 +363,7 @@ impl CacheLayerBuilder {
                 name: self.name,
                 sort_query: self.sort_query,
                 coalesce_wait: self.coalesce_wait,
+                request_directives: self.request_directives,
                 tag_header,
                 flights: Flights::default(),
                 refreshing: Refreshing::default(),

@@ -60,8 +60,11 @@
 //!
 //! # What a request gets
 //!
-//! - A usable stored response (fresh, and acceptable to the request's
-//!   `max-age`, `min-fresh`, `max-stale` and `no-cache`), with `Age` and
+//! - A usable stored response (fresh, and, with
+//!   [`RequestDirectives::Honour`], acceptable to the request's `max-age`,
+//!   `min-fresh`, `max-stale` and `no-cache`; by default a client's
+//!   request directives are [ignored](RequestDirectives::Ignore) but for
+//!   `no-store` and `only-if-cached`), with `Age` and
 //!   `Cache-Status: redis-layers; hit; ttl=<seconds left>`; or a 304 when
 //!   its `If-None-Match` (else `If-Modified-Since`) matches the stored
 //!   response, with the fields RFC 9110 §15.4.5 lists.
@@ -182,7 +185,7 @@
 //! | miss | 1 `GET`, 1 `SET ... NX` (the fill lease), then in the background 1 write after the body when stored (`SET ... PX`, pipelined with `SADD`/`PEXPIRE` per tag) and 1 script giving the lease up (only for its holder) |
 //! | miss while another instance fills | 1 `GET`, 1 `SET ... NX`, then `GET` + `EXISTS` every 25 ms until the entry is there |
 //! | revalidation (304) | 1 `GET`, then 1 write |
-//! | request `no-cache` | 0 before the handler, 1 write when stored |
+//! | request `no-cache` (with `RequestDirectives::Honour`) | 0 before the handler, 1 write when stored |
 //! | hit in the local tier | 0 |
 //! | unsafe method | 1 `GET` (the generation), 1 `DEL` per invalidated URI (per generation, when this instance knew an older one), 1 `PUBLISH` |
 //! | purge a tag | `SMEMBERS`, then one pipeline of `DEL`s and `SREM`, 1 `PUBLISH` |
@@ -228,6 +231,7 @@ mod policy;
 pub mod store;
 
 pub use body::CacheBody;
+pub use directives::RequestDirectives;
 pub use layer::{
     Cache, CacheLayer, CacheLayerBuilder, Purger, ResponseFuture, DEFAULT_COALESCE_WAIT,
     DEFAULT_GENERATION_REFRESH, DEFAULT_KEEP_STALE, DEFAULT_MAX_BODY, DEFAULT_NAME,

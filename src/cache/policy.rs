@@ -250,12 +250,15 @@ pub(crate) fn usable(entry: &Entry, age: u64, req: &Directives) -> Result<(), Un
     if req.no_cache {
         return Err(Unusable::Request);
     }
-    if req.max_age.is_some_and(|s| age > s.saturating_mul(1000)) {
+    // Ages and lifetimes compare in whole seconds, as RFC 9111 counts them
+    // (§1.2.2): an entry stored 1 ms ago is 0 seconds old, so `max-age=0`
+    // accepts it.
+    if req.max_age.is_some_and(|s| age / 1000 > s) {
         return Err(Unusable::Request);
     }
     if req
         .min_fresh
-        .is_some_and(|s| entry.lifetime - age < s.saturating_mul(1000))
+        .is_some_and(|s| (entry.lifetime - age) / 1000 < s)
     {
         return Err(Unusable::Request);
     }

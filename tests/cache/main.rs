@@ -18,7 +18,7 @@ use axum::response::IntoResponse;
 
 use axum::Router;
 use http_body_util::BodyExt;
-use redis_layers::cache::{CacheLayer, CacheLayerBuilder};
+use redis_layers::cache::{CacheLayer, CacheLayerBuilder, RequestDirectives};
 use tower::ServiceExt;
 
 use support::{Kind, TestBackend};
@@ -479,7 +479,7 @@ support::both_backends! { fixture;
     }
 
     a_local_copy_answers_conditionals_heads_and_narrowed_requests => |fx| {
-        let app = app(&fx, fx.builder().local_tier(10).build().unwrap());
+        let app = app(&fx, fx.builder().local_tier(10).request_directives(RequestDirectives::Honour).build().unwrap());
         get(&app, "/etag").await;
         fx.stored(1).await;
         answered_locally(&app, "/etag").await;
@@ -543,7 +543,7 @@ support::both_backends! { fixture;
         // The tier keeps the entry stored after expiry (or after a reload
         // with no-cache): every thread answers from it, not from its own
         // copy of the old one, and not from the store.
-        let app = app(&fx, fx.builder().local_tier(10).build().unwrap());
+        let app = app(&fx, fx.builder().local_tier(10).request_directives(RequestDirectives::Honour).build().unwrap());
         let until_on_all_tasks = |path: &'static str, want: String| {
             let app = app.clone();
             async move {
@@ -634,8 +634,25 @@ support::both_backends! { fixture;
         drop(b);
     }
 
-    request_directives_narrow_what_is_served => |fx| {
+    clients_cannot_bypass_the_cache_by_default => |fx| {
+        // A hard reload (no-cache), max-age=0, min-fresh: the stored
+        // response still answers, and the handler ran once.
         let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/fresh").await;
+        fx.stored(1).await;
+        for cc in ["no-cache", "max-age=0", "min-fresh=3600", "no-cache, max-age=0"] {
+            let r = send(&app, "GET", "/fresh", &[("cache-control", cc)]).await;
+            assert!(r.hit(), "{cc}: {}", r.cache_status());
+            assert_eq!(r.body, "/fresh #1");
+        }
+        // only-if-cached and no-store still count.
+        let r = send(&app, "GET", "/never-seen", &[("cache-control", "only-if-cached")]).await;
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(fx.runs(), 1);
+    }
+
+    request_directives_narrow_what_is_served => |fx| {
+        let app = app(&fx, fx.builder().request_directives(RequestDirectives::Honour).build().unwrap());
         get(&app, "/fresh").await;
         fx.stored(1).await;
         let r = send(&app, "GET", "/fresh", &[("cache-control", "no-cache")]).await;
