@@ -424,7 +424,16 @@ enum Found {
     Not(&'static str, Option<(Arc<Entry>, u64)>),
 }
 
-async fn find(config: &Config, key: &str, req: &HeaderMap, d: &Directives) -> Found {
+/// `since`: the request has waited on another request's fetch of this key
+/// since then (Unix ms); an entry stored after it satisfies the request's
+/// own directives (see [`usable_since`]).
+async fn find(
+    config: &Config,
+    key: &str,
+    req: &HeaderMap,
+    d: &Directives,
+    since: Option<u64>,
+) -> Found {
     let changes = config.local.as_ref().map(|l| l.changes());
     match config.store.lookup(key).await {
         Err(e) => {
@@ -439,7 +448,7 @@ async fn find(config: &Config, key: &str, req: &HeaderMap, d: &Directives) -> Fo
             }
             Some(entry) => {
                 let age = policy::age(&entry, SystemTime::now());
-                match policy::usable(&entry, age, d) {
+                match usable_since(&entry, age, d, since) {
                     Ok(()) => {
                         if let (Some(local), Some(changes)) = (&config.local, changes) {
                             local.keep(key, Entry::clone(&entry), changes);
@@ -452,6 +461,33 @@ async fn find(config: &Config, key: &str, req: &HeaderMap, d: &Directives) -> Fo
             }
         },
     }
+}
+
+/// Whether `entry` may answer a request with directives `d` ([`policy::usable`]),
+/// where an entry stored at or after `since` (the request waited on
+/// another request's fetch meanwhile) counts as validated: it is as fresh
+/// as asking the handler again would be, so a request's `no-cache` or
+/// `max-age=0` is met by the fetch it shared, and concurrent such requests
+/// run the handler once.
+fn usable_since(
+    entry: &Entry,
+    age: u64,
+    d: &Directives,
+    since: Option<u64>,
+) -> Result<(), Unusable> {
+    match since {
+        Some(since) if entry.stored_at >= since => {
+            policy::usable(entry, age, &Directives::default())
+        }
+        _ => policy::usable(entry, age, d),
+    }
+}
+
+/// Whether a stale `entry`, `age` ms old, may be served while it is
+/// refreshed in the background (RFC 5861 §3).
+fn serve_while_revalidating(entry: &Entry, age: u64) -> bool {
+    let strict = entry.flags & (MUST_REVALIDATE | NO_CACHE) != 0;
+    !strict && age.saturating_sub(entry.lifetime) < entry.swr
 }
 
 /// GET and HEAD: answer from the store when a stored response may be used,
@@ -525,7 +561,7 @@ where
     // Then the store.
     let mut first = None;
     if !session.personal() && !directives.no_cache {
-        match find(&config, &key, req.headers(), &directives).await {
+        match find(&config, &key, req.headers(), &directives, None).await {
             Found::Usable(entry, age) => {
                 return Ok(answer_read(&config, &key, entry, &req, age, ""));
             }
@@ -558,18 +594,23 @@ where
 {
     let is_get = req.method() == Method::GET;
     let method = req.method().clone();
-    let mut fwd = "request";
+    // When this request started to wait on another's fetch, if it does.
+    let arrived = policy::unix_ms(SystemTime::now());
+    let mut fwd;
     let mut stale = None;
     let mut flight = None;
     let mut lease = None;
     if session.personal() {
         fwd = "bypass";
-    } else if !directives.no_cache {
+    } else {
         let mut collapsed = false;
         loop {
             let found = match first.take() {
                 Some(found) => found,
-                None => find(&config, &key, req.headers(), &directives).await,
+                None => {
+                    let since = collapsed.then_some(arrived);
+                    find(&config, &key, req.headers(), &directives, since).await
+                }
             };
             match found {
                 Found::Usable(entry, age) => {
@@ -581,9 +622,19 @@ where
                     stale = found.map(|(entry, age)| (Arc::unwrap_or_clone(entry), age));
                 }
             }
-            // Coalesce only plain misses of GETs, and wait only once.
-            if collapsed || stale.is_some() || !is_get || fwd.contains("store-error") {
+            // Every way a GET reaches the handler (a miss, a stale entry,
+            // another variant, a request refusing the stored response)
+            // fetches once per key at a time: the others wait for it, once,
+            // then look again. Not when the store is failing (nothing to
+            // wait on), nor for a stale entry that may be served while it
+            // is refreshed (no one waits then).
+            if collapsed || !is_get || fwd.contains("store-error") {
                 break;
+            }
+            if let Some((entry, age)) = &stale {
+                if fwd == "stale" && serve_while_revalidating(entry, *age) {
+                    break;
+                }
             }
             match config.flights.join(&key) {
                 Role::Leader(guard) => {
@@ -598,8 +649,14 @@ where
                     {
                         Ok(true) => lease = Some(Lease::new(config.clone(), key.clone(), holder)),
                         Ok(false) => {
-                            let waited =
-                                wait_fill(&config, &key, req.headers(), &method, &directives);
+                            let waited = wait_fill(
+                                &config,
+                                &key,
+                                req.headers(),
+                                &method,
+                                &directives,
+                                arrived,
+                            );
                             if let Some(res) = waited.await {
                                 return Ok(res);
                             }
@@ -630,7 +687,7 @@ where
         let over = age.saturating_sub(entry.lifetime);
         let strict = entry.flags & (MUST_REVALIDATE | NO_CACHE) != 0;
         // RFC 5861 §3: serve it now, refresh in the background.
-        if is_get && fwd == "stale" && !strict && over < entry.swr {
+        if is_get && fwd == "stale" && serve_while_revalidating(&entry, age) {
             let mut ttl = itoa::Buffer::new();
             let params = [
                 "hit; ttl=",
@@ -642,6 +699,22 @@ where
             if config.refreshing.begin(&key, version) {
                 let config = config.clone();
                 tokio::spawn(async move {
+                    // One refresh across instances too: the fill lease.
+                    let holder = Lease::holder();
+                    let lease = match config
+                        .store
+                        .lease(&key, &holder, config.coalesce_wait)
+                        .await
+                    {
+                        Ok(true) => Some(Lease::new(config.clone(), key.clone(), holder)),
+                        Ok(false) => {
+                            // Another instance refreshes it; a request
+                            // after that one may try again if it fails.
+                            config.refreshing.failed(&key, version);
+                            return;
+                        }
+                        Err(_) => None,
+                    };
                     let request_headers = req.headers().clone();
                     // Only this cache's validators: a 304 must validate
                     // the stored entry, not whatever the client held.
@@ -652,7 +725,9 @@ where
                     let stale = validated.then_some(entry);
                     req.extensions_mut().insert(Purger::of(&config));
                     let replaced = match inner.call(req).await {
-                        Ok(res) => settle(&config, key.clone(), stale, &request_headers, res).await,
+                        Ok(res) => {
+                            settle(&config, key.clone(), stale, &request_headers, res, lease).await
+                        }
                         Err(_) => false,
                     };
                     if !replaced {
@@ -710,7 +785,13 @@ where
             let refreshed = refresh_headers(&config, entry, &head.headers, &request_headers);
             let params = format!(
                 "fwd=stale; fwd-status=304{}",
-                if store_refreshed(&config, &key, &refreshed, &request_headers, None) {
+                if store_refreshed(
+                    &config,
+                    &key,
+                    &refreshed,
+                    &request_headers,
+                    Waiting::miss(flight.take(), lease.take()),
+                ) {
                     "; stored"
                 } else {
                     ""
@@ -733,7 +814,7 @@ where
             res,
             storable,
             fwd,
-            Waiting::default(),
+            Waiting::miss(flight, lease),
         );
         return Ok(with_status(res, &config.name, &params));
     }
@@ -897,7 +978,7 @@ fn store_refreshed(
     key: &str,
     entry: &Entry,
     request_headers: &HeaderMap,
-    notify: Option<Written>,
+    waiting: Waiting,
 ) -> bool {
     let now = SystemTime::now();
     let Ok(keep) = policy::storable(
@@ -921,10 +1002,7 @@ fn store_refreshed(
         key.to_owned(),
         entry,
         Duration::from_millis(keep.retention),
-        Waiting {
-            notify,
-            ..Waiting::default()
-        },
+        waiting,
     );
     true
 }
@@ -1008,6 +1086,7 @@ async fn wait_fill<ResBody>(
     request: &HeaderMap,
     method: &Method,
     directives: &Directives,
+    since: u64,
 ) -> Option<Response<CacheBody<ResBody>>> {
     let until = tokio::time::Instant::now() + config.coalesce_wait;
     while tokio::time::Instant::now() < until {
@@ -1016,7 +1095,7 @@ async fn wait_fill<ResBody>(
         if let Some(entry) = raw.and_then(Entry::decode) {
             if entry.vary_hash == vary_hash(&entry.vary, request) {
                 let age = policy::age(&entry, SystemTime::now());
-                if policy::usable(&entry, age, directives).is_ok() {
+                if usable_since(&entry, age, directives, Some(since)).is_ok() {
                     let mut ttl = itoa::Buffer::new();
                     let params = ["hit; ttl=", ttl_of(&mut ttl, &entry, age), "; collapsed"];
                     return Some(respond_stored_to(
@@ -1183,24 +1262,26 @@ async fn settle<ResBody>(
     stale: Option<Entry>,
     request_headers: &HeaderMap,
     res: Response<ResBody>,
+    lease: Option<Lease>,
 ) -> bool
 where
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     let (tx, written) = tokio::sync::oneshot::channel();
+    let waiting = Waiting {
+        lease,
+        notify: Some(tx),
+        ..Waiting::default()
+    };
     if res.status() == StatusCode::NOT_MODIFIED {
         // Only a 304 to this cache's own validators refreshes the entry.
         let Some(entry) = stale else { return false };
         let refreshed = refresh_headers(config, entry, res.headers(), request_headers);
-        if !store_refreshed(config, &key, &refreshed, request_headers, Some(tx)) {
+        if !store_refreshed(config, &key, &refreshed, request_headers, waiting) {
             return false;
         }
         return written.await.unwrap_or(false);
     }
-    let waiting = Waiting {
-        notify: Some(tx),
-        ..Waiting::default()
-    };
     let (res, params) = settle_now(config, key, request_headers, res, true, "stale", waiting);
     if !params.ends_with("stored") {
         return false;

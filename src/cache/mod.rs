@@ -94,9 +94,13 @@
 //! - `must-revalidate`, `proxy-revalidate`, `s-maxage` and `no-cache`
 //!   forbid serving stale, as RFC 9111 §4.2.4 says.
 //!
-//! # Concurrent misses
+//! # Concurrent misses, stale entries and revalidations
 //!
-//! Concurrent misses of one key run the handler once, across instances:
+//! Every way a GET reaches the handler — a miss, a stale entry past its
+//! stale-while-revalidate window (revalidated when it has a validator),
+//! another `Vary` variant, or (with [`RequestDirectives::Honour`]) a
+//! request whose `no-cache` or `max-age` refuses the stored response —
+//! runs the handler once per key at a time, across instances:
 //! on each instance the first miss leads and the others wait for it in
 //! process; the leader then takes a short fill lease in the store (`SET
 //! ... NX PX`, [`coalesce_wait`](CacheLayerBuilder::coalesce_wait) long).
@@ -104,7 +108,11 @@
 //! entry every 25 ms until it is there (`Cache-Status: ...; collapsed`),
 //! the lease ends, or the wait is over. A response that may not be stored
 //! is never handed to anyone: its lease is given up at once, and the
-//! waiters ask the handler themselves.
+//! waiters ask the handler themselves. A waiter takes any entry stored
+//! after it arrived as the answer to its own request directives (it is
+//! as fresh as a fetch of its own would be): so 50 concurrent hard
+//! reloads of a page make one fetch, not 50. A stale-while-revalidate
+//! refresh takes the same fill lease, so one instance refreshes.
 //!
 //! # Invalidation and tags
 //!

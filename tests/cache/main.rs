@@ -169,6 +169,17 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 set("cache-control", "max-age=60");
             }
+            // Fresh for a second, slow to make, with a validator.
+            "/slow-short" => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                set("cache-control", "max-age=1");
+                set("etag", "\"s1\"");
+            }
+            // The same without a validator, past its window of staleness.
+            "/slow-stale" => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                set("cache-control", "max-age=1, stale-while-revalidate=1");
+            }
             "/tagged" => {
                 set("cache-control", "max-age=60");
                 set("cache-tag", "products, product-7");
@@ -497,6 +508,8 @@ support::both_backends! { fixture;
         // A request that allows no stored answer reaches the handler.
         let r = send(&app, "GET", "/etag", &[("cache-control", "no-cache")]).await;
         assert!(!r.cache_status().contains("detail=local"), "{}", r.cache_status());
+        // Its write done (a request meanwhile would share its fetch).
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let r = send(&app, "GET", "/etag", &[("cache-control", "min-fresh=3600")]).await;
         assert!(!r.hit(), "{}", r.cache_status());
         assert_eq!(fx.runs(), 3);
@@ -663,6 +676,8 @@ support::both_backends! { fixture;
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         let r = send(&app, "GET", "/fresh", &[("cache-control", "max-age=0")]).await;
         assert!(r.cache_status().contains("fwd=request"), "{}", r.cache_status());
+        // Its write done (a request meanwhile would share its fetch).
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let r = send(&app, "GET", "/fresh", &[("cache-control", "min-fresh=3600")]).await;
         assert!(!r.hit());
         let r = send(&app, "GET", "/fresh", &[("cache-control", "max-age=3600, min-fresh=1")]).await;
@@ -929,6 +944,80 @@ support::both_backends! { fixture;
         }
         assert_eq!(fx.runs(), 1, "50 misses on 2 instances, one fill lease");
         assert_eq!(collapsed, 49);
+    }
+
+    concurrent_requests_on_a_stale_entry_run_the_handler_once => |fx| {
+        // Stale, no stale-while-revalidate window left: 50 requests on two
+        // instances run the handler once (a revalidation here), not 50 times.
+        for path in ["/slow-short", "/slow-stale"] {
+            let a = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+            let b = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+            get(&a, path).await;
+            fx.stored(1).await;
+            let before = fx.runs();
+            tokio::time::sleep(Duration::from_millis(2_100)).await;
+            let mut tasks = Vec::new();
+            for i in 0..50 {
+                let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tasks.push(tokio::spawn(async move { get(&app, path).await }));
+            }
+            for t in tasks {
+                let r = t.await.unwrap();
+                assert_eq!(r.status, StatusCode::OK, "{path}");
+            }
+            assert_eq!(fx.runs() - before, 1, "{path}: 50 stale requests on 2 instances");
+            let purger = CacheLayer::new(fx.tb.backend.clone()).purger();
+            purger.purge_all().await.unwrap();
+        }
+    }
+
+    a_stale_while_revalidate_refresh_runs_once_across_instances => |fx| {
+        let a = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let b = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&a, "/swr").await;
+        fx.stored(1).await;
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move { get(&app, "/swr").await }));
+        }
+        for t in tasks {
+            // Served stale, or fresh once the refresh landed: a hit.
+            let r = t.await.unwrap();
+            assert!(r.hit(), "{}", r.cache_status());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(fx.runs(), 2, "one refresh for both instances");
+    }
+
+    concurrent_no_cache_requests_share_one_fetch_when_honoured => |fx| {
+        let a = app(&fx, fx.builder().request_directives(RequestDirectives::Honour).build().unwrap());
+        let b = app(&fx, fx.builder().request_directives(RequestDirectives::Honour).build().unwrap());
+        get(&a, "/slow").await;
+        fx.stored(1).await;
+        for cc in ["no-cache", "max-age=0"] {
+            // An entry a second old: refused by either directive.
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            let before = fx.runs();
+            let mut tasks = Vec::new();
+            for i in 0..50 {
+                let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tasks.push(tokio::spawn(async move {
+                    send(&app, "GET", "/slow", &[("cache-control", cc)]).await
+                }));
+            }
+            for t in tasks {
+                assert_eq!(t.await.unwrap().status, StatusCode::OK);
+            }
+            // One coalescing window: the first request fetches, the others
+            // take what it stored after they arrived.
+            assert_eq!(fx.runs() - before, 1, "{cc}: 50 requests, one fetch");
+            // Later, the next one fetches again: the request is honoured.
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            let r = send(&a, "GET", "/slow", &[("cache-control", cc)]).await;
+            assert!(!r.hit(), "{cc}: {}", r.cache_status());
+        }
     }
 
     a_fill_that_is_not_stored_frees_the_waiters_at_once => |fx| {
