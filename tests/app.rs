@@ -705,6 +705,130 @@ mod process {
         );
     }
 
+    /// A resident set size from `/proc/<pid>/status`, in bytes.
+    #[cfg(target_os = "linux")]
+    fn rss(pid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .expect("VmRSS in /proc/<pid>/status");
+        let kib: u64 = line
+            .trim_start_matches("VmRSS:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kib * 1024
+    }
+
+    /// A failed login to the app on `port`, sent from the loopback
+    /// address `from` (each address has its own login budget); its status.
+    #[cfg(target_os = "linux")]
+    async fn failed_login(port: u16, from: std::net::Ipv4Addr, user: &str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        let mut stream = socket
+            .connect((std::net::Ipv4Addr::LOCALHOST, port).into())
+            .await
+            .unwrap();
+        let body = format!("user={user}&password=not-the-password");
+        let request = format!(
+            "POST /login HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await.unwrap();
+        let reply = String::from_utf8_lossy(&reply);
+        reply
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP reply: {reply:?}"))
+    }
+
+    /// Each password check needs 19 MiB for Argon2 and at most a few run
+    /// at once; failed logins from many addresses (each under its own
+    /// login limit, each a different unknown user name, so every one
+    /// hashes) must not leave the process holding memory far past that.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_logins_keep_memory_near_the_argon2_bound() {
+        let port = {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            free.local_addr().unwrap().port()
+        };
+        // Killed however the test ends.
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut child = Kill(
+            app()
+                .env("PORT", port.to_string())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id();
+        let started = Instant::now();
+        loop {
+            assert!(child.0.try_wait().unwrap().is_none(), "the app exited");
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the app did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The demo users' hashes are made at the first login: before the
+        // baseline.
+        let warm_up = failed_login(port, std::net::Ipv4Addr::new(127, 0, 0, 1), "warm-up").await;
+        assert_eq!(warm_up, 401);
+        let before = rss(pid);
+
+        let logins: Vec<_> = (0..100u8)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let from = std::net::Ipv4Addr::new(127, 0, 1, i);
+                    failed_login(port, from, &format!("nobody-{i}")).await
+                })
+            })
+            .collect();
+        for login in logins {
+            let status = tokio::time::timeout(Duration::from_secs(120), login)
+                .await
+                .expect("the logins finish")
+                .unwrap();
+            assert_eq!(status, 401, "each login is checked, none rate-limited");
+        }
+        let after = rss(pid);
+        let grown = after.saturating_sub(before);
+        const MIB: u64 = 1024 * 1024;
+        assert!(
+            grown < 128 * MIB,
+            "100 failed logins grew the app from {} MiB to {} MiB",
+            before / MIB,
+            after / MIB
+        );
+        drop(child);
+    }
+
     #[test]
     fn sigterm_stops_it_gracefully_and_logs_carry_no_colour_codes() {
         let port = {

@@ -452,9 +452,11 @@ async fn login(
         Err(e) => tracing::warn!(error = %e, "login limit unavailable"),
     }
     // Argon2 is slow on purpose (and takes 19 MiB): off the async workers,
-    // a few at a time, so a burst of logins cannot exhaust memory.
-    static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-    let Ok(_permit) = HASHING.acquire().await else {
+    // a few at a time, each in one of as many reused buffers, so a burst
+    // of logins cannot exhaust memory.
+    static HASHING: tokio::sync::Semaphore =
+        tokio::sync::Semaphore::const_new(users::MAX_CONCURRENT_CHECKS);
+    let Ok(permit) = HASHING.acquire().await else {
         return views::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "Try again",
@@ -462,8 +464,13 @@ async fn login(
         );
     };
     let (name, password) = (user.to_owned(), form.password);
-    let verified = match tokio::task::spawn_blocking(move || users::verify(&name, &password)).await
-    {
+    // The permit goes with the check: a client that leaves mid-check does
+    // not free its place (and buffer) before the hashing is over.
+    let check = move || {
+        let _permit = permit;
+        users::verify(&name, &password)
+    };
+    let verified = match tokio::task::spawn_blocking(check).await {
         Ok(verified) => verified,
         Err(e) => {
             tracing::error!(error = %e, "password check failed");
