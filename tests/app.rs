@@ -318,6 +318,89 @@ async fn two_instances_share_one_redis() {
     assert_eq!(statuses.last(), Some(&429));
 }
 
+/// Asserts `r` is the store-failure problem with `status`, `no-store`, not
+/// stored by the cache, and without `wrong` (the catalogue's default price).
+#[track_caller]
+fn price_failure(r: &support::http::Reply, status: u16, wrong: &str, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.body);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{what}"
+    );
+    assert_eq!(r.header("cache-control"), Some("no-store"), "{what}");
+    let cache_status = r.header("cache-status").unwrap_or_default();
+    assert!(!cache_status.contains("stored"), "{what}: {cache_status}");
+    assert!(
+        !r.body.contains(wrong),
+        "{what} shows the default price: {}",
+        r.body
+    );
+}
+
+/// A price the store answers with an error for (a hash where the price
+/// string belongs: `GET` fails with WRONGTYPE) is a 500 problem, never the
+/// catalogue's default price; nothing is cached, so once the key holds a
+/// price again the pages show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_price_is_an_error_and_nothing_is_cached() {
+    let tb = TestBackend::new(Kind::Redis);
+    let addr = serve(tb.backend.clone()).await;
+    let key = tb.backend.namespace().key(&["shop", "price", "2"]);
+    let _: i64 = tb.server().cmd(&["HSET", &key, "cents", "555"]);
+    let mut c = Client::new(addr);
+    for path in ["/products/2", "/products"] {
+        for attempt in 1..=2 {
+            let r = c.get(path).await;
+            price_failure(&r, 500, "3.20", &format!("{path}, attempt {attempt}"));
+        }
+    }
+    let _: i64 = tb.server().cmd(&["DEL", &key]);
+    let _: String = tb.server().cmd(&["SET", &key, "555"]);
+    for path in ["/products/2", "/products"] {
+        let r = c.get(path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert!(r.body.contains("5.55"), "{path}: {}", r.body);
+        assert!(!r.body.contains("3.20"), "{path}: {}", r.body);
+    }
+}
+
+/// With Redis down, the product pages are a 503 problem (the client may
+/// retry; the cache layer would serve its last good page if it had a
+/// stale one), never the default price; back up, they show the stored one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_read_with_redis_down_is_a_503() {
+    let mut tb = TestBackend::with_deadline(Kind::Redis, std::time::Duration::from_millis(300));
+    let addr = serve(tb.backend.clone()).await;
+    let key = tb.backend.namespace().key(&["shop", "price", "3"]);
+    let mut c = Client::new(addr);
+    tb.server.as_mut().unwrap().kill();
+    for path in ["/products/3", "/products"] {
+        let r = c.get(path).await;
+        price_failure(&r, 503, "8.90", path);
+    }
+    // Back up, empty, with a price stored for product 3.
+    tb.server.as_mut().unwrap().restart();
+    let _: String = tb.server().cmd(&["SET", &key, "999"]);
+    let started = std::time::Instant::now();
+    for path in ["/products/3", "/products"] {
+        loop {
+            let r = c.get(path).await;
+            if r.status == 200 {
+                assert!(r.body.contains("9.99"), "{path}: {}", r.body);
+                assert!(!r.body.contains("8.90"), "{path}: {}", r.body);
+                break;
+            }
+            price_failure(&r, 503, "8.90", path);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{path} still fails after Redis is back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Asserts `r` is a client error in the form its route promises: a small
 /// HTML page (pages) or problem+json (the API), never markup it was sent.
 #[track_caller]

@@ -13,7 +13,7 @@ use redis_layers::cache::{CacheLayer, Purger};
 use redis_layers::idempotency::{FencingToken, IdempotencyLayer, Scope};
 use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
 use redis_layers::session::{Session, SessionError, SessionLayer};
-use redis_layers::{Backend, Problem};
+use redis_layers::{Backend, ErrorKind, Problem};
 use serde::Deserialize;
 
 #[path = "users.rs"]
@@ -254,14 +254,32 @@ fn price_key(backend: &Backend, id: u32) -> String {
     backend.namespace().key(&["shop", "price", &id.to_string()])
 }
 
-async fn price(backend: &Backend, id: u32, default: u64) -> u64 {
-    match backend.get(&price_key(backend, id)).await {
-        Ok(Some(raw)) => std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default),
-        _ => default,
-    }
+/// A product's price in cents: the stored one, else the catalogue's
+/// `default` while none is stored. A failed read (or a stored value that
+/// is no price) is an error, never the default: a page with a made-up
+/// price would be cached and shown to everyone.
+async fn price(backend: &Backend, id: u32, default: u64) -> Result<u64, redis_layers::Error> {
+    let Some(raw) = backend.get(&price_key(backend, id)).await? else {
+        return Ok(default);
+    };
+    std::str::from_utf8(&raw)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            redis_layers::Error::new(
+                ErrorKind::Decode,
+                format!("the stored price of product {id} is not a number"),
+            )
+        })
+}
+
+/// A public page that could not read its prices: the store-failure
+/// problem (503 when the store is unreachable, 500 when it answered with
+/// an error), `no-store`. The cache layer stores nothing and, within its
+/// stale-if-error window, answers with the last good page instead.
+fn prices_unavailable(error: &redis_layers::Error) -> Response {
+    tracing::error!(error = %error, "prices not read");
+    Problem::store_failure("price", error).into_response()
 }
 
 fn euros(cents: u64) -> String {
@@ -304,7 +322,10 @@ async fn products(State(backend): State<Backend>, uri: Uri) -> Response {
     }
     let mut rows = Vec::new();
     for (id, name, default) in PRODUCTS {
-        let price = euros(price(&backend, id, default).await);
+        let price = match price(&backend, id, default).await {
+            Ok(cents) => euros(cents),
+            Err(e) => return prices_unavailable(&e),
+        };
         rows.push(views::ProductRow { id, name, price });
     }
     public("products".to_owned(), views::products(&rows))
@@ -334,7 +355,10 @@ async fn product(
     let Some((id, name, default)) = find_product(id) else {
         return no_such_product();
     };
-    let cents = price(&backend, id, default).await;
+    let cents = match price(&backend, id, default).await {
+        Ok(cents) => cents,
+        Err(e) => return prices_unavailable(&e),
+    };
     public(
         format!("products, product-{id}"),
         views::product(id, name, &euros(cents)),
