@@ -318,6 +318,67 @@ async fn two_instances_share_one_redis() {
     assert_eq!(statuses.last(), Some(&429));
 }
 
+/// Other spellings of a product page's URL (the id zero-padded, signed,
+/// percent-encoded; a query) are sent to the canonical path with a 308
+/// that is not stored: the cache holds one entry for the product however
+/// many spellings clients make up.
+async fn one_cache_entry_per_product(kind: Kind) {
+    let tb = TestBackend::new(kind);
+    let addr = serve(tb.backend.clone()).await;
+    let mut c = Client::new(addr);
+    let entries = || tb.keys("cache:*:e");
+    let r = c.get("/products/1").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let started = std::time::Instant::now();
+    while entries().is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let spellings = [
+        "/products/01",
+        "/products/001",
+        "/products/+1",
+        "/products/%31",
+        "/products/0000000001",
+        "/products/%2B01",
+        "/products/01?utm=x",
+    ];
+    for spelling in spellings {
+        for attempt in 1..=2 {
+            let r = c.get(spelling).await;
+            let what = format!("{spelling}, attempt {attempt}");
+            assert_eq!(r.status, 308, "{what}: {}", r.body);
+            assert_eq!(r.header("location"), Some("/products/1"), "{what}");
+            assert_eq!(r.header("cache-control"), Some("no-store"), "{what}");
+            let cache_status = r.header("cache-status").unwrap_or_default();
+            assert!(
+                !cache_status.contains("stored") && !cache_status.contains("hit"),
+                "{what}: {cache_status}"
+            );
+        }
+    }
+    // Unknown ids stay 404s, however written.
+    for path in ["/products/04", "/products/+0", "/products/%34"] {
+        assert_eq!(c.get(path).await.status, 404, "{path}");
+    }
+    // A copy stored late would show here (stores finish after the reply).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(entries().len(), 1, "one entry: {:?}", entries());
+    let r = c.get("/products/1").await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cache_entry_per_product_on_redis() {
+    one_cache_entry_per_product(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cache_entry_per_product_on_memory() {
+    one_cache_entry_per_product(Kind::Memory).await;
+}
+
 /// Asserts `r` is the store-failure problem with `status`, `no-store`, not
 /// stored by the cache, and without `wrong` (the catalogue's default price).
 #[track_caller]

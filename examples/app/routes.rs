@@ -303,21 +303,27 @@ fn public(tags: String, page: maud::Markup) -> Response {
         .into_response()
 }
 
-/// The shop's pages take no query: one with a query is sent to the bare
-/// path (and not stored), so made-up queries cannot fill the cache.
-fn without_query(uri: &Uri) -> Option<Response> {
-    uri.query()?;
+/// The shop's pages answer at one spelling of their URL, `canonical`: the
+/// cache keys by the URL as sent, so a query, or an id written another way
+/// (`/products/01`, `/products/+1`, `/products/%31`, all 1 to `Path<u32>`),
+/// would each store a copy. Any other spelling gets a permanent redirect
+/// to `canonical` (not stored), before any work; links written so still
+/// work.
+fn redirect_to_canonical(uri: &Uri, canonical: &str) -> Option<Response> {
+    if uri.path() == canonical && uri.query().is_none() {
+        return None;
+    }
     Some(
         (
             [(header::CACHE_CONTROL, "no-store")],
-            Redirect::permanent(uri.path()),
+            Redirect::permanent(canonical),
         )
             .into_response(),
     )
 }
 
 async fn products(State(backend): State<Backend>, uri: Uri) -> Response {
-    if let Some(redirect) = without_query(&uri) {
+    if let Some(redirect) = redirect_to_canonical(&uri, "/products") {
         return redirect;
     }
     let mut rows = Vec::new();
@@ -349,12 +355,12 @@ async fn product(
     uri: Uri,
     id: Result<Path<u32>, PathRejection>,
 ) -> Response {
-    if let Some(redirect) = without_query(&uri) {
-        return redirect;
-    }
     let Some((id, name, default)) = find_product(id) else {
         return no_such_product();
     };
+    if let Some(redirect) = redirect_to_canonical(&uri, &format!("/products/{id}")) {
+        return redirect;
+    }
     let cents = match price(&backend, id, default).await {
         Ok(cents) => cents,
         Err(e) => return prices_unavailable(&e),
