@@ -318,6 +318,150 @@ async fn two_instances_share_one_redis() {
     assert_eq!(statuses.last(), Some(&429));
 }
 
+/// Other spellings of a product page's URL (the id zero-padded, signed,
+/// percent-encoded; a query) are sent to the canonical path with a 308
+/// that is not stored: the cache holds one entry for the product however
+/// many spellings clients make up.
+async fn one_cache_entry_per_product(kind: Kind) {
+    let tb = TestBackend::new(kind);
+    let addr = serve(tb.backend.clone()).await;
+    let mut c = Client::new(addr);
+    let entries = || tb.keys("cache:*:e");
+    let r = c.get("/products/1").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let started = std::time::Instant::now();
+    while entries().is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let spellings = [
+        "/products/01",
+        "/products/001",
+        "/products/+1",
+        "/products/%31",
+        "/products/0000000001",
+        "/products/%2B01",
+        "/products/01?utm=x",
+    ];
+    for spelling in spellings {
+        for attempt in 1..=2 {
+            let r = c.get(spelling).await;
+            let what = format!("{spelling}, attempt {attempt}");
+            assert_eq!(r.status, 308, "{what}: {}", r.body);
+            assert_eq!(r.header("location"), Some("/products/1"), "{what}");
+            assert_eq!(r.header("cache-control"), Some("no-store"), "{what}");
+            let cache_status = r.header("cache-status").unwrap_or_default();
+            assert!(
+                !cache_status.contains("stored") && !cache_status.contains("hit"),
+                "{what}: {cache_status}"
+            );
+        }
+    }
+    // Unknown ids stay 404s, however written.
+    for path in ["/products/04", "/products/+0", "/products/%34"] {
+        assert_eq!(c.get(path).await.status, 404, "{path}");
+    }
+    // A copy stored late would show here (stores finish after the reply).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(entries().len(), 1, "one entry: {:?}", entries());
+    let r = c.get("/products/1").await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cache_entry_per_product_on_redis() {
+    one_cache_entry_per_product(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cache_entry_per_product_on_memory() {
+    one_cache_entry_per_product(Kind::Memory).await;
+}
+
+/// Asserts `r` is the store-failure problem with `status`, `no-store`, not
+/// stored by the cache, and without `wrong` (the catalogue's default price).
+#[track_caller]
+fn price_failure(r: &support::http::Reply, status: u16, wrong: &str, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.body);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{what}"
+    );
+    assert_eq!(r.header("cache-control"), Some("no-store"), "{what}");
+    let cache_status = r.header("cache-status").unwrap_or_default();
+    assert!(!cache_status.contains("stored"), "{what}: {cache_status}");
+    assert!(
+        !r.body.contains(wrong),
+        "{what} shows the default price: {}",
+        r.body
+    );
+}
+
+/// A price the store answers with an error for (a hash where the price
+/// string belongs: `GET` fails with WRONGTYPE) is a 500 problem, never the
+/// catalogue's default price; nothing is cached, so once the key holds a
+/// price again the pages show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_price_is_an_error_and_nothing_is_cached() {
+    let tb = TestBackend::new(Kind::Redis);
+    let addr = serve(tb.backend.clone()).await;
+    let key = tb.backend.namespace().key(&["shop", "price", "2"]);
+    let _: i64 = tb.server().cmd(&["HSET", &key, "cents", "555"]);
+    let mut c = Client::new(addr);
+    for path in ["/products/2", "/products"] {
+        for attempt in 1..=2 {
+            let r = c.get(path).await;
+            price_failure(&r, 500, "3.20", &format!("{path}, attempt {attempt}"));
+        }
+    }
+    let _: i64 = tb.server().cmd(&["DEL", &key]);
+    let _: String = tb.server().cmd(&["SET", &key, "555"]);
+    for path in ["/products/2", "/products"] {
+        let r = c.get(path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert!(r.body.contains("5.55"), "{path}: {}", r.body);
+        assert!(!r.body.contains("3.20"), "{path}: {}", r.body);
+    }
+}
+
+/// With Redis down, the product pages are a 503 problem (the client may
+/// retry; the cache layer would serve its last good page if it had a
+/// stale one), never the default price; back up, they show the stored one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_read_with_redis_down_is_a_503() {
+    let mut tb = TestBackend::with_deadline(Kind::Redis, std::time::Duration::from_millis(300));
+    let addr = serve(tb.backend.clone()).await;
+    let key = tb.backend.namespace().key(&["shop", "price", "3"]);
+    let mut c = Client::new(addr);
+    tb.server.as_mut().unwrap().kill();
+    for path in ["/products/3", "/products"] {
+        let r = c.get(path).await;
+        price_failure(&r, 503, "8.90", path);
+    }
+    // Back up, empty, with a price stored for product 3.
+    tb.server.as_mut().unwrap().restart();
+    let _: String = tb.server().cmd(&["SET", &key, "999"]);
+    let started = std::time::Instant::now();
+    for path in ["/products/3", "/products"] {
+        loop {
+            let r = c.get(path).await;
+            if r.status == 200 {
+                assert!(r.body.contains("9.99"), "{path}: {}", r.body);
+                assert!(!r.body.contains("8.90"), "{path}: {}", r.body);
+                break;
+            }
+            price_failure(&r, 503, "8.90", path);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{path} still fails after Redis is back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Asserts `r` is a client error in the form its route promises: a small
 /// HTML page (pages) or problem+json (the API), never markup it was sent.
 #[track_caller]
@@ -703,6 +847,130 @@ mod process {
             err.trim(),
             format!("error: port {port} on 127.0.0.1 is already in use: set PORT to another")
         );
+    }
+
+    /// A resident set size from `/proc/<pid>/status`, in bytes.
+    #[cfg(target_os = "linux")]
+    fn rss(pid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .expect("VmRSS in /proc/<pid>/status");
+        let kib: u64 = line
+            .trim_start_matches("VmRSS:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kib * 1024
+    }
+
+    /// A failed login to the app on `port`, sent from the loopback
+    /// address `from` (each address has its own login budget); its status.
+    #[cfg(target_os = "linux")]
+    async fn failed_login(port: u16, from: std::net::Ipv4Addr, user: &str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        let mut stream = socket
+            .connect((std::net::Ipv4Addr::LOCALHOST, port).into())
+            .await
+            .unwrap();
+        let body = format!("user={user}&password=not-the-password");
+        let request = format!(
+            "POST /login HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await.unwrap();
+        let reply = String::from_utf8_lossy(&reply);
+        reply
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP reply: {reply:?}"))
+    }
+
+    /// Each password check needs 19 MiB for Argon2 and at most a few run
+    /// at once; failed logins from many addresses (each under its own
+    /// login limit, each a different unknown user name, so every one
+    /// hashes) must not leave the process holding memory far past that.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_logins_keep_memory_near_the_argon2_bound() {
+        let port = {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            free.local_addr().unwrap().port()
+        };
+        // Killed however the test ends.
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut child = Kill(
+            app()
+                .env("PORT", port.to_string())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id();
+        let started = Instant::now();
+        loop {
+            assert!(child.0.try_wait().unwrap().is_none(), "the app exited");
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the app did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The demo users' hashes are made at the first login: before the
+        // baseline.
+        let warm_up = failed_login(port, std::net::Ipv4Addr::new(127, 0, 0, 1), "warm-up").await;
+        assert_eq!(warm_up, 401);
+        let before = rss(pid);
+
+        let logins: Vec<_> = (0..100u8)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let from = std::net::Ipv4Addr::new(127, 0, 1, i);
+                    failed_login(port, from, &format!("nobody-{i}")).await
+                })
+            })
+            .collect();
+        for login in logins {
+            let status = tokio::time::timeout(Duration::from_secs(120), login)
+                .await
+                .expect("the logins finish")
+                .unwrap();
+            assert_eq!(status, 401, "each login is checked, none rate-limited");
+        }
+        let after = rss(pid);
+        let grown = after.saturating_sub(before);
+        const MIB: u64 = 1024 * 1024;
+        assert!(
+            grown < 128 * MIB,
+            "100 failed logins grew the app from {} MiB to {} MiB",
+            before / MIB,
+            after / MIB
+        );
+        drop(child);
     }
 
     #[test]

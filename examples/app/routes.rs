@@ -13,7 +13,7 @@ use redis_layers::cache::{CacheLayer, Purger};
 use redis_layers::idempotency::{Fence, IdempotencyLayer, Scope};
 use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
 use redis_layers::session::{Session, SessionError, SessionLayer};
-use redis_layers::{Backend, Problem};
+use redis_layers::{Backend, ErrorKind, Problem};
 use serde::Deserialize;
 
 #[path = "users.rs"]
@@ -254,14 +254,32 @@ fn price_key(backend: &Backend, id: u32) -> String {
     backend.namespace().key(&["shop", "price", &id.to_string()])
 }
 
-async fn price(backend: &Backend, id: u32, default: u64) -> u64 {
-    match backend.get(&price_key(backend, id)).await {
-        Ok(Some(raw)) => std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default),
-        _ => default,
-    }
+/// A product's price in cents: the stored one, else the catalogue's
+/// `default` while none is stored. A failed read (or a stored value that
+/// is no price) is an error, never the default: a page with a made-up
+/// price would be cached and shown to everyone.
+async fn price(backend: &Backend, id: u32, default: u64) -> Result<u64, redis_layers::Error> {
+    let Some(raw) = backend.get(&price_key(backend, id)).await? else {
+        return Ok(default);
+    };
+    std::str::from_utf8(&raw)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            redis_layers::Error::new(
+                ErrorKind::Decode,
+                format!("the stored price of product {id} is not a number"),
+            )
+        })
+}
+
+/// A public page that could not read its prices: the store-failure
+/// problem (503 when the store is unreachable, 500 when it answered with
+/// an error), `no-store`. The cache layer stores nothing and, within its
+/// stale-if-error window, answers with the last good page instead.
+fn prices_unavailable(error: &redis_layers::Error) -> Response {
+    tracing::error!(error = %error, "prices not read");
+    Problem::store_failure("price", error).into_response()
 }
 
 fn euros(cents: u64) -> String {
@@ -285,26 +303,35 @@ fn public(tags: String, page: maud::Markup) -> Response {
         .into_response()
 }
 
-/// The shop's pages take no query: one with a query is sent to the bare
-/// path (and not stored), so made-up queries cannot fill the cache.
-fn without_query(uri: &Uri) -> Option<Response> {
-    uri.query()?;
+/// The shop's pages answer at one spelling of their URL, `canonical`: the
+/// cache keys by the URL as sent, so a query, or an id written another way
+/// (`/products/01`, `/products/+1`, `/products/%31`, all 1 to `Path<u32>`),
+/// would each store a copy. Any other spelling gets a permanent redirect
+/// to `canonical` (not stored), before any work; links written so still
+/// work.
+fn redirect_to_canonical(uri: &Uri, canonical: &str) -> Option<Response> {
+    if uri.path() == canonical && uri.query().is_none() {
+        return None;
+    }
     Some(
         (
             [(header::CACHE_CONTROL, "no-store")],
-            Redirect::permanent(uri.path()),
+            Redirect::permanent(canonical),
         )
             .into_response(),
     )
 }
 
 async fn products(State(backend): State<Backend>, uri: Uri) -> Response {
-    if let Some(redirect) = without_query(&uri) {
+    if let Some(redirect) = redirect_to_canonical(&uri, "/products") {
         return redirect;
     }
     let mut rows = Vec::new();
     for (id, name, default) in PRODUCTS {
-        let price = euros(price(&backend, id, default).await);
+        let price = match price(&backend, id, default).await {
+            Ok(cents) => euros(cents),
+            Err(e) => return prices_unavailable(&e),
+        };
         rows.push(views::ProductRow { id, name, price });
     }
     public("products".to_owned(), views::products(&rows))
@@ -328,13 +355,16 @@ async fn product(
     uri: Uri,
     id: Result<Path<u32>, PathRejection>,
 ) -> Response {
-    if let Some(redirect) = without_query(&uri) {
-        return redirect;
-    }
     let Some((id, name, default)) = find_product(id) else {
         return no_such_product();
     };
-    let cents = price(&backend, id, default).await;
+    if let Some(redirect) = redirect_to_canonical(&uri, &format!("/products/{id}")) {
+        return redirect;
+    }
+    let cents = match price(&backend, id, default).await {
+        Ok(cents) => cents,
+        Err(e) => return prices_unavailable(&e),
+    };
     public(
         format!("products, product-{id}"),
         views::product(id, name, &euros(cents)),
@@ -452,9 +482,11 @@ async fn login(
         Err(e) => tracing::warn!(error = %e, "login limit unavailable"),
     }
     // Argon2 is slow on purpose (and takes 19 MiB): off the async workers,
-    // a few at a time, so a burst of logins cannot exhaust memory.
-    static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-    let Ok(_permit) = HASHING.acquire().await else {
+    // a few at a time, each in one of as many reused buffers, so a burst
+    // of logins cannot exhaust memory.
+    static HASHING: tokio::sync::Semaphore =
+        tokio::sync::Semaphore::const_new(users::MAX_CONCURRENT_CHECKS);
+    let Ok(permit) = HASHING.acquire().await else {
         return views::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "Try again",
@@ -462,8 +494,13 @@ async fn login(
         );
     };
     let (name, password) = (user.to_owned(), form.password);
-    let verified = match tokio::task::spawn_blocking(move || users::verify(&name, &password)).await
-    {
+    // The permit goes with the check: a client that leaves mid-check does
+    // not free its place (and buffer) before the hashing is over.
+    let check = move || {
+        let _permit = permit;
+        users::verify(&name, &password)
+    };
+    let verified = match tokio::task::spawn_blocking(check).await {
         Ok(verified) => verified,
         Err(e) => {
             tracing::error!(error = %e, "password check failed");

@@ -58,6 +58,17 @@
 //! variant per URL: another variant replaces it). Hop-by-hop headers,
 //! `Set-Cookie` and `Age` are never stored.
 //!
+//! The key is the URL as the client sent it: `/products/1`, `/products/01`
+//! and `/products/%31` are three keys, though a router may hand all three
+//! to one handler (axum's `Path<u32>` reads each as 1), and each answer is
+//! stored apart, so made-up spellings can fill the store. Keep keys
+//! canonical in the application: answer any other spelling (a padded or
+//! encoded id, a query the handler ignores, a `Host` it does not serve)
+//! with a permanent redirect to the canonical URL (308, `no-store`) or
+//! refuse it (404), before doing any work. The example app redirects.
+//! ([`sort_query`](CacheLayerBuilder::sort_query) only orders the query's
+//! parameters.)
+//!
 //! # What a request gets
 //!
 //! - A usable stored response (fresh, and, with
