@@ -41,10 +41,26 @@
 //! (default [`DEFAULT_MAX_ENTRIES`]). Expired keys vanish when next touched,
 //! and a background task (started when the backend is built inside a Tokio
 //! runtime) sweeps them every
-//! [`sweep_interval`](MemoryBackendBuilder::sweep_interval). When a new key
-//! would exceed the bound, expired keys go first, then the key closest to
-//! expiry (like Redis's `volatile-ttl` policy); if no key has a TTL the write
-//! fails with [`ErrorKind::Capacity`].
+//! [`sweep_interval`](MemoryBackendBuilder::sweep_interval).
+//!
+//! Any client can make the layers create keys (a counter per client
+//! address, a record per idempotency key, an entry per URL), so what may
+//! be evicted to make room depends on what a key holds, read from its name:
+//!
+//! | keys | share of `max_entries` | evicted |
+//! |---|---|---|
+//! | sessions and users' session lists | all of it | only to make room for another session (the one nearest expiry, so the least recently active) |
+//! | rate-limit counters | at most 1/4 | never: past the share a new counter is refused ([`ErrorKind::Capacity`], and the rule's store-failure policy applies), so no flood of made-up clients resets a login throttle |
+//! | idempotency records | at most 1/10 | never: past the share a new key is refused (503), so no flood of made-up keys makes a completed request run again |
+//! | cache entries and tags, and keys of your own | all of it | first, by any new key, nearest expiry first |
+//!
+//! When the keyspace is full, expired keys go first, then the disposable
+//! key closest to expiry (like Redis's `volatile-ttl` policy); when there
+//! is none (and, for a session, no other session with a TTL) the write
+//! fails with [`ErrorKind::Capacity`]. A flood of anonymous requests can
+//! therefore fill the cache's room and the two shares, but never evict a
+//! session. (With Redis, `maxmemory-policy` decides; use `volatile-ttl` or
+//! `noeviction` rather than an `allkeys-*` policy for the same guarantee.)
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -77,11 +93,73 @@ struct Entry {
     expires_at: Option<Instant>,
 }
 
+/// What a key holds, read from its name (the capability after the
+/// backend's prefix), and so how it may be evicted. See the module docs,
+/// "Bounds and expiry".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Sessions and users' session lists: evicted only to make room for
+    /// another session.
+    Session,
+    /// Rate-limit counters: never evicted; new ones refused past their
+    /// share.
+    RateLimit,
+    /// Idempotency records: never evicted; new ones refused past their
+    /// share.
+    Idempotency,
+    /// Cache entries, tags and the rest (keys of your own): evicted
+    /// first, by anyone.
+    Disposable,
+}
+
+impl Class {
+    const ALL: [Class; 4] = [
+        Class::Session,
+        Class::RateLimit,
+        Class::Idempotency,
+        Class::Disposable,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The class of `key` in the namespace `prefix`.
+    fn of(prefix: &str, key: &str) -> Class {
+        let capability = key
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .and_then(|rest| rest.split(':').next());
+        match capability {
+            Some("session" | "session-user") => Class::Session,
+            Some("rl") => Class::RateLimit,
+            Some("idem") => Class::Idempotency,
+            _ => Class::Disposable,
+        }
+    }
+
+    /// Most keys of this class: rate-limit counters and idempotency
+    /// records, which any client can create and which must not be evicted,
+    /// get a share of `max_entries`; the others are bounded by
+    /// `max_entries` alone.
+    fn cap(self, max_entries: usize) -> Option<usize> {
+        match self {
+            Class::RateLimit => Some((max_entries / 4).max(1)),
+            Class::Idempotency => Some((max_entries / 10).max(1)),
+            Class::Session | Class::Disposable => None,
+        }
+    }
+}
+
 /// The keyspace as seen inside one [`MemoryBackend::atomically`] call.
 pub struct Keyspace {
     entries: HashMap<String, Entry>,
-    expiries: BTreeSet<(Instant, String)>,
+    /// Keys with a TTL by expiry, one set per [`Class`].
+    expiries: [BTreeSet<(Instant, String)>; 4],
+    /// Keys per [`Class`], expired ones not yet swept included.
+    counts: [usize; 4],
     max_entries: usize,
+    prefix: Arc<str>,
     now: Instant,
     epoch: (SystemTime, Instant),
 }
@@ -96,15 +174,39 @@ impl fmt::Debug for Keyspace {
 }
 
 impl Keyspace {
-    fn new(max_entries: usize) -> Self {
+    fn new(max_entries: usize, prefix: &str) -> Self {
         let now = Instant::now();
         Keyspace {
             entries: HashMap::new(),
-            expiries: BTreeSet::new(),
+            expiries: Default::default(),
+            counts: [0; 4],
             max_entries,
+            prefix: Arc::from(prefix),
             now,
             epoch: (SystemTime::now(), now),
         }
+    }
+
+    fn class(&self, key: &str) -> Class {
+        Class::of(&self.prefix, key)
+    }
+
+    /// Inserts a key not present; keeps the counts and the expiry index.
+    fn insert_new(&mut self, key: &str, entry: Entry) {
+        let class = self.class(key);
+        if let Some(at) = entry.expires_at {
+            self.expiries[class.index()].insert((at, key.to_owned()));
+        }
+        self.counts[class.index()] += 1;
+        self.entries.insert(key.to_owned(), entry);
+    }
+
+    /// Removes a key, expired or not; keeps the counts and the index.
+    fn take(&mut self, key: &str) -> Option<Entry> {
+        self.unindex(key);
+        let entry = self.entries.remove(key)?;
+        self.counts[self.class(key).index()] -= 1;
+        Some(entry)
     }
 
     /// The wall-clock time at the backend's creation, since the Unix epoch.
@@ -137,11 +239,7 @@ impl Keyspace {
             self.remove(key);
             return true;
         }
-        self.unindex(key);
-        if let Some(entry) = self.entries.get_mut(key) {
-            entry.expires_at = Some(at);
-        }
-        self.expiries.insert((at, key.to_owned()));
+        self.reindex(key, at);
         true
     }
 
@@ -196,23 +294,18 @@ impl Keyspace {
     /// with `PX`, or without it when `ttl` is `None`).
     pub fn set(&mut self, key: &str, value: Value, ttl: Option<Duration>) -> Result<(), Error> {
         if !self.expire_if_due(key) {
-            self.make_room()?;
+            self.make_room(self.class(key))?;
         }
-        self.unindex(key);
+        self.take(key);
         let expires_at = ttl.map(|ttl| self.now + ttl);
-        if let Some(at) = expires_at {
-            self.expiries.insert((at, key.to_owned()));
-        }
-        self.entries
-            .insert(key.to_owned(), Entry { value, expires_at });
+        self.insert_new(key, Entry { value, expires_at });
         Ok(())
     }
 
     /// Removes `key`; returns its value if it was present and not expired.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
         let live = self.is_live(key);
-        self.unindex(key);
-        let entry = self.entries.remove(key)?;
+        let entry = self.take(key)?;
         live.then_some(entry.value)
     }
 
@@ -235,12 +328,8 @@ impl Keyspace {
         if !self.expire_if_due(key) {
             return false;
         }
-        self.unindex(key);
         let at = self.now + ttl;
-        if let Some(entry) = self.entries.get_mut(key) {
-            entry.expires_at = Some(at);
-        }
-        self.expiries.insert((at, key.to_owned()));
+        self.reindex(key, at);
         true
     }
 
@@ -264,13 +353,19 @@ impl Keyspace {
 
     /// Removes every expired key; returns how many.
     pub fn purge_expired(&mut self) -> usize {
+        Class::ALL
+            .iter()
+            .map(|class| self.purge_expired_of(*class))
+            .sum()
+    }
+
+    fn purge_expired_of(&mut self, class: Class) -> usize {
         let mut removed = 0;
-        while let Some((at, key)) = self.expiries.first().cloned() {
+        while let Some((at, key)) = self.expiries[class.index()].first().cloned() {
             if at > self.now {
                 break;
             }
-            self.expiries.pop_first();
-            self.entries.remove(&key);
+            self.take(&key);
             removed += 1;
         }
         removed
@@ -282,26 +377,65 @@ impl Keyspace {
             ..
         }) = self.entries.get(key)
         {
-            self.expiries.remove(&(*at, key.to_owned()));
+            let class = self.class(key);
+            self.expiries[class.index()].remove(&(*at, key.to_owned()));
         }
     }
 
-    fn make_room(&mut self) -> Result<(), Error> {
+    /// Gives an existing key the expiry `at`.
+    fn reindex(&mut self, key: &str, at: Instant) {
+        self.unindex(key);
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.expires_at = Some(at);
+            let class = self.class(key);
+            self.expiries[class.index()].insert((at, key.to_owned()));
+        }
+    }
+
+    /// Room for one more key of `class`: expired keys go first; then,
+    /// when the keyspace is full, the disposable key nearest expiry (a
+    /// session may also replace the session nearest expiry). Rate-limit
+    /// counters and idempotency records are never evicted, and are refused
+    /// past their share.
+    fn make_room(&mut self, class: Class) -> Result<(), Error> {
+        if let Some(cap) = class
+            .cap(self.max_entries)
+            .filter(|cap| self.counts[class.index()] >= *cap)
+        {
+            self.purge_expired_of(class);
+            if self.counts[class.index()] >= cap {
+                return Err(Error::new(
+                    ErrorKind::Capacity,
+                    format!(
+                        "memory backend holds its share of {class:?} keys ({cap} of max_entries {})",
+                        self.max_entries
+                    ),
+                ));
+            }
+        }
         if self.entries.len() < self.max_entries {
             return Ok(());
         }
         self.purge_expired();
         while self.entries.len() >= self.max_entries {
-            let Some((_, key)) = self.expiries.pop_first() else {
+            let victims: &[Class] = if class == Class::Session {
+                &[Class::Disposable, Class::Session]
+            } else {
+                &[Class::Disposable]
+            };
+            let Some(key) = victims
+                .iter()
+                .find_map(|c| self.expiries[c.index()].first().map(|(_, k)| k.clone()))
+            else {
                 return Err(Error::new(
                     ErrorKind::Capacity,
                     format!(
-                        "memory backend holds {} keys without a TTL (max_entries)",
+                        "memory backend is full ({} keys, max_entries) and holds nothing this key may evict",
                         self.entries.len()
                     ),
                 ));
             };
-            self.entries.remove(&key);
+            self.take(&key);
         }
         Ok(())
     }
@@ -366,7 +500,7 @@ impl MemoryBackendBuilder {
             None => Namespace::default(),
         };
         let inner = Arc::new(Inner {
-            keyspace: Mutex::new(Keyspace::new(self.max_entries)),
+            keyspace: Mutex::new(Keyspace::new(self.max_entries, namespace.prefix())),
             namespace,
             events: tokio::sync::broadcast::channel(1024).0,
         });
@@ -564,6 +698,60 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         b.set("new", b"3", None).await.unwrap();
         assert!(b.get("keep").await.unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_are_evicted_only_for_sessions_and_counters_never() {
+        let b = MemoryBackend::builder()
+            .max_entries(8)
+            .prefix("p")
+            .build()
+            .unwrap();
+        let ttl = |s| Some(Duration::from_secs(s));
+        // Two sessions, expiring soonest of all.
+        b.set("p:session:{a}", b"1", ttl(5)).await.unwrap();
+        b.set("p:session:{b}", b"2", ttl(6)).await.unwrap();
+        // Counters: a share of 8 / 4 = 2, then refused, never evicting.
+        b.set("p:rl:{x}:1", b"1", ttl(100)).await.unwrap();
+        b.set("p:rl:{y}:1", b"1", ttl(100)).await.unwrap();
+        let err = b.set("p:rl:{z}:1", b"1", ttl(1)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Capacity);
+        // Idempotency: a share of 1.
+        b.set("p:idem:{k}:r", b"1", ttl(100)).await.unwrap();
+        let err = b.set("p:idem:{j}:r", b"1", ttl(100)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Capacity);
+        // Cache entries fill the rest, then evict one another.
+        for i in 0..10 {
+            b.set(&format!("p:cache:{{{i}}}:e"), b"e", ttl(50 + i))
+                .await
+                .unwrap();
+        }
+        assert_eq!(b.len(), 8);
+        for k in [
+            "p:session:{a}",
+            "p:session:{b}",
+            "p:rl:{x}:1",
+            "p:idem:{k}:r",
+        ] {
+            assert!(b.get(k).await.unwrap().is_some(), "{k} was evicted");
+        }
+        // A new session takes a cache entry's room first...
+        b.set("p:session:{c}", b"3", ttl(7)).await.unwrap();
+        assert!(b.get("p:session:{a}").await.unwrap().is_some());
+        // ...and, with only sessions and shares left, the session nearest
+        // expiry.
+        b.set("p:session:{d}", b"4", ttl(8)).await.unwrap();
+        b.set("p:session:{e}", b"5", ttl(9)).await.unwrap();
+        assert!(b.get("p:session:{a}").await.unwrap().is_some());
+        b.set("p:session:{f}", b"6", ttl(10)).await.unwrap();
+        assert_eq!(b.get("p:session:{a}").await.unwrap(), None);
+        assert!(b.get("p:rl:{x}:1").await.unwrap().is_some());
+        // A cache entry can no longer find room: refused.
+        let err = b.set("p:cache:{new}:e", b"e", ttl(1)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Capacity);
+        // Expired counters make room in their share.
+        tokio::time::advance(Duration::from_secs(101)).await;
+        b.set("p:rl:{z}:1", b"1", ttl(1)).await.unwrap();
     }
 
     #[tokio::test]

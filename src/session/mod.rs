@@ -91,7 +91,10 @@
 //! - Nothing is saved when the response is a 5xx.
 //! - On the memory backend, sessions count against its
 //!   [`max_entries`](crate::memory::MemoryBackendBuilder::max_entries); when it
-//!   is full, the session closest to expiry is evicted first.
+//!   is full, a new session evicts cache entries first, then the session
+//!   closest to expiry; keys that other clients make the layers create
+//!   (rate-limit counters, idempotency records, cache entries) never evict
+//!   a session (see [the memory backend](crate::memory)).
 //! - The layer can wrap a whole router (`Router::layer`) or only some routes
 //!   (`Router::route_layer`, `get(handler).layer(..)`); routes outside it
 //!   never touch the store.
