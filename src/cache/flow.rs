@@ -522,9 +522,11 @@ where
             tracing::warn!(error = %e, "cache store failed; asking the handler");
             return Box::pin(async move {
                 req.extensions_mut().insert(Purger::of(&config));
-                let res = inner.call(req).await?;
+                let (mut head, body) = inner.call(req).await?.into_parts();
+                // Tags are the cache's business, stored or not.
+                take_tags(&mut head.headers, &config.tag_header);
                 Ok(with_status(
-                    res.map(|body| CacheBody::inner(body, None)),
+                    Response::from_parts(head, CacheBody::inner(body, None)),
                     &config.name,
                     "fwd=miss; detail=store-error",
                 ))
@@ -783,28 +785,42 @@ where
         if revalidating && res.status() == StatusCode::NOT_MODIFIED {
             let (head, _) = res.into_parts();
             let refreshed = refresh_headers(&config, entry, &head.headers, &request_headers);
-            let params = format!(
-                "fwd=stale; fwd-status=304{}",
-                if store_refreshed(
+            // The 304 is this request's answer too: cookies that the
+            // handler or a layer inside this one set (a login, a removal)
+            // go to this client, never into the entry. Such a 304 refreshes
+            // the entry only where a 200 with a cookie would be stored.
+            let cookies: Vec<HeaderValue> = head
+                .headers
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .cloned()
+                .collect();
+            let storable =
+                !session.read() && (cookies.is_empty() || config.settings.strip_set_cookie);
+            let stored = storable
+                && store_refreshed(
                     &config,
                     &key,
                     &refreshed,
                     &request_headers,
                     Waiting::miss(flight.take(), lease.take()),
-                ) {
-                    "; stored"
-                } else {
-                    ""
-                }
+                );
+            let params = format!(
+                "fwd=stale; fwd-status=304{}",
+                if stored { "; stored" } else { "" }
             );
-            return Ok(respond_stored_to(
+            let mut res = respond_stored_to(
                 &config,
                 Cow::Owned(refreshed),
                 0,
                 &request_headers,
                 &method,
                 &[&params],
-            ));
+            );
+            for cookie in cookies {
+                res.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            return Ok(res);
         }
         let storable = is_get && !session.read();
         let (res, params) = settle_now(
@@ -830,7 +846,11 @@ where
     let res = inner.call(req).await?;
     match request_headers {
         Some(h) => {
-            let storable = !session.read();
+            // Not a response made while the store was failing for this
+            // request: its write could land when the store comes back (a
+            // paused Redis) and, made from a degraded handler, serve a
+            // wrong page everywhere until it expires.
+            let storable = !session.read() && !fwd.contains("store-error");
             let (res, params) = settle_now(
                 &config,
                 key,

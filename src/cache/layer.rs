@@ -294,7 +294,7 @@ impl CacheLayerBuilder {
 
     /// The layer; a Config error when the name is not a token, the tag
     /// header is not a header name, `default_ttl` or `generation_refresh`
-    /// is zero, or a local tier is asked of a store that cannot announce
+    /// is zero, a duration setting is over a year, or a local tier is asked of a store that cannot announce
     /// (or outside a Tokio runtime).
     pub fn build(self) -> Result<CacheLayer, Error> {
         let token = !self.name.is_empty()
@@ -320,6 +320,25 @@ impl CacheLayerBuilder {
                 format!("tag header {:?} is not a header name", self.tag_header),
             )
         })?;
+        // Windows past a year are a mistake (and `Duration::MAX` would
+        // overflow the store's expiry arithmetic): refuse them here rather
+        // than fail on every request.
+        const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+        for (name, value) in [
+            ("default_ttl", self.default_ttl),
+            ("stale_while_revalidate", self.stale_while_revalidate),
+            ("stale_if_error", self.stale_if_error),
+            ("keep_stale", Some(self.keep_stale)),
+            ("coalesce_wait", Some(self.coalesce_wait)),
+            ("generation_refresh", Some(self.generation_refresh)),
+        ] {
+            if value.is_some_and(|v| v > LONGEST) {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("{name} must be at most a year"),
+                ));
+            }
+        }
         if self.generation_refresh.is_zero() {
             return Err(Error::new(
                 ErrorKind::Config,

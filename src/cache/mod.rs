@@ -194,7 +194,16 @@
 //! The cache never turns a working handler into an error: when the store
 //! fails (down, or slower than its deadline) the request goes to the
 //! handler (`Cache-Status: ...; fwd=miss; detail=store-error`), and a
-//! failed write or invalidation is logged.
+//! failed write or invalidation is logged. Such a response is not stored:
+//! its write could land once a paused Redis resumes, and a handler that
+//! shares the store may have made a degraded page meanwhile (a default
+//! price). Tags never reach the client, whatever failed.
+//!
+//! A 304 from the handler during a revalidation answers the client with
+//! the refreshed entry plus the 304's own `Set-Cookie` (a login made by a
+//! layer inside this one is not lost); the cookie is never stored, and a
+//! 304 carrying one refreshes the entry only with
+//! [`strip_set_cookie`](CacheLayerBuilder::strip_set_cookie).
 //!
 //! # Round trips
 //!

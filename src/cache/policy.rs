@@ -170,7 +170,9 @@ pub(crate) fn storable(
         .or(settings.stale_if_error)
         .unwrap_or(0);
     let keep = if validator { settings.keep_stale } else { 0 };
-    let retention = lifetime.saturating_sub(initial_age) + swr.max(sie).max(keep);
+    let retention = lifetime
+        .saturating_sub(initial_age)
+        .saturating_add(swr.max(sie).max(keep));
     Ok(Keep {
         lifetime,
         initial_age,

@@ -870,7 +870,10 @@ support::both_backends! { fixture;
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         let r = get(&app, "/rev-cookie").await;
         assert!(r.cache_status().contains("fwd-status=304"), "{}", r.cache_status());
-        assert!(r.header("set-cookie").is_none() && r.header("cache-tag").is_none());
+        // The cookie reaches this client (a login must not be lost), the
+        // tag does not.
+        assert_eq!(r.header("set-cookie"), Some("user=alice"));
+        assert!(r.header("cache-tag").is_none());
         let started = Instant::now();
         loop {
             let r = get(&app, "/rev-cookie").await;
@@ -885,6 +888,22 @@ support::both_backends! { fixture;
         // The 304's tag was taken for the entry, not shown.
         let purger = redis_layers::cache::CacheLayer::new(fx.tb.backend.clone()).purger();
         assert_eq!(purger.purge_tag("secret-tag").await.unwrap(), 1);
+    }
+
+    a_304_that_sets_a_cookie_reaches_its_client_and_refreshes_nothing => |fx| {
+        // Without strip_set_cookie a response with a cookie is not stored,
+        // and neither is a 304's refresh that carries one.
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/rev-cookie").await;
+        fx.stored(1).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        for _ in 0..2 {
+            let r = get(&app, "/rev-cookie").await;
+            assert!(r.cache_status().contains("fwd-status=304"), "{}", r.cache_status());
+            assert!(!r.cache_status().contains("stored"), "{}", r.cache_status());
+            assert_eq!(r.header("set-cookie"), Some("user=alice"));
+        }
+        assert_eq!(fx.runs(), 3, "revalidated each time");
     }
 
     a_304_is_only_for_a_stored_2xx => |fx| {
@@ -1335,6 +1354,21 @@ fn settings_are_checked_when_the_layer_is_built() {
         .build()
         .unwrap_err();
     assert_eq!(err.kind(), redis_layers::ErrorKind::Config);
+    for b in [
+        CacheLayer::builder(backend.clone()).keep_stale(Duration::MAX),
+        CacheLayer::builder(backend.clone()).stale_while_revalidate(Duration::MAX),
+        CacheLayer::builder(backend.clone()).stale_if_error(Duration::from_secs(400 * 86_400)),
+        CacheLayer::builder(backend.clone()).default_ttl(Duration::MAX),
+        CacheLayer::builder(backend.clone()).coalesce_wait(Duration::MAX),
+    ] {
+        let err = b.build().unwrap_err();
+        assert_eq!(err.kind(), redis_layers::ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("at most a year"), "{err}");
+    }
+    assert!(CacheLayer::builder(backend.clone())
+        .stale_while_revalidate(Duration::from_secs(365 * 86_400))
+        .build()
+        .is_ok());
     assert!(CacheLayer::builder(backend).name("edge-1").build().is_ok());
 }
 

@@ -111,6 +111,16 @@ async fn a_dead_store_sends_requests_to_the_handler() {
         "{}",
         r.cache_status()
     );
+    // A layer that never learnt the generation: tags still never reach
+    // the client.
+    let fresh_layer = crate::app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+    let r = get(&fresh_layer, "/tagged").await;
+    assert!(
+        r.cache_status().contains("detail=store-error"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(r.header("cache-tag").is_none(), "tags leaked");
     let w = send(&app, "POST", "/fresh", &[]).await;
     assert_eq!(
         w.status,
@@ -187,4 +197,28 @@ async fn a_local_hit_sends_nothing_and_a_lost_channel_empties_the_tier() {
     );
     // Listening again, the tier works again.
     answered_locally(&app, "/fresh").await;
+}
+
+/// Redis paused past the deadline: a miss goes to the handler, and its
+/// response is not stored (the write would land when Redis resumes, and a
+/// page made while the store failed may be a degraded one).
+#[tokio::test]
+async fn a_response_made_while_the_store_failed_is_not_stored() {
+    let fx: Fixture = crate::Fixture {
+        tb: crate::support::TestBackend::with_deadline(Kind::Redis, Duration::from_millis(200)),
+        runs: Default::default(),
+    };
+    let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+    get(&app, "/etag").await;
+    fx.stored(1).await;
+    let _: () = fx.tb.server().cmd(&["CLIENT", "PAUSE", "700", "ALL"]);
+    let r = get(&app, "/fresh").await;
+    assert!(
+        r.cache_status().contains("detail=store-error"),
+        "{}",
+        r.cache_status()
+    );
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(fx.entries(), 1, "only the entry stored before the pause");
+    assert!(!get(&app, "/fresh").await.hit());
 }
