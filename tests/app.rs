@@ -361,6 +361,22 @@ async fn one_cache_entry_per_product(kind: Kind) {
     for path in ["/products/04", "/products/+0", "/products/%34"] {
         assert_eq!(c.get(path).await.status, 404, "{path}");
     }
+    // Made-up hosts get the page, never a cache entry of their own.
+    for i in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req =
+            format!("GET /products/1 HTTP/1.1\r\nHost: x{i}.example\r\nConnection: close\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out)
+            .await
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("detail=host"), "{out}");
+    }
     // A copy stored late would show here (stores finish after the reply).
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(entries().len(), 1, "one entry: {:?}", entries());

@@ -11,11 +11,16 @@ pub struct Config {
     /// `COOKIE_SECURE`: the session cookie's `Secure` flag (default off,
     /// for plain http on localhost; turn it on behind TLS).
     pub secure_cookies: bool,
+    /// `PUBLIC_HOSTS`: the hosts the shop is reached at, comma-separated
+    /// (`shop.example.com`, `host:port`); pages for others are not cached.
+    /// Empty (the default) means `localhost` and `127.0.0.1` at the port.
+    pub public_hosts: Vec<String>,
 }
 
 impl Config {
     /// The variables read.
-    pub const VARS: [&'static str; 4] = ["HOST", "PORT", "COOKIE_SECURE", "REDIS_URL"];
+    pub const VARS: [&'static str; 5] =
+        ["HOST", "PORT", "COOKIE_SECURE", "REDIS_URL", "PUBLIC_HOSTS"];
 
     /// From the process environment.
     pub fn from_env() -> Result<Self, String> {
@@ -67,9 +72,26 @@ impl Config {
                 );
             }
         }
+        let public_hosts: Vec<String> = set("PUBLIC_HOSTS")
+            .map(|v| {
+                v.split(',')
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .filter(|h| !h.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(bad) = public_hosts.iter().find(|h| {
+            h.parse::<axum::http::uri::Authority>()
+                .map_or(true, |a| a.as_str() != h.as_str() || h.contains('@'))
+        }) {
+            return Err(format!(
+                "PUBLIC_HOSTS must list hosts such as shop.example.com or localhost:3000, not {bad:?}"
+            ));
+        }
         Ok(Config {
             addr: SocketAddr::new(host, port),
             secure_cookies,
+            public_hosts,
         })
     }
 }

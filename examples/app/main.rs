@@ -83,7 +83,6 @@ async fn run(config: config::Config) -> Result<(), String> {
     if let Err(e) = backend.ping().await {
         tracing::warn!(error = %e, "Redis is not answering yet; requests will retry");
     }
-    let app = routes::router(backend, config.secure_cookies).map_err(|e| e.to_string())?;
     let addr = config.addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -99,6 +98,15 @@ async fn run(config: config::Config) -> Result<(), String> {
         })?;
     // The port the system chose when PORT=0.
     let addr = listener.local_addr().unwrap_or(addr);
+    let hosts = if config.public_hosts.is_empty() {
+        vec![
+            format!("localhost:{}", addr.port()),
+            format!("127.0.0.1:{}", addr.port()),
+        ]
+    } else {
+        config.public_hosts.clone()
+    };
+    let app = routes::router(backend, config.secure_cookies, &hosts).map_err(|e| e.to_string())?;
     tracing::info!("listening on http://{addr}");
     // With the peer's address: the rate limits key on it.
     axum::serve(

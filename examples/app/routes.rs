@@ -40,8 +40,15 @@ fn known_api_key(headers: &HeaderMap) -> Option<&'static str> {
 const ORDER_LATENCY: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// The whole app on `backend`. `secure_cookies` is the session cookie's
-/// `Secure` flag: off only for plain http on localhost.
-pub fn router(backend: Backend, secure_cookies: bool) -> Result<Router, redis_layers::Error> {
+/// `Secure` flag: off only for plain http on localhost. `hosts` are the
+/// `Host` values the shop answers to (`host` or `host:port`): pages for
+/// any other are made but never cached, so made-up hosts cannot fill the
+/// cache.
+pub fn router(
+    backend: Backend,
+    secure_cookies: bool,
+    hosts: &[String],
+) -> Result<Router, redis_layers::Error> {
     let sessions = SessionLayer::builder(backend.clone())
         // Plain http on localhost needs it off (a Secure cookie would never
         // come back); keep it on anywhere served over https.
@@ -90,6 +97,7 @@ pub fn router(backend: Backend, secure_cookies: bool) -> Result<Router, redis_la
     // Outside the session layer: it sees the session's `Vary: Cookie` and
     // `private` marks, so one user's page never reaches another.
     let cache = CacheLayer::builder(backend.clone())
+        .hosts(hosts.iter().cloned())
         .stale_if_error(std::time::Duration::from_secs(300))
         // Hot pages from memory; purges reach every instance's copy.
         .local_tier(1_000)

@@ -919,7 +919,7 @@ impl SessionProbe {
     }
 }
 
-fn with_status<B>(mut res: Response<B>, name: &str, params: &str) -> Response<B> {
+pub(crate) fn with_status<B>(mut res: Response<B>, name: &str, params: &str) -> Response<B> {
     res.headers_mut()
         .insert(CACHE_STATUS, status_field(name, &[params]));
     res

@@ -78,6 +78,8 @@ pub(crate) struct Config {
     pub(crate) sort_query: bool,
     pub(crate) coalesce_wait: Duration,
     pub(crate) request_directives: RequestDirectives,
+    /// The hosts served, lowercase (`host` or `host:port`); `None`: any.
+    pub(crate) hosts: Option<Vec<String>>,
     pub(crate) tag_header: HeaderName,
     pub(crate) flights: Flights,
     pub(crate) refreshing: Refreshing,
@@ -86,6 +88,21 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// Whether requests to this URI's host (else the `Host` field) are
+    /// cached: any host unless [`hosts`](CacheLayerBuilder::hosts) names
+    /// them.
+    pub(crate) fn serves(&self, uri: &http::Uri, headers: &http::HeaderMap) -> bool {
+        let Some(hosts) = &self.hosts else {
+            return true;
+        };
+        let host = uri.authority().map(|a| a.as_str()).or_else(|| {
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        host.is_some_and(|host| hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
+    }
+
     /// Drops local copies of `keys` here and tells every other instance.
     pub(crate) async fn announce(&self, keys: &[String]) {
         if keys.is_empty() {
@@ -125,6 +142,7 @@ impl CacheLayer {
             keep_stale: DEFAULT_KEEP_STALE,
             coalesce_wait: DEFAULT_COALESCE_WAIT,
             request_directives: RequestDirectives::default(),
+            hosts: None,
             tag_header: DEFAULT_TAG_HEADER.to_owned(),
             local_tier: None,
             generation_refresh: DEFAULT_GENERATION_REFRESH,
@@ -154,6 +172,7 @@ pub struct CacheLayerBuilder {
     keep_stale: Duration,
     coalesce_wait: Duration,
     request_directives: RequestDirectives,
+    hosts: Option<Vec<String>>,
     tag_header: String,
     local_tier: Option<usize>,
     generation_refresh: Duration,
@@ -260,6 +279,22 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// The hosts this cache serves, as clients send them in `Host` (`host`
+    /// or `host:port`, compared without regard to case). A GET or HEAD for
+    /// any other host goes to the handler and is never stored or looked up
+    /// (`Cache-Status: ...; fwd=bypass; detail=host`), so a client making
+    /// up `Host` values cannot fill the store with copies of your pages.
+    /// Unset, every host is cached apart (the key includes the host): set
+    /// it in production.
+    pub fn hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.hosts = Some(hosts.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// The response header a handler names its tags in (default
     /// [`DEFAULT_TAG_HEADER`]); it never reaches the client.
     pub fn tag_header(mut self, name: impl Into<String>) -> Self {
@@ -339,6 +374,29 @@ impl CacheLayerBuilder {
                 ));
             }
         }
+        let hosts = match self.hosts {
+            None => None,
+            Some(hosts) => {
+                let valid = |h: &str| {
+                    !h.is_empty()
+                        && h.parse::<http::uri::Authority>()
+                            .is_ok_and(|a| a.as_str() == h && !h.contains('@'))
+                };
+                if hosts.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "hosts must name at least one host",
+                    ));
+                }
+                if let Some(bad) = hosts.iter().find(|h| !valid(h)) {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        format!("{bad:?} is not a host (host or host:port)"),
+                    ));
+                }
+                Some(hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect())
+            }
+        };
         if self.generation_refresh.is_zero() {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -383,6 +441,7 @@ impl CacheLayerBuilder {
                 sort_query: self.sort_query,
                 coalesce_wait: self.coalesce_wait,
                 request_directives: self.request_directives,
+                hosts,
                 tag_header,
                 flights: Flights::default(),
                 refreshing: Refreshing::default(),
@@ -438,7 +497,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
+        let is_read = matches!(*req.method(), Method::GET | Method::HEAD)
+            && self.config.serves(req.uri(), req.headers());
         // A local hit is answered here: no future to allocate, no inner
         // service to clone.
         let looked = is_read
@@ -457,17 +517,24 @@ where
             return ResponseFuture::boxed(flow::read(config, inner, req, looked));
         }
         req.extensions_mut().insert(Purger::of(&config));
+        let known_host = config.serves(req.uri(), req.headers());
         match *req.method() {
-            Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE if known_host => {
                 ResponseFuture::boxed(flow::write(config, inner, req))
             }
+            // Other methods, and any request for a host this cache does not
+            // serve: to the handler, never stored, tags taken off.
             _ => {
                 let mut inner = inner;
                 let future = inner.call(req);
                 ResponseFuture::boxed(async move {
                     let (mut head, body) = future.await?.into_parts();
                     flow::take_tags(&mut head.headers, &config.tag_header);
-                    Ok(Response::from_parts(head, CacheBody::inner(body, None)))
+                    let mut res = Response::from_parts(head, CacheBody::inner(body, None));
+                    if !known_host {
+                        res = flow::with_status(res, &config.name, "fwd=bypass; detail=host");
+                    }
+                    Ok(res)
                 })
             }
         }

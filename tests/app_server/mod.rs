@@ -8,9 +8,15 @@ use super::routes;
 /// The app on `backend`, served on a free loopback port for as long as
 /// the test runs.
 pub async fn serve(backend: redis_layers::Backend) -> SocketAddr {
-    let app = routes::router(backend, false).expect("the app's router");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // The test client's host, and the browser's.
+    let hosts = [
+        "shop.test".to_owned(),
+        addr.to_string(),
+        format!("localhost:{}", addr.port()),
+    ];
+    let app = routes::router(backend, false, &hosts).expect("the app's router");
     tokio::spawn(async move {
         axum::serve(
             listener,

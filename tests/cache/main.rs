@@ -906,6 +906,42 @@ support::both_backends! { fixture;
         assert_eq!(fx.runs(), 3, "revalidated each time");
     }
 
+    made_up_hosts_are_never_stored_when_hosts_are_named => |fx| {
+        let app = app(&fx, fx.builder().hosts(["shop.example", "www.shop.example:8080"]).build().unwrap());
+        let with_host = |host: String| {
+            let app = app.clone();
+            async move {
+                let req = Request::builder().uri("/tagged").header("host", host).body(Body::empty()).unwrap();
+                let res = app.oneshot(req).await.unwrap();
+                let status = res.headers().get("cache-status").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                let tag = res.headers().contains_key("cache-tag");
+                let code = res.status();
+                // Read through: an entry is written after its body.
+                res.into_body().collect().await.unwrap();
+                (code, status, tag)
+            }
+        };
+        for i in 0..100 {
+            let (status, cache_status, tag) = with_host(format!("x{i}.example")).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(cache_status.contains("fwd=bypass; detail=host"), "{cache_status}");
+            assert!(!tag, "tags never reach the client");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(fx.entries(), 0, "nothing stored for made-up hosts");
+        // The named hosts are cached, case aside.
+        with_host("SHOP.example".to_owned()).await;
+        with_host("www.shop.example:8080".to_owned()).await;
+        fx.stored(2).await;
+        assert!(with_host("shop.example".to_owned()).await.1.contains("hit"));
+        // A write to another host invalidates nothing of ours.
+        assert_eq!(fx.entries(), 2);
+        // Bad settings are refused.
+        for bad in [vec![], vec!["bad host"], vec!["user@host"], vec!["host/path"]] {
+            assert!(fx.builder().hosts(bad.clone()).build().is_err(), "{bad:?}");
+        }
+    }
+
     a_304_is_only_for_a_stored_2xx => |fx| {
         let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
         get(&app, "/missing").await;
