@@ -1,6 +1,7 @@
 //! In-process coordination: concurrent misses for one key run the handler
-//! once (the others wait for its entry), and one background refresh runs
-//! per key at a time.
+//! once (the others wait for its entry), one background refresh runs per
+//! key at a time, and concurrent invalidations of one URI share their
+//! store calls.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -107,6 +108,57 @@ impl Refreshing {
     }
 }
 
+/// Invalidations by what they remove (their store keys, joined), run as a
+/// group commit: at most one runs per URI at a time, and each request
+/// waits for a run that *began after* its handler finished (so its write
+/// is never followed by a stale read), which one run serves for every
+/// request that queued meanwhile. A flood of writes to one URI (every
+/// anonymous `POST /logout`) then costs a few rounds of store calls, not
+/// one per request, and adds no wait beyond one run.
+#[derive(Debug, Default)]
+pub(crate) struct Invalidations(Mutex<HashMap<String, Arc<Slot>>>);
+
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    /// Tickets handed out: a request takes one once its handler is done.
+    taken: std::sync::atomic::AtomicU64,
+    /// The last ticket a finished run covered; held while a run goes on.
+    covered: tokio::sync::Mutex<u64>,
+}
+
+impl Invalidations {
+    /// Runs `run` for `id`, unless a run that began after this call has
+    /// already covered it.
+    pub(crate) async fn run<F, Fut>(&self, id: String, run: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        use std::sync::atomic::Ordering;
+        let slot = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(id.clone()).or_default().clone()
+        };
+        let ticket = slot.taken.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut covered = slot.covered.lock().await;
+            if *covered < ticket {
+                // Every ticket up to here was taken before this run
+                // begins: it covers them all.
+                let through = slot.taken.load(Ordering::SeqCst);
+                run().await;
+                *covered = through;
+            }
+        }
+        // The last one out takes the slot away (a slot still in the map is
+        // shared by whoever finds it; a new one starts from zero).
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::strong_count(&slot) == 2 {
+            map.remove(&id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +199,41 @@ mod tests {
         let started = std::time::Instant::now();
         wait.done(Duration::from_millis(50)).await;
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_invalidations_share_runs_that_begin_after_them() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let inv = Arc::new(Invalidations::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let (inv, runs) = (inv.clone(), runs.clone());
+            tasks.push(tokio::spawn(async move {
+                inv.run("k".to_owned(), || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                })
+                .await;
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let runs = runs.load(Ordering::SeqCst);
+        assert!(
+            (1..=10).contains(&runs),
+            "{runs} runs for 100 invalidations"
+        );
+        assert_eq!(inv.0.lock().unwrap().len(), 0, "no slot left behind");
+        // One after the others: runs again (nothing covers it).
+        let again = Arc::new(AtomicUsize::new(0));
+        let a = again.clone();
+        inv.run("k".to_owned(), || async move {
+            a.fetch_add(1, Ordering::SeqCst);
+        })
+        .await;
+        assert_eq!(again.load(Ordering::SeqCst), 1);
     }
 
     #[test]

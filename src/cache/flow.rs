@@ -1480,26 +1480,6 @@ where
     let (mut head, body) = res.into_parts();
     take_tags(&mut head.headers, &config.tag_header);
     if head.status.is_success() || head.status.is_redirection() {
-        // The store's generation now, not the one known here (up to a
-        // refresh old): a purge of everything elsewhere must not make this
-        // invalidation miss the entry stored since. (Writes are rare: one
-        // more GET.) The known one too, for what this instance stored
-        // under it.
-        let known = config.generation.known();
-        let generation = match config.store.generation().await {
-            Ok(generation) => {
-                config.generation.learn(generation);
-                config.generation.known()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cache store failed; a stored response was not invalidated");
-                return Ok(Response::from_parts(head, CacheBody::inner(body, None)));
-            }
-        };
-        let mut generations = vec![generation];
-        if known != generation {
-            generations.push(known);
-        }
         let mut targets = vec![uri.clone()];
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(target) = head
@@ -1510,20 +1490,55 @@ where
                 targets.push(target);
             }
         }
-        let mut keys = Vec::new();
-        for generation in generations {
-            for target in &targets {
-                keys.push(cache_key(config.sort_query, target, &headers, generation));
-            }
-        }
-        for key in &keys {
-            if let Err(e) = config.store.invalidate(key).await {
-                tracing::warn!(error = %e, "cache store failed; a stored response was not invalidated");
-            }
-        }
-        config.announce(&keys).await;
+        // Concurrent writes to the same URIs share one run of store calls
+        // that begins after each of their handlers finished.
+        let id = targets
+            .iter()
+            .map(|t| cache_key(config.sort_query, t, &headers, 0))
+            .collect::<Vec<_>>()
+            .join(",");
+        config
+            .invalidations
+            .run(id, || invalidate(&config, &targets, &headers))
+            .await;
     }
     Ok(Response::from_parts(head, CacheBody::inner(body, None)))
+}
+
+/// Removes the entries of `targets` (under the store's generation, and
+/// the one this instance knew) and tells every local tier.
+async fn invalidate(config: &Config, targets: &[http::Uri], headers: &HeaderMap) {
+    // The store's generation now, not the one known here (up to a refresh
+    // old): a purge of everything elsewhere must not make this
+    // invalidation miss the entry stored since. The known one too, for
+    // what this instance stored under it.
+    let known = config.generation.known();
+    let generation = match config.store.generation().await {
+        Ok(generation) => {
+            config.generation.learn(generation);
+            config.generation.known()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cache store failed; a stored response was not invalidated");
+            return;
+        }
+    };
+    let mut generations = vec![generation];
+    if known != generation {
+        generations.push(known);
+    }
+    let mut keys = Vec::new();
+    for generation in generations {
+        for target in targets {
+            keys.push(cache_key(config.sort_query, target, headers, generation));
+        }
+    }
+    for key in &keys {
+        if let Err(e) = config.store.invalidate(key).await {
+            tracing::warn!(error = %e, "cache store failed; a stored response was not invalidated");
+        }
+    }
+    config.announce(&keys).await;
 }
 
 /// `value` (an absolute or relative reference) as a URI on the request's

@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use super::body::CacheBody;
 use super::directives::RequestDirectives;
-use super::flight::{Flights, Refreshing};
+use super::flight::{Flights, Invalidations, Refreshing};
 use super::flow;
 use super::generation::Generation;
 use super::local::LocalTier;
@@ -83,6 +83,7 @@ pub(crate) struct Config {
     pub(crate) tag_header: HeaderName,
     pub(crate) flights: Flights,
     pub(crate) refreshing: Refreshing,
+    pub(crate) invalidations: Invalidations,
     pub(crate) local: Option<Arc<LocalTier>>,
     pub(crate) generation: Arc<Generation>,
 }
@@ -445,6 +446,7 @@ impl CacheLayerBuilder {
                 tag_header,
                 flights: Flights::default(),
                 refreshing: Refreshing::default(),
+                invalidations: Invalidations::default(),
                 local,
                 generation,
             }),

@@ -222,3 +222,36 @@ async fn a_response_made_while_the_store_failed_is_not_stored() {
     assert_eq!(fx.entries(), 1, "only the entry stored before the pause");
     assert!(!get(&app, "/fresh").await.hit());
 }
+
+/// 200 concurrent writes to one URI (think anonymous `POST /logout`):
+/// they share invalidation runs, each begun after their handlers, so the
+/// store sees a few rounds of calls, not 200, and no write is followed by
+/// a stale read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_to_one_uri_share_their_invalidations() {
+    let fx = fixture(Kind::Redis);
+    let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+    get(&app, "/fresh").await;
+    fx.stored(1).await;
+    let before = fx.tb.server().command_calls();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let w = send(&app, "POST", "/fresh", &[]).await;
+            assert_eq!(w.status, StatusCode::CREATED);
+            // Read after this write: never the entry stored before.
+            let r = get(&app, "/fresh").await;
+            assert!(!r.body.ends_with("#1"), "stale after a write: {}", r.body);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = fx.tb.server().command_calls();
+    let publishes = crate::support::delta(&before, &after, "publish");
+    assert!(
+        (1..=60).contains(&publishes),
+        "{publishes} invalidation rounds for 200 writes"
+    );
+}
