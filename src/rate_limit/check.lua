@@ -28,22 +28,24 @@ if not raw or #raw ~= 24 * n then raw = nil end
 local function policy(i, s1, s2, s3)
   local algo, quota, window, burst_n = unpack_s('>dddd', params, (i - 1) * 32 + 1)
   if algo == 1 then
-    -- GCRA: s1 is the theoretical arrival time.
+    -- GCRA: s1 is when the state was written, s2 the backlog then (how
+    -- far the theoretical arrival time ran ahead). Relative, not an
+    -- absolute time, so that a tiny interval still counts exactly.
     local interval = window / quota
     local burst = burst_n * interval
     -- Up to half a ms (or half an interval) early, so that the rounding
-    -- of absolute times in doubles never refuses within the burst.
+    -- of a burst's sums never refuses within the burst.
     local tol = interval / 2
     if tol > 0.5 then tol = 0.5 end
-    local tat = max(s1, now)
-    local new_tat = tat + interval * cost
-    local allow_at = new_tat - burst - tol
-    local uncounted = (now + burst + tol - tat) / interval
-    if now < allow_at then
-      return false, uncounted, tat - now, allow_at - now, uncounted, tat - now
+    local backlog = max(s2 - (now - s1), 0)
+    local new_backlog = backlog + interval * cost
+    local over = new_backlog - burst - tol
+    local uncounted = (burst + tol - backlog) / interval
+    if over > 0 then
+      return false, uncounted, backlog, over, uncounted, backlog
     end
-    return true, (now - allow_at) / interval, new_tat - now, 0, uncounted, tat - now,
-      new_tat, 0, 0, new_tat - now
+    return true, -over / interval, new_backlog, 0, uncounted, backlog,
+      now, new_backlog, 0, new_backlog
   end
   local start = floor(now / window) * window
   local left = start + window - now

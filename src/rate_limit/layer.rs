@@ -440,7 +440,10 @@ impl RateLimitLayerBuilder {
     }
 
     /// Checks the settings and builds the layer: every policy valid
-    /// (names, quotas, windows), at least one rule, rule names unique,
+    /// (names; quotas up to [`MAX_QUOTA`](super::MAX_QUOTA), windows up to
+    /// [`MAX_WINDOW`](super::MAX_WINDOW), bursts that come back within
+    /// [`MAX_BURST_PERIOD`](super::MAX_BURST_PERIOD): every number the
+    /// store computes from them stays exact), at least one rule, rule names unique,
     /// policy names unique within a rule, trusted proxies that parse, an
     /// IPv6 prefix of at most 128 bits.
     pub fn build(self) -> Result<RateLimitLayer, Error> {
@@ -855,12 +858,12 @@ async fn check(config: Arc<Config>, parts: Parts, mut pending: Vec<Pending>) -> 
         config.counters.denied.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(rule = %rule.name, key = %key, violated = ?violated, "rate limit exceeded");
         let refusal = Refusal {
-            until: now + retry,
+            until: later(now, retry),
             cost: p.cost,
             states: decision
                 .policies
                 .iter()
-                .map(|s| (s.remaining, now + shown(s)))
+                .map(|s| (s.remaining, later(now, shown(s))))
                 .collect(),
             body: bytes::Bytes::from(
                 headers::problem(violated.iter().map(String::as_str)).to_json(),
@@ -876,6 +879,16 @@ async fn check(config: Arc<Config>, parts: Parts, mut pending: Vec<Pending>) -> 
     }
     config.counters.allowed.fetch_add(1, Ordering::Relaxed);
     (parts, Verdict::Pass(limits, config.legacy_headers))
+}
+
+/// `now + wait`, for a wait a store reported: a request costing far more
+/// than any burst can be told to wait longer than an `Instant` reaches
+/// (the cost is the application's function of the request), so that is
+/// capped at a year; a refusal remembered for shorter only asks the store
+/// again sooner.
+fn later(now: Instant, wait: Duration) -> Instant {
+    let year = Duration::from_secs(366 * 24 * 3600);
+    now.checked_add(wait.min(year)).unwrap_or(now)
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;

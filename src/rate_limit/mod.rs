@@ -81,6 +81,6 @@ pub use self::layer::{
     Limited, MissingKey, RateLimit, RateLimitLayer, RateLimitLayerBuilder, RateLimitStats,
     ResponseFuture, DEFAULT_DENY_CACHE_CAPACITY, MAX_POLICIES_PER_RULE,
 };
-pub use self::policy::{Algorithm, Policy, MAX_QUOTA, MAX_WINDOW};
+pub use self::policy::{Algorithm, Policy, MAX_BURST_PERIOD, MAX_QUOTA, MAX_WINDOW};
 pub use self::rule::Rule;
 pub use self::store::{Decision, PolicyState, RateLimitStore};

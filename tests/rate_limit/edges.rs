@@ -1,0 +1,111 @@
+//! Edges of the rate limiter: made-up header values, a missing peer
+//! address, settings at the limits of what the store represents, and
+//! several rules refusing together.
+
+use std::time::Duration;
+
+use redis_layers::memory::MemoryBackend;
+use redis_layers::rate_limit::{Policy, RateLimitLayer, RateLimitStore};
+
+use crate::harness::{Fixture, Kind};
+
+fn fixture(kind: Kind) -> Fixture {
+    Fixture::new(kind)
+}
+
+crate::support::both_backends! { fixture;
+    extreme_settings_work => |fx| {
+        let store = fx.backend();
+        // One request a day.
+        let daily = [Policy::per_day(1).named("daily")];
+        let d = store.check("daily", &daily, 1).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.policies[0].remaining, 0);
+        let d = store.check("daily", &daily, 1).await.unwrap();
+        assert!(!d.allowed);
+        let wait = d.retry_after();
+        assert!(
+            wait > Duration::from_secs(86_390) && wait <= Duration::from_secs(86_400),
+            "{wait:?}"
+        );
+        // A million a second: a whole second's worth at once, then a
+        // tenth of a second's worth must wait about that long.
+        let fast = [Policy::per_second(1_000_000).named("fast")];
+        let d = store.check("fast", &fast, 1_000_000).await.unwrap();
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(d.policies[0].remaining, 0);
+        let d = store.check("fast", &fast, 100_000).await.unwrap();
+        assert!(!d.allowed, "{d:?}");
+        let wait = d.retry_after();
+        assert!(wait > Duration::from_millis(50) && wait <= Duration::from_millis(100), "{wait:?}");
+        tokio::time::sleep(wait + Duration::from_millis(20)).await;
+        assert!(store.check("fast", &fast, 100_000).await.unwrap().allowed);
+        // One by one, each request counts.
+        let d = store.check("fast-2", &fast, 1).await.unwrap();
+        assert_eq!(d.policies[0].remaining, 999_999);
+        // The longest burst period accepted: a request taking the whole
+        // burst is stored (an expiry of about 2^52 ms, which Redis takes),
+        // and the next one waits.
+        let year = redis_layers::rate_limit::MAX_WINDOW;
+        let most = (1u64 << 52) / year.as_millis() as u64;
+        let longest = [Policy::new(1, year).burst(most).named("longest")];
+        let d = store.check("longest", &longest, most).await.unwrap();
+        assert!(d.allowed, "{d:?}");
+        assert!(d.policies[0].reset > Duration::from_secs(1 << 41), "{d:?}");
+        let d = store.check("longest", &longest, 1).await.unwrap();
+        assert!(!d.allowed, "{d:?}");
+    }
+}
+
+#[test]
+fn settings_whose_numbers_overflow_are_refused_when_built() {
+    use redis_layers::rate_limit::{MAX_QUOTA, MAX_WINDOW};
+    use redis_layers::ErrorKind;
+    let b = || RateLimitLayer::builder(MemoryBackend::new());
+    let year_ms = MAX_WINDOW.as_millis() as u64;
+    // The longest burst period kept exactly: 2^52 ms.
+    let most = (1u64 << 52) / year_ms;
+    for (what, policy) in [
+        (
+            "a burst of 2^40 over a year",
+            Policy::new(1, MAX_WINDOW).burst(MAX_QUOTA),
+        ),
+        ("a burst of 2^40 a day", Policy::per_day(1).burst(MAX_QUOTA)),
+        (
+            "one past the longest burst period",
+            Policy::new(1, MAX_WINDOW).burst(most + 1),
+        ),
+    ] {
+        let err = b().policy(policy.named("p")).build().expect_err(what);
+        assert_eq!(err.kind(), ErrorKind::Config, "{what}: {err}");
+        assert!(
+            err.to_string().contains("burst"),
+            "{what}: names the setting: {err}"
+        );
+    }
+    for (what, policy) in [
+        ("one a day", Policy::per_day(1)),
+        ("one a year", Policy::new(1, MAX_WINDOW)),
+        ("a million a second", Policy::per_second(1_000_000)),
+        (
+            "2^40 a millisecond",
+            Policy::new(MAX_QUOTA, Duration::from_millis(1)),
+        ),
+        ("2^40 a year", Policy::new(MAX_QUOTA, MAX_WINDOW)),
+        (
+            "2^40 a year, fixed",
+            Policy::new(MAX_QUOTA, MAX_WINDOW).fixed_window(),
+        ),
+        (
+            "2^40 a year, sliding",
+            Policy::new(MAX_QUOTA, MAX_WINDOW).sliding_window(),
+        ),
+        (
+            "the longest burst period",
+            Policy::new(1, MAX_WINDOW).burst(most),
+        ),
+    ] {
+        let built = b().policy(policy).build();
+        assert!(built.is_ok(), "{what}: {built:?}");
+    }
+}
