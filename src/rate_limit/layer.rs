@@ -62,7 +62,13 @@ pub enum MissingKey {
 ///     .rule(Rule::route("/login").policy(Policy::per_minute(5).named("login")))
 ///     .rule(
 ///         Rule::prefix("/api/")
-///             .key(Key::header("x-api-key").or(Key::client_ip()))
+///             // An issued API key, else the address: see `Key::header_validated`.
+///             .key(
+///                 Key::header_validated("x-api-key", |key: &str| {
+///                     std::future::ready(key.starts_with("issued-"))
+///                 })
+///                 .or(Key::client_ip()),
+///             )
 ///             .policy(Policy::per_second(10).burst(20).named("api")),
 ///     )
 ///     .build()?;

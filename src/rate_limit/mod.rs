@@ -2,12 +2,16 @@
 //! per limited request, per-route rules, the IETF `RateLimit` fields.
 //!
 //! ```no_run
-//! use axum::{routing::post, Router};
+//! use std::collections::HashSet;
+//! use std::sync::Arc;
+//!
+//! use axum::{routing::{get, post}, Router};
 //! use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, Rule};
 //! use redis_layers::Backend;
 //!
 //! # fn run() -> Result<(), redis_layers::Error> {
 //! let backend = Backend::from_env()?;
+//! let issued: Arc<HashSet<String>> = Arc::new(["k-1".to_owned()].into());
 //! let limits = RateLimitLayer::builder(backend)
 //!     // Behind a load balancer on 10.0.0.0/8: believe its X-Forwarded-For.
 //!     .trusted_proxies(["10.0.0.0/8"])
@@ -16,9 +20,23 @@
 //!             .policy(Policy::per_minute(10).burst(5).named("login"))
 //!             .policy(Policy::per_day(100).fixed_window().named("login-daily")),
 //!     )
+//!     .rule(
+//!         Rule::prefix("/api/")
+//!             // An issued API key, else the address. Only issued keys count
+//!             // apart: a made-up key is no key, so inventing one per request
+//!             // neither escapes the address's budget nor stores a counter.
+//!             .key(
+//!                 Key::header_validated("x-api-key", move |key: &str| {
+//!                     std::future::ready(issued.contains(key))
+//!                 })
+//!                 .or(Key::client_ip()),
+//!             )
+//!             .policy(Policy::per_second(10).burst(20).named("api")),
+//!     )
 //!     .build()?;
 //! let app: Router = Router::new()
 //!     .route("/login", post(|| async { "ok" }))
+//!     .route("/api/items", get(|| async { "[]" }))
 //!     .layer(limits);
 //! # Ok(()) }
 //! ```
@@ -31,7 +49,10 @@
 //! - A [`Rule`] says which requests (route template, path prefix, methods)
 //!   count against which policies, by which [`Key`] (client address behind
 //!   trusted proxies by default, a header such as an API key, the session's
-//!   user, one global key, your own function). All of a rule's policies are
+//!   user, one global key, your own function). Key API clients by
+//!   [`Key::header_validated`], which counts only values your validator
+//!   knows: with [`Key::header`], every made-up value would be a fresh
+//!   budget (and a new key in the store). All of a rule's policies are
 //!   checked in one script, all or nothing: a refused request consumes
 //!   nothing from that rule. When several rules match, they are checked in
 //!   order, so a rule checked before the one that refuses has already

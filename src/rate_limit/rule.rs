@@ -29,7 +29,13 @@ pub(crate) type CostFn = Arc<dyn Fn(&Parts) -> u64 + Send + Sync>;
 ///     .policy(Policy::per_minute(5).named("login-ip"))
 ///     .named("login-ip");
 /// let api = Rule::prefix("/api/")
-///     .key(Key::header("x-api-key").or(Key::client_ip()))
+///     // An issued API key, else the address (a made-up key is no key).
+///     .key(
+///         Key::header_validated("x-api-key", |key: &str| {
+///             std::future::ready(key.starts_with("issued-"))
+///         })
+///         .or(Key::client_ip()),
+///     )
 ///     .policy(Policy::per_second(10).burst(20).named("api"))
 ///     .policy(Policy::per_hour(1_000).fixed_window().named("api-hourly"));
 /// # let _ = (login, api);

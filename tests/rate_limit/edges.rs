@@ -4,16 +4,55 @@
 
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use redis_layers::memory::MemoryBackend;
-use redis_layers::rate_limit::{Policy, RateLimitLayer, RateLimitStore};
+use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
 
-use crate::harness::{Fixture, Kind};
+use crate::harness::{app, send, Fixture, Kind};
 
 fn fixture(kind: Kind) -> Fixture {
     Fixture::new(kind)
 }
 
 crate::support::both_backends! { fixture;
+    made_up_api_keys_count_as_the_address => |fx| {
+        // Only "known-key" is an issued key.
+        let known = Key::header_validated("x-api-key", |key: &str| {
+            std::future::ready(key == "known-key")
+        });
+        let app = app(
+            RateLimitLayer::builder(fx.backend())
+                .rule(
+                    Rule::prefix("/api/")
+                        .key(known.or(Key::client_ip()))
+                        .policy(Policy::per_hour(10).named("api")),
+                )
+                .build()
+                .unwrap(),
+        );
+        let peer = "192.0.2.70:1";
+        let mut admitted = 0;
+        for i in 0..1_000 {
+            let value = format!("made-up-{i}");
+            let r = send(&app, "GET", "/api/items", peer, &[("x-api-key", value.as_str())]).await;
+            match r.status {
+                StatusCode::OK => admitted += 1,
+                StatusCode::TOO_MANY_REQUESTS => {}
+                other => panic!("{other}: {}", r.body),
+            }
+        }
+        assert_eq!(admitted, 10, "1,000 made-up keys from one address are that address");
+        // A known key has its own budget, whole, from the same address.
+        for i in 0..10 {
+            let r = send(&app, "GET", "/api/items", peer, &[("x-api-key", "known-key")]).await;
+            assert_eq!(r.status, StatusCode::OK, "known key, request {i}");
+        }
+        let r = send(&app, "GET", "/api/items", peer, &[("x-api-key", "known-key")]).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        // Two counters (the address, the known key), not one per value.
+        assert_eq!(fx.tb.keys("rl:*").len(), 2, "{:?}", fx.tb.keys("rl:*"));
+    }
+
     extreme_settings_work => |fx| {
         let store = fx.backend();
         // One request a day.
