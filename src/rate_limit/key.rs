@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::header::{HeaderName, FORWARDED};
@@ -72,7 +73,9 @@ impl Key {
     /// with `into_make_service_with_connect_info::<SocketAddr>()`), or a
     /// [`SocketAddr`] request extension (hyper). Forwarding headers are
     /// ignored. IPv6 addresses are grouped by the layer's
-    /// [`ipv6_prefix`](super::RateLimitLayerBuilder::ipv6_prefix).
+    /// [`ipv6_prefix`](super::RateLimitLayerBuilder::ipv6_prefix). A
+    /// request without either has no address: see the module docs' "Client
+    /// addresses" (the layer warns once).
     pub fn peer_ip() -> Self {
         Key { kind: Kind::PeerIp }
     }
@@ -204,8 +207,20 @@ impl Key {
         out: &mut String,
     ) -> Result<bool, ()> {
         match &self.kind {
-            Kind::PeerIp => Ok(peer(parts).map(|ip| ips.write_key(ip, out)).is_some()),
-            Kind::ClientIp => Ok(ips.client(parts).map(|ip| ips.write_key(ip, out)).is_some()),
+            Kind::PeerIp => Ok(match peer(parts) {
+                Some(ip) => {
+                    ips.write_key(ip, out);
+                    true
+                }
+                None => ips.no_peer_address(),
+            }),
+            Kind::ClientIp => Ok(match ips.client(parts) {
+                Some(ip) => {
+                    ips.write_key(ip, out);
+                    true
+                }
+                None => ips.no_peer_address(),
+            }),
             Kind::Header(name) => Ok(header_key(parts, name, out)),
             Kind::Global => {
                 out.push_str("global");
@@ -306,6 +321,9 @@ pub(crate) struct IpRules {
     pub(crate) trusted: Vec<IpNet>,
     pub(crate) ipv6_prefix: u8,
     pub(crate) header: ForwardedHeader,
+    /// Set once a request without a peer address was warned about (one
+    /// warning per layer).
+    pub(crate) warned_no_peer: Arc<AtomicBool>,
 }
 
 /// Which header the trusted proxies write the client's address into.
@@ -326,6 +344,25 @@ pub enum ForwardedHeader {
 }
 
 impl IpRules {
+    /// A request has no peer address, so an address key finds nothing:
+    /// warns the first time (per layer), naming the fix. Always false.
+    fn no_peer_address(&self) -> bool {
+        if !self.warned_no_peer.load(Ordering::Relaxed)
+            && !self.warned_no_peer.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "rate limit: a request has no peer address (no axum ConnectInfo, no SocketAddr \
+                 extension), so Key::client_ip() and Key::peer_ip() cannot tell clients apart: \
+                 every such request is counted under one shared key (or, with \
+                 MissingKey::Skip, not limited at all). Serve the app with \
+                 into_make_service_with_connect_info::<SocketAddr>() (hyper: insert the \
+                 connection's SocketAddr into each request's extensions), or key by a header \
+                 a trusted proxy sets. Warned once per layer."
+            );
+        }
+        false
+    }
+
     /// `ip:<address>`, or `ip:<network>/<prefix>` for IPv6 (one client may
     /// hold a whole /64). An IPv4-mapped IPv6 address counts as IPv4.
     fn write_key(&self, ip: IpAddr, out: &mut String) {
@@ -460,6 +497,7 @@ mod tests {
             trusted: trusted.iter().map(|n| n.parse().unwrap()).collect(),
             ipv6_prefix: 64,
             header: ForwardedHeader::XForwardedFor,
+            warned_no_peer: Arc::default(),
         }
     }
 

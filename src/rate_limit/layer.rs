@@ -519,6 +519,7 @@ impl RateLimitLayerBuilder {
                     trusted: self.trusted,
                     ipv6_prefix: self.ipv6_prefix,
                     header: self.forwarded_header,
+                    warned_no_peer: Arc::default(),
                 },
                 dry_run: self.dry_run,
                 legacy_headers: self.legacy_headers,

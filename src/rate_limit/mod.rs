@@ -79,6 +79,36 @@
 //!   store answered with an error, e.g. a failed script). A dry-run rule
 //!   never refuses, store failure or not.
 //!
+//! # Client addresses
+//!
+//! [`Key::client_ip`] (the default key) and [`Key::peer_ip`] need the
+//! address of the peer that connected: axum's `ConnectInfo` (serve with
+//! `into_make_service_with_connect_info::<SocketAddr>()`), or a
+//! `SocketAddr` in the request's extensions (hyper). Without it, every
+//! client is counted under one shared key (`unknown`; or, with
+//! [`MissingKey::Skip`], not limited at all), and the layer logs a warning
+//! naming the fix at the first such request (once per layer). Behind a
+//! proxy, name its networks in
+//! [`trusted_proxies`](RateLimitLayerBuilder::trusted_proxies), or key by
+//! a header the proxy sets.
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//!
+//! use axum::{routing::get, Router};
+//! use redis_layers::rate_limit::{Policy, RateLimitLayer};
+//! use redis_layers::memory::MemoryBackend;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(RateLimitLayer::new(MemoryBackend::new(), Policy::per_second(10)));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! // Each request then carries its peer's address.
+//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Cost
 //!
 //! | request | store round trips |

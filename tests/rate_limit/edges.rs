@@ -2,13 +2,18 @@
 //! address, settings at the limits of what the store represents, and
 //! several rules refusing together.
 
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::http::StatusCode;
 use redis_layers::memory::MemoryBackend;
 use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
 
-use crate::harness::{app, send, Fixture, Kind};
+use tower::ServiceExt;
+
+use crate::harness::{app, get_from, send, Fixture, Kind};
 
 fn fixture(kind: Kind) -> Fixture {
     Fixture::new(kind)
@@ -94,6 +99,84 @@ crate::support::both_backends! { fixture;
         let d = store.check("longest", &longest, 1).await.unwrap();
         assert!(!d.allowed, "{d:?}");
     }
+}
+
+/// What `tracing` logged on this thread while the guard lives.
+struct Logs {
+    text: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> Self {
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let sink = text.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Sink(sink.clone()))
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        Logs {
+            text,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned()
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.text().matches(needle).count()
+    }
+}
+
+#[tokio::test]
+async fn a_missing_peer_address_is_warned_about_once_per_layer() {
+    let logs = Logs::capture();
+    let make = || {
+        app(RateLimitLayer::builder(MemoryBackend::new())
+            .policy(Policy::per_minute(100).named("p"))
+            .build()
+            .unwrap())
+    };
+    let (a, b) = (make(), make());
+    // Served without `ConnectInfo`: no peer address.
+    let bare = || http::Request::get("/free").body(Body::empty()).unwrap();
+    for _ in 0..5 {
+        let res = a.clone().oneshot(bare()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let fix = "into_make_service_with_connect_info";
+    assert_eq!(
+        logs.count(fix),
+        1,
+        "one warning, naming the fix: {}",
+        logs.text()
+    );
+    // A request with a peer address says nothing.
+    assert_eq!(
+        get_from(&b, "/free", "192.0.2.1:1").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(logs.count(fix), 1, "{}", logs.text());
+    // Another layer warns once of its own.
+    for _ in 0..3 {
+        b.clone().oneshot(bare()).await.unwrap();
+    }
+    assert_eq!(logs.count(fix), 2, "{}", logs.text());
 }
 
 #[test]
