@@ -150,6 +150,8 @@ struct CompiledRule {
     key: Key,
     cost: Option<CostFn>,
     dry_run: bool,
+    /// What a store failure does: the rule's choice, else the layer's.
+    failure: FailurePolicy,
     /// The rule's `RateLimit-Policy` value, rendered once.
     field: HeaderValue,
 }
@@ -223,6 +225,7 @@ impl std::fmt::Debug for CompiledRule {
             .field("key", &self.key)
             .field("cost", &self.cost.as_ref().map(|_| "fn"))
             .field("dry_run", &self.dry_run)
+            .field("failure", &self.failure)
             .finish_non_exhaustive()
     }
 }
@@ -392,7 +395,9 @@ impl RateLimitLayerBuilder {
     /// request goes through, the failure is logged and counted in
     /// [`RateLimitLayer::stats`]; [`FailurePolicy::Closed`] answers 503, or 500
     /// when the store answered with an error such as a failed script; a
-    /// dry-run rule lets the request through either way).
+    /// dry-run rule lets the request through either way). A rule's own
+    /// [`Rule::on_store_error`] overrides it for that rule: a login rule
+    /// may fail closed on a layer that fails open.
     pub fn on_store_error(mut self, policy: FailurePolicy) -> Self {
         self.failure = policy;
         self
@@ -508,6 +513,7 @@ impl RateLimitLayerBuilder {
                 key: rule.key.clone().unwrap_or_else(|| self.key.clone()),
                 cost: rule.cost.clone().or_else(|| self.cost.clone()),
                 dry_run: rule.dry_run.unwrap_or(self.dry_run),
+                failure: rule.failure.unwrap_or(self.failure),
                 rule,
             });
         }
@@ -804,7 +810,7 @@ async fn check(config: Arc<Config>, parts: Parts, mut pending: Vec<Pending>) -> 
             Ok(decision) => decision,
             Err(e) => {
                 config.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                match config.failure {
+                match rule.failure {
                     // A dry run never refuses: not for a store failure either.
                     _ if rule.dry_run => {
                         tracing::warn!(error = %e, rule = %rule.name, "rate-limit store failed; dry-run rule lets the request through");

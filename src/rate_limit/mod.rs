@@ -76,7 +76,11 @@
 //!   429.
 //! - A store failure lets the request through by default (logged, counted
 //!   in [`RateLimitLayer::stats`]); fail-closed answers 503 (500 when the
-//!   store answered with an error, e.g. a failed script). A dry-run rule
+//!   store answered with an error, e.g. a failed script). Choose per layer
+//!   ([`on_store_error`](RateLimitLayerBuilder::on_store_error)) and per
+//!   rule ([`Rule::on_store_error`], which overrides the layer's): a limit
+//!   that guards credentials (logins, password resets) should fail closed,
+//!   or an attacker who can slow the store down lifts it. A dry-run rule
 //!   never refuses, store failure or not.
 //!
 //! # Client addresses

@@ -8,6 +8,7 @@ use http::Method;
 
 use super::key::Key;
 use super::policy::Policy;
+use crate::FailurePolicy;
 
 /// The cost of a request, from its head (default 1).
 pub(crate) type CostFn = Arc<dyn Fn(&Parts) -> u64 + Send + Sync>;
@@ -49,6 +50,7 @@ pub struct Rule {
     pub(crate) key: Option<Key>,
     pub(crate) cost: Option<CostFn>,
     pub(crate) dry_run: Option<bool>,
+    pub(crate) failure: Option<FailurePolicy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +69,7 @@ impl fmt::Debug for Rule {
             .field("policies", &self.policies)
             .field("key", &self.key)
             .field("dry_run", &self.dry_run)
+            .field("failure", &self.failure)
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +84,7 @@ impl Rule {
             key: None,
             cost: None,
             dry_run: None,
+            failure: None,
         }
     }
 
@@ -134,6 +138,30 @@ impl Rule {
     #[must_use]
     pub fn dry_run(mut self, dry_run: bool) -> Self {
         self.dry_run = Some(dry_run);
+        self
+    }
+
+    /// What a store failure does to the requests this rule applies to
+    /// (default: the layer's
+    /// [`on_store_error`](super::RateLimitLayerBuilder::on_store_error)).
+    /// Make a rule guarding credentials (a login, a password reset) fail
+    /// closed, so that an unreachable store does not lift its limit, while
+    /// the rest of the layer stays open:
+    ///
+    /// ```
+    /// use http::Method;
+    /// use redis_layers::rate_limit::{Policy, Rule};
+    /// use redis_layers::FailurePolicy;
+    ///
+    /// let login = Rule::route("/login")
+    ///     .method(Method::POST)
+    ///     .policy(Policy::per_minute(5).named("login"))
+    ///     .on_store_error(FailurePolicy::Closed);
+    /// # let _ = login;
+    /// ```
+    #[must_use]
+    pub fn on_store_error(mut self, policy: FailurePolicy) -> Self {
+        self.failure = Some(policy);
         self
     }
 

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use redis_layers::rate_limit::{Policy, RateLimitLayer, Rule};
 use redis_layers::FailurePolicy;
 
-use crate::harness::{app, get_from, Fixture, Kind};
+use crate::harness::{app, get_from, send, Fixture, Kind};
 use crate::support::Monitor;
 
 fn limited(fx: &Fixture, failure: FailurePolicy) -> RateLimitLayer {
@@ -191,4 +191,58 @@ async fn state_of_the_wrong_shape_is_reset_not_failed() {
     }
     let r = get_from(&app, "/api/items", "192.0.2.1:1").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_rule_chooses_its_own_failure_policy() {
+    let mut fx = Fixture::with_deadline(Kind::Redis, Duration::from_millis(200));
+    let login = || {
+        Rule::route("/login")
+            .policy(Policy::per_minute(5).named("login"))
+            .named("login")
+    };
+    let api = || {
+        Rule::route("/api/items")
+            .policy(Policy::per_minute(5).named("api"))
+            .named("api")
+    };
+    // A fail-open layer with a fail-closed login rule, and the other way
+    // round.
+    let open = app(RateLimitLayer::builder(fx.backend())
+        .rule(login().on_store_error(FailurePolicy::Closed))
+        .rule(api())
+        .build()
+        .unwrap());
+    let closed = app(RateLimitLayer::builder(fx.backend())
+        .on_store_error(FailurePolicy::Closed)
+        .rule(login())
+        .rule(api().on_store_error(FailurePolicy::Open))
+        .build()
+        .unwrap());
+    let peer = "192.0.2.1:1";
+    for app in [&open, &closed] {
+        assert_eq!(
+            send(app, "POST", "/login", peer, &[]).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get_from(app, "/api/items", peer).await.status,
+            StatusCode::OK
+        );
+    }
+
+    fx.server_mut().kill();
+    for app in [&open, &closed] {
+        let r = send(app, "POST", "/login", peer, &[]).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let r = get_from(app, "/api/items", peer).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "the fail-open rule admits: {}",
+            r.body
+        );
+        assert!(r.header("ratelimit").is_none(), "no state to report");
+    }
 }
