@@ -21,7 +21,7 @@ use super::headers::{self, Limits};
 use super::key::{ForwardedHeader, IpRules, Key};
 use super::policy::Policy;
 use super::rule::{CostFn, Rule, Target};
-use super::store::{RateLimitStore, Store};
+use super::store::{Check, Decision, PolicyState, RateLimitStore, Store};
 use crate::body::ResponseBody;
 use crate::error::Error;
 use crate::problem::Problem;
@@ -318,7 +318,10 @@ impl RateLimitLayerBuilder {
     }
 
     /// A rule: which requests, which policies, which key. Every matching
-    /// rule applies; requests no rule matches pass without a store call.
+    /// rule applies (all in one store call, all or nothing: see the module
+    /// docs for Redis Cluster); requests no rule matches pass without a
+    /// store call. A rule's place is the order its runs are checked in on
+    /// a cluster.
     pub fn rule(mut self, rule: Rule) -> Self {
         self.rules.push(rule);
         self
@@ -694,7 +697,7 @@ impl Config {
         self.counters.denied_locally.fetch_add(1, Ordering::Relaxed);
         if self.respond.is_some() {
             // The user's 429 is theirs to build each time.
-            return Some(self.refuse(rule, &refusal, now, Limits::default()));
+            return Some(self.refuse_known(rule, &refusal, now));
         }
         // A poisoned lock only means a panic elsewhere mid-copy: the
         // cached head is then rendered again.
@@ -704,7 +707,7 @@ impl Config {
                 head.clone()
             }
             _ => {
-                let (head, _) = self.refuse(rule, &refusal, now, Limits::default());
+                let (head, _) = self.refuse_known(rule, &refusal, now);
                 *rendered = Some((refusal.seconds(now).collect(), head.headers.clone()));
                 return Some((head, refusal.body.clone()));
             }
@@ -716,29 +719,20 @@ impl Config {
         Some((parts, refusal.body.clone()))
     }
 
-    /// The answer to a refused request: the 429 (or the user's), its
-    /// `RateLimit` fields (`limits` met before, then this rule's) and
-    /// `Retry-After`.
+    /// The answer to a refused request: the 429 (or the user's) naming
+    /// the `violated` policies, with the `RateLimit` fields of `limits`
+    /// and `Retry-After` (`wait`); `body` is the default 429's.
     fn refuse(
         &self,
-        rule: &CompiledRule,
-        refusal: &Refusal,
-        now: Instant,
-        mut limits: Limits,
+        violated: &[String],
+        wait: Duration,
+        body: &bytes::Bytes,
+        limits: Limits,
     ) -> (http::response::Parts, bytes::Bytes) {
-        let wait = refusal.until.saturating_duration_since(now);
-        limits.add(
-            &rule.field,
-            &rule.rule.policies,
-            refusal
-                .states
-                .iter()
-                .map(|(remaining, at)| (*remaining, at.saturating_duration_since(now))),
-        );
         let (mut head, body) = match &self.respond {
             Some(respond) => {
                 let limited = Limited {
-                    violated: &refusal.violated,
+                    violated,
                     retry_after: wait,
                 };
                 respond(&limited).into_parts()
@@ -755,7 +749,7 @@ impl Config {
                     http::header::CACHE_CONTROL,
                     HeaderValue::from_static("no-store"),
                 );
-                (head, refusal.body.clone())
+                (head, body.clone())
             }
         };
         if !head.headers.contains_key(headers::RATELIMIT) {
@@ -767,11 +761,56 @@ impl Config {
         }
         (head, body)
     }
+
+    /// The answer to a request refused by a rule this instance remembers
+    /// as refusing its client until an instant.
+    fn refuse_known(
+        &self,
+        rule: &CompiledRule,
+        refusal: &Refusal,
+        now: Instant,
+    ) -> (http::response::Parts, bytes::Bytes) {
+        let mut limits = Limits::default();
+        limits.add(
+            &rule.field,
+            &rule.rule.policies,
+            refusal
+                .states
+                .iter()
+                .map(|(remaining, at)| (*remaining, at.saturating_duration_since(now))),
+        );
+        let wait = refusal.until.saturating_duration_since(now);
+        self.refuse(&refusal.violated, wait, &refusal.body, limits)
+    }
+
+    /// The answer when the store failed: through (no fields) unless a rule
+    /// that applies fails closed and is not a dry run; then the store
+    /// failure's problem (503, or 500 when the store answered with an
+    /// error).
+    fn store_failed(&self, pending: &[Pending], e: &Error) -> Verdict {
+        self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+        let rules = || pending.iter().map(|p| self.rules[p.rule].name.as_str());
+        let closed: Vec<&str> = pending
+            .iter()
+            .map(|p| &self.rules[p.rule])
+            .filter(|r| !r.dry_run && r.failure == FailurePolicy::Closed)
+            .map(|r| r.name.as_str())
+            .collect();
+        if closed.is_empty() {
+            let rules: Vec<&str> = rules().collect();
+            tracing::warn!(error = %e, rules = ?rules, "rate-limit store failed; letting the request through (fail-open)");
+            return Verdict::Pass(Limits::default(), false);
+        }
+        tracing::error!(error = %e, fail_closed = ?closed, "rate-limit store failed; refusing the request (fail-closed)");
+        let problem = Problem::store_failure("rate-limit", e);
+        let (head, _) = problem.to_response::<()>().into_parts();
+        Verdict::Stop(head, bytes::Bytes::from(problem.to_json()))
+    }
 }
 
 /// The checks that need an `.await`: keys found by one, refusals known for
-/// them, then the store, rule by rule. The request head comes back with
-/// the verdict.
+/// them, then one store call for every rule that applies. The request
+/// head comes back with the verdict.
 async fn check(config: Arc<Config>, parts: Parts, mut pending: Vec<Pending>) -> (Parts, Verdict) {
     // Keys that need an `.await`, and what is known locally of them.
     let mut i = 0;
@@ -798,100 +837,158 @@ async fn check(config: Arc<Config>, parts: Parts, mut pending: Vec<Pending>) -> 
         pending[i].cost = cost;
         i += 1;
     }
+    let verdict = decide(&config, &pending).await;
+    (parts, verdict)
+}
 
+/// One store call for the rules that apply (every key found), and what
+/// it means for the request.
+async fn decide(config: &Config, pending: &[Pending]) -> Verdict {
+    // Every key is found by now; each check beside its rule.
+    if let [p] = pending {
+        // One rule (the usual case): the plain check, nothing allocated.
+        let Some(one) = entry(config, p) else {
+            return judge(config, pending, &[], &[]);
+        };
+        return match config
+            .store
+            .check(one.1.key, one.1.policies, one.1.cost)
+            .await
+        {
+            Ok(decision) => judge(config, pending, &[one], std::slice::from_ref(&decision)),
+            Err(e) => config.store_failed(pending, &e),
+        };
+    }
+    let entries: Vec<_> = pending.iter().filter_map(|p| entry(config, p)).collect();
+    let checks: Vec<Check<'_>> = entries.iter().map(|(_, c)| *c).collect();
+    let decisions = match checks.as_slice() {
+        [] => Vec::new(),
+        all => match config.store.check_all(all).await {
+            Ok(decisions) => decisions,
+            Err(e) => return config.store_failed(pending, &e),
+        },
+    };
+    judge(config, pending, &entries, &decisions)
+}
+
+/// A rule that applies, and its check (`None` while its key is unknown).
+fn entry<'a>(config: &'a Config, p: &'a Pending) -> Option<(&'a CompiledRule, Check<'a>)> {
+    let rule = &config.rules[p.rule];
+    let key = p.key.as_deref()?;
+    let check = Check::new(key, &rule.rule.policies, p.cost).dry_run(rule.dry_run);
+    Some((rule, check))
+}
+
+/// What the store's decisions (one per check, or up to a refusal) mean
+/// for the request.
+fn judge(
+    config: &Config,
+    pending: &[Pending],
+    checks: &[(&CompiledRule, Check<'_>)],
+    decisions: &[Decision],
+) -> Verdict {
+    // A store that stopped early must say why: a refusal.
+    let stopped = decisions
+        .iter()
+        .zip(checks)
+        .any(|(d, (_, c))| !d.allowed && !c.dry_run);
+    if decisions.len() > checks.len() || (decisions.len() < checks.len() && !stopped) {
+        let e = Error::decode(format!(
+            "the rate-limit store answered {} decisions for {} checks",
+            decisions.len(),
+            checks.len()
+        ));
+        return config.store_failed(pending, &e);
+    }
+
+    // For a policy that refused, `t` is its wait, so `Retry-After` (the
+    // longest wait) is never earlier than any `t`.
+    let shown = |s: &PolicyState| {
+        if s.admitted {
+            s.reset
+        } else {
+            s.retry_after
+        }
+    };
     let mut limits = Limits::default();
-    for p in &pending {
-        let rule = &config.rules[p.rule];
-        let Some(key) = p.key.as_deref() else {
-            continue;
-        };
-        let policies = &rule.rule.policies;
-        let decision = match config.store.check(key, policies, p.cost).await {
-            Ok(decision) => decision,
-            Err(e) => {
-                config.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                match rule.failure {
-                    // A dry run never refuses: not for a store failure either.
-                    _ if rule.dry_run => {
-                        tracing::warn!(error = %e, rule = %rule.name, "rate-limit store failed; dry-run rule lets the request through");
-                        continue;
-                    }
-                    FailurePolicy::Open => {
-                        tracing::warn!(error = %e, rule = %rule.name, "rate-limit store failed; letting the request through (fail-open)");
-                        continue;
-                    }
-                    FailurePolicy::Closed => {
-                        tracing::error!(error = %e, rule = %rule.name, "rate-limit store failed");
-                        let problem = Problem::store_failure("rate-limit", &e);
-                        let (head, _) = problem.to_response::<()>().into_parts();
-                        let body = bytes::Bytes::from(problem.to_json());
-                        return (parts, Verdict::Stop(head, body));
-                    }
-                }
-            }
-        };
-        // For a policy that refused, `t` is its wait, so `Retry-After`
-        // (the longest wait) is never earlier than any `t`.
-        let shown = |s: &super::store::PolicyState| {
-            if s.admitted {
-                s.reset
-            } else {
-                s.retry_after
-            }
-        };
+    let mut refused = Vec::new();
+    for ((rule, c), decision) in checks.iter().zip(decisions) {
+        limits.add(
+            &rule.field,
+            c.policies,
+            decision.policies.iter().map(|s| (s.remaining, shown(s))),
+        );
         if decision.allowed {
-            limits.add(
-                &rule.field,
-                policies,
-                decision.policies.iter().map(|s| (s.remaining, shown(s))),
-            );
             continue;
         }
-        let now = Instant::now();
-        let retry = decision.retry_after();
-        let violated: Vec<String> = policies
-            .iter()
-            .zip(&decision.policies)
-            .filter(|(_, state)| !state.admitted)
-            .map(|(policy, _)| policy.name().to_owned())
-            .collect();
         if rule.dry_run {
             config
                 .counters
                 .dry_run_denied
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(rule = %rule.name, key = %key, violated = ?violated, retry_after_ms = retry.as_millis() as u64, "rate limit exceeded (dry run: let through)");
-            limits.add(
-                &rule.field,
-                policies,
-                decision.policies.iter().map(|s| (s.remaining, shown(s))),
-            );
+            let violated = violated(c.policies, decision);
+            tracing::info!(rule = %rule.name, key = %c.key, violated = ?violated, retry_after_ms = decision.retry_after().as_millis() as u64, "rate limit exceeded (dry run: let through)");
             continue;
         }
-        config.counters.denied.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(rule = %rule.name, key = %key, violated = ?violated, "rate limit exceeded");
-        let refusal = Refusal {
-            until: later(now, retry),
-            cost: p.cost,
-            states: decision
-                .policies
-                .iter()
-                .map(|s| (s.remaining, later(now, shown(s))))
-                .collect(),
-            body: bytes::Bytes::from(
-                headers::problem(violated.iter().map(String::as_str)).to_json(),
-            ),
-            violated,
-            rendered: std::sync::Mutex::new(None),
-        };
-        let answer = config.refuse(rule, &refusal, now, limits);
-        if let (Some(cache), false) = (&config.deny_cache, retry.is_zero()) {
-            cache.insert(key.to_owned(), Arc::new(refusal));
-        }
-        return (parts, Verdict::Stop(answer.0, answer.1));
+        refused.push((rule, c, decision));
     }
-    config.counters.allowed.fetch_add(1, Ordering::Relaxed);
-    (parts, Verdict::Pass(limits, config.legacy_headers))
+    if refused.is_empty() {
+        config.counters.allowed.fetch_add(1, Ordering::Relaxed);
+        return Verdict::Pass(limits, config.legacy_headers);
+    }
+
+    // Refused: each refusing rule's client is remembered as refused (the
+    // refusal counted nothing of that rule, so it stands on its own), and
+    // the answer names every violated policy.
+    config.counters.denied.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    let mut all_violated = Vec::new();
+    let mut wait = Duration::ZERO;
+    for (rule, c, decision) in refused {
+        let retry = decision.retry_after();
+        let violated = violated(c.policies, decision);
+        tracing::debug!(rule = %rule.name, key = %c.key, violated = ?violated, "rate limit exceeded");
+        for name in &violated {
+            // Two rules may name a policy alike: named once.
+            if !all_violated.contains(name) {
+                all_violated.push(name.clone());
+            }
+        }
+        wait = wait.max(retry);
+        if let (Some(cache), false) = (&config.deny_cache, retry.is_zero()) {
+            let refusal = Refusal {
+                until: later(now, retry),
+                cost: c.cost,
+                states: decision
+                    .policies
+                    .iter()
+                    .map(|s| (s.remaining, later(now, shown(s))))
+                    .collect(),
+                body: problem_body(&violated),
+                violated,
+                rendered: std::sync::Mutex::new(None),
+            };
+            cache.insert(c.key.to_owned(), Arc::new(refusal));
+        }
+    }
+    let body = problem_body(&all_violated);
+    let (head, body) = config.refuse(&all_violated, wait, &body, limits);
+    Verdict::Stop(head, body)
+}
+
+/// The names of the policies that refused.
+fn violated(policies: &[Policy], decision: &Decision) -> Vec<String> {
+    policies
+        .iter()
+        .zip(&decision.policies)
+        .filter(|(_, state)| !state.admitted)
+        .map(|(policy, _)| policy.name().to_owned())
+        .collect()
+}
+
+/// The default 429's body, naming the violated policies.
+fn problem_body(violated: &[String]) -> bytes::Bytes {
+    bytes::Bytes::from(headers::problem(violated.iter().map(String::as_str)).to_json())
 }
 
 /// `now + wait`, for a wait a store reported: a request costing far more

@@ -52,12 +52,14 @@
 //!   user, one global key, your own function). Key API clients by
 //!   [`Key::header_validated`], which counts only values your validator
 //!   knows: with [`Key::header`], every made-up value would be a fresh
-//!   budget (and a new key in the store). All of a rule's policies are
-//!   checked in one script, all or nothing: a refused request consumes
-//!   nothing from that rule. When several rules match, they are checked in
-//!   order, so a rule checked before the one that refuses has already
-//!   counted the request. A request that matches no rule passes with no
-//!   store call.
+//!   budget (and a new key in the store). A request that matches no rule
+//!   passes with no store call.
+//! - Every rule that matches a request is checked in one store call, all
+//!   or nothing: when any of their policies refuses it, none counts it
+//!   (a refused login consumes nothing of a site-wide limit either), and
+//!   the 429 names every violated policy. A dry-run rule never refuses,
+//!   and counts a request only when everything else admits it too. On
+//!   Redis Cluster see [Several rules on a cluster](#several-rules-on-a-cluster).
 //! - State is one value per client per rule name and policy set: rules
 //!   (or layers) with the same name and the same policies share a budget
 //!   per client; different names count apart.
@@ -80,8 +82,10 @@
 //!   ([`on_store_error`](RateLimitLayerBuilder::on_store_error)) and per
 //!   rule ([`Rule::on_store_error`], which overrides the layer's): a limit
 //!   that guards credentials (logins, password resets) should fail closed,
-//!   or an attacker who can slow the store down lifts it. A dry-run rule
-//!   never refuses, store failure or not.
+//!   or an attacker who can slow the store down lifts it. The rules a
+//!   request matches share its one store call, so when it fails, the
+//!   request is refused if any of them (not in dry run) fails closed. A
+//!   dry-run rule never refuses, store failure or not.
 //!
 //! # Client addresses
 //!
@@ -113,12 +117,27 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Several rules on a cluster
+//!
+//! Keys of one Redis Cluster script must share a slot. A rule's state is
+//! tagged by the client it counts (the address, the API key's digest, the
+//! user...), not by the rule, so rules that count the same client (the
+//! default key everywhere, say) are still one script, all or nothing. Rules
+//! that count different clients (a [`Key::global`] login limit beside a
+//! per-address site limit) cannot share a script there: the matching rules
+//! are then checked in runs of consecutive rules with the same client, one
+//! script per run, in the rules' order. A run that refuses ends the check,
+//! so the runs before it have counted the refused request (the per-address
+//! site limit above is consumed by logins the global limit refuses), and
+//! the ones after it are not consulted. On a single Redis (or behind
+//! Sentinel) and on the memory backend, there is no such split.
+//!
 //! # Cost
 //!
 //! | request | store round trips |
 //! |---|---|
 //! | matches no rule | 0 |
-//! | matches a rule | 1 (one script for all of the rule's policies) per matching rule |
+//! | matches one or more rules | 1 (one script for every policy of every matching rule; on a cluster, one per run of rules counting the same client) |
 //! | from a client known to be refused | 0 |
 
 mod headers;
@@ -138,4 +157,4 @@ pub use self::layer::{
 };
 pub use self::policy::{Algorithm, Policy, MAX_BURST_PERIOD, MAX_QUOTA, MAX_WINDOW};
 pub use self::rule::Rule;
-pub use self::store::{Decision, PolicyState, RateLimitStore};
+pub use self::store::{Check, Decision, PolicyState, RateLimitStore};

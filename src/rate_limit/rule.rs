@@ -18,8 +18,9 @@ pub(crate) type CostFn = Arc<dyn Fn(&Parts) -> u64 + Send + Sync>;
 /// A rule matches a route (axum's `MatchedPath` template, such as
 /// `/users/{id}`; without axum, the request path), a path prefix, or every
 /// request, optionally only for some methods. Every rule that matches a
-/// request applies; a request no rule matches passes untouched, with no
-/// store call.
+/// request applies, all checked in one store call, all or nothing (on
+/// Redis Cluster, see the module docs); a request no rule matches passes
+/// untouched, with no store call.
 ///
 /// ```
 /// use http::Method;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::StatusCode;
 use redis_layers::memory::MemoryBackend;
-use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
+use redis_layers::rate_limit::{
+    Check, Decision, Key, Policy, RateLimitLayer, RateLimitStore, Rule,
+};
 
 use tower::ServiceExt;
 
@@ -17,6 +19,16 @@ use crate::harness::{app, get_from, send, Fixture, Kind};
 
 fn fixture(kind: Kind) -> Fixture {
     Fixture::new(kind)
+}
+
+/// The `RateLimit` field's item of `policy`: `(r, t)`.
+fn item(field: Option<&str>, policy: &str) -> Option<(u64, u64)> {
+    let head = format!("\"{policy}\";r=");
+    let rest = field?
+        .split(", ")
+        .find_map(|i| i.strip_prefix(head.as_str()))?;
+    let (r, t) = rest.split_once(";t=")?;
+    Some((r.parse().ok()?, t.parse().ok()?))
 }
 
 crate::support::both_backends! { fixture;
@@ -56,6 +68,114 @@ crate::support::both_backends! { fixture;
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
         // Two counters (the address, the known key), not one per value.
         assert_eq!(fx.tb.keys("rl:*").len(), 2, "{:?}", fx.tb.keys("rl:*"));
+    }
+
+    a_refusal_by_one_rule_counts_against_no_other => |fx| {
+        // Both rules count by the client's address: one call, all or
+        // nothing, on every backend (on a cluster, one hash tag).
+        let layer = RateLimitLayer::builder(fx.backend())
+            .rule(Rule::any().policy(Policy::per_hour(100).named("site")).named("site"))
+            .rule(Rule::route("/login").policy(Policy::per_hour(2).named("login")).named("login"))
+            // Every refusal goes to the store.
+            .deny_cache_capacity(0)
+            .build()
+            .unwrap();
+        let app = app(layer.clone());
+        let peer = "192.0.2.60:1";
+        for left in [99, 98] {
+            let r = send(&app, "POST", "/login", peer, &[]).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(item(r.header("ratelimit"), "site").map(|i| i.0), Some(left));
+        }
+        for _ in 0..5 {
+            let r = send(&app, "POST", "/login", peer, &[]).await;
+            assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+            assert!(r.body.contains("\"login\""), "{}", r.body);
+            // The refusal tells every rule's state, none of them counted.
+            assert_eq!(
+                item(r.header("ratelimit"), "site").map(|i| i.0),
+                Some(98),
+                "{:?}",
+                r.header("ratelimit")
+            );
+            assert_eq!(item(r.header("ratelimit"), "login").map(|i| i.0), Some(0));
+        }
+        let r = get_from(&app, "/free", peer).await;
+        assert_eq!(
+            item(r.header("ratelimit"), "site").map(|i| i.0),
+            Some(97),
+            "the refused logins consumed nothing of the site's budget"
+        );
+        let stats = layer.stats();
+        assert_eq!((stats.allowed, stats.denied), (3, 5), "{stats:?}");
+    }
+
+    rules_keyed_by_different_clients_count_as_documented => |fx| {
+        // The login rule counts everyone together; the site rule counts
+        // each address. On one Redis and in memory they are one call, all
+        // or nothing. On a cluster their keys live in different slots:
+        // they are checked one after the other, in the rules' order, so
+        // the site rule (first) has counted a request the login rule
+        // then refuses.
+        let layer = RateLimitLayer::builder(fx.backend())
+            .rule(Rule::any().policy(Policy::per_hour(100).named("site")).named("site"))
+            .rule(
+                Rule::route("/login")
+                    .key(Key::global())
+                    .policy(Policy::per_hour(1).named("login"))
+                    .named("login"),
+            )
+            .deny_cache_capacity(0)
+            .build()
+            .unwrap();
+        let app = app(layer);
+        let peer = "192.0.2.61:1";
+        assert_eq!(send(&app, "POST", "/login", "192.0.2.62:1", &[]).await.status, StatusCode::OK);
+        for _ in 0..3 {
+            let r = send(&app, "POST", "/login", peer, &[]).await;
+            assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        }
+        let r = get_from(&app, "/free", peer).await;
+        let site = item(r.header("ratelimit"), "site").map(|i| i.0);
+        let split = is_cluster(&fx);
+        assert_eq!(site, Some(if split { 96 } else { 99 }), "{:?}", r.header("ratelimit"));
+    }
+
+    check_all_is_all_or_nothing_and_dry_runs_never_refuse => |fx| {
+        let store = fx.backend();
+        let a = [Policy::per_hour(10).named("a")];
+        let b = [Policy::per_hour(1).named("b")];
+        let d = [Policy::per_hour(1).named("d")];
+        let remaining = |ds: &[Decision]| ds.iter().map(|x| x.policies[0].remaining).collect::<Vec<_>>();
+        let allowed = |ds: &[Decision]| ds.iter().map(|x| x.allowed).collect::<Vec<_>>();
+        // One client's keys under three rules (one hash tag: one script on
+        // a cluster too).
+        let all = [
+            Check::new("a|c", &a, 1),
+            Check::new("b|c", &b, 1),
+            Check::new("d|c", &d, 1).dry_run(true),
+        ];
+        let first = store.check_all(&all).await.unwrap();
+        assert_eq!(allowed(&first), [true, true, true]);
+        assert_eq!(remaining(&first), [9, 0, 0]);
+        // b refuses: nothing counts; a alone would admit; the dry run tells
+        // what it would do.
+        let second = store.check_all(&all).await.unwrap();
+        assert_eq!(allowed(&second), [true, false, false]);
+        assert_eq!(remaining(&second), [9, 0, 0], "a did not count the refused request");
+        // Without b, the dry run refusing holds nothing back.
+        let third = store.check_all(&[all[0], all[2]]).await.unwrap();
+        assert_eq!(allowed(&third), [true, false]);
+        assert_eq!(remaining(&third), [8, 0]);
+        // A dry run that admits counts only when the others do too.
+        let e = [Policy::per_hour(5).named("e")];
+        let refused = store
+            .check_all(&[Check::new("b|c", &b, 1), Check::new("e|c", &e, 1).dry_run(true)])
+            .await
+            .unwrap();
+        assert_eq!(allowed(&refused), [false, true]);
+        let e_alone = store.check("e|c", &e, 1).await.unwrap();
+        assert_eq!(e_alone.policies[0].remaining, 4, "the dry run did not count the refused request");
     }
 
     extreme_settings_work => |fx| {
@@ -99,6 +219,15 @@ crate::support::both_backends! { fixture;
         let d = store.check("longest", &longest, 1).await.unwrap();
         assert!(!d.allowed, "{d:?}");
     }
+}
+
+fn is_cluster(fx: &Fixture) -> bool {
+    #[cfg(feature = "cluster")]
+    if matches!(fx.tb.kind, Kind::Cluster) {
+        return true;
+    }
+    let _ = fx;
+    false
 }
 
 /// What `tracing` logged on this thread while the guard lives.
@@ -177,6 +306,52 @@ async fn a_missing_peer_address_is_warned_about_once_per_layer() {
         b.clone().oneshot(bare()).await.unwrap();
     }
     assert_eq!(logs.count(fix), 2, "{}", logs.text());
+}
+
+/// A store of one's own that implements only `check`.
+struct OneByOne(MemoryBackend);
+
+impl RateLimitStore for OneByOne {
+    fn check(
+        &self,
+        key: &str,
+        policies: &[Policy],
+        cost: u64,
+    ) -> impl std::future::Future<Output = Result<Decision, redis_layers::Error>> + Send {
+        self.0.check(key, policies, cost)
+    }
+}
+
+#[tokio::test]
+async fn a_store_without_check_all_is_checked_rule_by_rule() {
+    // As documented: the default `check_all` checks the rules in order, and
+    // a rule before the one that refuses has counted the request.
+    let layer = RateLimitLayer::builder(OneByOne(MemoryBackend::new()))
+        .rule(
+            Rule::any()
+                .policy(Policy::per_hour(100).named("site"))
+                .named("site"),
+        )
+        .rule(
+            Rule::route("/login")
+                .policy(Policy::per_hour(1).named("login"))
+                .named("login"),
+        )
+        .deny_cache_capacity(0)
+        .build()
+        .unwrap();
+    let app = app(layer);
+    let peer = "192.0.2.63:1";
+    assert_eq!(
+        send(&app, "POST", "/login", peer, &[]).await.status,
+        StatusCode::OK
+    );
+    for _ in 0..3 {
+        let r = send(&app, "POST", "/login", peer, &[]).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let r = get_from(&app, "/free", peer).await;
+    assert_eq!(item(r.header("ratelimit"), "site").map(|i| i.0), Some(95));
 }
 
 #[test]

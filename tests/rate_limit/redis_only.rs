@@ -53,6 +53,51 @@ async fn one_script_call_per_limited_request_none_otherwise() {
 }
 
 #[tokio::test]
+async fn one_script_call_for_every_rule_that_applies() {
+    let fx = Fixture::new(Kind::Redis);
+    let mut monitor = Monitor::start(fx.server());
+    let layer = RateLimitLayer::builder(fx.backend())
+        .rule(
+            Rule::any()
+                .policy(Policy::per_minute(100).named("site"))
+                .named("site"),
+        )
+        .rule(
+            Rule::route("/login")
+                .key(redis_layers::rate_limit::Key::global())
+                .policy(Policy::per_minute(1).named("login"))
+                .policy(Policy::per_hour(9).fixed_window().named("login-h"))
+                .named("login"),
+        )
+        .rule(
+            Rule::route("/login")
+                .policy(Policy::per_minute(5).named("login-ip"))
+                .dry_run(true)
+                .named("login-ip"),
+        )
+        .build()
+        .unwrap();
+    let app = app(layer);
+    let peer = "192.0.2.1:1";
+    // Warm the script cache.
+    get_from(&app, "/free", peer).await;
+    monitor.take();
+    // Three rules, four policies: one round trip.
+    let r = send(&app, "POST", "/login", peer, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(monitor.take(), ["evalsha"]);
+    let policy = r.header("ratelimit-policy").unwrap();
+    for name in ["site", "login", "login-h", "login-ip"] {
+        assert!(policy.contains(&format!("\"{name}\"")), "{policy}");
+    }
+    // The refusal too.
+    let r = send(&app, "POST", "/login", peer, &[]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(monitor.take(), ["evalsha"]);
+    assert_eq!(fx.tb.keys("rl:*").len(), 3, "{:?}", fx.tb.keys("rl:*"));
+}
+
+#[tokio::test]
 async fn a_clients_states_share_one_hash_slot_and_expire() {
     let fx = Fixture::new(Kind::Redis);
     let app = app(limited(&fx, FailurePolicy::Open));
@@ -219,8 +264,19 @@ async fn a_rule_chooses_its_own_failure_policy() {
         .rule(api().on_store_error(FailurePolicy::Open))
         .build()
         .unwrap());
+    // A request both a fail-open and a fail-closed rule apply to (one
+    // store call): refused.
+    let both = app(RateLimitLayer::builder(fx.backend())
+        .rule(
+            Rule::any()
+                .policy(Policy::per_minute(50).named("site"))
+                .named("site"),
+        )
+        .rule(login().on_store_error(FailurePolicy::Closed))
+        .build()
+        .unwrap());
     let peer = "192.0.2.1:1";
-    for app in [&open, &closed] {
+    for app in [&open, &closed, &both] {
         assert_eq!(
             send(app, "POST", "/login", peer, &[]).await.status,
             StatusCode::OK
@@ -245,4 +301,8 @@ async fn a_rule_chooses_its_own_failure_policy() {
         );
         assert!(r.header("ratelimit").is_none(), "no state to report");
     }
+    let r = send(&both, "POST", "/login", peer, &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    let r = get_from(&both, "/free", peer).await;
+    assert_eq!(r.status, StatusCode::OK, "only the site rule: {}", r.body);
 }
