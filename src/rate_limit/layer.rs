@@ -457,9 +457,9 @@ impl RateLimitLayerBuilder {
     /// (names; quotas up to [`MAX_QUOTA`](super::MAX_QUOTA), windows up to
     /// [`MAX_WINDOW`](super::MAX_WINDOW), bursts that come back within
     /// [`MAX_BURST_PERIOD`](super::MAX_BURST_PERIOD): every number the
-    /// store computes from them stays exact), at least one rule, rule names unique,
-    /// policy names unique within a rule, trusted proxies that parse, an
-    /// IPv6 prefix of at most 128 bits.
+    /// store computes from them stays exact), at least one rule, rule
+    /// names unique and without `|`, policy names unique within a rule,
+    /// trusted proxies that parse, an IPv6 prefix of at most 128 bits.
     pub fn build(self) -> Result<RateLimitLayer, Error> {
         if let Some(e) = self.errors.into_iter().next() {
             return Err(Error::config(e));
@@ -477,6 +477,14 @@ impl RateLimitLayerBuilder {
             if !names.insert(name.clone()) {
                 return Err(Error::config(format!(
                     "two rate-limit rules are named {name:?}"
+                )));
+            }
+            if name.contains('|') {
+                // Keys are `<rule>|<client>`, the client after the first
+                // `|` being the hash tag that keeps one client's rules in
+                // one script on Redis Cluster.
+                return Err(Error::config(format!(
+                    "rate-limit rule name {name:?} must not contain '|'"
                 )));
             }
             if rule.policies.is_empty() {

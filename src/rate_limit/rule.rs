@@ -167,7 +167,8 @@ impl Rule {
     }
 
     /// The rule's name: its counters are kept apart from other rules'
-    /// under it (default: `rule-<n>`, its place in the layer).
+    /// under it (default: `rule-<n>`, its place in the layer). Any text
+    /// but `|` (checked when the layer is built).
     #[must_use]
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
