@@ -13,7 +13,7 @@ use redis_layers::cache::{CacheLayer, Purger};
 use redis_layers::idempotency::{Fence, IdempotencyLayer, Scope};
 use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
 use redis_layers::session::{Session, SessionError, SessionLayer};
-use redis_layers::{Backend, ErrorKind, Problem};
+use redis_layers::{Backend, ErrorKind, FailurePolicy, Problem};
 use serde::Deserialize;
 
 #[path = "users.rs"]
@@ -61,6 +61,7 @@ pub fn router(
             Rule::route("/login")
                 .method(Method::POST)
                 .policy(Policy::per_minute(30).burst(10).named("login-ip"))
+                .on_store_error(FailurePolicy::Closed)
                 .named("login-ip"),
         )
         .rule(
@@ -486,8 +487,16 @@ async fn login(
             return res;
         }
         Ok(_) => {}
-        // Fail open, as the layer does by default.
-        Err(e) => tracing::warn!(error = %e, "login limit unavailable"),
+        // Fail closed, like the layer's login rule: an attempt the store
+        // cannot count is not made.
+        Err(e) => {
+            tracing::error!(error = %e, "login limit unavailable");
+            return views::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "Logins are paused; try again shortly.",
+            );
+        }
     }
     // Argon2 is slow on purpose (and takes 19 MiB): off the async workers,
     // a few at a time, each in one of as many reused buffers, so a burst

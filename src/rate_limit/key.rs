@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::header::{HeaderName, FORWARDED};
@@ -12,18 +13,25 @@ use ipnet::{IpNet, Ipv6Net};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type CustomKey = Arc<dyn Fn(&Parts) -> BoxFuture<Option<String>> + Send + Sync>;
+/// Whether a header's value is one the application knows.
+type Validator = Arc<dyn Fn(&str) -> BoxFuture<bool> + Send + Sync>;
 
 /// Who a request is counted against: its client address, an API key, the
 /// session's user, everyone together, or your own function. When a key
-/// yields nothing (no such header, no user), [`or`](Key::or) tries the
-/// next; when none yields, the layer's
+/// yields nothing (no such header, an unknown API key, no user),
+/// [`or`](Key::or) tries the next; when none yields, the layer's
 /// [`missing_key`](super::RateLimitLayerBuilder::missing_key) choice applies.
 ///
 /// ```
 /// use redis_layers::rate_limit::Key;
 ///
-/// // An API key when the client sends one, else its address.
-/// let key = Key::header("x-api-key").or(Key::client_ip());
+/// // A known API key when the client sends one, else its address. Only
+/// // known keys count apart: a client making up a new key per request
+/// // is still counted by its address.
+/// let key = Key::header_validated("x-api-key", |key: &str| {
+///     std::future::ready(["demo-key", "partner-key"].contains(&key))
+/// })
+/// .or(Key::client_ip());
 /// # let _ = key;
 /// ```
 #[derive(Clone)]
@@ -36,6 +44,7 @@ enum Kind {
     PeerIp,
     ClientIp,
     Header(HeaderName),
+    ValidatedHeader(HeaderName, Validator),
     Global,
     #[cfg(feature = "session")]
     SessionUser,
@@ -49,6 +58,7 @@ impl fmt::Debug for Key {
             Kind::PeerIp => f.write_str("Key::peer_ip()"),
             Kind::ClientIp => f.write_str("Key::client_ip()"),
             Kind::Header(name) => write!(f, "Key::header({name:?})"),
+            Kind::ValidatedHeader(name, _) => write!(f, "Key::header_validated({name:?}, ..)"),
             Kind::Global => f.write_str("Key::global()"),
             #[cfg(feature = "session")]
             Kind::SessionUser => f.write_str("Key::session_user()"),
@@ -63,7 +73,9 @@ impl Key {
     /// with `into_make_service_with_connect_info::<SocketAddr>()`), or a
     /// [`SocketAddr`] request extension (hyper). Forwarding headers are
     /// ignored. IPv6 addresses are grouped by the layer's
-    /// [`ipv6_prefix`](super::RateLimitLayerBuilder::ipv6_prefix).
+    /// [`ipv6_prefix`](super::RateLimitLayerBuilder::ipv6_prefix). A
+    /// request without either has no address: see the module docs' "Client
+    /// addresses" (the layer warns once).
     pub fn peer_ip() -> Self {
         Key { kind: Kind::PeerIp }
     }
@@ -83,18 +95,68 @@ impl Key {
         }
     }
 
-    /// The value of a request header (an API key, say). Counted under a
+    /// The value of a request header, whatever it is. Counted under a
     /// SHA-256 digest of the value, so the store holds no credential.
+    ///
+    /// Every value counts apart, so a client that sends a new value with
+    /// each request gets a fresh budget each time (and the store a new
+    /// key): use it only for a header the client cannot choose freely (one
+    /// a trusted proxy sets), and [`header_validated`](Key::header_validated)
+    /// for API keys.
     ///
     /// # Panics
     ///
     /// When `name` is not a header name (any case is accepted).
     pub fn header(name: &'static str) -> Self {
-        match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(name) => Key {
-                kind: Kind::Header(name),
-            },
-            Err(_) => panic!("Key::header: {name:?} is not a header name"),
+        Key {
+            kind: Kind::Header(header_name("Key::header", name)),
+        }
+    }
+
+    /// The value of a request header when `known` says it is one the
+    /// application knows (an issued API key); an unknown value counts as
+    /// no header, so [`or`](Key::or) falls through to the next key (the
+    /// client's address, say). A client inventing a value per request is
+    /// then still counted by its address, and the store holds one key per
+    /// known value, not one per invented one. Counted under a SHA-256
+    /// digest of the value, like [`header`](Key::header).
+    ///
+    /// `known` gets the value as text (a value that is not visible ASCII
+    /// is never known) and answers with a future, like
+    /// [`custom`](Key::custom)'s function: `std::future::ready(..)` for a
+    /// lookup in memory, an `async` block for one elsewhere (keep it
+    /// cheap: it runs on every request the rule applies to).
+    ///
+    /// ```
+    /// use std::collections::HashSet;
+    /// use std::sync::Arc;
+    /// use redis_layers::rate_limit::{Key, Policy, Rule};
+    ///
+    /// let issued: Arc<HashSet<String>> = Arc::new(["k-1".into(), "k-2".into()].into());
+    /// let api = Rule::prefix("/api/")
+    ///     .key(
+    ///         Key::header_validated("x-api-key", move |key: &str| {
+    ///             std::future::ready(issued.contains(key))
+    ///         })
+    ///         .or(Key::client_ip()),
+    ///     )
+    ///     .policy(Policy::per_second(10).named("api"));
+    /// # let _ = api;
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a header name (any case is accepted).
+    pub fn header_validated<F, Fut>(name: &'static str, known: F) -> Self
+    where
+        F: Fn(&str) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        Key {
+            kind: Kind::ValidatedHeader(
+                header_name("Key::header_validated", name),
+                Arc::new(move |value| Box::pin(known(value))),
+            ),
         }
     }
 
@@ -145,8 +207,20 @@ impl Key {
         out: &mut String,
     ) -> Result<bool, ()> {
         match &self.kind {
-            Kind::PeerIp => Ok(peer(parts).map(|ip| ips.write_key(ip, out)).is_some()),
-            Kind::ClientIp => Ok(ips.client(parts).map(|ip| ips.write_key(ip, out)).is_some()),
+            Kind::PeerIp => Ok(match peer(parts) {
+                Some(ip) => {
+                    ips.write_key(ip, out);
+                    true
+                }
+                None => ips.no_peer_address(),
+            }),
+            Kind::ClientIp => Ok(match ips.client(parts) {
+                Some(ip) => {
+                    ips.write_key(ip, out);
+                    true
+                }
+                None => ips.no_peer_address(),
+            }),
             Kind::Header(name) => Ok(header_key(parts, name, out)),
             Kind::Global => {
                 out.push_str("global");
@@ -160,7 +234,7 @@ impl Key {
             }
             #[cfg(feature = "session")]
             Kind::SessionUser => Err(()),
-            Kind::Custom(_) => Err(()),
+            Kind::Custom(_) | Kind::ValidatedHeader(..) => Err(()),
         }
     }
 
@@ -179,6 +253,14 @@ impl Key {
                     Some(format!("user:{user}"))
                 }
                 Kind::Custom(f) => f(parts).await.map(|k| format!("custom:{k}")),
+                Kind::ValidatedHeader(name, known) => {
+                    let value = parts.headers.get(name)?.to_str().ok()?;
+                    if value.is_empty() || !known(value).await {
+                        return None;
+                    }
+                    let mut key = String::new();
+                    header_key(parts, name, &mut key).then_some(key)
+                }
                 Kind::Either(a, b) => match a.find(parts, ips).await {
                     Some(key) => Some(key),
                     None => b.find(parts, ips).await,
@@ -192,6 +274,14 @@ impl Key {
                 }
             }
         })
+    }
+}
+
+/// `name` as a header name; panics naming `from` when it is not one.
+fn header_name(from: &str, name: &'static str) -> HeaderName {
+    match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(name) => name,
+        Err(_) => panic!("{from}: {name:?} is not a header name"),
     }
 }
 
@@ -231,6 +321,9 @@ pub(crate) struct IpRules {
     pub(crate) trusted: Vec<IpNet>,
     pub(crate) ipv6_prefix: u8,
     pub(crate) header: ForwardedHeader,
+    /// Set once a request without a peer address was warned about (one
+    /// warning per layer).
+    pub(crate) warned_no_peer: Arc<AtomicBool>,
 }
 
 /// Which header the trusted proxies write the client's address into.
@@ -251,6 +344,25 @@ pub enum ForwardedHeader {
 }
 
 impl IpRules {
+    /// A request has no peer address, so an address key finds nothing:
+    /// warns the first time (per layer), naming the fix. Always false.
+    fn no_peer_address(&self) -> bool {
+        if !self.warned_no_peer.load(Ordering::Relaxed)
+            && !self.warned_no_peer.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "rate limit: a request has no peer address (no axum ConnectInfo, no SocketAddr \
+                 extension), so Key::client_ip() and Key::peer_ip() cannot tell clients apart: \
+                 every such request is counted under one shared key (or, with \
+                 MissingKey::Skip, not limited at all). Serve the app with \
+                 into_make_service_with_connect_info::<SocketAddr>() (hyper: insert the \
+                 connection's SocketAddr into each request's extensions), or key by a header \
+                 a trusted proxy sets. Warned once per layer."
+            );
+        }
+        false
+    }
+
     /// `ip:<address>`, or `ip:<network>/<prefix>` for IPv6 (one client may
     /// hold a whole /64). An IPv4-mapped IPv6 address counts as IPv4.
     fn write_key(&self, ip: IpAddr, out: &mut String) {
@@ -385,6 +497,7 @@ mod tests {
             trusted: trusted.iter().map(|n| n.parse().unwrap()).collect(),
             ipv6_prefix: 64,
             header: ForwardedHeader::XForwardedFor,
+            warned_no_peer: Arc::default(),
         }
     }
 
@@ -480,6 +593,32 @@ mod tests {
         assert_ne!(client(&a, &r), client(&c, &r));
         let mapped = parts("[::ffff:192.0.2.1]:1", &[]);
         assert_eq!(client(&mapped, &r).as_deref(), Some("ip:192.0.2.1"));
+    }
+
+    #[tokio::test]
+    async fn validated_header_keys_count_only_known_values() {
+        let r = rules(&[]);
+        let key = Key::header_validated("x-api-key", |v: &str| std::future::ready(v == "known"))
+            .or(Key::peer_ip());
+        // A known value is keyed as `Key::header` keys it.
+        let p = parts("192.0.2.1:1", &[("x-api-key", "known")]);
+        let plain = now(&Key::header("x-api-key"), &p, &r);
+        assert!(plain.is_some());
+        assert_eq!(key.find(&p, &r).await, plain);
+        // Anything else is the fallback.
+        for headers in [
+            &[("x-api-key", "made-up")][..],
+            &[("x-api-key", "")],
+            &[("x-api-key", "caf\u{e9}")],
+            &[],
+        ] {
+            let p = parts("192.0.2.1:1", headers);
+            assert_eq!(
+                key.find(&p, &r).await.as_deref(),
+                Some("ip:192.0.2.1"),
+                "{headers:?}"
+            );
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::headers::{self, Limits};
 use super::key::{ForwardedHeader, IpRules, Key};
 use super::policy::Policy;
 use super::rule::{CostFn, Rule, Target};
-use super::store::{RateLimitStore, Store};
+use super::store::{Check, Decision, PolicyState, RateLimitStore, Store};
 use crate::body::ResponseBody;
 use crate::error::Error;
 use crate::problem::Problem;
@@ -62,7 +62,13 @@ pub enum MissingKey {
 ///     .rule(Rule::route("/login").policy(Policy::per_minute(5).named("login")))
 ///     .rule(
 ///         Rule::prefix("/api/")
-///             .key(Key::header("x-api-key").or(Key::client_ip()))
+///             // An issued API key, else the address: see `Key::header_validated`.
+///             .key(
+///                 Key::header_validated("x-api-key", |key: &str| {
+///                     std::future::ready(key.starts_with("issued-"))
+///                 })
+///                 .or(Key::client_ip()),
+///             )
 ///             .policy(Policy::per_second(10).burst(20).named("api")),
 ///     )
 ///     .build()?;
@@ -144,6 +150,8 @@ struct CompiledRule {
     key: Key,
     cost: Option<CostFn>,
     dry_run: bool,
+    /// What a store failure does: the rule's choice, else the layer's.
+    failure: FailurePolicy,
     /// The rule's `RateLimit-Policy` value, rendered once.
     field: HeaderValue,
 }
@@ -217,6 +225,7 @@ impl std::fmt::Debug for CompiledRule {
             .field("key", &self.key)
             .field("cost", &self.cost.as_ref().map(|_| "fn"))
             .field("dry_run", &self.dry_run)
+            .field("failure", &self.failure)
             .finish_non_exhaustive()
     }
 }
@@ -309,7 +318,10 @@ impl RateLimitLayerBuilder {
     }
 
     /// A rule: which requests, which policies, which key. Every matching
-    /// rule applies; requests no rule matches pass without a store call.
+    /// rule applies (all in one store call, all or nothing: see the module
+    /// docs for Redis Cluster); requests no rule matches pass without a
+    /// store call. A rule's place is the order its runs are checked in on
+    /// a cluster.
     pub fn rule(mut self, rule: Rule) -> Self {
         self.rules.push(rule);
         self
@@ -386,7 +398,9 @@ impl RateLimitLayerBuilder {
     /// request goes through, the failure is logged and counted in
     /// [`RateLimitLayer::stats`]; [`FailurePolicy::Closed`] answers 503, or 500
     /// when the store answered with an error such as a failed script; a
-    /// dry-run rule lets the request through either way).
+    /// dry-run rule lets the request through either way). A rule's own
+    /// [`Rule::on_store_error`] overrides it for that rule: a login rule
+    /// may fail closed on a layer that fails open.
     pub fn on_store_error(mut self, policy: FailurePolicy) -> Self {
         self.failure = policy;
         self
@@ -440,9 +454,12 @@ impl RateLimitLayerBuilder {
     }
 
     /// Checks the settings and builds the layer: every policy valid
-    /// (names, quotas, windows), at least one rule, rule names unique,
-    /// policy names unique within a rule, trusted proxies that parse, an
-    /// IPv6 prefix of at most 128 bits.
+    /// (names; quotas up to [`MAX_QUOTA`](super::MAX_QUOTA), windows up to
+    /// [`MAX_WINDOW`](super::MAX_WINDOW), bursts that come back within
+    /// [`MAX_BURST_PERIOD`](super::MAX_BURST_PERIOD): every number the
+    /// store computes from them stays exact), at least one rule, rule
+    /// names unique and without `|`, policy names unique within a rule,
+    /// trusted proxies that parse, an IPv6 prefix of at most 128 bits.
     pub fn build(self) -> Result<RateLimitLayer, Error> {
         if let Some(e) = self.errors.into_iter().next() {
             return Err(Error::config(e));
@@ -460,6 +477,14 @@ impl RateLimitLayerBuilder {
             if !names.insert(name.clone()) {
                 return Err(Error::config(format!(
                     "two rate-limit rules are named {name:?}"
+                )));
+            }
+            if name.contains('|') {
+                // Keys are `<rule>|<client>`, the client after the first
+                // `|` being the hash tag that keeps one client's rules in
+                // one script on Redis Cluster.
+                return Err(Error::config(format!(
+                    "rate-limit rule name {name:?} must not contain '|'"
                 )));
             }
             if rule.policies.is_empty() {
@@ -499,6 +524,7 @@ impl RateLimitLayerBuilder {
                 key: rule.key.clone().unwrap_or_else(|| self.key.clone()),
                 cost: rule.cost.clone().or_else(|| self.cost.clone()),
                 dry_run: rule.dry_run.unwrap_or(self.dry_run),
+                failure: rule.failure.unwrap_or(self.failure),
                 rule,
             });
         }
@@ -510,6 +536,7 @@ impl RateLimitLayerBuilder {
                     trusted: self.trusted,
                     ipv6_prefix: self.ipv6_prefix,
                     header: self.forwarded_header,
+                    warned_no_peer: Arc::default(),
                 },
                 dry_run: self.dry_run,
                 legacy_headers: self.legacy_headers,
@@ -678,7 +705,7 @@ impl Config {
         self.counters.denied_locally.fetch_add(1, Ordering::Relaxed);
         if self.respond.is_some() {
             // The user's 429 is theirs to build each time.
-            return Some(self.refuse(rule, &refusal, now, Limits::default()));
+            return Some(self.refuse_known(rule, &refusal, now));
         }
         // A poisoned lock only means a panic elsewhere mid-copy: the
         // cached head is then rendered again.
@@ -688,7 +715,7 @@ impl Config {
                 head.clone()
             }
             _ => {
-                let (head, _) = self.refuse(rule, &refusal, now, Limits::default());
+                let (head, _) = self.refuse_known(rule, &refusal, now);
                 *rendered = Some((refusal.seconds(now).collect(), head.headers.clone()));
                 return Some((head, refusal.body.clone()));
             }
@@ -700,29 +727,20 @@ impl Config {
         Some((parts, refusal.body.clone()))
     }
 
-    /// The answer to a refused request: the 429 (or the user's), its
-    /// `RateLimit` fields (`limits` met before, then this rule's) and
-    /// `Retry-After`.
+    /// The answer to a refused request: the 429 (or the user's) naming
+    /// the `violated` policies, with the `RateLimit` fields of `limits`
+    /// and `Retry-After` (`wait`); `body` is the default 429's.
     fn refuse(
         &self,
-        rule: &CompiledRule,
-        refusal: &Refusal,
-        now: Instant,
-        mut limits: Limits,
+        violated: &[String],
+        wait: Duration,
+        body: &bytes::Bytes,
+        limits: Limits,
     ) -> (http::response::Parts, bytes::Bytes) {
-        let wait = refusal.until.saturating_duration_since(now);
-        limits.add(
-            &rule.field,
-            &rule.rule.policies,
-            refusal
-                .states
-                .iter()
-                .map(|(remaining, at)| (*remaining, at.saturating_duration_since(now))),
-        );
         let (mut head, body) = match &self.respond {
             Some(respond) => {
                 let limited = Limited {
-                    violated: &refusal.violated,
+                    violated,
                     retry_after: wait,
                 };
                 respond(&limited).into_parts()
@@ -739,7 +757,7 @@ impl Config {
                     http::header::CACHE_CONTROL,
                     HeaderValue::from_static("no-store"),
                 );
-                (head, refusal.body.clone())
+                (head, body.clone())
             }
         };
         if !head.headers.contains_key(headers::RATELIMIT) {
@@ -751,11 +769,56 @@ impl Config {
         }
         (head, body)
     }
+
+    /// The answer to a request refused by a rule this instance remembers
+    /// as refusing its client until an instant.
+    fn refuse_known(
+        &self,
+        rule: &CompiledRule,
+        refusal: &Refusal,
+        now: Instant,
+    ) -> (http::response::Parts, bytes::Bytes) {
+        let mut limits = Limits::default();
+        limits.add(
+            &rule.field,
+            &rule.rule.policies,
+            refusal
+                .states
+                .iter()
+                .map(|(remaining, at)| (*remaining, at.saturating_duration_since(now))),
+        );
+        let wait = refusal.until.saturating_duration_since(now);
+        self.refuse(&refusal.violated, wait, &refusal.body, limits)
+    }
+
+    /// The answer when the store failed: through (no fields) unless a rule
+    /// that applies fails closed and is not a dry run; then the store
+    /// failure's problem (503, or 500 when the store answered with an
+    /// error).
+    fn store_failed(&self, pending: &[Pending], e: &Error) -> Verdict {
+        self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+        let rules = || pending.iter().map(|p| self.rules[p.rule].name.as_str());
+        let closed: Vec<&str> = pending
+            .iter()
+            .map(|p| &self.rules[p.rule])
+            .filter(|r| !r.dry_run && r.failure == FailurePolicy::Closed)
+            .map(|r| r.name.as_str())
+            .collect();
+        if closed.is_empty() {
+            let rules: Vec<&str> = rules().collect();
+            tracing::warn!(error = %e, rules = ?rules, "rate-limit store failed; letting the request through (fail-open)");
+            return Verdict::Pass(Limits::default(), false);
+        }
+        tracing::error!(error = %e, fail_closed = ?closed, "rate-limit store failed; refusing the request (fail-closed)");
+        let problem = Problem::store_failure("rate-limit", e);
+        let (head, _) = problem.to_response::<()>().into_parts();
+        Verdict::Stop(head, bytes::Bytes::from(problem.to_json()))
+    }
 }
 
 /// The checks that need an `.await`: keys found by one, refusals known for
-/// them, then the store, rule by rule. The request head comes back with
-/// the verdict.
+/// them, then one store call for every rule that applies. The request
+/// head comes back with the verdict.
 async fn check(config: Arc<Config>, parts: Parts, mut pending: Vec<Pending>) -> (Parts, Verdict) {
     // Keys that need an `.await`, and what is known locally of them.
     let mut i = 0;
@@ -782,100 +845,168 @@ async fn check(config: Arc<Config>, parts: Parts, mut pending: Vec<Pending>) -> 
         pending[i].cost = cost;
         i += 1;
     }
+    let verdict = decide(&config, &pending).await;
+    (parts, verdict)
+}
 
+/// One store call for the rules that apply (every key found), and what
+/// it means for the request.
+async fn decide(config: &Config, pending: &[Pending]) -> Verdict {
+    // Every key is found by now; each check beside its rule.
+    if let [p] = pending {
+        // One rule (the usual case): the plain check, nothing allocated.
+        let Some(one) = entry(config, p) else {
+            return judge(config, pending, &[], &[]);
+        };
+        return match config
+            .store
+            .check(one.1.key, one.1.policies, one.1.cost)
+            .await
+        {
+            Ok(decision) => judge(config, pending, &[one], std::slice::from_ref(&decision)),
+            Err(e) => config.store_failed(pending, &e),
+        };
+    }
+    let entries: Vec<_> = pending.iter().filter_map(|p| entry(config, p)).collect();
+    let checks: Vec<Check<'_>> = entries.iter().map(|(_, c)| *c).collect();
+    let decisions = match checks.as_slice() {
+        [] => Vec::new(),
+        all => match config.store.check_all(all).await {
+            Ok(decisions) => decisions,
+            Err(e) => return config.store_failed(pending, &e),
+        },
+    };
+    judge(config, pending, &entries, &decisions)
+}
+
+/// A rule that applies, and its check (`None` while its key is unknown).
+fn entry<'a>(config: &'a Config, p: &'a Pending) -> Option<(&'a CompiledRule, Check<'a>)> {
+    let rule = &config.rules[p.rule];
+    let key = p.key.as_deref()?;
+    let check = Check::new(key, &rule.rule.policies, p.cost).dry_run(rule.dry_run);
+    Some((rule, check))
+}
+
+/// What the store's decisions (one per check, or up to a refusal) mean
+/// for the request.
+fn judge(
+    config: &Config,
+    pending: &[Pending],
+    checks: &[(&CompiledRule, Check<'_>)],
+    decisions: &[Decision],
+) -> Verdict {
+    // A store that stopped early must say why: a refusal.
+    let stopped = decisions
+        .iter()
+        .zip(checks)
+        .any(|(d, (_, c))| !d.allowed && !c.dry_run);
+    if decisions.len() > checks.len() || (decisions.len() < checks.len() && !stopped) {
+        let e = Error::decode(format!(
+            "the rate-limit store answered {} decisions for {} checks",
+            decisions.len(),
+            checks.len()
+        ));
+        return config.store_failed(pending, &e);
+    }
+
+    // For a policy that refused, `t` is its wait, so `Retry-After` (the
+    // longest wait) is never earlier than any `t`.
+    let shown = |s: &PolicyState| {
+        if s.admitted {
+            s.reset
+        } else {
+            s.retry_after
+        }
+    };
     let mut limits = Limits::default();
-    for p in &pending {
-        let rule = &config.rules[p.rule];
-        let Some(key) = p.key.as_deref() else {
-            continue;
-        };
-        let policies = &rule.rule.policies;
-        let decision = match config.store.check(key, policies, p.cost).await {
-            Ok(decision) => decision,
-            Err(e) => {
-                config.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                match config.failure {
-                    // A dry run never refuses: not for a store failure either.
-                    _ if rule.dry_run => {
-                        tracing::warn!(error = %e, rule = %rule.name, "rate-limit store failed; dry-run rule lets the request through");
-                        continue;
-                    }
-                    FailurePolicy::Open => {
-                        tracing::warn!(error = %e, rule = %rule.name, "rate-limit store failed; letting the request through (fail-open)");
-                        continue;
-                    }
-                    FailurePolicy::Closed => {
-                        tracing::error!(error = %e, rule = %rule.name, "rate-limit store failed");
-                        let problem = Problem::store_failure("rate-limit", &e);
-                        let (head, _) = problem.to_response::<()>().into_parts();
-                        let body = bytes::Bytes::from(problem.to_json());
-                        return (parts, Verdict::Stop(head, body));
-                    }
-                }
-            }
-        };
-        // For a policy that refused, `t` is its wait, so `Retry-After`
-        // (the longest wait) is never earlier than any `t`.
-        let shown = |s: &super::store::PolicyState| {
-            if s.admitted {
-                s.reset
-            } else {
-                s.retry_after
-            }
-        };
+    let mut refused = Vec::new();
+    for ((rule, c), decision) in checks.iter().zip(decisions) {
+        limits.add(
+            &rule.field,
+            c.policies,
+            decision.policies.iter().map(|s| (s.remaining, shown(s))),
+        );
         if decision.allowed {
-            limits.add(
-                &rule.field,
-                policies,
-                decision.policies.iter().map(|s| (s.remaining, shown(s))),
-            );
             continue;
         }
-        let now = Instant::now();
-        let retry = decision.retry_after();
-        let violated: Vec<String> = policies
-            .iter()
-            .zip(&decision.policies)
-            .filter(|(_, state)| !state.admitted)
-            .map(|(policy, _)| policy.name().to_owned())
-            .collect();
         if rule.dry_run {
             config
                 .counters
                 .dry_run_denied
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(rule = %rule.name, key = %key, violated = ?violated, retry_after_ms = retry.as_millis() as u64, "rate limit exceeded (dry run: let through)");
-            limits.add(
-                &rule.field,
-                policies,
-                decision.policies.iter().map(|s| (s.remaining, shown(s))),
-            );
+            let violated = violated(c.policies, decision);
+            tracing::info!(rule = %rule.name, key = %c.key, violated = ?violated, retry_after_ms = decision.retry_after().as_millis() as u64, "rate limit exceeded (dry run: let through)");
             continue;
         }
-        config.counters.denied.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(rule = %rule.name, key = %key, violated = ?violated, "rate limit exceeded");
-        let refusal = Refusal {
-            until: now + retry,
-            cost: p.cost,
-            states: decision
-                .policies
-                .iter()
-                .map(|s| (s.remaining, now + shown(s)))
-                .collect(),
-            body: bytes::Bytes::from(
-                headers::problem(violated.iter().map(String::as_str)).to_json(),
-            ),
-            violated,
-            rendered: std::sync::Mutex::new(None),
-        };
-        let answer = config.refuse(rule, &refusal, now, limits);
-        if let (Some(cache), false) = (&config.deny_cache, retry.is_zero()) {
-            cache.insert(key.to_owned(), Arc::new(refusal));
-        }
-        return (parts, Verdict::Stop(answer.0, answer.1));
+        refused.push((rule, c, decision));
     }
-    config.counters.allowed.fetch_add(1, Ordering::Relaxed);
-    (parts, Verdict::Pass(limits, config.legacy_headers))
+    if refused.is_empty() {
+        config.counters.allowed.fetch_add(1, Ordering::Relaxed);
+        return Verdict::Pass(limits, config.legacy_headers);
+    }
+
+    // Refused: each refusing rule's client is remembered as refused (the
+    // refusal counted nothing of that rule, so it stands on its own), and
+    // the answer names every violated policy.
+    config.counters.denied.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    let mut all_violated = Vec::new();
+    let mut wait = Duration::ZERO;
+    for (rule, c, decision) in refused {
+        let retry = decision.retry_after();
+        let violated = violated(c.policies, decision);
+        tracing::debug!(rule = %rule.name, key = %c.key, violated = ?violated, "rate limit exceeded");
+        for name in &violated {
+            // Two rules may name a policy alike: named once.
+            if !all_violated.contains(name) {
+                all_violated.push(name.clone());
+            }
+        }
+        wait = wait.max(retry);
+        if let (Some(cache), false) = (&config.deny_cache, retry.is_zero()) {
+            let refusal = Refusal {
+                until: later(now, retry),
+                cost: c.cost,
+                states: decision
+                    .policies
+                    .iter()
+                    .map(|s| (s.remaining, later(now, shown(s))))
+                    .collect(),
+                body: problem_body(&violated),
+                violated,
+                rendered: std::sync::Mutex::new(None),
+            };
+            cache.insert(c.key.to_owned(), Arc::new(refusal));
+        }
+    }
+    let body = problem_body(&all_violated);
+    let (head, body) = config.refuse(&all_violated, wait, &body, limits);
+    Verdict::Stop(head, body)
+}
+
+/// The names of the policies that refused.
+fn violated(policies: &[Policy], decision: &Decision) -> Vec<String> {
+    policies
+        .iter()
+        .zip(&decision.policies)
+        .filter(|(_, state)| !state.admitted)
+        .map(|(policy, _)| policy.name().to_owned())
+        .collect()
+}
+
+/// The default 429's body, naming the violated policies.
+fn problem_body(violated: &[String]) -> bytes::Bytes {
+    bytes::Bytes::from(headers::problem(violated.iter().map(String::as_str)).to_json())
+}
+
+/// `now + wait`, for a wait a store reported: a request costing far more
+/// than any burst can be told to wait longer than an `Instant` reaches
+/// (the cost is the application's function of the request), so that is
+/// capped at a year; a refusal remembered for shorter only asks the store
+/// again sooner.
+fn later(now: Instant, wait: Duration) -> Instant {
+    let year = Duration::from_secs(366 * 24 * 3600);
+    now.checked_add(wait.min(year)).unwrap_or(now)
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;

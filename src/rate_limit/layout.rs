@@ -1,10 +1,13 @@
 //! Where rate-limit state lives, the same on Redis and in memory: one
-//! value per client per set of policies, `{prefix}:rl:{<client>}:<set>`,
-//! where `<client>` is the caller's key (the layer's is `<rule>|<who>`) and
-//! `<set>` is the hex fingerprint of the policies (names, algorithms and
-//! numbers, in order). The value is three big-endian doubles per policy,
-//! in order. One value means one read and one write per check whatever
-//! the number of policies; the fingerprint means a changed configuration
+//! value per key per set of policies. The caller's key is split at its
+//! first `|` (the layer's are `<rule>|<who>`): `{prefix}:rl:{<who>}:<rule>:<set>`,
+//! or `{prefix}:rl:{<key>}:<set>` for a key without `|`, where `<set>` is
+//! the hex fingerprint of the policies (names, algorithms and numbers, in
+//! order). The client, not the rule, is the hash tag: one client's states
+//! under several rules share a Redis Cluster slot, so they can be checked
+//! in one script. The value is three big-endian doubles per policy, in
+//! order. One value means one read and one write per check whatever the
+//! number of policies; the fingerprint means a changed configuration
 //! starts from fresh state instead of misreading the old one.
 
 use super::policy::{Policy, State, FNV_OFFSET, FNV_PRIME};
@@ -12,6 +15,12 @@ use crate::keys::Namespace;
 
 /// Bytes of one policy's state.
 pub(crate) const STATE_LEN: usize = 24;
+
+/// The hash tag of `key`: what follows its first `|`, else all of it.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) fn tag(key: &str) -> &str {
+    key.split_once('|').map_or(key, |(_, who)| who)
+}
 
 /// The state key of `policies` for the client `key`.
 pub(crate) fn state_key(ns: &Namespace, key: &str, policies: &[Policy]) -> String {
@@ -23,7 +32,20 @@ pub(crate) fn state_key(ns: &Namespace, key: &str, policies: &[Policy]) -> Strin
         *digit = b"0123456789abcdef"[((set >> (60 - 4 * i)) & 15) as usize];
     }
     let hex = std::str::from_utf8(&hex).unwrap_or("0");
-    ns.tagged_with_room("rl", key, 17).into_key(hex)
+    match key.split_once('|') {
+        // `:<rule>:<set>`: a rule name may hold anything but, after the
+        // tag's closing brace, cannot move the tag; and the set, 16 hex
+        // digits, never holds a `:`, so no two keys meet.
+        Some((rule, who)) => {
+            let mut suffix = String::with_capacity(rule.len() + 17);
+            suffix.push_str(rule);
+            suffix.push(':');
+            suffix.push_str(hex);
+            ns.tagged_with_room("rl", who, suffix.len() + 1)
+                .into_key(&suffix)
+        }
+        None => ns.tagged_with_room("rl", key, 17).into_key(hex),
+    }
 }
 
 /// The stored states of `n` policies; zeros (a fresh start) when absent
@@ -60,9 +82,25 @@ mod tests {
         let ns = Namespace::new("app").unwrap();
         let a = [Policy::per_second(5).named("a")];
         let key = state_key(&ns, "r|ip:192.0.2.1", &a);
-        assert!(key.starts_with("app:rl:{r|ip:192.0.2.1}:"), "{key}");
-        assert_eq!(key.len(), "app:rl:{r|ip:192.0.2.1}:".len() + 16);
+        assert!(key.starts_with("app:rl:{ip:192.0.2.1}:r:"), "{key}");
+        assert_eq!(key.len(), "app:rl:{ip:192.0.2.1}:r:".len() + 16);
         assert_eq!(key, state_key(&ns, "r|ip:192.0.2.1", &a), "stable");
+        // Another rule, the same client: the same tag, another key.
+        let other = state_key(&ns, "s|ip:192.0.2.1", &a);
+        assert!(other.starts_with("app:rl:{ip:192.0.2.1}:s:"), "{other}");
+        // Keys without a rule, or with a `|` in the client, stay apart.
+        let keys = [
+            state_key(&ns, "ip:192.0.2.1", &a),
+            state_key(&ns, "|ip:192.0.2.1", &a),
+            state_key(&ns, "r|ip:192.0.2.1|x", &a),
+            state_key(&ns, "r|ip:192.0.2.1", &a),
+        ];
+        assert!(keys[0].starts_with("app:rl:{ip:192.0.2.1}:"), "{keys:?}");
+        for (i, k) in keys.iter().enumerate() {
+            assert!(!keys[i + 1..].contains(k), "{keys:?}");
+        }
+        assert_eq!(tag("r|ip:192.0.2.1|x"), "ip:192.0.2.1|x");
+        assert_eq!(tag("ip:192.0.2.1"), "ip:192.0.2.1");
         // Any change to the set is another key.
         for other in [
             vec![Policy::per_second(6).named("a")],

@@ -85,6 +85,15 @@ pub(crate) const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 /// The largest quota accepted (counts in Lua stay exact).
 pub const MAX_QUOTA: u64 = 1 << 40;
+/// The longest a GCRA policy's burst may take to come back whole (its
+/// burst × window ÷ quota): 2^52 ms, about 142,000 years. A client's state
+/// lives at most that long, so every expiry passed to Redis (`PX`) is a
+/// whole number of ms that Lua's doubles hold exactly.
+pub const MAX_BURST_PERIOD: Duration = Duration::from_millis(MAX_BURST_PERIOD_MS);
+const MAX_BURST_PERIOD_MS: u64 = 1 << 52;
+
+/// The version of the stored states' meaning (see `fingerprinted`).
+const STATE_VERSION: u8 = 2;
 
 impl Policy {
     /// `quota` requests per `window`, by GCRA, named `default`.
@@ -111,7 +120,11 @@ impl Policy {
             }
         };
         eat(self.name.as_bytes());
-        eat(&[0, self.algorithm.code()]);
+        // The state's shape comes with the algorithm: version 1 stored a
+        // GCRA state as an absolute arrival time, version 2 as a backlog
+        // relative to when it was written; a state of another version is
+        // never read as this one.
+        eat(&[0, self.algorithm.code(), STATE_VERSION]);
         eat(&self.quota.to_be_bytes());
         eat(&self.window_ms().to_be_bytes());
         eat(&self.burst_or_quota().to_be_bytes());
@@ -153,6 +166,8 @@ impl Policy {
     }
 
     /// For GCRA, how many requests may arrive at once (default: the quota).
+    /// The burst must come back whole within [`MAX_BURST_PERIOD`] (burst ×
+    /// window ÷ quota); the layer's `build()` refuses a larger one.
     #[must_use]
     pub fn burst(mut self, burst: u64) -> Self {
         self.burst = Some(burst);
@@ -245,6 +260,24 @@ impl Policy {
                 self.name
             )));
         }
+        if self.algorithm == Algorithm::Gcra {
+            // How long the burst takes to come back whole: the longest a
+            // state lives, and so the largest expiry sent to Redis. Exact
+            // in u128 (at most 2^40 × 2^35).
+            let period = (u128::from(self.burst_or_quota()) * u128::from(self.window_ms()))
+                .div_ceil(u128::from(self.quota));
+            if period > u128::from(MAX_BURST_PERIOD_MS) {
+                return Err(Error::config(format!(
+                    "rate-limit policy {:?}: the burst ({}) would take {period} ms to come back \
+                     at {} per {} ms; at most 2^52 ms (MAX_BURST_PERIOD) is kept exactly: \
+                     lower the burst",
+                    self.name,
+                    self.burst_or_quota(),
+                    self.quota,
+                    self.window_ms()
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -310,25 +343,29 @@ pub(crate) fn check(policy: &Policy, state: State, now: f64, cost: f64) -> (Outc
     let window = policy.window_ms() as f64;
     match policy.algorithm {
         Algorithm::Gcra => {
+            // The state is when it was written (ms) and the backlog then:
+            // how far the theoretical arrival time ran ahead of that
+            // instant. Kept relative rather than as an absolute time
+            // (~1.7e12 ms, where a double resolves only ~2.4e-4 ms), an
+            // interval of a millionth of a ms still counts exactly: every
+            // number here is at most the burst's period.
             let interval = window / quota;
             let burst = policy.burst_or_quota() as f64 * interval;
-            // Arrival times are absolute ms (~1.7e12), where a double
-            // rounds to ~2.4e-4 ms: a burst's sums can land a hair past
-            // `now`. Admitting up to half a ms (or half an interval) early,
-            // below the whole-ms clock's resolution, keeps rounding from
-            // refusing a request within the burst.
+            // A burst's sums can still land a hair past the burst:
+            // admitting up to half a ms (or half an interval) early, below
+            // the whole-ms clock's resolution, keeps rounding from refusing
+            // a request within the burst.
             let tol = (interval / 2.0).min(0.5);
-            let tat = state[0].max(now);
-            let new_tat = tat + interval * cost;
-            let allow_at = new_tat - burst - tol;
-            let uncounted = (now + burst + tol - tat) / interval;
-            if now < allow_at {
-                let outcome = Outcome::refused(uncounted, tat - now, allow_at - now);
+            let backlog = (state[1] - (now - state[0])).max(0.0);
+            let new_backlog = backlog + interval * cost;
+            let over = new_backlog - burst - tol;
+            let uncounted = (burst + tol - backlog) / interval;
+            if over > 0.0 {
+                let outcome = Outcome::refused(uncounted, backlog, over);
                 (outcome, state, 0.0)
             } else {
-                let remaining = (now - allow_at) / interval;
-                let outcome = Outcome::admitted(remaining, new_tat - now, uncounted, tat - now);
-                (outcome, [new_tat, 0.0, 0.0], new_tat - now)
+                let outcome = Outcome::admitted(-over / interval, new_backlog, uncounted, backlog);
+                (outcome, [now, new_backlog, 0.0], new_backlog)
             }
         }
         Algorithm::FixedWindow => {
@@ -405,14 +442,19 @@ mod tests {
             run(&p, &[0.0, 0.0, 0.0, 0.0, 100.0, 150.0, 200.0]),
             [true, true, true, false, true, false, true]
         );
-        let (o, _, _) = check(&p, [300.0, 0.0, 0.0], 0.0, 1.0);
+        // Written at 0, 300 ms ahead: full.
+        let (o, _, _) = check(&p, [0.0, 300.0, 0.0], 0.0, 1.0);
         assert!(!o.allowed);
         assert_eq!(o.retry_ms, 100, "the next slot opens in 100 ms");
         assert_eq!(o.reset_ms, 300);
+        // 200 ms later, two slots are free again.
+        let (o, _, _) = check(&p, [0.0, 300.0, 0.0], 200.0, 1.0);
+        assert!(o.allowed);
+        assert_eq!((o.remaining, o.reset_ms), (1, 200));
         let (o, state, ttl) = check(&p, [0.0; 3], 1_000.0, 1.0);
         assert!(o.allowed);
         assert_eq!((o.remaining, o.reset_ms), (2, 100));
-        assert_eq!((state[0], ttl), (1_100.0, 100.0));
+        assert_eq!((state[0], state[1], ttl), (1_000.0, 100.0, 100.0));
     }
 
     #[test]
@@ -495,6 +537,30 @@ mod tests {
             );
         }
         assert!(Policy::per_minute(100).burst(20).validate().is_ok());
+    }
+
+    #[test]
+    fn tiny_intervals_count_every_request() {
+        // Intervals far below what a double resolves at an absolute time
+        // in ms (about 2.4e-4 ms today): each request still counts once.
+        let now = 1_764_230_400_123.0;
+        for policy in [
+            Policy::per_second(1_000_000),
+            Policy::per_second(10_000_000),
+            Policy::new(MAX_QUOTA, Duration::from_millis(1)),
+        ] {
+            let mut state = [0.0; 3];
+            for i in 1..=1_000u64 {
+                let (outcome, next, _) = check(&policy, state, now, 1.0);
+                assert!(outcome.allowed, "{policy:?}: request {i}");
+                assert_eq!(
+                    outcome.remaining,
+                    policy.burst_size() - i,
+                    "{policy:?}: request {i}"
+                );
+                state = next;
+            }
+        }
     }
 
     #[test]

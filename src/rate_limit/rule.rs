@@ -8,6 +8,7 @@ use http::Method;
 
 use super::key::Key;
 use super::policy::Policy;
+use crate::FailurePolicy;
 
 /// The cost of a request, from its head (default 1).
 pub(crate) type CostFn = Arc<dyn Fn(&Parts) -> u64 + Send + Sync>;
@@ -17,8 +18,9 @@ pub(crate) type CostFn = Arc<dyn Fn(&Parts) -> u64 + Send + Sync>;
 /// A rule matches a route (axum's `MatchedPath` template, such as
 /// `/users/{id}`; without axum, the request path), a path prefix, or every
 /// request, optionally only for some methods. Every rule that matches a
-/// request applies; a request no rule matches passes untouched, with no
-/// store call.
+/// request applies, all checked in one store call, all or nothing (on
+/// Redis Cluster, see the module docs); a request no rule matches passes
+/// untouched, with no store call.
 ///
 /// ```
 /// use http::Method;
@@ -29,7 +31,13 @@ pub(crate) type CostFn = Arc<dyn Fn(&Parts) -> u64 + Send + Sync>;
 ///     .policy(Policy::per_minute(5).named("login-ip"))
 ///     .named("login-ip");
 /// let api = Rule::prefix("/api/")
-///     .key(Key::header("x-api-key").or(Key::client_ip()))
+///     // An issued API key, else the address (a made-up key is no key).
+///     .key(
+///         Key::header_validated("x-api-key", |key: &str| {
+///             std::future::ready(key.starts_with("issued-"))
+///         })
+///         .or(Key::client_ip()),
+///     )
 ///     .policy(Policy::per_second(10).burst(20).named("api"))
 ///     .policy(Policy::per_hour(1_000).fixed_window().named("api-hourly"));
 /// # let _ = (login, api);
@@ -43,6 +51,7 @@ pub struct Rule {
     pub(crate) key: Option<Key>,
     pub(crate) cost: Option<CostFn>,
     pub(crate) dry_run: Option<bool>,
+    pub(crate) failure: Option<FailurePolicy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +70,7 @@ impl fmt::Debug for Rule {
             .field("policies", &self.policies)
             .field("key", &self.key)
             .field("dry_run", &self.dry_run)
+            .field("failure", &self.failure)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +85,7 @@ impl Rule {
             key: None,
             cost: None,
             dry_run: None,
+            failure: None,
         }
     }
 
@@ -131,8 +142,33 @@ impl Rule {
         self
     }
 
+    /// What a store failure does to the requests this rule applies to
+    /// (default: the layer's
+    /// [`on_store_error`](super::RateLimitLayerBuilder::on_store_error)).
+    /// Make a rule guarding credentials (a login, a password reset) fail
+    /// closed, so that an unreachable store does not lift its limit, while
+    /// the rest of the layer stays open:
+    ///
+    /// ```
+    /// use http::Method;
+    /// use redis_layers::rate_limit::{Policy, Rule};
+    /// use redis_layers::FailurePolicy;
+    ///
+    /// let login = Rule::route("/login")
+    ///     .method(Method::POST)
+    ///     .policy(Policy::per_minute(5).named("login"))
+    ///     .on_store_error(FailurePolicy::Closed);
+    /// # let _ = login;
+    /// ```
+    #[must_use]
+    pub fn on_store_error(mut self, policy: FailurePolicy) -> Self {
+        self.failure = Some(policy);
+        self
+    }
+
     /// The rule's name: its counters are kept apart from other rules'
-    /// under it (default: `rule-<n>`, its place in the layer).
+    /// under it (default: `rule-<n>`, its place in the layer). Any text
+    /// but `|` (checked when the layer is built).
     #[must_use]
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());

@@ -1,4 +1,5 @@
-//! The rate-limit store seam: one domain operation, atomic by contract.
+//! The rate-limit store seam: one domain operation (for one key or for
+//! several at once), atomic by contract.
 //!
 //! The crate implements [`RateLimitStore`] for [`Backend`],
 //! [`RedisBackend`](crate::redis::RedisBackend) and
@@ -21,21 +22,105 @@ pub trait RateLimitStore: Send + Sync + 'static {
     /// all or nothing, by the store's clock: when every policy admits it,
     /// each counts it; when any refuses, none does. The state of `key`
     /// under this set of policies expires when idle; a changed set (other
-    /// names, numbers, algorithms or order) starts from fresh state. All of
-    /// a key's state shares one Redis Cluster slot.
+    /// names, numbers, algorithms or order) starts from fresh state.
+    ///
+    /// On Redis Cluster the part of `key` after its first `|` (all of it
+    /// when there is none) is the hash tag: the layer's keys are
+    /// `<rule>|<client>`, so one client's states under several rules share
+    /// a slot, and [`check_all`](Self::check_all) can check them in one
+    /// script.
     fn check(
         &self,
         key: &str,
         policies: &[Policy],
         cost: u64,
     ) -> impl Future<Output = Result<Decision, Error>> + Send;
+
+    /// Checks one request against several keys' policies (the layer: the
+    /// rules that apply to it, each with its own key), all or nothing
+    /// when the store can: when every policy of every check that is not a
+    /// [dry run](Check::dry_run) admits the request, each check whose own
+    /// policies admit it counts it; otherwise no check counts it. Returns
+    /// one [`Decision`] per check, in order. The keys must differ.
+    ///
+    /// This crate's backends do it in one call: one script on a single
+    /// Redis, one lock in memory. On Redis Cluster, where keys of one
+    /// script must share a slot, consecutive checks whose keys share a hash
+    /// tag (see [`check`](Self::check)) are one script; runs with other
+    /// tags are checked one after another, in order, and a run that
+    /// refuses ends the call: the runs before it have counted the request,
+    /// and the decisions stop at the refusing run.
+    ///
+    /// The default runs [`check`](Self::check) for each in turn the same
+    /// way (each check a run): a store of your own is all or nothing
+    /// across keys only if it overrides this.
+    fn check_all(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl Future<Output = Result<Vec<Decision>, Error>> + Send {
+        async move {
+            let mut decisions = Vec::with_capacity(checks.len());
+            for c in checks {
+                let decision = self.check(c.key, c.policies, c.cost).await?;
+                let refused = !decision.allowed && !c.dry_run;
+                decisions.push(decision);
+                if refused {
+                    break;
+                }
+            }
+            Ok(decisions)
+        }
+    }
 }
 
-/// What [`RateLimitStore::check`] decided.
+/// One key's part of a request checked by [`RateLimitStore::check_all`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Check<'a> {
+    /// The client's key (the layer's: `<rule>|<client>`).
+    pub key: &'a str,
+    /// The policies of this key.
+    pub policies: &'a [Policy],
+    /// What the request costs under them.
+    pub cost: u64,
+    /// A dry run: these policies never refuse the request for the others.
+    /// Their state counts it only if their own policies and every other
+    /// check admit it, as if they were limiting.
+    pub dry_run: bool,
+}
+
+impl<'a> Check<'a> {
+    /// A check of a request of `cost` by `key` against `policies`.
+    pub fn new(key: &'a str, policies: &'a [Policy], cost: u64) -> Self {
+        Check {
+            key,
+            policies,
+            cost,
+            dry_run: false,
+        }
+    }
+
+    /// As a dry run (see [`Check::dry_run`]).
+    #[must_use]
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// Whether this check's verdict decides the request.
+    pub(crate) fn gates(&self) -> bool {
+        !self.dry_run
+    }
+}
+
+/// What [`RateLimitStore::check`] decided (or, for one key,
+/// [`RateLimitStore::check_all`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Decision {
-    /// Every policy admitted the request (and counted it).
+    /// Every policy admitted the request (and counted it, unless another
+    /// check of the same [`check_all`](RateLimitStore::check_all)
+    /// refused it).
     pub allowed: bool,
     /// Each policy's state, in the order of the request's policies.
     pub policies: Vec<PolicyState>,
@@ -92,6 +177,10 @@ impl RateLimitStore for Backend {
     async fn check(&self, key: &str, policies: &[Policy], cost: u64) -> Result<Decision, Error> {
         on_backend!(self, b => RateLimitStore::check(b, key, policies, cost).await)
     }
+
+    async fn check_all(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        on_backend!(self, b => RateLimitStore::check_all(b, checks).await)
+    }
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -104,6 +193,11 @@ pub(crate) trait DynRateLimitStore: Send + Sync {
         policies: &'a [Policy],
         cost: u64,
     ) -> BoxFuture<'a, Result<Decision, Error>>;
+
+    fn check_all<'a>(
+        &'a self,
+        checks: &'a [Check<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Decision>, Error>>;
 }
 
 impl<T: RateLimitStore> DynRateLimitStore for T {
@@ -114,6 +208,13 @@ impl<T: RateLimitStore> DynRateLimitStore for T {
         cost: u64,
     ) -> BoxFuture<'a, Result<Decision, Error>> {
         Box::pin(RateLimitStore::check(self, key, policies, cost))
+    }
+
+    fn check_all<'a>(
+        &'a self,
+        checks: &'a [Check<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Decision>, Error>> {
+        Box::pin(RateLimitStore::check_all(self, checks))
     }
 }
 
@@ -142,6 +243,13 @@ impl Store {
         match self {
             Store::Backend(b) => RateLimitStore::check(b, key, policies, cost).await,
             Store::Custom(s) => s.check(key, policies, cost).await,
+        }
+    }
+
+    pub(crate) async fn check_all(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        match self {
+            Store::Backend(b) => RateLimitStore::check_all(b, checks).await,
+            Store::Custom(s) => s.check_all(checks).await,
         }
     }
 }

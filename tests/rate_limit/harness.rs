@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::BodyExt;
-use redis_layers::rate_limit::{Decision, Policy, RateLimitLayer, RateLimitStore};
+use redis_layers::rate_limit::{Check, Decision, Policy, RateLimitLayer, RateLimitStore};
 use redis_layers::{Backend, Error};
 use tower::ServiceExt;
 
@@ -36,6 +36,14 @@ impl RateLimitStore for Counting {
     ) -> impl Future<Output = Result<Decision, Error>> + Send {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.check(key, policies, cost)
+    }
+
+    fn check_all(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl Future<Output = Result<Vec<Decision>, Error>> + Send {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.check_all(checks)
     }
 }
 

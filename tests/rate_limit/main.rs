@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod edges;
 mod harness;
 mod redis_only;
 
@@ -67,6 +68,11 @@ fn settings_are_checked_when_the_layer_is_built() {
                 .build(),
         ),
         ("rule without policy", b().rule(Rule::any()).build()),
+        (
+            "rule name with a '|'",
+            b().rule(Rule::any().policy(Policy::per_second(1)).named("a|b"))
+                .build(),
+        ),
         (
             "too many policies in a rule",
             b().rule((0..17).fold(Rule::any(), |r, i| {

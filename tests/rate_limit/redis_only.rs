@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use redis_layers::rate_limit::{Policy, RateLimitLayer, Rule};
 use redis_layers::FailurePolicy;
 
-use crate::harness::{app, get_from, Fixture, Kind};
+use crate::harness::{app, get_from, send, Fixture, Kind};
 use crate::support::Monitor;
 
 fn limited(fx: &Fixture, failure: FailurePolicy) -> RateLimitLayer {
@@ -50,6 +50,51 @@ async fn one_script_call_per_limited_request_none_otherwise() {
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     }
     assert_eq!(monitor.take(), Vec::<String>::new(), "denied locally");
+}
+
+#[tokio::test]
+async fn one_script_call_for_every_rule_that_applies() {
+    let fx = Fixture::new(Kind::Redis);
+    let mut monitor = Monitor::start(fx.server());
+    let layer = RateLimitLayer::builder(fx.backend())
+        .rule(
+            Rule::any()
+                .policy(Policy::per_minute(100).named("site"))
+                .named("site"),
+        )
+        .rule(
+            Rule::route("/login")
+                .key(redis_layers::rate_limit::Key::global())
+                .policy(Policy::per_minute(1).named("login"))
+                .policy(Policy::per_hour(9).fixed_window().named("login-h"))
+                .named("login"),
+        )
+        .rule(
+            Rule::route("/login")
+                .policy(Policy::per_minute(5).named("login-ip"))
+                .dry_run(true)
+                .named("login-ip"),
+        )
+        .build()
+        .unwrap();
+    let app = app(layer);
+    let peer = "192.0.2.1:1";
+    // Warm the script cache.
+    get_from(&app, "/free", peer).await;
+    monitor.take();
+    // Three rules, four policies: one round trip.
+    let r = send(&app, "POST", "/login", peer, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(monitor.take(), ["evalsha"]);
+    let policy = r.header("ratelimit-policy").unwrap();
+    for name in ["site", "login", "login-h", "login-ip"] {
+        assert!(policy.contains(&format!("\"{name}\"")), "{policy}");
+    }
+    // The refusal too.
+    let r = send(&app, "POST", "/login", peer, &[]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(monitor.take(), ["evalsha"]);
+    assert_eq!(fx.tb.keys("rl:*").len(), 3, "{:?}", fx.tb.keys("rl:*"));
 }
 
 #[tokio::test]
@@ -191,4 +236,73 @@ async fn state_of_the_wrong_shape_is_reset_not_failed() {
     }
     let r = get_from(&app, "/api/items", "192.0.2.1:1").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_rule_chooses_its_own_failure_policy() {
+    let mut fx = Fixture::with_deadline(Kind::Redis, Duration::from_millis(200));
+    let login = || {
+        Rule::route("/login")
+            .policy(Policy::per_minute(5).named("login"))
+            .named("login")
+    };
+    let api = || {
+        Rule::route("/api/items")
+            .policy(Policy::per_minute(5).named("api"))
+            .named("api")
+    };
+    // A fail-open layer with a fail-closed login rule, and the other way
+    // round.
+    let open = app(RateLimitLayer::builder(fx.backend())
+        .rule(login().on_store_error(FailurePolicy::Closed))
+        .rule(api())
+        .build()
+        .unwrap());
+    let closed = app(RateLimitLayer::builder(fx.backend())
+        .on_store_error(FailurePolicy::Closed)
+        .rule(login())
+        .rule(api().on_store_error(FailurePolicy::Open))
+        .build()
+        .unwrap());
+    // A request both a fail-open and a fail-closed rule apply to (one
+    // store call): refused.
+    let both = app(RateLimitLayer::builder(fx.backend())
+        .rule(
+            Rule::any()
+                .policy(Policy::per_minute(50).named("site"))
+                .named("site"),
+        )
+        .rule(login().on_store_error(FailurePolicy::Closed))
+        .build()
+        .unwrap());
+    let peer = "192.0.2.1:1";
+    for app in [&open, &closed, &both] {
+        assert_eq!(
+            send(app, "POST", "/login", peer, &[]).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get_from(app, "/api/items", peer).await.status,
+            StatusCode::OK
+        );
+    }
+
+    fx.server_mut().kill();
+    for app in [&open, &closed] {
+        let r = send(app, "POST", "/login", peer, &[]).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let r = get_from(app, "/api/items", peer).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "the fail-open rule admits: {}",
+            r.body
+        );
+        assert!(r.header("ratelimit").is_none(), "no state to report");
+    }
+    let r = send(&both, "POST", "/login", peer, &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    let r = get_from(&both, "/free", peer).await;
+    assert_eq!(r.status, StatusCode::OK, "only the site rule: {}", r.body);
 }
