@@ -150,6 +150,13 @@ fn counter(raw: Option<&[u8]>) -> Result<u64, Error> {
     }
 }
 
+/// How often a local tier's subscription is pinged.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+/// How long a ping may take before the subscription counts as lost (and
+/// the local tier is emptied): so a dead subscription empties the tier
+/// within `HEALTH_EVERY + HEALTH_DEADLINE`, 3 s.
+const HEALTH_DEADLINE: Duration = Duration::from_secs(1);
+
 /// The channel announcements travel on.
 fn channel(ns: &crate::keys::Namespace) -> String {
     ns.key(&["cache", "events"])
@@ -287,9 +294,27 @@ impl CacheStore for RedisBackend {
                     if tx.send(Heard::Ready).await.is_err() {
                         return;
                     }
-                    let mut messages = pubsub.into_on_message();
+                    let (mut sink, mut messages) = pubsub.split();
+                    // A connection can die without a word (a host gone, a
+                    // network partition): pinged every HEALTH_EVERY, one
+                    // not answered within HEALTH_DEADLINE counts as lost.
+                    let mut health = tokio::time::interval_at(
+                        tokio::time::Instant::now() + HEALTH_EVERY,
+                        HEALTH_EVERY,
+                    );
+                    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tokio::select! {
+                            _ = health.tick() => {
+                                let pong = tokio::time::timeout(
+                                    HEALTH_DEADLINE,
+                                    sink.ping::<::redis::Value>(),
+                                )
+                                .await;
+                                if !matches!(pong, Ok(Ok(_))) {
+                                    break;
+                                }
+                            }
                             message = messages.next() => {
                                 let Some(message) = message else { break };
                                 // An unreadable message may have named keys:

@@ -255,3 +255,29 @@ async fn concurrent_writes_to_one_uri_share_their_invalidations() {
         "{publishes} invalidation rounds for 200 writes"
     );
 }
+
+/// A subscription that stops answering (here: Redis paused for longer than
+/// the health check's ping may take) empties the local tier within 3 s,
+/// though no error ever reached the connection.
+#[tokio::test]
+async fn a_silent_subscription_empties_the_local_tier() {
+    let fx: Fixture = crate::Fixture {
+        tb: crate::support::TestBackend::with_deadline(Kind::Redis, Duration::from_millis(200)),
+        runs: Default::default(),
+    };
+    let app = app(&fx, fx.builder().local_tier(100).build().unwrap());
+    get(&app, "/fresh").await;
+    fx.stored(1).await;
+    answered_locally(&app, "/fresh").await;
+    let _: () = fx.tb.server().cmd(&["CLIENT", "PAUSE", "4500", "ALL"]);
+    tokio::time::sleep(Duration::from_millis(3_600)).await;
+    let r = get(&app, "/fresh").await;
+    assert!(
+        !r.cache_status().contains("detail=local"),
+        "the tier kept its copy: {}",
+        r.cache_status()
+    );
+    // Back: the tier works again.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    answered_locally(&app, "/fresh").await;
+}
