@@ -717,6 +717,15 @@ where
                         }
                         Err(_) => None,
                     };
+                    // Another instance may have refreshed it (and let its
+                    // lease go) since this one read the stale version.
+                    if lease.is_some() {
+                        if let Ok(Some(raw)) = config.store.lookup(&key).await {
+                            if Entry::decode(raw).is_some_and(|e| e.stored_at != version) {
+                                return;
+                            }
+                        }
+                    }
                     let request_headers = req.headers().clone();
                     // Only this cache's validators: a 304 must validate
                     // the stored entry, not whatever the client held.
