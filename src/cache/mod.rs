@@ -227,9 +227,9 @@
 //! (`Cache-Status: ...; detail=local`). Every purge and invalidation, on
 //! any instance, is announced over the store (Redis `PUBLISH` on
 //! `{prefix}:cache:events`) and drops the copies everywhere; while the
-//! subscription is down (closed, or silent: it is pinged every 2 s, and a
-//! ping unanswered for 1 s counts as down, so a dead connection empties
-//! the tier within 3 s) the tier is emptied and unused, and it is emptied
+//! subscription is down (closed, or silent: it is pinged every 3 s, and a
+//! ping unanswered for 2 s counts as down, so a dead connection empties
+//! the tier within 5 s) the tier is emptied and unused, and it is emptied
 //! again when it comes back. A copy is an entry as it was stored: a newer
 //! write by another instance (not a purge) is seen once the copy goes
 //! stale.

@@ -151,11 +151,12 @@ fn counter(raw: Option<&[u8]>) -> Result<u64, Error> {
 }
 
 /// How often a local tier's subscription is pinged.
-const HEALTH_EVERY: Duration = Duration::from_secs(2);
+const HEALTH_EVERY: Duration = Duration::from_secs(3);
 /// How long a ping may take before the subscription counts as lost (and
 /// the local tier is emptied): so a dead subscription empties the tier
-/// within `HEALTH_EVERY + HEALTH_DEADLINE`, 3 s.
-const HEALTH_DEADLINE: Duration = Duration::from_secs(1);
+/// within `HEALTH_EVERY + HEALTH_DEADLINE`, 5 s. Generous, so that a busy
+/// Redis (or host) does not make the tier flap.
+const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The channel announcements travel on.
 fn channel(ns: &crate::keys::Namespace) -> String {

@@ -257,7 +257,7 @@ async fn concurrent_writes_to_one_uri_share_their_invalidations() {
 }
 
 /// A subscription that stops answering (here: Redis paused for longer than
-/// the health check's ping may take) empties the local tier within 3 s,
+/// the health check's ping may take) empties the local tier within 5 s,
 /// though no error ever reached the connection.
 #[tokio::test]
 async fn a_silent_subscription_empties_the_local_tier() {
@@ -269,8 +269,8 @@ async fn a_silent_subscription_empties_the_local_tier() {
     get(&app, "/fresh").await;
     fx.stored(1).await;
     answered_locally(&app, "/fresh").await;
-    let _: () = fx.tb.server().cmd(&["CLIENT", "PAUSE", "4500", "ALL"]);
-    tokio::time::sleep(Duration::from_millis(3_600)).await;
+    let _: () = fx.tb.server().cmd(&["CLIENT", "PAUSE", "7000", "ALL"]);
+    tokio::time::sleep(Duration::from_millis(5_600)).await;
     let r = get(&app, "/fresh").await;
     assert!(
         !r.cache_status().contains("detail=local"),
