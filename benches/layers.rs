@@ -294,7 +294,7 @@ async fn cache_target(ctx: Ctx, local: bool) -> Target {
 
 /// `POST /orders` answering 201 behind an idempotency layer on `backend`,
 /// scoped by `X-API-Key`.
-fn orders_router(backend: RedisBackend) -> Router {
+fn orders_router(backend: impl redis_layers::idempotency::IdempotencyStore) -> Router {
     use redis_layers::idempotency::{IdempotencyLayer, Scope};
     Router::new()
         .route(
@@ -302,6 +302,61 @@ fn orders_router(backend: RedisBackend) -> Router {
             axum::routing::post(|| async { (http::StatusCode::CREATED, "order 1") }),
         )
         .layer(IdempotencyLayer::new(backend, Scope::header("x-api-key")))
+}
+
+/// POSTs to `/orders` behind an idempotency layer (on Redis, or on the
+/// memory backend): a new key each time (`first`), or each task's own key,
+/// completed once before the run (a replay).
+async fn idempotency_target(ctx: Ctx, first: bool, memory: bool) -> Target {
+    let router = if memory {
+        // Room for every key a run makes (a fresh one per request).
+        orders_router(
+            redis_layers::memory::MemoryBackend::builder()
+                .max_entries(100_000_000)
+                .build()
+                .unwrap(),
+        )
+    } else {
+        let name = if first { "idem-first" } else { "idem" };
+        orders_router(bench_backend(&ctx, format!("{}-{name}", ctx.prefix)))
+    };
+    let request: Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> = if first {
+        // A fresh key per request (the client's formatting is small next
+        // to two round trips).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Arc::new(|_, _| {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Request::post("/orders")
+                .header("x-api-key", "bench")
+                .header("idempotency-key", format!("f-{n}-{}", std::process::id()))
+                .body(Body::from("{}"))
+                .unwrap()
+        })
+    } else {
+        // Keys built once: a client's formatting is not the layer's cost.
+        let keys: Arc<Vec<http::HeaderValue>> = Arc::new(
+            (0..ctx.concurrency)
+                .map(|t| http::HeaderValue::try_from(format!("k-{t}")).unwrap())
+                .collect(),
+        );
+        Arc::new(move |task, _| {
+            let mut req = Request::post("/orders")
+                .header("x-api-key", "bench")
+                .body(Body::from("{}"))
+                .unwrap();
+            req.headers_mut()
+                .insert("idempotency-key", keys[task % keys.len()].clone());
+            req
+        })
+    };
+    if !first {
+        // Each task's key completed once.
+        for task in 0..ctx.concurrency {
+            let res = router.clone().oneshot(request(task, 0)).await.unwrap();
+            assert_eq!(res.status(), http::StatusCode::CREATED);
+        }
+    }
+    Target { router, request }
 }
 
 /// The target of a scenario answered in process: `router`, sent plain
@@ -586,61 +641,25 @@ fn scenarios() -> Vec<Scenario> {
             build: |ctx| Box::pin(cache_target(ctx, true)),
         },
         // A retried POST answered from its idempotency record: one claim
-        // script call that returns the record.
+        // (a plain SET NX GET) that returns the record.
         Scenario {
             name: "idempotency-replay",
-            build: |ctx| {
-                Box::pin(async move {
-                    let backend = bench_backend(&ctx, format!("{}-idem", ctx.prefix));
-                    let router = orders_router(backend);
-                    // Keys built once: a client's formatting is not the layer's cost.
-                    let keys: Arc<Vec<http::HeaderValue>> = Arc::new(
-                        (0..ctx.concurrency)
-                            .map(|t| http::HeaderValue::try_from(format!("k-{t}")).unwrap())
-                            .collect(),
-                    );
-                    let request: Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> =
-                        Arc::new(move |task, _| {
-                            let mut req = Request::post("/orders")
-                                .header("x-api-key", "bench")
-                                .body(Body::from("{}"))
-                                .unwrap();
-                            req.headers_mut()
-                                .insert("idempotency-key", keys[task % keys.len()].clone());
-                            req
-                        });
-                    // Each task's key completed once.
-                    for task in 0..ctx.concurrency {
-                        let res = router.clone().oneshot(request(task, 0)).await.unwrap();
-                        assert_eq!(res.status(), http::StatusCode::CREATED);
-                    }
-                    Target { router, request }
-                })
-            },
+            build: |ctx| Box::pin(idempotency_target(ctx, false, false)),
         },
         // A first POST with a new key each time: claim, run, complete.
         Scenario {
             name: "idempotency-first",
-            build: |ctx| {
-                Box::pin(async move {
-                    let backend = bench_backend(&ctx, format!("{}-idem-first", ctx.prefix));
-                    let router = orders_router(backend);
-                    // A fresh key per request (the client's formatting is
-                    // small next to two script calls).
-                    static NEXT: std::sync::atomic::AtomicU64 =
-                        std::sync::atomic::AtomicU64::new(0);
-                    let request: Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> =
-                        Arc::new(|_, _| {
-                            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            Request::post("/orders")
-                                .header("x-api-key", "bench")
-                                .header("idempotency-key", format!("f-{n}-{}", std::process::id()))
-                                .body(Body::from("{}"))
-                                .unwrap()
-                        });
-                    Target { router, request }
-                })
-            },
+            build: |ctx| Box::pin(idempotency_target(ctx, true, false)),
+        },
+        // The idempotency layer's own cost, without Redis (compare with
+        // `bare`).
+        Scenario {
+            name: "idempotency-replay-mem",
+            build: |ctx| Box::pin(idempotency_target(ctx, false, true)),
+        },
+        Scenario {
+            name: "idempotency-first-mem",
+            build: |ctx| Box::pin(idempotency_target(ctx, true, true)),
         },
         // The layer's own cost, without Redis: the same requests on the
         // memory store.
@@ -733,6 +752,8 @@ const IN_PROCESS: &[&str] = &[
     "noop-layer-1k",
     "ratelimit-deny",
     "cache-hit-local",
+    "idempotency-replay-mem",
+    "idempotency-first-mem",
 ];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

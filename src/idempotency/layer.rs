@@ -596,10 +596,10 @@ where
     }
 
     // From here on the outcome is recorded whether or not the client still
-    // listens: the handler and the completion run in a task of their own
-    // (in this request's span), and this future only waits for the answer.
-    // Dropping it (a client gone, an outer timeout) neither cancels the
-    // handler nor frees the key.
+    // listens: the handler and the completion run here, but if this future
+    // is dropped (a client gone, an outer timeout) they go on in a task of
+    // their own, in this request's span. Neither the handler is cancelled
+    // nor the key freed.
     parts.extensions.insert(Fence {
         inner: Arc::new(FenceInner {
             config: config.clone(),
@@ -611,32 +611,57 @@ where
     });
     let handler = inner.call(Request::from_parts(parts, ResponseBody::full(body)));
     let held = Held::new(config, key, holder);
-    let (answer, answered) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(
-        execute(held, fingerprint, handler, answer).instrument(tracing::Span::current()),
-    );
-    match answered.await {
-        Ok(out) => out,
-        // The task ended without answering: the handler panicked (carry
-        // the panic on, as if it had run here), or the runtime is going
-        // away.
-        Err(_) => match task.await {
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            _ => Ok(problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Request abandoned",
-                "The server stopped before this request finished; retry it with the same key.",
-            )),
-        },
+    DetachOnDrop(Some(Box::pin(execute(held, fingerprint, handler)))).await
+}
+
+/// A future that, dropped before it is done, is finished in a task of its
+/// own (in the span it was dropped in) rather than cancelled; its output
+/// is then dropped.
+struct DetachOnDrop<T: Send + 'static>(Option<BoxFuture<T>>);
+
+impl<T: Send + 'static> Future for DetachOnDrop<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        // Out while polled: if the handler panics, the future is dropped
+        // with the panic (its claim released), not detached half-run.
+        let Some(mut future) = self.0.take() else {
+            panic!("idempotency: a request's future polled after it completed");
+        };
+        match future.as_mut().poll(cx) {
+            Poll::Ready(out) => Poll::Ready(out),
+            Poll::Pending => {
+                self.0 = Some(future);
+                Poll::Pending
+            }
+        }
     }
 }
 
-/// What answers the request: the handler's response, or its error.
-type Answer<B, E> = tokio::sync::oneshot::Sender<Result<Response<ResponseBody<B>>, E>>;
+impl<T: Send + 'static> Drop for DetachOnDrop<T> {
+    fn drop(&mut self) {
+        let Some(future) = self.0.take() else {
+            return;
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(
+                async move {
+                    let _ = future.await;
+                }
+                .instrument(tracing::Span::current()),
+            );
+        }
+    }
+}
 
-/// Runs the handler under `held`'s claim and records its outcome, then
-/// answers through `answer` (if anyone still waits).
-async fn execute<F, B, E>(mut held: Held, fingerprint: [u8; 32], handler: F, answer: Answer<B, E>)
+/// Runs the handler under `held`'s claim and records its outcome: the
+/// response once the first attempt to record it is over (further attempts,
+/// when the store was unreachable, go on in the background).
+async fn execute<F, B, E>(
+    mut held: Held,
+    fingerprint: [u8; 32],
+    handler: F,
+) -> Result<Response<ResponseBody<B>>, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: Body<Data = Bytes> + Send + 'static,
@@ -647,8 +672,7 @@ where
             // The service failed before making a response: taken as
             // having had no effect.
             held.release().await;
-            let _ = answer.send(Err(e));
-            return;
+            return Err(e);
         }
     };
     let status = res.status();
@@ -659,8 +683,7 @@ where
     if held.config.release_on_server_error && (status.is_server_error() || transient) {
         // The client may retry: free the key.
         held.release().await;
-        let _ = answer.send(Ok(res.map(ResponseBody::inner)));
-        return;
+        return Ok(res.map(ResponseBody::inner));
     }
     let (head, body) = res.into_parts();
     // The lease is renewed while the body is read too: a slow body must
@@ -695,10 +718,20 @@ where
             )
         }
     };
-    held.complete(&record, move || {
-        let _ = answer.send(Ok(res));
-    })
-    .await;
+    if !held.beside(held.complete_once(&record)).await {
+        // The store could not be reached: answer now, and keep trying
+        // (the lease renewed meanwhile) in a task of its own.
+        tokio::spawn(
+            async move {
+                held.beside(held.complete_with_retries(&record)).await;
+                held.finish();
+            }
+            .instrument(tracing::Span::current()),
+        );
+        return Ok(res);
+    }
+    held.finish();
+    Ok(res)
 }
 
 /// The answer when the key is already claimed or completed.
@@ -923,7 +956,10 @@ impl Held {
         let mut work = std::pin::pin!(work);
         loop {
             let beat = tokio::time::sleep(every);
+            // Biased: the work is polled first, so work done at once never
+            // registers the timer.
             tokio::select! {
+                biased;
                 out = &mut work => return out,
                 () = beat => {}
             }
@@ -933,6 +969,7 @@ impl Held {
                 .extend(&self.key, self.holder, self.config.lease);
             let mut renew = std::pin::pin!(renew);
             tokio::select! {
+                biased;
                 out = &mut work => return out,
                 renewed = &mut renew => match renewed {
                     Ok(true) => {}
@@ -951,49 +988,59 @@ impl Held {
         }
     }
 
-    /// Stores `record`, calls `answered` once the first attempt is over
-    /// (whatever came of it), and while the store is unreachable sends it
-    /// again with backoff, the lease renewed all along, for up to the
-    /// retention. Until it is stored a retry finds the key in flight (409),
-    /// never free.
-    async fn complete(&mut self, record: &[u8], answered: impl FnOnce()) {
-        self.beside(self.complete_with_retries(record, answered))
-            .await;
-        self.done = true;
+    /// One attempt to store `record`: true when it is over for good
+    /// (stored, taken over by another request, or refused for a reason a
+    /// retry cannot change), false when the store was unreachable and a
+    /// retry may succeed.
+    async fn complete_once(&self, record: &[u8]) -> bool {
+        let config = &self.config;
+        match config
+            .store
+            .complete(&self.key, self.holder, record, config.retention)
+            .await
+        {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(
+                    "idempotency claim taken over before completion; the response is not kept (fencing)"
+                );
+                true
+            }
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "idempotency record not stored yet; trying again");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "idempotency record not stored; the key stays claimed until its lease ends");
+                true
+            }
+        }
     }
 
-    async fn complete_with_retries(&self, record: &[u8], answered: impl FnOnce()) {
-        let config = &self.config;
-        let mut answered = Some(answered);
+    /// Sends `record` again with backoff while the store is unreachable,
+    /// for up to the retention. Until it is stored a retry finds the key
+    /// in flight (409), never free: completion is safe to repeat and
+    /// writes onto a key whose lease ran out meanwhile, if no one claimed
+    /// it since.
+    async fn complete_with_retries(&self, record: &[u8]) {
         let started = tokio::time::Instant::now();
         let mut pause = RETRY_FIRST;
         loop {
-            let outcome = config
-                .store
-                .complete(&self.key, self.holder, record, config.retention)
-                .await;
-            if let Some(answered) = answered.take() {
-                answered();
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MAX);
+            if self.complete_once(record).await {
+                return;
             }
-            match outcome {
-                Ok(true) => return,
-                Ok(false) => {
-                    tracing::warn!(
-                        "idempotency claim taken over before completion; the response is not kept (fencing)"
-                    );
-                    return;
-                }
-                Err(e) if e.is_unavailable() && started.elapsed() < config.retention => {
-                    tracing::warn!(error = %e, "idempotency record not stored yet; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(RETRY_MAX);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "idempotency record not stored; the key stays claimed until its lease ends");
-                    return;
-                }
+            if started.elapsed() >= self.config.retention {
+                tracing::error!("idempotency record not stored within the retention; giving up");
+                return;
             }
         }
+    }
+
+    /// The outcome is recorded (or given up on): nothing to release.
+    fn finish(&mut self) {
+        self.done = true;
     }
 
     async fn release(&mut self) {

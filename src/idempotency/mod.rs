@@ -79,8 +79,8 @@
 //!
 //! - **The client goes away** (a timeout, an HTTP/2 reset, an outer
 //!   `TimeoutLayer` dropping the response future): the handler and the
-//!   completion run in a task of their own, in the request's tracing span,
-//!   and finish regardless; a retry meanwhile gets 409 with `Retry-After`,
+//!   completion, which run in the request's future, go on in a task of
+//!   their own (in the request's tracing span) and finish regardless; a retry meanwhile gets 409 with `Retry-After`,
 //!   and the response once it is recorded. An idempotent handler is
 //!   therefore never cancelled by this layer's callers. A request dropped
 //!   while its claim is on its way finishes the call in the background and

@@ -51,7 +51,7 @@
 //! |---|---|---|
 //! | sessions and users' session lists | all of it | only to make room for another session (the one nearest expiry, so the least recently active) |
 //! | rate-limit counters | at most 1/4 | never: past the share a new counter is refused ([`ErrorKind::Capacity`], and the rule's store-failure policy applies), so no flood of made-up clients resets a login throttle |
-//! | idempotency records | at most 1/10 | never: past the share a new key is refused (503), so no flood of made-up keys makes a completed request run again |
+//! | idempotency records | at most 1/4 | never: past the share a new key is refused (503), so no flood of made-up keys makes a completed request run again |
 //! | cache entries and tags, and keys of your own | all of it | first, by any new key, nearest expiry first |
 //!
 //! When the keyspace is full, expired keys go first, then the disposable
@@ -145,7 +145,7 @@ impl Class {
     fn cap(self, max_entries: usize) -> Option<usize> {
         match self {
             Class::RateLimit => Some((max_entries / 4).max(1)),
-            Class::Idempotency => Some((max_entries / 10).max(1)),
+            Class::Idempotency => Some((max_entries / 4).max(1)),
             Class::Session | Class::Disposable => None,
         }
     }
@@ -716,8 +716,9 @@ mod tests {
         b.set("p:rl:{y}:1", b"1", ttl(100)).await.unwrap();
         let err = b.set("p:rl:{z}:1", b"1", ttl(1)).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Capacity);
-        // Idempotency: a share of 1.
+        // Idempotency: a share of 2 as well.
         b.set("p:idem:{k}:r", b"1", ttl(100)).await.unwrap();
+        b.set("p:idem:{l}:r", b"1", ttl(100)).await.unwrap();
         let err = b.set("p:idem:{j}:r", b"1", ttl(100)).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Capacity);
         // Cache entries fill the rest, then evict one another.
@@ -741,9 +742,8 @@ mod tests {
         // ...and, with only sessions and shares left, the session nearest
         // expiry.
         b.set("p:session:{d}", b"4", ttl(8)).await.unwrap();
-        b.set("p:session:{e}", b"5", ttl(9)).await.unwrap();
         assert!(b.get("p:session:{a}").await.unwrap().is_some());
-        b.set("p:session:{f}", b"6", ttl(10)).await.unwrap();
+        b.set("p:session:{e}", b"5", ttl(9)).await.unwrap();
         assert_eq!(b.get("p:session:{a}").await.unwrap(), None);
         assert!(b.get("p:rl:{x}:1").await.unwrap().is_some());
         // A cache entry can no longer find room: refused.
