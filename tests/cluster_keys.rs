@@ -167,7 +167,7 @@ async fn each_layers_keys_sit_in_the_slots_the_design_names() {
         "products".to_owned(),
         "home".to_owned(),
     ];
-    CacheStore::store(
+    assert!(CacheStore::store(
         &backend,
         key,
         b"entry".to_vec(),
@@ -175,7 +175,7 @@ async fn each_layers_keys_sit_in_the_slots_the_design_names() {
         &tags,
     )
     .await
-    .unwrap();
+    .unwrap());
     let entry: Vec<String> = tb.keys("cache:{*");
     assert_eq!(entry.len(), 2, "the entry and its lease: {entry:?}");
     assert_eq!(slot(&entry[0]), slot(&entry[1]), "{entry:?}");
@@ -184,7 +184,9 @@ async fn each_layers_keys_sit_in_the_slots_the_design_names() {
     let slots: std::collections::HashSet<u64> = sets.iter().map(|k| slot(k)).collect();
     assert!(slots.len() >= 2, "tags spread over slots: {sets:?}");
     assert_eq!(
-        CacheStore::purge_tag(&backend, "products").await.unwrap(),
+        CacheStore::purge_tag(&backend, "products", 500, true)
+            .await
+            .unwrap(),
         vec![key.to_owned()]
     );
     assert_eq!(CacheStore::lookup(&backend, key).await.unwrap(), None);

@@ -1266,11 +1266,17 @@ fn write_entry(config: Arc<Config>, key: String, entry: Entry, ttl: Duration, wa
         // Before the write: a purge announced while it runs wins.
         let changes = config.local.as_ref().map(|l| l.changes());
         let written = match config.store.store(&key, raw, ttl, &entry.tags).await {
-            Ok(()) => {
+            Ok(true) => {
                 if let (Some(local), Some(changes)) = (&config.local, changes) {
                     local.keep(&key, entry, changes);
                 }
                 true
+            }
+            Ok(false) => {
+                tracing::debug!(
+                    "response not stored: one of its tags records as many live entries as it may"
+                );
+                false
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cache store failed; response not stored");

@@ -43,6 +43,10 @@ pub const DEFAULT_COALESCE_WAIT: Duration = Duration::from_secs(3);
 /// default (see [`CacheLayerBuilder::generation_refresh`]).
 pub const DEFAULT_GENERATION_REFRESH: Duration = Duration::from_secs(1);
 
+/// The most entries a [`Purger::purge_tag`] removes, and names in one
+/// announcement, per step: 500 (an announcement of about 16 KiB).
+pub const PURGE_BATCH: usize = 500;
+
 /// The response header a handler names its tags in, by default
 /// (comma-separated; removed before the response goes out).
 pub const DEFAULT_TAG_HEADER: &str = "cache-tag";
@@ -620,12 +624,27 @@ impl Purger {
     }
 
     /// Removes every entry stored with `tag` (named by its handler in the
-    /// tag header); how many the tag named (some may have expired
-    /// already).
+    /// tag header) before the purge began; how many the tag named (some
+    /// may have expired already).
+    ///
+    /// It goes in steps of up to [`PURGE_BATCH`] entries, each removed from
+    /// the store and then announced to local tiers in one message, until
+    /// none is left of those the tag named when the purge began; an entry
+    /// stored with the tag meanwhile is left for the next purge. On an
+    /// error the steps stop there: the entries not yet removed are left to
+    /// the next purge of the tag (retry it).
     pub async fn purge_tag(&self, tag: &str) -> Result<u64, Error> {
-        let keys = self.config.store.purge_tag(tag).await?;
-        self.config.announce(&keys).await;
-        Ok(keys.len() as u64)
+        let mut purged = 0;
+        let mut start = true;
+        loop {
+            let keys = self.config.store.purge_tag(tag, PURGE_BATCH, start).await?;
+            if keys.is_empty() {
+                return Ok(purged);
+            }
+            start = false;
+            purged += keys.len() as u64;
+            self.config.announce(&keys).await;
+        }
     }
 
     /// Purges everything this cache stored, on every instance that shares

@@ -36,10 +36,18 @@ pub(crate) const NO_CACHE: u8 = 1;
 /// Entry flag: never served stale.
 pub(crate) const MUST_REVALIDATE: u8 = 2;
 
-/// The set of entry keys that carry `tag`: `{prefix}:cache-tag:{<tag>}`
-/// (its own slot: a purge reads it, then removes each entry by key).
+/// The entry keys that carry `tag`: `{prefix}:cache-tag:{<tag>}`, a sorted
+/// set scored by when each entry is gone (Unix ms, plus a margin), which
+/// lives as long as its last member. Its own slot: a purge reads it, then
+/// removes each entry by key.
 pub(crate) fn tag_key(ns: &Namespace, tag: &str) -> String {
     ns.tagged("cache-tag", tag).into_base()
+}
+
+/// The entry keys set aside for a purge of `tag` (the same form, and the
+/// same slot as [`tag_key`]): `{prefix}:cache-tag:{<tag>}:purging`.
+pub(crate) fn purge_key(ns: &Namespace, tag: &str) -> String {
+    ns.tagged("cache-tag", tag).into_key("purging")
 }
 
 /// The fill lease of a request's cache key (same hash tag as its entry):
@@ -251,6 +259,18 @@ mod tests {
         }
         assert!(Entry::decode(Bytes::from_static(b"RLC2whatever")).is_none());
         assert!(Entry::decode(Bytes::from_static(b"")).is_none());
+    }
+
+    #[test]
+    fn a_tag_and_its_purge_share_a_slot() {
+        let ns = Namespace::new("app").unwrap();
+        assert_eq!(tag_key(&ns, "product-7"), "app:cache-tag:{product-7}");
+        assert_eq!(
+            purge_key(&ns, "product-7"),
+            "app:cache-tag:{product-7}:purging"
+        );
+        // A tag cannot close the hash tag early and meet another's keys.
+        assert_eq!(tag_key(&ns, "a}:purging"), "app:cache-tag:{a%7D:purging}");
     }
 
     #[test]

@@ -137,6 +137,29 @@
 //! `Extension<Purger>` in a handler) removes every entry of a tag, or one
 //! URL's entry, from the shared store: every instance sees it at once.
 //!
+//! Each tag records the entries stored with it that may still live (on
+//! Redis a sorted set per tag, scored by each entry's expiry: a write to
+//! the tag drops the entries that are gone), and at most
+//! [`MAX_TAG_MEMBERS`] of them. An entry is stored only once every one of
+//! its tags has recorded it, so a purge of a tag removes every live entry
+//! stored with it: when a tag already records that many live entries, a
+//! response naming it is served but **not stored** (`debug` log) until
+//! some of them expire or the tag is purged. Not caching a page costs a
+//! fetch; an entry its tag could not record would survive a purge of
+//! the tag, and dropping recorded entries to make room would let a
+//! flood of made-up URLs under one tag push the popular pages out. Keep
+//! tags narrow (`product-7`, not `everything`) and URLs canonical (see
+//! above) so that a tag's live entries stay well below the bound.
+//!
+//! A purge goes in steps of at most [`PURGE_BATCH`] entries, each
+//! removed and then announced (to local tiers) in one message, so no
+//! command, pipeline or message names every entry of a large tag. Its
+//! first step sets aside the entries the tag records then, and it ends
+//! once those are gone, however busy the tag is; an entry stored with the
+//! tag meanwhile is left for the next purge. A purge that fails half-way
+//! leaves the rest set aside, and the next purge of the tag takes them
+//! too.
+//!
 //! [`Purger::purge_all`] purges everything without listing anything: every
 //! entry key is made under the store's generation (a counter, 0 until the
 //! first such purge), and the purge starts the next one, so no earlier
@@ -210,13 +233,13 @@
 //! | request | store calls |
 //! |---|---|
 //! | hit | 1 `GET` |
-//! | miss | 1 `GET`, 1 `SET ... NX` (the fill lease), then in the background 1 write after the body when stored (`SET ... PX`, pipelined with `SADD`/`PEXPIRE` per tag) and 1 script giving the lease up (only for its holder) |
+//! | miss | 1 `GET`, 1 `SET ... NX` (the fill lease), then in the background after the body, when stored: 1 write (`SET ... PX`; for a tagged response 2 round trips: 1 small script per tag, concurrently, recording the entry, then `SET ... PXAT` when every tag did) and 1 script giving the lease up (only for its holder) |
 //! | miss while another instance fills | 1 `GET`, 1 `SET ... NX`, then `GET` + `EXISTS` every 25 ms until the entry is there |
-//! | revalidation (304) | 1 `GET`, then 1 write |
-//! | request `no-cache` (with `RequestDirectives::Honour`) | 0 before the handler, 1 write when stored |
+//! | revalidation (304) | 1 `GET`, then 1 write (2 round trips when tagged) |
+//! | request `no-cache` (with `RequestDirectives::Honour`) | 0 before the handler, 1 write when stored (2 round trips when tagged) |
 //! | hit in the local tier | 0 |
 //! | unsafe method | 1 `GET` (the generation), 1 `DEL` per invalidated URI (per generation, when this instance knew an older one), 1 `PUBLISH`; concurrent writes to the same URIs share these (a run begun after each handler finished serves every write queued meanwhile: 200 concurrent `POST`s to one URI measured 2 runs) |
-//! | purge a tag | `SMEMBERS`, then one pipeline of `DEL`s and `SREM`, 1 `PUBLISH` |
+//! | purge a tag | per step of up to [`PURGE_BATCH`] entries: 1 small script (setting the tag's entries aside, on the first step; reading a batch), 1 pipeline of `DEL`s and a `ZREM`, 1 `PUBLISH`; then 1 script finding none left |
 //! | purge everything | 1 small script (the next generation), 1 `PUBLISH` |
 //! | once per `generation_refresh`, one request | 1 more `GET` (the generation) |
 //!
@@ -265,6 +288,6 @@ pub use directives::RequestDirectives;
 pub use layer::{
     Cache, CacheLayer, CacheLayerBuilder, Purger, ResponseFuture, DEFAULT_COALESCE_WAIT,
     DEFAULT_GENERATION_REFRESH, DEFAULT_KEEP_STALE, DEFAULT_MAX_BODY, DEFAULT_NAME,
-    DEFAULT_TAG_HEADER,
+    DEFAULT_TAG_HEADER, PURGE_BATCH,
 };
-pub use store::CacheStore;
+pub use store::{CacheStore, MAX_TAG_MEMBERS};

@@ -1,10 +1,27 @@
 //! The cache store seam: entries by key, with tag sets, each operation
-//! one round trip.
+//! one or two round trips.
 //!
 //! The crate implements [`CacheStore`] for [`Backend`],
 //! [`RedisBackend`] and [`MemoryBackend`]; implement it to keep
 //! entries elsewhere. Keys are 32 hex digits (a hash of the request's
 //! cache key); values are opaque bytes the layer encodes.
+//!
+//! # Tags
+//!
+//! Each tag records the keys of the entries stored with it that may still
+//! live, at most [`MAX_TAG_MEMBERS`] of them: a key leaves its tag when its
+//! entry expires (dropped on the tag's next write or purge) or is purged.
+//! When a tag already records that many other live entries, an entry
+//! naming it is not stored at all (it goes on being fetched from the
+//! handler until some of them expire or the tag is purged): an entry its
+//! tag could not record would be one that a purge of the tag misses, and
+//! serving a purged page is worse than fetching it again. (Evicting a
+//! recorded entry instead would let a flood of made-up URLs under one tag
+//! push the popular pages out of the cache.)
+//!
+//! A purge goes in steps of a bounded number of keys
+//! ([`purge_tag`](CacheStore::purge_tag)), so no single command, pipeline
+//! or announcement names every key of a large tag.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,41 +30,84 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::layout::{entry_key, lease_key, tag_key};
+use super::layout::{entry_key, lease_key, purge_key, tag_key};
 use crate::backend::on_backend;
 use crate::error::Error;
-use crate::memory::{MemoryBackend, Value};
+use crate::memory::{MemoryBackend, SortedSet, Value};
 use crate::redis::{script, RedisBackend, Script};
 use crate::Backend;
 
 static UNLEASE: Script = script!("cache-unlease", "unlease.lua");
 static NEXT_GENERATION: Script = script!("cache-next-generation", "generation.lua");
+static RECORD_TAG: Script = script!("cache-tag", "tag.lua");
+static PURGE_STEP: Script = script!("cache-purge-step", "purge.lua");
+
+/// The most entries one tag records at a time: 10,000. An entry naming a
+/// tag that records this many other live entries is not stored (see the
+/// [module docs](self#tags)).
+pub const MAX_TAG_MEMBERS: usize = 10_000;
+
+/// How long (ms) a tag keeps a key past its entry's expiry: on a Redis
+/// Cluster the entry may live on a node whose clock is a little behind
+/// the clock of its tag's node (the entry then ends a little later than
+/// the tag reckons), and the key must not leave the tag while the entry
+/// may still be there.
+const TAG_MARGIN_MS: u64 = 1_000;
 
 /// Where a cache layer keeps its entries.
 pub trait CacheStore: Send + Sync + 'static {
     /// The entry stored under `key`, if any (Redis: one `GET`).
     fn lookup(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, Error>> + Send;
 
-    /// Stores `entry` under `key` for `ttl`, replacing any entry there, and
-    /// adds `key` to the set of each of `tags`, which then lives at least
-    /// as long (Redis: one pipeline of `SET ... PX` and, per tag, `SADD`
-    /// and `PEXPIRE`).
+    /// Stores `entry` under `key` for `ttl`, replacing any entry there,
+    /// once each of `tags` has recorded `key` until the entry is gone;
+    /// true when stored. Recording drops the keys whose entries are gone
+    /// from the tag first. False, and the entry is not written (any entry
+    /// already under `key` stays), when one of `tags` records
+    /// [`MAX_TAG_MEMBERS`] other live entries already: a purge of that tag
+    /// could not find it (the other tags may have recorded `key`: a key
+    /// whose entry is missing costs their purge a `DEL` that finds
+    /// nothing).
+    ///
+    /// Redis: without tags, one `SET ... PX`; with tags, one small script
+    /// per tag (concurrently: one round trip; on a cluster, on each tag's
+    /// node), then `SET ... PXAT` with the expiry the scripts computed
+    /// from Redis's clock (a second round trip).
     fn store(
         &self,
         key: &str,
         entry: Vec<u8>,
         ttl: Duration,
         tags: &[String],
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Removes the entry under `key`; true when there was one (Redis: one
     /// `DEL`).
     fn invalidate(&self, key: &str) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Removes every entry stored with `tag`; the keys the tag named
-    /// (removed now, or already gone: local copies of either must go)
-    /// (Redis: `SMEMBERS`, then one pipeline of `DEL`s and `SREM`).
-    fn purge_tag(&self, tag: &str) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
+    /// One step of a purge of `tag`: removes up to `limit` (at least 1)
+    /// of the entries set aside for it, and returns their keys (entries
+    /// removed now, or already gone: local copies of either must go);
+    /// none once the purge is done. The caller repeats it until then.
+    ///
+    /// The first step (`start`) sets aside every key the tag records, and
+    /// the tag starts again empty: the steps that follow (`start` false)
+    /// remove only those, so a purge ends however busy the tag is, and an
+    /// entry tagged after it started waits for the next purge. A key
+    /// leaves the keys set aside only once its entry is gone, so a purge
+    /// that stopped half-way (an error) leaves the rest to the next purge
+    /// of the tag, which takes them on too.
+    ///
+    /// Redis: one small script (on the first step it also sets the keys
+    /// aside), then one pipeline of `DEL`s and a `ZREM` of the keys
+    /// returned (on a cluster, each `DEL` on its entry's node, then the
+    /// `ZREM`).
+    fn purge_tag(
+        &self,
+        tag: &str,
+        limit: usize,
+        start: bool,
+    ) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
 
     /// Takes the fill lease of `key` for `ttl`, as `holder`, if no one holds it: the
     /// holder asks the handler, other instances wait for its entry (Redis:
@@ -175,50 +235,65 @@ impl CacheStore for RedisBackend {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &[String],
-    ) -> Result<(), Error> {
-        let ms = crate::time::millis(ttl).max(1);
+    ) -> Result<bool, Error> {
         let entry_key = entry_key(self.namespace(), key);
         if tags.is_empty() {
-            return self.set(&entry_key, &entry, Some(ttl)).await;
+            self.set(&entry_key, &entry, Some(ttl)).await?;
+            return Ok(true);
         }
-        // One pipeline, the tags first: an entry is never found without
-        // its tags (a purge would miss it). On a cluster each tag's set
-        // (its own slot) concurrently, then the entry.
-        let mut set_entry = ::redis::cmd("SET");
-        set_entry.arg(&entry_key).arg(entry).arg("PX").arg(ms);
-        let mut groups = Vec::new();
-        for tag in tags {
-            let set = tag_key(self.namespace(), tag);
-            // The set outlives each of its entries: NX gives a new set a
-            // TTL, GT only ever lengthens it.
-            let mut add = ::redis::cmd("SADD");
-            add.arg(&set).arg(key);
-            let mut new_ttl = ::redis::cmd("PEXPIRE");
-            new_ttl.arg(&set).arg(ms).arg("NX");
-            let mut longer = ::redis::cmd("PEXPIRE");
-            longer.arg(&set).arg(ms).arg("GT");
-            groups.push(vec![add, new_ttl, longer]);
+        // The tags first, each script in its tag's slot (concurrent calls
+        // share the connection: one round trip): an entry is never found
+        // without its tags, or a purge would miss it.
+        let ms = crate::time::millis(ttl).max(1);
+        let records = tags.iter().map(|tag| {
+            self.script(&RECORD_TAG)
+                .key(tag_key(self.namespace(), tag))
+                .arg(key)
+                .arg(ms)
+                .arg(TAG_MARGIN_MS)
+                .arg(MAX_TAG_MEMBERS)
+                .invoke::<i64>()
+        });
+        let expiries = futures_util::future::try_join_all(records).await?;
+        let mut expires = u64::MAX;
+        for at in expiries {
+            // -1: that tag is full; a purge of it could not find the entry.
+            let Ok(at) = u64::try_from(at) else {
+                return Ok(false);
+            };
+            expires = expires.min(at);
         }
-        let _: Vec<::redis::Value> = self.phased(vec![groups, vec![vec![set_entry]]]).await?;
-        Ok(())
+        // The expiry the tags recorded (from Redis's clock), not a TTL
+        // from now: a write that lands late (a paused Redis resuming)
+        // still ends when its tags let the key go.
+        let mut set = ::redis::cmd("SET");
+        set.arg(&entry_key).arg(entry).arg("PXAT").arg(expires);
+        let _: ::redis::Value = self.query(&set).await?;
+        Ok(true)
     }
 
     async fn invalidate(&self, key: &str) -> Result<bool, Error> {
         self.delete(&entry_key(self.namespace(), key)).await
     }
 
-    async fn purge_tag(&self, tag: &str) -> Result<Vec<String>, Error> {
-        let set = tag_key(self.namespace(), tag);
-        let members: Vec<String> = self.query(::redis::cmd("SMEMBERS").arg(&set)).await?;
+    async fn purge_tag(&self, tag: &str, limit: usize, start: bool) -> Result<Vec<String>, Error> {
+        let aside = purge_key(self.namespace(), tag);
+        let members: Vec<String> = self
+            .script(&PURGE_STEP)
+            .key(tag_key(self.namespace(), tag))
+            .key(&aside)
+            .arg(if start { "1" } else { "0" })
+            .arg(limit.max(1))
+            .invoke()
+            .await?;
         if members.is_empty() {
             return Ok(Vec::new());
         }
         // Each entry by its own key (their slots differ from the set's),
-        // then only the members read: one tagged since stays for the next
-        // purge.
-        // On a cluster each in its own slot, concurrently; the members
-        // leave the set only once their entries are gone (else a failed
-        // DEL would leave an entry no purge finds).
+        // then only the members read. On a cluster each in its own slot,
+        // concurrently; the members leave the keys set aside only once
+        // their entries are gone (else a failed DEL would leave an entry
+        // no purge finds).
         let groups: Vec<Vec<::redis::Cmd>> = members
             .iter()
             .map(|member| {
@@ -227,8 +302,8 @@ impl CacheStore for RedisBackend {
                 vec![del]
             })
             .collect();
-        let mut remove = ::redis::cmd("SREM");
-        remove.arg(&set).arg(&members);
+        let mut remove = ::redis::cmd("ZREM");
+        remove.arg(&aside).arg(&members);
         let _: Vec<u64> = self.phased(vec![groups, vec![vec![remove]]]).await?;
         Ok(members)
     }
@@ -373,30 +448,46 @@ impl CacheStore for MemoryBackend {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &[String],
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let entry_key = entry_key(self.namespace(), key);
         let ttl = ttl.max(Duration::from_millis(1));
         self.atomically(|ks| {
-            ks.set(&entry_key, Value::Bytes(entry), Some(ttl))?;
+            let now = ks.now_millis();
+            let score = now
+                .saturating_add(crate::time::millis(ttl))
+                .saturating_add(TAG_MARGIN_MS);
+            // As on Redis, every tag records the key if it has room, and
+            // the entry is written only when all of them did.
+            let mut recorded = true;
             for tag in tags {
                 let set = tag_key(self.namespace(), tag);
-                let longer = match ks.ttl(&set) {
-                    Some(Some(left)) => left.max(ttl),
-                    _ => ttl,
-                };
-                match ks.get_mut(&set) {
-                    Some(Value::Hash(members)) => {
-                        members.insert(key.to_owned(), Vec::new());
+                let last = match ks.get_mut(&set) {
+                    Some(Value::SortedSet(members)) => {
+                        members.remove_up_to(now);
+                        let known = members.score(key);
+                        if known.is_none() && members.len() >= MAX_TAG_MEMBERS {
+                            recorded = false;
+                            continue;
+                        }
+                        if known.is_none_or(|known| known < score) {
+                            members.insert(key, score);
+                        }
+                        members.last().map_or(score, |(_, last)| last)
                     }
                     Some(_) => return Err(Error::wrong_type()),
                     None => {
-                        let members = [(key.to_owned(), Vec::new())].into_iter().collect();
-                        ks.set(&set, Value::Hash(members), None)?;
+                        let mut members = SortedSet::new();
+                        members.insert(key, score);
+                        ks.set(&set, Value::SortedSet(members), None)?;
+                        score
                     }
-                }
-                ks.expire(&set, longer);
+                };
+                ks.expire_at_millis(&set, last);
             }
-            Ok(())
+            if recorded {
+                ks.set(&entry_key, Value::Bytes(entry), Some(ttl))?;
+            }
+            Ok(recorded)
         })
     }
 
@@ -404,19 +495,62 @@ impl CacheStore for MemoryBackend {
         self.delete(&entry_key(self.namespace(), key)).await
     }
 
-    async fn purge_tag(&self, tag: &str) -> Result<Vec<String>, Error> {
-        let set = tag_key(self.namespace(), tag);
+    async fn purge_tag(&self, tag: &str, limit: usize, start: bool) -> Result<Vec<String>, Error> {
+        let (set, aside) = (
+            tag_key(self.namespace(), tag),
+            purge_key(self.namespace(), tag),
+        );
         self.atomically(|ks| {
-            let members = match ks.remove(&set) {
+            let now = ks.now_millis();
+            if start {
+                match ks.remove(&set) {
+                    None => {}
+                    Some(Value::SortedSet(members)) => {
+                        let merged = match ks.remove(&aside) {
+                            None => members,
+                            Some(Value::SortedSet(mut merged)) => {
+                                for (member, score) in members.iter() {
+                                    if merged.score(member).is_none_or(|s| s < score) {
+                                        merged.insert(member, score);
+                                    }
+                                }
+                                merged
+                            }
+                            Some(_) => return Err(Error::wrong_type()),
+                        };
+                        ks.set(&aside, Value::SortedSet(merged), None)?;
+                    }
+                    Some(_) => return Err(Error::wrong_type()),
+                }
+            }
+            let (batch, last) = match ks.get_mut(&aside) {
                 None => return Ok(Vec::new()),
-                Some(Value::Hash(members)) => members,
+                Some(Value::SortedSet(members)) => {
+                    members.remove_up_to(now);
+                    let batch: Vec<String> = members
+                        .iter()
+                        .take(limit.max(1))
+                        .map(|(member, _)| member.to_owned())
+                        .collect();
+                    for member in &batch {
+                        members.remove(member);
+                    }
+                    (batch, members.last().map(|(_, score)| score))
+                }
                 Some(_) => return Err(Error::wrong_type()),
             };
-            let members: Vec<String> = members.into_keys().collect();
-            for member in &members {
+            match last {
+                Some(last) => {
+                    ks.expire_at_millis(&aside, last);
+                }
+                None => {
+                    ks.remove(&aside);
+                }
+            }
+            for member in &batch {
                 ks.remove(&entry_key(self.namespace(), member));
             }
-            Ok(members)
+            Ok(batch)
         })
     }
 
@@ -530,7 +664,7 @@ impl CacheStore for Backend {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &[String],
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         on_backend!(self, b => CacheStore::store(b, key, entry, ttl, tags).await)
     }
 
@@ -538,8 +672,8 @@ impl CacheStore for Backend {
         on_backend!(self, b => CacheStore::invalidate(b, key).await)
     }
 
-    async fn purge_tag(&self, tag: &str) -> Result<Vec<String>, Error> {
-        on_backend!(self, b => CacheStore::purge_tag(b, tag).await)
+    async fn purge_tag(&self, tag: &str, limit: usize, start: bool) -> Result<Vec<String>, Error> {
+        on_backend!(self, b => CacheStore::purge_tag(b, tag, limit, start).await)
     }
 
     async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
@@ -582,9 +716,14 @@ pub(crate) trait DynCacheStore: Send + Sync {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &'a [String],
-    ) -> BoxFuture<'a, Result<(), Error>>;
+    ) -> BoxFuture<'a, Result<bool, Error>>;
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, Error>>;
-    fn purge_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<Vec<String>, Error>>;
+    fn purge_tag<'a>(
+        &'a self,
+        tag: &'a str,
+        limit: usize,
+        start: bool,
+    ) -> BoxFuture<'a, Result<Vec<String>, Error>>;
     fn lease<'a>(
         &'a self,
         key: &'a str,
@@ -609,14 +748,19 @@ impl<T: CacheStore> DynCacheStore for T {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &'a [String],
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    ) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(CacheStore::store(self, key, entry, ttl, tags))
     }
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(CacheStore::invalidate(self, key))
     }
-    fn purge_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<Vec<String>, Error>> {
-        Box::pin(CacheStore::purge_tag(self, tag))
+    fn purge_tag<'a>(
+        &'a self,
+        tag: &'a str,
+        limit: usize,
+        start: bool,
+    ) -> BoxFuture<'a, Result<Vec<String>, Error>> {
+        Box::pin(CacheStore::purge_tag(self, tag, limit, start))
     }
     fn lease<'a>(
         &'a self,
@@ -675,7 +819,7 @@ impl Store {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &[String],
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         match self {
             Store::Backend(b) => CacheStore::store(b, key, entry, ttl, tags).await,
             Store::Custom(s) => s.store(key, entry, ttl, tags).await,
@@ -689,10 +833,15 @@ impl Store {
         }
     }
 
-    pub(crate) async fn purge_tag(&self, tag: &str) -> Result<Vec<String>, Error> {
+    pub(crate) async fn purge_tag(
+        &self,
+        tag: &str,
+        limit: usize,
+        start: bool,
+    ) -> Result<Vec<String>, Error> {
         match self {
-            Store::Backend(b) => CacheStore::purge_tag(b, tag).await,
-            Store::Custom(s) => s.purge_tag(tag).await,
+            Store::Backend(b) => CacheStore::purge_tag(b, tag, limit, start).await,
+            Store::Custom(s) => s.purge_tag(tag, limit, start).await,
         }
     }
 

@@ -1,10 +1,10 @@
 //! The in-process backend: a bounded keyspace with TTLs behind one lock.
 //!
-//! It keeps the semantics the layers rely on from Redis — values and hashes
-//! under string keys, millisecond TTLs, atomic multi-key operations, one clock
-//! per operation — without a server. It serves development, tests, and
-//! single-instance deployments; state is lost on restart and not shared
-//! between processes.
+//! It keeps the semantics the layers rely on from Redis — values, hashes
+//! and sorted sets under string keys, millisecond TTLs, atomic multi-key
+//! operations, one clock per operation — without a server. It serves
+//! development, tests, and single-instance deployments; state is lost on
+//! restart and not shared between processes.
 //!
 //! ```
 //! use std::time::Duration;
@@ -72,6 +72,10 @@ use tokio::time::Instant;
 use crate::error::{Error, ErrorKind};
 use crate::keys::Namespace;
 
+mod sorted_set;
+
+pub use sorted_set::SortedSet;
+
 /// Key limit used when none is configured: 100 000.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 /// How often expired keys are swept when not configured: every 30 s.
@@ -85,6 +89,8 @@ pub enum Value {
     Bytes(Vec<u8>),
     /// A map of fields to byte strings (a Redis hash).
     Hash(HashMap<String, Vec<u8>>),
+    /// Members ordered by score (a Redis sorted set).
+    SortedSet(SortedSet),
 }
 
 #[derive(Debug)]

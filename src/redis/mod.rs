@@ -459,8 +459,8 @@ impl RedisBackend {
 
     /// [`grouped`](Self::grouped) in phases: on a cluster, a phase starts
     /// only once every group of the one before succeeded (what must not
-    /// happen unless the earlier writes did: a tag before its entry, an
-    /// entry's removal before its tag's). On a single Redis, still one
+    /// happen unless the earlier writes did: the cache's entries removed
+    /// before their keys leave a tag). On a single Redis, still one
     /// pipeline, in order.
     #[cfg_attr(not(any(feature = "session", feature = "cache")), allow(dead_code))]
     pub(crate) async fn phased<T: ::redis::FromRedisValue>(

@@ -1275,14 +1275,19 @@ impl redis_layers::cache::CacheStore for Quiet {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &[String],
-    ) -> Result<(), redis_layers::Error> {
+    ) -> Result<bool, redis_layers::Error> {
         self.0.store(key, entry, ttl, tags).await
     }
     async fn invalidate(&self, key: &str) -> Result<bool, redis_layers::Error> {
         self.0.invalidate(key).await
     }
-    async fn purge_tag(&self, tag: &str) -> Result<Vec<String>, redis_layers::Error> {
-        self.0.purge_tag(tag).await
+    async fn purge_tag(
+        &self,
+        tag: &str,
+        limit: usize,
+        start: bool,
+    ) -> Result<Vec<String>, redis_layers::Error> {
+        self.0.purge_tag(tag, limit, start).await
     }
     async fn lease(
         &self,

@@ -1,0 +1,31 @@
+-- Records a cache entry's key in one of its tags' sets, before the entry
+-- is written: drops the members whose entries are gone, then adds the key,
+-- scored by when its entry will be gone, unless the set is full. The
+-- entry is written (with the expiry returned) only once every tag has
+-- recorded it, so a purge of any of its tags finds it.
+--
+-- KEYS[1]  the tag's set (a sorted set: entry key -> Unix ms past which
+--          its entry is gone, margin included)
+-- ARGV[1]  the entry's key
+-- ARGV[2]  the entry's time to live, ms
+-- ARGV[3]  the margin added to a member's score, ms (the entry may live
+--          on a node whose clock is a little behind this one's)
+-- ARGV[4]  the most members the set may hold
+--
+-- Returns the entry's expiry (Unix ms, from this server's clock) to write
+-- it with, or -1 when the set holds that many other live entries already
+-- (the entry must then not be written).
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+if not redis.call('ZSCORE', KEYS[1], ARGV[1])
+    and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return -1
+end
+local expires = now + tonumber(ARGV[2])
+-- GT: a member keeps a later score it had (its older entry may outlive
+-- this write if this write is never made).
+redis.call('ZADD', KEYS[1], 'GT', string.format('%d', expires + tonumber(ARGV[3])), ARGV[1])
+-- The set lives as long as its last member.
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last[2])))
+return expires
