@@ -295,13 +295,17 @@ async fn two_local_tiers(fx: &Fixture) -> (Router, Router, redis_layers::cache::
 
 /// Waits until `app` answers `path` from its local tier (it keeps copies
 /// once it listens, a moment after start).
+/// How long a new layer's local tier may take to keep its first copy: it
+/// keeps none until its subscription to the store's announcements is
+/// established, which on a loaded machine (the whole suite on 2 cores, a
+/// shared cluster) took over 3 s now and then. A bound on liveness, not a
+/// measure of speed.
+const LOCAL_READY: Duration = Duration::from_secs(10);
+
 async fn answered_locally(app: &Router, path: &str) {
     let started = Instant::now();
     while !get(app, path).await.cache_status().contains("detail=local") {
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "no local copy of {path}"
-        );
+        assert!(started.elapsed() < LOCAL_READY, "no local copy of {path}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -478,7 +482,7 @@ support::both_backends! { fixture;
                         break;
                     }
                 }
-                assert!(started.elapsed() < Duration::from_secs(3), "{}", r.cache_status());
+                assert!(started.elapsed() < LOCAL_READY, "{}", r.cache_status());
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             // A HEAD gets the length its GET has, and no body.
@@ -570,7 +574,7 @@ support::both_backends! { fixture;
                             if r.body == want && r.cache_status().contains("detail=local") {
                                 return;
                             }
-                            assert!(started.elapsed() < Duration::from_secs(3), "{} {}", r.body, r.cache_status());
+                            assert!(started.elapsed() < LOCAL_READY, "{} {}", r.body, r.cache_status());
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                     }));
