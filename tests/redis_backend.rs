@@ -444,19 +444,7 @@ async fn a_script_that_times_out_still_runs_once_after_a_late_noscript() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    let started = Instant::now();
-    loop {
-        let n: Option<String> = server.cmd(&["GET", &key]);
-        let n = n.parse_or_none();
-        if n == Some(11) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "the timed-out script never ran: {n:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_counter(&server, &key, 11, "the timed-out script never ran").await;
     // Exactly once: nothing else sends it again.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let n: String = server.cmd(&["GET", &key]);
@@ -483,30 +471,28 @@ async fn commands_sent_before_a_reconnect_still_run() {
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     }
-    let started = Instant::now();
-    loop {
-        let n: Option<String> = server.cmd(&["GET", &key]);
-        let n = n.parse_or_none();
-        if n == Some(4) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "commands sent before the reconnect were lost: {n:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_counter(
+        &server,
+        &key,
+        4,
+        "commands sent before the reconnect were lost",
+    )
+    .await;
     // And the backend works on its new connection.
     let v: i64 = b.script(&INCR_BY).key(&key).arg(1).invoke().await.unwrap();
     assert_eq!(v, 5);
 }
 
-trait ParseOrNone {
-    fn parse_or_none(self) -> Option<i64>;
-}
-
-impl ParseOrNone for Option<String> {
-    fn parse_or_none(self) -> Option<i64> {
-        self.and_then(|s| s.parse().ok())
+/// Waits (up to 3 s) until the counter at `key` reads `want`.
+async fn until_counter(server: &RedisServer, key: &str, want: i64, why: &str) {
+    let started = Instant::now();
+    loop {
+        let n: Option<String> = server.cmd(&["GET", key]);
+        let n: Option<i64> = n.and_then(|s| s.parse().ok());
+        if n == Some(want) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{why}: {n:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

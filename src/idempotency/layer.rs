@@ -909,18 +909,27 @@ impl Drop for PendingClaim {
         let Some(call) = self.call.take() else {
             return;
         };
-        let (config, key, holder) = (
-            self.config.clone(),
-            std::mem::take(&mut self.key),
-            self.holder,
-        );
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Ok(Claim::Claimed) = call.await {
-                    let _ = config.store.release(&key, holder).await;
-                }
-            });
-        }
+        release_later(&self.config, &mut self.key, self.holder, async move {
+            matches!(call.await, Ok(Claim::Claimed))
+        });
+    }
+}
+
+/// Releases `holder`'s claim of `key` in a task of its own, once `first`
+/// says there is one (for a drop, which cannot await).
+fn release_later(
+    config: &Arc<Config>,
+    key: &mut String,
+    holder: u64,
+    first: impl Future<Output = bool> + Send + 'static,
+) {
+    let (config, key) = (config.clone(), std::mem::take(key));
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(async move {
+            if first.await {
+                let _ = config.store.release(&key, holder).await;
+            }
+        });
     }
 }
 
@@ -1057,15 +1066,6 @@ impl Drop for Held {
             return;
         }
         self.done = true;
-        let (config, key, holder) = (
-            self.config.clone(),
-            std::mem::take(&mut self.key),
-            self.holder,
-        );
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = config.store.release(&key, holder).await;
-            });
-        }
+        release_later(&self.config, &mut self.key, self.holder, async { true });
     }
 }
