@@ -423,10 +423,10 @@ async fn three_missed_deadlines_in_a_row_replace_the_connection() {
     );
 }
 
-/// A script call that times out behind a paused Redis whose script cache
-/// was flushed: its `EVALSHA` comes back `NOSCRIPT` after the deadline, and
-/// the call must still send `EVAL` then, so the script runs once, as a
-/// plain command that timed out would.
+/// A script call marked `finish_if_late` that times out behind a paused
+/// Redis whose script cache was flushed: its `EVALSHA` comes back
+/// `NOSCRIPT` after the deadline, and the call must still send `EVAL`
+/// then, so the script runs once.
 #[tokio::test]
 async fn a_script_that_times_out_still_runs_once_after_a_late_noscript() {
     let server = RedisServer::start();
@@ -440,6 +440,7 @@ async fn a_script_that_times_out_still_runs_once_after_a_late_noscript() {
         .script(&INCR_BY)
         .key(&key)
         .arg(10)
+        .finish_if_late()
         .invoke::<i64>()
         .await
         .unwrap_err();
@@ -459,7 +460,9 @@ async fn commands_sent_before_a_reconnect_still_run() {
     let server = RedisServer::start();
     let b = backend(&server, 100);
     let key = b.namespace().key(&["sent"]);
-    b.ping().await.unwrap();
+    // The script cached first: this is about the connection, not NOSCRIPT.
+    let warm = b.namespace().key(&["warm"]);
+    let _: i64 = b.script(&INCR_BY).key(&warm).arg(1).invoke().await.unwrap();
     let _: () = server.cmd(&["CLIENT", "PAUSE", "800", "WRITE"]);
     for _ in 0..4 {
         let err = b

@@ -128,33 +128,52 @@ pub(crate) struct Slot {
 
 impl Invalidations {
     /// Runs `run` for `id`, unless a run that began after this call has
-    /// already covered it.
+    /// already covered it. A run that fails (returns false) covers no one:
+    /// the next request waiting runs its own.
     pub(crate) async fn run<F, Fut>(&self, id: String, run: F)
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = ()>,
+        Fut: std::future::Future<Output = bool>,
     {
         use std::sync::atomic::Ordering;
         let slot = {
             let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
             map.entry(id.clone()).or_default().clone()
         };
+        // Leaves the map clean however this future ends (done, or dropped
+        // by a client that went away).
+        let _leave = Leave {
+            map: &self.0,
+            id,
+            slot: slot.clone(),
+        };
         let ticket = slot.taken.fetch_add(1, Ordering::SeqCst) + 1;
-        {
-            let mut covered = slot.covered.lock().await;
-            if *covered < ticket {
-                // Every ticket up to here was taken before this run
-                // begins: it covers them all.
-                let through = slot.taken.load(Ordering::SeqCst);
-                run().await;
+        let mut covered = slot.covered.lock().await;
+        if *covered < ticket {
+            // Every ticket up to here was taken before this run begins: it
+            // covers them all, if it succeeds.
+            let through = slot.taken.load(Ordering::SeqCst);
+            if run().await {
                 *covered = through;
             }
         }
-        // The last one out takes the slot away (a slot still in the map is
-        // shared by whoever finds it; a new one starts from zero).
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if Arc::strong_count(&slot) == 2 {
-            map.remove(&id);
+    }
+}
+
+/// Takes a slot out of the map when its last user leaves (a slot still in
+/// the map is shared by whoever finds it; a new one starts from zero).
+struct Leave<'a> {
+    map: &'a Mutex<HashMap<String, Arc<Slot>>>,
+    id: String,
+    slot: Arc<Slot>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference, this guard's, and the caller's `slot`.
+        if Arc::strong_count(&self.slot) <= 3 {
+            map.remove(&self.id);
         }
     }
 }
@@ -213,6 +232,7 @@ mod tests {
                 inv.run("k".to_owned(), || async move {
                     runs.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                    true
                 })
                 .await;
             }));
@@ -231,9 +251,42 @@ mod tests {
         let a = again.clone();
         inv.run("k".to_owned(), || async move {
             a.fetch_add(1, Ordering::SeqCst);
+            true
         })
         .await;
         assert_eq!(again.load(Ordering::SeqCst), 1);
+        // A failed run covers no one: each waiting request runs again.
+        let failed = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            let (inv, failed) = (inv.clone(), failed.clone());
+            tasks.push(tokio::spawn(async move {
+                inv.run("k".to_owned(), || async move {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    false
+                })
+                .await;
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(failed.load(Ordering::SeqCst), 5);
+        // A request dropped while it waits leaves no slot behind.
+        let slow = inv.clone();
+        let holder = tokio::spawn(async move {
+            slow.run("d".to_owned(), || async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                true
+            })
+            .await;
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waiting = inv.run("d".to_owned(), || async { true });
+        let _ = tokio::time::timeout(Duration::from_millis(20), waiting).await;
+        holder.await.unwrap();
+        assert_eq!(inv.0.lock().unwrap().len(), 0, "no slot left behind");
     }
 
     #[test]

@@ -709,12 +709,10 @@ where
                         .await
                     {
                         Ok(true) => Some(Lease::new(config.clone(), key.clone(), holder)),
-                        Ok(false) => {
-                            // Another instance refreshes it; a request
-                            // after that one may try again if it fails.
-                            config.refreshing.failed(&key, version);
-                            return;
-                        }
+                        // Another instance refreshes it: this version
+                        // stays marked, so stale hits here do not ask for
+                        // the lease again and again meanwhile.
+                        Ok(false) => return,
                         Err(_) => None,
                     };
                     // Another instance may have refreshed it (and let its
@@ -1521,8 +1519,9 @@ where
 }
 
 /// Removes the entries of `targets` (under the store's generation, and
-/// the one this instance knew) and tells every local tier.
-async fn invalidate(config: &Config, targets: &[http::Uri], headers: &HeaderMap) {
+/// the one this instance knew) and tells every local tier; false when a
+/// store call failed.
+async fn invalidate(config: &Config, targets: &[http::Uri], headers: &HeaderMap) -> bool {
     // The store's generation now, not the one known here (up to a refresh
     // old): a purge of everything elsewhere must not make this
     // invalidation miss the entry stored since. The known one too, for
@@ -1535,7 +1534,7 @@ async fn invalidate(config: &Config, targets: &[http::Uri], headers: &HeaderMap)
         }
         Err(e) => {
             tracing::warn!(error = %e, "cache store failed; a stored response was not invalidated");
-            return;
+            return false;
         }
     };
     let mut generations = vec![generation];
@@ -1548,12 +1547,15 @@ async fn invalidate(config: &Config, targets: &[http::Uri], headers: &HeaderMap)
             keys.push(cache_key(config.sort_query, target, headers, generation));
         }
     }
+    let mut done = true;
     for key in &keys {
         if let Err(e) = config.store.invalidate(key).await {
             tracing::warn!(error = %e, "cache store failed; a stored response was not invalidated");
+            done = false;
         }
     }
     config.announce(&keys).await;
+    done
 }
 
 /// `value` (an absolute or relative reference) as a URI on the request's

@@ -385,6 +385,15 @@ impl IdempotencyLayerBuilder {
                 "lease and retention must be at least 100 ms",
             ));
         }
+        // Past a year is a mistake (`Duration::MAX` for "forever"), and the
+        // store's expiry arithmetic would overflow.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        if self.lease > year || self.retention > year || self.wait > year {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "lease, retention and wait_for_completion must be at most a year",
+            ));
+        }
         Ok(IdempotencyLayer {
             config: Arc::new(Config {
                 store: self.store,
@@ -998,9 +1007,11 @@ impl Held {
     }
 
     /// One attempt to store `record`: true when it is over for good
-    /// (stored, taken over by another request, or refused for a reason a
-    /// retry cannot change), false when the store was unreachable and a
-    /// retry may succeed.
+    /// (stored, or taken over by another request), false on any store
+    /// error. Every error is retried, not only an unreachable store: a
+    /// demoted primary (`READONLY`), a full one (`OOM`), `LOADING` or
+    /// `BUSY` pass, and giving up would free the key at the lease's end
+    /// for a handler that already ran.
     async fn complete_once(&self, record: &[u8]) -> bool {
         let config = &self.config;
         match config
@@ -1015,13 +1026,9 @@ impl Held {
                 );
                 true
             }
-            Err(e) if e.is_unavailable() => {
+            Err(e) => {
                 tracing::warn!(error = %e, "idempotency record not stored yet; trying again");
                 false
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "idempotency record not stored; the key stays claimed until its lease ends");
-                true
             }
         }
     }

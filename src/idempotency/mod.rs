@@ -87,7 +87,8 @@
 //!   releases what it claimed.
 //! - **The lease** is renewed while the handler runs and while its
 //!   response body is read, until the record is written.
-//! - **The store fails while completing** (deadline, lost connection): the
+//! - **The store fails while completing** (deadline, lost connection, any
+//!   error reply): the
 //!   response still goes to the client, and the completion is sent again
 //!   with backoff (50 ms doubling to 2 s, the lease renewed meanwhile) for
 //!   up to the retention. Completion is safe to repeat, and it writes onto
@@ -109,9 +110,10 @@
 //!   by fencing.
 //! - A Redis failover loses the last writes (asynchronous replication):
 //!   a claim or record not yet on the replica is gone.
-//! - A non-transient store error while completing (a script error, a key
-//!   of the wrong type): the completion is not retried and the key frees
-//!   at the lease's end.
+//! - A store that refuses the completion (any error: a demoted primary,
+//!   `OOM`, a key of the wrong type) for longer than the retention: the
+//!   completion is retried, the lease renewed, until then; past it the
+//!   key frees at the lease's end.
 //!
 //! # Round trips
 //!

@@ -171,6 +171,8 @@ impl IdempotencyStore for RedisBackend {
             .arg(&holder_bytes(holder)[..])
             .arg(value)
             .arg(ms(retention))
+            // A late completion is wanted (and safe to repeat).
+            .finish_if_late()
             .invoke()
             .await?;
         Ok(n == 1)
@@ -182,6 +184,7 @@ impl IdempotencyStore for RedisBackend {
             .script(&RELEASE)
             .key(record)
             .arg(&holder_bytes(holder)[..])
+            .finish_if_late()
             .invoke()
             .await?;
         Ok(n == 1)

@@ -193,6 +193,17 @@ impl Keyspace {
         }
     }
 
+    /// `ttl` from now; a TTL too long to represent is a century.
+    fn later(&self, ttl: Duration) -> Instant {
+        self.now
+            .checked_add(ttl)
+            .or_else(|| {
+                self.now
+                    .checked_add(Duration::from_secs(100 * 365 * 24 * 3600))
+            })
+            .unwrap_or(self.now)
+    }
+
     fn class(&self, key: &str) -> Class {
         Class::of(&self.prefix, key)
     }
@@ -303,7 +314,7 @@ impl Keyspace {
             self.make_room(self.class(key))?;
         }
         self.take(key);
-        let expires_at = ttl.map(|ttl| self.now + ttl);
+        let expires_at = ttl.map(|ttl| self.later(ttl));
         self.insert_new(key, Entry { value, expires_at });
         Ok(())
     }
@@ -334,7 +345,7 @@ impl Keyspace {
         if !self.expire_if_due(key) {
             return false;
         }
-        let at = self.now + ttl;
+        let at = self.later(ttl);
         self.reindex(key, at);
         true
     }
@@ -758,6 +769,14 @@ mod tests {
         // Expired counters make room in their share.
         tokio::time::advance(Duration::from_secs(101)).await;
         b.set("p:rl:{z}:1", b"1", ttl(1)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_ttl_too_long_to_represent_is_no_panic() {
+        let b = MemoryBackend::new();
+        b.set("k", b"v", Some(Duration::MAX)).await.unwrap();
+        assert!(b.get("k").await.unwrap().is_some());
+        assert!(b.atomically(|ks| ks.expire("k", Duration::MAX)));
     }
 
     #[tokio::test]

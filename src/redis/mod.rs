@@ -45,15 +45,16 @@
 //! call returns an [`ErrorKind::Timeout`] error; the
 //! connection stays usable.
 //!
-//! A timeout means "outcome unknown", never "not run": a command already
-//! sent still runs if Redis was only slow or paused. The backend keeps it
-//! that way for scripts and reconnects too. A script call past its
-//! deadline goes on in the background (for up to 30 s), so an `EVALSHA`
-//! answered `NOSCRIPT` late is still followed by `EVAL` rather than
-//! abandoned halfway; and a connection retired after three missed
-//! deadlines in a row is kept open until its sent commands are answered
-//! (a `PING` behind them comes back) or 30 s pass, since closing it would
-//! make Redis discard them. With a passed-in pool, replies also time out
+//! A timeout means "outcome unknown": a command already sent still runs
+//! if Redis was only slow or paused. A connection retired after three
+//! missed deadlines in a row is kept open until its sent commands are
+//! answered (a `PING` behind them comes back) or 30 s pass, since closing
+//! it would make Redis discard them. A script call marked
+//! [`finish_if_late`](ScriptCall::finish_if_late) (the idempotency layer's
+//! completion and release) goes on in the background past its deadline,
+//! so an `EVALSHA` answered `NOSCRIPT` late is still followed by `EVAL`
+//! rather than abandoned halfway; other calls are not, so that a rate
+//! check or a session save never lands late and out of order. With a passed-in pool, replies also time out
 //! after redis-rs's default of 500 ms (its manager's connections carry that
 //! setting), so a longer deadline is cut to 500 ms there.
 

@@ -159,6 +159,7 @@ pub struct ScriptCall<'a> {
     script: &'a Script,
     keys: Args,
     args: Args,
+    finish_if_late: bool,
 }
 
 impl fmt::Debug for ScriptCall<'_> {
@@ -178,6 +179,7 @@ impl<'a> ScriptCall<'a> {
             script,
             keys: Args::with_capacity(2, 128),
             args: Args::with_capacity(16, 256),
+            finish_if_late: false,
         }
     }
 
@@ -193,6 +195,19 @@ impl<'a> ScriptCall<'a> {
         self
     }
 
+    /// When the deadline passes, the caller still gets its timeout error,
+    /// but the call goes on in the background (for up to 30 s) instead of
+    /// being abandoned: an `EVALSHA` answered `NOSCRIPT` late (Redis was
+    /// slow, then lost its script cache) is still followed by `EVAL`, and a
+    /// call not yet written is still sent. For calls whose late effect is
+    /// wanted and safe to repeat (recording an idempotent request's
+    /// outcome); off by default, since a late, out-of-order run of a rate
+    /// check or a session save would do harm.
+    pub fn finish_if_late(mut self) -> Self {
+        self.finish_if_late = true;
+        self
+    }
+
     fn command(&self, verb: &str, head: &str) -> Cmd {
         command(verb, head, &self.keys, &self.args)
     }
@@ -205,8 +220,8 @@ impl<'a> ScriptCall<'a> {
     /// Redis Cluster `next`'s key must share the script's slot (one
     /// pipeline goes to one node).
     ///
-    /// Like [`invoke`](Self::invoke), a call past the deadline goes on in
-    /// the background (see there).
+    /// Like [`invoke`](Self::invoke), [`finish_if_late`](Self::finish_if_late)
+    /// applies.
     pub async fn invoke_then<T: FromRedisValue, U: FromRedisValue>(
         self,
         next: &Cmd,
@@ -221,41 +236,43 @@ impl<'a> ScriptCall<'a> {
         let backend = self.backend.clone();
         let evalsha = pipeline(self.command("EVALSHA", self.script.sha1()), next);
         let next = next.clone();
-        let (keys, args) = (self.keys, self.args);
-        let (first, second) = self
-            .backend
-            .call_detachable(move |mut c| async move {
-                let mut replies = c
+        let (keys, args, detach) = (self.keys, self.args, self.finish_if_late);
+        let work = move |mut c: super::conn::Checkout| async move {
+            let mut replies = c
+                .conn
+                .send_packed_commands(&evalsha, 0, 2)
+                .await
+                .map_err(|e| c.fail(&backend, e, Some(name)))?;
+            if matches!(replies.first(), Some(Value::ServerError(e))
+                    if e.kind() == Some(ServerErrorKind::NoScript))
+            {
+                tracing::debug!(script = name, "NOSCRIPT: sending the body with EVAL");
+                let eval = pipeline(command("EVAL", body, &keys, &args), &next);
+                replies = c
                     .conn
-                    .send_packed_commands(&evalsha, 0, 2)
+                    .send_packed_commands(&eval, 0, 2)
                     .await
                     .map_err(|e| c.fail(&backend, e, Some(name)))?;
-                if matches!(replies.first(), Some(Value::ServerError(e))
-                    if e.kind() == Some(ServerErrorKind::NoScript))
-                {
-                    tracing::debug!(script = name, "NOSCRIPT: sending the body with EVAL");
-                    let eval = pipeline(command("EVAL", body, &keys, &args), &next);
-                    replies = c
-                        .conn
-                        .send_packed_commands(&eval, 0, 2)
-                        .await
-                        .map_err(|e| c.fail(&backend, e, Some(name)))?;
-                }
-                let mut replies = replies.into_iter();
-                let (Some(first), Some(second)) = (replies.next(), replies.next()) else {
-                    return Err(Error::decode(format!(
-                        "script {name}: short pipeline reply"
-                    )));
-                };
-                let first = first
-                    .extract_error()
-                    .map_err(|e| c.fail(&backend, e, Some(name)))?;
-                let second = second
-                    .extract_error()
-                    .map_err(|e| c.fail(&backend, e, None))?;
-                Ok((first, second))
-            })
-            .await?;
+            }
+            let mut replies = replies.into_iter();
+            let (Some(first), Some(second)) = (replies.next(), replies.next()) else {
+                return Err(Error::decode(format!(
+                    "script {name}: short pipeline reply"
+                )));
+            };
+            let first = first
+                .extract_error()
+                .map_err(|e| c.fail(&backend, e, Some(name)))?;
+            let second = second
+                .extract_error()
+                .map_err(|e| c.fail(&backend, e, None))?;
+            Ok((first, second))
+        };
+        let (first, second) = if detach {
+            self.backend.call_detachable(work).await?
+        } else {
+            self.backend.call(work).await?
+        };
         Ok((
             decode(first, || format!("script {name}"))?,
             decode(second, || format!("the command after script {name}"))?,
@@ -263,36 +280,34 @@ impl<'a> ScriptCall<'a> {
     }
 
     /// Runs the script (EVALSHA, then EVAL on NOSCRIPT) within the backend's
-    /// deadline and decodes the reply as `T`.
-    ///
-    /// When the deadline passes first, the call returns a timeout error but
-    /// is not abandoned halfway: it goes on in the background for a while
-    /// (30 s), so a `NOSCRIPT` that arrives late (Redis was slow, then lost
-    /// its script cache) is still followed by `EVAL`. A timed-out call may
-    /// therefore still run once, later, exactly like a plain command that
-    /// timed out; it is never sent twice by this method.
+    /// deadline and decodes the reply as `T`. A timed-out call may still
+    /// run once, if it was sent; with
+    /// [`finish_if_late`](Self::finish_if_late) it is finished in the
+    /// background. It is never sent twice by this method.
     pub async fn invoke<T: FromRedisValue>(self) -> Result<T, Error> {
         let name = self.script.name;
         let body = self.script.body;
         let backend = self.backend.clone();
         let evalsha = self.command("EVALSHA", self.script.sha1());
-        let (keys, args) = (self.keys, self.args);
-        let value = self
-            .backend
-            .call_detachable(move |mut c| async move {
-                match c.roundtrip(&evalsha).await {
-                    Err(e) if e.kind() == ::redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        tracing::debug!(script = name, "NOSCRIPT: sending the body with EVAL");
-                        let eval = command("EVAL", body, &keys, &args);
-                        c.roundtrip(&eval)
-                            .await
-                            .map_err(|e| c.fail(&backend, e, Some(name)))
-                    }
-                    Ok(value) => Ok(value),
-                    Err(e) => Err(c.fail(&backend, e, Some(name))),
+        let (keys, args, detach) = (self.keys, self.args, self.finish_if_late);
+        let work = move |mut c: super::conn::Checkout| async move {
+            match c.roundtrip(&evalsha).await {
+                Err(e) if e.kind() == ::redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    tracing::debug!(script = name, "NOSCRIPT: sending the body with EVAL");
+                    let eval = command("EVAL", body, &keys, &args);
+                    c.roundtrip(&eval)
+                        .await
+                        .map_err(|e| c.fail(&backend, e, Some(name)))
                 }
-            })
-            .await?;
+                Ok(value) => Ok(value),
+                Err(e) => Err(c.fail(&backend, e, Some(name))),
+            }
+        };
+        let value = if detach {
+            self.backend.call_detachable(work).await?
+        } else {
+            self.backend.call(work).await?
+        };
         decode(value, || format!("script {name}"))
     }
 }

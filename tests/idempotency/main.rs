@@ -515,5 +515,8 @@ fn settings_are_checked_when_the_layer_is_built() {
     assert!(b().header("bad header").build().is_err());
     assert!(b().methods([]).build().is_err());
     assert!(b().lease(Duration::from_millis(10)).build().is_err());
+    assert!(b().retention(Duration::MAX).build().is_err());
+    assert!(b().lease(Duration::MAX).build().is_err());
+    assert!(b().wait_for_completion(Duration::MAX).build().is_err());
     assert!(b().build().is_ok());
 }
