@@ -3,7 +3,7 @@
 //!
 //! On Redis the claim is one plain command, `SET record in-flight NX PX
 //! lease GET`: it takes a free key, or returns the record that holds it
-//! without writing anything, so a replay costs what a `GET` does. The
+//! without writing anything, so a replay is one command for Redis. The
 //! fencing token is counted apart, only for a handler that asks for it
 //! ([`fence`](IdempotencyStore::fence)). Renew, fence, complete and
 //! release are small scripts that act only for the claim's holder.
