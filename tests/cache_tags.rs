@@ -8,14 +8,14 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
 use http_body_util::BodyExt;
 use redis_layers::cache::store::Heard;
-use redis_layers::cache::{CacheLayer, CacheStore, MAX_TAG_MEMBERS, PURGE_BATCH};
+use redis_layers::cache::{CacheLayer, CacheStore, Fill, MAX_TAG_MEMBERS, PURGE_BATCH};
 use redis_layers::Backend;
 use tower::ServiceExt;
 
@@ -77,6 +77,43 @@ fn tag_size(tb: &TestBackend, tag: &str) -> usize {
     }
 }
 
+/// Stores an entry as the layer does: takes its fill lease, then writes
+/// for the lease's holder, as a fill that began at `began`. True when
+/// stored.
+async fn fill_at(
+    backend: &Backend,
+    key: &str,
+    entry: &[u8],
+    ttl: Duration,
+    tags: &[String],
+    began: SystemTime,
+) -> bool {
+    let holder = format!("test-{key}-{began:?}");
+    assert!(
+        CacheStore::lease(backend, key, &holder, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        "the fill lease of {key} is free"
+    );
+    let stored = CacheStore::store(
+        backend,
+        key,
+        entry.to_vec(),
+        ttl,
+        tags,
+        Fill::new(&holder, began),
+    )
+    .await
+    .unwrap();
+    CacheStore::unlease(backend, key, &holder).await.unwrap();
+    stored
+}
+
+/// [`fill_at`] for a fill that began now.
+async fn fill(backend: &Backend, key: &str, entry: &[u8], ttl: Duration, tags: &[String]) -> bool {
+    fill_at(backend, key, entry, ttl, tags, SystemTime::now()).await
+}
+
 /// Stores entries `from..to` tagged `tags` for `ttl`, 16 at a time; how
 /// many were stored.
 async fn store_many(
@@ -94,10 +131,7 @@ async fn store_many(
             let mut stored = 0;
             for i in (from + lane..to).step_by(16) {
                 let entry = format!("entry {i}").into_bytes();
-                if CacheStore::store(&backend, &key(i), entry, ttl, &tags)
-                    .await
-                    .unwrap()
-                {
+                if fill(&backend, &key(i), &entry, ttl, &tags).await {
                     stored += 1;
                 }
             }
@@ -118,12 +152,12 @@ support::both_backends! { TestBackend::new;
         // could not find it), though its other tag had room.
         let more = key(MAX_TAG_MEMBERS);
         let tags = ["hot".to_owned(), "cold".to_owned()];
-        let stored = CacheStore::store(backend, &more, b"x".to_vec(), ttl, &tags).await.unwrap();
+        let stored = fill(backend, &more, b"x", ttl, &tags).await;
         assert_eq!(tag_size(&fx, "hot"), MAX_TAG_MEMBERS, "the bound holds");
         assert_eq!(CacheStore::lookup(backend, &more).await.unwrap(), None);
         assert!(!stored);
         // A URL the tag records already is stored again (a refresh).
-        assert!(CacheStore::store(backend, &key(7), b"new".to_vec(), ttl, &tags).await.unwrap());
+        assert!(fill(backend, &key(7), b"new", ttl, &tags).await);
         assert_eq!(CacheStore::lookup(backend, &key(7)).await.unwrap().as_deref(), Some(&b"new"[..]));
         assert_eq!(tag_size(&fx, "hot"), MAX_TAG_MEMBERS);
         // Through the layer, a response naming the full tag is served but
@@ -140,12 +174,11 @@ support::both_backends! { TestBackend::new;
         // stored the entry, this would be a hit.)
         let again = get_hot(&app).await;
         assert!(again.contains("fwd=uri-miss"), "{again}");
-        // Its own write, in the background, ends before the purge begins:
-        // one landing after the purge began could be stored, and stay.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // Once the tag is purged there is room again.
+        // Once the tag is purged there is room again (for fills that
+        // began over a second after the purge began).
         assert_eq!(purger.purge_tag("hot").await.unwrap(), MAX_TAG_MEMBERS as u64);
         assert_eq!(entries(&fx), 0);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
         get_hot(&app).await;
         let started = Instant::now();
         while entries(&fx) == 0 {
@@ -213,8 +246,16 @@ support::both_backends! { TestBackend::new;
         // The first step sets the five aside and takes two.
         let first = CacheStore::purge_tag(backend, "busy", 2, true).await.unwrap();
         assert_eq!(first.len(), 2);
-        // Entries tagged meanwhile are not part of this purge.
-        assert!(CacheStore::store(backend, &key(10), b"x".to_vec(), ttl, &tag).await.unwrap());
+        // A fill that began before the purge is not stored (its response
+        // may predate what the purge announces), nor one that began within
+        // the second after it (clocks may differ by that much).
+        let before = SystemTime::now() - Duration::from_millis(100);
+        assert!(!fill_at(backend, &key(10), b"x", ttl, &tag, before).await);
+        assert!(!fill(backend, &key(10), b"x", ttl, &tag).await);
+        // Entries tagged after it (a fill that began 1.5 s later) are not
+        // part of this purge.
+        let later = SystemTime::now() + Duration::from_millis(1_500);
+        assert!(fill_at(backend, &key(10), b"x", ttl, &tag, later).await);
         let second = CacheStore::purge_tag(backend, "busy", 2, false).await.unwrap();
         assert_eq!(second.len(), 2);
         // The purge stops here (as on an error). The next one takes the
@@ -232,7 +273,8 @@ support::both_backends! { TestBackend::new;
         for k in &all {
             assert_eq!(CacheStore::lookup(backend, k).await.unwrap(), None);
         }
-        assert!(fx.keys("cache-tag:*").is_empty(), "{:?}", fx.keys("cache-tag:*"));
+        // Only the note of when the purge began (kept for FILL_HORIZON).
+        assert_eq!(fx.keys("cache-tag:*"), [format!("{}:cache-tag:{{busy}}:purged", backend.namespace().prefix())]);
     }
 }
 
@@ -243,29 +285,34 @@ async fn a_tagged_store_records_its_tags_then_writes_the_entry_and_a_purge_goes_
     let backend = &fx.backend;
     let tags = ["a".to_owned(), "b".to_owned()];
     // Load the scripts: the steady state is one EVALSHA each.
-    CacheStore::store(
-        backend,
-        &key(0),
-        b"x".to_vec(),
-        Duration::from_secs(60),
-        &tags,
-    )
-    .await
-    .unwrap();
+    assert!(fill(backend, &key(0), b"x", Duration::from_secs(60), &tags).await);
     CacheStore::purge_tag(backend, "none", 1, true)
         .await
         .unwrap();
+    // The layer takes the fill lease before its handler runs.
+    let began = SystemTime::now() + Duration::from_secs(2);
+    assert!(
+        CacheStore::lease(backend, &key(1), "me", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
     let mut monitor = support::Monitor::start(fx.server());
     assert!(CacheStore::store(
         backend,
         &key(1),
         b"x".to_vec(),
         Duration::from_secs(60),
-        &tags
+        &tags,
+        Fill::new("me", began),
     )
     .await
     .unwrap());
-    assert_eq!(monitor.take(), ["evalsha", "evalsha", "set"]);
+    // The tags, then the entry for the lease's holder (which gives the
+    // lease up).
+    assert_eq!(monitor.take(), ["evalsha", "evalsha", "evalsha"]);
+    let lease = format!("{}:cache:{{{}}}:l", backend.namespace().prefix(), key(1));
+    let held: i64 = fx.server().cmd(&["EXISTS", &lease]);
+    assert_eq!(held, 0, "the write gave the lease up");
     // The entry ends when its tags let it go; the tag's set with its last
     // entry (and a margin of a second).
     let entry = format!("{}:cache:{{{}}}:e", backend.namespace().prefix(), key(1));
@@ -274,15 +321,7 @@ async fn a_tagged_store_records_its_tags_then_writes_the_entry_and_a_purge_goes_
     let set = format!("{}:cache-tag:{{a}}", backend.namespace().prefix());
     let left: i64 = fx.server().cmd(&["PTTL", &set]);
     assert!((60_000..=61_000).contains(&left), "{left}");
-    CacheStore::store(
-        backend,
-        &key(2),
-        b"x".to_vec(),
-        Duration::from_secs(5),
-        &tags,
-    )
-    .await
-    .unwrap();
+    assert!(fill(backend, &key(2), b"x", Duration::from_secs(5), &tags).await);
     let left: i64 = fx.server().cmd(&["PTTL", &set]);
     assert!(
         (59_000..=61_000).contains(&left),

@@ -157,11 +157,14 @@ async fn each_layers_keys_sit_in_the_slots_the_design_names() {
     // Cache: an entry and its fill lease in one slot; each tag's set in
     // its own (stored and purged by concurrent per-slot calls).
     let key = "fedcba9876543210fedcba9876543210";
+    let began = std::time::SystemTime::now();
     assert!(
         CacheStore::lease(&backend, key, "me", Duration::from_secs(5))
             .await
             .unwrap()
     );
+    let lease: Vec<String> = tb.keys("cache:{*");
+    assert_eq!(lease.len(), 1, "the lease: {lease:?}");
     let tags = [
         "product-1".to_owned(),
         "products".to_owned(),
@@ -173,12 +176,18 @@ async fn each_layers_keys_sit_in_the_slots_the_design_names() {
         b"entry".to_vec(),
         Duration::from_secs(60),
         &tags,
+        redis_layers::cache::Fill::new("me", began),
     )
     .await
     .unwrap());
     let entry: Vec<String> = tb.keys("cache:{*");
-    assert_eq!(entry.len(), 2, "the entry and its lease: {entry:?}");
-    assert_eq!(slot(&entry[0]), slot(&entry[1]), "{entry:?}");
+    assert_eq!(
+        entry.len(),
+        1,
+        "the entry (the write gave the lease up): {entry:?}"
+    );
+    assert_ne!(entry, lease);
+    assert_eq!(slot(&entry[0]), slot(&lease[0]), "{entry:?} {lease:?}");
     let sets = tb.keys("cache-tag:*");
     assert_eq!(sets.len(), 3, "{sets:?}");
     let slots: std::collections::HashSet<u64> = sets.iter().map(|k| slot(k)).collect();
@@ -190,4 +199,10 @@ async fn each_layers_keys_sit_in_the_slots_the_design_names() {
         vec![key.to_owned()]
     );
     assert_eq!(CacheStore::lookup(&backend, key).await.unwrap(), None);
+    // The note of when the purge began sits with its tag's set.
+    let purged = tb.keys("cache-tag:*:purged");
+    assert_eq!(purged.len(), 1, "{purged:?}");
+    assert!(purged[0].contains("{products}"), "{purged:?}");
+    let set = purged[0].trim_end_matches(":purged");
+    assert_eq!(slot(&purged[0]), slot(set));
 }

@@ -22,6 +22,8 @@ use super::layer::{Config, Purger, CACHE_STATUS};
 use super::layout::{hash, hash_hex, Entry, MUST_REVALIDATE, NO_CACHE};
 use super::local::{Copied, ThreadCopy, MAX_LINE};
 use super::policy::{self, Unusable};
+use super::store::{Fill, FILL_HORIZON};
+use crate::error::Error;
 
 /// Headers that describe one connection, never stored (RFC 9111 §3.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -642,15 +644,10 @@ where
                 Role::Leader(guard) => {
                     flight = Some(guard);
                     // Across instances: one fills the entry, the others
-                    // wait for it.
-                    let holder = Lease::holder();
-                    match config
-                        .store
-                        .lease(&key, &holder, config.coalesce_wait)
-                        .await
-                    {
-                        Ok(true) => lease = Some(Lease::new(config.clone(), key.clone(), holder)),
-                        Ok(false) => {
+                    // wait for it. Only a lease's holder stores.
+                    match Lease::take(&config, &key).await {
+                        Ok(Some(taken)) => lease = Some(taken),
+                        Ok(None) => {
                             let waited = wait_fill(
                                 &config,
                                 &key,
@@ -661,6 +658,12 @@ where
                             );
                             if let Some(res) = waited.await {
                                 return Ok(res);
+                            }
+                            // That fill ended with nothing for this
+                            // request (not storable, or its holder gone):
+                            // fill it here if no one else does now.
+                            if let Ok(Some(taken)) = Lease::take(&config, &key).await {
+                                lease = Some(taken);
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "cache fill lease unavailable"),
@@ -701,27 +704,24 @@ where
             if config.refreshing.begin(&key, version) {
                 let config = config.clone();
                 tokio::spawn(async move {
-                    // One refresh across instances too: the fill lease.
-                    let holder = Lease::holder();
-                    let lease = match config
-                        .store
-                        .lease(&key, &holder, config.coalesce_wait)
-                        .await
-                    {
-                        Ok(true) => Some(Lease::new(config.clone(), key.clone(), holder)),
+                    // One refresh across instances too: the fill lease
+                    // (without which nothing is stored).
+                    let lease = match Lease::take(&config, &key).await {
+                        Ok(Some(lease)) => lease,
                         // Another instance refreshes it: this version
                         // stays marked, so stale hits here do not ask for
                         // the lease again and again meanwhile.
-                        Ok(false) => return,
-                        Err(_) => None,
+                        Ok(None) => return,
+                        Err(_) => {
+                            config.refreshing.failed(&key, version);
+                            return;
+                        }
                     };
                     // Another instance may have refreshed it (and let its
                     // lease go) since this one read the stale version.
-                    if lease.is_some() {
-                        if let Ok(Some(raw)) = config.store.lookup(&key).await {
-                            if Entry::decode(raw).is_some_and(|e| e.stored_at != version) {
-                                return;
-                            }
+                    if let Ok(Some(raw)) = config.store.lookup(&key).await {
+                        if Entry::decode(raw).is_some_and(|e| e.stored_at != version) {
+                            return;
                         }
                     }
                     let request_headers = req.headers().clone();
@@ -735,7 +735,15 @@ where
                     req.extensions_mut().insert(Purger::of(&config));
                     let replaced = match inner.call(req).await {
                         Ok(res) => {
-                            settle(&config, key.clone(), stale, &request_headers, res, lease).await
+                            settle(
+                                &config,
+                                key.clone(),
+                                stale,
+                                &request_headers,
+                                res,
+                                Some(lease),
+                            )
+                            .await
                         }
                         Err(_) => false,
                     };
@@ -1007,6 +1015,10 @@ fn store_refreshed(
     request_headers: &HeaderMap,
     waiting: Waiting,
 ) -> bool {
+    // Only a fill lease's holder stores (see `write_entry`).
+    if waiting.lease.is_none() {
+        return false;
+    }
     let now = SystemTime::now();
     let Ok(keep) = policy::storable(
         request_headers,
@@ -1064,34 +1076,90 @@ impl Waiting {
     }
 }
 
-/// This instance's fill lease on a key: given up (in the background) when
-/// dropped, once the entry is written or turned out not storable.
+/// This instance's fill lease on a key, taken before the handler runs:
+/// only its holder stores the entry, and only while it holds it (an
+/// invalidation removes it: see the store's docs). Renewed while the fill
+/// runs; given up (in the background) when dropped, unless the entry's
+/// write gave it up.
 struct Lease {
     config: Arc<Config>,
     key: String,
     holder: String,
+    /// Before the lease was asked for, so before the handler ran.
+    began: SystemTime,
+    renewing: tokio::task::AbortHandle,
+    /// The entry was written, which gave the lease up.
+    written: bool,
 }
 
 impl Lease {
-    fn new(config: Arc<Config>, key: String, holder: String) -> Self {
-        Lease {
-            config,
-            key,
-            holder,
+    /// Takes the fill lease of `key` (`coalesce_wait` long, renewed while
+    /// held): `None` when another holds it.
+    async fn take(config: &Arc<Config>, key: &str) -> Result<Option<Lease>, Error> {
+        let began = SystemTime::now();
+        let holder = Lease::holder(began);
+        if !config
+            .store
+            .lease(key, &holder, config.coalesce_wait)
+            .await?
+        {
+            return Ok(None);
         }
+        let renewing = tokio::spawn(renew_lease(
+            config.clone(),
+            key.to_owned(),
+            holder.clone(),
+            began,
+        ))
+        .abort_handle();
+        Ok(Some(Lease {
+            config: config.clone(),
+            key: key.to_owned(),
+            holder,
+            began,
+            renewing,
+            written: false,
+        }))
     }
 
     /// A token no other lease holds: this process, the time, a counter.
-    fn holder() -> String {
+    fn holder(now: SystemTime) -> String {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let t = policy::unix_ms(SystemTime::now());
+        let t = policy::unix_ms(now);
         format!("{}-{t}-{n}", std::process::id())
+    }
+
+    fn fill(&self) -> Fill<'_> {
+        Fill::new(&self.holder, self.began)
+    }
+}
+
+/// Keeps a fill lease while its fill runs (a handler or body slower than
+/// the lease), up to [`FILL_HORIZON`]: renewed every third of
+/// `coalesce_wait`, for `coalesce_wait`. Stops when the lease is no longer
+/// this holder's; aborted when the [`Lease`] drops.
+async fn renew_lease(config: Arc<Config>, key: String, holder: String, began: SystemTime) {
+    let every = (config.coalesce_wait / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        if began.elapsed().unwrap_or_default() >= FILL_HORIZON {
+            return;
+        }
+        // A failed renewal may be retried before the lease ends.
+        let renewed = config.store.renew(&key, &holder, config.coalesce_wait);
+        if let Ok(false) = renewed.await {
+            return;
+        }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.renewing.abort();
+        if self.written {
+            return;
+        }
         let (config, key) = (self.config.clone(), std::mem::take(&mut self.key));
         let holder = std::mem::take(&mut self.holder);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -1177,7 +1245,8 @@ where
     let tags = take_tags(&mut head.headers, &config.tag_header);
     let mut copy = None;
     let mut stored = "";
-    if may_store {
+    // Only a fill lease's holder stores (see `write_entry`).
+    if may_store && waiting.lease.is_some() {
         if let Some((entry, ttl)) = plan(config, request_headers, &head, tags) {
             let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
             let config = config.clone();
@@ -1253,18 +1322,36 @@ fn plan(
     Some((entry, Duration::from_millis(keep.retention)))
 }
 
-/// Writes an entry in the background; `flight` is released when the write
-/// is done.
-fn write_entry(config: Arc<Config>, key: String, entry: Entry, ttl: Duration, waiting: Waiting) {
+/// Writes an entry in the background, for the holder of its fill lease
+/// (`waiting.lease`; without one nothing is written): the store writes it
+/// only while the lease is still the holder's, so a response fetched
+/// before a write's invalidation (which removed the lease) is never
+/// stored after it. `flight` is released when the write is done.
+fn write_entry(
+    config: Arc<Config>,
+    key: String,
+    entry: Entry,
+    ttl: Duration,
+    mut waiting: Waiting,
+) {
     let Some(raw) = entry.encode() else {
         tracing::debug!("response not stored: a header is too long for an entry");
         return;
     };
     tokio::spawn(async move {
+        let Some(lease) = waiting.lease.as_mut() else {
+            waiting.done(false);
+            return;
+        };
         // Before the write: a purge announced while it runs wins.
         let changes = config.local.as_ref().map(|l| l.changes());
-        let written = match config.store.store(&key, raw, ttl, &entry.tags).await {
+        let stored = config
+            .store
+            .store(&key, raw, ttl, &entry.tags, lease.fill())
+            .await;
+        let written = match stored {
             Ok(true) => {
+                lease.written = true;
                 if let (Some(local), Some(changes)) = (&config.local, changes) {
                     local.keep(&key, entry, changes);
                 }
@@ -1272,7 +1359,9 @@ fn write_entry(config: Arc<Config>, key: String, entry: Entry, ttl: Duration, wa
             }
             Ok(false) => {
                 tracing::debug!(
-                    "response not stored: one of its tags records as many live entries as it may"
+                    "response not stored: its URI was invalidated or a tag of it purged \
+                     since its fetch began (or its lease ended), or a tag of it records \
+                     as many live entries as it may"
                 );
                 false
             }

@@ -50,6 +50,13 @@ pub(crate) fn purge_key(ns: &Namespace, tag: &str) -> String {
     ns.tagged("cache-tag", tag).into_key("purging")
 }
 
+/// When the last purge of `tag` began (Unix ms, the same slot as
+/// [`tag_key`]): `{prefix}:cache-tag:{<tag>}:purged`, kept for
+/// [`FILL_HORIZON`](super::store::FILL_HORIZON).
+pub(crate) fn purged_key(ns: &Namespace, tag: &str) -> String {
+    ns.tagged("cache-tag", tag).into_key("purged")
+}
+
 /// The fill lease of a request's cache key (same hash tag as its entry):
 /// held by the instance asking the handler on a miss.
 pub(crate) fn lease_key(ns: &Namespace, hash: &str) -> String {

@@ -160,6 +160,26 @@
 //! leaves the rest set aside, and the next purge of the tag takes them
 //! too.
 //!
+//! **A fill never outlives a write.** A response the handler built from
+//! data read before a write must not be stored after that write's
+//! invalidation, or it would serve the old page (to the writer too) until
+//! it expires. Only the holder of a key's fill lease stores its entry,
+//! and only while it still holds it: an invalidation (an unsafe method,
+//! [`Purger::purge_url`], or a purge of a tag that records the entry)
+//! removes the lease with the entry, and the fill's write then writes
+//! nothing. A purge cannot name the fills of its tag still running (a
+//! response names its tags only once it is built), so each tag remembers
+//! when its last purge began (for [`FILL_HORIZON`], 10 minutes), and a
+//! response with that tag whose fill began before then, or less than a
+//! second after (the instance's clock and Redis's may differ by that
+//! much), is served but not stored: for about a second after a purge, a
+//! tag's pages are fetched without being stored. The lease is renewed
+//! while a fill runs, so a slow handler's response is still stored; a
+//! fill slower than [`FILL_HORIZON`] is not. A request that reaches the
+//! handler without the lease (the lease unavailable, or still held by a
+//! slow fill elsewhere past [`coalesce_wait`](CacheLayerBuilder::coalesce_wait))
+//! is answered and not stored.
+//!
 //! [`Purger::purge_all`] purges everything without listing anything: every
 //! entry key is made under the store's generation (a counter, 0 until the
 //! first such purge), and the purge starts the next one, so no earlier
@@ -233,13 +253,13 @@
 //! | request | store calls |
 //! |---|---|
 //! | hit | 1 `GET` |
-//! | miss | 1 `GET`, 1 `SET ... NX` (the fill lease), then in the background after the body, when stored: 1 write (`SET ... PX`; for a tagged response 2 round trips: 1 small script per tag, concurrently, recording the entry, then `SET ... PXAT` when every tag did) and 1 script giving the lease up (only for its holder) |
+//! | miss | 1 `GET`, 1 `SET ... NX` (the fill lease), then in the background after the body: 1 small script writing the entry for the lease's holder and giving the lease up (for a tagged response 2 round trips: 1 small script per tag, concurrently, recording the entry, then that one); a response not stored gives the lease up (1 small script); a fill running longer than a third of `coalesce_wait` renews its lease that often (1 small script each) |
 //! | miss while another instance fills | 1 `GET`, 1 `SET ... NX`, then `GET` + `EXISTS` every 25 ms until the entry is there |
-//! | revalidation (304) | 1 `GET`, then 1 write (2 round trips when tagged) |
-//! | request `no-cache` (with `RequestDirectives::Honour`) | 0 before the handler, 1 write when stored (2 round trips when tagged) |
+//! | revalidation (304) | as a miss |
+//! | request `no-cache` (with `RequestDirectives::Honour`) | as a miss |
 //! | hit in the local tier | 0 |
-//! | unsafe method | 1 `GET` (the generation), 1 `DEL` per invalidated URI (per generation, when this instance knew an older one), 1 `PUBLISH`; concurrent writes to the same URIs share these (a run begun after each handler finished serves every write queued meanwhile: 200 concurrent `POST`s to one URI measured 2 runs) |
-//! | purge a tag | per step of up to [`PURGE_BATCH`] entries: 1 small script (setting the tag's entries aside, on the first step; reading a batch), 1 pipeline of `DEL`s and a `ZREM`, 1 `PUBLISH`; then 1 script finding none left |
+//! | unsafe method | 1 `GET` (the generation), 2 `DEL`s per invalidated URI, pipelined (its entry and its fill lease; per generation, when this instance knew an older one), 1 `PUBLISH`; concurrent writes to the same URIs share these (a run begun after each handler finished serves every write queued meanwhile: 200 concurrent `POST`s to one URI measured 2 runs) |
+//! | purge a tag | per step of up to [`PURGE_BATCH`] entries: 1 small script (setting the tag's entries aside, on the first step; reading a batch), 1 pipeline of `DEL`s (each of an entry and its fill lease) and a `ZREM`, 1 `PUBLISH`; then 1 script finding none left |
 //! | purge everything | 1 small script (the next generation), 1 `PUBLISH` |
 //! | once per `generation_refresh`, one request | 1 more `GET` (the generation) |
 //!
@@ -290,4 +310,4 @@ pub use layer::{
     DEFAULT_GENERATION_REFRESH, DEFAULT_KEEP_STALE, DEFAULT_MAX_BODY, DEFAULT_NAME,
     DEFAULT_TAG_HEADER, PURGE_BATCH,
 };
-pub use store::{CacheStore, MAX_TAG_MEMBERS};
+pub use store::{CacheStore, Fill, FILL_HORIZON, MAX_TAG_MEMBERS};

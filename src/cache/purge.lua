@@ -9,13 +9,21 @@
 --          its entry is gone)
 -- KEYS[2]  the keys set aside for a purge of the tag (the same form; the
 --          same slot)
+-- KEYS[3]  when the tag's last purge began (Unix ms; the same slot): a
+--          fill that began before it is not recorded in the tag (so not
+--          stored), since its response may predate what the purge
+--          announces, and the purge cannot find a fill still running
 -- ARGV[1]  '1' on a purge's first step, '0' on the next ones
 -- ARGV[2]  the most keys to return (at least 1)
+-- ARGV[3]  how long KEYS[3] is kept, ms
 --
 -- Returns up to ARGV[2] keys set aside whose entries may still live, the
 -- soonest gone first; none once the purge is done. Keys a purge that
 -- stopped half-way left set aside are part of the next one.
 local now = now_ms()
+if ARGV[1] == '1' then
+  redis.call('SET', KEYS[3], string.format('%d', now), 'PX', ARGV[3])
+end
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('EXISTS', KEYS[2]) == 1 then
     redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[1], 'AGGREGATE', 'MAX')

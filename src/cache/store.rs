@@ -22,6 +22,20 @@
 //! A purge goes in steps of a bounded number of keys
 //! ([`purge_tag`](CacheStore::purge_tag)), so no single command, pipeline
 //! or announcement names every key of a large tag.
+//!
+//! # Fills that race a write
+//!
+//! A response the handler built before a write (or a purge) must not be
+//! stored after that write's invalidation: it would serve the old page,
+//! to the writer too, until it expires. So an entry is only ever stored
+//! by the holder of its key's fill lease ([`lease`](CacheStore::lease),
+//! taken before the handler runs), and only while it still holds it:
+//! [`invalidate`](CacheStore::invalidate) and a purge remove the lease
+//! with the entry, and [`store`](CacheStore::store) writes nothing for a
+//! holder who lost it. A purge cannot name the fills of its tag still
+//! running (their tags are known only from their responses), so each
+//! tag remembers when its last purge began, for [`FILL_HORIZON`], and a
+//! fill that began before then is not recorded in it, so not stored.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,7 +44,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::layout::{entry_key, lease_key, purge_key, tag_key};
+use super::layout::{entry_key, lease_key, purge_key, purged_key, tag_key};
 use crate::backend::on_backend;
 use crate::error::Error;
 use crate::memory::{MemoryBackend, SortedSet, Value};
@@ -41,6 +55,8 @@ static UNLEASE: Script = script!("cache-unlease", "unlease.lua");
 static NEXT_GENERATION: Script = script!("cache-next-generation", "generation.lua");
 static RECORD_TAG: Script = script!("cache-tag", "tag.lua");
 static PURGE_STEP: Script = script!("cache-purge-step", "purge.lua");
+static FILL: Script = script!("cache-fill", "fill.lua");
+static RENEW: Script = script!("cache-renew", "renew.lua");
 
 /// The most entries one tag records at a time: 10,000. An entry naming a
 /// tag that records this many other live entries is not stored (see the
@@ -54,35 +70,82 @@ pub const MAX_TAG_MEMBERS: usize = 10_000;
 /// may still be there.
 const TAG_MARGIN_MS: u64 = 1_000;
 
+/// How long a fill may take and still be stored: 10 minutes. A tag
+/// remembers when its last purge began for this long (a fill that began
+/// before it is not stored), so a fill slower than this could not tell
+/// whether a purge ran meanwhile; its lease is renewed no longer either.
+pub const FILL_HORIZON: Duration = Duration::from_secs(600);
+
+/// One fill of an entry: the lease its holder took before asking the
+/// handler, and when it asked. [`CacheStore::store`] writes the entry only
+/// while the lease is still the holder's (see the
+/// [module docs](self#fills-that-race-a-write)).
+#[derive(Debug, Clone, Copy)]
+pub struct Fill<'a> {
+    holder: &'a str,
+    began: u64,
+}
+
+impl<'a> Fill<'a> {
+    /// The fill of `holder` (its lease's token), which began at `began`
+    /// (before the lease was asked for).
+    pub fn new(holder: &'a str, began: std::time::SystemTime) -> Self {
+        Fill {
+            holder,
+            began: super::policy::unix_ms(began),
+        }
+    }
+
+    /// The holder's lease token.
+    pub fn holder(&self) -> &'a str {
+        self.holder
+    }
+
+    /// When the fill began, Unix ms (this instance's clock).
+    pub fn began_ms(&self) -> u64 {
+        self.began
+    }
+}
+
 /// Where a cache layer keeps its entries.
 pub trait CacheStore: Send + Sync + 'static {
     /// The entry stored under `key`, if any (Redis: one `GET`).
     fn lookup(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, Error>> + Send;
 
     /// Stores `entry` under `key` for `ttl`, replacing any entry there,
-    /// once each of `tags` has recorded `key` until the entry is gone;
-    /// true when stored. Recording drops the keys whose entries are gone
-    /// from the tag first. False, and the entry is not written (any entry
-    /// already under `key` stays), when one of `tags` records
-    /// [`MAX_TAG_MEMBERS`] other live entries already: a purge of that tag
-    /// could not find it (the other tags may have recorded `key`: a key
-    /// whose entry is missing costs their purge a `DEL` that finds
-    /// nothing).
+    /// once each of `tags` has recorded `key` until the entry is gone,
+    /// if `fill`'s holder still holds the key's fill lease; the write
+    /// gives the lease up. True when stored. Recording drops the keys
+    /// whose entries are gone from the tag first.
     ///
-    /// Redis: without tags, one `SET ... PX`; with tags, one small script
-    /// per tag (concurrently: one round trip; on a cluster, on each tag's
-    /// node), then `SET ... PXAT` with the expiry the scripts computed
-    /// from Redis's clock (a second round trip).
+    /// False, and the entry is not written (any entry already under `key`
+    /// stays): when the lease is no longer the holder's (an invalidation
+    /// or purge removed it: the response may predate it; or it expired);
+    /// when one of `tags` was purged since `fill` began (within a second:
+    /// clocks may differ by that much), or `fill` began more than
+    /// [`FILL_HORIZON`] ago; or when one of `tags` records
+    /// [`MAX_TAG_MEMBERS`] other live entries already (a purge of that tag
+    /// could not find it). The other tags may have recorded `key`: a key
+    /// whose entry is missing costs their purge a `DEL` that finds
+    /// nothing. The lease stays with its holder unless written.
+    ///
+    /// Redis: without tags, one small script (compare the lease, `SET
+    /// ... PX`, `DEL` the lease); with tags, one small script per tag
+    /// first (concurrently: one round trip; on a cluster, on each tag's
+    /// node), then that script with the expiry the tags' scripts computed
+    /// from Redis's clock (`PXAT`, a second round trip).
     fn store(
         &self,
         key: &str,
         entry: Vec<u8>,
         ttl: Duration,
         tags: &[String],
+        fill: Fill<'_>,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Removes the entry under `key`; true when there was one (Redis: one
-    /// `DEL`).
+    /// Removes the entry under `key`, and its fill lease: a fill running
+    /// now is not stored (see [`store`](Self::store)). True when there was
+    /// an entry (Redis: two `DEL`s, pipelined).
     fn invalidate(&self, key: &str) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// One step of a purge of `tag`: removes up to `limit` (at least 1)
@@ -90,18 +153,23 @@ pub trait CacheStore: Send + Sync + 'static {
     /// removed now, or already gone: local copies of either must go);
     /// none once the purge is done. The caller repeats it until then.
     ///
-    /// The first step (`start`) sets aside every key the tag records, and
-    /// the tag starts again empty: the steps that follow (`start` false)
+    /// The first step (`start`) notes when the purge began (for
+    /// [`FILL_HORIZON`]: a fill that began before is not stored with the
+    /// tag), sets aside every key the tag records, and the tag starts
+    /// again empty: the steps that follow (`start` false)
     /// remove only those, so a purge ends however busy the tag is, and an
     /// entry tagged after it started waits for the next purge. A key
     /// leaves the keys set aside only once its entry is gone, so a purge
     /// that stopped half-way (an error) leaves the rest to the next purge
     /// of the tag, which takes them on too.
     ///
+    /// Each entry goes with its fill lease (as with
+    /// [`invalidate`](Self::invalidate)).
+    ///
     /// Redis: one small script (on the first step it also sets the keys
-    /// aside), then one pipeline of `DEL`s and a `ZREM` of the keys
-    /// returned (on a cluster, each `DEL` on its entry's node, then the
-    /// `ZREM`).
+    /// aside), then one pipeline of `DEL`s (each of an entry and its
+    /// lease) and a `ZREM` of the keys returned (on a cluster, each `DEL`
+    /// on its entry's node, then the `ZREM`).
     fn purge_tag(
         &self,
         tag: &str,
@@ -126,6 +194,17 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Gives up the fill lease of `key` if `holder` still holds it (Redis:
     /// a compare-and-delete script).
     fn unlease(&self, key: &str, holder: &str) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Extends the fill lease of `key` to `ttl` from now if `holder` still
+    /// holds it: true when extended (Redis: a compare-and-`PEXPIRE`
+    /// script). The layer renews its leases while a fill runs, so a fill
+    /// slower than the lease is still stored.
+    fn renew(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Tells every instance's local tier that the entries of `keys` changed
     /// (Redis: one `PUBLISH`). The default tells no one: a store without it
@@ -235,29 +314,42 @@ impl CacheStore for RedisBackend {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &[String],
+        fill: Fill<'_>,
     ) -> Result<bool, Error> {
-        let entry_key = entry_key(self.namespace(), key);
+        let ms = crate::time::millis(ttl).max(1);
+        let write = |how: &'static str, at: u64| {
+            self.script(&FILL)
+                .key(entry_key(self.namespace(), key))
+                .key(lease_key(self.namespace(), key))
+                .arg(fill.holder)
+                .arg(&entry)
+                .arg(how)
+                .arg(at)
+                .invoke::<i64>()
+        };
         if tags.is_empty() {
-            self.set(&entry_key, &entry, Some(ttl)).await?;
-            return Ok(true);
+            return Ok(write("PX", ms).await? == 1);
         }
         // The tags first, each script in its tag's slot (concurrent calls
         // share the connection: one round trip): an entry is never found
         // without its tags, or a purge would miss it.
-        let ms = crate::time::millis(ttl).max(1);
         let records = tags.iter().map(|tag| {
             self.script(&RECORD_TAG)
                 .key(tag_key(self.namespace(), tag))
+                .key(purged_key(self.namespace(), tag))
                 .arg(key)
                 .arg(ms)
                 .arg(TAG_MARGIN_MS)
                 .arg(MAX_TAG_MEMBERS)
+                .arg(fill.began)
+                .arg(crate::time::millis(FILL_HORIZON))
                 .invoke::<i64>()
         });
         let expiries = futures_util::future::try_join_all(records).await?;
         let mut expires = u64::MAX;
         for at in expiries {
-            // -1: that tag is full; a purge of it could not find the entry.
+            // -1: that tag is full (a purge of it could not find the
+            // entry); -2: purged since the fill began.
             let Ok(at) = u64::try_from(at) else {
                 return Ok(false);
             };
@@ -266,14 +358,15 @@ impl CacheStore for RedisBackend {
         // The expiry the tags recorded (from Redis's clock), not a TTL
         // from now: a write that lands late (a paused Redis resuming)
         // still ends when its tags let the key go.
-        let mut set = ::redis::cmd("SET");
-        set.arg(&entry_key).arg(entry).arg("PXAT").arg(expires);
-        let _: ::redis::Value = self.query(&set).await?;
-        Ok(true)
+        Ok(write("PXAT", expires).await? == 1)
     }
 
     async fn invalidate(&self, key: &str) -> Result<bool, Error> {
-        self.delete(&entry_key(self.namespace(), key)).await
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("DEL").arg(entry_key(self.namespace(), key));
+        pipe.cmd("DEL").arg(lease_key(self.namespace(), key));
+        let (entries, _leases): (i64, i64) = self.pipeline(&pipe).await?;
+        Ok(entries > 0)
     }
 
     async fn purge_tag(&self, tag: &str, limit: usize, start: bool) -> Result<Vec<String>, Error> {
@@ -282,8 +375,10 @@ impl CacheStore for RedisBackend {
             .script(&PURGE_STEP)
             .key(tag_key(self.namespace(), tag))
             .key(&aside)
+            .key(purged_key(self.namespace(), tag))
             .arg(if start { "1" } else { "0" })
             .arg(limit.max(1))
+            .arg(crate::time::millis(FILL_HORIZON))
             .invoke()
             .await?;
         if members.is_empty() {
@@ -298,7 +393,8 @@ impl CacheStore for RedisBackend {
             .iter()
             .map(|member| {
                 let mut del = ::redis::cmd("DEL");
-                del.arg(entry_key(self.namespace(), member));
+                del.arg(entry_key(self.namespace(), member))
+                    .arg(lease_key(self.namespace(), member));
                 vec![del]
             })
             .collect();
@@ -335,6 +431,17 @@ impl CacheStore for RedisBackend {
             .invoke()
             .await?;
         Ok(())
+    }
+
+    async fn renew(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
+        let renewed: i64 = self
+            .script(&RENEW)
+            .key(lease_key(self.namespace(), key))
+            .arg(holder)
+            .arg(crate::time::millis(ttl).max(1))
+            .invoke()
+            .await?;
+        Ok(renewed == 1)
     }
 
     async fn announce(&self, keys: &[String]) -> Result<(), Error> {
@@ -448,18 +555,37 @@ impl CacheStore for MemoryBackend {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &[String],
+        fill: Fill<'_>,
     ) -> Result<bool, Error> {
         let entry_key = entry_key(self.namespace(), key);
+        let lease = lease_key(self.namespace(), key);
         let ttl = ttl.max(Duration::from_millis(1));
         self.atomically(|ks| {
             let now = ks.now_millis();
             let score = now
                 .saturating_add(crate::time::millis(ttl))
                 .saturating_add(TAG_MARGIN_MS);
-            // As on Redis, every tag records the key if it has room, and
-            // the entry is written only when all of them did.
+            let horizon = crate::time::millis(FILL_HORIZON);
+            // As on Redis, every tag records the key if it may, and the
+            // entry is written only when all of them did, for the
+            // lease's holder.
             let mut recorded = true;
             for tag in tags {
+                let purged = match ks.get(&purged_key(self.namespace(), tag)) {
+                    None => 0,
+                    // Unreadable: as if purged now.
+                    Some(Value::Bytes(raw)) => std::str::from_utf8(raw)
+                        .ok()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(u64::MAX),
+                    Some(_) => return Err(Error::wrong_type()),
+                };
+                if fill.began.saturating_add(horizon) <= now.saturating_add(TAG_MARGIN_MS)
+                    || purged.saturating_add(TAG_MARGIN_MS) >= fill.began
+                {
+                    recorded = false;
+                    continue;
+                }
                 let set = tag_key(self.namespace(), tag);
                 let last = match ks.get_mut(&set) {
                     Some(Value::SortedSet(members)) => {
@@ -484,15 +610,26 @@ impl CacheStore for MemoryBackend {
                 };
                 ks.expire_at_millis(&set, last);
             }
-            if recorded {
-                ks.set(&entry_key, Value::Bytes(entry), Some(ttl))?;
+            let held =
+                matches!(ks.get(&lease), Some(Value::Bytes(b)) if b == fill.holder.as_bytes());
+            if !(recorded && held) {
+                return Ok(false);
             }
-            Ok(recorded)
+            ks.set(&entry_key, Value::Bytes(entry), Some(ttl))?;
+            ks.remove(&lease);
+            Ok(true)
         })
     }
 
     async fn invalidate(&self, key: &str) -> Result<bool, Error> {
-        self.delete(&entry_key(self.namespace(), key)).await
+        let (entry, lease) = (
+            entry_key(self.namespace(), key),
+            lease_key(self.namespace(), key),
+        );
+        Ok(self.atomically(|ks| {
+            ks.remove(&lease);
+            ks.remove(&entry).is_some()
+        }))
     }
 
     async fn purge_tag(&self, tag: &str, limit: usize, start: bool) -> Result<Vec<String>, Error> {
@@ -500,9 +637,15 @@ impl CacheStore for MemoryBackend {
             tag_key(self.namespace(), tag),
             purge_key(self.namespace(), tag),
         );
+        let purged = purged_key(self.namespace(), tag);
         self.atomically(|ks| {
             let now = ks.now_millis();
             if start {
+                ks.set(
+                    &purged,
+                    Value::Bytes(now.to_string().into_bytes()),
+                    Some(FILL_HORIZON),
+                )?;
                 match ks.remove(&set) {
                     None => {}
                     Some(Value::SortedSet(members)) => {
@@ -549,6 +692,7 @@ impl CacheStore for MemoryBackend {
             }
             for member in &batch {
                 ks.remove(&entry_key(self.namespace(), member));
+                ks.remove(&lease_key(self.namespace(), member));
             }
             Ok(batch)
         })
@@ -592,6 +736,14 @@ impl CacheStore for MemoryBackend {
             }
         });
         Ok(())
+    }
+
+    async fn renew(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
+        let lease = lease_key(self.namespace(), key);
+        Ok(self.atomically(|ks| {
+            let held = matches!(ks.get(&lease), Some(Value::Bytes(b)) if b == holder.as_bytes());
+            held && ks.expire(&lease, ttl.max(Duration::from_millis(1)))
+        }))
     }
 
     async fn announce(&self, keys: &[String]) -> Result<(), Error> {
@@ -664,8 +816,9 @@ impl CacheStore for Backend {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &[String],
+        fill: Fill<'_>,
     ) -> Result<bool, Error> {
-        on_backend!(self, b => CacheStore::store(b, key, entry, ttl, tags).await)
+        on_backend!(self, b => CacheStore::store(b, key, entry, ttl, tags, fill).await)
     }
 
     async fn invalidate(&self, key: &str) -> Result<bool, Error> {
@@ -686,6 +839,10 @@ impl CacheStore for Backend {
 
     async fn unlease(&self, key: &str, holder: &str) -> Result<(), Error> {
         on_backend!(self, b => CacheStore::unlease(b, key, holder).await)
+    }
+
+    async fn renew(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
+        on_backend!(self, b => CacheStore::renew(b, key, holder, ttl).await)
     }
 
     async fn announce(&self, keys: &[String]) -> Result<(), Error> {
@@ -716,6 +873,7 @@ pub(crate) trait DynCacheStore: Send + Sync {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &'a [String],
+        fill: Fill<'a>,
     ) -> BoxFuture<'a, Result<bool, Error>>;
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, Error>>;
     fn purge_tag<'a>(
@@ -732,6 +890,12 @@ pub(crate) trait DynCacheStore: Send + Sync {
     ) -> BoxFuture<'a, Result<bool, Error>>;
     fn poll<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(Option<Bytes>, bool), Error>>;
     fn unlease<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
     fn announce<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), Error>>;
     fn listen(&self) -> Option<mpsc::Receiver<Heard>>;
     fn generation(&self) -> BoxFuture<'_, Result<u64, Error>>;
@@ -748,8 +912,9 @@ impl<T: CacheStore> DynCacheStore for T {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &'a [String],
+        fill: Fill<'a>,
     ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(CacheStore::store(self, key, entry, ttl, tags))
+        Box::pin(CacheStore::store(self, key, entry, ttl, tags, fill))
     }
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(CacheStore::invalidate(self, key))
@@ -775,6 +940,14 @@ impl<T: CacheStore> DynCacheStore for T {
     }
     fn unlease<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(CacheStore::unlease(self, key, holder))
+    }
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(CacheStore::renew(self, key, holder, ttl))
     }
     fn announce<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(CacheStore::announce(self, keys))
@@ -819,10 +992,11 @@ impl Store {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &[String],
+        fill: Fill<'_>,
     ) -> Result<bool, Error> {
         match self {
-            Store::Backend(b) => CacheStore::store(b, key, entry, ttl, tags).await,
-            Store::Custom(s) => s.store(key, entry, ttl, tags).await,
+            Store::Backend(b) => CacheStore::store(b, key, entry, ttl, tags, fill).await,
+            Store::Custom(s) => s.store(key, entry, ttl, tags, fill).await,
         }
     }
 
@@ -868,6 +1042,18 @@ impl Store {
         match self {
             Store::Backend(b) => CacheStore::unlease(b, key, holder).await,
             Store::Custom(s) => s.unlease(key, holder).await,
+        }
+    }
+
+    pub(crate) async fn renew(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        match self {
+            Store::Backend(b) => CacheStore::renew(b, key, holder, ttl).await,
+            Store::Custom(s) => s.renew(key, holder, ttl).await,
         }
     }
 

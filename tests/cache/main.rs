@@ -1228,7 +1228,10 @@ support::both_backends! { fixture;
             assert!(started.elapsed() < Duration::from_secs(2), "A still serves its copy: {}", r.cache_status());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // An unsafe method on A reaches B's tier.
+        // An unsafe method on A reaches B's tier. (A fill begun within a
+        // second of a purge of its tag is not stored.)
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        get(&a, "/tagged").await;
         fx.stored(1).await;
         answered_locally(&b, "/tagged").await;
         send(&a, "POST", "/tagged", &[]).await;
@@ -1254,6 +1257,138 @@ support::both_backends! { fixture;
         assert!(!store.poll("k").await.unwrap().1);
     }
 
+    a_fill_that_began_before_a_write_is_not_stored => |fx| {
+        let gate = Gate::default();
+        let a = gated_app(CacheLayer::new(fx.tb.backend.clone()), &gate);
+        let b = gated_app(CacheLayer::new(fx.tb.backend.clone()), &gate);
+        // A asks the handler, which reads the data (v0) and stalls.
+        let early = tokio::spawn({
+            let a = a.clone();
+            async move { get(&a, "/gated").await }
+        });
+        gate.started(1).await;
+        // The write, on the other instance, while that fill runs.
+        assert_eq!(send(&b, "POST", "/gated", &[]).await.status, StatusCode::OK);
+        gate.open();
+        let early = early.await.unwrap();
+        assert_eq!(early.body, "v0", "its own answer predates the write");
+        // Its write (after its body) must not land: it would serve v0 to
+        // everyone, the writer included, until it expires.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(fx.entries(), 0);
+        let next = get(&b, "/gated").await;
+        assert_eq!(next.body, "v1", "{}", next.cache_status());
+        // A fill that began after the write is stored.
+        fx.stored(1).await;
+        let hit = get(&a, "/gated").await;
+        assert!(hit.hit() && hit.body == "v1", "{hit:?}");
+        assert_eq!(gate.runs(), 2);
+    }
+
+    a_fill_that_began_before_a_purge_of_its_tag_is_not_stored => |fx| {
+        let gate = Gate::default();
+        let a = gated_app(CacheLayer::new(fx.tb.backend.clone()), &gate);
+        let b_layer = CacheLayer::new(fx.tb.backend.clone());
+        let purger = b_layer.purger();
+        let b = gated_app(b_layer, &gate);
+        let early = tokio::spawn({
+            let a = a.clone();
+            async move { get(&a, "/gated").await }
+        });
+        gate.started(1).await;
+        // The data changes and its tag is purged while A's fill runs (the
+        // purge cannot find the fill: its tags come with its response).
+        gate.version.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(purger.purge_tag("gated").await.unwrap(), 0);
+        gate.open();
+        assert_eq!(early.await.unwrap().body, "v0");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(fx.entries(), 0, "the fill that began before the purge");
+        assert_eq!(get(&b, "/gated").await.body, "v1");
+        // Fills within a second of the purge are not stored either
+        // (clocks may differ by that much); later ones are.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert_eq!(get(&b, "/gated").await.body, "v1");
+        fx.stored(1).await;
+        assert!(get(&a, "/gated").await.hit());
+    }
+
+    a_fill_slower_than_its_lease_keeps_it_and_is_stored => |fx| {
+        // The lease lasts coalesce_wait (150 ms); the fill takes 600 ms.
+        let layer = fx.builder().coalesce_wait(Duration::from_millis(150)).build().unwrap();
+        let gate = Gate::default();
+        let a = gated_app(layer, &gate);
+        let slow = tokio::spawn({
+            let a = a.clone();
+            async move { get(&a, "/gated").await }
+        });
+        gate.started(1).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        gate.open();
+        assert_eq!(slow.await.unwrap().body, "v0");
+        fx.stored(1).await;
+        assert!(get(&a, "/gated").await.hit());
+        assert_eq!(gate.runs(), 1);
+    }
+
+    a_waiter_whose_filler_went_away_fills_and_stores => |fx| {
+        let gate = Gate::default();
+        let a = gated_app(CacheLayer::new(fx.tb.backend.clone()), &gate);
+        let b = gated_app(CacheLayer::new(fx.tb.backend.clone()), &gate);
+        // A takes the fill lease and stalls; B waits for A's entry.
+        let first = tokio::spawn({
+            let a = a.clone();
+            async move { get(&a, "/gated").await }
+        });
+        gate.started(1).await;
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { get(&b, "/gated").await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(gate.runs(), 1, "B waits");
+        // A's client goes away: its lease is given up, B takes it over.
+        first.abort();
+        gate.open();
+        let waited = waiter.await.unwrap();
+        assert_eq!(waited.body, "v0");
+        fx.stored(1).await;
+        assert!(get(&a, "/gated").await.hit());
+        assert_eq!(gate.runs(), 2);
+    }
+
+    a_store_writes_only_for_its_lease_holder_and_an_invalidation_ends_the_lease => |fx| {
+        use redis_layers::cache::{CacheStore, Fill};
+        let store = fx.tb.backend.clone();
+        let now = std::time::SystemTime::now();
+        let ttl = Duration::from_secs(60);
+        let write = |holder: &'static str| {
+            let store = store.clone();
+            async move { store.store("k", b"x".to_vec(), ttl, &[], Fill::new(holder, now)).await.unwrap() }
+        };
+        assert!(!write("a").await, "no lease");
+        assert!(store.lease("k", "a", Duration::from_secs(5)).await.unwrap());
+        assert!(!write("b").await, "another's lease");
+        assert_eq!(store.lookup("k").await.unwrap(), None);
+        assert!(write("a").await);
+        assert_eq!(store.lookup("k").await.unwrap().as_deref(), Some(&b"x"[..]));
+        assert!(!store.poll("k").await.unwrap().1, "the write gave the lease up");
+        // An invalidation removes the entry and ends a fill's lease.
+        assert!(store.lease("k", "c", Duration::from_secs(5)).await.unwrap());
+        assert!(store.invalidate("k").await.unwrap());
+        assert!(!store.invalidate("k").await.unwrap(), "no entry left");
+        assert!(!write("c").await);
+        assert_eq!(store.lookup("k").await.unwrap(), None);
+        // Renewal: only the holder's, and it keeps the lease past its TTL.
+        assert!(store.lease("k", "d", Duration::from_millis(150)).await.unwrap());
+        assert!(!store.renew("k", "e", Duration::from_secs(5)).await.unwrap());
+        assert!(store.renew("k", "d", Duration::from_secs(5)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.poll("k").await.unwrap().1, "renewed");
+        assert!(write("d").await);
+        assert!(!store.renew("k", "d", Duration::from_secs(5)).await.unwrap(), "given up");
+    }
+
     two_instances_share_the_store => |fx| {
         let a = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
         let b = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
@@ -1263,6 +1398,71 @@ support::both_backends! { fixture;
         send(&b, "POST", "/fresh", &[]).await;
         assert!(!get(&a, "/fresh").await.hit());
     }
+}
+
+/// A handler that reads its data (`version`), then stalls until opened:
+/// a fill that races a write.
+#[derive(Clone)]
+struct Gate {
+    version: Arc<AtomicUsize>,
+    started: Arc<AtomicUsize>,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            version: Arc::default(),
+            started: Arc::default(),
+            open: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+}
+
+impl Gate {
+    /// Waits until the handler has run `n` times.
+    async fn started(&self, n: usize) {
+        let since = Instant::now();
+        while self.runs() < n {
+            assert!(
+                since.elapsed() < Duration::from_secs(5),
+                "the handler never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn runs(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// `GET /gated` (fresh for a minute, tagged `gated`, body `v<version>`
+/// as read before the gate) and `POST /gated` (the next version).
+fn gated_app(layer: CacheLayer, gate: &Gate) -> Router {
+    async fn read(State(gate): State<Gate>) -> axum::response::Response {
+        let version = gate.version.load(Ordering::SeqCst);
+        gate.started.fetch_add(1, Ordering::SeqCst);
+        let mut open = gate.open.subscribe();
+        let _ = open.wait_for(|open| *open).await;
+        (
+            [("cache-control", "max-age=60"), ("cache-tag", "gated")],
+            format!("v{version}"),
+        )
+            .into_response()
+    }
+    async fn write(State(gate): State<Gate>) -> StatusCode {
+        gate.version.fetch_add(1, Ordering::SeqCst);
+        StatusCode::OK
+    }
+    Router::new()
+        .route("/gated", axum::routing::get(read).post(write))
+        .with_state(gate.clone())
+        .layer(layer)
 }
 
 /// A store of one's own that cannot announce changes.
@@ -1279,8 +1479,9 @@ impl redis_layers::cache::CacheStore for Quiet {
         entry: Vec<u8>,
         ttl: Duration,
         tags: &[String],
+        fill: redis_layers::cache::Fill<'_>,
     ) -> Result<bool, redis_layers::Error> {
-        self.0.store(key, entry, ttl, tags).await
+        self.0.store(key, entry, ttl, tags, fill).await
     }
     async fn invalidate(&self, key: &str) -> Result<bool, redis_layers::Error> {
         self.0.invalidate(key).await
@@ -1306,6 +1507,14 @@ impl redis_layers::cache::CacheStore for Quiet {
     }
     async fn unlease(&self, key: &str, holder: &str) -> Result<(), redis_layers::Error> {
         self.0.unlease(key, holder).await
+    }
+    async fn renew(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, redis_layers::Error> {
+        self.0.renew(key, holder, ttl).await
     }
 }
 

@@ -24,20 +24,21 @@ async fn a_hit_is_one_get_and_a_miss_adds_one_set() {
         move || -> Vec<String> { monitor.take().into_iter().filter(|c| c != "keys").collect() };
     get(&app, "/fresh").await;
     fx.stored(1).await;
-    // The generation (on first use), look up, take the fill lease, store,
-    // give the lease up (a compare-and-delete script, loaded on this
-    // first use).
-    assert_eq!(sent(), ["get", "get", "set", "set", "evalsha", "eval"]);
+    // The generation (on first use), look up, take the fill lease, then
+    // store for the lease's holder, which gives it up (a script, loaded
+    // on this first use).
+    assert_eq!(sent(), ["get", "get", "set", "evalsha", "eval"]);
     get(&app, "/fresh?another").await;
     fx.stored(2).await;
-    assert_eq!(sent(), ["get", "set", "set", "evalsha"]);
+    assert_eq!(sent(), ["get", "set", "evalsha"]);
     assert!(get(&app, "/fresh").await.hit());
     assert_eq!(sent(), ["get"]);
     send(&app, "POST", "/other", &[]).await;
     assert_eq!(
         sent(),
-        ["get", "del", "del", "publish"],
-        "the store's generation, the URI and its Location, then the news for local tiers"
+        ["get", "del", "del", "del", "del", "publish"],
+        "the store's generation, the URI and its Location (each entry and its fill lease, \
+         pipelined), then the news for local tiers"
     );
     // The entry expires with its freshness.
     let ttl: i64 = fx.tb.server().cmd(&["PTTL", &fx.tb.keys("cache:*:e")[0]]);
