@@ -472,6 +472,61 @@ fn scenarios() -> Vec<Scenario> {
                 })
             },
         },
+        // The command a replay sends: `SET key value NX PX ms GET` on a
+        // key that holds a record (the value is not written), with a
+        // 45-byte value as the claim's: what the command costs next to a
+        // GET.
+        Scenario {
+            name: "backend-set-nx-get",
+            build: |ctx| {
+                backend_target(ctx, |backend, key| {
+                    Box::pin(async move {
+                        let mut cmd = redis::cmd("SET");
+                        cmd.arg(&key)
+                            .arg([7u8; 45].as_slice())
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(60_000)
+                            .arg("GET");
+                        let v: Option<Vec<u8>> = backend.query(&cmd).await.unwrap();
+                        v.unwrap_or_default()
+                    })
+                })
+            },
+        },
+        // `backend-get` sent as the idempotency scenarios' request (a POST
+        // with a body and two headers): what the harness's request costs.
+        Scenario {
+            name: "backend-get-post",
+            build: |ctx| {
+                Box::pin(async move {
+                    let backend = bench_backend(&ctx, ctx.prefix.clone());
+                    let key = backend.namespace().key(&["bench"]);
+                    let router = Router::new()
+                        .route(
+                            "/",
+                            axum::routing::post(
+                                |State((backend, key)): State<(RedisBackend, String)>| async move {
+                                    backend.get(&key).await.unwrap().unwrap_or_default()
+                                },
+                            ),
+                        )
+                        .with_state((backend, key));
+                    let idempotency_key = http::HeaderValue::from_static("k-1");
+                    let request: Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> =
+                        Arc::new(move |_, _| {
+                            let mut req = Request::post("/")
+                                .header("x-api-key", "bench")
+                                .body(Body::from("{}"))
+                                .unwrap();
+                            req.headers_mut()
+                                .insert("idempotency-key", idempotency_key.clone());
+                            req
+                        });
+                    Target { router, request }
+                })
+            },
+        },
         // The cheapest script call: EVALSHA of a script doing one GET. The
         // reference for layers whose single round trip is a Lua script.
         Scenario {

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::header as key_field;
 use super::layout::{self, digest, hash_hex, Record, Stored};
-use super::store::{Claim, DynIdempotencyStore, IdempotencyStore};
+use super::store::{Claim, IdempotencyStore, Store};
 use crate::body::ResponseBody;
 use crate::error::{Error, ErrorKind};
 use crate::problem::Problem;
@@ -197,21 +197,44 @@ impl Scope {
         }
     }
 
-    async fn of(&self, parts: &Parts) -> Option<String> {
+    /// The request's scope, `None` when it has none. Never stored as it
+    /// is: it goes into the record key's SHA-256 only.
+    async fn of(&self, parts: &Parts) -> Option<ScopeId> {
         match &self.kind {
-            ScopeKind::Global => Some("global".to_owned()),
-            ScopeKind::Header(name) => {
-                let value = parts.headers.get(name)?;
-                let d = digest([value.as_bytes()]);
-                Some(format!("hdr:{}", hash_hex([&d[..]])))
-            }
-            ScopeKind::Custom(f) => f(parts).map(|s| format!("fn:{s}")),
+            ScopeKind::Global => Some(ScopeId::Global),
+            ScopeKind::Header(name) => parts.headers.get(name).cloned().map(ScopeId::Header),
+            ScopeKind::Custom(f) => f(parts).map(ScopeId::Custom),
+            // Boxed: a session read is a large future, and this one would
+            // otherwise grow every request's, whatever its scope.
             #[cfg(feature = "session")]
             ScopeKind::SessionUser => {
                 let session = parts.extensions.get::<crate::session::Session>()?;
-                let user = session.user().await.ok()??;
-                Some(format!("user:{user}"))
+                let user = Box::pin(session.user()).await.ok()??;
+                Some(ScopeId::User(user))
             }
+        }
+    }
+}
+
+/// One request's scope: which kind, and its value.
+enum ScopeId {
+    Global,
+    Header(HeaderValue),
+    Custom(String),
+    #[cfg(feature = "session")]
+    User(String),
+}
+
+impl ScopeId {
+    /// The kind and the value, as parts of the record key's digest (the
+    /// kind keeps a header value from meeting an equal user id).
+    fn parts(&self) -> [&[u8]; 2] {
+        match self {
+            ScopeId::Global => [b"global", b""],
+            ScopeId::Header(value) => [b"hdr", value.as_bytes()],
+            ScopeId::Custom(value) => [b"fn", value.as_bytes()],
+            #[cfg(feature = "session")]
+            ScopeId::User(user) => [b"user", user.as_bytes()],
         }
     }
 }
@@ -233,7 +256,7 @@ impl fmt::Debug for IdempotencyLayer {
 }
 
 struct Config {
-    store: Arc<dyn DynIdempotencyStore>,
+    store: Store,
     scope: Scope,
     header: HeaderName,
     methods: Vec<Method>,
@@ -258,7 +281,7 @@ impl IdempotencyLayer {
     /// A builder, to change the defaults.
     pub fn builder(store: impl IdempotencyStore, scope: Scope) -> IdempotencyLayerBuilder {
         IdempotencyLayerBuilder {
-            store: Arc::new(store),
+            store: Store::new(store),
             scope,
             header: "idempotency-key".to_owned(),
             methods: vec![Method::POST, Method::PATCH],
@@ -276,7 +299,7 @@ impl IdempotencyLayer {
 /// Settings of an [`IdempotencyLayer`]; [`build`](Self::build) checks
 /// them.
 pub struct IdempotencyLayerBuilder {
-    store: Arc<dyn DynIdempotencyStore>,
+    store: Store,
     scope: Scope,
     header: String,
     methods: Vec<Method>,
@@ -467,7 +490,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
-        if !config.methods.contains(req.method()) {
+        // Not a method the layer covers, or (where keys are optional) no
+        // key: straight through.
+        let keyless = !config.required && !req.headers().contains_key(&config.header);
+        if keyless || !config.methods.contains(req.method()) {
             let future = inner.call(req.map(ResponseBody::inner));
             return Box::pin(async move { Ok(future.await?.map(ResponseBody::inner)) });
         }
@@ -500,17 +526,14 @@ where
 {
     let (mut parts, body) = req.into_parts();
     // The key.
+    // (Without one, where keys are optional, `call` sent it straight on.)
     let client_key = match parts.headers.get(&config.header) {
-        None if config.required => {
+        None => {
             return Ok(problem(
                 StatusCode::BAD_REQUEST,
                 "Idempotency key missing",
                 format!("This request needs an {} header.", config.header),
             ))
-        }
-        None => {
-            let future = inner.call(Request::from_parts(parts, ResponseBody::inner(body)));
-            return Ok(future.await?.map(ResponseBody::inner));
         }
         Some(value) => match key_field::parse(value) {
             Ok(key) => key,
@@ -551,11 +574,12 @@ where
             ))
         }
     };
-    let route = route(&parts);
+    let [kind, scope] = scope.parts();
     let key = hash_hex([
-        scope.as_bytes(),
+        kind,
+        scope,
         parts.method.as_str().as_bytes(),
-        route.as_bytes(),
+        route(&parts).as_bytes(),
         client_key.as_bytes(),
     ]);
     let fingerprint = digest([
@@ -592,11 +616,12 @@ where
             }
             Ok(Claim::Claimed) => break,
             Ok(Claim::Taken { record }) => {
-                let in_flight = matches!(layout::decode(&record), Some(Record::InFlight { .. }));
+                let in_flight = layout::is_in_flight(&record);
                 let now = tokio::time::Instant::now();
                 if in_flight && now < waited_until {
                     let pause = WAIT_POLL.min(waited_until - now);
-                    tokio::time::sleep(pause).await;
+                    // Boxed: a timer is large, and rarely needed here.
+                    Box::pin(tokio::time::sleep(pause)).await;
                     continue;
                 }
                 return Ok(taken(&record, &fingerprint));
@@ -801,19 +826,19 @@ fn taken<B>(record: &Bytes, fingerprint: &[u8; 32]) -> Response<ResponseBody<B>>
 }
 
 /// The route a request matched (axum's template), else its path.
-fn route(parts: &Parts) -> String {
+fn route(parts: &Parts) -> &str {
     #[cfg(feature = "axum")]
     if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return matched.as_str().to_owned();
+        return matched.as_str();
     }
-    parts.uri.path().to_owned()
+    parts.uri.path()
 }
 
 fn replayed_headers(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
-    for name in REPLAYED_HEADERS {
-        for value in headers.get_all(name) {
-            out.append(HeaderName::from_static(name), value.clone());
+    for (name, value) in headers {
+        if REPLAYED_HEADERS.contains(&name.as_str()) {
+            out.append(name.clone(), value.clone());
         }
     }
     out
@@ -830,17 +855,33 @@ async fn read_body<B: Body<Data = Bytes>>(body: B, max: usize) -> Result<Bytes, 
         return Err(BodyError::TooLarge);
     }
     let mut body = std::pin::pin!(body);
+    // The first data frame as it is (a body in one frame, the usual case,
+    // is never copied); with more, all of them copied into one buffer.
+    let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
+    let mut len = 0usize;
     while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
         let frame = frame.map_err(|_| BodyError::Read)?;
-        if let Some(data) = frame.data_ref() {
-            if buf.len() + data.len() > max {
-                return Err(BodyError::TooLarge);
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        len = len.saturating_add(data.len());
+        if len > max {
+            return Err(BodyError::TooLarge);
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            Some(head) => {
+                buf.extend_from_slice(&head);
+                buf.extend_from_slice(&data);
             }
-            buf.extend_from_slice(data);
+            None => buf.extend_from_slice(&data),
         }
     }
-    Ok(buf.freeze())
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 /// Up to `max` bytes of a body: the whole of it (and `None`), or what was

@@ -38,6 +38,11 @@ pub(crate) fn keys(ns: &Namespace, hash: &str) -> (String, String) {
     (tagged.key("r"), tagged.key("n"))
 }
 
+/// The record key of a record hash alone (what most calls touch).
+pub(crate) fn record_key(ns: &Namespace, hash: &str) -> String {
+    ns.tagged_with_room("idem", hash, 2).into_key("r")
+}
+
 pub(crate) use crate::digest::{digest_parts as digest, hex_digest as hash_hex};
 
 /// A holder id as the record and the scripts hold it.
@@ -139,20 +144,21 @@ pub(crate) fn completed_by(raw: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(raw.get(5..13)?.try_into().ok()?))
 }
 
-/// Reads a record; `None` for anything else.
+/// Whether `raw` is an in-flight record (without decoding the rest).
+pub(crate) fn is_in_flight(raw: &[u8]) -> bool {
+    raw.get(..4) == Some(MAGIC) && raw.get(4) == Some(&IN_FLIGHT)
+}
+
+/// Reads a record; `None` for anything else. Header values and the body
+/// share `raw`'s buffer (no copy).
 pub(crate) fn decode(raw: &Bytes) -> Option<Record> {
-    let mut at = 0usize;
-    let mut take = |n: usize| -> Option<&[u8]> {
-        let out = raw.get(at..at.checked_add(n)?)?;
-        at += n;
-        Some(out)
-    };
-    if take(4)? != MAGIC {
+    let mut c = Cursor { raw, at: 0 };
+    if c.take(4)? != MAGIC {
         return None;
     }
-    let state = take(1)?[0];
-    let holder = u64::from_be_bytes(take(8)?.try_into().ok()?);
-    let fingerprint: [u8; 32] = take(32)?.try_into().ok()?;
+    let state = c.take(1)?[0];
+    let holder = u64::from_be_bytes(c.take(8)?.try_into().ok()?);
+    let fingerprint: [u8; 32] = c.take(32)?.try_into().ok()?;
     match state {
         IN_FLIGHT => Some(Record::InFlight {
             holder,
@@ -160,18 +166,17 @@ pub(crate) fn decode(raw: &Bytes) -> Option<Record> {
         }),
         UNRETAINED => Some(Record::Unretained { fingerprint }),
         COMPLETE => {
-            let status =
-                StatusCode::from_u16(u16::from_be_bytes(take(2)?.try_into().ok()?)).ok()?;
-            let n = u16::from_be_bytes(take(2)?.try_into().ok()?);
+            let status = StatusCode::from_u16(c.u16()?).ok()?;
+            let n = c.u16()?;
             let mut headers = HeaderMap::with_capacity(usize::from(n));
             for _ in 0..n {
-                let len = usize::from(take(1)?[0]);
-                let name = HeaderName::from_bytes(take(len)?).ok()?;
-                let len = usize::from(u16::from_be_bytes(take(2)?.try_into().ok()?));
-                let value = HeaderValue::from_bytes(take(len)?).ok()?;
+                let len = usize::from(c.take(1)?[0]);
+                let name = HeaderName::from_bytes(c.take(len)?).ok()?;
+                let len = usize::from(c.u16()?);
+                let value = HeaderValue::from_maybe_shared(c.shared(len)?).ok()?;
                 headers.append(name, value);
             }
-            let body = raw.slice(at..);
+            let body = raw.slice(c.at..);
             Some(Record::Complete {
                 fingerprint,
                 response: Stored {
@@ -182,6 +187,33 @@ pub(crate) fn decode(raw: &Bytes) -> Option<Record> {
             })
         }
         _ => None,
+    }
+}
+
+/// Reads a record front to back.
+struct Cursor<'a> {
+    raw: &'a Bytes,
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// The next `n` bytes.
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let raw: &'a [u8] = self.raw;
+        let out = raw.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(out)
+    }
+
+    /// The next `n` bytes, sharing the record's buffer.
+    fn shared(&mut self, n: usize) -> Option<Bytes> {
+        let from = self.at;
+        self.take(n)?;
+        Some(self.raw.slice(from..self.at))
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
     }
 }
 
@@ -236,6 +268,7 @@ mod tests {
         let h = hash_hex([b"user:1".as_slice(), b"POST", b"/orders", b"secret-key"]);
         let (r, n) = keys(&ns, &h);
         assert_eq!(r, format!("app:idem:{{{h}}}:r"));
+        assert_eq!(record_key(&ns, &h), r);
         assert_eq!(n, format!("app:idem:{{{h}}}:n"));
         assert!(!r.contains("secret"));
         assert_ne!(

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::layout::{self, holder_bytes, keys};
+use super::layout::{self, holder_bytes, keys, record_key};
 use crate::backend::on_backend;
 use crate::error::{Error, ErrorKind};
 use crate::memory::{MemoryBackend, Value};
@@ -110,7 +110,7 @@ impl IdempotencyStore for RedisBackend {
         holder: u64,
         lease: Duration,
     ) -> Result<Claim, Error> {
-        let (record, _) = keys(self.namespace(), key);
+        let record = record_key(self.namespace(), key);
         let mut cmd = ::redis::cmd("SET");
         cmd.arg(&record)
             .arg(layout::in_flight(holder, fingerprint))
@@ -146,7 +146,7 @@ impl IdempotencyStore for RedisBackend {
     }
 
     async fn extend(&self, key: &str, holder: u64, lease: Duration) -> Result<bool, Error> {
-        let (record, _) = keys(self.namespace(), key);
+        let record = record_key(self.namespace(), key);
         let n: i64 = self
             .script(&EXTEND)
             .key(record)
@@ -164,7 +164,7 @@ impl IdempotencyStore for RedisBackend {
         value: &[u8],
         retention: Duration,
     ) -> Result<bool, Error> {
-        let (record, _) = keys(self.namespace(), key);
+        let record = record_key(self.namespace(), key);
         let n: i64 = self
             .script(&COMPLETE)
             .key(record)
@@ -179,7 +179,7 @@ impl IdempotencyStore for RedisBackend {
     }
 
     async fn release(&self, key: &str, holder: u64) -> Result<bool, Error> {
-        let (record, _) = keys(self.namespace(), key);
+        let record = record_key(self.namespace(), key);
         let n: i64 = self
             .script(&RELEASE)
             .key(record)
@@ -218,7 +218,7 @@ impl IdempotencyStore for MemoryBackend {
         holder: u64,
         lease: Duration,
     ) -> Result<Claim, Error> {
-        let (record, _) = keys(self.namespace(), key);
+        let record = record_key(self.namespace(), key);
         self.atomically(|ks| {
             if let Some(value) = ks.get(&record) {
                 let Value::Bytes(raw) = value else {
@@ -271,7 +271,7 @@ impl IdempotencyStore for MemoryBackend {
     }
 
     async fn extend(&self, key: &str, holder: u64, lease: Duration) -> Result<bool, Error> {
-        let (record, _) = keys(self.namespace(), key);
+        let record = record_key(self.namespace(), key);
         Ok(self.atomically(|ks| {
             if holds(ks.get(&record), holder) {
                 ks.expire(&record, lease.max(Duration::from_millis(1)))
@@ -288,7 +288,7 @@ impl IdempotencyStore for MemoryBackend {
         value: &[u8],
         retention: Duration,
     ) -> Result<bool, Error> {
-        let (record, _) = keys(self.namespace(), key);
+        let record = record_key(self.namespace(), key);
         self.atomically(|ks| {
             match ks.get(&record) {
                 None => {}
@@ -305,7 +305,7 @@ impl IdempotencyStore for MemoryBackend {
     }
 
     async fn release(&self, key: &str, holder: u64) -> Result<bool, Error> {
-        let (record, _) = keys(self.namespace(), key);
+        let record = record_key(self.namespace(), key);
         Ok(self.atomically(|ks| {
             if holds(ks.get(&record), holder) {
                 ks.remove(&record);
@@ -430,5 +430,82 @@ impl<T: IdempotencyStore> DynIdempotencyStore for T {
     }
     fn release<'a>(&'a self, key: &'a str, holder: u64) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(IdempotencyStore::release(self, key, holder))
+    }
+}
+
+/// The store a layer holds: one of this crate's backends, called without
+/// boxing its futures (a replay's one call), or a user's store behind the
+/// object-safe copy.
+#[derive(Clone)]
+pub(crate) enum Store {
+    Backend(Backend),
+    Custom(std::sync::Arc<dyn DynIdempotencyStore>),
+}
+
+impl Store {
+    pub(crate) fn new<S: IdempotencyStore>(store: S) -> Self {
+        match crate::backend::as_backend(&store) {
+            Some(b) => Store::Backend(b),
+            None => Store::Custom(std::sync::Arc::new(store)),
+        }
+    }
+
+    pub(crate) async fn claim(
+        &self,
+        key: &str,
+        fingerprint: &[u8; 32],
+        holder: u64,
+        lease: Duration,
+    ) -> Result<Claim, Error> {
+        match self {
+            Store::Backend(b) => IdempotencyStore::claim(b, key, fingerprint, holder, lease).await,
+            Store::Custom(s) => s.claim(key, fingerprint, holder, lease).await,
+        }
+    }
+
+    pub(crate) async fn fence(
+        &self,
+        key: &str,
+        holder: u64,
+        counter_ttl: Duration,
+    ) -> Result<Option<u64>, Error> {
+        match self {
+            Store::Backend(b) => IdempotencyStore::fence(b, key, holder, counter_ttl).await,
+            Store::Custom(s) => s.fence(key, holder, counter_ttl).await,
+        }
+    }
+
+    pub(crate) async fn extend(
+        &self,
+        key: &str,
+        holder: u64,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        match self {
+            Store::Backend(b) => IdempotencyStore::extend(b, key, holder, lease).await,
+            Store::Custom(s) => s.extend(key, holder, lease).await,
+        }
+    }
+
+    pub(crate) async fn complete(
+        &self,
+        key: &str,
+        holder: u64,
+        record: &[u8],
+        retention: Duration,
+    ) -> Result<bool, Error> {
+        match self {
+            Store::Backend(b) => {
+                IdempotencyStore::complete(b, key, holder, record, retention).await
+            }
+            Store::Custom(s) => s.complete(key, holder, record, retention).await,
+        }
+    }
+
+    pub(crate) async fn release(&self, key: &str, holder: u64) -> Result<bool, Error> {
+        match self {
+            Store::Backend(b) => IdempotencyStore::release(b, key, holder).await,
+            Store::Custom(s) => s.release(key, holder).await,
+        }
     }
 }

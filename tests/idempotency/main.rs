@@ -309,6 +309,37 @@ support::both_backends! { fixture;
         assert_eq!(fx.runs(), 0);
     }
 
+    a_body_in_pieces_is_the_same_request_as_in_one => |fx| {
+        let app = app(&fx, fx.builder().max_body(20).build().unwrap());
+        let chunked = |parts: &'static [&'static str], key: &'static str| {
+            let stream = futures_util::stream::iter(
+                parts.iter().map(|p| Ok::<_, std::io::Error>(bytes::Bytes::from_static(p.as_bytes()))),
+            );
+            Request::post("/orders")
+                .header("x-api-key", "alice")
+                .header("idempotency-key", key)
+                .header("content-type", "text/plain")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        };
+        let res = app.clone().oneshot(chunked(&["gr", "een ", "", "tea"], "k")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let first = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(first.ends_with("for green tea"), "the handler got it whole: {first}");
+        // The same bytes in one piece: a replay, not another request (422).
+        let again = order(&app, "alice", "k", "green tea").await;
+        assert_eq!(again.status, StatusCode::CREATED);
+        assert_eq!(again.body, first);
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        // And in other pieces.
+        let res = app.clone().oneshot(chunked(&["green", " tea"], "k")).await.unwrap();
+        assert_eq!(res.headers()["idempotent-replayed"], "true");
+        // Pieces over the limit together: 413, the handler never runs.
+        let res = app.clone().oneshot(chunked(&["0123456789", "0123456789", "!"], "k2")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(fx.runs(), 1);
+    }
+
     a_key_in_flight_is_409_and_runs_once_across_instances => |fx| {
         let a = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
         let b = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
