@@ -11,7 +11,12 @@
 mod backend;
 mod body;
 // Unused by a build with only some of the layers that key by digest.
-#[cfg(any(feature = "rate-limit", feature = "cache", feature = "idempotency"))]
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "cache",
+    feature = "idempotency",
+    feature = "lock"
+))]
 #[allow(dead_code)]
 mod digest;
 mod error;
@@ -20,6 +25,9 @@ mod failure;
 #[cfg_attr(not(feature = "session"), allow(dead_code))]
 mod headers;
 mod keys;
+// The lease under locks and the cache's fill lease.
+#[allow(dead_code)]
+mod lease;
 mod problem;
 #[cfg_attr(not(feature = "session"), allow(dead_code))]
 mod time;
@@ -28,6 +36,8 @@ mod time;
 pub mod cache;
 #[cfg(feature = "idempotency")]
 pub mod idempotency;
+#[cfg(feature = "lock")]
+pub mod lock;
 pub mod memory;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;

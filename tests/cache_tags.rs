@@ -92,7 +92,8 @@ async fn fill_at(
     assert!(
         CacheStore::lease(backend, key, &holder, Duration::from_secs(5))
             .await
-            .unwrap(),
+            .unwrap()
+            .0,
         "the fill lease of {key} is free"
     );
     let stored = CacheStore::store(
@@ -295,6 +296,7 @@ async fn a_tagged_store_records_its_tags_then_writes_the_entry_and_a_purge_goes_
         CacheStore::lease(backend, &key(1), "me", Duration::from_secs(5))
             .await
             .unwrap()
+            .0
     );
     let mut monitor = support::Monitor::start(fx.server());
     assert!(CacheStore::store(

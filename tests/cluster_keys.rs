@@ -162,6 +162,7 @@ async fn each_layers_keys_sit_in_the_slots_the_design_names() {
         CacheStore::lease(&backend, key, "me", Duration::from_secs(5))
             .await
             .unwrap()
+            .0
     );
     let lease: Vec<String> = tb.keys("cache:{*");
     assert_eq!(lease.len(), 1, "the lease: {lease:?}");

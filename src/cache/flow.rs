@@ -645,27 +645,39 @@ where
                     flight = Some(guard);
                     // Across instances: one fills the entry, the others
                     // wait for it. Only a lease's holder stores.
-                    match Lease::take(&config, &key).await {
-                        Ok(Some(taken)) => lease = Some(taken),
-                        Ok(None) => {
-                            let waited = wait_fill(
-                                &config,
-                                &key,
-                                req.headers(),
-                                &method,
-                                &directives,
-                                arrived,
-                            );
-                            if let Some(res) = waited.await {
-                                return Ok(res);
-                            }
-                            // That fill ended with nothing for this
-                            // request (not storable, or its holder gone):
-                            // fill it here if no one else does now.
-                            if let Ok(Some(taken)) = Lease::take(&config, &key).await {
-                                lease = Some(taken);
-                            }
+                    let mut taken = Lease::take(&config, &key).await;
+                    if let Ok((None, _)) = taken {
+                        let waited =
+                            wait_fill(&config, &key, req.headers(), &method, &directives, arrived);
+                        if let Some(res) = waited.await {
+                            return Ok(res);
                         }
+                        // That fill ended with nothing for this request
+                        // (not storable, or its holder gone): fill it
+                        // here if no one else does now.
+                        taken = Lease::take(&config, &key).await;
+                    }
+                    match taken {
+                        Ok((Some(taken), entry)) => {
+                            // A fill that ended (and let the lease go)
+                            // just before this request took it: its entry.
+                            let filled = entry.and_then(|raw| {
+                                usable_fill(&config, &key, raw, req.headers(), &directives, arrived)
+                            });
+                            if let Some((entry, age)) = filled {
+                                drop(taken);
+                                return Ok(answer_read(
+                                    &config,
+                                    &key,
+                                    entry,
+                                    &req,
+                                    age,
+                                    "; collapsed",
+                                ));
+                            }
+                            lease = Some(taken);
+                        }
+                        Ok((None, _)) => {}
                         Err(e) => tracing::warn!(error = %e, "cache fill lease unavailable"),
                     }
                     break;
@@ -707,23 +719,26 @@ where
                     // One refresh across instances too: the fill lease
                     // (without which nothing is stored).
                     let lease = match Lease::take(&config, &key).await {
-                        Ok(Some(lease)) => lease,
+                        // Another instance may have refreshed it (and let
+                        // its lease go) since this one read the stale
+                        // version: the entry read with the lease tells.
+                        Ok((Some(lease), Some(raw)))
+                            if Entry::decode(raw.clone())
+                                .is_some_and(|e| e.stored_at != version) =>
+                        {
+                            drop(lease);
+                            return;
+                        }
+                        Ok((Some(lease), _)) => lease,
                         // Another instance refreshes it: this version
                         // stays marked, so stale hits here do not ask for
                         // the lease again and again meanwhile.
-                        Ok(None) => return,
+                        Ok((None, _)) => return,
                         Err(_) => {
                             config.refreshing.failed(&key, version);
                             return;
                         }
                     };
-                    // Another instance may have refreshed it (and let its
-                    // lease go) since this one read the stale version.
-                    if let Ok(Some(raw)) = config.store.lookup(&key).await {
-                        if Entry::decode(raw).is_some_and(|e| e.stored_at != version) {
-                            return;
-                        }
-                    }
                     let request_headers = req.headers().clone();
                     // Only this cache's validators: a 304 must validate
                     // the stored entry, not whatever the client held.
@@ -1094,16 +1109,20 @@ struct Lease {
 
 impl Lease {
     /// Takes the fill lease of `key` (`coalesce_wait` long, renewed while
-    /// held): `None` when another holds it.
-    async fn take(config: &Arc<Config>, key: &str) -> Result<Option<Lease>, Error> {
+    /// held): `None` when another holds it; with the entry stored under
+    /// `key` right after (in the same round trip).
+    async fn take(
+        config: &Arc<Config>,
+        key: &str,
+    ) -> Result<(Option<Lease>, Option<Bytes>), Error> {
         let began = SystemTime::now();
         let holder = Lease::holder(began);
-        if !config
+        let (taken, entry) = config
             .store
             .lease(key, &holder, config.coalesce_wait)
-            .await?
-        {
-            return Ok(None);
+            .await?;
+        if !taken {
+            return Ok((None, entry));
         }
         let renewing = tokio::spawn(renew_lease(
             config.clone(),
@@ -1112,14 +1131,15 @@ impl Lease {
             began,
         ))
         .abort_handle();
-        Ok(Some(Lease {
+        let lease = Lease {
             config: config.clone(),
             key: key.to_owned(),
             holder,
             began,
             renewing,
             written: false,
-        }))
+        };
+        Ok((Some(lease), entry))
     }
 
     /// A token no other lease holds: this process, the time, a counter.
@@ -1209,6 +1229,26 @@ async fn wait_fill<ResBody>(
         }
     }
     None
+}
+
+/// The entry a just-ended fill stored (`raw`, read with the lease), when it
+/// may answer this request: stored after it arrived (`since`), it counts
+/// as validated, as with [`usable_since`].
+fn usable_fill(
+    config: &Config,
+    key: &str,
+    raw: Bytes,
+    request: &HeaderMap,
+    directives: &Directives,
+    since: u64,
+) -> Option<(Arc<Entry>, u64)> {
+    let entry = decode_cached(config.id, key, raw)?;
+    if entry.vary_hash != vary_hash(&entry.vary, request) {
+        return None;
+    }
+    let age = policy::age(&entry, SystemTime::now());
+    usable_since(&entry, age, directives, Some(since)).ok()?;
+    Some((entry, age))
 }
 
 /// How often a request waiting on another instance's fill looks again.

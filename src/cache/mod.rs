@@ -253,8 +253,8 @@
 //! | request | store calls |
 //! |---|---|
 //! | hit | 1 `GET` |
-//! | miss | 1 `GET`, 1 `SET ... NX` (the fill lease), then in the background after the body: 1 small script writing the entry for the lease's holder and giving the lease up (for a tagged response 2 round trips: 1 small script per tag, concurrently, recording the entry, then that one); a response not stored gives the lease up (1 small script); a fill running longer than a third of `coalesce_wait` renews its lease that often (1 small script each) |
-//! | miss while another instance fills | 1 `GET`, 1 `SET ... NX`, then `GET` + `EXISTS` every 25 ms until the entry is there |
+//! | miss | 1 `GET`, then `SET ... NX` (the fill lease) and `GET` pipelined (a fill that ended just before is answered from, not fetched again), then in the background after the body: 1 small script writing the entry for the lease's holder and giving the lease up (for a tagged response 2 round trips: 1 small script per tag, concurrently, recording the entry, then that one); a response not stored gives the lease up (1 small script); a fill running longer than a third of `coalesce_wait` renews its lease that often (1 small script each) |
+//! | miss while another instance fills | 1 `GET`, `SET ... NX` + `GET`, then `GET` + `EXISTS` every 25 ms until the entry is there |
 //! | revalidation (304) | as a miss |
 //! | request `no-cache` (with `RequestDirectives::Honour`) | as a miss |
 //! | hit in the local tier | 0 |

@@ -47,16 +47,15 @@ use tokio::sync::mpsc;
 use super::layout::{entry_key, lease_key, purge_key, purged_key, tag_key};
 use crate::backend::on_backend;
 use crate::error::Error;
+use crate::lease::{RELEASE as UNLEASE, RENEW};
 use crate::memory::{MemoryBackend, SortedSet, Value};
 use crate::redis::{script, RedisBackend, Script};
 use crate::Backend;
 
-static UNLEASE: Script = script!("cache-unlease", "unlease.lua");
 static NEXT_GENERATION: Script = script!("cache-next-generation", "generation.lua");
 static RECORD_TAG: Script = script!("cache-tag", "tag.lua");
 static PURGE_STEP: Script = script!("cache-purge-step", "purge.lua");
 static FILL: Script = script!("cache-fill", "fill.lua");
-static RENEW: Script = script!("cache-renew", "renew.lua");
 
 /// The most entries one tag records at a time: 10,000. An entry naming a
 /// tag that records this many other live entries is not stored (see the
@@ -177,15 +176,18 @@ pub trait CacheStore: Send + Sync + 'static {
         start: bool,
     ) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
 
-    /// Takes the fill lease of `key` for `ttl`, as `holder`, if no one holds it: the
-    /// holder asks the handler, other instances wait for its entry (Redis:
-    /// `SET ... NX PX`).
+    /// Takes the fill lease of `key` for `ttl`, as `holder`, if no one
+    /// holds it: the holder asks the handler, other instances wait for its
+    /// entry. Answers whether it was taken, and the entry under `key` as
+    /// it is right after (read in the same step: a fill that ended, and
+    /// gave its lease up, just before is seen, so its entry is not fetched
+    /// again). Redis: `SET ... NX PX` and `GET`, pipelined.
     fn lease(
         &self,
         key: &str,
         holder: &str,
         ttl: Duration,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    ) -> impl Future<Output = Result<(bool, Option<Bytes>), Error>> + Send;
 
     /// The entry under `key`, and whether its fill lease is still held
     /// (Redis: `GET` and `EXISTS`, pipelined).
@@ -404,15 +406,22 @@ impl CacheStore for RedisBackend {
         Ok(members)
     }
 
-    async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(lease_key(self.namespace(), key))
+    async fn lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<(bool, Option<Bytes>), Error> {
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("SET")
+            .arg(lease_key(self.namespace(), key))
             .arg(holder)
             .arg("NX")
             .arg("PX")
             .arg(crate::time::millis(ttl).max(1));
-        let reply: Option<String> = self.query(&cmd).await?;
-        Ok(reply.is_some())
+        pipe.cmd("GET").arg(entry_key(self.namespace(), key));
+        let (taken, entry): (Option<String>, Option<Vec<u8>>) = self.pipeline(&pipe).await?;
+        Ok((taken.is_some(), entry.map(Bytes::from)))
     }
 
     async fn poll(&self, key: &str) -> Result<(Option<Bytes>, bool), Error> {
@@ -698,18 +707,31 @@ impl CacheStore for MemoryBackend {
         })
     }
 
-    async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
-        let lease = lease_key(self.namespace(), key);
+    async fn lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<(bool, Option<Bytes>), Error> {
+        let (lease, entry) = (
+            lease_key(self.namespace(), key),
+            entry_key(self.namespace(), key),
+        );
         self.atomically(|ks| {
-            if ks.get(&lease).is_some() {
-                return Ok(false);
+            let taken = ks.get(&lease).is_none();
+            if taken {
+                ks.set(
+                    &lease,
+                    Value::Bytes(holder.as_bytes().to_vec()),
+                    Some(ttl.max(Duration::from_millis(1))),
+                )?;
             }
-            ks.set(
-                &lease,
-                Value::Bytes(holder.as_bytes().to_vec()),
-                Some(ttl.max(Duration::from_millis(1))),
-            )?;
-            Ok(true)
+            let found = match ks.get(&entry) {
+                None => None,
+                Some(Value::Bytes(b)) => Some(Bytes::copy_from_slice(b)),
+                Some(_) => return Err(Error::wrong_type()),
+            };
+            Ok((taken, found))
         })
     }
 
@@ -829,7 +851,12 @@ impl CacheStore for Backend {
         on_backend!(self, b => CacheStore::purge_tag(b, tag, limit, start).await)
     }
 
-    async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
+    async fn lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<(bool, Option<Bytes>), Error> {
         on_backend!(self, b => CacheStore::lease(b, key, holder, ttl).await)
     }
 
@@ -887,7 +914,7 @@ pub(crate) trait DynCacheStore: Send + Sync {
         key: &'a str,
         holder: &'a str,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, Error>>;
+    ) -> BoxFuture<'a, Result<(bool, Option<Bytes>), Error>>;
     fn poll<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(Option<Bytes>, bool), Error>>;
     fn unlease<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), Error>>;
     fn renew<'a>(
@@ -932,7 +959,7 @@ impl<T: CacheStore> DynCacheStore for T {
         key: &'a str,
         holder: &'a str,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
+    ) -> BoxFuture<'a, Result<(bool, Option<Bytes>), Error>> {
         Box::pin(CacheStore::lease(self, key, holder, ttl))
     }
     fn poll<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(Option<Bytes>, bool), Error>> {
@@ -1024,7 +1051,7 @@ impl Store {
         key: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, Error> {
+    ) -> Result<(bool, Option<Bytes>), Error> {
         match self {
             Store::Backend(b) => CacheStore::lease(b, key, holder, ttl).await,
             Store::Custom(s) => s.lease(key, holder, ttl).await,

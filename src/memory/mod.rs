@@ -51,7 +51,7 @@
 //! |---|---|---|
 //! | sessions and users' session lists | all of it | only to make room for another session (the one nearest expiry, so the least recently active) |
 //! | rate-limit counters | at most 1/4 | never: past the share a new counter is refused ([`ErrorKind::Capacity`], and the rule's store-failure policy applies), so no flood of made-up clients resets a login throttle |
-//! | idempotency records | at most 1/4 | never: past the share a new key is refused (503), so no flood of made-up keys makes a completed request run again |
+//! | idempotency records and locks (together) | at most 1/4 | never: past the share a new key is refused (503), so no flood of made-up keys makes a completed request run again |
 //! | cache entries and tags, and keys of your own | all of it | first, by any new key, nearest expiry first |
 //!
 //! When the keyspace is full, expired keys go first, then the disposable
@@ -139,7 +139,9 @@ impl Class {
         match capability {
             Some("session" | "session-user") => Class::Session,
             Some("rl") => Class::RateLimit,
-            Some("idem") => Class::Idempotency,
+            // Locks are never evicted either (an evicted lock is two
+            // holders): they count with the idempotency records.
+            Some("idem" | "lock") => Class::Idempotency,
             _ => Class::Disposable,
         }
     }

@@ -1246,11 +1246,11 @@ support::both_backends! { fixture;
         use redis_layers::cache::CacheStore;
         let store = fx.tb.backend.clone();
         let short = Duration::from_millis(100);
-        assert!(store.lease("k", "a", short).await.unwrap());
-        assert!(!store.lease("k", "b", short).await.unwrap(), "held");
+        assert!(store.lease("k", "a", short).await.unwrap().0);
+        assert!(!store.lease("k", "b", short).await.unwrap().0, "held");
         // A's lease runs out; B takes it; A's late give-up leaves B's.
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(store.lease("k", "b", Duration::from_secs(5)).await.unwrap());
+        assert!(store.lease("k", "b", Duration::from_secs(5)).await.unwrap().0);
         store.unlease("k", "a").await.unwrap();
         assert!(store.poll("k").await.unwrap().1, "B still holds it");
         store.unlease("k", "b").await.unwrap();
@@ -1367,20 +1367,24 @@ support::both_backends! { fixture;
             async move { store.store("k", b"x".to_vec(), ttl, &[], Fill::new(holder, now)).await.unwrap() }
         };
         assert!(!write("a").await, "no lease");
-        assert!(store.lease("k", "a", Duration::from_secs(5)).await.unwrap());
+        assert!(store.lease("k", "a", Duration::from_secs(5)).await.unwrap().0);
         assert!(!write("b").await, "another's lease");
         assert_eq!(store.lookup("k").await.unwrap(), None);
         assert!(write("a").await);
         assert_eq!(store.lookup("k").await.unwrap().as_deref(), Some(&b"x"[..]));
         assert!(!store.poll("k").await.unwrap().1, "the write gave the lease up");
         // An invalidation removes the entry and ends a fill's lease.
-        assert!(store.lease("k", "c", Duration::from_secs(5)).await.unwrap());
+        // Taking a lease reads the entry in the same step (a fill that just
+        // ended is seen, not fetched again).
+        let (taken, entry) = store.lease("k", "c", Duration::from_secs(5)).await.unwrap();
+        assert!(taken);
+        assert_eq!(entry.as_deref(), Some(&b"x"[..]));
         assert!(store.invalidate("k").await.unwrap());
         assert!(!store.invalidate("k").await.unwrap(), "no entry left");
         assert!(!write("c").await);
         assert_eq!(store.lookup("k").await.unwrap(), None);
         // Renewal: only the holder's, and it keeps the lease past its TTL.
-        assert!(store.lease("k", "d", Duration::from_millis(150)).await.unwrap());
+        assert!(store.lease("k", "d", Duration::from_millis(150)).await.unwrap().0);
         assert!(!store.renew("k", "e", Duration::from_secs(5)).await.unwrap());
         assert!(store.renew("k", "d", Duration::from_secs(5)).await.unwrap());
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1499,7 +1503,7 @@ impl redis_layers::cache::CacheStore for Quiet {
         key: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, redis_layers::Error> {
+    ) -> Result<(bool, Option<bytes::Bytes>), redis_layers::Error> {
         self.0.lease(key, holder, ttl).await
     }
     async fn poll(&self, key: &str) -> Result<(Option<bytes::Bytes>, bool), redis_layers::Error> {

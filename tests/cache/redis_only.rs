@@ -24,13 +24,13 @@ async fn a_hit_is_one_get_and_a_miss_adds_one_set() {
         move || -> Vec<String> { monitor.take().into_iter().filter(|c| c != "keys").collect() };
     get(&app, "/fresh").await;
     fx.stored(1).await;
-    // The generation (on first use), look up, take the fill lease, then
-    // store for the lease's holder, which gives it up (a script, loaded
-    // on this first use).
-    assert_eq!(sent(), ["get", "get", "set", "evalsha", "eval"]);
+    // The generation (on first use), look up, take the fill lease (and
+    // read the entry, pipelined), then store for the lease's holder, which
+    // gives it up (a script, loaded on this first use).
+    assert_eq!(sent(), ["get", "get", "set", "get", "evalsha", "eval"]);
     get(&app, "/fresh?another").await;
     fx.stored(2).await;
-    assert_eq!(sent(), ["get", "set", "evalsha"]);
+    assert_eq!(sent(), ["get", "set", "get", "evalsha"]);
     assert!(get(&app, "/fresh").await.hit());
     assert_eq!(sent(), ["get"]);
     send(&app, "POST", "/other", &[]).await;

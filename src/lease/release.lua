@@ -1,0 +1,12 @@
+-- Gives a lease up, only for its owner (a lease that expired and was
+-- taken by another is left alone).
+--
+-- KEYS[1]  the lease
+-- ARGV[1]  the owner's token
+--
+-- Returns 1 when given up, 0 when it was not the owner's.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0

@@ -1,0 +1,420 @@
+//! [`LockLayer`]: the inner service runs with a lock held on a resource
+//! named by the request.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::Locks;
+use crate::body::ResponseBody;
+use crate::error::Error;
+use crate::problem::Problem;
+use crate::Backend;
+
+/// The problem type of a refusal because the resource is locked.
+const PROBLEM_TYPE: &str = "https://docs.rs/redis-layers/latest/redis_layers/lock/#locked";
+
+type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+type Respond = Arc<dyn Fn(&Locked) -> Response<Bytes> + Send + Sync>;
+
+/// Which resource a request locks. Requests naming the same resource run
+/// one at a time, across every instance sharing the backend.
+#[derive(Clone)]
+pub struct LockKey {
+    kind: KeyKind,
+}
+
+#[derive(Clone)]
+enum KeyKind {
+    Named(&'static str),
+    Path,
+    Header(HeaderName),
+    Custom(KeyFn),
+    #[cfg(feature = "session")]
+    SessionUser,
+}
+
+impl fmt::Debug for LockKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            KeyKind::Named(name) => write!(f, "LockKey::named({name:?})"),
+            KeyKind::Path => f.write_str("LockKey::path()"),
+            KeyKind::Header(h) => write!(f, "LockKey::header({h:?})"),
+            KeyKind::Custom(_) => f.write_str("LockKey::custom(..)"),
+            #[cfg(feature = "session")]
+            KeyKind::SessionUser => f.write_str("LockKey::session_user()"),
+        }
+    }
+}
+
+impl LockKey {
+    /// One resource for every request (a job that must never run twice at
+    /// once).
+    pub fn named(name: &'static str) -> Self {
+        LockKey {
+            kind: KeyKind::Named(name),
+        }
+    }
+
+    /// The request's path (with its parameters: `/tenants/7/migrate` and
+    /// `/tenants/8/migrate` are two resources).
+    pub fn path() -> Self {
+        LockKey {
+            kind: KeyKind::Path,
+        }
+    }
+
+    /// A request header's value (an account id). A request without it
+    /// names no resource.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a header name.
+    pub fn header(name: &'static str) -> Self {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => LockKey {
+                kind: KeyKind::Header(name),
+            },
+            Err(_) => panic!("LockKey::header: {name:?} is not a header name"),
+        }
+    }
+
+    /// The session's user (needs the session layer outside this one): one
+    /// request per user at a time. An anonymous request names no resource.
+    #[cfg(feature = "session")]
+    pub fn session_user() -> Self {
+        LockKey {
+            kind: KeyKind::SessionUser,
+        }
+    }
+
+    /// Your own function of the request head; `None` is "no resource".
+    pub fn custom(f: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
+        LockKey {
+            kind: KeyKind::Custom(Arc::new(f)),
+        }
+    }
+
+    /// The resource `parts` names, with its kind (so a header value never
+    /// meets an equal path): `None` when it names none.
+    async fn of(&self, parts: &Parts) -> Option<String> {
+        match &self.kind {
+            KeyKind::Named(name) => Some(format!("named:{name}")),
+            KeyKind::Path => Some(format!("path:{}", parts.uri.path())),
+            KeyKind::Header(name) => {
+                let value = parts.headers.get(name)?;
+                let mut out = String::from("header:");
+                crate::digest::push_hex(&mut out, value.as_bytes());
+                Some(out)
+            }
+            KeyKind::Custom(f) => f(parts).map(|s| format!("custom:{s}")),
+            #[cfg(feature = "session")]
+            KeyKind::SessionUser => {
+                let session = parts.extensions.get::<crate::session::Session>()?;
+                let user = Box::pin(session.user()).await.ok()??;
+                Some(format!("user:{user}"))
+            }
+        }
+    }
+}
+
+/// A request refused because its resource stayed locked for the whole
+/// wait: what a custom refusal ([`LockLayerBuilder::on_locked`]) gets.
+#[derive(Debug, Clone)]
+pub struct Locked {
+    retry_after: Duration,
+}
+
+impl Locked {
+    /// About how long the holder's lease has still to run (it may let go
+    /// sooner).
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+
+    /// The default refusal: `409 Conflict` (or the status set with
+    /// [`LockLayerBuilder::status`]), problem+json, with `Retry-After` in
+    /// whole seconds (at least 1).
+    pub fn default_response(&self, status: StatusCode) -> Response<Bytes> {
+        let mut res = Problem::new(
+            status,
+            "Resource locked",
+            "Another request on the same resource is in progress; retry later.",
+        )
+        .with_type(PROBLEM_TYPE)
+        .to_response_bytes();
+        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        res
+    }
+}
+
+struct Config {
+    locks: Locks,
+    key: LockKey,
+    lease: Duration,
+    wait: Duration,
+    status: StatusCode,
+    respond: Option<Respond>,
+}
+
+/// Runs the inner service with a lock held on the resource a request
+/// names ([`LockKey`]): requests on one resource run one at a time, across
+/// every instance sharing the backend.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{routing::post, Extension, Router};
+/// use redis_layers::lock::{LockHandle, LockKey, LockLayer};
+/// use redis_layers::memory::MemoryBackend;
+///
+/// async fn migrate(Extension(lock): Extension<LockHandle>) -> String {
+///     // Pass the token to what you write (see the module docs).
+///     format!("migrating with token {}", lock.fencing_token())
+/// }
+///
+/// # fn build() -> Result<(), redis_layers::Error> {
+/// let app: Router = Router::new()
+///     .route("/tenants/{id}/migrate", post(migrate))
+///     .layer(
+///         LockLayer::builder(MemoryBackend::new(), LockKey::path())
+///             .lease(Duration::from_secs(60))
+///             .wait(Duration::from_secs(2))
+///             .build()?,
+///     );
+/// # let _ = app; Ok(()) }
+/// ```
+///
+/// The lock is taken before the inner service is called (waiting up to
+/// [`wait`](LockLayerBuilder::wait), 0 by default), renewed while it runs,
+/// and released once its response is ready (not while a streamed body is
+/// still being sent): one store call to take it, one to release it.
+/// The handler finds a [`LockHandle`](super::LockHandle) in the request's extensions (its
+/// fencing token; a signal if the lock is lost).
+///
+/// Answers of the layer's own, all problem+json: a request that names no
+/// resource (no such header, an anonymous session) gets `400`; a resource
+/// still locked after the wait, `409` with `Retry-After` (the status is
+/// [`status`](LockLayerBuilder::status), the whole answer
+/// [`on_locked`](LockLayerBuilder::on_locked)); a store that fails,
+/// `503` (or `500` for an error reply): never the handler without the
+/// lock.
+#[derive(Clone)]
+pub struct LockLayer {
+    config: Arc<Config>,
+}
+
+impl fmt::Debug for LockLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockLayer")
+            .field("key", &self.config.key)
+            .field("lease", &self.config.lease)
+            .field("wait", &self.config.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockLayer {
+    /// Settings for a layer locking the resource `key` names, in
+    /// `backend`.
+    pub fn builder(backend: impl Into<Backend>, key: LockKey) -> LockLayerBuilder {
+        LockLayerBuilder {
+            locks: Locks::new(backend),
+            key,
+            lease: DEFAULT_LEASE,
+            wait: Duration::ZERO,
+            status: StatusCode::CONFLICT,
+            respond: None,
+        }
+    }
+}
+
+/// The default lease of a [`LockLayer`]: 30 s (renewed every 10 s while
+/// the handler runs).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// Settings of a [`LockLayer`].
+pub struct LockLayerBuilder {
+    locks: Locks,
+    key: LockKey,
+    lease: Duration,
+    wait: Duration,
+    status: StatusCode,
+    respond: Option<Respond>,
+}
+
+impl fmt::Debug for LockLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockLayerBuilder")
+            .field("key", &self.key)
+            .field("lease", &self.lease)
+            .field("wait", &self.wait)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockLayerBuilder {
+    /// The lock's lease (default [`DEFAULT_LEASE`]): how long it outlives
+    /// an instance that died holding it. Renewed every third of it while
+    /// the handler runs.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long a request waits for the lock before it is refused
+    /// (default 0: refused at once when held).
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// The status of the default refusal: `409 Conflict` (the default) or
+    /// `423 Locked`; any 4xx.
+    pub fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Your own answer to a request refused because its resource stayed
+    /// locked (replacing the problem+json `409`).
+    pub fn on_locked(
+        mut self,
+        respond: impl Fn(&Locked) -> Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        self.respond = Some(Arc::new(respond));
+        self
+    }
+
+    /// Checks the settings (a lease from 30 ms to a year, a wait up to a
+    /// year, a 4xx status) and builds the layer.
+    pub fn build(self) -> Result<LockLayer, Error> {
+        super::check(self.lease, "lease", super::MIN_LEASE)?;
+        super::check(self.wait, "wait", Duration::ZERO)?;
+        if !self.status.is_client_error() {
+            return Err(Error::config(format!(
+                "a lock refusal's status must be a 4xx, not {}",
+                self.status
+            )));
+        }
+        Ok(LockLayer {
+            config: Arc::new(Config {
+                locks: self.locks,
+                key: self.key,
+                lease: self.lease,
+                wait: self.wait,
+                status: self.status,
+                respond: self.respond,
+            }),
+        })
+    }
+}
+
+impl<S> Layer<S> for LockLayer {
+    type Service = LockService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LockService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service [`LockLayer`] wraps around the inner one.
+#[derive(Clone)]
+pub struct LockService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> fmt::Debug for LockService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockService")
+            .field("key", &self.config.key)
+            .finish_non_exhaustive()
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for LockService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(run(self.config.clone(), inner, req))
+    }
+}
+
+async fn run<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let (mut parts, body) = req.into_parts();
+    let Some(resource) = config.key.of(&parts).await else {
+        return Ok(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "No lock resource",
+            "This request names no resource to lock (no such header, or no user).",
+        )
+        .to_response());
+    };
+    let guard = match config
+        .locks
+        .acquire_or_left(&resource, config.lease, config.wait)
+        .await
+    {
+        // Fail closed: never the handler without the lock.
+        Err(e) => {
+            tracing::error!(error = %e, "lock store failed");
+            return Ok(Problem::store_failure("lock", &e).to_response());
+        }
+        Ok(Err(left)) => {
+            let locked = Locked { retry_after: left };
+            let res = match &config.respond {
+                Some(respond) => respond(&locked),
+                None => locked.default_response(config.status),
+            };
+            return Ok(res.map(ResponseBody::full));
+        }
+        Ok(Ok(guard)) => guard,
+    };
+    parts.extensions.insert(guard.handle());
+    let res = inner.call(Request::from_parts(parts, body)).await;
+    // Released before the answer goes out: the client's next request on
+    // the resource finds it free.
+    if let Err(e) = guard.release().await {
+        tracing::warn!(error = %e, "lock not released; it frees itself when its lease ends");
+    }
+    Ok(res?.map(ResponseBody::inner))
+}

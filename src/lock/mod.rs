@@ -1,0 +1,498 @@
+//! Distributed locks: one holder at a time per resource, across every
+//! instance sharing the [`Backend`], with owner-checked release, automatic
+//! renewal, a loss signal and fencing tokens.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redis_layers::lock::Locks;
+//! use redis_layers::Backend;
+//!
+//! # async fn run() -> Result<(), redis_layers::Error> {
+//! let locks = Locks::new(Backend::from_env()?);
+//! // Wait up to 5 s for the lock on this report; hold it 30 s at a time
+//! // (renewed every 10 s while the guard lives).
+//! let Some(guard) = locks
+//!     .acquire("report:2026-12", Duration::from_secs(30), Duration::from_secs(5))
+//!     .await?
+//! else {
+//!     return Ok(()); // another instance is building it
+//! };
+//! // A fenced write: the store refuses a token lower than the last one it
+//! // accepted, so a holder that lost the lock (a long pause) cannot
+//! // overwrite the work of the one after it.
+//! let token = guard.fencing_token();
+//! # let _ = token;
+//! tokio::select! {
+//!     () = build_report(token) => {}
+//!     () = guard.lost() => { /* stop: another may hold it now */ }
+//! }
+//! guard.release().await?;
+//! # Ok(()) }
+//! # async fn build_report(_token: u64) {}
+//! ```
+//!
+//! # What a lock is
+//!
+//! A lock is a lease: a key (`{prefix}:lock:{<hash>}:o`, the hash a
+//! SHA-256 of the resource name, so no name appears in clear) holding the
+//! owner's random token (128 bits from the operating system's random
+//! source) for the lease time, taken only when free (`SET ... NX PX` in a
+//! small script, one round trip). The guard:
+//!
+//! - renews it every third of the lease (an owner-checked `PEXPIRE`, on
+//!   Redis's clock), in a task of its own, while it lives;
+//! - reports its loss: [`LockGuard::lost`] resolves (and
+//!   [`is_lost`](LockGuard::is_lost) turns true) when a renewal finds the
+//!   lock gone or taken, or when renewals failed for a whole lease (the
+//!   store unreachable: the lock may have expired). Stop the work then;
+//! - releases it when dropped (owner-checked: never another's lock), or
+//!   explicitly with [`release`](LockGuard::release), which says whether
+//!   it still owned it.
+//!
+//! A waiting [`acquire`](Locks::acquire) asks again after a pause that
+//! doubles from 5 ms up to 250 ms, never past the holder's remaining lease
+//! (the store tells it), with jitter, so waiters neither spin on the store
+//! nor wake together. An acquire dropped while its call was on the way
+//! (the request cancelled) releases the lock if that call took it.
+//!
+//! # Fencing tokens
+//!
+//! Each acquisition gets a token higher than every earlier one of its
+//! resource: the last token plus one, or the store's time in
+//! microseconds if that is higher. The counter is kept a day past the
+//! last acquisition (and longer than the lease); after it expires, or
+//! after a failover lost its last write, the time keeps tokens rising, as
+//! long as the new primary's clock is not behind the old one's (an NTP
+//! step back of more than the time since the last token would break it).
+//!
+//! A lock alone does not make work exclusive: a holder paused longer than
+//! its lease (a GC pause, a frozen VM) may still act after another took
+//! the lock. Pass the token to what you write, and have it refuse tokens
+//! lower than the last it saw; that is the only safe pattern.
+//!
+//! # Round trips
+//!
+//! | call | store calls |
+//! |---|---|
+//! | [`try_acquire`](Locks::try_acquire) | 1 small script (`SET NX PX`, the token's counter) |
+//! | each renewal | 1 small script (owner-checked `PEXPIRE`), every third of the lease |
+//! | [`release`](LockGuard::release), or dropping the guard | 1 small script (owner-checked `DEL`) |
+//!
+//! On the memory backend each is one step under its lock; lock keys are
+//! never evicted (they share the idempotency records' class: see
+//! [`MemoryBackend`](crate::memory::MemoryBackend)).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::error::{Error, ErrorKind};
+use crate::lease::{self, Taken};
+use crate::Backend;
+
+mod layer;
+
+pub use layer::{LockKey, LockLayer, LockLayerBuilder, LockService, Locked, DEFAULT_LEASE};
+
+/// How long a resource's fencing counter is kept past its last
+/// acquisition, at least (and always longer than the lease): a day.
+const COUNTER_FLOOR: Duration = Duration::from_secs(86_400);
+/// The shortest lease: renewals come every third of it.
+const MIN_LEASE: Duration = Duration::from_millis(30);
+/// The longest lease (and wait): a year.
+const MAX_LEASE: Duration = Duration::from_secs(365 * 86_400);
+/// A waiter's first and longest pause between attempts.
+const FIRST_PAUSE: Duration = Duration::from_millis(5);
+const MAX_PAUSE: Duration = Duration::from_millis(250);
+
+/// Takes locks on resources in a [`Backend`]. Cheap to clone; clones share
+/// the backend.
+#[derive(Clone)]
+pub struct Locks {
+    backend: Backend,
+}
+
+impl fmt::Debug for Locks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Locks").finish_non_exhaustive()
+    }
+}
+
+impl Locks {
+    /// Locks kept in `backend` (under its key prefix).
+    pub fn new(backend: impl Into<Backend>) -> Self {
+        Locks {
+            backend: backend.into(),
+        }
+    }
+
+    /// Takes the lock on `resource` for `lease` (renewed while the guard
+    /// lives) if no one holds it: one store call. `None` when another
+    /// holds it. A `Config` error for a lease under 30 ms or over a year.
+    pub async fn try_acquire(
+        &self,
+        resource: &str,
+        lease: Duration,
+    ) -> Result<Option<LockGuard>, Error> {
+        check(lease, "lease", MIN_LEASE)?;
+        let keys = ResourceKeys::new(&self.backend, resource);
+        match self.attempt(&keys, lease).await? {
+            Attempt::Taken(guard) => Ok(Some(guard)),
+            Attempt::Held(_) => Ok(None),
+        }
+    }
+
+    /// Takes the lock on `resource` for `lease`, waiting up to `wait` for
+    /// its holder to let it go (see the [module docs](self) for how it
+    /// waits). `None` when the wait ran out.
+    pub async fn acquire(
+        &self,
+        resource: &str,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<LockGuard>, Error> {
+        Ok(self.acquire_or_left(resource, lease, wait).await?.ok())
+    }
+
+    /// [`acquire`](Self::acquire), or when the wait ran out, about how
+    /// long the holder's lease has still to run.
+    pub(crate) async fn acquire_or_left(
+        &self,
+        resource: &str,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Result<LockGuard, Duration>, Error> {
+        check(lease, "lease", MIN_LEASE)?;
+        check(wait, "wait", Duration::ZERO)?;
+        let keys = ResourceKeys::new(&self.backend, resource);
+        let until = tokio::time::Instant::now() + wait;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let left = match self.attempt(&keys, lease).await? {
+                Attempt::Taken(guard) => return Ok(Ok(guard)),
+                Attempt::Held(left) => left,
+            };
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return Ok(Err(left));
+            }
+            // Not past the holder's lease (it may end sooner), not past
+            // the wait; jittered by up to a half, so waiters spread out.
+            let base = pause.min(left.max(Duration::from_millis(1)));
+            let sleep = (base / 2 + jitter(base / 2)).min(until - now);
+            tokio::time::sleep(sleep).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+
+    /// One attempt: the call runs in a [`Pending`] that, dropped before
+    /// the answer, finishes it in the background and gives up a lock it
+    /// took.
+    async fn attempt(&self, keys: &ResourceKeys, lease: Duration) -> Result<Attempt, Error> {
+        let owner = owner_token()?;
+        let counter_ttl = COUNTER_FLOOR.max(lease * 2);
+        let call: BoxFuture<Result<Taken, Error>> = {
+            let (backend, lease_key, counter, owner) = (
+                self.backend.clone(),
+                keys.lease.clone(),
+                keys.counter.clone(),
+                owner.clone(),
+            );
+            Box::pin(async move {
+                let keys = lease::Keys {
+                    lease: &lease_key,
+                    counter: &counter,
+                };
+                lease::acquire(&backend, keys, &owner, lease, counter_ttl).await
+            })
+        };
+        let mut pending = Pending {
+            call: Some(call),
+            backend: self.backend.clone(),
+            key: keys.lease.clone(),
+            owner: owner.clone(),
+        };
+        match pending.answer().await? {
+            Taken::Held(left) => Ok(Attempt::Held(left)),
+            Taken::Token(token) => Ok(Attempt::Taken(LockGuard::start(
+                self.backend.clone(),
+                keys.lease.clone(),
+                owner,
+                token,
+                lease,
+            ))),
+        }
+    }
+}
+
+enum Attempt {
+    Taken(LockGuard),
+    Held(Duration),
+}
+
+/// A lease or wait within bounds, else a `Config` error.
+fn check(d: Duration, what: &str, min: Duration) -> Result<(), Error> {
+    if d < min || d > MAX_LEASE {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("a lock's {what} must be between {min:?} and a year, not {d:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A resource's lock key and fencing counter (one hash tag).
+struct ResourceKeys {
+    lease: String,
+    counter: String,
+}
+
+impl ResourceKeys {
+    fn new(backend: &Backend, resource: &str) -> Self {
+        let ns = match backend {
+            Backend::Redis(r) => r.namespace(),
+            Backend::Memory(m) => m.namespace(),
+        };
+        let hash = crate::digest::hex_digest([resource.as_bytes()]);
+        let tagged = ns.tagged("lock", &hash);
+        ResourceKeys {
+            lease: tagged.key("o"),
+            counter: tagged.key("n"),
+        }
+    }
+}
+
+/// 128 random bits from the operating system, as 32 hex digits.
+fn owner_token() -> Result<String, Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        Error::new(ErrorKind::Internal, "no random bytes for a lock owner")
+            .with_source(e.to_string())
+    })?;
+    let mut out = String::with_capacity(32);
+    crate::digest::push_hex(&mut out, &bytes);
+    Ok(out)
+}
+
+/// Up to `max`, spread by the clock's low bits (no random source needed:
+/// only waiters' wake-ups are spread).
+fn jitter(max: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let max_ns = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(u64::from(nanos) % max_ns)
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// An acquire call on its way; dropped before it answered, it is finished
+/// in a task of its own and a lock it took is given up.
+struct Pending {
+    call: Option<BoxFuture<Result<Taken, Error>>>,
+    backend: Backend,
+    key: String,
+    owner: String,
+}
+
+impl Pending {
+    async fn answer(&mut self) -> Result<Taken, Error> {
+        let Some(call) = self.call.as_mut() else {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "lock attempt answered twice",
+            ));
+        };
+        let out = call.await;
+        self.call = None;
+        out
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else {
+            return;
+        };
+        let (backend, key, owner) = (
+            self.backend.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.owner),
+        );
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Ok(Taken::Token(_)) = call.await {
+                    let _ = lease::release(&backend, &key, &owner).await;
+                }
+            });
+        }
+    }
+}
+
+/// A held lock: renewed while it lives, released when dropped. See the
+/// [module docs](self).
+pub struct LockGuard {
+    inner: Arc<GuardInner>,
+    handle: LockHandle,
+    renewing: tokio::task::AbortHandle,
+    released: bool,
+}
+
+/// What a handler behind a [`LockLayer`] sees of the lock held for it (an
+/// extension, or an extractor with the `axum` feature): its fencing token
+/// and whether it was lost. Cheap to clone.
+#[derive(Clone)]
+pub struct LockHandle {
+    token: u64,
+    lost: watch::Receiver<bool>,
+}
+
+impl fmt::Debug for LockHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockHandle")
+            .field("fencing_token", &self.token)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+impl LockHandle {
+    /// The lock's fencing token (see the [module docs](self#fencing-tokens)).
+    pub fn fencing_token(&self) -> u64 {
+        self.token
+    }
+
+    /// True once the lock was lost (see [`LockGuard::is_lost`]).
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Resolves when the lock is lost; never while it is held (see
+    /// [`LockGuard::lost`]).
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut lost = self.lost.clone();
+        async move {
+            // An error: the renewal task is gone (the lock released):
+            // wait forever, as a held lock would.
+            if lost.wait_for(|lost| *lost).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+struct GuardInner {
+    backend: Backend,
+    key: String,
+    owner: String,
+    token: u64,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("fencing_token", &self.inner.token)
+            .field("lost", &self.is_lost())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockGuard {
+    fn start(backend: Backend, key: String, owner: String, token: u64, lease: Duration) -> Self {
+        let inner = Arc::new(GuardInner {
+            backend,
+            key,
+            owner,
+            token,
+        });
+        let (tx, lost) = watch::channel(false);
+        let renewing = tokio::spawn(renew(inner.clone(), lease, tx)).abort_handle();
+        LockGuard {
+            handle: LockHandle { token, lost },
+            inner,
+            renewing,
+            released: false,
+        }
+    }
+
+    /// A view of this lock for others (a handler): its token and loss.
+    pub fn handle(&self) -> LockHandle {
+        self.handle.clone()
+    }
+
+    /// This acquisition's fencing token: higher than every earlier one of
+    /// the resource (see the [module docs](self#fencing-tokens)).
+    pub fn fencing_token(&self) -> u64 {
+        self.inner.token
+    }
+
+    /// True once a renewal found the lock gone or taken, or renewals
+    /// failed for a whole lease.
+    pub fn is_lost(&self) -> bool {
+        self.handle.is_lost()
+    }
+
+    /// Resolves when the lock is lost (at once if it already is); never
+    /// while it is held.
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.handle.lost()
+    }
+
+    /// Stops renewing and gives the lock up: true when it was still this
+    /// guard's (false: it had expired or been taken, and another's lock
+    /// was left alone).
+    pub async fn release(mut self) -> Result<bool, Error> {
+        self.renewing.abort();
+        self.released = true;
+        lease::release(&self.inner.backend, &self.inner.key, &self.inner.owner).await
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.renewing.abort();
+        if self.released {
+            return;
+        }
+        let inner = self.inner.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = lease::release(&inner.backend, &inner.key, &inner.owner).await {
+                    tracing::warn!(error = %e, "lock not released; it frees itself when its lease ends");
+                }
+            });
+        }
+    }
+}
+
+/// Renews the lock every third of `lease` until aborted; marks it lost
+/// (and stops) when a renewal finds it is no longer this owner's, or when
+/// none succeeded for a whole lease.
+async fn renew(inner: Arc<GuardInner>, lease: Duration, lost: watch::Sender<bool>) {
+    let every = lease / 3;
+    let mut last_held = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        match lease::renew(&inner.backend, &inner.key, &inner.owner, lease).await {
+            Ok(true) => last_held = tokio::time::Instant::now(),
+            Ok(false) => {
+                tracing::warn!("lock lost: a renewal found it gone or taken");
+                lost.send_replace(true);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lock not renewed; trying again");
+                if last_held.elapsed() >= lease {
+                    tracing::warn!("lock lost: not renewed for a whole lease");
+                    lost.send_replace(true);
+                    return;
+                }
+            }
+        }
+    }
+}

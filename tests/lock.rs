@@ -1,0 +1,508 @@
+//! Distributed locks on Redis, memory and a cluster: mutual exclusion
+//! across instances, fencing tokens, renewal and loss, owner-checked
+//! release, cancelled acquires.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis_layers::lock::Locks;
+use redis_layers::{Backend, ErrorKind};
+
+use support::{Kind, TestBackend};
+
+/// Another instance's backend on the same store (the same prefix): a
+/// second connection to the same Redis or cluster; in memory, the same
+/// keyspace (one process).
+fn second_instance(tb: &TestBackend) -> Backend {
+    let prefix = tb.backend.namespace().prefix().to_owned();
+    match tb.kind {
+        Kind::Memory => tb.backend.clone(),
+        Kind::Redis => redis_layers::redis::RedisBackend::builder()
+            .url(tb.server().url())
+            .prefix(prefix)
+            .build()
+            .unwrap()
+            .into(),
+        #[cfg(feature = "cluster")]
+        Kind::Cluster => redis_layers::redis::RedisBackend::builder()
+            .cluster(
+                tb.cluster
+                    .as_ref()
+                    .unwrap()
+                    .nodes
+                    .iter()
+                    .map(support::RedisServer::url),
+            )
+            .prefix(prefix)
+            .build()
+            .unwrap()
+            .into(),
+    }
+}
+
+/// Removes every lock key from outside (an operator, an eviction).
+fn delete_locks(tb: &TestBackend) {
+    for key in tb.keys("lock:*:o") {
+        match &tb.backend {
+            Backend::Memory(m) => {
+                m.atomically(|ks| ks.remove(&key));
+            }
+            _ => {
+                let _: i64 = tb.key_cmd(&key, &["DEL", &key]);
+            }
+        }
+    }
+}
+
+/// Waits until no lock key is left (a release runs in the background).
+async fn no_locks_left(tb: &TestBackend) {
+    let started = std::time::Instant::now();
+    while !tb.keys("lock:*:o").is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a lock was left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+support::both_backends! { TestBackend::new;
+    one_holder_at_a_time_across_two_instances => |fx| {
+        let instances = [Locks::new(fx.backend.clone()), Locks::new(second_instance(&fx))];
+        let inside = Arc::new(AtomicBool::new(false));
+        let overlaps = Arc::new(AtomicU64::new(0));
+        // A counter only the holder touches, read and written apart (a
+        // lost update shows a second holder).
+        let counter = Arc::new(Mutex::new(0u64));
+        let tokens = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..64 {
+            let locks = instances[task % 2].clone();
+            let (inside, overlaps, counter, tokens) =
+                (inside.clone(), overlaps.clone(), counter.clone(), tokens.clone());
+            tasks.spawn(async move {
+                let guard = locks
+                    .acquire("counter", Duration::from_secs(5), Duration::from_secs(30))
+                    .await
+                    .unwrap()
+                    .expect("acquired within the wait");
+                if inside.swap(true, Ordering::SeqCst) {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                let read = *counter.lock().unwrap();
+                tokio::task::yield_now().await;
+                *counter.lock().unwrap() = read + 1;
+                tokens.lock().unwrap().push(guard.fencing_token());
+                inside.store(false, Ordering::SeqCst);
+                assert!(guard.release().await.unwrap(), "still its own");
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+        assert_eq!(*counter.lock().unwrap(), 64);
+        let tokens = tokens.lock().unwrap().clone();
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens rise in holding order: {tokens:?}");
+        no_locks_left(&fx).await;
+    }
+
+    a_held_lock_is_refused_then_free_once_released => |fx| {
+        let locks = Locks::new(fx.backend.clone());
+        let lease = Duration::from_secs(5);
+        let a = locks.try_acquire("job", lease).await.unwrap().expect("free");
+        assert!(locks.try_acquire("job", lease).await.unwrap().is_none(), "held");
+        // Another resource is another lock.
+        let other = locks.try_acquire("other-job", lease).await.unwrap().expect("free");
+        // A short wait runs out.
+        let started = std::time::Instant::now();
+        assert!(locks.acquire("job", lease, Duration::from_millis(200)).await.unwrap().is_none());
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let token = a.fencing_token();
+        assert!(a.release().await.unwrap());
+        let b = locks.try_acquire("job", lease).await.unwrap().expect("released");
+        assert!(b.fencing_token() > token);
+        // Dropping releases too.
+        drop(b);
+        drop(other);
+        no_locks_left(&fx).await;
+        assert!(locks.try_acquire("job", lease).await.unwrap().is_some());
+    }
+
+    a_waiter_gets_the_lock_when_its_holder_lets_go => |fx| {
+        let locks = Locks::new(fx.backend.clone());
+        let holder = locks.try_acquire("r", Duration::from_secs(5)).await.unwrap().unwrap();
+        let waiter = tokio::spawn({
+            let locks = locks.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let guard = locks.acquire("r", Duration::from_secs(5), Duration::from_secs(5)).await.unwrap();
+                (guard.map(|g| g.fencing_token()), started.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let first = holder.fencing_token();
+        holder.release().await.unwrap();
+        let (token, waited) = waiter.await.unwrap();
+        assert!(token.expect("acquired") > first);
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(waited < Duration::from_millis(900), "woke within its pauses: {waited:?}");
+    }
+
+    a_lock_taken_away_is_reported_lost_within_one_renewal => |fx| {
+        let locks = Locks::new(fx.backend.clone());
+        let lease = Duration::from_millis(600);
+        let guard = locks.try_acquire("r", lease).await.unwrap().unwrap();
+        // It is renewed: held well past its lease.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert!(!guard.is_lost());
+        assert!(locks.try_acquire("r", lease).await.unwrap().is_none(), "still held");
+        // Removed from outside, then taken by another: the next renewal
+        // (within a third of the lease) reports it.
+        delete_locks(&fx);
+        let other = locks.try_acquire("r", Duration::from_secs(5)).await.unwrap().expect("free now");
+        tokio::time::timeout(lease / 3 + Duration::from_millis(150), guard.lost())
+            .await
+            .expect("lost within one renewal");
+        assert!(guard.is_lost());
+        // Its release leaves the other's lock alone.
+        assert!(!guard.release().await.unwrap());
+        assert!(locks.try_acquire("r", lease).await.unwrap().is_none(), "the other's lock stays");
+        assert!(other.release().await.unwrap());
+    }
+
+    a_dropped_waiting_acquire_leaves_nothing_behind => |fx| {
+        let locks = Locks::new(fx.backend.clone());
+        let holder = locks.try_acquire("r", Duration::from_secs(5)).await.unwrap().unwrap();
+        let waiter = tokio::spawn({
+            let locks = locks.clone();
+            async move { locks.acquire("r", Duration::from_secs(30), Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        holder.release().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        no_locks_left(&fx).await;
+        assert!(locks.try_acquire("r", Duration::from_secs(1)).await.unwrap().is_some());
+    }
+
+    bad_leases_are_config_errors => |fx| {
+        let locks = Locks::new(fx.backend.clone());
+        for lease in [Duration::ZERO, Duration::from_millis(29), Duration::from_secs(400 * 86_400)] {
+            let err = locks.try_acquire("r", lease).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{lease:?}");
+        }
+        let err = locks.acquire("r", Duration::from_secs(1), Duration::MAX).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(fx.keys("lock:*").is_empty());
+    }
+}
+
+/// A holder that dies (its process, here a runtime of its own with its
+/// own connection, gone without a release) blocks the resource for its
+/// lease only; the next holder's token is higher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_holder_is_replaced_after_its_lease_with_a_higher_token() {
+    for kind in [Kind::Redis, Kind::Memory] {
+        let fx = TestBackend::new(kind);
+        let lease = Duration::from_millis(500);
+        let crashed = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Runtime::new().unwrap();
+                    let token = runtime.block_on(async {
+                        let guard = Locks::new(second_instance(&fx))
+                            .try_acquire("r", lease)
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        let token = guard.fencing_token();
+                        std::mem::forget(guard);
+                        token
+                    });
+                    runtime.shutdown_background();
+                    token
+                })
+                .join()
+                .unwrap()
+        });
+        let locks = Locks::new(fx.backend.clone());
+        assert!(
+            locks.try_acquire("r", lease).await.unwrap().is_none(),
+            "held until its lease ends"
+        );
+        let started = std::time::Instant::now();
+        let next = locks
+            .acquire("r", lease, Duration::from_secs(3))
+            .await
+            .unwrap()
+            .expect("free once the lease ended");
+        assert!(
+            started.elapsed() < Duration::from_millis(800),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            next.fencing_token() > crashed,
+            "{} > {crashed}",
+            next.fencing_token()
+        );
+    }
+}
+
+/// What a lock sends to Redis: one script to take it, one to give it up.
+#[tokio::test]
+async fn an_uncontended_lock_is_one_call_to_take_and_one_to_release() {
+    let fx = TestBackend::new(Kind::Redis);
+    let locks = Locks::new(fx.backend.clone());
+    // Load the scripts: the steady state is one EVALSHA each.
+    locks
+        .try_acquire("warm", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let mut monitor = support::Monitor::start(fx.server());
+    let guard = locks
+        .try_acquire("report-42", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(monitor.take(), ["evalsha"]);
+    assert!(guard.release().await.unwrap());
+    assert_eq!(monitor.take(), ["evalsha"]);
+    // Only the counters stay (kept a day); names hide the resource.
+    let keys = fx.keys("lock:*");
+    assert_eq!(keys.len(), 2, "the two resources' counters: {keys:?}");
+    for key in &keys {
+        assert!(key.ends_with(":n") && !key.contains("report"), "{keys:?}");
+        let ttl: i64 = fx.server().cmd(&["PTTL", key]);
+        assert!(ttl > 86_000_000, "a counter is kept a day: {ttl}");
+    }
+}
+
+/// An acquire whose call is on its way when the request is dropped (here
+/// held up by a paused Redis): once the call lands, the lock it took is
+/// given up, not left for a whole lease.
+#[tokio::test]
+async fn an_acquire_dropped_mid_call_gives_up_what_it_took() {
+    let fx = TestBackend::new(Kind::Redis);
+    let locks = Locks::new(fx.backend.clone());
+    // Scripts loaded first (the paused call is then one EVALSHA).
+    drop(
+        locks
+            .try_acquire("warm", Duration::from_secs(1))
+            .await
+            .unwrap(),
+    );
+    let _: () = fx.server().cmd(&["CLIENT", "PAUSE", "400", "WRITE"]);
+    let attempt = tokio::time::timeout(
+        Duration::from_millis(100),
+        locks.try_acquire("r", Duration::from_secs(30)),
+    )
+    .await;
+    assert!(attempt.is_err(), "still waiting on the paused server");
+    // The pause ends; the call lands and takes the lock; it is given up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    no_locks_left(&fx).await;
+    assert!(locks
+        .try_acquire("r", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .is_some());
+}
+
+mod layer {
+    use super::*;
+    use axum::body::Body;
+    use axum::extract::{Extension, State};
+    use axum::http::{Request, StatusCode};
+    use axum::routing::post;
+    use axum::Router;
+    use http_body_util::BodyExt;
+    use redis_layers::lock::{LockHandle, LockKey, LockLayer};
+    use tower::ServiceExt;
+
+    /// Who is inside the handler, and how often two were.
+    #[derive(Clone, Default)]
+    struct Inside {
+        now: Arc<AtomicU64>,
+        overlaps: Arc<AtomicU64>,
+        runs: Arc<AtomicU64>,
+    }
+
+    /// `POST /jobs/{id}`: takes `hold` inside, answers the fencing token.
+    fn app(layer: LockLayer, inside: &Inside, hold: Duration) -> Router {
+        Router::new()
+            .route(
+                "/jobs/{id}",
+                post(
+                    move |State(inside): State<Inside>, Extension(lock): Extension<LockHandle>| async move {
+                        if inside.now.fetch_add(1, Ordering::SeqCst) > 0 {
+                            inside.overlaps.fetch_add(1, Ordering::SeqCst);
+                        }
+                        inside.runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(hold).await;
+                        inside.now.fetch_sub(1, Ordering::SeqCst);
+                        lock.fencing_token().to_string()
+                    },
+                ),
+            )
+            .with_state(inside.clone())
+            .layer(layer)
+    }
+
+    async fn post_to(
+        app: &Router,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        let mut req = Request::post(path);
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let res = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (status, headers) = (res.status(), res.headers().clone());
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    support::both_backends! { TestBackend::new;
+        requests_on_one_resource_run_one_at_a_time_across_two_instances => |fx| {
+            let inside = Inside::default();
+            let layer = |backend: Backend| {
+                LockLayer::builder(backend, LockKey::path())
+                    .wait(Duration::from_secs(30))
+                    .build()
+                    .unwrap()
+            };
+            let apps = [
+                app(layer(fx.backend.clone()), &inside, Duration::from_millis(5)),
+                app(layer(second_instance(&fx)), &inside, Duration::from_millis(5)),
+            ];
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..50 {
+                let app = apps[i % 2].clone();
+                tasks.spawn(async move { post_to(&app, "/jobs/1", &[]).await });
+            }
+            let mut tokens = Vec::new();
+            while let Some(done) = tasks.join_next().await {
+                let (status, _, body) = done.unwrap();
+                assert_eq!(status, StatusCode::OK, "{body}");
+                tokens.push(body.parse::<u64>().unwrap());
+            }
+            assert_eq!(inside.overlaps.load(Ordering::SeqCst), 0);
+            assert_eq!(inside.runs.load(Ordering::SeqCst), 50);
+            tokens.sort_unstable();
+            tokens.dedup();
+            assert_eq!(tokens.len(), 50, "a token per holder");
+            no_locks_left(&fx).await;
+        }
+
+        a_resource_still_locked_after_the_wait_is_refused_with_retry_after => |fx| {
+            let inside = Inside::default();
+            let layer = LockLayer::builder(fx.backend.clone(), LockKey::path())
+                .lease(Duration::from_secs(4))
+                .build()
+                .unwrap();
+            let app = app(layer, &inside, Duration::from_millis(400));
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..10 {
+                let app = app.clone();
+                tasks.spawn(async move { post_to(&app, "/jobs/7", &[]).await });
+            }
+            let (mut ok, mut refused) = (0, 0);
+            while let Some(done) = tasks.join_next().await {
+                let (status, headers, body) = done.unwrap();
+                match status {
+                    StatusCode::OK => ok += 1,
+                    StatusCode::CONFLICT => {
+                        refused += 1;
+                        assert_eq!(headers["content-type"], "application/problem+json");
+                        let after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+                        assert!((1..=4).contains(&after), "{after}");
+                        assert!(body.contains("Resource locked"), "{body}");
+                    }
+                    other => panic!("{other}: {body}"),
+                }
+            }
+            assert_eq!((ok, refused), (1, 9));
+            // Another resource is not held up.
+            assert_eq!(post_to(&app, "/jobs/8", &[]).await.0, StatusCode::OK);
+            // 423 when asked for, and a refusal of one's own.
+            let layer = LockLayer::builder(fx.backend.clone(), LockKey::named("one"))
+                .status(StatusCode::LOCKED)
+                .build()
+                .unwrap();
+            let locked = app_with(layer, Duration::from_millis(300));
+            let first = tokio::spawn({
+                let locked = locked.clone();
+                async move { post_to(&locked, "/jobs/1", &[]).await }
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(post_to(&locked, "/jobs/2", &[]).await.0, StatusCode::LOCKED, "one lock for every path");
+            assert_eq!(first.await.unwrap().0, StatusCode::OK);
+        }
+
+        a_request_naming_no_resource_is_400 => |fx| {
+            let inside = Inside::default();
+            let layer = LockLayer::builder(fx.backend.clone(), LockKey::header("x-account")).build().unwrap();
+            let app = app(layer, &inside, Duration::ZERO);
+            let (status, headers, _) = post_to(&app, "/jobs/1", &[]).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert_eq!(headers["content-type"], "application/problem+json");
+            assert_eq!(inside.runs.load(Ordering::SeqCst), 0);
+            assert_eq!(post_to(&app, "/jobs/1", &[("x-account", "a")]).await.0, StatusCode::OK);
+            no_locks_left(&fx).await;
+        }
+    }
+
+    fn app_with(layer: LockLayer, hold: Duration) -> Router {
+        app(layer, &Inside::default(), hold)
+    }
+
+    #[test]
+    fn bad_settings_are_refused_at_build() {
+        let backend = redis_layers::memory::MemoryBackend::new();
+        for builder in [
+            LockLayer::builder(backend.clone(), LockKey::path()).lease(Duration::from_millis(5)),
+            LockLayer::builder(backend.clone(), LockKey::path()).wait(Duration::MAX),
+            LockLayer::builder(backend.clone(), LockKey::path()).status(StatusCode::OK),
+        ] {
+            assert_eq!(builder.build().unwrap_err().kind(), ErrorKind::Config);
+        }
+    }
+
+    /// A store that cannot be reached: 503, and the handler never runs
+    /// without the lock.
+    #[tokio::test]
+    async fn a_failing_store_is_503_and_the_handler_does_not_run() {
+        let mut fx = TestBackend::with_deadline(Kind::Redis, Duration::from_millis(300));
+        let inside = Inside::default();
+        let layer = LockLayer::builder(fx.backend.clone(), LockKey::path())
+            .build()
+            .unwrap();
+        let app = app(layer, &inside, Duration::ZERO);
+        fx.server.as_mut().unwrap().kill();
+        let started = std::time::Instant::now();
+        let (status, headers, _) = post_to(&app, "/jobs/1", &[]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(inside.runs.load(Ordering::SeqCst), 0);
+    }
+}
