@@ -299,6 +299,32 @@ async fn two_instances_share_one_redis() {
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.body, first.body);
 
+    // New orders of one account run one at a time across both instances
+    // (each takes the demo's 150 ms): four at once take four turns.
+    let started = std::time::Instant::now();
+    let orders = (0..4).map(|i| {
+        let addr = if i % 2 == 0 { a } else { b };
+        let key = format!("turn-{i}");
+        async move {
+            let h = [
+                ("X-API-Key", "gamma"),
+                ("Idempotency-Key", key.as_str()),
+                ("Content-Type", "application/json"),
+            ];
+            Client::new(addr)
+                .send("POST", "/api/orders", &h, "{\"item\":1}")
+                .await
+                .status
+        }
+    });
+    let statuses = futures_util::future::join_all(orders).await;
+    assert_eq!(statuses, [201; 4]);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(600),
+        "one at a time: {:?}",
+        started.elapsed()
+    );
+
     // The rate limit is one budget across both.
     let mut statuses = Vec::new();
     for i in 0..11 {

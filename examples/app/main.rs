@@ -36,6 +36,10 @@
 //! order, a concurrent duplicate gets 409, another body with the same key
 //! 422:
 //! `curl -si -X POST -H 'X-API-Key: demo' -H 'Idempotency-Key: "o-1"' -H 'Content-Type: application/json' -d '{"item":1}' localhost:3000/api/orders`
+//!
+//! Locks: new orders of one API account run one at a time across every
+//! instance (`LockLayer` keyed by `X-API-Key`); a concurrent one waits up
+//! to 2 s, then gets 409 with `Retry-After`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

@@ -11,6 +11,7 @@ use axum::Extension;
 use axum::Router;
 use redis_layers::cache::{CacheLayer, Purger};
 use redis_layers::idempotency::{Fence, IdempotencyLayer, Scope};
+use redis_layers::lock::{LockKey, LockLayer};
 use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
 use redis_layers::session::{Session, SessionError, SessionLayer};
 use redis_layers::{Backend, ErrorKind, FailurePolicy, Problem};
@@ -120,6 +121,17 @@ pub fn router(
             // Keys belong to the API key that sent them; only known API
             // keys get as far as a stored record.
             post(create_order)
+                // One new order at a time per API account, across every
+                // instance (a real shop checks stock and writes the order
+                // without another checkout of the account in between);
+                // others wait up to 2 s, then get 409. Inside the
+                // idempotency layer: a replay takes no lock.
+                .layer::<_, std::convert::Infallible>(
+                    LockLayer::builder(backend.clone(), LockKey::header("x-api-key"))
+                        .lease(std::time::Duration::from_secs(10))
+                        .wait(std::time::Duration::from_secs(2))
+                        .build()?,
+                )
                 .layer(
                     IdempotencyLayer::builder(backend.clone(), Scope::header("x-api-key"))
                         .max_body(MAX_BODY_BYTES)

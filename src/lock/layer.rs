@@ -355,7 +355,8 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
