@@ -304,6 +304,53 @@ fn orders_router(backend: impl redis_layers::idempotency::IdempotencyStore) -> R
         .layer(IdempotencyLayer::new(backend, Scope::header("x-api-key")))
 }
 
+/// Each task locking a resource of its own (uncontended) on Redis: with
+/// `Locks` in the handler (take, then release: two small scripts), or
+/// with a `LockLayer` around a trivial handler (the same two calls).
+async fn lock_target(ctx: Ctx, layer: bool) -> Target {
+    use redis_layers::lock::{LockKey, LockLayer, Locks};
+    let backend = bench_backend(&ctx, format!("{}-lock", ctx.prefix));
+    let router = if layer {
+        Router::new().route("/", get(|| async { "done" })).layer(
+            LockLayer::builder(backend, LockKey::header("x-task"))
+                .build()
+                .unwrap(),
+        )
+    } else {
+        Router::new()
+            .route(
+                "/",
+                get(
+                    |State(locks): State<Locks>, headers: http::HeaderMap| async move {
+                        let resource = headers["x-task"].to_str().unwrap().to_owned();
+                        let guard = locks
+                            .try_acquire(&resource, Duration::from_secs(10))
+                            .await
+                            .unwrap()
+                            .expect("uncontended");
+                        assert!(guard.release().await.unwrap());
+                        "done"
+                    },
+                ),
+            )
+            .with_state(Locks::new(backend))
+    };
+    // Task names built once: a client's formatting is not the layer's cost.
+    let tasks: Arc<Vec<http::HeaderValue>> = Arc::new(
+        (0..ctx.concurrency)
+            .map(|t| http::HeaderValue::try_from(format!("task-{t}")).unwrap())
+            .collect(),
+    );
+    let request: Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> =
+        Arc::new(move |task, _| {
+            let mut req = Request::get("/").body(Body::empty()).unwrap();
+            req.headers_mut()
+                .insert("x-task", tasks[task % tasks.len()].clone());
+            req
+        });
+    Target { router, request }
+}
+
 /// POSTs to `/orders` behind an idempotency layer (on Redis, or on the
 /// memory backend): a new key each time (`first`), or each task's own key,
 /// completed once before the run (a replay).
@@ -697,6 +744,16 @@ fn scenarios() -> Vec<Scenario> {
         },
         // A retried POST answered from its idempotency record: one claim
         // (a plain SET NX GET) that returns the record.
+        // A lock taken and released, uncontended: two small scripts.
+        Scenario {
+            name: "lock-uncontended",
+            build: |ctx| Box::pin(lock_target(ctx, false)),
+        },
+        // The same through a LockLayer around a trivial handler.
+        Scenario {
+            name: "lock-layer",
+            build: |ctx| Box::pin(lock_target(ctx, true)),
+        },
         Scenario {
             name: "idempotency-replay",
             build: |ctx| Box::pin(idempotency_target(ctx, false, false)),

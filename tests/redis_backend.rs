@@ -499,3 +499,50 @@ async fn until_counter(server: &RedisServer, key: &str, want: i64, why: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// During a long pause, calls keep coming and each new connection times
+/// out too; a connection is retired only after three deadlines missed on
+/// it, not after three missed by calls sent on connections already
+/// retired (which would retire every new connection at once, each kept
+/// open for the late-answer grace: one connection per few calls).
+#[tokio::test]
+async fn a_long_pause_retires_connections_by_their_own_timeouts() {
+    let server = RedisServer::start();
+    let b = RedisBackend::builder()
+        .url(server.url())
+        .prefix(support::unique_prefix("pause"))
+        .multiplexed_connections(1)
+        .deadline(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let key = b.namespace().key(&["k"]);
+    b.get(&key).await.unwrap();
+    let connections = |server: &RedisServer| -> u64 {
+        let info: String = server.cmd(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    };
+    let before = connections(&server);
+    let _: () = server.cmd(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    // 60 writes over 1.2 s, each timing out.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..60 {
+        let (b, key) = (b.clone(), key.clone());
+        calls.spawn(async move { b.set(&key, b"x", None).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while let Some(call) = calls.join_next().await {
+        assert_eq!(call.unwrap().unwrap_err().kind(), ErrorKind::Timeout);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The admin connections of this test count too (one per command).
+    let opened = connections(&server) - before;
+    assert!(
+        opened <= 14,
+        "{opened} connections opened for 60 timed-out calls"
+    );
+    // And the backend works once the pause is over.
+    b.set(&key, b"y", None).await.unwrap();
+}

@@ -99,8 +99,12 @@ impl RedisBackend {
         let deadline = self.inner.deadline;
         let lanes = &self.inner.lanes;
         let index = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % lanes.len();
+        // The connection the call went out on (0: none yet), so that its
+        // timeout counts against that connection only.
+        let sent_on = AtomicU64::new(0);
         let attempt = async {
             let checkout = self.checkout(index).await?;
+            sent_on.store(checkout.generation, Ordering::Relaxed);
             work(checkout).await
         };
         match tokio::time::timeout(deadline, attempt).await {
@@ -109,7 +113,7 @@ impl RedisBackend {
                 result
             }
             Err(_) => {
-                lanes[index].timed_out();
+                lanes[index].timed_out(sent_on.load(Ordering::Relaxed));
                 Err(Error::timeout(deadline))
             }
         }
@@ -137,11 +141,10 @@ impl RedisBackend {
         let index = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % lanes.len();
         let checkout = match tokio::time::timeout_at(until, self.checkout(index)).await {
             Ok(checkout) => checkout?,
-            Err(_) => {
-                lanes[index].timed_out();
-                return Err(Error::timeout(deadline));
-            }
+            // Still connecting: no connection to count against.
+            Err(_) => return Err(Error::timeout(deadline)),
         };
+        let sent_on = checkout.generation;
         // Boxed so that it can move into a task of its own if it runs late.
         let mut work = Box::pin(work(checkout));
         match tokio::time::timeout_at(until, &mut work).await {
@@ -150,7 +153,7 @@ impl RedisBackend {
                 result
             }
             Err(_) => {
-                lanes[index].timed_out();
+                lanes[index].timed_out(sent_on);
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(async move {
                         let _ = tokio::time::timeout(LATE_GRACE, work).await;
@@ -357,16 +360,20 @@ impl Lane {
         }
     }
 
-    /// A call missed its deadline; enough in a row drop the connection.
-    fn timed_out(&self) {
+    /// A call sent on the connection of `generation` (0: none, it was
+    /// still connecting) missed its deadline; enough in a row on the
+    /// current connection retire it. Timeouts of calls sent on a connection
+    /// already retired do not count: during a long pause they would retire
+    /// each new connection in turn, each kept open for [`LATE_GRACE`].
+    fn timed_out(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if !matches!(&*current, Some((g, _)) if *g == generation) {
+            return;
+        }
         if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_RECONNECT {
             self.timeouts.store(0, Ordering::Relaxed);
-            let old = self
-                .current
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some((_, conn)) = old {
+            if let Some((_, conn)) = current.take() {
+                drop(current);
                 retire(conn);
             }
         }
@@ -381,6 +388,8 @@ impl Lane {
 
     fn install(&self, conn: Conn) -> u64 {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        // A new connection has missed nothing yet.
+        self.timeouts.store(0, Ordering::Relaxed);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, conn));
         generation
     }
