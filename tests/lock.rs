@@ -506,3 +506,128 @@ mod layer {
         assert_eq!(inside.runs.load(Ordering::SeqCst), 0);
     }
 }
+
+mod redlock {
+    use super::*;
+    use redis_layers::lock::Redlock;
+    use support::RedisServer;
+
+    /// `n` independent servers and a backend on each (short deadlines:
+    /// a dead server must not hold the asking up).
+    fn servers(n: usize) -> (Vec<RedisServer>, Vec<Backend>) {
+        let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::start()).collect();
+        let prefix = support::unique_prefix("redlock");
+        let backends = servers
+            .iter()
+            .map(|s| {
+                redis_layers::redis::RedisBackend::builder()
+                    .url(s.url())
+                    .prefix(prefix.clone())
+                    .deadline(Duration::from_millis(200))
+                    .build()
+                    .unwrap()
+                    .into()
+            })
+            .collect();
+        (servers, backends)
+    }
+
+    const LEASE: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_majority_grants_it_and_a_second_holder_is_refused() {
+        let (_servers, backends) = servers(5);
+        let a = Redlock::new(backends.clone()).unwrap();
+        let b = Redlock::new(backends.clone()).unwrap();
+        assert_eq!(a.quorum(), 3);
+        let held = a.try_acquire("report", LEASE).await.unwrap().expect("free");
+        assert!(held.is_valid());
+        let left = held.valid_until() - tokio::time::Instant::now();
+        assert!(left > Duration::from_secs(9) && left < LEASE, "{left:?}");
+        assert!(b.try_acquire("report", LEASE).await.unwrap().is_none());
+        assert!(b.try_acquire("other", LEASE).await.unwrap().is_some());
+        assert_eq!(held.release().await, 5, "released on every server");
+        assert!(b.try_acquire("report", LEASE).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn five_servers_lock_with_two_down_and_not_with_three() {
+        let (mut servers, backends) = servers(5);
+        let redlock = Redlock::new(backends).unwrap();
+        servers[0].kill();
+        servers[1].kill();
+        let held = redlock
+            .try_acquire("r", LEASE)
+            .await
+            .unwrap()
+            .expect("3 of 5");
+        assert_eq!(held.release().await, 3);
+        servers[2].kill();
+        assert!(
+            redlock.try_acquire("r", LEASE).await.unwrap().is_none(),
+            "2 of 5"
+        );
+        // Nothing left held on the two that granted it.
+        for server in &servers[3..] {
+            let keys: Vec<String> = server.cmd(&["KEYS", "*:lock:*:o"]);
+            assert!(keys.is_empty(), "{keys:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn three_servers_lock_with_one_down_and_not_with_two() {
+        let (mut servers, backends) = servers(3);
+        let redlock = Redlock::new(backends).unwrap();
+        servers[2].kill();
+        let held = redlock
+            .try_acquire("r", LEASE)
+            .await
+            .unwrap()
+            .expect("2 of 3");
+        assert_eq!(held.release().await, 2);
+        servers[1].kill();
+        assert!(
+            redlock.try_acquire("r", LEASE).await.unwrap().is_none(),
+            "1 of 3"
+        );
+        servers[0].kill();
+        // Every server failing is an error, not a refusal.
+        assert!(redlock.try_acquire("r", LEASE).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn grants_short_of_a_majority_are_given_back() {
+        let (_servers, backends) = servers(5);
+        // Another owner holds it on three servers.
+        let mut others = Vec::new();
+        for backend in &backends[..3] {
+            others.push(
+                Locks::new(backend.clone())
+                    .try_acquire("r", LEASE)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        let redlock = Redlock::new(backends.clone()).unwrap();
+        assert!(redlock.try_acquire("r", LEASE).await.unwrap().is_none());
+        // The two it was granted are free again.
+        for backend in &backends[3..] {
+            assert!(Locks::new(backend.clone())
+                .try_acquire("r", LEASE)
+                .await
+                .unwrap()
+                .is_some());
+        }
+        drop(others);
+    }
+
+    #[tokio::test]
+    async fn fewer_than_three_servers_is_a_config_error() {
+        let (_servers, backends) = servers(2);
+        assert_eq!(
+            Redlock::new(backends).unwrap_err().kind(),
+            ErrorKind::Config
+        );
+    }
+}

@@ -95,8 +95,10 @@ use crate::lease::{self, Taken};
 use crate::Backend;
 
 mod layer;
+mod redlock;
 
 pub use layer::{LockKey, LockLayer, LockLayerBuilder, LockService, Locked, DEFAULT_LEASE};
+pub use redlock::{Redlock, RedlockGuard};
 
 /// How long a resource's fencing counter is kept past its last
 /// acquisition, at least (and always longer than the lease): a day.
