@@ -59,11 +59,13 @@
 //!
 //! Each acquisition gets a token higher than every earlier one of its
 //! resource: the last token plus one, or the store's time in
-//! microseconds if that is higher. The counter is kept a day past the
-//! last acquisition (and longer than the lease); after it expires, or
-//! after a failover lost its last write, the time keeps tokens rising, as
-//! long as the new primary's clock is not behind the old one's (an NTP
-//! step back of more than the time since the last token would break it).
+//! microseconds if that is higher. The counter is kept twice the lease
+//! past the last acquisition, at least a minute (so resources a client
+//! makes up, through a [`LockLayer`] keyed by path or header, cost keys
+//! for about that long only); after it expires, or after a failover lost
+//! its last write, the time keeps tokens rising, as long as the server's
+//! clock does not step back by more than the time since the resource's
+//! last lock (nor the new primary's clock lag the old one's by as much).
 //!
 //! A lock alone does not make work exclusive: a holder paused longer than
 //! its lease (a GC pause, a frozen VM) may still act after another took
@@ -101,8 +103,9 @@ pub use layer::{LockKey, LockLayer, LockLayerBuilder, LockService, Locked, DEFAU
 pub use redlock::{Redlock, RedlockGuard};
 
 /// How long a resource's fencing counter is kept past its last
-/// acquisition, at least (and always longer than the lease): a day.
-const COUNTER_FLOOR: Duration = Duration::from_secs(86_400);
+/// acquisition, at least (and always twice the lease): a minute. Tokens
+/// rise after it expires too (the server's time is their floor).
+const COUNTER_FLOOR: Duration = Duration::from_secs(60);
 /// The shortest lease: renewals come every third of it.
 const MIN_LEASE: Duration = Duration::from_millis(30);
 /// The longest lease (and wait): a year.
