@@ -22,7 +22,7 @@ use super::layer::{Config, Purger, CACHE_STATUS};
 use super::layout::{hash, hash_hex, Entry, MUST_REVALIDATE, NO_CACHE};
 use super::local::{Copied, ThreadCopy, MAX_LINE};
 use super::policy::{self, Unusable};
-use super::store::{Fill, FILL_HORIZON};
+use super::store::Fill;
 use crate::error::Error;
 
 /// Headers that describe one connection, never stored (RFC 9111 §3.1).
@@ -1108,7 +1108,7 @@ struct Lease {
 }
 
 impl Lease {
-    /// Takes the fill lease of `key` (`coalesce_wait` long, renewed while
+    /// Takes the fill lease of `key` ([`fill_lease`] long, renewed while
     /// held): `None` when another holds it; with the entry stored under
     /// `key` right after (in the same round trip).
     async fn take(
@@ -1117,10 +1117,7 @@ impl Lease {
     ) -> Result<(Option<Lease>, Option<Bytes>), Error> {
         let began = SystemTime::now();
         let holder = Lease::holder(began);
-        let (taken, entry) = config
-            .store
-            .lease(key, &holder, config.coalesce_wait)
-            .await?;
+        let (taken, entry) = config.store.lease(key, &holder, fill_lease(config)).await?;
         if !taken {
             return Ok((None, entry));
         }
@@ -1142,12 +1139,22 @@ impl Lease {
         Ok((Some(lease), entry))
     }
 
-    /// A token no other lease holds: this process, the time, a counter.
+    /// A token no other lease holds: a random number drawn once per
+    /// process (instances in containers often share a process id), the
+    /// time, a counter.
     fn holder(now: SystemTime) -> String {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let t = policy::unix_ms(now);
-        format!("{}-{t}-{n}", std::process::id())
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let base = *BASE.get_or_init(|| {
+            use std::hash::{BuildHasher, Hasher};
+            // RandomState is seeded from the operating system's random source.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.finish()
+        });
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        format!("{base:016x}-{}-{n}", policy::unix_ms(now))
     }
 
     fn fill(&self) -> Fill<'_> {
@@ -1155,19 +1162,36 @@ impl Lease {
     }
 }
 
+/// How long a fill lease lasts between renewals: `coalesce_wait`, at
+/// least [`MIN_FILL_LEASE`] (a lease shorter than a renewal's round trip
+/// would end under its fill).
+fn fill_lease(config: &Config) -> Duration {
+    config.coalesce_wait.max(MIN_FILL_LEASE)
+}
+
+/// The shortest fill lease: 1 s.
+const MIN_FILL_LEASE: Duration = Duration::from_secs(1);
+
+/// How long a fill may keep its lease (renewed): a minute, from before the
+/// handler ran to the end of its body (a client reading the body slowly
+/// holds the copy up). A fill slower than that is answered but not stored,
+/// and other instances may fill meanwhile.
+const MAX_FILL: Duration = Duration::from_secs(60);
+
 /// Keeps a fill lease while its fill runs (a handler or body slower than
-/// the lease), up to [`FILL_HORIZON`]: renewed every third of
-/// `coalesce_wait`, for `coalesce_wait`. Stops when the lease is no longer
-/// this holder's; aborted when the [`Lease`] drops.
+/// the lease), up to [`MAX_FILL`]: renewed every third of the lease. Stops
+/// when the lease is no longer this holder's; aborted when the [`Lease`]
+/// drops.
 async fn renew_lease(config: Arc<Config>, key: String, holder: String, began: SystemTime) {
-    let every = (config.coalesce_wait / 3).max(Duration::from_millis(10));
+    let lease = fill_lease(&config);
+    let every = lease / 3;
     loop {
         tokio::time::sleep(every).await;
-        if began.elapsed().unwrap_or_default() >= FILL_HORIZON {
+        if began.elapsed().unwrap_or_default() >= MAX_FILL {
             return;
         }
         // A failed renewal may be retried before the lease ends.
-        let renewed = config.store.renew(&key, &holder, config.coalesce_wait);
+        let renewed = config.store.renew(&key, &holder, lease);
         if let Ok(false) = renewed.await {
             return;
         }

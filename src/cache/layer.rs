@@ -267,10 +267,11 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// How long a miss waits for a concurrent miss of the same key on this
-    /// instance to store its response (default [`DEFAULT_COALESCE_WAIT`]);
-    /// then it looks again, and asks the handler itself if there is still
-    /// nothing.
+    /// How long a miss waits for a concurrent miss of the same key (on
+    /// this instance or another) to store its response (default
+    /// [`DEFAULT_COALESCE_WAIT`]); then it looks again, and asks the
+    /// handler itself if there is still nothing. Also the fill lease's
+    /// length (at least 1 s; renewed while a fill runs).
     pub fn coalesce_wait(mut self, wait: Duration) -> Self {
         self.coalesce_wait = wait;
         self

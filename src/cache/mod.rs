@@ -114,7 +114,9 @@
 //! runs the handler once per key at a time, across instances:
 //! on each instance the first miss leads and the others wait for it in
 //! process; the leader then takes a short fill lease in the store (`SET
-//! ... NX PX`, [`coalesce_wait`](CacheLayerBuilder::coalesce_wait) long).
+//! ... NX PX`, [`coalesce_wait`](CacheLayerBuilder::coalesce_wait) long,
+//! at least 1 s, renewed while its fill runs, for up to a minute: a fill
+//! slower than that, a slow client's body included, is not stored).
 //! The instance holding it asks the handler; the others look for the
 //! entry every 25 ms until it is there (`Cache-Status: ...; collapsed`),
 //! the lease ends, or the wait is over. A response that may not be stored
@@ -177,8 +179,13 @@
 //! while a fill runs, so a slow handler's response is still stored; a
 //! fill slower than [`FILL_HORIZON`] is not. A request that reaches the
 //! handler without the lease (the lease unavailable, or still held by a
-//! slow fill elsewhere past [`coalesce_wait`](CacheLayerBuilder::coalesce_wait))
-//! is answered and not stored.
+//! slow fill elsewhere past [`coalesce_wait`](CacheLayerBuilder::coalesce_wait);
+//! a waiter on this instance whose leader's response was not stored; a
+//! `HEAD`; a request made while the store fails) is answered and not
+//! stored. A purge marker must not be evicted before its ten minutes:
+//! the memory backend never evicts one; with Redis, prefer
+//! `maxmemory-policy noeviction` or enough memory (an evicted marker lets
+//! a fill that began before its purge be stored).
 //!
 //! [`Purger::purge_all`] purges everything without listing anything: every
 //! entry key is made under the store's generation (a counter, 0 until the

@@ -10,7 +10,8 @@
 -- KEYS[2]  the keys set aside for a purge of the tag (the same form; the
 --          same slot)
 -- KEYS[3]  when the tag's last purge began (Unix ms; the same slot): a
---          fill that began before it is not recorded in the tag (so not
+--          fill that began before it, or less than a second after (the
+--          clocks' margin), is not recorded in the tag (so not
 --          stored), since its response may predate what the purge
 --          announces, and the purge cannot find a fill still running
 -- ARGV[1]  '1' on a purge's first step, '0' on the next ones

@@ -120,9 +120,10 @@ pub trait CacheStore: Send + Sync + 'static {
     /// False, and the entry is not written (any entry already under `key`
     /// stays): when the lease is no longer the holder's (an invalidation
     /// or purge removed it: the response may predate it; or it expired);
-    /// when one of `tags` was purged since `fill` began (within a second:
-    /// clocks may differ by that much), or `fill` began more than
-    /// [`FILL_HORIZON`] ago; or when one of `tags` records
+    /// when one of `tags` was purged since `fill` began (or less than a
+    /// second after: clocks may differ by that much), or, for a tagged
+    /// entry, `fill` began more than [`FILL_HORIZON`] ago (a purge that
+    /// long ago is forgotten); or when one of `tags` records
     /// [`MAX_TAG_MEMBERS`] other live entries already (a purge of that tag
     /// could not find it). The other tags may have recorded `key`: a key
     /// whose entry is missing costs their purge a `DEL` that finds
@@ -364,10 +365,12 @@ impl CacheStore for RedisBackend {
     }
 
     async fn invalidate(&self, key: &str) -> Result<bool, Error> {
+        // The lease first: a fill writing between the two finds it gone
+        // (the other order would let it write after the entry's DEL).
         let mut pipe = ::redis::pipe();
-        pipe.cmd("DEL").arg(entry_key(self.namespace(), key));
         pipe.cmd("DEL").arg(lease_key(self.namespace(), key));
-        let (entries, _leases): (i64, i64) = self.pipeline(&pipe).await?;
+        pipe.cmd("DEL").arg(entry_key(self.namespace(), key));
+        let (_leases, entries): (i64, i64) = self.pipeline(&pipe).await?;
         Ok(entries > 0)
     }
 

@@ -25,7 +25,9 @@
 local now = now_ms()
 local margin = tonumber(ARGV[3])
 local began = tonumber(ARGV[5])
-local purged = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+-- Unreadable: as if purged now.
+local raw = redis.call('GET', KEYS[2])
+local purged = raw and (tonumber(raw) or math.huge) or 0
 if began + tonumber(ARGV[6]) <= now + margin or purged + margin >= began then
   return -2
 end

@@ -94,11 +94,8 @@ fn acquire_in_memory(
             let left = ks.ttl(keys.lease).flatten().unwrap_or_default();
             return Ok(Taken::Held(left));
         }
-        ks.set(
-            keys.lease,
-            Value::Bytes(owner.as_bytes().to_vec()),
-            Some(lease.max(Duration::from_millis(1))),
-        )?;
+        // The counter first: a lease write refused (a full keyspace) then
+        // leaves no lock without an owner who knows of it.
         let last = match ks.get(keys.counter) {
             None => 0,
             Some(Value::Bytes(raw)) => std::str::from_utf8(raw)
@@ -113,6 +110,11 @@ fn acquire_in_memory(
             keys.counter,
             Value::Bytes(token.to_string().into_bytes()),
             Some(counter_ttl.max(Duration::from_millis(1))),
+        )?;
+        ks.set(
+            keys.lease,
+            Value::Bytes(owner.as_bytes().to_vec()),
+            Some(lease.max(Duration::from_millis(1))),
         )?;
         Ok(Taken::Token(token))
     })

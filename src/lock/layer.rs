@@ -65,8 +65,12 @@ impl LockKey {
         }
     }
 
-    /// The request's path (with its parameters: `/tenants/7/migrate` and
-    /// `/tenants/8/migrate` are two resources).
+    /// The request's path as sent (with its parameters: `/tenants/7/migrate`
+    /// and `/tenants/8/migrate` are two resources). Other spellings of one
+    /// path (`/tenants/07/migrate`, `/tenants/%37/migrate`) are other
+    /// resources here though a typed extractor reads them alike: where
+    /// that matters, key on the parsed parameter with
+    /// [`custom`](Self::custom), or redirect other spellings first.
     pub fn path() -> Self {
         LockKey {
             kind: KeyKind::Path,
@@ -105,25 +109,30 @@ impl LockKey {
     }
 
     /// The resource `parts` names, with its kind (so a header value never
-    /// meets an equal path): `None` when it names none.
-    async fn of(&self, parts: &Parts) -> Option<String> {
-        match &self.kind {
+    /// meets an equal path): `None` when it names none; an error when the
+    /// session store failed.
+    async fn of(&self, parts: &Parts) -> Result<Option<String>, Error> {
+        Ok(match &self.kind {
             KeyKind::Named(name) => Some(format!("named:{name}")),
             KeyKind::Path => Some(format!("path:{}", parts.uri.path())),
-            KeyKind::Header(name) => {
-                let value = parts.headers.get(name)?;
+            KeyKind::Header(name) => parts.headers.get(name).map(|value| {
                 let mut out = String::from("header:");
                 crate::digest::push_hex(&mut out, value.as_bytes());
-                Some(out)
-            }
+                out
+            }),
             KeyKind::Custom(f) => f(parts).map(|s| format!("custom:{s}")),
             #[cfg(feature = "session")]
             KeyKind::SessionUser => {
-                let session = parts.extensions.get::<crate::session::Session>()?;
-                let user = Box::pin(session.user()).await.ok()??;
-                Some(format!("user:{user}"))
+                let Some(session) = parts.extensions.get::<crate::session::Session>() else {
+                    return Ok(None);
+                };
+                let user = Box::pin(session.user()).await.map_err(|e| match e {
+                    crate::session::SessionError::Store(e) => e,
+                    other => Error::new(crate::error::ErrorKind::Internal, other.to_string()),
+                })?;
+                user.map(|user| format!("user:{user}"))
             }
-        }
+        })
     }
 }
 
@@ -382,7 +391,14 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     let (mut parts, body) = req.into_parts();
-    let Some(resource) = config.key.of(&parts).await else {
+    let resource = match config.key.of(&parts).await {
+        Ok(resource) => resource,
+        Err(e) => {
+            tracing::error!(error = %e, "session store failed; no lock taken");
+            return Ok(Problem::store_failure("session", &e).to_response());
+        }
+    };
+    let Some(resource) = resource else {
         return Ok(Problem::new(
             StatusCode::BAD_REQUEST,
             "No lock resource",

@@ -221,7 +221,22 @@ impl Locks {
             key: keys.lease.clone(),
             owner: owner.clone(),
         };
-        match pending.answer().await? {
+        let answer = match pending.answer().await {
+            Ok(answer) => answer,
+            Err(e) => {
+                // A call that timed out may still land and take the lock:
+                // give it up (owner-checked) should it have.
+                let (backend, key) = (self.backend.clone(), keys.lease.clone());
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let _ = lease::release(&backend, &key, &owner).await;
+                    });
+                }
+                return Err(e);
+            }
+        };
+        match answer {
             Taken::Held(left) => Ok(Attempt::Held(left)),
             Taken::Token(token) => Ok(Attempt::Taken(LockGuard::start(
                 self.backend.clone(),
@@ -378,7 +393,7 @@ impl LockHandle {
     }
 
     /// Resolves when the lock is lost; never while it is held (see
-    /// [`LockGuard::lost`]).
+    /// [`LockGuard::lost`]), nor once its guard released it.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut lost = self.lost.clone();
         async move {
@@ -453,8 +468,12 @@ impl LockGuard {
     /// was left alone).
     pub async fn release(mut self) -> Result<bool, Error> {
         self.renewing.abort();
+        let released =
+            lease::release(&self.inner.backend, &self.inner.key, &self.inner.owner).await;
+        // Only now: dropped before the answer (a cancelled request), the
+        // guard's drop gives the lock up again, owner-checked.
         self.released = true;
-        lease::release(&self.inner.backend, &self.inner.key, &self.inner.owner).await
+        released
     }
 }
 
@@ -477,26 +496,31 @@ impl Drop for LockGuard {
 
 /// Renews the lock every third of `lease` until aborted; marks it lost
 /// (and stops) when a renewal finds it is no longer this owner's, or when
-/// none succeeded for a whole lease.
+/// the lease since the last renewal that succeeded (counted from when it
+/// was sent) ran out without another succeeding.
 async fn renew(inner: Arc<GuardInner>, lease: Duration, lost: watch::Sender<bool>) {
     let every = lease / 3;
-    let mut last_held = tokio::time::Instant::now();
+    // When the lease surely ends unless renewed: the acquisition was sent
+    // before now.
+    let mut ends = tokio::time::Instant::now() + lease;
     loop {
         tokio::time::sleep(every).await;
-        match lease::renew(&inner.backend, &inner.key, &inner.owner, lease).await {
-            Ok(true) => last_held = tokio::time::Instant::now(),
-            Ok(false) => {
+        let sent = tokio::time::Instant::now();
+        let renewal = lease::renew(&inner.backend, &inner.key, &inner.owner, lease);
+        match tokio::time::timeout_at(ends, renewal).await {
+            Ok(Ok(true)) => ends = sent + lease,
+            Ok(Ok(false)) => {
                 tracing::warn!("lock lost: a renewal found it gone or taken");
                 lost.send_replace(true);
                 return;
             }
-            Err(e) => {
+            Ok(Err(e)) if tokio::time::Instant::now() < ends => {
                 tracing::warn!(error = %e, "lock not renewed; trying again");
-                if last_held.elapsed() >= lease {
-                    tracing::warn!("lock lost: not renewed for a whole lease");
-                    lost.send_replace(true);
-                    return;
-                }
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!("lock lost: not renewed within its lease");
+                lost.send_replace(true);
+                return;
             }
         }
     }

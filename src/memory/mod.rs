@@ -51,7 +51,7 @@
 //! |---|---|---|
 //! | sessions and users' session lists | all of it | only to make room for another session (the one nearest expiry, so the least recently active) |
 //! | rate-limit counters | at most 1/4 | never: past the share a new counter is refused ([`ErrorKind::Capacity`], and the rule's store-failure policy applies), so no flood of made-up clients resets a login throttle |
-//! | idempotency records and locks (together) | at most 1/4 | never: past the share a new key is refused (503), so no flood of made-up keys makes a completed request run again |
+//! | idempotency records, held locks and cache purge markers (together) | at most 1/4 | never: past the share a new key is refused (503), so no flood of made-up keys makes a completed request run again |
 //! | cache entries and tags, and keys of your own | all of it | first, by any new key, nearest expiry first |
 //!
 //! When the keyspace is full, expired keys go first, then the disposable
@@ -139,9 +139,14 @@ impl Class {
         match capability {
             Some("session" | "session-user") => Class::Session,
             Some("rl") => Class::RateLimit,
-            // Locks are never evicted either (an evicted lock is two
-            // holders): they count with the idempotency records.
-            Some("idem" | "lock") => Class::Idempotency,
+            Some("idem") => Class::Idempotency,
+            // A lock's fencing counter may go (its tokens keep rising on
+            // the clock); a lock may not (an evicted lock is two holders).
+            Some("lock") if key.ends_with(":n") => Class::Disposable,
+            Some("lock") => Class::Idempotency,
+            // When a tag's last purge began: evicted, it would let a fill
+            // that began before the purge be stored.
+            Some("cache-tag") if key.ends_with(":purged") => Class::Idempotency,
             _ => Class::Disposable,
         }
     }
@@ -634,6 +639,18 @@ mod tests {
 
     fn bytes(s: &str) -> Value {
         Value::Bytes(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn what_must_not_be_evicted_is_told_by_name() {
+        let of = |key: &str| Class::of("app", key);
+        assert_eq!(of("app:lock:{ab}:o"), Class::Idempotency, "a held lock");
+        assert_eq!(of("app:lock:{ab}:n"), Class::Disposable, "its counter");
+        assert_eq!(of("app:cache-tag:{t}:purged"), Class::Idempotency);
+        assert_eq!(of("app:cache-tag:{t}"), Class::Disposable);
+        assert_eq!(of("app:cache:{ab}:e"), Class::Disposable);
+        assert_eq!(of("app:idem:{ab}:r"), Class::Idempotency);
+        assert_eq!(of("app:session:x"), Class::Session);
     }
 
     #[tokio::test(start_paused = true)]

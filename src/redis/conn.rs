@@ -388,9 +388,11 @@ impl Lane {
 
     fn install(&self, conn: Conn) -> u64 {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        // A new connection has missed nothing yet.
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        // A new connection has missed nothing yet (reset under the lock
+        // that `timed_out` counts under).
         self.timeouts.store(0, Ordering::Relaxed);
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, conn));
+        *current = Some((generation, conn));
         generation
     }
 

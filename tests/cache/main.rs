@@ -1314,7 +1314,7 @@ support::both_backends! { fixture;
     }
 
     a_fill_slower_than_its_lease_keeps_it_and_is_stored => |fx| {
-        // The lease lasts coalesce_wait (150 ms); the fill takes 600 ms.
+        // The lease lasts coalesce_wait, at least 1 s; the fill takes 1.6 s.
         let layer = fx.builder().coalesce_wait(Duration::from_millis(150)).build().unwrap();
         let gate = Gate::default();
         let a = gated_app(layer, &gate);
@@ -1323,7 +1323,7 @@ support::both_backends! { fixture;
             async move { get(&a, "/gated").await }
         });
         gate.started(1).await;
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(1_600)).await;
         gate.open();
         assert_eq!(slow.await.unwrap().body, "v0");
         fx.stored(1).await;
