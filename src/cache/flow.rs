@@ -466,7 +466,7 @@ async fn find(
 }
 
 /// Whether `entry` may answer a request with directives `d` ([`policy::usable`]),
-/// where an entry stored at or after `since` (the request waited on
+/// where an entry stored after `since` (the request waited on
 /// another request's fetch meanwhile) counts as validated: it is as fresh
 /// as asking the handler again would be, so a request's `no-cache` or
 /// `max-age=0` is met by the fetch it shared, and concurrent such requests
@@ -477,8 +477,10 @@ fn usable_since(
     d: &Directives,
     since: Option<u64>,
 ) -> Result<(), Unusable> {
+    // Strictly after: both are whole milliseconds, and an entry stored in
+    // the millisecond the request arrived may have been stored before it.
     match since {
-        Some(since) if entry.stored_at >= since => {
+        Some(since) if entry.stored_at > since => {
             policy::usable(entry, age, &Directives::default())
         }
         _ => policy::usable(entry, age, d),
@@ -1121,13 +1123,21 @@ impl Lease {
         if !taken {
             return Ok((None, entry));
         }
-        let renewing = tokio::spawn(renew_lease(
-            config.clone(),
-            key.to_owned(),
-            holder.clone(),
-            began,
-        ))
-        .abort_handle();
+        // Renewed while the fill runs, for at most MAX_FILL; a lease lost
+        // shows when its write is refused (no one listens to `lost`).
+        let renewing = {
+            let (config, key, holder) = (config.clone(), key.to_owned(), holder.clone());
+            let lease = fill_lease(&config);
+            crate::lease::keep_renewed(
+                lease,
+                Some(MAX_FILL),
+                move || {
+                    let (config, key, holder) = (config.clone(), key.clone(), holder.clone());
+                    async move { config.store.renew(&key, &holder, lease).await }
+                },
+                tokio::sync::watch::channel(false).0,
+            )
+        };
         let lease = Lease {
             config: config.clone(),
             key: key.to_owned(),
@@ -1177,26 +1187,6 @@ const MIN_FILL_LEASE: Duration = Duration::from_secs(1);
 /// holds the copy up). A fill slower than that is answered but not stored,
 /// and other instances may fill meanwhile.
 const MAX_FILL: Duration = Duration::from_secs(60);
-
-/// Keeps a fill lease while its fill runs (a handler or body slower than
-/// the lease), up to [`MAX_FILL`]: renewed every third of the lease. Stops
-/// when the lease is no longer this holder's; aborted when the [`Lease`]
-/// drops.
-async fn renew_lease(config: Arc<Config>, key: String, holder: String, began: SystemTime) {
-    let lease = fill_lease(&config);
-    let every = lease / 3;
-    loop {
-        tokio::time::sleep(every).await;
-        if began.elapsed().unwrap_or_default() >= MAX_FILL {
-            return;
-        }
-        // A failed renewal may be retried before the lease ends.
-        let renewed = config.store.renew(&key, &holder, lease);
-        if let Ok(false) = renewed.await {
-            return;
-        }
-    }
-}
 
 impl Drop for Lease {
     fn drop(&mut self) {

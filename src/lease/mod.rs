@@ -180,6 +180,58 @@ pub(crate) async fn release_on_redis(
     Ok(released == 1)
 }
 
+/// Keeps a lease renewed in a task of its own: `renew` (an owner-checked
+/// extension to `lease` from now, true while still held) every third of
+/// `lease`, for at most `max` from now. The task ends, sending `true` on
+/// `lost`, when a renewal finds the lease no longer held, or when none
+/// succeeded within the lease since the last one that did (counted from
+/// when it was sent); at `max` it ends quietly. Abort it (the returned
+/// handle) when the lease is given up. The lock guard and the cache's
+/// fill lease both hold their leases so.
+#[allow(dead_code)]
+pub(crate) fn keep_renewed<F, Fut>(
+    lease: Duration,
+    max: Option<Duration>,
+    renew: F,
+    lost: tokio::sync::watch::Sender<bool>,
+) -> tokio::task::AbortHandle
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<bool, Error>> + Send,
+{
+    let start = tokio::time::Instant::now();
+    let every = lease / 3;
+    let task = async move {
+        // When the lease surely ends unless renewed: it was taken before
+        // now.
+        let mut ends = start + lease;
+        loop {
+            tokio::time::sleep(every).await;
+            if max.is_some_and(|max| start.elapsed() >= max) {
+                return;
+            }
+            let sent = tokio::time::Instant::now();
+            match tokio::time::timeout_at(ends, renew()).await {
+                Ok(Ok(true)) => ends = sent + lease,
+                Ok(Ok(false)) => {
+                    tracing::warn!("lease lost: a renewal found it gone or taken");
+                    lost.send_replace(true);
+                    return;
+                }
+                Ok(Err(e)) if tokio::time::Instant::now() < ends => {
+                    tracing::warn!(error = %e, "lease not renewed; trying again");
+                }
+                Ok(Err(_)) | Err(_) => {
+                    tracing::warn!("lease lost: not renewed within its time");
+                    lost.send_replace(true);
+                    return;
+                }
+            }
+        }
+    };
+    tokio::spawn(task).abort_handle()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -431,7 +431,18 @@ impl LockGuard {
             token,
         });
         let (tx, lost) = watch::channel(false);
-        let renewing = tokio::spawn(renew(inner.clone(), lease, tx)).abort_handle();
+        let renewing = {
+            let inner = inner.clone();
+            lease::keep_renewed(
+                lease,
+                None,
+                move || {
+                    let inner = inner.clone();
+                    async move { lease::renew(&inner.backend, &inner.key, &inner.owner, lease).await }
+                },
+                tx,
+            )
+        };
         LockGuard {
             handle: LockHandle { token, lost },
             inner,
@@ -490,38 +501,6 @@ impl Drop for LockGuard {
                     tracing::warn!(error = %e, "lock not released; it frees itself when its lease ends");
                 }
             });
-        }
-    }
-}
-
-/// Renews the lock every third of `lease` until aborted; marks it lost
-/// (and stops) when a renewal finds it is no longer this owner's, or when
-/// the lease since the last renewal that succeeded (counted from when it
-/// was sent) ran out without another succeeding.
-async fn renew(inner: Arc<GuardInner>, lease: Duration, lost: watch::Sender<bool>) {
-    let every = lease / 3;
-    // When the lease surely ends unless renewed: the acquisition was sent
-    // before now.
-    let mut ends = tokio::time::Instant::now() + lease;
-    loop {
-        tokio::time::sleep(every).await;
-        let sent = tokio::time::Instant::now();
-        let renewal = lease::renew(&inner.backend, &inner.key, &inner.owner, lease);
-        match tokio::time::timeout_at(ends, renewal).await {
-            Ok(Ok(true)) => ends = sent + lease,
-            Ok(Ok(false)) => {
-                tracing::warn!("lock lost: a renewal found it gone or taken");
-                lost.send_replace(true);
-                return;
-            }
-            Ok(Err(e)) if tokio::time::Instant::now() < ends => {
-                tracing::warn!(error = %e, "lock not renewed; trying again");
-            }
-            Ok(Err(_)) | Err(_) => {
-                tracing::warn!("lock lost: not renewed within its lease");
-                lost.send_replace(true);
-                return;
-            }
         }
     }
 }
