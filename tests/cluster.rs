@@ -165,22 +165,34 @@ fn move_slot(nodes: &[RedisServer], from: usize, to: usize, slot: u64) {
     // The new owner first (it takes the slot with a new config epoch),
     // then the old one, then the rest, as redis-cli does: the other order
     // lets gossip hand the slot back.
+    // The new owner's config epoch the highest first, so gossip carries
+    // its claim (without it, a loaded run once saw the old owner's stale
+    // claim win on a third node).
+    let _: String = nodes[to].cmd(&["CLUSTER", "BUMPEPOCH"]);
     let mut order = vec![to, from];
     order.extend((0..nodes.len()).filter(|n| *n != to && *n != from));
-    for n in order {
-        let _: () = nodes[n].cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+    for n in &order {
+        let _: () = nodes[*n].cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
     }
-    // Every node agrees before the next move.
-    let slot: u64 = slot.parse().unwrap();
+    // Every node agrees before the next move; a node still naming the old
+    // owner after a while is told again.
+    let slot_n: u64 = slot.parse().unwrap();
     let started = Instant::now();
-    while (0..nodes.len()).any(|n| owner_seen_by(nodes, n, slot) != to) {
+    let mut told = Instant::now();
+    while (0..nodes.len()).any(|n| owner_seen_by(nodes, n, slot_n) != to) {
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "slot {slot} never settled on node {to}: {:?}",
+            "slot {slot_n} never settled on node {to}: {:?}",
             (0..nodes.len())
-                .map(|n| owner_seen_by(nodes, n, slot))
+                .map(|n| owner_seen_by(nodes, n, slot_n))
                 .collect::<Vec<_>>()
         );
+        if told.elapsed() > Duration::from_secs(1) {
+            for n in (0..nodes.len()).filter(|n| owner_seen_by(nodes, *n, slot_n) != to) {
+                let _: () = nodes[n].cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            }
+            told = Instant::now();
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
