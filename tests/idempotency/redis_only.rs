@@ -289,3 +289,54 @@ async fn a_claim_dropped_mid_call_leaves_no_orphan() {
     assert!(r.header("idempotent-replayed").is_none());
     assert_eq!(fx.runs(), 2);
 }
+
+/// A completion answered with an error reply (here `OOM`: Redis out of
+/// memory refuses scripts that may write), not a timeout: it is retried,
+/// the key stays claimed meanwhile (never freed for a second run), and
+/// once Redis takes writes again the retry gets the first response.
+#[tokio::test]
+async fn a_completion_refused_with_an_error_reply_is_retried() {
+    let fx = fixture(Kind::Redis);
+    let app = app(
+        &fx,
+        IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")),
+    );
+    // Scripts loaded first: this is about the error reply, not NOSCRIPT.
+    order(&app, "warm", "w", "x").await;
+    let server = fx.tb.server();
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move {
+            crate::send(
+                &app,
+                "POST",
+                "/slow",
+                &[("x-api-key", b"a"), ("idempotency-key", b"oom")],
+                "x",
+            )
+            .await
+        }
+    });
+    // Claimed, the handler running: Redis now refuses writes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _: () = server.cmd(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let _: () = server.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+    let answered = first.await.unwrap();
+    assert_eq!(answered.status, StatusCode::CREATED, "{}", answered.body);
+    // While writes are refused a retry is refused too (its claim is a
+    // write), and the handler does not run again.
+    let during = crate::send(
+        &app,
+        "POST",
+        "/slow",
+        &[("x-api-key", b"a"), ("idempotency-key", b"oom")],
+        "x",
+    )
+    .await;
+    assert_ne!(during.status, StatusCode::CREATED, "{}", during.body);
+    let _: () = server.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    let replay = until_final(&app, "/slow", "oom", Duration::from_secs(5)).await;
+    assert_eq!(replay.body, answered.body);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(fx.runs(), 2, "the warm-up and the first run only");
+}
