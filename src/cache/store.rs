@@ -47,7 +47,7 @@ use tokio::sync::mpsc;
 use super::layout::{entry_key, lease_key, purge_key, purged_key, tag_key};
 use crate::backend::on_backend;
 use crate::error::Error;
-use crate::lease::{RELEASE as UNLEASE, RENEW};
+use crate::lease;
 use crate::memory::{MemoryBackend, SortedSet, Value};
 use crate::redis::{script, RedisBackend, Script};
 use crate::Backend;
@@ -436,24 +436,13 @@ impl CacheStore for RedisBackend {
     }
 
     async fn unlease(&self, key: &str, holder: &str) -> Result<(), Error> {
-        let _: i64 = self
-            .script(&UNLEASE)
-            .key(lease_key(self.namespace(), key))
-            .arg(holder)
-            .invoke()
-            .await?;
-        Ok(())
+        lease::release_on_redis(self, &lease_key(self.namespace(), key), holder)
+            .await
+            .map(drop)
     }
 
     async fn renew(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
-        let renewed: i64 = self
-            .script(&RENEW)
-            .key(lease_key(self.namespace(), key))
-            .arg(holder)
-            .arg(crate::time::millis(ttl).max(1))
-            .invoke()
-            .await?;
-        Ok(renewed == 1)
+        lease::renew_on_redis(self, &lease_key(self.namespace(), key), holder, ttl).await
     }
 
     async fn announce(&self, keys: &[String]) -> Result<(), Error> {
@@ -754,21 +743,17 @@ impl CacheStore for MemoryBackend {
     }
 
     async fn unlease(&self, key: &str, holder: &str) -> Result<(), Error> {
-        let lease = lease_key(self.namespace(), key);
-        self.atomically(|ks| {
-            if matches!(ks.get(&lease), Some(Value::Bytes(b)) if b == holder.as_bytes()) {
-                ks.remove(&lease);
-            }
-        });
+        lease::release_in_memory(self, &lease_key(self.namespace(), key), holder);
         Ok(())
     }
 
     async fn renew(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
-        let lease = lease_key(self.namespace(), key);
-        Ok(self.atomically(|ks| {
-            let held = matches!(ks.get(&lease), Some(Value::Bytes(b)) if b == holder.as_bytes());
-            held && ks.expire(&lease, ttl.max(Duration::from_millis(1)))
-        }))
+        Ok(lease::renew_in_memory(
+            self,
+            &lease_key(self.namespace(), key),
+            holder,
+            ttl,
+        ))
     }
 
     async fn announce(&self, keys: &[String]) -> Result<(), Error> {

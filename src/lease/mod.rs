@@ -131,11 +131,16 @@ pub(crate) async fn renew(
 ) -> Result<bool, Error> {
     match backend {
         Backend::Redis(r) => renew_on_redis(r, key, owner, ttl).await,
-        Backend::Memory(m) => Ok(m.atomically(|ks| {
-            let held = matches!(ks.get(key), Some(Value::Bytes(b)) if b == owner.as_bytes());
-            held && ks.expire(key, ttl.max(Duration::from_millis(1)))
-        })),
+        Backend::Memory(m) => Ok(renew_in_memory(m, key, owner, ttl)),
     }
+}
+
+/// [`renew`] in memory.
+pub(crate) fn renew_in_memory(m: &MemoryBackend, key: &str, owner: &str, ttl: Duration) -> bool {
+    m.atomically(|ks| {
+        let held = matches!(ks.get(key), Some(Value::Bytes(b)) if b == owner.as_bytes());
+        held && ks.expire(key, ttl.max(Duration::from_millis(1)))
+    })
 }
 
 /// [`renew`] on Redis.
@@ -160,14 +165,19 @@ pub(crate) async fn renew_on_redis(
 pub(crate) async fn release(backend: &Backend, key: &str, owner: &str) -> Result<bool, Error> {
     match backend {
         Backend::Redis(r) => release_on_redis(r, key, owner).await,
-        Backend::Memory(m) => Ok(m.atomically(|ks| {
-            let held = matches!(ks.get(key), Some(Value::Bytes(b)) if b == owner.as_bytes());
-            if held {
-                ks.remove(key);
-            }
-            held
-        })),
+        Backend::Memory(m) => Ok(release_in_memory(m, key, owner)),
     }
+}
+
+/// [`release`] in memory.
+pub(crate) fn release_in_memory(m: &MemoryBackend, key: &str, owner: &str) -> bool {
+    m.atomically(|ks| {
+        let held = matches!(ks.get(key), Some(Value::Bytes(b)) if b == owner.as_bytes());
+        if held {
+            ks.remove(key);
+        }
+        held
+    })
 }
 
 /// [`release`] on Redis.
