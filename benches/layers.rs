@@ -603,6 +603,23 @@ fn scenarios() -> Vec<Scenario> {
                 })
             },
         },
+        // Two of the cheapest scripts, one after the other: the floor of
+        // anything made of two script round trips (a lock taken, then
+        // released).
+        Scenario {
+            name: "script-then-script",
+            build: |ctx| {
+                backend_target(ctx, |backend, key| {
+                    Box::pin(async move {
+                        let _: Option<Vec<u8>> =
+                            backend.script(&GET).key(&key).invoke().await.unwrap();
+                        let v: Option<Vec<u8>> =
+                            backend.script(&GET).key(&key).invoke().await.unwrap();
+                        v.unwrap_or_default()
+                    })
+                })
+            },
+        },
         // The read of the layout this crate moved away from (a hash per
         // session, its TTL checked in the same round trip): PTTL and
         // HGETALL of a 4-field hash, pipelined, no layer. Against

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis_layers::lock::Locks;
+use redis_layers::lock::{LockGuard, Locks};
 use redis_layers::{Backend, ErrorKind};
 
 use support::{Kind, TestBackend};
@@ -41,6 +41,15 @@ fn second_instance(tb: &TestBackend) -> Backend {
             .unwrap()
             .into(),
     }
+}
+
+/// The guard's fencing token; it must still hold the lock.
+async fn fence(guard: &LockGuard) -> u64 {
+    guard
+        .fencing_token()
+        .await
+        .unwrap()
+        .expect("counted while held")
 }
 
 /// Removes every lock key from outside (an operator, an eviction).
@@ -95,7 +104,8 @@ support::both_backends! { TestBackend::new;
                 let read = *counter.lock().unwrap();
                 tokio::task::yield_now().await;
                 *counter.lock().unwrap() = read + 1;
-                tokens.lock().unwrap().push(guard.fencing_token());
+                let token = fence(&guard).await;
+                tokens.lock().unwrap().push(token);
                 inside.store(false, Ordering::SeqCst);
                 assert!(guard.release().await.unwrap(), "still its own");
             });
@@ -121,10 +131,10 @@ support::both_backends! { TestBackend::new;
         let started = std::time::Instant::now();
         assert!(locks.acquire("job", lease, Duration::from_millis(200)).await.unwrap().is_none());
         assert!(started.elapsed() >= Duration::from_millis(200));
-        let token = a.fencing_token();
+        let token = fence(&a).await;
         assert!(a.release().await.unwrap());
         let b = locks.try_acquire("job", lease).await.unwrap().expect("released");
-        assert!(b.fencing_token() > token);
+        assert!(fence(&b).await > token);
         // Dropping releases too.
         drop(b);
         drop(other);
@@ -140,11 +150,16 @@ support::both_backends! { TestBackend::new;
             async move {
                 let started = std::time::Instant::now();
                 let guard = locks.acquire("r", Duration::from_secs(5), Duration::from_secs(5)).await.unwrap();
-                (guard.map(|g| g.fencing_token()), started.elapsed())
+                let waited = started.elapsed();
+                let token = match guard {
+                    Some(g) => Some(fence(&g).await),
+                    None => None,
+                };
+                (token, waited)
             }
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let first = holder.fencing_token();
+        let first = fence(&holder).await;
         holder.release().await.unwrap();
         let (token, waited) = waiter.await.unwrap();
         assert!(token.expect("acquired") > first);
@@ -168,6 +183,9 @@ support::both_backends! { TestBackend::new;
             .await
             .expect("lost within one renewal");
         assert!(guard.is_lost());
+        // It gets no token now: tokens are only counted for the holder.
+        assert_eq!(guard.fencing_token().await.unwrap(), None);
+        assert!(fence(&other).await > 0);
         // Its release leaves the other's lock alone.
         assert!(!guard.release().await.unwrap());
         assert!(locks.try_acquire("r", lease).await.unwrap().is_none(), "the other's lock stays");
@@ -193,6 +211,32 @@ support::both_backends! { TestBackend::new;
             no_locks_left(&fx).await;
         }
         assert!(locks.try_acquire("r", Duration::from_secs(1)).await.unwrap().is_some());
+    }
+
+    tokens_keep_rising_after_their_counter_is_gone => |fx| {
+        let locks = Locks::new(fx.backend.clone());
+        let lease = Duration::from_secs(5);
+        let a = locks.try_acquire("r", lease).await.unwrap().unwrap();
+        let first = fence(&a).await;
+        assert!(a.release().await.unwrap());
+        // The counter expired (or a failover lost it): the store's time
+        // is the floor.
+        let counters = fx.keys("lock:*:n");
+        assert_eq!(counters.len(), 1);
+        for key in counters {
+            match &fx.backend {
+                Backend::Memory(m) => {
+                    m.atomically(|ks| ks.remove(&key));
+                }
+                _ => {
+                    let _: i64 = fx.key_cmd(&key, &["DEL", &key]);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let b = locks.try_acquire("r", lease).await.unwrap().unwrap();
+        let second = fence(&b).await;
+        assert!(second > first, "{second} > {first}");
     }
 
     bad_leases_are_config_errors => |fx| {
@@ -225,7 +269,7 @@ async fn a_crashed_holder_is_replaced_after_its_lease_with_a_higher_token() {
                             .await
                             .unwrap()
                             .unwrap();
-                        let token = guard.fencing_token();
+                        let token = fence(&guard).await;
                         std::mem::forget(guard);
                         token
                     });
@@ -251,49 +295,69 @@ async fn a_crashed_holder_is_replaced_after_its_lease_with_a_higher_token() {
             "{:?}",
             started.elapsed()
         );
-        assert!(
-            next.fencing_token() > crashed,
-            "{} > {crashed}",
-            next.fencing_token()
-        );
+        let next = fence(&next).await;
+        assert!(next > crashed, "{next} > {crashed}");
     }
 }
 
-/// What a lock sends to Redis: one script to take it, one to give it up.
+/// What a lock sends to Redis: one plain `SET NX PX` to take it (and a
+/// `PTTL` when another holds it), one script to give it up, and one
+/// script the first time its fencing token is asked for, none after.
 #[tokio::test]
 async fn an_uncontended_lock_is_one_call_to_take_and_one_to_release() {
     let fx = TestBackend::new(Kind::Redis);
     let locks = Locks::new(fx.backend.clone());
     // Load the scripts: the steady state is one EVALSHA each.
-    locks
+    let warm = locks
         .try_acquire("warm", Duration::from_secs(5))
         .await
         .unwrap()
-        .unwrap()
-        .release()
-        .await
         .unwrap();
+    fence(&warm).await;
+    warm.release().await.unwrap();
+    let _: i64 = fx.server().cmd(&["DEL", &fx.keys("lock:*:n")[0]]);
     let mut monitor = support::Monitor::start(fx.server());
     let guard = locks
         .try_acquire("report-42", Duration::from_secs(5))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(monitor.take(), ["evalsha"]);
+    assert_eq!(monitor.take(), ["set"]);
+    assert!(locks
+        .try_acquire("report-42", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(monitor.take(), ["set", "pttl"], "held: how long still");
     assert!(guard.release().await.unwrap());
     assert_eq!(monitor.take(), ["evalsha"]);
-    // Only the counters stay (a minute, twice the lease at least); names
+    assert!(fx.keys("lock:*").is_empty(), "no token asked, no counter");
+    // With a token: counted once, then the guard answers.
+    let guard = locks
+        .try_acquire("report-42", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    monitor.take();
+    let token = fence(&guard).await;
+    assert_eq!(monitor.take(), ["evalsha"]);
+    assert_eq!(fence(&guard).await, token);
+    assert_eq!(guard.handle().fencing_token().await.unwrap(), Some(token));
+    assert!(monitor.take().is_empty(), "the token is kept");
+    assert!(guard.release().await.unwrap());
+    // Only its counter stays (a minute, twice the lease at least); names
     // hide the resource.
     let keys = fx.keys("lock:*");
-    assert_eq!(keys.len(), 2, "the two resources' counters: {keys:?}");
-    for key in &keys {
-        assert!(key.ends_with(":n") && !key.contains("report"), "{keys:?}");
-        let ttl: i64 = fx.server().cmd(&["PTTL", key]);
-        assert!(
-            (55_000..=60_000).contains(&ttl),
-            "a counter is kept a minute: {ttl}"
-        );
-    }
+    assert_eq!(keys.len(), 1, "the resource's counter: {keys:?}");
+    assert!(
+        keys[0].ends_with(":n") && !keys[0].contains("report"),
+        "{keys:?}"
+    );
+    let ttl: i64 = fx.server().cmd(&["PTTL", &keys[0]]);
+    assert!(
+        (55_000..=60_000).contains(&ttl),
+        "a counter is kept a minute: {ttl}"
+    );
 }
 
 /// An acquire whose call is on its way when the request is dropped (here
@@ -303,7 +367,7 @@ async fn an_uncontended_lock_is_one_call_to_take_and_one_to_release() {
 async fn an_acquire_dropped_mid_call_gives_up_what_it_took() {
     let fx = TestBackend::new(Kind::Redis);
     let locks = Locks::new(fx.backend.clone());
-    // Scripts loaded first (the paused call is then one EVALSHA).
+    // The release script loaded first (the paused call is one SET).
     drop(
         locks
             .try_acquire("warm", Duration::from_secs(1))
@@ -359,7 +423,7 @@ mod layer {
                         inside.runs.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(hold).await;
                         inside.now.fetch_sub(1, Ordering::SeqCst);
-                        lock.fencing_token().to_string()
+                        lock.fencing_token().await.unwrap().expect("held").to_string()
                     },
                 ),
             )
@@ -461,6 +525,47 @@ mod layer {
             tokio::time::sleep(Duration::from_millis(100)).await;
             assert_eq!(post_to(&locked, "/jobs/2", &[]).await.0, StatusCode::LOCKED, "one lock for every path");
             assert_eq!(first.await.unwrap().0, StatusCode::OK);
+        }
+
+        a_slow_handler_keeps_its_lock_renewed_and_hears_of_its_loss => |fx| {
+            // The lease is 300 ms; the handler runs 1.2 s. Renewed in the
+            // request's own task, the lock stays held throughout; taken
+            // away from outside, the handler's loss signal fires.
+            let lease = Duration::from_millis(300);
+            let layer = |backend: Backend| {
+                LockLayer::builder(backend, LockKey::named("slow")).lease(lease).build().unwrap()
+            };
+            let heard = Arc::new(AtomicBool::new(false));
+            let slow = Router::new()
+                .route(
+                    "/slow",
+                    post({
+                        let heard = heard.clone();
+                        move |Extension(lock): Extension<LockHandle>| async move {
+                            tokio::select! {
+                                () = lock.lost() => heard.store(true, Ordering::SeqCst),
+                                () = tokio::time::sleep(Duration::from_millis(1_200)) => {}
+                            }
+                            "done"
+                        }
+                    }),
+                )
+                .layer(layer(fx.backend.clone()));
+            let other = app_with(layer(second_instance(&fx)), Duration::ZERO);
+            let first = tokio::spawn({
+                let slow = slow.clone();
+                async move { post_to(&slow, "/slow", &[]).await }
+            });
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                assert_eq!(post_to(&other, "/jobs/1", &[]).await.0, StatusCode::CONFLICT, "still held");
+            }
+            assert!(!heard.load(Ordering::SeqCst));
+            delete_locks(&fx);
+            let (status, _, body) = first.await.unwrap();
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "done"));
+            assert!(heard.load(Ordering::SeqCst), "the loss was heard");
+            no_locks_left(&fx).await;
         }
 
         a_request_naming_no_resource_is_400 => |fx| {

@@ -1151,7 +1151,8 @@ impl Lease {
 
     /// A token no other lease holds: a random number drawn once per
     /// process (instances in containers often share a process id), the
-    /// time, a counter.
+    /// time, a counter, each in fixed width (lease owners are told by a
+    /// prefix: no token may begin another).
     fn holder(now: SystemTime) -> String {
         use std::sync::atomic::{AtomicU64, Ordering};
         static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -1164,7 +1165,7 @@ impl Lease {
             h.finish()
         });
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        format!("{base:016x}-{}-{n}", policy::unix_ms(now))
+        format!("{base:016x}-{:016x}-{n:016x}", policy::unix_ms(now))
     }
 
     fn fill(&self) -> Fill<'_> {

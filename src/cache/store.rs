@@ -436,13 +436,24 @@ impl CacheStore for RedisBackend {
     }
 
     async fn unlease(&self, key: &str, holder: &str) -> Result<(), Error> {
-        lease::release_on_redis(self, &lease_key(self.namespace(), key), holder)
-            .await
-            .map(drop)
+        lease::release_on_redis(
+            self,
+            &lease_key(self.namespace(), key),
+            holder.as_bytes(),
+            false,
+        )
+        .await
+        .map(drop)
     }
 
     async fn renew(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
-        lease::renew_on_redis(self, &lease_key(self.namespace(), key), holder, ttl).await
+        lease::renew_on_redis(
+            self,
+            &lease_key(self.namespace(), key),
+            holder.as_bytes(),
+            ttl,
+        )
+        .await
     }
 
     async fn announce(&self, keys: &[String]) -> Result<(), Error> {
@@ -743,7 +754,7 @@ impl CacheStore for MemoryBackend {
     }
 
     async fn unlease(&self, key: &str, holder: &str) -> Result<(), Error> {
-        lease::release_in_memory(self, &lease_key(self.namespace(), key), holder);
+        lease::release_in_memory(self, &lease_key(self.namespace(), key), holder.as_bytes());
         Ok(())
     }
 
@@ -751,7 +762,7 @@ impl CacheStore for MemoryBackend {
         Ok(lease::renew_in_memory(
             self,
             &lease_key(self.namespace(), key),
-            holder,
+            holder.as_bytes(),
             ttl,
         ))
     }

@@ -1008,43 +1008,16 @@ impl Held {
         }
     }
 
-    /// Runs `work`, renewing the lease every third of it meanwhile (in this
-    /// same task: no task or timer for work quicker than that).
+    /// Runs `work`, renewing the claim's lease every third of it meanwhile
+    /// (in this same task: no task or timer for work quicker than that;
+    /// see [`lease::renewing`](crate::lease::renewing)). A claim lost
+    /// meanwhile (the lease ran out, or another request holds the key
+    /// now) still lets the work finish: completion writes onto a free key
+    /// only, and fencing refuses it over another's claim.
     async fn beside<F: Future>(&self, work: F) -> F::Output {
-        let every = self.config.lease / 3;
-        let mut work = std::pin::pin!(work);
-        loop {
-            let beat = tokio::time::sleep(every);
-            // Biased: the work is polled first, so work done at once never
-            // registers the timer.
-            tokio::select! {
-                biased;
-                out = &mut work => return out,
-                () = beat => {}
-            }
-            let renew = self
-                .config
-                .store
-                .extend(&self.key, self.holder, self.config.lease);
-            let mut renew = std::pin::pin!(renew);
-            tokio::select! {
-                biased;
-                out = &mut work => return out,
-                renewed = &mut renew => match renewed {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        // The lease ran out (the store was unreachable for
-                        // longer than it) or another request holds the key
-                        // now: completion still writes onto a free key, and
-                        // fencing refuses it over another's claim.
-                        tracing::warn!("idempotency claim lost while its request ran");
-                        return work.await;
-                    }
-                    // Again at the next beat; the lease may hold.
-                    Err(e) => tracing::warn!(error = %e, "idempotency lease not renewed"),
-                },
-            }
-        }
+        let lease = self.config.lease;
+        let renew = || self.config.store.extend(&self.key, self.holder, lease);
+        crate::lease::renewing(work, lease, None, renew, None).await
     }
 
     /// One attempt to store `record`: true when it is over for good

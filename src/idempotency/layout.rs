@@ -99,13 +99,23 @@ pub(crate) enum Record {
     },
 }
 
-/// An in-flight record.
+/// An in-flight record: its [`claim_mark`], then the fingerprint.
 pub(crate) fn in_flight(holder: u64, fingerprint: &[u8; 32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(45);
-    out.extend_from_slice(MAGIC);
-    out.push(IN_FLIGHT);
-    out.extend_from_slice(&holder_bytes(holder));
+    out.extend_from_slice(&claim_mark(holder));
     out.extend_from_slice(fingerprint);
+    out
+}
+
+/// How an in-flight record of `holder` begins: the claim's owner mark as
+/// a lease (see [`crate::lease`]): renewing, releasing and fencing a
+/// claim are the lease module's, acting only while the record begins so.
+/// A completed record never does (its state byte differs).
+pub(crate) fn claim_mark(holder: u64) -> [u8; 13] {
+    let mut out = [0u8; 13];
+    out[..4].copy_from_slice(MAGIC);
+    out[4] = IN_FLIGHT;
+    out[5..].copy_from_slice(&holder_bytes(holder));
     out
 }
 

@@ -6,7 +6,9 @@
 //! without writing anything, so a replay is one command for Redis. The
 //! fencing token is counted apart, only for a handler that asks for it
 //! ([`fence`](IdempotencyStore::fence)). Renew, fence, complete and
-//! release are small scripts that act only for the claim's holder.
+//! release are small scripts that act only for the claim's holder; all
+//! but complete are the lease module's, shared with the locks (an
+//! in-flight record begins with its holder's owner mark).
 //!
 //! The crate implements [`IdempotencyStore`] for [`Backend`],
 //! [`RedisBackend`] and [`MemoryBackend`]; implement it to keep records
@@ -19,17 +21,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::layout::{self, holder_bytes, keys, record_key};
+use super::layout::{self, claim_mark, holder_bytes, keys, record_key};
 use crate::backend::on_backend;
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
+use crate::lease;
 use crate::memory::{MemoryBackend, Value};
 use crate::redis::{script, RedisBackend, Script};
 use crate::Backend;
 
-static FENCE: Script = script!("idempotency-fence", "record.lua", "fence.lua");
-static EXTEND: Script = script!("idempotency-extend", "record.lua", "extend.lua");
 static COMPLETE: Script = script!("idempotency-complete", "record.lua", "complete.lua");
-static RELEASE: Script = script!("idempotency-release", "record.lua", "release.lua");
 
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,27 +134,16 @@ impl IdempotencyStore for RedisBackend {
         counter_ttl: Duration,
     ) -> Result<Option<u64>, Error> {
         let (record, counter) = keys(self.namespace(), key);
-        let token: u64 = self
-            .script(&FENCE)
-            .key(record)
-            .key(counter)
-            .arg(&holder_bytes(holder)[..])
-            .arg(ms(counter_ttl))
-            .invoke()
-            .await?;
-        Ok((token > 0).then_some(token))
+        let keys = lease::Keys {
+            lease: &record,
+            counter: &counter,
+        };
+        lease::fence_on_redis(self, keys, &claim_mark(holder), counter_ttl).await
     }
 
     async fn extend(&self, key: &str, holder: u64, lease: Duration) -> Result<bool, Error> {
         let record = record_key(self.namespace(), key);
-        let n: i64 = self
-            .script(&EXTEND)
-            .key(record)
-            .arg(&holder_bytes(holder)[..])
-            .arg(ms(lease))
-            .invoke()
-            .await?;
-        Ok(n == 1)
+        lease::renew_on_redis(self, &record, &claim_mark(holder), lease).await
     }
 
     async fn complete(
@@ -180,14 +169,7 @@ impl IdempotencyStore for RedisBackend {
 
     async fn release(&self, key: &str, holder: u64) -> Result<bool, Error> {
         let record = record_key(self.namespace(), key);
-        let n: i64 = self
-            .script(&RELEASE)
-            .key(record)
-            .arg(&holder_bytes(holder)[..])
-            .finish_if_late()
-            .invoke()
-            .await?;
-        Ok(n == 1)
+        lease::release_on_redis(self, &record, &claim_mark(holder), true).await
     }
 }
 
@@ -244,41 +226,21 @@ impl IdempotencyStore for MemoryBackend {
         counter_ttl: Duration,
     ) -> Result<Option<u64>, Error> {
         let (record, counter) = keys(self.namespace(), key);
-        self.atomically(|ks| {
-            if !holds(ks.get(&record), holder) {
-                return Ok(None);
-            }
-            let token = match ks.get(&counter) {
-                None => 1,
-                Some(Value::Bytes(n)) => {
-                    std::str::from_utf8(n)
-                        .ok()
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .ok_or_else(|| {
-                            Error::new(ErrorKind::Server, "ERR value is not an integer")
-                        })?
-                        + 1
-                }
-                Some(_) => return Err(Error::wrong_type()),
-            };
-            ks.set(
-                &counter,
-                Value::Bytes(token.to_string().into_bytes()),
-                Some(counter_ttl.max(Duration::from_millis(1))),
-            )?;
-            Ok(Some(token))
-        })
+        let keys = lease::Keys {
+            lease: &record,
+            counter: &counter,
+        };
+        lease::fence_in_memory(self, keys, &claim_mark(holder), counter_ttl)
     }
 
     async fn extend(&self, key: &str, holder: u64, lease: Duration) -> Result<bool, Error> {
         let record = record_key(self.namespace(), key);
-        Ok(self.atomically(|ks| {
-            if holds(ks.get(&record), holder) {
-                ks.expire(&record, lease.max(Duration::from_millis(1)))
-            } else {
-                false
-            }
-        }))
+        Ok(lease::renew_in_memory(
+            self,
+            &record,
+            &claim_mark(holder),
+            lease,
+        ))
     }
 
     async fn complete(
@@ -306,14 +268,7 @@ impl IdempotencyStore for MemoryBackend {
 
     async fn release(&self, key: &str, holder: u64) -> Result<bool, Error> {
         let record = record_key(self.namespace(), key);
-        Ok(self.atomically(|ks| {
-            if holds(ks.get(&record), holder) {
-                ks.remove(&record);
-                true
-            } else {
-                false
-            }
-        }))
+        Ok(lease::release_in_memory(self, &record, &claim_mark(holder)))
     }
 }
 

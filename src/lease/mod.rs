@@ -1,11 +1,19 @@
-//! One lease primitive, on Redis and in memory: a key held by an owner's
-//! token for a time, taken only when free (with a fencing token counted
-//! per resource), extended and given up only by its owner. The public
-//! [`Locks`](crate::lock::Locks) are built on it, and the cache's fill
-//! lease is extended and given up with the same scripts.
+//! One lease primitive, on Redis and in memory: a key held by an owner
+//! for a time, taken only when free, extended and given up only by its
+//! owner, and a fencing token counted per resource for its current owner
+//! on demand. An owner is told by a mark its lease's value begins with
+//! (marks of one kind of lease have one length, so none begins another):
+//! a lock's value is its owner's token; an idempotency claim's in-flight
+//! record begins with its claim's mark (a completed record never does);
+//! a cache fill lease holds its holder's token. [`Locks`](crate::lock::Locks),
+//! the idempotency claim and the cache's fill lease are all renewed,
+//! given up and fenced with these scripts, and kept renewed by one loop,
+//! [`renewing`].
 //!
-//! Each operation is one round trip: one small script on Redis (the same
-//! on a Cluster: a lease and its counter share a hash tag), one
+//! Each operation is one round trip: taking a lease is one plain
+//! `SET NX PX` (a second call, `PTTL`, only when another holds it), the
+//! others one small script (the same on a Cluster: a lease and its
+//! counter share a hash tag); each is one
 //! [`MemoryBackend::atomically`] call in memory.
 
 use std::time::Duration;
@@ -15,9 +23,9 @@ use crate::memory::{MemoryBackend, Value};
 use crate::redis::{script, RedisBackend, Script};
 use crate::Backend;
 
-/// Takes a free lease and counts its fencing token (`acquire.lua`).
+/// Counts a fencing token for a lease's owner (`fence.lua`).
 #[allow(dead_code)]
-pub(crate) static ACQUIRE: Script = script!("lease-acquire", "acquire.lua");
+pub(crate) static FENCE: Script = script!("lease-fence", "fence.lua");
 /// Extends a lease for its owner (`renew.lua`).
 #[allow(dead_code)]
 pub(crate) static RENEW: Script = script!("lease-renew", "renew.lua");
@@ -29,8 +37,8 @@ pub(crate) static RELEASE: Script = script!("lease-release", "release.lua");
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(dead_code)]
 pub(crate) enum Taken {
-    /// Taken, with this fencing token.
-    Token(u64),
+    /// Taken.
+    Yes,
     /// Held by another for about this long still.
     Held(Duration),
 }
@@ -43,59 +51,95 @@ pub(crate) struct Keys<'a> {
     pub(crate) counter: &'a str,
 }
 
-/// Takes the lease at `keys` for `owner` for `lease` if no one holds it,
-/// keeping the fencing counter `counter_ttl` past this token.
+/// Takes the lease at `key` for `owner` for `lease` if no one holds it.
 #[allow(dead_code)]
 pub(crate) async fn acquire(
     backend: &Backend,
-    keys: Keys<'_>,
-    owner: &str,
+    key: &str,
+    owner: &[u8],
     lease: Duration,
-    counter_ttl: Duration,
 ) -> Result<Taken, Error> {
     let lease_ms = crate::time::millis(lease).max(1);
-    let counter_ms = crate::time::millis(counter_ttl).max(1);
     match backend {
         Backend::Redis(r) => {
-            let reply: i64 = r
-                .script(&ACQUIRE)
-                .key(keys.lease)
-                .key(keys.counter)
-                .arg(owner)
-                .arg(lease_ms)
-                .arg(counter_ms)
-                .invoke()
-                .await?;
-            Ok(taken(reply))
+            let mut set = ::redis::cmd("SET");
+            set.arg(key).arg(owner).arg("NX").arg("PX").arg(lease_ms);
+            let taken: Option<()> = r.query(&set).await?;
+            if taken.is_some() {
+                return Ok(Taken::Yes);
+            }
+            // Held: how long still (gone since, -2: free now).
+            let left: i64 = r.query(::redis::cmd("PTTL").arg(key)).await?;
+            Ok(Taken::Held(Duration::from_millis(
+                u64::try_from(left).unwrap_or(0),
+            )))
         }
-        Backend::Memory(m) => acquire_in_memory(m, keys, owner, lease, counter_ttl),
+        Backend::Memory(m) => Ok(acquire_in_memory(m, key, owner, lease)),
     }
 }
 
-/// The script's reply as a [`Taken`].
-fn taken(reply: i64) -> Taken {
-    match u64::try_from(reply) {
-        Ok(token) if token > 0 => Taken::Token(token),
-        _ => Taken::Held(Duration::from_millis(
-            reply.unsigned_abs().saturating_sub(1),
-        )),
+fn acquire_in_memory(m: &MemoryBackend, key: &str, owner: &[u8], lease: Duration) -> Taken {
+    m.atomically(|ks| {
+        if ks.get(key).is_some() {
+            return Taken::Held(ks.ttl(key).flatten().unwrap_or_default());
+        }
+        match ks.set(
+            key,
+            Value::Bytes(owner.to_vec()),
+            Some(lease.max(Duration::from_millis(1))),
+        ) {
+            Ok(()) => Taken::Yes,
+            // A full keyspace: as if held, briefly.
+            Err(_) => Taken::Held(Duration::ZERO),
+        }
+    })
+}
+
+/// Counts a fencing token for `owner` if it holds the lease at
+/// `keys.lease`, keeping the counter `counter_ttl` past it: `None` when
+/// it does not (or no longer) hold it.
+#[allow(dead_code)]
+pub(crate) async fn fence(
+    backend: &Backend,
+    keys: Keys<'_>,
+    owner: &[u8],
+    counter_ttl: Duration,
+) -> Result<Option<u64>, Error> {
+    match backend {
+        Backend::Redis(r) => fence_on_redis(r, keys, owner, counter_ttl).await,
+        Backend::Memory(m) => fence_in_memory(m, keys, owner, counter_ttl),
     }
 }
 
-fn acquire_in_memory(
+/// [`fence`] on Redis.
+pub(crate) async fn fence_on_redis(
+    r: &RedisBackend,
+    keys: Keys<'_>,
+    owner: &[u8],
+    counter_ttl: Duration,
+) -> Result<Option<u64>, Error> {
+    let token: i64 = r
+        .script(&FENCE)
+        .key(keys.lease)
+        .key(keys.counter)
+        .arg(owner)
+        .arg(crate::time::millis(counter_ttl).max(1))
+        .invoke()
+        .await?;
+    Ok(u64::try_from(token).ok().filter(|t| *t > 0))
+}
+
+/// [`fence`] in memory.
+pub(crate) fn fence_in_memory(
     m: &MemoryBackend,
     keys: Keys<'_>,
-    owner: &str,
-    lease: Duration,
+    owner: &[u8],
     counter_ttl: Duration,
-) -> Result<Taken, Error> {
+) -> Result<Option<u64>, Error> {
     m.atomically(|ks| {
-        if ks.get(keys.lease).is_some() {
-            let left = ks.ttl(keys.lease).flatten().unwrap_or_default();
-            return Ok(Taken::Held(left));
+        if !held_by(ks.get(keys.lease), owner) {
+            return Ok(None);
         }
-        // The counter first: a lease write refused (a full keyspace) then
-        // leaves no lock without an owner who knows of it.
         let last = match ks.get(keys.counter) {
             None => 0,
             Some(Value::Bytes(raw)) => std::str::from_utf8(raw)
@@ -111,13 +155,14 @@ fn acquire_in_memory(
             Value::Bytes(token.to_string().into_bytes()),
             Some(counter_ttl.max(Duration::from_millis(1))),
         )?;
-        ks.set(
-            keys.lease,
-            Value::Bytes(owner.as_bytes().to_vec()),
-            Some(lease.max(Duration::from_millis(1))),
-        )?;
-        Ok(Taken::Token(token))
+        Ok(Some(token))
     })
+}
+
+/// Whether a lease's value is held by `owner`: it begins with the owner's
+/// mark.
+fn held_by(value: Option<&Value>, owner: &[u8]) -> bool {
+    matches!(value, Some(Value::Bytes(b)) if b.starts_with(owner))
 }
 
 /// Extends the lease at `key` to `ttl` from now if `owner` holds it: true
@@ -126,7 +171,7 @@ fn acquire_in_memory(
 pub(crate) async fn renew(
     backend: &Backend,
     key: &str,
-    owner: &str,
+    owner: &[u8],
     ttl: Duration,
 ) -> Result<bool, Error> {
     match backend {
@@ -136,10 +181,9 @@ pub(crate) async fn renew(
 }
 
 /// [`renew`] in memory.
-pub(crate) fn renew_in_memory(m: &MemoryBackend, key: &str, owner: &str, ttl: Duration) -> bool {
+pub(crate) fn renew_in_memory(m: &MemoryBackend, key: &str, owner: &[u8], ttl: Duration) -> bool {
     m.atomically(|ks| {
-        let held = matches!(ks.get(key), Some(Value::Bytes(b)) if b == owner.as_bytes());
-        held && ks.expire(key, ttl.max(Duration::from_millis(1)))
+        held_by(ks.get(key), owner) && ks.expire(key, ttl.max(Duration::from_millis(1)))
     })
 }
 
@@ -147,7 +191,7 @@ pub(crate) fn renew_in_memory(m: &MemoryBackend, key: &str, owner: &str, ttl: Du
 pub(crate) async fn renew_on_redis(
     r: &RedisBackend,
     key: &str,
-    owner: &str,
+    owner: &[u8],
     ttl: Duration,
 ) -> Result<bool, Error> {
     let renewed: i64 = r
@@ -162,17 +206,17 @@ pub(crate) async fn renew_on_redis(
 
 /// Gives up the lease at `key` if `owner` holds it: true when it did.
 #[allow(dead_code)]
-pub(crate) async fn release(backend: &Backend, key: &str, owner: &str) -> Result<bool, Error> {
+pub(crate) async fn release(backend: &Backend, key: &str, owner: &[u8]) -> Result<bool, Error> {
     match backend {
-        Backend::Redis(r) => release_on_redis(r, key, owner).await,
+        Backend::Redis(r) => release_on_redis(r, key, owner, false).await,
         Backend::Memory(m) => Ok(release_in_memory(m, key, owner)),
     }
 }
 
 /// [`release`] in memory.
-pub(crate) fn release_in_memory(m: &MemoryBackend, key: &str, owner: &str) -> bool {
+pub(crate) fn release_in_memory(m: &MemoryBackend, key: &str, owner: &[u8]) -> bool {
     m.atomically(|ks| {
-        let held = matches!(ks.get(key), Some(Value::Bytes(b)) if b == owner.as_bytes());
+        let held = held_by(ks.get(key), owner);
         if held {
             ks.remove(key);
         }
@@ -180,24 +224,99 @@ pub(crate) fn release_in_memory(m: &MemoryBackend, key: &str, owner: &str) -> bo
     })
 }
 
-/// [`release`] on Redis.
+/// [`release`] on Redis; `finish_if_late`: a call past the backend's
+/// deadline still lands (the answer is not waited for).
 pub(crate) async fn release_on_redis(
     r: &RedisBackend,
     key: &str,
-    owner: &str,
+    owner: &[u8],
+    finish_if_late: bool,
 ) -> Result<bool, Error> {
-    let released: i64 = r.script(&RELEASE).key(key).arg(owner).invoke().await?;
+    let mut call = r.script(&RELEASE).key(key).arg(owner);
+    if finish_if_late {
+        call = call.finish_if_late();
+    }
+    let released: i64 = call.invoke().await?;
     Ok(released == 1)
 }
 
-/// Keeps a lease renewed in a task of its own: `renew` (an owner-checked
-/// extension to `lease` from now, true while still held) every third of
-/// `lease`, for at most `max` from now. The task ends, sending `true` on
-/// `lost`, when a renewal finds the lease no longer held, or when none
+/// Runs `work` while keeping a lease renewed, in the caller's task (no
+/// task, and no timer for work done before the first renewal is due):
+/// `renew` (an owner-checked extension to `lease` from now, true while
+/// still held) every third of `lease`, for at most `max` from now.
+///
+/// The lease is lost when a renewal finds it no longer held, or when none
 /// succeeded within the lease since the last one that did (counted from
-/// when it was sent); at `max` it ends quietly. Abort it (the returned
-/// handle) when the lease is given up. The lock guard and the cache's
-/// fill lease both hold their leases so.
+/// when it was sent: the lease may have run out meanwhile). Then `lost`
+/// (if given) turns true, renewals stop, and `work` is still run to its end: what it
+/// writes must be fenced (an owner-checked write, a fencing token). At
+/// `max` renewals stop quietly. This is the one renewal design of the
+/// crate: the idempotency claim and the lock layer run their handler in
+/// it; [`keep_renewed`] runs it in a task for a guard that outlives any
+/// one future (a lock guard, the cache's fill lease).
+pub(crate) async fn renewing<W, F, Fut>(
+    work: W,
+    lease: Duration,
+    max: Option<Duration>,
+    renew: F,
+    lost: Option<&tokio::sync::watch::Sender<bool>>,
+) -> W::Output
+where
+    W: std::future::Future,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, Error>>,
+{
+    use tokio::time::Instant;
+    let start = Instant::now();
+    let every = lease / 3;
+    // When the lease surely ends unless renewed: it was taken before now.
+    let mut ends = start + lease;
+    let mut work = std::pin::pin!(work);
+    loop {
+        // Biased: the work is polled first, so work done at once never
+        // registers the timer.
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            () = tokio::time::sleep(every) => {}
+        }
+        if max.is_some_and(|max| start.elapsed() >= max) {
+            return work.await;
+        }
+        let sent = Instant::now();
+        let renewal = tokio::time::timeout_at(ends, renew());
+        let renewed = tokio::select! {
+            biased;
+            out = &mut work => return out,
+            renewed = renewal => renewed,
+        };
+        match renewed {
+            Ok(Ok(true)) => ends = sent + lease,
+            Ok(Ok(false)) => {
+                tracing::warn!("lease lost: a renewal found it gone or taken");
+                if let Some(lost) = lost {
+                    lost.send_replace(true);
+                }
+                return work.await;
+            }
+            Ok(Err(e)) if Instant::now() < ends => {
+                tracing::warn!(error = %e, "lease not renewed; trying again");
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!("lease lost: not renewed within its time");
+                if let Some(lost) = lost {
+                    lost.send_replace(true);
+                }
+                return work.await;
+            }
+        }
+    }
+}
+
+/// [`renewing`] in a task of its own, for a lease held while a guard
+/// lives: the task ends when the lease is lost (`lost` turns true) and
+/// stays, idle, after `max`. Abort it (the returned handle) when the
+/// lease is given up.
 #[allow(dead_code)]
 pub(crate) fn keep_renewed<F, Fut>(
     lease: Duration,
@@ -209,47 +328,13 @@ where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<bool, Error>> + Send,
 {
-    let start = tokio::time::Instant::now();
-    let every = lease / 3;
     let task = async move {
-        // When the lease surely ends unless renewed: it was taken before
-        // now.
-        let mut ends = start + lease;
-        loop {
-            tokio::time::sleep(every).await;
-            if max.is_some_and(|max| start.elapsed() >= max) {
-                return;
-            }
-            let sent = tokio::time::Instant::now();
-            match tokio::time::timeout_at(ends, renew()).await {
-                Ok(Ok(true)) => ends = sent + lease,
-                Ok(Ok(false)) => {
-                    tracing::warn!("lease lost: a renewal found it gone or taken");
-                    lost.send_replace(true);
-                    return;
-                }
-                Ok(Err(e)) if tokio::time::Instant::now() < ends => {
-                    tracing::warn!(error = %e, "lease not renewed; trying again");
-                }
-                Ok(Err(_)) | Err(_) => {
-                    tracing::warn!("lease lost: not renewed within its time");
-                    lost.send_replace(true);
-                    return;
-                }
-            }
-        }
+        let mut until_lost = lost.subscribe();
+        let work = async move {
+            // Ends when `renewing` reports the loss.
+            let _ = until_lost.wait_for(|lost| *lost).await;
+        };
+        renewing(work, lease, max, renew, Some(&lost)).await;
     };
     tokio::spawn(task).abort_handle()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reply_is_a_token_or_the_time_left() {
-        assert_eq!(taken(7), Taken::Token(7));
-        assert_eq!(taken(-1), Taken::Held(Duration::ZERO));
-        assert_eq!(taken(-1_501), Taken::Held(Duration::from_millis(1_500)));
-    }
 }

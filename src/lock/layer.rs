@@ -14,7 +14,7 @@ use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::Locks;
+use super::{LockGuard, Locks};
 use crate::body::ResponseBody;
 use crate::error::Error;
 use crate::problem::Problem;
@@ -189,7 +189,11 @@ struct Config {
 ///
 /// async fn migrate(Extension(lock): Extension<LockHandle>) -> String {
 ///     // Pass the token to what you write (see the module docs).
-///     format!("migrating with token {}", lock.fencing_token())
+///     match lock.fencing_token().await {
+///         Ok(Some(token)) => format!("migrating with token {token}"),
+///         Ok(None) => "the lock was lost; stopped".to_owned(),
+///         Err(e) => format!("no token: {e}"),
+///     }
 /// }
 ///
 /// # fn build() -> Result<(), redis_layers::Error> {
@@ -209,7 +213,8 @@ struct Config {
 /// and released once its response is ready (not while a streamed body is
 /// still being sent): one store call to take it, one to release it.
 /// The handler finds a [`LockHandle`](super::LockHandle) in the request's extensions (its
-/// fencing token; a signal if the lock is lost).
+/// fencing token, counted when first asked for; a signal if the lock is
+/// lost).
 ///
 /// Answers of the layer's own, all problem+json: a request that names no
 /// resource (no such header, an anonymous session) gets `400`; a resource
@@ -406,9 +411,9 @@ where
         )
         .to_response());
     };
-    let guard = match config
+    let (keys, owner) = match config
         .locks
-        .acquire_or_left(&resource, config.lease, config.wait)
+        .wait_for(&resource, config.lease, config.wait)
         .await
     {
         // Fail closed: never the handler without the lock.
@@ -424,10 +429,14 @@ where
             };
             return Ok(res.map(ResponseBody::full));
         }
-        Ok(Ok(guard)) => guard,
+        Ok(Ok(taken)) => taken,
     };
+    // Renewed in this task while the handler runs: no task per request.
+    let (guard, lost) = LockGuard::unrenewed(config.locks.backend(), &keys, owner, config.lease);
     parts.extensions.insert(guard.handle());
-    let res = inner.call(Request::from_parts(parts, body)).await;
+    let res = guard
+        .renewing(inner.call(Request::from_parts(parts, body)), &lost)
+        .await;
     // Released before the answer goes out: the client's next request on
     // the resource finds it free.
     if let Err(e) = guard.release().await {

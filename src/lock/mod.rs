@@ -20,8 +20,11 @@
 //! // A fenced write: the store refuses a token lower than the last one it
 //! // accepted, so a holder that lost the lock (a long pause) cannot
 //! // overwrite the work of the one after it.
-//! let token = guard.fencing_token();
-//! # let _ = token;
+//! // The first call counts it (one store call) and fails, `None`,
+//! // if the lock is no longer this guard's.
+//! let Some(token) = guard.fencing_token().await? else {
+//!     return Ok(()); // lost already: another holds it now
+//! };
 //! tokio::select! {
 //!     () = build_report(token) => {}
 //!     () = guard.lost() => { /* stop: another may hold it now */ }
@@ -36,8 +39,8 @@
 //! A lock is a lease: a key (`{prefix}:lock:{<hash>}:o`, the hash a
 //! SHA-256 of the resource name, so no name appears in clear) holding the
 //! owner's token (128 bits: 64 drawn from the operating system's random
-//! source once per process, and a counter) for the lease time, taken only when free (`SET ... NX PX` in a
-//! small script, one round trip). The guard:
+//! source once per process, and a counter) for the lease time, taken
+//! only when free (one plain `SET ... NX PX`). The guard:
 //!
 //! - renews it every third of the lease (an owner-checked `PEXPIRE`, on
 //!   Redis's clock), in a task of its own, while it lives;
@@ -57,10 +60,17 @@
 //!
 //! # Fencing tokens
 //!
-//! Each acquisition gets a token higher than every earlier one of its
-//! resource: the last token plus one, or the store's time in
-//! microseconds if that is higher. The counter is kept twice the lease
-//! past the last acquisition, at least a minute (so resources a client
+//! [`LockGuard::fencing_token`] counts a token for the lock the first
+//! time it is asked (one small script; later calls answer from the
+//! guard), and only while the lock is still the guard's: a holder whose
+//! lease ran out gets `None`, never a token. So tokens rise in the order
+//! of their holders: each is higher than every token counted before it
+//! for the resource, the last plus one or the store's time in
+//! microseconds if that is higher. Taking the lock does not count one:
+//! work that needs no fencing (a nightly job that only must not run
+//! twice at once) pays one store call to take the lock, not two. The
+//! counter is kept twice the lease past the last token, at least a
+//! minute (so resources a client
 //! makes up, through a [`LockLayer`] keyed by path or header, cost keys
 //! for about that long only); after it expires, or after a failover lost
 //! its last write, the time keeps tokens rising, as long as the server's
@@ -76,7 +86,8 @@
 //!
 //! | call | store calls |
 //! |---|---|
-//! | [`try_acquire`](Locks::try_acquire) | 1 small script (`SET NX PX`, the token's counter) |
+//! | [`try_acquire`](Locks::try_acquire) | 1 plain `SET NX PX` (and a `PTTL` when another holds it) |
+//! | [`fencing_token`](LockGuard::fencing_token), the first time | 1 small script (owner-checked, counts the token) |
 //! | each renewal | 1 small script (owner-checked `PEXPIRE`), every third of the lease |
 //! | [`release`](LockGuard::release), or dropping the guard | 1 small script (owner-checked `DEL`) |
 //!
@@ -103,7 +114,7 @@ pub use layer::{LockKey, LockLayer, LockLayerBuilder, LockService, Locked, DEFAU
 pub use redlock::{Redlock, RedlockGuard};
 
 /// How long a resource's fencing counter is kept past its last
-/// acquisition, at least (and always twice the lease): a minute. Tokens
+/// token, at least (and always twice the lease): a minute. Tokens
 /// rise after it expires too (the server's time is their floor).
 const COUNTER_FLOOR: Duration = Duration::from_secs(60);
 /// The shortest lease: renewals come every third of it.
@@ -135,6 +146,11 @@ impl Locks {
         }
     }
 
+    /// The backend the locks are kept in.
+    pub(crate) fn backend(&self) -> Backend {
+        self.backend.clone()
+    }
+
     /// Takes the lock on `resource` for `lease` (renewed while the guard
     /// lives) if no one holds it: one store call. `None` when another
     /// holds it. A `Config` error for a lease under 30 ms or over a year.
@@ -146,7 +162,12 @@ impl Locks {
         check(lease, "lease", MIN_LEASE)?;
         let keys = ResourceKeys::new(&self.backend, resource);
         match self.attempt(&keys, lease).await? {
-            Attempt::Taken(guard) => Ok(Some(guard)),
+            Attempt::Taken(owner) => Ok(Some(LockGuard::start(
+                self.backend.clone(),
+                &keys,
+                owner,
+                lease,
+            ))),
             Attempt::Held(_) => Ok(None),
         }
     }
@@ -171,6 +192,21 @@ impl Locks {
         lease: Duration,
         wait: Duration,
     ) -> Result<Result<LockGuard, Duration>, Error> {
+        Ok(self
+            .wait_for(resource, lease, wait)
+            .await?
+            .map(|(keys, owner)| LockGuard::start(self.backend.clone(), &keys, owner, lease)))
+    }
+
+    /// [`acquire_or_left`](Self::acquire_or_left) without the guard: the
+    /// keys and the owner that took the lock, for a caller that holds it
+    /// in a guard of its choice.
+    pub(crate) async fn wait_for(
+        &self,
+        resource: &str,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Result<(ResourceKeys, String), Duration>, Error> {
         check(lease, "lease", MIN_LEASE)?;
         check(wait, "wait", Duration::ZERO)?;
         let keys = ResourceKeys::new(&self.backend, resource);
@@ -178,7 +214,7 @@ impl Locks {
         let mut pause = FIRST_PAUSE;
         loop {
             let left = match self.attempt(&keys, lease).await? {
-                Attempt::Taken(guard) => return Ok(Ok(guard)),
+                Attempt::Taken(owner) => return Ok(Ok((keys, owner))),
                 Attempt::Held(left) => left,
             };
             let now = tokio::time::Instant::now();
@@ -199,21 +235,9 @@ impl Locks {
     /// took.
     async fn attempt(&self, keys: &ResourceKeys, lease: Duration) -> Result<Attempt, Error> {
         let owner = owner_token()?;
-        let counter_ttl = COUNTER_FLOOR.max(lease * 2);
         let call: BoxFuture<Result<Taken, Error>> = {
-            let (backend, lease_key, counter, owner) = (
-                self.backend.clone(),
-                keys.lease.clone(),
-                keys.counter.clone(),
-                owner.clone(),
-            );
-            Box::pin(async move {
-                let keys = lease::Keys {
-                    lease: &lease_key,
-                    counter: &counter,
-                };
-                lease::acquire(&backend, keys, &owner, lease, counter_ttl).await
-            })
+            let (backend, key, owner) = (self.backend.clone(), keys.lease.clone(), owner.clone());
+            Box::pin(async move { lease::acquire(&backend, &key, owner.as_bytes(), lease).await })
         };
         let mut pending = Pending {
             call: Some(call),
@@ -230,7 +254,7 @@ impl Locks {
                 if let Ok(handle) = tokio::runtime::Handle::try_current() {
                     handle.spawn(async move {
                         tokio::time::sleep(Duration::from_millis(100)).await;
-                        let _ = lease::release(&backend, &key, &owner).await;
+                        let _ = lease::release(&backend, &key, owner.as_bytes()).await;
                     });
                 }
                 return Err(e);
@@ -238,19 +262,14 @@ impl Locks {
         };
         match answer {
             Taken::Held(left) => Ok(Attempt::Held(left)),
-            Taken::Token(token) => Ok(Attempt::Taken(LockGuard::start(
-                self.backend.clone(),
-                keys.lease.clone(),
-                owner,
-                token,
-                lease,
-            ))),
+            Taken::Yes => Ok(Attempt::Taken(owner)),
         }
     }
 }
 
 enum Attempt {
-    Taken(LockGuard),
+    /// Taken, by this owner.
+    Taken(String),
     Held(Duration),
 }
 
@@ -266,7 +285,7 @@ fn check(d: Duration, what: &str, min: Duration) -> Result<(), Error> {
 }
 
 /// A resource's lock key and fencing counter (one hash tag).
-struct ResourceKeys {
+pub(crate) struct ResourceKeys {
     lease: String,
     counter: String,
 }
@@ -360,8 +379,8 @@ impl Drop for Pending {
         );
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Ok(Taken::Token(_)) = call.await {
-                    let _ = lease::release(&backend, &key, &owner).await;
+                if let Ok(Taken::Yes) = call.await {
+                    let _ = lease::release(&backend, &key, owner.as_bytes()).await;
                 }
             });
         }
@@ -373,7 +392,9 @@ impl Drop for Pending {
 pub struct LockGuard {
     inner: Arc<GuardInner>,
     handle: LockHandle,
-    renewing: tokio::task::AbortHandle,
+    /// The renewal task, when the guard has one (see
+    /// [`LockGuard::unrenewed`]).
+    renewing: Option<tokio::task::AbortHandle>,
     released: bool,
 }
 
@@ -382,23 +403,25 @@ pub struct LockGuard {
 /// and whether it was lost. Cheap to clone.
 #[derive(Clone)]
 pub struct LockHandle {
-    token: u64,
+    inner: Arc<GuardInner>,
     lost: watch::Receiver<bool>,
 }
 
 impl fmt::Debug for LockHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockHandle")
-            .field("fencing_token", &self.token)
+            .field("fencing_token", &self.inner.token.get())
             .field("lost", &self.is_lost())
             .finish()
     }
 }
 
 impl LockHandle {
-    /// The lock's fencing token (see the [module docs](self#fencing-tokens)).
-    pub fn fencing_token(&self) -> u64 {
-        self.token
+    /// The lock's fencing token, counted the first time any handle or the
+    /// guard asks: `None` if the lock was no longer held then (see
+    /// [`LockGuard::fencing_token`]).
+    pub async fn fencing_token(&self) -> Result<Option<u64>, Error> {
+        self.inner.fencing_token().await
     }
 
     /// True once the lock was lost (see [`LockGuard::is_lost`]).
@@ -423,46 +446,109 @@ impl LockHandle {
 struct GuardInner {
     backend: Backend,
     key: String,
+    counter: String,
     owner: String,
-    token: u64,
+    lease: Duration,
+    /// Counted on first demand, then kept.
+    token: tokio::sync::OnceCell<u64>,
+}
+
+impl GuardInner {
+    async fn renew(&self) -> Result<bool, Error> {
+        lease::renew(&self.backend, &self.key, self.owner.as_bytes(), self.lease).await
+    }
+
+    async fn fencing_token(&self) -> Result<Option<u64>, Error> {
+        /// The lease was not held when asked: nothing to keep.
+        struct NotHeld;
+        let counted = self
+            .token
+            .get_or_try_init(|| async {
+                let keys = lease::Keys {
+                    lease: &self.key,
+                    counter: &self.counter,
+                };
+                let ttl = COUNTER_FLOOR.max(self.lease * 2);
+                match lease::fence(&self.backend, keys, self.owner.as_bytes(), ttl).await {
+                    Ok(Some(token)) => Ok(token),
+                    Ok(None) => Err(Ok(NotHeld)),
+                    Err(e) => Err(Err(e)),
+                }
+            })
+            .await;
+        match counted {
+            Ok(token) => Ok(Some(*token)),
+            Err(Ok(NotHeld)) => Ok(None),
+            Err(Err(e)) => Err(e),
+        }
+    }
 }
 
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
-            .field("fencing_token", &self.inner.token)
+            .field("fencing_token", &self.inner.token.get())
             .field("lost", &self.is_lost())
             .finish_non_exhaustive()
     }
 }
 
 impl LockGuard {
-    fn start(backend: Backend, key: String, owner: String, token: u64, lease: Duration) -> Self {
+    /// A guard renewing its lock in a task of its own while it lives.
+    fn start(backend: Backend, keys: &ResourceKeys, owner: String, lease: Duration) -> Self {
+        let (mut guard, lost) = Self::unrenewed(backend, keys, owner, lease);
+        let inner = guard.inner.clone();
+        guard.renewing = Some(lease::keep_renewed(
+            lease,
+            None,
+            move || {
+                let inner = inner.clone();
+                async move { inner.renew().await }
+            },
+            lost,
+        ));
+        guard
+    }
+
+    /// A guard that does not renew its lock by itself: its holder runs
+    /// the work that needs it through [`renewing`](Self::renewing) (no
+    /// task per lock), with the sender of its loss signal.
+    pub(crate) fn unrenewed(
+        backend: Backend,
+        keys: &ResourceKeys,
+        owner: String,
+        lease: Duration,
+    ) -> (Self, watch::Sender<bool>) {
         let inner = Arc::new(GuardInner {
             backend,
-            key,
+            key: keys.lease.clone(),
+            counter: keys.counter.clone(),
             owner,
-            token,
+            lease,
+            token: tokio::sync::OnceCell::new(),
         });
         let (tx, lost) = watch::channel(false);
-        let renewing = {
-            let inner = inner.clone();
-            lease::keep_renewed(
-                lease,
-                None,
-                move || {
-                    let inner = inner.clone();
-                    async move { lease::renew(&inner.backend, &inner.key, &inner.owner, lease).await }
-                },
-                tx,
-            )
-        };
-        LockGuard {
-            handle: LockHandle { token, lost },
+        let guard = LockGuard {
+            handle: LockHandle {
+                inner: inner.clone(),
+                lost,
+            },
             inner,
-            renewing,
+            renewing: None,
             released: false,
-        }
+        };
+        (guard, tx)
+    }
+
+    /// Runs `work` with the lock renewed meanwhile, in this task (see
+    /// [`lease::renewing`]); `lost` turns true if it is lost.
+    pub(crate) async fn renewing<W: Future>(
+        &self,
+        work: W,
+        lost: &watch::Sender<bool>,
+    ) -> W::Output {
+        let inner = &self.inner;
+        lease::renewing(work, inner.lease, None, || inner.renew(), Some(lost)).await
     }
 
     /// A view of this lock for others (a handler): its token and loss.
@@ -470,10 +556,16 @@ impl LockGuard {
         self.handle.clone()
     }
 
-    /// This acquisition's fencing token: higher than every earlier one of
-    /// the resource (see the [module docs](self#fencing-tokens)).
-    pub fn fencing_token(&self) -> u64 {
-        self.inner.token
+    /// This lock's fencing token: higher than every token counted for the
+    /// resource before (see the [module docs](self#fencing-tokens)). The
+    /// first call counts it, one store call, if the lock is still this
+    /// guard's, and `None` if it is not (its lease ran out, or it was
+    /// taken away): stop the work then. Later calls, and the
+    /// [`LockHandle`]s', answer with the same token and no store call:
+    /// a token stays its holder's, and fenced storage refuses it once a
+    /// later holder wrote with a higher one.
+    pub async fn fencing_token(&self) -> Result<Option<u64>, Error> {
+        self.inner.fencing_token().await
     }
 
     /// True once a renewal found the lock gone or taken, or renewals
@@ -492,9 +584,15 @@ impl LockGuard {
     /// guard's (false: it had expired or been taken, and another's lock
     /// was left alone).
     pub async fn release(mut self) -> Result<bool, Error> {
-        self.renewing.abort();
-        let released =
-            lease::release(&self.inner.backend, &self.inner.key, &self.inner.owner).await;
+        if let Some(renewing) = &self.renewing {
+            renewing.abort();
+        }
+        let released = lease::release(
+            &self.inner.backend,
+            &self.inner.key,
+            self.inner.owner.as_bytes(),
+        )
+        .await;
         // Only now: dropped before the answer (a cancelled request), the
         // guard's drop gives the lock up again, owner-checked.
         self.released = true;
@@ -504,14 +602,16 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        self.renewing.abort();
+        if let Some(renewing) = &self.renewing {
+            renewing.abort();
+        }
         if self.released {
             return;
         }
         let inner = self.inner.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(e) = lease::release(&inner.backend, &inner.key, &inner.owner).await {
+                if let Err(e) = lease::release(&inner.backend, &inner.key, inner.owner.as_bytes()).await {
                     tracing::warn!(error = %e, "lock not released; it frees itself when its lease ends");
                 }
             });

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{check, owner_token, ResourceKeys, COUNTER_FLOOR, MIN_LEASE};
+use super::{check, owner_token, ResourceKeys, MIN_LEASE};
 use crate::error::{Error, ErrorKind};
 use crate::lease::{self, Taken};
 use crate::Backend;
@@ -102,22 +102,11 @@ impl Redlock {
         check(lease, "lease", MIN_LEASE)?;
         let owner = owner_token()?;
         let started = tokio::time::Instant::now();
-        let counter_ttl = COUNTER_FLOOR.max(lease * 2);
         let asks = self.servers.iter().map(|server| {
             let owner = &owner;
             async move {
                 let keys = ResourceKeys::new(server, resource);
-                let taken = lease::acquire(
-                    server,
-                    lease::Keys {
-                        lease: &keys.lease,
-                        counter: &keys.counter,
-                    },
-                    owner,
-                    lease,
-                    counter_ttl,
-                )
-                .await;
+                let taken = lease::acquire(server, &keys.lease, owner.as_bytes(), lease).await;
                 (keys.lease, taken)
             }
         });
@@ -125,7 +114,7 @@ impl Redlock {
         let elapsed = started.elapsed();
         let granted = answers
             .iter()
-            .filter(|(_, taken)| matches!(taken, Ok(Taken::Token(_))))
+            .filter(|(_, taken)| matches!(taken, Ok(Taken::Yes)))
             .count();
         let keys: Vec<String> = answers.iter().map(|(key, _)| key.clone()).collect();
         let guard = RedlockGuard {
@@ -185,7 +174,7 @@ impl RedlockGuard {
             .servers
             .iter()
             .zip(&self.keys)
-            .map(|(server, key)| lease::release(server, key, &self.owner));
+            .map(|(server, key)| lease::release(server, key, self.owner.as_bytes()));
         futures_util::future::join_all(releases)
             .await
             .into_iter()

@@ -68,7 +68,11 @@ pub fn app(fx: &Fixture, layer: IdempotencyLayer) -> Router {
             "/slow" => tokio::time::sleep(Duration::from_millis(600)).await,
             "/slower" => tokio::time::sleep(Duration::from_millis(1_500)).await,
             "/fail" if n == 1 => {
-                return (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response()
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("oops, token {token}"),
+                )
+                    .into_response()
             }
             "/panic" if n == 1 => panic!("handler panicked"),
             "/big" => return "x".repeat(5_000).into_response(),
@@ -533,9 +537,13 @@ support::both_backends! { fixture;
     tokens_grow_per_key => |fx| {
         let app = app(&fx, IdempotencyLayer::new(fx.tb.backend.clone(), Scope::header("x-api-key")));
         let h: &[(&str, &[u8])] = &[("x-api-key", b"a"), ("idempotency-key", b"t")];
-        send(&app, "POST", "/fail", h, "").await; // token 1, released
-        let r = send(&app, "POST", "/fail", h, "").await; // token 2
-        assert!(r.body.contains("token 2"), "{}", r.body);
+        let token = |body: &str| -> u64 {
+            let at = body.find("token ").unwrap_or_else(|| panic!("{body}")) + 6;
+            body[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        };
+        let first = send(&app, "POST", "/fail", h, "").await; // released
+        let second = send(&app, "POST", "/fail", h, "").await;
+        assert!(token(&second.body) > token(&first.body), "{} then {}", first.body, second.body);
     }
 }
 
