@@ -338,3 +338,60 @@ where
     };
     tokio::spawn(task).abort_handle()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An owner is told by the mark its lease's value begins with: another
+    /// mark of the same length, or a value in another state, is not it.
+    #[tokio::test]
+    async fn only_the_owner_mark_renews_releases_and_fences() {
+        let m = MemoryBackend::new();
+        let backend = Backend::Memory(m.clone());
+        let lease = Duration::from_secs(5);
+        assert_eq!(
+            acquire(&backend, "l", b"owner-a", lease).await.unwrap(),
+            Taken::Yes
+        );
+        assert!(matches!(
+            acquire(&backend, "l", b"owner-b", lease).await.unwrap(),
+            Taken::Held(left) if left > Duration::from_secs(4)
+        ));
+        let keys = || Keys {
+            lease: "l",
+            counter: "n",
+        };
+        let ttl = Duration::from_secs(60);
+        assert!(!renew(&backend, "l", b"owner-b", lease).await.unwrap());
+        assert_eq!(
+            fence(&backend, keys(), b"owner-b", ttl).await.unwrap(),
+            None
+        );
+        assert!(!release(&backend, "l", b"owner-b").await.unwrap());
+        assert!(renew(&backend, "l", b"owner-a", lease).await.unwrap());
+        let first = fence(&backend, keys(), b"owner-a", ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        let second = fence(&backend, keys(), b"owner-a", ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(second > first);
+        assert!(release(&backend, "l", b"owner-a").await.unwrap());
+        assert!(!release(&backend, "l", b"owner-a").await.unwrap(), "gone");
+        // A value that merely begins with the mark is held by it (an
+        // idempotency record in flight); one in another state is not.
+        m.atomically(|ks| ks.set("r", Value::Bytes(b"\x01mark-1:fingerprint".to_vec()), None))
+            .unwrap();
+        assert!(renew(&backend, "r", b"\x01mark-1", lease).await.unwrap());
+        m.atomically(|ks| ks.set("r", Value::Bytes(b"\x02mark-1:response".to_vec()), None))
+            .unwrap();
+        assert!(!release(&backend, "r", b"\x01mark-1").await.unwrap());
+        assert!(
+            m.atomically(|ks| ks.get("r").is_some()),
+            "a completed record stays"
+        );
+    }
+}
