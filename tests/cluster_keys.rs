@@ -149,7 +149,7 @@ async fn each_layers_keys_sit_in_the_slots_the_design_names() {
     let token = IdempotencyStore::fence(&backend, key, 9, day)
         .await
         .unwrap();
-    assert_eq!(token, Some(1));
+    assert!(token.is_some_and(|t| t > 0), "{token:?}");
     let records = tb.keys("idem:*");
     assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(slot(&records[0]), slot(&records[1]), "{records:?}");
