@@ -195,7 +195,7 @@ impl RedisBackend {
                 .get_async_connection()
                 .await
                 .map(Conn::Cluster)
-                .map_err(connect_error)?;
+                .map_err(|e| connect_error(e, None))?;
             return Ok((lane.install(conn.clone()), conn));
         }
         #[cfg(feature = "sentinel")]
@@ -207,7 +207,7 @@ impl RedisBackend {
                 .get_async_connection_with_config(config)
                 .await
                 .map(Conn::Node)
-                .map_err(connect_error)?;
+                .map_err(|e| connect_error(e, None))?;
             return Ok((lane.install(conn.clone()), conn));
         }
         let conn = match (&self.inner.direct, &self.inner.pool) {
@@ -221,18 +221,45 @@ impl RedisBackend {
                 return Err(Error::config("the Redis backend has no way to connect"));
             }
         };
-        let conn = Conn::Node(conn.map_err(connect_error)?);
+        let tls = self.inner.direct.as_ref().map(|(client, _)| {
+            matches!(
+                client.get_connection_info().addr(),
+                ::redis::ConnectionAddr::TcpTls { .. }
+            )
+        });
+        let conn = Conn::Node(conn.map_err(|e| connect_error(e, tls))?);
         Ok((lane.install(conn.clone()), conn))
     }
 }
 
-fn connect_error(e: RedisError) -> Error {
+/// A failed connection attempt as an error whose message names the cause
+/// (a refused password, an untrusted certificate, TLS spoken to a
+/// plaintext port or the other way round): what an operator reads first.
+/// `tls`: whether the address was a TLS one, when known. redis-rs's errors
+/// name no credentials.
+fn connect_error(e: RedisError, tls: Option<bool>) -> Error {
     let kind = if e.is_timeout() {
         ErrorKind::Timeout
     } else {
         ErrorKind::Connection
     };
-    Error::new(kind, "could not connect to Redis").with_source(e)
+    let text = e.to_string();
+    let hint = if e.kind() == ::redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+    {
+        "; check the user and password"
+    } else if text.contains("CertificateRequired") {
+        "; the server asks for a client certificate (Tls::client_certificate_pem)"
+    } else if text.to_lowercase().contains("certificate") {
+        "; check the TLS settings (the CA that signed the server's certificate)"
+    } else if tls == Some(true) && (e.is_timeout() || text.contains("corrupt")) {
+        "; no TLS handshake answered: is it a TLS port? (rediss:// on a plaintext port)"
+    } else if tls == Some(false) && (e.is_connection_dropped() || text.contains("reset")) {
+        "; the server hung up: is it a TLS port? (use rediss://)"
+    } else {
+        ""
+    };
+    Error::new(kind, format!("could not connect to Redis: {e}{hint}")).with_source(e)
 }
 
 impl Checkout {

@@ -60,10 +60,14 @@
 
 mod conn;
 mod script;
+#[cfg(feature = "tls")]
+mod tls;
 
 #[allow(unused_imports)]
 pub(crate) use script::script;
 pub use script::{Script, ScriptCall};
+#[cfg(feature = "tls")]
+pub use tls::Tls;
 
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
@@ -166,6 +170,69 @@ pub struct RedisBackendBuilder {
     deadline: Duration,
     prefix: Option<String>,
     multiplexed: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<Tls>,
+    #[cfg(feature = "sentinel")]
+    primary: SentinelPrimary,
+}
+
+/// How to reach the primary behind Sentinel: its ACL user and password,
+/// database and TLS (the sentinels only name its address). Given to
+/// [`RedisBackendBuilder::sentinel_primary`]. `Debug` never shows the
+/// password.
+#[cfg(feature = "sentinel")]
+#[derive(Clone, Default)]
+pub struct SentinelPrimary {
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+    tls: bool,
+}
+
+#[cfg(feature = "sentinel")]
+impl fmt::Debug for SentinelPrimary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentinelPrimary")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+#[cfg(feature = "sentinel")]
+impl SentinelPrimary {
+    /// No user or password, database 0, no TLS.
+    pub fn new() -> Self {
+        SentinelPrimary::default()
+    }
+
+    /// The ACL user (Redis 6+; without one, `AUTH` uses `default`).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The password (`requirepass`, or the ACL user's).
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// The database number (default 0).
+    pub fn db(mut self, db: i64) -> Self {
+        self.db = db;
+        self
+    }
+
+    /// Reach the primary over TLS (verified as
+    /// [`RedisBackendBuilder::tls`] says; the `tls` feature).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -212,10 +279,12 @@ impl RedisBackendBuilder {
     }
 
     /// Follow a primary through Redis Sentinel: `sentinels` are the
-    /// sentinels' `redis://` URLs, `service` the name they monitor the
-    /// primary under (`sentinel monitor <service> ...`). The primary is
-    /// reached with default settings (no password, database 0, no TLS):
-    /// setting those for the data connections is not supported yet. Each connection
+    /// sentinels' URLs (`redis://`, or `rediss://` for TLS; a password in
+    /// them, `redis://:pass@host:26379`, is the sentinels' own, and all of
+    /// them must share it), `service` the name they monitor the primary
+    /// under (`sentinel monitor <service> ...`). The primary is reached as
+    /// [`sentinel_primary`](Self::sentinel_primary) says (by default: no
+    /// password, database 0, no TLS). Each connection
     /// asks the sentinels for the current primary; when a failover breaks
     /// it (or the old primary answers `READONLY`), the next call connects
     /// to the new one. The cache's local tier subscribes the same way.
@@ -232,6 +301,24 @@ impl RedisBackendBuilder {
             sentinels: sentinels.into_iter().map(Into::into).collect(),
             service: service.into(),
         };
+        self
+    }
+
+    /// How to reach the primary behind [`sentinel`](Self::sentinel): its
+    /// user, password, database and TLS.
+    #[cfg(feature = "sentinel")]
+    pub fn sentinel_primary(mut self, primary: SentinelPrimary) -> Self {
+        self.primary = primary;
+        self
+    }
+
+    /// TLS settings for `rediss://` URLs (a private CA, a client
+    /// certificate): see [`Tls`]. Building fails when they are given for a
+    /// URL that is not `rediss://`, or for a pool (whose connections are
+    /// its manager's).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -282,6 +369,121 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// A client for `url`, with the TLS settings when it is `rediss://`.
+    fn client(&self, url: &str) -> Result<::redis::Client, Error> {
+        let tls_url = url.starts_with("rediss://");
+        #[cfg(not(feature = "tls"))]
+        if tls_url {
+            return Err(Error::config(
+                "a rediss:// URL needs the `tls` feature of redis-layers",
+            ));
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            if !tls_url {
+                return Err(Error::config(
+                    "TLS settings were given, but a URL is not rediss://",
+                ));
+            }
+            return ::redis::Client::build_with_tls(url, tls.certificates()).map_err(|e| {
+                if e.kind() == ::redis::ErrorKind::InvalidClientConfig
+                    && e.to_string().contains("URL")
+                {
+                    url_error(e)
+                } else {
+                    tls::invalid(e)
+                }
+            });
+        }
+        #[cfg(feature = "tls")]
+        if tls_url {
+            tls::install_provider();
+        }
+        let _ = tls_url;
+        ::redis::Client::open(url).map_err(url_error)
+    }
+
+    /// The sentinels' client: their addresses and credentials from their
+    /// URLs, the primary's from [`sentinel_primary`](Self::sentinel_primary).
+    #[cfg(feature = "sentinel")]
+    fn sentinel_client(
+        &self,
+        sentinels: &[String],
+        service: &str,
+    ) -> Result<::redis::sentinel::SentinelClient, Error> {
+        use ::redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+        use ::redis::IntoConnectionInfo;
+        if sentinels.is_empty() {
+            return Err(Error::config("Sentinel needs at least one sentinel"));
+        }
+        let infos = sentinels
+            .iter()
+            .map(|url| {
+                #[cfg(not(feature = "tls"))]
+                if url.starts_with("rediss://") {
+                    return Err(Error::config(
+                        "a rediss:// URL needs the `tls` feature of redis-layers",
+                    ));
+                }
+                url.as_str().into_connection_info().map_err(url_error)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let auth = infos[0].redis_settings();
+        let (username, password) = (auth.username(), auth.password());
+        if infos.iter().any(|i| {
+            i.redis_settings().username() != username || i.redis_settings().password() != password
+        }) {
+            return Err(Error::config(
+                "the sentinels' URLs must share one user and password",
+            ));
+        }
+        let sentinel_tls = infos
+            .iter()
+            .any(|i| matches!(i.addr(), ::redis::ConnectionAddr::TcpTls { .. }));
+        let mut b = SentinelClientBuilder::new(
+            infos.iter().map(|i| i.addr().clone()),
+            service,
+            SentinelServerType::Master,
+        )
+        .map_err(url_error)?
+        .set_client_to_redis_db(self.primary.db);
+        if let Some(user) = username {
+            b = b.set_client_to_sentinel_username(user);
+        }
+        if let Some(password) = password {
+            b = b.set_client_to_sentinel_password(password);
+        }
+        if let Some(user) = &self.primary.username {
+            b = b.set_client_to_redis_username(user);
+        }
+        if let Some(password) = &self.primary.password {
+            b = b.set_client_to_redis_password(password);
+        }
+        #[cfg(feature = "tls")]
+        {
+            if sentinel_tls || self.primary.tls {
+                tls::install_provider();
+            }
+            if sentinel_tls {
+                b = b.set_client_to_sentinel_tls_mode(::redis::TlsMode::Secure);
+            }
+            if self.primary.tls {
+                b = b.set_client_to_redis_tls_mode(::redis::TlsMode::Secure);
+            }
+            if let Some(tls) = &self.tls {
+                if sentinel_tls {
+                    b = b.set_client_to_sentinel_certificates(tls.certificates());
+                }
+                if self.primary.tls {
+                    b = b.set_client_to_redis_certificates(tls.certificates());
+                }
+            }
+        }
+        let _ = sentinel_tls;
+        b.build()
+            .map_err(|e| Error::config(format!("invalid Sentinel settings: {e}")))
+    }
+
     /// Builds the backend. Nothing is sent to Redis yet: connections open on
     /// first use, so an application can start while Redis is still coming up.
     /// Use [`RedisBackend::ping`] to check connectivity at start-up.
@@ -298,17 +500,24 @@ impl RedisBackendBuilder {
             Some(p) => Namespace::new(p)?,
             None => Namespace::default(),
         };
-        let invalid = |e: ::redis::RedisError| {
-            Error::new(
-                ErrorKind::Config,
-                "invalid Redis URL (expected redis://host:port, rediss://host:port or unix:///path)",
-            )
-            .with_source(e)
-        };
+        let invalid = url_error;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            tls.check()?;
+            tls::install_provider();
+            if matches!(self.source, Source::Pool(_)) {
+                return Err(Error::config(
+                    "TLS settings apply to URLs; a pool's connections are its manager's",
+                ));
+            }
+        }
         // A pool and a direct client for `url`.
         let direct = |url: &str| -> Result<_, Error> {
-            let manager = RedisConnectionManager::new(url).map_err(invalid)?;
-            let client = ::redis::Client::open(url).map_err(invalid)?;
+            let client = self.client(url)?;
+            // The pool's manager connects as the client does (TLS
+            // settings included).
+            let manager = RedisConnectionManager::new(client.get_connection_info().clone())
+                .map_err(invalid)?;
             // The deadline bounds every call; redis-rs's own reply
             // timeout (500 ms by default) would cap a longer one.
             let config = ::redis::AsyncConnectionConfig::new()
@@ -333,16 +542,7 @@ impl RedisBackendBuilder {
             Source::Pool(pool) => (Some(pool.clone()), None),
             #[cfg(feature = "sentinel")]
             Source::Sentinel { sentinels, service } => {
-                if sentinels.is_empty() {
-                    return Err(Error::config("Sentinel needs at least one sentinel"));
-                }
-                let client = ::redis::sentinel::SentinelClient::build(
-                    sentinels.iter().map(String::as_str).collect(),
-                    service.clone(),
-                    None,
-                    ::redis::sentinel::SentinelServerType::Master,
-                )
-                .map_err(invalid)?;
+                let client = self.sentinel_client(sentinels, service)?;
                 let config = ::redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(self.connection_timeout))
                     .set_response_timeout(None);
@@ -357,17 +557,20 @@ impl RedisBackendBuilder {
                         "a Redis Cluster needs at least one seed node",
                     ));
                 };
-                cluster = Some(
+                for node in nodes {
+                    seeds.push(self.client(node)?);
+                }
+                #[allow(unused_mut)]
+                let mut builder =
                     ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
                         .connection_timeout(self.connection_timeout)
                         // The deadline bounds every call.
-                        .response_timeout(Duration::from_secs(60))
-                        .build()
-                        .map_err(invalid)?,
-                );
-                for node in nodes {
-                    seeds.push(::redis::Client::open(node.as_str()).map_err(invalid)?);
+                        .response_timeout(Duration::from_secs(60));
+                #[cfg(feature = "tls")]
+                if let Some(tls) = &self.tls {
+                    builder = builder.certs(tls.certificates());
                 }
+                cluster = Some(builder.build().map_err(invalid)?);
                 direct(first)?
             }
             Source::None => return Err(Error::config("RedisBackend needs a URL or a pool")),
@@ -397,6 +600,16 @@ impl RedisBackendBuilder {
     }
 }
 
+/// A URL that does not parse (the URL itself is not repeated: it may hold
+/// a password).
+fn url_error(e: ::redis::RedisError) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        "invalid Redis URL (expected redis://host:port, rediss://host:port or unix:///path)",
+    )
+    .with_source(e)
+}
+
 impl RedisBackend {
     /// A builder with the documented defaults; give it a [`url`](RedisBackendBuilder::url)
     /// or a [`pool`](RedisBackendBuilder::pool).
@@ -408,6 +621,10 @@ impl RedisBackend {
             deadline: DEFAULT_DEADLINE,
             prefix: None,
             multiplexed: DEFAULT_MULTIPLEXED_CONNECTIONS,
+            #[cfg(feature = "tls")]
+            tls: None,
+            #[cfg(feature = "sentinel")]
+            primary: SentinelPrimary::default(),
         }
     }
 

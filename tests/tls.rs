@@ -1,0 +1,435 @@
+//! TLS and ACL to Redis: a `redis-server` with `--tls-port` and
+//! certificates made at test time (rcgen: nothing checked in that could
+//! expire), mutual TLS, users and passwords, and the errors a wrong
+//! setting gives. Each layer's smoke flow runs over TLS.
+#![cfg(feature = "tls")]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::routing::{get, post};
+use axum::Router;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use redis_layers::redis::{RedisBackend, Tls};
+use redis_layers::{Backend, ErrorKind};
+use tower::ServiceExt;
+
+use support::RedisServer;
+
+/// A CA, a server certificate for 127.0.0.1 and localhost, and a client
+/// certificate, all signed by the CA, as PEM files in a temp dir.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: String,
+    client_cert: String,
+    client_key: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "redis-layers test CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) =
+            leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth);
+        let dir = tempfile::tempdir().unwrap();
+        for (name, pem) in [
+            ("ca.pem", ca_cert.pem()),
+            ("server.pem", server_cert),
+            ("server.key", server_key),
+        ] {
+            std::fs::write(dir.path().join(name), pem).unwrap();
+        }
+        Pki {
+            dir,
+            ca: ca_cert.pem(),
+            client_cert,
+            client_key,
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// A server listening for TLS on `tls_port` too (its plaintext port stays
+/// for the harness), asking clients for a certificate when `mutual`.
+fn tls_server(pki: &Pki, tls_port: u16, mutual: bool, extra: &[&str]) -> RedisServer {
+    let port = tls_port.to_string();
+    let (cert, key, ca) = (
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
+    let mut args = vec![
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        if mutual { "yes" } else { "no" },
+    ];
+    args.extend_from_slice(extra);
+    RedisServer::start_with(&args)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn backend(url: &str, tls: Option<Tls>) -> Result<RedisBackend, redis_layers::Error> {
+    let mut b = RedisBackend::builder()
+        .url(url)
+        .prefix(support::unique_prefix("tls"))
+        .deadline(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        b = b.tls(tls);
+    }
+    b.build()
+}
+
+async fn call(app: &Router, req: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let (status, headers) = (res.status(), res.headers().clone());
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Each layer's smoke flow on `backend`: a session kept across requests,
+/// a limit enforced, a response cached, a POST replayed, a lock held.
+async fn smoke(backend: Backend) {
+    use redis_layers::cache::CacheLayer;
+    use redis_layers::idempotency::{IdempotencyLayer, Scope};
+    use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, Rule};
+    use redis_layers::session::{Session, SessionLayer};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    // Sessions.
+    let app = Router::new()
+        .route(
+            "/visit",
+            get(|session: Session| async move {
+                let n: u64 = session.get("n").await.unwrap().unwrap_or(0) + 1;
+                session.insert("n", n).unwrap();
+                n.to_string()
+            }),
+        )
+        .layer(
+            SessionLayer::builder(backend.clone())
+                .secure(false)
+                .build()
+                .unwrap(),
+        );
+    let (_, headers, body) = call(&app, Request::get("/visit").body(Body::empty()).unwrap()).await;
+    assert_eq!(body, "1");
+    let cookie = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let req = Request::get("/visit")
+        .header("cookie", &cookie)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&app, req).await.2, "2", "the session was kept");
+
+    // Rate limiting.
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::builder(backend.clone())
+            .rule(
+                Rule::prefix("/")
+                    .key(Key::header("x-api-key"))
+                    .policy(Policy::per_minute(2)),
+            )
+            .build()
+            .unwrap(),
+    );
+    let statuses: Vec<StatusCode> = {
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            let req = Request::get("/")
+                .header("x-api-key", "k")
+                .body(Body::empty())
+                .unwrap();
+            out.push(call(&app, req).await.0);
+        }
+        out
+    };
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+
+    // Caching.
+    let runs = Arc::new(AtomicU64::new(0));
+    let app = Router::new()
+        .route(
+            "/products",
+            get({
+                let runs = runs.clone();
+                move || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    ([("cache-control", "public, max-age=60")], "[\"tea\"]")
+                }
+            }),
+        )
+        .layer(CacheLayer::new(backend.clone()));
+    for _ in 0..3 {
+        let (status, _, body) =
+            call(&app, Request::get("/products").body(Body::empty()).unwrap()).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "[\"tea\"]"));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "served from the cache");
+
+    // Idempotency.
+    let orders = Arc::new(AtomicU64::new(0));
+    let app = Router::new().route(
+        "/orders",
+        post({
+            let orders = orders.clone();
+            move || async move { format!("order {}", orders.fetch_add(1, Ordering::SeqCst) + 1) }
+        })
+        .layer(IdempotencyLayer::new(
+            backend.clone(),
+            Scope::header("x-api-key"),
+        )),
+    );
+    let order = || {
+        Request::post("/orders")
+            .header("x-api-key", "k")
+            .header("idempotency-key", "order-1")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    let first = call(&app, order()).await;
+    let again = call(&app, order()).await;
+    assert_eq!(first.2, "order 1");
+    assert_eq!(again.2, "order 1");
+    assert_eq!(again.1["idempotent-replayed"], "true");
+
+    // Locks.
+    let locks = redis_layers::lock::Locks::new(backend.clone());
+    let guard = locks
+        .try_acquire("job", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(locks
+        .try_acquire("job", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(guard.fencing_token().await.unwrap().is_some());
+    assert!(guard.release().await.unwrap());
+}
+
+#[tokio::test]
+async fn every_layer_works_over_tls_with_a_private_ca() {
+    let pki = Pki::new();
+    let port = free_port();
+    let _server = tls_server(&pki, port, false, &[]);
+    let backend = backend(
+        &format!("rediss://127.0.0.1:{port}"),
+        Some(Tls::new().root_certificates_pem(pki.ca.as_bytes())),
+    )
+    .unwrap();
+    backend.ping().await.unwrap();
+    smoke(backend.into()).await;
+}
+
+#[tokio::test]
+async fn mutual_tls_needs_the_client_certificate() {
+    let pki = Pki::new();
+    let port = free_port();
+    let _server = tls_server(&pki, port, true, &[]);
+    let url = format!("rediss://localhost:{port}");
+    let without = backend(
+        &url,
+        Some(Tls::new().root_certificates_pem(pki.ca.as_bytes())),
+    )
+    .unwrap();
+    let err = without.ping().await.unwrap_err();
+    eprintln!("without a client certificate: {err}");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.to_string().contains("client certificate"), "{err}");
+    let with = backend(
+        &url,
+        Some(
+            Tls::new()
+                .root_certificates_pem(pki.ca.as_bytes())
+                .client_certificate_pem(pki.client_cert.as_bytes(), pki.client_key.as_bytes()),
+        ),
+    )
+    .unwrap();
+    with.ping().await.unwrap();
+    smoke(with.into()).await;
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_fails_within_the_deadline_and_says_so() {
+    let pki = Pki::new();
+    let port = free_port();
+    let _server = tls_server(&pki, port, false, &[]);
+    // The system's trust store does not know the test CA.
+    let backend = backend(&format!("rediss://127.0.0.1:{port}"), None).unwrap();
+    let started = Instant::now();
+    let err = backend.ping().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    eprintln!("an untrusted certificate: {err}");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(
+        err.to_string().contains("certificate"),
+        "names the cause: {err}"
+    );
+}
+
+#[tokio::test]
+async fn a_tls_url_for_a_plaintext_port_fails_within_the_deadline() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, free_port(), false, &[]);
+    let backend = backend(
+        &format!("rediss://127.0.0.1:{}", server.port()),
+        Some(Tls::new().root_certificates_pem(pki.ca.as_bytes())),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let err = backend.ping().await.unwrap_err();
+    eprintln!("rediss:// on a plaintext port: {err}");
+    assert!(err.to_string().contains("TLS port"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(err.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+        "{err}"
+    );
+    // And the other way: a plaintext URL for the TLS port.
+    let port = free_port();
+    let _tls_only = tls_server(&pki, port, false, &[]);
+    let plain = backend_plain(&format!("redis://127.0.0.1:{port}"));
+    let started = Instant::now();
+    let err = plain.ping().await.unwrap_err();
+    eprintln!("redis:// on a TLS port: {err}");
+    assert!(err.to_string().contains("rediss://"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+fn backend_plain(url: &str) -> RedisBackend {
+    backend(url, None).unwrap()
+}
+
+#[tokio::test]
+async fn bad_tls_settings_are_refused_at_build() {
+    let tls = || Tls::new().root_certificates_pem(b"not a certificate".to_vec());
+    let err = backend("rediss://127.0.0.1:6380", Some(tls())).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    // TLS settings for a plaintext URL: a mistake, said at once.
+    let pki = Pki::new();
+    let ok = Tls::new().root_certificates_pem(pki.ca.as_bytes());
+    let err = backend("redis://127.0.0.1:6379", Some(ok)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("rediss://"), "{err}");
+}
+
+/// An ACL user with a password, over TLS and not: the right one works,
+/// a wrong one fails at the first call naming the cause, and the password
+/// shows in no `Debug`, `Display` or error.
+#[tokio::test]
+async fn acl_users_and_passwords_work_and_never_show() {
+    const SECRET: &str = "s3cret-Pa55word";
+    const WRONG: &str = "not-the-Pa55word";
+    let pki = Pki::new();
+    let tls_port = free_port();
+    let server = tls_server(&pki, tls_port, false, &[]);
+    let _: String = server.cmd(&[
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        &format!(">{SECRET}"),
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let ca = || Some(Tls::new().root_certificates_pem(pki.ca.as_bytes()));
+    for (url, tls) in [
+        (
+            format!("redis://app:{SECRET}@127.0.0.1:{}", server.port()),
+            None,
+        ),
+        (format!("rediss://app:{SECRET}@127.0.0.1:{tls_port}"), ca()),
+    ] {
+        let good = backend(&url, tls.clone()).unwrap();
+        good.ping().await.unwrap();
+        assert!(!format!("{good:?}").contains(SECRET));
+        let wrong_url = url.replace(SECRET, WRONG);
+        let builder = RedisBackend::builder().url(&wrong_url);
+        assert!(!format!("{builder:?}").contains(WRONG));
+        let wrong = backend(&wrong_url, tls).unwrap();
+        let started = Instant::now();
+        let err = wrong.ping().await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+        let shown = format!("{err} {err:?} {:?}", std::error::Error::source(&err));
+        assert!(
+            shown.contains("user and password"),
+            "names the cause: {shown}"
+        );
+        assert!(!shown.contains(WRONG) && !shown.contains(SECRET), "{shown}");
+    }
+    // A URL that does not parse is not repeated in the error.
+    let err = backend(&format!("redis://app:{SECRET}@[bad"), None).unwrap_err();
+    assert!(!format!("{err} {err:?}").contains(SECRET), "{err:?}");
+}
