@@ -235,3 +235,49 @@ async fn a_failover_is_followed_within_a_bounded_time() {
     assert!(failures > 0, "the loss was noticed at all");
     eprintln!("recovered {recovered:?} after the primary died; {failures} reads failed meanwhile");
 }
+
+/// Behind Sentinel with passwords everywhere: the data nodes require one
+/// (the primary's, given with `sentinel_primary`), the sentinels another
+/// (in their URLs). Every layer works; a wrong primary password fails
+/// naming the cause, and neither password shows in an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_layer_works_behind_sentinel_with_passwords() {
+    use redis_layers::redis::SentinelPrimary;
+    const DATA: &str = "data-Pa55word";
+    const OWN: &str = "sentinel-Pa55word";
+    let setup = SentinelSetup::start_with(Some((DATA, OWN)));
+    let urls: Vec<String> = setup
+        .sentinels
+        .iter()
+        .map(|s| s.url().replace("redis://", &format!("redis://:{OWN}@")))
+        .collect();
+    let build = |password: &str| {
+        RedisBackend::builder()
+            .sentinel(urls.clone(), "mymaster")
+            .sentinel_primary(SentinelPrimary::new().password(password))
+            .prefix(support::unique_prefix("sentinel-auth"))
+            .deadline(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let backend = build(DATA);
+    backend.ping().await.unwrap();
+    support::smoke::smoke(backend.into()).await;
+
+    let wrong = build("wrong-Pa55word");
+    let err = wrong.ping().await.unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(shown.contains("user and password"), "{shown}");
+    assert!(!shown.contains(DATA) && !shown.contains(OWN) && !shown.contains("wrong-Pa55word"));
+    assert!(!format!("{:?}", SentinelPrimary::new().password(DATA)).contains(DATA));
+
+    // The sentinels' own password missing: they refuse to name the primary.
+    let no_sentinel_password = RedisBackend::builder()
+        .sentinel(setup.sentinel_urls(), "mymaster")
+        .sentinel_primary(SentinelPrimary::new().password(DATA))
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let err = no_sentinel_password.ping().await.unwrap_err();
+    assert!(err.to_string().contains("user and password"), "{err}");
+}

@@ -8,14 +8,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::routing::{get, post};
-use axum::Router;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use redis_layers::redis::{RedisBackend, Tls};
-use redis_layers::{Backend, ErrorKind};
-use tower::ServiceExt;
+use redis_layers::ErrorKind;
 
 use support::RedisServer;
 
@@ -45,19 +39,25 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
         ];
         let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let leaf = |names: Vec<String>, usage: Vec<ExtendedKeyUsagePurpose>| {
             let key = KeyPair::generate().unwrap();
             let mut params = CertificateParams::new(names).unwrap();
-            params.extended_key_usages = vec![usage];
+            params.extended_key_usages = usage;
             let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
             (cert.pem(), key.serialize_pem())
         };
+        // Client auth too: cluster nodes present it to each other.
         let (server_cert, server_key) = leaf(
             vec!["127.0.0.1".into(), "localhost".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         );
-        let (client_cert, client_key) =
-            leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth);
+        let (client_cert, client_key) = leaf(
+            vec!["client".into()],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        );
         let dir = tempfile::tempdir().unwrap();
         for (name, pem) in [
             ("ca.pem", ca_cert.pem()),
@@ -123,148 +123,6 @@ fn backend(url: &str, tls: Option<Tls>) -> Result<RedisBackend, redis_layers::Er
     b.build()
 }
 
-async fn call(app: &Router, req: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
-    let res = app.clone().oneshot(req).await.unwrap();
-    let (status, headers) = (res.status(), res.headers().clone());
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// Each layer's smoke flow on `backend`: a session kept across requests,
-/// a limit enforced, a response cached, a POST replayed, a lock held.
-async fn smoke(backend: Backend) {
-    use redis_layers::cache::CacheLayer;
-    use redis_layers::idempotency::{IdempotencyLayer, Scope};
-    use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, Rule};
-    use redis_layers::session::{Session, SessionLayer};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
-
-    // Sessions.
-    let app = Router::new()
-        .route(
-            "/visit",
-            get(|session: Session| async move {
-                let n: u64 = session.get("n").await.unwrap().unwrap_or(0) + 1;
-                session.insert("n", n).unwrap();
-                n.to_string()
-            }),
-        )
-        .layer(
-            SessionLayer::builder(backend.clone())
-                .secure(false)
-                .build()
-                .unwrap(),
-        );
-    let (_, headers, body) = call(&app, Request::get("/visit").body(Body::empty()).unwrap()).await;
-    assert_eq!(body, "1");
-    let cookie = headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let req = Request::get("/visit")
-        .header("cookie", &cookie)
-        .body(Body::empty())
-        .unwrap();
-    assert_eq!(call(&app, req).await.2, "2", "the session was kept");
-
-    // Rate limiting.
-    let app = Router::new().route("/", get(|| async { "ok" })).layer(
-        RateLimitLayer::builder(backend.clone())
-            .rule(
-                Rule::prefix("/")
-                    .key(Key::header("x-api-key"))
-                    .policy(Policy::per_minute(2)),
-            )
-            .build()
-            .unwrap(),
-    );
-    let statuses: Vec<StatusCode> = {
-        let mut out = Vec::new();
-        for _ in 0..3 {
-            let req = Request::get("/")
-                .header("x-api-key", "k")
-                .body(Body::empty())
-                .unwrap();
-            out.push(call(&app, req).await.0);
-        }
-        out
-    };
-    assert_eq!(
-        statuses,
-        [
-            StatusCode::OK,
-            StatusCode::OK,
-            StatusCode::TOO_MANY_REQUESTS
-        ]
-    );
-
-    // Caching.
-    let runs = Arc::new(AtomicU64::new(0));
-    let app = Router::new()
-        .route(
-            "/products",
-            get({
-                let runs = runs.clone();
-                move || async move {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    ([("cache-control", "public, max-age=60")], "[\"tea\"]")
-                }
-            }),
-        )
-        .layer(CacheLayer::new(backend.clone()));
-    for _ in 0..3 {
-        let (status, _, body) =
-            call(&app, Request::get("/products").body(Body::empty()).unwrap()).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "[\"tea\"]"));
-    }
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "served from the cache");
-
-    // Idempotency.
-    let orders = Arc::new(AtomicU64::new(0));
-    let app = Router::new().route(
-        "/orders",
-        post({
-            let orders = orders.clone();
-            move || async move { format!("order {}", orders.fetch_add(1, Ordering::SeqCst) + 1) }
-        })
-        .layer(IdempotencyLayer::new(
-            backend.clone(),
-            Scope::header("x-api-key"),
-        )),
-    );
-    let order = || {
-        Request::post("/orders")
-            .header("x-api-key", "k")
-            .header("idempotency-key", "order-1")
-            .body(Body::from("{}"))
-            .unwrap()
-    };
-    let first = call(&app, order()).await;
-    let again = call(&app, order()).await;
-    assert_eq!(first.2, "order 1");
-    assert_eq!(again.2, "order 1");
-    assert_eq!(again.1["idempotent-replayed"], "true");
-
-    // Locks.
-    let locks = redis_layers::lock::Locks::new(backend.clone());
-    let guard = locks
-        .try_acquire("job", Duration::from_secs(5))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(locks
-        .try_acquire("job", Duration::from_secs(5))
-        .await
-        .unwrap()
-        .is_none());
-    assert!(guard.fencing_token().await.unwrap().is_some());
-    assert!(guard.release().await.unwrap());
-}
-
 #[tokio::test]
 async fn every_layer_works_over_tls_with_a_private_ca() {
     let pki = Pki::new();
@@ -276,7 +134,7 @@ async fn every_layer_works_over_tls_with_a_private_ca() {
     )
     .unwrap();
     backend.ping().await.unwrap();
-    smoke(backend.into()).await;
+    support::smoke::smoke(backend.into()).await;
 }
 
 #[tokio::test]
@@ -304,7 +162,7 @@ async fn mutual_tls_needs_the_client_certificate() {
     )
     .unwrap();
     with.ping().await.unwrap();
-    smoke(with.into()).await;
+    support::smoke::smoke(with.into()).await;
 }
 
 #[tokio::test]
@@ -432,4 +290,49 @@ async fn acl_users_and_passwords_work_and_never_show() {
     // A URL that does not parse is not repeated in the error.
     let err = backend(&format!("redis://app:{SECRET}@[bad"), None).unwrap_err();
     assert!(!format!("{err} {err:?}").contains(SECRET), "{err:?}");
+}
+
+/// A three-primary Cluster whose nodes speak TLS to clients and to each
+/// other (`tls-cluster yes`: they announce their TLS ports), reached
+/// through `rediss://` seed nodes: every layer works.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_layer_works_on_a_cluster_over_tls() {
+    let pki = Pki::new();
+    let cluster = support::RedisCluster::start_from(3, || {
+        tls_server(
+            &pki,
+            free_port(),
+            false,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+                "--tls-cluster",
+                "yes",
+            ],
+        )
+    });
+    let slots: redis::Value = cluster.nodes[0].cmd(&["CLUSTER", "SLOTS"]);
+    let seeds: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let tls_port: Vec<String> = n.cmd(&["CONFIG", "GET", "tls-port"]);
+            format!("rediss://127.0.0.1:{}", tls_port[1])
+        })
+        .collect();
+    let backend = RedisBackend::builder()
+        .cluster(seeds)
+        .tls(Tls::new().root_certificates_pem(pki.ca.as_bytes()))
+        .prefix(support::unique_prefix("tls-cluster"))
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    backend
+        .ping()
+        .await
+        .unwrap_or_else(|e| panic!("{e}; slots {slots:?}"));
+    support::smoke::smoke(backend.into()).await;
 }

@@ -6,6 +6,7 @@
 #![allow(dead_code, unreachable_pub, unused_macros, unused_imports)]
 
 pub mod http;
+pub mod smoke;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 /// A `redis-server` child process on a loopback port.
 pub struct RedisServer {
     port: u16,
+    /// Its `--requirepass`, for the harness's own connections.
+    password: Option<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
     binary: PathBuf,
@@ -66,8 +69,14 @@ impl RedisServer {
     pub fn start_with(extra: &[&str]) -> Self {
         let binary = binary();
         for _attempt in 0..5 {
+            let password = extra
+                .iter()
+                .position(|a| *a == "--requirepass")
+                .and_then(|at| extra.get(at + 1))
+                .map(|p| (*p).to_owned());
             let mut server = RedisServer {
                 port: free_port(),
+                password,
                 child: None,
                 dir: tempfile::tempdir().expect("temp dir for redis-server"),
                 binary: binary.clone(),
@@ -119,7 +128,8 @@ impl RedisServer {
                 }
             }
             if let Ok(reply) = raw_command(self.port, "PING", Duration::from_millis(200)) {
-                if reply.starts_with("+PONG") {
+                // NOAUTH: up, and asking for its password.
+                if reply.starts_with("+PONG") || reply.starts_with("-NOAUTH") {
                     return true;
                 }
             }
@@ -161,7 +171,11 @@ impl RedisServer {
 
     /// A plain connection for setup and inspection (not the code under test).
     pub fn admin(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        let url = match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        };
+        redis::Client::open(url)
             .and_then(|c| c.get_connection())
             .expect("admin connection to the test redis-server")
     }
@@ -310,8 +324,14 @@ impl RedisCluster {
     /// Starts `n` nodes, assigns the 16384 slots, joins them, and waits until
     /// every node reports `cluster_state:ok`.
     pub fn start(n: usize) -> Self {
+        Self::start_from(n, cluster_node)
+    }
+
+    /// [`start`](Self::start) with nodes `node` starts (with
+    /// `--cluster-enabled yes` among their arguments).
+    pub fn start_from(n: usize, node: impl Fn() -> RedisServer) -> Self {
         assert!(n >= 1);
-        let nodes: Vec<RedisServer> = (0..n).map(|_| cluster_node()).collect();
+        let nodes: Vec<RedisServer> = (0..n).map(|_| node()).collect();
         let per = 16384 / n;
         for (i, node) in nodes.iter().enumerate() {
             let first = i * per;
@@ -324,7 +344,15 @@ impl RedisCluster {
             ]);
         }
         for node in &nodes[1..] {
-            let _: () = nodes[0].cmd(&["CLUSTER", "MEET", "127.0.0.1", &node.port().to_string()]);
+            // With `tls-cluster yes` a node's bus is its TLS port + 10000.
+            let tls: Vec<String> = node.cmd(&["CONFIG", "GET", "tls-cluster"]);
+            let port = if tls.get(1).is_some_and(|v| v == "yes") {
+                let tls_port: Vec<String> = node.cmd(&["CONFIG", "GET", "tls-port"]);
+                tls_port[1].clone()
+            } else {
+                node.port().to_string()
+            };
+            let _: () = nodes[0].cmd(&["CLUSTER", "MEET", "127.0.0.1", &port]);
         }
         let started = Instant::now();
         loop {
@@ -653,12 +681,19 @@ pub struct SentinelSetup {
 /// One `redis-server --sentinel` process.
 pub struct Sentinel {
     port: u16,
+    /// Its own `requirepass`, when set.
+    password: Option<String>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
 impl Sentinel {
     fn start(primary: u16) -> Sentinel {
+        Self::start_with(primary, None)
+    }
+
+    /// A sentinel with `(the data nodes' password, its own)`.
+    fn start_with(primary: u16, passwords: Option<(&str, &str)>) -> Sentinel {
         for _attempt in 0..5 {
             let port = free_port();
             let dir = tempfile::tempdir().expect("temp dir for a sentinel");
@@ -669,9 +704,12 @@ impl Sentinel {
                     "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\n\
                      sentinel monitor mymaster 127.0.0.1 {primary} 2\n\
                      sentinel down-after-milliseconds mymaster 1000\n\
-                     sentinel failover-timeout mymaster 5000\n",
+                     sentinel failover-timeout mymaster 5000\n{}",
                     dir.path().display(),
                     dir.path().join("sentinel.log").display(),
+                    passwords.map_or(String::new(), |(data, own)| format!(
+                        "sentinel auth-pass mymaster {data}\nrequirepass {own}\n"
+                    )),
                 ),
             )
             .expect("sentinel.conf");
@@ -689,13 +727,14 @@ impl Sentinel {
             };
             let mut sentinel = Sentinel {
                 port,
+                password: passwords.map(|(_, own)| own.to_owned()),
                 child: Some(child),
                 _dir: dir,
             };
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(10) {
                 if raw_command(port, "PING", Duration::from_millis(200))
-                    .is_ok_and(|r| r.starts_with("+PONG"))
+                    .is_ok_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
                 {
                     return sentinel;
                 }
@@ -713,9 +752,17 @@ impl Sentinel {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Its URL with its password, if it has one.
+    pub fn admin_url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        }
+    }
+
     /// The primary's port as this sentinel names it now.
     pub fn primary_port(&self) -> Option<u16> {
-        let client = redis::Client::open(self.url()).ok()?;
+        let client = redis::Client::open(self.admin_url()).ok()?;
         let mut conn = client.get_connection().ok()?;
         let addr: Vec<String> = redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
@@ -743,10 +790,26 @@ impl SentinelSetup {
     /// Starts them all and waits until the replica is in sync and every
     /// sentinel names the primary and knows the others.
     pub fn start() -> SentinelSetup {
-        let primary = RedisServer::start();
+        Self::start_with(None)
+    }
+
+    /// [`start`](Self::start) with `(the data nodes' password, the
+    /// sentinels' own)`: the primary and replica require the first (the
+    /// replica authenticating to the primary with it), the sentinels the
+    /// second.
+    pub fn start_with(passwords: Option<(&str, &str)>) -> SentinelSetup {
+        let data: Vec<&str> = match passwords {
+            Some((data, _)) => vec!["--requirepass", data, "--masterauth", data],
+            None => Vec::new(),
+        };
+        let primary = RedisServer::start_with(&data);
         let port = primary.port().to_string();
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
-        let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port())).collect();
+        let mut args = vec!["--replicaof", "127.0.0.1", &port];
+        args.extend_from_slice(&data);
+        let replica = RedisServer::start_with(&args);
+        let sentinels: Vec<Sentinel> = (0..3)
+            .map(|_| Sentinel::start_with(primary.port(), passwords))
+            .collect();
         let started = Instant::now();
         loop {
             let info: String = replica.cmd(&["INFO", "replication"]);
@@ -755,7 +818,7 @@ impl SentinelSetup {
                 .iter()
                 .all(|s| s.primary_port() == Some(primary.port()));
             let acquainted = sentinels.iter().all(|s| {
-                let client = redis::Client::open(s.url()).unwrap();
+                let client = redis::Client::open(s.admin_url()).unwrap();
                 let Ok(mut conn) = client.get_connection() else {
                     return false;
                 };
