@@ -10,6 +10,7 @@
 //! BENCH_CONCURRENCY=32 BENCH_SECS=5 BENCH_ROUNDS=3 BENCH_ONLY=backend-get,session-read cargo bench
 //! REDIS_URL=redis://127.0.0.1:6379 cargo bench        # use a running Redis
 //! BENCH_CLUSTER=1 cargo bench --features cluster     # a 3-primary cluster it starts
+//! BENCH_TLS=1 cargo bench --features tls             # over TLS (a CA made for the run)
 //! ```
 //!
 //! With `BENCH_CLUSTER=1` the floor is a GET on a redis-rs cluster
@@ -41,6 +42,9 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 #[derive(Clone)]
 struct Ctx {
     redis_url: String,
+    /// The CA to trust, when benchmarking over TLS (`BENCH_TLS=1`).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    tls_ca: Option<String>,
     /// Seed nodes, when benchmarking a cluster.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     cluster: Option<Vec<String>>,
@@ -69,6 +73,13 @@ fn bench_backend(ctx: &Ctx, prefix: String) -> RedisBackend {
     };
     #[cfg(not(feature = "cluster"))]
     let builder = builder.url(ctx.redis_url.clone());
+    #[cfg(feature = "tls")]
+    let builder = match &ctx.tls_ca {
+        Some(ca) => {
+            builder.tls(redis_layers::redis::Tls::new().root_certificates_pem(ca.as_bytes()))
+        }
+        None => builder,
+    };
     builder
         .prefix(prefix)
         .multiplexed_connections(env_or(
@@ -78,6 +89,19 @@ fn bench_backend(ctx: &Ctx, prefix: String) -> RedisBackend {
         .deadline(Duration::from_secs(2))
         .build()
         .unwrap()
+}
+
+/// A redis-rs client for the bench's server (over TLS with `BENCH_TLS=1`).
+fn raw_client(ctx: &Ctx) -> redis::Client {
+    #[cfg(feature = "tls")]
+    if let Some(ca) = &ctx.tls_ca {
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.as_bytes().to_vec()),
+        };
+        return redis::Client::build_with_tls(ctx.redis_url.as_str(), certs).unwrap();
+    }
+    redis::Client::open(ctx.redis_url.as_str()).unwrap()
 }
 
 /// The floor: one raw redis-rs GET per request on `conn`.
@@ -484,7 +508,7 @@ fn scenarios() -> Vec<Scenario> {
                     if let Some(nodes) = &ctx.cluster {
                         return cluster_floor(&ctx, nodes).await;
                     }
-                    let client = redis::Client::open(ctx.redis_url.as_str()).unwrap();
+                    let client = raw_client(&ctx);
                     let conn = client.get_multiplexed_async_connection().await.unwrap();
                     floor_target(conn, format!("{}:bench", ctx.prefix))
                 })
@@ -906,12 +930,33 @@ fn main() {
         .ok()
         .map(|s| s.split(',').map(|x| x.trim().to_owned()).collect());
 
-    let (_server, redis_url) = match std::env::var("REDIS_URL") {
-        Ok(url) => (None, url),
+    let tls = std::env::var("BENCH_TLS").is_ok_and(|v| v == "1");
+    #[cfg(feature = "tls")]
+    let pki = tls.then(support::pki::Pki::new);
+    #[cfg(not(feature = "tls"))]
+    if tls {
+        panic!("BENCH_TLS=1 needs `--features tls`");
+    }
+    let (_server, redis_url, tls_ca) = match std::env::var("REDIS_URL") {
+        Ok(url) => (None, url, None),
+        #[cfg(feature = "tls")]
+        Err(_) if pki.is_some() => {
+            let pki = pki.as_ref().unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let server = support::pki::tls_server(pki, port, false, &[]);
+            (
+                Some(server),
+                format!("rediss://127.0.0.1:{port}"),
+                Some(pki.ca.clone()),
+            )
+        }
         Err(_) => {
             let server = support::RedisServer::start();
             let url = server.url();
-            (Some(server), url)
+            (Some(server), url, None)
         }
     };
     #[cfg(feature = "cluster")]
@@ -936,6 +981,7 @@ fn main() {
 
     let ctx = Ctx {
         redis_url: redis_url.clone(),
+        tls_ca,
         cluster: cluster.clone(),
         prefix: format!("bench-{}", std::process::id()),
         concurrency,
@@ -946,7 +992,7 @@ fn main() {
             seed_cluster(&ctx.prefix, nodes).await;
             return;
         }
-        let client = redis::Client::open(redis_url.as_str()).unwrap();
+        let client = raw_client(&ctx);
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let _: () = redis::cmd("SET")
             .arg(format!("{}:bench", ctx.prefix))

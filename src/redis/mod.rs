@@ -36,7 +36,10 @@
 //! With the `cluster` feature, [`RedisBackendBuilder::cluster`] connects to
 //! a Redis Cluster instead (commands routed by slot); with the `sentinel`
 //! feature, [`RedisBackendBuilder::sentinel`] follows a primary through
-//! Redis Sentinel. The layers work the same on all three.
+//! Redis Sentinel. The layers work the same on all three. With the `tls`
+//! feature, `rediss://` URLs and `Tls` settings (a private CA, a client
+//! certificate) secure each of them; a user and password go in the URL
+//! (behind Sentinel, in `SentinelPrimary`).
 //!
 //! # Deadlines
 //!
