@@ -65,15 +65,48 @@ pub(crate) fn as_backend<S: std::any::Any>(store: &S) -> Option<Backend> {
 }
 
 impl Backend {
-    /// Redis at `REDIS_URL` when that variable is set and not empty, else a
-    /// memory backend; both with the default key prefix. Logs which one it
-    /// chose (never the URL, which may hold a password).
+    /// Redis at `REDIS_URL`, with the default key prefix; a
+    /// [`Config`](crate::ErrorKind::Config) error when the variable is unset
+    /// or empty, so that a deployment that lost its setting fails at start
+    /// instead of quietly keeping its limits, sessions and locks in each
+    /// process. For an in-process default (a demo, a test, a single
+    /// instance), use [`from_env_or_memory`](Self::from_env_or_memory).
+    /// Logs the choice once (never the URL, which may hold a password).
     pub fn from_env() -> Result<Self, Error> {
         Self::from_env_with_prefix(Namespace::DEFAULT_PREFIX)
     }
 
     /// [`from_env`](Self::from_env) with a key prefix of your own.
     pub fn from_env_with_prefix(prefix: &str) -> Result<Self, Error> {
+        match Self::redis_from_env(prefix)? {
+            Some(redis) => Ok(redis),
+            None => Err(Error::config(
+                "REDIS_URL is not set: set it to the Redis the layers share \
+                 (or build with Backend::from_env_or_memory for an in-process default)",
+            )),
+        }
+    }
+
+    /// Redis at `REDIS_URL` when that variable is set and not empty, else a
+    /// memory backend, which it says at `warn` level: its limits, sessions,
+    /// locks and claims are this process's alone, and each instance behind
+    /// a load balancer would keep its own. What the example app does.
+    pub fn from_env_or_memory(prefix: &str) -> Result<Self, Error> {
+        if let Some(redis) = Self::redis_from_env(prefix)? {
+            return Ok(redis);
+        }
+        let memory = MemoryBackend::builder().prefix(prefix).build()?;
+        tracing::warn!(
+            backend = "memory",
+            prefix,
+            "REDIS_URL is not set: using the in-process memory backend \
+             (limits, sessions and locks are this process's alone)"
+        );
+        Ok(Backend::Memory(memory))
+    }
+
+    /// A Redis backend for `REDIS_URL`, if set and not empty.
+    fn redis_from_env(prefix: &str) -> Result<Option<Self>, Error> {
         match std::env::var("REDIS_URL") {
             Ok(url) if !url.trim().is_empty() => {
                 let redis = RedisBackend::builder()
@@ -81,17 +114,9 @@ impl Backend {
                     .prefix(prefix)
                     .build()?;
                 tracing::info!(backend = "redis", prefix, "REDIS_URL is set: using Redis");
-                Ok(Backend::Redis(redis))
+                Ok(Some(Backend::Redis(redis)))
             }
-            _ => {
-                let memory = MemoryBackend::builder().prefix(prefix).build()?;
-                tracing::info!(
-                    backend = "memory",
-                    prefix,
-                    "REDIS_URL is not set: using the in-process memory backend"
-                );
-                Ok(Backend::Memory(memory))
-            }
+            _ => Ok(None),
         }
     }
 

@@ -27,6 +27,8 @@ mod headers;
 mod keys;
 // The lease under locks and the cache's fill lease.
 #[allow(dead_code)]
+mod failure_log;
+#[allow(dead_code)]
 mod lease;
 mod problem;
 #[cfg_attr(not(feature = "session"), allow(dead_code))]

@@ -70,10 +70,17 @@ fn a_redis_backend_outside_a_runtime_is_a_config_error() {
 }
 
 #[tokio::test]
-async fn from_env_picks_memory_without_redis_url_and_redis_with_it() {
+async fn from_env_needs_redis_url_and_from_env_or_memory_falls_back() {
     // One test touches the environment, so no other test races it.
     std::env::remove_var("REDIS_URL");
-    let b = redis_layers::Backend::from_env_with_prefix("env-test").unwrap();
+    // A service that lost its setting fails at start, naming it.
+    let err = redis_layers::Backend::from_env().unwrap_err();
+    assert_eq!(err.kind(), redis_layers::ErrorKind::Config);
+    assert!(err.to_string().contains("REDIS_URL"), "{err}");
+    std::env::set_var("REDIS_URL", "  ");
+    assert!(redis_layers::Backend::from_env_with_prefix("env-test").is_err());
+    // The lenient form, as the example app uses it.
+    let b = redis_layers::Backend::from_env_or_memory("env-test").unwrap();
     assert_eq!(b.kind(), "memory");
     assert_eq!(b.namespace().prefix(), "env-test");
     std::env::set_var("REDIS_URL", "redis://127.0.0.1:1");

@@ -82,8 +82,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: config::Config) -> Result<(), String> {
-    // Redis when REDIS_URL is set, else the in-process memory backend.
-    let backend = Backend::from_env_with_prefix("example-app").map_err(|e| e.to_string())?;
+    // Redis when REDIS_URL is set, else the in-process memory backend
+    // (said at warn level: a demo's default, not a deployment's).
+    let backend = Backend::from_env_or_memory("example-app").map_err(|e| e.to_string())?;
     if let Err(e) = backend.ping().await {
         tracing::warn!(error = %e, "Redis is not answering yet; requests will retry");
     }

@@ -437,9 +437,13 @@ async fn find(
     since: Option<u64>,
 ) -> Found {
     let changes = config.local.as_ref().map(|l| l.changes());
-    match config.store.lookup(key).await {
+    let found = config.store.lookup(key).await;
+    if found.is_ok() {
+        config.failures.succeeded();
+    }
+    match found {
         Err(e) => {
-            tracing::warn!(error = %e, "cache store failed; asking the handler");
+            config.failures.failed(&e, "asking the handler", false);
             Found::Not("miss; detail=store-error", None)
         }
         Ok(None) => Found::Not("uri-miss", None),
@@ -523,7 +527,7 @@ where
         Err(e) => {
             // Without the generation no key is known to be current:
             // neither read nor store.
-            tracing::warn!(error = %e, "cache store failed; asking the handler");
+            config.failures.failed(&e, "asking the handler", false);
             return Box::pin(async move {
                 req.extensions_mut().insert(Purger::of(&config));
                 let (mut head, body) = inner.call(req).await?.into_parts();
@@ -1421,7 +1425,7 @@ fn write_entry(
                 false
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cache store failed; response not stored");
+                config.failures.failed(&e, "response not stored", false);
                 false
             }
         };

@@ -90,6 +90,8 @@ pub(crate) struct Config {
     pub(crate) invalidations: Invalidations,
     pub(crate) local: Option<Arc<LocalTier>>,
     pub(crate) generation: Arc<Generation>,
+    /// Store failures, logged once per outage and then summarised.
+    pub(crate) failures: crate::failure_log::FailureLog,
 }
 
 impl Config {
@@ -454,6 +456,7 @@ impl CacheLayerBuilder {
                 invalidations: Invalidations::default(),
                 local,
                 generation,
+                failures: crate::failure_log::FailureLog::new("cache"),
             }),
         })
     }

@@ -267,6 +267,8 @@ struct Config {
     max_response: usize,
     wait: Duration,
     release_on_server_error: bool,
+    /// Store failures, logged once per outage and then summarised.
+    failures: crate::failure_log::FailureLog,
 }
 
 impl IdempotencyLayer {
@@ -430,6 +432,7 @@ impl IdempotencyLayerBuilder {
                 max_response: self.max_response,
                 wait: self.wait,
                 release_on_server_error: self.release_on_server_error,
+                failures: crate::failure_log::FailureLog::new("idempotency"),
             }),
         })
     }
@@ -607,15 +610,23 @@ where
                 // Fail closed: never run the handler without the lock. A
                 // claim that timed out may still land later (the backend
                 // does not abandon a sent call): free it if it is ours.
-                tracing::error!(error = %e, "idempotency store failed");
+                config.failures.failed(
+                    &e,
+                    "answering 503: no handler without the claim (fail-closed)",
+                    true,
+                );
                 let (config, key) = (config.clone(), key.clone());
                 tokio::spawn(async move {
                     let _ = config.store.release(&key, holder).await;
                 });
                 return Ok(Problem::store_failure("idempotency", &e).to_response());
             }
-            Ok(Claim::Claimed) => break,
+            Ok(Claim::Claimed) => {
+                config.failures.succeeded();
+                break;
+            }
             Ok(Claim::Taken { record }) => {
+                config.failures.succeeded();
                 let in_flight = layout::is_in_flight(&record);
                 let now = tokio::time::Instant::now();
                 if in_flight && now < waited_until {

@@ -175,6 +175,8 @@ struct Config {
     wait: Duration,
     status: StatusCode,
     respond: Option<Respond>,
+    /// Store failures, logged once per outage and then summarised.
+    failures: crate::failure_log::FailureLog,
 }
 
 /// Runs the inner service with a lock held on the resource a request
@@ -330,6 +332,7 @@ impl LockLayerBuilder {
                 wait: self.wait,
                 status: self.status,
                 respond: self.respond,
+                failures: crate::failure_log::FailureLog::new("lock"),
             }),
         })
     }
@@ -418,10 +421,13 @@ where
     {
         // Fail closed: never the handler without the lock.
         Err(e) => {
-            tracing::error!(error = %e, "lock store failed");
+            config
+                .failures
+                .failed(&e, "answering 503: no handler without the lock", true);
             return Ok(Problem::store_failure("lock", &e).to_response());
         }
         Ok(Err(left)) => {
+            config.failures.succeeded();
             let locked = Locked { retry_after: left };
             let res = match &config.respond {
                 Some(respond) => respond(&locked),
@@ -429,7 +435,10 @@ where
             };
             return Ok(res.map(ResponseBody::full));
         }
-        Ok(Ok(taken)) => taken,
+        Ok(Ok(taken)) => {
+            config.failures.succeeded();
+            taken
+        }
     };
     // Renewed in this task while the handler runs: no task per request.
     let (guard, lost) = LockGuard::unrenewed(config.locks.backend(), &keys, owner, config.lease);

@@ -139,6 +139,8 @@ struct Config {
     deny_cache: Option<quick_cache::sync::Cache<String, Arc<Refusal>>>,
     respond: Option<Responder>,
     counters: Counters,
+    /// Store failures, logged once per outage and then summarised.
+    failures: crate::failure_log::FailureLog,
 }
 
 /// A user's 429.
@@ -546,6 +548,7 @@ impl RateLimitLayerBuilder {
                     .then(|| quick_cache::sync::Cache::new(self.deny_cache)),
                 respond: self.respond,
                 counters: Counters::default(),
+                failures: crate::failure_log::FailureLog::new("rate-limit"),
             }),
         })
     }
@@ -806,10 +809,18 @@ impl Config {
             .collect();
         if closed.is_empty() {
             let rules: Vec<&str> = rules().collect();
-            tracing::warn!(error = %e, rules = ?rules, "rate-limit store failed; letting the request through (fail-open)");
+            self.failures.failed(
+                e,
+                &format!("letting the request through (fail-open; rules {rules:?})"),
+                false,
+            );
             return Verdict::Pass(Limits::default(), false);
         }
-        tracing::error!(error = %e, fail_closed = ?closed, "rate-limit store failed; refusing the request (fail-closed)");
+        self.failures.failed(
+            e,
+            &format!("refusing the request (fail-closed; rules {closed:?})"),
+            true,
+        );
         let problem = Problem::store_failure("rate-limit", e);
         let (head, _) = problem.to_response::<()>().into_parts();
         Verdict::Stop(head, bytes::Bytes::from(problem.to_json()))
@@ -863,7 +874,10 @@ async fn decide(config: &Config, pending: &[Pending]) -> Verdict {
             .check(one.1.key, one.1.policies, one.1.cost)
             .await
         {
-            Ok(decision) => judge(config, pending, &[one], std::slice::from_ref(&decision)),
+            Ok(decision) => {
+                config.failures.succeeded();
+                judge(config, pending, &[one], std::slice::from_ref(&decision))
+            }
             Err(e) => config.store_failed(pending, &e),
         };
     }
@@ -872,7 +886,10 @@ async fn decide(config: &Config, pending: &[Pending]) -> Verdict {
     let decisions = match checks.as_slice() {
         [] => Vec::new(),
         all => match config.store.check_all(all).await {
-            Ok(decisions) => decisions,
+            Ok(decisions) => {
+                config.failures.succeeded();
+                decisions
+            }
             Err(e) => return config.store_failed(pending, &e),
         },
     };

@@ -185,6 +185,15 @@ impl RedisBackend {
     /// Opens and installs a connection for `lane`, unless another task did
     /// while this one waited for the lane's lock.
     async fn connect(&self, lane: &Lane) -> Result<(u64, Conn), Error> {
+        let connected = self.open(lane).await;
+        if connected.is_ok() {
+            self.check_memory_policy_once();
+        }
+        connected
+    }
+
+    /// [`connect`](Self::connect) itself.
+    async fn open(&self, lane: &Lane) -> Result<(u64, Conn), Error> {
         let _connecting = lane.connecting.lock().await;
         if let Some(current) = lane.current() {
             return Ok(current);

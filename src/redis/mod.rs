@@ -139,6 +139,28 @@ struct Inner {
     // Read by the layers' stores (none without a layer feature).
     #[cfg_attr(not(feature = "session"), allow(dead_code))]
     clock: ServerClock,
+    /// Set once the first connection asked for Redis's memory policy.
+    memory_policy_checked: std::sync::atomic::AtomicBool,
+}
+
+/// Redis's eviction settings, as [`RedisBackend::memory_policy`] reads
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryPolicy {
+    /// `maxmemory-policy`: `noeviction`, `allkeys-lru`, `volatile-ttl`, ...
+    pub policy: String,
+    /// `maxmemory` in bytes; 0: no limit.
+    pub maxmemory: u64,
+}
+
+impl MemoryPolicy {
+    /// Whether Redis may evict the layers' keys when full: a limit is set
+    /// and the policy is not `noeviction`. Every key the layers write has
+    /// a time to live, so the `volatile-*` policies reach them as surely
+    /// as the `allkeys-*` ones.
+    pub fn may_evict(&self) -> bool {
+        self.maxmemory > 0 && self.policy != "noeviction"
+    }
 }
 
 impl fmt::Debug for RedisBackend {
@@ -598,6 +620,7 @@ impl RedisBackendBuilder {
                 deadline: self.deadline,
                 namespace,
                 clock: ServerClock::default(),
+                memory_policy_checked: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -752,6 +775,76 @@ impl RedisBackend {
     #[cfg_attr(not(feature = "session"), allow(dead_code))]
     pub(crate) fn server_clock(&self) -> &ServerClock {
         &self.inner.clock
+    }
+
+    /// Redis's `maxmemory-policy` and `maxmemory` (`CONFIG GET`); `None`
+    /// where `CONFIG` is not allowed (an ACL without `+config`, a managed
+    /// Redis that renames it). On a cluster, one node's.
+    ///
+    /// The first connection a backend opens reads them and warns once
+    /// when Redis may evict the layers' keys ([`MemoryPolicy::may_evict`]):
+    /// an evicted session logs its user out, an evicted rate-limit
+    /// counter resets a client's budget, an evicted idempotency claim or
+    /// lock lets a request run twice. `noeviction` makes a full Redis
+    /// refuse writes instead, which each layer answers as its store
+    /// failure policy says.
+    pub async fn memory_policy(&self) -> Result<Option<MemoryPolicy>, Error> {
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory");
+        let replies: Result<(Vec<String>, Vec<String>), Error> = self.pipeline(&pipe).await;
+        match replies {
+            Ok((policy, max)) => {
+                let (Some(policy), Some(max)) = (policy.get(1), max.get(1)) else {
+                    return Ok(None);
+                };
+                Ok(Some(MemoryPolicy {
+                    policy: policy.clone(),
+                    maxmemory: max.parse().unwrap_or(0),
+                }))
+            }
+            Err(e) if e.kind() == ErrorKind::Server => {
+                tracing::debug!(error = %e, "CONFIG GET not allowed: memory policy unknown");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads the memory policy once, in the background, after the first
+    /// connection; warns when Redis may evict the layers' keys.
+    pub(crate) fn check_memory_policy_once(&self) {
+        use std::sync::atomic::Ordering;
+        if self
+            .inner
+            .memory_policy_checked
+            .swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let backend = self.clone();
+        runtime.spawn(async move {
+            match backend.memory_policy().await {
+                Ok(Some(p)) if p.may_evict() => tracing::warn!(
+                    policy = %p.policy,
+                    maxmemory = p.maxmemory,
+                    "Redis may evict this crate's keys when full (maxmemory-policy {}): \
+                     sessions lost, rate limits reset, idempotency claims and locks \
+                     dropped; use noeviction (or room to spare) for the layers' Redis",
+                    p.policy
+                ),
+                Ok(Some(p)) => tracing::debug!(policy = %p.policy, maxmemory = p.maxmemory, "Redis memory policy"),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "Redis memory policy not read"),
+            }
+        });
     }
 
     /// Sends `PING`; an error tells that Redis cannot be reached within the deadline.

@@ -28,6 +28,8 @@ pub(crate) struct Config {
     pub(crate) touch_interval: Duration,
     pub(crate) activity: Activity,
     pub(crate) failure: FailurePolicy,
+    /// Store failures, logged once per outage and then summarised.
+    pub(crate) failures: std::sync::Arc<crate::failure_log::FailureLog>,
 }
 
 impl std::fmt::Debug for Config {
@@ -53,6 +55,7 @@ impl Config {
             touch_interval: DEFAULT_TOUCH_INTERVAL,
             activity: Activity::AnyRequest,
             failure: FailurePolicy::Closed,
+            failures: std::sync::Arc::new(crate::failure_log::FailureLog::new("session")),
         }
     }
 

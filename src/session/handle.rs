@@ -237,7 +237,10 @@ impl Session {
             return Ok(());
         }
         let loaded = match loaded {
-            Ok(loaded) => loaded,
+            Ok(loaded) => {
+                config.failures.succeeded();
+                loaded
+            }
             Err(e) => return self.store_failed(&mut state, Some(id), e),
         };
         state.known = match loaded {
@@ -263,11 +266,16 @@ impl Session {
     ) -> Result<(), SessionError> {
         match self.config().failure {
             FailurePolicy::Open => {
-                tracing::warn!(error = %e, "session store failed; continuing without a session");
+                let failures = &self.config().failures;
+                failures.failed(&e, "continuing without a session (fail-open)", false);
                 state.known = Known::Degraded { cookie };
                 Ok(())
             }
-            FailurePolicy::Closed => Err(SessionError::Store(e)),
+            FailurePolicy::Closed => {
+                let failures = &self.config().failures;
+                failures.failed(&e, "answering with a store failure (fail-closed)", true);
+                Err(SessionError::Store(e))
+            }
         }
     }
 

@@ -289,11 +289,13 @@ async fn finish<B>(session: Session, mut parts: Parts, body: B) -> Response<Resp
         }
         Err(FinishError::Store(e)) => match session.config().failure {
             FailurePolicy::Open => {
-                tracing::warn!(error = %e, "session could not be saved (fail-open)");
+                let failures = &session.config().failures;
+                failures.failed(&e, "session not saved (fail-open)", false);
                 Response::from_parts(parts, ResponseBody::inner(body))
             }
             FailurePolicy::Closed => {
-                tracing::error!(error = %e, "session could not be saved");
+                let failures = &session.config().failures;
+                failures.failed(&e, "session not saved; answering 5xx (fail-closed)", true);
                 Problem::store_failure("session", &e).to_response()
             }
         },
