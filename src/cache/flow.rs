@@ -47,6 +47,18 @@ const KEEP_ON_UPDATE: [HeaderName; 3] = [
 pub(crate) const MAX_TAGS: usize = 32;
 pub(crate) const MAX_TAG_LEN: usize = 128;
 
+/// The URI a request's cache key is made of: the one the client sent.
+/// Inside axum's `Router::nest` the request's own URI has lost the nest's
+/// prefix (two nested routers would share entries); axum keeps the
+/// original as `OriginalUri`.
+pub(crate) fn key_uri<B>(req: &http::Request<B>) -> &http::Uri {
+    #[cfg(feature = "axum")]
+    if let Some(original) = req.extensions().get::<axum::extract::OriginalUri>() {
+        return &original.0;
+    }
+    req.uri()
+}
+
 /// The cache key of a request to `uri`: [`key_line`], hashed.
 pub(crate) fn cache_key(
     sort_query: bool,
@@ -185,7 +197,7 @@ pub(crate) fn answer_locally<B, ResBody>(
         write_key_line(
             line,
             config.sort_query,
-            req.uri(),
+            key_uri(req),
             req.headers(),
             generation,
         )
@@ -544,7 +556,7 @@ where
     };
     let key = store_key(&key_line(
         config.sort_query,
-        req.uri(),
+        key_uri(&req),
         req.headers(),
         generation,
     ));
@@ -1635,7 +1647,7 @@ pub(crate) async fn write<S, ReqBody, ResBody>(
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    let uri = req.uri().clone();
+    let uri = key_uri(&req).clone();
     let headers = req.headers().clone();
     let res = inner.call(req).await?;
     let (mut head, body) = res.into_parts();

@@ -508,7 +508,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let is_read = matches!(*req.method(), Method::GET | Method::HEAD)
-            && self.config.serves(req.uri(), req.headers());
+            && self.config.serves(flow::key_uri(&req), req.headers());
         // A local hit is answered here: no future to allocate, no inner
         // service to clone.
         let looked = is_read
@@ -527,7 +527,7 @@ where
             return ResponseFuture::boxed(flow::read(config, inner, req, looked));
         }
         req.extensions_mut().insert(Purger::of(&config));
-        let known_host = config.serves(req.uri(), req.headers());
+        let known_host = config.serves(flow::key_uri(&req), req.headers());
         match *req.method() {
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE if known_host => {
                 ResponseFuture::boxed(flow::write(config, inner, req))

@@ -15,9 +15,12 @@ pub(crate) type CostFn = Arc<dyn Fn(&Parts) -> u64 + Send + Sync>;
 
 /// Which requests a set of [`Policy`]s limits, counted by which [`Key`].
 ///
-/// A rule matches a route (axum's `MatchedPath` template, such as
-/// `/users/{id}`; without axum, the request path), a path prefix, or every
-/// request, optionally only for some methods. Every rule that matches a
+/// A rule matches a route (a template such as `/users/{id}`: axum's
+/// `MatchedPath` when there is one, else the template matched against the
+/// path itself, so rules work under plain hyper and in a layer around a
+/// whole `Router` too), a path prefix, or every request, optionally only
+/// for some methods. Paths are the ones the client sent: inside axum's
+/// `Router::nest`, the full path (`OriginalUri`), prefix included. Every rule that matches a
 /// request applies, all checked in one store call, all or nothing (on
 /// Redis Cluster, see the module docs); a request no rule matches passes
 /// untouched, with no store call.
@@ -90,7 +93,12 @@ impl Rule {
     }
 
     /// Requests to this route: the template it was registered with in axum
-    /// (`/users/{id}`), or, without axum's `MatchedPath`, the exact path.
+    /// (`/users/{id}`; `{name}` is one path segment, `{*name}` the rest of
+    /// the path). With axum's `MatchedPath` (a layer added inside a
+    /// `Router`) that template must be this one, so `/users/me` does not
+    /// count against `/users/{id}` when a route of its own serves it;
+    /// without it (plain hyper, a layer around the router) the template is
+    /// matched against the path.
     pub fn route(route: impl Into<String>) -> Self {
         Rule::new(Target::Route(route.into()))
     }
@@ -182,19 +190,53 @@ impl Rule {
         }
         match &self.target {
             Target::Any => true,
-            Target::Prefix(prefix) => parts.uri.path().starts_with(prefix.as_str()),
-            Target::Route(route) => route_of(parts) == route,
+            Target::Prefix(prefix) => path_of(parts).starts_with(prefix.as_str()),
+            Target::Route(route) => {
+                #[cfg(feature = "axum")]
+                if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
+                    return matched.as_str() == route;
+                }
+                template_matches(route, path_of(parts))
+            }
         }
     }
 }
 
-/// The route a request matched: axum's template, else the path.
-fn route_of(parts: &Parts) -> &str {
+/// The path the client sent: inside axum's `Router::nest`, the original
+/// (the request's own has lost the nest's prefix).
+fn path_of(parts: &Parts) -> &str {
     #[cfg(feature = "axum")]
-    if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return matched.as_str();
+    if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
+        return original.0.path();
     }
     parts.uri.path()
+}
+
+/// Whether `path` fits a route template: segment by segment, `{name}`
+/// fitting any one non-empty segment, `{*name}` the rest (at least one
+/// segment); anything else literally.
+fn template_matches(template: &str, path: &str) -> bool {
+    let mut want = template.split('/');
+    let mut have = path.split('/');
+    loop {
+        match (want.next(), have.next()) {
+            (None, None) => return true,
+            (Some(w), Some(h)) => {
+                if w.starts_with("{*") && w.ends_with('}') {
+                    return !h.is_empty();
+                }
+                let param = w.len() > 2 && w.starts_with('{') && w.ends_with('}');
+                if param {
+                    if h.is_empty() {
+                        return false;
+                    }
+                } else if w != h {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -221,5 +263,25 @@ mod tests {
         assert!(api.matches(&head(Method::DELETE, "/api/orders/7")));
         assert!(!api.matches(&head(Method::GET, "/apis")));
         assert!(Rule::any().matches(&head(Method::PUT, "/")));
+    }
+
+    #[test]
+    fn route_templates_match_paths_without_axums_matched_path() {
+        let user = Rule::route("/users/{id}");
+        assert!(user.matches(&head(Method::GET, "/users/7")));
+        assert!(user.matches(&head(Method::GET, "/users/7?tab=orders")));
+        assert!(!user.matches(&head(Method::GET, "/users/")));
+        assert!(!user.matches(&head(Method::GET, "/users")));
+        assert!(!user.matches(&head(Method::GET, "/users/7/orders")));
+        assert!(!user.matches(&head(Method::GET, "/accounts/7")));
+        let files = Rule::route("/files/{*path}");
+        assert!(files.matches(&head(Method::GET, "/files/a/b/c.txt")));
+        assert!(!files.matches(&head(Method::GET, "/files/")));
+        let exact = Rule::route("/login");
+        assert!(exact.matches(&head(Method::GET, "/login")));
+        assert!(!exact.matches(&head(Method::GET, "/login/")));
+        // A literal brace pair is a parameter only when it spans the
+        // whole segment.
+        assert!(!Rule::route("/a{b}").matches(&head(Method::GET, "/ax")));
     }
 }
