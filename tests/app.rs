@@ -11,7 +11,7 @@ mod routes;
 
 mod app_server;
 
-use app_server::serve;
+use app_server::{serve, serve_with};
 use support::http::Client;
 use support::{Kind, TestBackend};
 
@@ -159,6 +159,39 @@ async fn every_flow(kind: Kind) {
         303
     );
     assert!(shopper.get("/products/1").await.body.contains("7.77"));
+    // Logged in but not an administrator: 403, no price change.
+    let mut bob = Client::new(addr);
+    assert_eq!(
+        bob.form("/login", "user=bob&password=builder").await.status,
+        303
+    );
+    let r = bob.form("/admin/products/1/price", "cents=1").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(shopper.get("/products/1").await.body.contains("7.77"));
+
+    // Every page, cached or not, refuses to be framed and sniffed.
+    for path in [
+        "/",
+        "/products",
+        "/products",
+        "/products/1",
+        "/login",
+        "/nowhere",
+    ] {
+        let r = shopper.get(path).await;
+        let csp = r.header("content-security-policy").unwrap_or_default();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp:?}");
+        assert!(
+            csp.contains("default-src 'none'") && !csp.contains("unsafe"),
+            "{path}: {csp:?}"
+        );
+        assert_eq!(r.header("x-frame-options"), Some("DENY"), "{path}");
+        assert_eq!(
+            r.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+    }
 
     // Orders: replay, 422, missing key.
     let mut buyer = Client::new(addr);
@@ -235,22 +268,44 @@ async fn every_flow_on_memory() {
     every_flow(Kind::Memory).await;
 }
 
+/// Over https (`COOKIE_SECURE=1`) the session cookie has a `__Host-`
+/// name: browsers take it only `Secure`, host-only, for the whole path.
+#[tokio::test]
+async fn the_secure_session_cookie_is_a_host_cookie() {
+    let fx = TestBackend::new(Kind::Memory);
+    let addr = serve_with(fx.backend.clone(), true).await;
+    let mut alice = Client::new(addr);
+    let r = alice.form("/login", LOGIN_ALICE).await;
+    assert_eq!(r.status, 303);
+    let cookie = r.header("set-cookie").expect("a session cookie");
+    assert!(
+        cookie.starts_with(&format!("{}=", routes::SECURE_COOKIE_NAME)),
+        "{cookie}"
+    );
+    assert!(routes::SECURE_COOKIE_NAME.starts_with("__Host-"));
+    assert!(
+        cookie.contains("Secure") && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+    assert!(!cookie.to_ascii_lowercase().contains("domain="), "{cookie}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_redis() {
     let tb = TestBackend::new(Kind::Redis);
     let a = serve(tb.backend.clone()).await;
     let b = serve(tb.backend.clone()).await;
 
-    // A session made on one is valid on the other.
+    // A session made on one is valid on the other (alice: an
+    // administrator, who may change prices below).
     let mut on_a = Client::new(a);
-    assert_eq!(
-        on_a.form("/login", "user=bob&password=builder")
-            .await
-            .status,
-        303
-    );
+    assert_eq!(on_a.form("/login", LOGIN_ALICE).await.status, 303);
     let mut on_b = on_a.on(b);
-    assert!(on_b.get("/account").await.body.contains("Sessions of bob"));
+    assert!(on_b
+        .get("/account")
+        .await
+        .body
+        .contains("Sessions of alice"));
 
     // A purge on one is seen by the other.
     let mut shopper = Client::new(b);
@@ -988,27 +1043,43 @@ mod process {
         assert_eq!(warm_up, 401);
         let before = rss(pid);
 
-        let logins: Vec<_> = (0..100u8)
+        let logins: Vec<_> = (0..200u16)
             .map(|i| {
                 tokio::spawn(async move {
-                    let from = std::net::Ipv4Addr::new(127, 0, 1, i);
-                    failed_login(port, from, &format!("nobody-{i}")).await
+                    let from =
+                        std::net::Ipv4Addr::new(127, 0, 1 + (i / 200) as u8, (i % 200) as u8 + 1);
+                    let sent = Instant::now();
+                    let status = failed_login(port, from, &format!("nobody-{i}")).await;
+                    (status, sent.elapsed())
                 })
             })
             .collect();
+        let (mut checked, mut busy) = (0, 0);
         for login in logins {
-            let status = tokio::time::timeout(Duration::from_secs(120), login)
+            let (status, took) = tokio::time::timeout(Duration::from_secs(120), login)
                 .await
                 .expect("the logins finish")
                 .unwrap();
-            assert_eq!(status, 401, "each login is checked, none rate-limited");
+            match status {
+                // Checked: a wrong password (none is rate-limited: each
+                // address has its own login budget).
+                401 => checked += 1,
+                // No place left in the checks' line: answered at once.
+                503 => {
+                    busy += 1;
+                    assert!(took < Duration::from_secs(2), "a 503 waited {took:?}");
+                }
+                other => panic!("a failed login answered {other}"),
+            }
         }
+        assert!(checked >= 20, "the line's places were checked: {checked}");
+        assert!(busy > 0, "200 logins at once overflow the line of 20");
         let after = rss(pid);
         let grown = after.saturating_sub(before);
         const MIB: u64 = 1024 * 1024;
         assert!(
             grown < 128 * MIB,
-            "100 failed logins grew the app from {} MiB to {} MiB",
+            "200 failed logins grew the app from {} MiB to {} MiB",
             before / MIB,
             after / MIB
         );

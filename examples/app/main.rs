@@ -7,7 +7,8 @@
 //! - `REDIS_URL` (e.g. `redis://127.0.0.1:6379`) switches from the in-process
 //!   memory backend to Redis; run two copies on different ports against one
 //!   Redis and they share sessions, limits, cache purges and orders.
-//! - `COOKIE_SECURE=1` when served over https (e.g. behind a TLS proxy).
+//! - `COOKIE_SECURE=1` when served over https (e.g. behind a TLS proxy):
+//!   the session cookie is then `Secure` and named `__Host-shop`.
 //! - `RUST_LOG` sets the log filter (default `info`).
 //!
 //! It stops gracefully on Ctrl-C or SIGTERM: in-flight requests finish.
@@ -26,7 +27,7 @@
 //! `for i in $(seq 12); do curl -si localhost:3000/api/time | head -1; done`.
 //!
 //! Caching: the shop (`/products`, `/products/{id}`) is public and cached
-//! for a minute, tagged per product; a logged-in user can change a price,
+//! for a minute, tagged per product; an administrator (alice) can change a price,
 //! which purges that product's tag, so every instance shows the new price
 //! at once. Watch `Cache-Status`:
 //! `curl -si localhost:3000/products/1 | grep -i cache-status` (twice).

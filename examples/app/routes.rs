@@ -36,6 +36,9 @@ fn known_api_key(headers: &HeaderMap) -> Option<&'static str> {
     API_KEYS.into_iter().find(|k| *k == sent)
 }
 
+/// The session cookie's name when served over https.
+pub const SECURE_COOKIE_NAME: &str = "__Host-shop";
+
 /// How long placing an order takes: it stands for the payment provider's
 /// round trip, and is why a concurrent duplicate sees 409.
 const ORDER_LATENCY: std::time::Duration = std::time::Duration::from_millis(150);
@@ -53,8 +56,16 @@ pub fn router(
     let sessions = SessionLayer::builder(backend.clone())
         // Plain http on localhost needs it off (a Secure cookie would never
         // come back); keep it on anywhere served over https.
-        .secure(secure_cookies)
-        .build()?;
+        .secure(secure_cookies);
+    // Over https, a `__Host-` name: browsers then accept the cookie only
+    // Secure, for this host alone and the whole path, so a sibling
+    // subdomain cannot plant or shadow it.
+    let sessions = if secure_cookies {
+        sessions.cookie_name(SECURE_COOKIE_NAME)
+    } else {
+        sessions
+    }
+    .build()?;
     let limits = RateLimitLayer::builder(backend.clone())
         // Behind a proxy, name its networks so X-Forwarded-For counts:
         // .trusted_proxies(["10.0.0.0/8"])
@@ -146,10 +157,41 @@ pub fn router(
         .layer(limits)
         .layer(sessions)
         .layer(cache)
+        // Outermost: on every answer, cached ones included.
+        .layer(middleware::map_response(security_headers))
         // Outside the session layer: health checks never touch sessions.
         .route("/health", get(health))
         .route("/healthz", get(health))
         .with_state(backend))
+}
+
+/// Pages may not be framed (clickjacking: `frame-ancestors 'none'`, and
+/// `X-Frame-Options` for older browsers), load nothing from elsewhere, and
+/// post forms only here; no response is sniffed as another type.
+async fn security_headers(mut res: Response) -> Response {
+    static CSP: std::sync::LazyLock<header::HeaderValue> = std::sync::LazyLock::new(|| {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        // The one inline style sheet, allowed by its hash; no script at all.
+        let style = base64::engine::general_purpose::STANDARD
+            .encode(sha2::Sha256::digest(views::CSS.as_bytes()));
+        header::HeaderValue::try_from(format!(
+            "default-src 'none'; style-src 'sha256-{style}'; img-src 'self'; \
+             frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+        ))
+        .expect("a header value")
+    });
+    let headers = res.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, CSP.clone());
+    headers.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    res
 }
 
 /// Orders need a known API key: 401 problem+json before anything is
@@ -405,8 +447,15 @@ async fn set_price(
     id: Result<Path<u32>, PathRejection>,
     form: Result<Form<PriceForm>, FormRejection>,
 ) -> Result<Response, SessionError> {
-    if session.user().await?.is_none() {
+    let Some(user) = session.user().await? else {
         return Ok(Redirect::to("/login").into_response());
+    };
+    if !users::is_admin(&user) {
+        return Ok(views::error(
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            "Only an administrator may change prices.",
+        ));
     }
     let Some((id, _, _)) = find_product(id) else {
         return Ok(no_such_product());
@@ -516,6 +565,19 @@ async fn login(
     // of logins cannot exhaust memory.
     static HASHING: tokio::sync::Semaphore =
         tokio::sync::Semaphore::const_new(users::MAX_CONCURRENT_CHECKS);
+    // A place in line first: with every place taken, 503 at once.
+    static PLACES: tokio::sync::Semaphore =
+        tokio::sync::Semaphore::const_new(users::MAX_CONCURRENT_CHECKS + users::MAX_QUEUED_CHECKS);
+    let Ok(place) = PLACES.try_acquire() else {
+        let mut res = views::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            "Too many logins are being checked; try again in a second.",
+        );
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return res;
+    };
     let Ok(permit) = HASHING.acquire().await else {
         return views::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -527,7 +589,7 @@ async fn login(
     // The permit goes with the check: a client that leaves mid-check does
     // not free its place (and buffer) before the hashing is over.
     let check = move || {
-        let _permit = permit;
+        let (_permit, _place) = (permit, place);
         users::verify(&name, &password)
     };
     let verified = match tokio::task::spawn_blocking(check).await {

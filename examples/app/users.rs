@@ -50,6 +50,19 @@ fn store() -> &'static Store {
 /// and the pool keeps at most this many for reuse.
 pub const MAX_CONCURRENT_CHECKS: usize = 4;
 
+/// How many logins may wait for a check beyond those running: past that a
+/// login is answered 503 at once (a flood of guesses for made-up names
+/// cannot queue without bound, holding connections and memory).
+pub const MAX_QUEUED_CHECKS: usize = 16;
+
+/// The users who may change prices.
+pub const ADMINS: [&str; 1] = ["alice"];
+
+/// Whether `user` may use `/admin/...`.
+pub fn is_admin(user: &str) -> bool {
+    ADMINS.contains(&user)
+}
+
 /// Argon2 working memories, kept for the next check.
 static MEMORY: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
 

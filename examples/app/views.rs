@@ -5,7 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:44em;margin:1.5em auto;padding:0 1em;color:#222}\
+pub const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:44em;margin:1.5em auto;padding:0 1em;color:#222}\
 header{display:flex;gap:1em;align-items:baseline;border-bottom:1px solid #ddd;padding-bottom:.5em}\
 header a.home{font-weight:bold;text-decoration:none;color:#a00}\
 table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}\
@@ -94,7 +94,7 @@ pub fn products(rows: &[ProductRow<'_>]) -> Markup {
     )
 }
 
-/// One product, with the price form (logged-in users).
+/// One product, with the price form (administrators only may use it).
 pub fn product(id: u32, name: &str, price: &str) -> Markup {
     layout(
         name,
@@ -104,7 +104,7 @@ pub fn product(id: u32, name: &str, price: &str) -> Markup {
             form method="post" action={ "/admin/products/" (id) "/price" } {
                 label { "New price in cents (0 to 1000000) "
                     input name="cents" type="number" min="0" max="1000000" required; }
-                button { "Change the price (logged-in users)" }
+                button { "Change the price (administrators)" }
             }
             p.hint { "Changing it purges this page and the list from the cache on every instance." }
         },
