@@ -30,6 +30,8 @@ mod keys;
 mod failure_log;
 #[allow(dead_code)]
 mod lease;
+#[allow(dead_code)]
+pub mod metrics;
 mod problem;
 #[cfg_attr(not(feature = "session"), allow(dead_code))]
 mod time;

@@ -268,6 +268,37 @@ async fn every_flow_on_memory() {
     every_flow(Kind::Memory).await;
 }
 
+/// `/metrics`: Prometheus's text format, neither rate-limited nor cached;
+/// with the `metrics` feature it shows the layers' counters moving.
+#[tokio::test]
+async fn metrics_are_served_unlimited_and_uncached() {
+    let fx = TestBackend::new(Kind::Memory);
+    let addr = serve(fx.backend.clone()).await;
+    let mut c = Client::new(addr);
+    for _ in 0..3 {
+        assert_eq!(c.get("/api/time").await.status, 200);
+    }
+    // Scraped more often than any limit allows: never refused.
+    for _ in 0..12 {
+        assert_eq!(c.get("/metrics").await.status, 200);
+    }
+    let r = c.get("/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    assert_eq!(r.header("cache-status"), None, "not through the cache");
+    assert_eq!(r.header("ratelimit"), None, "not through the rate limiter");
+    #[cfg(feature = "metrics")]
+    {
+        assert!(r.body.contains("redis_layers_requests_total"), "{}", r.body);
+        assert!(r.body.contains("layer=\"rate_limit\""), "{}", r.body);
+        assert!(
+            r.body.contains("redis_layers_rate_limit_rule_total"),
+            "{}",
+            r.body
+        );
+    }
+}
+
 /// Over https (`COOKIE_SECURE=1`) the session cookie has a `__Host-`
 /// name: browsers take it only `Secure`, host-only, for the whole path.
 #[tokio::test]

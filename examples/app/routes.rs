@@ -53,6 +53,9 @@ pub fn router(
     secure_cookies: bool,
     hosts: &[String],
 ) -> Result<Router, redis_layers::Error> {
+    // The metrics recorder first: a rate-limit layer registers its rules'
+    // counters when it is built.
+    prometheus();
     let sessions = SessionLayer::builder(backend.clone())
         // Plain http on localhost needs it off (a Secure cookie would never
         // come back); keep it on anywhere served over https.
@@ -159,9 +162,11 @@ pub fn router(
         .layer(cache)
         // Outermost: on every answer, cached ones included.
         .layer(middleware::map_response(security_headers))
-        // Outside the session layer: health checks never touch sessions.
+        // Outside every layer: health checks never touch sessions, and the
+        // metrics are neither limited nor cached.
         .route("/health", get(health))
         .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
         .with_state(backend))
 }
 
@@ -764,6 +769,37 @@ async fn create_order(
         })),
     )
         .into_response()
+}
+
+/// The process's Prometheus recorder, installed once (`None` if another
+/// recorder was installed first).
+fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(
+                    |e| tracing::warn!(error = %e, "no Prometheus recorder: /metrics is empty"),
+                )
+                .ok()
+        })
+        .as_ref()
+}
+
+/// `GET /metrics`: the layers' counters and histograms in Prometheus's
+/// text format (with redis-layers' `metrics` feature; see
+/// `redis_layers::metrics` for each one).
+async fn metrics() -> impl IntoResponse {
+    let body = prometheus().map(|h| h.render()).unwrap_or_default();
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
 }
 
 async fn health(State(backend): State<Backend>) -> impl IntoResponse {

@@ -513,7 +513,10 @@ where
         // service to clone.
         let looked = is_read
             && match flow::answer_locally(&self.config, &req) {
-                flow::Local::Hit(res) => return ResponseFuture::ready(Ok(res)),
+                flow::Local::Hit(res) => {
+                    crate::metrics::request("cache", "hit");
+                    return ResponseFuture::ready(Ok(res));
+                }
                 flow::Local::Looked => true,
                 flow::Local::Unknown => false,
             };
@@ -524,7 +527,7 @@ where
         let config = self.config.clone();
         if is_read {
             // Read adds the purger only once the handler may run.
-            return ResponseFuture::boxed(flow::read(config, inner, req, looked));
+            return ResponseFuture::boxed(counted(flow::read(config, inner, req, looked)));
         }
         req.extensions_mut().insert(Purger::of(&config));
         let known_host = config.serves(flow::key_uri(&req), req.headers());
@@ -585,6 +588,40 @@ impl<T, E> fmt::Debug for ResponseFuture<T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
+}
+
+/// A read's outcome counted as a metric, from its `Cache-Status` (the
+/// `metrics` feature; else the read itself).
+#[cfg(feature = "metrics")]
+async fn counted<B, E>(
+    read: impl Future<Output = Result<Response<B>, E>>,
+) -> Result<Response<B>, E> {
+    let out = read.await;
+    if let Ok(res) = &out {
+        let status = res
+            .headers()
+            .get(CACHE_STATUS)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let outcome = if status.contains("detail=store-error") {
+            "store_error"
+        } else if status.contains("fwd=stale") {
+            "stale"
+        } else if status.contains("fwd=bypass") || status.is_empty() {
+            "bypass"
+        } else if status.contains("; hit") {
+            "hit"
+        } else {
+            "miss"
+        };
+        crate::metrics::request("cache", outcome);
+    }
+    out
+}
+
+#[cfg(not(feature = "metrics"))]
+fn counted<F>(read: F) -> F {
+    read
 }
 
 impl<T, E> Future for ResponseFuture<T, E> {

@@ -619,10 +619,12 @@ where
                 tokio::spawn(async move {
                     let _ = config.store.release(&key, holder).await;
                 });
+                crate::metrics::request("idempotency", "store_error");
                 return Ok(Problem::store_failure("idempotency", &e).to_response());
             }
             Ok(Claim::Claimed) => {
                 config.failures.succeeded();
+                crate::metrics::request("idempotency", "first");
                 break;
             }
             Ok(Claim::Taken { record }) => {
@@ -781,6 +783,20 @@ where
 
 /// The answer when the key is already claimed or completed.
 fn taken<B>(record: &Bytes, fingerprint: &[u8; 32]) -> Response<ResponseBody<B>> {
+    let res = answer_taken(record, fingerprint);
+    let outcome = if res.headers().contains_key(REPLAYED) {
+        "replayed"
+    } else if res.status() == StatusCode::UNPROCESSABLE_ENTITY {
+        "mismatch"
+    } else {
+        "in_flight"
+    };
+    crate::metrics::request("idempotency", outcome);
+    res
+}
+
+/// [`taken`]'s answer.
+fn answer_taken<B>(record: &Bytes, fingerprint: &[u8; 32]) -> Response<ResponseBody<B>> {
     match layout::decode(record) {
         Some(Record::InFlight { .. }) => {
             let mut res = problem(

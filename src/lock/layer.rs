@@ -424,10 +424,12 @@ where
             config
                 .failures
                 .failed(&e, "answering 503: no handler without the lock", true);
+            crate::metrics::request("lock", "store_error");
             return Ok(Problem::store_failure("lock", &e).to_response());
         }
         Ok(Err(left)) => {
             config.failures.succeeded();
+            crate::metrics::request("lock", "locked");
             let locked = Locked { retry_after: left };
             let res = match &config.respond {
                 Some(respond) => respond(&locked),
@@ -437,6 +439,7 @@ where
         }
         Ok(Ok(taken)) => {
             config.failures.succeeded();
+            crate::metrics::request("lock", "acquired");
             taken
         }
     };

@@ -156,6 +156,8 @@ struct CompiledRule {
     failure: FailurePolicy,
     /// The rule's `RateLimit-Policy` value, rendered once.
     field: HeaderValue,
+    /// Its outcomes, as metrics (the `metrics` feature).
+    counters: crate::metrics::RuleCounters,
 }
 
 impl CompiledRule {
@@ -522,6 +524,7 @@ impl RateLimitLayerBuilder {
                 })?;
             rules.push(CompiledRule {
                 field,
+                counters: crate::metrics::RuleCounters::new(&name),
                 name,
                 key: rule.key.clone().unwrap_or_else(|| self.key.clone()),
                 cost: rule.cost.clone().or_else(|| self.cost.clone()),
@@ -706,6 +709,7 @@ impl Config {
             return None;
         }
         self.counters.denied_locally.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::request("rate_limit", "limited_locally");
         if self.respond.is_some() {
             // The user's 429 is theirs to build each time.
             return Some(self.refuse_known(rule, &refusal, now));
@@ -800,6 +804,7 @@ impl Config {
     /// error).
     fn store_failed(&self, pending: &[Pending], e: &Error) -> Verdict {
         self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::request("rate_limit", "store_error");
         let rules = || pending.iter().map(|p| self.rules[p.rule].name.as_str());
         let closed: Vec<&str> = pending
             .iter()
@@ -944,9 +949,11 @@ fn judge(
             decision.policies.iter().map(|s| (s.remaining, shown(s))),
         );
         if decision.allowed {
+            rule.counters.allowed();
             continue;
         }
         if rule.dry_run {
+            rule.counters.dry_run_limited();
             config
                 .counters
                 .dry_run_denied
@@ -959,6 +966,7 @@ fn judge(
     }
     if refused.is_empty() {
         config.counters.allowed.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::request("rate_limit", "allowed");
         return Verdict::Pass(limits, config.legacy_headers);
     }
 
@@ -966,10 +974,12 @@ fn judge(
     // refusal counted nothing of that rule, so it stands on its own), and
     // the answer names every violated policy.
     config.counters.denied.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::request("rate_limit", "limited");
     let now = Instant::now();
     let mut all_violated = Vec::new();
     let mut wait = Duration::ZERO;
     for (rule, c, decision) in refused {
+        rule.counters.limited();
         let retry = decision.retry_after();
         let violated = violated(c.policies, decision);
         tracing::debug!(rule = %rule.name, key = %c.key, violated = ?violated, "rate limit exceeded");

@@ -107,7 +107,9 @@ impl RedisBackend {
             sent_on.store(checkout.generation, Ordering::Relaxed);
             work(checkout).await
         };
-        match tokio::time::timeout(deadline, attempt).await {
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let out = match tokio::time::timeout(deadline, attempt).await {
             Ok(result) => {
                 lanes[index].answered();
                 result
@@ -116,7 +118,14 @@ impl RedisBackend {
                 lanes[index].timed_out(sent_on.load(Ordering::Relaxed));
                 Err(Error::timeout(deadline))
             }
-        }
+        };
+        #[cfg(feature = "metrics")]
+        crate::metrics::store_call(
+            "redis",
+            started.elapsed(),
+            out.as_ref().err().map(Error::kind),
+        );
+        out
     }
 
     /// Like [`call`](Self::call), for work that must not be lost halfway
@@ -136,6 +145,28 @@ impl RedisBackend {
         T: Send + 'static,
     {
         let deadline = self.inner.deadline;
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let out = self.detachable(work, deadline).await;
+        #[cfg(feature = "metrics")]
+        crate::metrics::store_call(
+            "redis",
+            started.elapsed(),
+            out.as_ref().err().map(Error::kind),
+        );
+        out
+    }
+
+    /// [`call_detachable`](Self::call_detachable) itself.
+    async fn detachable<T, F>(
+        &self,
+        work: impl FnOnce(Checkout) -> F,
+        deadline: Duration,
+    ) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+        T: Send + 'static,
+    {
         let until = tokio::time::Instant::now() + deadline;
         let lanes = &self.inner.lanes;
         let index = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % lanes.len();
@@ -205,7 +236,10 @@ impl RedisBackend {
                 .await
                 .map(Conn::Cluster)
                 .map_err(|e| connect_error(e, None))?;
-            return Ok((lane.install(conn.clone()), conn));
+            return {
+                crate::metrics::connection_opened();
+                Ok((lane.install(conn.clone()), conn))
+            };
         }
         #[cfg(feature = "sentinel")]
         if let Some((sentinel, config)) = &self.inner.sentinel {
@@ -217,7 +251,10 @@ impl RedisBackend {
                 .await
                 .map(Conn::Node)
                 .map_err(|e| connect_error(e, None))?;
-            return Ok((lane.install(conn.clone()), conn));
+            return {
+                crate::metrics::connection_opened();
+                Ok((lane.install(conn.clone()), conn))
+            };
         }
         let conn = match (&self.inner.direct, &self.inner.pool) {
             (Some((client, config)), _) => {
@@ -237,7 +274,10 @@ impl RedisBackend {
             )
         });
         let conn = Conn::Node(conn.map_err(|e| connect_error(e, tls))?);
-        Ok((lane.install(conn.clone()), conn))
+        {
+            crate::metrics::connection_opened();
+            Ok((lane.install(conn.clone()), conn))
+        }
     }
 }
 

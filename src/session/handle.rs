@@ -268,12 +268,14 @@ impl Session {
             FailurePolicy::Open => {
                 let failures = &self.config().failures;
                 failures.failed(&e, "continuing without a session (fail-open)", false);
+                crate::metrics::request("session", "store_error");
                 state.known = Known::Degraded { cookie };
                 Ok(())
             }
             FailurePolicy::Closed => {
                 let failures = &self.config().failures;
                 failures.failed(&e, "answering with a store failure (fail-closed)", true);
+                crate::metrics::request("session", "store_error");
                 Err(SessionError::Store(e))
             }
         }
