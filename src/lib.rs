@@ -33,6 +33,8 @@ mod lease;
 #[allow(dead_code)]
 pub mod metrics;
 mod problem;
+#[allow(dead_code)]
+mod task;
 #[cfg_attr(not(feature = "session"), allow(dead_code))]
 mod time;
 

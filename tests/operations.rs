@@ -150,3 +150,39 @@ async fn an_outage_is_logged_once_then_when_it_ends_not_per_request() {
     }
     assert_eq!(logs.lines("rate-limit store").len(), 2);
 }
+
+/// Work a request leaves behind (here a lock released as its guard is
+/// dropped, with Redis gone) logs inside the request's span, so its lines
+/// say which request they belong to.
+#[tokio::test]
+async fn work_a_request_leaves_behind_logs_in_its_span() {
+    use tracing::Instrument;
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    let mut server = RedisServer::start();
+    let backend = RedisBackend::builder()
+        .url(server.url())
+        .prefix(support::unique_prefix("spans"))
+        .deadline(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let locks = redis_layers::lock::Locks::new(backend);
+    async {
+        let guard = locks
+            .try_acquire("job", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        server.kill();
+        drop(guard);
+    }
+    .instrument(tracing::info_span!("request", id = 42))
+    .await;
+    let started = std::time::Instant::now();
+    while logs.lines("lock not released").is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(3), "never logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = logs.lines("lock not released");
+    assert!(lines[0].contains("request{id=42}"), "{lines:#?}");
+}

@@ -733,7 +733,7 @@ where
             let version = entry.stored_at;
             if config.refreshing.begin(&key, version) {
                 let config = config.clone();
-                tokio::spawn(async move {
+                crate::task::spawn_here(async move {
                     // One refresh across instances too: the fill lease
                     // (without which nothing is stored).
                     let lease = match Lease::take(&config, &key).await {
@@ -1214,7 +1214,7 @@ impl Drop for Lease {
         let (config, key) = (self.config.clone(), std::mem::take(&mut self.key));
         let holder = std::mem::take(&mut self.holder);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
+            crate::task::spawn_on(&handle, async move {
                 if let Err(e) = config.store.unlease(&key, &holder).await {
                     tracing::debug!(error = %e, "cache fill lease not given up; it expires");
                 }
@@ -1409,7 +1409,7 @@ fn write_entry(
         tracing::debug!("response not stored: a header is too long for an entry");
         return;
     };
-    tokio::spawn(async move {
+    crate::task::spawn_here(async move {
         let Some(lease) = waiting.lease.as_mut() else {
             waiting.done(false);
             return;

@@ -616,7 +616,7 @@ where
                     true,
                 );
                 let (config, key) = (config.clone(), key.clone());
-                tokio::spawn(async move {
+                crate::task::spawn_here(async move {
                     let _ = config.store.release(&key, holder).await;
                 });
                 crate::metrics::request("idempotency", "store_error");
@@ -1002,7 +1002,7 @@ fn release_later(
 ) {
     let (config, key) = (config.clone(), std::mem::take(key));
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(async move {
+        crate::task::spawn_on(&handle, async move {
             if first.await {
                 let _ = config.store.release(&key, holder).await;
             }

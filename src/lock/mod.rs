@@ -252,7 +252,7 @@ impl Locks {
                 // give it up (owner-checked) should it have.
                 let (backend, key) = (self.backend.clone(), keys.lease.clone());
                 if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move {
+                    crate::task::spawn_on(&handle, async move {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         let _ = lease::release(&backend, &key, owner.as_bytes()).await;
                     });
@@ -378,7 +378,7 @@ impl Drop for Pending {
             std::mem::take(&mut self.owner),
         );
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
+            crate::task::spawn_on(&handle, async move {
                 if let Ok(Taken::Yes) = call.await {
                     let _ = lease::release(&backend, &key, owner.as_bytes()).await;
                 }
@@ -610,8 +610,10 @@ impl Drop for LockGuard {
         }
         let inner = self.inner.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = lease::release(&inner.backend, &inner.key, inner.owner.as_bytes()).await {
+            crate::task::spawn_on(&handle, async move {
+                if let Err(e) =
+                    lease::release(&inner.backend, &inner.key, inner.owner.as_bytes()).await
+                {
                     tracing::warn!(error = %e, "lock not released; it frees itself when its lease ends");
                 }
             });
