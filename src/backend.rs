@@ -19,7 +19,8 @@ use crate::redis::RedisBackend;
 /// use redis_layers::Backend;
 ///
 /// # fn run() -> Result<(), redis_layers::Error> {
-/// // Redis when REDIS_URL is set, else the in-process memory backend.
+/// // Redis at REDIS_URL (an error without it; Backend::from_env_or_memory
+/// // falls back to the in-process memory backend).
 /// let backend = Backend::from_env()?;
 /// let sessions = SessionLayer::new(backend.clone());
 /// # let _ = sessions; Ok(()) }

@@ -30,6 +30,10 @@ pub(crate) struct FailureLog {
 struct Outage {
     /// When the outage's first failure was seen.
     began: Option<Instant>,
+    /// When its last failure was seen.
+    last_failure: Option<Instant>,
+    /// Whether a severe failure (a request refused) was logged at `error`.
+    severe_logged: bool,
     /// When the last line was written.
     last_line: Option<Instant>,
     /// Failures since that line.
@@ -73,11 +77,15 @@ impl FailureLog {
         let mut o = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.failing.store(true, Ordering::Relaxed);
         o.total += 1;
+        o.last_failure = Some(now);
         let store = self.store;
-        if o.began.is_none() {
-            o.began = Some(now);
+        // The first failure of an outage, or the first that refuses
+        // requests (an `error`-based alert must hear of it).
+        if o.began.is_none() || (severe && !o.severe_logged) {
+            o.began.get_or_insert(now);
             o.last_line = Some(now);
             o.unlogged = 0;
+            o.severe_logged |= severe;
             if severe {
                 tracing::error!(store, error = %e, "{store} store failed; {outcome}");
             } else {
@@ -105,13 +113,20 @@ impl FailureLog {
         Logged::Counted
     }
 
-    /// A store call succeeded: ends an outage with one line. One atomic
-    /// load when there was none.
+    /// A store call succeeded: ends an outage with one line, once no
+    /// failure was seen for a while (a second, or the summary interval if
+    /// shorter): calls that fail now and then (a shard down, sporadic
+    /// timeouts) stay one outage rather than a line pair per failure. One
+    /// atomic load when there was none.
     pub(crate) fn succeeded(&self) {
         if !self.failing.load(Ordering::Relaxed) {
             return;
         }
         let mut o = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let quiet = self.every.min(Duration::from_secs(1));
+        if o.last_failure.is_some_and(|at| at.elapsed() < quiet) {
+            return;
+        }
         if !self.failing.swap(false, Ordering::Relaxed) {
             return;
         }
@@ -171,6 +186,9 @@ mod tests {
             for _ in 0..10 {
                 kinds.push(log.failed(&e, "letting the request through", false));
             }
+            // Right after a failure a success does not end the outage.
+            log.succeeded();
+            std::thread::sleep(Duration::from_millis(250));
             log.succeeded();
             log.succeeded();
             // A new outage starts over.
@@ -185,6 +203,20 @@ mod tests {
         assert!(lines[3].contains("ERROR") && lines[3].contains("refusing"));
         assert_eq!(kinds.iter().filter(|k| **k == Logged::First).count(), 2);
         assert_eq!(kinds.iter().filter(|k| **k == Logged::Summary).count(), 1);
+    }
+
+    #[test]
+    fn a_refusal_after_lenient_failures_is_logged_at_error_once() {
+        let log = FailureLog::every("rate-limit", Duration::from_secs(60));
+        let e = Error::new(ErrorKind::Timeout, "deadline exceeded");
+        let lines = lines_of(|| {
+            log.failed(&e, "letting the request through (fail-open)", false);
+            log.failed(&e, "refusing the request (fail-closed)", true);
+            log.failed(&e, "refusing the request (fail-closed)", true);
+        });
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(lines[0].contains("WARN"));
+        assert!(lines[1].contains("ERROR") && lines[1].contains("fail-closed"));
     }
 
     #[test]

@@ -300,8 +300,8 @@ async fn a_crashed_holder_is_replaced_after_its_lease_with_a_higher_token() {
     }
 }
 
-/// What a lock sends to Redis: one plain `SET NX PX` to take it (and a
-/// `PTTL` when another holds it), one script to give it up, and one
+/// What a lock sends to Redis: one plain `SET NX PX` to take it (and
+/// `GET` with `PTTL` when it is held), one script to give it up, and one
 /// script the first time its fencing token is asked for, none after.
 #[tokio::test]
 async fn an_uncontended_lock_is_one_call_to_take_and_one_to_release() {
@@ -328,7 +328,11 @@ async fn an_uncontended_lock_is_one_call_to_take_and_one_to_release() {
         .await
         .unwrap()
         .is_none());
-    assert_eq!(monitor.take(), ["set", "pttl"], "held: how long still");
+    assert_eq!(
+        monitor.take(),
+        ["set", "get", "pttl"],
+        "held: by whom, how long still"
+    );
     assert!(guard.release().await.unwrap());
     assert_eq!(monitor.take(), ["evalsha"]);
     assert!(fx.keys("lock:*").is_empty(), "no token asked, no counter");

@@ -76,6 +76,30 @@ support::both_backends! { TestBackend::new;
         assert_eq!(statuses, [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
     }
 
+    a_lock_keyed_by_path_inside_nest_names_the_full_path => |fx| {
+        use redis_layers::lock::{LockKey, LockLayer};
+        let job = || {
+            Router::new()
+                .route(
+                    "/job",
+                    get(|| async {
+                        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                        "done"
+                    }),
+                )
+                .layer(LockLayer::builder(fx.backend.clone(), LockKey::path()).build().unwrap())
+        };
+        let app = Router::new().nest("/a", job()).nest("/b", job());
+        let (a, b) = tokio::join!(get_status(&app, "/a/job"), get_status(&app, "/b/job"));
+        assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK), "two resources, not one");
+        // The same full path is one resource.
+        let (a, again) = tokio::join!(get_status(&app, "/a/job"), async {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            get_status(&app, "/a/job").await
+        });
+        assert_eq!((a.0, again.0), (StatusCode::OK, StatusCode::CONFLICT));
+    }
+
     two_nested_routers_keep_their_own_cache_entries => |fx| {
         let runs = Arc::new(AtomicU64::new(0));
         let shop = |name: &'static str| {

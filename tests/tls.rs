@@ -245,3 +245,27 @@ async fn every_layer_works_on_a_cluster_over_tls() {
         .unwrap_or_else(|e| panic!("{e}; slots {slots:?}"));
     support::smoke::smoke(backend.into()).await;
 }
+
+/// Behind Sentinel, TLS settings for a primary reached in plaintext would
+/// be ignored: refused at build instead.
+#[cfg(feature = "sentinel")]
+#[tokio::test]
+async fn tls_settings_behind_sentinel_need_a_tls_primary() {
+    use redis_layers::redis::SentinelPrimary;
+    let pki = Pki::new();
+    let tls = || Tls::new().root_certificates_pem(pki.ca.as_bytes());
+    let err = RedisBackend::builder()
+        .sentinel(["redis://127.0.0.1:26379"], "mymaster")
+        .sentinel_primary(SentinelPrimary::new().password("p"))
+        .tls(tls())
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("SentinelPrimary::tls"), "{err}");
+    RedisBackend::builder()
+        .sentinel(["redis://127.0.0.1:26379"], "mymaster")
+        .sentinel_primary(SentinelPrimary::new().password("p").tls(true))
+        .tls(tls())
+        .build()
+        .expect("a TLS primary takes the settings");
+}

@@ -605,7 +605,7 @@ async fn counted<B, E>(
             .unwrap_or_default();
         let outcome = if status.contains("detail=store-error") {
             "store_error"
-        } else if status.contains("fwd=stale") {
+        } else if status.contains("fwd=stale") || status.contains("stale-while-revalidate") {
             "stale"
         } else if status.contains("fwd=bypass") || status.is_empty() {
             "bypass"

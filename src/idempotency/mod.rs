@@ -41,9 +41,9 @@
 //!
 //! # The claim
 //!
-//! - One store call claims a free key (with a lease, [`DEFAULT_LEASE`],
-//!   and a fencing token higher than the key's last) or returns its
-//!   record. The in-flight record names its holder (an id unique to the
+//! - One store call claims a free key (with a lease, [`DEFAULT_LEASE`])
+//!   or returns its record; a fencing token, higher than the key's last,
+//!   is counted when the handler asks for it ([`Fence::token`]). The in-flight record names its holder (an id unique to the
 //!   claim); renewal, completion and release act only for that holder.
 //! - While the handler runs the lease is renewed every third of it, so a
 //!   long handler keeps its claim; if the process dies, the key is free

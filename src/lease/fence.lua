@@ -13,7 +13,7 @@
 -- Returns the fencing token (> 0), or 0 when the lease is not (or no
 -- longer) the owner's.
 local v = redis.call('GET', KEYS[1])
-if not v or string.sub(v, 1, #ARGV[1]) ~= ARGV[1] then
+if not v or #ARGV[1] == 0 or string.sub(v, 1, #ARGV[1]) ~= ARGV[1] then
   return 0
 end
 local t = redis.call('TIME')

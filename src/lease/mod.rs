@@ -11,7 +11,7 @@
 //! [`renewing`].
 //!
 //! Each operation is one round trip: taking a lease is one plain
-//! `SET NX PX` (a second call, `PTTL`, only when another holds it), the
+//! `SET NX PX` (and a second, `GET` and `PTTL`, only when it is held), the
 //! others one small script (the same on a Cluster: a lease and its
 //! counter share a hash tag); each is one
 //! [`MemoryBackend::atomically`] call in memory.
@@ -68,8 +68,16 @@ pub(crate) async fn acquire(
             if taken.is_some() {
                 return Ok(Taken::Yes);
             }
-            // Held: how long still (gone since, -2: free now).
-            let left: i64 = r.query(::redis::cmd("PTTL").arg(key)).await?;
+            // Held: by whom, and how long still (gone since, -2: free
+            // now). By this owner: the same SET applied twice (a client
+            // that resent it after a dropped connection, or a call that
+            // landed late), which took it: ours.
+            let mut pipe = ::redis::pipe();
+            pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+            let (holder, left): (Option<Vec<u8>>, i64) = r.pipeline(&pipe).await?;
+            if holder.as_deref() == Some(owner) {
+                return Ok(Taken::Yes);
+            }
             Ok(Taken::Held(Duration::from_millis(
                 u64::try_from(left).unwrap_or(0),
             )))
@@ -162,7 +170,8 @@ pub(crate) fn fence_in_memory(
 /// Whether a lease's value is held by `owner`: it begins with the owner's
 /// mark.
 fn held_by(value: Option<&Value>, owner: &[u8]) -> bool {
-    matches!(value, Some(Value::Bytes(b)) if b.starts_with(owner))
+    // An empty mark would begin every value.
+    !owner.is_empty() && matches!(value, Some(Value::Bytes(b)) if b.starts_with(owner))
 }
 
 /// Extends the lease at `key` to `ttl` from now if `owner` holds it: true
@@ -245,11 +254,13 @@ pub(crate) async fn release_on_redis(
 /// `renew` (an owner-checked extension to `lease` from now, true while
 /// still held) every third of `lease`, for at most `max` from now.
 ///
-/// The lease is lost when a renewal finds it no longer held, or when none
-/// succeeded within the lease since the last one that did (counted from
-/// when it was sent: the lease may have run out meanwhile). Then `lost`
-/// (if given) turns true, renewals stop, and `work` is still run to its end: what it
-/// writes must be fenced (an owner-checked write, a fencing token). At
+/// The lease is lost when a renewal finds it no longer held: then `lost`
+/// (if given) turns true, renewals stop, and `work` is still run to its
+/// end: what it writes must be fenced (an owner-checked write, a fencing
+/// token). When none succeeded within the lease since the last one that
+/// did (counted from when it was sent: the lease may have run out
+/// meanwhile), `lost` turns true too, but renewals go on: if the late ones
+/// landed, the lease is still held, and kept. At
 /// `max` renewals stop quietly. This is the one renewal design of the
 /// crate: the idempotency claim and the lock layer run their handler in
 /// it; [`keep_renewed`] runs it in a task for a guard that outlives any
@@ -269,8 +280,11 @@ where
     use tokio::time::Instant;
     let start = Instant::now();
     let every = lease / 3;
-    // When the lease surely ends unless renewed: it was taken before now.
+    // About when the lease ends unless renewed (it was taken a little
+    // before now).
     let mut ends = start + lease;
+    // Whether the loss was reported for want of a renewal in time.
+    let mut given_up = false;
     let mut work = std::pin::pin!(work);
     loop {
         // Biased: the work is polled first, so work done at once never
@@ -303,11 +317,16 @@ where
                 tracing::warn!(error = %e, "lease not renewed; trying again");
             }
             Ok(Err(_)) | Err(_) => {
-                tracing::warn!("lease lost: not renewed within its time");
-                if let Some(lost) = lost {
-                    lost.send_replace(true);
+                // Said once; renewals go on (owner-checked): if the late
+                // ones landed, the lease is still held, and kept.
+                if !given_up {
+                    given_up = true;
+                    tracing::warn!("lease may be lost: not renewed within its time");
+                    if let Some(lost) = lost {
+                        lost.send_replace(true);
+                    }
                 }
-                return work.await;
+                ends = tokio::time::Instant::now() + lease;
             }
         }
     }
@@ -393,5 +412,59 @@ mod tests {
             m.atomically(|ks| ks.get("r").is_some()),
             "a completed record stays"
         );
+    }
+}
+
+#[cfg(test)]
+mod renewal_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    /// Renewals that fail for longer than the lease report the loss, and
+    /// go on: one that lands later (the store was slow, not gone) keeps a
+    /// lease that was still held.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_not_renewed_in_time_is_reported_lost_and_renewed_still() {
+        let lease = Duration::from_millis(300);
+        let calls = Arc::new(AtomicU32::new(0));
+        let renew = || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 5 {
+                    Err(Error::timeout(Duration::from_millis(100)))
+                } else {
+                    Ok(true)
+                }
+            }
+        };
+        let (lost, seen) = tokio::sync::watch::channel(false);
+        let work = tokio::time::sleep(lease * 10);
+        renewing(work, lease, None, renew, Some(&lost)).await;
+        assert!(*seen.borrow(), "the loss was reported");
+        let n = calls.load(Ordering::SeqCst);
+        assert!(n >= 20, "renewals went on after it: {n}");
+    }
+
+    /// A renewal that finds the lease taken ends the renewals.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_found_taken_is_no_longer_renewed() {
+        let lease = Duration::from_millis(300);
+        let calls = Arc::new(AtomicU32::new(0));
+        let renew = || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok(false) }
+        };
+        let (lost, seen) = tokio::sync::watch::channel(false);
+        renewing(
+            tokio::time::sleep(lease * 10),
+            lease,
+            None,
+            renew,
+            Some(&lost),
+        )
+        .await;
+        assert!(*seen.borrow());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -7,7 +7,7 @@
 --
 -- Returns 1 when given up, 0 when it was not the owner's.
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then
+if v and #ARGV[1] > 0 and string.sub(v, 1, #ARGV[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   return 1
 end

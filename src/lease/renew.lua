@@ -8,7 +8,7 @@
 -- Returns 1 when extended, 0 when the lease is not (or no longer) the
 -- owner's: it expired, was taken by another, or removed from outside.
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then
+if v and #ARGV[1] > 0 and string.sub(v, 1, #ARGV[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end

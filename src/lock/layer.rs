@@ -114,7 +114,15 @@ impl LockKey {
     async fn of(&self, parts: &Parts) -> Result<Option<String>, Error> {
         Ok(match &self.kind {
             KeyKind::Named(name) => Some(format!("named:{name}")),
-            KeyKind::Path => Some(format!("path:{}", parts.uri.path())),
+            KeyKind::Path => {
+                // The path the client sent (inside `Router::nest`, the
+                // request's own has lost the nest's prefix).
+                #[cfg(feature = "axum")]
+                if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
+                    return Ok(Some(format!("path:{}", original.0.path())));
+                }
+                Some(format!("path:{}", parts.uri.path()))
+            }
             KeyKind::Header(name) => parts.headers.get(name).map(|value| {
                 let mut out = String::from("header:");
                 crate::digest::push_hex(&mut out, value.as_bytes());

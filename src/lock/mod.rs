@@ -86,7 +86,7 @@
 //!
 //! | call | store calls |
 //! |---|---|
-//! | [`try_acquire`](Locks::try_acquire) | 1 plain `SET NX PX` (and a `PTTL` when another holds it) |
+//! | [`try_acquire`](Locks::try_acquire) | 1 plain `SET NX PX` (and `GET` with `PTTL`, pipelined, when it is held) |
 //! | [`fencing_token`](LockGuard::fencing_token), the first time | 1 small script (owner-checked, counts the token) |
 //! | each renewal | 1 small script (owner-checked `PEXPIRE`), every third of the lease |
 //! | [`release`](LockGuard::release), or dropping the guard | 1 small script (owner-checked `DEL`) |
@@ -469,7 +469,18 @@ impl GuardInner {
                     counter: &self.counter,
                 };
                 let ttl = COUNTER_FLOOR.max(self.lease * 2);
-                match lease::fence(&self.backend, keys, self.owner.as_bytes(), ttl).await {
+                // Boxed as a trait object: a handler awaiting the token
+                // would otherwise carry the whole store call's type
+                // (deep enough to overflow the compiler's recursion
+                // limit when axum checks it is `Send`).
+                let fence: Pin<Box<dyn Future<Output = Result<Option<u64>, Error>> + Send + '_>> =
+                    Box::pin(lease::fence(
+                        &self.backend,
+                        keys,
+                        self.owner.as_bytes(),
+                        ttl,
+                    ));
+                match fence.await {
                     Ok(Some(token)) => Ok(token),
                     Ok(None) => Err(Ok(NotHeld)),
                     Err(e) => Err(Err(e)),

@@ -213,24 +213,23 @@ fn path_of(parts: &Parts) -> &str {
 }
 
 /// Whether `path` fits a route template: segment by segment, `{name}`
-/// fitting any one non-empty segment, `{*name}` the rest (at least one
-/// segment); anything else literally.
+/// fitting any one segment, `{*name}` the rest (at least one segment);
+/// anything else literally. Empty segments are skipped on both sides
+/// (`/login/` and `//login` fit `/login`), so that a path a router or a
+/// path-normalising layer behind the limiter would serve as the route
+/// cannot slip past its rule by a slash.
 fn template_matches(template: &str, path: &str) -> bool {
-    let mut want = template.split('/');
-    let mut have = path.split('/');
+    let mut want = template.split('/').filter(|s| !s.is_empty());
+    let mut have = path.split('/').filter(|s| !s.is_empty());
     loop {
         match (want.next(), have.next()) {
             (None, None) => return true,
             (Some(w), Some(h)) => {
                 if w.starts_with("{*") && w.ends_with('}') {
-                    return !h.is_empty();
+                    return true;
                 }
                 let param = w.len() > 2 && w.starts_with('{') && w.ends_with('}');
-                if param {
-                    if h.is_empty() {
-                        return false;
-                    }
-                } else if w != h {
+                if !param && w != h {
                     return false;
                 }
             }
@@ -270,6 +269,11 @@ mod tests {
         let user = Rule::route("/users/{id}");
         assert!(user.matches(&head(Method::GET, "/users/7")));
         assert!(user.matches(&head(Method::GET, "/users/7?tab=orders")));
+        assert!(
+            user.matches(&head(Method::GET, "/users/7/")),
+            "a slash more"
+        );
+        assert!(user.matches(&head(Method::GET, "//users//7")));
         assert!(!user.matches(&head(Method::GET, "/users/")));
         assert!(!user.matches(&head(Method::GET, "/users")));
         assert!(!user.matches(&head(Method::GET, "/users/7/orders")));
@@ -279,7 +283,11 @@ mod tests {
         assert!(!files.matches(&head(Method::GET, "/files/")));
         let exact = Rule::route("/login");
         assert!(exact.matches(&head(Method::GET, "/login")));
-        assert!(!exact.matches(&head(Method::GET, "/login/")));
+        assert!(
+            exact.matches(&head(Method::GET, "/login/")),
+            "no slipping past by a slash"
+        );
+        assert!(!exact.matches(&head(Method::GET, "/login/x")));
         // A literal brace pair is a parameter only when it spans the
         // whole segment.
         assert!(!Rule::route("/a{b}").matches(&head(Method::GET, "/ax")));

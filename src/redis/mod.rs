@@ -155,9 +155,9 @@ pub struct MemoryPolicy {
 
 impl MemoryPolicy {
     /// Whether Redis may evict the layers' keys when full: a limit is set
-    /// and the policy is not `noeviction`. Every key the layers write has
-    /// a time to live, so the `volatile-*` policies reach them as surely
-    /// as the `allkeys-*` ones.
+    /// and the policy is not `noeviction`. Nearly every key the layers
+    /// write has a time to live (all but the cache's generation), so the
+    /// `volatile-*` policies reach them as surely as the `allkeys-*` ones.
     pub fn may_evict(&self) -> bool {
         self.maxmemory > 0 && self.policy != "noeviction"
     }
@@ -486,6 +486,12 @@ impl RedisBackendBuilder {
         }
         #[cfg(feature = "tls")]
         {
+            if self.tls.is_some() && !self.primary.tls {
+                return Err(Error::config(
+                    "TLS settings were given, but the primary behind Sentinel is reached \
+                     without TLS: set SentinelPrimary::tls(true)",
+                ));
+            }
             if sentinel_tls || self.primary.tls {
                 tls::install_provider();
             }

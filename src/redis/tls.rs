@@ -8,7 +8,9 @@ use crate::error::Error;
 /// authorities to trust, and a client certificate for mutual TLS. Given to
 /// [`RedisBackendBuilder::tls`](super::RedisBackendBuilder::tls); applied
 /// to a standalone Redis, every node of a Cluster, and behind Sentinel to
-/// the primary (and to sentinels reached by `rediss://`).
+/// the primary (which then must be reached over TLS:
+/// `SentinelPrimary::tls(true)`, else building fails) and to sentinels
+/// reached by `rediss://`.
 ///
 /// Connections use [rustls](https://docs.rs/rustls) (with the `ring`
 /// provider, unless the application installed another process-wide).

@@ -74,11 +74,7 @@ impl SessionError {
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for SessionError {
     fn into_response(self) -> axum_core::response::Response {
-        match &self {
-            // Logged by the layer's failure log (once per outage).
-            SessionError::Store(_) => tracing::debug!(error = %self, "session error"),
-            _ => tracing::error!(error = %self, "session error"),
-        }
+        tracing::error!(error = %self, "session error");
         self.problem().into_response()
     }
 }

@@ -13,7 +13,7 @@
 //! }
 //!
 //! # fn run() -> Result<(), redis_layers::Error> {
-//! // Redis when REDIS_URL is set, else in-process memory.
+//! // Redis at REDIS_URL (Backend::from_env_or_memory falls back to memory).
 //! let backend = Backend::from_env()?;
 //! let app: Router = Router::new()
 //!     .route("/", get(counter))
