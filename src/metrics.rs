@@ -10,6 +10,8 @@
 //! | `redis_layers_store_call_seconds` | histogram | `backend` | each store call's time (Redis: one round trip, from asking for a connection to the reply); alert on its p99 nearing the deadline |
 //! | `redis_layers_store_errors_total` | counter | `backend`, `kind` | store calls that failed, by [`ErrorKind`](crate::ErrorKind) (`timeout`, `connection`, `server`, ...); alert on any sustained rate |
 //! | `redis_layers_connections_opened_total` | counter | | Redis connections opened (the first ones, then each reconnect); alert on a steady climb (a flapping network or Redis) |
+//! | `redis_layers_cache_local_entries` | gauge | | entries in the cache's local tier, set as it takes one (bounded by `local_tier(n)`) |
+//! | `redis_layers_rate_limit_deny_cache_entries` | gauge | | clients the rate limiter knows to be refused, set as it learns one (bounded by its deny cache) |
 //!
 //! Outcomes of `redis_layers_requests_total`, per layer:
 //!
@@ -58,6 +60,15 @@ pub(crate) fn store_call(backend: &'static str, took: Duration, error: Option<cr
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (backend, took, error);
+}
+
+/// The size of an in-process table (set when it grows).
+#[inline]
+pub(crate) fn gauge(name: &'static str, size: usize) {
+    #[cfg(feature = "metrics")]
+    ::metrics::gauge!(name).set(size as f64);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (name, size);
 }
 
 /// A Redis connection opened.

@@ -44,6 +44,11 @@ impl Seen {
             let n = match value {
                 DebugValue::Counter(n) => n,
                 DebugValue::Histogram(v) => v.len() as u64,
+                // A gauge's last value (0: not set since the last look).
+                DebugValue::Gauge(g) if g.into_inner() > 0.0 => {
+                    totals.insert((key.key().name().to_owned(), labels), g.into_inner() as u64);
+                    continue;
+                }
                 DebugValue::Gauge(_) => 0,
             };
             *totals
@@ -147,6 +152,11 @@ fn the_metrics_move() {
             1
         );
         assert!(seen.total("redis_layers_store_call_seconds", &[("backend", "redis")]) >= 2);
+        assert_eq!(
+            seen.total("redis_layers_rate_limit_deny_cache_entries", &[]),
+            1,
+            "the refused client, remembered"
+        );
         assert!(seen.total("redis_layers_connections_opened_total", &[]) >= 1);
 
         // Caching: a miss, then hits.
@@ -155,7 +165,12 @@ fn the_metrics_move() {
                 "/p",
                 get(|| async { ([("cache-control", "public, max-age=60")], "p") }),
             )
-            .layer(CacheLayer::new(backend.clone()));
+            .layer(
+                CacheLayer::builder(backend.clone())
+                    .local_tier(100)
+                    .build()
+                    .unwrap(),
+            );
         // The entry is stored just after the first answer: asked until a hit.
         let mut sent = 0;
         loop {
@@ -179,6 +194,7 @@ fn the_metrics_move() {
         assert_eq!(requests("cache", "hit"), 1);
         assert_eq!(requests("cache", "miss"), sent - 1);
         assert!(sent >= 2);
+        assert_eq!(seen.total("redis_layers_cache_local_entries", &[]), 1);
 
         // Idempotency: first, replayed, mismatch.
         let app = Router::new().route(

@@ -203,6 +203,7 @@ impl LocalTier {
             return;
         }
         self.changing(|| self.entries.insert(key.to_owned(), Arc::new(entry)));
+        crate::metrics::gauge("redis_layers_cache_local_entries", self.entries.len());
     }
 
     /// Runs `change` on the entries with the epoch odd meanwhile (see

@@ -1004,6 +1004,7 @@ fn judge(
                 rendered: std::sync::Mutex::new(None),
             };
             cache.insert(c.key.to_owned(), Arc::new(refusal));
+            crate::metrics::gauge("redis_layers_rate_limit_deny_cache_entries", cache.len());
         }
     }
     let body = problem_body(&all_violated);
