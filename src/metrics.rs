@@ -42,6 +42,36 @@ pub(crate) fn request(layer: &'static str, outcome: &'static str) {
     let _ = (layer, outcome);
 }
 
+/// Times a store call from its start: [`finish`](Self::finish) records
+/// it. Empty without the feature.
+pub(crate) struct StoreTimer {
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
+}
+
+impl StoreTimer {
+    #[inline]
+    pub(crate) fn start() -> Self {
+        StoreTimer {
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Records the call's time, and its error's kind if it failed.
+    #[inline]
+    pub(crate) fn finish<T>(self, backend: &'static str, out: &Result<T, crate::Error>) {
+        #[cfg(feature = "metrics")]
+        store_call(
+            backend,
+            self.started.elapsed(),
+            out.as_ref().err().map(crate::Error::kind),
+        );
+        #[cfg(not(feature = "metrics"))]
+        let _ = (backend, out);
+    }
+}
+
 /// A store call's time and whether it failed (with its kind).
 #[inline]
 pub(crate) fn store_call(backend: &'static str, took: Duration, error: Option<crate::ErrorKind>) {

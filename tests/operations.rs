@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -13,48 +12,13 @@ use axum::Router;
 use http::{Request, StatusCode};
 use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, Rule};
 use redis_layers::redis::{MemoryPolicy, RedisBackend};
+use support::logs::Logs;
 use support::RedisServer;
 use tower::ServiceExt;
 
-/// Collects what `tracing` writes on this thread (a current-thread
-/// runtime's spawned tasks included) while the guard lives.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn lines(&self, containing: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains(containing))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn a_redis_that_may_evict_the_layers_keys_is_warned_about_once() {
-    let logs = Logs::default();
-    let _guard = logs.capture();
+    let logs = Logs::capture(tracing::Level::INFO);
     let evicting =
         RedisServer::start_with(&["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"]);
     let backend = RedisBackend::from_url(&evicting.url()).unwrap();
@@ -99,8 +63,7 @@ async fn a_redis_that_may_evict_the_layers_keys_is_warned_about_once() {
 
 #[tokio::test]
 async fn an_outage_is_logged_once_then_when_it_ends_not_per_request() {
-    let logs = Logs::default();
-    let _guard = logs.capture();
+    let logs = Logs::capture(tracing::Level::INFO);
     let mut server = RedisServer::start();
     let backend = RedisBackend::builder()
         .url(server.url())
@@ -157,8 +120,7 @@ async fn an_outage_is_logged_once_then_when_it_ends_not_per_request() {
 #[tokio::test]
 async fn work_a_request_leaves_behind_logs_in_its_span() {
     use tracing::Instrument;
-    let logs = Logs::default();
-    let _guard = logs.capture();
+    let logs = Logs::capture(tracing::Level::INFO);
     let mut server = RedisServer::start();
     let backend = RedisBackend::builder()
         .url(server.url())

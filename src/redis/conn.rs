@@ -107,8 +107,7 @@ impl RedisBackend {
             sent_on.store(checkout.generation, Ordering::Relaxed);
             work(checkout).await
         };
-        #[cfg(feature = "metrics")]
-        let started = std::time::Instant::now();
+        let timer = crate::metrics::StoreTimer::start();
         let out = match tokio::time::timeout(deadline, attempt).await {
             Ok(result) => {
                 lanes[index].answered();
@@ -119,12 +118,7 @@ impl RedisBackend {
                 Err(Error::timeout(deadline))
             }
         };
-        #[cfg(feature = "metrics")]
-        crate::metrics::store_call(
-            "redis",
-            started.elapsed(),
-            out.as_ref().err().map(Error::kind),
-        );
+        timer.finish("redis", &out);
         out
     }
 
@@ -145,15 +139,9 @@ impl RedisBackend {
         T: Send + 'static,
     {
         let deadline = self.inner.deadline;
-        #[cfg(feature = "metrics")]
-        let started = std::time::Instant::now();
+        let timer = crate::metrics::StoreTimer::start();
         let out = self.detachable(work, deadline).await;
-        #[cfg(feature = "metrics")]
-        crate::metrics::store_call(
-            "redis",
-            started.elapsed(),
-            out.as_ref().err().map(Error::kind),
-        );
+        timer.finish("redis", &out);
         out
     }
 

@@ -2,8 +2,6 @@
 //! address, settings at the limits of what the store represents, and
 //! several rules refusing together.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,6 +13,7 @@ use redis_layers::rate_limit::{
 use tower::ServiceExt;
 
 use crate::harness::{app, get_from, send, Fixture, Kind};
+use crate::support::logs::Logs;
 
 fn fixture(kind: Kind) -> Fixture {
     Fixture::new(kind)
@@ -229,51 +228,9 @@ fn is_cluster(fx: &Fixture) -> bool {
     false
 }
 
-/// What `tracing` logged on this thread while the guard lives.
-struct Logs {
-    text: Arc<Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture() -> Self {
-        let text = Arc::new(Mutex::new(Vec::new()));
-        let sink = text.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || Sink(sink.clone()))
-            .with_ansi(false)
-            .with_max_level(tracing::Level::WARN)
-            .finish();
-        Logs {
-            text,
-            _guard: tracing::subscriber::set_default(subscriber),
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.text().matches(needle).count()
-    }
-}
-
 #[tokio::test]
 async fn a_missing_peer_address_is_warned_about_once_per_layer() {
-    let logs = Logs::capture();
+    let logs = Logs::capture(tracing::Level::WARN);
     let make = || {
         app(RateLimitLayer::builder(MemoryBackend::new())
             .policy(Policy::per_minute(100).named("p"))

@@ -6,6 +6,7 @@
 #![allow(dead_code, unreachable_pub, unused_macros, unused_imports)]
 
 pub mod http;
+pub mod logs;
 pub mod pki;
 pub mod smoke;
 
