@@ -37,6 +37,8 @@ mod problem;
 mod task;
 #[cfg_attr(not(feature = "session"), allow(dead_code))]
 mod time;
+#[allow(dead_code)]
+pub mod trace;
 
 #[cfg(feature = "cache")]
 pub mod cache;
@@ -52,6 +54,11 @@ pub mod redis;
 pub mod session;
 
 pub use backend::Backend;
+
+/// A boxed, type-erased future (keeps the types of futures that await it
+/// shallow).
+pub(crate) type BoxFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub use body::ResponseBody;
 pub use error::{Error, ErrorKind};
 pub use failure::FailurePolicy;

@@ -21,11 +21,16 @@
 //!   `on_store_error` says);
 //! - `cache`: `hit`, `stale` (served stale: while revalidating, or on an
 //!   error), `miss`, `bypass` (not cacheable: a method, `no-store`, a
-//!   personal request), `store_error`;
+//!   personal request), `invalidate` (an unsafe method: what it changed is
+//!   purged), `store_error`;
 //! - `idempotency`: `first` (the handler ran), `replayed`, `in_flight`
 //!   (409), `mismatch` (422), `store_error` (503);
 //! - `lock`: `acquired`, `locked` (409/423), `store_error` (503);
-//! - `session`: `store_error`.
+//! - `session`: `unused` (the handler never touched it), `read`,
+//!   `touched` (an unchanged session's expiry slid), `saved`, `created`,
+//!   `renewed` (a new id), `destroyed`, `conflict` (409: a concurrent
+//!   renewal won), `discarded` (a 5xx: nothing of the request kept),
+//!   `store_error`.
 //!
 //! Install the exporter before building the layers (per-rule counters
 //! are registered when a rate-limit layer is built).
@@ -43,32 +48,30 @@ pub(crate) fn request(layer: &'static str, outcome: &'static str) {
 }
 
 /// Times a store call from its start: [`finish`](Self::finish) records
-/// it. Empty without the feature.
+/// it (as a metric, and as a round trip of the layer whose code made it,
+/// see [`trace`](crate::trace)). Takes no time when neither wants it.
 pub(crate) struct StoreTimer {
-    #[cfg(feature = "metrics")]
-    started: std::time::Instant,
+    started: Option<std::time::Instant>,
 }
 
 impl StoreTimer {
     #[inline]
     pub(crate) fn start() -> Self {
+        let wanted = cfg!(feature = "metrics") || crate::trace::counting();
         StoreTimer {
-            #[cfg(feature = "metrics")]
-            started: std::time::Instant::now(),
+            started: wanted.then(std::time::Instant::now),
         }
     }
 
     /// Records the call's time, and its error's kind if it failed.
     #[inline]
     pub(crate) fn finish<T>(self, backend: &'static str, out: &Result<T, crate::Error>) {
-        #[cfg(feature = "metrics")]
-        store_call(
-            backend,
-            self.started.elapsed(),
-            out.as_ref().err().map(crate::Error::kind),
-        );
-        #[cfg(not(feature = "metrics"))]
-        let _ = (backend, out);
+        let Some(started) = self.started else {
+            return;
+        };
+        let took = started.elapsed();
+        crate::trace::round_trip(took);
+        store_call(backend, took, out.as_ref().err().map(crate::Error::kind));
     }
 }
 

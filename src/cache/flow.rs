@@ -542,7 +542,9 @@ where
             config.failures.failed(&e, "asking the handler", false);
             return Box::pin(async move {
                 req.extensions_mut().insert(Purger::of(&config));
-                let (mut head, body) = inner.call(req).await?.into_parts();
+                let (mut head, body) = crate::trace::unmeasured(inner.call(req))
+                    .await?
+                    .into_parts();
                 // Tags are the cache's business, stored or not.
                 take_tags(&mut head.headers, &config.tag_header);
                 Ok(with_status(
@@ -766,7 +768,7 @@ where
                     let validated = conditional(&mut req, &entry);
                     let stale = validated.then_some(entry);
                     req.extensions_mut().insert(Purger::of(&config));
-                    let replaced = match inner.call(req).await {
+                    let replaced = match crate::trace::unmeasured(inner.call(req)).await {
                         Ok(res) => {
                             settle(
                                 &config,
@@ -795,7 +797,7 @@ where
         let revalidating = is_get && !client_conditional && conditional(&mut req, &entry);
         let may_use_stale = !strict && over < entry.sie;
         req.extensions_mut().insert(Purger::of(&config));
-        let res = match inner.call(req).await {
+        let res = match crate::trace::unmeasured(inner.call(req)).await {
             Ok(res) => res,
             Err(e) if may_use_stale => {
                 tracing::warn!("handler failed; serving a stale response (stale-if-error)");
@@ -891,7 +893,7 @@ where
     // The handler runs only here and above (never for a stored answer):
     // it may want to purge.
     req.extensions_mut().insert(Purger::of(&config));
-    let res = inner.call(req).await?;
+    let res = crate::trace::unmeasured(inner.call(req)).await?;
     match request_headers {
         Some(h) => {
             // Not a response made while the store was failing for this
@@ -1649,7 +1651,7 @@ where
 {
     let uri = key_uri(&req).clone();
     let headers = req.headers().clone();
-    let res = inner.call(req).await?;
+    let res = crate::trace::unmeasured(inner.call(req)).await?;
     let (mut head, body) = res.into_parts();
     take_tags(&mut head.headers, &config.tag_header);
     if head.status.is_success() || head.status.is_redirection() {

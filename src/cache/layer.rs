@@ -507,6 +507,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let trace = crate::trace::layer_span!("cache", tier);
         let is_read = matches!(*req.method(), Method::GET | Method::HEAD)
             && self.config.serves(flow::key_uri(&req), req.headers());
         // A local hit is answered here: no future to allocate, no inner
@@ -514,7 +515,8 @@ where
         let looked = is_read
             && match flow::answer_locally(&self.config, &req) {
                 flow::Local::Hit(res) => {
-                    crate::metrics::request("cache", "hit");
+                    trace.outcome("cache", "hit");
+                    trace.span().record("tier", "local");
                     return ResponseFuture::ready(Ok(res));
                 }
                 flow::Local::Looked => true,
@@ -527,20 +529,23 @@ where
         let config = self.config.clone();
         if is_read {
             // Read adds the purger only once the handler may run.
-            return ResponseFuture::boxed(counted(flow::read(config, inner, req, looked)));
+            let read = counted(flow::read(config, inner, req, looked));
+            return ResponseFuture::boxed(trace.run(read));
         }
         req.extensions_mut().insert(Purger::of(&config));
         let known_host = config.serves(flow::key_uri(&req), req.headers());
         match *req.method() {
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE if known_host => {
-                ResponseFuture::boxed(flow::write(config, inner, req))
+                trace.outcome("cache", "invalidate");
+                ResponseFuture::boxed(trace.run(flow::write(config, inner, req)))
             }
             // Other methods, and any request for a host this cache does not
             // serve: to the handler, never stored, tags taken off.
             _ => {
+                trace.outcome("cache", "bypass");
                 let mut inner = inner;
-                let future = inner.call(req);
-                ResponseFuture::boxed(async move {
+                let future = trace.span().in_scope(|| inner.call(req));
+                ResponseFuture::boxed(trace.run(async move {
                     let (mut head, body) = future.await?.into_parts();
                     flow::take_tags(&mut head.headers, &config.tag_header);
                     let mut res = Response::from_parts(head, CacheBody::inner(body, None));
@@ -548,7 +553,7 @@ where
                         res = flow::with_status(res, &config.name, "fwd=bypass; detail=host");
                     }
                     Ok(res)
-                })
+                }))
             }
         }
     }
@@ -590,13 +595,15 @@ impl<T, E> fmt::Debug for ResponseFuture<T, E> {
     }
 }
 
-/// A read's outcome counted as a metric, from its `Cache-Status` (the
-/// `metrics` feature; else the read itself).
-#[cfg(feature = "metrics")]
+/// A read's outcome, from its `Cache-Status`: counted as a metric and
+/// recorded on the layer's span (when either listens).
 async fn counted<B, E>(
     read: impl Future<Output = Result<Response<B>, E>>,
 ) -> Result<Response<B>, E> {
     let out = read.await;
+    if !cfg!(feature = "metrics") && !crate::trace::in_layer_span("cache") {
+        return out;
+    }
     if let Ok(res) = &out {
         let status = res
             .headers()
@@ -614,14 +621,9 @@ async fn counted<B, E>(
         } else {
             "miss"
         };
-        crate::metrics::request("cache", outcome);
+        crate::trace::outcome("cache", outcome);
     }
     out
-}
-
-#[cfg(not(feature = "metrics"))]
-fn counted<F>(read: F) -> F {
-    read
 }
 
 impl<T, E> Future for ResponseFuture<T, E> {

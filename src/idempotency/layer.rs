@@ -500,7 +500,8 @@ where
             let future = inner.call(req.map(ResponseBody::inner));
             return Box::pin(async move { Ok(future.await?.map(ResponseBody::inner)) });
         }
-        Box::pin(run(config, inner, req))
+        let trace = crate::trace::layer_span!("idempotency");
+        Box::pin(trace.run(run(config, inner, req)))
     }
 }
 
@@ -619,12 +620,12 @@ where
                 crate::task::spawn_here(async move {
                     let _ = config.store.release(&key, holder).await;
                 });
-                crate::metrics::request("idempotency", "store_error");
+                crate::trace::outcome("idempotency", "store_error");
                 return Ok(Problem::store_failure("idempotency", &e).to_response());
             }
             Ok(Claim::Claimed) => {
                 config.failures.succeeded();
-                crate::metrics::request("idempotency", "first");
+                crate::trace::outcome("idempotency", "first");
                 break;
             }
             Ok(Claim::Taken { record }) => {
@@ -656,7 +657,8 @@ where
             token: tokio::sync::OnceCell::new(),
         }),
     });
-    let handler = inner.call(Request::from_parts(parts, ResponseBody::full(body)));
+    let handler =
+        crate::trace::unmeasured(inner.call(Request::from_parts(parts, ResponseBody::full(body))));
     let held = Held::new(config, key, holder);
     DetachOnDrop(Some(Box::pin(execute(held, fingerprint, handler)))).await
 }
@@ -791,7 +793,7 @@ fn taken<B>(record: &Bytes, fingerprint: &[u8; 32]) -> Response<ResponseBody<B>>
     } else {
         "in_flight"
     };
-    crate::metrics::request("idempotency", outcome);
+    crate::trace::outcome("idempotency", outcome);
     res
 }
 

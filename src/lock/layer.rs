@@ -394,7 +394,8 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(run(self.config.clone(), inner, req))
+        let trace = crate::trace::layer_span!("lock");
+        Box::pin(trace.run(run(self.config.clone(), inner, req)))
     }
 }
 
@@ -432,12 +433,12 @@ where
             config
                 .failures
                 .failed(&e, "answering 503: no handler without the lock", true);
-            crate::metrics::request("lock", "store_error");
+            crate::trace::outcome("lock", "store_error");
             return Ok(Problem::store_failure("lock", &e).to_response());
         }
         Ok(Err(left)) => {
             config.failures.succeeded();
-            crate::metrics::request("lock", "locked");
+            crate::trace::outcome("lock", "locked");
             let locked = Locked { retry_after: left };
             let res = match &config.respond {
                 Some(respond) => respond(&locked),
@@ -447,7 +448,7 @@ where
         }
         Ok(Ok(taken)) => {
             config.failures.succeeded();
-            crate::metrics::request("lock", "acquired");
+            crate::trace::outcome("lock", "acquired");
             taken
         }
     };
@@ -455,7 +456,10 @@ where
     let (guard, lost) = LockGuard::unrenewed(config.locks.backend(), &keys, owner, config.lease);
     parts.extensions.insert(guard.handle());
     let res = guard
-        .renewing(inner.call(Request::from_parts(parts, body)), &lost)
+        .renewing(
+            crate::trace::unmeasured(inner.call(Request::from_parts(parts, body))),
+            &lost,
+        )
         .await;
     // Released before the answer goes out: the client's next request on
     // the resource finds it free.

@@ -240,10 +240,15 @@ impl RateLimitLayer {
     /// (`Router::route_layer`, a method router's `.layer`).
     ///
     /// Counts live under the rule's name and the policy (name and
-    /// numbers): two such layers whose policies have the same name and
-    /// numbers share one budget per client, wherever they are mounted.
-    /// Name each route's policy apart (`.named("search")`) to count the
-    /// routes apart.
+    /// numbers). The rule is unnamed, so it is named after the place in
+    /// the code where this is called: two layers made by two calls (one
+    /// `route_layer` per route) count apart, one layer mounted on several
+    /// routes counts them together, and every instance of the service
+    /// (one build) shares each budget. A helper function that makes the
+    /// layer for several routes makes them all at one place: they share
+    /// one budget unless their policies are named apart
+    /// (`.named("search")`).
+    #[track_caller]
     pub fn new(store: impl RateLimitStore, policy: Policy) -> Self {
         let built = RateLimitLayer::builder(store).policy(policy).build();
         match built {
@@ -253,8 +258,13 @@ impl RateLimitLayer {
     }
 
     /// A builder for rules, keys and the other settings.
+    ///
+    /// Where in the code it is called names the layer's unnamed rules
+    /// (see [`Rule::named`]).
+    #[track_caller]
     pub fn builder(store: impl RateLimitStore) -> RateLimitLayerBuilder {
         RateLimitLayerBuilder {
+            built_at: std::panic::Location::caller(),
             store: Store::new(store),
             rules: Vec::new(),
             key: Key::client_ip(),
@@ -289,6 +299,8 @@ impl RateLimitLayer {
 /// [`RateLimitLayer::builder`].
 #[must_use]
 pub struct RateLimitLayerBuilder {
+    /// Where the builder was made: unnamed rules are named after it.
+    built_at: &'static std::panic::Location<'static>,
     store: Store,
     rules: Vec<Rule>,
     key: Key,
@@ -316,9 +328,10 @@ impl fmt::Debug for RateLimitLayerBuilder {
 }
 
 impl RateLimitLayerBuilder {
-    /// A policy for every request the layer sees (a rule matching all).
+    /// A policy for every request the layer sees (an unnamed rule matching
+    /// all: named after where the layer was built, see [`Rule::named`]).
     pub fn policy(self, policy: Policy) -> Self {
-        self.rule(Rule::any().policy(policy).named("all"))
+        self.rule(Rule::any().policy(policy))
     }
 
     /// A rule: which requests, which policies, which key. Every matching
@@ -477,7 +490,10 @@ impl RateLimitLayerBuilder {
         let mut names = HashSet::new();
         let mut rules = Vec::with_capacity(self.rules.len());
         for (i, rule) in self.rules.into_iter().enumerate() {
-            let name = rule.name.clone().unwrap_or_else(|| format!("rule-{i}"));
+            let name = rule
+                .name
+                .clone()
+                .unwrap_or_else(|| default_rule_name(self.built_at, i));
             if !names.insert(name.clone()) {
                 return Err(Error::config(format!(
                     "two rate-limit rules are named {name:?}"
@@ -619,6 +635,9 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (parts, body) = req.into_parts();
         let config = &self.config;
+        // The layer's span, made once a rule applies: a request no rule
+        // covers is none of the layer's business.
+        let mut trace = None;
 
         // Without an `.await`: the rules that apply, their keys, and any
         // refusal this instance already knows of (then no store call).
@@ -627,6 +646,9 @@ where
             if !rule.rule.matches(&parts) {
                 continue;
             }
+            let trace = trace.get_or_insert_with(|| {
+                crate::trace::layer_span!("rate_limit", rules, refused_by, policies)
+            });
             let mut key = String::with_capacity(rule.name.len() + 48);
             key.push_str(&rule.name);
             key.push('|');
@@ -646,8 +668,12 @@ where
                 }
             }
             let cost = rule.cost(&parts);
-            if let Some((head, bytes)) = config.refused_locally(rule, &key, cost) {
+            let refused = trace
+                .span()
+                .in_scope(|| config.refused_locally(rule, &key, cost));
+            if let Some((head, bytes)) = refused {
                 return ResponseFuture {
+                    span: trace.span().clone(),
                     state: State::Ready {
                         response: Some((head, bytes)),
                     },
@@ -664,19 +690,29 @@ where
         // A local refusal returned above without either.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if pending.is_empty() {
-            // No rule applies: untouched, no store call.
-            return ResponseFuture {
-                state: State::Inner {
-                    future: inner.call(Request::from_parts(parts, body)),
-                    limits: None,
-                    legacy: false,
-                },
-            };
-        }
+        let trace = match trace {
+            Some(trace) if !pending.is_empty() => trace,
+            skipped => {
+                // No rule applies (or none found its key, with keyless
+                // requests skipped): untouched, no store call.
+                if let Some(trace) = skipped {
+                    trace.span().record("outcome", "skipped");
+                }
+                return ResponseFuture {
+                    span: tracing::Span::none(),
+                    state: State::Inner {
+                        future: inner.call(Request::from_parts(parts, body)),
+                        limits: None,
+                        legacy: false,
+                    },
+                };
+            }
+        };
+        let span = trace.span().clone();
         ResponseFuture {
+            span,
             state: State::Checking {
-                check: Box::pin(check(self.config.clone(), parts, pending)),
+                check: Box::pin(trace.measured(check(self.config.clone(), parts, pending))),
                 body: Some(body),
                 inner: Some(inner),
             },
@@ -709,7 +745,11 @@ impl Config {
             return None;
         }
         self.counters.denied_locally.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::request("rate_limit", "limited_locally");
+        crate::trace::outcome("rate_limit", "limited_locally");
+        if crate::trace::in_layer_span("rate_limit") {
+            crate::trace::record("rate_limit", "refused_by", &rule.name);
+            crate::trace::record("rate_limit", "policies", &refusal.violated.join(","));
+        }
         if self.respond.is_some() {
             // The user's 429 is theirs to build each time.
             return Some(self.refuse_known(rule, &refusal, now));
@@ -804,7 +844,7 @@ impl Config {
     /// error).
     fn store_failed(&self, pending: &[Pending], e: &Error) -> Verdict {
         self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::request("rate_limit", "store_error");
+        crate::trace::outcome("rate_limit", "store_error");
         let rules = || pending.iter().map(|p| self.rules[p.rule].name.as_str());
         let closed: Vec<&str> = pending
             .iter()
@@ -830,6 +870,16 @@ impl Config {
         let (head, _) = problem.to_response::<()>().into_parts();
         Verdict::Stop(head, bytes::Bytes::from(problem.to_json()))
     }
+}
+
+/// The name of a layer's `i`th rule when it has none: where the layer was
+/// built and the rule's place in it (`src/routes.rs:42:10#0`). Two layers
+/// built in different places (two `route_layer`s) so count apart, and
+/// every instance of one build names the rule alike. (`|` separates a
+/// key's rule from its client: none in a file name is kept.)
+fn default_rule_name(built_at: &std::panic::Location<'_>, i: usize) -> String {
+    let file = built_at.file().replace('|', "_");
+    format!("{file}:{}:{}#{i}", built_at.line(), built_at.column())
 }
 
 /// The checks that need an `.await`: keys found by one, refusals known for
@@ -940,6 +990,10 @@ fn judge(
             s.retry_after
         }
     };
+    if crate::trace::in_layer_span("rate_limit") {
+        let rules: Vec<&str> = checks.iter().map(|(rule, _)| rule.name.as_str()).collect();
+        crate::trace::record("rate_limit", "rules", &rules.join(","));
+    }
     let mut limits = Limits::default();
     let mut refused = Vec::new();
     for ((rule, c), decision) in checks.iter().zip(decisions) {
@@ -966,7 +1020,7 @@ fn judge(
     }
     if refused.is_empty() {
         config.counters.allowed.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::request("rate_limit", "allowed");
+        crate::trace::outcome("rate_limit", "allowed");
         return Verdict::Pass(limits, config.legacy_headers);
     }
 
@@ -974,11 +1028,13 @@ fn judge(
     // refusal counted nothing of that rule, so it stands on its own), and
     // the answer names every violated policy.
     config.counters.denied.fetch_add(1, Ordering::Relaxed);
-    crate::metrics::request("rate_limit", "limited");
+    crate::trace::outcome("rate_limit", "limited");
     let now = Instant::now();
     let mut all_violated = Vec::new();
+    let mut refused_by = Vec::new();
     let mut wait = Duration::ZERO;
     for (rule, c, decision) in refused {
+        refused_by.push(rule.name.as_str());
         rule.counters.limited();
         let retry = decision.retry_after();
         let violated = violated(c.policies, decision);
@@ -1006,6 +1062,10 @@ fn judge(
             cache.insert(c.key.to_owned(), Arc::new(refusal));
             crate::metrics::gauge("redis_layers_rate_limit_deny_cache_entries", cache.len());
         }
+    }
+    if crate::trace::in_layer_span("rate_limit") {
+        crate::trace::record("rate_limit", "refused_by", &refused_by.join(","));
+        crate::trace::record("rate_limit", "policies", &all_violated.join(","));
     }
     let body = problem_body(&all_violated);
     let (head, body) = config.refuse(&all_violated, wait, &body, limits);
@@ -1044,6 +1104,8 @@ pin_project! {
     /// applies and this instance does not already know the answer), then
     /// the inner service's future.
     pub struct ResponseFuture<F, S, B> {
+        // The layer's span, entered while this is polled.
+        span: tracing::Span,
         #[pin]
         state: State<F, S, B>,
     }
@@ -1084,6 +1146,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         loop {
             let next = match this.state.as_mut().project() {
                 StateProj::Ready { response } => {

@@ -62,7 +62,9 @@
 //!   Redis Cluster see [Several rules on a cluster](#several-rules-on-a-cluster).
 //! - State is one value per client per rule name and policy set: rules
 //!   (or layers) with the same name and the same policies share a budget
-//!   per client; different names count apart.
+//!   per client; different names count apart. An unnamed rule is named
+//!   after where its layer was built (see [`Rule::named`]): two
+//!   `route_layer`s made in two places count apart.
 //! - Per route, two ways: one layer with a table of rules, or a layer on a
 //!   route (`Router::route_layer`, a method router's `.layer`) built with
 //!   [`RateLimitLayer::new`].

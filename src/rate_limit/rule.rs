@@ -175,8 +175,15 @@ impl Rule {
     }
 
     /// The rule's name: its counters are kept apart from other rules'
-    /// under it (default: `rule-<n>`, its place in the layer). Any text
-    /// but `|` (checked when the layer is built).
+    /// under it, and metrics and spans name it. Any text but `|` (checked
+    /// when the layer is built). Rules and layers named alike (with the
+    /// same policies) share their budgets, wherever they are mounted.
+    ///
+    /// The default is where in the code the layer was built and the
+    /// rule's place in it (`src/routes.rs:42:10#0`): each layer built in
+    /// its own place counts apart, and every instance running the same
+    /// build names it alike. Name rules whose budgets must survive an
+    /// upgrade that moves that line.
     #[must_use]
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());

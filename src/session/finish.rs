@@ -50,10 +50,14 @@ impl Session {
             if state.had_cookie() {
                 self.remove_cookie(headers);
             }
+            self.outcome("destroyed");
         } else if matches!(state.known, Known::Degraded { .. }) {
-            // Fail-open after a store failure: write nothing.
+            // Fail-open after a store failure: write nothing (the failure
+            // is the request's outcome).
         } else if edits.is_dirty() || !self.untouched_without_store(&state, headers) {
             return false;
+        } else {
+            self.outcome(if self.was_used() { "read" } else { "unused" });
         }
         *edits = Edits::default();
         self.close();
@@ -82,7 +86,10 @@ impl Session {
     /// Writes what the request changed and decides the cookie. Called by
     /// the layer once the inner service answered with a non-5xx status and
     /// [`finish_now`](Self::finish_now) could not finish without the store.
-    pub(crate) async fn finish(&self, headers: &mut HeaderMap) -> Result<(), FinishError> {
+    pub(crate) async fn finish(
+        &self,
+        headers: &mut HeaderMap,
+    ) -> Result<Option<&'static str>, FinishError> {
         // The handler is done: take what it recorded, leaving the id the
         // request came with for a logout made after the response.
         let (mut state, mut edits) = {
@@ -105,30 +112,39 @@ impl Session {
             if state.had_cookie() {
                 self.remove_cookie(headers);
             }
-            return Ok(());
+            return Ok(Some("destroyed"));
         }
         if matches!(state.known, Known::Degraded { .. }) {
-            return Ok(());
+            // (The failure was the request's outcome.)
+            return Ok(None);
         }
         if !edits.is_dirty() {
-            return Ok(self.finish_untouched(&mut state, headers).await?);
+            self.finish_untouched(&mut state, headers).await?;
+            return Ok(Some("touched"));
         }
         let had_cookie = state.had_cookie();
         match std::mem::replace(&mut state.known, Known::Missing) {
-            Known::Live(live) if edits.cycle => self.renew(&state, &edits, live, headers).await,
-            Known::Live(live) => {
-                self.update(&live.handle, Some(&live), &mut edits, headers)
-                    .await
-            }
+            Known::Live(live) if edits.cycle => self
+                .renew(&state, &edits, live, headers)
+                .await
+                .map(|()| Some("renewed")),
+            Known::Live(live) => self
+                .update(&live.handle, Some(&live), &mut edits, headers)
+                .await
+                .map(|()| Some("saved")),
             // A blind write: the save itself checks the session exists.
-            Known::Unloaded(id) => self.update(&id.handle(), None, &mut edits, headers).await,
+            Known::Unloaded(id) => self
+                .update(&id.handle(), None, &mut edits, headers)
+                .await
+                .map(|()| Some("saved")),
             // Writing now would fork the session the other request renewed.
             Known::Renewed(_) => Err(FinishError::Conflict),
             Known::Missing | Known::NoCookie | Known::Degraded { .. } => {
-                Ok(self.create(&state, had_cookie, &mut edits, headers).await?)
+                self.create(&state, had_cookie, &mut edits, headers).await?;
+                Ok(Some("created"))
             }
             // (`finish` runs once; nothing is left to write.)
-            Known::Finished { .. } => Ok(()),
+            Known::Finished { .. } => Ok(Some("unused")),
         }
     }
 

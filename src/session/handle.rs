@@ -50,6 +50,10 @@ pub(super) struct Inner {
     used: AtomicBool,
     /// The response has gone out: changes can no longer be saved.
     finished: AtomicBool,
+    /// The session layer's span for this request.
+    trace: crate::trace::Trace,
+    /// The request's outcome was recorded (once per request).
+    outcome_recorded: AtomicBool,
 }
 
 impl fmt::Debug for Session {
@@ -134,7 +138,11 @@ impl Edits {
 const MAX_USER_LEN: usize = 256;
 
 impl Session {
-    pub(crate) fn new(config: Arc<Config>, headers: &HeaderMap) -> Self {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        headers: &HeaderMap,
+        trace: crate::trace::Trace,
+    ) -> Self {
         let known = match config.cookie.read(headers) {
             Some(id) => Known::Unloaded(id),
             None => Known::NoCookie,
@@ -150,6 +158,8 @@ impl Session {
                 had_cookie,
                 used: AtomicBool::new(false),
                 finished: AtomicBool::new(false),
+                trace,
+                outcome_recorded: AtomicBool::new(false),
             }),
         }
     }
@@ -192,6 +202,23 @@ impl Session {
         &self.inner.config
     }
 
+    /// The session layer's span for this request (its store calls are
+    /// counted there, wherever the handler makes them).
+    pub(super) fn trace(&self) -> &crate::trace::Trace {
+        &self.inner.trace
+    }
+
+    /// Records what the request did with its session, on the session
+    /// layer's span and as a metric; the first outcome stands (a store
+    /// failure, then the 5xx it caused, is one request).
+    pub(super) fn outcome(&self, outcome: &'static str) {
+        if self.inner.outcome_recorded.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        crate::metrics::request("session", outcome);
+        self.trace().span().record("outcome", outcome);
+    }
+
     /// Refuses a change once the response has gone out (it would be lost).
     fn check_open(&self) -> Result<(), SessionError> {
         if self.inner.finished.load(Ordering::Acquire) {
@@ -230,7 +257,13 @@ impl Session {
         };
         let handle = id.handle();
         let config = self.config();
-        let loaded = config.store.load(&handle, &config.load_request()).await;
+        // Boxed as a trait object: a handler awaiting a session method
+        // keeps a shallow type (deep ones overflow the compiler's
+        // recursion limit proving the handler's future `Send`).
+        let request = config.load_request();
+        let load: crate::BoxFuture<'_, Result<LoadOutcome, Error>> =
+            Box::pin(self.trace().measure(config.store.load(&handle, &request)));
+        let loaded = load.await;
         let mut state = self.state();
         if !matches!(state.known, Known::Unloaded(_)) {
             // Destroyed meanwhile: that stands.
@@ -268,14 +301,14 @@ impl Session {
             FailurePolicy::Open => {
                 let failures = &self.config().failures;
                 failures.failed(&e, "continuing without a session (fail-open)", false);
-                crate::metrics::request("session", "store_error");
+                self.outcome("store_error");
                 state.known = Known::Degraded { cookie };
                 Ok(())
             }
             FailurePolicy::Closed => {
                 let failures = &self.config().failures;
                 failures.failed(&e, "answering with a store failure (fail-closed)", true);
-                crate::metrics::request("session", "store_error");
+                self.outcome("store_error");
                 Err(SessionError::Store(e))
             }
         }
@@ -415,27 +448,32 @@ impl Session {
             }
         };
         let store = &self.config().store;
-        let mut outcome = store
-            .delete(&handle, &DeleteRequest::any())
-            .await
-            .map_err(SessionError::Store)?;
-        // A logout sent with an id that a concurrent login just replaced
-        // ends the successor too: the user asked to log out. (It gives the
-        // old id's holder no access, only this.)
-        if let DeleteOutcome::Renewed {
-            successor: Some(successor),
-        } = outcome
-        {
-            outcome = store
-                .delete(&successor, &DeleteRequest::any())
-                .await
-                .map_err(SessionError::Store)?;
-            if let DeleteOutcome::Deleted { user: Some(user) } = &outcome {
-                Self::unlist(store, user, &successor).await;
-            }
-        } else if let DeleteOutcome::Deleted { user: Some(user) } = &outcome {
-            Self::unlist(store, user, &handle).await;
-        }
+        let delete: crate::BoxFuture<'_, Result<(), SessionError>> =
+            Box::pin(self.trace().measure(async {
+                let mut outcome = store
+                    .delete(&handle, &DeleteRequest::any())
+                    .await
+                    .map_err(SessionError::Store)?;
+                // A logout sent with an id that a concurrent login just
+                // replaced ends the successor too: the user asked to log
+                // out. (It gives the old id's holder no access, only this.)
+                if let DeleteOutcome::Renewed {
+                    successor: Some(successor),
+                } = outcome
+                {
+                    outcome = store
+                        .delete(&successor, &DeleteRequest::any())
+                        .await
+                        .map_err(SessionError::Store)?;
+                    if let DeleteOutcome::Deleted { user: Some(user) } = &outcome {
+                        Self::unlist(store, user, &successor).await;
+                    }
+                } else if let DeleteOutcome::Deleted { user: Some(user) } = &outcome {
+                    Self::unlist(store, user, &handle).await;
+                }
+                Ok::<_, SessionError>(())
+            }));
+        delete.await?;
         self.state().known = Known::Missing;
         Ok(())
     }

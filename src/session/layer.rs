@@ -251,17 +251,18 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let session = Session::new(self.config.clone(), req.headers());
+        let trace = crate::trace::layer_span!("session");
+        let session = Session::new(self.config.clone(), req.headers(), trace);
         req.extensions_mut().insert(session.clone());
         // Call the instance that was driven to readiness, leave a clone in
         // its place (see tower's "Be careful when cloning inner services").
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let span = session.trace().span().clone();
+        let future = span.in_scope(|| inner.call(req));
         ResponseFuture {
-            state: State::Inner {
-                future: inner.call(req),
-                session,
-            },
+            span,
+            state: State::Inner { future, session },
         }
     }
 }
@@ -281,21 +282,33 @@ fn renewal_conflict<B>() -> Response<ResponseBody<B>> {
 /// Writes what the request changed (the store calls of `finish`), then
 /// builds the response; under fail-closed a store failure replaces it.
 async fn finish<B>(session: Session, mut parts: Parts, body: B) -> Response<ResponseBody<B>> {
-    match session.finish(&mut parts.headers).await {
-        Ok(()) => Response::from_parts(parts, ResponseBody::inner(body)),
+    let finished = session
+        .trace()
+        .measure(session.finish(&mut parts.headers))
+        .await;
+    match finished {
+        Ok(outcome) => {
+            if let Some(outcome) = outcome {
+                session.outcome(outcome);
+            }
+            Response::from_parts(parts, ResponseBody::inner(body))
+        }
         Err(FinishError::Conflict) => {
             tracing::info!("session renewal lost to a concurrent request");
+            session.outcome("conflict");
             renewal_conflict()
         }
         Err(FinishError::Store(e)) => match session.config().failure {
             FailurePolicy::Open => {
                 let failures = &session.config().failures;
                 failures.failed(&e, "session not saved (fail-open)", false);
+                session.outcome("store_error");
                 Response::from_parts(parts, ResponseBody::inner(body))
             }
             FailurePolicy::Closed => {
                 let failures = &session.config().failures;
                 failures.failed(&e, "session not saved; answering 5xx (fail-closed)", true);
+                session.outcome("store_error");
                 Problem::store_failure("session", &e).to_response()
             }
         },
@@ -309,6 +322,8 @@ pin_project! {
     /// future, then, only when the response needs the store (a save, a
     /// touch), that work.
     pub struct ResponseFuture<F, B> {
+        // The layer's span, entered while this is polled.
+        span: tracing::Span,
         #[pin]
         state: State<F, B>,
     }
@@ -343,6 +358,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         loop {
             let finishing = match this.state.as_mut().project() {
                 StateProj::Inner { future, session } => {
@@ -355,6 +371,7 @@ where
                     // most other responses need no store call at all.
                     if parts.status.is_server_error() {
                         session.close();
+                        session.outcome("discarded");
                     }
                     if parts.status.is_server_error() || session.finish_now(&mut parts.headers) {
                         return Poll::Ready(Ok(Response::from_parts(

@@ -17,9 +17,8 @@ impl Session {
             return Ok(Vec::new());
         };
         let mut list = self
-            .config()
-            .store
-            .list(&user)
+            .trace()
+            .measure(self.config().store.list(&user))
             .await
             .map_err(SessionError::Store)?;
         for info in &mut list {
@@ -53,9 +52,8 @@ impl Session {
         let (user, current) = self.user_and_handle().await?;
         let Some(user) = user else { return Ok(0) };
         let list = self
-            .config()
-            .store
-            .list(&user)
+            .trace()
+            .measure(self.config().store.list(&user))
             .await
             .map_err(SessionError::Store)?;
         let mut revoked = 0;
@@ -76,20 +74,24 @@ impl Session {
         handle: &SessionHandle,
     ) -> Result<bool, SessionError> {
         let store = &self.config().store;
-        let outcome = store
-            .delete(handle, &DeleteRequest::any().owned_by(user))
+        self.trace()
+            .measure(async {
+                let outcome = store
+                    .delete(handle, &DeleteRequest::any().owned_by(user))
+                    .await
+                    .map_err(SessionError::Store)?;
+                let revoked = match outcome {
+                    DeleteOutcome::Deleted { .. } => true,
+                    DeleteOutcome::Missing => false,
+                    _ => return Ok(false),
+                };
+                store
+                    .index_remove(user, handle)
+                    .await
+                    .map_err(SessionError::Store)?;
+                Ok(revoked)
+            })
             .await
-            .map_err(SessionError::Store)?;
-        let revoked = match outcome {
-            DeleteOutcome::Deleted { .. } => true,
-            DeleteOutcome::Missing => false,
-            _ => return Ok(false),
-        };
-        store
-            .index_remove(user, handle)
-            .await
-            .map_err(SessionError::Store)?;
-        Ok(revoked)
     }
 
     async fn user_and_handle(

@@ -736,6 +736,42 @@ support::both_backends! { fixture;
         assert_eq!(fx.calls(), 2);
     }
 
+    unnamed_layers_built_in_two_places_count_apart_and_one_place_counts_together => |fx| {
+        use axum::routing::get;
+        // Two layers, each made where it is mounted, with the same unnamed
+        // policy: two budgets.
+        let app = axum::Router::new()
+            .route(
+                "/a",
+                get(|| async { "a" })
+                    .layer(RateLimitLayer::new(fx.counting(), Policy::per_minute(1))),
+            )
+            .route(
+                "/b",
+                get(|| async { "b" })
+                    .layer(RateLimitLayer::new(fx.counting(), Policy::per_minute(1))),
+            );
+        let peer = "192.0.2.1:1";
+        assert_eq!(get_from(&app, "/a", peer).await.status, StatusCode::OK);
+        assert_eq!(get_from(&app, "/b", peer).await.status, StatusCode::OK, "its own budget");
+        assert_eq!(get_from(&app, "/a", peer).await.status, StatusCode::TOO_MANY_REQUESTS);
+
+        // One place in the code: two instances of a service (or one layer
+        // on two routes) share the budget.
+        let made_here = |fx: &Fixture| RateLimitLayer::new(fx.counting(), Policy::per_minute(1));
+        let instance = |layer: RateLimitLayer| {
+            axum::Router::new()
+                .route("/c", get(|| async { "c" }))
+                .route("/d", get(|| async { "d" }))
+                .route_layer(layer)
+        };
+        let (one, two) = (instance(made_here(&fx)), instance(made_here(&fx)));
+        let peer = "192.0.2.2:1";
+        assert_eq!(get_from(&one, "/c", peer).await.status, StatusCode::OK);
+        assert_eq!(get_from(&two, "/c", peer).await.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(get_from(&one, "/d", peer).await.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+
     the_session_user_is_a_key => |fx| {
         use axum::routing::post;
         use redis_layers::session::{Session, SessionLayer};
