@@ -133,6 +133,100 @@ async fn a_tls_url_for_a_plaintext_port_fails_within_the_deadline() {
     );
 }
 
+/// A Redis reached by an address its certificate does not name (an IP,
+/// a tunnel): refused, unless the TLS settings name the server the
+/// certificate names; then every layer works with the password and
+/// database of the URL, and so does the cache's subscription (a local
+/// tier serves only while subscribed). A wrong name is refused too.
+#[tokio::test]
+async fn a_server_name_of_its_own_verifies_a_certificate_for_another_host() {
+    const NAME: &str = "redis.internal.test";
+    let pki = Pki::for_names(&[NAME]);
+    let port = free_port();
+    let server = tls_server(&pki, port, false, &["--requirepass", "pw"]);
+    let url = format!("rediss://:pw@127.0.0.1:{port}/3");
+    let ca = || Tls::new().root_certificates_pem(pki.ca.as_bytes());
+
+    let unnamed = backend(&url, Some(ca())).unwrap();
+    let err = unnamed.ping().await.unwrap_err();
+    assert!(
+        err.to_string().contains("Tls::server_name"),
+        "says what to do: {err}"
+    );
+    let wrong = backend(&url, Some(ca().server_name("other.test"))).unwrap();
+    let err = wrong.ping().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    let named = backend(&url, Some(ca().server_name(NAME))).unwrap();
+    named.ping().await.unwrap();
+    assert!(
+        named.pool().is_none(),
+        "bb8-redis's manager cannot take the name"
+    );
+    support::smoke::smoke(named.clone().into()).await;
+    // In the URL's database.
+    let keys: Vec<String> = {
+        let mut c = server.admin();
+        redis::cmd("AUTH").arg("pw").query::<()>(&mut c).unwrap();
+        redis::cmd("SELECT").arg(3).query::<()>(&mut c).unwrap();
+        redis::cmd("KEYS").arg("*").query(&mut c).unwrap()
+    };
+    assert!(!keys.is_empty(), "the layers wrote to database 3");
+
+    // The cache's subscription connects the same way.
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/p",
+            get(|| async { ([("cache-control", "public, max-age=60")], "p") }),
+        )
+        .layer(
+            redis_layers::cache::CacheLayer::builder(named)
+                .local_tier(10)
+                .build()
+                .unwrap(),
+        );
+    let mut local = false;
+    for _ in 0..200 {
+        let res = tower::ServiceExt::oneshot(
+            app.clone(),
+            http::Request::get("/p")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let status = res.headers()["cache-status"].to_str().unwrap().to_owned();
+        http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap();
+        if status.contains("detail=local") {
+            local = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(local, "the local tier never served: no subscription");
+
+    // Mutual TLS through the same path: the client certificate is sent.
+    let port = free_port();
+    let _mutual = tls_server(&pki, port, true, &[]);
+    let url = format!("rediss://127.0.0.1:{port}");
+    let without = backend(&url, Some(ca().server_name(NAME))).unwrap();
+    let err = without.ping().await.unwrap_err();
+    assert!(err.to_string().contains("client certificate"), "{err}");
+    let with = backend(
+        &url,
+        Some(
+            ca().server_name(NAME)
+                .client_certificate_pem(pki.client_cert.as_bytes(), pki.client_key.as_bytes()),
+        ),
+    )
+    .unwrap();
+    with.ping().await.unwrap();
+}
+
 fn backend_plain(url: &str) -> RedisBackend {
     backend(url, None).unwrap()
 }
@@ -148,6 +242,24 @@ async fn bad_tls_settings_are_refused_at_build() {
     let err = backend("redis://127.0.0.1:6379", Some(ok)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("rediss://"), "{err}");
+    // A server name that is none, or for a topology redis-rs connects.
+    let named = |name: &str| {
+        Tls::new()
+            .root_certificates_pem(pki.ca.as_bytes())
+            .server_name(name)
+    };
+    let err = backend("rediss://127.0.0.1:6380", Some(named("not a name!"))).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    #[cfg(feature = "cluster")]
+    {
+        let err = RedisBackend::builder()
+            .cluster(["rediss://127.0.0.1:7000"])
+            .tls(named("redis.test"))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("standalone"), "{err}");
+    }
 }
 
 /// An ACL user with a password, over TLS and not: the right one works,

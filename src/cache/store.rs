@@ -479,8 +479,7 @@ impl CacheStore for RedisBackend {
                 let connected = tokio::time::timeout(deadline.max(Duration::from_secs(1)), async {
                     // Asked again on every reconnection: behind Sentinel, the
                     // primary of the moment.
-                    let client = backend.subscriber().await?;
-                    let mut pubsub = client.get_async_pubsub().await?;
+                    let mut pubsub = backend.pubsub().await?;
                     pubsub.subscribe(&channel).await?;
                     Ok::<_, ::redis::RedisError>(pubsub)
                 })

@@ -245,11 +245,7 @@ impl RedisBackend {
             };
         }
         let conn = match (&self.inner.direct, &self.inner.pool) {
-            (Some((client, config)), _) => {
-                client
-                    .get_multiplexed_async_connection_with_config(config)
-                    .await
-            }
+            (Some((client, config)), _) => self.open_direct(client, config).await,
             (None, Some(pool)) => pool.dedicated_connection().await,
             (None, None) => {
                 return Err(Error::config("the Redis backend has no way to connect"));
@@ -266,6 +262,24 @@ impl RedisBackend {
             crate::metrics::connection_opened();
             Ok((lane.install(conn.clone()), conn))
         }
+    }
+}
+
+impl RedisBackend {
+    /// A connection to the URL's Redis: redis-rs's, or through the TLS
+    /// connector when the server name is our own to set.
+    async fn open_direct(
+        &self,
+        client: &::redis::Client,
+        config: &::redis::AsyncConnectionConfig,
+    ) -> Result<::redis::aio::MultiplexedConnection, RedisError> {
+        #[cfg(feature = "tls")]
+        if let Some(connector) = &self.inner.connector {
+            return connector.connect(config).await;
+        }
+        client
+            .get_multiplexed_async_connection_with_config(config)
+            .await
     }
 }
 
@@ -287,6 +301,9 @@ fn connect_error(e: RedisError, tls: Option<bool>) -> Error {
         "; check the user and password"
     } else if text.contains("CertificateRequired") {
         "; the server asks for a client certificate (Tls::client_certificate_pem)"
+    } else if text.contains("not valid for name") {
+        "; the certificate names another host: connect by that name, or name it with \
+         Tls::server_name"
     } else if text.to_lowercase().contains("certificate") {
         "; check the TLS settings (the CA that signed the server's certificate)"
     } else if tls == Some(true) && (e.is_timeout() || text.contains("corrupt")) {

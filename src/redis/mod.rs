@@ -116,6 +116,10 @@ struct Inner {
     /// Set when built from a URL: lanes then connect with our own timeouts
     /// instead of the manager's (whose replies time out after 500 ms).
     direct: Option<(::redis::Client, ::redis::AsyncConnectionConfig)>,
+    /// Set for a TLS server name of its own: lanes and the subscription
+    /// connect through it instead of `direct`'s client.
+    #[cfg(feature = "tls")]
+    connector: Option<tls::Connector>,
     /// Set for a Redis Cluster: lanes are cluster connections.
     #[cfg(feature = "cluster")]
     cluster: Option<::redis::cluster::ClusterClient>,
@@ -541,19 +545,36 @@ impl RedisBackendBuilder {
                     "TLS settings apply to URLs; a pool's connections are its manager's",
                 ));
             }
+            if tls.server_name_override().is_some() && !matches!(self.source, Source::Url(_)) {
+                return Err(Error::config(
+                    "a TLS server name applies to a standalone Redis (url) only: a Cluster's \
+                     and Sentinel's connections are opened by redis-rs",
+                ));
+            }
         }
+        #[cfg(feature = "tls")]
+        let mut connector = None;
         // A pool and a direct client for `url`.
         let direct = |url: &str| -> Result<_, Error> {
             let client = self.client(url)?;
-            // The pool's manager connects as the client does (TLS
-            // settings included).
-            let manager = RedisConnectionManager::new(client.get_connection_info().clone())
-                .map_err(invalid)?;
             // The deadline bounds every call; redis-rs's own reply
             // timeout (500 ms by default) would cap a longer one.
             let config = ::redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.connection_timeout))
                 .set_response_timeout(None);
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &self.tls {
+                connector = tls::Connector::new(tls, &client, self.connection_timeout)?;
+                if connector.is_some() {
+                    // Connections of our own: no pool (its manager would
+                    // verify the URL's host).
+                    return Ok((None, Some((client, config))));
+                }
+            }
+            // The pool's manager connects as the client does (TLS
+            // settings included).
+            let manager = RedisConnectionManager::new(client.get_connection_info().clone())
+                .map_err(invalid)?;
             let pool = bb8::Pool::builder()
                 .max_size(self.pool_size)
                 .connection_timeout(self.connection_timeout)
@@ -563,6 +584,8 @@ impl RedisBackendBuilder {
                 .build_unchecked(manager);
             Ok((Some(pool), Some((client, config))))
         };
+        #[allow(unused_mut)]
+        let mut direct = direct;
         #[cfg(feature = "cluster")]
         let mut cluster = None;
         #[cfg(feature = "cluster")]
@@ -613,6 +636,8 @@ impl RedisBackendBuilder {
             inner: Arc::new(Inner {
                 pool,
                 direct,
+                #[cfg(feature = "tls")]
+                connector,
                 #[cfg(feature = "cluster")]
                 cluster,
                 #[cfg(feature = "cluster")]
@@ -672,7 +697,9 @@ impl RedisBackend {
 
     /// The bb8 pool, for commands of your own: the one given to the
     /// builder, or built from its URL (on a cluster, to the first seed
-    /// node). `None` behind Sentinel, where no node is fixed.
+    /// node). `None` behind Sentinel, where no node is fixed, and with a
+    /// TLS server name of its own (`Tls::server_name`), which bb8-redis's
+    /// manager cannot take.
     pub fn pool(&self) -> Option<&RedisPool> {
         self.inner.pool.as_ref()
     }
@@ -751,6 +778,17 @@ impl RedisBackend {
             return true;
         }
         self.inner.direct.is_some()
+    }
+
+    /// A pub/sub connection: to the URL's Redis, a cluster's next seed
+    /// node, or the primary the sentinels name now.
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
+    pub(crate) async fn pubsub(&self) -> Result<::redis::aio::PubSub, ::redis::RedisError> {
+        #[cfg(feature = "tls")]
+        if let Some(connector) = &self.inner.connector {
+            return connector.pubsub().await;
+        }
+        self.subscriber().await?.get_async_pubsub().await
     }
 
     /// A client for a dedicated connection (pub/sub): the URL's, or the

@@ -40,6 +40,7 @@ use crate::error::Error;
 pub struct Tls {
     roots: Option<Vec<u8>>,
     client: Option<(Vec<u8>, Vec<u8>)>,
+    server_name: Option<String>,
 }
 
 impl fmt::Debug for Tls {
@@ -55,6 +56,7 @@ impl fmt::Debug for Tls {
                     "<none>"
                 },
             )
+            .field("server_name", &self.server_name)
             .finish()
     }
 }
@@ -84,8 +86,29 @@ impl Tls {
         self
     }
 
+    /// Verify the server's certificate for `name`, and send `name` in
+    /// the handshake (SNI), instead of the URL's host: for a Redis reached
+    /// by an IP address, a tunnel or a private endpoint whose certificate
+    /// names another host. A DNS name or an IP address.
+    ///
+    /// A standalone Redis (`url`) only: building fails for a Cluster or
+    /// Sentinel, whose connections redis-rs opens itself. The backend then
+    /// opens its connections (and the cache's subscription) itself, and
+    /// has no bb8 pool: [`RedisBackend::pool`](super::RedisBackend::pool)
+    /// is `None`.
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// The server name set, if any.
+    pub(crate) fn server_name_override(&self) -> Option<&str> {
+        self.server_name.as_deref()
+    }
+
     /// Refuses PEM that holds no certificate (or no key) or does not
-    /// parse: said at build, not at the first connection.
+    /// parse, or a server name that is neither a DNS name nor an IP
+    /// address: said at build, not at the first connection.
     pub(crate) fn check(&self) -> Result<(), Error> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -100,6 +123,13 @@ impl Tls {
             }
             Ok(())
         };
+        if let Some(name) = &self.server_name {
+            rustls::pki_types::ServerName::try_from(name.as_str()).map_err(|_| {
+                Error::config(format!(
+                    "TLS server name {name:?} is neither a DNS name nor an IP address"
+                ))
+            })?;
+        }
         if let Some(roots) = &self.roots {
             certificates(roots, "TLS root certificates")?;
         }
@@ -146,4 +176,136 @@ pub(crate) fn invalid(e: ::redis::RedisError) -> Error {
     Error::config(format!(
         "invalid TLS settings (certificates and keys must be PEM): {e}"
     ))
+}
+
+/// Opens TLS connections to a standalone Redis with a server name of its
+/// own ([`Tls::server_name`]): TCP to the URL's host and port, the
+/// handshake for the name, then redis-rs's connection over that stream
+/// (which authenticates and selects the database as the URL says).
+pub(crate) struct Connector {
+    tls: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+    host: String,
+    port: u16,
+    info: ::redis::RedisConnectionInfo,
+    timeout: std::time::Duration,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// The connector for `client`'s address under `tls`, when `tls` names
+    /// a server of its own; `timeout` bounds the TCP connect and the
+    /// handshake.
+    pub(crate) fn new(
+        tls: &Tls,
+        client: &::redis::Client,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Connector>, Error> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let Some(name) = &tls.server_name else {
+            return Ok(None);
+        };
+        let name = ServerName::try_from(name.clone())
+            .map_err(|_| Error::config(format!("TLS server name {name:?} is not valid")))?;
+        let ::redis::ConnectionAddr::TcpTls { host, port, .. } =
+            client.get_connection_info().addr()
+        else {
+            return Err(Error::config(
+                "a TLS server name needs a rediss:// URL (TLS to a standalone Redis)",
+            ));
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.roots {
+            Some(pem) => {
+                for cert in CertificateDer::pem_slice_iter(pem) {
+                    let cert = cert.map_err(|e| {
+                        Error::config(format!("TLS root certificates: not PEM ({e})"))
+                    })?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| Error::config(format!("TLS root certificate refused: {e}")))?;
+                }
+            }
+            None => {
+                // The system's store; a certificate it cannot use is
+                // skipped, as redis-rs does.
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let config = match &tls.client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Error::config(format!("TLS client certificate: {e}")))?;
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| Error::config(format!("TLS client key: {e}")))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| Error::config(format!("TLS client certificate refused: {e}")))?
+            }
+        };
+        Ok(Some(Connector {
+            tls: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            name,
+            host: host.clone(),
+            port: *port,
+            info: client.get_connection_info().redis_settings().clone(),
+            timeout,
+        }))
+    }
+
+    /// A TLS stream to the server, within the connection timeout.
+    async fn stream(
+        &self,
+    ) -> ::redis::RedisResult<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let handshake = async {
+            let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;
+            tcp.set_nodelay(true)?;
+            self.tls.connect(self.name.clone(), tcp).await
+        };
+        match tokio::time::timeout(self.timeout, handshake).await {
+            Ok(stream) => Ok(stream?),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the TLS connection was not set up within the connection timeout",
+            )
+            .into()),
+        }
+    }
+
+    /// A multiplexed connection (its driver spawned on this runtime).
+    pub(crate) async fn connect(
+        &self,
+        config: &::redis::AsyncConnectionConfig,
+    ) -> ::redis::RedisResult<::redis::aio::MultiplexedConnection> {
+        let stream = self.stream().await?;
+        let (conn, driver) = ::redis::aio::MultiplexedConnection::new_with_config(
+            &self.info,
+            stream,
+            config.clone(),
+        )
+        .await?;
+        tokio::spawn(driver);
+        Ok(conn)
+    }
+
+    /// A connection for pub/sub.
+    pub(crate) async fn pubsub(&self) -> ::redis::RedisResult<::redis::aio::PubSub> {
+        let stream = self.stream().await?;
+        ::redis::aio::PubSub::new(&self.info, stream).await
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::RedisServer;
 
-/// A CA, a server certificate for 127.0.0.1 and localhost, and a client
+/// A CA, a server certificate (for 127.0.0.1 and localhost by default), and a client
 /// certificate, all signed by the CA, as PEM files in a temp dir.
 pub struct Pki {
     dir: tempfile::TempDir,
@@ -17,6 +17,11 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Pki {
+        Pki::for_names(&["127.0.0.1", "localhost"])
+    }
+
+    /// A PKI whose server certificate names only `names`.
+    pub fn for_names(names: &[&str]) -> Pki {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
             KeyUsagePurpose,
@@ -41,7 +46,7 @@ impl Pki {
         };
         // Client auth too: cluster nodes present it to each other.
         let (server_cert, server_key) = leaf(
-            vec!["127.0.0.1".into(), "localhost".into()],
+            names.iter().map(|n| (*n).to_owned()).collect(),
             vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
