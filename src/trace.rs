@@ -121,7 +121,9 @@ impl Trace {
     /// on this span.
     pub(crate) fn outcome(&self, layer: &'static str, outcome: &'static str) {
         crate::metrics::request(layer, outcome);
-        self.span.record("outcome", outcome);
+        if self.is_on() {
+            self.span.record("outcome", outcome);
+        }
     }
 
     /// Whether the span is on (worth computing a field for).
@@ -159,6 +161,35 @@ impl Trace {
     }
 }
 
+impl Trace {
+    /// `work` boxed: in the span and measured ([`run`](Self::run)) when the
+    /// span is on, else as it is (no wrapper to move it through: a
+    /// layer's future can be large).
+    pub(crate) fn boxed<'a, F>(self, work: F) -> crate::BoxFuture<'a, F::Output>
+    where
+        F: Future + Send + 'a,
+    {
+        if self.is_on() {
+            Box::pin(self.run(work))
+        } else {
+            Box::pin(work)
+        }
+    }
+
+    /// Like [`boxed`](Self::boxed), measured but not entering the span
+    /// (for a layer whose own future enters it).
+    pub(crate) fn boxed_measured<'a, F>(self, work: F) -> crate::BoxFuture<'a, F::Output>
+    where
+        F: Future + Send + 'a,
+    {
+        if self.is_on() {
+            Box::pin(self.measured(work))
+        } else {
+            Box::pin(work)
+        }
+    }
+}
+
 /// Runs `work` (the inner service) with its store calls counted for no
 /// layer around it.
 pub(crate) async fn unmeasured<F: Future>(work: F) -> F::Output {
@@ -180,6 +211,10 @@ pub(crate) fn outcome(layer: &'static str, outcome: &'static str) {
 
 /// Records `value` as `field` on the current span if it is `layer`'s.
 pub(crate) fn record(layer: &'static str, field: &'static str, value: &str) {
+    if !tracing::level_enabled!(tracing::Level::INFO) {
+        // Nobody listens at INFO: no layer span is on.
+        return;
+    }
     let span = Span::current();
     if is_layer_span(&span, layer) {
         span.record(field, value);
@@ -199,5 +234,5 @@ pub(crate) fn is_layer_span(span: &Span, layer: &str) -> bool {
 /// Whether the current span is `layer`'s own (so a field is worth
 /// computing).
 pub(crate) fn in_layer_span(layer: &str) -> bool {
-    is_layer_span(&Span::current(), layer)
+    tracing::level_enabled!(tracing::Level::INFO) && is_layer_span(&Span::current(), layer)
 }

@@ -226,6 +226,61 @@ fn the_metrics_move() {
             (1, 1, 1)
         );
 
+        // Sessions: what each request did with its session.
+        use redis_layers::session::{Session, SessionLayer};
+        let sessions =
+            Router::new()
+                .route(
+                    "/login",
+                    post(|session: Session| async move {
+                        session.set_user("ada").unwrap();
+                        "in"
+                    }),
+                )
+                .route(
+                    "/me",
+                    get(|session: Session| async move {
+                        session.user().await.unwrap().unwrap_or_default()
+                    }),
+                )
+                .route("/plain", get(|| async { "plain" }))
+                .layer(
+                    SessionLayer::builder(backend.clone())
+                        .secure(false)
+                        .build()
+                        .unwrap(),
+                );
+        let res = sessions
+            .clone()
+            .oneshot(Request::post("/login").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let cookie = res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let me = Request::get("/me")
+            .header("cookie", cookie)
+            .body(Body::empty())
+            .unwrap();
+        status(&sessions, me).await;
+        status(
+            &sessions,
+            Request::get("/plain").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (
+                requests("session", "created"),
+                requests("session", "read"),
+                requests("session", "unused")
+            ),
+            (1, 1, 1)
+        );
+
         // Redis down: store errors by kind, and the layer's outcome.
         let locks = Locks::new(backend.clone());
         drop(

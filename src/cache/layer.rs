@@ -516,7 +516,9 @@ where
             && match flow::answer_locally(&self.config, &req) {
                 flow::Local::Hit(res) => {
                     trace.outcome("cache", "hit");
-                    trace.span().record("tier", "local");
+                    if trace.is_on() {
+                        trace.span().record("tier", "local");
+                    }
                     return ResponseFuture::ready(Ok(res));
                 }
                 flow::Local::Looked => true,
@@ -530,14 +532,14 @@ where
         if is_read {
             // Read adds the purger only once the handler may run.
             let read = counted(flow::read(config, inner, req, looked));
-            return ResponseFuture::boxed(trace.run(read));
+            return ResponseFuture::from_box(trace.boxed(read));
         }
         req.extensions_mut().insert(Purger::of(&config));
         let known_host = config.serves(flow::key_uri(&req), req.headers());
         match *req.method() {
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE if known_host => {
                 trace.outcome("cache", "invalidate");
-                ResponseFuture::boxed(trace.run(flow::write(config, inner, req)))
+                ResponseFuture::from_box(trace.boxed(flow::write(config, inner, req)))
             }
             // Other methods, and any request for a host this cache does not
             // serve: to the handler, never stored, tags taken off.
@@ -545,7 +547,7 @@ where
                 trace.outcome("cache", "bypass");
                 let mut inner = inner;
                 let future = trace.span().in_scope(|| inner.call(req));
-                ResponseFuture::boxed(trace.run(async move {
+                ResponseFuture::from_box(trace.boxed(async move {
                     let (mut head, body) = future.await?.into_parts();
                     flow::take_tags(&mut head.headers, &config.tag_header);
                     let mut res = Response::from_parts(head, CacheBody::inner(body, None));
@@ -582,9 +584,9 @@ impl<T, E> ResponseFuture<T, E> {
         }
     }
 
-    fn boxed(future: impl Future<Output = Result<T, E>> + Send + 'static) -> Self {
+    fn from_box(future: BoxFuture<Result<T, E>>) -> Self {
         ResponseFuture {
-            state: FutureState::Boxed(Box::pin(future)),
+            state: FutureState::Boxed(future),
         }
     }
 }

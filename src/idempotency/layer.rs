@@ -501,7 +501,7 @@ where
             return Box::pin(async move { Ok(future.await?.map(ResponseBody::inner)) });
         }
         let trace = crate::trace::layer_span!("idempotency");
-        Box::pin(trace.run(run(config, inner, req)))
+        trace.boxed(run(config, inner, req))
     }
 }
 

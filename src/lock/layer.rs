@@ -395,7 +395,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let trace = crate::trace::layer_span!("lock");
-        Box::pin(trace.run(run(self.config.clone(), inner, req)))
+        trace.boxed(run(self.config.clone(), inner, req))
     }
 }
 

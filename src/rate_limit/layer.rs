@@ -712,7 +712,7 @@ where
         ResponseFuture {
             span,
             state: State::Checking {
-                check: Box::pin(trace.measured(check(self.config.clone(), parts, pending))),
+                check: trace.boxed_measured(check(self.config.clone(), parts, pending)),
                 body: Some(body),
                 inner: Some(inner),
             },

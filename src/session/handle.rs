@@ -215,8 +215,7 @@ impl Session {
         if self.inner.outcome_recorded.swap(true, Ordering::Relaxed) {
             return;
         }
-        crate::metrics::request("session", outcome);
-        self.trace().span().record("outcome", outcome);
+        self.trace().outcome("session", outcome);
     }
 
     /// Refuses a change once the response has gone out (it would be lost).
@@ -257,13 +256,18 @@ impl Session {
         };
         let handle = id.handle();
         let config = self.config();
-        // Boxed as a trait object: a handler awaiting a session method
-        // keeps a shallow type (deep ones overflow the compiler's
-        // recursion limit proving the handler's future `Send`).
+        // Measured only while the span is on, then boxed as a trait
+        // object: a handler awaiting a session method keeps a shallow type
+        // (deep ones overflow the compiler's recursion limit proving the
+        // handler's future `Send`).
         let request = config.load_request();
-        let load: crate::BoxFuture<'_, Result<LoadOutcome, Error>> =
-            Box::pin(self.trace().measure(config.store.load(&handle, &request)));
-        let loaded = load.await;
+        let loaded = if self.trace().is_on() {
+            let load: crate::BoxFuture<'_, Result<LoadOutcome, Error>> =
+                Box::pin(self.trace().measure(config.store.load(&handle, &request)));
+            load.await
+        } else {
+            config.store.load(&handle, &request).await
+        };
         let mut state = self.state();
         if !matches!(state.known, Known::Unloaded(_)) {
             // Destroyed meanwhile: that stands.

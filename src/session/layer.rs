@@ -282,10 +282,12 @@ fn renewal_conflict<B>() -> Response<ResponseBody<B>> {
 /// Writes what the request changed (the store calls of `finish`), then
 /// builds the response; under fail-closed a store failure replaces it.
 async fn finish<B>(session: Session, mut parts: Parts, body: B) -> Response<ResponseBody<B>> {
-    let finished = session
-        .trace()
-        .measure(session.finish(&mut parts.headers))
-        .await;
+    let finished = if session.trace().is_on() {
+        let finish = session.finish(&mut parts.headers);
+        session.trace().measure(finish).await
+    } else {
+        session.finish(&mut parts.headers).await
+    };
     match finished {
         Ok(outcome) => {
             if let Some(outcome) = outcome {
