@@ -1137,6 +1137,7 @@ impl Lease {
     ) -> Result<(Option<Lease>, Option<Bytes>), Error> {
         let began = SystemTime::now();
         let holder = Lease::holder(began);
+        let sent = tokio::time::Instant::now();
         let (taken, entry) = config.store.lease(key, &holder, fill_lease(config)).await?;
         if !taken {
             return Ok((None, entry));
@@ -1147,6 +1148,7 @@ impl Lease {
             let (config, key, holder) = (config.clone(), key.to_owned(), holder.clone());
             let lease = fill_lease(&config);
             crate::lease::keep_renewed(
+                sent,
                 lease,
                 Some(MAX_FILL),
                 move || {

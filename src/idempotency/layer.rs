@@ -604,7 +604,10 @@ where
     // completes (then replayed), is freed (then claimed), or the wait ends.
     let waited_until = tokio::time::Instant::now() + config.wait;
     let holder = layout::new_holder();
+    let mut sent;
     loop {
+        // The claim's lease counts from when it was asked for.
+        sent = tokio::time::Instant::now();
         let mut claim = PendingClaim::start(&config, &key, fingerprint, holder);
         match claim.answer().await {
             Err(e) => {
@@ -659,7 +662,7 @@ where
     });
     let handler =
         crate::trace::unmeasured(inner.call(Request::from_parts(parts, ResponseBody::full(body))));
-    let held = Held::new(config, key, holder);
+    let held = Held::new(config, key, holder, sent);
     DetachOnDrop(Some(Box::pin(execute(held, fingerprint, handler)))).await
 }
 
@@ -1024,15 +1027,18 @@ struct Held {
     config: Arc<Config>,
     key: String,
     holder: u64,
+    /// When the claim was asked for: its lease counts from then.
+    claimed: tokio::time::Instant,
     done: bool,
 }
 
 impl Held {
-    fn new(config: Arc<Config>, key: String, holder: u64) -> Self {
+    fn new(config: Arc<Config>, key: String, holder: u64, claimed: tokio::time::Instant) -> Self {
         Held {
             config,
             key,
             holder,
+            claimed,
             done: false,
         }
     }
@@ -1046,7 +1052,7 @@ impl Held {
     async fn beside<F: Future>(&self, work: F) -> F::Output {
         let lease = self.config.lease;
         let renew = || self.config.store.extend(&self.key, self.holder, lease);
-        crate::lease::renewing(work, lease, None, renew, None).await
+        crate::lease::renewing(work, self.claimed, lease, None, renew, None).await
     }
 
     /// One attempt to store `record`: true when it is over for good

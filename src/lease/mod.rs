@@ -267,6 +267,7 @@ pub(crate) async fn release_on_redis(
 /// one future (a lock guard, the cache's fill lease).
 pub(crate) async fn renewing<W, F, Fut>(
     work: W,
+    since: tokio::time::Instant,
     lease: Duration,
     max: Option<Duration>,
     renew: F,
@@ -280,9 +281,10 @@ where
     use tokio::time::Instant;
     let start = Instant::now();
     let every = lease / 3;
-    // About when the lease ends unless renewed (it was taken a little
-    // before now).
-    let mut ends = start + lease;
+    // When the lease ends at the earliest unless renewed: counted from
+    // when the call that took it was sent (Redis may have run it at once
+    // and the answer come late), as each renewal is below.
+    let mut ends = since + lease;
     // Whether the loss was reported for want of a renewal in time.
     let mut given_up = false;
     let mut work = std::pin::pin!(work);
@@ -305,7 +307,10 @@ where
             renewed = renewal => renewed,
         };
         match renewed {
-            Ok(Ok(true)) => ends = sent + lease,
+            Ok(Ok(true)) => {
+                RENEWAL_FAILURES.succeeded();
+                ends = sent + lease;
+            }
             Ok(Ok(false)) => {
                 tracing::warn!("lease lost: a renewal found it gone or taken");
                 if let Some(lost) = lost {
@@ -314,7 +319,11 @@ where
                 return work.await;
             }
             Ok(Err(e)) if Instant::now() < ends => {
-                tracing::warn!(error = %e, "lease not renewed; trying again");
+                RENEWAL_FAILURES.failed(
+                    &e,
+                    "a lease not renewed; trying again while it lasts",
+                    false,
+                );
             }
             Ok(Err(_)) | Err(_) => {
                 // Said once; renewals go on (owner-checked): if the late
@@ -332,12 +341,19 @@ where
     }
 }
 
+/// Failed renewals, of every lease in the process: during an outage each
+/// held lease fails its renewals, and a line each would flood the logs
+/// (see [`FailureLog`](crate::failure_log::FailureLog)).
+static RENEWAL_FAILURES: std::sync::LazyLock<crate::failure_log::FailureLog> =
+    std::sync::LazyLock::new(|| crate::failure_log::FailureLog::new("lease"));
+
 /// [`renewing`] in a task of its own, for a lease held while a guard
 /// lives: the task ends when the lease is lost (`lost` turns true) and
 /// stays, idle, after `max`. Abort it (the returned handle) when the
 /// lease is given up.
 #[allow(dead_code)]
 pub(crate) fn keep_renewed<F, Fut>(
+    since: tokio::time::Instant,
     lease: Duration,
     max: Option<Duration>,
     renew: F,
@@ -353,9 +369,9 @@ where
             // Ends when `renewing` reports the loss.
             let _ = until_lost.wait_for(|lost| *lost).await;
         };
-        renewing(work, lease, max, renew, Some(&lost)).await;
+        renewing(work, since, lease, max, renew, Some(&lost)).await;
     };
-    tokio::spawn(task).abort_handle()
+    crate::task::spawn_here(task).abort_handle()
 }
 
 #[cfg(test)]
@@ -419,7 +435,68 @@ mod tests {
 mod renewal_tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
+
+    /// A lease whose taking was answered late counts from when it was
+    /// asked for: renewals failing, its loss is reported once that time
+    /// plus the lease has passed, not a lease after the answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_counts_from_when_it_was_asked_for() {
+        let lease = Duration::from_millis(300);
+        // Asked for 250 ms ago; the answer just came.
+        let since = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_millis(250)).await;
+        let (lost, seen) = tokio::sync::watch::channel(false);
+        let renew = || async { Err::<bool, _>(Error::timeout(Duration::from_millis(50))) };
+        let work = async {
+            // Half a lease after the answer: the lease (from the ask) is
+            // over.
+            tokio::time::sleep(lease / 2).await;
+            *seen.borrow()
+        };
+        let reported = renewing(work, since, lease, None, renew, Some(&lost)).await;
+        assert!(
+            reported,
+            "the loss was reported within the lease from the ask"
+        );
+    }
+
+    /// Failed renewals are logged once per outage (then summarised), not
+    /// once each.
+    #[tokio::test(start_paused = true)]
+    async fn failed_renewals_are_not_logged_one_by_one() {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let lease = Duration::from_secs(3);
+        let calls = Arc::new(AtomicU32::new(0));
+        let renew = || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<bool, _>(Error::timeout(Duration::from_millis(5))) }
+        };
+        // Renewals every second, failing, for 2.9 s (within the lease).
+        let work = tokio::time::sleep(Duration::from_millis(2_900));
+        renewing(work, tokio::time::Instant::now(), lease, None, renew, None).await;
+        assert!(calls.load(Ordering::SeqCst) >= 2);
+        let text = String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned();
+        let lines = text.matches("lease not renewed").count();
+        assert!(lines <= 1, "{text}");
+    }
 
     /// Renewals that fail for longer than the lease report the loss, and
     /// go on: one that lands later (the store was slow, not gone) keeps a
@@ -440,7 +517,15 @@ mod renewal_tests {
         };
         let (lost, seen) = tokio::sync::watch::channel(false);
         let work = tokio::time::sleep(lease * 10);
-        renewing(work, lease, None, renew, Some(&lost)).await;
+        renewing(
+            work,
+            tokio::time::Instant::now(),
+            lease,
+            None,
+            renew,
+            Some(&lost),
+        )
+        .await;
         assert!(*seen.borrow(), "the loss was reported");
         let n = calls.load(Ordering::SeqCst);
         assert!(n >= 20, "renewals went on after it: {n}");
@@ -458,6 +543,7 @@ mod renewal_tests {
         let (lost, seen) = tokio::sync::watch::channel(false);
         renewing(
             tokio::time::sleep(lease * 10),
+            tokio::time::Instant::now(),
             lease,
             None,
             renew,

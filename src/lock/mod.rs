@@ -206,7 +206,7 @@ impl Locks {
         resource: &str,
         lease: Duration,
         wait: Duration,
-    ) -> Result<Result<(ResourceKeys, String), Duration>, Error> {
+    ) -> Result<Result<(ResourceKeys, Owner), Duration>, Error> {
         check(lease, "lease", MIN_LEASE)?;
         check(wait, "wait", Duration::ZERO)?;
         let keys = ResourceKeys::new(&self.backend, resource);
@@ -235,6 +235,9 @@ impl Locks {
     /// took.
     async fn attempt(&self, keys: &ResourceKeys, lease: Duration) -> Result<Attempt, Error> {
         let owner = owner_token()?;
+        // The lease may start as soon as the call is sent: it is counted
+        // from then, never from the answer.
+        let sent = tokio::time::Instant::now();
         let call: BoxFuture<Result<Taken, Error>> = {
             let (backend, key, owner) = (self.backend.clone(), keys.lease.clone(), owner.clone());
             Box::pin(async move { lease::acquire(&backend, &key, owner.as_bytes(), lease).await })
@@ -262,15 +265,24 @@ impl Locks {
         };
         match answer {
             Taken::Held(left) => Ok(Attempt::Held(left)),
-            Taken::Yes => Ok(Attempt::Taken(owner)),
+            Taken::Yes => Ok(Attempt::Taken(Owner { token: owner, sent })),
         }
     }
 }
 
 enum Attempt {
     /// Taken, by this owner.
-    Taken(String),
+    Taken(Owner),
     Held(Duration),
+}
+
+/// Who took a lock, and when it asked (the lease is counted from then).
+#[derive(Debug)]
+pub(crate) struct Owner {
+    /// The owner token, the lock's value.
+    pub(crate) token: String,
+    /// When the call that took it was sent.
+    pub(crate) sent: tokio::time::Instant,
 }
 
 /// A lease or wait within bounds, else a `Config` error.
@@ -448,6 +460,9 @@ struct GuardInner {
     key: String,
     counter: String,
     owner: String,
+    /// When the call that took the lock was sent (its lease counts from
+    /// then).
+    sent: tokio::time::Instant,
     lease: Duration,
     /// Counted on first demand, then kept.
     token: tokio::sync::OnceCell<u64>,
@@ -506,10 +521,12 @@ impl fmt::Debug for LockGuard {
 
 impl LockGuard {
     /// A guard renewing its lock in a task of its own while it lives.
-    fn start(backend: Backend, keys: &ResourceKeys, owner: String, lease: Duration) -> Self {
+    fn start(backend: Backend, keys: &ResourceKeys, owner: Owner, lease: Duration) -> Self {
+        let sent = owner.sent;
         let (mut guard, lost) = Self::unrenewed(backend, keys, owner, lease);
         let inner = guard.inner.clone();
         guard.renewing = Some(lease::keep_renewed(
+            sent,
             lease,
             None,
             move || {
@@ -527,14 +544,15 @@ impl LockGuard {
     pub(crate) fn unrenewed(
         backend: Backend,
         keys: &ResourceKeys,
-        owner: String,
+        owner: Owner,
         lease: Duration,
     ) -> (Self, watch::Sender<bool>) {
         let inner = Arc::new(GuardInner {
             backend,
             key: keys.lease.clone(),
             counter: keys.counter.clone(),
-            owner,
+            owner: owner.token,
+            sent: owner.sent,
             lease,
             token: tokio::sync::OnceCell::new(),
         });
@@ -559,7 +577,15 @@ impl LockGuard {
         lost: &watch::Sender<bool>,
     ) -> W::Output {
         let inner = &self.inner;
-        lease::renewing(work, inner.lease, None, || inner.renew(), Some(lost)).await
+        lease::renewing(
+            work,
+            inner.sent,
+            inner.lease,
+            None,
+            || inner.renew(),
+            Some(lost),
+        )
+        .await
     }
 
     /// A view of this lock for others (a handler): its token and loss.
