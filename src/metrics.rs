@@ -24,7 +24,9 @@
 //!   personal request), `invalidate` (an unsafe method: what it changed is
 //!   purged), `store_error`;
 //! - `idempotency`: `first` (the handler ran), `replayed`, `in_flight`
-//!   (409), `mismatch` (422), `store_error` (503);
+//!   (409), `mismatch` (422), `not_retained` (409: done, but its response
+//!   was too large to keep), `unreadable` (409: a record that does not
+//!   decode), `store_error` (503);
 //! - `lock`: `acquired`, `locked` (409/423), `store_error` (503);
 //! - `session`: `unused` (the handler never touched it), `read`,
 //!   `touched` (an unchanged session's expiry slid), `saved`, `created`,

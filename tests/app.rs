@@ -287,6 +287,16 @@ async fn metrics_are_served_unlimited_and_uncached() {
     assert!(r.header("content-type").unwrap().starts_with("text/plain"));
     assert_eq!(r.header("cache-status"), None, "not through the cache");
     assert_eq!(r.header("ratelimit"), None, "not through the rate limiter");
+    // Another machine's scraper gets nothing.
+    let router = routes::router(fx.backend.clone(), false, &["shop.test".to_owned()]).unwrap();
+    let mut req = http::Request::get("/metrics")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    req.extensions_mut().insert(axum::extract::ConnectInfo(
+        "192.0.2.7:5000".parse::<std::net::SocketAddr>().unwrap(),
+    ));
+    let res = tower::ServiceExt::oneshot(router, req).await.unwrap();
+    assert_eq!(res.status(), 404);
     #[cfg(feature = "metrics")]
     {
         assert!(r.body.contains("redis_layers_requests_total"), "{}", r.body);

@@ -226,6 +226,28 @@ fn the_metrics_move() {
             (1, 1, 1)
         );
 
+        // A response too large to keep: done once, then `not_retained`.
+        let big_app = Router::new().route(
+            "/big",
+            post(|| async { "x".repeat(64) }).layer(
+                IdempotencyLayer::builder(backend.clone(), Scope::header("x-api-key"))
+                    .max_response(16)
+                    .build()
+                    .unwrap(),
+            ),
+        );
+        let big = || {
+            Request::post("/big")
+                .header("x-api-key", "k")
+                .header("idempotency-key", "big-1")
+                .body(Body::empty())
+                .unwrap()
+        };
+        assert_eq!(status(&big_app, big()).await, StatusCode::OK);
+        assert_eq!(status(&big_app, big()).await, StatusCode::CONFLICT);
+        assert_eq!(requests("idempotency", "not_retained"), 1);
+        assert_eq!(requests("idempotency", "in_flight"), 0);
+
         // Sessions: what each request did with its session.
         use redis_layers::session::{Session, SessionLayer};
         let sessions =

@@ -790,8 +790,17 @@ fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle
 
 /// `GET /metrics`: the layers' counters and histograms in Prometheus's
 /// text format (with redis-layers' `metrics` feature; see
-/// `redis_layers::metrics` for each one).
-async fn metrics() -> impl IntoResponse {
+/// `redis_layers::metrics` for each one), to a scraper on this machine
+/// only: any other peer gets the 404 of a page that is not there (what
+/// the shop counts is not the public's business).
+async fn metrics(uri: Uri, request: Request) -> Response {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    if peer.is_some_and(|ip| !ip.is_loopback()) {
+        return not_found(uri).await;
+    }
     let body = prometheus().map(|h| h.render()).unwrap_or_default();
     (
         [
@@ -800,6 +809,7 @@ async fn metrics() -> impl IntoResponse {
         ],
         body,
     )
+        .into_response()
 }
 
 async fn health(State(backend): State<Backend>) -> impl IntoResponse {

@@ -786,22 +786,29 @@ where
     Ok(res)
 }
 
-/// The answer when the key is already claimed or completed.
+/// The answer when the key is already claimed or completed, counted by
+/// what the record said.
 fn taken<B>(record: &Bytes, fingerprint: &[u8; 32]) -> Response<ResponseBody<B>> {
-    let res = answer_taken(record, fingerprint);
-    let outcome = if res.headers().contains_key(REPLAYED) {
-        "replayed"
-    } else if res.status() == StatusCode::UNPROCESSABLE_ENTITY {
-        "mismatch"
-    } else {
-        "in_flight"
-    };
+    let (res, outcome) = answer_taken(record, fingerprint);
     crate::trace::outcome("idempotency", outcome);
     res
 }
 
-/// [`taken`]'s answer.
-fn answer_taken<B>(record: &Bytes, fingerprint: &[u8; 32]) -> Response<ResponseBody<B>> {
+/// The 422 for a key used for another request.
+fn mismatch<B>() -> Response<ResponseBody<B>> {
+    problem(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Idempotency key reused",
+        "This idempotency key was used for a different request.",
+    )
+}
+
+/// [`taken`]'s answer, and its outcome (`in_flight`, `replayed`,
+/// `mismatch`, `not_retained`, `unreadable`).
+fn answer_taken<B>(
+    record: &Bytes,
+    fingerprint: &[u8; 32],
+) -> (Response<ResponseBody<B>>, &'static str) {
     match layout::decode(record) {
         Some(Record::InFlight { .. }) => {
             let mut res = problem(
@@ -813,46 +820,38 @@ fn answer_taken<B>(record: &Bytes, fingerprint: &[u8; 32]) -> Response<ResponseB
                 header::RETRY_AFTER,
                 HeaderValue::from(IN_FLIGHT_RETRY_AFTER),
             );
-            res
+            (res, "in_flight")
         }
         Some(Record::Complete {
             fingerprint: stored,
-            response,
-        }) => {
-            if &stored != fingerprint {
-                return problem(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Idempotency key reused",
-                    "This idempotency key was used for a different request.",
-                );
-            }
+            ..
+        }
+        | Record::Unretained {
+            fingerprint: stored,
+        }) if &stored != fingerprint => (mismatch(), "mismatch"),
+        Some(Record::Complete { response, .. }) => {
             let mut res = Response::new(ResponseBody::full(response.body));
             *res.status_mut() = response.status;
             *res.headers_mut() = response.headers;
             res.headers_mut()
                 .insert(REPLAYED, HeaderValue::from_static("true"));
-            res
+            (res, "replayed")
         }
-        Some(Record::Unretained {
-            fingerprint: stored,
-        }) => {
-            if &stored != fingerprint {
-                return problem(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Idempotency key reused",
-                    "This idempotency key was used for a different request.",
-                );
-            }
+        Some(Record::Unretained { .. }) => (
             problem(
                 StatusCode::CONFLICT,
                 "Response not retained",
                 "The request with this key was processed, but its response was too large to keep for replay; use a new key to run it again.",
-            )
-        }
-        None => problem(
-            StatusCode::CONFLICT,
-            "Idempotency record unreadable",
-            "The record for this idempotency key cannot be read; use a new key.",
+            ),
+            "not_retained",
+        ),
+        None => (
+            problem(
+                StatusCode::CONFLICT,
+                "Idempotency record unreadable",
+                "The record for this idempotency key cannot be read; use a new key.",
+            ),
+            "unreadable",
         ),
     }
 }
