@@ -3,11 +3,18 @@
 /// What a layer does when its store fails or does not answer within the
 /// backend's deadline.
 ///
-/// Every layer takes one (`on_store_error(..)` on its builder) and documents
-/// what "open" means for it: the session layer carries on without a
-/// session, a rate limiter lets the request through, a cache forwards to the
-/// handler. "Closed" answers with the store-failure problem (503 when the
-/// store is unreachable, see [`Problem::store_failure`](crate::Problem::store_failure)).
+/// "Closed" answers with the store-failure problem (503 when the store is
+/// unreachable, 500 when it answered with an error, see
+/// [`Problem::store_failure`](crate::Problem::store_failure)); "open"
+/// carries on without the layer's service, logged and counted. Per layer:
+///
+/// | layer | set with | default | open means |
+/// |---|---|---|---|
+/// | session | `SessionLayerBuilder::on_store_error` | closed | no session for the request, nothing saved |
+/// | rate limit | `RateLimitLayerBuilder::on_store_error`, per rule `Rule::on_store_error` | open | the request goes through, uncounted |
+/// | cache | always open | open | the handler answers, nothing stored (`Cache-Status: ...; detail=store-error`) |
+/// | idempotency | always closed | closed | (none: a request would risk running twice) |
+/// | lock | always closed | closed | (none: a handler would run without its lock) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FailurePolicy {

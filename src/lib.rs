@@ -33,6 +33,9 @@ mod lease;
 #[allow(dead_code)]
 pub mod metrics;
 mod problem;
+// Read by whichever layers are compiled in.
+#[allow(dead_code)]
+mod request_session;
 #[allow(dead_code)]
 mod task;
 #[cfg_attr(not(feature = "session"), allow(dead_code))]

@@ -83,6 +83,7 @@ pub(crate) struct Trace {
 
 /// The span of `layer` (a literal: `session`, `rate_limit`, ...), with the
 /// fields every layer has, plus `extra` ones.
+#[allow(unused_macros)] // (no layer compiled in)
 macro_rules! layer_span {
     ($layer:literal $(, $field:ident)*) => {
         $crate::trace::Trace::new(tracing::info_span!(
@@ -95,6 +96,7 @@ macro_rules! layer_span {
         ))
     };
 }
+#[allow(unused_imports)]
 pub(crate) use layer_span;
 
 impl Trace {

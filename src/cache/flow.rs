@@ -24,6 +24,7 @@ use super::local::{Copied, ThreadCopy, MAX_LINE};
 use super::policy::{self, Unusable};
 use super::store::Fill;
 use crate::error::Error;
+use crate::request_session::RequestSession;
 
 /// Headers that describe one connection, never stored (RFC 9111 §3.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -925,47 +926,35 @@ where
     }
 }
 
-/// The session handle a session layer outside this one put on the
-/// request, if any (nothing without the `session` feature).
+/// The session a session layer outside this one put on the request, if
+/// any (see [`request_session`](crate::request_session)).
 struct SessionProbe {
-    #[cfg(feature = "session")]
-    session: Option<crate::session::Session>,
+    session: Option<RequestSession>,
 }
 
 impl SessionProbe {
-    fn of<B>(_req: &Request<B>) -> Self {
+    fn of<B>(req: &Request<B>) -> Self {
         SessionProbe {
-            #[cfg(feature = "session")]
-            session: _req.extensions().get::<crate::session::Session>().cloned(),
+            session: RequestSession::of(req.extensions()).cloned(),
         }
     }
 
     /// `req` carries a session cookie (as [`personal`](Self::personal),
     /// without keeping the session).
-    fn personal_request<B>(_req: &Request<B>) -> bool {
-        #[cfg(feature = "session")]
-        if let Some(s) = _req.extensions().get::<crate::session::Session>() {
-            return s.had_cookie();
-        }
-        false
+    fn personal_request<B>(req: &Request<B>) -> bool {
+        RequestSession::of(req.extensions()).is_some_and(RequestSession::had_cookie)
     }
 
     /// The request carries a session cookie.
     fn personal(&self) -> bool {
-        #[cfg(feature = "session")]
-        if let Some(s) = &self.session {
-            return s.had_cookie();
-        }
-        false
+        self.session
+            .as_ref()
+            .is_some_and(RequestSession::had_cookie)
     }
 
     /// The handler used the session (any method).
     fn read(&self) -> bool {
-        #[cfg(feature = "session")]
-        if let Some(s) = &self.session {
-            return s.was_used();
-        }
-        false
+        self.session.as_ref().is_some_and(RequestSession::was_used)
     }
 }
 

@@ -23,6 +23,7 @@ use super::store::{Claim, IdempotencyStore, Store};
 use crate::body::ResponseBody;
 use crate::error::{Error, ErrorKind};
 use crate::problem::Problem;
+use crate::request_session::RequestSession;
 
 /// How long a claim holds before it must be renewed, by default. While the
 /// handler runs the layer renews it every third of this; if the process
@@ -141,7 +142,6 @@ enum ScopeKind {
     Global,
     Header(HeaderName),
     Custom(ScopeFn),
-    #[cfg(feature = "session")]
     SessionUser,
 }
 
@@ -151,7 +151,6 @@ impl fmt::Debug for Scope {
             ScopeKind::Global => f.write_str("Scope::global()"),
             ScopeKind::Header(h) => write!(f, "Scope::header({h:?})"),
             ScopeKind::Custom(_) => f.write_str("Scope::custom(..)"),
-            #[cfg(feature = "session")]
             ScopeKind::SessionUser => f.write_str("Scope::session_user()"),
         }
     }
@@ -175,7 +174,6 @@ impl Scope {
 
     /// The session's user (needs the session layer outside this one);
     /// anonymous sessions have no scope.
-    #[cfg(feature = "session")]
     pub fn session_user() -> Self {
         Scope {
             kind: ScopeKind::SessionUser,
@@ -206,10 +204,9 @@ impl Scope {
             ScopeKind::Custom(f) => f(parts).map(ScopeId::Custom),
             // Boxed: a session read is a large future, and this one would
             // otherwise grow every request's, whatever its scope.
-            #[cfg(feature = "session")]
             ScopeKind::SessionUser => {
-                let session = parts.extensions.get::<crate::session::Session>()?;
-                let user = Box::pin(session.user()).await.ok()??;
+                let session = RequestSession::of(&parts.extensions)?;
+                let user = session.user().await.ok()??;
                 Some(ScopeId::User(user))
             }
         }
@@ -221,7 +218,6 @@ enum ScopeId {
     Global,
     Header(HeaderValue),
     Custom(String),
-    #[cfg(feature = "session")]
     User(String),
 }
 
@@ -233,7 +229,6 @@ impl ScopeId {
             ScopeId::Global => [b"global", b""],
             ScopeId::Header(value) => [b"hdr", value.as_bytes()],
             ScopeId::Custom(value) => [b"fn", value.as_bytes()],
-            #[cfg(feature = "session")]
             ScopeId::User(user) => [b"user", user.as_bytes()],
         }
     }

@@ -371,7 +371,11 @@ where
         };
         renewing(work, since, lease, max, renew, Some(&lost)).await;
     };
-    crate::task::spawn_here(task).abort_handle()
+    // A span of its own that follows from the request's: the renewals
+    // may outlive the request, whose span they must not hold open.
+    let span = tracing::info_span!(parent: None, "lease_renewal");
+    span.follows_from(tracing::Span::current());
+    tokio::spawn(tracing::Instrument::instrument(task, span)).abort_handle()
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use super::{LockGuard, Locks};
 use crate::body::ResponseBody;
 use crate::error::Error;
 use crate::problem::Problem;
+use crate::request_session::RequestSession;
 use crate::Backend;
 
 /// The problem type of a refusal because the resource is locked.
@@ -39,7 +40,6 @@ enum KeyKind {
     Path,
     Header(HeaderName),
     Custom(KeyFn),
-    #[cfg(feature = "session")]
     SessionUser,
 }
 
@@ -50,7 +50,6 @@ impl fmt::Debug for LockKey {
             KeyKind::Path => f.write_str("LockKey::path()"),
             KeyKind::Header(h) => write!(f, "LockKey::header({h:?})"),
             KeyKind::Custom(_) => f.write_str("LockKey::custom(..)"),
-            #[cfg(feature = "session")]
             KeyKind::SessionUser => f.write_str("LockKey::session_user()"),
         }
     }
@@ -94,7 +93,6 @@ impl LockKey {
 
     /// The session's user (needs the session layer outside this one): one
     /// request per user at a time. An anonymous request names no resource.
-    #[cfg(feature = "session")]
     pub fn session_user() -> Self {
         LockKey {
             kind: KeyKind::SessionUser,
@@ -129,15 +127,11 @@ impl LockKey {
                 out
             }),
             KeyKind::Custom(f) => f(parts).map(|s| format!("custom:{s}")),
-            #[cfg(feature = "session")]
             KeyKind::SessionUser => {
-                let Some(session) = parts.extensions.get::<crate::session::Session>() else {
+                let Some(session) = RequestSession::of(&parts.extensions) else {
                     return Ok(None);
                 };
-                let user = Box::pin(session.user()).await.map_err(|e| match e {
-                    crate::session::SessionError::Store(e) => e,
-                    other => Error::new(crate::error::ErrorKind::Internal, other.to_string()),
-                })?;
+                let user = session.user().await?;
                 user.map(|user| format!("user:{user}"))
             }
         })

@@ -11,6 +11,8 @@ use http::header::{HeaderName, FORWARDED};
 use http::request::Parts;
 use ipnet::{IpNet, Ipv6Net};
 
+use crate::request_session::RequestSession;
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type CustomKey = Arc<dyn Fn(&Parts) -> BoxFuture<Option<String>> + Send + Sync>;
 /// Whether a header's value is one the application knows.
@@ -46,7 +48,6 @@ enum Kind {
     Header(HeaderName),
     ValidatedHeader(HeaderName, Validator),
     Global,
-    #[cfg(feature = "session")]
     SessionUser,
     Custom(CustomKey),
     Either(Box<Key>, Box<Key>),
@@ -60,7 +61,6 @@ impl fmt::Debug for Key {
             Kind::Header(name) => write!(f, "Key::header({name:?})"),
             Kind::ValidatedHeader(name, _) => write!(f, "Key::header_validated({name:?}, ..)"),
             Kind::Global => f.write_str("Key::global()"),
-            #[cfg(feature = "session")]
             Kind::SessionUser => f.write_str("Key::session_user()"),
             Kind::Custom(_) => f.write_str("Key::custom(..)"),
             Kind::Either(a, b) => write!(f, "{a:?}.or({b:?})"),
@@ -165,11 +165,10 @@ impl Key {
         Key { kind: Kind::Global }
     }
 
-    /// The user the request's session is bound to (see
-    /// [`Session::set_user`](crate::session::Session::set_user)); needs the
-    /// [`SessionLayer`](crate::session::SessionLayer) outside this layer.
-    /// Nothing for anonymous sessions.
-    #[cfg(feature = "session")]
+    /// The user the request's session is bound to (`Session::set_user`);
+    /// needs the session layer (`SessionLayer`, the `session` feature)
+    /// outside this layer. Nothing for anonymous sessions, or without a
+    /// session layer.
     pub fn session_user() -> Self {
         Key {
             kind: Kind::SessionUser,
@@ -232,7 +231,6 @@ impl Key {
                 }
                 b.find_now(parts, ips, out)
             }
-            #[cfg(feature = "session")]
             Kind::SessionUser => Err(()),
             Kind::Custom(_) | Kind::ValidatedHeader(..) => Err(()),
         }
@@ -246,9 +244,8 @@ impl Key {
     ) -> Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>> {
         Box::pin(async move {
             match &self.kind {
-                #[cfg(feature = "session")]
                 Kind::SessionUser => {
-                    let session = parts.extensions.get::<crate::session::Session>()?;
+                    let session = RequestSession::of(&parts.extensions)?;
                     let user = session.user().await.ok()??;
                     Some(format!("user:{user}"))
                 }

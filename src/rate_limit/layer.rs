@@ -1128,6 +1128,8 @@ pin_project! {
             limits: Option<Limits>,
             legacy: bool,
         },
+        // Answered: polling again is a bug of the caller's.
+        Done,
     }
 }
 
@@ -1150,26 +1152,25 @@ where
         loop {
             let next = match this.state.as_mut().project() {
                 StateProj::Ready { response } => {
-                    let Some((head, bytes)) = response.take() else {
-                        // Polled again after it finished.
-                        return Poll::Pending;
-                    };
+                    let (head, bytes) = response.take().expect("taken only when done");
+                    this.state.set(State::Done);
                     return Poll::Ready(Ok(Response::from_parts(head, ResponseBody::full(bytes))));
                 }
                 StateProj::Checking { check, body, inner } => {
                     let (parts, verdict) = ready!(check.as_mut().poll(cx));
                     match verdict {
                         Verdict::Stop(head, bytes) => {
+                            this.state.set(State::Done);
                             return Poll::Ready(Ok(Response::from_parts(
                                 head,
                                 ResponseBody::full(bytes),
-                            )))
+                            )));
                         }
                         Verdict::Pass(limits, legacy) => {
-                            let (Some(body), Some(mut inner)) = (body.take(), inner.take()) else {
-                                // Polled again after it finished.
-                                return Poll::Pending;
-                            };
+                            let (body, mut inner) = (
+                                body.take().expect("taken once, leaving this state"),
+                                inner.take().expect("taken once, leaving this state"),
+                            );
                             let future = inner.call(Request::from_parts(parts, body));
                             State::Inner {
                                 future,
@@ -1184,11 +1185,18 @@ where
                     limits,
                     legacy,
                 } => {
-                    let mut res = ready!(future.poll(cx))?;
-                    if let Some(limits) = limits.take() {
-                        limits.write(res.headers_mut(), *legacy);
+                    let out = ready!(future.poll(cx));
+                    let limits = limits.take();
+                    let legacy = *legacy;
+                    this.state.set(State::Done);
+                    let mut res = out?;
+                    if let Some(limits) = limits {
+                        limits.write(res.headers_mut(), legacy);
                     }
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
+                }
+                StateProj::Done => {
+                    panic!("rate limit: a response future polled after it completed")
                 }
             };
             this.state.set(next);

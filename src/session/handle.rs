@@ -56,6 +56,34 @@ pub(super) struct Inner {
     outcome_recorded: AtomicBool,
 }
 
+/// What other layers read of the session (see
+/// [`request_session`](crate::request_session)).
+impl crate::request_session::SessionSource for Inner {
+    fn had_cookie(&self) -> bool {
+        self.had_cookie
+    }
+
+    fn was_used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn user(self: Arc<Self>) -> crate::BoxFuture<'static, Result<Option<String>, Error>> {
+        Box::pin(async move {
+            Session { inner: self }.user().await.map_err(|e| match e {
+                SessionError::Store(e) => e,
+                other => Error::new(crate::error::ErrorKind::Internal, other.to_string()),
+            })
+        })
+    }
+}
+
+impl Session {
+    /// The neutral view of this session that other layers read.
+    pub(crate) fn request_session(&self) -> crate::request_session::RequestSession {
+        crate::request_session::RequestSession::new(self.inner.clone())
+    }
+}
+
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session").finish_non_exhaustive()
@@ -175,9 +203,8 @@ impl Session {
         }
     }
 
-    /// Whether a handler has used the session, by any method (for a
-    /// cache inside the session layer: such a response is never stored).
-    pub(crate) fn was_used(&self) -> bool {
+    /// Whether a handler has used the session, by any method.
+    pub(super) fn was_used(&self) -> bool {
         self.inner.used.load(Ordering::Relaxed)
     }
 
@@ -189,13 +216,6 @@ impl Session {
         if !self.was_used() {
             self.inner.used.store(true, Ordering::Relaxed);
         }
-    }
-
-    /// Whether the request carried a session cookie (for a cache inside
-    /// the session layer: such a request is never answered from it).
-    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
-    pub(crate) fn had_cookie(&self) -> bool {
-        self.inner.had_cookie
     }
 
     pub(super) fn config(&self) -> &Config {

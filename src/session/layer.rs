@@ -253,6 +253,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let trace = crate::trace::layer_span!("session");
         let session = Session::new(self.config.clone(), req.headers(), trace);
+        req.extensions_mut().insert(session.request_session());
         req.extensions_mut().insert(session.clone());
         // Call the instance that was driven to readiness, leave a clone in
         // its place (see tower's "Be careful when cloning inner services").
@@ -262,7 +263,10 @@ where
         let future = span.in_scope(|| inner.call(req));
         ResponseFuture {
             span,
-            state: State::Inner { future, session },
+            state: State::Inner {
+                future,
+                session: Some(session),
+            },
         }
     }
 }
@@ -337,11 +341,13 @@ pin_project! {
         Inner {
             #[pin]
             future: F,
-            session: Session,
+            session: Option<Session>,
         },
         Finishing {
             future: BoxFuture<Response<ResponseBody<B>>>,
         },
+        // Answered: polling again is a bug of the caller's.
+        Done,
     }
 }
 
@@ -364,7 +370,10 @@ where
         loop {
             let finishing = match this.state.as_mut().project() {
                 StateProj::Inner { future, session } => {
-                    let (mut parts, body) = match ready!(future.poll(cx)) {
+                    let out = ready!(future.poll(cx));
+                    let session = session.take().expect("taken once, leaving this state");
+                    this.state.set(State::Done);
+                    let (mut parts, body) = match out {
                         Ok(res) => res.into_parts(),
                         Err(e) => return Poll::Ready(Err(e)),
                     };
@@ -381,9 +390,14 @@ where
                             ResponseBody::inner(body),
                         )));
                     }
-                    Box::pin(finish(session.clone(), parts, body))
+                    Box::pin(finish(session, parts, body))
                 }
-                StateProj::Finishing { future } => return future.as_mut().poll(cx).map(Ok),
+                StateProj::Finishing { future } => {
+                    let res = ready!(future.as_mut().poll(cx));
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(res));
+                }
+                StateProj::Done => panic!("session: a response future polled after it completed"),
             };
             this.state.set(State::Finishing { future: finishing });
         }
