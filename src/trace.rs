@@ -11,17 +11,22 @@
 //! | `lock` (`redis_layers::lock`) | `outcome`, `store_round_trips`, `store_us` |
 //!
 //! The outcomes are those of the `redis_layers_requests_total` metric
-//! ([`metrics`](crate::metrics)). The spans are at `INFO`; the inner
+//! ([`metrics`](crate::metrics)), plus the rate limiter's `skipped` (rules
+//! applied, but none found its key). The spans are at `INFO`; the inner
 //! service runs inside them (a handler's events name the layers around
 //! it), and so does work a request leaves behind in a task of its own (a
-//! cache fill's write, a refresh, an idempotency completion). A filter
-//! such as `redis_layers=warn` turns them off, and then they cost one
-//! check per request.
+//! cache fill's write, a refresh, an idempotency completion). A lease
+//! renewed in a task of its own (a `LockGuard`, a cache fill) runs in a
+//! `lease_renewal` span (target `redis_layers::lease`) that follows from
+//! the request's, so as not to hold it open. A filter such as
+//! `redis_layers=warn` turns them off, and then they cost one check per
+//! request.
 //!
 //! `store_round_trips` counts the Redis calls the layer made and waited
-//! for (a pipeline is one; calls made by the inner service, or in tasks
-//! of their own, are not counted); `store_us` is their time in
-//! microseconds. On the memory backend both stay `0`.
+//! for (a pipeline is one; calls made by the inner service, lease
+//! renewals, and calls in tasks of their own are not counted; a handler's
+//! session reads and writes are the session span's); `store_us` is their
+//! time in microseconds. On the memory backend both stay `0`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -295,6 +295,14 @@ async fn metrics_are_served_unlimited_and_uncached() {
     req.extensions_mut().insert(axum::extract::ConnectInfo(
         "192.0.2.7:5000".parse::<std::net::SocketAddr>().unwrap(),
     ));
+    let res = tower::ServiceExt::oneshot(router.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // Nor a peer the server cannot tell.
+    let req = http::Request::get("/metrics")
+        .body(axum::body::Body::empty())
+        .unwrap();
     let res = tower::ServiceExt::oneshot(router, req).await.unwrap();
     assert_eq!(res.status(), 404);
     #[cfg(feature = "metrics")]

@@ -115,7 +115,9 @@ impl Spans {
     /// Takes the spans of `layer` closed so far, waiting a little for the
     /// `n` expected (work left in a task of its own may hold one open).
     async fn take(&self, layer: &str, n: usize) -> Vec<Closed> {
-        for _ in 0..200 {
+        // Up to 5 s: a busy machine (the cluster's tests beside) can be
+        // slow to finish a fill's write, which holds the spans around it.
+        for _ in 0..1000 {
             if self.count(layer) >= n {
                 break;
             }
@@ -129,6 +131,30 @@ impl Spans {
             assert_eq!(span.target, format!("redis_layers::{layer}"));
         }
         mine
+    }
+
+    /// Takes a closed span of `layer` with `outcome`, waiting for it (up
+    /// to 5 s); other spans stay (one may close late: a span lives as
+    /// long as work that holds it).
+    async fn outcome(&self, layer: &str, outcome: &str) -> Closed {
+        for _ in 0..1000 {
+            {
+                let mut all = self.0.lock().unwrap();
+                let at = all
+                    .iter()
+                    .position(|s| s.name == layer && s.field("outcome") == Some(outcome));
+                if let Some(at) = at {
+                    let span = all.remove(at);
+                    assert_eq!(span.target, format!("redis_layers::{layer}"));
+                    return span;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!(
+            "no {layer} span with outcome {outcome}: {:?}",
+            self.0.lock().unwrap()
+        );
     }
 
     fn count(&self, layer: &str) -> usize {
@@ -250,45 +276,50 @@ support::both_backends! { TestBackend::new;
         assert_eq!(status, StatusCode::OK);
         let cs = headers["cache-status"].to_str().unwrap();
         assert!(cs.contains("miss"), "{cs}");
-        let miss = spans.take("cache", 1).await;
-        assert_eq!(miss[0].field("outcome"), Some("miss"));
+        let miss = [spans.outcome("cache", "miss").await];
         // The cache's generation (read once, then kept a while), the
         // lookup, the fill lease: the handler's lock is not here.
         expect_trips(&fx, &miss, 3);
-        let allowed = spans.take("rate_limit", 1).await;
-        assert_eq!(allowed[0].field("outcome"), Some("allowed"));
+        let allowed = [spans.outcome("rate_limit", "allowed").await];
         assert_eq!(allowed[0].field("rules"), Some("pages"));
         expect_trips(&fx, &allowed, 1);
-        let session = spans.take("session", 1).await;
-        assert_eq!(session[0].field("outcome"), Some("unused"));
+        let session = [spans.outcome("session", "unused").await];
         expect_trips(&fx, &session, 0);
 
+        // Until the fill is stored (a task of its own): each try from a
+        // client of its own, so the limit stays out of it.
         let mut hit = None;
-        for _ in 0..2 {
-            let (status, headers) = send(&app, page()).await;
+        for i in 0..100 {
+            let req = Request::get("/page")
+                .header("x-client", format!("hit-{i}"))
+                .body(Body::empty())
+                .unwrap();
+            let (status, headers) = send(&app, req).await;
             assert_eq!(status, StatusCode::OK);
             if headers["cache-status"].to_str().unwrap().contains("; hit") {
-                hit = Some(spans.take("cache", 1).await);
+                hit = Some([spans.outcome("cache", "hit").await]);
                 break;
             }
-            spans.take("cache", 1).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let hit = hit.expect("a hit within the limit");
-        assert_eq!(hit[0].field("outcome"), Some("hit"));
+        let hit = hit.expect("a hit");
         assert_eq!(hit[0].field("tier"), None);
-        expect_trips(&fx, &hit, 1);
+        // The lookup, and the cache's generation when its re-read falls
+        // due (every second by default).
+        if !matches!(fx.kind, support::Kind::Memory) {
+            assert!((1..=2).contains(&hit[0].round_trips()), "{hit:?}");
+        }
 
         // Past the limit: refused, naming the rule and the policy.
         let mut refused = None;
         for _ in 0..3 {
             let (status, _) = send(&app, page()).await;
             if status == StatusCode::TOO_MANY_REQUESTS {
-                refused = Some(spans.take("rate_limit", 3).await);
+                refused = Some(spans.outcome("rate_limit", "limited").await);
                 break;
             }
         }
-        let refused = refused.expect("a 429");
-        let last = refused.last().unwrap();
+        let last = &refused.expect("a 429");
         assert_eq!(last.field("outcome"), Some("limited"));
         assert_eq!(last.field("refused_by"), Some("pages"));
         assert_eq!(last.field("policies"), Some("burst"));
@@ -296,12 +327,9 @@ support::both_backends! { TestBackend::new;
         // Known locally from then on: no store call.
         let (status, _) = send(&app, page()).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-        let local = spans.take("rate_limit", 1).await;
-        assert_eq!(local[0].field("outcome"), Some("limited_locally"));
+        let local = [spans.outcome("rate_limit", "limited_locally").await];
         assert_eq!(local[0].field("refused_by"), Some("pages"));
         assert_eq!(local[0].round_trips(), 0);
-        spans.take("cache", spans.count("cache")).await;
-        spans.take("session", spans.count("session")).await;
 
         // Idempotency: the claim and the completion, then the replay.
         let order = || {
@@ -312,29 +340,24 @@ support::both_backends! { TestBackend::new;
                 .unwrap()
         };
         send(&app, order()).await;
-        let first = spans.take("idempotency", 1).await;
-        assert_eq!(first[0].field("outcome"), Some("first"));
+        let first = [spans.outcome("idempotency", "first").await];
         expect_trips(&fx, &first, 2);
         send(&app, order()).await;
-        let replayed = spans.take("idempotency", 1).await;
-        assert_eq!(replayed[0].field("outcome"), Some("replayed"));
+        let replayed = [spans.outcome("idempotency", "replayed").await];
         expect_trips(&fx, &replayed, 1);
 
         // A lock: taken, then released.
         let (status, _) =
             send(&app, Request::post("/jobs/7").body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::OK);
-        let lock = spans.take("lock", 1).await;
-        assert_eq!(lock[0].field("outcome"), Some("acquired"));
+        let lock = [spans.outcome("lock", "acquired").await];
         expect_trips(&fx, &lock, 2);
-        spans.take("session", spans.count("session")).await;
 
         // A session: created at login (its writes counted), then read
         // back (one load).
         let (_, headers) =
             send(&app, Request::post("/login").body(Body::empty()).unwrap()).await;
-        let created = spans.take("session", 1).await;
-        assert_eq!(created[0].field("outcome"), Some("created"));
+        let created = [spans.outcome("session", "created").await];
         if !matches!(fx.kind, support::Kind::Memory) {
             assert!(created[0].round_trips() >= 1, "{created:?}");
         }
@@ -353,8 +376,7 @@ support::both_backends! { TestBackend::new;
                 .unwrap(),
         )
         .await;
-        let read = spans.take("session", 1).await;
-        assert_eq!(read[0].field("outcome"), Some("read"));
+        let read = [spans.outcome("session", "read").await];
         expect_trips(&fx, &read, 1);
     }
 
@@ -367,8 +389,7 @@ support::both_backends! { TestBackend::new;
         let request_span = tracing::info_span!("request", outcome = tracing::field::Empty);
         let (status, _) = tracing::Instrument::instrument(send(&app, page()), request_span).await;
         assert_eq!(status, StatusCode::OK);
-        let cache = spans.take("cache", 1).await;
-        assert_eq!(cache[0].field("outcome"), Some("miss"));
+        spans.outcome("cache", "miss").await;
         assert_eq!(spans.count("rate_limit"), 0);
         let request = spans.take("request", 1).await;
         assert_eq!(request[0].field("outcome"), None, "{request:?}");

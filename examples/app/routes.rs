@@ -791,14 +791,16 @@ fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle
 /// `GET /metrics`: the layers' counters and histograms in Prometheus's
 /// text format (with redis-layers' `metrics` feature; see
 /// `redis_layers::metrics` for each one), to a scraper on this machine
-/// only: any other peer gets the 404 of a page that is not there (what
-/// the shop counts is not the public's business).
+/// only: any other peer, or one the server cannot tell, gets the 404 of
+/// a page that is not there (what the shop counts is not the public's
+/// business). Behind a reverse proxy on this machine every peer is local:
+/// do not route `/metrics` through it.
 async fn metrics(uri: Uri, request: Request) -> Response {
-    let peer = request
+    let local = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip());
-    if peer.is_some_and(|ip| !ip.is_loopback()) {
+        .is_some_and(|info| info.0.ip().to_canonical().is_loopback());
+    if !local {
         return not_found(uri).await;
     }
     let body = prometheus().map(|h| h.render()).unwrap_or_default();

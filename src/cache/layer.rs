@@ -547,6 +547,7 @@ where
                 trace.outcome("cache", "bypass");
                 let mut inner = inner;
                 let future = trace.span().in_scope(|| inner.call(req));
+                let future = crate::trace::unmeasured(future);
                 ResponseFuture::from_box(trace.boxed(async move {
                     let (mut head, body) = future.await?.into_parts();
                     flow::take_tags(&mut head.headers, &config.tag_header);

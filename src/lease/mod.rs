@@ -288,19 +288,25 @@ where
     // Whether the loss was reported for want of a renewal in time.
     let mut given_up = false;
     let mut work = std::pin::pin!(work);
+    // The first renewal is due a third of the lease after it was asked
+    // for (at once if the answer came later than that), the next ones a
+    // third after each.
+    let mut next = since + every;
     loop {
         // Biased: the work is polled first, so work done at once never
         // registers the timer.
         tokio::select! {
             biased;
             out = &mut work => return out,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep_until(next) => {}
         }
         if max.is_some_and(|max| start.elapsed() >= max) {
             return work.await;
         }
         let sent = Instant::now();
-        let renewal = tokio::time::timeout_at(ends, renew());
+        next = sent + every;
+        // The layer's own upkeep, not a call its request waits for.
+        let renewal = tokio::time::timeout_at(ends, crate::trace::unmeasured(renew()));
         let renewed = tokio::select! {
             biased;
             out = &mut work => return out,
@@ -463,6 +469,27 @@ mod renewal_tests {
             reported,
             "the loss was reported within the lease from the ask"
         );
+    }
+
+    /// A lease whose answer came late (at 0.7 of it) is renewed at once,
+    /// not a third of a lease after the answer (by then it is gone).
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_is_renewed_at_once() {
+        let lease = Duration::from_millis(300);
+        let since = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_millis(210)).await;
+        let (lost, seen) = tokio::sync::watch::channel(false);
+        let renew = || async { Ok(true) };
+        renewing(
+            tokio::time::sleep(lease * 3),
+            since,
+            lease,
+            None,
+            renew,
+            Some(&lost),
+        )
+        .await;
+        assert!(!*seen.borrow(), "renewed in time, never lost");
     }
 
     /// Failed renewals are logged once per outage (then summarised), not

@@ -990,6 +990,11 @@ fn judge(
             s.retry_after
         }
     };
+    if checks.is_empty() {
+        // No rule found its key (keyless requests skipped): untouched.
+        crate::trace::record("rate_limit", "outcome", "skipped");
+        return Verdict::Pass(Limits::default(), config.legacy_headers);
+    }
     if crate::trace::in_layer_span("rate_limit") {
         let rules: Vec<&str> = checks.iter().map(|(rule, _)| rule.name.as_str()).collect();
         crate::trace::record("rate_limit", "rules", &rules.join(","));

@@ -497,7 +497,10 @@ impl Session {
                 }
                 Ok::<_, SessionError>(())
             }));
-        delete.await?;
+        if let Err(e) = delete.await {
+            self.outcome("store_error");
+            return Err(e);
+        }
         self.state().known = Known::Missing;
         Ok(())
     }
