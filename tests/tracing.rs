@@ -265,8 +265,15 @@ fn expect_trips(fx: &TestBackend, spans: &[Closed], redis: u64) {
     }
 }
 
+/// One test of this file at a time: tracing caches each callsite's
+/// interest process-wide, and a subscriber that turns a layer's spans off
+/// (installed by a test running beside) can briefly turn them off for the
+/// other test's subscriber too.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 support::both_backends! { TestBackend::new;
     each_layer_records_its_outcome_and_its_own_round_trips => |fx| {
+        let _serial = SERIAL.lock().await;
         let (spans, _guard) = Spans::capture("info");
         let app = app(&fx.backend);
 
@@ -381,6 +388,7 @@ support::both_backends! { TestBackend::new;
     }
 
     a_layer_span_filtered_off_leaves_the_application_span_alone => |fx| {
+        let _serial = SERIAL.lock().await;
         // The application's own span has an `outcome` field too; the
         // rate limiter's span is off, the cache's on.
         let (spans, _guard) =
