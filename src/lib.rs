@@ -33,6 +33,7 @@ mod lease;
 #[allow(dead_code)]
 pub mod metrics;
 mod problem;
+pub mod refusal;
 // Read by whichever layers are compiled in.
 #[allow(dead_code)]
 mod request_session;
@@ -67,6 +68,7 @@ pub use error::{Error, ErrorKind};
 pub use failure::FailurePolicy;
 pub use keys::{Namespace, TaggedKeys};
 pub use problem::Problem;
+pub use refusal::{Refusal, RefusalKind};
 
 /// The crates this one is built on, at the versions it uses: build a
 /// [`RedisPool`](crate::redis::RedisPool) for

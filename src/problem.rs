@@ -70,6 +70,16 @@ impl Problem {
         self.status
     }
 
+    /// The title: short, the same for every problem of its kind.
+    pub fn title(&self) -> &str {
+        self.title
+    }
+
+    /// The detail: a sentence for the client about this occurrence.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
     /// The JSON body.
     pub fn to_json(&self) -> String {
         let mut object = json!({
@@ -91,10 +101,9 @@ impl Problem {
         self.to_response_bytes().map(ResponseBody::full)
     }
 
-    /// The complete response with a plain [`Bytes`](bytes::Bytes) body: for
-    /// example the default answer inside a rate-limit
-    /// [`on_limited`](crate::rate_limit::RateLimitLayerBuilder::on_limited)
-    /// that answers some routes otherwise.
+    /// The complete response with a plain [`Bytes`](bytes::Bytes) body (see
+    /// also [`Refusal::to_response`](crate::Refusal::to_response), which
+    /// adds a refusal's `Retry-After`).
     pub fn to_response_bytes(&self) -> Response<bytes::Bytes> {
         let mut res = Response::new(bytes::Bytes::from(self.to_json()));
         *res.status_mut() = self.status;

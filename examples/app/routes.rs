@@ -14,7 +14,7 @@ use redis_layers::idempotency::{Fence, IdempotencyLayer, Scope};
 use redis_layers::lock::{LockKey, LockLayer};
 use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
 use redis_layers::session::{Session, SessionError, SessionLayer};
-use redis_layers::{Backend, ErrorKind, FailurePolicy, Problem};
+use redis_layers::{Backend, ErrorKind, FailurePolicy, Problem, Refusal, RefusalKind};
 use serde::Deserialize;
 
 #[path = "users.rs"]
@@ -59,7 +59,9 @@ pub fn router(
     let sessions = SessionLayer::builder(backend.clone())
         // Plain http on localhost needs it off (a Secure cookie would never
         // come back); keep it on anywhere served over https.
-        .secure(secure_cookies);
+        .secure(secure_cookies)
+        // A session that lost a race, or a store that is down: a page.
+        .on_refusal(refusal_page);
     // Over https, a `__Host-` name: browsers then accept the cookie only
     // Secure, for this host alone and the whole path, so a sibling
     // subdomain cannot plant or shadow it.
@@ -94,22 +96,7 @@ pub fn router(
                 .policy(Policy::per_hour(300).fixed_window().named("api-hourly"))
                 .named("api"),
         )
-        // Pages get a page; the API keeps the default problem+json.
-        .on_limited(|limited| {
-            let login = limited
-                .violated_policies()
-                .iter()
-                .any(|p| p.starts_with("login"));
-            if !login {
-                return limited.problem().to_response_bytes();
-            }
-            let wait = limited.retry_after().as_millis().div_ceil(1000).max(1);
-            views::error_bytes(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many login attempts",
-                &format!("Too many attempts from your address; try again in {wait} s."),
-            )
-        })
+        .on_refusal(refusal_page)
         .build()?;
     // Outside the session layer: it sees the session's `Vary: Cookie` and
     // `private` marks, so one user's page never reaches another.
@@ -144,11 +131,13 @@ pub fn router(
                     LockLayer::builder(backend.clone(), LockKey::header("x-api-key"))
                         .lease(std::time::Duration::from_secs(10))
                         .wait(std::time::Duration::from_secs(2))
+                        .on_refusal(refusal_page)
                         .build()?,
                 )
                 .layer(
                     IdempotencyLayer::builder(backend.clone(), Scope::header("x-api-key"))
                         .max_body(MAX_BODY_BYTES)
+                        .on_refusal(refusal_page)
                         .build()?,
                 )
                 .layer(middleware::from_fn(require_api_key)),
@@ -168,6 +157,30 @@ pub fn router(
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .with_state(backend))
+}
+
+/// Every layer's refusals, one hook: the API keeps the default
+/// problem+json; pages get a small page saying the same (and the login
+/// limit says when to try again).
+fn refusal_page(
+    request: &axum::http::request::Parts,
+    refusal: &Refusal<'_>,
+) -> axum::http::Response<bytes::Bytes> {
+    if request.uri.path().starts_with("/api/") {
+        return refusal.to_response();
+    }
+    let login = refusal.kind() == RefusalKind::RateLimited
+        && refusal.policies().iter().any(|p| p.starts_with("login"));
+    if login {
+        let wait = refusal.retry_after().unwrap_or_default();
+        let wait = wait.as_millis().div_ceil(1000).max(1);
+        return views::error_bytes(
+            refusal.status(),
+            "Too many login attempts",
+            &format!("Too many attempts from your address; try again in {wait} s."),
+        );
+    }
+    views::error_bytes(refusal.status(), refusal.title(), refusal.detail())
 }
 
 /// Pages may not be framed (clickjacking: `frame-ancestors 'none'`, and

@@ -182,8 +182,7 @@ pub fn account(user: &str, rows: &[SessionRow]) -> Markup {
     )
 }
 
-/// [`error`] as a bare `Response<Bytes>` (for the rate-limit layer's
-/// `on_limited`).
+/// [`error`] as a bare `Response<Bytes>` (for the layers' `on_refusal`).
 pub fn error_bytes(
     status: StatusCode,
     title: &str,

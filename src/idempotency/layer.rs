@@ -23,6 +23,7 @@ use super::store::{Claim, IdempotencyStore, Store};
 use crate::body::ResponseBody;
 use crate::error::{Error, ErrorKind};
 use crate::problem::Problem;
+use crate::refusal::{OnRefusal, Refusal, RefusalKind};
 use crate::request_session::RequestSession;
 
 /// How long a claim holds before it must be renewed, by default. While the
@@ -264,6 +265,8 @@ struct Config {
     release_on_server_error: bool,
     /// Store failures, logged once per outage and then summarised.
     failures: crate::failure_log::FailureLog,
+    /// How refusals are answered.
+    on_refusal: OnRefusal,
 }
 
 impl IdempotencyLayer {
@@ -289,6 +292,7 @@ impl IdempotencyLayer {
             max_response: DEFAULT_MAX_RESPONSE,
             wait: Duration::ZERO,
             release_on_server_error: true,
+            on_refusal: OnRefusal::default(),
         }
     }
 }
@@ -307,6 +311,7 @@ pub struct IdempotencyLayerBuilder {
     max_response: usize,
     wait: Duration,
     release_on_server_error: bool,
+    on_refusal: OnRefusal,
 }
 
 impl fmt::Debug for IdempotencyLayerBuilder {
@@ -386,6 +391,20 @@ impl IdempotencyLayerBuilder {
         self
     }
 
+    /// Your own answer to the layer's refusals (a missing or invalid key,
+    /// no scope, a body too large or unreadable, a key in flight, reused
+    /// or not replayable, a store failure) instead of the default
+    /// problem+json; the same hook every layer takes (see
+    /// [`refusal`](crate::refusal)). The layer adds `Retry-After` to a
+    /// key in flight unless the answer has one.
+    pub fn on_refusal(
+        mut self,
+        hook: impl Fn(&Parts, &Refusal<'_>) -> Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        self.on_refusal = OnRefusal::new(hook);
+        self
+    }
+
     /// The layer; a Config error for a bad header name, no methods, or a
     /// lease or retention under 100 ms.
     pub fn build(self) -> Result<IdempotencyLayer, Error> {
@@ -427,6 +446,7 @@ impl IdempotencyLayerBuilder {
                 max_response: self.max_response,
                 wait: self.wait,
                 release_on_server_error: self.release_on_server_error,
+                on_refusal: self.on_refusal,
                 failures: crate::failure_log::FailureLog::new("idempotency"),
             }),
         })
@@ -500,15 +520,28 @@ where
     }
 }
 
-/// A problem+json answer of the layer's own.
-fn problem<B>(
-    status: StatusCode,
-    title: &'static str,
-    detail: impl Into<String>,
+/// A problem of the layer's own.
+fn problem(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Problem {
+    Problem::new(status, title, detail).with_type(PROBLEM_TYPE)
+}
+
+/// The answer to a refused request: the application's, else the
+/// problem+json.
+fn refuse<B>(config: &Config, parts: &Parts, refusal: &Refusal<'_>) -> Response<ResponseBody<B>> {
+    config
+        .on_refusal
+        .answer(parts, refusal)
+        .map(ResponseBody::full)
+}
+
+/// [`refuse`] with a problem of the layer's own.
+fn refuse_with<B>(
+    config: &Config,
+    parts: &Parts,
+    kind: RefusalKind,
+    problem: Problem,
 ) -> Response<ResponseBody<B>> {
-    Problem::new(status, title, detail)
-        .with_type(PROBLEM_TYPE)
-        .to_response()
+    refuse(config, parts, &Refusal::new("idempotency", kind, problem))
 }
 
 async fn run<S, ReqBody, ResBody>(
@@ -528,49 +561,74 @@ where
     // (Without one, where keys are optional, `call` sent it straight on.)
     let client_key = match parts.headers.get(&config.header) {
         None => {
-            return Ok(problem(
+            let problem = problem(
                 StatusCode::BAD_REQUEST,
                 "Idempotency key missing",
                 format!("This request needs an {} header.", config.header),
-            ))
+            );
+            return Ok(refuse_with(
+                &config,
+                &parts,
+                RefusalKind::KeyMissing,
+                problem,
+            ));
         }
         Some(value) => match key_field::parse(value) {
             Ok(key) => key,
             Err(why) => {
-                return Ok(problem(
+                let problem = problem(
                     StatusCode::BAD_REQUEST,
                     "Invalid idempotency key",
                     format!("{}: {why}.", config.header),
-                ))
+                );
+                return Ok(refuse_with(
+                    &config,
+                    &parts,
+                    RefusalKind::KeyInvalid,
+                    problem,
+                ));
             }
         },
     };
     let Some(scope) = config.scope.of(&parts).await else {
-        return Ok(problem(
+        let problem = problem(
             StatusCode::BAD_REQUEST,
             "No idempotency scope",
             "An idempotency key is kept per caller, and this request names none (no credential or session).",
-        ));
+        );
+        return Ok(refuse_with(&config, &parts, RefusalKind::NoScope, problem));
     };
     // The body, whole and bounded.
     let body = match read_body(body, config.max_body).await {
         Ok(bytes) => bytes,
         Err(BodyError::TooLarge) => {
-            return Ok(problem(
+            let problem = problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Request body too large",
                 format!(
                     "An idempotent request's body may be at most {} bytes.",
                     config.max_body
                 ),
-            ))
+            );
+            return Ok(refuse_with(
+                &config,
+                &parts,
+                RefusalKind::BodyTooLarge,
+                problem,
+            ));
         }
         Err(BodyError::Read) => {
-            return Ok(problem(
+            let problem = problem(
                 StatusCode::BAD_REQUEST,
                 "Unreadable request body",
                 "The request body could not be read.",
-            ))
+            );
+            return Ok(refuse_with(
+                &config,
+                &parts,
+                RefusalKind::BodyUnreadable,
+                problem,
+            ));
         }
     };
     let [kind, scope] = scope.parts();
@@ -614,12 +672,18 @@ where
                     "answering 503: no handler without the claim (fail-closed)",
                     true,
                 );
-                let (config, key) = (config.clone(), key.clone());
+                let (store, key) = (config.clone(), key.clone());
                 crate::task::spawn_here(async move {
-                    let _ = config.store.release(&key, holder).await;
+                    let _ = store.store.release(&key, holder).await;
                 });
                 crate::trace::outcome("idempotency", "store_error");
-                return Ok(Problem::store_failure("idempotency", &e).to_response());
+                let problem = Problem::store_failure("idempotency", &e);
+                return Ok(refuse_with(
+                    &config,
+                    &parts,
+                    RefusalKind::StoreFailure,
+                    problem,
+                ));
             }
             Ok(Claim::Claimed) => {
                 config.failures.succeeded();
@@ -636,7 +700,7 @@ where
                     Box::pin(tokio::time::sleep(pause)).await;
                     continue;
                 }
-                return Ok(taken(&record, &fingerprint));
+                return Ok(taken(&config, &parts, &record, &fingerprint));
             }
         }
     }
@@ -783,39 +847,46 @@ where
 
 /// The answer when the key is already claimed or completed, counted by
 /// what the record said.
-fn taken<B>(record: &Bytes, fingerprint: &[u8; 32]) -> Response<ResponseBody<B>> {
-    let (res, outcome) = answer_taken(record, fingerprint);
+fn taken<B>(
+    config: &Config,
+    parts: &Parts,
+    record: &Bytes,
+    fingerprint: &[u8; 32],
+) -> Response<ResponseBody<B>> {
+    let (answer, outcome) = answer_taken(record, fingerprint);
     crate::trace::outcome("idempotency", outcome);
-    res
+    match answer {
+        Ok(res) => res,
+        Err(refusal) => refuse(config, parts, &refusal),
+    }
 }
 
-/// The 422 for a key used for another request.
-fn mismatch<B>() -> Response<ResponseBody<B>> {
-    problem(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "Idempotency key reused",
-        "This idempotency key was used for a different request.",
-    )
-}
-
-/// [`taken`]'s answer, and its outcome (`in_flight`, `replayed`,
-/// `mismatch`, `not_retained`, `unreadable`).
+/// [`taken`]'s answer (the stored response, or a refusal), and its outcome
+/// (`in_flight`, `replayed`, `mismatch`, `not_retained`, `unreadable`).
 fn answer_taken<B>(
     record: &Bytes,
     fingerprint: &[u8; 32],
-) -> (Response<ResponseBody<B>>, &'static str) {
+) -> (
+    Result<Response<ResponseBody<B>>, Box<Refusal<'static>>>,
+    &'static str,
+) {
+    let refusal = |kind, status, title, detail: &str| {
+        let problem = problem(status, title, detail);
+        Err(Box::new(Refusal::new("idempotency", kind, problem)))
+    };
     match layout::decode(record) {
         Some(Record::InFlight { .. }) => {
-            let mut res = problem(
+            let in_flight = refusal(
+                RefusalKind::InFlight,
                 StatusCode::CONFLICT,
                 "Request in progress",
                 "A request with this idempotency key is still being processed; retry later.",
             );
-            res.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(IN_FLIGHT_RETRY_AFTER),
-            );
-            (res, "in_flight")
+            let wait = Duration::from_secs(IN_FLIGHT_RETRY_AFTER);
+            (
+                in_flight.map_err(|r| Box::new(r.retrying_after(wait))),
+                "in_flight",
+            )
         }
         Some(Record::Complete {
             fingerprint: stored,
@@ -823,17 +894,26 @@ fn answer_taken<B>(
         }
         | Record::Unretained {
             fingerprint: stored,
-        }) if &stored != fingerprint => (mismatch(), "mismatch"),
+        }) if &stored != fingerprint => (
+            refusal(
+                RefusalKind::KeyReused,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency key reused",
+                "This idempotency key was used for a different request.",
+            ),
+            "mismatch",
+        ),
         Some(Record::Complete { response, .. }) => {
             let mut res = Response::new(ResponseBody::full(response.body));
             *res.status_mut() = response.status;
             *res.headers_mut() = response.headers;
             res.headers_mut()
                 .insert(REPLAYED, HeaderValue::from_static("true"));
-            (res, "replayed")
+            (Ok(res), "replayed")
         }
         Some(Record::Unretained { .. }) => (
-            problem(
+            refusal(
+                RefusalKind::NotRetained,
                 StatusCode::CONFLICT,
                 "Response not retained",
                 "The request with this key was processed, but its response was too large to keep for replay; use a new key to run it again.",
@@ -841,7 +921,8 @@ fn answer_taken<B>(
             "not_retained",
         ),
         None => (
-            problem(
+            refusal(
+                RefusalKind::Unreadable,
                 StatusCode::CONFLICT,
                 "Idempotency record unreadable",
                 "The record for this idempotency key cannot be read; use a new key.",

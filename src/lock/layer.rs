@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -18,6 +18,7 @@ use super::{LockGuard, Locks};
 use crate::body::ResponseBody;
 use crate::error::Error;
 use crate::problem::Problem;
+use crate::refusal::{OnRefusal, Refusal, RefusalKind};
 use crate::request_session::RequestSession;
 use crate::Backend;
 
@@ -25,7 +26,6 @@ use crate::Backend;
 const PROBLEM_TYPE: &str = "https://docs.rs/redis-layers/latest/redis_layers/lock/#locked";
 
 type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
-type Respond = Arc<dyn Fn(&Locked) -> Response<Bytes> + Send + Sync>;
 
 /// Which resource a request locks. Requests naming the same resource run
 /// one at a time, across every instance sharing the backend.
@@ -138,45 +138,13 @@ impl LockKey {
     }
 }
 
-/// A request refused because its resource stayed locked for the whole
-/// wait: what a custom refusal ([`LockLayerBuilder::on_locked`]) gets.
-#[derive(Debug, Clone)]
-pub struct Locked {
-    retry_after: Duration,
-}
-
-impl Locked {
-    /// About how long the holder's lease has still to run (it may let go
-    /// sooner).
-    pub fn retry_after(&self) -> Duration {
-        self.retry_after
-    }
-
-    /// The default refusal: `409 Conflict` (or the status set with
-    /// [`LockLayerBuilder::status`]), problem+json, with `Retry-After` in
-    /// whole seconds (at least 1).
-    pub fn default_response(&self, status: StatusCode) -> Response<Bytes> {
-        let mut res = Problem::new(
-            status,
-            "Resource locked",
-            "Another request on the same resource is in progress; retry later.",
-        )
-        .with_type(PROBLEM_TYPE)
-        .to_response_bytes();
-        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        res
-    }
-}
-
 struct Config {
     locks: Locks,
     key: LockKey,
     lease: Duration,
     wait: Duration,
     status: StatusCode,
-    respond: Option<Respond>,
+    on_refusal: OnRefusal,
     /// Store failures, logged once per outage and then summarised.
     failures: crate::failure_log::FailureLog,
 }
@@ -223,10 +191,9 @@ struct Config {
 /// Answers of the layer's own, all problem+json: a request that names no
 /// resource (no such header, an anonymous session) gets `400`; a resource
 /// still locked after the wait, `409` with `Retry-After` (the status is
-/// [`status`](LockLayerBuilder::status), the whole answer
-/// [`on_locked`](LockLayerBuilder::on_locked)); a store that fails,
-/// `503` (or `500` for an error reply): never the handler without the
-/// lock.
+/// [`status`](LockLayerBuilder::status)); a store that fails, `503` (or
+/// `500` for an error reply): never the handler without the lock. Answer
+/// them your way with [`on_refusal`](LockLayerBuilder::on_refusal).
 #[derive(Clone)]
 pub struct LockLayer {
     config: Arc<Config>,
@@ -252,7 +219,7 @@ impl LockLayer {
             lease: DEFAULT_LEASE,
             wait: Duration::ZERO,
             status: StatusCode::CONFLICT,
-            respond: None,
+            on_refusal: OnRefusal::default(),
         }
     }
 }
@@ -268,7 +235,7 @@ pub struct LockLayerBuilder {
     lease: Duration,
     wait: Duration,
     status: StatusCode,
-    respond: Option<Respond>,
+    on_refusal: OnRefusal,
 }
 
 impl fmt::Debug for LockLayerBuilder {
@@ -305,13 +272,17 @@ impl LockLayerBuilder {
         self
     }
 
-    /// Your own answer to a request refused because its resource stayed
-    /// locked (replacing the problem+json `409`).
-    pub fn on_locked(
+    /// Your own answer to the layer's refusals (a resource still locked,
+    /// [`RefusalKind::Locked`]; no resource named,
+    /// [`RefusalKind::NoScope`]; a store failure) instead of the default
+    /// problem+json; the same hook every layer takes (see
+    /// [`refusal`](crate::refusal)). The layer adds `Retry-After` to a
+    /// locked refusal unless the answer has one.
+    pub fn on_refusal(
         mut self,
-        respond: impl Fn(&Locked) -> Response<Bytes> + Send + Sync + 'static,
+        hook: impl Fn(&Parts, &Refusal<'_>) -> Response<Bytes> + Send + Sync + 'static,
     ) -> Self {
-        self.respond = Some(Arc::new(respond));
+        self.on_refusal = OnRefusal::new(hook);
         self
     }
 
@@ -333,7 +304,7 @@ impl LockLayerBuilder {
                 lease: self.lease,
                 wait: self.wait,
                 status: self.status,
-                respond: self.respond,
+                on_refusal: self.on_refusal,
                 failures: crate::failure_log::FailureLog::new("lock"),
             }),
         })
@@ -393,6 +364,21 @@ where
     }
 }
 
+/// The answer to a refused request: the application's, else the
+/// problem+json.
+fn refuse<B>(
+    config: &Config,
+    parts: &Parts,
+    kind: RefusalKind,
+    problem: Problem,
+) -> Response<ResponseBody<B>> {
+    let refusal = Refusal::new("lock", kind, problem);
+    config
+        .on_refusal
+        .answer(parts, &refusal)
+        .map(ResponseBody::full)
+}
+
 async fn run<S, ReqBody, ResBody>(
     config: Arc<Config>,
     mut inner: S,
@@ -406,16 +392,17 @@ where
         Ok(resource) => resource,
         Err(e) => {
             tracing::error!(error = %e, "session store failed; no lock taken");
-            return Ok(Problem::store_failure("session", &e).to_response());
+            let problem = Problem::store_failure("session", &e);
+            return Ok(refuse(&config, &parts, RefusalKind::StoreFailure, problem));
         }
     };
     let Some(resource) = resource else {
-        return Ok(Problem::new(
+        let problem = Problem::new(
             StatusCode::BAD_REQUEST,
             "No lock resource",
             "This request names no resource to lock (no such header, or no user).",
-        )
-        .to_response());
+        );
+        return Ok(refuse(&config, &parts, RefusalKind::NoScope, problem));
     };
     let (keys, owner) = match config
         .locks
@@ -428,17 +415,23 @@ where
                 .failures
                 .failed(&e, "answering 503: no handler without the lock", true);
             crate::trace::outcome("lock", "store_error");
-            return Ok(Problem::store_failure("lock", &e).to_response());
+            let problem = Problem::store_failure("lock", &e);
+            return Ok(refuse(&config, &parts, RefusalKind::StoreFailure, problem));
         }
         Ok(Err(left)) => {
             config.failures.succeeded();
             crate::trace::outcome("lock", "locked");
-            let locked = Locked { retry_after: left };
-            let res = match &config.respond {
-                Some(respond) => respond(&locked),
-                None => locked.default_response(config.status),
-            };
-            return Ok(res.map(ResponseBody::full));
+            let problem = Problem::new(
+                config.status,
+                "Resource locked",
+                "Another request on the same resource is in progress; retry later.",
+            )
+            .with_type(PROBLEM_TYPE);
+            let refusal = Refusal::new("lock", RefusalKind::Locked, problem).retrying_after(left);
+            return Ok(config
+                .on_refusal
+                .answer(&parts, &refusal)
+                .map(ResponseBody::full));
         }
         Ok(Ok(taken)) => {
             config.failures.succeeded();

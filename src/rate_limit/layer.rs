@@ -25,6 +25,7 @@ use super::store::{Check, Decision, PolicyState, RateLimitStore, Store};
 use crate::body::ResponseBody;
 use crate::error::Error;
 use crate::problem::Problem;
+use crate::refusal::{OnRefusal, Refusal, RefusalKind};
 use crate::FailurePolicy;
 
 /// How many clients the local deny cache remembers when not configured.
@@ -136,15 +137,12 @@ struct Config {
     missing_key: MissingKey,
     /// `<rule>|<client>` → its refusal: a request costing at least as
     /// much is refused too until the refusal's instant.
-    deny_cache: Option<quick_cache::sync::Cache<String, Arc<Refusal>>>,
-    respond: Option<Responder>,
+    deny_cache: Option<quick_cache::sync::Cache<String, Arc<Denial>>>,
+    on_refusal: OnRefusal,
     counters: Counters,
     /// Store failures, logged once per outage and then summarised.
     failures: crate::failure_log::FailureLog,
 }
-
-/// A user's 429.
-type Responder = Arc<dyn Fn(&Limited) -> Response<bytes::Bytes> + Send + Sync>;
 
 struct CompiledRule {
     name: String,
@@ -167,7 +165,7 @@ impl CompiledRule {
 }
 
 /// A refusal by the store, as the local deny cache remembers it.
-struct Refusal {
+struct Denial {
     /// When a request of `cost` would be admitted.
     until: Instant,
     cost: u64,
@@ -183,7 +181,7 @@ struct Refusal {
     rendered: std::sync::Mutex<Option<(Vec<u64>, HeaderMap)>>,
 }
 
-impl Refusal {
+impl Denial {
     /// The whole seconds the 429 shows at `now`: `Retry-After`, then each
     /// policy's `t`.
     fn seconds(&self, now: Instant) -> impl Iterator<Item = u64> + '_ {
@@ -193,31 +191,6 @@ impl Refusal {
                 .iter()
                 .map(move |(_, at)| headers::secs_up(at.saturating_duration_since(now))),
         )
-    }
-}
-
-/// A refused request, for a custom 429 ([`RateLimitLayerBuilder::on_limited`]).
-#[derive(Debug)]
-pub struct Limited<'a> {
-    violated: &'a [String],
-    retry_after: Duration,
-}
-
-impl Limited<'_> {
-    /// The names of the policies that refused the request.
-    pub fn violated_policies(&self) -> &[String] {
-        self.violated
-    }
-
-    /// How long until the request would be admitted.
-    pub fn retry_after(&self) -> Duration {
-        self.retry_after
-    }
-
-    /// The problem this layer answers with by default (a 429
-    /// `quota-exceeded` problem naming the violated policies).
-    pub fn problem(&self) -> Problem {
-        headers::problem(self.violated.iter().map(String::as_str))
     }
 }
 
@@ -277,7 +250,7 @@ impl RateLimitLayer {
             failure: FailurePolicy::Open,
             missing_key: MissingKey::Shared,
             deny_cache: DEFAULT_DENY_CACHE_CAPACITY,
-            respond: None,
+            on_refusal: OnRefusal::default(),
             errors: Vec::new(),
         }
     }
@@ -313,7 +286,7 @@ pub struct RateLimitLayerBuilder {
     failure: FailurePolicy,
     missing_key: MissingKey,
     deny_cache: usize,
-    respond: Option<Responder>,
+    on_refusal: OnRefusal,
     errors: Vec<String>,
 }
 
@@ -439,22 +412,30 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Your own answer to a refused request instead of the default 429
-    /// problem+json. The layer adds `Retry-After` and the `RateLimit`
-    /// fields unless the response has them.
+    /// Your own answer to a refused request (a 429, or the store-failure
+    /// problem of a rule failing closed) instead of the default
+    /// problem+json; the same hook every layer takes (see
+    /// [`refusal`](crate::refusal)). The layer adds `Retry-After` and the
+    /// `RateLimit` fields unless the response has them. A refusal this
+    /// instance remembers (the deny cache) is rendered by the hook each
+    /// time.
     ///
     /// ```
     /// use bytes::Bytes;
     /// use http::{Response, StatusCode};
     /// use redis_layers::memory::MemoryBackend;
     /// use redis_layers::rate_limit::{Policy, RateLimitLayer};
+    /// use redis_layers::RefusalKind;
     ///
     /// let layer = RateLimitLayer::builder(MemoryBackend::new())
     ///     .policy(Policy::per_minute(60))
-    ///     .on_limited(|limited| {
+    ///     .on_refusal(|request, refusal| {
+    ///         if refusal.kind() != RefusalKind::RateLimited || request.uri.path().starts_with("/api/") {
+    ///             return refusal.to_response();
+    ///         }
     ///         let mut res = Response::new(Bytes::from(format!(
     ///             "slow down: {}",
-    ///             limited.violated_policies().join(", ")
+    ///             refusal.policies().join(", ")
     ///         )));
     ///         *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     ///         res
@@ -462,11 +443,11 @@ impl RateLimitLayerBuilder {
     ///     .build();
     /// # assert!(layer.is_ok());
     /// ```
-    pub fn on_limited(
+    pub fn on_refusal(
         mut self,
-        respond: impl Fn(&Limited) -> Response<bytes::Bytes> + Send + Sync + 'static,
+        hook: impl Fn(&Parts, &Refusal<'_>) -> Response<bytes::Bytes> + Send + Sync + 'static,
     ) -> Self {
-        self.respond = Some(Arc::new(respond));
+        self.on_refusal = OnRefusal::new(hook);
         self
     }
 
@@ -565,7 +546,7 @@ impl RateLimitLayerBuilder {
                 missing_key: self.missing_key,
                 deny_cache: (self.deny_cache > 0)
                     .then(|| quick_cache::sync::Cache::new(self.deny_cache)),
-                respond: self.respond,
+                on_refusal: self.on_refusal,
                 counters: Counters::default(),
                 failures: crate::failure_log::FailureLog::new("rate-limit"),
             }),
@@ -670,7 +651,7 @@ where
             let cost = rule.cost(&parts);
             let refused = trace
                 .span()
-                .in_scope(|| config.refused_locally(rule, &key, cost));
+                .in_scope(|| config.refused_locally(&parts, rule, &key, cost));
             if let Some((head, bytes)) = refused {
                 return ResponseFuture {
                     span: trace.span().clone(),
@@ -724,6 +705,7 @@ impl Config {
     /// The 429 for a client this instance knows to be refused, if it is.
     fn refused_locally(
         &self,
+        parts: &Parts,
         rule: &CompiledRule,
         key: &str,
         cost: u64,
@@ -750,9 +732,9 @@ impl Config {
             crate::trace::record("rate_limit", "refused_by", &rule.name);
             crate::trace::record("rate_limit", "policies", &refusal.violated.join(","));
         }
-        if self.respond.is_some() {
+        if self.on_refusal.is_set() {
             // The user's 429 is theirs to build each time.
-            return Some(self.refuse_known(rule, &refusal, now));
+            return Some(self.refuse_known(parts, rule, &refusal, now));
         }
         // A poisoned lock only means a panic elsewhere mid-copy: the
         // cached head is then rendered again.
@@ -762,7 +744,7 @@ impl Config {
                 head.clone()
             }
             _ => {
-                let (head, _) = self.refuse_known(rule, &refusal, now);
+                let (head, _) = self.refuse_known(parts, rule, &refusal, now);
                 *rendered = Some((refusal.seconds(now).collect(), head.headers.clone()));
                 return Some((head, refusal.body.clone()));
             }
@@ -779,20 +761,21 @@ impl Config {
     /// and `Retry-After` (`wait`); `body` is the default 429's.
     fn refuse(
         &self,
+        parts: &Parts,
         violated: &[String],
         wait: Duration,
         body: &bytes::Bytes,
         limits: Limits,
     ) -> (http::response::Parts, bytes::Bytes) {
-        let (mut head, body) = match &self.respond {
-            Some(respond) => {
-                let limited = Limited {
-                    violated,
-                    retry_after: wait,
-                };
-                respond(&limited).into_parts()
+        let (mut head, body) = match self.on_refusal.is_set() {
+            true => {
+                let problem = headers::problem(violated.iter().map(String::as_str));
+                let refusal = Refusal::new("rate_limit", RefusalKind::RateLimited, problem)
+                    .retrying_after(wait)
+                    .naming(violated);
+                self.on_refusal.answer(parts, &refusal).into_parts()
             }
-            None => {
+            false => {
                 let (mut head, ()) = Response::new(()).into_parts();
                 head.status = StatusCode::TOO_MANY_REQUESTS;
                 head.headers.reserve(6);
@@ -821,8 +804,9 @@ impl Config {
     /// as refusing its client until an instant.
     fn refuse_known(
         &self,
+        parts: &Parts,
         rule: &CompiledRule,
-        refusal: &Refusal,
+        refusal: &Denial,
         now: Instant,
     ) -> (http::response::Parts, bytes::Bytes) {
         let mut limits = Limits::default();
@@ -835,14 +819,14 @@ impl Config {
                 .map(|(remaining, at)| (*remaining, at.saturating_duration_since(now))),
         );
         let wait = refusal.until.saturating_duration_since(now);
-        self.refuse(&refusal.violated, wait, &refusal.body, limits)
+        self.refuse(parts, &refusal.violated, wait, &refusal.body, limits)
     }
 
     /// The answer when the store failed: through (no fields) unless a rule
     /// that applies fails closed and is not a dry run; then the store
     /// failure's problem (503, or 500 when the store answered with an
     /// error).
-    fn store_failed(&self, pending: &[Pending], e: &Error) -> Verdict {
+    fn store_failed(&self, parts: &Parts, pending: &[Pending], e: &Error) -> Verdict {
         self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
         crate::trace::outcome("rate_limit", "store_error");
         let rules = || pending.iter().map(|p| self.rules[p.rule].name.as_str());
@@ -867,8 +851,9 @@ impl Config {
             true,
         );
         let problem = Problem::store_failure("rate-limit", e);
-        let (head, _) = problem.to_response::<()>().into_parts();
-        Verdict::Stop(head, bytes::Bytes::from(problem.to_json()))
+        let refusal = Refusal::new("rate_limit", RefusalKind::StoreFailure, problem);
+        let (head, body) = self.on_refusal.answer(parts, &refusal).into_parts();
+        Verdict::Stop(head, body)
     }
 }
 
@@ -904,25 +889,25 @@ async fn check(config: Arc<Config>, parts: Parts, mut pending: Vec<Pending>) -> 
         };
         let key = format!("{}|{key}", rule.name);
         let cost = rule.cost(&parts);
-        if let Some((head, body)) = config.refused_locally(rule, &key, cost) {
+        if let Some((head, body)) = config.refused_locally(&parts, rule, &key, cost) {
             return (parts, Verdict::Stop(head, body));
         }
         pending[i].key = Some(key);
         pending[i].cost = cost;
         i += 1;
     }
-    let verdict = decide(&config, &pending).await;
+    let verdict = decide(&config, &parts, &pending).await;
     (parts, verdict)
 }
 
 /// One store call for the rules that apply (every key found), and what
 /// it means for the request.
-async fn decide(config: &Config, pending: &[Pending]) -> Verdict {
+async fn decide(config: &Config, parts: &Parts, pending: &[Pending]) -> Verdict {
     // Every key is found by now; each check beside its rule.
     if let [p] = pending {
         // One rule (the usual case): the plain check, nothing allocated.
         let Some(one) = entry(config, p) else {
-            return judge(config, pending, &[], &[]);
+            return judge(config, parts, pending, &[], &[]);
         };
         return match config
             .store
@@ -931,9 +916,15 @@ async fn decide(config: &Config, pending: &[Pending]) -> Verdict {
         {
             Ok(decision) => {
                 config.failures.succeeded();
-                judge(config, pending, &[one], std::slice::from_ref(&decision))
+                judge(
+                    config,
+                    parts,
+                    pending,
+                    &[one],
+                    std::slice::from_ref(&decision),
+                )
             }
-            Err(e) => config.store_failed(pending, &e),
+            Err(e) => config.store_failed(parts, pending, &e),
         };
     }
     let entries: Vec<_> = pending.iter().filter_map(|p| entry(config, p)).collect();
@@ -945,10 +936,10 @@ async fn decide(config: &Config, pending: &[Pending]) -> Verdict {
                 config.failures.succeeded();
                 decisions
             }
-            Err(e) => return config.store_failed(pending, &e),
+            Err(e) => return config.store_failed(parts, pending, &e),
         },
     };
-    judge(config, pending, &entries, &decisions)
+    judge(config, parts, pending, &entries, &decisions)
 }
 
 /// A rule that applies, and its check (`None` while its key is unknown).
@@ -963,6 +954,7 @@ fn entry<'a>(config: &'a Config, p: &'a Pending) -> Option<(&'a CompiledRule, Ch
 /// for the request.
 fn judge(
     config: &Config,
+    parts: &Parts,
     pending: &[Pending],
     checks: &[(&CompiledRule, Check<'_>)],
     decisions: &[Decision],
@@ -978,7 +970,7 @@ fn judge(
             decisions.len(),
             checks.len()
         ));
-        return config.store_failed(pending, &e);
+        return config.store_failed(parts, pending, &e);
     }
 
     // For a policy that refused, `t` is its wait, so `Retry-After` (the
@@ -1052,7 +1044,7 @@ fn judge(
         }
         wait = wait.max(retry);
         if let (Some(cache), false) = (&config.deny_cache, retry.is_zero()) {
-            let refusal = Refusal {
+            let refusal = Denial {
                 until: later(now, retry),
                 cost: c.cost,
                 states: decision
@@ -1073,7 +1065,7 @@ fn judge(
         crate::trace::record("rate_limit", "policies", &all_violated.join(","));
     }
     let body = problem_body(&all_violated);
-    let (head, body) = config.refuse(&all_violated, wait, &body, limits);
+    let (head, body) = config.refuse(parts, &all_violated, wait, &body, limits);
     Verdict::Stop(head, body)
 }
 

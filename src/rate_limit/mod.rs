@@ -154,8 +154,8 @@ pub mod store;
 
 pub use self::key::{ForwardedHeader, Key};
 pub use self::layer::{
-    Limited, MissingKey, RateLimit, RateLimitLayer, RateLimitLayerBuilder, RateLimitStats,
-    ResponseFuture, DEFAULT_DENY_CACHE_CAPACITY, MAX_POLICIES_PER_RULE,
+    MissingKey, RateLimit, RateLimitLayer, RateLimitLayerBuilder, RateLimitStats, ResponseFuture,
+    DEFAULT_DENY_CACHE_CAPACITY, MAX_POLICIES_PER_RULE,
 };
 pub use self::policy::{Algorithm, Policy, MAX_BURST_PERIOD, MAX_QUOTA, MAX_WINDOW};
 pub use self::rule::Rule;

@@ -30,6 +30,8 @@ pub(crate) struct Config {
     pub(crate) failure: FailurePolicy,
     /// Store failures, logged once per outage and then summarised.
     pub(crate) failures: std::sync::Arc<crate::failure_log::FailureLog>,
+    /// How refusals are answered.
+    pub(crate) on_refusal: crate::refusal::OnRefusal,
 }
 
 impl std::fmt::Debug for Config {
@@ -41,6 +43,7 @@ impl std::fmt::Debug for Config {
             .field("touch_interval", &self.touch_interval)
             .field("activity", &self.activity)
             .field("failure", &self.failure)
+            .field("on_refusal", &self.on_refusal)
             .finish_non_exhaustive()
     }
 }
@@ -56,6 +59,7 @@ impl Config {
             activity: Activity::AnyRequest,
             failure: FailurePolicy::Closed,
             failures: std::sync::Arc::new(crate::failure_log::FailureLog::new("session")),
+            on_refusal: crate::refusal::OnRefusal::default(),
         }
     }
 

@@ -71,10 +71,22 @@ impl SessionError {
     }
 }
 
+/// Marks a response made of a store failure's [`SessionError`]: the
+/// session layer answers it through its `on_refusal` hook, when it has
+/// one.
+#[derive(Clone)]
+pub(crate) struct Refused(pub(crate) Problem);
+
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for SessionError {
     fn into_response(self) -> axum_core::response::Response {
         tracing::error!(error = %self, "session error");
-        self.problem().into_response()
+        let problem = self.problem();
+        let stored = matches!(self, SessionError::Store(_)).then(|| Refused(problem.clone()));
+        let mut res = problem.into_response();
+        if let Some(refused) = stored {
+            res.extensions_mut().insert(refused);
+        }
+        res
     }
 }

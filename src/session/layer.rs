@@ -16,6 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::config::{Config, MAX_TIMEOUT};
+use super::error::Refused;
 use super::finish::FinishError;
 use super::handle::Session;
 use super::store::{SessionStore, Store};
@@ -23,6 +24,7 @@ use super::Activity;
 use crate::body::ResponseBody;
 use crate::error::Error;
 use crate::problem::Problem;
+use crate::refusal::{OnRefusal, Refusal, RefusalKind};
 use crate::FailurePolicy;
 
 /// Adds a [`Session`] to every request and persists what handlers change.
@@ -192,6 +194,25 @@ impl SessionLayerBuilder {
         self
     }
 
+    /// Your own answer to the layer's refusals instead of the default
+    /// problem+json: a renewal that lost to a concurrent request (409,
+    /// [`RefusalKind::SessionConflict`]) and, failing closed, a store
+    /// failure (503/500, [`RefusalKind::StoreFailure`]), including one a
+    /// handler returns as a [`SessionError`](super::SessionError). The
+    /// same hook every layer takes (see [`refusal`](crate::refusal)).
+    /// With a hook set, the layer keeps a copy of each request's head for
+    /// it.
+    pub fn on_refusal(
+        mut self,
+        hook: impl Fn(&http::request::Parts, &Refusal<'_>) -> Response<bytes::Bytes>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.config.on_refusal = OnRefusal::new(hook);
+        self
+    }
+
     /// Checks the settings and builds the layer. An [`ErrorKind::Config`]
     /// error names the first setting that is wrong: a cookie name, domain
     /// or path that is not valid in a `Set-Cookie`, `SameSite=None` or a
@@ -255,6 +276,15 @@ where
         let session = Session::new(self.config.clone(), req.headers(), trace);
         req.extensions_mut().insert(session.request_session());
         req.extensions_mut().insert(session.clone());
+        // The head a refusal hook is given, kept only for one.
+        let request = if self.config.on_refusal.is_set() {
+            let (parts, body) = req.into_parts();
+            let copy = Box::new(parts.clone());
+            req = Request::from_parts(parts, body);
+            Some(copy)
+        } else {
+            None
+        };
         // Call the instance that was driven to readiness, leave a clone in
         // its place (see tower's "Be careful when cloning inner services").
         let clone = self.inner.clone();
@@ -266,26 +296,53 @@ where
             state: State::Inner {
                 future,
                 session: Some(session),
+                request,
             },
         }
     }
 }
 
-/// The answer to a request whose id renewal lost to a concurrent request
+/// The problem of a request whose id renewal lost to a concurrent request
 /// (another renewal, a logout, a save): 409, and no cookie, so the client
 /// keeps whatever cookie the winning response set.
-fn renewal_conflict<B>() -> Response<ResponseBody<B>> {
+fn renewal_conflict() -> Problem {
     Problem::new(
         StatusCode::CONFLICT,
         "Session changed concurrently",
         "Another request renewed or ended this session while this one ran; retry with the current cookie.",
     )
-    .to_response()
+}
+
+/// The answer to a refused request: the hook's, given the request's head
+/// (kept only when there is a hook), else the problem+json.
+fn refuse<B>(
+    session: &Session,
+    request: Option<&http::request::Parts>,
+    kind: RefusalKind,
+    problem: Problem,
+) -> Response<ResponseBody<B>> {
+    let refusal = Refusal::new("session", kind, problem);
+    let res = match request {
+        Some(request) => {
+            // The hook's page may say nothing of caching: a session's
+            // answer is marked as one.
+            let mut res = session.config().on_refusal.answer(request, &refusal);
+            session.mark_response(res.headers_mut());
+            res
+        }
+        None => refusal.to_response(),
+    };
+    res.map(ResponseBody::full)
 }
 
 /// Writes what the request changed (the store calls of `finish`), then
 /// builds the response; under fail-closed a store failure replaces it.
-async fn finish<B>(session: Session, mut parts: Parts, body: B) -> Response<ResponseBody<B>> {
+async fn finish<B>(
+    session: Session,
+    request: Option<Box<http::request::Parts>>,
+    mut parts: Parts,
+    body: B,
+) -> Response<ResponseBody<B>> {
     let finished = if session.trace().is_on() {
         let finish = session.finish(&mut parts.headers);
         session.trace().measure(finish).await
@@ -302,7 +359,12 @@ async fn finish<B>(session: Session, mut parts: Parts, body: B) -> Response<Resp
         Err(FinishError::Conflict) => {
             tracing::info!("session renewal lost to a concurrent request");
             session.outcome("conflict");
-            renewal_conflict()
+            refuse(
+                &session,
+                request.as_deref(),
+                RefusalKind::SessionConflict,
+                renewal_conflict(),
+            )
         }
         Err(FinishError::Store(e)) => match session.config().failure {
             FailurePolicy::Open => {
@@ -315,7 +377,13 @@ async fn finish<B>(session: Session, mut parts: Parts, body: B) -> Response<Resp
                 let failures = &session.config().failures;
                 failures.failed(&e, "session not saved; answering 5xx (fail-closed)", true);
                 session.outcome("store_error");
-                Problem::store_failure("session", &e).to_response()
+                let problem = Problem::store_failure("session", &e);
+                refuse(
+                    &session,
+                    request.as_deref(),
+                    RefusalKind::StoreFailure,
+                    problem,
+                )
             }
         },
     }
@@ -342,6 +410,8 @@ pin_project! {
             #[pin]
             future: F,
             session: Option<Session>,
+            // The request's head, for the refusal hook (only with one).
+            request: Option<Box<http::request::Parts>>,
         },
         Finishing {
             future: BoxFuture<Response<ResponseBody<B>>>,
@@ -369,9 +439,14 @@ where
         let _entered = this.span.enter();
         loop {
             let finishing = match this.state.as_mut().project() {
-                StateProj::Inner { future, session } => {
+                StateProj::Inner {
+                    future,
+                    session,
+                    request,
+                } => {
                     let out = ready!(future.poll(cx));
                     let session = session.take().expect("taken once, leaving this state");
+                    let request = request.take();
                     this.state.set(State::Done);
                     let (mut parts, body) = match out {
                         Ok(res) => res.into_parts(),
@@ -383,6 +458,18 @@ where
                     if parts.status.is_server_error() {
                         session.close();
                         session.outcome("discarded");
+                        // A handler's store failure, answered by the hook.
+                        if let Some(request) = request.as_deref() {
+                            if let Some(Refused(problem)) = parts.extensions.remove::<Refused>() {
+                                let kind = RefusalKind::StoreFailure;
+                                return Poll::Ready(Ok(refuse(
+                                    &session,
+                                    Some(request),
+                                    kind,
+                                    problem,
+                                )));
+                            }
+                        }
                     }
                     if parts.status.is_server_error() || session.finish_now(&mut parts.headers) {
                         return Poll::Ready(Ok(Response::from_parts(
@@ -390,7 +477,7 @@ where
                             ResponseBody::inner(body),
                         )));
                     }
-                    Box::pin(finish(session, parts, body))
+                    Box::pin(finish(session, request, parts, body))
                 }
                 StateProj::Finishing { future } => {
                     let res = ready!(future.as_mut().poll(cx));

@@ -697,11 +697,12 @@ support::both_backends! { fixture;
     a_custom_refusal_keeps_the_limit_fields => |fx| {
         let layer = RateLimitLayer::builder(fx.counting())
             .policy(Policy::per_minute(1).named("p"))
-            .on_limited(|limited| {
+            .on_refusal(|request, refusal| {
                 let mut res = http::Response::new(bytes::Bytes::from(format!(
-                    "slow down ({}) for {} ms",
-                    limited.violated_policies().join(","),
-                    limited.retry_after().as_millis()
+                    "slow down ({}) on {} for {} ms",
+                    refusal.policies().join(","),
+                    request.uri.path(),
+                    refusal.retry_after().unwrap().as_millis()
                 )));
                 *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 res
@@ -714,7 +715,7 @@ support::both_backends! { fixture;
         for _ in 0..2 {
             let r = get_from(&app, "/free", "192.0.2.1:1").await;
             assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-            assert!(r.body.starts_with("slow down (p) for "), "{}", r.body);
+            assert!(r.body.starts_with("slow down (p) on /free for "), "{}", r.body);
             assert!(r.header("retry-after").is_some());
             assert!(r.header("ratelimit").unwrap().starts_with("\"p\";r=0;t="));
         }
