@@ -8,13 +8,17 @@
 /// [`Problem::store_failure`](crate::Problem::store_failure)); "open"
 /// carries on without the layer's service, logged and counted. Per layer:
 ///
-/// | layer | set with | default | open means |
-/// |---|---|---|---|
-/// | session | `SessionLayerBuilder::on_store_error` | closed | no session for the request, nothing saved |
-/// | rate limit | `RateLimitLayerBuilder::on_store_error`, per rule `Rule::on_store_error` | open | the request goes through, uncounted |
-/// | cache | always open | open | the handler answers, nothing stored (`Cache-Status: ...; detail=store-error`) |
-/// | idempotency | always closed | closed | (none: a request would risk running twice) |
-/// | lock | always closed | closed | (none: a handler would run without its lock) |
+/// | layer | set with | default | open means | closed means |
+/// |---|---|---|---|---|
+/// | session | `SessionLayerBuilder::on_store_error` | closed | no session for the request, nothing saved | the store-failure problem |
+/// | rate limit | `RateLimitLayerBuilder::on_store_error`, per rule `Rule::on_store_error` | open | the request goes through, uncounted | the store-failure problem |
+/// | cache | `CacheLayerBuilder::on_store_error` | open | the handler answers, nothing stored (`Cache-Status: ...; detail=store-error`) | the store-failure problem instead of the handler (for an origin that only stands up behind its cache) |
+/// | idempotency | `IdempotencyLayerBuilder::on_store_error` | closed | the handler runs unprotected: a retry runs it again, nothing is kept for replay | the store-failure problem: never a request without its claim |
+/// | lock | `LockLayerBuilder::on_store_error` | closed | the handler runs without the lock | the store-failure problem: never a handler without its lock |
+///
+/// Every layer's store-failure answer can be restyled with its builder's
+/// `on_refusal` ([`Refusal`](crate::Refusal), kind
+/// [`StoreFailure`](crate::RefusalKind::StoreFailure)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FailurePolicy {

@@ -48,10 +48,10 @@
 //! and the response lacks: `Retry-After` where the refusal has a
 //! [`retry_after`](Refusal::retry_after), the `RateLimit` fields on a rate
 //! limit's refusal. The hook runs on the request's task and should not
-//! block. The cache layer refuses nothing (it fails open, and its `504`
-//! for `only-if-cached` is the RFC's answer); extractors' errors (a handler
-//! asking for a session with no session layer) are the handler's, answered
-//! as problem+json.
+//! block. The cache refuses only a failed lookup, and only when it fails
+//! closed (its `504` for `only-if-cached` is the RFC's answer, not a
+//! refusal); extractors' errors (a handler asking for a session with no
+//! session layer) are the handler's, answered as problem+json.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,7 +67,8 @@ use crate::problem::Problem;
 pub enum RefusalKind {
     /// The layer's store failed and the layer fails closed: 503 when the
     /// store could not be reached in time, 500 when it answered with an
-    /// error (see [`Problem::store_failure`]). Any layer but the cache.
+    /// error (see [`Problem::store_failure`]). The cache refuses only this
+    /// way, and only when set to fail closed.
     StoreFailure,
     /// Rate limit: a policy's quota is spent (429, with
     /// [`policies`](Refusal::policies) naming the ones that refused).
@@ -140,7 +141,7 @@ impl<'a> Refusal<'a> {
         self.kind
     }
 
-    /// The layer that refused it: `"session"`, `"rate_limit"`,
+    /// The layer that refused it: `"session"`, `"rate_limit"`, `"cache"`,
     /// `"idempotency"` or `"lock"` (the names of its tracing span and
     /// metrics).
     pub fn layer(&self) -> &'static str {

@@ -377,3 +377,106 @@ async fn store_failures_reach_the_hook_in_every_layer() {
         ]
     );
 }
+
+/// `on_store_error` on the builders that gained it: a cache told to fail
+/// closed refuses (through its hook) instead of asking the handler;
+/// idempotency and locks told to fail open run the handler without their
+/// claim or lock (every time: nothing protects a retry), while the
+/// defaults still refuse.
+#[tokio::test]
+async fn the_cache_fails_closed_and_idempotency_and_locks_fail_open_when_told() {
+    use redis_layers::cache::CacheLayer;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut fx = TestBackend::with_deadline(support::Kind::Redis, Duration::from_millis(200));
+    let seen: Seen = Arc::default();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = |runs: &Arc<AtomicUsize>| {
+        let runs = runs.clone();
+        move || {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                "ran"
+            }
+        }
+    };
+    let page = || Router::new().route("/page", get(|| async { "page" }));
+    let closed_cache = page().layer(
+        CacheLayer::builder(fx.backend.clone())
+            .on_store_error(FailurePolicy::Closed)
+            .on_refusal(hook(&seen))
+            .build()
+            .unwrap(),
+    );
+    let open_cache = page().layer(CacheLayer::builder(fx.backend.clone()).build().unwrap());
+    // A cache that knows its generation (asked before the outage) fails
+    // at the lookup itself.
+    let warm_cache = page().layer(
+        CacheLayer::builder(fx.backend.clone())
+            .on_store_error(FailurePolicy::Closed)
+            .generation_refresh(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
+    let warm = Request::get("http://shop.test/page")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&warm_cache, warm).await.status, StatusCode::OK);
+    let orders = |policy| {
+        Router::new().route("/orders", post(counted(&runs))).layer(
+            IdempotencyLayer::builder(fx.backend.clone(), Scope::header("x-account"))
+                .on_store_error(policy)
+                .build()
+                .unwrap(),
+        )
+    };
+    let migrations = |policy| {
+        Router::new().route("/migrate", post(counted(&runs))).layer(
+            LockLayer::builder(fx.backend.clone(), LockKey::header("x-tenant"))
+                .on_store_error(policy)
+                .build()
+                .unwrap(),
+        )
+    };
+    let (open_orders, closed_orders) = (orders(FailurePolicy::Open), orders(FailurePolicy::Closed));
+    let (open_locks, closed_locks) = (
+        migrations(FailurePolicy::Open),
+        migrations(FailurePolicy::Closed),
+    );
+    fx.server.as_mut().unwrap().kill();
+    let get_page = || {
+        Request::get("http://shop.test/page")
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    let r = send(&closed_cache, get_page()).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(is_page(&r), "{}", r.body);
+    let status = r.headers["cache-status"].to_str().unwrap();
+    assert!(status.ends_with("fwd=miss; detail=store-error"), "{status}");
+    let r = send(&open_cache, get_page()).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "page"));
+    let r = send(&warm_cache, get_page()).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers[header::CONTENT_TYPE], "application/problem+json");
+
+    for _ in 0..2 {
+        let r = send(&open_orders, order(Some("\"k\""), "{}")).await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ran"));
+        let r = send(&open_locks, migrate(Some("t"))).await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ran"));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 4, "each retry ran again");
+    let r = send(&closed_orders, order(Some("\"k\""), "{}")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let r = send(&closed_locks, migrate(Some("t"))).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        4,
+        "failing closed, nothing ran"
+    );
+    let seen: Vec<(&str, RefusalKind)> = kinds(&seen).into_iter().map(|s| (s.0, s.1)).collect();
+    assert_eq!(seen, [("cache", RefusalKind::StoreFailure)]);
+}

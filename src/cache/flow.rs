@@ -437,6 +437,8 @@ enum Found {
     /// None to use: RFC 9211's `fwd` reason, and a stale entry (with its
     /// age) when there is one.
     Not(&'static str, Option<(Arc<Entry>, u64)>),
+    /// The store failed, and the layer fails closed.
+    Failed(crate::Error),
 }
 
 /// `since`: the request has waited on another request's fetch of this key
@@ -455,6 +457,7 @@ async fn find(
         config.failures.succeeded();
     }
     match found {
+        Err(e) if config.failure == crate::FailurePolicy::Closed => Found::Failed(e),
         Err(e) => {
             config.failures.failed(&e, "asking the handler", false);
             Found::Not("miss; detail=store-error", None)
@@ -537,6 +540,9 @@ where
     };
     let generation = match generation {
         Ok(generation) => generation,
+        Err(e) if config.failure == crate::FailurePolicy::Closed => {
+            return Ok(refuse(&config, req, &e));
+        }
         Err(e) => {
             // Without the generation no key is known to be current:
             // neither read nor store.
@@ -590,6 +596,7 @@ where
             Found::Usable(entry, age) => {
                 return Ok(answer_read(&config, &key, entry, &req, age, ""));
             }
+            Found::Failed(e) => return Ok(refuse(&config, req, &e)),
             not => first = Some(not),
         }
     }
@@ -597,6 +604,28 @@ where
     // would otherwise be part of every request's future, hits included;
     // most of a hit's future, 2.9 KB, is the store call).
     Box::pin(read_on(config, inner, req, key, directives, session, first)).await
+}
+
+/// The answer when a lookup failed and the layer fails closed: the
+/// store-failure problem (or the application's answer), marked
+/// `store-error` in `Cache-Status`, never stored.
+fn refuse<ReqBody, B>(
+    config: &Config,
+    req: Request<ReqBody>,
+    e: &crate::Error,
+) -> Response<CacheBody<B>> {
+    config
+        .failures
+        .failed(e, "refusing the request (fail-closed)", true);
+    let (parts, _) = req.into_parts();
+    let problem = crate::Problem::store_failure("cache", e);
+    let refusal = crate::Refusal::new("cache", crate::RefusalKind::StoreFailure, problem);
+    let res = config.on_refusal.answer(&parts, &refusal);
+    with_status(
+        res.map(CacheBody::full),
+        &config.name,
+        "fwd=miss; detail=store-error",
+    )
 }
 
 /// [`read`] once the store had nothing to use as it is: `first` is what
@@ -646,6 +675,7 @@ where
                     fwd = why;
                     stale = found.map(|(entry, age)| (Arc::unwrap_or_clone(entry), age));
                 }
+                Found::Failed(e) => return Ok(refuse(&config, req, &e)),
             }
             // Every way a GET reaches the handler (a miss, a stale entry,
             // another variant, a request refusing the stored response)

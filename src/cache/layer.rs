@@ -92,6 +92,10 @@ pub(crate) struct Config {
     pub(crate) generation: Arc<Generation>,
     /// Store failures, logged once per outage and then summarised.
     pub(crate) failures: crate::failure_log::FailureLog,
+    /// What a failed lookup does.
+    pub(crate) failure: crate::FailurePolicy,
+    /// How refusals (fail-closed lookups) are answered.
+    pub(crate) on_refusal: crate::refusal::OnRefusal,
 }
 
 impl Config {
@@ -153,6 +157,8 @@ impl CacheLayer {
             tag_header: DEFAULT_TAG_HEADER.to_owned(),
             local_tier: None,
             generation_refresh: DEFAULT_GENERATION_REFRESH,
+            failure: crate::FailurePolicy::Open,
+            on_refusal: crate::refusal::OnRefusal::default(),
         }
     }
 
@@ -183,6 +189,8 @@ pub struct CacheLayerBuilder {
     tag_header: String,
     local_tier: Option<usize>,
     generation_refresh: Duration,
+    failure: crate::FailurePolicy,
+    on_refusal: crate::refusal::OnRefusal,
 }
 
 impl fmt::Debug for CacheLayerBuilder {
@@ -276,6 +284,34 @@ impl CacheLayerBuilder {
     /// length (at least 1 s; renewed while a fill runs).
     pub fn coalesce_wait(mut self, wait: Duration) -> Self {
         self.coalesce_wait = wait;
+        self
+    }
+
+    /// What a store failure does when the cache looks a request up: the
+    /// default [`FailurePolicy::Open`](crate::FailurePolicy::Open) asks the
+    /// handler (and stores nothing: `Cache-Status: ...; detail=store-error`);
+    /// [`FailurePolicy::Closed`](crate::FailurePolicy::Closed) answers 503
+    /// (500 when the store answered with an error) instead, for an origin
+    /// that only stands up behind its cache. Failures after the handler
+    /// answered (storing its response) are logged either way.
+    pub fn on_store_error(mut self, policy: crate::FailurePolicy) -> Self {
+        self.failure = policy;
+        self
+    }
+
+    /// Your own answer to the cache's refusals (only a failed lookup under
+    /// [`on_store_error`](Self::on_store_error)`(Closed)`) instead of the
+    /// default problem+json; the same hook every layer takes (see
+    /// [`refusal`](crate::refusal)). The answer gets the cache's
+    /// `Cache-Status` and is never stored.
+    pub fn on_refusal(
+        mut self,
+        hook: impl Fn(&http::request::Parts, &crate::Refusal<'_>) -> Response<Bytes>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.on_refusal = crate::refusal::OnRefusal::new(hook);
         self
     }
 
@@ -457,16 +493,18 @@ impl CacheLayerBuilder {
                 local,
                 generation,
                 failures: crate::failure_log::FailureLog::new("cache"),
+                failure: self.failure,
+                on_refusal: self.on_refusal,
             }),
         })
     }
 }
 
 impl<S> Layer<S> for CacheLayer {
-    type Service = Cache<S>;
+    type Service = CacheService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Cache {
+        CacheService {
             inner,
             config: self.config.clone(),
         }
@@ -475,14 +513,14 @@ impl<S> Layer<S> for CacheLayer {
 
 /// The service of a [`CacheLayer`].
 #[derive(Clone)]
-pub struct Cache<S> {
+pub struct CacheService<S> {
     inner: S,
     config: Arc<Config>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for Cache<S> {
+impl<S: fmt::Debug> fmt::Debug for CacheService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cache")
+        f.debug_struct("CacheService")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
@@ -490,7 +528,7 @@ impl<S: fmt::Debug> fmt::Debug for Cache<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -562,7 +600,7 @@ where
     }
 }
 
-/// The response future of [`Cache`]: ready at once for an answer from a
+/// The response future of [`CacheService`]: ready at once for an answer from a
 /// thread's copy of a local-tier entry, else the cache's work and the
 /// inner service's.
 pub struct ResponseFuture<T, E> {

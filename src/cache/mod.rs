@@ -313,8 +313,13 @@ pub mod store;
 pub use body::CacheBody;
 pub use directives::RequestDirectives;
 pub use layer::{
-    Cache, CacheLayer, CacheLayerBuilder, Purger, ResponseFuture, DEFAULT_COALESCE_WAIT,
+    CacheLayer, CacheLayerBuilder, CacheService, Purger, ResponseFuture, DEFAULT_COALESCE_WAIT,
     DEFAULT_GENERATION_REFRESH, DEFAULT_KEEP_STALE, DEFAULT_MAX_BODY, DEFAULT_NAME,
     DEFAULT_TAG_HEADER, PURGE_BATCH,
 };
+
+/// The old name of [`CacheService`] (every layer's service is now named
+/// `<Layer>Service`).
+#[deprecated(since = "0.2.0", note = "renamed `CacheService`")]
+pub type Cache<S> = CacheService<S>;
 pub use store::{CacheStore, Fill, FILL_HORIZON, MAX_TAG_MEMBERS};

@@ -25,6 +25,7 @@ use crate::error::{Error, ErrorKind};
 use crate::problem::Problem;
 use crate::refusal::{OnRefusal, Refusal, RefusalKind};
 use crate::request_session::RequestSession;
+use crate::FailurePolicy;
 
 /// How long a claim holds before it must be renewed, by default. While the
 /// handler runs the layer renews it every third of this; if the process
@@ -267,6 +268,7 @@ struct Config {
     failures: crate::failure_log::FailureLog,
     /// How refusals are answered.
     on_refusal: OnRefusal,
+    failure: FailurePolicy,
 }
 
 impl IdempotencyLayer {
@@ -293,6 +295,7 @@ impl IdempotencyLayer {
             wait: Duration::ZERO,
             release_on_server_error: true,
             on_refusal: OnRefusal::default(),
+            failure: FailurePolicy::Closed,
         }
     }
 }
@@ -312,6 +315,7 @@ pub struct IdempotencyLayerBuilder {
     wait: Duration,
     release_on_server_error: bool,
     on_refusal: OnRefusal,
+    failure: FailurePolicy,
 }
 
 impl fmt::Debug for IdempotencyLayerBuilder {
@@ -391,6 +395,19 @@ impl IdempotencyLayerBuilder {
         self
     }
 
+    /// What a store failure does when the key is claimed: the default
+    /// [`FailurePolicy::Closed`] answers 503 (500 when the store answered
+    /// with an error), so a request never runs without its claim;
+    /// [`FailurePolicy::Open`] runs the handler anyway, unprotected: a
+    /// retry during the outage runs it again, nothing is recorded for
+    /// replay, and the handler finds no [`Fence`] in its extensions. Only
+    /// for handlers whose duplicates are harmless. The key's checks (a
+    /// valid key, a scope, the body's size) apply either way.
+    pub fn on_store_error(mut self, policy: FailurePolicy) -> Self {
+        self.failure = policy;
+        self
+    }
+
     /// Your own answer to the layer's refusals (a missing or invalid key,
     /// no scope, a body too large or unreadable, a key in flight, reused
     /// or not replayable, a store failure) instead of the default
@@ -447,6 +464,7 @@ impl IdempotencyLayerBuilder {
                 wait: self.wait,
                 release_on_server_error: self.release_on_server_error,
                 on_refusal: self.on_refusal,
+                failure: self.failure,
                 failures: crate::failure_log::FailureLog::new("idempotency"),
             }),
         })
@@ -454,10 +472,10 @@ impl IdempotencyLayerBuilder {
 }
 
 impl<S> Layer<S> for IdempotencyLayer {
-    type Service = Idempotency<S>;
+    type Service = IdempotencyService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Idempotency {
+        IdempotencyService {
             inner,
             config: self.config.clone(),
         }
@@ -468,14 +486,14 @@ impl<S> Layer<S> for IdempotencyLayer {
 /// request with its body buffered (a [`ResponseBody`], the crate's body
 /// type, in both directions).
 #[derive(Clone)]
-pub struct Idempotency<S> {
+pub struct IdempotencyService<S> {
     inner: S,
     config: Arc<Config>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
+impl<S: fmt::Debug> fmt::Debug for IdempotencyService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Idempotency")
+        f.debug_struct("IdempotencyService")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
@@ -483,7 +501,7 @@ impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S>
 where
     S: Service<Request<ResponseBody<ReqBody>>, Response = Response<ResBody>>
         + Clone
@@ -498,7 +516,7 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -512,11 +530,72 @@ where
         // key: straight through.
         let keyless = !config.required && !req.headers().contains_key(&config.header);
         if keyless || !config.methods.contains(req.method()) {
-            let future = inner.call(req.map(ResponseBody::inner));
-            return Box::pin(async move { Ok(future.await?.map(ResponseBody::inner)) });
+            return ResponseFuture {
+                state: FutureState::Passing {
+                    future: inner.call(req.map(ResponseBody::inner)),
+                },
+            };
         }
         let trace = crate::trace::layer_span!("idempotency");
-        trace.boxed(run(config, inner, req))
+        ResponseFuture {
+            state: FutureState::Running {
+                future: trace.boxed(run(config, inner, req)),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`IdempotencyService`]: the inner service's
+    /// own for a request the layer lets by (a method it does not cover,
+    /// no key where keys are optional), else the layer's work (the claim,
+    /// the body, the handler and the completion, boxed).
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        state: FutureState<F, B, E>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = FutureProj]
+    enum FutureState<F, B, E> {
+        Passing {
+            #[pin]
+            future: F,
+        },
+        Running {
+            future: BoxFuture<Result<Response<ResponseBody<B>>, E>>,
+        },
+        // Answered: polling again is a bug of the caller's.
+        Done,
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        let out = match state.as_mut().project() {
+            FutureProj::Passing { future } => {
+                std::task::ready!(future.poll(cx)).map(|res| res.map(ResponseBody::inner))
+            }
+            FutureProj::Running { future } => std::task::ready!(future.as_mut().poll(cx)),
+            FutureProj::Done => {
+                panic!("idempotency: a response future polled after it completed")
+            }
+        };
+        state.set(FutureState::Done);
+        Poll::Ready(out)
     }
 }
 
@@ -664,19 +743,26 @@ where
         let mut claim = PendingClaim::start(&config, &key, fingerprint, holder);
         match claim.answer().await {
             Err(e) => {
-                // Fail closed: never run the handler without the lock. A
-                // claim that timed out may still land later (the backend
+                // A claim that timed out may still land later (the backend
                 // does not abandon a sent call): free it if it is ours.
-                config.failures.failed(
-                    &e,
-                    "answering 503: no handler without the claim (fail-closed)",
-                    true,
-                );
                 let (store, key) = (config.clone(), key.clone());
                 crate::task::spawn_here(async move {
                     let _ = store.store.release(&key, holder).await;
                 });
                 crate::trace::outcome("idempotency", "store_error");
+                if config.failure == FailurePolicy::Open {
+                    let doing = "running the handler without a claim (fail-open)";
+                    config.failures.failed(&e, doing, false);
+                    let req = Request::from_parts(parts, ResponseBody::full(body));
+                    let res = crate::trace::unmeasured(inner.call(req)).await;
+                    return Ok(res?.map(ResponseBody::inner));
+                }
+                // Fail closed: never run the handler without the claim.
+                config.failures.failed(
+                    &e,
+                    "answering 503: no handler without the claim (fail-closed)",
+                    true,
+                );
                 let problem = Problem::store_failure("idempotency", &e);
                 return Ok(refuse_with(
                     &config,

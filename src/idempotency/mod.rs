@@ -132,8 +132,13 @@ pub mod store;
 
 pub use header::MAX_KEY_LEN;
 pub use layer::{
-    Fence, FencingToken, Idempotency, IdempotencyLayer, IdempotencyLayerBuilder, Scope,
-    DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_RETENTION, REPLAYED,
-    REPLAYED_HEADERS,
+    Fence, FencingToken, IdempotencyLayer, IdempotencyLayerBuilder, IdempotencyService,
+    ResponseFuture, Scope, DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE,
+    DEFAULT_RETENTION, REPLAYED, REPLAYED_HEADERS,
 };
 pub use store::{Claim, IdempotencyStore};
+
+/// The old name of [`IdempotencyService`] (every layer's service is now
+/// named `<Layer>Service`).
+#[deprecated(since = "0.2.0", note = "renamed `IdempotencyService`")]
+pub type Idempotency<S> = IdempotencyService<S>;

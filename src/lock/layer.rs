@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::problem::Problem;
 use crate::refusal::{OnRefusal, Refusal, RefusalKind};
 use crate::request_session::RequestSession;
-use crate::Backend;
+use crate::{Backend, FailurePolicy};
 
 /// The problem type of a refusal because the resource is locked.
 const PROBLEM_TYPE: &str = "https://docs.rs/redis-layers/latest/redis_layers/lock/#locked";
@@ -145,6 +145,7 @@ struct Config {
     wait: Duration,
     status: StatusCode,
     on_refusal: OnRefusal,
+    failure: FailurePolicy,
     /// Store failures, logged once per outage and then summarised.
     failures: crate::failure_log::FailureLog,
 }
@@ -220,6 +221,7 @@ impl LockLayer {
             wait: Duration::ZERO,
             status: StatusCode::CONFLICT,
             on_refusal: OnRefusal::default(),
+            failure: FailurePolicy::Closed,
         }
     }
 }
@@ -236,6 +238,7 @@ pub struct LockLayerBuilder {
     wait: Duration,
     status: StatusCode,
     on_refusal: OnRefusal,
+    failure: FailurePolicy,
 }
 
 impl fmt::Debug for LockLayerBuilder {
@@ -272,6 +275,18 @@ impl LockLayerBuilder {
         self
     }
 
+    /// What a store failure does while taking the lock: the default
+    /// [`FailurePolicy::Closed`] answers 503 (500 when the store answered
+    /// with an error), never running the handler without its lock;
+    /// [`FailurePolicy::Open`] runs the handler without the lock (and
+    /// without a [`LockHandle`](super::LockHandle) in its extensions), for
+    /// a lock that only saves duplicate work. A release that fails is only
+    /// logged either way: the lease frees the lock.
+    pub fn on_store_error(mut self, policy: FailurePolicy) -> Self {
+        self.failure = policy;
+        self
+    }
+
     /// Your own answer to the layer's refusals (a resource still locked,
     /// [`RefusalKind::Locked`]; no resource named,
     /// [`RefusalKind::NoScope`]; a store failure) instead of the default
@@ -305,6 +320,7 @@ impl LockLayerBuilder {
                 wait: self.wait,
                 status: self.status,
                 on_refusal: self.on_refusal,
+                failure: self.failure,
                 failures: crate::failure_log::FailureLog::new("lock"),
             }),
         })
@@ -350,7 +366,7 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+    type Future = ResponseFuture<ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -360,7 +376,30 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let trace = crate::trace::layer_span!("lock");
-        trace.boxed(run(self.config.clone(), inner, req))
+        ResponseFuture(Some(trace.boxed(run(self.config.clone(), inner, req))))
+    }
+}
+
+/// The response future of [`LockService`]: the layer's work (taking the
+/// lock, the handler with the lock renewed, the release), boxed.
+pub struct ResponseFuture<B, E>(Option<BoxFuture<Result<Response<ResponseBody<B>>, E>>>);
+
+impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<B, E> Future for ResponseFuture<B, E> {
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(future) = self.0.as_mut() else {
+            panic!("lock: a response future polled after it completed");
+        };
+        let out = std::task::ready!(future.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(out)
     }
 }
 
@@ -409,6 +448,14 @@ where
         .wait_for(&resource, config.lease, config.wait)
         .await
     {
+        // Fail open: the handler without the lock (and without a handle).
+        Err(e) if config.failure == FailurePolicy::Open => {
+            let doing = "running the handler without the lock (fail-open)";
+            config.failures.failed(&e, doing, false);
+            crate::trace::outcome("lock", "store_error");
+            let res = crate::trace::unmeasured(inner.call(Request::from_parts(parts, body))).await;
+            return Ok(res?.map(ResponseBody::inner));
+        }
         // Fail closed: never the handler without the lock.
         Err(e) => {
             config

@@ -110,7 +110,7 @@ use crate::Backend;
 mod layer;
 mod redlock;
 
-pub use layer::{LockKey, LockLayer, LockLayerBuilder, LockService, DEFAULT_LEASE};
+pub use layer::{LockKey, LockLayer, LockLayerBuilder, LockService, ResponseFuture, DEFAULT_LEASE};
 pub use redlock::{Redlock, RedlockGuard};
 
 /// How long a resource's fencing counter is kept past its last

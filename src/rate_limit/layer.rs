@@ -555,10 +555,10 @@ impl RateLimitLayerBuilder {
 }
 
 impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
+    type Service = RateLimitService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit {
+        RateLimitService {
             inner,
             config: self.config.clone(),
         }
@@ -567,14 +567,14 @@ impl<S> Layer<S> for RateLimitLayer {
 
 /// The service made by [`RateLimitLayer`].
 #[derive(Clone)]
-pub struct RateLimit<S> {
+pub struct RateLimitService<S> {
     inner: S,
     config: Arc<Config>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+impl<S: fmt::Debug> fmt::Debug for RateLimitService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimit")
+        f.debug_struct("RateLimitService")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
@@ -598,7 +598,7 @@ enum Verdict {
     Stop(http::response::Parts, bytes::Bytes),
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimitService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,

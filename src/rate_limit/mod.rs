@@ -154,9 +154,14 @@ pub mod store;
 
 pub use self::key::{ForwardedHeader, Key};
 pub use self::layer::{
-    MissingKey, RateLimit, RateLimitLayer, RateLimitLayerBuilder, RateLimitStats, ResponseFuture,
-    DEFAULT_DENY_CACHE_CAPACITY, MAX_POLICIES_PER_RULE,
+    MissingKey, RateLimitLayer, RateLimitLayerBuilder, RateLimitService, RateLimitStats,
+    ResponseFuture, DEFAULT_DENY_CACHE_CAPACITY, MAX_POLICIES_PER_RULE,
 };
+
+/// The old name of [`RateLimitService`] (every layer's service is now
+/// named `<Layer>Service`).
+#[deprecated(since = "0.2.0", note = "renamed `RateLimitService`")]
+pub type RateLimit<S> = RateLimitService<S>;
 pub use self::policy::{Algorithm, Policy, MAX_BURST_PERIOD, MAX_QUOTA, MAX_WINDOW};
 pub use self::rule::Rule;
 pub use self::store::{Check, Decision, PolicyState, RateLimitStore};
