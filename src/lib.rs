@@ -133,6 +133,12 @@
 
 mod backend;
 mod body;
+// Who a request comes from: the rate limiter's keys, idempotency scopes.
+// (Each of the two layers uses its own part of it.)
+#[cfg(any(feature = "rate-limit", feature = "idempotency"))]
+#[allow(dead_code)]
+#[cfg_attr(not(feature = "rate-limit"), allow(unreachable_pub))]
+mod client_key;
 // Unused by a build with only some of the layers that key by digest.
 #[cfg(any(
     feature = "rate-limit",
@@ -156,6 +162,8 @@ mod lease;
 #[allow(dead_code)]
 pub mod metrics;
 mod problem;
+// Parts of it are used by some layers only.
+#[allow(dead_code)]
 pub mod refusal;
 // Read by whichever layers are compiled in.
 #[allow(dead_code)]
@@ -187,6 +195,8 @@ pub use backend::Backend;
 pub(crate) type BoxFuture<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub use body::ResponseBody;
+#[cfg(any(feature = "rate-limit", feature = "idempotency"))]
+pub use client_key::ClientKey;
 pub use error::{Error, ErrorKind};
 pub use failure::FailurePolicy;
 pub use keys::{Namespace, TaggedKeys};

@@ -21,10 +21,10 @@ use super::header as key_field;
 use super::layout::{self, digest, hash_hex, Record, Stored};
 use super::store::{Claim, IdempotencyStore, Store};
 use crate::body::ResponseBody;
+use crate::client_key::{ClientKey, Identity};
 use crate::error::{Error, ErrorKind};
 use crate::problem::Problem;
 use crate::refusal::{OnRefusal, Refusal, RefusalKind};
-use crate::request_session::RequestSession;
 use crate::FailurePolicy;
 
 /// How long a claim holds before it must be renewed, by default. While the
@@ -130,109 +130,16 @@ impl Fence {
     }
 }
 
-type ScopeFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
-
-/// Whose keys a record belongs to: the same client key from two scopes
-/// never meets.
-#[derive(Clone)]
-pub struct Scope {
-    kind: ScopeKind,
-}
-
-#[derive(Clone)]
-enum ScopeKind {
-    Global,
-    Header(HeaderName),
-    Custom(ScopeFn),
-    SessionUser,
-}
-
-impl fmt::Debug for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            ScopeKind::Global => f.write_str("Scope::global()"),
-            ScopeKind::Header(h) => write!(f, "Scope::header({h:?})"),
-            ScopeKind::Custom(_) => f.write_str("Scope::custom(..)"),
-            ScopeKind::SessionUser => f.write_str("Scope::session_user()"),
-        }
-    }
-}
-
-impl Scope {
-    /// A request header's value (an API key, a tenant id), kept only as a
-    /// digest. A request without it has no scope.
-    ///
-    /// # Panics
-    ///
-    /// When `name` is not a header name.
-    pub fn header(name: &'static str) -> Self {
-        match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(name) => Scope {
-                kind: ScopeKind::Header(name),
-            },
-            Err(_) => panic!("Scope::header: {name:?} is not a header name"),
-        }
-    }
-
-    /// The session's user (needs the session layer outside this one);
-    /// anonymous sessions have no scope.
-    pub fn session_user() -> Self {
-        Scope {
-            kind: ScopeKind::SessionUser,
-        }
-    }
-
-    /// Your own function of the request head; `None` is "no scope".
-    pub fn custom(f: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
-        Scope {
-            kind: ScopeKind::Custom(Arc::new(f)),
-        }
-    }
-
-    /// One scope for everyone: any client can replay any other's response
-    /// by sending its key. Only for routes without callers to tell apart.
-    pub fn global() -> Self {
-        Scope {
-            kind: ScopeKind::Global,
-        }
-    }
-
-    /// The request's scope, `None` when it has none. Never stored as it
-    /// is: it goes into the record key's SHA-256 only.
-    async fn of(&self, parts: &Parts) -> Option<ScopeId> {
-        match &self.kind {
-            ScopeKind::Global => Some(ScopeId::Global),
-            ScopeKind::Header(name) => parts.headers.get(name).cloned().map(ScopeId::Header),
-            ScopeKind::Custom(f) => f(parts).map(ScopeId::Custom),
-            // Boxed: a session read is a large future, and this one would
-            // otherwise grow every request's, whatever its scope.
-            ScopeKind::SessionUser => {
-                let session = RequestSession::of(&parts.extensions)?;
-                let user = session.user().await.ok()??;
-                Some(ScopeId::User(user))
-            }
-        }
-    }
-}
-
-/// One request's scope: which kind, and its value.
-enum ScopeId {
-    Global,
-    Header(HeaderValue),
-    Custom(String),
-    User(String),
-}
-
-impl ScopeId {
-    /// The kind and the value, as parts of the record key's digest (the
-    /// kind keeps a header value from meeting an equal user id).
-    fn parts(&self) -> [&[u8]; 2] {
-        match self {
-            ScopeId::Global => [b"global", b""],
-            ScopeId::Header(value) => [b"hdr", value.as_bytes()],
-            ScopeId::Custom(value) => [b"fn", value.as_bytes()],
-            ScopeId::User(user) => [b"user", user.as_bytes()],
-        }
+/// One request's scope, as parts of the record key's digest: the kind
+/// (which keeps a header value from meeting an equal user id) and the
+/// value. (The same bytes as before scopes were [`ClientKey`]s, so records
+/// written by an earlier version are found.)
+fn scope_parts(identity: &Identity) -> [&[u8]; 2] {
+    match identity {
+        Identity::Global => [b"global", b""],
+        Identity::Header(value) => [b"hdr", value.as_bytes()],
+        Identity::Custom(value) => [b"fn", value.as_bytes()],
+        Identity::User(user) => [b"user", user.as_bytes()],
     }
 }
 
@@ -254,7 +161,7 @@ impl fmt::Debug for IdempotencyLayer {
 
 struct Config {
     store: Store,
-    scope: Scope,
+    scope: ClientKey,
     header: HeaderName,
     methods: Vec<Method>,
     required: bool,
@@ -273,15 +180,23 @@ struct Config {
 
 impl IdempotencyLayer {
     /// Requires an `Idempotency-Key` on POST and PATCH, with records
-    /// scoped by `scope`, and the other defaults.
-    pub fn new(store: impl IdempotencyStore, scope: Scope) -> Self {
-        Self::builder(store, scope)
-            .build()
-            .expect("the default settings are valid")
+    /// scoped by `scope` (who the caller is: see [`Scope`](super::Scope)), and the other
+    /// defaults.
+    ///
+    /// # Panics
+    ///
+    /// When `scope` cannot be one (a header name that is not one, a client
+    /// address): [`builder`](Self::builder)`(..).build()` returns that as
+    /// an error instead.
+    pub fn new(store: impl IdempotencyStore, scope: ClientKey) -> Self {
+        match Self::builder(store, scope).build() {
+            Ok(layer) => layer,
+            Err(e) => panic!("invalid idempotency layer: {e}"),
+        }
     }
 
     /// A builder, to change the defaults.
-    pub fn builder(store: impl IdempotencyStore, scope: Scope) -> IdempotencyLayerBuilder {
+    pub fn builder(store: impl IdempotencyStore, scope: ClientKey) -> IdempotencyLayerBuilder {
         IdempotencyLayerBuilder {
             store: Store::new(store),
             scope,
@@ -304,7 +219,7 @@ impl IdempotencyLayer {
 /// them.
 pub struct IdempotencyLayerBuilder {
     store: Store,
-    scope: Scope,
+    scope: ClientKey,
     header: String,
     methods: Vec<Method>,
     required: bool,
@@ -422,8 +337,9 @@ impl IdempotencyLayerBuilder {
         self
     }
 
-    /// The layer; a Config error for a bad header name, no methods, or a
-    /// lease or retention under 100 ms.
+    /// The layer; a Config error for a bad header name (the key's or the
+    /// scope's), a scope by client address, no methods, or a lease or
+    /// retention under 100 ms.
     pub fn build(self) -> Result<IdempotencyLayer, Error> {
         let header = HeaderName::from_bytes(self.header.as_bytes()).map_err(|_| {
             Error::new(
@@ -433,6 +349,16 @@ impl IdempotencyLayerBuilder {
         })?;
         if self.methods.is_empty() {
             return Err(Error::new(ErrorKind::Config, "no methods take a key"));
+        }
+        self.scope
+            .validate()
+            .map_err(|e| Error::config(format!("idempotency scope: {e}")))?;
+        if self.scope.uses_address() {
+            return Err(Error::config(
+                "idempotency scope: a client address is no caller identity (clients behind one \
+                 proxy or NAT would replay each other's responses); scope by a credential \
+                 header, the session's user, or your own function",
+            ));
         }
         let floor = Duration::from_millis(100);
         if self.lease < floor || self.retention < floor {
@@ -669,7 +595,7 @@ where
             }
         },
     };
-    let Some(scope) = config.scope.of(&parts).await else {
+    let Some(scope) = config.scope.identify(&parts).await else {
         let problem = problem(
             StatusCode::BAD_REQUEST,
             "No idempotency scope",
@@ -710,7 +636,7 @@ where
             ));
         }
     };
-    let [kind, scope] = scope.parts();
+    let [kind, scope] = scope_parts(&scope);
     let key = hash_hex([
         kind,
         scope,
@@ -1284,5 +1210,23 @@ impl Drop for Held {
         }
         self.done = true;
         release_later(&self.config, &mut self.key, self.holder, async { true });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scope's bytes in the record key's digest are those of the
+    /// layer's first version: records written before are still found.
+    #[test]
+    fn scopes_digest_as_they_always_did() {
+        let header = Identity::Header(HeaderValue::from_static("acme"));
+        assert_eq!(scope_parts(&header), [&b"hdr"[..], b"acme"]);
+        let user = Identity::User("ivy".to_owned());
+        assert_eq!(scope_parts(&user), [&b"user"[..], b"ivy"]);
+        let custom = Identity::Custom("t-1".to_owned());
+        assert_eq!(scope_parts(&custom), [&b"fn"[..], b"t-1"]);
+        assert_eq!(scope_parts(&Identity::Global), [&b"global"[..], b""]);
     }
 }

@@ -133,10 +133,23 @@ pub mod store;
 pub use header::MAX_KEY_LEN;
 pub use layer::{
     Fence, FencingToken, IdempotencyLayer, IdempotencyLayerBuilder, IdempotencyService,
-    ResponseFuture, Scope, DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE,
-    DEFAULT_RETENTION, REPLAYED, REPLAYED_HEADERS,
+    ResponseFuture, DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_RETENTION,
+    REPLAYED, REPLAYED_HEADERS,
 };
 pub use store::{Claim, IdempotencyStore};
+
+/// Whose keys a record belongs to: the same client key from two scopes
+/// never meets. This is [`ClientKey`](crate::ClientKey) (the rate
+/// limiter's `Key` too): a credential header (`Scope::header`, kept only
+/// in the record key's digest), a header checked against the values you
+/// issued (`Scope::header_validated`), the session's user
+/// (`Scope::session_user`, needs the session layer outside this one), your
+/// own async function (`Scope::custom`), `Scope::global()` (any client can
+/// replay any other's response: only for routes without callers to tell
+/// apart), or one of them failing over to the next (`or`). A client
+/// address is refused at `build()`: clients behind one proxy would replay
+/// each other's responses.
+pub use crate::client_key::ClientKey as Scope;
 
 /// The old name of [`IdempotencyService`] (every layer's service is now
 /// named `<Layer>Service`).

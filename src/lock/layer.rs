@@ -39,6 +39,8 @@ enum KeyKind {
     Named(&'static str),
     Path,
     Header(HeaderName),
+    /// A header name that is not one: `build()` reports it.
+    Invalid(&'static str),
     Custom(KeyFn),
     SessionUser,
 }
@@ -49,6 +51,7 @@ impl fmt::Debug for LockKey {
             KeyKind::Named(name) => write!(f, "LockKey::named({name:?})"),
             KeyKind::Path => f.write_str("LockKey::path()"),
             KeyKind::Header(h) => write!(f, "LockKey::header({h:?})"),
+            KeyKind::Invalid(name) => write!(f, "LockKey::header({name:?})"),
             KeyKind::Custom(_) => f.write_str("LockKey::custom(..)"),
             KeyKind::SessionUser => f.write_str("LockKey::session_user()"),
         }
@@ -77,17 +80,14 @@ impl LockKey {
     }
 
     /// A request header's value (an account id). A request without it
-    /// names no resource.
-    ///
-    /// # Panics
-    ///
-    /// When `name` is not a header name.
+    /// names no resource. A name that is not a header name is a `Config`
+    /// error from [`LockLayerBuilder::build`].
     pub fn header(name: &'static str) -> Self {
-        match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(name) => LockKey {
-                kind: KeyKind::Header(name),
+        LockKey {
+            kind: match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) => KeyKind::Header(name),
+                Err(_) => KeyKind::Invalid(name),
             },
-            Err(_) => panic!("LockKey::header: {name:?} is not a header name"),
         }
     }
 
@@ -127,6 +127,8 @@ impl LockKey {
                 out
             }),
             KeyKind::Custom(f) => f(parts).map(|s| format!("custom:{s}")),
+            // Refused by `build()`.
+            KeyKind::Invalid(_) => None,
             KeyKind::SessionUser => {
                 let Some(session) = RequestSession::of(&parts.extensions) else {
                     return Ok(None);
@@ -302,10 +304,16 @@ impl LockLayerBuilder {
     }
 
     /// Checks the settings (a lease from 30 ms to a year, a wait up to a
-    /// year, a 4xx status) and builds the layer.
+    /// year, a 4xx status, a lock key whose header name is one) and builds
+    /// the layer.
     pub fn build(self) -> Result<LockLayer, Error> {
         super::check(self.lease, "lease", super::MIN_LEASE)?;
         super::check(self.wait, "wait", Duration::ZERO)?;
+        if let KeyKind::Invalid(name) = &self.key.kind {
+            return Err(Error::config(format!(
+                "LockKey::header: {name:?} is not a header name"
+            )));
+        }
         if !self.status.is_client_error() {
             return Err(Error::config(format!(
                 "a lock refusal's status must be a 4xx, not {}",

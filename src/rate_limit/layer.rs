@@ -18,11 +18,11 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::headers::{self, Limits};
-use super::key::{ForwardedHeader, IpRules, Key};
 use super::policy::Policy;
 use super::rule::{CostFn, Rule, Target};
 use super::store::{Check, Decision, PolicyState, RateLimitStore, Store};
 use crate::body::ResponseBody;
+use crate::client_key::{ClientKey as Key, ForwardedHeader, IpRules};
 use crate::error::Error;
 use crate::problem::Problem;
 use crate::refusal::{OnRefusal, Refusal, RefusalKind};
@@ -515,6 +515,9 @@ impl RateLimitLayerBuilder {
                     )));
                 }
             }
+            let key = rule.key.clone().unwrap_or_else(|| self.key.clone());
+            key.validate()
+                .map_err(|e| Error::config(format!("rate-limit rule {name:?}: {e}")))?;
             let field =
                 HeaderValue::try_from(headers::policy_field(&rule.policies)).map_err(|_| {
                     Error::config(format!("rate-limit rule {name:?}: bad policy names"))
@@ -523,7 +526,7 @@ impl RateLimitLayerBuilder {
                 field,
                 counters: crate::metrics::RuleCounters::new(&name),
                 name,
-                key: rule.key.clone().unwrap_or_else(|| self.key.clone()),
+                key,
                 cost: rule.cost.clone().or_else(|| self.cost.clone()),
                 dry_run: rule.dry_run.unwrap_or(self.dry_run),
                 failure: rule.failure.unwrap_or(self.failure),

@@ -143,7 +143,6 @@
 //! | from a client known to be refused | 0 |
 
 mod headers;
-mod key;
 mod layer;
 mod layout;
 mod memory;
@@ -152,11 +151,14 @@ mod redis;
 mod rule;
 pub mod store;
 
-pub use self::key::{ForwardedHeader, Key};
 pub use self::layer::{
     MissingKey, RateLimitLayer, RateLimitLayerBuilder, RateLimitService, RateLimitStats,
     ResponseFuture, DEFAULT_DENY_CACHE_CAPACITY, MAX_POLICIES_PER_RULE,
 };
+/// Who a request is counted against: [`ClientKey`](crate::ClientKey),
+/// under the name this module has always used.
+pub use crate::client_key::ClientKey as Key;
+pub use crate::client_key::ForwardedHeader;
 
 /// The old name of [`RateLimitService`] (every layer's service is now
 /// named `<Layer>Service`).

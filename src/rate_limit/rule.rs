@@ -6,8 +6,8 @@ use std::sync::Arc;
 use http::request::Parts;
 use http::Method;
 
-use super::key::Key;
 use super::policy::Policy;
+use crate::client_key::ClientKey as Key;
 use crate::FailurePolicy;
 
 /// The cost of a request, from its head (default 1).

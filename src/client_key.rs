@@ -1,4 +1,7 @@
-//! [`Key`]: who a request is counted against.
+//! [`ClientKey`]: who a request comes from, for the layers that tell
+//! clients apart (the rate limiter's [`Key`](crate::rate_limit::Key), the
+//! idempotency layer's [`Scope`](crate::idempotency::Scope): two names of
+//! this one type).
 
 use std::fmt;
 use std::future::Future;
@@ -18,26 +21,35 @@ type CustomKey = Arc<dyn Fn(&Parts) -> BoxFuture<Option<String>> + Send + Sync>;
 /// Whether a header's value is one the application knows.
 type Validator = Arc<dyn Fn(&str) -> BoxFuture<bool> + Send + Sync>;
 
-/// Who a request is counted against: its client address, an API key, the
-/// session's user, everyone together, or your own function. When a key
-/// yields nothing (no such header, an unknown API key, no user),
-/// [`or`](Key::or) tries the next; when none yields, the layer's
-/// [`missing_key`](super::RateLimitLayerBuilder::missing_key) choice applies.
+/// Who a request comes from: its client address, an API key, the
+/// session's user, everyone together, or your own function. The rate
+/// limiter counts requests by it ([`rate_limit::Key`](crate::rate_limit::Key)
+/// is this type) and the idempotency layer keeps keys apart by it
+/// ([`idempotency::Scope`](crate::idempotency::Scope) is this type too).
+/// When a key yields nothing (no such header, an unknown API key, no
+/// user), [`or`](ClientKey::or) tries the next; when none yields, the
+/// layer decides (the rate limiter's
+/// [`missing_key`](crate::rate_limit::RateLimitLayerBuilder::missing_key),
+/// the idempotency layer's 400).
+///
+/// A header name that is not one is reported by the layer's `build()` as
+/// a [`Config`](crate::ErrorKind::Config) error, never by a panic. Header
+/// values are kept only as digests.
 ///
 /// ```
-/// use redis_layers::rate_limit::Key;
+/// use redis_layers::ClientKey;
 ///
 /// // A known API key when the client sends one, else its address. Only
 /// // known keys count apart: a client making up a new key per request
 /// // is still counted by its address.
-/// let key = Key::header_validated("x-api-key", |key: &str| {
+/// let key = ClientKey::header_validated("x-api-key", |key: &str| {
 ///     std::future::ready(["demo-key", "partner-key"].contains(&key))
 /// })
-/// .or(Key::client_ip());
+/// .or(ClientKey::client_ip());
 /// # let _ = key;
 /// ```
 #[derive(Clone)]
-pub struct Key {
+pub struct ClientKey {
     kind: Kind,
 }
 
@@ -47,50 +59,55 @@ enum Kind {
     ClientIp,
     Header(HeaderName),
     ValidatedHeader(HeaderName, Validator),
+    /// A header name that is not one: `build()` reports it.
+    Invalid(&'static str, &'static str),
     Global,
     SessionUser,
     Custom(CustomKey),
-    Either(Box<Key>, Box<Key>),
+    Either(Box<ClientKey>, Box<ClientKey>),
 }
 
-impl fmt::Debug for Key {
+impl fmt::Debug for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            Kind::PeerIp => f.write_str("Key::peer_ip()"),
-            Kind::ClientIp => f.write_str("Key::client_ip()"),
-            Kind::Header(name) => write!(f, "Key::header({name:?})"),
-            Kind::ValidatedHeader(name, _) => write!(f, "Key::header_validated({name:?}, ..)"),
-            Kind::Global => f.write_str("Key::global()"),
-            Kind::SessionUser => f.write_str("Key::session_user()"),
-            Kind::Custom(_) => f.write_str("Key::custom(..)"),
+            Kind::PeerIp => f.write_str("ClientKey::peer_ip()"),
+            Kind::ClientIp => f.write_str("ClientKey::client_ip()"),
+            Kind::Header(name) => write!(f, "ClientKey::header({name:?})"),
+            Kind::ValidatedHeader(name, _) => {
+                write!(f, "ClientKey::header_validated({name:?}, ..)")
+            }
+            Kind::Invalid(from, name) => write!(f, "{from}({name:?})"),
+            Kind::Global => f.write_str("ClientKey::global()"),
+            Kind::SessionUser => f.write_str("ClientKey::session_user()"),
+            Kind::Custom(_) => f.write_str("ClientKey::custom(..)"),
             Kind::Either(a, b) => write!(f, "{a:?}.or({b:?})"),
         }
     }
 }
 
-impl Key {
+impl ClientKey {
     /// The address of the peer that connected: axum's `ConnectInfo` (serve
     /// with `into_make_service_with_connect_info::<SocketAddr>()`), or a
     /// [`SocketAddr`] request extension (hyper). Forwarding headers are
     /// ignored. IPv6 addresses are grouped by the layer's
-    /// [`ipv6_prefix`](super::RateLimitLayerBuilder::ipv6_prefix). A
+    /// [`ipv6_prefix`](crate::rate_limit::RateLimitLayerBuilder::ipv6_prefix). A
     /// request without either has no address: see the module docs' "Client
     /// addresses" (the layer warns once).
     pub fn peer_ip() -> Self {
-        Key { kind: Kind::PeerIp }
+        ClientKey { kind: Kind::PeerIp }
     }
 
     /// The client's address as the layer's
-    /// [`trusted_proxies`](super::RateLimitLayerBuilder::trusted_proxies)
+    /// [`trusted_proxies`](crate::rate_limit::RateLimitLayerBuilder::trusted_proxies)
     /// saw it (the default key): the peer's address, unless the peer is a
     /// trusted proxy; then the rightmost address that is not a trusted
     /// proxy in the configured
-    /// [`forwarded_header`](super::RateLimitLayerBuilder::forwarded_header)
+    /// [`forwarded_header`](crate::rate_limit::RateLimitLayerBuilder::forwarded_header)
     /// (`X-Forwarded-For` unless set; the other header is never read).
     /// Forwarding headers from an untrusted peer are ignored, so a client
     /// cannot choose its key by sending them.
     pub fn client_ip() -> Self {
-        Key {
+        ClientKey {
             kind: Kind::ClientIp,
         }
     }
@@ -101,68 +118,73 @@ impl Key {
     /// Every value counts apart, so a client that sends a new value with
     /// each request gets a fresh budget each time (and the store a new
     /// key): use it only for a header the client cannot choose freely (one
-    /// a trusted proxy sets), and [`header_validated`](Key::header_validated)
-    /// for API keys.
+    /// a trusted proxy sets), and [`header_validated`](ClientKey::header_validated)
+    /// for API keys. (For idempotency keys that is fine: a made-up value
+    /// only scopes the client's own keys.)
     ///
-    /// # Panics
-    ///
-    /// When `name` is not a header name (any case is accepted).
+    /// Any case is accepted; a name that is not a header name is a
+    /// `Config` error from the layer's `build()`.
     pub fn header(name: &'static str) -> Self {
-        Key {
-            kind: Kind::Header(header_name("Key::header", name)),
+        ClientKey {
+            kind: match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(header) => Kind::Header(header),
+                Err(_) => Kind::Invalid("ClientKey::header", name),
+            },
         }
     }
 
     /// The value of a request header when `known` says it is one the
     /// application knows (an issued API key); an unknown value counts as
-    /// no header, so [`or`](Key::or) falls through to the next key (the
+    /// no header, so [`or`](ClientKey::or) falls through to the next key (the
     /// client's address, say). A client inventing a value per request is
     /// then still counted by its address, and the store holds one key per
     /// known value, not one per invented one. Counted under a SHA-256
-    /// digest of the value, like [`header`](Key::header).
+    /// digest of the value, like [`header`](ClientKey::header).
     ///
     /// `known` gets the value as text (a value that is not visible ASCII
     /// is never known) and answers with a future, like
-    /// [`custom`](Key::custom)'s function: `std::future::ready(..)` for a
+    /// [`custom`](ClientKey::custom)'s function: `std::future::ready(..)` for a
     /// lookup in memory, an `async` block for one elsewhere (keep it
     /// cheap: it runs on every request the rule applies to).
     ///
     /// ```
     /// use std::collections::HashSet;
     /// use std::sync::Arc;
-    /// use redis_layers::rate_limit::{Key, Policy, Rule};
+    /// use redis_layers::rate_limit::{Policy, Rule};
+    /// use redis_layers::ClientKey;
     ///
     /// let issued: Arc<HashSet<String>> = Arc::new(["k-1".into(), "k-2".into()].into());
     /// let api = Rule::prefix("/api/")
     ///     .key(
-    ///         Key::header_validated("x-api-key", move |key: &str| {
+    ///         ClientKey::header_validated("x-api-key", move |key: &str| {
     ///             std::future::ready(issued.contains(key))
     ///         })
-    ///         .or(Key::client_ip()),
+    ///         .or(ClientKey::client_ip()),
     ///     )
     ///     .policy(Policy::per_second(10).named("api"));
     /// # let _ = api;
     /// ```
     ///
-    /// # Panics
-    ///
-    /// When `name` is not a header name (any case is accepted).
+    /// A name that is not a header name is a `Config` error from the
+    /// layer's `build()`, as for [`header`](ClientKey::header).
     pub fn header_validated<F, Fut>(name: &'static str, known: F) -> Self
     where
         F: Fn(&str) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = bool> + Send + 'static,
     {
-        Key {
-            kind: Kind::ValidatedHeader(
-                header_name("Key::header_validated", name),
-                Arc::new(move |value| Box::pin(known(value))),
-            ),
+        ClientKey {
+            kind: match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(header) => {
+                    Kind::ValidatedHeader(header, Arc::new(move |value| Box::pin(known(value))))
+                }
+                Err(_) => Kind::Invalid("ClientKey::header_validated", name),
+            },
         }
     }
 
     /// One key for every request: a limit on the route as a whole.
     pub fn global() -> Self {
-        Key { kind: Kind::Global }
+        ClientKey { kind: Kind::Global }
     }
 
     /// The user the request's session is bound to (`Session::set_user`);
@@ -170,7 +192,7 @@ impl Key {
     /// outside this layer. Nothing for anonymous sessions, or without a
     /// session layer.
     pub fn session_user() -> Self {
-        Key {
+        ClientKey {
             kind: Kind::SessionUser,
         }
     }
@@ -182,17 +204,78 @@ impl Key {
         F: Fn(&Parts) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Option<String>> + Send + 'static,
     {
-        Key {
+        ClientKey {
             kind: Kind::Custom(Arc::new(move |parts| Box::pin(f(parts)))),
         }
     }
 
     /// This key, or `other` when this one yields nothing.
     #[must_use]
-    pub fn or(self, other: Key) -> Self {
-        Key {
+    pub fn or(self, other: ClientKey) -> Self {
+        ClientKey {
             kind: Kind::Either(Box::new(self), Box::new(other)),
         }
+    }
+
+    /// Checks what the constructors could not: every header name is one.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        match &self.kind {
+            Kind::Invalid(from, name) => Err(format!("{from}: {name:?} is not a header name")),
+            Kind::Either(a, b) => {
+                a.validate()?;
+                b.validate()
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this key (or one it falls back to) is a client address.
+    pub(crate) fn uses_address(&self) -> bool {
+        match &self.kind {
+            Kind::PeerIp | Kind::ClientIp => true,
+            Kind::Either(a, b) => a.uses_address() || b.uses_address(),
+            _ => false,
+        }
+    }
+
+    /// Who the request comes from, by a key that is not an address (see
+    /// [`uses_address`](Self::uses_address); an address finds nothing
+    /// here): the kind and the value as the request gave it, for a layer
+    /// that digests them itself.
+    pub(crate) fn identify<'a>(
+        &'a self,
+        parts: &'a Parts,
+    ) -> Pin<Box<dyn Future<Output = Option<Identity>> + Send + 'a>> {
+        Box::pin(async move {
+            match &self.kind {
+                Kind::Global => Some(Identity::Global),
+                Kind::Header(name) => parts
+                    .headers
+                    .get(name)
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+                    .map(Identity::Header),
+                Kind::ValidatedHeader(name, known) => {
+                    let value = parts.headers.get(name)?;
+                    let text = value.to_str().ok()?;
+                    if text.is_empty() || !known(text).await {
+                        return None;
+                    }
+                    Some(Identity::Header(value.clone()))
+                }
+                Kind::SessionUser => {
+                    let session = RequestSession::of(&parts.extensions)?;
+                    let user = session.user().await.ok()??;
+                    Some(Identity::User(user))
+                }
+                Kind::Custom(f) => f(parts).await.map(Identity::Custom),
+                Kind::Either(a, b) => match a.identify(parts).await {
+                    Some(found) => Some(found),
+                    None => b.identify(parts).await,
+                },
+                Kind::PeerIp | Kind::ClientIp | Kind::Invalid(..) => None,
+            }
+        })
     }
 
     /// Appends the key to `out` if it can be found without an `.await`:
@@ -233,6 +316,8 @@ impl Key {
             }
             Kind::SessionUser => Err(()),
             Kind::Custom(_) | Kind::ValidatedHeader(..) => Err(()),
+            // Refused by `build()`.
+            Kind::Invalid(..) => Ok(false),
         }
     }
 
@@ -274,12 +359,12 @@ impl Key {
     }
 }
 
-/// `name` as a header name; panics naming `from` when it is not one.
-fn header_name(from: &str, name: &'static str) -> HeaderName {
-    match HeaderName::from_bytes(name.as_bytes()) {
-        Ok(name) => name,
-        Err(_) => panic!("{from}: {name:?} is not a header name"),
-    }
+/// Who a request comes from, as [`ClientKey::identify`] finds it.
+pub(crate) enum Identity {
+    Global,
+    Header(http::HeaderValue),
+    User(String),
+    Custom(String),
 }
 
 /// Appends `hdr:` and a hex SHA-256 prefix of the header's value (the
@@ -349,7 +434,7 @@ impl IpRules {
         {
             tracing::warn!(
                 "rate limit: a request has no peer address (no axum ConnectInfo, no SocketAddr \
-                 extension), so Key::client_ip() and Key::peer_ip() cannot tell clients apart: \
+                 extension), so ClientKey::client_ip() and ClientKey::peer_ip() cannot tell clients apart: \
                  every such request is counted under one shared key (or, with \
                  MissingKey::Skip, not limited at all). Serve the app with \
                  into_make_service_with_connect_info::<SocketAddr>() (hyper: insert the \
@@ -389,7 +474,7 @@ impl IpRules {
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 
-    /// The client's address (see [`Key::client_ip`]).
+    /// The client's address (see [`ClientKey::client_ip`]).
     fn client(&self, parts: &Parts) -> Option<IpAddr> {
         let peer = peer(parts)?;
         if !self.is_trusted(peer) {
@@ -498,13 +583,78 @@ mod tests {
         }
     }
 
-    fn now(key: &Key, p: &Parts, r: &IpRules) -> Option<String> {
+    fn now(key: &ClientKey, p: &Parts, r: &IpRules) -> Option<String> {
         let mut out = String::new();
         key.find_now(p, r, &mut out).unwrap().then_some(out)
     }
 
     fn client(p: &Parts, r: &IpRules) -> Option<String> {
-        now(&Key::client_ip(), p, r)
+        now(&ClientKey::client_ip(), p, r)
+    }
+
+    #[test]
+    fn a_bad_header_name_is_a_build_error_not_a_panic() {
+        let bad = ClientKey::header("x api key").or(ClientKey::client_ip());
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            "ClientKey::header: \"x api key\" is not a header name"
+        );
+        let known = |_: &str| std::future::ready(true);
+        let bad = ClientKey::global().or(ClientKey::header_validated("x:y", known));
+        assert!(bad.validate().unwrap_err().contains("header_validated"));
+        assert!(ClientKey::header("X-Api-Key").validate().is_ok());
+        // Found by no request meanwhile.
+        let r = rules(&[]);
+        let p = parts("192.0.2.1:1", &[]);
+        assert_eq!(now(&ClientKey::header("x api key"), &p, &r), None);
+    }
+
+    #[test]
+    fn address_keys_are_told_apart_from_the_others() {
+        assert!(ClientKey::peer_ip().uses_address());
+        assert!(ClientKey::header("x-a")
+            .or(ClientKey::client_ip())
+            .uses_address());
+        assert!(!ClientKey::header("x-a")
+            .or(ClientKey::session_user())
+            .uses_address());
+        assert!(!ClientKey::global().uses_address());
+    }
+
+    #[tokio::test]
+    async fn identify_gives_the_kind_and_the_raw_value() {
+        let p = parts("192.0.2.1:1", &[("x-a", "acme"), ("x-b", "issued")]);
+        let id = |key: ClientKey| {
+            let p = &p;
+            async move {
+                match key.identify(p).await {
+                    Some(Identity::Header(v)) => format!("hdr {}", v.to_str().unwrap()),
+                    Some(Identity::User(u)) => format!("user {u}"),
+                    Some(Identity::Custom(c)) => format!("fn {c}"),
+                    Some(Identity::Global) => "global".to_owned(),
+                    None => "none".to_owned(),
+                }
+            }
+        };
+        assert_eq!(id(ClientKey::header("x-a")).await, "hdr acme");
+        assert_eq!(id(ClientKey::header("x-missing")).await, "none");
+        let issued = |v: &str| std::future::ready(v == "issued");
+        assert_eq!(id(ClientKey::header_validated("x-a", issued)).await, "none");
+        assert_eq!(
+            id(ClientKey::header_validated("x-b", issued)).await,
+            "hdr issued"
+        );
+        let custom =
+            ClientKey::custom(|p: &Parts| std::future::ready(Some(p.uri.path().to_owned())));
+        assert_eq!(id(custom).await, "fn /");
+        assert_eq!(
+            id(ClientKey::session_user()).await,
+            "none",
+            "no session layer"
+        );
+        let fallback = ClientKey::header("x-missing").or(ClientKey::global());
+        assert_eq!(id(fallback).await, "global");
+        assert_eq!(id(ClientKey::client_ip()).await, "none", "refused at build");
     }
 
     #[test]
@@ -595,11 +745,12 @@ mod tests {
     #[tokio::test]
     async fn validated_header_keys_count_only_known_values() {
         let r = rules(&[]);
-        let key = Key::header_validated("x-api-key", |v: &str| std::future::ready(v == "known"))
-            .or(Key::peer_ip());
-        // A known value is keyed as `Key::header` keys it.
+        let key =
+            ClientKey::header_validated("x-api-key", |v: &str| std::future::ready(v == "known"))
+                .or(ClientKey::peer_ip());
+        // A known value is keyed as `ClientKey::header` keys it.
         let p = parts("192.0.2.1:1", &[("x-api-key", "known")]);
-        let plain = now(&Key::header("x-api-key"), &p, &r);
+        let plain = now(&ClientKey::header("x-api-key"), &p, &r);
         assert!(plain.is_some());
         assert_eq!(key.find(&p, &r).await, plain);
         // Anything else is the fallback.
@@ -621,17 +772,17 @@ mod tests {
     #[test]
     fn header_keys_hide_the_value_and_fall_back() {
         let r = rules(&[]);
-        let key = Key::header("x-api-key").or(Key::peer_ip());
+        let key = ClientKey::header("x-api-key").or(ClientKey::peer_ip());
         let p = parts("192.0.2.1:1", &[("x-api-key", "secret-token")]);
         let k = now(&key, &p, &r).unwrap();
         assert!(k.starts_with("hdr:") && !k.contains("secret"), "{k}");
         // The name in any case.
-        let upper = Key::header("X-Api-Key").or(Key::peer_ip());
+        let upper = ClientKey::header("X-Api-Key").or(ClientKey::peer_ip());
         assert_eq!(now(&upper, &p, &r).as_deref(), Some(k.as_str()));
         let p = parts("192.0.2.1:1", &[]);
         assert_eq!(now(&key, &p, &r).as_deref(), Some("ip:192.0.2.1"));
         // No peer address at all: nothing.
         let (bare, ()) = http::Request::new(()).into_parts();
-        assert_eq!(now(&Key::peer_ip(), &bare, &r), None);
+        assert_eq!(now(&ClientKey::peer_ip(), &bare, &r), None);
     }
 }
