@@ -91,21 +91,27 @@ impl ClientKey {
     /// [`SocketAddr`] request extension (hyper). Forwarding headers are
     /// ignored. IPv6 addresses are grouped by the layer's
     /// [`ipv6_prefix`](crate::rate_limit::RateLimitLayerBuilder::ipv6_prefix). A
-    /// request without either has no address: see the module docs' "Client
-    /// addresses" (the layer warns once).
+    /// request without either has no address: see the rate limiter's
+    /// module docs, "Client addresses" (the layer warns once). Not an
+    /// idempotency scope (see [`client_ip`](Self::client_ip)).
     pub fn peer_ip() -> Self {
         ClientKey { kind: Kind::PeerIp }
     }
 
     /// The client's address as the layer's
     /// [`trusted_proxies`](crate::rate_limit::RateLimitLayerBuilder::trusted_proxies)
-    /// saw it (the default key): the peer's address, unless the peer is a
+    /// saw it (the rate limiter's default key): the peer's address, unless the peer is a
     /// trusted proxy; then the rightmost address that is not a trusted
     /// proxy in the configured
     /// [`forwarded_header`](crate::rate_limit::RateLimitLayerBuilder::forwarded_header)
     /// (`X-Forwarded-For` unless set; the other header is never read).
     /// Forwarding headers from an untrusted peer are ignored, so a client
     /// cannot choose its key by sending them.
+    ///
+    /// Not an idempotency scope: the idempotency layer's `build()` refuses
+    /// an address (alone or in an [`or`](Self::or) chain), since every
+    /// client behind one proxy or NAT would share, and replay, each
+    /// other's responses.
     pub fn client_ip() -> Self {
         ClientKey {
             kind: Kind::ClientIp,
@@ -182,7 +188,10 @@ impl ClientKey {
         }
     }
 
-    /// One key for every request: a limit on the route as a whole.
+    /// One key for every request. For the rate limiter, a limit on the
+    /// route as a whole. As an idempotency scope, any client can replay
+    /// any other's response by sending its key: only for routes without
+    /// callers to tell apart.
     pub fn global() -> Self {
         ClientKey { kind: Kind::Global }
     }
@@ -197,8 +206,10 @@ impl ClientKey {
         }
     }
 
-    /// Your own function of the request's head; `None` when it cannot
-    /// tell.
+    /// Your own function of the request's head, answering with a future
+    /// (`std::future::ready(..)` when it needs no `.await`); `None` when it
+    /// cannot tell. The value is stored in clear in rate-limit keys: return
+    /// a digest when it is a credential.
     pub fn custom<F, Fut>(f: F) -> Self
     where
         F: Fn(&Parts) -> Fut + Send + Sync + 'static,
@@ -229,6 +240,11 @@ impl ClientKey {
         }
     }
 
+    /// Whether this key falls back to others ([`or`](Self::or)).
+    pub(crate) fn is_chain(&self) -> bool {
+        matches!(self.kind, Kind::Either(..))
+    }
+
     /// Whether this key (or one it falls back to) is a client address.
     pub(crate) fn uses_address(&self) -> bool {
         match &self.kind {
@@ -253,15 +269,14 @@ impl ClientKey {
                     .headers
                     .get(name)
                     .filter(|v| !v.is_empty())
-                    .cloned()
-                    .map(Identity::Header),
+                    .map(|value| Identity::Header(name.clone(), value.clone())),
                 Kind::ValidatedHeader(name, known) => {
                     let value = parts.headers.get(name)?;
                     let text = value.to_str().ok()?;
                     if text.is_empty() || !known(text).await {
                         return None;
                     }
-                    Some(Identity::Header(value.clone()))
+                    Some(Identity::Header(name.clone(), value.clone()))
                 }
                 Kind::SessionUser => {
                     let session = RequestSession::of(&parts.extensions)?;
@@ -362,7 +377,8 @@ impl ClientKey {
 /// Who a request comes from, as [`ClientKey::identify`] finds it.
 pub(crate) enum Identity {
     Global,
-    Header(http::HeaderValue),
+    /// The header's name and its (non-empty) value.
+    Header(HeaderName, http::HeaderValue),
     User(String),
     Custom(String),
 }
@@ -628,7 +644,7 @@ mod tests {
             let p = &p;
             async move {
                 match key.identify(p).await {
-                    Some(Identity::Header(v)) => format!("hdr {}", v.to_str().unwrap()),
+                    Some(Identity::Header(n, v)) => format!("hdr {n} {}", v.to_str().unwrap()),
                     Some(Identity::User(u)) => format!("user {u}"),
                     Some(Identity::Custom(c)) => format!("fn {c}"),
                     Some(Identity::Global) => "global".to_owned(),
@@ -636,13 +652,13 @@ mod tests {
                 }
             }
         };
-        assert_eq!(id(ClientKey::header("x-a")).await, "hdr acme");
+        assert_eq!(id(ClientKey::header("x-a")).await, "hdr x-a acme");
         assert_eq!(id(ClientKey::header("x-missing")).await, "none");
         let issued = |v: &str| std::future::ready(v == "issued");
         assert_eq!(id(ClientKey::header_validated("x-a", issued)).await, "none");
         assert_eq!(
             id(ClientKey::header_validated("x-b", issued)).await,
-            "hdr issued"
+            "hdr x-b issued"
         );
         let custom =
             ClientKey::custom(|p: &Parts| std::future::ready(Some(p.uri.path().to_owned())));

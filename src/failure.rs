@@ -14,7 +14,7 @@
 /// | rate limit | `RateLimitLayerBuilder::on_store_error`, per rule `Rule::on_store_error` | open | the request goes through, uncounted | the store-failure problem |
 /// | cache | `CacheLayerBuilder::on_store_error` | open | the handler answers, nothing stored (`Cache-Status: ...; detail=store-error`) | the store-failure problem instead of the handler (for an origin that only stands up behind its cache) |
 /// | idempotency | `IdempotencyLayerBuilder::on_store_error` | closed | the handler runs unprotected: a retry runs it again, nothing is kept for replay | the store-failure problem: never a request without its claim |
-/// | lock | `LockLayerBuilder::on_store_error` | closed | the handler runs without the lock | the store-failure problem: never a handler without its lock |
+/// | lock | `LockLayerBuilder::on_store_error` | closed | the handler runs without the lock (a session store failure while finding a `session_user` resource still refuses) | the store-failure problem: never a handler without its lock |
 ///
 /// Every layer's store-failure answer can be restyled with its builder's
 /// `on_refusal` ([`Refusal`](crate::Refusal), kind

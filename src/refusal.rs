@@ -116,7 +116,10 @@ pub struct Refusal<'a> {
 }
 
 impl<'a> Refusal<'a> {
-    pub(crate) fn new(layer: &'static str, kind: RefusalKind, problem: Problem) -> Self {
+    /// A refusal by `layer` (its span's name: `"session"`, ...), of
+    /// `kind`, whose default answer is `problem`: for testing a hook, or a
+    /// layer of your own that answers as these do.
+    pub fn new(layer: &'static str, kind: RefusalKind, problem: Problem) -> Self {
         Refusal {
             layer,
             kind,
@@ -126,7 +129,10 @@ impl<'a> Refusal<'a> {
         }
     }
 
-    pub(crate) fn retrying_after(mut self, wait: Duration) -> Self {
+    /// The time after which the client may try again (sent as
+    /// `Retry-After`).
+    #[must_use]
+    pub fn retrying_after(mut self, wait: Duration) -> Self {
         self.retry_after = Some(wait);
         self
     }

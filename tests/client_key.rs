@@ -9,14 +9,12 @@ use axum::body::Body;
 use axum::routing::post;
 use axum::Router;
 use http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use redis_layers::idempotency::{IdempotencyLayer, Scope};
 use redis_layers::lock::{LockKey, LockLayer};
 use redis_layers::memory::MemoryBackend;
 use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, Rule};
 use redis_layers::{ClientKey, ErrorKind};
 use support::TestBackend;
-use tower::ServiceExt;
 
 #[test]
 fn a_bad_header_name_is_a_build_error_in_every_layer() {
@@ -81,14 +79,8 @@ async fn post_order(
     if let Some(key) = api_key {
         req = req.header("x-api-key", key);
     }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::from(body)).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let r = support::reply::send(app, req.body(Body::from(body)).unwrap()).await;
+    (r.status, r.body)
 }
 
 support::both_backends! { TestBackend::new;

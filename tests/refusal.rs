@@ -14,14 +14,13 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use http::{header, request, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use redis_layers::idempotency::{IdempotencyLayer, Scope};
 use redis_layers::lock::{LockKey, LockLayer};
 use redis_layers::rate_limit::{Policy, RateLimitLayer};
 use redis_layers::session::{Session, SessionError, SessionLayer};
 use redis_layers::{FailurePolicy, Refusal, RefusalKind};
+use support::reply::{send, Reply};
 use support::TestBackend;
-use tower::ServiceExt;
 
 /// What the hook saw: the layer, the kind, the request's method and path,
 /// and the default status.
@@ -55,24 +54,6 @@ fn hook(
             "text/html; charset=utf-8".parse().unwrap(),
         );
         res
-    }
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-async fn send(app: &Router, req: Request<Body>) -> Reply {
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
 
@@ -204,7 +185,7 @@ support::both_backends! { TestBackend::new;
             })
             .build()
             .unwrap();
-        let app = Router::new().route("/page", get(|| async { "page" })).layer(layer);
+        let app = Router::new().route("/page", get(|| async { "page" })).layer(layer.clone());
         let req = || {
             let mut req = Request::get("/page").body(Body::empty()).unwrap();
             req.extensions_mut()
@@ -221,6 +202,7 @@ support::both_backends! { TestBackend::new;
             let fields = r.headers["ratelimit"].to_str().unwrap();
             assert!(fields.starts_with("\"pages\";r=0;t="), "{fields}");
         }
+        assert_eq!(layer.stats().denied_locally, 1, "the second from the deny cache");
         let seen = kinds(&seen);
         assert_eq!(seen.len(), 2, "{seen:?}");
         for (layer, kind, request, status) in seen {
@@ -349,6 +331,11 @@ async fn store_failures_reach_the_hook_in_every_layer() {
         "the handler's SessionError, restyled: {}",
         r.body
     );
+    // A write without a read: the layer's own save fails, after the
+    // handler answered.
+    let r = send(&sessions, with_cookie("POST", "/set", &cookie)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(is_page(&r), "the failed save, restyled: {}", r.body);
     let mut req = Request::get("/page").body(Body::empty()).unwrap();
     req.extensions_mut()
         .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
@@ -370,6 +357,7 @@ async fn store_failures_reach_the_hook_in_every_layer() {
     assert_eq!(
         seen,
         [
+            ("session", RefusalKind::StoreFailure, unavailable),
             ("session", RefusalKind::StoreFailure, unavailable),
             ("rate_limit", RefusalKind::StoreFailure, unavailable),
             ("idempotency", RefusalKind::StoreFailure, unavailable),
@@ -409,6 +397,15 @@ async fn the_cache_fails_closed_and_idempotency_and_locks_fail_open_when_told() 
             .unwrap(),
     );
     let open_cache = page().layer(CacheLayer::builder(fx.backend.clone()).build().unwrap());
+    // Failing closed, a request that would not read the store (no-cache,
+    // honoured) still goes to the handler.
+    let honouring_cache = page().layer(
+        CacheLayer::builder(fx.backend.clone())
+            .on_store_error(FailurePolicy::Closed)
+            .request_directives(redis_layers::cache::RequestDirectives::Honour)
+            .build()
+            .unwrap(),
+    );
     // A cache that knows its generation (asked before the outage) fails
     // at the lookup itself.
     let warm_cache = page().layer(
@@ -457,6 +454,16 @@ async fn the_cache_fails_closed_and_idempotency_and_locks_fail_open_when_told() 
     assert!(status.ends_with("fwd=miss; detail=store-error"), "{status}");
     let r = send(&open_cache, get_page()).await;
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "page"));
+    let no_cache = Request::get("http://shop.test/page")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::empty())
+        .unwrap();
+    let r = send(&honouring_cache, no_cache).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "page"));
+    assert_eq!(
+        send(&honouring_cache, get_page()).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     let r = send(&warm_cache, get_page()).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers[header::CONTENT_TYPE], "application/problem+json");

@@ -15,7 +15,6 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
-use super::body::{CacheBody, Copy};
 use super::directives::Directives;
 use super::flight::Role;
 use super::layer::{Config, Purger, CACHE_STATUS};
@@ -23,6 +22,7 @@ use super::layout::{hash, hash_hex, Entry, MUST_REVALIDATE, NO_CACHE};
 use super::local::{Copied, ThreadCopy, MAX_LINE};
 use super::policy::{self, Unusable};
 use super::store::Fill;
+use crate::body::{ResponseBody, Tap};
 use crate::error::Error;
 use crate::request_session::RequestSession;
 
@@ -181,7 +181,7 @@ pub(crate) enum Local<B> {
 pub(crate) fn answer_locally<B, ResBody>(
     config: &Config,
     req: &Request<B>,
-) -> Local<CacheBody<ResBody>> {
+) -> Local<ResponseBody<ResBody>> {
     let Some(local) = &config.local else {
         return Local::Unknown;
     };
@@ -221,7 +221,7 @@ fn copy_answer<B, ResBody>(
     req: &Request<B>,
     directives: &Directives,
     now: u64,
-) -> Option<Response<CacheBody<ResBody>>> {
+) -> Option<Response<ResponseBody<ResBody>>> {
     let entry = &*copy.entry;
     if entry.vary_hash != vary_hash(&entry.vary, req.headers()) {
         return None;
@@ -241,7 +241,7 @@ fn answer_copy<B, ResBody>(
     req: &Request<B>,
     age: u64,
     detail: &'static str,
-) -> Response<CacheBody<ResBody>> {
+) -> Response<ResponseBody<ResBody>> {
     let entry = &*copy.entry;
     let ttl = ttl_secs(entry, age);
     if req.headers().contains_key(header::IF_NONE_MATCH)
@@ -261,7 +261,7 @@ fn answer_copy<B, ResBody>(
     } else {
         body
     };
-    let mut res = Response::new(CacheBody::full(body));
+    let mut res = Response::new(ResponseBody::full(body));
     *res.status_mut() = status;
     *res.headers_mut() = headers;
     res
@@ -322,7 +322,7 @@ fn answer_read<B, ResBody>(
     req: &Request<B>,
     age: u64,
     detail: &'static str,
-) -> Response<CacheBody<ResBody>> {
+) -> Response<ResponseBody<ResBody>> {
     // The prepared fields end `Cache-Status` without a detail: an
     // answer with one (a collapsed wait's) is built on its own.
     let answer = detail.is_empty().then(|| {
@@ -347,7 +347,7 @@ fn local_answer<B, ResBody>(
     req: &Request<B>,
     directives: &Directives,
     now: SystemTime,
-) -> Option<Response<CacheBody<ResBody>>> {
+) -> Option<Response<ResponseBody<ResBody>>> {
     if entry.vary_hash != vary_hash(&entry.vary, req.headers()) {
         return None;
     }
@@ -522,7 +522,7 @@ pub(crate) async fn read<S, ReqBody, ResBody>(
     mut inner: S,
     mut req: Request<ReqBody>,
     looked: bool,
-) -> Result<Response<CacheBody<ResBody>>, S::Error>
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -540,7 +540,14 @@ where
     };
     let generation = match generation {
         Ok(generation) => generation,
-        Err(e) if config.failure == crate::FailurePolicy::Closed => {
+        // Failing closed, only a request that would have looked the store
+        // up is refused (one with a session, or `no-cache` where honoured,
+        // goes to the handler as it always does).
+        Err(e)
+            if config.failure == crate::FailurePolicy::Closed
+                && !SessionProbe::of(&req).personal()
+                && !Directives::of_request(req.headers(), config.request_directives).no_cache =>
+        {
             return Ok(refuse(&config, req, &e));
         }
         Err(e) => {
@@ -555,7 +562,7 @@ where
                 // Tags are the cache's business, stored or not.
                 take_tags(&mut head.headers, &config.tag_header);
                 Ok(with_status(
-                    Response::from_parts(head, CacheBody::inner(body, None)),
+                    Response::from_parts(head, ResponseBody::inner(body)),
                     &config.name,
                     "fwd=miss; detail=store-error",
                 ))
@@ -613,7 +620,7 @@ fn refuse<ReqBody, B>(
     config: &Config,
     req: Request<ReqBody>,
     e: &crate::Error,
-) -> Response<CacheBody<B>> {
+) -> Response<ResponseBody<B>> {
     config
         .failures
         .failed(e, "refusing the request (fail-closed)", true);
@@ -622,7 +629,7 @@ fn refuse<ReqBody, B>(
     let refusal = crate::Refusal::new("cache", crate::RefusalKind::StoreFailure, problem);
     let res = config.on_refusal.answer(&parts, &refusal);
     with_status(
-        res.map(CacheBody::full),
+        res.map(ResponseBody::full),
         &config.name,
         "fwd=miss; detail=store-error",
     )
@@ -638,7 +645,7 @@ async fn read_on<S, ReqBody, ResBody>(
     directives: Directives,
     session: SessionProbe,
     mut first: Option<Found>,
-) -> Result<Response<CacheBody<ResBody>>, S::Error>
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -742,7 +749,7 @@ where
     }
     if directives.only_if_cached {
         // RFC 9111 §5.2.1.7: nothing usable stored, so 504.
-        let mut res = Response::new(CacheBody::full(Bytes::new()));
+        let mut res = Response::new(ResponseBody::full(Bytes::new()));
         *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
         res.headers_mut().insert(
             CACHE_STATUS,
@@ -948,7 +955,7 @@ where
             take_tags(&mut head.headers, &config.tag_header);
             let params = format!("fwd={fwd}; fwd-status={}", head.status.as_u16());
             Ok(with_status(
-                Response::from_parts(head, CacheBody::inner(body, None)),
+                Response::from_parts(head, ResponseBody::inner(body)),
                 &config.name,
                 &params,
             ))
@@ -1256,7 +1263,7 @@ async fn wait_fill<ResBody>(
     method: &Method,
     directives: &Directives,
     since: u64,
-) -> Option<Response<CacheBody<ResBody>>> {
+) -> Option<Response<ResponseBody<ResBody>>> {
     let until = tokio::time::Instant::now() + config.coalesce_wait;
     while tokio::time::Instant::now() < until {
         tokio::time::sleep(FILL_POLL).await;
@@ -1331,7 +1338,7 @@ fn settle_now<ResBody>(
     may_store: bool,
     fwd: &str,
     waiting: Waiting,
-) -> (Response<CacheBody<ResBody>>, String)
+) -> (Response<ResponseBody<ResBody>>, String)
 where
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
@@ -1344,7 +1351,7 @@ where
         if let Some((entry, ttl)) = plan(config, request_headers, &head, tags) {
             let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
             let config = config.clone();
-            copy = Some(Copy::new(config.max_body, hint, move |body| {
+            copy = Some(Tap::new(config.max_body, hint, move |body| {
                 write_entry(config, key, Entry { body, ..entry }, ttl, waiting);
             }));
             stored = "; stored";
@@ -1352,7 +1359,7 @@ where
     }
     let params = format!("fwd={fwd}; fwd-status={}{stored}", head.status.as_u16());
     (
-        Response::from_parts(head, CacheBody::inner(body, copy)),
+        Response::from_parts(head, ResponseBody::tapped(body, copy)),
         params,
     )
 }
@@ -1521,7 +1528,7 @@ fn respond_stored<ReqBody, ResBody>(
     age: u64,
     req: &Request<ReqBody>,
     params: &[&str],
-) -> Response<CacheBody<ResBody>> {
+) -> Response<ResponseBody<ResBody>> {
     respond_stored_to(config, entry, age, req.headers(), req.method(), params)
 }
 
@@ -1534,7 +1541,7 @@ fn respond_stored_to<ResBody>(
     request: &HeaderMap,
     method: &Method,
     params: &[&str],
-) -> Response<CacheBody<ResBody>> {
+) -> Response<ResponseBody<ResBody>> {
     // RFC 9110 §13.2.1: preconditions apply to a 2xx answer only.
     let not_modified = entry.status.is_success()
         && match request.typed_get::<IfNoneMatch>() {
@@ -1565,7 +1572,7 @@ fn respond_stored_to<ResBody>(
                 headers.append(name.clone(), value.clone());
             }
         }
-        let mut res = Response::new(CacheBody::full(Bytes::new()));
+        let mut res = Response::new(ResponseBody::full(Bytes::new()));
         *res.status_mut() = StatusCode::NOT_MODIFIED;
         *res.headers_mut() = headers;
         res.into_parts()
@@ -1582,7 +1589,7 @@ fn respond_stored_to<ResBody>(
         } else {
             body
         };
-        let mut res = Response::new(CacheBody::full(body));
+        let mut res = Response::new(ResponseBody::full(body));
         *res.status_mut() = status;
         *res.headers_mut() = headers;
         res.into_parts()
@@ -1666,7 +1673,7 @@ pub(crate) async fn write<S, ReqBody, ResBody>(
     config: Arc<Config>,
     mut inner: S,
     req: Request<ReqBody>,
-) -> Result<Response<CacheBody<ResBody>>, S::Error>
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
@@ -1698,7 +1705,7 @@ where
             .run(id, || invalidate(&config, &targets, &headers))
             .await;
     }
-    Ok(Response::from_parts(head, CacheBody::inner(body, None)))
+    Ok(Response::from_parts(head, ResponseBody::inner(body)))
 }
 
 /// Removes the entries of `targets` (under the store's generation, and

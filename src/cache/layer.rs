@@ -15,7 +15,6 @@ use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::body::CacheBody;
 use super::directives::RequestDirectives;
 use super::flight::{Flights, Invalidations, Refreshing};
 use super::flow;
@@ -23,6 +22,7 @@ use super::generation::Generation;
 use super::local::LocalTier;
 use super::policy::Settings;
 use super::store::{CacheStore, Store};
+use crate::body::ResponseBody;
 use crate::error::{Error, ErrorKind};
 
 /// The most a response body may weigh to be stored, by default: 1 MiB.
@@ -536,7 +536,7 @@ where
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
-    type Response = Response<CacheBody<ResBody>>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<Self::Response, S::Error>;
 
@@ -589,7 +589,7 @@ where
                 ResponseFuture::from_box(trace.boxed(async move {
                     let (mut head, body) = future.await?.into_parts();
                     flow::take_tags(&mut head.headers, &config.tag_header);
-                    let mut res = Response::from_parts(head, CacheBody::inner(body, None));
+                    let mut res = Response::from_parts(head, ResponseBody::inner(body));
                     if !known_host {
                         res = flow::with_status(res, &config.name, "fwd=bypass; detail=host");
                     }

@@ -241,10 +241,12 @@
 //!
 //! # Failures
 //!
-//! The cache never turns a working handler into an error: when the store
-//! fails (down, or slower than its deadline) the request goes to the
-//! handler (`Cache-Status: ...; fwd=miss; detail=store-error`), and a
-//! failed write or invalidation is logged. Such a response is not stored:
+//! By default the cache never turns a working handler into an error: when
+//! the store fails (down, or slower than its deadline) the request goes to
+//! the handler (`Cache-Status: ...; fwd=miss; detail=store-error`), and a
+//! failed write or invalidation is logged. (An origin that only stands up
+//! behind its cache can have a failed lookup answered with 503 instead:
+//! [`on_store_error`](CacheLayerBuilder::on_store_error)`(Closed)`.) Such a response is not stored:
 //! its write could land once a paused Redis resumes, and a handler that
 //! shares the store may have made a degraded page meanwhile (a default
 //! price). Tags never reach the client, whatever failed.
@@ -299,7 +301,6 @@
 //! (up to 64, of at most 16 KiB stored): a read that returns the same bytes
 //! again reuses their decoded form and prepared header fields.
 
-mod body;
 mod directives;
 mod flight;
 mod flow;
@@ -310,7 +311,13 @@ mod local;
 mod policy;
 pub mod store;
 
-pub use body::CacheBody;
+/// The old name of the cache's response body, now every layer's
+/// [`ResponseBody`](crate::ResponseBody).
+#[deprecated(
+    since = "0.2.0",
+    note = "the cache's body is `redis_layers::ResponseBody`"
+)]
+pub type CacheBody<B> = crate::ResponseBody<B>;
 pub use directives::RequestDirectives;
 pub use layer::{
     CacheLayer, CacheLayerBuilder, CacheService, Purger, ResponseFuture, DEFAULT_COALESCE_WAIT,

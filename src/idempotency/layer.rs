@@ -132,14 +132,22 @@ impl Fence {
 
 /// One request's scope, as parts of the record key's digest: the kind
 /// (which keeps a header value from meeting an equal user id) and the
-/// value. (The same bytes as before scopes were [`ClientKey`]s, so records
-/// written by an earlier version are found.)
-fn scope_parts(identity: &Identity) -> [&[u8]; 2] {
+/// value. A scope that falls back from one header to another (`chained`)
+/// names the header too, so a value sent in the second never meets an
+/// equal one of the first. (A single scope digests the same bytes as
+/// before scopes were [`ClientKey`]s, so records written by an earlier
+/// version are found.)
+fn scope_parts(identity: &Identity, chained: bool) -> (std::borrow::Cow<'_, [u8]>, &[u8]) {
+    use std::borrow::Cow;
     match identity {
-        Identity::Global => [b"global", b""],
-        Identity::Header(value) => [b"hdr", value.as_bytes()],
-        Identity::Custom(value) => [b"fn", value.as_bytes()],
-        Identity::User(user) => [b"user", user.as_bytes()],
+        Identity::Global => (Cow::Borrowed(b"global"), b""),
+        Identity::Header(name, value) if chained => (
+            Cow::Owned(format!("hdr:{name}").into_bytes()),
+            value.as_bytes(),
+        ),
+        Identity::Header(_, value) => (Cow::Borrowed(b"hdr"), value.as_bytes()),
+        Identity::Custom(value) => (Cow::Borrowed(b"fn"), value.as_bytes()),
+        Identity::User(user) => (Cow::Borrowed(b"user"), user.as_bytes()),
     }
 }
 
@@ -636,9 +644,9 @@ where
             ));
         }
     };
-    let [kind, scope] = scope_parts(&scope);
+    let (kind, scope) = scope_parts(&scope, config.scope.is_chain());
     let key = hash_hex([
-        kind,
+        &kind[..],
         scope,
         parts.method.as_str().as_bytes(),
         route(&parts).as_bytes(),
@@ -1221,12 +1229,25 @@ mod tests {
     /// layer's first version: records written before are still found.
     #[test]
     fn scopes_digest_as_they_always_did() {
-        let header = Identity::Header(HeaderValue::from_static("acme"));
-        assert_eq!(scope_parts(&header), [&b"hdr"[..], b"acme"]);
+        let parts = |identity: &Identity, chained| {
+            let (kind, value) = scope_parts(identity, chained);
+            (kind.into_owned(), value.to_vec())
+        };
+        let name = HeaderName::from_static("x-account");
+        let header = Identity::Header(name, HeaderValue::from_static("acme"));
+        assert_eq!(parts(&header, false), (b"hdr".to_vec(), b"acme".to_vec()));
         let user = Identity::User("ivy".to_owned());
-        assert_eq!(scope_parts(&user), [&b"user"[..], b"ivy"]);
+        assert_eq!(parts(&user, false), (b"user".to_vec(), b"ivy".to_vec()));
         let custom = Identity::Custom("t-1".to_owned());
-        assert_eq!(scope_parts(&custom), [&b"fn"[..], b"t-1"]);
-        assert_eq!(scope_parts(&Identity::Global), [&b"global"[..], b""]);
+        assert_eq!(parts(&custom, false), (b"fn".to_vec(), b"t-1".to_vec()));
+        assert_eq!(
+            parts(&Identity::Global, false),
+            (b"global".to_vec(), vec![])
+        );
+        // In a chain, a header's value is kept apart from another header's.
+        assert_eq!(
+            parts(&header, true),
+            (b"hdr:x-account".to_vec(), b"acme".to_vec())
+        );
     }
 }

@@ -34,10 +34,11 @@
 //! | the key again, same request | the kept response, `Idempotent-Replayed: true` |
 //! | the key again, another method, path, query, content type or body | 422 |
 //! | the key again after a response too large to keep | 409, never a second run |
-//! | the store unreachable | 503, or 500 when Redis answered with an error (fail-closed: never run without the claim) |
+//! | the store unreachable | 503, or 500 when Redis answered with an error (fail-closed by default: never run without the claim; [`on_store_error`](IdempotencyLayerBuilder::on_store_error)`(Open)` runs the handler unprotected) |
 //!
-//! Every refusal is problem+json. The record is keyed by a hash of the
-//! scope, method, route template and key.
+//! Every refusal is problem+json unless the builder's
+//! [`on_refusal`](IdempotencyLayerBuilder::on_refusal) answers it. The
+//! record is keyed by a hash of the scope, method, route template and key.
 //!
 //! # The claim
 //!

@@ -235,24 +235,7 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
         .layer(layer)
 }
 
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-    fn cache_status(&self) -> &str {
-        self.header("cache-status").unwrap_or("")
-    }
-    fn hit(&self) -> bool {
-        self.cache_status().contains("; hit")
-    }
-}
+use support::reply::Reply;
 
 async fn send(app: &Router, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
     let mut req = Request::builder()
@@ -262,19 +245,7 @@ async fn send(app: &Router, method: &str, path: &str, headers: &[(&str, &str)]) 
     for (n, v) in headers {
         req = req.header(*n, *v);
     }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    support::reply::send(app, req.body(Body::empty()).unwrap()).await
 }
 
 async fn get(app: &Router, path: &str) -> Reply {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
@@ -167,21 +167,7 @@ pub async fn until_final(app: &Router, path: &str, key: &str, within: Duration) 
     }
 }
 
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: String,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-    pub fn problem_type(&self) -> bool {
-        self.header("content-type") == Some("application/problem+json")
-    }
-}
+pub use support::reply::Reply;
 
 pub async fn send(
     app: &Router,
@@ -194,19 +180,7 @@ pub async fn send(
     for (n, v) in headers {
         req = req.header(*n, axum::http::HeaderValue::from_bytes(v).unwrap());
     }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    support::reply::send(app, req.body(Body::from(body.to_owned())).unwrap()).await
 }
 
 /// A POST by client `who` with key `key`.
@@ -260,7 +234,7 @@ support::both_backends! { fixture;
         order(&app, "alice", "k", "tea").await;
         let r = order(&app, "alice", "k", "coffee").await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(r.problem_type());
+        assert!(r.is_problem());
         // Another content type is another request too.
         let r = send(&app, "POST", "/orders", &[("x-api-key", b"alice"), ("idempotency-key", b"k"), ("content-type", b"application/json")], "tea").await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -277,7 +251,7 @@ support::both_backends! { fixture;
         // No scope at all: refused.
         let r = send(&app, "POST", "/orders", &[("idempotency-key", b"k")], "tea").await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
-        assert!(r.problem_type());
+        assert!(r.is_problem());
         assert_eq!(fx.runs(), 2);
     }
 
@@ -287,7 +261,7 @@ support::both_backends! { fixture;
         for key in [&b""[..], b"\"\"", b"\"unterminated", b"a,b", b"\xff", &long, b"\"a\" \"b\""] {
             let r = send(&app, "POST", "/orders", &[("x-api-key", b"a"), ("idempotency-key", key)], "tea").await;
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{key:?}");
-            assert!(r.problem_type(), "{key:?}");
+            assert!(r.is_problem(), "{key:?}");
         }
         // Missing, when required.
         let r = send(&app, "POST", "/orders", &[("x-api-key", b"a")], "tea").await;
@@ -309,7 +283,7 @@ support::both_backends! { fixture;
         let app = app(&fx, fx.builder().max_body(10).build().unwrap());
         let r = order(&app, "a", "k", "this body is longer than ten bytes").await;
         assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(r.problem_type());
+        assert!(r.is_problem());
         assert_eq!(fx.runs(), 0);
     }
 
@@ -363,7 +337,7 @@ support::both_backends! { fixture;
                     conflict += 1;
                     let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
                     assert!((1..=30).contains(&wait), "{wait}");
-                    assert!(r.problem_type());
+                    assert!(r.is_problem());
                 }
                 s => panic!("{s}: {}", r.body),
             }
@@ -466,7 +440,7 @@ support::both_backends! { fixture;
         assert_eq!(send(&app, "POST", "/big", h, "").await.body.len(), 5_000);
         let r = send(&app, "POST", "/big", h, "").await;
         assert_eq!(r.status, StatusCode::CONFLICT);
-        assert!(r.problem_type() && r.body.contains("not retained"), "{}", r.body);
+        assert!(r.is_problem() && r.body.contains("not retained"), "{}", r.body);
         assert!(r.header("retry-after").is_none());
         assert_eq!(fx.runs(), 1, "the handler ran once");
         // Another body with that key is still a misuse.

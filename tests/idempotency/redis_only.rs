@@ -119,7 +119,7 @@ async fn a_dead_store_refuses_within_the_deadline() {
         started.elapsed()
     );
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(r.problem_type());
+    assert!(r.is_problem());
     assert_eq!(fx.runs(), 0, "never without the claim");
     fx.tb.server.as_mut().unwrap().restart();
     let started = Instant::now();
@@ -153,13 +153,13 @@ async fn foreign_data_at_a_record_key_never_runs_the_handler() {
     let _: () = fx.tb.server().cmd(&["SET", &record, "junk"]);
     let r = order(&app, "a", "k", "tea").await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
-    assert!(r.problem_type());
+    assert!(r.is_problem());
     // Not even a string: the claim script fails, the layer fails closed.
     let _: () = fx.tb.server().cmd(&["DEL", &record]);
     let _: i64 = fx.tb.server().cmd(&["HSET", &record, "f", "v"]);
     let r = order(&app, "a", "k", "tea").await;
     assert!(r.status.is_server_error(), "{}: {}", r.status, r.body);
-    assert!(r.problem_type());
+    assert!(r.is_problem());
     assert_eq!(fx.runs(), 1, "the handler ran only for the first order");
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::Request;
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::BodyExt;
@@ -103,19 +103,7 @@ pub fn app(layer: RateLimitLayer) -> Router {
         .layer(layer)
 }
 
-/// A response, read whole.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: String,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
+pub use crate::support::reply::Reply;
 
 /// Sends a request from `peer` (an address, as `ConnectInfo` carries it)
 /// with `headers`.
@@ -133,15 +121,7 @@ pub async fn send(
     let mut req = req.body(Body::empty()).unwrap();
     let addr: SocketAddr = peer.parse().expect("a socket address");
     req.extensions_mut().insert(ConnectInfo(addr));
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    crate::support::reply::send(app, req).await
 }
 
 /// A GET from `peer`.

@@ -8,6 +8,7 @@
 pub mod http;
 pub mod logs;
 pub mod pki;
+pub mod reply;
 pub mod smoke;
 
 use std::collections::HashMap;
