@@ -258,11 +258,8 @@ impl ClientKey {
     /// [`uses_address`](Self::uses_address); an address finds nothing
     /// here): the kind and the value as the request gave it, for a layer
     /// that digests them itself.
-    pub(crate) fn identify<'a>(
-        &'a self,
-        parts: &'a Parts,
-    ) -> Pin<Box<dyn Future<Output = Option<Identity>> + Send + 'a>> {
-        Box::pin(async move {
+    pub(crate) async fn identify(&self, parts: &Parts) -> Option<Identity> {
+        {
             match &self.kind {
                 Kind::Global => Some(Identity::Global),
                 Kind::Header(name) => parts
@@ -284,13 +281,14 @@ impl ClientKey {
                     Some(Identity::User(user))
                 }
                 Kind::Custom(f) => f(parts).await.map(Identity::Custom),
-                Kind::Either(a, b) => match a.identify(parts).await {
+                // Boxed: only a chain pays for its recursion.
+                Kind::Either(a, b) => match Box::pin(a.identify(parts)).await {
                     Some(found) => Some(found),
-                    None => b.identify(parts).await,
+                    None => Box::pin(b.identify(parts)).await,
                 },
                 Kind::PeerIp | Kind::ClientIp | Kind::Invalid(..) => None,
             }
-        })
+        }
     }
 
     /// Appends the key to `out` if it can be found without an `.await`:

@@ -438,7 +438,7 @@ enum Found {
     /// age) when there is one.
     Not(&'static str, Option<(Arc<Entry>, u64)>),
     /// The store failed, and the layer fails closed.
-    Failed(crate::Error),
+    Failed(Box<crate::Error>),
 }
 
 /// `since`: the request has waited on another request's fetch of this key
@@ -457,7 +457,7 @@ async fn find(
         config.failures.succeeded();
     }
     match found {
-        Err(e) if config.failure == crate::FailurePolicy::Closed => Found::Failed(e),
+        Err(e) if config.failure == crate::FailurePolicy::Closed => Found::Failed(Box::new(e)),
         Err(e) => {
             config.failures.failed(&e, "asking the handler", false);
             Found::Not("miss; detail=store-error", None)
