@@ -117,7 +117,23 @@ async fn superseded_cookie(app: &Router) -> String {
     old
 }
 
-fn idempotency_app(fx: &TestBackend, seen: &Seen) -> Router {
+/// A handler's progress, for a test to act while it runs: it says it has
+/// started, then waits to be let go (no timing guesses).
+#[derive(Clone, Default)]
+struct Gate {
+    started: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Gate {
+    /// The handler's part.
+    async fn pass(&self) {
+        self.started.notify_one();
+        self.release.notified().await;
+    }
+}
+
+fn idempotency_app(fx: &TestBackend, seen: &Seen, gate: &Gate) -> Router {
     let layer = IdempotencyLayer::builder(fx.backend.clone(), Scope::header("x-account"))
         .max_body(16)
         .on_refusal(hook(seen))
@@ -126,9 +142,12 @@ fn idempotency_app(fx: &TestBackend, seen: &Seen) -> Router {
     Router::new()
         .route(
             "/orders",
-            post(|| async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                "created"
+            post({
+                let gate = gate.clone();
+                move || async move {
+                    gate.pass().await;
+                    "created"
+                }
             }),
         )
         .layer(layer)
@@ -142,7 +161,7 @@ fn order(key: Option<&str>, body: &'static str) -> Request<Body> {
     req.body(Body::from(body)).unwrap()
 }
 
-fn lock_app(fx: &TestBackend, seen: &Seen) -> Router {
+fn lock_app(fx: &TestBackend, seen: &Seen, gate: &Gate) -> Router {
     let layer = LockLayer::builder(fx.backend.clone(), LockKey::header("x-tenant"))
         .lease(Duration::from_secs(5))
         .on_refusal(hook(seen))
@@ -151,9 +170,12 @@ fn lock_app(fx: &TestBackend, seen: &Seen) -> Router {
     Router::new()
         .route(
             "/migrate",
-            post(|| async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                "migrated"
+            post({
+                let gate = gate.clone();
+                move || async move {
+                    gate.pass().await;
+                    "migrated"
+                }
             }),
         )
         .layer(layer)
@@ -235,7 +257,8 @@ support::both_backends! { TestBackend::new;
 
     each_idempotency_refusal_reaches_the_hook_with_its_kind => |fx| {
         let seen: Seen = Arc::default();
-        let app = idempotency_app(&fx, &seen);
+        let gate = Gate::default();
+        let app = idempotency_app(&fx, &seen, &gate);
         let cases = [
             (order(None, "{}"), StatusCode::BAD_REQUEST, RefusalKind::KeyMissing),
             (order(Some("not a \"key\""), "{}"), StatusCode::BAD_REQUEST, RefusalKind::KeyInvalid),
@@ -254,11 +277,12 @@ support::both_backends! { TestBackend::new;
             let app = app.clone();
             async move { send(&app, order(Some("\"k1\""), "{}")).await }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        gate.started.notified().await;
         let r = send(&app, order(Some("\"k1\""), "{}")).await;
         assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
         assert!(is_page(&r));
         assert_eq!(r.headers[header::RETRY_AFTER], "1");
+        gate.release.notify_one();
         assert_eq!(first.await.unwrap().status, StatusCode::OK);
         // The key reused for another body: 422.
         let r = send(&app, order(Some("\"k1\""), "{\"n\":2}")).await;
@@ -274,7 +298,8 @@ support::both_backends! { TestBackend::new;
 
     a_lock_refusal_reaches_the_hook_whose_status_stands => |fx| {
         let seen: Seen = Arc::default();
-        let app = lock_app(&fx, &seen);
+        let gate = Gate::default();
+        let app = lock_app(&fx, &seen, &gate);
         let r = send(&app, migrate(None)).await;
         assert_eq!(r.status, StatusCode::IM_A_TEAPOT);
         assert!(is_page(&r));
@@ -282,10 +307,11 @@ support::both_backends! { TestBackend::new;
             let app = app.clone();
             async move { send(&app, migrate(Some("t1"))).await }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        gate.started.notified().await;
         let r = send(&app, migrate(Some("t1"))).await;
         assert_eq!(r.status, StatusCode::IM_A_TEAPOT);
         assert!(r.headers.contains_key(header::RETRY_AFTER), "added by the layer");
+        gate.release.notify_one();
         assert_eq!(held.await.unwrap().status, StatusCode::OK);
         let seen: Vec<(RefusalKind, StatusCode)> =
             kinds(&seen).into_iter().map(|s| (s.1, s.3)).collect();
@@ -320,8 +346,9 @@ async fn store_failures_reach_the_hook_in_every_layer() {
                 .build()
                 .unwrap(),
         );
-    let orders = idempotency_app(&fx, &seen);
-    let locks = lock_app(&fx, &seen);
+    let gate = Gate::default();
+    let orders = idempotency_app(&fx, &seen, &gate);
+    let locks = lock_app(&fx, &seen, &gate);
     fx.server.as_mut().unwrap().kill();
 
     let r = send(&sessions, with_cookie("GET", "/get", &cookie)).await;
