@@ -131,6 +131,25 @@ impl Gate {
         self.started.notify_one();
         self.release.notified().await;
     }
+
+    /// A handler answering `answer` once the gate lets it pass.
+    fn handler(
+        &self,
+        answer: &'static str,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = &'static str> + Send>>
+           + Clone
+           + Send
+           + Sync
+           + 'static {
+        let gate = self.clone();
+        move || {
+            let gate = gate.clone();
+            Box::pin(async move {
+                gate.pass().await;
+                answer
+            })
+        }
+    }
 }
 
 fn idempotency_app(fx: &TestBackend, seen: &Seen, gate: &Gate) -> Router {
@@ -140,16 +159,7 @@ fn idempotency_app(fx: &TestBackend, seen: &Seen, gate: &Gate) -> Router {
         .build()
         .unwrap();
     Router::new()
-        .route(
-            "/orders",
-            post({
-                let gate = gate.clone();
-                move || async move {
-                    gate.pass().await;
-                    "created"
-                }
-            }),
-        )
+        .route("/orders", post(gate.handler("created")))
         .layer(layer)
 }
 
@@ -168,16 +178,7 @@ fn lock_app(fx: &TestBackend, seen: &Seen, gate: &Gate) -> Router {
         .build()
         .unwrap();
     Router::new()
-        .route(
-            "/migrate",
-            post({
-                let gate = gate.clone();
-                move || async move {
-                    gate.pass().await;
-                    "migrated"
-                }
-            }),
-        )
+        .route("/migrate", post(gate.handler("migrated")))
         .layer(layer)
 }
 

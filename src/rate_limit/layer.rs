@@ -770,28 +770,25 @@ impl Config {
         body: &bytes::Bytes,
         limits: Limits,
     ) -> (http::response::Parts, bytes::Bytes) {
-        let (mut head, body) = match self.on_refusal.is_set() {
-            true => {
-                let problem = headers::problem(violated.iter().map(String::as_str));
-                let refusal = Refusal::new("rate_limit", RefusalKind::RateLimited, problem)
-                    .retrying_after(wait)
-                    .naming(violated);
-                self.on_refusal.answer(parts, &refusal).into_parts()
-            }
-            false => {
-                let (mut head, ()) = Response::new(()).into_parts();
-                head.status = StatusCode::TOO_MANY_REQUESTS;
-                head.headers.reserve(6);
-                head.headers.insert(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/problem+json"),
-                );
-                head.headers.insert(
-                    http::header::CACHE_CONTROL,
-                    HeaderValue::from_static("no-store"),
-                );
-                (head, body.clone())
-            }
+        let (mut head, body) = if self.on_refusal.is_set() {
+            let problem = headers::problem(violated.iter().map(String::as_str));
+            let refusal = Refusal::new("rate_limit", RefusalKind::RateLimited, problem)
+                .retrying_after(wait)
+                .naming(violated);
+            self.on_refusal.answer(parts, &refusal).into_parts()
+        } else {
+            let (mut head, ()) = Response::new(()).into_parts();
+            head.status = StatusCode::TOO_MANY_REQUESTS;
+            head.headers.reserve(6);
+            head.headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            );
+            head.headers.insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
+            (head, body.clone())
         };
         if !head.headers.contains_key(headers::RATELIMIT) {
             limits.write(&mut head.headers, self.legacy_headers);

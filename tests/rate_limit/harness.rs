@@ -11,10 +11,8 @@ use axum::extract::ConnectInfo;
 use axum::http::Request;
 use axum::routing::{get, post};
 use axum::Router;
-use http_body_util::BodyExt;
 use redis_layers::rate_limit::{Check, Decision, Policy, RateLimitLayer, RateLimitStore};
 use redis_layers::{Backend, Error};
-use tower::ServiceExt;
 
 pub use crate::support::Kind;
 use crate::support::{RedisServer, TestBackend};
@@ -138,13 +136,5 @@ pub async fn send_body(app: &Router, path: &str, body: &str, cookie: Option<&str
     let mut req = req.body(Body::from(body.to_owned())).unwrap();
     req.extensions_mut()
         .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 99], 1))));
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    crate::support::reply::send(app, req).await
 }
