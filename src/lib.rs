@@ -168,6 +168,13 @@ pub mod refusal;
 // Read by whichever layers are compiled in.
 #[allow(dead_code)]
 mod request_session;
+#[cfg(any(
+    feature = "session",
+    feature = "rate-limit",
+    feature = "cache",
+    feature = "idempotency"
+))]
+mod seam;
 #[allow(dead_code)]
 mod task;
 #[cfg_attr(not(feature = "session"), allow(dead_code))]

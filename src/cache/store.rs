@@ -1,9 +1,9 @@
 //! The cache store seam: entries by key, with tag sets, each operation
 //! one or two round trips.
 //!
-//! The crate implements [`CacheStore`] for [`Backend`],
-//! [`RedisBackend`] and [`MemoryBackend`]; implement it to keep
-//! entries elsewhere. Keys are 32 hex digits (a hash of the request's
+//! The crate implements [`CacheStore`] for [`Backend`](crate::Backend),
+//! [`RedisBackend`] and [`MemoryBackend`]; implement it to keep entries
+//! elsewhere (and check it with `test_kit::cache_store`). Keys are 32 hex digits (a hash of the request's
 //! cache key); values are opaque bytes the layer encodes.
 //!
 //! # Tags
@@ -37,20 +37,16 @@
 //! tag remembers when its last purge began, for [`FILL_HORIZON`], and a
 //! fill that began before then is not recorded in it, so not stored.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::layout::{entry_key, lease_key, purge_key, purged_key, tag_key};
-use crate::backend::on_backend;
 use crate::error::Error;
 use crate::lease;
 use crate::memory::{MemoryBackend, SortedSet, Value};
 use crate::redis::{script, RedisBackend, Script};
-use crate::Backend;
 
 static NEXT_GENERATION: Script = script!("cache-next-generation", "generation.lua");
 static RECORD_TAG: Script = script!("cache-tag", "tag.lua");
@@ -106,142 +102,146 @@ impl<'a> Fill<'a> {
     }
 }
 
-/// Where a cache layer keeps its entries.
-pub trait CacheStore: Send + Sync + 'static {
-    /// The entry stored under `key`, if any (Redis: one `GET`).
-    fn lookup(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, Error>> + Send;
+crate::seam::store_seam! {
+    /// Where a cache layer keeps its entries.
+    pub trait CacheStore: Send + Sync + 'static {
+        /// The entry stored under `key`, if any (Redis: one `GET`).
+        async fn lookup<'a, 'b>(&'a self, key: &'b str) -> Result<Option<Bytes>, Error>;
 
-    /// Stores `entry` under `key` for `ttl`, replacing any entry there,
-    /// once each of `tags` has recorded `key` until the entry is gone,
-    /// if `fill`'s holder still holds the key's fill lease; the write
-    /// gives the lease up. True when stored. Recording drops the keys
-    /// whose entries are gone from the tag first.
-    ///
-    /// False, and the entry is not written (any entry already under `key`
-    /// stays): when the lease is no longer the holder's (an invalidation
-    /// or purge removed it: the response may predate it; or it expired);
-    /// when one of `tags` was purged since `fill` began (or less than a
-    /// second after: clocks may differ by that much), or, for a tagged
-    /// entry, `fill` began more than [`FILL_HORIZON`] ago (a purge that
-    /// long ago is forgotten); or when one of `tags` records
-    /// [`MAX_TAG_MEMBERS`] other live entries already (a purge of that tag
-    /// could not find it). The other tags may have recorded `key`: a key
-    /// whose entry is missing costs their purge a `DEL` that finds
-    /// nothing. The lease stays with its holder unless written.
-    ///
-    /// Redis: without tags, one small script (compare the lease, `SET
-    /// ... PX`, `DEL` the lease); with tags, one small script per tag
-    /// first (concurrently: one round trip; on a cluster, on each tag's
-    /// node), then that script with the expiry the tags' scripts computed
-    /// from Redis's clock (`PXAT`, a second round trip).
-    fn store(
-        &self,
-        key: &str,
-        entry: Vec<u8>,
-        ttl: Duration,
-        tags: &[String],
-        fill: Fill<'_>,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+        /// Stores `entry` under `key` for `ttl`, replacing any entry there,
+        /// once each of `tags` has recorded `key` until the entry is gone,
+        /// if `fill`'s holder still holds the key's fill lease; the write
+        /// gives the lease up. True when stored. Recording drops the keys
+        /// whose entries are gone from the tag first.
+        ///
+        /// False, and the entry is not written (any entry already under `key`
+        /// stays): when the lease is no longer the holder's (an invalidation
+        /// or purge removed it: the response may predate it; or it expired);
+        /// when one of `tags` was purged since `fill` began (or less than a
+        /// second after: clocks may differ by that much), or, for a tagged
+        /// entry, `fill` began more than [`FILL_HORIZON`] ago (a purge that
+        /// long ago is forgotten); or when one of `tags` records
+        /// [`MAX_TAG_MEMBERS`] other live entries already (a purge of that tag
+        /// could not find it). The other tags may have recorded `key`: a key
+        /// whose entry is missing costs their purge a `DEL` that finds
+        /// nothing. The lease stays with its holder unless written.
+        ///
+        /// Redis: without tags, one small script (compare the lease, `SET
+        /// ... PX`, `DEL` the lease); with tags, one small script per tag
+        /// first (concurrently: one round trip; on a cluster, on each tag's
+        /// node), then that script with the expiry the tags' scripts computed
+        /// from Redis's clock (`PXAT`, a second round trip).
+        async fn store<'a, 'b, 'c, 'd>(
+            &'a self,
+            key: &'b str,
+            entry: Vec<u8>,
+            ttl: Duration,
+            tags: &'c [String],
+            fill: Fill<'d>,
+        ) -> Result<bool, Error>;
 
-    /// Removes the entry under `key`, and its fill lease: a fill running
-    /// now is not stored (see [`store`](Self::store)). True when there was
-    /// an entry (Redis: two `DEL`s, pipelined).
-    fn invalidate(&self, key: &str) -> impl Future<Output = Result<bool, Error>> + Send;
+        /// Removes the entry under `key`, and its fill lease: a fill running
+        /// now is not stored (see [`store`](Self::store)). True when there was
+        /// an entry (Redis: two `DEL`s, pipelined).
+        async fn invalidate<'a, 'b>(&'a self, key: &'b str) -> Result<bool, Error>;
 
-    /// One step of a purge of `tag`: removes up to `limit` (at least 1)
-    /// of the entries set aside for it, and returns their keys (entries
-    /// removed now, or already gone: local copies of either must go);
-    /// none once the purge is done. The caller repeats it until then.
-    ///
-    /// The first step (`start`) notes when the purge began (for
-    /// [`FILL_HORIZON`]: a fill that began before is not stored with the
-    /// tag), sets aside every key the tag records, and the tag starts
-    /// again empty: the steps that follow (`start` false)
-    /// remove only those, so a purge ends however busy the tag is, and an
-    /// entry tagged after it started waits for the next purge. A key
-    /// leaves the keys set aside only once its entry is gone, so a purge
-    /// that stopped half-way (an error) leaves the rest to the next purge
-    /// of the tag, which takes them on too.
-    ///
-    /// Each entry goes with its fill lease (as with
-    /// [`invalidate`](Self::invalidate)).
-    ///
-    /// Redis: one small script (on the first step it also sets the keys
-    /// aside), then one pipeline of `DEL`s (each of an entry and its
-    /// lease) and a `ZREM` of the keys returned (on a cluster, each `DEL`
-    /// on its entry's node, then the `ZREM`).
-    fn purge_tag(
-        &self,
-        tag: &str,
-        limit: usize,
-        start: bool,
-    ) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
+        /// One step of a purge of `tag`: removes up to `limit` (at least 1)
+        /// of the entries set aside for it, and returns their keys (entries
+        /// removed now, or already gone: local copies of either must go);
+        /// none once the purge is done. The caller repeats it until then.
+        ///
+        /// The first step (`start`) notes when the purge began (for
+        /// [`FILL_HORIZON`]: a fill that began before is not stored with the
+        /// tag), sets aside every key the tag records, and the tag starts
+        /// again empty: the steps that follow (`start` false)
+        /// remove only those, so a purge ends however busy the tag is, and an
+        /// entry tagged after it started waits for the next purge. A key
+        /// leaves the keys set aside only once its entry is gone, so a purge
+        /// that stopped half-way (an error) leaves the rest to the next purge
+        /// of the tag, which takes them on too.
+        ///
+        /// Each entry goes with its fill lease (as with
+        /// [`invalidate`](Self::invalidate)).
+        ///
+        /// Redis: one small script (on the first step it also sets the keys
+        /// aside), then one pipeline of `DEL`s (each of an entry and its
+        /// lease) and a `ZREM` of the keys returned (on a cluster, each `DEL`
+        /// on its entry's node, then the `ZREM`).
+        async fn purge_tag<'a, 'b>(
+            &'a self,
+            tag: &'b str,
+            limit: usize,
+            start: bool,
+        ) -> Result<Vec<String>, Error>;
 
-    /// Takes the fill lease of `key` for `ttl`, as `holder`, if no one
-    /// holds it: the holder asks the handler, other instances wait for its
-    /// entry. Answers whether it was taken, and the entry under `key` as
-    /// it is right after (read in the same step: a fill that ended, and
-    /// gave its lease up, just before is seen, so its entry is not fetched
-    /// again). Redis: `SET ... NX PX` and `GET`, pipelined.
-    fn lease(
-        &self,
-        key: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<(bool, Option<Bytes>), Error>> + Send;
+        /// Takes the fill lease of `key` for `ttl`, as `holder`, if no one
+        /// holds it: the holder asks the handler, other instances wait for its
+        /// entry. Answers whether it was taken, and the entry under `key` as
+        /// it is right after (read in the same step: a fill that ended, and
+        /// gave its lease up, just before is seen, so its entry is not fetched
+        /// again). Redis: `SET ... NX PX` and `GET`, pipelined.
+        async fn lease<'a, 'b, 'c>(
+            &'a self,
+            key: &'b str,
+            holder: &'c str,
+            ttl: Duration,
+        ) -> Result<(bool, Option<Bytes>), Error>;
 
-    /// The entry under `key`, and whether its fill lease is still held
-    /// (Redis: `GET` and `EXISTS`, pipelined).
-    fn poll(&self, key: &str) -> impl Future<Output = Result<(Option<Bytes>, bool), Error>> + Send;
+        /// The entry under `key`, and whether its fill lease is still held
+        /// (Redis: `GET` and `EXISTS`, pipelined).
+        async fn poll<'a, 'b>(&'a self, key: &'b str) -> Result<(Option<Bytes>, bool), Error>;
 
-    /// Gives up the fill lease of `key` if `holder` still holds it (Redis:
-    /// a compare-and-delete script).
-    fn unlease(&self, key: &str, holder: &str) -> impl Future<Output = Result<(), Error>> + Send;
+        /// Gives up the fill lease of `key` if `holder` still holds it (Redis:
+        /// a compare-and-delete script).
+        async fn unlease<'a, 'b, 'c>(&'a self, key: &'b str, holder: &'c str) -> Result<(), Error>;
 
-    /// Extends the fill lease of `key` to `ttl` from now if `holder` still
-    /// holds it: true when extended (Redis: a compare-and-`PEXPIRE`
-    /// script). The layer renews its leases while a fill runs, so a fill
-    /// slower than the lease is still stored.
-    fn renew(
-        &self,
-        key: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+        /// Extends the fill lease of `key` to `ttl` from now if `holder` still
+        /// holds it: true when extended (Redis: a compare-and-`PEXPIRE`
+        /// script). The layer renews its leases while a fill runs, so a fill
+        /// slower than the lease is still stored.
+        async fn renew<'a, 'b, 'c>(
+            &'a self,
+            key: &'b str,
+            holder: &'c str,
+            ttl: Duration,
+        ) -> Result<bool, Error>;
 
-    /// Tells every instance's local tier that the entries of `keys` changed
-    /// (Redis: one `PUBLISH`). The default tells no one: a store without it
-    /// cannot back a local tier.
-    fn announce(&self, keys: &[String]) -> impl Future<Output = Result<(), Error>> + Send {
-        let _ = keys;
-        std::future::ready(Ok(()))
+        /// Tells every instance's local tier that the entries of `keys` changed
+        /// (Redis: one `PUBLISH`). The default tells no one: a store without it
+        /// cannot back a local tier.
+        async fn announce<'a, 'b>(&'a self, keys: &'b [String]) -> Result<(), Error> {
+            let _ = keys;
+            Ok(())
+        };
+
+        /// What other instances announce, from now on, with [`Heard::Lost`]
+        /// whenever announcements may have been missed (Redis: a `SUBSCRIBE`
+        /// connection, reconnected when lost). `None` when this store cannot
+        /// (the default; a Redis backend built from a pool rather than a URL).
+        fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
+            None
+        };
+
+        /// The current generation: every entry key is made under it, so a new
+        /// one hides every entry stored before (Redis: one `GET`). The default
+        /// is always 0: such a store cannot purge everything.
+        async fn generation<'a>(&'a self) -> Result<u64, Error> {
+            Ok(0)
+        };
+
+        /// Starts the next generation, past both the stored one and
+        /// `at_least` (the caller's: a counter that went back still moves on),
+        /// and returns it (Redis: one small script). The default refuses.
+        async fn next_generation<'a>(&'a self, at_least: u64) -> Result<u64, Error> {
+            let _ = at_least;
+            Err(Error::new(
+                crate::error::ErrorKind::Config,
+                "this cache store cannot purge everything (no generation counter)",
+            ))
+        };
     }
-
-    /// What other instances announce, from now on, with [`Heard::Lost`]
-    /// whenever announcements may have been missed (Redis: a `SUBSCRIBE`
-    /// connection, reconnected when lost). `None` when this store cannot
-    /// (the default; a Redis backend built from a pool rather than a URL).
-    fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
-        None
-    }
-
-    /// The current generation: every entry key is made under it, so a new
-    /// one hides every entry stored before (Redis: one `GET`). The default
-    /// is always 0: such a store cannot purge everything.
-    fn generation(&self) -> impl Future<Output = Result<u64, Error>> + Send {
-        std::future::ready(Ok(0))
-    }
-
-    /// Starts the next generation, past both the stored one and
-    /// `at_least` (the caller's: a counter that went back still moves on),
-    /// and returns it (Redis: one small script). The default refuses.
-    fn next_generation(&self, at_least: u64) -> impl Future<Output = Result<u64, Error>> + Send {
-        let _ = at_least;
-        std::future::ready(Err(Error::new(
-            crate::error::ErrorKind::Config,
-            "this cache store cannot purge everything (no generation counter)",
-        )))
-    }
+    dyn DynCacheStore;
+    enum Store;
 }
 
 /// What a local tier hears from its store.
@@ -822,291 +822,5 @@ impl CacheStore for MemoryBackend {
             ks.set(&key, Value::Bytes(next.to_string().into_bytes()), None)?;
             Ok(next)
         })
-    }
-}
-
-impl CacheStore for Backend {
-    async fn lookup(&self, key: &str) -> Result<Option<Bytes>, Error> {
-        on_backend!(self, b => CacheStore::lookup(b, key).await)
-    }
-
-    async fn store(
-        &self,
-        key: &str,
-        entry: Vec<u8>,
-        ttl: Duration,
-        tags: &[String],
-        fill: Fill<'_>,
-    ) -> Result<bool, Error> {
-        on_backend!(self, b => CacheStore::store(b, key, entry, ttl, tags, fill).await)
-    }
-
-    async fn invalidate(&self, key: &str) -> Result<bool, Error> {
-        on_backend!(self, b => CacheStore::invalidate(b, key).await)
-    }
-
-    async fn purge_tag(&self, tag: &str, limit: usize, start: bool) -> Result<Vec<String>, Error> {
-        on_backend!(self, b => CacheStore::purge_tag(b, tag, limit, start).await)
-    }
-
-    async fn lease(
-        &self,
-        key: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<(bool, Option<Bytes>), Error> {
-        on_backend!(self, b => CacheStore::lease(b, key, holder, ttl).await)
-    }
-
-    async fn poll(&self, key: &str) -> Result<(Option<Bytes>, bool), Error> {
-        on_backend!(self, b => CacheStore::poll(b, key).await)
-    }
-
-    async fn unlease(&self, key: &str, holder: &str) -> Result<(), Error> {
-        on_backend!(self, b => CacheStore::unlease(b, key, holder).await)
-    }
-
-    async fn renew(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
-        on_backend!(self, b => CacheStore::renew(b, key, holder, ttl).await)
-    }
-
-    async fn announce(&self, keys: &[String]) -> Result<(), Error> {
-        on_backend!(self, b => CacheStore::announce(b, keys).await)
-    }
-
-    fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
-        on_backend!(self, b => CacheStore::listen(b))
-    }
-
-    async fn generation(&self) -> Result<u64, Error> {
-        on_backend!(self, b => CacheStore::generation(b).await)
-    }
-
-    async fn next_generation(&self, at_least: u64) -> Result<u64, Error> {
-        on_backend!(self, b => CacheStore::next_generation(b, at_least).await)
-    }
-}
-
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// [`CacheStore`] in object-safe form, for the layer to hold any store.
-pub(crate) trait DynCacheStore: Send + Sync {
-    fn lookup<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>>;
-    fn store<'a>(
-        &'a self,
-        key: &'a str,
-        entry: Vec<u8>,
-        ttl: Duration,
-        tags: &'a [String],
-        fill: Fill<'a>,
-    ) -> BoxFuture<'a, Result<bool, Error>>;
-    fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, Error>>;
-    fn purge_tag<'a>(
-        &'a self,
-        tag: &'a str,
-        limit: usize,
-        start: bool,
-    ) -> BoxFuture<'a, Result<Vec<String>, Error>>;
-    fn lease<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(bool, Option<Bytes>), Error>>;
-    fn poll<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(Option<Bytes>, bool), Error>>;
-    fn unlease<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), Error>>;
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, Error>>;
-    fn announce<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), Error>>;
-    fn listen(&self) -> Option<mpsc::Receiver<Heard>>;
-    fn generation(&self) -> BoxFuture<'_, Result<u64, Error>>;
-    fn next_generation(&self, at_least: u64) -> BoxFuture<'_, Result<u64, Error>>;
-}
-
-impl<T: CacheStore> DynCacheStore for T {
-    fn lookup<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>> {
-        Box::pin(CacheStore::lookup(self, key))
-    }
-    fn store<'a>(
-        &'a self,
-        key: &'a str,
-        entry: Vec<u8>,
-        ttl: Duration,
-        tags: &'a [String],
-        fill: Fill<'a>,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(CacheStore::store(self, key, entry, ttl, tags, fill))
-    }
-    fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(CacheStore::invalidate(self, key))
-    }
-    fn purge_tag<'a>(
-        &'a self,
-        tag: &'a str,
-        limit: usize,
-        start: bool,
-    ) -> BoxFuture<'a, Result<Vec<String>, Error>> {
-        Box::pin(CacheStore::purge_tag(self, tag, limit, start))
-    }
-    fn lease<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(bool, Option<Bytes>), Error>> {
-        Box::pin(CacheStore::lease(self, key, holder, ttl))
-    }
-    fn poll<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(Option<Bytes>, bool), Error>> {
-        Box::pin(CacheStore::poll(self, key))
-    }
-    fn unlease<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(CacheStore::unlease(self, key, holder))
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(CacheStore::renew(self, key, holder, ttl))
-    }
-    fn announce<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(CacheStore::announce(self, keys))
-    }
-    fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
-        CacheStore::listen(self)
-    }
-    fn generation(&self) -> BoxFuture<'_, Result<u64, Error>> {
-        Box::pin(CacheStore::generation(self))
-    }
-    fn next_generation(&self, at_least: u64) -> BoxFuture<'_, Result<u64, Error>> {
-        Box::pin(CacheStore::next_generation(self, at_least))
-    }
-}
-
-/// The store a layer holds: one of this crate's backends, called without
-/// boxing, or a user's store behind the object-safe copy.
-#[derive(Clone)]
-pub(crate) enum Store {
-    Backend(Backend),
-    Custom(std::sync::Arc<dyn DynCacheStore>),
-}
-
-impl Store {
-    pub(crate) fn new<S: CacheStore>(store: S) -> Self {
-        match crate::backend::as_backend(&store) {
-            Some(b) => Store::Backend(b),
-            None => Store::Custom(std::sync::Arc::new(store)),
-        }
-    }
-
-    pub(crate) async fn lookup(&self, key: &str) -> Result<Option<Bytes>, Error> {
-        match self {
-            Store::Backend(b) => CacheStore::lookup(b, key).await,
-            Store::Custom(s) => s.lookup(key).await,
-        }
-    }
-
-    pub(crate) async fn store(
-        &self,
-        key: &str,
-        entry: Vec<u8>,
-        ttl: Duration,
-        tags: &[String],
-        fill: Fill<'_>,
-    ) -> Result<bool, Error> {
-        match self {
-            Store::Backend(b) => CacheStore::store(b, key, entry, ttl, tags, fill).await,
-            Store::Custom(s) => s.store(key, entry, ttl, tags, fill).await,
-        }
-    }
-
-    pub(crate) async fn invalidate(&self, key: &str) -> Result<bool, Error> {
-        match self {
-            Store::Backend(b) => CacheStore::invalidate(b, key).await,
-            Store::Custom(s) => s.invalidate(key).await,
-        }
-    }
-
-    pub(crate) async fn purge_tag(
-        &self,
-        tag: &str,
-        limit: usize,
-        start: bool,
-    ) -> Result<Vec<String>, Error> {
-        match self {
-            Store::Backend(b) => CacheStore::purge_tag(b, tag, limit, start).await,
-            Store::Custom(s) => s.purge_tag(tag, limit, start).await,
-        }
-    }
-
-    pub(crate) async fn lease(
-        &self,
-        key: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<(bool, Option<Bytes>), Error> {
-        match self {
-            Store::Backend(b) => CacheStore::lease(b, key, holder, ttl).await,
-            Store::Custom(s) => s.lease(key, holder, ttl).await,
-        }
-    }
-
-    pub(crate) async fn poll(&self, key: &str) -> Result<(Option<Bytes>, bool), Error> {
-        match self {
-            Store::Backend(b) => CacheStore::poll(b, key).await,
-            Store::Custom(s) => s.poll(key).await,
-        }
-    }
-
-    pub(crate) async fn unlease(&self, key: &str, holder: &str) -> Result<(), Error> {
-        match self {
-            Store::Backend(b) => CacheStore::unlease(b, key, holder).await,
-            Store::Custom(s) => s.unlease(key, holder).await,
-        }
-    }
-
-    pub(crate) async fn renew(
-        &self,
-        key: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<bool, Error> {
-        match self {
-            Store::Backend(b) => CacheStore::renew(b, key, holder, ttl).await,
-            Store::Custom(s) => s.renew(key, holder, ttl).await,
-        }
-    }
-
-    pub(crate) async fn announce(&self, keys: &[String]) -> Result<(), Error> {
-        match self {
-            Store::Backend(b) => CacheStore::announce(b, keys).await,
-            Store::Custom(s) => s.announce(keys).await,
-        }
-    }
-
-    pub(crate) fn listen(&self) -> Option<mpsc::Receiver<Heard>> {
-        match self {
-            Store::Backend(b) => CacheStore::listen(b),
-            Store::Custom(s) => s.listen(),
-        }
-    }
-
-    pub(crate) async fn generation(&self) -> Result<u64, Error> {
-        match self {
-            Store::Backend(b) => CacheStore::generation(b).await,
-            Store::Custom(s) => s.generation().await,
-        }
-    }
-
-    pub(crate) async fn next_generation(&self, at_least: u64) -> Result<u64, Error> {
-        match self {
-            Store::Backend(b) => CacheStore::next_generation(b, at_least).await,
-            Store::Custom(s) => s.next_generation(at_least).await,
-        }
     }
 }

@@ -1,64 +1,59 @@
 //! The rate-limit store seam: one domain operation (for one key or for
 //! several at once), atomic by contract.
 //!
-//! The crate implements [`RateLimitStore`] for [`Backend`],
+//! The crate implements [`RateLimitStore`] for [`Backend`](crate::Backend),
 //! [`RedisBackend`](crate::redis::RedisBackend) and
 //! [`MemoryBackend`](crate::memory::MemoryBackend); implement it to count
 //! elsewhere.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::policy::Policy;
-use crate::backend::on_backend;
 use crate::error::Error;
-use crate::Backend;
 
-/// Where rate-limit state lives.
-pub trait RateLimitStore: Send + Sync + 'static {
-    /// Checks a request of `cost` by the client `key` against `policies`,
-    /// all or nothing, by the store's clock: when every policy admits it,
-    /// each counts it; when any refuses, none does. The state of `key`
-    /// under this set of policies expires when idle; a changed set (other
-    /// names, numbers, algorithms or order) starts from fresh state.
-    ///
-    /// On Redis Cluster the part of `key` after its first `|` (all of it
-    /// when there is none) is the hash tag: the layer's keys are
-    /// `<rule>|<client>`, so one client's states under several rules share
-    /// a slot, and [`check_all`](Self::check_all) can check them in one
-    /// script.
-    fn check(
-        &self,
-        key: &str,
-        policies: &[Policy],
-        cost: u64,
-    ) -> impl Future<Output = Result<Decision, Error>> + Send;
+crate::seam::store_seam! {
+    /// Where rate-limit state lives.
+    pub trait RateLimitStore: Send + Sync + 'static {
+        /// Checks a request of `cost` by the client `key` against `policies`,
+        /// all or nothing, by the store's clock: when every policy admits it,
+        /// each counts it; when any refuses, none does. The state of `key`
+        /// under this set of policies expires when idle; a changed set (other
+        /// names, numbers, algorithms or order) starts from fresh state.
+        ///
+        /// On Redis Cluster the part of `key` after its first `|` (all of it
+        /// when there is none) is the hash tag: the layer's keys are
+        /// `<rule>|<client>`, so one client's states under several rules share
+        /// a slot, and [`check_all`](Self::check_all) can check them in one
+        /// script.
+        async fn check<'a, 'b, 'c>(
+            &'a self,
+            key: &'b str,
+            policies: &'c [Policy],
+            cost: u64,
+        ) -> Result<Decision, Error>;
 
-    /// Checks one request against several keys' policies (the layer: the
-    /// rules that apply to it, each with its own key), all or nothing
-    /// when the store can: when every policy of every check that is not a
-    /// [dry run](Check::dry_run) admits the request, each check whose own
-    /// policies admit it counts it; otherwise no check counts it. Returns
-    /// one [`Decision`] per check, in order. The keys must differ.
-    ///
-    /// This crate's backends do it in one call: one script on a single
-    /// Redis, one lock in memory. On Redis Cluster, where keys of one
-    /// script must share a slot, consecutive checks whose keys share a hash
-    /// tag (see [`check`](Self::check)) are one script; runs with other
-    /// tags are checked one after another, in order, and a run that
-    /// refuses ends the call: the runs before it have counted the request,
-    /// and the decisions stop at the refusing run.
-    ///
-    /// The default runs [`check`](Self::check) for each in turn the same
-    /// way (each check a run): a store of your own is all or nothing
-    /// across keys only if it overrides this.
-    fn check_all(
-        &self,
-        checks: &[Check<'_>],
-    ) -> impl Future<Output = Result<Vec<Decision>, Error>> + Send {
-        async move {
+        /// Checks one request against several keys' policies (the layer: the
+        /// rules that apply to it, each with its own key), all or nothing
+        /// when the store can: when every policy of every check that is not a
+        /// [dry run](Check::dry_run) admits the request, each check whose own
+        /// policies admit it counts it; otherwise no check counts it. Returns
+        /// one [`Decision`] per check, in order. The keys must differ.
+        ///
+        /// This crate's backends do it in one call: one script on a single
+        /// Redis, one lock in memory. On Redis Cluster, where keys of one
+        /// script must share a slot, consecutive checks whose keys share a hash
+        /// tag (see [`check`](Self::check)) are one script; runs with other
+        /// tags are checked one after another, in order, and a run that
+        /// refuses ends the call: the runs before it have counted the request,
+        /// and the decisions stop at the refusing run.
+        ///
+        /// The default runs [`check`](Self::check) for each in turn the same
+        /// way (each check a run): a store of your own is all or nothing
+        /// across keys only if it overrides this.
+        async fn check_all<'a, 'b, 'c>(
+            &'a self,
+            checks: &'b [Check<'c>],
+        ) -> Result<Vec<Decision>, Error> {
             let mut decisions = Vec::with_capacity(checks.len());
             for c in checks {
                 let decision = self.check(c.key, c.policies, c.cost).await?;
@@ -69,8 +64,10 @@ pub trait RateLimitStore: Send + Sync + 'static {
                 }
             }
             Ok(decisions)
-        }
+        };
     }
+    dyn DynRateLimitStore;
+    enum Store;
 }
 
 /// One key's part of a request checked by [`RateLimitStore::check_all`].
@@ -169,87 +166,6 @@ impl PolicyState {
             remaining,
             reset,
             retry_after,
-        }
-    }
-}
-
-impl RateLimitStore for Backend {
-    async fn check(&self, key: &str, policies: &[Policy], cost: u64) -> Result<Decision, Error> {
-        on_backend!(self, b => RateLimitStore::check(b, key, policies, cost).await)
-    }
-
-    async fn check_all(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
-        on_backend!(self, b => RateLimitStore::check_all(b, checks).await)
-    }
-}
-
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// [`RateLimitStore`] behind a pointer, for stores other than this crate's.
-pub(crate) trait DynRateLimitStore: Send + Sync {
-    fn check<'a>(
-        &'a self,
-        key: &'a str,
-        policies: &'a [Policy],
-        cost: u64,
-    ) -> BoxFuture<'a, Result<Decision, Error>>;
-
-    fn check_all<'a>(
-        &'a self,
-        checks: &'a [Check<'a>],
-    ) -> BoxFuture<'a, Result<Vec<Decision>, Error>>;
-}
-
-impl<T: RateLimitStore> DynRateLimitStore for T {
-    fn check<'a>(
-        &'a self,
-        key: &'a str,
-        policies: &'a [Policy],
-        cost: u64,
-    ) -> BoxFuture<'a, Result<Decision, Error>> {
-        Box::pin(RateLimitStore::check(self, key, policies, cost))
-    }
-
-    fn check_all<'a>(
-        &'a self,
-        checks: &'a [Check<'a>],
-    ) -> BoxFuture<'a, Result<Vec<Decision>, Error>> {
-        Box::pin(RateLimitStore::check_all(self, checks))
-    }
-}
-
-/// How the layer holds its store: this crate's backends as they are, any
-/// other store behind a pointer.
-#[derive(Clone)]
-pub(crate) enum Store {
-    Backend(Backend),
-    Custom(Arc<dyn DynRateLimitStore>),
-}
-
-impl Store {
-    pub(crate) fn new<S: RateLimitStore>(store: S) -> Self {
-        match crate::backend::as_backend(&store) {
-            Some(b) => Store::Backend(b),
-            None => Store::Custom(Arc::new(store)),
-        }
-    }
-
-    pub(crate) async fn check(
-        &self,
-        key: &str,
-        policies: &[Policy],
-        cost: u64,
-    ) -> Result<Decision, Error> {
-        match self {
-            Store::Backend(b) => RateLimitStore::check(b, key, policies, cost).await,
-            Store::Custom(s) => s.check(key, policies, cost).await,
-        }
-    }
-
-    pub(crate) async fn check_all(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
-        match self {
-            Store::Backend(b) => RateLimitStore::check_all(b, checks).await,
-            Store::Custom(s) => s.check_all(checks).await,
         }
     }
 }

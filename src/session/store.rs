@@ -1,9 +1,9 @@
 //! The session store seam: what the layer asks of a store, one domain
 //! operation at a time, each atomic by contract.
 //!
-//! The crate implements [`SessionStore`] for [`Backend`],
-//! [`RedisBackend`] and
-//! [`MemoryBackend`]; implement it to keep
+//! The crate implements [`SessionStore`] for [`Backend`](crate::Backend),
+//! [`RedisBackend`](crate::redis::RedisBackend) and
+//! [`MemoryBackend`](crate::memory::MemoryBackend); implement it to keep
 //! sessions elsewhere. The request types are built by the layer; the
 //! response types have constructors for your implementation. All are
 //! `#[non_exhaustive]`, so fields can be added without breaking you.
@@ -39,75 +39,71 @@
 //! }
 //! ```
 
-use std::any::Any;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use super::data::SessionData;
 use super::id::SessionHandle;
-use crate::backend::on_backend;
 use crate::error::Error;
-use crate::memory::MemoryBackend;
-use crate::redis::RedisBackend;
-use crate::Backend;
 
-/// Where sessions live.
-///
-/// Every change is atomic and timed by the store's own clock (never the
-/// application's): on Redis each is one Lua script. A load may read first
-/// and then touch, but the touch re-checks everything by the store's clock,
-/// so an estimate in between can only send it too early (declined) or late.
-/// Each operation touches the keys of one session or of one user, never
-/// both, so each maps to one Redis Cluster slot.
-pub trait SessionStore: Send + Sync + 'static {
-    /// Loads a session, or only checks it and slides its expiry when
-    /// [`LoadRequest::fields`] is false. Slides the idle expiry only when the
-    /// new expiry, `min(now + idle, deadline)`, would be later than the
-    /// current one by more than [`LoadRequest::touch_interval`].
-    fn load(
-        &self,
-        handle: &SessionHandle,
-        request: &LoadRequest,
-    ) -> impl Future<Output = Result<LoadOutcome, Error>> + Send;
+crate::seam::store_seam! {
+    /// Where sessions live.
+    ///
+    /// Every change is atomic and timed by the store's own clock (never the
+    /// application's): on Redis each is one Lua script. A load may read first
+    /// and then touch, but the touch re-checks everything by the store's clock,
+    /// so an estimate in between can only send it too early (declined) or late.
+    /// Each operation touches the keys of one session or of one user, never
+    /// both, so each maps to one Redis Cluster slot.
+    pub trait SessionStore: Send + Sync + 'static {
+        /// Loads a session, or only checks it and slides its expiry when
+        /// [`LoadRequest::fields`] is false. Slides the idle expiry only when the
+        /// new expiry, `min(now + idle, deadline)`, would be later than the
+        /// current one by more than [`LoadRequest::touch_interval`].
+        async fn load<'a, 'b, 'c>(
+            &'a self,
+            handle: &'b SessionHandle,
+            request: &'c LoadRequest,
+        ) -> Result<LoadOutcome, Error>;
 
-    /// Applies one request's changes to a session (or creates one) and
-    /// slides its expiry. An update never recreates a session that is gone;
-    /// a create never overwrites one that exists.
-    fn save(
-        &self,
-        handle: &SessionHandle,
-        request: &SaveRequest,
-    ) -> impl Future<Output = Result<SaveOutcome, Error>> + Send;
+        /// Applies one request's changes to a session (or creates one) and
+        /// slides its expiry. An update never recreates a session that is gone;
+        /// a create never overwrites one that exists.
+        async fn save<'a, 'b, 'c>(
+            &'a self,
+            handle: &'b SessionHandle,
+            request: &'c SaveRequest,
+        ) -> Result<SaveOutcome, Error>;
 
-    /// Deletes a session, if it meets the request's conditions.
-    fn delete(
-        &self,
-        handle: &SessionHandle,
-        request: &DeleteRequest,
-    ) -> impl Future<Output = Result<DeleteOutcome, Error>> + Send;
+        /// Deletes a session, if it meets the request's conditions.
+        async fn delete<'a, 'b, 'c>(
+            &'a self,
+            handle: &'b SessionHandle,
+            request: &'c DeleteRequest,
+        ) -> Result<DeleteOutcome, Error>;
 
-    /// Records that `handle` belongs to `user` until `deadline_ms` (its
-    /// absolute deadline, Unix ms), and prunes the user's entries past their
-    /// deadline.
-    fn index_add(
-        &self,
-        user: &str,
-        handle: &SessionHandle,
-        deadline_ms: u64,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+        /// Records that `handle` belongs to `user` until `deadline_ms` (its
+        /// absolute deadline, Unix ms), and prunes the user's entries past their
+        /// deadline.
+        async fn index_add<'a, 'b, 'c>(
+            &'a self,
+            user: &'b str,
+            handle: &'c SessionHandle,
+            deadline_ms: u64,
+        ) -> Result<(), Error>;
 
-    /// Removes `handle` from `user`'s index.
-    fn index_remove(
-        &self,
-        user: &str,
-        handle: &SessionHandle,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+        /// Removes `handle` from `user`'s index.
+        async fn index_remove<'a, 'b, 'c>(
+            &'a self,
+            user: &'b str,
+            handle: &'c SessionHandle,
+        ) -> Result<(), Error>;
 
-    /// The live sessions bound to `user`, oldest first, pruning index
-    /// entries of sessions that ended.
-    fn list(&self, user: &str) -> impl Future<Output = Result<Vec<SessionInfo>, Error>> + Send;
+        /// The live sessions bound to `user`, oldest first, pruning index
+        /// entries of sessions that ended.
+        async fn list<'a, 'b>(&'a self, user: &'b str) -> Result<Vec<SessionInfo>, Error>;
+    }
+    dyn DynSessionStore;
+    enum Store;
 }
 
 /// Options of [`SessionStore::load`].
@@ -493,186 +489,12 @@ impl SessionInfo {
     }
 }
 
-impl SessionStore for Backend {
-    async fn load(&self, h: &SessionHandle, r: &LoadRequest) -> Result<LoadOutcome, Error> {
-        on_backend!(self, b => SessionStore::load(b, h, r).await)
-    }
-    async fn save(&self, h: &SessionHandle, r: &SaveRequest) -> Result<SaveOutcome, Error> {
-        on_backend!(self, b => SessionStore::save(b, h, r).await)
-    }
-    async fn delete(&self, h: &SessionHandle, r: &DeleteRequest) -> Result<DeleteOutcome, Error> {
-        on_backend!(self, b => SessionStore::delete(b, h, r).await)
-    }
-    async fn index_add(&self, u: &str, h: &SessionHandle, d: u64) -> Result<(), Error> {
-        on_backend!(self, b => SessionStore::index_add(b, u, h, d).await)
-    }
-    async fn index_remove(&self, u: &str, h: &SessionHandle) -> Result<(), Error> {
-        on_backend!(self, b => SessionStore::index_remove(b, u, h).await)
-    }
-    async fn list(&self, u: &str) -> Result<Vec<SessionInfo>, Error> {
-        on_backend!(self, b => SessionStore::list(b, u).await)
-    }
-}
-
-/// How the layer holds its store: this crate's backends as they are (a
-/// store call is then a plain `.await`, with no boxed future), any other
-/// store behind a pointer.
-#[derive(Clone)]
-pub(crate) enum Store {
-    Backend(Backend),
-    Custom(Arc<dyn DynSessionStore>),
-}
-
-impl Store {
-    pub(crate) fn new<S: SessionStore>(store: S) -> Self {
-        let any: &dyn Any = &store;
-        if let Some(b) = any.downcast_ref::<Backend>() {
-            return Store::Backend(b.clone());
-        }
-        if let Some(b) = any.downcast_ref::<RedisBackend>() {
-            return Store::Backend(b.clone().into());
-        }
-        if let Some(b) = any.downcast_ref::<MemoryBackend>() {
-            return Store::Backend(b.clone().into());
-        }
-        Store::Custom(Arc::new(store))
-    }
-
-    pub(crate) async fn load(
-        &self,
-        h: &SessionHandle,
-        r: &LoadRequest,
-    ) -> Result<LoadOutcome, Error> {
-        match self {
-            Store::Backend(b) => SessionStore::load(b, h, r).await,
-            Store::Custom(s) => s.load(h, r).await,
-        }
-    }
-
-    pub(crate) async fn save(
-        &self,
-        h: &SessionHandle,
-        r: &SaveRequest,
-    ) -> Result<SaveOutcome, Error> {
-        match self {
-            Store::Backend(b) => SessionStore::save(b, h, r).await,
-            Store::Custom(s) => s.save(h, r).await,
-        }
-    }
-
-    pub(crate) async fn delete(
-        &self,
-        h: &SessionHandle,
-        r: &DeleteRequest,
-    ) -> Result<DeleteOutcome, Error> {
-        match self {
-            Store::Backend(b) => SessionStore::delete(b, h, r).await,
-            Store::Custom(s) => s.delete(h, r).await,
-        }
-    }
-
-    pub(crate) async fn index_add(&self, u: &str, h: &SessionHandle, d: u64) -> Result<(), Error> {
-        match self {
-            Store::Backend(b) => SessionStore::index_add(b, u, h, d).await,
-            Store::Custom(s) => s.index_add(u, h, d).await,
-        }
-    }
-
-    pub(crate) async fn index_remove(&self, u: &str, h: &SessionHandle) -> Result<(), Error> {
-        match self {
-            Store::Backend(b) => SessionStore::index_remove(b, u, h).await,
-            Store::Custom(s) => s.index_remove(u, h).await,
-        }
-    }
-
-    pub(crate) async fn list(&self, u: &str) -> Result<Vec<SessionInfo>, Error> {
-        match self {
-            Store::Backend(b) => SessionStore::list(b, u).await,
-            Store::Custom(s) => s.list(u).await,
-        }
-    }
-}
-
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// [`SessionStore`] behind a pointer (`Arc<dyn DynSessionStore>`), so the
-/// layer and [`Session`](super::Session) need no type parameter. Implemented
-/// for every `SessionStore`.
-pub(crate) trait DynSessionStore: Send + Sync {
-    fn load<'a>(
-        &'a self,
-        h: &'a SessionHandle,
-        r: &'a LoadRequest,
-    ) -> BoxFuture<'a, Result<LoadOutcome, Error>>;
-    fn save<'a>(
-        &'a self,
-        h: &'a SessionHandle,
-        r: &'a SaveRequest,
-    ) -> BoxFuture<'a, Result<SaveOutcome, Error>>;
-    fn delete<'a>(
-        &'a self,
-        h: &'a SessionHandle,
-        r: &'a DeleteRequest,
-    ) -> BoxFuture<'a, Result<DeleteOutcome, Error>>;
-    fn index_add<'a>(
-        &'a self,
-        user: &'a str,
-        h: &'a SessionHandle,
-        deadline_ms: u64,
-    ) -> BoxFuture<'a, Result<(), Error>>;
-    fn index_remove<'a>(
-        &'a self,
-        user: &'a str,
-        h: &'a SessionHandle,
-    ) -> BoxFuture<'a, Result<(), Error>>;
-    fn list<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionInfo>, Error>>;
-}
-
-impl<T: SessionStore> DynSessionStore for T {
-    fn load<'a>(
-        &'a self,
-        h: &'a SessionHandle,
-        r: &'a LoadRequest,
-    ) -> BoxFuture<'a, Result<LoadOutcome, Error>> {
-        Box::pin(SessionStore::load(self, h, r))
-    }
-    fn save<'a>(
-        &'a self,
-        h: &'a SessionHandle,
-        r: &'a SaveRequest,
-    ) -> BoxFuture<'a, Result<SaveOutcome, Error>> {
-        Box::pin(SessionStore::save(self, h, r))
-    }
-    fn delete<'a>(
-        &'a self,
-        h: &'a SessionHandle,
-        r: &'a DeleteRequest,
-    ) -> BoxFuture<'a, Result<DeleteOutcome, Error>> {
-        Box::pin(SessionStore::delete(self, h, r))
-    }
-    fn index_add<'a>(
-        &'a self,
-        user: &'a str,
-        h: &'a SessionHandle,
-        deadline_ms: u64,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(SessionStore::index_add(self, user, h, deadline_ms))
-    }
-    fn index_remove<'a>(
-        &'a self,
-        user: &'a str,
-        h: &'a SessionHandle,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(SessionStore::index_remove(self, user, h))
-    }
-    fn list<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionInfo>, Error>> {
-        Box::pin(SessionStore::list(self, user))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::MemoryBackend;
+    use crate::redis::RedisBackend;
+    use crate::Backend;
 
     #[derive(Clone)]
     struct Wrapped(MemoryBackend);
