@@ -106,8 +106,11 @@ if k == 1 and #ARGV[2] == 32 then
     call('SET', KEYS[1], pack('>ddd', n1, n2, n3), 'PX', max(ceil(ttl), 1))
     return pack('>dddddd', 1, now, 1, max(floor(rem), 0), max(ceil(reset), 0), 0)
   end
-  return pack('>dddddd', 0, now, 0, max(floor(rem), 0), max(ceil(reset), 0),
-    max(ceil(retry), 1))
+  -- Refused: the request too, unless this key is a dry run ('0'), which
+  -- never refuses it for the keys checked after it (on a cluster, in
+  -- calls of their own).
+  return pack('>dddddd', ARGV[3] == '0' and 1 or 0, now, 0, max(floor(rem), 0),
+    max(ceil(reset), 0), max(ceil(retry), 1))
 end
 
 -- Every policy's outcome first (10 values each), then the writes and the

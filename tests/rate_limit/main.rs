@@ -644,6 +644,28 @@ support::both_backends! { fixture;
         assert_eq!(fx.calls(), 5, "dry run asks the store every time");
     }
 
+    a_dry_run_rule_keyed_apart_never_stops_the_rules_after_it => |fx| {
+        // On a cluster the rules' keys (an address, a header) sit in other
+        // slots, so the store checks them one call after another: the dry
+        // run's refusal must not end the checks (the enforcing rule still
+        // counts, and the store does not answer too few decisions).
+        let layer = RateLimitLayer::builder(fx.counting())
+            .rule(Rule::any().key(Key::peer_ip()).policy(Policy::per_minute(1).named("watch")).dry_run(true))
+            .rule(Rule::any().key(Key::header("x-api-key")).policy(Policy::per_minute(10).named("enforce")))
+            .build()
+            .unwrap();
+        let app = app(layer.clone());
+        let mut last = None;
+        for n in 1..=3 {
+            let r = send(&app, "GET", "/free", "192.0.2.1:1", &[("x-api-key", "k1")]).await;
+            assert_eq!(r.status, StatusCode::OK, "request {n}");
+            last = Some(r);
+        }
+        let header = last.unwrap().header("ratelimit").expect("the rules' RateLimit header").to_owned();
+        assert!(header.contains("r=7;"), "the enforcing rule counted 3 of 10: {header}");
+        assert_eq!(layer.stats().dry_run_denied, 2);
+    }
+
     a_refused_client_is_answered_locally_until_its_wait_is_over => |fx| {
         let layer = layer(&fx, Rule::any().policy(Policy::new(2, Duration::from_millis(400)).fixed_window().named("p")));
         let app = app(layer.clone());
