@@ -177,6 +177,8 @@ mod request_session;
 mod seam;
 #[allow(dead_code)]
 mod task;
+#[cfg(feature = "test-kit")]
+pub mod test_kit;
 #[cfg_attr(not(feature = "session"), allow(dead_code))]
 mod time;
 #[allow(dead_code)]

@@ -128,7 +128,8 @@
 
 mod header;
 mod layer;
-mod layout;
+pub(crate) mod layout;
+pub mod record;
 pub mod store;
 
 pub use header::MAX_KEY_LEN;

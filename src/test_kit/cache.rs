@@ -1,0 +1,254 @@
+//! The [`CacheStore`] contract, call by call.
+
+use std::time::{Duration, SystemTime};
+
+use super::{run_checks, Fresh};
+use crate::cache::{CacheStore, Fill};
+use crate::ErrorKind;
+
+const TTL: Duration = Duration::from_secs(60);
+const LEASE: Duration = Duration::from_secs(5);
+
+/// Checks `store` against the [`CacheStore`] contract: entries by key with
+/// their expiry; fill leases taken by one holder at a time, renewed and
+/// given up only by it; a write only for the lease's holder, giving the
+/// lease up; invalidation ending an entry and its lease; tag purges in
+/// steps, and a fill that began before a purge of its tag not stored; the
+/// generation counter, when the store has one. Panics on the first check
+/// it fails (see the [module](super) docs).
+pub async fn cache_store<S: CacheStore>(store: &S) {
+    let ids = &Fresh::new();
+    run_checks!(store, ids;
+        a_missing_entry_is_none,
+        a_fill_lease_is_given_up_only_by_its_holder,
+        a_store_writes_only_for_its_lease_holder_and_an_invalidation_ends_the_lease,
+        a_renewed_lease_outlives_its_first_ttl,
+        an_entry_expires_after_its_ttl,
+        a_purge_removes_the_tagged_entries_in_steps,
+        a_fill_that_began_before_a_purge_of_its_tag_is_not_stored,
+        generations_only_rise,
+    );
+}
+
+async fn write<S: CacheStore>(store: &S, key: &str, holder: &str, ttl: Duration) -> bool {
+    let fill = Fill::new(holder, SystemTime::now());
+    store
+        .store(key, b"x".to_vec(), ttl, &[], fill)
+        .await
+        .unwrap()
+}
+
+async fn a_missing_entry_is_none<S: CacheStore>(store: &S, ids: &Fresh) {
+    assert_eq!(store.lookup(&ids.hex(1)).await.unwrap(), None);
+    assert_eq!(store.poll(&ids.hex(1)).await.unwrap(), (None, false));
+    assert!(
+        !store.invalidate(&ids.hex(1)).await.unwrap(),
+        "no entry to invalidate"
+    );
+}
+
+async fn a_fill_lease_is_given_up_only_by_its_holder<S: CacheStore>(store: &S, ids: &Fresh) {
+    let key = ids.hex(2);
+    let short = Duration::from_millis(100);
+    assert!(store.lease(&key, "a", short).await.unwrap().0);
+    assert!(!store.lease(&key, "b", short).await.unwrap().0, "held");
+    // A's lease runs out; B takes it; A's late give-up leaves B's.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        store.lease(&key, "b", LEASE).await.unwrap().0,
+        "A's 100 ms lease ran out"
+    );
+    store.unlease(&key, "a").await.unwrap();
+    assert!(store.poll(&key).await.unwrap().1, "B still holds it");
+    store.unlease(&key, "b").await.unwrap();
+    assert!(!store.poll(&key).await.unwrap().1, "B gave it up");
+}
+
+async fn a_store_writes_only_for_its_lease_holder_and_an_invalidation_ends_the_lease<
+    S: CacheStore,
+>(
+    store: &S,
+    ids: &Fresh,
+) {
+    let key = ids.hex(3);
+    assert!(
+        !write(store, &key, "a", TTL).await,
+        "written without a lease"
+    );
+    assert!(store.lease(&key, "a", LEASE).await.unwrap().0);
+    assert!(
+        !write(store, &key, "b", TTL).await,
+        "written under another's lease"
+    );
+    assert_eq!(store.lookup(&key).await.unwrap(), None);
+    assert!(write(store, &key, "a", TTL).await, "the holder's write");
+    assert_eq!(
+        store.lookup(&key).await.unwrap().as_deref(),
+        Some(&b"x"[..])
+    );
+    assert_eq!(
+        store.poll(&key).await.unwrap(),
+        (Some(bytes::Bytes::from_static(b"x")), false),
+        "the write gave the lease up"
+    );
+    // Taking a lease reads the entry in the same step.
+    let (taken, entry) = store.lease(&key, "c", LEASE).await.unwrap();
+    assert!(taken);
+    assert_eq!(entry.as_deref(), Some(&b"x"[..]));
+    // An invalidation removes the entry and ends the fill's lease.
+    assert!(store.invalidate(&key).await.unwrap());
+    assert!(!store.invalidate(&key).await.unwrap(), "no entry left");
+    assert!(
+        !write(store, &key, "c", TTL).await,
+        "written after an invalidation"
+    );
+    assert_eq!(store.lookup(&key).await.unwrap(), None);
+}
+
+async fn a_renewed_lease_outlives_its_first_ttl<S: CacheStore>(store: &S, ids: &Fresh) {
+    let key = ids.hex(4);
+    assert!(
+        !store.renew(&key, "d", LEASE).await.unwrap(),
+        "renewed a free lease"
+    );
+    assert!(
+        store
+            .lease(&key, "d", Duration::from_millis(150))
+            .await
+            .unwrap()
+            .0
+    );
+    assert!(
+        !store.renew(&key, "e", LEASE).await.unwrap(),
+        "renewed by another"
+    );
+    assert!(store.renew(&key, "d", LEASE).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.poll(&key).await.unwrap().1, "renewed");
+    assert!(write(store, &key, "d", TTL).await);
+    assert!(
+        !store.renew(&key, "d", LEASE).await.unwrap(),
+        "given up by the write"
+    );
+}
+
+async fn an_entry_expires_after_its_ttl<S: CacheStore>(store: &S, ids: &Fresh) {
+    let key = ids.hex(5);
+    assert!(store.lease(&key, "a", LEASE).await.unwrap().0);
+    assert!(write(store, &key, "a", Duration::from_millis(150)).await);
+    assert!(store.lookup(&key).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        store.lookup(&key).await.unwrap(),
+        None,
+        "lived past its 150 ms"
+    );
+}
+
+async fn a_purge_removes_the_tagged_entries_in_steps<S: CacheStore>(store: &S, ids: &Fresh) {
+    let tag = ids.key("products");
+    let other = ids.key("other");
+    let keys: Vec<String> = (10..13).map(|n| ids.hex(n)).collect();
+    for key in &keys {
+        assert!(store.lease(key, "a", LEASE).await.unwrap().0);
+        let fill = Fill::new("a", SystemTime::now());
+        let tags = [tag.clone()];
+        assert!(store
+            .store(key, b"t".to_vec(), TTL, &tags, fill)
+            .await
+            .unwrap());
+    }
+    let untagged = ids.hex(13);
+    assert!(store.lease(&untagged, "a", LEASE).await.unwrap().0);
+    let fill = Fill::new("a", SystemTime::now());
+    let tags = [other.clone()];
+    assert!(store
+        .store(&untagged, b"u".to_vec(), TTL, &tags, fill)
+        .await
+        .unwrap());
+
+    let mut removed = store.purge_tag(&tag, 2, true).await.unwrap();
+    assert!(
+        !removed.is_empty() && removed.len() <= 2,
+        "the first step removes 1 to 2 entries: {removed:?}"
+    );
+    for _ in 0..10 {
+        let step = store.purge_tag(&tag, 2, false).await.unwrap();
+        if step.is_empty() {
+            break;
+        }
+        assert!(
+            step.len() <= 2,
+            "a step removes at most its limit: {step:?}"
+        );
+        removed.extend(step);
+    }
+    removed.sort();
+    removed.dedup();
+    assert_eq!(removed, keys, "the purge's steps name every tagged entry");
+    for key in &keys {
+        assert_eq!(store.lookup(key).await.unwrap(), None, "purged");
+    }
+    assert!(
+        store.lookup(&untagged).await.unwrap().is_some(),
+        "another tag's entry"
+    );
+    assert!(
+        store.purge_tag(&tag, 2, true).await.unwrap().is_empty(),
+        "purged twice"
+    );
+}
+
+async fn a_fill_that_began_before_a_purge_of_its_tag_is_not_stored<S: CacheStore>(
+    store: &S,
+    ids: &Fresh,
+) {
+    let tag = ids.key("gated");
+    let key = ids.hex(20);
+    let began = SystemTime::now() - Duration::from_secs(5);
+    assert!(store.lease(&key, "a", LEASE).await.unwrap().0);
+    assert!(store.purge_tag(&tag, 10, true).await.unwrap().is_empty());
+    let tags = [tag.clone()];
+    let fill = Fill::new("a", began);
+    assert!(
+        !store
+            .store(&key, b"old".to_vec(), TTL, &tags, fill)
+            .await
+            .unwrap(),
+        "a fill that began 5 s before its tag's purge was stored"
+    );
+    assert_eq!(store.lookup(&key).await.unwrap(), None);
+    // A fill that begins after the purge is stored.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fill = Fill::new("a", SystemTime::now());
+    assert!(store
+        .store(&key, b"new".to_vec(), TTL, &tags, fill)
+        .await
+        .unwrap());
+}
+
+async fn generations_only_rise<S: CacheStore>(store: &S, _ids: &Fresh) {
+    let now = store.generation().await.unwrap();
+    match store.next_generation(now).await {
+        Ok(next) => {
+            assert!(next > now, "{now} then {next}");
+            assert_eq!(store.generation().await.unwrap(), next);
+            let past = store.next_generation(next + 100).await.unwrap();
+            assert!(
+                past > next + 100,
+                "past the caller's {}: {past}",
+                next + 100
+            );
+            let again = store.next_generation(0).await.unwrap();
+            assert!(
+                again > past,
+                "a caller's lower number moved it back: {past} then {again}"
+            );
+        }
+        // A store without a generation counter says so, and stays at 0.
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+            assert_eq!(now, 0);
+        }
+    }
+}
