@@ -27,6 +27,11 @@
 //! concrete backends' implementations stay hand-written: they are the
 //! real code.
 //!
+//! Limits: a method's attributes (its docs) reach only the public trait,
+//! so a `#[cfg]` or `#[deprecated]` method does not fit; two borrows
+//! sharing one lifetime name would narrow the public signature (give each
+//! its own); `'fut` is the macro's.
+//!
 //! ```ignore
 //! store_seam! {
 //!     /// Where widgets live.

@@ -259,9 +259,11 @@ impl MapStore {
         map.get_mut(key)
     }
 
-    fn held_by(&self, key: &str, holder: u64) -> bool {
-        let mut map = self.records.lock().unwrap();
-        Self::live(&mut map, key)
+    /// Whether `holder` holds `key`, under the lock the caller then acts
+    /// under (a check and its act apart would let a claim that replaced
+    /// an expired one be released or fenced by the old holder).
+    fn held_by(map: &mut Records, key: &str, holder: u64) -> bool {
+        Self::live(map, key)
             .is_some_and(|(raw, _)| record::state(raw) == Some(State::InFlight { holder }))
     }
 }
@@ -291,7 +293,8 @@ impl IdempotencyStore for MapStore {
         holder: u64,
         counter_ttl: Duration,
     ) -> Result<Option<u64>, Error> {
-        if !self.held_by(key, holder) {
+        let mut map = self.records.lock().unwrap();
+        if !Self::held_by(&mut map, key, holder) {
             return Ok(None);
         }
         let mut tokens = self.tokens.lock().unwrap();
@@ -339,9 +342,10 @@ impl IdempotencyStore for MapStore {
     }
 
     async fn release(&self, key: &str, holder: u64) -> Result<bool, Error> {
-        let held = self.held_by(key, holder);
+        let mut map = self.records.lock().unwrap();
+        let held = Self::held_by(&mut map, key, holder);
         if held {
-            self.records.lock().unwrap().remove(key);
+            map.remove(key);
         }
         Ok(held)
     }

@@ -14,6 +14,10 @@
 //! | `claim` | nothing is there: writes `in_flight(holder, fingerprint)` for the lease | `Claimed`; else `Taken { record: raw }` |
 //! | `extend`, `release` | `state(raw)` is `InFlight { holder }` | true; else false, nothing changed |
 //! | `fence` | `state(raw)` is `InFlight { holder }`: counts the key's token | the token; else `None`, nothing counted |
+//!
+//! The fencing-token counter lives beside the record, not in it: it
+//! outlives a release or a completion (for `counter_ttl` past its last
+//! count), so the next claim's tokens are higher still.
 //! | `complete` | nothing is there, or `InFlight { holder }`: writes the record | true; also true, writing nothing, on `Completed { holder }`; else false |
 //!
 //! ```

@@ -16,6 +16,12 @@ const LEASE: Duration = Duration::from_secs(5);
 /// steps, and a fill that began before a purge of its tag not stored; the
 /// generation counter, when the store has one. Panics on the first check
 /// it fails (see the [module](super) docs).
+///
+/// Unlike the other suites, this one changes what the store holds beyond
+/// its own keys: checking the generation counter starts new generations,
+/// which hides every cache entry stored before (as
+/// [`Purger::purge_all`](crate::cache::Purger::purge_all) does). Run it
+/// on a store kept for tests.
 pub async fn cache_store<S: CacheStore>(store: &S) {
     let ids = &Fresh::new();
     run_checks!(store, ids;
@@ -49,14 +55,14 @@ async fn a_missing_entry_is_none<S: CacheStore>(store: &S, ids: &Fresh) {
 
 async fn a_fill_lease_is_given_up_only_by_its_holder<S: CacheStore>(store: &S, ids: &Fresh) {
     let key = ids.hex(2);
-    let short = Duration::from_millis(100);
+    let short = Duration::from_millis(500);
     assert!(store.lease(&key, "a", short).await.unwrap().0);
     assert!(!store.lease(&key, "b", short).await.unwrap().0, "held");
     // A's lease runs out; B takes it; A's late give-up leaves B's.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(
         store.lease(&key, "b", LEASE).await.unwrap().0,
-        "A's 100 ms lease ran out"
+        "A's 500 ms lease ran out"
     );
     store.unlease(&key, "a").await.unwrap();
     assert!(store.poll(&key).await.unwrap().1, "B still holds it");
@@ -113,7 +119,7 @@ async fn a_renewed_lease_outlives_its_first_ttl<S: CacheStore>(store: &S, ids: &
     );
     assert!(
         store
-            .lease(&key, "d", Duration::from_millis(150))
+            .lease(&key, "d", Duration::from_millis(500))
             .await
             .unwrap()
             .0
@@ -123,7 +129,7 @@ async fn a_renewed_lease_outlives_its_first_ttl<S: CacheStore>(store: &S, ids: &
         "renewed by another"
     );
     assert!(store.renew(&key, "d", LEASE).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(store.poll(&key).await.unwrap().1, "renewed");
     assert!(write(store, &key, "d", TTL).await);
     assert!(
@@ -135,13 +141,13 @@ async fn a_renewed_lease_outlives_its_first_ttl<S: CacheStore>(store: &S, ids: &
 async fn an_entry_expires_after_its_ttl<S: CacheStore>(store: &S, ids: &Fresh) {
     let key = ids.hex(5);
     assert!(store.lease(&key, "a", LEASE).await.unwrap().0);
-    assert!(write(store, &key, "a", Duration::from_millis(150)).await);
+    assert!(write(store, &key, "a", Duration::from_millis(500)).await);
     assert!(store.lookup(&key).await.unwrap().is_some());
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         store.lookup(&key).await.unwrap(),
         None,
-        "lived past its 150 ms"
+        "lived past its 500 ms"
     );
 }
 
@@ -219,7 +225,7 @@ async fn a_fill_that_began_before_a_purge_of_its_tag_is_not_stored<S: CacheStore
     );
     assert_eq!(store.lookup(&key).await.unwrap(), None);
     // A fill that begins after the purge is stored.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     let fill = Fill::new("a", SystemTime::now());
     assert!(store
         .store(&key, b"new".to_vec(), TTL, &tags, fill)
@@ -232,7 +238,8 @@ async fn generations_only_rise<S: CacheStore>(store: &S, _ids: &Fresh) {
     match store.next_generation(now).await {
         Ok(next) => {
             assert!(next > now, "{now} then {next}");
-            assert_eq!(store.generation().await.unwrap(), next);
+            // (At least: another run may have moved it on since.)
+            assert!(store.generation().await.unwrap() >= next);
             let past = store.next_generation(next + 100).await.unwrap();
             assert!(
                 past > next + 100,

@@ -88,7 +88,7 @@ async fn extend_and_release_act_only_for_the_holder<S: IdempotencyStore>(store: 
     );
     assert_eq!(
         store
-            .claim(&key, &FP, 1, Duration::from_millis(200))
+            .claim(&key, &FP, 1, Duration::from_millis(500))
             .await
             .unwrap(),
         Claim::Claimed
@@ -98,11 +98,11 @@ async fn extend_and_release_act_only_for_the_holder<S: IdempotencyStore>(store: 
         "extended by another holder"
     );
     assert!(store.extend(&key, 1, LEASE).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         record::state(&taken(store, &key).await),
         Some(State::InFlight { holder: 1 }),
-        "the extended lease outlived its first 200 ms"
+        "the extended lease outlived its first 500 ms"
     );
     assert!(
         !store.release(&key, 2).await.unwrap(),
@@ -122,16 +122,16 @@ async fn extend_and_release_act_only_for_the_holder<S: IdempotencyStore>(store: 
 
 async fn a_lease_runs_out<S: IdempotencyStore>(store: &S, ids: &Fresh) {
     let key = ids.hex(4);
-    let short = Duration::from_millis(100);
+    let short = Duration::from_millis(300);
     assert_eq!(
         store.claim(&key, &FP, 1, short).await.unwrap(),
         Claim::Claimed
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         store.claim(&key, &FP, 2, LEASE).await.unwrap(),
         Claim::Claimed,
-        "the first claim's 100 ms lease ran out"
+        "the first claim's 300 ms lease ran out"
     );
     assert!(
         !store.extend(&key, 1, LEASE).await.unwrap(),
@@ -243,7 +243,7 @@ async fn a_completed_record_is_kept_for_its_retention<S: IdempotencyStore>(store
         store.claim(&key, &FP, 1, LEASE).await.unwrap(),
         Claim::Claimed
     );
-    let short = Duration::from_millis(150);
+    let short = Duration::from_millis(500);
     assert!(store
         .complete(&key, 1, &completed(1, b"brief"), short)
         .await
@@ -252,10 +252,10 @@ async fn a_completed_record_is_kept_for_its_retention<S: IdempotencyStore>(store
         store.claim(&key, &FP, 2, LEASE).await.unwrap(),
         Claim::Taken { .. }
     ));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         store.claim(&key, &FP, 3, LEASE).await.unwrap(),
         Claim::Claimed,
-        "the record outlived its 150 ms retention"
+        "the record outlived its 500 ms retention"
     );
 }

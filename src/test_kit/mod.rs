@@ -9,20 +9,26 @@
 //! memory backends (its own tests run these same functions on both). Run
 //! them from a test of yours:
 //!
-//! ```no_run
+//! ```
 //! # #[cfg(feature = "idempotency")]
-//! #[tokio::test]
-//! async fn my_store_keeps_the_idempotency_contract() {
-//!     # let my_store = redis_layers::MemoryBackend::new();
-//!     redis_layers::test_kit::idempotency_store(&my_store).await;
-//! }
+//! # async fn my_store_keeps_the_idempotency_contract() {
+//! // In a #[tokio::test] of yours, with your store in place of this one:
+//! let my_store = redis_layers::memory::MemoryBackend::new();
+//! redis_layers::test_kit::idempotency_store(&my_store).await;
+//! # }
 //! ```
 //!
 //! A check that fails panics with what it expected, and the suite logs
 //! which check it was (to stderr). Each run makes its own keys (random
 //! names), so runs may share one store and run at the same time, and a
-//! store that holds data already is fine. Some checks wait for short
-//! leases or expiries to run out: a suite takes a second or two.
+//! store that holds data already is fine; the one exception is the cache
+//! suite, which starts new cache generations (see
+//! [`cache_store`](fn@cache_store)).
+//!
+//! Timing: some checks wait for leases or expiries of 300 ms to 1 s to
+//! run out (a suite takes a few seconds), so a store's calls must answer
+//! well within that, and its clock (the store's, which every contract
+//! uses) must be within 50 ms of the test process's.
 //!
 //! The suites need a Tokio runtime with its timer (`#[tokio::test]`).
 
