@@ -11,7 +11,6 @@ use axum::http::{header, Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use http_body_util::BodyExt;
 use redis_layers::session::store::{
     DeleteOutcome, DeleteRequest, LoadOutcome, LoadRequest, SaveOutcome, SaveRequest, SessionStore,
 };
@@ -19,7 +18,6 @@ use redis_layers::session::{
     Session, SessionError, SessionHandle, SessionInfo, SessionLayer, SessionLayerBuilder,
 };
 use redis_layers::{Backend, Error};
-use tower::ServiceExt;
 
 pub use crate::support::Kind;
 use crate::support::{RedisServer, TestBackend};
@@ -376,14 +374,7 @@ async fn revoke_others(session: Session) -> Result<String, SessionError> {
     Ok(session.revoke_others().await?.to_string())
 }
 
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: String,
-    pub set_cookie: Option<String>,
-    pub cache_control: Option<String>,
-    pub content_type: Option<String>,
-    pub vary: Option<String>,
-}
+pub use crate::support::reply::Reply;
 
 /// Sends one request with a raw `Cookie` header value.
 pub async fn send_raw(app: &Router, method: &str, path: &str, cookie: Option<&[u8]>) -> Reply {
@@ -407,34 +398,7 @@ async fn send(
     if let Some(agent) = agent {
         req = req.header(header::USER_AGENT, agent);
     }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let (set_cookie, cache_control, content_type, vary) = {
-        let text = |name| {
-            res.headers()
-                .get(name)
-                .map(|v: &http::HeaderValue| v.to_str().unwrap().to_owned())
-        };
-        (
-            text(header::SET_COOKIE),
-            text(header::CACHE_CONTROL),
-            text(header::CONTENT_TYPE),
-            text(header::VARY),
-        )
-    };
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        set_cookie,
-        cache_control,
-        content_type,
-        vary,
-    }
+    crate::support::reply::send(app, req.body(Body::empty()).unwrap()).await
 }
 
 /// A browser with one cookie.
@@ -478,7 +442,7 @@ impl Client {
             self.agent.as_deref(),
         )
         .await;
-        if let Some(set) = &reply.set_cookie {
+        if let Some(set) = reply.set_cookie() {
             let pair = set.split(';').next().unwrap().trim().to_owned();
             if set.contains("Max-Age=0") || pair.ends_with('=') {
                 self.cookie = None;

@@ -7,21 +7,7 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
+pub use super::reply::Reply;
 
 /// An HTTP/1.1 client with a cookie jar: one connection per request.
 pub struct Client {
@@ -76,28 +62,22 @@ impl Client {
         let head = String::from_utf8_lossy(&raw[..split]).into_owned();
         let mut body = raw[split + 4..].to_vec();
         let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+        let status = http::StatusCode::from_bytes(status.as_bytes()).unwrap();
+        let mut headers = http::HeaderMap::new();
+        for (n, v) in lines.filter_map(|l| l.split_once(':')) {
+            let name = http::HeaderName::from_bytes(n.trim().as_bytes()).unwrap();
+            headers.append(name, http::HeaderValue::from_str(v.trim()).unwrap());
+        }
         if headers
+            .get_all(http::header::TRANSFER_ENCODING)
             .iter()
-            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
+            .any(|v| v.to_str().unwrap_or("").contains("chunked"))
         {
             body = dechunk(&body);
         }
-        for (n, v) in &headers {
-            if n != "set-cookie" {
-                continue;
-            }
+        for v in headers.get_all(http::header::SET_COOKIE) {
+            let v = v.to_str().unwrap();
             let pair = v.split(';').next().unwrap_or("");
             if let Some((name, value)) = pair.split_once('=') {
                 let expired = v.to_ascii_lowercase().contains("max-age=0");

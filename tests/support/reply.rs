@@ -20,6 +20,11 @@ impl Reply {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The `Set-Cookie` header, when there is one.
+    pub fn set_cookie(&self) -> Option<&str> {
+        self.header("set-cookie")
+    }
+
     /// Whether the body is problem+json.
     pub fn is_problem(&self) -> bool {
         self.header("content-type") == Some("application/problem+json")
