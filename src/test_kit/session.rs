@@ -4,7 +4,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{run_checks, Fresh};
 use crate::session::store::{
-    DeleteOutcome, DeleteRequest, LoadOutcome, LoadRequest, SaveOutcome, SaveRequest, SessionStore,
+    DeleteOutcome, DeleteRequest, LoadOutcome, LoadRequest, Loaded, SaveOutcome, SaveRequest,
+    SessionRecord, SessionStore,
 };
 use crate::session::SessionHandle;
 
@@ -78,12 +79,35 @@ fn load(fields: bool, touch: Duration) -> LoadRequest {
     }
 }
 
+/// The session under `h`, which must be there.
+async fn found<S: SessionStore>(store: &S, h: &SessionHandle, request: LoadRequest) -> Loaded {
+    let outcome = store.load(h, &request).await.unwrap();
+    outcome
+        .found()
+        .unwrap_or_else(|| panic!("session {h} not found"))
+}
+
+/// The fields and metadata of the session under `h`, which must be there.
+async fn fields<S: SessionStore>(store: &S, h: &SessionHandle) -> SessionRecord {
+    let loaded = found(store, h, load(true, IDLE)).await;
+    loaded.record.expect("a load of the fields returns them")
+}
+
+/// What a load of `h` finds.
+async fn outcome<S: SessionStore>(
+    store: &S,
+    h: &SessionHandle,
+    request: LoadRequest,
+) -> LoadOutcome {
+    store.load(h, &request).await.unwrap()
+}
+
 async fn save_creates_once_and_load_returns_fields_and_metadata<S: SessionStore>(
     store: &S,
     ids: &Fresh,
 ) {
     assert_eq!(
-        store.load(&ids.handle(1), &load(true, IDLE)).await.unwrap(),
+        outcome(store, &ids.handle(1), load(true, IDLE)).await,
         LoadOutcome::Missing
     );
     let before = now_ms();
@@ -114,12 +138,7 @@ async fn save_creates_once_and_load_returns_fields_and_metadata<S: SessionStore>
             .unwrap(),
         SaveOutcome::Exists
     );
-    let loaded = store
-        .load(&ids.handle(1), &load(true, IDLE))
-        .await
-        .unwrap()
-        .found()
-        .unwrap();
+    let loaded = found(store, &ids.handle(1), load(true, IDLE)).await;
     let record = loaded.record.unwrap();
     assert_eq!(record.data.get("a"), Some("1"));
     assert_eq!(record.user.as_deref(), Some(ids.user("u1").as_str()));
@@ -141,7 +160,7 @@ async fn update_changes_only_the_given_fields_and_never_recreates<S: SessionStor
         SaveOutcome::Missing
     );
     assert_eq!(
-        store.load(&ids.handle(2), &load(true, IDLE)).await.unwrap(),
+        outcome(store, &ids.handle(2), load(true, IDLE)).await,
         LoadOutcome::Missing,
         "not created by an update"
     );
@@ -159,14 +178,7 @@ async fn update_changes_only_the_given_fields_and_never_recreates<S: SessionStor
         )
         .await
         .unwrap();
-    let record = store
-        .load(&ids.handle(2), &load(true, IDLE))
-        .await
-        .unwrap()
-        .found()
-        .unwrap()
-        .record
-        .unwrap();
+    let record = fields(store, &ids.handle(2)).await;
     let mut keys: Vec<_> = record
         .data
         .iter()
@@ -180,14 +192,7 @@ async fn update_changes_only_the_given_fields_and_never_recreates<S: SessionStor
         .save(&ids.handle(2), &update(&[("d", Some("4"))], true))
         .await
         .unwrap();
-    let record = store
-        .load(&ids.handle(2), &load(true, IDLE))
-        .await
-        .unwrap()
-        .found()
-        .unwrap()
-        .record
-        .unwrap();
+    let record = fields(store, &ids.handle(2)).await;
     assert_eq!(record.data.len(), 1);
     assert_eq!(record.data.get("d"), Some("4"));
     assert_eq!(record.user.as_deref(), Some(ids.user("u").as_str()));
@@ -216,22 +221,17 @@ async fn load_touches_only_when_due_and_never_past_the_deadline<S: SessionStore>
         .await
         .unwrap();
     let t1 = std::time::Instant::now();
-    let first = store
-        .load(&ids.handle(3), &load(false, Duration::from_secs(60)))
-        .await
-        .unwrap()
-        .found()
-        .unwrap();
+    let first = found(store, &ids.handle(3), load(false, Duration::from_secs(60))).await;
     assert!(!first.touched);
     assert!(first.record.is_none(), "touch-only loads return no fields");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let t2 = std::time::Instant::now();
-    let touched = store
-        .load(&ids.handle(3), &load(false, Duration::from_millis(10)))
-        .await
-        .unwrap()
-        .found()
-        .unwrap();
+    let touched = found(
+        store,
+        &ids.handle(3),
+        load(false, Duration::from_millis(10)),
+    )
+    .await;
     assert!(touched.touched);
     // The expiry moved later by about the 50 ms that passed.
     assert!(t2 + touched.expires_in > t1 + first.expires_in + Duration::from_millis(30));
@@ -248,20 +248,12 @@ async fn load_touches_only_when_due_and_never_past_the_deadline<S: SessionStore>
         expires_in <= Duration::from_millis(1_050),
         "min(now + idle, deadline): {expires_in:?}"
     );
-    let l = store
-        .load(&ids.handle(4), &load(false, Duration::ZERO))
-        .await
-        .unwrap()
-        .found()
-        .unwrap();
+    let l = found(store, &ids.handle(4), load(false, Duration::ZERO)).await;
     assert!(l.expires_in <= expires_in);
     assert!(!l.touched, "already at its deadline: nothing to slide");
     tokio::time::sleep(Duration::from_millis(1_300)).await;
     assert_eq!(
-        store
-            .load(&ids.handle(4), &load(true, Duration::ZERO))
-            .await
-            .unwrap(),
+        outcome(store, &ids.handle(4), load(true, Duration::ZERO)).await,
         LoadOutcome::Missing
     );
 
@@ -287,14 +279,7 @@ async fn large_change_sets_are_applied_whole<S: SessionStore>(store: &S, ids: &F
         change = change.change(k.clone(), (i % 2 == 1).then(|| "2".to_owned()));
     }
     store.save(&ids.handle(7), &change).await.unwrap();
-    let record = store
-        .load(&ids.handle(7), &load(true, IDLE))
-        .await
-        .unwrap()
-        .found()
-        .unwrap()
-        .record
-        .unwrap();
+    let record = fields(store, &ids.handle(7)).await;
     assert_eq!(record.data.len(), 600);
     assert!(record
         .data
@@ -303,14 +288,7 @@ async fn large_change_sets_are_applied_whole<S: SessionStore>(store: &S, ids: &F
     // Clear plus new fields in one save.
     let fresh = update(&[("only", Some("3"))], true).user(Some(ids.user("zoe")));
     store.save(&ids.handle(7), &fresh).await.unwrap();
-    let record = store
-        .load(&ids.handle(7), &load(true, IDLE))
-        .await
-        .unwrap()
-        .found()
-        .unwrap()
-        .record
-        .unwrap();
+    let record = fields(store, &ids.handle(7)).await;
     assert_eq!(record.data.len(), 1);
     assert_eq!(record.user.as_deref(), Some(ids.user("zoe").as_str()));
 }
@@ -323,22 +301,10 @@ async fn saves_count_revisions_and_delete_can_require_one<S: SessionStore>(store
         )
         .await
         .unwrap();
-    let first = store
-        .load(&ids.handle(8), &load(true, IDLE))
-        .await
-        .unwrap()
-        .found()
-        .unwrap()
-        .record
-        .unwrap();
+    let first = fields(store, &ids.handle(8)).await;
     assert_eq!(first.revision, 1);
     // A touch is not a save.
-    let touched = store
-        .load(&ids.handle(8), &load(true, Duration::ZERO))
-        .await
-        .unwrap()
-        .found()
-        .unwrap();
+    let touched = found(store, &ids.handle(8), load(true, Duration::ZERO)).await;
     assert_eq!(touched.record.unwrap().revision, 1);
     store
         .save(&ids.handle(8), &update(&[("b", Some("2"))], false))
@@ -351,10 +317,8 @@ async fn saves_count_revisions_and_delete_can_require_one<S: SessionStore>(store
         DeleteOutcome::Changed,
         "saved since revision 1"
     );
-    assert!(store
-        .load(&ids.handle(8), &load(false, IDLE))
+    assert!(outcome(store, &ids.handle(8), load(false, IDLE))
         .await
-        .unwrap()
         .found()
         .is_some());
     assert_eq!(
@@ -382,19 +346,9 @@ async fn a_touch_moves_last_seen_and_the_expiry_together<S: SessionStore>(store:
         .save(&ids.handle(9), &create(&[("a", "1")], None))
         .await
         .unwrap();
-    let before = store
-        .load(&ids.handle(9), &load(true, IDLE))
-        .await
-        .unwrap()
-        .found()
-        .unwrap();
+    let before = found(store, &ids.handle(9), load(true, IDLE)).await;
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let after = store
-        .load(&ids.handle(9), &load(true, Duration::ZERO))
-        .await
-        .unwrap()
-        .found()
-        .unwrap();
+    let after = found(store, &ids.handle(9), load(true, Duration::ZERO)).await;
     assert!(after.touched);
     let (b, a) = (before.record.unwrap(), after.record.unwrap());
     assert!(
@@ -406,12 +360,7 @@ async fn a_touch_moves_last_seen_and_the_expiry_together<S: SessionStore>(store:
     assert_eq!(a.data, b.data);
     assert_eq!((a.created_ms, a.deadline_ms), (b.created_ms, b.deadline_ms));
     // And what a touch wrote reads back.
-    let again = store
-        .load(&ids.handle(9), &load(true, IDLE))
-        .await
-        .unwrap()
-        .found()
-        .unwrap();
+    let again = found(store, &ids.handle(9), load(true, IDLE)).await;
     assert_eq!(again.record.unwrap().last_seen_ms, a.last_seen_ms);
 }
 
@@ -448,17 +397,11 @@ async fn a_renewal_leaves_a_marker_that_gives_no_session<S: SessionStore>(store:
     );
     // The old handle: no session, but "renewed", not "missing".
     assert_eq!(
-        store
-            .load(&ids.handle(30), &load(true, IDLE))
-            .await
-            .unwrap(),
+        outcome(store, &ids.handle(30), load(true, IDLE)).await,
         LoadOutcome::Renewed
     );
     assert_eq!(
-        store
-            .load(&ids.handle(30), &load(false, Duration::ZERO))
-            .await
-            .unwrap(),
+        outcome(store, &ids.handle(30), load(false, Duration::ZERO)).await,
         LoadOutcome::Renewed
     );
     assert_eq!(
@@ -507,10 +450,8 @@ async fn a_renewal_leaves_a_marker_that_gives_no_session<S: SessionStore>(store:
         "the successor is listed, the marker is not"
     );
     // The successor itself is untouched.
-    assert!(store
-        .load(&ids.handle(31), &load(true, IDLE))
+    assert!(outcome(store, &ids.handle(31), load(true, IDLE))
         .await
-        .unwrap()
         .found()
         .is_some());
 }
@@ -533,10 +474,8 @@ async fn delete_can_require_an_owner<S: SessionStore>(store: &S, ids: &Fresh) {
         .unwrap(),
         DeleteOutcome::NotOwned
     );
-    assert!(store
-        .load(&ids.handle(6), &load(false, IDLE))
+    assert!(outcome(store, &ids.handle(6), load(false, IDLE))
         .await
-        .unwrap()
         .found()
         .is_some());
     assert_eq!(
