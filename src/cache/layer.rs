@@ -574,29 +574,33 @@ where
         }
         req.extensions_mut().insert(Purger::of(&config));
         let known_host = config.serves(flow::key_uri(&req), req.headers());
-        match *req.method() {
-            Method::POST | Method::PUT | Method::PATCH | Method::DELETE if known_host => {
-                trace.outcome("cache", "invalidate");
-                ResponseFuture::from_box(trace.boxed(flow::write(config, inner, req)))
-            }
-            // Other methods, and any request for a host this cache does not
-            // serve: to the handler, never stored, tags taken off.
-            _ => {
-                trace.outcome("cache", "bypass");
-                let mut inner = inner;
-                let future = trace.span().in_scope(|| inner.call(req));
-                let future = crate::trace::unmeasured(future);
-                ResponseFuture::from_box(trace.boxed(async move {
-                    let (mut head, body) = future.await?.into_parts();
-                    flow::take_tags(&mut head.headers, &config.tag_header);
-                    let mut res = Response::from_parts(head, ResponseBody::inner(body));
-                    if !known_host {
-                        res = flow::with_status(res, &config.name, "fwd=bypass; detail=host");
-                    }
-                    Ok(res)
-                }))
-            }
+        // RFC 9111 §4.4: a non-error answer to an unsafe method, or one
+        // whose safety is unknown, invalidates the target URI. The safe
+        // methods (RFC 9110 §9.2.1) change nothing, and CONNECT names no
+        // resource of this origin.
+        let unsafe_method = !matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT
+        );
+        if unsafe_method && known_host {
+            trace.outcome("cache", "invalidate");
+            return ResponseFuture::from_box(trace.boxed(flow::write(config, inner, req)));
         }
+        // Safe methods, and any request for a host this cache does not
+        // serve: to the handler, never stored, tags taken off.
+        trace.outcome("cache", "bypass");
+        let mut inner = inner;
+        let future = trace.span().in_scope(|| inner.call(req));
+        let future = crate::trace::unmeasured(future);
+        ResponseFuture::from_box(trace.boxed(async move {
+            let (mut head, body) = future.await?.into_parts();
+            flow::take_tags(&mut head.headers, &config.tag_header);
+            let mut res = Response::from_parts(head, ResponseBody::inner(body));
+            if !known_host {
+                res = flow::with_status(res, &config.name, "fwd=bypass; detail=host");
+            }
+            Ok(res)
+        }))
     }
 }
 

@@ -129,9 +129,12 @@
 //!
 //! # Invalidation and tags
 //!
-//! A non-error response to `POST`, `PUT`, `PATCH` or `DELETE` removes what
-//! is stored for its URI and for `Location` / `Content-Location` on the
-//! same origin, before the response is returned.
+//! A non-error response to an unsafe method (`POST`, `PUT`, `PATCH`,
+//! `DELETE`, and any method whose safety this cache does not know, as RFC
+//! 9111 §4.4 asks) removes what is stored for its URI and for `Location` /
+//! `Content-Location` on the same origin, before the response is
+//! returned. `GET`, `HEAD`, `OPTIONS`, `TRACE` and `CONNECT` remove
+//! nothing.
 //!
 //! A handler tags its response in a `Cache-Tag` header (comma-separated;
 //! the name is [`tag_header`](CacheLayerBuilder::tag_header); the layer

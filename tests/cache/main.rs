@@ -229,7 +229,11 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
         .route("/sees-purger", axum::routing::get(sees_purger))
         .route(
             "/{*path}",
-            axum::routing::get(answer).post(change).put(fail),
+            // Other methods (OPTIONS, WebDAV's, made-up ones) answer as POST.
+            axum::routing::get(answer)
+                .post(change)
+                .put(fail)
+                .fallback(change),
         )
         .with_state(fx.runs.clone())
         .layer(layer)
@@ -685,6 +689,27 @@ support::both_backends! { fixture;
         assert_eq!(w.status, StatusCode::CREATED);
         assert_eq!(fx.entries(), 0, "both the URI and Location are gone");
         assert!(!get(&app, "/fresh").await.hit());
+    }
+
+    rfc9111_4_4_a_method_of_unknown_safety_invalidates_and_a_safe_one_does_not => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/fresh").await;
+        fx.stored(1).await;
+        // Safe methods answered 2xx change nothing.
+        for method in ["OPTIONS", "TRACE"] {
+            assert_eq!(send(&app, method, "/fresh", &[]).await.status, StatusCode::CREATED);
+            assert!(get(&app, "/fresh").await.hit(), "{method} invalidated");
+        }
+        // A WebDAV method, and one this cache has never heard of: unsafe
+        // until known otherwise (RFC 9111 §4.4).
+        for method in ["PROPPATCH", "FROBNICATE"] {
+            get(&app, "/fresh").await;
+            fx.stored(1).await;
+            assert!(get(&app, "/fresh").await.hit());
+            assert_eq!(send(&app, method, "/fresh", &[]).await.status, StatusCode::CREATED);
+            assert_eq!(fx.entries(), 0, "{method} left the entry");
+            assert!(!get(&app, "/fresh").await.hit(), "{method}");
+        }
     }
 
     a_large_body_streams_through_uncached => |fx| {
