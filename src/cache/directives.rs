@@ -26,6 +26,8 @@ pub(crate) struct Directives {
     pub(crate) private: bool,
     pub(crate) public: bool,
     pub(crate) must_revalidate: bool,
+    /// `must-understand` (RFC 9111 §5.2.2.3).
+    pub(crate) must_understand: bool,
     pub(crate) proxy_revalidate: bool,
     pub(crate) only_if_cached: bool,
     /// `Some(0)` when the value is invalid: the response is then stale.
@@ -107,6 +109,7 @@ impl Directives {
                 "private" => self.private = true,
                 "public" => self.public = true,
                 "must-revalidate" => self.must_revalidate = true,
+                "must-understand" => self.must_understand = true,
                 "proxy-revalidate" => self.proxy_revalidate = true,
                 "only-if-cached" => self.only_if_cached = true,
                 // Invalid values make the response stale (max-age=0).

@@ -147,7 +147,7 @@ impl CacheLayer {
             name: DEFAULT_NAME.to_owned(),
             strip_set_cookie: false,
             sort_query: false,
-            extra_statuses: Vec::new(),
+            only_statuses: None,
             stale_while_revalidate: None,
             stale_if_error: None,
             keep_stale: DEFAULT_KEEP_STALE,
@@ -179,7 +179,7 @@ pub struct CacheLayerBuilder {
     name: String,
     strip_set_cookie: bool,
     sort_query: bool,
-    extra_statuses: Vec<StatusCode>,
+    only_statuses: Option<Vec<StatusCode>>,
     stale_while_revalidate: Option<Duration>,
     stale_if_error: Option<Duration>,
     keep_stale: Duration,
@@ -232,16 +232,29 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// Also store responses with `status` when they state their freshness
-    /// (`max-age`, `s-maxage`, `Expires`) or say `public`. By default only
-    /// the statuses RFC 9110 calls heuristically cacheable are stored
-    /// (200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501), so a
-    /// blanket `Cache-Control` never keeps a passing error or redirect.
+    /// Formerly: also store responses with `status` when they state their
+    /// freshness. Every final status is stored then (RFC 9111 §3), so this
+    /// changes nothing; to store fewer, use
+    /// [`only_statuses`](Self::only_statuses).
+    #[deprecated(
+        since = "0.1.0",
+        note = "every final status with explicit freshness is stored; narrow with `only_statuses`"
+    )]
+    pub fn cacheable_status(self, status: StatusCode) -> Self {
+        let _ = status;
+        self
+    }
+
+    /// Store only responses with these statuses. By default any final
+    /// status is stored when the response states its freshness
+    /// (`max-age`, `s-maxage`, `Expires`) or says `public`, as RFC 9111 §3
+    /// allows, and the statuses RFC 9110 calls heuristically cacheable
+    /// (200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501) also
+    /// without it; an origin that puts a blanket `Cache-Control` on its
+    /// errors can keep them out with, say, `only_statuses([StatusCode::OK])`.
     /// 206 and 304 are never stored.
-    pub fn cacheable_status(mut self, status: StatusCode) -> Self {
-        if !self.extra_statuses.contains(&status) {
-            self.extra_statuses.push(status);
-        }
+    pub fn only_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.only_statuses = Some(statuses.into_iter().collect());
         self
     }
 
@@ -473,7 +486,7 @@ impl CacheLayerBuilder {
                 id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 store: self.store,
                 settings: Settings {
-                    extra_statuses: self.extra_statuses,
+                    only_statuses: self.only_statuses,
                     default_ttl: self.default_ttl.map(ms),
                     strip_set_cookie: self.strip_set_cookie,
                     stale_while_revalidate: self.stale_while_revalidate.map(ms),

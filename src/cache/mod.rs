@@ -29,12 +29,16 @@
 //! Responses to `GET` (a `HEAD` is answered from the `GET` entry), as a
 //! shared cache may store them (RFC 9111 §3):
 //!
-//! - the statuses RFC 9110 calls heuristically cacheable (200, 203, 204,
-//!   300, 301, 308, 404, 405, 410, 414, 501); another final status only
-//!   when listed with
-//!   [`cacheable_status`](CacheLayerBuilder::cacheable_status) and the
-//!   response states its freshness (so a blanket `Cache-Control` never
-//!   keeps a passing 500); never 206 or 304;
+//! - any final status whose response states its freshness (`max-age`,
+//!   `s-maxage`, `Expires`) or says `public`, codes this cache does not
+//!   know included (§3); without either, only the statuses RFC 9110 calls
+//!   heuristically cacheable (200, 203, 204, 300, 301, 308, 404, 405, 410,
+//!   414, 501); [`only_statuses`](CacheLayerBuilder::only_statuses)
+//!   narrows this (an origin with a blanket `Cache-Control` on its
+//!   errors); never 206 or 304;
+//! - with `must-understand` (§5.2.2.3), only a status whose requirements
+//!   this cache implements (the ones RFC 9110 defines, but 206 and 304),
+//!   and then despite `no-store`;
 //! - never with `no-store` (in the request or the response), `private`
 //!   (qualified or not), `Vary: *`, or `Set-Cookie` (unless
 //!   [`strip_set_cookie`](CacheLayerBuilder::strip_set_cookie), which

@@ -24,12 +24,22 @@ pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
+/// Final status codes whose caching requirements this cache implements
+/// (the ones RFC 9110 defines), for `must-understand`: all but 206 and 304,
+/// which it never stores (it does not combine partial or updated
+/// responses).
+pub(crate) fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=205 | 300..=303 | 305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
+    )
+}
+
 /// What the layer's settings add to the RFC.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    /// Statuses stored besides the heuristically cacheable ones (when the
-    /// response gives them explicit freshness).
-    pub(crate) extra_statuses: Vec<StatusCode>,
+    /// When set, only responses with these statuses are stored.
+    pub(crate) only_statuses: Option<Vec<StatusCode>>,
     /// Freshness for a storable response that states none, in ms.
     pub(crate) default_ttl: Option<u64>,
     /// Store responses with `Set-Cookie`, without that header.
@@ -80,25 +90,34 @@ pub(crate) fn storable(
 ) -> Result<Keep, NotStored> {
     let req = Directives::of(request);
     let res = Directives::of(response);
-    if req.no_store || res.no_store {
+    // Never an interim answer, a partial or a 304 (this cache does not
+    // combine them), nor, under `must-understand`, a status whose
+    // requirements it does not implement (§5.2.2.3).
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || (res.must_understand && !understood(status))
+        || settings
+            .only_statuses
+            .as_ref()
+            .is_some_and(|only| !only.contains(&status))
+    {
+        return Err(NotStored::Status);
+    }
+    // `must-understand` with an understood status overrides `no-store`
+    // (§5.2.2.3); the request's `no-store` always holds.
+    if req.no_store || (res.no_store && !(res.must_understand && understood(status))) {
         return Err(NotStored::NoStore);
     }
     if res.private {
         return Err(NotStored::Private);
     }
+    // Any final status may be stored when the response states its
+    // freshness or says `public` (§3); without either, only the statuses
+    // RFC 9110 calls heuristically cacheable (§4.2.2).
     let explicit =
         res.s_maxage.is_some() || res.max_age.is_some() || response.contains_key(EXPIRES);
-    // The heuristically cacheable statuses; others only when the layer
-    // lists them and the response states its freshness (RFC 9111 would
-    // let any final status with max-age through, but a blanket
-    // `Cache-Control` on every response would then keep a passing 500 or
-    // 302). Never a partial or a 304: this cache does not combine them.
-    let listed = settings.extra_statuses.contains(&status) && (explicit || res.public);
-    if status.is_informational()
-        || status == StatusCode::PARTIAL_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || !(heuristically_cacheable(status) || listed)
-    {
+    if !(explicit || res.public || heuristically_cacheable(status)) {
         return Err(NotStored::Status);
     }
     if request.contains_key(AUTHORIZATION)
@@ -303,7 +322,7 @@ mod tests {
 
     fn plain() -> Settings {
         Settings {
-            extra_statuses: vec![],
+            only_statuses: None,
             default_ttl: None,
             strip_set_cookie: false,
             stale_while_revalidate: None,
@@ -360,23 +379,37 @@ mod tests {
             keep(&[], 302, &[("last-modified", &lm)]),
             Err(NotStored::Status)
         );
-        assert_eq!(
-            keep(&[], 302, &cc("max-age=9")),
-            Err(NotStored::Status),
-            "not listed"
+        // Any final status with explicit freshness, or `public` (§3),
+        // unknown codes too.
+        for status in [201, 204, 302, 307, 400, 418, 500, 503, 599] {
+            assert!(keep(&[], status, &cc("max-age=9")).is_ok(), "{status}");
+        }
+        assert!(keep(&[], 599, &[("expires", &date(NOW + 9_000))]).is_ok());
+        assert!(
+            keep(&[], 302, &cc("public")).is_err(),
+            "public, but no freshness at all"
         );
-        assert_eq!(keep(&[], 500, &cc("max-age=9")), Err(NotStored::Status));
-        let listed = Settings {
-            extra_statuses: vec![StatusCode::FOUND],
+        assert_eq!(
+            keep(
+                &[],
+                302,
+                &[("cache-control", "public"), ("last-modified", &lm)]
+            )
+            .unwrap()
+            .lifetime,
+            100_000,
+            "public allows a heuristic"
+        );
+        // Narrowed by the layer.
+        let only = Settings {
+            only_statuses: Some(vec![StatusCode::OK]),
             ..plain()
         };
         let res = headers(&[("cache-control", "max-age=9")]);
-        assert!(storable(&HeaderMap::new(), StatusCode::FOUND, &res, &listed, now()).is_ok());
-        let res = headers(&[("last-modified", &lm)]);
+        assert!(storable(&HeaderMap::new(), StatusCode::OK, &res, &only, now()).is_ok());
         assert_eq!(
-            storable(&HeaderMap::new(), StatusCode::FOUND, &res, &listed, now()),
-            Err(NotStored::Status),
-            "listed, but without explicit freshness"
+            storable(&HeaderMap::new(), StatusCode::NOT_FOUND, &res, &only, now()),
+            Err(NotStored::Status)
         );
         // The configured default comes last.
         let with_default = Settings {
@@ -414,6 +447,43 @@ mod tests {
         );
         assert_eq!(keep(&[], 206, &cc("max-age=60")), Err(NotStored::Status));
         assert_eq!(keep(&[], 304, &cc("max-age=60")), Err(NotStored::Status));
+        assert_eq!(keep(&[], 101, &cc("max-age=60")), Err(NotStored::Status));
+    }
+
+    #[test]
+    fn rfc9111_5_2_2_3_must_understand() {
+        let cc = |v| [("cache-control", v)];
+        // A status this cache understands: stored, even with no-store.
+        assert!(keep(&[], 200, &cc("must-understand, max-age=60")).is_ok());
+        assert!(keep(&[], 200, &cc("must-understand, no-store, max-age=60")).is_ok());
+        assert!(keep(&[], 404, &cc("no-store, must-understand, max-age=60")).is_ok());
+        // One it does not: never, whatever else the response says.
+        assert_eq!(
+            keep(&[], 599, &cc("must-understand, max-age=60")),
+            Err(NotStored::Status)
+        );
+        assert_eq!(
+            keep(&[], 299, &cc("must-understand, no-store, public")),
+            Err(NotStored::Status)
+        );
+        // Nor 206 (not combined here), and the request's no-store holds.
+        assert_eq!(
+            keep(&[], 206, &cc("must-understand, max-age=60")),
+            Err(NotStored::Status)
+        );
+        assert_eq!(
+            keep(
+                &cc("no-store"),
+                200,
+                &cc("must-understand, no-store, max-age=60")
+            ),
+            Err(NotStored::NoStore)
+        );
+        // Without it, no-store wins.
+        assert_eq!(
+            keep(&[], 599, &cc("no-store, max-age=60")),
+            Err(NotStored::NoStore)
+        );
         assert_eq!(
             keep(
                 &[],

@@ -116,6 +116,16 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                 set("cache-control", "max-age=60");
                 return (StatusCode::INTERNAL_SERVER_ERROR, out, body).into_response();
             }
+            // A status no RFC defines, with and without must-understand.
+            "/odd" | "/odd-must-understand" => {
+                let cc = if path == "/odd" {
+                    "max-age=60"
+                } else {
+                    "must-understand, max-age=60"
+                };
+                set("cache-control", cc);
+                return (StatusCode::from_u16(599).unwrap(), out, body).into_response();
+            }
             "/missing" => {
                 return (
                     StatusCode::NOT_FOUND,
@@ -334,7 +344,7 @@ support::both_backends! { fixture;
 
     what_a_shared_cache_must_not_store_is_not_stored => |fx| {
         let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
-        for path in ["/private", "/no-store", "/cookie", "/plain", "/vary-star", "/error", "/no-cache"] {
+        for path in ["/private", "/no-store", "/cookie", "/plain", "/vary-star", "/no-cache", "/odd-must-understand"] {
             let a = get(&app, path).await;
             let b = get(&app, path).await;
             assert_ne!(a.body, b.body, "{path} was served from the store");
@@ -379,6 +389,33 @@ support::both_backends! { fixture;
         assert_eq!(b.status, StatusCode::NOT_FOUND);
         assert!(b.hit());
         assert_eq!(b.body, a.body);
+    }
+
+    rfc9111_3_any_final_status_with_explicit_freshness_is_stored => |fx| {
+        let plain = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        for (path, status) in [("/error", 500), ("/odd", 599)] {
+            let a = get(&plain, path).await;
+            assert_eq!(a.status, status);
+            fx.stored(1 + usize::from(status == 599)).await;
+            let b = get(&plain, path).await;
+            assert!(b.hit(), "{path}: {}", b.cache_status());
+            assert_eq!((b.status, &b.body), (a.status, &a.body));
+        }
+        // The operator narrows it.
+        let only_ok = fx.builder().only_statuses([StatusCode::OK]).build().unwrap();
+        let narrowed = app(&fx, only_ok);
+        for path in ["/missing", "/odd"] {
+            get(&narrowed, &format!("{path}?narrowed")).await;
+            let again = get(&narrowed, &format!("{path}?narrowed")).await;
+            assert!(!again.hit(), "{path}: {}", again.cache_status());
+        }
+        get(&narrowed, "/fresh?narrowed").await;
+        fx.stored(3).await;
+        assert!(get(&narrowed, "/fresh?narrowed").await.hit());
+        // (Stores are written after the answer: by now the 404 and the 599
+        // would be there too.)
+        assert_eq!(fx.entries(), 3, "/error, /odd and /fresh?narrowed");
+        assert!(!get(&narrowed, "/odd?narrowed").await.hit());
     }
 
     vary_keeps_variants_apart => |fx| {
