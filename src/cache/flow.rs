@@ -70,10 +70,13 @@ pub(crate) fn cache_key(
     hash_hex([key_line(sort_query, uri, headers, generation).as_slice()])
 }
 
-/// What a request's cache key hashes: scheme, host, path and query, one
-/// per line (none of them can hold a line break, so the concatenation is
+/// What a request's cache key hashes: host, path and query, one per line
+/// (none of them can hold a line break, so the concatenation is
 /// unambiguous; short keys fit one SHA-256 block), and after the first
-/// purge of everything a last line with the generation.
+/// purge of everything a last line with the generation. Not the scheme:
+/// an HTTP/1 request carries none (hyper says `http`) and an HTTP/2 one
+/// its `:scheme` (`https` behind TLS), so one page would be two entries,
+/// and a purge by URL would miss one of them.
 pub(crate) fn key_line(
     sort_query: bool,
     uri: &http::Uri,
@@ -93,15 +96,12 @@ fn write_key_line(
     headers: &HeaderMap,
     generation: u64,
 ) {
-    let scheme = uri.scheme_str().unwrap_or("http");
     let host = uri
         .authority()
         .map(|a| a.as_str())
         .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default();
     line.extend_from_slice(b"GET\n");
-    line.extend_from_slice(scheme.as_bytes());
-    line.push(b'\n');
     line.extend(host.bytes().map(|b| b.to_ascii_lowercase()));
     line.push(b'\n');
     line.extend_from_slice(uri.path().as_bytes());
@@ -1770,9 +1770,8 @@ fn same_origin(uri: &http::Uri, headers: &HeaderMap, value: &HeaderValue) -> Opt
                     .and_then(|h| h.to_str().ok())
                     .map(str::to_owned)
             })?;
-            let scheme = uri.scheme_str().unwrap_or("http");
-            let same = authority.as_str().eq_ignore_ascii_case(&host)
-                && target.scheme_str().unwrap_or(scheme) == scheme;
+            // The host alone, as the cache key has it (no scheme).
+            let same = authority.as_str().eq_ignore_ascii_case(&host);
             same.then(|| {
                 // Keyed as the request would be: without the authority when
                 // the request had none.

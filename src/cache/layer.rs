@@ -785,7 +785,9 @@ impl Purger {
 
     /// Removes the entry for a URL: `uri` as requests name it (a path and
     /// query, or an absolute URI), on `host` (the `Host` header's value)
-    /// when `uri` names none. True when there was one.
+    /// when `uri` names none. The scheme does not matter (the key has
+    /// none: the page served over HTTP/1 and HTTP/2 is one entry). True
+    /// when there was one.
     pub async fn purge_url(&self, uri: &str, host: &str) -> Result<bool, Error> {
         let uri: http::Uri = uri
             .parse()

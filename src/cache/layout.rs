@@ -2,8 +2,8 @@
 //! memory.
 //!
 //! Key: `{prefix}:cache:{<hash>}:e`, where `<hash>` is 32 hex digits of the
-//! SHA-256 of the request's cache key (method, scheme, host, path and
-//! query), so nothing a client sends (a token in a query string) appears
+//! SHA-256 of the request's cache key (method, host, path and query: not
+//! the scheme, which differs between HTTP/1 and HTTP/2), so nothing a client sends (a token in a query string) appears
 //! in clear in Redis.
 //!
 //! Value: a compact binary entry, big-endian throughout:

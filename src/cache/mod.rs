@@ -56,8 +56,10 @@
 //!   the client and stored once it has ended; a client that goes away
 //!   first leaves nothing stored.
 //!
-//! The key hashes the scheme, host, path and query (SHA-256), so nothing a
-//! client sends appears in clear in Redis; `Vary` is honoured by storing a
+//! The key hashes the host, path and query (SHA-256), so nothing a client
+//! sends appears in clear in Redis. Not the scheme: one page fetched over
+//! HTTP/1 (whose requests carry none) and over HTTP/2 (whose `:scheme` is
+//! `https` behind TLS) is one entry, and one purge by URL removes it; `Vary` is honoured by storing a
 //! hash of the request's values of the listed headers with the entry (one
 //! variant per URL: another variant replaces it). Hop-by-hop headers,
 //! `Set-Cookie` and `Age` are never stored.
