@@ -112,9 +112,14 @@ impl Directives {
                 "must-understand" => self.must_understand = true,
                 "proxy-revalidate" => self.proxy_revalidate = true,
                 "only-if-cached" => self.only_if_cached = true,
-                // Invalid values make the response stale (max-age=0).
-                "max-age" => self.max_age = Some(seconds().unwrap_or(0)),
-                "s-maxage" => self.s_maxage = Some(seconds().unwrap_or(0)),
+                // Invalid values make the response stale (max-age=0); of
+                // duplicates, the first counts (RFC 9111 §4.2.1).
+                "max-age" => {
+                    self.max_age = self.max_age.or(Some(seconds().unwrap_or(0)));
+                }
+                "s-maxage" => {
+                    self.s_maxage = self.s_maxage.or(Some(seconds().unwrap_or(0)));
+                }
                 "min-fresh" => self.min_fresh = seconds().or(self.min_fresh),
                 "max-stale" => {
                     self.max_stale = match value {
@@ -130,6 +135,18 @@ impl Directives {
             }
         }
     }
+}
+
+/// An `Age` header's seconds (RFC 9111 §5.1): delta-seconds, so digits
+/// only (no sign, no fraction), capped at 2^31; `None`, and the header
+/// ignored, when it is anything else or appears more than once (a list).
+pub(crate) fn age_seconds(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(http::header::AGE).iter();
+    let value = values.next()?.to_str().ok()?.trim();
+    if values.next().is_some() || value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(value.parse::<u64>().unwrap_or(MAX_DELTA).min(MAX_DELTA))
 }
 
 /// delta-seconds: digits only (a quoted value is tolerated, as RFC 9111

@@ -161,11 +161,7 @@ pub(crate) fn storable(
     // §4.2.3: the handler answers in this process, so the response delay
     // is nil and the apparent age is what Date says.
     let apparent = date.map_or(0, |d| now_ms.saturating_sub(d));
-    let age_value = response
-        .get(http::header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(0, |s| s.saturating_mul(1000));
+    let age_value = super::directives::age_seconds(response).map_or(0, |s| s * 1000);
     let initial_age = apparent.max(age_value);
     if lifetime <= initial_age && !res.no_cache {
         return Err(NotStored::NoFreshness);
@@ -537,6 +533,52 @@ mod tests {
             k.flags & MUST_REVALIDATE,
             MUST_REVALIDATE,
             "s-maxage implies proxy-revalidate"
+        );
+    }
+
+    #[test]
+    fn rfc9111_5_1_an_age_that_is_not_delta_seconds_is_ignored() {
+        let age = |value: &str| {
+            keep(&[], 200, &[("cache-control", "max-age=60"), ("age", value)])
+                .map(|k| k.initial_age)
+        };
+        assert_eq!(age(" 7 "), Ok(7_000), "optional whitespace");
+        for ignored in ["+5", "-5", "5.0", "5s", "0x10", "", "5, 6", "\"5\""] {
+            assert_eq!(age(ignored), Ok(0), "{ignored:?}");
+        }
+        // Two Age lines are a list: ignored.
+        let two = keep(
+            &[],
+            200,
+            &[("cache-control", "max-age=60"), ("age", "5"), ("age", "6")],
+        );
+        assert_eq!(two.map(|k| k.initial_age), Ok(0));
+        // Past 2^31 seconds: capped (§1.2.2), so stale, not ignored.
+        assert_eq!(age("99999999999999999999999"), Err(NotStored::NoFreshness));
+    }
+
+    #[test]
+    fn rfc9111_4_2_1_of_duplicate_directives_the_first_counts() {
+        let lifetime = |cc: &[(&'static str, &str)]| keep(&[], 200, cc).map(|k| k.lifetime);
+        assert_eq!(
+            lifetime(&[("cache-control", "max-age=60, max-age=1")]),
+            Ok(60_000)
+        );
+        assert_eq!(
+            lifetime(&[
+                ("cache-control", "max-age=60"),
+                ("cache-control", "max-age=1")
+            ]),
+            Ok(60_000)
+        );
+        assert_eq!(
+            lifetime(&[("cache-control", "s-maxage=30, s-maxage=90")]),
+            Ok(30_000)
+        );
+        // A malformed first one makes the response stale: not stored.
+        assert_eq!(
+            lifetime(&[("cache-control", "max-age=soon, max-age=60")]),
+            Err(NotStored::NoFreshness)
         );
     }
 
