@@ -28,6 +28,9 @@ pub(crate) struct Directives {
     pub(crate) must_revalidate: bool,
     /// `must-understand` (RFC 9111 §5.2.2.3).
     pub(crate) must_understand: bool,
+    /// A `Cache-Control` line that is not text: read as `no-store`, and
+    /// never overridden (it may have said `private`).
+    pub(crate) unreadable: bool,
     pub(crate) proxy_revalidate: bool,
     pub(crate) only_if_cached: bool,
     /// `Some(0)` when the value is invalid: the response is then stale.
@@ -84,7 +87,10 @@ impl Directives {
         for value in headers.get_all(CACHE_CONTROL) {
             match value.to_str() {
                 Ok(text) => d.read(text),
-                Err(_) => d.no_store = true,
+                Err(_) => {
+                    d.no_store = true;
+                    d.unreadable = true;
+                }
             }
         }
         d
@@ -137,13 +143,14 @@ impl Directives {
     }
 }
 
-/// An `Age` header's seconds (RFC 9111 §5.1): delta-seconds, so digits
+/// An `Age` header's seconds (RFC 9111 §5.1): of a list (one line with
+/// commas, or several lines), the first member; delta-seconds, so digits
 /// only (no sign, no fraction), capped at 2^31; `None`, and the header
-/// ignored, when it is anything else or appears more than once (a list).
+/// ignored, when that member is anything else.
 pub(crate) fn age_seconds(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(http::header::AGE).iter();
-    let value = values.next()?.to_str().ok()?.trim();
-    if values.next().is_some() || value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+    let first = headers.get(http::header::AGE)?.to_str().ok()?;
+    let value = first.split(',').next().unwrap_or_default().trim();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     Some(value.parse::<u64>().unwrap_or(MAX_DELTA).min(MAX_DELTA))

@@ -74,9 +74,10 @@ pub(crate) fn cache_key(
 /// (none of them can hold a line break, so the concatenation is
 /// unambiguous; short keys fit one SHA-256 block), and after the first
 /// purge of everything a last line with the generation. Not the scheme:
-/// an HTTP/1 request carries none (hyper says `http`) and an HTTP/2 one
+/// an HTTP/1 request usually carries none (origin-form) and an HTTP/2 one
 /// its `:scheme` (`https` behind TLS), so one page would be two entries,
-/// and a purge by URL would miss one of them.
+/// and a purge by URL would miss one of them. An application that
+/// answers differently by scheme must not let those answers be stored.
 pub(crate) fn key_line(
     sort_query: bool,
     uri: &http::Uri,
@@ -1770,8 +1771,12 @@ fn same_origin(uri: &http::Uri, headers: &HeaderMap, value: &HeaderValue) -> Opt
                     .and_then(|h| h.to_str().ok())
                     .map(str::to_owned)
             })?;
-            // The host alone, as the cache key has it (no scheme).
-            let same = authority.as_str().eq_ignore_ascii_case(&host);
+            // The host, as the cache key has it (no scheme), of an http
+            // or https URI.
+            let web = target
+                .scheme_str()
+                .is_none_or(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
+            let same = web && authority.as_str().eq_ignore_ascii_case(&host);
             same.then(|| {
                 // Keyed as the request would be: without the authority when
                 // the request had none.

@@ -237,7 +237,7 @@ impl CacheLayerBuilder {
     /// changes nothing; to store fewer, use
     /// [`only_statuses`](Self::only_statuses).
     #[deprecated(
-        since = "0.1.0",
+        since = "0.2.0",
         note = "every final status with explicit freshness is stored; narrow with `only_statuses`"
     )]
     pub fn cacheable_status(self, status: StatusCode) -> Self {

@@ -39,7 +39,8 @@
 //! - with `must-understand` (§5.2.2.3), only a status whose requirements
 //!   this cache implements (the ones RFC 9110 defines, but 206 and 304),
 //!   and then despite `no-store`;
-//! - never with `no-store` (in the request or the response), `private`
+//! - never with `no-store` (in the request; in the response, but as
+//!   `must-understand` allows above), `private`
 //!   (qualified or not), `Vary: *`, or `Set-Cookie` (unless
 //!   [`strip_set_cookie`](CacheLayerBuilder::strip_set_cookie), which
 //!   stores the response without it);
@@ -58,7 +59,7 @@
 //!
 //! The key hashes the host, path and query (SHA-256), so nothing a client
 //! sends appears in clear in Redis. Not the scheme: one page fetched over
-//! HTTP/1 (whose requests carry none) and over HTTP/2 (whose `:scheme` is
+//! HTTP/1 (whose requests usually carry none) and over HTTP/2 (whose `:scheme` is
 //! `https` behind TLS) is one entry, and one purge by URL removes it; `Vary` is honoured by storing a
 //! hash of the request's values of the listed headers with the entry (one
 //! variant per URL: another variant replaces it). Hop-by-hop headers,
@@ -140,7 +141,9 @@
 //! 9111 §4.4 asks) removes what is stored for its URI and for `Location` /
 //! `Content-Location` on the same origin, before the response is
 //! returned. `GET`, `HEAD`, `OPTIONS`, `TRACE` and `CONNECT` remove
-//! nothing.
+//! nothing. So a catch-all handler that answers 2xx to any method lets
+//! any client evict a page with a made-up method: answer 405 to the
+//! methods you do not implement (axum's routers do).
 //!
 //! A handler tags its response in a `Cache-Tag` header (comma-separated;
 //! the name is [`tag_header`](CacheLayerBuilder::tag_header); the layer

@@ -106,7 +106,10 @@ pub(crate) fn storable(
     }
     // `must-understand` with an understood status overrides `no-store`
     // (§5.2.2.3); the request's `no-store` always holds.
-    if req.no_store || (res.no_store && !(res.must_understand && understood(status))) {
+    if req.no_store
+        || res.unreadable
+        || (res.no_store && !(res.must_understand && understood(status)))
+    {
         return Err(NotStored::NoStore);
     }
     if res.private {
@@ -475,6 +478,17 @@ mod tests {
             ),
             Err(NotStored::NoStore)
         );
+        // A Cache-Control line that is not text may have said private:
+        // must-understand does not override it.
+        let mut res = headers(&[("cache-control", "must-understand, max-age=60")]);
+        res.append(
+            "cache-control",
+            HeaderValue::from_bytes(b"private, \xff").unwrap(),
+        );
+        assert_eq!(
+            storable(&HeaderMap::new(), StatusCode::OK, &res, &plain(), now()),
+            Err(NotStored::NoStore)
+        );
         // Without it, no-store wins.
         assert_eq!(
             keep(&[], 599, &cc("no-store, max-age=60")),
@@ -543,16 +557,17 @@ mod tests {
                 .map(|k| k.initial_age)
         };
         assert_eq!(age(" 7 "), Ok(7_000), "optional whitespace");
-        for ignored in ["+5", "-5", "5.0", "5s", "0x10", "", "5, 6", "\"5\""] {
+        for ignored in ["+5", "-5", "5.0", "5s", "0x10", "", "\"5\"", "x, 5"] {
             assert_eq!(age(ignored), Ok(0), "{ignored:?}");
         }
-        // Two Age lines are a list: ignored.
+        // A list, on one line or two: its first member.
+        assert_eq!(age("5, 6"), Ok(5_000));
         let two = keep(
             &[],
             200,
             &[("cache-control", "max-age=60"), ("age", "5"), ("age", "6")],
         );
-        assert_eq!(two.map(|k| k.initial_age), Ok(0));
+        assert_eq!(two.map(|k| k.initial_age), Ok(5_000));
         // Past 2^31 seconds: capped (§1.2.2), so stale, not ignored.
         assert_eq!(age("99999999999999999999999"), Err(NotStored::NoFreshness));
     }
