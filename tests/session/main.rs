@@ -7,7 +7,6 @@ mod support;
 
 mod harness;
 mod redis_only;
-mod store;
 
 use std::time::Duration;
 
