@@ -1078,15 +1078,16 @@ fn store_refreshed(
     waiting: Waiting,
 ) -> bool {
     // Only a fill lease's holder stores (see `write_entry`).
-    if waiting.lease.is_none() {
+    let Some(lease) = &waiting.lease else {
         return false;
-    }
+    };
     let now = SystemTime::now();
-    let Ok(keep) = policy::storable(
+    let Ok(keep) = policy::storable_since(
         request_headers,
         entry.status,
         &entry.headers,
         &config.settings,
+        lease.began,
         now,
     ) else {
         return false;
@@ -1349,7 +1350,11 @@ where
     let mut stored = "";
     // Only a fill lease's holder stores (see `write_entry`).
     if may_store && waiting.lease.is_some() {
-        if let Some((entry, ttl)) = plan(config, request_headers, &head, tags) {
+        let requested = waiting
+            .lease
+            .as_ref()
+            .map_or_else(SystemTime::now, |l| l.began);
+        if let Some((entry, ttl)) = plan(config, request_headers, &head, tags, requested) {
             let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
             let config = config.clone();
             copy = Some(Tap::new(config.max_body, hint, move |body| {
@@ -1372,6 +1377,7 @@ fn plan(
     request_headers: &HeaderMap,
     head: &http::response::Parts,
     tags: Vec<String>,
+    requested: SystemTime,
 ) -> Option<(Entry, Duration)> {
     let too_big = head
         .headers
@@ -1384,11 +1390,12 @@ fn plan(
         return None;
     }
     let now = SystemTime::now();
-    let keep = match policy::storable(
+    let keep = match policy::storable_since(
         request_headers,
         head.status,
         &head.headers,
         &config.settings,
+        requested,
         now,
     ) {
         Ok(keep) => keep,

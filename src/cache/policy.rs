@@ -80,12 +80,26 @@ pub(crate) struct Keep {
     pub(crate) retention: u64,
 }
 
-/// Whether a response to a GET may be stored by a shared cache, and how.
+/// [`storable_since`] for a response that arrived as it was asked for.
+#[cfg(test)]
 pub(crate) fn storable(
     request: &HeaderMap,
     status: StatusCode,
     response: &HeaderMap,
     settings: &Settings,
+    now: SystemTime,
+) -> Result<Keep, NotStored> {
+    storable_since(request, status, response, settings, now, now)
+}
+
+/// Whether a response to a GET, asked for at `requested` and arrived at
+/// `now`, may be stored by a shared cache, and how.
+pub(crate) fn storable_since(
+    request: &HeaderMap,
+    status: StatusCode,
+    response: &HeaderMap,
+    settings: &Settings,
+    requested: SystemTime,
     now: SystemTime,
 ) -> Result<Keep, NotStored> {
     let req = Directives::of(request);
@@ -161,11 +175,16 @@ pub(crate) fn storable(
     } else {
         settings.default_ttl.ok_or(NotStored::NoFreshness)?
     };
-    // §4.2.3: the handler answers in this process, so the response delay
-    // is nil and the apparent age is what Date says.
+    // §4.2.3: the apparent age is what Date says; the Age a handler
+    // passes on (from an upstream) is corrected by the response delay,
+    // the time the handler took, as the response may have aged that much
+    // on its way.
     let apparent = date.map_or(0, |d| now_ms.saturating_sub(d));
-    let age_value = super::directives::age_seconds(response).map_or(0, |s| s * 1000);
-    let initial_age = apparent.max(age_value);
+    let delay = now_ms.saturating_sub(unix_ms(requested));
+    let corrected_age = super::directives::age_seconds(response)
+        .map_or(0, |s| s * 1000)
+        .saturating_add(delay);
+    let initial_age = apparent.max(corrected_age);
     if lifetime <= initial_age && !res.no_cache {
         return Err(NotStored::NoFreshness);
     }
@@ -570,6 +589,46 @@ mod tests {
         assert_eq!(two.map(|k| k.initial_age), Ok(5_000));
         // Past 2^31 seconds: capped (§1.2.2), so stale, not ignored.
         assert_eq!(age("99999999999999999999999"), Err(NotStored::NoFreshness));
+    }
+
+    #[test]
+    fn rfc9111_4_2_3_a_delayed_response_has_aged_on_its_way() {
+        let res = headers(&[("cache-control", "max-age=60"), ("age", "10")]);
+        let settings = plain();
+        let after = |delay_ms: u64| {
+            let requested = crate::time::system_time(NOW - delay_ms);
+            storable_since(
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &res,
+                &settings,
+                requested,
+                now(),
+            )
+        };
+        assert_eq!(after(0).unwrap().initial_age, 10_000);
+        assert_eq!(
+            after(3_000).unwrap().initial_age,
+            13_000,
+            "Age plus the delay"
+        );
+        assert_eq!(
+            after(50_000),
+            Err(NotStored::NoFreshness),
+            "10 s + 50 s: stale"
+        );
+        // Without Age, the delay alone (the handler's own time).
+        let plain_res = headers(&[("cache-control", "max-age=60")]);
+        let requested = crate::time::system_time(NOW - 2_000);
+        let k = storable_since(
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &plain_res,
+            &settings,
+            requested,
+            now(),
+        );
+        assert_eq!(k.unwrap().initial_age, 2_000);
     }
 
     #[test]

@@ -116,6 +116,12 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                 set("cache-control", "max-age=60");
                 return (StatusCode::INTERNAL_SERVER_ERROR, out, body).into_response();
             }
+            // From an upstream that said it was 5 s old, after 1.1 s.
+            "/aged-slow" => {
+                tokio::time::sleep(Duration::from_millis(1_100)).await;
+                set("cache-control", "max-age=60");
+                set("age", "5");
+            }
             // A status no RFC defines, with and without must-understand.
             "/odd" | "/odd-must-understand" => {
                 let cc = if path == "/odd" {
@@ -416,6 +422,16 @@ support::both_backends! { fixture;
         // would be there too.)
         assert_eq!(fx.entries(), 3, "/error, /odd and /fresh?narrowed");
         assert!(!get(&narrowed, "/odd?narrowed").await.hit());
+    }
+
+    rfc9111_4_2_3_a_response_ages_while_the_handler_runs => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&app, "/aged-slow").await;
+        fx.stored(1).await;
+        let hit = get(&app, "/aged-slow").await;
+        assert!(hit.hit());
+        let age: u64 = hit.header("age").unwrap().parse().unwrap();
+        assert!((6..=8).contains(&age), "Age 5 plus the 1.1 s it took: {age}");
     }
 
     vary_keeps_variants_apart => |fx| {
