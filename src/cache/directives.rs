@@ -133,10 +133,16 @@ impl Directives {
                         Some(v) => parse_delta(v).or(self.max_stale),
                     }
                 }
+                // As for max-age, the first of duplicates counts.
                 "stale-while-revalidate" => {
-                    self.stale_while_revalidate = value.and_then(parse_delta)
+                    self.stale_while_revalidate = self
+                        .stale_while_revalidate
+                        .or_else(|| value.and_then(parse_delta));
                 }
-                "stale-if-error" => self.stale_if_error = value.and_then(parse_delta),
+                "stale-if-error" => {
+                    self.stale_if_error =
+                        self.stale_if_error.or_else(|| value.and_then(parse_delta));
+                }
                 _ => {}
             }
         }

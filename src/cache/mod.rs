@@ -52,8 +52,8 @@
 //!   with none of these is not stored;
 //! - its age (§4.2.3) from `Date`, or from the `Age` a handler passes on
 //!   (the first member of a list; anything but delta-seconds ignored)
-//!   plus the time the handler took; of duplicate `max-age` or
-//!   `s-maxage` directives, the first counts;
+//!   plus the time the handler took; of duplicate directives with a
+//!   value (`max-age`, `s-maxage`, the stale windows), the first counts;
 //! - `no-cache` responses only with a validator (`ETag` or
 //!   `Last-Modified`), and then revalidated before every use;
 //! - bodies up to [`max_body`](CacheLayerBuilder::max_body); a larger

@@ -649,6 +649,17 @@ mod tests {
             lifetime(&[("cache-control", "s-maxage=30, s-maxage=90")]),
             Ok(30_000)
         );
+        let windows = keep(
+            &[],
+            200,
+            &[(
+                "cache-control",
+                "max-age=1, stale-while-revalidate=30, stale-if-error=40, \
+                 stale-while-revalidate=5, stale-if-error=6",
+            )],
+        )
+        .unwrap();
+        assert_eq!((windows.swr, windows.sie), (30_000, 40_000));
         // A malformed first one makes the response stale: not stored.
         assert_eq!(
             lifetime(&[("cache-control", "max-age=soon, max-age=60")]),
