@@ -52,7 +52,7 @@ pub(crate) fn purge_key(ns: &Namespace, tag: &str) -> String {
 
 /// When the last purge of `tag` began (Unix ms, the same slot as
 /// [`tag_key`]): `{prefix}:cache-tag:{<tag>}:purged`, kept for
-/// [`FILL_HORIZON`](super::store::FILL_HORIZON).
+/// [`FILL_HORIZON`](crate::cache::FILL_HORIZON).
 pub(crate) fn purged_key(ns: &Namespace, tag: &str) -> String {
     ns.tagged("cache-tag", tag).into_key("purged")
 }

@@ -27,8 +27,9 @@ use tokio::sync::mpsc;
 use http::header::AGE;
 use http::HeaderValue;
 
+use super::fields::{set_content_length, CACHE_STATUS};
 use super::generation::Generation;
-use super::layer::CACHE_STATUS;
+use super::key::{store_key, MAX_LINE};
 use super::layout::Entry;
 use super::store::Heard;
 
@@ -180,7 +181,7 @@ impl LocalTier {
 
     /// The tier's copy for a key line.
     fn shared(&self, line: &[u8]) -> Option<Arc<Entry>> {
-        self.get(&super::flow::store_key(line))
+        self.get(&store_key(line))
     }
 
     /// The count of changes to pass to [`keep`](Self::keep) for a copy
@@ -277,9 +278,6 @@ const FRONT_CAPACITY: usize = 64;
 /// about 1 MiB.
 const PRIVATE_BODY: usize = 16 * 1024;
 
-/// The longest key line a thread keeps a copy for.
-pub(crate) const MAX_LINE: usize = 512;
-
 /// The most tiers a thread keeps copies for (the oldest go first, and
 /// dropped tiers' copies whenever one is added).
 const FRONT_TIERS: usize = 4;
@@ -351,7 +349,7 @@ impl ThreadCopy {
         // them instead of growing its clone of the map.
         headers.insert(AGE, HeaderValue::from_static("0"));
         headers.insert(CACHE_STATUS, HeaderValue::from_static(""));
-        super::flow::set_content_length(&mut headers, entry.status, entry.body.len());
+        set_content_length(&mut headers, entry.status, entry.body.len());
         let body = if private && entry.body.len() <= PRIVATE_BODY {
             Bytes::copy_from_slice(&entry.body)
         } else {
@@ -508,7 +506,7 @@ mod tests {
         let tier = LocalTier::start(10, rx, Arc::new(Generation::new(Duration::from_secs(1))));
         tx.send(Heard::Ready).await.unwrap();
         settle().await;
-        let key = super::super::flow::store_key(b"GET\nhttp\nh\n/a");
+        let key = super::super::key::store_key(b"GET\nhttp\nh\n/a");
         let line = |l: &mut Vec<u8>| l.extend_from_slice(b"GET\nhttp\nh\n/a");
         // The entry this thread's copy was taken from, if it answered.
         let ask = || match tier.with_copy(line, |copy| copy.entry.clone()) {

@@ -317,14 +317,24 @@
 //! (up to 64, of at most 16 KiB stored): a read that returns the same bytes
 //! again reuses their decoded form and prepared header fields.
 
+mod answer;
+mod coalesce;
+mod config;
 mod directives;
+mod fields;
 mod flight;
 mod flow;
 mod generation;
+mod invalidate;
+mod key;
 mod layer;
 mod layout;
 mod local;
+mod lookup;
+mod miss;
 mod policy;
+mod purger;
+mod revalidate;
 pub mod store;
 
 /// The old name of the cache's response body, now every layer's
@@ -334,12 +344,13 @@ pub mod store;
     note = "the cache's body is `redis_layers::ResponseBody`"
 )]
 pub type CacheBody<B> = crate::ResponseBody<B>;
-pub use directives::RequestDirectives;
-pub use layer::{
-    CacheLayer, CacheLayerBuilder, CacheService, Purger, ResponseFuture, DEFAULT_COALESCE_WAIT,
-    DEFAULT_GENERATION_REFRESH, DEFAULT_KEEP_STALE, DEFAULT_MAX_BODY, DEFAULT_NAME,
-    DEFAULT_TAG_HEADER, PURGE_BATCH,
+pub use config::{
+    DEFAULT_COALESCE_WAIT, DEFAULT_GENERATION_REFRESH, DEFAULT_KEEP_STALE, DEFAULT_MAX_BODY,
+    DEFAULT_NAME, DEFAULT_TAG_HEADER,
 };
+pub use directives::RequestDirectives;
+pub use layer::{CacheLayer, CacheLayerBuilder, CacheService, ResponseFuture};
+pub use purger::{Purger, PURGE_BATCH};
 
 /// The old name of [`CacheService`] (every layer's service is now named
 /// `<Layer>Service`).

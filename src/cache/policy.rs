@@ -81,6 +81,13 @@ pub(crate) struct Keep {
 }
 
 /// [`storable_since`] for a response that arrived as it was asked for.
+/// Whether a stale `entry`, `age` ms old, may be served while it is
+/// refreshed in the background (RFC 5861 §3).
+pub(crate) fn serve_while_revalidating(entry: &Entry, age: u64) -> bool {
+    let strict = entry.flags & (MUST_REVALIDATE | NO_CACHE) != 0;
+    !strict && age.saturating_sub(entry.lifetime) < entry.swr
+}
+
 #[cfg(test)]
 pub(crate) fn storable(
     request: &HeaderMap,

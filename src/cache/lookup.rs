@@ -1,0 +1,346 @@
+//! The first step of a read: whether the request may use a stored
+//! response at all (a session, the request's directives), then the local
+//! tier (this thread's copy first) and the store, with the entries this
+//! thread decoded lately.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header;
+use http::{HeaderMap, Method, Request, Response};
+
+use super::answer::{respond_stored, respond_stored_to};
+use super::config::Config;
+use super::directives::Directives;
+use super::fields::{number_value, status_field, ttl_of, ttl_secs};
+use super::key::{key_uri, vary_hash, write_key_line};
+use super::layout::Entry;
+use super::local::{Copied, ThreadCopy};
+use super::policy::{self, Unusable};
+use crate::body::ResponseBody;
+use crate::request_session::RequestSession;
+
+/// What the local tier says of a request, before any future is made.
+pub(super) enum Local<B> {
+    /// Its answer: a usable copy.
+    Hit(Response<B>),
+    /// It was asked and has nothing usable.
+    Looked,
+    /// Not asked here: no tier, the generation is due for a refresh, or
+    /// the tier's copy is not kept per thread (then `read` asks the tier).
+    Unknown,
+}
+
+/// The local tier's answer to a GET or HEAD, found without awaiting
+/// anything: the layer asks before it makes the request's future, so a
+/// hit on this thread's copy allocates no future and clones no inner
+/// service.
+pub(super) fn answer_locally<B, ResBody>(
+    config: &Config,
+    req: &Request<B>,
+) -> Local<ResponseBody<ResBody>> {
+    let Some(local) = &config.local else {
+        return Local::Unknown;
+    };
+    // One clock read, in Unix ms, for the generation and the copy's age.
+    let now = policy::unix_ms(SystemTime::now());
+    let Some(generation) = config.generation.usable_at(now) else {
+        return Local::Unknown;
+    };
+    let directives = Directives::of_request(req.headers(), config.request_directives);
+    if directives.no_cache || SessionProbe::personal_request(req) {
+        return Local::Looked;
+    }
+    let line = |line: &mut Vec<u8>| {
+        write_key_line(
+            line,
+            config.sort_query,
+            key_uri(req),
+            req.headers(),
+            generation,
+        )
+    };
+    let answer = |copy: &mut ThreadCopy| copy_answer(config, copy, req, &directives, now);
+    match local.with_copy(line, answer) {
+        Copied::Answered(Some(res)) => Local::Hit(res),
+        Copied::Answered(None) | Copied::Absent => Local::Looked,
+        // The tier itself answers, on the request's way through `read`.
+        Copied::Unsuitable => Local::Unknown,
+    }
+}
+
+/// This thread's copy of a local entry as the answer to `req`, when the
+/// request may use it: the prepared fields and body, or for a
+/// conditional request the general answer (it may be a 304).
+pub(super) fn copy_answer<B, ResBody>(
+    config: &Config,
+    copy: &mut ThreadCopy,
+    req: &Request<B>,
+    directives: &Directives,
+    now: u64,
+) -> Option<Response<ResponseBody<ResBody>>> {
+    let entry = &*copy.entry;
+    if entry.vary_hash != vary_hash(&entry.vary, req.headers()) {
+        return None;
+    }
+    let age = policy::age_at(entry, now);
+    policy::usable(entry, age, directives).ok()?;
+    let detail = "; detail=local";
+    Some(answer_copy(
+        config,
+        copy,
+        req.headers(),
+        req.method(),
+        age,
+        detail,
+    ))
+}
+
+/// A thread's copy (usable at `age`) as the answer to a request with
+/// `request` fields and `method`: its prepared
+/// fields and body, or for a conditional request the general answer (it
+/// may be a 304). `detail` ends `Cache-Status` (the same for every use
+/// of one copy).
+pub(super) fn answer_copy<ResBody>(
+    config: &Config,
+    copy: &mut ThreadCopy,
+    request: &HeaderMap,
+    method: &Method,
+    age: u64,
+    detail: &'static str,
+) -> Response<ResponseBody<ResBody>> {
+    let entry = &*copy.entry;
+    let ttl = ttl_secs(entry, age);
+    if request.contains_key(header::IF_NONE_MATCH)
+        || request.contains_key(header::IF_MODIFIED_SINCE)
+    {
+        let mut buf = itoa::Buffer::new();
+        let params = ["hit; ttl=", buf.format(ttl), detail];
+        return respond_stored_to(config, Cow::Borrowed(entry), age, request, method, &params);
+    }
+    let status = entry.status;
+    let (headers, body) = copy.answer(age / 1000, ttl, number_value, || {
+        let mut buf = itoa::Buffer::new();
+        status_field(&config.name, &["hit; ttl=", buf.format(ttl), detail])
+    });
+    let body = if method == Method::HEAD {
+        Bytes::new()
+    } else {
+        body
+    };
+    let mut res = Response::new(ResponseBody::full(body));
+    *res.status_mut() = status;
+    *res.headers_mut() = headers;
+    res
+}
+
+/// The most entries a thread keeps decoded, and the largest it keeps
+/// (bytes as stored): 1 MiB of stored bytes per thread at most, plus
+/// their prepared header fields.
+pub(super) const DECODED_ENTRIES: usize = 64;
+
+pub(super) const DECODED_MAX: usize = 16 * 1024;
+
+/// An entry as read from the store, decoded, with its answer's fields
+/// prepared by the layer `layer`.
+pub(super) struct Decoded {
+    layer: u64,
+    raw: Bytes,
+    copy: ThreadCopy,
+}
+
+thread_local! {
+    /// The entries this thread read from the store lately, by store key:
+    /// a read that returns the same bytes again (the common case: a hot
+    /// entry) skips decoding and reuses the prepared fields.
+    static DECODED: std::cell::RefCell<std::collections::HashMap<String, Decoded, quick_cache::DefaultHashBuilder>> =
+        std::cell::RefCell::new(std::collections::HashMap::default());
+}
+
+/// The entry `raw` (read from the store by the layer `layer` for `key`)
+/// holds: decoded again only when this thread has not just decoded the
+/// same bytes for that layer.
+pub(super) fn decode_cached(layer: u64, key: &str, raw: Bytes) -> Option<Arc<Entry>> {
+    if raw.len() > DECODED_MAX {
+        return Entry::decode(raw).map(Arc::new);
+    }
+    DECODED.with(|decoded| {
+        let mut decoded = decoded.borrow_mut();
+        if let Some(known) = decoded.get(key) {
+            if known.layer == layer && known.raw == raw {
+                return Some(known.copy.entry.clone());
+            }
+        }
+        let entry = Arc::new(Entry::decode(raw.clone())?);
+        if decoded.len() >= DECODED_ENTRIES && !decoded.contains_key(key) {
+            decoded.clear();
+        }
+        let copy = ThreadCopy::new(entry.clone(), 0, false);
+        decoded.insert(key.to_owned(), Decoded { layer, raw, copy });
+        Some(entry)
+    })
+}
+
+/// A stored response just read for `key` as the answer to a request
+/// with `request` fields and `method` (usable at
+/// `age`), from this thread's prepared fields when it decoded it.
+pub(super) fn answer_read<ResBody>(
+    config: &Config,
+    key: &str,
+    entry: Arc<Entry>,
+    request: &HeaderMap,
+    method: &Method,
+    age: u64,
+    detail: &'static str,
+) -> Response<ResponseBody<ResBody>> {
+    // The prepared fields end `Cache-Status` without a detail: an
+    // answer with one (a collapsed wait's) is built on its own.
+    let answer = detail.is_empty().then(|| {
+        DECODED.with(|decoded| {
+            let mut decoded = decoded.borrow_mut();
+            let known = decoded.get_mut(key)?;
+            (known.layer == config.id && Arc::ptr_eq(&known.copy.entry, &entry))
+                .then(|| answer_copy(config, &mut known.copy, request, method, age, detail))
+        })
+    });
+    answer.flatten().unwrap_or_else(|| {
+        let mut ttl = itoa::Buffer::new();
+        let params = ["hit; ttl=", ttl_of(&mut ttl, &entry, age), detail];
+        respond_stored_to(config, Cow::Borrowed(&entry), age, request, method, &params)
+    })
+}
+
+/// A local copy as the answer to `req`, when the request may use it.
+pub(super) fn local_answer<B, ResBody>(
+    config: &Config,
+    entry: &Entry,
+    req: &Request<B>,
+    directives: &Directives,
+    now: SystemTime,
+) -> Option<Response<ResponseBody<ResBody>>> {
+    if entry.vary_hash != vary_hash(&entry.vary, req.headers()) {
+        return None;
+    }
+    let age = policy::age(entry, now);
+    policy::usable(entry, age, directives).ok()?;
+    let mut ttl = itoa::Buffer::new();
+    let params = ["hit; ttl=", ttl_of(&mut ttl, entry, age), "; detail=local"];
+    Some(respond_stored(
+        config,
+        Cow::Borrowed(entry),
+        age,
+        req,
+        &params,
+    ))
+}
+
+/// What a lookup found.
+pub(super) enum Found {
+    /// A stored response this request may use as it is.
+    Usable(Arc<Entry>, u64),
+    /// None to use: RFC 9211's `fwd` reason, and a stale entry (with its
+    /// age) when there is one.
+    Not(&'static str, Option<(Arc<Entry>, u64)>),
+    /// The store failed, and the layer fails closed.
+    Failed(Box<crate::Error>),
+}
+
+/// `since`: the request has waited on another request's fetch of this key
+/// since then (Unix ms); an entry stored after it satisfies the request's
+/// own directives (see [`usable_since`]).
+pub(super) async fn find(
+    config: &Config,
+    key: &str,
+    req: &HeaderMap,
+    d: &Directives,
+    since: Option<u64>,
+) -> Found {
+    let changes = config.local.as_ref().map(|l| l.changes());
+    let found = config.store.lookup(key).await;
+    if found.is_ok() {
+        config.failures.succeeded();
+    }
+    match found {
+        Err(e) if config.failure == crate::FailurePolicy::Closed => Found::Failed(Box::new(e)),
+        Err(e) => {
+            config.failures.failed(&e, "asking the handler", false);
+            Found::Not("miss; detail=store-error", None)
+        }
+        Ok(None) => Found::Not("uri-miss", None),
+        Ok(Some(raw)) => match decode_cached(config.id, key, raw) {
+            None => Found::Not("miss; detail=unreadable", None),
+            Some(entry) if entry.vary_hash != vary_hash(&entry.vary, req) => {
+                Found::Not("vary-miss", None)
+            }
+            Some(entry) => {
+                let age = policy::age(&entry, SystemTime::now());
+                match usable_since(&entry, age, d, since) {
+                    Ok(()) => {
+                        if let (Some(local), Some(changes)) = (&config.local, changes) {
+                            local.keep(key, Entry::clone(&entry), changes);
+                        }
+                        Found::Usable(entry, age)
+                    }
+                    Err(Unusable::Stale) => Found::Not("stale", Some((entry, age))),
+                    Err(Unusable::Request) => Found::Not("request", Some((entry, age))),
+                }
+            }
+        },
+    }
+}
+
+/// Whether `entry` may answer a request with directives `d` ([`policy::usable`]),
+/// where an entry stored after `since` (the request waited on
+/// another request's fetch meanwhile) counts as validated: it is as fresh
+/// as asking the handler again would be, so a request's `no-cache` or
+/// `max-age=0` is met by the fetch it shared, and concurrent such requests
+/// run the handler once.
+pub(super) fn usable_since(
+    entry: &Entry,
+    age: u64,
+    d: &Directives,
+    since: Option<u64>,
+) -> Result<(), Unusable> {
+    // Strictly after: both are whole milliseconds, and an entry stored in
+    // the millisecond the request arrived may have been stored before it.
+    match since {
+        Some(since) if entry.stored_at > since => {
+            policy::usable(entry, age, &Directives::default())
+        }
+        _ => policy::usable(entry, age, d),
+    }
+}
+
+/// The session a session layer outside this one put on the request, if
+/// any (see [`request_session`](crate::request_session)).
+pub(super) struct SessionProbe {
+    session: Option<RequestSession>,
+}
+
+impl SessionProbe {
+    pub(super) fn of<B>(req: &Request<B>) -> Self {
+        SessionProbe {
+            session: RequestSession::of(req.extensions()).cloned(),
+        }
+    }
+
+    /// `req` carries a session cookie (as [`personal`](Self::personal),
+    /// without keeping the session).
+    pub(super) fn personal_request<B>(req: &Request<B>) -> bool {
+        RequestSession::of(req.extensions()).is_some_and(RequestSession::had_cookie)
+    }
+
+    /// The request carries a session cookie.
+    pub(super) fn personal(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(RequestSession::had_cookie)
+    }
+
+    /// The handler used the session (any method).
+    pub(super) fn read(&self) -> bool {
+        self.session.as_ref().is_some_and(RequestSession::was_used)
+    }
+}
