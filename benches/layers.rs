@@ -281,13 +281,13 @@ async fn ratelimit_target(
 /// A router whose one route answers a 1 KB public response through the
 /// cache layer (with its local tier when `local`), already stored: every
 /// request is a hit (from Redis, or from the local tier).
-async fn cache_target(ctx: Ctx, local: bool) -> Target {
+async fn cache_target(ctx: Ctx, local: bool, copies: bool) -> Target {
     use redis_layers::cache::CacheLayer;
     let name = if local { "local" } else { "cache" };
     let backend = bench_backend(&ctx, format!("{}-{name}", ctx.prefix));
     let mut layer = CacheLayer::builder(backend);
     if local {
-        layer = layer.local_tier(1024);
+        layer = layer.local_tier(1024).thread_copies(copies);
     }
     // A body the handler need not copy (axum clones a layered route's
     // handler, captures included, on every request).
@@ -775,13 +775,19 @@ fn scenarios() -> Vec<Scenario> {
         // A stored 1 KB response answered from Redis: one GET.
         Scenario {
             name: "cache-hit-redis",
-            build: |ctx| Box::pin(cache_target(ctx, false)),
+            build: |ctx| Box::pin(cache_target(ctx, false, true)),
         },
         // The same 1 KB response from the cache's local tier: no round
         // trip (compare with `bare`).
         Scenario {
             name: "cache-hit-local",
-            build: |ctx| Box::pin(cache_target(ctx, true)),
+            build: |ctx| Box::pin(cache_target(ctx, true, true)),
+        },
+        // The same without the threads' own copies: every hit reads the
+        // tier's shared copy (what the per-thread copies save).
+        Scenario {
+            name: "cache-hit-local-shared",
+            build: |ctx| Box::pin(cache_target(ctx, true, false)),
         },
         // A retried POST answered from its idempotency record: one claim
         // (a plain SET NX GET) that returns the record.
@@ -905,6 +911,7 @@ const IN_PROCESS: &[&str] = &[
     "noop-layer-1k",
     "ratelimit-deny",
     "cache-hit-local",
+    "cache-hit-local-shared",
     "idempotency-replay-mem",
     "idempotency-first-mem",
 ];

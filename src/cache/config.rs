@@ -55,6 +55,7 @@ pub(crate) struct Options {
     pub(crate) hosts: Option<Vec<String>>,
     pub(crate) tag_header: String,
     pub(crate) local_tier: Option<usize>,
+    pub(crate) thread_copies: bool,
     pub(crate) generation_refresh: Duration,
     pub(crate) failure: crate::FailurePolicy,
     pub(crate) on_refusal: crate::refusal::OnRefusal,
@@ -79,6 +80,9 @@ pub(crate) struct Config {
     pub(crate) refreshing: Refreshing,
     pub(crate) invalidations: Invalidations,
     pub(crate) local: Option<Arc<LocalTier>>,
+    /// Each thread keeps its own copies of the local tier's small entries
+    /// (see [`LocalTier::with_copy`]).
+    pub(crate) thread_copies: bool,
     pub(crate) generation: Arc<Generation>,
     /// Store failures, logged once per outage and then summarised.
     pub(crate) failures: crate::failure_log::FailureLog,
@@ -235,6 +239,7 @@ impl Config {
             refreshing: Refreshing::default(),
             invalidations: Invalidations::default(),
             local,
+            thread_copies: this.thread_copies,
             generation,
             failures: crate::failure_log::FailureLog::new("cache"),
             failure: this.failure,

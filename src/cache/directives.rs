@@ -69,6 +69,7 @@ pub enum RequestDirectives {
 
 impl Directives {
     /// A request's directives, under `policy`.
+    #[inline]
     pub(crate) fn of_request(headers: &HeaderMap, policy: RequestDirectives) -> Self {
         let mut d = Directives::of(headers);
         if policy == RequestDirectives::Ignore {

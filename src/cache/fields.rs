@@ -91,6 +91,7 @@ pub(super) fn with_status<B>(mut res: Response<B>, name: &str, params: &str) -> 
 
 /// The `ttl` parameter of a hit: whole seconds of freshness left
 /// (negative when stale).
+#[inline]
 pub(super) fn ttl_secs(entry: &Entry, age: u64) -> i64 {
     let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     ms(entry.lifetime).saturating_sub(ms(age)).div_euclid(1000)

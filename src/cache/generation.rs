@@ -69,6 +69,7 @@ impl Generation {
     /// store call: a fresh one, or while another request is asking, the
     /// known one (as [`current`](Self::current) gives it). `None` when
     /// this request should ask.
+    #[inline]
     pub(crate) fn usable_at(&self, now: u64) -> Option<u64> {
         let checked = self.checked.load(Ordering::Acquire);
         let asked_elsewhere = checked != NEVER && self.asking.load(Ordering::Acquire);

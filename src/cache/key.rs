@@ -50,6 +50,7 @@ pub(super) fn key_line(
 }
 
 /// Appends a request's [`key_line`] to `line`.
+#[inline]
 pub(super) fn write_key_line(
     line: &mut Vec<u8>,
     sort_query: bool,

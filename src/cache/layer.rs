@@ -72,6 +72,7 @@ impl CacheLayer {
                 hosts: None,
                 tag_header: DEFAULT_TAG_HEADER.to_owned(),
                 local_tier: None,
+                thread_copies: true,
                 generation_refresh: DEFAULT_GENERATION_REFRESH,
                 failure: crate::FailurePolicy::Open,
                 on_refusal: crate::refusal::OnRefusal::default(),
@@ -268,6 +269,18 @@ impl CacheLayerBuilder {
     /// or the memory backend.
     pub fn local_tier(mut self, entries: usize) -> Self {
         self.options.local_tier = Some(entries);
+        self
+    }
+
+    /// Whether each worker thread keeps its own copies of the local
+    /// tier's small entries (on by default; see
+    /// [`local_tier`](Self::local_tier)). A hit on a thread's copy takes
+    /// no lock, touches no reference count other threads touch, and is
+    /// answered before the request's future is made; off, every local hit
+    /// reads the tier's shared copy instead, and each thread saves up to
+    /// about 1 MiB per tier. Only matters with a local tier.
+    pub fn thread_copies(mut self, on: bool) -> Self {
+        self.options.thread_copies = on;
         self
     }
 

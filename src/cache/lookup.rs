@@ -41,7 +41,7 @@ pub(super) fn answer_locally<B, ResBody>(
     config: &Config,
     req: &Request<B>,
 ) -> Local<ResponseBody<ResBody>> {
-    let Some(local) = &config.local else {
+    let Some(local) = config.local.as_ref().filter(|_| config.thread_copies) else {
         return Local::Unknown;
     };
     // One clock read, in Unix ms, for the generation and the copy's age.

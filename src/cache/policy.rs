@@ -252,6 +252,7 @@ pub(crate) fn age(entry: &Entry, now: SystemTime) -> u64 {
 }
 
 /// [`age`] at `now` in Unix ms.
+#[inline]
 pub(crate) fn age_at(entry: &Entry, now: u64) -> u64 {
     entry
         .initial_age
@@ -270,6 +271,7 @@ pub(crate) enum Unusable {
 
 /// Whether `entry`, `age` ms old, may answer a request with directives
 /// `req` without revalidation (§4.2, §5.2.1).
+#[inline]
 pub(crate) fn usable(entry: &Entry, age: u64, req: &Directives) -> Result<(), Unusable> {
     let fresh = age < entry.lifetime;
     if entry.flags & NO_CACHE != 0 {
@@ -311,6 +313,7 @@ pub(crate) fn usable(entry: &Entry, age: u64, req: &Directives) -> Result<(), Un
     Ok(())
 }
 
+#[inline]
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, crate::time::millis)

@@ -1291,6 +1291,25 @@ support::both_backends! { fixture;
         }
     }
 
+    without_thread_copies_the_local_tier_still_answers_and_hears_purges => |fx| {
+        let a_layer = fx.builder().local_tier(100).thread_copies(false).build().unwrap();
+        let b_layer = fx.builder().local_tier(100).thread_copies(false).build().unwrap();
+        let purger = b_layer.purger();
+        let (a, b) = (app(&fx, a_layer), app(&fx, b_layer));
+        get(&a, "/tagged").await;
+        fx.stored(1).await;
+        for app in [&a, &b] {
+            answered_locally(app, "/tagged").await;
+        }
+        assert_eq!(fx.runs(), 1);
+        assert_eq!(purger.purge_tag("products").await.unwrap(), 1);
+        let started = Instant::now();
+        while get(&a, "/tagged").await.hit() {
+            assert!(started.elapsed() < Duration::from_secs(2), "A still serves its copy");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     a_fill_lease_is_given_up_only_by_its_holder => |fx| {
         use redis_layers::cache::CacheStore;
         let store = fx.tb.backend.clone();
