@@ -34,6 +34,11 @@ pub const DEFAULT_COALESCE_WAIT: Duration = Duration::from_secs(3);
 /// [`CacheLayerBuilder::generation_refresh`](crate::cache::CacheLayerBuilder::generation_refresh)).
 pub const DEFAULT_GENERATION_REFRESH: Duration = Duration::from_secs(1);
 
+/// The targeted cache-control field a cache obeys over `Cache-Control`,
+/// by default (RFC 9213; see
+/// [`CacheLayerBuilder::targeted_fields`](crate::cache::CacheLayerBuilder::targeted_fields)).
+pub const DEFAULT_TARGETED: &str = "cdn-cache-control";
+
 /// The response header a handler names its tags in, by default
 /// (comma-separated; removed before the response goes out).
 pub const DEFAULT_TAG_HEADER: &str = "cache-tag";
@@ -56,6 +61,7 @@ pub(crate) struct Options {
     pub(crate) tag_header: String,
     pub(crate) local_tier: Option<usize>,
     pub(crate) thread_copies: bool,
+    pub(crate) targeted: Vec<String>,
     pub(crate) generation_refresh: Duration,
     pub(crate) failure: crate::FailurePolicy,
     pub(crate) on_refusal: crate::refusal::OnRefusal,
@@ -190,6 +196,20 @@ impl Config {
                 Some(hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect())
             }
         };
+        let mut targeted = Vec::with_capacity(this.targeted.len());
+        for name in &this.targeted {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(field) if field != http::header::CACHE_CONTROL => targeted.push(field),
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        format!(
+                            "targeted field {name:?} is not a header name other than Cache-Control"
+                        ),
+                    ))
+                }
+            }
+        }
         if this.generation_refresh.is_zero() {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -227,6 +247,7 @@ impl Config {
                 stale_while_revalidate: this.stale_while_revalidate.map(ms),
                 stale_if_error: this.stale_if_error.map(ms),
                 keep_stale: ms(this.keep_stale),
+                targeted,
             },
             max_body: this.max_body,
             name: this.name,

@@ -10,7 +10,7 @@
 //! stale; delta-seconds past 2^31 mean 2^31), and unknown directives are
 //! ignored.
 
-use http::header::CACHE_CONTROL;
+use http::header::{HeaderName, CACHE_CONTROL};
 use http::HeaderMap;
 
 /// The largest delta-seconds value the RFC asks caches to handle (§1.2.2).
@@ -95,6 +95,55 @@ impl Directives {
             }
         }
         d
+    }
+
+    /// The directives of the targeted field `name` (RFC 9213 §2.1), or
+    /// `None` when `headers` has no valid, non-empty value of it (absent,
+    /// not text, not a Structured Fields Dictionary, or empty): the field
+    /// is then ignored. Parsed with the `sfv` crate (RFC 9651), as the RFC
+    /// asks; a member that is an inner list is not a directive and is
+    /// skipped, as are unknown names.
+    pub(crate) fn of_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+        let mut text = String::new();
+        for (i, line) in headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                text.push_str(", ");
+            }
+            text.push_str(line.to_str().ok()?);
+        }
+        let dictionary: sfv::Dictionary = sfv::Parser::new(&text).parse().ok()?;
+        if dictionary.is_empty() {
+            return None;
+        }
+        let mut d = Directives::default();
+        for (key, member) in &dictionary {
+            let sfv::ListEntry::Item(item) = member else {
+                continue;
+            };
+            // A flag is set unless its value is `?0`; seconds are a
+            // non-negative Integer (anything else: invalid, so stale).
+            let set = item.bare_item.as_boolean() != Some(false);
+            let seconds = item
+                .bare_item
+                .as_integer()
+                .and_then(|n| u64::try_from(i64::from(n)).ok())
+                .map_or(0, |n| n.min(MAX_DELTA));
+            match key.as_str() {
+                "no-store" => d.no_store |= set,
+                "no-cache" => d.no_cache |= set,
+                "private" => d.private |= set,
+                "public" => d.public |= set,
+                "must-revalidate" => d.must_revalidate |= set,
+                "must-understand" => d.must_understand |= set,
+                "proxy-revalidate" => d.proxy_revalidate |= set,
+                "max-age" => d.max_age = Some(seconds),
+                "s-maxage" => d.s_maxage = Some(seconds),
+                "stale-while-revalidate" => d.stale_while_revalidate = Some(seconds),
+                "stale-if-error" => d.stale_if_error = Some(seconds),
+                _ => {}
+            }
+        }
+        Some(d)
     }
 
     // Out of line: most requests carry no `Cache-Control`.
@@ -250,5 +299,40 @@ mod tests {
             HeaderValue::from_bytes(b"max-age=5\xff").unwrap(),
         );
         assert!(Directives::of(&h).no_store, "unreadable: do not store");
+    }
+
+    fn targeted(values: &[&str]) -> Option<Directives> {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("cdn-cache-control", v.parse().unwrap());
+        }
+        Directives::of_targeted(&h, &HeaderName::from_static("cdn-cache-control"))
+    }
+
+    #[test]
+    fn rfc9213_2_1_a_targeted_field_is_a_dictionary_or_ignored() {
+        let d = targeted(&["max-age=60, private=\"set-cookie\"", "no-cache"]).unwrap();
+        assert_eq!(d.max_age, Some(60));
+        assert!(d.private && d.no_cache && !d.no_store);
+        // Not a dictionary, empty, absent: ignored.
+        assert_eq!(targeted(&["max-age=60, =x"]), None);
+        assert_eq!(targeted(&["Max-Age=60"]), None, "keys are lowercase");
+        assert_eq!(targeted(&[""]), None);
+        assert_eq!(targeted(&[]), None);
+        // Of duplicate keys the last counts (a dictionary's rule).
+        assert_eq!(
+            targeted(&["max-age=60, max-age=5"]).unwrap().max_age,
+            Some(5)
+        );
+        // Invalid seconds mean stale; large ones are capped; `?0` unsets.
+        assert_eq!(targeted(&["max-age=-1"]).unwrap().max_age, Some(0));
+        assert_eq!(targeted(&["max-age=\"60\""]).unwrap().max_age, Some(0));
+        assert_eq!(
+            targeted(&["s-maxage=999999999999"]).unwrap().s_maxage,
+            Some(MAX_DELTA)
+        );
+        let d = targeted(&["no-store=?0, max-age=9;x=1, foo=(a b)"]).unwrap();
+        assert!(!d.no_store);
+        assert_eq!(d.max_age, Some(9), "parameters do not change the value");
     }
 }

@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use super::config::{
     Config, Options, DEFAULT_COALESCE_WAIT, DEFAULT_GENERATION_REFRESH, DEFAULT_KEEP_STALE,
-    DEFAULT_MAX_BODY, DEFAULT_NAME, DEFAULT_TAG_HEADER,
+    DEFAULT_MAX_BODY, DEFAULT_NAME, DEFAULT_TAG_HEADER, DEFAULT_TARGETED,
 };
 use super::directives::RequestDirectives;
 use super::fields::{take_tags, with_status, CACHE_STATUS};
@@ -73,6 +73,7 @@ impl CacheLayer {
                 tag_header: DEFAULT_TAG_HEADER.to_owned(),
                 local_tier: None,
                 thread_copies: true,
+                targeted: vec![DEFAULT_TARGETED.to_owned()],
                 generation_refresh: DEFAULT_GENERATION_REFRESH,
                 failure: crate::FailurePolicy::Open,
                 on_refusal: crate::refusal::OnRefusal::default(),
@@ -281,6 +282,37 @@ impl CacheLayerBuilder {
     /// about 1 MiB per tier. Only matters with a local tier.
     pub fn thread_copies(mut self, on: bool) -> Self {
         self.options.thread_copies = on;
+        self
+    }
+
+    /// The targeted cache-control fields this cache obeys (RFC 9213), in
+    /// order: of those a response carries with a valid, non-empty value
+    /// (a Structured Fields Dictionary of `Cache-Control` directives), the
+    /// first replaces `Cache-Control`, and `Expires` is then ignored; with
+    /// none, `Cache-Control` decides as usual. By default
+    /// `["CDN-Cache-Control"]` ([`DEFAULT_TARGETED`]): a handler can give
+    /// this cache (and CDNs) a longer life than browsers get. Put a field
+    /// of this cache's own first to speak to it alone, or pass an empty
+    /// list to obey `Cache-Control` only. The fields are passed on to the
+    /// client untouched (a CDN in front may obey them too).
+    ///
+    /// ```
+    /// # let store = redis_layers::MemoryBackend::new();
+    /// let layer = redis_layers::cache::CacheLayer::builder(store)
+    ///     .targeted_fields(["RedisLayers-Cache-Control", "CDN-Cache-Control"])
+    ///     .build()?;
+    /// // A handler answering with
+    /// //   Cache-Control: max-age=60
+    /// //   RedisLayers-Cache-Control: max-age=3600
+    /// // is kept an hour here, and a minute by browsers.
+    /// # Ok::<(), redis_layers::Error>(())
+    /// ```
+    pub fn targeted_fields<I, S>(mut self, fields: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.options.targeted = fields.into_iter().map(Into::into).collect();
         self
     }
 

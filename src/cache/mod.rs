@@ -346,7 +346,7 @@ pub mod store;
 pub type CacheBody<B> = crate::ResponseBody<B>;
 pub use config::{
     DEFAULT_COALESCE_WAIT, DEFAULT_GENERATION_REFRESH, DEFAULT_KEEP_STALE, DEFAULT_MAX_BODY,
-    DEFAULT_NAME, DEFAULT_TAG_HEADER,
+    DEFAULT_NAME, DEFAULT_TAG_HEADER, DEFAULT_TARGETED,
 };
 pub use directives::RequestDirectives;
 pub use layer::{CacheLayer, CacheLayerBuilder, CacheService, ResponseFuture};

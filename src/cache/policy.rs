@@ -4,7 +4,9 @@
 
 use std::time::SystemTime;
 
-use http::header::{AUTHORIZATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
+use http::header::{
+    HeaderName, AUTHORIZATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY,
+};
 use http::{HeaderMap, StatusCode};
 
 use super::directives::Directives;
@@ -51,6 +53,8 @@ pub(crate) struct Settings {
     /// How long (ms) a stale response with a validator is kept, to be
     /// revalidated rather than fetched again.
     pub(crate) keep_stale: u64,
+    /// The targeted fields this cache obeys (RFC 9213), first first.
+    pub(crate) targeted: Vec<HeaderName>,
 }
 
 /// Why a response is not stored (for logs and tests).
@@ -110,7 +114,14 @@ pub(crate) fn storable_since(
     now: SystemTime,
 ) -> Result<Keep, NotStored> {
     let req = Directives::of(request);
-    let res = Directives::of(response);
+    // RFC 9213 §2.1: the first targeted field with a valid, non-empty
+    // value replaces `Cache-Control`, and `Expires` is then ignored.
+    let targeted = settings
+        .targeted
+        .iter()
+        .find_map(|name| Directives::of_targeted(response, name));
+    let expires = targeted.is_none() && response.contains_key(EXPIRES);
+    let res = targeted.unwrap_or_else(|| Directives::of(response));
     // Never an interim answer, a partial or a 304 (this cache does not
     // combine them), nor, under `must-understand`, a status whose
     // requirements it does not implement (§5.2.2.3).
@@ -139,8 +150,7 @@ pub(crate) fn storable_since(
     // Any final status may be stored when the response states its
     // freshness or says `public` (§3); without either, only the statuses
     // RFC 9110 calls heuristically cacheable (§4.2.2).
-    let explicit =
-        res.s_maxage.is_some() || res.max_age.is_some() || response.contains_key(EXPIRES);
+    let explicit = res.s_maxage.is_some() || res.max_age.is_some() || expires;
     if !(explicit || res.public || heuristically_cacheable(status)) {
         return Err(NotStored::Status);
     }
@@ -165,7 +175,7 @@ pub(crate) fn storable_since(
     let date = http_date(response, DATE);
     let lifetime = if let Some(s) = res.s_maxage.or(res.max_age) {
         s.saturating_mul(1000)
-    } else if response.contains_key(EXPIRES) {
+    } else if expires {
         // An invalid Expires means already expired (§5.3).
         match http_date(response, EXPIRES) {
             Some(expires) => expires.saturating_sub(date.unwrap_or(now_ms)),
@@ -356,6 +366,7 @@ mod tests {
             stale_while_revalidate: None,
             stale_if_error: None,
             keep_stale: 60_000,
+            targeted: vec![HeaderName::from_static("cdn-cache-control")],
         }
     }
 
@@ -775,5 +786,67 @@ mod tests {
         let res = headers(&[("cache-control", "max-age=10, stale-while-revalidate=1")]);
         let k = storable(&HeaderMap::new(), StatusCode::OK, &res, &s, now()).unwrap();
         assert_eq!(k.swr, 1_000, "the response's own window wins");
+    }
+
+    #[test]
+    fn rfc9213_2_1_the_first_valid_targeted_field_replaces_cache_control_and_expires() {
+        let mine = HeaderName::from_static("redislayers-cache-control");
+        let s = Settings {
+            targeted: vec![mine, HeaderName::from_static("cdn-cache-control")],
+            ..plain()
+        };
+        let lifetime = |fields: &[(&'static str, &str)]| {
+            storable(
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &headers(fields),
+                &s,
+                now(),
+            )
+            .map(|k| k.lifetime)
+        };
+        // CDN-Cache-Control over Cache-Control (and over its no-store).
+        let cc = ("cache-control", "no-store");
+        assert_eq!(
+            lifetime(&[cc, ("cdn-cache-control", "max-age=30")]),
+            Ok(30_000)
+        );
+        // The cache's own field first of all.
+        let both = [
+            ("cdn-cache-control", "max-age=30"),
+            ("redislayers-cache-control", "max-age=5"),
+        ];
+        assert_eq!(lifetime(&both), Ok(5_000));
+        // An invalid one is skipped for the next in the list...
+        let bad = [
+            ("redislayers-cache-control", "max-age=5, ="),
+            ("cdn-cache-control", "max-age=7"),
+        ];
+        assert_eq!(lifetime(&bad), Ok(7_000));
+        // ...and with none valid, Cache-Control decides.
+        let none = [
+            ("cdn-cache-control", "{bad"),
+            ("cache-control", "max-age=3"),
+        ];
+        assert_eq!(lifetime(&none), Ok(3_000));
+        // A targeted field says nothing of Expires: ignored, so a response
+        // with only that and `public` gets no explicit freshness.
+        let expires = [
+            ("cdn-cache-control", "public"),
+            ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+        ];
+        assert_eq!(lifetime(&expires), Err(NotStored::NoFreshness));
+        // no-store and private in the targeted field hold.
+        assert_eq!(
+            lifetime(&[
+                ("cdn-cache-control", "no-store"),
+                ("cache-control", "max-age=9")
+            ]),
+            Err(NotStored::NoStore)
+        );
+        assert_eq!(
+            lifetime(&[("cdn-cache-control", "private")]),
+            Err(NotStored::Private)
+        );
     }
 }

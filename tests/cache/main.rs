@@ -116,6 +116,13 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                 set("cache-control", "max-age=60");
                 return (StatusCode::INTERNAL_SERVER_ERROR, out, body).into_response();
             }
+            // Browsers may not keep it; this cache (a CDN-like shared
+            // cache) keeps it a minute, or 2 s under its own field.
+            "/targeted" => {
+                set("cache-control", "no-store");
+                set("cdn-cache-control", "max-age=60");
+                set("redislayers-cache-control", "max-age=2");
+            }
             // From an upstream that said it was 5 s old, after 1.1 s.
             "/aged-slow" => {
                 tokio::time::sleep(Duration::from_millis(1_100)).await;
@@ -1291,6 +1298,39 @@ support::both_backends! { fixture;
         }
     }
 
+    rfc9213_targeted_fields_speak_to_this_cache_over_cache_control => |fx| {
+        // By default CDN-Cache-Control: stored despite Cache-Control's
+        // no-store, kept a minute, the fields passed on as they were.
+        let cdn = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let first = get(&cdn, "/targeted").await;
+        assert!(first.cache_status().ends_with("stored"), "{}", first.cache_status());
+        fx.stored(1).await;
+        let hit = get(&cdn, "/targeted").await;
+        assert!(hit.hit(), "{}", hit.cache_status());
+        assert!(hit.cache_status().contains("ttl=59") || hit.cache_status().contains("ttl=60"), "{}", hit.cache_status());
+        assert_eq!(hit.header("cache-control"), Some("no-store"));
+        assert_eq!(hit.header("cdn-cache-control"), Some("max-age=60"));
+        assert_eq!(fx.runs(), 1);
+        // This cache's own field first: 2 s.
+        let own = fx
+            .builder()
+            .targeted_fields(["RedisLayers-Cache-Control", "CDN-Cache-Control"])
+            .build()
+            .unwrap();
+        let own = app(&fx, own);
+        get(&own, "/targeted?own").await;
+        fx.stored(2).await;
+        let hit = get(&own, "/targeted?own").await;
+        assert!(hit.hit(), "{}", hit.cache_status());
+        let status = hit.cache_status();
+        assert!(status.contains("ttl=1") || status.contains("ttl=2"), "{status}");
+        // None obeyed: Cache-Control's no-store holds.
+        let plain = fx.builder().targeted_fields(Vec::<String>::new()).build().unwrap();
+        let plain = app(&fx, plain);
+        let r = get(&plain, "/targeted").await;
+        assert!(!r.cache_status().contains("stored"), "{}", r.cache_status());
+    }
+
     without_thread_copies_the_local_tier_still_answers_and_hears_purges => |fx| {
         let a_layer = fx.builder().local_tier(100).thread_copies(false).build().unwrap();
         let b_layer = fx.builder().local_tier(100).thread_copies(false).build().unwrap();
@@ -1695,6 +1735,14 @@ fn settings_are_checked_when_the_layer_is_built() {
         .stale_while_revalidate(Duration::from_secs(365 * 86_400))
         .build()
         .is_ok());
+    for bad in ["not a name", "Cache-Control"] {
+        let err = CacheLayer::builder(backend.clone())
+            .targeted_fields([bad])
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), redis_layers::ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("targeted field"), "{err}");
+    }
     assert!(CacheLayer::builder(backend).name("edge-1").build().is_ok());
 }
 
