@@ -62,6 +62,8 @@ pub(crate) struct Options {
     pub(crate) local_tier: Option<usize>,
     pub(crate) thread_copies: bool,
     pub(crate) targeted: Vec<String>,
+    pub(crate) min_ttl: Option<Duration>,
+    pub(crate) max_ttl: Option<Duration>,
     pub(crate) generation_refresh: Duration,
     pub(crate) failure: crate::FailurePolicy,
     pub(crate) on_refusal: crate::refusal::OnRefusal,
@@ -165,6 +167,8 @@ impl Config {
             ("keep_stale", Some(this.keep_stale)),
             ("coalesce_wait", Some(this.coalesce_wait)),
             ("generation_refresh", Some(this.generation_refresh)),
+            ("min_ttl", this.min_ttl),
+            ("max_ttl", this.max_ttl),
         ] {
             if value.is_some_and(|v| v > LONGEST) {
                 return Err(Error::new(
@@ -196,6 +200,17 @@ impl Config {
                 Some(hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect())
             }
         };
+        if let (Some(min), Some(max)) = (this.min_ttl, this.max_ttl) {
+            if min > max {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "min_ttl must not be over max_ttl",
+                ));
+            }
+        }
+        if this.max_ttl.is_some_and(|t| t.is_zero()) {
+            return Err(Error::new(ErrorKind::Config, "max_ttl must not be zero"));
+        }
         let mut targeted = Vec::with_capacity(this.targeted.len());
         for name in &this.targeted {
             match HeaderName::from_bytes(name.as_bytes()) {
@@ -248,6 +263,8 @@ impl Config {
                 stale_if_error: this.stale_if_error.map(ms),
                 keep_stale: ms(this.keep_stale),
                 targeted,
+                min_ttl: this.min_ttl.map(ms),
+                max_ttl: this.max_ttl.map(ms),
             },
             max_body: this.max_body,
             name: this.name,

@@ -67,6 +67,45 @@ pub enum RequestDirectives {
     Honour,
 }
 
+/// A handler's word on storing its response, over what the response's
+/// fields say: put it in the response's extensions.
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_layers::cache::CacheOverride;
+///
+/// async fn prices() -> impl axum::response::IntoResponse {
+///     // Browsers may not keep it (no-store), but this cache keeps it a
+///     // minute, whatever the fields say.
+///     (
+///         [("cache-control", "no-store")],
+///         axum::Extension(CacheOverride::Store(Duration::from_secs(60))),
+///         "prices",
+///     )
+/// }
+/// ```
+///
+/// It applies to a full response the handler gives (a miss, a refresh),
+/// not to a 304. What no field can allow still holds under
+/// [`Store`](Self::Store): a response that sets a cookie (unless
+/// [`strip_set_cookie`](crate::cache::CacheLayerBuilder::strip_set_cookie)),
+/// varies on `*`, comes from a handler that read the session, has a
+/// status the cache never stores (1xx, 206, 304, or one outside
+/// [`only_statuses`](crate::cache::CacheLayerBuilder::only_statuses)), or
+/// answers a request with `no-store`, is not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheOverride {
+    /// Store it, fresh for this long (whole seconds, within the layer's
+    /// [`min_ttl`](crate::cache::CacheLayerBuilder::min_ttl) and
+    /// [`max_ttl`](crate::cache::CacheLayerBuilder::max_ttl)): as if it
+    /// said `Cache-Control: public, max-age=<seconds>` to this cache
+    /// alone. The client gets the fields the handler set.
+    Store(std::time::Duration),
+    /// Never store it.
+    Forbid,
+}
+
 impl Directives {
     /// A request's directives, under `policy`.
     #[inline]
@@ -95,6 +134,16 @@ impl Directives {
             }
         }
         d
+    }
+
+    /// What a handler's [`CacheOverride::Store`](crate::cache::CacheOverride::Store)
+    /// means: `public, max-age=<seconds>`.
+    pub(crate) fn forced(seconds: u64) -> Self {
+        Directives {
+            public: true,
+            max_age: Some(seconds.min(MAX_DELTA)),
+            ..Directives::default()
+        }
     }
 
     /// The directives of the targeted field `name` (RFC 9213 §2.1), or

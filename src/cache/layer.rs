@@ -74,6 +74,8 @@ impl CacheLayer {
                 local_tier: None,
                 thread_copies: true,
                 targeted: vec![DEFAULT_TARGETED.to_owned()],
+                min_ttl: None,
+                max_ttl: None,
                 generation_refresh: DEFAULT_GENERATION_REFRESH,
                 failure: crate::FailurePolicy::Open,
                 on_refusal: crate::refusal::OnRefusal::default(),
@@ -285,6 +287,25 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// The shortest freshness a stored response gets, whatever it says
+    /// (a response with `max-age=0`, or a short `Expires`, is then kept
+    /// this long): shields a handler from an origin that asks for
+    /// revalidation on every request. Unset by default. `no-cache`
+    /// responses are still revalidated before every use; what may not be
+    /// stored at all still is not.
+    pub fn min_ttl(mut self, ttl: Duration) -> Self {
+        self.options.min_ttl = Some(ttl);
+        self
+    }
+
+    /// The longest freshness a stored response gets, whatever it says
+    /// (`max-age=31536000` is then kept this long before it is
+    /// revalidated). Unset by default; at least `min_ttl`, and not zero.
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.options.max_ttl = Some(ttl);
+        self
+    }
+
     /// The targeted cache-control fields this cache obeys (RFC 9213), in
     /// order: of those a response carries with a valid, non-empty value
     /// (a Structured Fields Dictionary of `Cache-Control` directives), the
@@ -297,7 +318,7 @@ impl CacheLayerBuilder {
     /// client untouched (a CDN in front may obey them too).
     ///
     /// ```
-    /// # let store = redis_layers::MemoryBackend::new();
+    /// # let store = redis_layers::memory::MemoryBackend::new();
     /// let layer = redis_layers::cache::CacheLayer::builder(store)
     ///     .targeted_fields(["RedisLayers-Cache-Control", "CDN-Cache-Control"])
     ///     .build()?;

@@ -11,6 +11,7 @@ use http_body::Body;
 
 use super::coalesce::Waiting;
 use super::config::Config;
+use super::directives::{CacheOverride, Directives};
 use super::fields::{never_stored, take_tags};
 use super::key::vary_hash;
 use super::layout::Entry;
@@ -79,11 +80,20 @@ pub(super) fn plan(
         tracing::debug!("response not stored: body larger than max_body");
         return None;
     }
+    let forced = match head.extensions.get::<CacheOverride>() {
+        Some(CacheOverride::Forbid) => {
+            tracing::trace!("response not stored: its handler forbade it");
+            return None;
+        }
+        Some(CacheOverride::Store(ttl)) => Some(Directives::forced(ttl.as_secs())),
+        None => None,
+    };
     let now = SystemTime::now();
-    let keep = match policy::storable_since(
+    let keep = match policy::storable_as(
         request_headers,
         head.status,
         &head.headers,
+        forced,
         &config.settings,
         requested,
         now,

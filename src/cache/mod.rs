@@ -348,7 +348,7 @@ pub use config::{
     DEFAULT_COALESCE_WAIT, DEFAULT_GENERATION_REFRESH, DEFAULT_KEEP_STALE, DEFAULT_MAX_BODY,
     DEFAULT_NAME, DEFAULT_TAG_HEADER, DEFAULT_TARGETED,
 };
-pub use directives::RequestDirectives;
+pub use directives::{CacheOverride, RequestDirectives};
 pub use layer::{CacheLayer, CacheLayerBuilder, CacheService, ResponseFuture};
 pub use purger::{Purger, PURGE_BATCH};
 

@@ -55,6 +55,9 @@ pub(crate) struct Settings {
     pub(crate) keep_stale: u64,
     /// The targeted fields this cache obeys (RFC 9213), first first.
     pub(crate) targeted: Vec<HeaderName>,
+    /// Bounds (ms) on every stored response's freshness lifetime.
+    pub(crate) min_ttl: Option<u64>,
+    pub(crate) max_ttl: Option<u64>,
 }
 
 /// Why a response is not stored (for logs and tests).
@@ -84,7 +87,6 @@ pub(crate) struct Keep {
     pub(crate) retention: u64,
 }
 
-/// [`storable_since`] for a response that arrived as it was asked for.
 /// Whether a stale `entry`, `age` ms old, may be served while it is
 /// refreshed in the background (RFC 5861 §3).
 pub(crate) fn serve_while_revalidating(entry: &Entry, age: u64) -> bool {
@@ -92,6 +94,7 @@ pub(crate) fn serve_while_revalidating(entry: &Entry, age: u64) -> bool {
     !strict && age.saturating_sub(entry.lifetime) < entry.swr
 }
 
+/// [`storable_since`] for a response that arrived as it was asked for.
 #[cfg(test)]
 pub(crate) fn storable(
     request: &HeaderMap,
@@ -113,13 +116,30 @@ pub(crate) fn storable_since(
     requested: SystemTime,
     now: SystemTime,
 ) -> Result<Keep, NotStored> {
+    storable_as(request, status, response, None, settings, requested, now)
+}
+
+/// [`storable_since`], with `forced`: the directives the handler gave this
+/// cache alone (see [`CacheOverride`](crate::cache::CacheOverride)), over
+/// any field of the response.
+pub(crate) fn storable_as(
+    request: &HeaderMap,
+    status: StatusCode,
+    response: &HeaderMap,
+    forced: Option<Directives>,
+    settings: &Settings,
+    requested: SystemTime,
+    now: SystemTime,
+) -> Result<Keep, NotStored> {
     let req = Directives::of(request);
     // RFC 9213 §2.1: the first targeted field with a valid, non-empty
     // value replaces `Cache-Control`, and `Expires` is then ignored.
-    let targeted = settings
-        .targeted
-        .iter()
-        .find_map(|name| Directives::of_targeted(response, name));
+    let targeted = forced.or_else(|| {
+        settings
+            .targeted
+            .iter()
+            .find_map(|name| Directives::of_targeted(response, name))
+    });
     let expires = targeted.is_none() && response.contains_key(EXPIRES);
     let res = targeted.unwrap_or_else(|| Directives::of(response));
     // Never an interim answer, a partial or a 304 (this cache does not
@@ -192,6 +212,10 @@ pub(crate) fn storable_since(
     } else {
         settings.default_ttl.ok_or(NotStored::NoFreshness)?
     };
+    // The operator's bounds, over whatever the response said.
+    let lifetime = lifetime
+        .max(settings.min_ttl.unwrap_or(0))
+        .min(settings.max_ttl.unwrap_or(u64::MAX));
     // §4.2.3: the apparent age is what Date says; the Age a handler
     // passes on (from an upstream) is corrected by the response delay,
     // the time the handler took, as the response may have aged that much
@@ -367,6 +391,8 @@ mod tests {
             stale_if_error: None,
             keep_stale: 60_000,
             targeted: vec![HeaderName::from_static("cdn-cache-control")],
+            min_ttl: None,
+            max_ttl: None,
         }
     }
 
@@ -847,6 +873,64 @@ mod tests {
         assert_eq!(
             lifetime(&[("cdn-cache-control", "private")]),
             Err(NotStored::Private)
+        );
+    }
+
+    #[test]
+    fn the_operators_bounds_clamp_every_lifetime() {
+        let s = Settings {
+            min_ttl: Some(10_000),
+            max_ttl: Some(600_000),
+            ..plain()
+        };
+        let lifetime = |cc: &str| {
+            storable(
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &headers(&[("cache-control", cc)]),
+                &s,
+                now(),
+            )
+            .map(|k| k.lifetime)
+        };
+        assert_eq!(lifetime("max-age=0"), Ok(10_000));
+        assert_eq!(lifetime("max-age=60"), Ok(60_000));
+        assert_eq!(lifetime("max-age=31536000"), Ok(600_000));
+        // What may not be stored still is not.
+        assert_eq!(lifetime("no-store, max-age=60"), Err(NotStored::NoStore));
+        assert_eq!(lifetime("private, max-age=60"), Err(NotStored::Private));
+        // A handler's override: public, max-age, within the bounds.
+        let forced = |cc: &str, secs: u64| {
+            let res = headers(&[("cache-control", cc)]);
+            let forced = Some(Directives::forced(secs));
+            storable_as(
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &res,
+                forced,
+                &s,
+                now(),
+                now(),
+            )
+            .map(|k| (k.lifetime, k.flags))
+        };
+        assert_eq!(forced("no-store, private", 30), Ok((30_000, 0)));
+        assert_eq!(forced("max-age=5", 3_600), Ok((600_000, 0)));
+        let mut auth = HeaderMap::new();
+        auth.insert(AUTHORIZATION, "Bearer x".parse().unwrap());
+        let res = headers(&[("cache-control", "private")]);
+        let k = storable_as(
+            &auth,
+            StatusCode::OK,
+            &res,
+            Some(Directives::forced(30)),
+            &s,
+            now(),
+            now(),
+        );
+        assert!(
+            k.is_ok(),
+            "public: an answer to an authorised request may be stored"
         );
     }
 }

@@ -338,7 +338,7 @@ where
                 std::mem::take(&mut waiting),
             );
         let params = format!(
-            "fwd=stale; fwd-status=304{}",
+            "fwd={fwd}; fwd-status=304{}",
             if stored { "; stored" } else { "" }
         );
         let mut res = respond_stored_to(

@@ -18,7 +18,7 @@ use axum::response::IntoResponse;
 
 use axum::Router;
 use http_body_util::BodyExt;
-use redis_layers::cache::{CacheLayer, CacheLayerBuilder, RequestDirectives};
+use redis_layers::cache::{CacheLayer, CacheLayerBuilder, CacheOverride, RequestDirectives};
 use tower::ServiceExt;
 
 use support::{Kind, TestBackend};
@@ -122,6 +122,16 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                 set("cache-control", "no-store");
                 set("cdn-cache-control", "max-age=60");
                 set("redislayers-cache-control", "max-age=2");
+            }
+            // The handler's word over the fields.
+            "/forced" | "/forbidden" => {
+                let (cc, word) = if path == "/forced" {
+                    ("no-store", CacheOverride::Store(Duration::from_secs(30)))
+                } else {
+                    ("public, max-age=60", CacheOverride::Forbid)
+                };
+                set("cache-control", cc);
+                return (out, axum::Extension(word), body).into_response();
             }
             // From an upstream that said it was 5 s old, after 1.1 s.
             "/aged-slow" => {
@@ -856,6 +866,24 @@ support::both_backends! { fixture;
         assert_eq!(r.status, StatusCode::NOT_MODIFIED);
     }
 
+    rfc9111_5_2_1_4_a_no_cache_request_revalidates_with_the_stored_validators => |fx| {
+        let app = app(&fx, fx.builder().request_directives(RequestDirectives::Honour).build().unwrap());
+        get(&app, "/rev").await;
+        fx.stored(1).await;
+        // Fresh, but the client asks for validation: the handler gets the
+        // stored ETag and answers 304; the client gets the stored body.
+        let r = send(&app, "GET", "/rev", &[("cache-control", "no-cache")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, "/rev #1", "the stored body, validated");
+        assert_eq!(r.cache_status(), "redis-layers; fwd=request; fwd-status=304; stored");
+        assert_eq!(fx.runs(), 2, "the handler was asked");
+        // A client's own validators go to the handler as they are (not
+        // this cache's): its 304 is for the client.
+        let r = send(&app, "GET", "/rev", &[("cache-control", "no-cache"), ("if-none-match", "\"r1\"")]).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(fx.runs(), 3);
+    }
+
     a_no_cache_response_is_stored_and_revalidated_before_each_use => |fx| {
         let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
         get(&app, "/no-cache-etag").await;
@@ -1329,6 +1357,37 @@ support::both_backends! { fixture;
         let plain = app(&fx, plain);
         let r = get(&plain, "/targeted").await;
         assert!(!r.cache_status().contains("stored"), "{}", r.cache_status());
+    }
+
+    a_handlers_override_and_the_operators_bounds_decide_what_is_kept => |fx| {
+        let plain = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        // Forced: stored for 30 s despite no-store, which the client sees.
+        let r = get(&plain, "/forced").await;
+        assert!(r.cache_status().ends_with("stored"), "{}", r.cache_status());
+        fx.stored(1).await;
+        let hit = get(&plain, "/forced").await;
+        assert!(hit.hit(), "{}", hit.cache_status());
+        assert!(hit.cache_status().contains("ttl=29") || hit.cache_status().contains("ttl=30"), "{}", hit.cache_status());
+        assert_eq!(hit.header("cache-control"), Some("no-store"));
+        // Forbidden: never stored, though its fields allow it.
+        for _ in 0..2 {
+            let r = get(&plain, "/forbidden").await;
+            assert!(!r.hit() && !r.cache_status().contains("stored"), "{}", r.cache_status());
+        }
+        assert_eq!(fx.runs(), 3);
+        // Bounds: max-age=1 kept 10 s, max-age=60 kept 5 s.
+        let bounded = fx.builder().min_ttl(Duration::from_secs(10)).max_ttl(Duration::from_secs(5)).build();
+        assert!(bounded.is_err(), "min over max");
+        let bounded = app(&fx, fx.builder().min_ttl(Duration::from_secs(10)).build().unwrap());
+        get(&bounded, "/short").await;
+        fx.stored(2).await;
+        let r = get(&bounded, "/short").await;
+        assert!(r.cache_status().contains("ttl=9") || r.cache_status().contains("ttl=10"), "{}", r.cache_status());
+        let capped = app(&fx, fx.builder().max_ttl(Duration::from_secs(5)).build().unwrap());
+        get(&capped, "/fresh").await;
+        fx.stored(3).await;
+        let r = get(&capped, "/fresh").await;
+        assert!(r.cache_status().contains("ttl=4") || r.cache_status().contains("ttl=5"), "{}", r.cache_status());
     }
 
     without_thread_copies_the_local_tier_still_answers_and_hears_purges => |fx| {
