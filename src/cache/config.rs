@@ -10,6 +10,7 @@ use http::StatusCode;
 use super::directives::RequestDirectives;
 use super::flight::{Flights, Invalidations, Refreshing};
 use super::generation::Generation;
+use super::key::{KeyFn, KeyRules};
 use super::local::LocalTier;
 use super::policy::Settings;
 use super::store::Store;
@@ -51,6 +52,8 @@ pub(crate) struct Options {
     pub(crate) name: String,
     pub(crate) strip_set_cookie: bool,
     pub(crate) sort_query: bool,
+    pub(crate) ignored_params: Vec<String>,
+    pub(super) key_extra: Option<KeyFn>,
     pub(crate) only_statuses: Option<Vec<StatusCode>>,
     pub(crate) stale_while_revalidate: Option<Duration>,
     pub(crate) stale_if_error: Option<Duration>,
@@ -78,7 +81,8 @@ pub(crate) struct Config {
     pub(crate) settings: Settings,
     pub(crate) max_body: usize,
     pub(crate) name: String,
-    pub(crate) sort_query: bool,
+    /// How keys are made.
+    pub(super) key: KeyRules,
     pub(crate) coalesce_wait: Duration,
     pub(crate) request_directives: RequestDirectives,
     /// The hosts served, lowercase (`host` or `host:port`); `None`: any.
@@ -268,7 +272,11 @@ impl Config {
             },
             max_body: this.max_body,
             name: this.name,
-            sort_query: this.sort_query,
+            key: KeyRules {
+                sort_query: this.sort_query,
+                ignored_params: this.ignored_params,
+                extra: this.key_extra,
+            },
             coalesce_wait: this.coalesce_wait,
             request_directives: this.request_directives,
             hosts,

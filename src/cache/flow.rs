@@ -81,10 +81,12 @@ where
             .await;
         }
     };
+    let extra = config.key.extra_of(&req);
     let key = store_key(&key_line(
-        config.sort_query,
+        &config.key,
         key_uri(&req),
         req.headers(),
+        extra.as_deref(),
         generation,
     ));
     let directives = Directives::of_request(req.headers(), config.request_directives);

@@ -26,6 +26,7 @@ where
 {
     let uri = key_uri(&req).clone();
     let headers = req.headers().clone();
+    let extra = config.key.extra_of(&req);
     let res = crate::trace::unmeasured(inner.call(req)).await?;
     let (mut head, body) = res.into_parts();
     take_tags(&mut head.headers, &config.tag_header);
@@ -44,24 +45,28 @@ where
         // that begins after each of their handlers finished.
         let id = targets
             .iter()
-            .map(|t| cache_key(config.sort_query, t, &headers, 0))
+            .map(|t| cache_key(&config.key, t, &headers, extra.as_deref(), 0))
             .collect::<Vec<_>>()
             .join(",");
         config
             .invalidations
-            .run(id, || invalidate(&config, &targets, &headers))
+            .run(id, || {
+                invalidate(&config, &targets, &headers, extra.as_deref())
+            })
             .await;
     }
     Ok(Response::from_parts(head, ResponseBody::inner(body)))
 }
 
 /// Removes the entries of `targets` (under the store's generation, and
-/// the one this instance knew) and tells every local tier; false when a
-/// store call failed.
+/// the one this instance knew) for the request with `headers` and
+/// `extra` (what the application adds to its key), and tells every local
+/// tier; false when a store call failed.
 pub(super) async fn invalidate(
     config: &Config,
     targets: &[http::Uri],
     headers: &HeaderMap,
+    extra: Option<&str>,
 ) -> bool {
     // The store's generation now, not the one known here (up to a refresh
     // old): a purge of everything elsewhere must not make this
@@ -85,7 +90,7 @@ pub(super) async fn invalidate(
     let mut keys = Vec::new();
     for generation in generations {
         for target in targets {
-            keys.push(cache_key(config.sort_query, target, headers, generation));
+            keys.push(cache_key(&config.key, target, headers, extra, generation));
         }
     }
     let mut done = true;

@@ -2,11 +2,39 @@
 //! generation), the store key hashed from it (remembered per thread), and
 //! the hash of the request fields a response varies on.
 
+use std::sync::Arc;
+
 use http::header;
 use http::header::HeaderName;
 use http::HeaderMap;
 
 use super::layout::{hash, hash_hex};
+
+/// A function adding to a request's cache key (see
+/// [`CacheLayerBuilder::key_extra`](crate::cache::CacheLayerBuilder::key_extra)).
+pub(super) type KeyFn =
+    Arc<dyn Fn(&HeaderMap, &http::Extensions) -> Option<String> + Send + Sync + 'static>;
+
+/// How a layer makes its keys, beyond host, path and query.
+#[derive(Clone, Default)]
+pub(super) struct KeyRules {
+    /// The query's parameters sorted.
+    pub(super) sort_query: bool,
+    /// Query parameters left out (by name, as sent).
+    pub(super) ignored_params: Vec<String>,
+    /// What the application adds, from the request.
+    pub(super) extra: Option<KeyFn>,
+}
+
+impl KeyRules {
+    /// What the application adds to `req`'s key, if anything.
+    #[inline]
+    pub(super) fn extra_of<B>(&self, req: &http::Request<B>) -> Option<String> {
+        self.extra
+            .as_ref()
+            .and_then(|f| f(req.headers(), req.extensions()))
+    }
+}
 
 /// The URI a request's cache key is made of: the one the client sent.
 /// Inside axum's `Router::nest` the request's own URI has lost the nest's
@@ -22,12 +50,13 @@ pub(super) fn key_uri<B>(req: &http::Request<B>) -> &http::Uri {
 
 /// The cache key of a request to `uri`: [`key_line`], hashed.
 pub(super) fn cache_key(
-    sort_query: bool,
+    rules: &KeyRules,
     uri: &http::Uri,
     headers: &HeaderMap,
+    extra: Option<&str>,
     generation: u64,
 ) -> String {
-    hash_hex([key_line(sort_query, uri, headers, generation).as_slice()])
+    hash_hex([key_line(rules, uri, headers, extra, generation).as_slice()])
 }
 
 /// What a request's cache key hashes: host, path and query, one per line
@@ -38,14 +67,17 @@ pub(super) fn cache_key(
 /// its `:scheme` (`https` behind TLS), so one page would be two entries,
 /// and a purge by URL would miss one of them. An application that
 /// answers differently by scheme must not let those answers be stored.
+/// What the application adds (`extra`) comes before the generation,
+/// length first (it may hold anything).
 pub(super) fn key_line(
-    sort_query: bool,
+    rules: &KeyRules,
     uri: &http::Uri,
     headers: &HeaderMap,
+    extra: Option<&str>,
     generation: u64,
 ) -> Vec<u8> {
     let mut line = Vec::with_capacity(64 + uri.path().len());
-    write_key_line(&mut line, sort_query, uri, headers, generation);
+    write_key_line(&mut line, rules, uri, headers, extra, generation);
     line
 }
 
@@ -53,9 +85,10 @@ pub(super) fn key_line(
 #[inline]
 pub(super) fn write_key_line(
     line: &mut Vec<u8>,
-    sort_query: bool,
+    rules: &KeyRules,
     uri: &http::Uri,
     headers: &HeaderMap,
+    extra: Option<&str>,
     generation: u64,
 ) {
     let host = uri
@@ -69,11 +102,17 @@ pub(super) fn write_key_line(
     line.extend_from_slice(uri.path().as_bytes());
     if let Some(query) = uri.query() {
         line.push(b'?');
-        if sort_query {
-            write_sorted_query(line, query);
+        if rules.sort_query || !rules.ignored_params.is_empty() {
+            write_query(line, query, rules);
         } else {
             line.extend_from_slice(query.as_bytes());
         }
+    }
+    if let Some(extra) = extra {
+        line.extend_from_slice(b"\n+");
+        line.extend_from_slice(itoa::Buffer::new().format(extra.len()).as_bytes());
+        line.push(b':');
+        line.extend_from_slice(extra.as_bytes());
     }
     if generation > 0 {
         line.extend_from_slice(b"\n#");
@@ -81,11 +120,20 @@ pub(super) fn write_key_line(
     }
 }
 
-/// Writes `query` with its parameters sorted.
+/// Writes `query` as `rules` ask: without the ignored parameters, and
+/// sorted.
 #[inline(never)]
-pub(super) fn write_sorted_query(line: &mut Vec<u8>, query: &str) {
-    let mut pairs: Vec<&str> = query.split('&').collect();
-    pairs.sort_unstable();
+pub(super) fn write_query(line: &mut Vec<u8>, query: &str, rules: &KeyRules) {
+    let mut pairs: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+            !rules.ignored_params.iter().any(|p| p == name)
+        })
+        .collect();
+    if rules.sort_query {
+        pairs.sort_unstable();
+    }
     line.extend_from_slice(pairs.join("&").as_bytes());
 }
 
@@ -162,3 +210,61 @@ pub(super) fn vary_values_hash(names: &[HeaderName], headers: &HeaderMap) -> [u8
 
 /// The longest key line a thread keeps a copy for.
 pub(super) const MAX_LINE: usize = 512;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(rules: &KeyRules, uri: &str, extra: Option<&str>) -> String {
+        let uri: http::Uri = uri.parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "Shop.Example".parse().unwrap());
+        String::from_utf8(key_line(rules, &uri, &headers, extra, 0)).unwrap()
+    }
+
+    #[test]
+    fn ignored_parameters_leave_the_key_and_the_rest_keep_their_order() {
+        let rules = KeyRules {
+            ignored_params: vec!["utm_source".into(), "fbclid".into()],
+            ..KeyRules::default()
+        };
+        assert_eq!(
+            line(&rules, "/p?b=2&utm_source=x&a=1&fbclid", None),
+            "GET\nshop.example\n/p?b=2&a=1"
+        );
+        assert_eq!(
+            line(&rules, "/p?utm_source=x", None),
+            "GET\nshop.example\n/p?"
+        );
+        // A name that only begins like an ignored one stays.
+        assert_eq!(
+            line(&rules, "/p?utm_sourced=1", None),
+            "GET\nshop.example\n/p?utm_sourced=1"
+        );
+        let sorted = KeyRules {
+            sort_query: true,
+            ..rules
+        };
+        assert_eq!(
+            line(&sorted, "/p?b=2&utm_source=x&a=1", None),
+            "GET\nshop.example\n/p?a=1&b=2"
+        );
+    }
+
+    #[test]
+    fn what_the_application_adds_cannot_pass_for_anything_else() {
+        let rules = KeyRules::default();
+        assert_eq!(
+            line(&rules, "/p", Some("acme")),
+            "GET\nshop.example\n/p\n+4:acme"
+        );
+        // An added part that looks like a generation line is still its own.
+        let uri: http::Uri = "/p".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "h".parse().unwrap());
+        let a = key_line(&rules, &uri, &headers, Some("x\n#5"), 0);
+        let b = key_line(&rules, &uri, &headers, Some("x"), 5);
+        assert_ne!(a, b);
+        assert_ne!(line(&rules, "/p", Some("")), line(&rules, "/p", None));
+    }
+}

@@ -63,6 +63,8 @@ impl CacheLayer {
                 name: DEFAULT_NAME.to_owned(),
                 strip_set_cookie: false,
                 sort_query: false,
+                ignored_params: Vec::new(),
+                key_extra: None,
                 only_statuses: None,
                 stale_while_revalidate: None,
                 stale_if_error: None,
@@ -164,6 +166,50 @@ impl CacheLayerBuilder {
     /// share an entry. Off by default (a handler may read them in order).
     pub fn sort_query(mut self, on: bool) -> Self {
         self.options.sort_query = on;
+        self
+    }
+
+    /// Query parameters left out of the cache key, by name as sent
+    /// (`utm_source`, `fbclid`, `gclid`...): requests that differ only in
+    /// them share an entry. Use it only for parameters the handler ignores:
+    /// the stored answer is the one for whichever of those requests came
+    /// first. None by default.
+    pub fn ignore_query_params<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.options.ignored_params = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds to every request's cache key what `f` says of the request (its
+    /// header fields and extensions), when it says something: a tenant, a
+    /// cookie's value, a header the answers depend on but which the
+    /// handler does not name in `Vary`. Requests for which it gives
+    /// different values get different entries. Keep its values few (each
+    /// is a copy of the page) and `f` fast: it runs on every GET and HEAD,
+    /// hits included.
+    ///
+    /// An unsafe request invalidates the entry its own value names;
+    /// [`Purger::purge_url`] the one for requests `f` gives nothing;
+    /// [`Purger::purge_tag`] reaches every one.
+    ///
+    /// ```
+    /// # let store = redis_layers::memory::MemoryBackend::new();
+    /// let layer = redis_layers::cache::CacheLayer::builder(store)
+    ///     .key_extra(|headers, _extensions| {
+    ///         let tenant = headers.get("x-tenant")?.to_str().ok()?;
+    ///         Some(tenant.to_owned())
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), redis_layers::Error>(())
+    /// ```
+    pub fn key_extra<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&http::HeaderMap, &http::Extensions) -> Option<String> + Send + Sync + 'static,
+    {
+        self.options.key_extra = Some(std::sync::Arc::new(f));
         self
     }
 

@@ -53,12 +53,14 @@ pub(super) fn answer_locally<B, ResBody>(
     if directives.no_cache || SessionProbe::personal_request(req) {
         return Local::Looked;
     }
+    let extra = config.key.extra_of(req);
     let line = |line: &mut Vec<u8>| {
         write_key_line(
             line,
-            config.sort_query,
+            &config.key,
             key_uri(req),
             req.headers(),
+            extra.as_deref(),
             generation,
         )
     };

@@ -105,7 +105,7 @@ impl Purger {
             .generation
             .current(&self.config.store, std::time::SystemTime::now())
             .await?;
-        let key = cache_key(self.config.sort_query, &uri, &headers, generation);
+        let key = cache_key(&self.config.key, &uri, &headers, None, generation);
         // Announced whatever the store said: a timed-out DEL may still
         // have run.
         let removed = self.config.store.invalidate(&key).await;

@@ -1390,6 +1390,49 @@ support::both_backends! { fixture;
         assert!(r.cache_status().contains("ttl=4") || r.cache_status().contains("ttl=5"), "{}", r.cache_status());
     }
 
+    the_key_takes_what_the_application_adds_and_leaves_what_it_ignores => |fx| {
+        let layer = fx
+            .builder()
+            .ignore_query_params(["utm_source", "fbclid"])
+            .key_extra(|headers, _| Some(headers.get("x-tenant")?.to_str().ok()?.to_owned()))
+            .build()
+            .unwrap();
+        let keyed = app(&fx, layer);
+        let as_tenant = |t: &'static str, path: &'static str| {
+            let keyed = keyed.clone();
+            async move { send(&keyed, "GET", path, &[("x-tenant", t)]).await }
+        };
+        assert_eq!(as_tenant("acme", "/fresh?utm_source=mail").await.body, "/fresh #1");
+        fx.stored(1).await;
+        // Another tracking value, the same entry.
+        let r = as_tenant("acme", "/fresh?fbclid=1&utm_source=ad").await;
+        assert!(r.hit(), "{}", r.cache_status());
+        assert_eq!(r.body, "/fresh #1");
+        // Another tenant, or none: other entries.
+        assert_eq!(as_tenant("initech", "/fresh").await.body, "/fresh #2");
+        assert_eq!(get(&keyed, "/fresh").await.body, "/fresh #3");
+        fx.stored(3).await;
+        assert!(as_tenant("initech", "/fresh").await.hit());
+        // A write by one tenant invalidates its own entry only.
+        send(&keyed, "POST", "/fresh", &[("x-tenant", "acme")]).await;
+        assert!(!as_tenant("acme", "/fresh").await.hit());
+        assert!(as_tenant("initech", "/fresh").await.hit());
+        assert!(get(&keyed, "/fresh").await.hit());
+        // The local tier (and a thread's copy) keys the same way.
+        let local = fx
+            .builder()
+            .local_tier(10)
+            .key_extra(|headers, _| Some(headers.get("x-tenant")?.to_str().ok()?.to_owned()))
+            .build()
+            .unwrap();
+        let local = app(&fx, local);
+        answered_locally(&local, "/three").await;
+        let anyone = get(&local, "/three").await.body;
+        let acme = send(&local, "GET", "/three", &[("x-tenant", "acme")]).await;
+        assert!(!acme.hit(), "the copy for requests without a tenant: {}", acme.cache_status());
+        assert_ne!(acme.body, anyone);
+    }
+
     without_thread_copies_the_local_tier_still_answers_and_hears_purges => |fx| {
         let a_layer = fx.builder().local_tier(100).thread_copies(false).build().unwrap();
         let b_layer = fx.builder().local_tier(100).thread_copies(false).build().unwrap();
