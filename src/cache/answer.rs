@@ -1,5 +1,6 @@
-//! A stored response as the answer to a request: the response itself, or
-//! a 304 when the request's validators match it, with `Age` and
+//! A stored response as the answer to a request: the response itself, a
+//! 304 when the request's validators match it, or the part a `Range`
+//! asks for (RFC 9110 §14: a 206, or a 416), with `Age` and
 //! `Cache-Status`.
 
 use std::borrow::Cow;
@@ -50,6 +51,16 @@ pub(super) fn respond_stored_to<ResBody>(
                 _ => false,
             },
         };
+    // §14.2: a Range on a GET of a complete 200, unless If-Range says the
+    // client holds another version (§13.1.5).
+    let range = if !not_modified && method == Method::GET && entry.status == StatusCode::OK {
+        request
+            .get(header::RANGE)
+            .filter(|_| if_range_holds(request, &entry.headers))
+            .map_or(Part::Whole, |range| part(range, entry.body.len() as u64))
+    } else {
+        Part::Whole
+    };
     let (mut head, body) = if not_modified {
         // §15.4.5: the fields a 200 would have sent that describe it.
         let mut headers = HeaderMap::new();
@@ -82,6 +93,28 @@ pub(super) fn respond_stored_to<ResBody>(
         } else {
             body
         };
+        let (status, body) = match range {
+            Part::Whole => (status, body),
+            Part::Bytes(first, last) => {
+                let len = body.len();
+                let value = format!("bytes {first}-{last}/{len}");
+                if let Ok(value) = http::HeaderValue::try_from(value) {
+                    headers.insert(header::CONTENT_RANGE, value);
+                }
+                let body = body.slice(first as usize..=last as usize);
+                headers.insert(header::CONTENT_LENGTH, number_value(body.len() as u64));
+                (StatusCode::PARTIAL_CONTENT, body)
+            }
+            Part::Unsatisfiable => {
+                let len = body.len();
+                headers.clear();
+                if let Ok(value) = http::HeaderValue::try_from(format!("bytes */{len}")) {
+                    headers.insert(header::CONTENT_RANGE, value);
+                }
+                headers.insert(header::CONTENT_LENGTH, number_value(0));
+                (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
+            }
+        };
         let mut res = Response::new(ResponseBody::full(body));
         *res.status_mut() = status;
         *res.headers_mut() = headers;
@@ -91,4 +124,183 @@ pub(super) fn respond_stored_to<ResBody>(
     head.headers
         .insert(CACHE_STATUS, status_field(&config.name, params));
     Response::from_parts(head, body)
+}
+
+/// What a `Range` asks of a stored body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Part {
+    /// All of it: no range, one this cache does not serve (another unit,
+    /// several ranges, a malformed one), or one If-Range turned off.
+    Whole,
+    /// Bytes `first..=last`.
+    Bytes(u64, u64),
+    /// None of the body: a 416.
+    Unsatisfiable,
+}
+
+/// The part `range` (a `Range` field) asks of a body of `len` bytes
+/// (RFC 9110 §14.1.2): a single `bytes` range, `first-last`, `first-` or
+/// `-suffix`; `last` past the end means the end. Several ranges are
+/// answered whole (a server may ignore `Range`; no multipart here).
+pub(super) fn part(range: &http::HeaderValue, len: u64) -> Part {
+    let Ok(text) = range.to_str() else {
+        return Part::Whole;
+    };
+    let Some((unit, set)) = text.split_once('=') else {
+        return Part::Whole;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") || set.contains(',') {
+        return Part::Whole;
+    }
+    let Some((first, last)) = set.trim().split_once('-') else {
+        return Part::Whole;
+    };
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match (first.is_empty(), number(first), number(last)) {
+        // -suffix: the last `suffix` bytes.
+        (true, _, Some(suffix)) => {
+            if suffix == 0 || len == 0 {
+                Part::Unsatisfiable
+            } else {
+                Part::Bytes(len.saturating_sub(suffix), len - 1)
+            }
+        }
+        (false, Some(first), last) if last.is_some() || last_is_open(set) => {
+            if last.is_some_and(|last| last < first) {
+                return Part::Whole;
+            }
+            if first >= len {
+                return Part::Unsatisfiable;
+            }
+            Part::Bytes(first, last.map_or(len - 1, |last| last.min(len - 1)))
+        }
+        _ => Part::Whole,
+    }
+}
+
+/// Whether `first-` is open-ended (nothing after the dash).
+fn last_is_open(set: &str) -> bool {
+    set.trim().ends_with('-')
+}
+
+/// Whether the request's `If-Range` (if any) lets its `Range` apply to the
+/// stored response with `stored` fields (RFC 9110 §13.1.5): an entity-tag
+/// that strongly matches the stored `ETag`, or a date equal to a strong
+/// `Last-Modified` (one at least a second before `Date`).
+pub(super) fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    let Some(if_range) = request.get(header::IF_RANGE) else {
+        return true;
+    };
+    let Ok(value) = if_range.to_str() else {
+        return false;
+    };
+    let value = value.trim();
+    if value.starts_with('"') || value.starts_with("W/") {
+        // Strong comparison: neither weak, the same opaque tag.
+        let etag = stored.get(header::ETAG).and_then(|v| v.to_str().ok());
+        return !value.starts_with("W/")
+            && etag.is_some_and(|etag| !etag.starts_with("W/") && etag.trim() == value);
+    }
+    let date = |v: &str| httpdate::parse_http_date(v.trim()).ok();
+    let modified = stored
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(date);
+    let sent = stored
+        .get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(date);
+    match (date(value), modified) {
+        (Some(asked), Some(modified)) => {
+            asked == modified
+                && sent.is_none_or(|sent| {
+                    sent.duration_since(modified)
+                        .is_ok_and(|d| d >= std::time::Duration::from_secs(1))
+                })
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(range: &str, len: u64) -> Part {
+        part(&http::HeaderValue::from_str(range).unwrap(), len)
+    }
+
+    #[test]
+    fn rfc9110_14_1_2_byte_ranges() {
+        assert_eq!(p("bytes=0-4", 10), Part::Bytes(0, 4));
+        assert_eq!(p("Bytes = 2-", 10), Part::Bytes(2, 9));
+        assert_eq!(
+            p("bytes=5-100", 10),
+            Part::Bytes(5, 9),
+            "past the end: to the end"
+        );
+        assert_eq!(p("bytes=-3", 10), Part::Bytes(7, 9));
+        assert_eq!(
+            p("bytes=-30", 10),
+            Part::Bytes(0, 9),
+            "a suffix longer than the body: all"
+        );
+        assert_eq!(p("bytes=10-", 10), Part::Unsatisfiable);
+        assert_eq!(p("bytes=-0", 10), Part::Unsatisfiable);
+        assert_eq!(p("bytes=0-0", 0), Part::Unsatisfiable);
+        // Served whole: not bytes, several ranges, malformed.
+        for whole in [
+            "items=0-4",
+            "bytes=0-1,3-4",
+            "bytes=4-2",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes 0-4",
+            "bytes=+1-2",
+            "bytes=1--2",
+        ] {
+            assert_eq!(p(whole, 10), Part::Whole, "{whole}");
+        }
+    }
+
+    #[test]
+    fn rfc9110_13_1_5_if_range_needs_a_strong_match() {
+        let stored = |fields: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in fields {
+                h.insert(*n, v.parse().unwrap());
+            }
+            h
+        };
+        let asking = |v: &str| stored(&[("if-range", v)]);
+        let tagged = stored(&[("etag", "\"v1\"")]);
+        assert!(if_range_holds(&HeaderMap::new(), &tagged), "no If-Range");
+        assert!(if_range_holds(&asking("\"v1\""), &tagged));
+        assert!(!if_range_holds(&asking("\"v2\""), &tagged));
+        assert!(!if_range_holds(&asking("W/\"v1\""), &tagged), "weak: never");
+        assert!(!if_range_holds(
+            &asking("\"v1\""),
+            &stored(&[("etag", "W/\"v1\"")])
+        ));
+        let lm = "Wed, 21 Oct 2015 07:28:00 GMT";
+        let dated = stored(&[
+            ("last-modified", lm),
+            ("date", "Wed, 21 Oct 2015 08:00:00 GMT"),
+        ]);
+        assert!(if_range_holds(&asking(lm), &dated));
+        assert!(!if_range_holds(
+            &asking("Wed, 21 Oct 2015 07:28:01 GMT"),
+            &dated
+        ));
+        let weak = stored(&[("last-modified", lm), ("date", lm)]);
+        assert!(
+            !if_range_holds(&asking(lm), &weak),
+            "modified within the second it was sent"
+        );
+        assert!(!if_range_holds(&asking("yesterday"), &dated));
+    }
 }

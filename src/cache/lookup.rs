@@ -115,8 +115,10 @@ pub(super) fn answer_copy<ResBody>(
 ) -> Response<ResponseBody<ResBody>> {
     let entry = &*copy.entry;
     let ttl = ttl_secs(entry, age);
+    // Conditional and range requests: the general answer (a 304, a 206).
     if request.contains_key(header::IF_NONE_MATCH)
         || request.contains_key(header::IF_MODIFIED_SINCE)
+        || request.contains_key(header::RANGE)
     {
         let mut buf = itoa::Buffer::new();
         let params = ["hit; ttl=", buf.format(ttl), detail];

@@ -123,6 +123,12 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                 set("cdn-cache-control", "max-age=60");
                 set("redislayers-cache-control", "max-age=2");
             }
+            // A handler that answers ranges itself.
+            "/partial" => {
+                set("cache-control", "max-age=60");
+                set("content-range", "bytes 0-3/100");
+                return (StatusCode::PARTIAL_CONTENT, out, "abcd").into_response();
+            }
             // The handler's word over the fields.
             "/forced" | "/forbidden" => {
                 let (cc, word) = if path == "/forced" {
@@ -1431,6 +1437,62 @@ support::both_backends! { fixture;
         let acme = send(&local, "GET", "/three", &[("x-tenant", "acme")]).await;
         assert!(!acme.hit(), "the copy for requests without a tenant: {}", acme.cache_status());
         assert_ne!(acme.body, anyone);
+    }
+
+    rfc9110_14_a_range_is_served_from_a_stored_complete_response => |fx| {
+        let plain = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let local = app(&fx, fx.builder().local_tier(10).build().unwrap());
+        get(&plain, "/etag").await;
+        fx.stored(1).await;
+        answered_locally(&local, "/etag").await;
+        // The same answers from the store and from a thread's copy.
+        for (app, detail) in [(&plain, false), (&local, true)] {
+            let range = |r: &'static str, extra: Option<(&'static str, &'static str)>| {
+                let mut h = vec![("range", r)];
+                h.extend(extra);
+                async move { send(app, "GET", "/etag", &h).await }
+            };
+            let r = range("bytes=0-4", None).await;
+            assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{}", r.cache_status());
+            assert_eq!(r.body, "/etag");
+            assert_eq!(r.header("content-range"), Some("bytes 0-4/8"));
+            assert_eq!(r.header("content-length"), Some("5"));
+            assert!(r.hit() && r.cache_status().contains("detail=local") == detail, "{}", r.cache_status());
+            assert_eq!(range("bytes=-2", None).await.body, "#1");
+            assert_eq!(range("bytes=6-", None).await.body, "#1");
+            let r = range("bytes=8-", None).await;
+            assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+            assert_eq!(r.header("content-range"), Some("bytes */8"));
+            assert_eq!(r.body, "");
+            // Several ranges, or another unit: the whole.
+            for whole in ["bytes=0-1,4-5", "lines=1-2"] {
+                let r = range(whole, None).await;
+                assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "/etag #1"), "{whole}");
+            }
+            // If-Range: the stored version, strongly, or the whole.
+            let r = range("bytes=0-4", Some(("if-range", "\"v1\""))).await;
+            assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+            for other in ["\"v0\"", "W/\"v1\"", "Thu, 01 Jan 2015 00:00:00 GMT"] {
+                let r = range("bytes=0-4", Some(("if-range", other))).await;
+                assert_eq!(r.status, StatusCode::OK, "{other}");
+                assert_eq!(r.body, "/etag #1");
+            }
+            // A validator that matches comes first: 304.
+            let r = range("bytes=0-4", Some(("if-none-match", "\"v1\""))).await;
+            assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+            // HEAD: no range.
+            let r = send(app, "HEAD", "/etag", &[("range", "bytes=0-4")]).await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+        assert_eq!(fx.runs(), 1);
+        // A partial answer from the handler goes through and is not stored.
+        for _ in 0..2 {
+            let r = send(&plain, "GET", "/partial", &[("range", "bytes=0-3")]).await;
+            assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+            assert_eq!(r.body, "abcd");
+            assert!(!r.hit() && !r.cache_status().contains("stored"), "{}", r.cache_status());
+        }
+        assert_eq!(fx.runs(), 3);
     }
 
     without_thread_copies_the_local_tier_still_answers_and_hears_purges => |fx| {
