@@ -6,7 +6,6 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use headers::{ETag, HeaderMapExt, IfModifiedSince, IfNoneMatch, LastModified};
 use http::header;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 
@@ -37,20 +36,7 @@ pub(super) fn respond_stored_to<ResBody>(
     params: &[&str],
 ) -> Response<ResponseBody<ResBody>> {
     // RFC 9110 §13.2.1: preconditions apply to a 2xx answer only.
-    let not_modified = entry.status.is_success()
-        && match request.typed_get::<IfNoneMatch>() {
-            Some(inm) => entry
-                .headers
-                .typed_get::<ETag>()
-                .is_some_and(|etag| !inm.precondition_passes(&etag)),
-            None => match (
-                request.typed_get::<IfModifiedSince>(),
-                entry.headers.typed_get::<LastModified>(),
-            ) {
-                (Some(since), Some(modified)) => !since.is_modified(modified.into()),
-                _ => false,
-            },
-        };
+    let not_modified = entry.status.is_success() && not_modified(request, &entry);
     // §14.2: a Range on a GET of a complete 200, unless If-Range says the
     // client holds another version (§13.1.5).
     let range = if !not_modified && method == Method::GET && entry.status == StatusCode::OK {
@@ -124,6 +110,87 @@ pub(super) fn respond_stored_to<ResBody>(
     head.headers
         .insert(CACHE_STATUS, status_field(&config.name, params));
     Response::from_parts(head, body)
+}
+
+/// Whether the request's validators match the stored response `entry`
+/// (RFC 9111 §4.3.2, RFC 9110 §13.1.2-3), so a 304 answers it.
+/// `If-None-Match` first: `*`, or an entity-tag equal to the stored `ETag`
+/// by weak comparison (`W/` aside, the same opaque tag, commas inside it
+/// included); a malformed list matches nothing. Without it,
+/// `If-Modified-Since` (ignored when not an HTTP-date): not modified when
+/// the stored `Last-Modified` is no later, else its `Date`, else the time
+/// it was stored.
+pub(super) fn not_modified(request: &HeaderMap, entry: &Entry) -> bool {
+    if request.contains_key(header::IF_NONE_MATCH) {
+        let stored = entry
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| entity_tags(v).and_then(|tags| tags.first().copied().flatten()));
+        return request.get_all(header::IF_NONE_MATCH).iter().any(|line| {
+            let Some(tags) = line.to_str().ok().and_then(entity_tags) else {
+                return false;
+            };
+            tags.iter().any(|tag| match tag {
+                None => true,
+                Some(tag) => stored.is_some_and(|stored| weak(stored) == weak(tag)),
+            })
+        });
+    }
+    let date = |v: &http::HeaderValue| {
+        v.to_str()
+            .ok()
+            .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+    };
+    let Some(since) = request.get(header::IF_MODIFIED_SINCE).and_then(date) else {
+        return false;
+    };
+    let modified = entry
+        .headers
+        .get(header::LAST_MODIFIED)
+        .or_else(|| entry.headers.get(header::DATE))
+        .and_then(date)
+        .unwrap_or_else(|| {
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(entry.stored_at)
+        });
+    modified <= since
+}
+
+/// An entity-tag without its weakness.
+fn weak(tag: &str) -> &str {
+    tag.strip_prefix("W/").unwrap_or(tag)
+}
+
+/// The members of an entity-tag list (RFC 9110 §8.8.3): `None` for `*`,
+/// else the tag with its quotes (and `W/`); `None` for the whole list when
+/// it is malformed. A tag may hold commas (`"a,b"`), so the list is read
+/// tag by tag, not split on them.
+fn entity_tags(text: &str) -> Option<Vec<Option<&str>>> {
+    let mut tags = Vec::new();
+    let mut rest = text.trim_start_matches([' ', '\t', ',']);
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('*') {
+            tags.push(None);
+            rest = after;
+        } else {
+            let opaque = rest.strip_prefix("W/").unwrap_or(rest);
+            let inner = opaque.strip_prefix('"')?;
+            let close = inner.find('"')?;
+            // etagc: visible characters but the quote, and obs-text.
+            if inner[..close].bytes().any(|b| b < 0x21 || b == 0x7f) {
+                return None;
+            }
+            let len = rest.len() - inner.len() + close + 1;
+            tags.push(Some(&rest[..len]));
+            rest = &rest[len..];
+        }
+        let trimmed = rest.trim_start_matches([' ', '\t']);
+        if !trimmed.is_empty() && !trimmed.starts_with(',') {
+            return None;
+        }
+        rest = trimmed.trim_start_matches([' ', '\t', ',']);
+    }
+    Some(tags)
 }
 
 /// What a `Range` asks of a stored body.
@@ -232,6 +299,100 @@ mod tests {
 
     fn p(range: &str, len: u64) -> Part {
         part(&http::HeaderValue::from_str(range).unwrap(), len)
+    }
+
+    fn entry_with(fields: &[(&'static str, &str)]) -> Entry {
+        let mut headers = HeaderMap::new();
+        for (n, v) in fields {
+            headers.append(*n, v.parse().unwrap());
+        }
+        Entry {
+            stored_at: 1_445_412_480_000, // Wed, 21 Oct 2015 07:28:00 GMT
+            initial_age: 0,
+            lifetime: 60_000,
+            swr: 0,
+            sie: 0,
+            flags: 0,
+            status: StatusCode::OK,
+            vary: vec![],
+            vary_hash: [0; 16],
+            headers,
+            tags: vec![],
+            body: Bytes::new(),
+        }
+    }
+
+    fn asking(fields: &[(&'static str, &str)]) -> HeaderMap {
+        entry_with(fields).headers
+    }
+
+    #[test]
+    fn rfc9110_13_1_2_if_none_match_compares_weakly_and_reads_unusual_tags() {
+        let stored = entry_with(&[("etag", "W/\"a,b\"")]);
+        for matching in [
+            "\"a,b\"",
+            "W/\"a,b\"",
+            "\"x\", W/\"a,b\"",
+            "*",
+            "\"x\",*",
+            "  \"a,b\"  ",
+        ] {
+            assert!(
+                not_modified(&asking(&[("if-none-match", matching)]), &stored),
+                "{matching}"
+            );
+        }
+        for other in [
+            "\"a\"",
+            "\"b\"",
+            "\"a,b",
+            "a,b",
+            "\"a,b\" x",
+            "W/ \"a,b\"",
+            "",
+        ] {
+            assert!(
+                !not_modified(&asking(&[("if-none-match", other)]), &stored),
+                "{other:?}"
+            );
+        }
+        // Two lines are one list.
+        let two = asking(&[("if-none-match", "\"x\""), ("if-none-match", "\"a,b\"")]);
+        assert!(not_modified(&two, &stored));
+        // `*` matches a stored response without an ETag; a tag does not.
+        let untagged = entry_with(&[]);
+        assert!(not_modified(&asking(&[("if-none-match", "*")]), &untagged));
+        assert!(!not_modified(
+            &asking(&[("if-none-match", "\"a\"")]),
+            &untagged
+        ));
+        // If-None-Match present (even malformed): If-Modified-Since is not read.
+        let both = asking(&[
+            ("if-none-match", "nonsense"),
+            ("if-modified-since", "Thu, 22 Oct 2015 07:28:00 GMT"),
+        ]);
+        assert!(!not_modified(&both, &stored));
+    }
+
+    #[test]
+    fn rfc9111_4_3_2_if_modified_since_falls_back_to_date_then_the_time_stored() {
+        let ims = |v: &str| asking(&[("if-modified-since", v)]);
+        let before = "Tue, 20 Oct 2015 07:28:00 GMT";
+        let same = "Wed, 21 Oct 2015 07:28:00 GMT";
+        let after = "Thu, 22 Oct 2015 07:28:00 GMT";
+        let modified = entry_with(&[("last-modified", same), ("date", after)]);
+        assert!(not_modified(&ims(same), &modified));
+        assert!(not_modified(&ims(after), &modified));
+        assert!(!not_modified(&ims(before), &modified));
+        // No Last-Modified: Date. Neither: when it was stored.
+        let dated = entry_with(&[("date", after)]);
+        assert!(!not_modified(&ims(same), &dated));
+        assert!(not_modified(&ims(after), &dated));
+        let bare = entry_with(&[]);
+        assert!(not_modified(&ims(same), &bare));
+        assert!(!not_modified(&ims(before), &bare));
+        // Not a date: ignored.
+        assert!(!not_modified(&ims("yesterday"), &modified));
     }
 
     #[test]
