@@ -354,7 +354,74 @@ where
         }
         return Ok(res);
     }
+    if method == Method::HEAD && res.status() == StatusCode::OK {
+        let (mut head, body) = res.into_parts();
+        let params = freshen_with_head(
+            config,
+            &key,
+            entry,
+            &request_headers,
+            &head.headers,
+            session,
+        )
+        .await;
+        take_tags(&mut head.headers, &config.tag_header);
+        let params = format!("fwd={fwd}; fwd-status=200{params}");
+        let res = Response::from_parts(head, ResponseBody::inner(body));
+        return Ok(with_status(res, &config.name, &params));
+    }
     let storable = is_get && !session.read();
     let (res, params) = settle_now(config, key, &request_headers, res, storable, fwd, waiting);
     Ok(with_status(res, &config.name, &params))
+}
+
+/// RFC 9111 §4.3.5: a 200 to a HEAD for a stale stored GET response
+/// `entry` (with the response's fields `fresh`). When their validators
+/// agree (each of `ETag` and `Last-Modified` the HEAD response carries is
+/// the stored one's) and so does `Content-Length` if it has one, the
+/// entry's fields are updated as a 304 would (§3.2) and it is fresh again,
+/// unless the response sets a cookie the entry may not keep or its handler
+/// read the session; else the entry is removed, so the next GET fetches.
+/// Returns the `Cache-Status` parameters to add (`; stored`, or none).
+async fn freshen_with_head(
+    config: &Arc<Config>,
+    key: &str,
+    entry: Entry,
+    request_headers: &HeaderMap,
+    fresh: &HeaderMap,
+    session: &SessionProbe,
+) -> &'static str {
+    let agrees = |name: header::HeaderName| {
+        fresh
+            .get(&name)
+            .is_none_or(|v| entry.headers.get(&name) == Some(v))
+    };
+    let length_agrees = fresh.get(header::CONTENT_LENGTH).is_none_or(|v| {
+        v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()) == Some(entry.body.len())
+    });
+    if !(agrees(header::ETAG) && agrees(header::LAST_MODIFIED) && length_agrees) {
+        // A different representation now: the stored one is not used again.
+        if let Err(e) = config.store.invalidate(key).await {
+            config
+                .failures
+                .failed(&e, "a stale response not removed", false);
+        }
+        config.announce(&[key.to_owned()]).await;
+        return "";
+    }
+    let cookies = fresh.contains_key(header::SET_COOKIE);
+    if session.read() || (cookies && !config.settings.strip_set_cookie) {
+        return "";
+    }
+    // Only a fill lease's holder stores (see `write_entry`).
+    let Ok((Some(lease), _)) = Lease::take(config, key).await else {
+        return "";
+    };
+    let refreshed = refresh_headers(config, entry, fresh, request_headers);
+    let waiting = Waiting::miss(None, Some(lease));
+    if store_refreshed(config, key, &refreshed, request_headers, waiting) {
+        "; stored"
+    } else {
+        ""
+    }
 }

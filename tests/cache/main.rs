@@ -123,6 +123,11 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                 set("cdn-cache-control", "max-age=60");
                 set("redislayers-cache-control", "max-age=2");
             }
+            // A new ETag on every run.
+            "/changing" => {
+                set("cache-control", "max-age=1");
+                set("etag", &format!("\"e{n}\""));
+            }
             // A handler that answers ranges itself.
             "/partial" => {
                 set("cache-control", "max-age=60");
@@ -1493,6 +1498,34 @@ support::both_backends! { fixture;
             assert!(!r.hit() && !r.cache_status().contains("stored"), "{}", r.cache_status());
         }
         assert_eq!(fx.runs(), 3);
+    }
+
+    rfc9111_4_3_5_a_head_response_freshens_or_retires_a_stale_entry => |fx| {
+        let plain = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        get(&plain, "/rev").await;
+        get(&plain, "/changing").await;
+        fx.stored(2).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        // The same ETag: the stored GET response is fresh again.
+        let r = send(&plain, "HEAD", "/rev", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.cache_status().contains("fwd=stale; fwd-status=200; stored"), "{}", r.cache_status());
+        let started = Instant::now();
+        loop {
+            let r = get(&plain, "/rev").await;
+            if r.hit() {
+                assert_eq!(r.body, "/rev #1");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_millis(800), "not freshened: {}", r.cache_status());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Another ETag: the stored response is gone, the next GET fetches.
+        let r = send(&plain, "HEAD", "/changing", &[]).await;
+        assert_eq!(r.header("etag"), Some("\"e4\""));
+        let r = get(&plain, "/changing").await;
+        assert!(r.cache_status().contains("fwd=uri-miss"), "{}", r.cache_status());
+        assert_eq!(fx.runs(), 5);
     }
 
     without_thread_copies_the_local_tier_still_answers_and_hears_purges => |fx| {
