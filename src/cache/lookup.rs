@@ -317,34 +317,50 @@ pub(super) fn usable_since(
     }
 }
 
-/// The session a session layer outside this one put on the request, if
-/// any (see [`request_session`](crate::request_session)).
+/// What makes a request the handler's alone: the session a session layer
+/// outside this one put on it, if any (see
+/// [`request_session`](crate::request_session)), and preconditions only
+/// the origin can evaluate (`If-Match`, `If-Unmodified-Since`: RFC 9111
+/// §4.3.2), which go to the handler intact and whose answer (a 412, say)
+/// is never stored as the page.
 pub(super) struct SessionProbe {
     session: Option<RequestSession>,
+    for_origin: bool,
 }
 
 impl SessionProbe {
     pub(super) fn of<B>(req: &Request<B>) -> Self {
         SessionProbe {
             session: RequestSession::of(req.extensions()).cloned(),
+            for_origin: for_origin(req.headers()),
         }
     }
 
-    /// `req` carries a session cookie (as [`personal`](Self::personal),
-    /// without keeping the session).
+    /// `req` is never answered from the store (as
+    /// [`personal`](Self::personal), without keeping the session).
     pub(super) fn personal_request<B>(req: &Request<B>) -> bool {
         RequestSession::of(req.extensions()).is_some_and(RequestSession::had_cookie)
+            || for_origin(req.headers())
     }
 
-    /// The request carries a session cookie.
+    /// The request is never answered from the store: it carries a session
+    /// cookie, or a precondition for the origin.
     pub(super) fn personal(&self) -> bool {
-        self.session
-            .as_ref()
-            .is_some_and(RequestSession::had_cookie)
+        self.for_origin
+            || self
+                .session
+                .as_ref()
+                .is_some_and(RequestSession::had_cookie)
     }
 
-    /// The handler used the session (any method).
+    /// The answer is never stored: the handler used the session (any
+    /// method), or the request carried a precondition for the origin.
     pub(super) fn read(&self) -> bool {
-        self.session.as_ref().is_some_and(RequestSession::was_used)
+        self.for_origin || self.session.as_ref().is_some_and(RequestSession::was_used)
     }
+}
+
+/// Whether `headers` carry a precondition only the origin evaluates.
+fn for_origin(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::IF_MATCH) || headers.contains_key(header::IF_UNMODIFIED_SINCE)
 }

@@ -56,6 +56,14 @@
 //!   value (`max-age`, `s-maxage`, the stale windows), the first counts;
 //! - `no-cache` responses only with a validator (`ETag` or
 //!   `Last-Modified`), and then revalidated before every use;
+//! - a targeted field (RFC 9213: `CDN-Cache-Control` by default, and any
+//!   named with [`targeted_fields`](CacheLayerBuilder::targeted_fields),
+//!   first first) with a valid Structured Fields value replaces
+//!   `Cache-Control` (and `Expires` is ignored) for this cache;
+//! - a handler's [`CacheOverride`] in the response's extensions forces
+//!   storing (as `public, max-age=<ttl>`) or forbids it;
+//!   [`min_ttl`](CacheLayerBuilder::min_ttl) and
+//!   [`max_ttl`](CacheLayerBuilder::max_ttl) bound every freshness;
 //! - bodies up to [`max_body`](CacheLayerBuilder::max_body); a larger
 //!   response streams through uncached. The body is copied as it goes to
 //!   the client and stored once it has ended; a client that goes away
@@ -68,6 +76,10 @@
 //! hash of the request's values of the listed headers with the entry (one
 //! variant per URL: another variant replaces it). Hop-by-hop headers,
 //! `Set-Cookie` and `Age` are never stored.
+//! [`ignore_query_params`](CacheLayerBuilder::ignore_query_params) leaves
+//! named parameters (tracking ones) out of the key, and
+//! [`key_extra`](CacheLayerBuilder::key_extra) adds what a function of the
+//! request returns (a tenant, a cookie's value).
 //!
 //! The key is the URL as the client sent it: `/products/1`, `/products/01`
 //! and `/products/%31` are three keys, though a router may hand all three
@@ -88,8 +100,16 @@
 //!   request directives are [ignored](RequestDirectives::Ignore) but for
 //!   `no-store` and `only-if-cached`), with `Age` and
 //!   `Cache-Status: redis-layers; hit; ttl=<seconds left>`; or a 304 when
-//!   its `If-None-Match` (else `If-Modified-Since`) matches the stored
-//!   response, with the fields RFC 9110 §15.4.5 lists.
+//!   its `If-None-Match` (weak comparison, or `*`; else
+//!   `If-Modified-Since`, against `Last-Modified`, else `Date`, else the
+//!   time stored) matches the stored response, with the fields RFC 9110
+//!   §15.4.5 lists; or, for a single byte `Range` on a stored 200, a 206
+//!   of that part (416 when it is past the end; `If-Range` must match the
+//!   stored response strongly, else the whole is sent). Several ranges
+//!   get the whole response.
+//! - A request with `If-Match` or `If-Unmodified-Since` (preconditions
+//!   for the origin, RFC 9111 §4.3.2) goes to the handler with them
+//!   intact, and its answer is not stored.
 //! - Otherwise the handler's response, with `Cache-Status:
 //!   redis-layers; fwd=<why>; fwd-status=<status>` (`uri-miss`,
 //!   `vary-miss`, `stale`, `request`, `bypass`, or `miss` with a

@@ -104,6 +104,11 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                 set("vary", "*");
             }
             "/etag" => {
+                for name in ["if-match", "if-unmodified-since"] {
+                    if let Some(v) = headers.get(name) {
+                        set("x-seen-precondition", v.to_str().unwrap());
+                    }
+                }
                 set("cache-control", "max-age=60");
                 set("etag", "\"v1\"");
                 set("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT");
@@ -1526,6 +1531,21 @@ support::both_backends! { fixture;
         let r = get(&plain, "/changing").await;
         assert!(r.cache_status().contains("fwd=uri-miss"), "{}", r.cache_status());
         assert_eq!(fx.runs(), 5);
+    }
+
+    rfc9111_4_3_2_preconditions_for_the_origin_reach_the_handler_intact => |fx| {
+        let plain = app(&fx, fx.builder().local_tier(10).build().unwrap());
+        get(&plain, "/etag").await;
+        fx.stored(1).await;
+        answered_locally(&plain, "/etag").await;
+        for (name, value) in [("if-match", "\"v0\""), ("if-unmodified-since", "Tue, 20 Oct 2015 07:28:00 GMT")] {
+            let r = send(&plain, "GET", "/etag", &[(name, value)]).await;
+            assert!(!r.hit(), "{name}: {}", r.cache_status());
+            assert!(r.cache_status().contains("fwd=bypass") && !r.cache_status().contains("stored"), "{}", r.cache_status());
+            assert_eq!(r.header("x-seen-precondition"), Some(value), "{name} reached the handler");
+        }
+        assert_eq!(fx.runs(), 3);
+        assert!(get(&plain, "/etag").await.hit());
     }
 
     without_thread_copies_the_local_tier_still_answers_and_hears_purges => |fx| {
