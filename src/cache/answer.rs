@@ -148,8 +148,8 @@ pub(super) fn not_modified(request: &HeaderMap, entry: &Entry) -> bool {
     let modified = entry
         .headers
         .get(header::LAST_MODIFIED)
-        .or_else(|| entry.headers.get(header::DATE))
         .and_then(date)
+        .or_else(|| entry.headers.get(header::DATE).and_then(date))
         .unwrap_or_else(|| {
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(entry.stored_at)
         });
@@ -230,8 +230,11 @@ pub(super) fn part(range: &http::HeaderValue, len: u64) -> Part {
     match (first.is_empty(), number(first), number(last)) {
         // -suffix: the last `suffix` bytes.
         (true, _, Some(suffix)) => {
-            if suffix == 0 || len == 0 {
+            if suffix == 0 {
                 Part::Unsatisfiable
+            } else if len == 0 {
+                // A suffix of an empty body is all of it (§14.1.1).
+                Part::Whole
             } else {
                 Part::Bytes(len.saturating_sub(suffix), len - 1)
             }
@@ -257,7 +260,8 @@ fn last_is_open(set: &str) -> bool {
 /// Whether the request's `If-Range` (if any) lets its `Range` apply to the
 /// stored response with `stored` fields (RFC 9110 §13.1.5): an entity-tag
 /// that strongly matches the stored `ETag`, or a date equal to a strong
-/// `Last-Modified` (one at least a second before `Date`).
+/// `Last-Modified` (one at least a second before the stored `Date`;
+/// without a `Date` it cannot be told strong, and the whole is sent).
 pub(super) fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
     let Some(if_range) = request.get(header::IF_RANGE) else {
         return true;
@@ -284,7 +288,7 @@ pub(super) fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
     match (date(value), modified) {
         (Some(asked), Some(modified)) => {
             asked == modified
-                && sent.is_none_or(|sent| {
+                && sent.is_some_and(|sent| {
                     sent.duration_since(modified)
                         .is_ok_and(|d| d >= std::time::Duration::from_secs(1))
                 })
@@ -388,6 +392,9 @@ mod tests {
         let dated = entry_with(&[("date", after)]);
         assert!(!not_modified(&ims(same), &dated));
         assert!(not_modified(&ims(after), &dated));
+        // An unreadable Last-Modified: Date is next.
+        let unreadable = entry_with(&[("last-modified", "soon"), ("date", after)]);
+        assert!(!not_modified(&ims(same), &unreadable));
         let bare = entry_with(&[]);
         assert!(not_modified(&ims(same), &bare));
         assert!(!not_modified(&ims(before), &bare));
@@ -413,6 +420,11 @@ mod tests {
         assert_eq!(p("bytes=10-", 10), Part::Unsatisfiable);
         assert_eq!(p("bytes=-0", 10), Part::Unsatisfiable);
         assert_eq!(p("bytes=0-0", 0), Part::Unsatisfiable);
+        assert_eq!(
+            p("bytes=-5", 0),
+            Part::Whole,
+            "a suffix of nothing: the (empty) whole"
+        );
         // Served whole: not bytes, several ranges, malformed.
         for whole in [
             "items=0-4",

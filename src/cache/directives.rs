@@ -85,14 +85,19 @@ pub enum RequestDirectives {
 /// }
 /// ```
 ///
-/// It applies to a full response the handler gives (a miss, a refresh),
-/// not to a 304. What no field can allow still holds under
-/// [`Store`](Self::Store): a response that sets a cookie (unless
+/// It applies to a full response the handler gives (a miss, a refresh)
+/// and to a 304 or a `HEAD` answer that would update a stored response
+/// (there [`Forbid`](Self::Forbid) keeps the stored one as it was).
+/// [`Store`](Self::Store) overrides what the response says of freshness
+/// and `no-store`, never what makes it one user's: a response that says
+/// `private`, answers a request with `Authorization` without calling
+/// itself shareable (`public`, `s-maxage`, `must-revalidate` in its own
+/// fields), sets a cookie (unless
 /// [`strip_set_cookie`](crate::cache::CacheLayerBuilder::strip_set_cookie)),
-/// varies on `*`, comes from a handler that read the session, has a
-/// status the cache never stores (1xx, 206, 304, or one outside
-/// [`only_statuses`](crate::cache::CacheLayerBuilder::only_statuses)), or
-/// answers a request with `no-store`, is not stored.
+/// varies on `*`, or comes from a handler that read the session is not
+/// stored; nor is a status the cache never stores (1xx, 206, 304, or one
+/// outside [`only_statuses`](crate::cache::CacheLayerBuilder::only_statuses)),
+/// nor an answer to a request with `no-store`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CacheOverride {

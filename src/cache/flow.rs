@@ -56,7 +56,7 @@ where
         // goes to the handler as it always does).
         Err(e)
             if config.failure == crate::FailurePolicy::Closed
-                && !SessionProbe::of(&req).personal()
+                && !SessionProbe::of(&req, config.request_directives).personal()
                 && !Directives::of_request(req.headers(), config.request_directives).no_cache =>
         {
             return Ok(refuse(&config, req, &e));
@@ -93,7 +93,7 @@ where
     // Inside the session layer: a request with a session is never answered
     // from the store (its handler may read the session), and a response
     // whose handler read the session is never stored.
-    let session = SessionProbe::of(&req);
+    let session = SessionProbe::of(&req, config.request_directives);
     // The local tier first (unless already asked): a hit there is no
     // round trip.
     if let (Some(local), false, false, false) = (

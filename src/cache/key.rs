@@ -101,10 +101,10 @@ pub(super) fn write_key_line(
     line.push(b'\n');
     line.extend_from_slice(uri.path().as_bytes());
     if let Some(query) = uri.query() {
-        line.push(b'?');
         if rules.sort_query || !rules.ignored_params.is_empty() {
             write_query(line, query, rules);
         } else {
+            line.push(b'?');
             line.extend_from_slice(query.as_bytes());
         }
     }
@@ -120,8 +120,9 @@ pub(super) fn write_key_line(
     }
 }
 
-/// Writes `query` as `rules` ask: without the ignored parameters, and
-/// sorted.
+/// Writes `?` and `query` as `rules` ask: without the ignored parameters,
+/// and sorted; nothing when every parameter is ignored (the key of the
+/// URL without a query, which an invalidation or a purge by URL names).
 #[inline(never)]
 pub(super) fn write_query(line: &mut Vec<u8>, query: &str, rules: &KeyRules) {
     let mut pairs: Vec<&str> = query
@@ -134,6 +135,10 @@ pub(super) fn write_query(line: &mut Vec<u8>, query: &str, rules: &KeyRules) {
     if rules.sort_query {
         pairs.sort_unstable();
     }
+    if pairs.is_empty() && !rules.ignored_params.is_empty() {
+        return;
+    }
+    line.push(b'?');
     line.extend_from_slice(pairs.join("&").as_bytes());
 }
 
@@ -234,7 +239,8 @@ mod tests {
         );
         assert_eq!(
             line(&rules, "/p?utm_source=x", None),
-            "GET\nshop.example\n/p?"
+            line(&rules, "/p", None),
+            "the page's own key"
         );
         // A name that only begins like an ignored one stays.
         assert_eq!(

@@ -13,7 +13,7 @@ use http::{HeaderMap, Method, Request, Response};
 
 use super::answer::{respond_stored, respond_stored_to};
 use super::config::Config;
-use super::directives::Directives;
+use super::directives::{Directives, RequestDirectives};
 use super::fields::{number_value, status_field, ttl_of, ttl_secs};
 use super::key::{key_uri, vary_hash, write_key_line};
 use super::layout::Entry;
@@ -50,7 +50,7 @@ pub(super) fn answer_locally<B, ResBody>(
         return Local::Unknown;
     };
     let directives = Directives::of_request(req.headers(), config.request_directives);
-    if directives.no_cache || SessionProbe::personal_request(req) {
+    if directives.no_cache || SessionProbe::personal_request(req, config.request_directives) {
         return Local::Looked;
     }
     let extra = config.key.extra_of(req);
@@ -321,32 +321,38 @@ pub(super) fn usable_since(
 /// outside this one put on it, if any (see
 /// [`request_session`](crate::request_session)), and preconditions only
 /// the origin can evaluate (`If-Match`, `If-Unmodified-Since`: RFC 9111
-/// §4.3.2), which go to the handler intact and whose answer (a 412, say)
-/// is never stored as the page.
+/// §4.3.2). The answer to a request with those is never stored as the
+/// page (it may be a 412); under [`RequestDirectives::Honour`] such a
+/// request also goes to the handler with them intact, while by default
+/// (as for the client's other requests of the cache) a stored response
+/// answers it, so that no client can make the cache bypass itself.
 pub(super) struct SessionProbe {
     session: Option<RequestSession>,
     for_origin: bool,
+    forwarded: bool,
 }
 
 impl SessionProbe {
-    pub(super) fn of<B>(req: &Request<B>) -> Self {
+    pub(super) fn of<B>(req: &Request<B>, policy: RequestDirectives) -> Self {
+        let for_origin = for_origin(req.headers());
         SessionProbe {
             session: RequestSession::of(req.extensions()).cloned(),
-            for_origin: for_origin(req.headers()),
+            for_origin,
+            forwarded: for_origin && policy == RequestDirectives::Honour,
         }
     }
 
     /// `req` is never answered from the store (as
     /// [`personal`](Self::personal), without keeping the session).
-    pub(super) fn personal_request<B>(req: &Request<B>) -> bool {
+    pub(super) fn personal_request<B>(req: &Request<B>, policy: RequestDirectives) -> bool {
         RequestSession::of(req.extensions()).is_some_and(RequestSession::had_cookie)
-            || for_origin(req.headers())
+            || (policy == RequestDirectives::Honour && for_origin(req.headers()))
     }
 
     /// The request is never answered from the store: it carries a session
-    /// cookie, or a precondition for the origin.
+    /// cookie, or (when forwarded) a precondition for the origin.
     pub(super) fn personal(&self) -> bool {
-        self.for_origin
+        self.forwarded
             || self
                 .session
                 .as_ref()

@@ -108,8 +108,10 @@
 //!   stored response strongly, else the whole is sent). Several ranges
 //!   get the whole response.
 //! - A request with `If-Match` or `If-Unmodified-Since` (preconditions
-//!   for the origin, RFC 9111 §4.3.2) goes to the handler with them
-//!   intact, and its answer is not stored.
+//!   for the origin, RFC 9111 §4.3.2): answered from the store by
+//!   default, like the client's other requests of the cache; with
+//!   [`RequestDirectives::Honour`] sent to the handler with them intact.
+//!   The handler's answer to one is never stored.
 //! - Otherwise the handler's response, with `Cache-Status:
 //!   redis-layers; fwd=<why>; fwd-status=<status>` (`uri-miss`,
 //!   `vary-miss`, `stale`, `request`, `bypass`, or `miss` with a
@@ -217,8 +219,9 @@
 //! handler without the lease (the lease unavailable, or still held by a
 //! slow fill elsewhere past [`coalesce_wait`](CacheLayerBuilder::coalesce_wait);
 //! a waiter on this instance whose leader's response was not stored; a
-//! `HEAD`; a request made while the store fails) is answered and not
-//! stored. A purge marker must not be evicted before its ten minutes:
+//! `HEAD`, which at most freshens a stale entry's fields under the lease
+//! it took before its handler ran; a request made while the store fails)
+//! is answered and not stored. A purge marker must not be evicted before its ten minutes:
 //! the memory backend never evicts one; with Redis, prefer
 //! `maxmemory-policy noeviction` or enough memory (an evicted marker lets
 //! a fill that began before its purge be stored).

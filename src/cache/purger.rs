@@ -91,7 +91,10 @@ impl Purger {
     /// query, or an absolute URI), on `host` (the `Host` header's value)
     /// when `uri` names none. The scheme does not matter (the key has
     /// none: the page served over HTTP/1 and HTTP/2 is one entry). True
-    /// when there was one.
+    /// when there was one. With
+    /// [`key_extra`](crate::cache::CacheLayerBuilder::key_extra), this is
+    /// the entry of requests for which it adds nothing; purge the others
+    /// by tag.
     pub async fn purge_url(&self, uri: &str, host: &str) -> Result<bool, Error> {
         let uri: http::Uri = uri
             .parse()

@@ -21,6 +21,7 @@ use tower_service::Service;
 use super::answer::{respond_stored, respond_stored_to};
 use super::coalesce::{Lease, Waiting};
 use super::config::Config;
+use super::directives::CacheOverride;
 use super::fields::{never_stored, take_tags, ttl_of, with_status, CONDITIONAL, KEEP_ON_UPDATE};
 use super::key::vary_hash;
 use super::layout::{Entry, MUST_REVALIDATE, NO_CACHE};
@@ -279,6 +280,17 @@ where
     let request_headers = req.headers().clone();
     let revalidating = is_get && !client_conditional && conditional(&mut req, &entry);
     let may_use_stale = !strict && over < entry.sie;
+    // A HEAD may freshen the entry (below): under the fill lease, taken
+    // before the handler runs, so an invalidation meanwhile wins (as for
+    // any fill), with the entry stored when it was taken.
+    let head_lease = if method == Method::HEAD {
+        match Lease::take(config, &key).await {
+            Ok((Some(lease), raw)) => Some((lease, raw)),
+            _ => None,
+        }
+    } else {
+        None
+    };
     req.extensions_mut().insert(Purger::of(config));
     let res = match crate::trace::unmeasured(inner.call(req)).await {
         Ok(res) => res,
@@ -328,7 +340,9 @@ where
             .iter()
             .cloned()
             .collect();
-        let storable = !session.read() && (cookies.is_empty() || config.settings.strip_set_cookie);
+        let storable = !session.read()
+            && (cookies.is_empty() || config.settings.strip_set_cookie)
+            && head.extensions.get::<CacheOverride>() != Some(&CacheOverride::Forbid);
         let stored = storable
             && store_refreshed(
                 config,
@@ -361,8 +375,9 @@ where
             &key,
             entry,
             &request_headers,
-            &head.headers,
+            &head,
             session,
+            head_lease,
         )
         .await;
         take_tags(&mut head.headers, &config.tag_header);
@@ -375,32 +390,59 @@ where
     Ok(with_status(res, &config.name, &params))
 }
 
-/// RFC 9111 §4.3.5: a 200 to a HEAD for a stale stored GET response
-/// `entry` (with the response's fields `fresh`). When their validators
-/// agree (each of `ETag` and `Last-Modified` the HEAD response carries is
-/// the stored one's) and so does `Content-Length` if it has one, the
-/// entry's fields are updated as a 304 would (§3.2) and it is fresh again,
-/// unless the response sets a cookie the entry may not keep or its handler
-/// read the session; else the entry is removed, so the next GET fetches.
-/// Returns the `Cache-Status` parameters to add (`; stored`, or none).
+/// RFC 9111 §4.3.5: a 200 to a HEAD (with `head` its parts) for a stale
+/// stored 200 to a GET, `entry`, when this request took the key's fill
+/// lease (`lease`, with the entry stored when it did) before asking the
+/// handler. When the fields the HEAD answer carries of `ETag`,
+/// `Last-Modified` and `Content-Length` (at least one of them) are the
+/// stored response's, the entry's fields are updated as a 304 would update
+/// them (§3.2) and it is fresh again; when one differs, the entry is
+/// removed, so the next GET fetches. Neither when the entry changed since
+/// it was read, the answer sets a cookie the entry may not keep, its
+/// handler read the session, or it carries
+/// [`CacheOverride::Forbid`]. Returns the `Cache-Status` parameters to
+/// add (`; stored`, or none).
 async fn freshen_with_head(
     config: &Arc<Config>,
     key: &str,
     entry: Entry,
     request_headers: &HeaderMap,
-    fresh: &HeaderMap,
+    head: &http::response::Parts,
     session: &SessionProbe,
+    lease: Option<(Lease, Option<Bytes>)>,
 ) -> &'static str {
-    let agrees = |name: header::HeaderName| {
+    let Some((lease, now_stored)) = lease else {
+        return "";
+    };
+    let unchanged = now_stored
+        .and_then(Entry::decode)
+        .is_some_and(|now| now.stored_at == entry.stored_at);
+    let fresh = &head.headers;
+    let cookies = fresh.contains_key(header::SET_COOKIE);
+    if !unchanged
+        || entry.status != StatusCode::OK
+        || session.read()
+        || (cookies && !config.settings.strip_set_cookie)
+        || head.extensions.get::<CacheOverride>() == Some(&CacheOverride::Forbid)
+    {
+        return "";
+    }
+    let compared = [header::ETAG, header::LAST_MODIFIED, header::CONTENT_LENGTH];
+    if !compared.iter().any(|name| fresh.contains_key(name)) {
+        // Nothing to tell the stored representation from another.
+        return "";
+    }
+    let agrees = |name: &header::HeaderName| {
         fresh
-            .get(&name)
-            .is_none_or(|v| entry.headers.get(&name) == Some(v))
+            .get(name)
+            .is_none_or(|v| entry.headers.get(name) == Some(v))
     };
     let length_agrees = fresh.get(header::CONTENT_LENGTH).is_none_or(|v| {
         v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()) == Some(entry.body.len())
     });
-    if !(agrees(header::ETAG) && agrees(header::LAST_MODIFIED) && length_agrees) {
-        // A different representation now: the stored one is not used again.
+    if !(agrees(&header::ETAG) && agrees(&header::LAST_MODIFIED) && length_agrees) {
+        // A different representation now: the stored one is not used
+        // again (the lease goes with it).
         if let Err(e) = config.store.invalidate(key).await {
             config
                 .failures
@@ -409,14 +451,6 @@ async fn freshen_with_head(
         config.announce(&[key.to_owned()]).await;
         return "";
     }
-    let cookies = fresh.contains_key(header::SET_COOKIE);
-    if session.read() || (cookies && !config.settings.strip_set_cookie) {
-        return "";
-    }
-    // Only a fill lease's holder stores (see `write_entry`).
-    let Ok((Some(lease), _)) = Lease::take(config, key).await else {
-        return "";
-    };
     let refreshed = refresh_headers(config, entry, fresh, request_headers);
     let waiting = Waiting::miss(None, Some(lease));
     if store_refreshed(config, key, &refreshed, request_headers, waiting) {

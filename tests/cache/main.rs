@@ -128,6 +128,14 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                 set("cdn-cache-control", "max-age=60");
                 set("redislayers-cache-control", "max-age=2");
             }
+            // As /rev, its HEAD answer slow.
+            "/rev-slow" => {
+                set("cache-control", "max-age=1");
+                set("etag", "\"r1\"");
+                if headers.contains_key("x-slow") {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
+            }
             // A new ETag on every run.
             "/changing" => {
                 set("cache-control", "max-age=1");
@@ -1429,6 +1437,8 @@ support::both_backends! { fixture;
         assert_eq!(get(&keyed, "/fresh").await.body, "/fresh #3");
         fx.stored(3).await;
         assert!(as_tenant("initech", "/fresh").await.hit());
+        let r = as_tenant("acme", "/fresh").await;
+        assert!(r.hit(), "tracking parameters aside, the same page: {}", r.cache_status());
         // A write by one tenant invalidates its own entry only.
         send(&keyed, "POST", "/fresh", &[("x-tenant", "acme")]).await;
         assert!(!as_tenant("acme", "/fresh").await.hit());
@@ -1531,10 +1541,40 @@ support::both_backends! { fixture;
         let r = get(&plain, "/changing").await;
         assert!(r.cache_status().contains("fwd=uri-miss"), "{}", r.cache_status());
         assert_eq!(fx.runs(), 5);
+        // A write while the HEAD's handler runs wins: the entry is not
+        // brought back by the HEAD's answer.
+        get(&plain, "/rev-slow").await;
+        fx.stored(3).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let head = {
+            let plain = plain.clone();
+            tokio::spawn(async move { send(&plain, "HEAD", "/rev-slow", &[("x-slow", "1")]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        send(&plain, "POST", "/rev-slow", &[]).await;
+        // (Its write is tried, and refused: the lease went with the entry.)
+        let r = head.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = get(&plain, "/rev-slow").await;
+        assert!(r.cache_status().contains("fwd=uri-miss"), "the write's invalidation held: {}", r.cache_status());
     }
 
     rfc9111_4_3_2_preconditions_for_the_origin_reach_the_handler_intact => |fx| {
+        // By default a stored response answers them (no client makes the
+        // cache bypass itself), and what the handler answers to one is
+        // never stored as the page.
         let plain = app(&fx, fx.builder().local_tier(10).build().unwrap());
+        let r = send(&plain, "GET", "/etag", &[("if-match", "\"v0\"")]).await;
+        assert!(!r.cache_status().contains("stored"), "{}", r.cache_status());
+        get(&plain, "/etag").await;
+        fx.stored(1).await;
+        answered_locally(&plain, "/etag").await;
+        let r = send(&plain, "GET", "/etag", &[("if-match", "\"v0\"")]).await;
+        assert!(r.hit(), "{}", r.cache_status());
+        assert_eq!(fx.runs(), 2);
+        // Honoured: to the handler, intact, and not stored.
+        let plain = app(&fx, fx.builder().local_tier(10).request_directives(RequestDirectives::Honour).build().unwrap());
         get(&plain, "/etag").await;
         fx.stored(1).await;
         answered_locally(&plain, "/etag").await;
@@ -1544,7 +1584,7 @@ support::both_backends! { fixture;
             assert!(r.cache_status().contains("fwd=bypass") && !r.cache_status().contains("stored"), "{}", r.cache_status());
             assert_eq!(r.header("x-seen-precondition"), Some(value), "{name} reached the handler");
         }
-        assert_eq!(fx.runs(), 3);
+        assert_eq!(fx.runs(), 4);
         assert!(get(&plain, "/etag").await.hit());
     }
 
