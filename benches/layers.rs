@@ -128,12 +128,13 @@ where
     }
 }
 
-/// The floor on a cluster: one GET on a redis-rs cluster connection.
+/// The floor on a cluster: one GET of `{prefix}:<name>` on a redis-rs
+/// cluster connection.
 #[cfg(feature = "cluster")]
-async fn cluster_floor(ctx: &Ctx, nodes: &[String]) -> Target {
+async fn cluster_floor(ctx: &Ctx, nodes: &[String], name: &str) -> Target {
     let client = redis::cluster::ClusterClient::new(nodes.to_vec()).unwrap();
     let conn = client.get_async_connection().await.unwrap();
-    floor_target(conn, format!("{}:bench", ctx.prefix))
+    floor_target(conn, format!("{}:{name}", ctx.prefix))
 }
 
 /// The values the raw scenarios read, on a cluster.
@@ -144,6 +145,12 @@ async fn seed_cluster(prefix: &str, nodes: &[String]) {
     let _: () = redis::cmd("SET")
         .arg(format!("{prefix}:bench"))
         .arg("0123456789abcdef")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:bench-1k"))
+        .arg("x".repeat(1100))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -506,7 +513,7 @@ fn scenarios() -> Vec<Scenario> {
                 Box::pin(async move {
                     #[cfg(feature = "cluster")]
                     if let Some(nodes) = &ctx.cluster {
-                        return cluster_floor(&ctx, nodes).await;
+                        return cluster_floor(&ctx, nodes, "bench").await;
                     }
                     let client = raw_client(&ctx);
                     let conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -517,6 +524,23 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "bare",
             build: |_| in_process(bare_router()),
+        },
+        // The floor with the payload of a cache hit: one raw GET of a
+        // 1.1 KB value, returned as the body (compare `cache-hit-redis`,
+        // which moves that much; the floor moves 16 bytes).
+        Scenario {
+            name: "floor-1k",
+            build: |ctx| {
+                Box::pin(async move {
+                    #[cfg(feature = "cluster")]
+                    if let Some(nodes) = &ctx.cluster {
+                        return cluster_floor(&ctx, nodes, "bench-1k").await;
+                    }
+                    let client = raw_client(&ctx);
+                    let conn = client.get_multiplexed_async_connection().await.unwrap();
+                    floor_target(conn, format!("{}:bench-1k", ctx.prefix))
+                })
+            },
         },
         // References for the in-process scenarios (read against `bare`):
         // bare's route behind a layer that does nothing, and the cache
@@ -1004,6 +1028,13 @@ fn main() {
         let _: () = redis::cmd("SET")
             .arg(format!("{}:bench", ctx.prefix))
             .arg("0123456789abcdef")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // What `floor-1k` reads: about the size of a stored 1 KB entry.
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}:bench-1k", ctx.prefix))
+            .arg("x".repeat(1100))
             .query_async(&mut conn)
             .await
             .unwrap();
