@@ -249,8 +249,11 @@ pub(super) enum Gathered<B> {
 /// ran) and, for a GET that has nothing to use, joins the fetch of the key
 /// under way here or on another instance: waits for it once, then looks
 /// again, or leads it (this request's flight and fill lease, in
-/// [`Gathered::Ask`]). `arrived`: when the request arrived (Unix ms);
+/// [`Gathered::Ask`]); not when `may_lead` is false (its answer will not
+/// be stored, so none could wait on it). `arrived`: when the request
+/// arrived (Unix ms);
 /// an entry stored after it counts as validated (see [`usable_since`]).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn gather<B>(
     config: &Arc<Config>,
     key: &str,
@@ -259,6 +262,7 @@ pub(super) async fn gather<B>(
     directives: &Directives,
     arrived: u64,
     mut first: Option<Found>,
+    may_lead: bool,
 ) -> Gathered<B> {
     let is_get = method == Method::GET;
     let mut fwd;
@@ -293,7 +297,7 @@ pub(super) async fn gather<B>(
         // then look again. Not when the store is failing (nothing to
         // wait on), nor for a stale entry that may be served while it
         // is refreshed (no one waits then).
-        if collapsed || !is_get || fwd.contains("store-error") {
+        if collapsed || !is_get || !may_lead || fwd.contains("store-error") {
             break;
         }
         if let Some((entry, age)) = &stale {

@@ -182,6 +182,7 @@ where
             &directives,
             arrived,
             first,
+            !session.never_stored_before_the_handler(),
         );
         match gathered.await {
             Gathered::Answer(res) => return Ok(res),

@@ -359,6 +359,12 @@ impl SessionProbe {
                 .is_some_and(RequestSession::had_cookie)
     }
 
+    /// The answer will not be stored, known before the handler runs (a
+    /// precondition for the origin; a session's use shows only after).
+    pub(super) fn never_stored_before_the_handler(&self) -> bool {
+        self.for_origin
+    }
+
     /// The answer is never stored: the handler used the session (any
     /// method), or the request carried a precondition for the origin.
     pub(super) fn read(&self) -> bool {

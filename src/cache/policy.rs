@@ -134,14 +134,23 @@ pub(crate) fn storable_as(
     let req = Directives::of(request);
     // RFC 9213 §2.1: the first targeted field with a valid, non-empty
     // value replaces `Cache-Control`, and `Expires` is then ignored.
-    let targeted = forced.or_else(|| {
-        settings
-            .targeted
-            .iter()
-            .find_map(|name| Directives::of_targeted(response, name))
-    });
-    let expires = targeted.is_none() && response.contains_key(EXPIRES);
-    let res = targeted.unwrap_or_else(|| Directives::of(response));
+    let targeted = settings
+        .targeted
+        .iter()
+        .find_map(|name| Directives::of_targeted(response, name));
+    let expires = forced.is_none() && targeted.is_none() && response.contains_key(EXPIRES);
+    // What the response says of itself, whatever a handler's override asks:
+    // `private`, and what makes an answer to `Authorization` shareable,
+    // are the response's word.
+    let fields = targeted.unwrap_or_else(|| Directives::of(response));
+    let res = match forced {
+        Some(forced) => Directives {
+            private: fields.private,
+            unreadable: fields.unreadable,
+            ..forced
+        },
+        None => fields.clone(),
+    };
     // Never an interim answer, a partial or a 304 (this cache does not
     // combine them), nor, under `must-understand`, a status whose
     // requirements it does not implement (§5.2.2.3).
@@ -175,7 +184,7 @@ pub(crate) fn storable_as(
         return Err(NotStored::Status);
     }
     if request.contains_key(AUTHORIZATION)
-        && !(res.public || res.s_maxage.is_some() || res.must_revalidate)
+        && !(fields.public || fields.s_maxage.is_some() || fields.must_revalidate)
     {
         return Err(NotStored::Authorization);
     }
@@ -914,23 +923,20 @@ mod tests {
             )
             .map(|k| (k.lifetime, k.flags))
         };
-        assert_eq!(forced("no-store, private", 30), Ok((30_000, 0)));
+        assert_eq!(forced("no-store", 30), Ok((30_000, 0)));
         assert_eq!(forced("max-age=5", 3_600), Ok((600_000, 0)));
+        // Not over the response's own `private`, nor for an answer to
+        // `Authorization` that the response does not call shareable.
+        assert_eq!(forced("private", 30), Err(NotStored::Private));
+        assert_eq!(forced("no-store, private", 30), Err(NotStored::Private));
         let mut auth = HeaderMap::new();
         auth.insert(AUTHORIZATION, "Bearer x".parse().unwrap());
-        let res = headers(&[("cache-control", "private")]);
-        let k = storable_as(
-            &auth,
-            StatusCode::OK,
-            &res,
-            Some(Directives::forced(30)),
-            &s,
-            now(),
-            now(),
-        );
-        assert!(
-            k.is_ok(),
-            "public: an answer to an authorised request may be stored"
-        );
+        let forced_for = |cc: &str| {
+            let res = headers(&[("cache-control", cc)]);
+            let forced = Some(Directives::forced(30));
+            storable_as(&auth, StatusCode::OK, &res, forced, &s, now(), now()).map(|k| k.lifetime)
+        };
+        assert_eq!(forced_for("max-age=5"), Err(NotStored::Authorization));
+        assert_eq!(forced_for("public"), Ok(30_000));
     }
 }

@@ -223,8 +223,12 @@ where
             }
             let validated = conditional(&mut req, &entry);
             let stale = validated.then_some(entry);
+            let session = SessionProbe::of(&req, config.request_directives);
             req.extensions_mut().insert(Purger::of(&config));
             let replaced = match crate::trace::unmeasured(inner.call(req)).await {
+                // As on a miss: what a handler made from the session is
+                // never stored.
+                Ok(_) if session.read() => false,
                 Ok(res) => {
                     settle(
                         &config,
@@ -283,7 +287,12 @@ where
     // A HEAD may freshen the entry (below): under the fill lease, taken
     // before the handler runs, so an invalidation meanwhile wins (as for
     // any fill), with the entry stored when it was taken.
-    let head_lease = if method == Method::HEAD {
+    // (Not when it could not freshen anyway: a stored answer other than a
+    // 200, or a request whose answer is never stored.)
+    let head_lease = if method == Method::HEAD
+        && entry.status == StatusCode::OK
+        && !session.never_stored_before_the_handler()
+    {
         match Lease::take(config, &key).await {
             Ok((Some(lease), raw)) => Some((lease, raw)),
             _ => None,
@@ -369,6 +378,8 @@ where
         return Ok(res);
     }
     if method == Method::HEAD && res.status() == StatusCode::OK {
+        let version = entry.stored_at;
+        let held = head_lease.is_some();
         let (mut head, body) = res.into_parts();
         let params = freshen_with_head(
             config,
@@ -380,6 +391,11 @@ where
             head_lease,
         )
         .await;
+        if held && params.is_empty() {
+            // It held the lease and refreshed nothing: a stale hit may
+            // ask for a refresh of this version again.
+            config.refreshing.failed(&key, version);
+        }
         take_tags(&mut head.headers, &config.tag_header);
         let params = format!("fwd={fwd}; fwd-status=200{params}");
         let res = Response::from_parts(head, ResponseBody::inner(body));

@@ -148,11 +148,14 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                 return (StatusCode::PARTIAL_CONTENT, out, "abcd").into_response();
             }
             // The handler's word over the fields.
-            "/forced" | "/forbidden" => {
-                let (cc, word) = if path == "/forced" {
-                    ("no-store", CacheOverride::Store(Duration::from_secs(30)))
-                } else {
-                    ("public, max-age=60", CacheOverride::Forbid)
+            "/forced" | "/forbidden" | "/forced-private" => {
+                let (cc, word) = match path {
+                    "/forced" => ("no-store", CacheOverride::Store(Duration::from_secs(30))),
+                    "/forced-private" => (
+                        "private, max-age=60",
+                        CacheOverride::Store(Duration::from_secs(30)),
+                    ),
+                    _ => ("public, max-age=60", CacheOverride::Forbid),
                 };
                 set("cache-control", cc);
                 return (out, axum::Extension(word), body).into_response();
@@ -1413,6 +1416,12 @@ support::both_backends! { fixture;
             assert!(!r.hit() && !r.cache_status().contains("stored"), "{}", r.cache_status());
         }
         assert_eq!(fx.runs(), 3);
+        // Forced, but the response says it is one user's: never shared.
+        for _ in 0..2 {
+            let r = send(&plain, "GET", "/forced-private", &[("authorization", "Bearer a")]).await;
+            assert!(!r.hit() && !r.cache_status().contains("stored"), "{}", r.cache_status());
+        }
+        assert_eq!(fx.runs(), 5);
         // Bounds: max-age=1 kept 30 s, max-age=60 kept 5 s.
         let bounded = fx.builder().min_ttl(Duration::from_secs(10)).max_ttl(Duration::from_secs(5)).build();
         assert!(bounded.is_err(), "min over max");
