@@ -2065,6 +2065,45 @@ mod with_sessions {
             assert_eq!(a2.body, "alice");
         }
 
+        a_background_refresh_built_from_the_session_is_not_stored => |fx| {
+            use redis_layers::session::{Session, SessionLayer};
+            // Public and session-free at first; a later run reads the
+            // session (as a page that greets whoever asks would).
+            let runs = Arc::new(AtomicUsize::new(0));
+            let counted = runs.clone();
+            let page = move |session: Session| {
+                let runs = counted.clone();
+                async move {
+                    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    let body = if n == 1 {
+                        "for anyone".to_owned()
+                    } else {
+                        let name: Option<String> = session.get("name").await.unwrap();
+                        format!("for {name:?}")
+                    };
+                    ([("cache-control", "public, max-age=1, stale-while-revalidate=30")], body)
+                }
+            };
+            let router = Router::new().route("/swr-session", axum::routing::get(page));
+            let cache = CacheLayer::new(fx.tb.backend.clone());
+            let app = router.layer(cache).layer(SessionLayer::new(fx.tb.backend.clone()));
+            assert_eq!(get(&app, "/swr-session").await.body, "for anyone");
+            fx.stored(1).await;
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            // Stale: served, and refreshed in the background by a handler
+            // that reads the session: that answer is not stored.
+            let r = get(&app, "/swr-session").await;
+            assert!(r.cache_status().contains("stale-while-revalidate"), "{}", r.cache_status());
+            let started = Instant::now();
+            while runs.load(Ordering::SeqCst) < 2 {
+                assert!(started.elapsed() < Duration::from_secs(3), "no refresh ran");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let r = get(&app, "/swr-session").await;
+            assert_eq!(r.body, "for anyone", "{}", r.cache_status());
+        }
+
         a_page_built_with_any_session_method_is_never_shared => |fx| {
             use redis_layers::session::{Session, SessionLayer};
             // Every method of `Session`: the handler uses the session that
