@@ -289,6 +289,12 @@ async fn ratelimit_target(
 /// cache layer (with its local tier when `local`), already stored: every
 /// request is a hit (from Redis, or from the local tier).
 async fn cache_target(ctx: Ctx, local: bool, copies: bool) -> Target {
+    cache_target_varying(ctx, local, copies, false).await
+}
+
+/// [`cache_target`], the response varying on `Accept-Encoding` when
+/// `vary` (each request sends `gzip`).
+async fn cache_target_varying(ctx: Ctx, local: bool, copies: bool, vary: bool) -> Target {
     use redis_layers::cache::CacheLayer;
     let name = if local { "local" } else { "cache" };
     let backend = bench_backend(&ctx, format!("{}-{name}", ctx.prefix));
@@ -302,10 +308,29 @@ async fn cache_target(ctx: Ctx, local: bool, copies: bool) -> Target {
     let router = Router::new()
         .route(
             "/",
-            get(move || async move { ([("cache-control", "public, max-age=3600")], body) }),
+            get(move || async move {
+                let mut headers = http::HeaderMap::new();
+                headers.insert(
+                    "cache-control",
+                    http::HeaderValue::from_static("public, max-age=3600"),
+                );
+                if vary {
+                    headers.insert("vary", http::HeaderValue::from_static("accept-encoding"));
+                }
+                (headers, body)
+            }),
         )
         .layer(layer.build().unwrap());
-    let request = plain_get("/");
+    let request: Arc<dyn Fn(usize, u64) -> Request<Body> + Send + Sync> = if vary {
+        Arc::new(|_, _| {
+            Request::get("/")
+                .header("accept-encoding", "gzip")
+                .body(Body::empty())
+                .unwrap()
+        })
+    } else {
+        plain_get("/")
+    };
     // Stored by the first request (the write follows its body); with a
     // local tier, kept locally once it listens and reads it back.
     let want = if local { "detail=local" } else { "hit" };
@@ -800,6 +825,12 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "cache-hit-redis",
             build: |ctx| Box::pin(cache_target(ctx, false, true)),
+        },
+        // The same, the response varying on Accept-Encoding (one variant
+        // of several a URL may hold): still one GET, of the variant.
+        Scenario {
+            name: "cache-hit-redis-vary",
+            build: |ctx| Box::pin(cache_target_varying(ctx, false, true, true)),
         },
         // The same 1 KB response from the cache's local tier: no round
         // trip (compare with `bare`).

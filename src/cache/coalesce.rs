@@ -256,7 +256,7 @@ pub(super) enum Gathered<B> {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn gather<B>(
     config: &Arc<Config>,
-    key: &str,
+    key: &mut String,
     headers: &HeaderMap,
     method: &Method,
     directives: &Directives,
@@ -270,6 +270,8 @@ pub(super) async fn gather<B>(
     let mut flight = None;
     let mut lease = None;
     let mut collapsed = false;
+    // The key of the fetch this request waited on, if it did.
+    let mut waited_on: Option<String> = None;
     loop {
         let found = match first.take() {
             Some(found) => found,
@@ -278,6 +280,7 @@ pub(super) async fn gather<B>(
                 find(config, key, headers, directives, since).await
             }
         };
+        let key: &str = key;
         match found {
             Found::Usable(entry, age) => {
                 let detail = if collapsed { "; collapsed" } else { "" };
@@ -297,9 +300,14 @@ pub(super) async fn gather<B>(
         // then look again. Not when the store is failing (nothing to
         // wait on), nor for a stale entry that may be served while it
         // is refreshed (no one waits then).
-        if collapsed || !is_get || !may_lead || fwd.contains("store-error") {
+        // A wait on another variant's fetch (the lookup after it found
+        // the URL varies, and on what) leaves this request's own variant
+        // to fetch: it leads that fetch, once.
+        let other_variant = waited_on.as_deref().is_some_and(|w| w != key) && fwd == "vary-miss";
+        if (collapsed && !other_variant) || !is_get || !may_lead || fwd.contains("store-error") {
             break;
         }
+        waited_on = None;
         if let Some((entry, age)) = &stale {
             if fwd == "stale" && policy::serve_while_revalidating(entry, *age) {
                 break;
@@ -349,6 +357,9 @@ pub(super) async fn gather<B>(
             }
             Role::Follower(wait) => {
                 wait.done(config.coalesce_wait).await;
+                if !collapsed {
+                    waited_on = Some(key.to_owned());
+                }
                 collapsed = true;
             }
         }

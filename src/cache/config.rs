@@ -14,6 +14,7 @@ use super::key::{KeyFn, KeyRules};
 use super::local::LocalTier;
 use super::policy::Settings;
 use super::store::Store;
+use super::variants::Varying;
 use crate::error::{Error, ErrorKind};
 
 /// The most a response body may weigh to be stored, by default: 1 MiB.
@@ -40,9 +41,17 @@ pub const DEFAULT_GENERATION_REFRESH: Duration = Duration::from_secs(1);
 /// [`CacheLayerBuilder::targeted_fields`](crate::cache::CacheLayerBuilder::targeted_fields)).
 pub const DEFAULT_TARGETED: &str = "cdn-cache-control";
 
+/// How many variants of one URL are stored at a time, by default (see
+/// [`CacheLayerBuilder::max_variants`](crate::cache::CacheLayerBuilder::max_variants)).
+pub const DEFAULT_MAX_VARIANTS: usize = 16;
+
 /// The response header a handler names its tags in, by default
 /// (comma-separated; removed before the response goes out).
 pub const DEFAULT_TAG_HEADER: &str = "cache-tag";
+
+/// The most `max_variants` may be: each fill of a variant reads the URL's
+/// places, so their number stays small.
+const MAX_VARIANTS: usize = 256;
 
 /// The builder's settings, unchecked.
 pub(crate) struct Options {
@@ -64,6 +73,7 @@ pub(crate) struct Options {
     pub(crate) tag_header: String,
     pub(crate) local_tier: Option<usize>,
     pub(crate) thread_copies: bool,
+    pub(crate) max_variants: usize,
     pub(crate) targeted: Vec<String>,
     pub(crate) min_ttl: Option<Duration>,
     pub(crate) max_ttl: Option<Duration>,
@@ -95,6 +105,10 @@ pub(crate) struct Config {
     /// Each thread keeps its own copies of the local tier's small entries
     /// (see [`LocalTier::with_copy`]).
     pub(crate) thread_copies: bool,
+    /// The most variants of one URL stored at a time.
+    pub(crate) max_variants: usize,
+    /// Which URLs vary, as this instance last learned.
+    pub(crate) varying: Varying,
     pub(crate) generation: Arc<Generation>,
     /// Store failures, logged once per outage and then summarised.
     pub(crate) failures: crate::failure_log::FailureLog,
@@ -229,6 +243,12 @@ impl Config {
                 }
             }
         }
+        if !(1..=MAX_VARIANTS).contains(&this.max_variants) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("max_variants must be from 1 to {MAX_VARIANTS}"),
+            ));
+        }
         if this.generation_refresh.is_zero() {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -286,6 +306,8 @@ impl Config {
             invalidations: Invalidations::default(),
             local,
             thread_copies: this.thread_copies,
+            max_variants: this.max_variants,
+            varying: Varying::default(),
             generation,
             failures: crate::failure_log::FailureLog::new("cache"),
             failure: this.failure,

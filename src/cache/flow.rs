@@ -22,6 +22,7 @@ use super::miss::settle_now;
 use super::policy;
 use super::purger::Purger;
 use super::revalidate::{revalidate, serve_and_refresh};
+use super::variants::Varying;
 use crate::body::ResponseBody;
 
 /// GET and HEAD: answer from the store when a stored response may be used,
@@ -82,7 +83,7 @@ where
         }
     };
     let extra = config.key.extra_of(&req);
-    let key = store_key(&key_line(
+    let url = store_key(&key_line(
         &config.key,
         key_uri(&req),
         req.headers(),
@@ -103,16 +104,17 @@ where
         directives.no_cache,
     ) {
         if let Some(res) = local
-            .get(&key)
+            .get_for(&url, req.headers())
             .and_then(|entry| local_answer(&config, &entry, &req, &directives, now))
         {
             return Ok(res);
         }
     }
-    // Then the store.
+    // Then the store: the request's variant, when the URL is known to vary.
+    let mut key = Varying::key_for(&config.varying, url, req.headers());
     let mut first = None;
     if !session.personal() && !directives.no_cache {
-        match find(&config, &key, req.headers(), &directives, None).await {
+        match find(&config, &mut key, req.headers(), &directives, None).await {
             Found::Usable(entry, age) => {
                 let (headers, method) = (req.headers(), req.method());
                 return Ok(answer_read(&config, &key, entry, headers, method, age, ""));
@@ -155,7 +157,7 @@ async fn read_on<S, ReqBody, ResBody>(
     config: Arc<Config>,
     mut inner: S,
     mut req: Request<ReqBody>,
-    key: String,
+    mut key: String,
     directives: Directives,
     session: SessionProbe,
     first: Option<Found>,
@@ -176,7 +178,7 @@ where
         let method = req.method().clone();
         let gathered = gather(
             &config,
-            &key,
+            &mut key,
             req.headers(),
             &method,
             &directives,

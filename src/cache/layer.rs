@@ -75,6 +75,7 @@ impl CacheLayer {
                 tag_header: DEFAULT_TAG_HEADER.to_owned(),
                 local_tier: None,
                 thread_copies: true,
+                max_variants: super::config::DEFAULT_MAX_VARIANTS,
                 targeted: vec![DEFAULT_TARGETED.to_owned()],
                 min_ttl: None,
                 max_ttl: None,
@@ -333,6 +334,22 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// How many variants of one URL are stored at a time (default
+    /// [`DEFAULT_MAX_VARIANTS`](super::DEFAULT_MAX_VARIANTS), at most 256).
+    /// A response whose `Vary` names request fields is stored as one
+    /// variant of its URL, beside the others (`Accept-Encoding: gzip` and
+    /// `br`, `Accept-Language: en` and `fr`). Each variant holds its place
+    /// until it expires and as long again, so one fetched again soon after
+    /// it expired keeps it; a new variant is stored only while a place is
+    /// free, so a flood of made-up values of a varied field cannot push out
+    /// the variants stored before it (it is answered, not stored). A
+    /// response that varies on other fields than the URL's earlier ones
+    /// replaces them all.
+    pub fn max_variants(mut self, variants: usize) -> Self {
+        self.options.max_variants = variants;
+        self
+    }
+
     /// The shortest freshness a stored response gets, whatever it says
     /// (a response with `max-age=0`, or a short `Expires`, is then kept
     /// this long): shields a handler from an origin that asks for
@@ -396,8 +413,9 @@ impl CacheLayerBuilder {
 
     /// The layer; a Config error when the name is not a token, the tag
     /// header is not a header name, `default_ttl` or `generation_refresh`
-    /// is zero, a duration setting is over a year, or a local tier is asked of a store that cannot announce
-    /// (or outside a Tokio runtime).
+    /// is zero, a duration setting is over a year, `max_variants` is not
+    /// from 1 to 256, or a local tier is asked of a store that cannot
+    /// announce (or outside a Tokio runtime).
     pub fn build(self) -> Result<CacheLayer, Error> {
         Ok(CacheLayer {
             config: Arc::new(Config::new(self.options)?),

@@ -6,6 +6,17 @@
 //! the scheme, which differs between HTTP/1 and HTTP/2), so nothing a client sends (a token in a query string) appears
 //! in clear in Redis.
 //!
+//! A URL whose responses name header fields in `Vary` keeps each variant
+//! under its own key, `{prefix}:cache:{<hash>}:v<variant>` (`<variant>`:
+//! 32 hex digits, the hash of the request's values of those fields; the
+//! same hash tag, so the same slot on a cluster). Its URL key then holds
+//! a pointer instead of an entry: `"RLV1"`, then `u8 n, n × (u8 len,
+//! name)`, the names `Vary` lists; and `{prefix}:cache:{<hash>}:vs`, a
+//! sorted set, records each variant stored with the end of its place
+//! (see the store's `store`). Through
+//! the store seam a variant's key is the URL's 32 hex digits followed by
+//! the variant's 32.
+//!
 //! Value: a compact binary entry, big-endian throughout:
 //!
 //! ```text
@@ -58,14 +69,89 @@ pub(crate) fn purged_key(ns: &Namespace, tag: &str) -> String {
 }
 
 /// The fill lease of a request's cache key (same hash tag as its entry):
-/// held by the instance asking the handler on a miss.
-pub(crate) fn lease_key(ns: &Namespace, hash: &str) -> String {
-    ns.tagged_with_room("cache", hash, 2).into_key("l")
+/// held by the instance asking the handler on a miss. One per URL: a
+/// variant's key names its URL's lease.
+pub(crate) fn lease_key(ns: &Namespace, key: &str) -> String {
+    let (url, _) = split_key(key);
+    ns.tagged_with_room("cache", url, 2).into_key("l")
 }
 
-/// The store key of a request's cache key.
-pub(crate) fn entry_key(ns: &Namespace, hash: &str) -> String {
-    ns.tagged_with_room("cache", hash, 2).into_key("e")
+/// The store key of a request's cache key (a URL's, or one variant's).
+pub(crate) fn entry_key(ns: &Namespace, key: &str) -> String {
+    match split_key(key) {
+        (url, None) => ns.tagged_with_room("cache", url, 2).into_key("e"),
+        (url, Some(variant)) => {
+            let mut out = ns.tagged_with_room("cache", url, 34).into_key("v");
+            out.push_str(variant);
+            out
+        }
+    }
+}
+
+/// What every variant key of the URL `key` begins with (the URL's entry
+/// key with `v` in place of `e`).
+pub(crate) fn variant_prefix(ns: &Namespace, key: &str) -> String {
+    let (url, _) = split_key(key);
+    ns.tagged_with_room("cache", url, 34).into_key("v")
+}
+
+/// The variants recorded for the URL of `key`, each with the end of its
+/// place (Unix ms): `{prefix}:cache:{<hash>}:vs`.
+pub(crate) fn variants_key(ns: &Namespace, key: &str) -> String {
+    let (url, _) = split_key(key);
+    ns.tagged_with_room("cache", url, 3).into_key("vs")
+}
+
+/// A store key's URL part, and its variant part when it names one: a
+/// variant's key is 64 hex digits, the URL's 32 then the variant's.
+pub(crate) fn split_key(key: &str) -> (&str, Option<&str>) {
+    if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (&key[..32], Some(&key[32..]))
+    } else {
+        (key, None)
+    }
+}
+
+/// The store key of the variant `variant` (the hash of a request's values
+/// of the fields its response's `Vary` names) of the URL key `url`.
+pub(crate) fn variant_key(url: &str, variant: &[u8; 16]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64);
+    out.push_str(split_key(url).0);
+    for b in variant {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+const POINTER: &[u8; 4] = b"RLV1";
+
+/// The value a varying URL's key holds: the names its responses' `Vary`
+/// lists (see the module docs). `None` when a name is too long.
+pub(crate) fn encode_pointer(names: &[HeaderName]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(5 + names.len() * 16);
+    out.extend_from_slice(POINTER);
+    out.push(u8::try_from(names.len()).ok()?);
+    for name in names {
+        out.push(u8::try_from(name.as_str().len()).ok()?);
+        out.extend_from_slice(name.as_str().as_bytes());
+    }
+    Some(out)
+}
+
+/// The names a pointer lists, or `None` when `raw` is not a pointer.
+pub(crate) fn decode_pointer(raw: &[u8]) -> Option<Vec<HeaderName>> {
+    let mut r = Reader { raw, at: 0 };
+    if r.take(4)? != POINTER {
+        return None;
+    }
+    let n = r.u8()?;
+    let mut names = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        let len = r.u8()?;
+        names.push(HeaderName::from_bytes(r.take(usize::from(len))?).ok()?);
+    }
+    (r.at == raw.len() && !names.is_empty()).then_some(names)
 }
 
 pub(crate) use crate::digest::hex_digest as hash_hex;
@@ -278,6 +364,40 @@ mod tests {
         );
         // A tag cannot close the hash tag early and meet another's keys.
         assert_eq!(tag_key(&ns, "a}:purging"), "app:cache-tag:{a%7D:purging}");
+    }
+
+    #[test]
+    fn a_urls_variants_share_its_slot_and_its_lease() {
+        let ns = Namespace::new("app").unwrap();
+        let url = "0123456789abcdef0123456789abcdef";
+        let key = variant_key(url, &[0xab; 16]);
+        assert_eq!(key.len(), 64);
+        assert_eq!(split_key(&key), (url, Some(&key[32..])));
+        assert_eq!(split_key(url), (url, None));
+        assert_eq!(
+            entry_key(&ns, &key),
+            format!("app:cache:{{{url}}}:v{}", "ab".repeat(16))
+        );
+        assert!(entry_key(&ns, &key).starts_with(&variant_prefix(&ns, url)));
+        assert_eq!(lease_key(&ns, &key), lease_key(&ns, url));
+        assert_eq!(variants_key(&ns, &key), format!("app:cache:{{{url}}}:vs"));
+        // Not 64 hex digits: a key of its own, as any other.
+        let odd = "g".repeat(64);
+        assert_eq!(split_key(&odd), (odd.as_str(), None));
+    }
+
+    #[test]
+    fn pointers_round_trip_and_are_not_entries() {
+        let names = vec![
+            HeaderName::from_static("accept-encoding"),
+            HeaderName::from_static("accept-language"),
+        ];
+        let raw = encode_pointer(&names).unwrap();
+        assert_eq!(decode_pointer(&raw), Some(names));
+        assert!(Entry::decode(Bytes::from(raw.clone())).is_none());
+        assert!(decode_pointer(&raw[..raw.len() - 1]).is_none());
+        assert!(decode_pointer(&sample().encode().unwrap()).is_none());
+        assert!(decode_pointer(&encode_pointer(&[]).unwrap()).is_none());
     }
 
     #[test]

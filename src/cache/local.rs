@@ -29,9 +29,47 @@ use http::HeaderValue;
 
 use super::fields::{set_content_length, CACHE_STATUS};
 use super::generation::Generation;
-use super::key::{store_key, MAX_LINE};
-use super::layout::Entry;
+use super::key::{store_key, vary_hash, MAX_LINE};
+use super::layout::{split_key, Entry};
 use super::store::Heard;
+
+/// A URL's entries in the tier: the one response when its responses vary
+/// on nothing, else the variants of one `Vary` list (at most
+/// [`HELD_VARIANTS`], the latest kept).
+pub(crate) struct Held {
+    names: Vec<http::HeaderName>,
+    variants: Vec<([u8; 16], Arc<Entry>)>,
+}
+
+impl Held {
+    /// The entry of the variant `id` (all zeros: the URL's one response).
+    fn variant(&self, id: &[u8; 16]) -> Option<&Arc<Entry>> {
+        self.variants.iter().find(|(v, _)| v == id).map(|(_, e)| e)
+    }
+
+    /// The entry a request with `headers` may use, if held.
+    fn for_request(&self, headers: &HeaderMap) -> Option<&Arc<Entry>> {
+        self.variant(&vary_hash(&self.names, headers))
+    }
+}
+
+/// The most variants of one URL the tier holds (the latest kept).
+const HELD_VARIANTS: usize = 16;
+
+/// The variant a store key names (all zeros for a URL's key).
+#[cfg(test)]
+fn variant_id(key: &str) -> Option<[u8; 16]> {
+    match split_key(key).1 {
+        None => Some([0; 16]),
+        Some(hex) => {
+            let mut out = [0u8; 16];
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            Some(out)
+        }
+    }
+}
 
 pub(crate) struct LocalTier {
     /// Names this tier in the threads' fronts.
@@ -39,7 +77,8 @@ pub(crate) struct LocalTier {
     /// Alive while the tier is: a thread drops its copies of a dropped
     /// tier's entries when it next adds a tier.
     alive: Arc<()>,
-    entries: quick_cache::sync::Cache<String, Arc<Entry>>,
+    /// By URL key.
+    entries: quick_cache::sync::Cache<String, Arc<Held>>,
     /// The task that applies what is heard; stopped with the tier, which
     /// drops its channel and so ends the store's listening too.
     task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
@@ -81,20 +120,35 @@ impl LocalTier {
         tier
     }
 
-    /// The copy of `key`, when the tier is coherent.
+    /// The copy of `key` (a URL's or a variant's), when the tier is
+    /// coherent.
+    #[cfg(test)]
     pub(crate) fn get(&self, key: &str) -> Option<Arc<Entry>> {
         if !self.coherent.load(Ordering::Acquire) {
             return None;
         }
-        self.entries.get(key)
+        let held = self.entries.get(split_key(key).0)?;
+        held.variant(&variant_id(key)?).cloned()
+    }
+
+    /// The copy a request with `headers` may use of the URL `url`, when
+    /// the tier is coherent.
+    pub(crate) fn get_for(&self, url: &str, headers: &HeaderMap) -> Option<Arc<Entry>> {
+        if !self.coherent.load(Ordering::Acquire) {
+            return None;
+        }
+        self.entries.get(url)?.for_request(headers).cloned()
     }
 
     /// Runs `f` on this thread's copy of the entry for the key line that
     /// `line` writes, taken from the tier (or confirmed against it) when
     /// the thread's copy is missing or not stamped with the tier's epoch.
+    /// `headers`: the request's, which pick the variant of a URL whose
+    /// responses vary.
     pub(crate) fn with_copy<R>(
         &self,
         line: impl FnOnce(&mut Vec<u8>),
+        headers: &HeaderMap,
         f: impl FnOnce(&mut ThreadCopy) -> R,
     ) -> Copied<R> {
         if !self.coherent.load(Ordering::Acquire) {
@@ -117,12 +171,12 @@ impl LocalTier {
                 return Copied::Unsuitable;
             }
             let front = front_of(&mut fronts.tiers, self);
-            if let Some(copy) = front.get_mut(line) {
+            if let Some(copy) = front.copies.get_mut(line).and_then(|s| s.copy(headers)) {
                 if copy.epoch == epoch {
                     return Copied::Answered(f(copy));
                 }
             }
-            match self.refresh(front, line, epoch) {
+            match self.refresh(front, line, headers, epoch) {
                 Ok(copy) => Copied::Answered(f(copy)),
                 Err(Miss::Absent) => Copied::Absent,
                 Err(Miss::Unsuitable) => Copied::Unsuitable,
@@ -139,6 +193,7 @@ impl LocalTier {
         &self,
         front: &'a mut Front,
         line: &[u8],
+        headers: &HeaderMap,
         epoch: u64,
     ) -> Result<&'a mut ThreadCopy, Miss> {
         // Checked while a change is under way (an odd epoch): the tier may
@@ -149,42 +204,80 @@ impl LocalTier {
         } else {
             UNSETTLED
         };
-        let shared = self.shared(line);
+        let shared = self.shared(line, headers);
         at(Point::Checked);
-        let Some(entry) = shared else {
-            front.remove(line);
+        let Some((names, id, entry)) = shared else {
+            front.remove(line, headers);
             return Err(Miss::Absent);
         };
         if front
-            .get(line)
+            .copies
+            .get_mut(line)
+            .and_then(|slot| slot.copy(headers))
             .is_some_and(|copy| Arc::ptr_eq(&entry, &copy.entry))
         {
-            let copy = front.get_mut(line).expect("just found");
+            let copy = front
+                .copies
+                .get_mut(line)
+                .and_then(|slot| slot.copy(headers))
+                .expect("just found");
             copy.epoch = stamp;
             return Ok(copy);
         }
         if entry.body.len() > PRIVATE_BODY {
             // Not copied per thread: answered from the tier's copy.
-            front.remove(line);
+            front.remove(line, headers);
             return Err(Miss::Unsuitable);
         }
-        if !front.contains_key(line) && front.len() >= FRONT_CAPACITY {
+        if front.held >= FRONT_CAPACITY {
             // A thread answering from many entries: start over.
-            front.clear();
+            front.copies.clear();
+            front.held = 0;
         }
         let copy = ThreadCopy::new(entry, stamp, true);
-        Ok(match front.entry(line.into()) {
-            std::collections::hash_map::Entry::Occupied(mut old) => {
-                old.insert(copy);
-                old.into_mut()
+        let slot = front.copies.entry(line.into()).or_insert_with(|| Slot {
+            names: names.clone(),
+            copies: Vec::new(),
+        });
+        if slot.names != names {
+            front.held -= slot.copies.len();
+            *slot = Slot {
+                names,
+                copies: Vec::new(),
+            };
+        }
+        let at = match slot.copies.iter().position(|(v, _)| *v == id) {
+            Some(at) => {
+                slot.copies[at].1 = copy;
+                at
             }
-            std::collections::hash_map::Entry::Vacant(new) => new.insert(copy),
-        })
+            None => {
+                if slot.copies.len() >= SLOT_VARIANTS {
+                    slot.copies.remove(0);
+                    front.held -= 1;
+                }
+                slot.copies.push((id, copy));
+                front.held += 1;
+                slot.copies.len() - 1
+            }
+        };
+        Ok(&mut slot.copies[at].1)
     }
 
-    /// The tier's copy for a key line.
-    fn shared(&self, line: &[u8]) -> Option<Arc<Entry>> {
-        self.get(&store_key(line))
+    /// The tier's copy for a key line and a request's `headers`: the
+    /// names its URL varies on, the variant's id, and the entry.
+    fn shared(
+        &self,
+        line: &[u8],
+        headers: &HeaderMap,
+    ) -> Option<(Vec<http::HeaderName>, [u8; 16], Arc<Entry>)> {
+        if !self.coherent.load(Ordering::Acquire) {
+            return None;
+        }
+        let held = self.entries.get(&store_key(line))?;
+        let id = vary_hash(&held.names, headers);
+        let entry = held.variant(&id)?.clone();
+        Some((held.names.clone(), id, entry))
     }
 
     /// The count of changes to pass to [`keep`](Self::keep) for a copy
@@ -206,7 +299,35 @@ impl LocalTier {
         if !self.coherent.load(Ordering::SeqCst) || self.changes() != changes {
             return;
         }
-        self.changing(|| self.entries.insert(key.to_owned(), Arc::new(entry)));
+        let url = split_key(key).0;
+        let id = if entry.vary.is_empty() {
+            [0; 16]
+        } else {
+            entry.vary_hash
+        };
+        let held = match self.entries.get(url) {
+            Some(held) if held.names == entry.vary => {
+                let mut variants: Vec<_> = held
+                    .variants
+                    .iter()
+                    .filter(|(v, _)| *v != id)
+                    .cloned()
+                    .collect();
+                if variants.len() >= HELD_VARIANTS {
+                    variants.remove(0);
+                }
+                variants.push((id, Arc::new(entry)));
+                Held {
+                    names: held.names.clone(),
+                    variants,
+                }
+            }
+            _ => Held {
+                names: entry.vary.clone(),
+                variants: vec![(id, Arc::new(entry))],
+            },
+        };
+        self.changing(|| self.entries.insert(url.to_owned(), Arc::new(held)));
         crate::metrics::gauge("redis_layers_cache_local_entries", self.entries.len());
     }
 
@@ -227,15 +348,15 @@ impl LocalTier {
         at(Point::Changed);
     }
 
-    /// Drops the copies of `keys`. The epoch moves before and after the
-    /// removal: a thread's copy confirmed against the tier while it ran is
-    /// checked again.
+    /// Drops the copies of `keys` (with every variant of their URLs). The
+    /// epoch moves before and after the removal: a thread's copy
+    /// confirmed against the tier while it ran is checked again.
     pub(crate) fn forget(&self, keys: &[String]) {
         let _writing = self.writing();
         self.changes.fetch_add(1, Ordering::SeqCst);
         self.changing(|| {
             for key in keys {
-                self.entries.remove(key.as_str());
+                self.entries.remove(split_key(key).0);
             }
         });
     }
@@ -337,9 +458,54 @@ struct Fronts {
     line: Vec<u8>,
 }
 
-/// Keyed by key line, hashed with `quick_cache`'s fast hasher (randomly
-/// seeded; at most [`FRONT_CAPACITY`] entries in any case).
-type Front = HashMap<Box<[u8]>, ThreadCopy, quick_cache::DefaultHashBuilder>;
+/// A thread's copies for one tier: by key line, hashed with
+/// `quick_cache`'s fast hasher (randomly seeded), at most
+/// [`FRONT_CAPACITY`] copies in all.
+#[derive(Default)]
+struct Front {
+    copies: HashMap<Box<[u8]>, Slot, quick_cache::DefaultHashBuilder>,
+    held: usize,
+}
+
+impl Front {
+    /// Drops the copy for `line` that a request with `headers` would use.
+    fn remove(&mut self, line: &[u8], headers: &HeaderMap) {
+        if let Some(slot) = self.copies.get_mut(line) {
+            let id = vary_hash(&slot.names, headers);
+            let before = slot.copies.len();
+            slot.copies.retain(|(v, _)| *v != id);
+            self.held -= before - slot.copies.len();
+            if slot.copies.is_empty() {
+                self.copies.remove(line);
+            }
+        }
+    }
+}
+
+/// A thread's copies for one key line: of the URL's one response, or of
+/// some variants of one `Vary` list (at most [`SLOT_VARIANTS`]).
+struct Slot {
+    names: Vec<http::HeaderName>,
+    copies: Vec<([u8; 16], ThreadCopy)>,
+}
+
+impl Slot {
+    /// The copy a request with `headers` may use, if any.
+    #[inline]
+    fn copy(&mut self, headers: &HeaderMap) -> Option<&mut ThreadCopy> {
+        if self.names.is_empty() {
+            return self.copies.first_mut().map(|(_, copy)| copy);
+        }
+        let id = vary_hash(&self.names, headers);
+        self.copies
+            .iter_mut()
+            .find(|(v, _)| *v == id)
+            .map(|(_, copy)| copy)
+    }
+}
+
+/// The most variants of one URL a thread keeps copies of.
+const SLOT_VARIANTS: usize = 4;
 
 /// A thread's copies for `tier`.
 fn front_of<'a>(tiers: &'a mut Vec<(u64, Weak<()>, Front)>, tier: &LocalTier) -> &'a mut Front {
@@ -350,7 +516,7 @@ fn front_of<'a>(tiers: &'a mut Vec<(u64, Weak<()>, Front)>, tier: &LocalTier) ->
             if tiers.len() >= FRONT_TIERS {
                 tiers.remove(0);
             }
-            tiers.push((tier.id, Arc::downgrade(&tier.alive), HashMap::default()));
+            tiers.push((tier.id, Arc::downgrade(&tier.alive), Front::default()));
             tiers.len() - 1
         }
     };
@@ -552,7 +718,7 @@ mod tests {
         let key = super::super::key::store_key(b"GET\nhttp\nh\n/a");
         let line = |l: &mut Vec<u8>| l.extend_from_slice(b"GET\nhttp\nh\n/a");
         // The entry this thread's copy was taken from, if it answered.
-        let ask = || match tier.with_copy(line, |copy| copy.entry.clone()) {
+        let ask = || match tier.with_copy(line, &HeaderMap::new(), |copy| copy.entry.clone()) {
             Copied::Answered(entry) => Ok(entry),
             Copied::Absent => Err("absent"),
             Copied::Unsuitable => Err("unsuitable"),
@@ -593,7 +759,11 @@ mod tests {
         let fourth = tier.get(&key).unwrap();
         assert!(Arc::ptr_eq(&ask().unwrap(), &fourth));
         tier.epoch.fetch_add(1, Ordering::SeqCst);
-        tier.entries.insert(key.clone(), Arc::new(entry()));
+        let held = Held {
+            names: vec![],
+            variants: vec![([0; 16], Arc::new(entry()))],
+        };
+        tier.entries.insert(key.clone(), Arc::new(held));
         assert!(!Arc::ptr_eq(&ask().unwrap(), &fourth), "a new copy");
         tier.entries.remove(key.as_str());
         assert_eq!(ask().err(), Some("absent"));
@@ -623,7 +793,7 @@ mod tests {
     /// copy holds, or none.
     fn read(tier: &LocalTier) -> Option<Bytes> {
         let line = |l: &mut Vec<u8>| l.extend_from_slice(b"GET\nh\n/model");
-        match tier.with_copy(line, |copy| copy.entry.body.clone()) {
+        match tier.with_copy(line, &HeaderMap::new(), |copy| copy.entry.body.clone()) {
             Copied::Answered(body) => Some(body),
             Copied::Absent => None,
             Copied::Unsuitable => panic!("a small entry is copied per thread"),

@@ -16,7 +16,7 @@ use super::config::Config;
 use super::directives::{Directives, RequestDirectives};
 use super::fields::{number_value, status_field, ttl_of, ttl_secs};
 use super::key::{key_uri, vary_hash, write_key_line};
-use super::layout::Entry;
+use super::layout::{decode_pointer, split_key, variant_key, Entry};
 use super::local::{Copied, ThreadCopy};
 use super::policy::{self, Unusable};
 use crate::body::ResponseBody;
@@ -65,7 +65,7 @@ pub(super) fn answer_locally<B, ResBody>(
         )
     };
     let answer = |copy: &mut ThreadCopy| copy_answer(config, copy, req, &directives, now);
-    match local.with_copy(line, answer) {
+    match local.with_copy(line, req.headers(), answer) {
         Copied::Answered(Some(res)) => Local::Hit(res),
         Copied::Answered(None) | Copied::Absent => Local::Looked,
         // The tier itself answers, on the request's way through `read`.
@@ -253,27 +253,31 @@ pub(super) enum Found {
 
 /// `since`: the request has waited on another request's fetch of this key
 /// since then (Unix ms); an entry stored after it satisfies the request's
-/// own directives (see [`usable_since`]).
+/// own directives (see [`usable_since`]). `key` may change: to the
+/// request's variant when the URL's key holds a pointer, or back to the
+/// URL's when its variant is not there (see [`fetch`]).
 pub(super) async fn find(
     config: &Config,
-    key: &str,
+    key: &mut String,
     req: &HeaderMap,
     d: &Directives,
     since: Option<u64>,
 ) -> Found {
     let changes = config.local.as_ref().map(|l| l.changes());
-    let found = config.store.lookup(key).await;
+    let found = fetch(config, key, req).await;
     if found.is_ok() {
         config.failures.succeeded();
     }
+    let key = key.as_str();
     match found {
         Err(e) if config.failure == crate::FailurePolicy::Closed => Found::Failed(Box::new(e)),
         Err(e) => {
             config.failures.failed(&e, "asking the handler", false);
             Found::Not("miss; detail=store-error", None)
         }
-        Ok(None) => Found::Not("uri-miss", None),
-        Ok(Some(raw)) => match decode_cached(config.id, key, raw) {
+        Ok((None, false)) => Found::Not("uri-miss", None),
+        Ok((None, true)) => Found::Not("vary-miss", None),
+        Ok((Some(raw), _)) => match decode_cached(config.id, key, raw) {
             None => Found::Not("miss; detail=unreadable", None),
             Some(entry) if entry.vary_hash != vary_hash(&entry.vary, req) => {
                 Found::Not("vary-miss", None)
@@ -293,6 +297,52 @@ pub(super) async fn find(
             }
         },
     }
+}
+
+/// The stored value of `key` for a request with fields `req`, and
+/// whether its URL is known to vary. One round trip when `key` is right:
+/// a URL's key that holds an entry, or the request's variant. A URL's key
+/// that holds a pointer: the request's variant is read next (and the
+/// names learned). A variant not there: the URL's key is read, which
+/// tells whether the URL still varies, and on what.
+pub(super) async fn fetch(
+    config: &Config,
+    key: &mut String,
+    req: &HeaderMap,
+) -> Result<(Option<Bytes>, bool), crate::Error> {
+    let raw = config.store.lookup(key).await?;
+    let (url, variant) = split_key(key);
+    let url = url.to_owned();
+    let raw = match (raw, variant) {
+        (Some(raw), None) => raw,
+        (Some(raw), Some(_)) => return Ok((Some(raw), true)),
+        (None, None) => return Ok((None, false)),
+        (None, Some(_)) => {
+            let Some(raw) = config.store.lookup(&url).await? else {
+                config.varying.learn(&url, &[]);
+                *key = url;
+                return Ok((None, false));
+            };
+            if decode_pointer(&raw).is_none() {
+                // The URL no longer varies: its one response.
+                config.varying.learn(&url, &[]);
+                *key = url;
+                return Ok((Some(raw), false));
+            }
+            raw
+        }
+    };
+    let Some(names) = decode_pointer(&raw) else {
+        return Ok((Some(raw), false));
+    };
+    config.varying.learn(&url, &names);
+    let variant = variant_key(&url, &vary_hash(&names, req));
+    if variant == *key {
+        // The variant looked up first is the one the pointer names.
+        return Ok((None, true));
+    }
+    *key = variant;
+    Ok((config.store.lookup(key).await?, true))
 }
 
 /// Whether `entry` may answer a request with directives `d` ([`policy::usable`]),

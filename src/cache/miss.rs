@@ -14,7 +14,7 @@ use super::config::Config;
 use super::directives::{CacheOverride, Directives};
 use super::fields::{never_stored, take_tags};
 use super::key::vary_hash;
-use super::layout::Entry;
+use super::layout::{encode_pointer, split_key, variant_key, Entry};
 use super::policy;
 use crate::body::{ResponseBody, Tap};
 
@@ -135,7 +135,9 @@ pub(super) fn plan(
 /// (`waiting.lease`; without one nothing is written): the store writes it
 /// only while the lease is still the holder's, so a response fetched
 /// before a write's invalidation (which removed the lease) is never
-/// stored after it. `flight` is released when the write is done.
+/// stored after it. `flight` is released when the write is done. `key`
+/// names the URL (or any variant of it): a response that varies is
+/// stored as the variant the request's fields pick.
 pub(super) fn write_entry(
     config: Arc<Config>,
     key: String,
@@ -143,7 +145,16 @@ pub(super) fn write_entry(
     ttl: Duration,
     mut waiting: Waiting,
 ) {
-    let Some(raw) = entry.encode() else {
+    let url = split_key(&key).0;
+    let (key, pointer) = if entry.vary.is_empty() {
+        (url.to_owned(), None)
+    } else {
+        (
+            variant_key(url, &entry.vary_hash),
+            encode_pointer(&entry.vary),
+        )
+    };
+    let (Some(raw), true) = (entry.encode(), entry.vary.is_empty() || pointer.is_some()) else {
         tracing::debug!("response not stored: a header is too long for an entry");
         return;
     };
@@ -154,13 +165,15 @@ pub(super) fn write_entry(
         };
         // Before the write: a purge announced while it runs wins.
         let changes = config.local.as_ref().map(|l| l.changes());
-        let stored = config
-            .store
-            .store(&key, raw, ttl, &entry.tags, lease.fill())
-            .await;
+        let mut fill = lease.fill();
+        if let Some(pointer) = &pointer {
+            fill = fill.variant(pointer, config.max_variants);
+        }
+        let stored = config.store.store(&key, raw, ttl, &entry.tags, fill).await;
         let written = match stored {
             Ok(true) => {
                 lease.written = true;
+                config.varying.learn(&key, &entry.vary);
                 if let (Some(local), Some(changes)) = (&config.local, changes) {
                     local.keep(&key, entry, changes);
                 }
@@ -169,8 +182,8 @@ pub(super) fn write_entry(
             Ok(false) => {
                 tracing::debug!(
                     "response not stored: its URI was invalidated or a tag of it purged \
-                     since its fetch began (or its lease ended), or a tag of it records \
-                     as many live entries as it may"
+                     since its fetch began (or its lease ended), a tag of it records \
+                     as many live entries as it may, or its URL as many variants"
                 );
                 false
             }

@@ -72,9 +72,8 @@
 //! The key hashes the host, path and query (SHA-256), so nothing a client
 //! sends appears in clear in Redis. Not the scheme: one page fetched over
 //! HTTP/1 (whose requests usually carry none) and over HTTP/2 (whose `:scheme` is
-//! `https` behind TLS) is one entry, and one purge by URL removes it; `Vary` is honoured by storing a
-//! hash of the request's values of the listed headers with the entry (one
-//! variant per URL: another variant replaces it). Hop-by-hop headers,
+//! `https` behind TLS) is one entry, and one purge by URL removes it.
+//! Hop-by-hop headers,
 //! `Set-Cookie` and `Age` are never stored.
 //! [`ignore_query_params`](CacheLayerBuilder::ignore_query_params) leaves
 //! named parameters (tracking ones) out of the key, and
@@ -91,6 +90,20 @@
 //! refuse it (404), before doing any work. The example app redirects.
 //! ([`sort_query`](CacheLayerBuilder::sort_query) only orders the query's
 //! parameters.)
+//!
+//! # Variants
+//!
+//! A response whose `Vary` names request headers is one variant of its
+//! URL, kept under its own key beside the others; the URL's key then
+//! names the headers, and the request's values of them pick the variant.
+//! A URL holds at most [`max_variants`](CacheLayerBuilder::max_variants)
+//! places (16 by default): a variant keeps its place until it expires and
+//! as long again, and a new variant is stored only where a place is free,
+//! so made-up values of a varied header cannot push out the variants
+//! stored before them. A response that varies on other headers (or on
+//! none) replaces every variant of its URL. An instance that has seen a
+//! URL vary looks the request's variant up at once (one `GET`); otherwise
+//! it reads the URL's key first (two).
 //!
 //! # What a request gets
 //!
@@ -359,6 +372,7 @@ mod policy;
 mod purger;
 mod revalidate;
 pub mod store;
+mod variants;
 
 /// The old name of the cache's response body, now every layer's
 /// [`ResponseBody`](crate::ResponseBody).
@@ -369,7 +383,7 @@ pub mod store;
 pub type CacheBody<B> = crate::ResponseBody<B>;
 pub use config::{
     DEFAULT_COALESCE_WAIT, DEFAULT_GENERATION_REFRESH, DEFAULT_KEEP_STALE, DEFAULT_MAX_BODY,
-    DEFAULT_NAME, DEFAULT_TAG_HEADER, DEFAULT_TARGETED,
+    DEFAULT_MAX_VARIANTS, DEFAULT_NAME, DEFAULT_TAG_HEADER, DEFAULT_TARGETED,
 };
 pub use directives::{CacheOverride, RequestDirectives};
 pub use layer::{CacheLayer, CacheLayerBuilder, CacheService, ResponseFuture};

@@ -42,7 +42,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::layout::{entry_key, lease_key, purge_key, purged_key, tag_key};
+use super::layout::{
+    entry_key, lease_key, purge_key, purged_key, split_key, tag_key, variant_prefix, variants_key,
+};
 use crate::error::Error;
 use crate::lease;
 use crate::memory::{MemoryBackend, SortedSet, Value};
@@ -52,6 +54,7 @@ static NEXT_GENERATION: Script = script!("cache-next-generation", "generation.lu
 static RECORD_TAG: Script = script!("cache-tag", "tag.lua");
 static PURGE_STEP: Script = script!("cache-purge-step", "purge.lua");
 static FILL: Script = script!("cache-fill", "fill.lua");
+static INVALIDATE: Script = script!("cache-invalidate", "invalidate.lua");
 
 /// The most entries one tag records at a time: 10,000. An entry naming a
 /// tag that records this many other live entries is not stored (see the
@@ -79,6 +82,7 @@ pub const FILL_HORIZON: Duration = Duration::from_secs(600);
 pub struct Fill<'a> {
     holder: &'a str,
     began: u64,
+    variant: Option<(&'a [u8], usize)>,
 }
 
 impl<'a> Fill<'a> {
@@ -88,7 +92,24 @@ impl<'a> Fill<'a> {
         Fill {
             holder,
             began: super::policy::unix_ms(began),
+            variant: None,
         }
+    }
+
+    /// The fill of one variant of a URL (its key names both: see
+    /// [`CacheStore::store`]): `pointer` goes under the URL's key (the
+    /// names its responses vary on), and the URL holds at most `places`
+    /// variants.
+    pub fn variant(self, pointer: &'a [u8], places: usize) -> Self {
+        Fill {
+            variant: Some((pointer, places.max(1))),
+            ..self
+        }
+    }
+
+    /// The pointer and the most places, for the fill of a variant.
+    pub fn variant_of(&self) -> Option<(&'a [u8], usize)> {
+        self.variant
     }
 
     /// The holder's lease token.
@@ -126,8 +147,24 @@ crate::seam::store_seam! {
         /// whose entry is missing costs their purge a `DEL` that finds
         /// nothing. The lease stays with its holder unless written.
         ///
+        /// # Variants
+        ///
+        /// A key of 64 hex digits names a variant of the URL whose key is
+        /// its first 32 (the fill's [`Fill::variant_of`] then gives the
+        /// pointer and the most places). Its URL's key then holds the
+        /// pointer, and the URL records the variant with the end of its
+        /// place: its expiry, plus as long again (a variant fetched again
+        /// soon after it expired keeps its place). When the URL holds that
+        /// many places already, a new variant is not stored (false): it
+        /// finds room only where a place ended, so a flood of made-up
+        /// values of a varied field cannot push out the variants stored
+        /// before it. A pointer other than the one there (the response
+        /// varies on other fields now), or an entry stored under the
+        /// URL's own key, removes every variant recorded before.
+        ///
         /// Redis: without tags, one small script (compare the lease, `SET
-        /// ... PX`, `DEL` the lease); with tags, one small script per tag
+        /// ... PX`, `DEL` the lease; for a variant, also the pointer and the
+        /// places); with tags, one small script per tag
         /// first (concurrently: one round trip; on a cluster, on each tag's
         /// node), then that script with the expiry the tags' scripts computed
         /// from Redis's clock (`PXAT`, a second round trip).
@@ -141,8 +178,10 @@ crate::seam::store_seam! {
         ) -> Result<bool, Error>;
 
         /// Removes the entry under `key`, and its fill lease: a fill running
-        /// now is not stored (see [`store`](Self::store)). True when there was
-        /// an entry (Redis: two `DEL`s, pipelined).
+        /// now is not stored (see [`store`](Self::store)). For a URL's key,
+        /// also every variant it records. True when there was an entry
+        /// (Redis: a URL's, one small script; a variant's, two `DEL`s,
+        /// pipelined).
         async fn invalidate<'a, 'b>(&'a self, key: &'b str) -> Result<bool, Error>;
 
         /// One step of a purge of `tag`: removes up to `limit` (at least 1)
@@ -320,14 +359,29 @@ impl CacheStore for RedisBackend {
         fill: Fill<'_>,
     ) -> Result<bool, Error> {
         let ms = crate::time::millis(ttl).max(1);
+        let (url, variant) = split_key(key);
+        let (pointer, places) = match (variant, fill.variant) {
+            (Some(_), Some((pointer, places))) => (pointer, places),
+            _ => (&[][..], 0),
+        };
         let write = |how: &'static str, at: u64| {
             self.script(&FILL)
                 .key(entry_key(self.namespace(), key))
                 .key(lease_key(self.namespace(), key))
+                .key(entry_key(self.namespace(), url))
+                .key(variants_key(self.namespace(), key))
                 .arg(fill.holder)
                 .arg(&entry)
                 .arg(how)
                 .arg(at)
+                .arg(pointer)
+                .arg(if pointer.is_empty() {
+                    ""
+                } else {
+                    variant.unwrap_or("")
+                })
+                .arg(places)
+                .arg(variant_prefix(self.namespace(), key))
                 .invoke::<i64>()
         };
         if tags.is_empty() {
@@ -365,6 +419,17 @@ impl CacheStore for RedisBackend {
     }
 
     async fn invalidate(&self, key: &str) -> Result<bool, Error> {
+        if split_key(key).1.is_none() {
+            let removed: i64 = self
+                .script(&INVALIDATE)
+                .key(lease_key(self.namespace(), key))
+                .key(entry_key(self.namespace(), key))
+                .key(variants_key(self.namespace(), key))
+                .arg(variant_prefix(self.namespace(), key))
+                .invoke()
+                .await?;
+            return Ok(removed > 0);
+        }
         // The lease first: a fill writing between the two finds it gone
         // (the other order would let it write after the entry's DEL).
         let mut pipe = ::redis::pipe();
@@ -626,7 +691,60 @@ impl CacheStore for MemoryBackend {
             if !(recorded && held) {
                 return Ok(false);
             }
+            // As fill.lua does.
+            let (url, variant) = split_key(key);
+            let url_key = super::layout::entry_key(self.namespace(), url);
+            let index = variants_key(self.namespace(), key);
+            let prefix = variant_prefix(self.namespace(), key);
+            let clear = |ks: &mut crate::memory::Keyspace| -> Result<(), Error> {
+                match ks.remove(&index) {
+                    None => Ok(()),
+                    Some(Value::SortedSet(members)) => {
+                        for (id, _) in members.iter() {
+                            ks.remove(&format!("{prefix}{id}"));
+                        }
+                        Ok(())
+                    }
+                    Some(_) => Err(Error::wrong_type()),
+                }
+            };
+            let (Some(id), Some((pointer, places))) = (variant, fill.variant) else {
+                if variant.is_none() {
+                    clear(ks)?;
+                }
+                ks.set(&entry_key, Value::Bytes(entry), Some(ttl))?;
+                ks.remove(&lease);
+                return Ok(true);
+            };
+            if !matches!(ks.get(&url_key), Some(Value::Bytes(b)) if b.as_slice() == pointer) {
+                clear(ks)?;
+            }
+            let expires = now.saturating_add(crate::time::millis(ttl));
+            let place = expires.saturating_add(crate::time::millis(ttl));
+            let last = match ks.get_mut(&index) {
+                Some(Value::SortedSet(members)) => {
+                    members.remove_up_to(now);
+                    let known = members.score(id);
+                    if known.is_none() && members.len() >= places {
+                        return Ok(false);
+                    }
+                    if known.is_none_or(|known| known < place) {
+                        members.insert(id, place);
+                    }
+                    members.last().map_or(place, |(_, last)| last)
+                }
+                Some(_) => return Err(Error::wrong_type()),
+                None => {
+                    let mut members = SortedSet::new();
+                    members.insert(id, place);
+                    ks.set(&index, Value::SortedSet(members), None)?;
+                    place
+                }
+            };
+            ks.expire_at_millis(&index, last);
             ks.set(&entry_key, Value::Bytes(entry), Some(ttl))?;
+            ks.set(&url_key, Value::Bytes(pointer.to_vec()), None)?;
+            ks.expire_at_millis(&url_key, last);
             ks.remove(&lease);
             Ok(true)
         })
@@ -637,9 +755,22 @@ impl CacheStore for MemoryBackend {
             entry_key(self.namespace(), key),
             lease_key(self.namespace(), key),
         );
+        let url = split_key(key).1.is_none();
+        let (index, prefix) = (
+            variants_key(self.namespace(), key),
+            variant_prefix(self.namespace(), key),
+        );
         Ok(self.atomically(|ks| {
             ks.remove(&lease);
-            ks.remove(&entry).is_some()
+            let mut removed = ks.remove(&entry).is_some();
+            if url {
+                if let Some(Value::SortedSet(members)) = ks.remove(&index) {
+                    for (id, _) in members.iter() {
+                        removed |= ks.remove(&format!("{prefix}{id}")).is_some();
+                    }
+                }
+            }
+            removed
         }))
     }
 

@@ -12,7 +12,9 @@ const LEASE: Duration = Duration::from_secs(5);
 /// Checks `store` against the [`CacheStore`] contract: entries by key with
 /// their expiry; fill leases taken by one holder at a time, renewed and
 /// given up only by it; a write only for the lease's holder, giving the
-/// lease up; invalidation ending an entry and its lease; tag purges in
+/// lease up; invalidation ending an entry and its lease; a URL's variants
+/// (one lease, a bounded set of places, cleared by the URL's invalidation
+/// or by other names); tag purges in
 /// steps, and a fill that began before a purge of its tag not stored; the
 /// generation counter, when the store has one. Panics on the first check
 /// it fails (see the [module](super) docs).
@@ -32,6 +34,7 @@ pub async fn cache_store<S: CacheStore>(store: &S) {
         an_entry_expires_after_its_ttl,
         a_purge_removes_the_tagged_entries_in_steps,
         a_fill_that_began_before_a_purge_of_its_tag_is_not_stored,
+        a_urls_variants_share_its_lease_and_a_bounded_set_of_places,
         generations_only_rise,
     );
 }
@@ -109,6 +112,127 @@ async fn a_store_writes_only_for_its_lease_holder_and_an_invalidation_ends_the_l
         "written after an invalidation"
     );
     assert_eq!(store.lookup(&key).await.unwrap(), None);
+}
+
+/// Stores `body` as the variant `variant` (its key: the URL's then the
+/// variant's hex digits) under `pointer`, at most `places` per URL, as a
+/// lease holder does.
+async fn write_variant<S: CacheStore>(
+    store: &S,
+    url: &str,
+    variant: &str,
+    pointer: &[u8],
+    places: usize,
+    ttl: Duration,
+) -> bool {
+    assert!(store.lease(url, "v", LEASE).await.unwrap().0, "lease free");
+    let fill = Fill::new("v", SystemTime::now()).variant(pointer, places);
+    let key = format!("{url}{variant}");
+    let stored = store
+        .store(&key, variant.as_bytes().to_vec(), ttl, &[], fill)
+        .await
+        .unwrap();
+    if !stored {
+        store.unlease(url, "v").await.unwrap();
+    }
+    stored
+}
+
+async fn a_urls_variants_share_its_lease_and_a_bounded_set_of_places<S: CacheStore>(
+    store: &S,
+    ids: &Fresh,
+) {
+    let url = ids.hex(9);
+    let variant = |n: u8| format!("{:032x}", u128::from(n) + 1);
+    let key = |n: u8| format!("{url}{}", variant(n));
+    let found = |raw: Option<bytes::Bytes>| raw.map(|b| String::from_utf8_lossy(&b).into_owned());
+    // A variant's key names its URL's lease.
+    assert!(store.lease(&key(0), "a", LEASE).await.unwrap().0);
+    assert!(
+        !store.lease(&url, "b", LEASE).await.unwrap().0,
+        "one lease per URL"
+    );
+    store.unlease(&url, "a").await.unwrap();
+    // Two places: two variants stored, beside the pointer.
+    assert!(write_variant(store, &url, &variant(0), b"P1", 2, TTL).await);
+    assert!(write_variant(store, &url, &variant(1), b"P1", 2, TTL).await);
+    assert_eq!(
+        found(store.lookup(&url).await.unwrap()).as_deref(),
+        Some("P1")
+    );
+    assert_eq!(
+        found(store.lookup(&key(0)).await.unwrap()),
+        Some(variant(0))
+    );
+    assert_eq!(
+        found(store.lookup(&key(1)).await.unwrap()),
+        Some(variant(1))
+    );
+    // No third place: not stored, and the first two stay.
+    assert!(!write_variant(store, &url, &variant(2), b"P1", 2, TTL).await);
+    assert_eq!(store.lookup(&key(2)).await.unwrap(), None);
+    assert_eq!(
+        found(store.lookup(&key(0)).await.unwrap()),
+        Some(variant(0))
+    );
+    // A variant that has a place is stored again.
+    assert!(write_variant(store, &url, &variant(1), b"P1", 2, TTL).await);
+    // Invalidating the URL removes every variant and the pointer.
+    assert!(store.invalidate(&url).await.unwrap());
+    for n in 0..2 {
+        assert_eq!(store.lookup(&key(n)).await.unwrap(), None, "variant {n}");
+    }
+    assert_eq!(store.lookup(&url).await.unwrap(), None);
+    // Places last the entry's time and as long again: two places taken by
+    // short-lived variants, a third finds room only once one ended.
+    let short = Duration::from_millis(400);
+    assert!(write_variant(store, &url, &variant(0), b"P1", 2, short).await);
+    assert!(write_variant(store, &url, &variant(1), b"P1", 2, short).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.lookup(&key(0)).await.unwrap(), None, "expired");
+    assert!(
+        !write_variant(store, &url, &variant(2), b"P1", 2, TTL).await,
+        "the expired variants keep their places for as long again"
+    );
+    assert!(
+        write_variant(store, &url, &variant(0), b"P1", 2, TTL).await,
+        "a variant fetched again keeps its place"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        write_variant(store, &url, &variant(2), b"P1", 2, TTL).await,
+        "the other place ended"
+    );
+    // Other names: the variants stored under the earlier ones go.
+    assert!(write_variant(store, &url, &variant(3), b"P2", 2, TTL).await);
+    assert_eq!(
+        found(store.lookup(&url).await.unwrap()).as_deref(),
+        Some("P2")
+    );
+    assert_eq!(store.lookup(&key(0)).await.unwrap(), None);
+    assert_eq!(store.lookup(&key(2)).await.unwrap(), None);
+    assert_eq!(
+        found(store.lookup(&key(3)).await.unwrap()),
+        Some(variant(3))
+    );
+    // The URL's own response (it varies on nothing now): the same.
+    assert!(store.lease(&url, "u", LEASE).await.unwrap().0);
+    assert!(write(store, &url, "u", TTL).await);
+    assert_eq!(store.lookup(&key(3)).await.unwrap(), None);
+    assert_eq!(
+        found(store.lookup(&url).await.unwrap()).as_deref(),
+        Some("x")
+    );
+    // Invalidating one variant leaves the others.
+    assert!(write_variant(store, &url, &variant(4), b"P3", 2, TTL).await);
+    assert!(write_variant(store, &url, &variant(5), b"P3", 2, TTL).await);
+    assert!(store.invalidate(&key(4)).await.unwrap());
+    assert_eq!(store.lookup(&key(4)).await.unwrap(), None);
+    assert_eq!(
+        found(store.lookup(&key(5)).await.unwrap()),
+        Some(variant(5))
+    );
+    assert!(store.invalidate(&url).await.unwrap());
 }
 
 async fn a_renewed_lease_outlives_its_first_ttl<S: CacheStore>(store: &S, ids: &Fresh) {

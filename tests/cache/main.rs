@@ -50,6 +50,28 @@ impl Fixture {
         self.tb.keys("cache:*:e").len()
     }
 
+    /// Variants stored so far (each under its own key).
+    fn variants(&self) -> usize {
+        self.tb
+            .keys("cache:*")
+            .iter()
+            .filter(|k| k.rsplit_once("}:v").is_some_and(|(_, v)| v.len() == 32))
+            .count()
+    }
+
+    /// Waits until `n` variants are stored.
+    async fn stored_variants(&self, n: usize) {
+        let started = Instant::now();
+        while self.variants() < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{} variants, expected {n}",
+                self.variants()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until `n` entries are stored (the write follows the body).
     async fn stored(&self, n: usize) {
         let started = Instant::now();
@@ -98,6 +120,13 @@ fn app(fx: &Fixture, layer: CacheLayer) -> Router {
                     .get("accept-language")
                     .map(|v| v.to_str().unwrap().to_owned());
                 body = format!("{path} #{n} {lang:?}");
+            }
+            // Varies on Accept-Language, unless asked not to.
+            "/sometimes-vary" => {
+                set("cache-control", "max-age=60");
+                if !headers.contains_key("x-no-vary") {
+                    set("vary", "Accept-Language");
+                }
             }
             "/vary-star" => {
                 set("cache-control", "max-age=60");
@@ -505,6 +534,157 @@ support::both_backends! { fixture;
         assert!(de.cache_status().contains("fwd=vary-miss"), "{}", de.cache_status());
         let none = get(&app, "/vary").await;
         assert!(!none.body.contains("fr") && !none.body.contains("de"), "{}", none.body);
+    }
+
+    several_variants_of_a_url_are_stored_side_by_side => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let lang = |l: &'static str| [("accept-language", l)];
+        let fr = send(&app, "GET", "/vary", &lang("fr")).await;
+        fx.stored_variants(1).await;
+        let de = send(&app, "GET", "/vary", &lang("de")).await;
+        assert!(de.cache_status().contains("fwd=vary-miss"), "{}", de.cache_status());
+        fx.stored_variants(2).await;
+        let none = get(&app, "/vary").await;
+        fx.stored_variants(3).await;
+        assert_eq!(fx.runs(), 3);
+        // Each answered from the store, in turn, none fetched again.
+        for _ in 0..2 {
+            for (asked, first) in [(Some("fr"), &fr), (Some("de"), &de), (None, &none)] {
+                let again = match asked {
+                    Some(l) => send(&app, "GET", "/vary", &[("accept-language", l)]).await,
+                    None => get(&app, "/vary").await,
+                };
+                assert!(again.hit(), "{asked:?}: {}", again.cache_status());
+                assert_eq!(again.body, first.body);
+            }
+        }
+        assert_eq!(fx.runs(), 3);
+        // One more instance (it has not seen the URL vary): the same answers.
+        let other = crate::app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let again = send(&other, "GET", "/vary", &lang("de")).await;
+        assert!(again.hit(), "{}", again.cache_status());
+        assert_eq!(again.body, de.body);
+        assert_eq!(fx.runs(), 3);
+    }
+
+    a_flood_of_made_up_variants_cannot_push_out_the_stored_ones => |fx| {
+        let layer = || fx.builder().max_variants(3).build().unwrap();
+        let app = app(&fx, layer());
+        let fr = send(&app, "GET", "/vary", &[("accept-language", "fr")]).await;
+        fx.stored_variants(1).await;
+        let de = send(&app, "GET", "/vary", &[("accept-language", "de")]).await;
+        fx.stored_variants(2).await;
+        // Made-up values, from two instances: one more finds a place.
+        let other = crate::app(&fx, layer());
+        for n in 0..40 {
+            let value = format!("x-{n}");
+            let app = if n % 2 == 0 { &app } else { &other };
+            let res = send(app, "GET", "/vary", &[("accept-language", &value)]).await;
+            assert!(!res.hit(), "{n}");
+        }
+        // Each store is in the background: let them land.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(fx.variants(), 3, "the bound holds");
+        for (l, first) in [("fr", &fr), ("de", &de)] {
+            for app in [&app, &other] {
+                let again = send(app, "GET", "/vary", &[("accept-language", l)]).await;
+                assert!(again.hit(), "{l}: {}", again.cache_status());
+                assert_eq!(again.body, first.body);
+            }
+        }
+        // A made-up value past the bound was answered, not stored.
+        let late = send(&app, "GET", "/vary", &[("accept-language", "x-39")]).await;
+        assert!(!late.hit() || fx.variants() == 3, "{}", late.cache_status());
+    }
+
+    invalidating_a_url_removes_every_variant_everywhere => |fx| {
+        let layer = || fx.builder().local_tier(100).build().unwrap();
+        let (a, b) = (app(&fx, layer()), app(&fx, layer()));
+        for l in ["fr", "de"] {
+            send(&a, "GET", "/vary", &[("accept-language", l)]).await;
+        }
+        fx.stored_variants(2).await;
+        // B keeps both variants in its local tier.
+        for l in ["fr", "de"] {
+            let started = Instant::now();
+            while !send(&b, "GET", "/vary", &[("accept-language", l)])
+                .await
+                .cache_status()
+                .contains("detail=local")
+            {
+                assert!(started.elapsed() < LOCAL_READY, "no local copy of {l}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let runs = fx.runs();
+        send(&a, "POST", "/vary", &[]).await;
+        assert_eq!(fx.variants(), 0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // B's local copies went with the store's: fetched anew, and A
+        // then reads what B stored.
+        for l in ["fr", "de"] {
+            let fresh = send(&b, "GET", "/vary", &[("accept-language", l)]).await;
+            assert!(!fresh.hit(), "{l}: {}", fresh.cache_status());
+            fx.stored_variants(if l == "fr" { 1 } else { 2 }).await;
+            let read = send(&a, "GET", "/vary", &[("accept-language", l)]).await;
+            assert!(read.hit(), "{l}: {}", read.cache_status());
+            assert_eq!(read.body, fresh.body);
+        }
+        assert_eq!(fx.runs(), runs + 3, "the POST and two fetches");
+    }
+
+    a_url_that_stops_varying_is_answered_its_one_response => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        let fr = [("accept-language", "fr")];
+        send(&app, "GET", "/sometimes-vary", &fr).await;
+        fx.stored_variants(1).await;
+        assert!(send(&app, "GET", "/sometimes-vary", &fr).await.hit());
+        // Another variant's fetch answers without Vary: the URL's one
+        // response replaces its variants.
+        let one = send(&app, "GET", "/sometimes-vary", &[("accept-language", "de"), ("x-no-vary", "1")]).await;
+        assert!(one.cache_status().contains("fwd=vary-miss"), "{}", one.cache_status());
+        let started = Instant::now();
+        while fx.variants() > 0 {
+            assert!(started.elapsed() < Duration::from_secs(3), "variants left");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let again = send(&app, "GET", "/sometimes-vary", &fr).await;
+        assert!(again.hit(), "{}", again.cache_status());
+        assert_eq!(again.body, one.body);
+        assert_eq!(fx.runs(), 2);
+    }
+
+    variants_are_answered_from_the_local_tier => |fx| {
+        for copies in [true, false] {
+            let app = app(&fx, fx.builder().local_tier(100).thread_copies(copies).build().unwrap());
+            let mut bodies = Vec::new();
+            for l in ["fr", "de", "en"] {
+                bodies.push(send(&app, "GET", "/vary", &[("accept-language", l)]).await.body);
+            }
+            fx.stored_variants(3).await;
+            for (l, body) in ["fr", "de", "en"].into_iter().zip(&bodies) {
+                let started = Instant::now();
+                loop {
+                    let res = send(&app, "GET", "/vary", &[("accept-language", l)]).await;
+                    assert_eq!(&res.body, body, "{l}");
+                    if res.cache_status().contains("detail=local") {
+                        break;
+                    }
+                    assert!(started.elapsed() < LOCAL_READY, "no local copy of {l}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            // In turn, each from its own copy.
+            for _ in 0..3 {
+                for (l, body) in ["fr", "de", "en"].into_iter().zip(&bodies) {
+                    let res = send(&app, "GET", "/vary", &[("accept-language", l)]).await;
+                    assert!(res.cache_status().contains("detail=local"), "{copies} {l}: {}", res.cache_status());
+                    assert_eq!(&res.body, body);
+                }
+            }
+            assert!(fx.builder().build().unwrap().purger().purge_url("/vary", "shop.example").await.unwrap());
+            assert_eq!(fx.variants(), 0, "a purge by URL removes every variant");
+        }
     }
 
     conditional_requests_get_304s => |fx| {

@@ -36,9 +36,10 @@ async fn a_hit_is_one_get_and_a_miss_adds_one_set() {
     send(&app, "POST", "/other", &[]).await;
     assert_eq!(
         sent(),
-        ["get", "del", "del", "del", "del", "publish"],
-        "the store's generation, the URI and its Location (each entry and its fill lease, \
-         pipelined), then the news for local tiers"
+        ["get", "evalsha", "eval", "evalsha", "publish"],
+        "the store's generation, the URI and its Location (each a small script that removes \
+         the entry, its variants and its fill lease; loaded on first use), then the news for \
+         local tiers"
     );
     // The entry expires with its freshness.
     let ttl: i64 = fx.tb.server().cmd(&["PTTL", &fx.tb.keys("cache:*:e")[0]]);
@@ -281,4 +282,45 @@ async fn a_silent_subscription_empties_the_local_tier() {
     // Back: the tier works again.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     answered_locally(&app, "/fresh").await;
+}
+
+#[tokio::test]
+async fn a_variant_hit_is_one_get_once_the_instance_knows_the_url_varies() {
+    let fx = fixture(Kind::Redis);
+    let layer = || {
+        fx.builder()
+            .generation_refresh(Duration::from_secs(3_600))
+            .build()
+            .unwrap()
+    };
+    let app = app(&fx, layer());
+    let fr = [("accept-language", "fr")];
+    send(&app, "GET", "/vary", &fr).await;
+    send(&app, "GET", "/vary", &[("accept-language", "de")]).await;
+    let started = Instant::now();
+    while fx.tb.keys("cache:*:v*").len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "two variants and their places"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut monitor = Monitor::start(fx.tb.server());
+    let mut sent =
+        move || -> Vec<String> { monitor.take().into_iter().filter(|c| c != "keys").collect() };
+    assert!(send(&app, "GET", "/vary", &fr).await.hit());
+    assert_eq!(sent(), ["get"], "the variant's key, at once");
+    // An instance that has not seen the URL: the pointer, then the
+    // variant; from then on, the variant alone.
+    let other = crate::app(&fx, layer());
+    assert!(send(&other, "GET", "/vary", &fr).await.hit());
+    assert_eq!(
+        sent(),
+        ["get", "get", "get"],
+        "the generation, the pointer, the variant"
+    );
+    assert!(send(&other, "GET", "/vary", &[("accept-language", "de")])
+        .await
+        .hit());
+    assert_eq!(sent(), ["get"]);
 }
