@@ -15,6 +15,7 @@ use super::directives::Directives;
 use super::fields::ttl_of;
 use super::flight::{Guard, Role};
 use super::key::vary_hash;
+use super::layout::decode_pointer;
 use super::layout::Entry;
 use super::lookup::{answer_read, decode_cached, find, usable_since, Found};
 use super::policy;
@@ -130,7 +131,7 @@ impl Lease {
     }
 
     pub(super) fn fill(&self) -> Fill<'_> {
-        Fill::new(&self.holder, self.began)
+        Fill::new(&self.holder, self.began).leased(&self.key)
     }
 }
 
@@ -168,9 +169,20 @@ impl Drop for Lease {
     }
 }
 
+/// What [`wait_fill`] saw.
+pub(super) enum Waited<ResBody> {
+    /// The entry the fill stored, as this request's answer.
+    Answer(Response<ResponseBody<ResBody>>),
+    /// The fill stored a variant of the URL (whose key now holds a
+    /// pointer): look this request's variant up.
+    Varies,
+    /// The lease ended without a usable entry (or the wait was too long):
+    /// ask the handler.
+    Nothing,
+}
+
 /// Waits (at most `coalesce_wait`) for another instance holding the fill
-/// lease to store the entry: its response once there, or `None` when the
-/// lease ends without a usable entry (then ask the handler).
+/// lease to store the entry.
 pub(super) async fn wait_fill<ResBody>(
     config: &Config,
     key: &str,
@@ -178,18 +190,23 @@ pub(super) async fn wait_fill<ResBody>(
     method: &Method,
     directives: &Directives,
     since: u64,
-) -> Option<Response<ResponseBody<ResBody>>> {
+) -> Waited<ResBody> {
     let until = tokio::time::Instant::now() + config.coalesce_wait;
     while tokio::time::Instant::now() < until {
         tokio::time::sleep(FILL_POLL).await;
-        let (raw, held) = config.store.poll(key).await.ok()?;
+        let Ok((raw, held)) = config.store.poll(key).await else {
+            return Waited::Nothing;
+        };
+        if raw.as_deref().and_then(decode_pointer).is_some() {
+            return Waited::Varies;
+        }
         if let Some(entry) = raw.and_then(Entry::decode) {
             if entry.vary_hash == vary_hash(&entry.vary, request) {
                 let age = policy::age(&entry, SystemTime::now());
                 if usable_since(&entry, age, directives, Some(since)).is_ok() {
                     let mut ttl = itoa::Buffer::new();
                     let params = ["hit; ttl=", ttl_of(&mut ttl, &entry, age), "; collapsed"];
-                    return Some(respond_stored_to(
+                    return Waited::Answer(respond_stored_to(
                         config,
                         Cow::Owned(entry),
                         age,
@@ -201,10 +218,10 @@ pub(super) async fn wait_fill<ResBody>(
             }
         }
         if !held {
-            return None;
+            return Waited::Nothing;
         }
     }
-    None
+    Waited::Nothing
 }
 
 /// The entry a just-ended fill stored (`raw`, read with the lease), when it
@@ -272,6 +289,8 @@ pub(super) async fn gather<B>(
     let mut collapsed = false;
     // The key of the fetch this request waited on, if it did.
     let mut waited_on: Option<String> = None;
+    // The key this request leased, when another than the one it looked up.
+    let mut switched: Option<String> = None;
     loop {
         let found = match first.take() {
             Some(found) => found,
@@ -300,10 +319,10 @@ pub(super) async fn gather<B>(
         // then look again. Not when the store is failing (nothing to
         // wait on), nor for a stale entry that may be served while it
         // is refreshed (no one waits then).
-        // A wait on another variant's fetch (the lookup after it found
+        // A wait on a fetch of another key (the lookup after it found
         // the URL varies, and on what) leaves this request's own variant
         // to fetch: it leads that fetch, once.
-        let other_variant = waited_on.as_deref().is_some_and(|w| w != key) && fwd == "vary-miss";
+        let other_variant = waited_on.as_deref().is_some_and(|w| w != key);
         if (collapsed && !other_variant) || !is_get || !may_lead || fwd.contains("store-error") {
             break;
         }
@@ -318,29 +337,61 @@ pub(super) async fn gather<B>(
                 flight = Some(guard);
                 // Across instances: one fills the entry, the others
                 // wait for it. Only a lease's holder stores.
-                let mut taken = Lease::take(config, key).await;
+                let mut leased = key.to_owned();
+                let mut taken = Lease::take(config, &leased).await;
                 if let Ok((None, _)) = taken {
                     let waited = wait_fill(config, key, headers, method, directives, arrived);
-                    if let Some(res) = waited.await {
-                        return Gathered::Answer(res);
+                    match waited.await {
+                        Waited::Answer(res) => return Gathered::Answer(res),
+                        // The fill stored a variant: this request's, perhaps;
+                        // else its own fill is this request's to lead.
+                        Waited::Varies => {
+                            let since = Some(arrived);
+                            let found = find(config, &mut leased, headers, directives, since).await;
+                            if let Found::Usable(entry, age) = found {
+                                return Gathered::Answer(answer_read(
+                                    config,
+                                    &leased,
+                                    entry,
+                                    headers,
+                                    method,
+                                    age,
+                                    "; collapsed",
+                                ));
+                            }
+                        }
+                        // That fill ended with nothing for this request
+                        // (not storable, or its holder gone): fill it here
+                        // if no one else does now.
+                        Waited::Nothing => {}
                     }
-                    // That fill ended with nothing for this request
-                    // (not storable, or its holder gone): fill it
-                    // here if no one else does now.
-                    taken = Lease::take(config, key).await;
+                    taken = Lease::take(config, &leased).await;
                 }
                 match taken {
                     Ok((Some(taken), entry)) => {
                         // A fill that ended (and let the lease go)
                         // just before this request took it: its entry.
-                        let filled = entry.and_then(|raw| {
-                            usable_fill(config, key, raw, headers, directives, arrived)
-                        });
-                        if let Some((entry, age)) = filled {
+                        let filled = match entry {
+                            Some(raw) if decode_pointer(&raw).is_some() => {
+                                // A variant of the URL: this request's?
+                                let since = Some(arrived);
+                                let mut variant = leased.clone();
+                                match find(config, &mut variant, headers, directives, since).await {
+                                    Found::Usable(entry, age) => Some((variant, entry, age)),
+                                    _ => None,
+                                }
+                            }
+                            Some(raw) => {
+                                usable_fill(config, &leased, raw, headers, directives, arrived)
+                                    .map(|(entry, age)| (leased.clone(), entry, age))
+                            }
+                            None => None,
+                        };
+                        if let Some((found, entry, age)) = filled {
                             drop(taken);
                             return Gathered::Answer(answer_read(
                                 config,
-                                key,
+                                &found,
                                 entry,
                                 headers,
                                 method,
@@ -353,6 +404,7 @@ pub(super) async fn gather<B>(
                     Ok((None, _)) => {}
                     Err(e) => tracing::warn!(error = %e, "cache fill lease unavailable"),
                 }
+                switched = Some(leased);
                 break;
             }
             Role::Follower(wait) => {
@@ -363,6 +415,9 @@ pub(super) async fn gather<B>(
                 collapsed = true;
             }
         }
+    }
+    if let Some(leased) = switched {
+        *key = leased;
     }
     Gathered::Ask(fwd, stale, Waiting::miss(flight, lease))
 }

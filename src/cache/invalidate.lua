@@ -1,18 +1,29 @@
 -- Removes a URL's stored response: its entry (or the pointer of a varying
--- URL) and every variant recorded, and its fill lease, so a fill running
--- now is not stored (its response may predate the write).
+-- URL: its variants are then never used again) and every variant recorded,
+-- its fill lease (a fill under it running now is not stored), and stamps
+-- the time, for the fills under a variant's lease (see fill.lua).
 --
 -- KEYS[1]  the URL's fill lease
 -- KEYS[2]  the URL's key (an entry or a pointer)
--- KEYS[3]  the URL's sorted set of variants
+-- KEYS[3]  the URL's places (sorted set of variant ids)
+-- KEYS[4]  when the URL was last invalidated (Unix ms)
 -- ARGV[1]  what the URL's variant keys begin with (they share KEYS[2]'s
 --          hash tag)
+-- ARGV[2]  how long the stamp is kept, ms
 --
--- Returns how many entries (and pointer) were removed.
+-- Returns how many entries were removed (a pointer is not one).
 redis.call('DEL', KEYS[1])
-local removed = redis.call('DEL', KEYS[2])
+local removed = 0
+local held = redis.call('GET', KEYS[2])
+if held then
+  redis.call('DEL', KEYS[2])
+  if string.sub(held, 1, 4) ~= 'RLV1' then
+    removed = 1
+  end
+end
 for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   removed = removed + redis.call('DEL', ARGV[1] .. id)
 end
 redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[4], string.format('%d', now_ms()), 'PX', ARGV[2])
 return removed

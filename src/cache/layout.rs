@@ -69,11 +69,26 @@ pub(crate) fn purged_key(ns: &Namespace, tag: &str) -> String {
 }
 
 /// The fill lease of a request's cache key (same hash tag as its entry):
-/// held by the instance asking the handler on a miss. One per URL: a
-/// variant's key names its URL's lease.
+/// held by the instance asking the handler on a miss. A variant has its
+/// own: `{prefix}:cache:{<hash>}:l<variant>`.
 pub(crate) fn lease_key(ns: &Namespace, key: &str) -> String {
+    match split_key(key) {
+        (url, None) => ns.tagged_with_room("cache", url, 2).into_key("l"),
+        (url, Some(variant)) => {
+            let mut out = ns.tagged_with_room("cache", url, 34).into_key("l");
+            out.push_str(variant);
+            out
+        }
+    }
+}
+
+/// When the URL of `key` was last invalidated (Unix ms, Redis's clock),
+/// kept for [`FILL_HORIZON`](crate::cache::FILL_HORIZON): a fill under a
+/// variant's lease that began before it is not stored.
+/// `{prefix}:cache:{<hash>}:i`.
+pub(crate) fn invalidated_key(ns: &Namespace, key: &str) -> String {
     let (url, _) = split_key(key);
-    ns.tagged_with_room("cache", url, 2).into_key("l")
+    ns.tagged_with_room("cache", url, 2).into_key("i")
 }
 
 /// The store key of a request's cache key (a URL's, or one variant's).
@@ -126,6 +141,10 @@ pub(crate) fn variant_key(url: &str, variant: &[u8; 16]) -> String {
 
 const POINTER: &[u8; 4] = b"RLV1";
 
+/// The length of a pointer's nonce (hex digits), which begins each of its
+/// variants' values.
+pub(crate) const NONCE: usize = 40;
+
 /// The value a varying URL's key holds: the names its responses' `Vary`
 /// lists (see the module docs). `None` when a name is too long.
 pub(crate) fn encode_pointer(names: &[HeaderName]) -> Option<Vec<u8>> {
@@ -139,7 +158,9 @@ pub(crate) fn encode_pointer(names: &[HeaderName]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The names a pointer lists, or `None` when `raw` is not a pointer.
+/// The names a pointer lists, or `None` when `raw` is not a pointer (as
+/// stored, with its nonce after the names, or as [`encode_pointer`] made
+/// it).
 pub(crate) fn decode_pointer(raw: &[u8]) -> Option<Vec<HeaderName>> {
     let mut r = Reader { raw, at: 0 };
     if r.take(4)? != POINTER {
@@ -151,7 +172,18 @@ pub(crate) fn decode_pointer(raw: &[u8]) -> Option<Vec<HeaderName>> {
         let len = r.u8()?;
         names.push(HeaderName::from_bytes(r.take(usize::from(len))?).ok()?);
     }
-    (r.at == raw.len() && !names.is_empty()).then_some(names)
+    let rest = raw.len() - r.at;
+    ((rest == 0 || rest == NONCE) && !names.is_empty()).then_some(names)
+}
+
+/// A variant's entry, as stored (`value`: its pointer's nonce, then the
+/// entry), when the URL's key holds the pointer it was stored under
+/// (`pointer`): a variant whose pointer went (an invalidation, other
+/// names, an entry of the URL's own) is never used.
+pub(crate) fn variant_entry(pointer: Option<&[u8]>, value: Option<Bytes>) -> Option<Bytes> {
+    let (pointer, value) = (pointer?, value?);
+    let nonce = pointer.get(pointer.len().checked_sub(NONCE)?..)?;
+    (value.get(..NONCE)? == nonce).then(|| value.slice(NONCE..))
 }
 
 pub(crate) use crate::digest::hex_digest as hash_hex;
@@ -367,7 +399,7 @@ mod tests {
     }
 
     #[test]
-    fn a_urls_variants_share_its_slot_and_its_lease() {
+    fn a_urls_variants_share_its_slot() {
         let ns = Namespace::new("app").unwrap();
         let url = "0123456789abcdef0123456789abcdef";
         let key = variant_key(url, &[0xab; 16]);
@@ -379,7 +411,12 @@ mod tests {
             format!("app:cache:{{{url}}}:v{}", "ab".repeat(16))
         );
         assert!(entry_key(&ns, &key).starts_with(&variant_prefix(&ns, url)));
-        assert_eq!(lease_key(&ns, &key), lease_key(&ns, url));
+        assert_eq!(
+            lease_key(&ns, &key),
+            format!("app:cache:{{{url}}}:l{}", "ab".repeat(16))
+        );
+        assert_eq!(lease_key(&ns, url), format!("app:cache:{{{url}}}:l"));
+        assert_eq!(invalidated_key(&ns, &key), format!("app:cache:{{{url}}}:i"));
         assert_eq!(variants_key(&ns, &key), format!("app:cache:{{{url}}}:vs"));
         // Not 64 hex digits: a key of its own, as any other.
         let odd = "g".repeat(64);
@@ -398,6 +435,21 @@ mod tests {
         assert!(decode_pointer(&raw[..raw.len() - 1]).is_none());
         assert!(decode_pointer(&sample().encode().unwrap()).is_none());
         assert!(decode_pointer(&encode_pointer(&[]).unwrap()).is_none());
+        // As stored: with a nonce, which each variant's value begins with.
+        let nonce = "a".repeat(NONCE);
+        let stored = [raw.as_slice(), nonce.as_bytes()].concat();
+        assert!(decode_pointer(&stored).is_some());
+        let value = Bytes::from([nonce.as_bytes(), b"entry"].concat());
+        assert_eq!(
+            variant_entry(Some(&stored), Some(value.clone())).as_deref(),
+            Some(&b"entry"[..])
+        );
+        let other = [raw.as_slice(), "b".repeat(NONCE).as_bytes()].concat();
+        assert_eq!(variant_entry(Some(&other), Some(value.clone())), None);
+        assert_eq!(variant_entry(None, Some(value.clone())), None);
+        assert_eq!(variant_entry(Some(&stored), None), None);
+        assert_eq!(variant_entry(Some(b"RLC1..."), Some(value)), None);
+        // The pointer's bytes are the layer's: the store compares nonces.
     }
 
     #[test]

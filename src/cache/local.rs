@@ -53,6 +53,16 @@ impl Held {
     }
 }
 
+/// Weighs a URL's [`Held`] by its entries.
+#[derive(Clone)]
+pub(crate) struct Variants;
+
+impl quick_cache::Weighter<String, Arc<Held>> for Variants {
+    fn weight(&self, _url: &String, held: &Arc<Held>) -> u64 {
+        held.variants.len().max(1) as u64
+    }
+}
+
 /// The most variants of one URL the tier holds (the latest kept).
 const HELD_VARIANTS: usize = 16;
 
@@ -77,8 +87,9 @@ pub(crate) struct LocalTier {
     /// Alive while the tier is: a thread drops its copies of a dropped
     /// tier's entries when it next adds a tier.
     alive: Arc<()>,
-    /// By URL key.
-    entries: quick_cache::sync::Cache<String, Arc<Held>>,
+    /// By URL key, weighed by the entries held (the tier's capacity is
+    /// in entries, variants included).
+    entries: quick_cache::sync::Cache<String, Arc<Held>, Variants>,
     /// The task that applies what is heard; stopped with the tier, which
     /// drops its channel and so ends the store's listening too.
     task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
@@ -108,7 +119,11 @@ impl LocalTier {
         let tier = Arc::new(LocalTier {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             alive: Arc::new(()),
-            entries: quick_cache::sync::Cache::new(capacity.max(1)),
+            entries: quick_cache::sync::Cache::with_weighter(
+                capacity.max(1),
+                capacity.max(1) as u64,
+                Variants,
+            ),
             coherent: AtomicBool::new(false),
             changes: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
@@ -328,7 +343,10 @@ impl LocalTier {
             },
         };
         self.changing(|| self.entries.insert(url.to_owned(), Arc::new(held)));
-        crate::metrics::gauge("redis_layers_cache_local_entries", self.entries.len());
+        crate::metrics::gauge(
+            "redis_layers_cache_local_entries",
+            self.entries.weight() as usize,
+        );
     }
 
     /// Runs `change` on the entries with the epoch odd meanwhile (see

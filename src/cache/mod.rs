@@ -100,10 +100,20 @@
 //! places (16 by default): a variant keeps its place until it expires and
 //! as long again, and a new variant is stored only where a place is free,
 //! so made-up values of a varied header cannot push out the variants
-//! stored before them. A response that varies on other headers (or on
-//! none) replaces every variant of its URL. An instance that has seen a
-//! URL vary looks the request's variant up at once (one `GET`); otherwise
-//! it reads the URL's key first (two).
+//! stored before them (a popular new variant waits for a place as long,
+//! answered by the handler meanwhile). A response that varies on other
+//! headers (or on none) replaces every variant of its URL; keep a URL's
+//! `Vary` list the same for every response (one that depends on the
+//! request lets a client clear the URL's variants). Names are compared
+//! in any order. An instance that has seen a URL vary reads the
+//! request's variant and the URL's pointer at once (one `MGET`);
+//! otherwise it reads the pointer first (two round trips). A variant is
+//! used only while the pointer it was stored under is there: whatever
+//! removes the pointer (an invalidation, a purge by URL, an eviction)
+//! retires every variant at once. Each variant is filled under a lease of
+//! its own; after an invalidation of a URL, a variant's fill is stored
+//! only from a second later (clocks may differ that much; as with a tag's
+//! purge), so a variant fetched in that second is answered, not stored.
 //!
 //! # What a request gets
 //!
@@ -313,13 +323,13 @@
 //!
 //! | request | store calls |
 //! |---|---|
-//! | hit | 1 `GET` |
-//! | miss | 1 `GET`, then `SET ... NX` (the fill lease) and `GET` pipelined (a fill that ended just before is answered from, not fetched again), then in the background after the body: 1 small script writing the entry for the lease's holder and giving the lease up (for a tagged response 2 round trips: 1 small script per tag, concurrently, recording the entry, then that one); a response not stored gives the lease up (1 small script); a fill running longer than a third of `coalesce_wait` renews its lease that often (1 small script each) |
+//! | hit | 1 `GET`; of a variant, 1 `MGET` (it and its URL's pointer), and the first time an instance meets the URL 1 `GET` (the pointer) before it |
+//! | miss | 1 `GET` (a variant's: 1 `MGET`, then 1 `GET` of the pointer, and 1 `MGET` more when the URL now varies on other fields), then `SET ... NX` (the fill lease) and `GET` pipelined (a fill that ended just before is answered from, not fetched again), then in the background after the body: 1 small script writing the entry for the lease's holder and giving the lease up (for a tagged response 2 round trips: 1 small script per tag, concurrently, recording the entry, then that one); a response not stored gives the lease up (1 small script); a fill running longer than a third of `coalesce_wait` renews its lease that often (1 small script each) |
 //! | miss while another instance fills | 1 `GET`, `SET ... NX` + `GET`, then `GET` + `EXISTS` every 25 ms until the entry is there |
 //! | revalidation (304) | as a miss |
 //! | request `no-cache` (with `RequestDirectives::Honour`) | as a miss |
 //! | hit in the local tier | 0 |
-//! | unsafe method | 1 `GET` (the generation), 2 `DEL`s per invalidated URI, pipelined (its entry and its fill lease; per generation, when this instance knew an older one), 1 `PUBLISH`; concurrent writes to the same URIs share these (a run begun after each handler finished serves every write queued meanwhile: 200 concurrent `POST`s to one URI measured 2 runs) |
+//! | unsafe method | 1 `GET` (the generation), 1 small script per invalidated URI, one after another (its entry or pointer, its variants, its fill lease, and the stamp that keeps out its variants' earlier fills; per generation, when this instance knew an older one), 1 `PUBLISH`; concurrent writes to the same URIs share these (a run begun after each handler finished serves every write queued meanwhile: 200 concurrent `POST`s to one URI measured 2 runs) |
 //! | purge a tag | per step of up to [`PURGE_BATCH`] entries: 1 small script (setting the tag's entries aside, on the first step; reading a batch), 1 pipeline of `DEL`s (each of an entry and its fill lease) and a `ZREM`, 1 `PUBLISH`; then 1 script finding none left |
 //! | purge everything | 1 small script (the next generation), 1 `PUBLISH` |
 //! | once per `generation_refresh`, one request | 1 more `GET` (the generation) |

@@ -286,6 +286,9 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<http::HeaderName>> {
             }
         }
     }
+    // In one order: a response that lists the same fields otherwise is
+    // keyed, and stored, as the same variants.
+    names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
     Some(names)
 }
 

@@ -4,7 +4,8 @@
 //! The crate implements [`CacheStore`] for [`Backend`](crate::Backend),
 //! [`RedisBackend`] and [`MemoryBackend`]; implement it to keep entries
 //! elsewhere (and check it with `test_kit::cache_store`). Keys are 32 hex digits (a hash of the request's
-//! cache key); values are opaque bytes the layer encodes.
+//! cache key), or 64 for one variant of a URL (see
+//! [`store`](CacheStore::store)); values are opaque bytes the layer encodes.
 //!
 //! # Tags
 //!
@@ -43,7 +44,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::layout::{
-    entry_key, lease_key, purge_key, purged_key, split_key, tag_key, variant_prefix, variants_key,
+    entry_key, invalidated_key, lease_key, purge_key, purged_key, split_key, tag_key,
+    variant_entry, variant_prefix, variants_key, NONCE,
 };
 use crate::error::Error;
 use crate::lease;
@@ -83,6 +85,7 @@ pub struct Fill<'a> {
     holder: &'a str,
     began: u64,
     variant: Option<(&'a [u8], usize)>,
+    leased: Option<&'a str>,
 }
 
 impl<'a> Fill<'a> {
@@ -93,13 +96,29 @@ impl<'a> Fill<'a> {
             holder,
             began: super::policy::unix_ms(began),
             variant: None,
+            leased: None,
         }
     }
 
+    /// The fill holds the lease of `key` (by default, of the key it
+    /// stores): a request that did not know its URL varies leased the
+    /// URL's key, and stores a variant's.
+    pub fn leased(self, key: &'a str) -> Self {
+        Fill {
+            leased: Some(key),
+            ..self
+        }
+    }
+
+    /// The key whose lease the fill holds, when not the one it stores.
+    pub fn leased_key(&self) -> Option<&'a str> {
+        self.leased
+    }
+
     /// The fill of one variant of a URL (its key names both: see
-    /// [`CacheStore::store`]): `pointer` goes under the URL's key (the
-    /// names its responses vary on), and the URL holds at most `places`
-    /// variants.
+    /// [`CacheStore::store`]): `pointer` (not empty) goes under the URL's
+    /// key (the names its responses vary on), and the URL holds at most
+    /// `places` variants.
     pub fn variant(self, pointer: &'a [u8], places: usize) -> Self {
         Fill {
             variant: Some((pointer, places.max(1))),
@@ -126,7 +145,8 @@ impl<'a> Fill<'a> {
 crate::seam::store_seam! {
     /// Where a cache layer keeps its entries.
     pub trait CacheStore: Send + Sync + 'static {
-        /// The entry stored under `key`, if any (Redis: one `GET`).
+        /// The entry stored under `key`, if any (Redis: one `GET`; a
+        /// variant's, one `MGET` of it and its URL's pointer).
         async fn lookup<'a, 'b>(&'a self, key: &'b str) -> Result<Option<Bytes>, Error>;
 
         /// Stores `entry` under `key` for `ttl`, replacing any entry there,
@@ -152,15 +172,26 @@ crate::seam::store_seam! {
         /// A key of 64 hex digits names a variant of the URL whose key is
         /// its first 32 (the fill's [`Fill::variant_of`] then gives the
         /// pointer and the most places). Its URL's key then holds the
-        /// pointer, and the URL records the variant with the end of its
+        /// pointer, with a nonce made when the pointer was; the variant is
+        /// stored with that nonce, and [`lookup`](Self::lookup) answers it
+        /// only while the URL's key holds that pointer. So whatever removes
+        /// or replaces the pointer (an invalidation, other names, an entry
+        /// stored under the URL's own key, an eviction) retires every
+        /// variant stored under it at once, even one its URL no longer
+        /// records. The URL records each variant with the end of its
         /// place: its expiry, plus as long again (a variant fetched again
         /// soon after it expired keeps its place). When the URL holds that
         /// many places already, a new variant is not stored (false): it
         /// finds room only where a place ended, so a flood of made-up
         /// values of a varied field cannot push out the variants stored
-        /// before it. A pointer other than the one there (the response
-        /// varies on other fields now), or an entry stored under the
-        /// URL's own key, removes every variant recorded before.
+        /// before it.
+        ///
+        /// Each variant has its own fill lease (a fill that did not know
+        /// the URL varies holds the URL's: [`Fill::leased`]). An
+        /// invalidation cannot name the variants' leases, so it stamps the
+        /// URL with the time, and a fill under a variant's lease that began
+        /// before the stamp (or less than a second after: clocks may
+        /// differ by that much) is not stored.
         ///
         /// Redis: without tags, one small script (compare the lease, `SET
         /// ... PX`, `DEL` the lease; for a variant, also the pointer and the
@@ -179,9 +210,10 @@ crate::seam::store_seam! {
 
         /// Removes the entry under `key`, and its fill lease: a fill running
         /// now is not stored (see [`store`](Self::store)). For a URL's key,
-        /// also every variant it records. True when there was an entry
-        /// (Redis: a URL's, one small script; a variant's, two `DEL`s,
-        /// pipelined).
+        /// also its pointer and every variant it records, and the URL is
+        /// stamped with the time, so no variant's fill that began before is
+        /// stored. True when there was an entry (Redis: a URL's, one small
+        /// script; a variant's, two `DEL`s, pipelined).
         async fn invalidate<'a, 'b>(&'a self, key: &'b str) -> Result<bool, Error>;
 
         /// One step of a purge of `tag`: removes up to `limit` (at least 1)
@@ -344,8 +376,28 @@ fn channel(ns: &crate::keys::Namespace) -> String {
     ns.key(&["cache", "events"])
 }
 
+/// `MGET` of a variant's URL key (its pointer) and of the variant.
+fn variant_read(backend: &RedisBackend, key: &str) -> ::redis::Cmd {
+    let mut cmd = ::redis::cmd("MGET");
+    cmd.arg(entry_key(backend.namespace(), split_key(key).0))
+        .arg(entry_key(backend.namespace(), key));
+    cmd
+}
+
+/// A variant's entry from the `MGET` of [`variant_read`].
+fn variant_of(read: Vec<Option<Vec<u8>>>) -> Option<Bytes> {
+    let mut read = read.into_iter();
+    let pointer = read.next().flatten();
+    let value = read.next().flatten().map(Bytes::from);
+    variant_entry(pointer.as_deref(), value)
+}
+
 impl CacheStore for RedisBackend {
     async fn lookup(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        if split_key(key).1.is_some() {
+            let read: Vec<Option<Vec<u8>>> = self.query(&variant_read(self, key)).await?;
+            return Ok(variant_of(read));
+        }
         let value = self.get(&entry_key(self.namespace(), key)).await?;
         Ok(value.map(Bytes::from))
     }
@@ -361,27 +413,38 @@ impl CacheStore for RedisBackend {
         let ms = crate::time::millis(ttl).max(1);
         let (url, variant) = split_key(key);
         let (pointer, places) = match (variant, fill.variant) {
-            (Some(_), Some((pointer, places))) => (pointer, places),
+            (Some(_), Some((pointer, places))) if !pointer.is_empty() => (pointer, places),
+            (Some(_), _) => {
+                return Err(Error::new(
+                    crate::error::ErrorKind::Config,
+                    "a variant is stored with its pointer (Fill::variant)",
+                ))
+            }
             _ => (&[][..], 0),
         };
+        let leased = fill.leased.unwrap_or(key);
         let write = |how: &'static str, at: u64| {
             self.script(&FILL)
                 .key(entry_key(self.namespace(), key))
-                .key(lease_key(self.namespace(), key))
+                .key(lease_key(self.namespace(), leased))
                 .key(entry_key(self.namespace(), url))
                 .key(variants_key(self.namespace(), key))
+                .key(invalidated_key(self.namespace(), key))
                 .arg(fill.holder)
                 .arg(&entry)
                 .arg(how)
                 .arg(at)
                 .arg(pointer)
-                .arg(if pointer.is_empty() {
-                    ""
-                } else {
-                    variant.unwrap_or("")
-                })
+                .arg(variant.unwrap_or(""))
                 .arg(places)
                 .arg(variant_prefix(self.namespace(), key))
+                .arg(fill.began)
+                .arg(TAG_MARGIN_MS)
+                .arg(if split_key(leased).1.is_some() {
+                    "1"
+                } else {
+                    "0"
+                })
                 .invoke::<i64>()
         };
         if tags.is_empty() {
@@ -425,7 +488,9 @@ impl CacheStore for RedisBackend {
                 .key(lease_key(self.namespace(), key))
                 .key(entry_key(self.namespace(), key))
                 .key(variants_key(self.namespace(), key))
+                .key(invalidated_key(self.namespace(), key))
                 .arg(variant_prefix(self.namespace(), key))
+                .arg(crate::time::millis(FILL_HORIZON))
                 .invoke()
                 .await?;
             return Ok(removed > 0);
@@ -487,6 +552,12 @@ impl CacheStore for RedisBackend {
             .arg("NX")
             .arg("PX")
             .arg(crate::time::millis(ttl).max(1));
+        if split_key(key).1.is_some() {
+            pipe.add_command(variant_read(self, key));
+            let (taken, read): (Option<String>, Vec<Option<Vec<u8>>>) =
+                self.pipeline(&pipe).await?;
+            return Ok((taken.is_some(), variant_of(read)));
+        }
         pipe.cmd("GET").arg(entry_key(self.namespace(), key));
         let (taken, entry): (Option<String>, Option<Vec<u8>>) = self.pipeline(&pipe).await?;
         Ok((taken.is_some(), entry.map(Bytes::from)))
@@ -494,6 +565,12 @@ impl CacheStore for RedisBackend {
 
     async fn poll(&self, key: &str) -> Result<(Option<Bytes>, bool), Error> {
         let mut pipe = ::redis::pipe();
+        if split_key(key).1.is_some() {
+            pipe.add_command(variant_read(self, key));
+            pipe.cmd("EXISTS").arg(lease_key(self.namespace(), key));
+            let (read, held): (Vec<Option<Vec<u8>>>, i64) = self.pipeline(&pipe).await?;
+            return Ok((variant_of(read), held > 0));
+        }
         pipe.cmd("GET").arg(entry_key(self.namespace(), key));
         pipe.cmd("EXISTS").arg(lease_key(self.namespace(), key));
         let (entry, held): (Option<Vec<u8>>, i64) = self.pipeline(&pipe).await?;
@@ -619,10 +696,33 @@ impl CacheStore for RedisBackend {
     }
 }
 
+/// The bytes under `key` in `ks`, if any.
+fn bytes_at(ks: &mut crate::memory::Keyspace, key: &str) -> Result<Option<Bytes>, Error> {
+    match ks.get(key) {
+        None => Ok(None),
+        Some(Value::Bytes(b)) => Ok(Some(Bytes::copy_from_slice(b))),
+        Some(_) => Err(Error::wrong_type()),
+    }
+}
+
+/// The entry under `key` in `ks` (a variant's only while its pointer is
+/// there, as on Redis).
+fn entry_at(
+    ks: &mut crate::memory::Keyspace,
+    ns: &crate::keys::Namespace,
+    key: &str,
+) -> Result<Option<Bytes>, Error> {
+    let value = bytes_at(ks, &entry_key(ns, key))?;
+    if split_key(key).1.is_none() {
+        return Ok(value);
+    }
+    let pointer = bytes_at(ks, &entry_key(ns, split_key(key).0))?;
+    Ok(variant_entry(pointer.as_deref(), value))
+}
+
 impl CacheStore for MemoryBackend {
     async fn lookup(&self, key: &str) -> Result<Option<Bytes>, Error> {
-        let value = self.get(&entry_key(self.namespace(), key)).await?;
-        Ok(value.map(Bytes::from))
+        self.atomically(|ks| entry_at(ks, self.namespace(), key))
     }
 
     async fn store(
@@ -634,8 +734,16 @@ impl CacheStore for MemoryBackend {
         fill: Fill<'_>,
     ) -> Result<bool, Error> {
         let entry_key = entry_key(self.namespace(), key);
-        let lease = lease_key(self.namespace(), key);
+        let leased = fill.leased.unwrap_or(key);
+        let lease = lease_key(self.namespace(), leased);
+        let stamp = invalidated_key(self.namespace(), key);
         let ttl = ttl.max(Duration::from_millis(1));
+        if split_key(key).1.is_some() && fill.variant.is_none_or(|(p, _)| p.is_empty()) {
+            return Err(Error::new(
+                crate::error::ErrorKind::Config,
+                "a variant is stored with its pointer (Fill::variant)",
+            ));
+        }
         self.atomically(|ks| {
             let now = ks.now_millis();
             let score = now
@@ -692,6 +800,17 @@ impl CacheStore for MemoryBackend {
                 return Ok(false);
             }
             // As fill.lua does.
+            if split_key(leased).1.is_some() {
+                let stamped = bytes_at(ks, &stamp)?.map(|raw| {
+                    std::str::from_utf8(&raw)
+                        .ok()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(u64::MAX)
+                });
+                if stamped.is_some_and(|at| at.saturating_add(TAG_MARGIN_MS) >= fill.began) {
+                    return Ok(false);
+                }
+            }
             let (url, variant) = split_key(key);
             let url_key = super::layout::entry_key(self.namespace(), url);
             let index = variants_key(self.namespace(), key);
@@ -716,9 +835,25 @@ impl CacheStore for MemoryBackend {
                 ks.remove(&lease);
                 return Ok(true);
             };
-            if !matches!(ks.get(&url_key), Some(Value::Bytes(b)) if b.as_slice() == pointer) {
-                clear(ks)?;
-            }
+            let nonce = match bytes_at(ks, &url_key)? {
+                Some(held) if held.len() == pointer.len() + NONCE && held.starts_with(pointer) => {
+                    held.slice(pointer.len()..)
+                }
+                _ => {
+                    clear(ks)?;
+                    // As unique as the holder's token (the time besides).
+                    let digest = crate::digest::digest_parts([
+                        fill.holder.as_bytes(),
+                        &now.to_be_bytes()[..],
+                    ]);
+                    let mut made = String::with_capacity(NONCE);
+                    for b in &digest[..NONCE / 2] {
+                        use std::fmt::Write as _;
+                        let _ = write!(made, "{b:02x}");
+                    }
+                    Bytes::from(made)
+                }
+            };
             let expires = now.saturating_add(crate::time::millis(ttl));
             let place = expires.saturating_add(crate::time::millis(ttl));
             let last = match ks.get_mut(&index) {
@@ -742,8 +877,12 @@ impl CacheStore for MemoryBackend {
                 }
             };
             ks.expire_at_millis(&index, last);
-            ks.set(&entry_key, Value::Bytes(entry), Some(ttl))?;
-            ks.set(&url_key, Value::Bytes(pointer.to_vec()), None)?;
+            ks.set(
+                &entry_key,
+                Value::Bytes([&nonce[..], &entry].concat()),
+                Some(ttl),
+            )?;
+            ks.set(&url_key, Value::Bytes([pointer, &nonce[..]].concat()), None)?;
             ks.expire_at_millis(&url_key, last);
             ks.remove(&lease);
             Ok(true)
@@ -760,18 +899,32 @@ impl CacheStore for MemoryBackend {
             variants_key(self.namespace(), key),
             variant_prefix(self.namespace(), key),
         );
-        Ok(self.atomically(|ks| {
+        let stamp = invalidated_key(self.namespace(), key);
+        self.atomically(|ks| {
             ks.remove(&lease);
-            let mut removed = ks.remove(&entry).is_some();
-            if url {
-                if let Some(Value::SortedSet(members)) = ks.remove(&index) {
+            let held = ks.remove(&entry);
+            if !url {
+                return Ok(held.is_some());
+            }
+            // As invalidate.lua does: a pointer is not an entry.
+            let mut removed = matches!(&held, Some(Value::Bytes(b)) if !b.starts_with(b"RLV1"));
+            match ks.remove(&index) {
+                None => {}
+                Some(Value::SortedSet(members)) => {
                     for (id, _) in members.iter() {
                         removed |= ks.remove(&format!("{prefix}{id}")).is_some();
                     }
                 }
+                Some(_) => return Err(Error::wrong_type()),
             }
-            removed
-        }))
+            let now = ks.now_millis();
+            ks.set(
+                &stamp,
+                Value::Bytes(now.to_string().into_bytes()),
+                Some(FILL_HORIZON),
+            )?;
+            Ok(removed)
+        })
     }
 
     async fn purge_tag(&self, tag: &str, limit: usize, start: bool) -> Result<Vec<String>, Error> {
@@ -846,10 +999,7 @@ impl CacheStore for MemoryBackend {
         holder: &str,
         ttl: Duration,
     ) -> Result<(bool, Option<Bytes>), Error> {
-        let (lease, entry) = (
-            lease_key(self.namespace(), key),
-            entry_key(self.namespace(), key),
-        );
+        let lease = lease_key(self.namespace(), key);
         self.atomically(|ks| {
             let taken = ks.get(&lease).is_none();
             if taken {
@@ -859,26 +1009,14 @@ impl CacheStore for MemoryBackend {
                     Some(ttl.max(Duration::from_millis(1))),
                 )?;
             }
-            let found = match ks.get(&entry) {
-                None => None,
-                Some(Value::Bytes(b)) => Some(Bytes::copy_from_slice(b)),
-                Some(_) => return Err(Error::wrong_type()),
-            };
-            Ok((taken, found))
+            Ok((taken, entry_at(ks, self.namespace(), key)?))
         })
     }
 
     async fn poll(&self, key: &str) -> Result<(Option<Bytes>, bool), Error> {
-        let (entry, lease) = (
-            entry_key(self.namespace(), key),
-            lease_key(self.namespace(), key),
-        );
+        let lease = lease_key(self.namespace(), key);
         self.atomically(|ks| {
-            let found = match ks.get(&entry) {
-                None => None,
-                Some(Value::Bytes(b)) => Some(Bytes::copy_from_slice(b)),
-                Some(_) => return Err(Error::wrong_type()),
-            };
+            let found = entry_at(ks, self.namespace(), key)?;
             Ok((found, ks.get(&lease).is_some()))
         })
     }

@@ -285,7 +285,7 @@ async fn a_silent_subscription_empties_the_local_tier() {
 }
 
 #[tokio::test]
-async fn a_variant_hit_is_one_get_once_the_instance_knows_the_url_varies() {
+async fn a_variant_hit_is_one_command_once_the_instance_knows_the_url_varies() {
     let fx = fixture(Kind::Redis);
     let layer = || {
         fx.builder()
@@ -309,18 +309,22 @@ async fn a_variant_hit_is_one_get_once_the_instance_knows_the_url_varies() {
     let mut sent =
         move || -> Vec<String> { monitor.take().into_iter().filter(|c| c != "keys").collect() };
     assert!(send(&app, "GET", "/vary", &fr).await.hit());
-    assert_eq!(sent(), ["get"], "the variant's key, at once");
+    assert_eq!(
+        sent(),
+        ["mget"],
+        "the variant's key and its pointer, one command"
+    );
     // An instance that has not seen the URL: the pointer, then the
     // variant; from then on, the variant alone.
     let other = crate::app(&fx, layer());
     assert!(send(&other, "GET", "/vary", &fr).await.hit());
     assert_eq!(
         sent(),
-        ["get", "get", "get"],
+        ["get", "get", "mget"],
         "the generation, the pointer, the variant"
     );
     assert!(send(&other, "GET", "/vary", &[("accept-language", "de")])
         .await
         .hit());
-    assert_eq!(sent(), ["get"]);
+    assert_eq!(sent(), ["mget"]);
 }
