@@ -347,17 +347,26 @@ pub(super) async fn gather<B>(
                         // else its own fill is this request's to lead.
                         Waited::Varies => {
                             let since = Some(arrived);
-                            let found = find(config, &mut leased, headers, directives, since).await;
-                            if let Found::Usable(entry, age) = found {
-                                return Gathered::Answer(answer_read(
-                                    config,
-                                    &leased,
-                                    entry,
-                                    headers,
-                                    method,
-                                    age,
-                                    "; collapsed",
-                                ));
+                            match find(config, &mut leased, headers, directives, since).await {
+                                Found::Usable(entry, age) => {
+                                    return Gathered::Answer(answer_read(
+                                        config,
+                                        &leased,
+                                        entry,
+                                        headers,
+                                        method,
+                                        age,
+                                        "; collapsed",
+                                    ));
+                                }
+                                Found::Failed(e) => return Gathered::Failed(e),
+                                // What this request's own key holds, not
+                                // what the URL's held before.
+                                Found::Not(why, found) => {
+                                    fwd = why;
+                                    stale = found
+                                        .map(|(entry, age)| (Arc::unwrap_or_clone(entry), age));
+                                }
                             }
                         }
                         // That fill ended with nothing for this request
@@ -378,7 +387,16 @@ pub(super) async fn gather<B>(
                                 let mut variant = leased.clone();
                                 match find(config, &mut variant, headers, directives, since).await {
                                     Found::Usable(entry, age) => Some((variant, entry, age)),
-                                    _ => None,
+                                    Found::Failed(e) => return Gathered::Failed(e),
+                                    // Its own variant is missing or stale:
+                                    // this request fills it, under the
+                                    // URL's lease it holds.
+                                    Found::Not(why, found) => {
+                                        fwd = why;
+                                        stale = found
+                                            .map(|(entry, age)| (Arc::unwrap_or_clone(entry), age));
+                                        None
+                                    }
                                 }
                             }
                             Some(raw) => {

@@ -38,8 +38,12 @@
 -- ARGV[11] '1' when KEYS[2] is a variant's lease, else '0'
 --
 -- Returns 1 when written, 0 when the lease is not (or no longer) the
--- holder's or the URL was invalidated since the fill began, -1 when the
--- URL holds as many places as it may (nothing written; the lease stays).
+-- holder's or the URL was invalidated since the fill began (a variant's
+-- fill under its own lease was leased when the URL held a pointer: with
+-- none there now, or another list of names, it was invalidated or
+-- replaced), -1 when
+-- the URL holds as many places as it may (nothing written; the lease
+-- stays).
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return 0
 end
@@ -56,6 +60,7 @@ local function clear()
   end
   redis.call('DEL', KEYS[4])
 end
+local pointer = redis.call('GET', KEYS[3])
 if ARGV[5] == '' then
   if KEYS[1] == KEYS[3] and redis.call('EXISTS', KEYS[4]) == 1 then
     clear()
@@ -70,10 +75,11 @@ if ARGV[3] == 'PX' then
   expires = now + expires
 end
 local names = #ARGV[5]
-local pointer = redis.call('GET', KEYS[3])
 local nonce
 if pointer and #pointer == names + 40 and string.sub(pointer, 1, names) == ARGV[5] then
   nonce = string.sub(pointer, names + 1)
+elseif ARGV[11] == '1' then
+  return 0
 else
   -- No pointer, another list of names, or an entry of the URL's own:
   -- what was stored before goes, and a new pointer begins.
@@ -87,7 +93,7 @@ if not redis.call('ZSCORE', KEYS[4], ARGV[6])
 end
 redis.call('SET', KEYS[1], nonce .. ARGV[2], 'PXAT', string.format('%d', expires))
 redis.call('ZADD', KEYS[4], 'GT', string.format('%d', expires + (expires - now)), ARGV[6])
-local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')[2]
+local last = string.format('%d', tonumber(redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')[2]))
 redis.call('SET', KEYS[3], ARGV[5] .. nonce, 'PXAT', last)
 redis.call('PEXPIREAT', KEYS[4], last)
 redis.call('DEL', KEYS[2])

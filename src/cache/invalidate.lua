@@ -10,8 +10,11 @@
 -- ARGV[1]  what the URL's variant keys begin with (they share KEYS[2]'s
 --          hash tag)
 -- ARGV[2]  how long the stamp is kept, ms
+-- ARGV[3]  what the URL's variants' leases begin with (the same hash tag)
 --
 -- Returns how many entries were removed (a pointer is not one).
+-- The stamp first: should anything below fail, no earlier fill lands.
+redis.call('SET', KEYS[4], string.format('%d', now_ms()), 'PX', ARGV[2])
 redis.call('DEL', KEYS[1])
 local removed = 0
 local held = redis.call('GET', KEYS[2])
@@ -23,7 +26,7 @@ if held then
 end
 for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   removed = removed + redis.call('DEL', ARGV[1] .. id)
+  redis.call('DEL', ARGV[3] .. id)
 end
 redis.call('DEL', KEYS[3])
-redis.call('SET', KEYS[4], string.format('%d', now_ms()), 'PX', ARGV[2])
 return removed

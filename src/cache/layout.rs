@@ -82,6 +82,12 @@ pub(crate) fn lease_key(ns: &Namespace, key: &str) -> String {
     }
 }
 
+/// What every variant lease of the URL of `key` begins with.
+pub(crate) fn variant_lease_prefix(ns: &Namespace, key: &str) -> String {
+    let (url, _) = split_key(key);
+    ns.tagged_with_room("cache", url, 34).into_key("l")
+}
+
 /// When the URL of `key` was last invalidated (Unix ms, Redis's clock),
 /// kept for [`FILL_HORIZON`](crate::cache::FILL_HORIZON): a fill under a
 /// variant's lease that began before it is not stored.

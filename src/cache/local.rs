@@ -250,33 +250,42 @@ impl LocalTier {
             front.held = 0;
         }
         let copy = ThreadCopy::new(entry, stamp, true);
-        let slot = front.copies.entry(line.into()).or_insert_with(|| Slot {
-            names: names.clone(),
-            copies: Vec::new(),
-        });
-        if slot.names != names {
-            front.held -= slot.copies.len();
-            *slot = Slot {
-                names,
-                copies: Vec::new(),
+        if names.is_empty() {
+            // The common case: the URL's one response, held inline.
+            let old = front.copies.insert(line.into(), Slot::One(copy));
+            front.held = front.held + 1 - old.map_or(0, |slot| slot.len());
+            return match front.copies.get_mut(line) {
+                Some(Slot::One(copy)) => Ok(copy),
+                _ => Err(Miss::Absent),
             };
         }
-        let at = match slot.copies.iter().position(|(v, _)| *v == id) {
+        let slot = front
+            .copies
+            .entry(line.into())
+            .or_insert_with(|| Slot::Varies(names.clone(), Vec::new()));
+        if !matches!(slot, Slot::Varies(held, _) if *held == names) {
+            front.held -= slot.len();
+            *slot = Slot::Varies(names, Vec::new());
+        }
+        let Slot::Varies(_, copies) = slot else {
+            return Err(Miss::Absent);
+        };
+        let at = match copies.iter().position(|(v, _)| *v == id) {
             Some(at) => {
-                slot.copies[at].1 = copy;
+                copies[at].1 = copy;
                 at
             }
             None => {
-                if slot.copies.len() >= SLOT_VARIANTS {
-                    slot.copies.remove(0);
+                if copies.len() >= SLOT_VARIANTS {
+                    copies.remove(0);
                     front.held -= 1;
                 }
-                slot.copies.push((id, copy));
+                copies.push((id, copy));
                 front.held += 1;
-                slot.copies.len() - 1
+                copies.len() - 1
             }
         };
-        Ok(&mut slot.copies[at].1)
+        Ok(&mut copies[at].1)
     }
 
     /// The tier's copy for a key line and a request's `headers`: the
@@ -488,13 +497,20 @@ struct Front {
 impl Front {
     /// Drops the copy for `line` that a request with `headers` would use.
     fn remove(&mut self, line: &[u8], headers: &HeaderMap) {
-        if let Some(slot) = self.copies.get_mut(line) {
-            let id = vary_hash(&slot.names, headers);
-            let before = slot.copies.len();
-            slot.copies.retain(|(v, _)| *v != id);
-            self.held -= before - slot.copies.len();
-            if slot.copies.is_empty() {
-                self.copies.remove(line);
+        let empty = match self.copies.get_mut(line) {
+            None => return,
+            Some(Slot::One(_)) => true,
+            Some(Slot::Varies(names, copies)) => {
+                let id = vary_hash(names, headers);
+                let before = copies.len();
+                copies.retain(|(v, _)| *v != id);
+                self.held -= before - copies.len();
+                copies.is_empty()
+            }
+        };
+        if empty {
+            if let Some(Slot::One(_)) = self.copies.remove(line) {
+                self.held -= 1;
             }
         }
     }
@@ -502,23 +518,35 @@ impl Front {
 
 /// A thread's copies for one key line: of the URL's one response, or of
 /// some variants of one `Vary` list (at most [`SLOT_VARIANTS`]).
-struct Slot {
-    names: Vec<http::HeaderName>,
-    copies: Vec<([u8; 16], ThreadCopy)>,
+enum Slot {
+    /// The URL's one response (its responses vary on nothing).
+    One(ThreadCopy),
+    /// Some variants of the `Vary` list named.
+    Varies(Vec<http::HeaderName>, Vec<([u8; 16], ThreadCopy)>),
 }
 
 impl Slot {
     /// The copy a request with `headers` may use, if any.
     #[inline]
     fn copy(&mut self, headers: &HeaderMap) -> Option<&mut ThreadCopy> {
-        if self.names.is_empty() {
-            return self.copies.first_mut().map(|(_, copy)| copy);
+        match self {
+            Slot::One(copy) => Some(copy),
+            Slot::Varies(names, copies) => {
+                let id = vary_hash(names, headers);
+                copies
+                    .iter_mut()
+                    .find(|(v, _)| *v == id)
+                    .map(|(_, copy)| copy)
+            }
         }
-        let id = vary_hash(&self.names, headers);
-        self.copies
-            .iter_mut()
-            .find(|(v, _)| *v == id)
-            .map(|(_, copy)| copy)
+    }
+
+    /// How many copies it holds.
+    fn len(&self) -> usize {
+        match self {
+            Slot::One(_) => 1,
+            Slot::Varies(_, copies) => copies.len(),
+        }
     }
 }
 

@@ -111,7 +111,8 @@
 //! used only while the pointer it was stored under is there: whatever
 //! removes the pointer (an invalidation, a purge by URL, an eviction)
 //! retires every variant at once. Each variant is filled under a lease of
-//! its own; after an invalidation of a URL, a variant's fill is stored
+//! its own (the first fill of a URL, which cannot know it varies, under the
+//! URL's); after an invalidation of a URL, a variant's fill is stored
 //! only from a second later (clocks may differ that much; as with a tag's
 //! purge), so a variant fetched in that second is answered, not stored.
 //!

@@ -45,7 +45,7 @@ use tokio::sync::mpsc;
 
 use super::layout::{
     entry_key, invalidated_key, lease_key, purge_key, purged_key, split_key, tag_key,
-    variant_entry, variant_prefix, variants_key, NONCE,
+    variant_entry, variant_lease_prefix, variant_prefix, variants_key, NONCE,
 };
 use crate::error::Error;
 use crate::lease;
@@ -187,11 +187,17 @@ crate::seam::store_seam! {
         /// before it.
         ///
         /// Each variant has its own fill lease (a fill that did not know
-        /// the URL varies holds the URL's: [`Fill::leased`]). An
-        /// invalidation cannot name the variants' leases, so it stamps the
-        /// URL with the time, and a fill under a variant's lease that began
-        /// before the stamp (or less than a second after: clocks may
-        /// differ by that much) is not stored.
+        /// the URL varies holds the URL's: [`Fill::leased`]; the write then
+        /// checks the lease the fill names). An invalidation cannot name
+        /// every variant's lease (a first fill of a variant is recorded
+        /// nowhere yet), so it stamps the URL with the time, and a fill under
+        /// a variant's lease that began before the stamp (or less than a
+        /// second after: clocks may differ by that much) is not stored; nor
+        /// is one that finds no pointer, or another list of names, where it
+        /// leased under one (an invalidation or a replacement came between).
+        /// The pointer's nonce is 40 hex digits, which the store appends to
+        /// the pointer the fill gives and puts before the variant's bytes,
+        /// and strips again when it reads the variant.
         ///
         /// Redis: without tags, one small script (compare the lease, `SET
         /// ... PX`, `DEL` the lease; for a variant, also the pointer and the
@@ -250,7 +256,8 @@ crate::seam::store_seam! {
         /// entry. Answers whether it was taken, and the entry under `key` as
         /// it is right after (read in the same step: a fill that ended, and
         /// gave its lease up, just before is seen, so its entry is not fetched
-        /// again). Redis: `SET ... NX PX` and `GET`, pipelined.
+        /// again). Redis: `SET ... NX PX` and `GET` (a variant's: `MGET` of
+        /// it and its pointer), pipelined.
         async fn lease<'a, 'b, 'c>(
             &'a self,
             key: &'b str,
@@ -259,7 +266,8 @@ crate::seam::store_seam! {
         ) -> Result<(bool, Option<Bytes>), Error>;
 
         /// The entry under `key`, and whether its fill lease is still held
-        /// (Redis: `GET` and `EXISTS`, pipelined).
+        /// (Redis: `GET` and `EXISTS`, pipelined; a variant's: `MGET` of it
+        /// and its pointer, and `EXISTS`).
         async fn poll<'a, 'b>(&'a self, key: &'b str) -> Result<(Option<Bytes>, bool), Error>;
 
         /// Gives up the fill lease of `key` if `holder` still holds it (Redis:
@@ -423,6 +431,12 @@ impl CacheStore for RedisBackend {
             _ => (&[][..], 0),
         };
         let leased = fill.leased.unwrap_or(key);
+        if split_key(leased).0 != url {
+            return Err(Error::new(
+                crate::error::ErrorKind::Config,
+                "a fill holds a lease of the URL it stores",
+            ));
+        }
         let write = |how: &'static str, at: u64| {
             self.script(&FILL)
                 .key(entry_key(self.namespace(), key))
@@ -491,6 +505,7 @@ impl CacheStore for RedisBackend {
                 .key(invalidated_key(self.namespace(), key))
                 .arg(variant_prefix(self.namespace(), key))
                 .arg(crate::time::millis(FILL_HORIZON))
+                .arg(variant_lease_prefix(self.namespace(), key))
                 .invoke()
                 .await?;
             return Ok(removed > 0);
@@ -744,6 +759,12 @@ impl CacheStore for MemoryBackend {
                 "a variant is stored with its pointer (Fill::variant)",
             ));
         }
+        if split_key(leased).0 != split_key(key).0 {
+            return Err(Error::new(
+                crate::error::ErrorKind::Config,
+                "a fill holds a lease of the URL it stores",
+            ));
+        }
         self.atomically(|ks| {
             let now = ks.now_millis();
             let score = now
@@ -839,6 +860,8 @@ impl CacheStore for MemoryBackend {
                 Some(held) if held.len() == pointer.len() + NONCE && held.starts_with(pointer) => {
                     held.slice(pointer.len()..)
                 }
+                // Leased under another list of names: replaced since.
+                _ if split_key(leased).1.is_some() => return Ok(false),
                 _ => {
                     clear(ks)?;
                     // As unique as the holder's token (the time besides).
@@ -900,7 +923,17 @@ impl CacheStore for MemoryBackend {
             variant_prefix(self.namespace(), key),
         );
         let stamp = invalidated_key(self.namespace(), key);
+        let leases = variant_lease_prefix(self.namespace(), key);
         self.atomically(|ks| {
+            if url {
+                // The stamp first, as on Redis.
+                let now = ks.now_millis();
+                ks.set(
+                    &stamp,
+                    Value::Bytes(now.to_string().into_bytes()),
+                    Some(FILL_HORIZON),
+                )?;
+            }
             ks.remove(&lease);
             let held = ks.remove(&entry);
             if !url {
@@ -913,16 +946,11 @@ impl CacheStore for MemoryBackend {
                 Some(Value::SortedSet(members)) => {
                     for (id, _) in members.iter() {
                         removed |= ks.remove(&format!("{prefix}{id}")).is_some();
+                        ks.remove(&format!("{leases}{id}"));
                     }
                 }
                 Some(_) => return Err(Error::wrong_type()),
             }
-            let now = ks.now_millis();
-            ks.set(
-                &stamp,
-                Value::Bytes(now.to_string().into_bytes()),
-                Some(FILL_HORIZON),
-            )?;
             Ok(removed)
         })
     }

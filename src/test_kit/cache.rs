@@ -115,8 +115,8 @@ async fn a_store_writes_only_for_its_lease_holder_and_an_invalidation_ends_the_l
 }
 
 /// Stores `body` as the variant `variant` (its key: the URL's then the
-/// variant's hex digits) under `pointer`, at most `places` per URL, as a
-/// lease holder does.
+/// variant's hex digits) under `pointer`, at most `places` per URL, under
+/// the URL's lease (as a fill that did not know the URL varies does).
 async fn write_variant<S: CacheStore>(
     store: &S,
     url: &str,
@@ -126,14 +126,16 @@ async fn write_variant<S: CacheStore>(
     ttl: Duration,
 ) -> bool {
     let key = format!("{url}{variant}");
-    assert!(store.lease(&key, "v", LEASE).await.unwrap().0, "lease free");
-    let fill = Fill::new("v", SystemTime::now()).variant(pointer, places);
+    assert!(store.lease(url, "v", LEASE).await.unwrap().0, "lease free");
+    let fill = Fill::new("v", SystemTime::now())
+        .variant(pointer, places)
+        .leased(url);
     let stored = store
         .store(&key, variant.as_bytes().to_vec(), ttl, &[], fill)
         .await
         .unwrap();
     if !stored {
-        store.unlease(&key, "v").await.unwrap();
+        store.unlease(url, "v").await.unwrap();
     }
     stored
 }
@@ -218,6 +220,17 @@ async fn a_urls_variants_share_its_lease_and_a_bounded_set_of_places<S: CacheSto
         found(store.lookup(&key(3)).await.unwrap()),
         Some(variant(3))
     );
+    // Under a variant's own lease (taken once the URL was seen to vary).
+    assert!(store.lease(&key(8), "w", LEASE).await.unwrap().0);
+    let fill = Fill::new("w", SystemTime::now()).variant(b"P2", 2);
+    assert!(store
+        .store(&key(8), b"w".to_vec(), TTL, &[], fill)
+        .await
+        .unwrap());
+    assert_eq!(
+        found(store.lookup(&key(8)).await.unwrap()).as_deref(),
+        Some("w")
+    );
     // The URL's own response (it varies on nothing now): the same.
     assert!(store.lease(&url, "u", LEASE).await.unwrap().0);
     assert!(write(store, &url, "u", TTL).await);
@@ -226,6 +239,19 @@ async fn a_urls_variants_share_its_lease_and_a_bounded_set_of_places<S: CacheSto
         found(store.lookup(&url).await.unwrap()).as_deref(),
         Some("x")
     );
+    // A fill under a variant's lease finds no pointer now (the URL's
+    // response replaced it after the lease): not stored.
+    assert!(store.lease(&key(8), "w2", LEASE).await.unwrap().0);
+    let fill = Fill::new("w2", SystemTime::now()).variant(b"P2", 2);
+    assert!(!store
+        .store(&key(8), b"w2".to_vec(), TTL, &[], fill)
+        .await
+        .unwrap());
+    assert_eq!(
+        found(store.lookup(&url).await.unwrap()).as_deref(),
+        Some("x")
+    );
+    store.unlease(&key(8), "w2").await.unwrap();
     // Invalidating one variant leaves the others.
     assert!(write_variant(store, &url, &variant(4), b"P3", 2, TTL).await);
     assert!(write_variant(store, &url, &variant(5), b"P3", 2, TTL).await);
@@ -245,6 +271,8 @@ async fn a_urls_variants_share_its_lease_and_a_bounded_set_of_places<S: CacheSto
     assert!(store.lease(&key(6), "late", LEASE).await.unwrap().0);
     assert!(store.invalidate(&url).await.unwrap());
     assert_eq!(store.lookup(&key(5)).await.unwrap(), None);
+    // Another fill (under the URL's lease) puts the same pointer back.
+    assert!(write_variant(store, &url, &variant(9), b"P3", 2, TTL).await);
     let late = Fill::new("late", began).variant(b"P3", 2);
     assert!(
         !store
