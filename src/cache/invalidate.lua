@@ -1,7 +1,9 @@
 -- Removes a URL's stored response: its entry (or the pointer of a varying
 -- URL: its variants are then never used again) and every variant recorded,
--- its fill lease (a fill under it running now is not stored), and stamps
--- the time, for the fills under a variant's lease (see fill.lua).
+-- its fill lease (a fill under it running now is not stored), and, when
+-- the URL records variants, stamps the time, for the fills under a
+-- variant's lease (see fill.lua). Only then: a flood of writes to made-up
+-- URLs leaves no key behind.
 --
 -- KEYS[1]  the URL's fill lease
 -- KEYS[2]  the URL's key (an entry or a pointer)
@@ -14,7 +16,9 @@
 --
 -- Returns how many entries were removed (a pointer is not one).
 -- The stamp first: should anything below fail, no earlier fill lands.
-redis.call('SET', KEYS[4], string.format('%d', now_ms()), 'PX', ARGV[2])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('SET', KEYS[4], string.format('%d', now_ms()), 'PX', ARGV[2])
+end
 redis.call('DEL', KEYS[1])
 local removed = 0
 local held = redis.call('GET', KEYS[2])

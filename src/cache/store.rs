@@ -216,9 +216,10 @@ crate::seam::store_seam! {
 
         /// Removes the entry under `key`, and its fill lease: a fill running
         /// now is not stored (see [`store`](Self::store)). For a URL's key,
-        /// also its pointer and every variant it records, and the URL is
-        /// stamped with the time, so no variant's fill that began before is
-        /// stored. True when there was an entry (Redis: a URL's, one small
+        /// also its pointer and every variant it records, and, when it
+        /// records variants, the URL is stamped with the time, so no
+        /// variant's fill that began before is stored (a URL that records
+        /// none leaves no key behind). True when there was an entry (Redis: a URL's, one small
         /// script; a variant's, two `DEL`s, pipelined).
         async fn invalidate<'a, 'b>(&'a self, key: &'b str) -> Result<bool, Error>;
 
@@ -925,8 +926,9 @@ impl CacheStore for MemoryBackend {
         let stamp = invalidated_key(self.namespace(), key);
         let leases = variant_lease_prefix(self.namespace(), key);
         self.atomically(|ks| {
-            if url {
-                // The stamp first, as on Redis.
+            if url && ks.get(&index).is_some() {
+                // The stamp first, as on Redis (only for a URL that
+                // records variants: made-up URLs leave nothing behind).
                 let now = ks.now_millis();
                 ks.set(
                     &stamp,

@@ -654,6 +654,22 @@ support::both_backends! { fixture;
         assert_ne!(after.body, first.body);
     }
 
+    writes_to_made_up_urls_leave_no_key_behind => |fx| {
+        let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
+        for n in 0..50 {
+            let res = send(&app, "POST", &format!("/made-up/{n}"), &[]).await;
+            assert_eq!(res.status, StatusCode::CREATED);
+        }
+        assert_eq!(fx.tb.keys("cache:*"), Vec::<String>::new());
+        // A varying URL's invalidation stamps it (its variants' fills in
+        // flight are refused), for a while.
+        send(&app, "GET", "/vary", &[("accept-language", "fr")]).await;
+        fx.stored_variants(1).await;
+        send(&app, "POST", "/vary", &[]).await;
+        let left = fx.tb.keys("cache:*");
+        assert!(left.len() == 1 && left[0].ends_with("}:i"), "{left:?}");
+    }
+
     a_url_that_stops_varying_is_answered_its_one_response => |fx| {
         let app = app(&fx, CacheLayer::new(fx.tb.backend.clone()));
         let fr = [("accept-language", "fr")];
