@@ -618,8 +618,14 @@ impl RedisBackendBuilder {
                 let mut builder =
                     ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
                         .connection_timeout(self.connection_timeout)
-                        // The deadline bounds every call.
-                        .response_timeout(Duration::from_secs(60));
+                        // The deadline bounds every call. A node's
+                        // connection still ends a request it never
+                        // answers (a host gone without a word), so its
+                        // requests do not pile up; no second, overall
+                        // timer per request on top (measured: it cost
+                        // the cluster's hot paths a timer each).
+                        .response_timeout(Duration::from_secs(60))
+                        .overall_response_timeout(None);
                 #[cfg(feature = "tls")]
                 if let Some(tls) = &self.tls {
                     builder = builder.certs(tls.certificates());
