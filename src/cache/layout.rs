@@ -68,24 +68,28 @@ pub(crate) fn purged_key(ns: &Namespace, tag: &str) -> String {
     ns.tagged("cache-tag", tag).into_key("purged")
 }
 
+/// `{prefix}:cache:{<url>}:<suffix>` for the URL of `key`, followed by the
+/// variant's hex digits when `key` names one and `variant` is true.
+fn url_key(ns: &Namespace, key: &str, suffix: &str, variant: bool) -> String {
+    let (url, id) = split_key(key);
+    let id = id.filter(|_| variant).unwrap_or("");
+    let mut out = ns
+        .tagged_with_room("cache", url, suffix.len() + 1 + id.len())
+        .into_key(suffix);
+    out.push_str(id);
+    out
+}
+
 /// The fill lease of a request's cache key (same hash tag as its entry):
 /// held by the instance asking the handler on a miss. A variant has its
 /// own: `{prefix}:cache:{<hash>}:l<variant>`.
 pub(crate) fn lease_key(ns: &Namespace, key: &str) -> String {
-    match split_key(key) {
-        (url, None) => ns.tagged_with_room("cache", url, 2).into_key("l"),
-        (url, Some(variant)) => {
-            let mut out = ns.tagged_with_room("cache", url, 34).into_key("l");
-            out.push_str(variant);
-            out
-        }
-    }
+    url_key(ns, key, "l", true)
 }
 
 /// What every variant lease of the URL of `key` begins with.
 pub(crate) fn variant_lease_prefix(ns: &Namespace, key: &str) -> String {
-    let (url, _) = split_key(key);
-    ns.tagged_with_room("cache", url, 34).into_key("l")
+    url_key(ns, key, "l", false)
 }
 
 /// When the URL of `key` was last invalidated (Unix ms, Redis's clock),
@@ -93,34 +97,27 @@ pub(crate) fn variant_lease_prefix(ns: &Namespace, key: &str) -> String {
 /// variant's lease that began before it is not stored.
 /// `{prefix}:cache:{<hash>}:i`.
 pub(crate) fn invalidated_key(ns: &Namespace, key: &str) -> String {
-    let (url, _) = split_key(key);
-    ns.tagged_with_room("cache", url, 2).into_key("i")
+    url_key(ns, key, "i", false)
 }
 
 /// The store key of a request's cache key (a URL's, or one variant's).
 pub(crate) fn entry_key(ns: &Namespace, key: &str) -> String {
-    match split_key(key) {
-        (url, None) => ns.tagged_with_room("cache", url, 2).into_key("e"),
-        (url, Some(variant)) => {
-            let mut out = ns.tagged_with_room("cache", url, 34).into_key("v");
-            out.push_str(variant);
-            out
-        }
+    match split_key(key).1 {
+        None => url_key(ns, key, "e", false),
+        Some(_) => url_key(ns, key, "v", true),
     }
 }
 
 /// What every variant key of the URL `key` begins with (the URL's entry
 /// key with `v` in place of `e`).
 pub(crate) fn variant_prefix(ns: &Namespace, key: &str) -> String {
-    let (url, _) = split_key(key);
-    ns.tagged_with_room("cache", url, 34).into_key("v")
+    url_key(ns, key, "v", false)
 }
 
 /// The variants recorded for the URL of `key`, each with the end of its
 /// place (Unix ms): `{prefix}:cache:{<hash>}:vs`.
 pub(crate) fn variants_key(ns: &Namespace, key: &str) -> String {
-    let (url, _) = split_key(key);
-    ns.tagged_with_room("cache", url, 3).into_key("vs")
+    url_key(ns, key, "vs", false)
 }
 
 /// A store key's URL part, and its variant part when it names one: a
