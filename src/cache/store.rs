@@ -712,6 +712,43 @@ impl CacheStore for RedisBackend {
     }
 }
 
+/// Records `member` in the sorted set `set` with `score` (a member keeps a
+/// greater score it had), after dropping the members scored up to `now`,
+/// unless the set holds `bound` other members; the set then lives as long
+/// as its highest score. False (nothing recorded) when full. What
+/// `tag.lua` and `fill.lua` do with a set.
+fn record(
+    ks: &mut crate::memory::Keyspace,
+    set: &str,
+    member: &str,
+    score: u64,
+    bound: usize,
+    now: u64,
+) -> Result<bool, Error> {
+    let last = match ks.get_mut(set) {
+        Some(Value::SortedSet(members)) => {
+            members.remove_up_to(now);
+            let known = members.score(member);
+            if known.is_none() && members.len() >= bound {
+                return Ok(false);
+            }
+            if known.is_none_or(|known| known < score) {
+                members.insert(member, score);
+            }
+            members.last().map_or(score, |(_, last)| last)
+        }
+        Some(_) => return Err(Error::wrong_type()),
+        None => {
+            let mut members = SortedSet::new();
+            members.insert(member, score);
+            ks.set(set, Value::SortedSet(members), None)?;
+            score
+        }
+    };
+    ks.expire_at_millis(set, last);
+    Ok(true)
+}
+
 /// The bytes under `key` in `ks`, if any.
 fn bytes_at(ks: &mut crate::memory::Keyspace, key: &str) -> Result<Option<Bytes>, Error> {
     match ks.get(key) {
@@ -793,28 +830,9 @@ impl CacheStore for MemoryBackend {
                     continue;
                 }
                 let set = tag_key(self.namespace(), tag);
-                let last = match ks.get_mut(&set) {
-                    Some(Value::SortedSet(members)) => {
-                        members.remove_up_to(now);
-                        let known = members.score(key);
-                        if known.is_none() && members.len() >= MAX_TAG_MEMBERS {
-                            recorded = false;
-                            continue;
-                        }
-                        if known.is_none_or(|known| known < score) {
-                            members.insert(key, score);
-                        }
-                        members.last().map_or(score, |(_, last)| last)
-                    }
-                    Some(_) => return Err(Error::wrong_type()),
-                    None => {
-                        let mut members = SortedSet::new();
-                        members.insert(key, score);
-                        ks.set(&set, Value::SortedSet(members), None)?;
-                        score
-                    }
-                };
-                ks.expire_at_millis(&set, last);
+                if !record(ks, &set, key, score, MAX_TAG_MEMBERS, now)? {
+                    recorded = false;
+                }
             }
             let held =
                 matches!(ks.get(&lease), Some(Value::Bytes(b)) if b == fill.holder.as_bytes());
@@ -880,27 +898,13 @@ impl CacheStore for MemoryBackend {
             };
             let expires = now.saturating_add(crate::time::millis(ttl));
             let place = expires.saturating_add(crate::time::millis(ttl));
+            if !record(ks, &index, id, place, places, now)? {
+                return Ok(false);
+            }
             let last = match ks.get_mut(&index) {
-                Some(Value::SortedSet(members)) => {
-                    members.remove_up_to(now);
-                    let known = members.score(id);
-                    if known.is_none() && members.len() >= places {
-                        return Ok(false);
-                    }
-                    if known.is_none_or(|known| known < place) {
-                        members.insert(id, place);
-                    }
-                    members.last().map_or(place, |(_, last)| last)
-                }
-                Some(_) => return Err(Error::wrong_type()),
-                None => {
-                    let mut members = SortedSet::new();
-                    members.insert(id, place);
-                    ks.set(&index, Value::SortedSet(members), None)?;
-                    place
-                }
+                Some(Value::SortedSet(members)) => members.last().map_or(place, |(_, l)| l),
+                _ => place,
             };
-            ks.expire_at_millis(&index, last);
             ks.set(
                 &entry_key,
                 Value::Bytes([&nonce[..], &entry].concat()),

@@ -59,30 +59,27 @@ impl Fixture {
             .count()
     }
 
-    /// Waits until `n` variants are stored.
-    async fn stored_variants(&self, n: usize) {
+    /// Waits until `count` reaches `n` (3 s at most).
+    async fn until(&self, what: &str, n: usize, count: impl Fn() -> usize) {
         let started = Instant::now();
-        while self.variants() < n {
+        while count() < n {
             assert!(
                 started.elapsed() < Duration::from_secs(3),
-                "{} variants, expected {n}",
-                self.variants()
+                "{} {what}, expected {n}",
+                count()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
+    /// Waits until `n` variants are stored.
+    async fn stored_variants(&self, n: usize) {
+        self.until("variants", n, || self.variants()).await;
+    }
+
     /// Waits until `n` entries are stored (the write follows the body).
     async fn stored(&self, n: usize) {
-        let started = Instant::now();
-        while self.entries() < n {
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "{} entries, expected {n}",
-                self.entries()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.until("entries", n, || self.entries()).await;
     }
 }
 
