@@ -204,6 +204,54 @@ where
     }
 }
 
+/// Why a request body could not be read whole.
+#[cfg(any(feature = "idempotency", feature = "session"))]
+pub(crate) enum ReadError {
+    /// It is longer than allowed.
+    TooLarge,
+    /// Reading it failed.
+    Read,
+}
+
+/// The whole body, at most `max` bytes.
+#[cfg(any(feature = "idempotency", feature = "session"))]
+pub(crate) async fn read_whole<B: Body<Data = Bytes>>(
+    body: B,
+    max: usize,
+) -> Result<Bytes, ReadError> {
+    if body.size_hint().lower() > max as u64 {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = std::pin::pin!(body);
+    // The first data frame as it is (a body in one frame, the usual case,
+    // is never copied); with more, all of them copied into one buffer.
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    let mut len = 0usize;
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(|_| ReadError::Read)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        len = len.saturating_add(data.len());
+        if len > max {
+            return Err(ReadError::TooLarge);
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            Some(head) => {
+                buf.extend_from_slice(&head);
+                buf.extend_from_slice(&data);
+            }
+            None => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

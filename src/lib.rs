@@ -186,6 +186,8 @@ pub mod trace;
 
 #[cfg(feature = "cache")]
 pub mod cache;
+#[cfg(feature = "session")]
+pub mod csrf;
 #[cfg(feature = "idempotency")]
 pub mod idempotency;
 #[cfg(feature = "lock")]

@@ -84,10 +84,10 @@ pub enum RefusalKind {
     /// Idempotency or lock: the request names nothing to scope it by (no
     /// credential, no session user, no such header) (400).
     NoScope,
-    /// Idempotency: the request's body is larger than the layer keeps
-    /// (413).
+    /// Idempotency: the request's body is larger than the layer keeps; CSRF:
+    /// a form read for its token is larger than the layer reads (413).
     BodyTooLarge,
-    /// Idempotency: the request's body could not be read (400).
+    /// Idempotency or CSRF: the request's body could not be read (400).
     BodyUnreadable,
     /// Idempotency: a request with this key is still being processed
     /// (409, with a `Retry-After`).
@@ -102,6 +102,12 @@ pub enum RefusalKind {
     /// Lock: the request's resource stayed locked for the whole wait (409,
     /// or the lock layer's configured status, with a `Retry-After`).
     Locked,
+    /// CSRF: the browser says the request comes from another site
+    /// (`Sec-Fetch-Site`, else `Origin`) (403).
+    CrossOrigin,
+    /// CSRF: the request sent neither `Sec-Fetch-Site` nor `Origin`, and
+    /// not the session's token either (403).
+    CsrfToken,
 }
 
 /// A refused request, as the `on_refusal` hook of each layer's builder
@@ -148,7 +154,7 @@ impl<'a> Refusal<'a> {
     }
 
     /// The layer that refused it: `"session"`, `"rate_limit"`, `"cache"`,
-    /// `"idempotency"` or `"lock"` (the names of its tracing span and
+    /// `"idempotency"`, `"lock"` or `"csrf"` (the names of its tracing span and
     /// metrics).
     pub fn layer(&self) -> &'static str {
         self.layer

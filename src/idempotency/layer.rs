@@ -612,9 +612,9 @@ where
         return Ok(refuse_with(&config, &parts, RefusalKind::NoScope, problem));
     };
     // The body, whole and bounded.
-    let body = match read_body(body, config.max_body).await {
+    let body = match crate::body::read_whole(body, config.max_body).await {
         Ok(bytes) => bytes,
-        Err(BodyError::TooLarge) => {
+        Err(crate::body::ReadError::TooLarge) => {
             let problem = problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Request body too large",
@@ -630,7 +630,7 @@ where
                 problem,
             ));
         }
-        Err(BodyError::Read) => {
+        Err(crate::body::ReadError::Read) => {
             let problem = problem(
                 StatusCode::BAD_REQUEST,
                 "Unreadable request body",
@@ -969,46 +969,6 @@ fn replayed_headers(headers: &HeaderMap) -> HeaderMap {
         }
     }
     out
-}
-
-enum BodyError {
-    TooLarge,
-    Read,
-}
-
-/// The whole body, at most `max` bytes.
-async fn read_body<B: Body<Data = Bytes>>(body: B, max: usize) -> Result<Bytes, BodyError> {
-    if body.size_hint().lower() > max as u64 {
-        return Err(BodyError::TooLarge);
-    }
-    let mut body = std::pin::pin!(body);
-    // The first data frame as it is (a body in one frame, the usual case,
-    // is never copied); with more, all of them copied into one buffer.
-    let mut first: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
-    let mut len = 0usize;
-    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-        let frame = frame.map_err(|_| BodyError::Read)?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if data.is_empty() {
-            continue;
-        }
-        len = len.saturating_add(data.len());
-        if len > max {
-            return Err(BodyError::TooLarge);
-        }
-        match first.take() {
-            None if buf.is_empty() => first = Some(data),
-            Some(head) => {
-                buf.extend_from_slice(&head);
-                buf.extend_from_slice(&data);
-            }
-            None => buf.extend_from_slice(&data),
-        }
-    }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 /// Up to `max` bytes of a body: the whole of it (and `None`), or what was

@@ -46,7 +46,8 @@ impl Session {
     pub(crate) fn finish_now(&self, headers: &mut HeaderMap) -> bool {
         let state = self.state();
         let mut edits = self.edits();
-        if edits.destroyed {
+        // (A logout followed by changes starts a new session: `finish`.)
+        if edits.destroyed && !edits.is_dirty() {
             if state.had_cookie() {
                 self.remove_cookie(headers);
             }
@@ -108,12 +109,15 @@ impl Session {
             let state = std::mem::replace(&mut *state, taken);
             (state, std::mem::take(&mut *self.edits()))
         };
-        if edits.destroyed {
+        if edits.destroyed && !edits.is_dirty() {
             if state.had_cookie() {
                 self.remove_cookie(headers);
             }
             return Ok(Some("destroyed"));
         }
+        // Changes made after a logout (a flash message saying so) go to a
+        // new session: `destroy` left the state `Missing`, so it is created
+        // below under a fresh id, and its cookie replaces the old one.
         if matches!(state.known, Known::Degraded { .. }) {
             // (The failure was the request's outcome.)
             return Ok(None);

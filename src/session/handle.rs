@@ -239,7 +239,7 @@ impl Session {
     }
 
     /// Refuses a change once the response has gone out (it would be lost).
-    fn check_open(&self) -> Result<(), SessionError> {
+    pub(super) fn check_open(&self) -> Result<(), SessionError> {
         if self.inner.finished.load(Ordering::Acquire) {
             tracing::warn!("a session change after the response went out was dropped");
             return Err(SessionError::ResponseSent);
@@ -446,7 +446,10 @@ impl Session {
     }
 
     /// Logs out: deletes the session from the store now and expires the
-    /// cookie in the response. Changes made in this request are dropped. A
+    /// cookie in the response. Changes made in this request before it are
+    /// dropped; changes made after it (a [flash](Self::flash) message
+    /// saying "logged out") go to a new session with a fresh id, whose
+    /// cookie replaces the old one. A
     /// store failure is returned even under [`FailurePolicy::Open`]: a
     /// logout must not look done when it is not. Called after the response
     /// has gone out (from a spawned task), it still deletes the session the

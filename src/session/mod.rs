@@ -119,6 +119,7 @@ mod error;
 #[cfg(feature = "axum")]
 mod extract;
 mod finish;
+mod flash;
 mod handle;
 mod id;
 mod layer;
@@ -126,6 +127,7 @@ mod layout;
 mod memory;
 mod redis;
 pub mod store;
+mod typed;
 mod users;
 
 pub use self::config::{
@@ -134,10 +136,12 @@ pub use self::config::{
 pub use self::error::SessionError;
 #[cfg(feature = "axum")]
 pub use self::extract::MissingSessionLayer;
+pub use self::flash::{Flash, Level, Message, FLASH_KEY_PREFIX};
 pub use self::handle::Session;
 pub use self::id::{SessionHandle, SessionId};
 pub use self::layer::{ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService};
 pub use self::store::{SessionInfo, SessionStore};
+pub use self::typed::{SessionValue, Typed};
 pub use ::cookie::{Key, SameSite};
 
 /// Which requests count as session activity (slide the idle expiry).

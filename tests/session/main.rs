@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod conveniences;
 mod harness;
 mod redis_only;
 
