@@ -10,6 +10,7 @@
 //! | Layer | Module | Feature | Round trips on the hot path |
 //! |---|---|---|---|
 //! | Sessions with sliding expiry | [`session`] | `session` | a read: 1 `GET` |
+//! | CSRF protection for forms (Fetch Metadata, `Origin`, session token) | [`csrf`] | `session` | 0 for browsers; a token check: the session's read |
 //! | Rate limiting (GCRA and windows, IETF `RateLimit` fields) | [`rate_limit`] | `rate-limit` | 1 script, 0 for a client known to be refused |
 //! | Shared HTTP cache (RFC 9111) | [`cache`] | `cache` | a hit: 1 `GET`, 0 from the local tier |
 //! | Idempotency keys (IETF draft) | [`idempotency`] | `idempotency` | a replay: 1 `SET NX GET` |

@@ -150,6 +150,11 @@ async fn every_flow(kind: Kind) {
     let r = shopper.get("/products/1").await;
     assert!(!r.header("cache-status").unwrap().contains("hit"));
     assert!(r.body.contains("7.77"), "{}", r.body);
+    // The home page says so, once.
+    let home = alice.get("/").await.body;
+    assert!(home.contains("class=\"flash success\""), "{home}");
+    assert!(home.contains("product 1 is now"), "{home}");
+    assert!(!alice.get("/").await.body.contains("is now"), "shown once");
     // Not logged in: no price change.
     assert_eq!(
         shopper
@@ -722,6 +727,33 @@ async fn hostile_clients_get_4xx_answers() {
         .send("POST", "/logout", &[("Origin", "http://shop.test")], "")
         .await;
     assert_eq!(r.status, 303, "same origin: logged out");
+
+    // A client that sends neither header needs the session's token, which
+    // the account page's forms carry.
+    let mut script = Client::new(addr);
+    assert_eq!(script.form("/login", LOGIN_ALICE).await.status, 303);
+    script.browser = false;
+    let r = script.form("/logout", "").await;
+    client_error(&r, 403, false, "a post with no origin and no token");
+    assert!(r.body.contains("CSRF token"), "{}", r.body);
+    let page = script.get("/account").await.body;
+    let marker = "name=\"csrf_token\" value=\"";
+    let start = page
+        .find(marker)
+        .expect("a token in the account page's forms")
+        + marker.len();
+    let token = &page[start..start + 43];
+    let r = script.form("/logout", &format!("csrf_token={token}")).await;
+    assert_eq!(r.status, 303, "the session's token: logged out");
+    let home = script.get("/").await.body;
+    assert!(home.contains("You are logged out."), "{home}");
+    assert!(!home.contains("Logged in as"), "{home}");
+    assert!(
+        !script.get("/").await.body.contains("logged out"),
+        "shown once"
+    );
+    let r = script.form("/logout", &format!("csrf_token={token}")).await;
+    client_error(&r, 403, false, "the ended session's token");
 
     // Orders need a known API key; nothing is claimed for another.
     let r = c

@@ -160,6 +160,12 @@ async fn log_in_see_the_account_page_and_log_out_in_chromium() {
         submit(&browser, "form#logout button", &format!("{base}/")).await?;
         let body = browser.find(Locator::Css("main")).await?.text().await?;
         assert!(body.contains("Not logged in"), "{body}");
+        // The logout's flash message, shown once; the browser's own
+        // Sec-Fetch-Site passed the CSRF layer on every form.
+        assert!(body.contains("You are logged out."), "{body}");
+        browser.goto(&format!("{base}/")).await?;
+        let body = browser.find(Locator::Css("main")).await?.text().await?;
+        assert!(!body.contains("logged out"), "{body}");
         browser.goto(&format!("{base}/account")).await?;
         assert_eq!(
             browser.current_url().await?.as_str(),

@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use axum::Extension;
 use axum::Router;
 use redis_layers::cache::{CacheLayer, Purger};
+use redis_layers::csrf::{CsrfLayer, CsrfToken};
 use redis_layers::idempotency::{Fence, IdempotencyLayer, Scope};
 use redis_layers::lock::{LockKey, LockLayer};
 use redis_layers::rate_limit::{Key, Policy, RateLimitLayer, RateLimitStore, Rule};
@@ -98,6 +99,16 @@ pub fn router(
         )
         .on_refusal(refusal_page)
         .build()?;
+    // Cross-site request forgery: browsers say where a form post comes
+    // from (`Sec-Fetch-Site`, else `Origin`) and posts from another site,
+    // a sibling subdomain or another port are refused; clients that send
+    // neither must carry the session's token (the forms of pages that
+    // already use the session have it). The API is exempt: it is
+    // authenticated by X-API-Key, which a browser does not add by itself.
+    let csrf = CsrfLayer::builder()
+        .exempt("/api/")
+        .on_refusal(refusal_page)
+        .build()?;
     // Outside the session layer: it sees the session's `Vary: Cookie` and
     // `private` marks, so one user's page never reaches another.
     let cache = CacheLayer::builder(backend.clone())
@@ -145,7 +156,8 @@ pub fn router(
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(same_origin_posts))
+        // Inside the session layer: a token check reads the session.
+        .layer(csrf)
         .layer(limits)
         .layer(sessions)
         .layer(cache)
@@ -226,38 +238,6 @@ async fn require_api_key(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// Cross-site request forgery: a browser says where a form post comes
-/// from (`Sec-Fetch-Site`, else `Origin`); posts to pages from another
-/// site are refused. Clients that send neither (curl) are let through:
-/// they carry no victim's cookies. The session cookie's `SameSite=Lax`
-/// already keeps it off cross-site posts; this also covers same-site
-/// neighbours (another port, a sibling subdomain).
-async fn same_origin_posts(req: Request, next: Next) -> Response {
-    if req.method() == Method::POST && !req.uri().path().starts_with("/api/") {
-        let headers = req.headers();
-        let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-        let allowed = match site {
-            Some(site) => site == "same-origin" || site == "none",
-            None => match headers.get(header::ORIGIN) {
-                None => true,
-                Some(origin) => {
-                    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-                    let origin = origin.to_str().ok().and_then(|o| o.parse::<Uri>().ok());
-                    matches!((origin, host), (Some(o), Some(h)) if o.authority().is_some_and(|a| a.as_str().eq_ignore_ascii_case(h)))
-                }
-            },
-        };
-        if !allowed {
-            return views::error(
-                StatusCode::FORBIDDEN,
-                "Cross-site form refused",
-                "This form was posted from another site.",
-            );
-        }
-    }
-    next.run(req).await
-}
-
 /// `Cache-Control: no-store` for pages that show private data.
 fn private(page: maud::Markup) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], page).into_response()
@@ -311,15 +291,21 @@ fn bad_form(rejection: FormRejection) -> Response {
 }
 
 async fn home(State(backend): State<Backend>, session: Session) -> Result<Response, SessionError> {
+    // "Price changed", "You are logged out": shown once, then gone.
+    let messages = session.flash().take().await?;
     let Some(user) = session.user().await? else {
         // No write: an anonymous visit creates no session.
-        return Ok(views::home(None, None, backend.kind()).into_response());
+        let page = views::home(None, None, None, &messages, backend.kind());
+        return Ok(page.into_response());
     };
     let visits: u64 = session.get("visits").await?.unwrap_or(0) + 1;
     session.insert("visits", visits)?;
+    let token = CsrfToken::of(&session).await?;
     Ok(private(views::home(
         Some(&user),
         Some(visits),
+        Some(&token),
+        &messages,
         backend.kind(),
     )))
 }
@@ -507,7 +493,13 @@ async fn set_price(
             tracing::warn!(error = %e, tag, "purge failed; the old price shows until it expires");
         }
     }
-    Ok(Redirect::to(&format!("/products/{id}")).into_response())
+    // Shown on the home page (the product page is shared by everyone,
+    // cached: it shows no one's messages).
+    session.flash().success(format!(
+        "The price of product {id} is now {}.",
+        euros(cents)
+    ))?;
+    Ok(Redirect::to("/").into_response())
 }
 
 async fn login_form() -> maud::Markup {
@@ -643,6 +635,9 @@ async fn login(
 
 async fn logout(session: Session) -> Result<Redirect, SessionError> {
     session.destroy().await?;
+    // After the logout: a new session, holding only this message until
+    // the home page shows it.
+    session.flash().info("You are logged out.")?;
     Ok(Redirect::to("/"))
 }
 
@@ -667,7 +662,8 @@ async fn account(session: Session) -> Result<Response, SessionError> {
             current: s.current,
         })
         .collect();
-    Ok(private(views::account(&user, &rows)))
+    let token = CsrfToken::of(&session).await?;
+    Ok(private(views::account(&user, &rows, &token)))
 }
 
 async fn revoke(

@@ -4,13 +4,17 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
+use redis_layers::csrf::{self, CsrfToken};
+use redis_layers::session::Message;
 
 pub const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:44em;margin:1.5em auto;padding:0 1em;color:#222}\
 header{display:flex;gap:1em;align-items:baseline;border-bottom:1px solid #ddd;padding-bottom:.5em}\
 header a.home{font-weight:bold;text-decoration:none;color:#a00}\
 table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}\
 form.inline{display:inline}label{display:block;margin:.4em 0}\
-.error{color:#a00;font-weight:bold}.hint{color:#555;font-size:.9em}";
+.error{color:#a00;font-weight:bold}.hint{color:#555;font-size:.9em}\
+.flash{padding:.4em .8em;border-left:4px solid #888;background:#f6f6f6}\
+.flash.success{border-color:#2a2}.flash.warning,.flash.error{border-color:#a00}";
 
 /// The page around `body`: title, navigation, styles (no JavaScript).
 pub fn layout(title: &str, user: Option<&str>, body: Markup) -> Markup {
@@ -44,16 +48,29 @@ pub fn layout(title: &str, user: Option<&str>, body: Markup) -> Markup {
 
 /// The home page. `visits` is the logged-in session's visit count;
 /// anonymous visitors get no session (and cost no stored state).
-pub fn home(user: Option<&str>, visits: Option<u64>, backend: &str) -> Markup {
+/// `messages`: the flash messages earlier requests left.
+pub fn home(
+    user: Option<&str>,
+    visits: Option<u64>,
+    token: Option<&CsrfToken>,
+    messages: &[Message],
+    backend: &str,
+) -> Markup {
     layout(
         "Welcome",
         user,
         html! {
+            @for message in messages {
+                p class={ "flash " (message.level) } role="status" { (message.text) }
+            }
             @match (user, visits) {
                 (Some(user), Some(visits)) => {
                     p { "Logged in as " b { (user) } "." }
                     p id="visits" { "Visits in this session: " b { (visits) } }
-                    form.inline method="post" action="/logout" { button { "Log out" } }
+                    form.inline method="post" action="/logout" {
+                        (csrf_input(token))
+                        button { "Log out" }
+                    }
                 }
                 _ => {
                     p { "Not logged in. " a href="/login" { "Log in" }
@@ -94,7 +111,20 @@ pub fn products(rows: &[ProductRow<'_>]) -> Markup {
     )
 }
 
-/// One product, with the price form (administrators only may use it).
+/// The session's CSRF token as a hidden form field, for clients that send
+/// neither `Sec-Fetch-Site` nor `Origin` (every current browser sends
+/// them, and passes without it).
+fn csrf_input(token: Option<&CsrfToken>) -> Markup {
+    html! {
+        @if let Some(token) = token {
+            input type="hidden" name=(csrf::TOKEN_FIELD) value=(token.as_str());
+        }
+    }
+}
+
+/// One product, with the price form (administrators only may use it). The
+/// page is shared by everyone (cached), so its form carries no session's
+/// token: browsers pass the CSRF check by their `Sec-Fetch-Site`.
 pub fn product(id: u32, name: &str, price: &str) -> Markup {
     layout(
         name,
@@ -113,6 +143,9 @@ pub fn product(id: u32, name: &str, price: &str) -> Markup {
 
 /// The login form, with the rule user names follow and, after a failed
 /// attempt, what went wrong and the name that was tried.
+/// It carries no CSRF token: a token lives in a session, and the login
+/// page makes none per visitor (a flood of visits would push real sessions
+/// out). Browsers pass the check by their `Sec-Fetch-Site` or `Origin`.
 pub fn login(error: Option<&str>, user: &str) -> Markup {
     layout(
         "Log in",
@@ -147,7 +180,7 @@ pub struct SessionRow {
 }
 
 /// The account page: the user's sessions, each revocable.
-pub fn account(user: &str, rows: &[SessionRow]) -> Markup {
+pub fn account(user: &str, rows: &[SessionRow], token: &CsrfToken) -> Markup {
     layout(
         &format!("Sessions of {user}"),
         Some(user),
@@ -164,6 +197,7 @@ pub fn account(user: &str, rows: &[SessionRow]) -> Markup {
                                 i { "this session" }
                             } @else {
                                 form.inline method="post" action={ "/account/revoke/" (row.handle) } {
+                                    (csrf_input(Some(token)))
                                     button { "Revoke" }
                                 }
                             }
@@ -173,10 +207,14 @@ pub fn account(user: &str, rows: &[SessionRow]) -> Markup {
             }
             p {
                 form.inline method="post" action="/account/revoke-others" {
+                    (csrf_input(Some(token)))
                     button { "Log out other devices" }
                 }
                 " "
-                form.inline id="logout" method="post" action="/logout" { button { "Log out" } }
+                form.inline id="logout" method="post" action="/logout" {
+                    (csrf_input(Some(token)))
+                    button { "Log out" }
+                }
             }
         },
     )

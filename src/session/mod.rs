@@ -104,6 +104,37 @@
 //!   without a session ([`FailurePolicy::Open`](crate::FailurePolicy::Open)).
 //!   Every store call is bounded by the backend's deadline.
 //!
+//! # Conveniences
+//!
+//! - [`Typed`]: one struct under one key, with a stored value that no
+//!   longer deserialises read as absent once (and removed) rather than
+//!   failing every request.
+//! - [`Flash`]: messages for the next page, through the field-level save.
+//! - [`crate::csrf`]: a CSRF layer whose token lives in the session.
+//!
+//! ```
+//! use redis_layers::session::{Flash, SessionError, SessionValue, Typed};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Default)]
+//! struct Cart {
+//!     items: Vec<u32>,
+//! }
+//!
+//! impl SessionValue for Cart {
+//!     const KEY: &'static str = "cart";
+//! }
+//!
+//! async fn add(cart: Typed<Cart>, flash: Flash) -> Result<&'static str, SessionError> {
+//!     let n = cart.update(|cart| {
+//!         cart.items.push(1);
+//!         cart.items.len()
+//!     }).await?;
+//!     flash.success(format!("{n} items in your cart"))?;
+//!     Ok("added")
+//! }
+//! ```
+//!
 //! # Inside
 //!
 //! `layer.rs` (the tower layer, its builder and future) → `handle.rs` (the

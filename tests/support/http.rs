@@ -13,6 +13,10 @@ pub use super::reply::Reply;
 pub struct Client {
     pub addr: SocketAddr,
     pub jar: BTreeMap<String, String>,
+    /// Sends `Sec-Fetch-Site: same-origin` like a current browser on its
+    /// own pages, unless the request names `Sec-Fetch-Site` or `Origin`
+    /// itself (default on; off, it is a script that sends neither).
+    pub browser: bool,
 }
 
 impl Client {
@@ -20,6 +24,7 @@ impl Client {
         Client {
             addr,
             jar: BTreeMap::new(),
+            browser: true,
         }
     }
 
@@ -27,6 +32,7 @@ impl Client {
         Client {
             addr,
             jar: self.jar.clone(),
+            browser: self.browser,
         }
     }
 
@@ -45,6 +51,12 @@ impl Client {
         }
         for (n, v) in headers {
             req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        let says_where = headers.iter().any(|(n, _)| {
+            n.eq_ignore_ascii_case("sec-fetch-site") || n.eq_ignore_ascii_case("origin")
+        });
+        if self.browser && !says_where {
+            req.push_str("Sec-Fetch-Site: same-origin\r\n");
         }
         req.push_str("\r\n");
         let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
