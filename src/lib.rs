@@ -199,6 +199,8 @@ pub mod rate_limit;
 pub mod redis;
 #[cfg(feature = "session")]
 pub mod session;
+#[cfg(feature = "tower-sessions")]
+pub mod tower_sessions;
 
 pub use backend::Backend;
 
