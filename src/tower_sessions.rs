@@ -37,7 +37,9 @@
 //! - Its TTL is the record's `expiry_date` (`SET ... PXAT`), so Redis drops
 //!   it on time; a record whose expiry has passed is deleted, not saved.
 //! - `create` writes with `SET ... NX` and draws a new id on a collision,
-//!   as the trait asks, so a new session never overwrites another.
+//!   as the trait asks, so a new session never overwrites another; `save`
+//!   writes with `SET ... XX`, so a request that ran while another logged
+//!   the session out (or it expired) does not bring it back.
 //! - On the memory backend the keys count as sessions: keys clients make
 //!   the other layers create never evict them.
 //!
@@ -100,9 +102,10 @@ impl TowerSessionStore {
         self.backend.namespace().tagged("session", &hex).key("ts")
     }
 
-    /// Writes `record`; with `only_new`, only where no session is (`NX`).
-    /// `Ok(false)`: `only_new` and the key exists.
-    async fn write(&self, record: &Record, only_new: bool) -> StoreResult<bool> {
+    /// Writes `record`: with [`Write::New`] only where no session is
+    /// (`NX`), with [`Write::Existing`] only where it still is (`XX`).
+    /// `Ok(false)`: nothing was written for that reason.
+    async fn write(&self, record: &Record, mode: Write) -> StoreResult<bool> {
         let key = self.key(&record.id);
         let expires_ms = unix_ms(record);
         let now_ms = std::time::SystemTime::now()
@@ -112,7 +115,7 @@ impl TowerSessionStore {
             // Already expired: nothing to keep (and PXAT in the past would
             // be refused by some servers).
             self.backend.delete(&key).await.map_err(backend_error)?;
-            return Ok(!only_new);
+            return Ok(mode == Write::Existing);
         }
         let value = serde_json::to_vec(&Stored {
             e: expires_ms,
@@ -123,9 +126,10 @@ impl TowerSessionStore {
             Backend::Redis(redis) => {
                 let mut cmd = ::redis::cmd("SET");
                 cmd.arg(&key).arg(&value).arg("PXAT").arg(expires_ms as u64);
-                if only_new {
-                    cmd.arg("NX");
-                }
+                cmd.arg(match mode {
+                    Write::New => "NX",
+                    Write::Existing => "XX",
+                });
                 let reply: Option<String> = redis.query(&cmd).await.map_err(backend_error)?;
                 reply.is_some()
             }
@@ -133,7 +137,7 @@ impl TowerSessionStore {
                 let ttl = Duration::from_millis((expires_ms - now_ms) as u64);
                 memory
                     .atomically(|ks| {
-                        if only_new && ks.get(&key).is_some() {
+                        if ks.get(&key).is_some() != (mode == Write::Existing) {
                             return Ok(false);
                         }
                         ks.set(&key, Value::Bytes(value), Some(ttl)).map(|()| true)
@@ -143,6 +147,15 @@ impl TowerSessionStore {
         };
         Ok(written)
     }
+}
+
+/// Which writes [`TowerSessionStore::write`] makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// A new session: never over another.
+    New,
+    /// A change: never bringing back a session deleted meanwhile.
+    Existing,
 }
 
 /// What is stored: the expiry (Unix ms) and the data; never the id.
@@ -165,7 +178,7 @@ fn backend_error(e: Error) -> StoreError {
 impl SessionStore for TowerSessionStore {
     async fn create(&self, record: &mut Record) -> StoreResult<()> {
         for _ in 0..CREATE_ATTEMPTS {
-            if self.write(record, true).await? {
+            if self.write(record, Write::New).await? {
                 return Ok(());
             }
             record.id = Id::default();
@@ -176,7 +189,10 @@ impl SessionStore for TowerSessionStore {
     }
 
     async fn save(&self, record: &Record) -> StoreResult<()> {
-        self.write(record, false).await.map(drop)
+        // A session deleted while the request ran (a logout, an expiry)
+        // stays deleted: `save` is only ever a change to a session that
+        // `create` made.
+        self.write(record, Write::Existing).await.map(drop)
     }
 
     async fn load(&self, id: &Id) -> StoreResult<Option<Record>> {

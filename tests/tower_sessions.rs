@@ -154,6 +154,11 @@ support::both_backends! { TestBackend::new;
         assert!(store.load(&second.id).await.unwrap().is_none());
         store.delete(&Id(7)).await.unwrap();
         assert!(store.load(&Id(7)).await.unwrap().is_none());
+        // A save of a session deleted meanwhile (a logout by another
+        // request) does not bring it back.
+        first.data.insert("who".into(), "late".into());
+        store.save(&first).await.unwrap();
+        assert!(store.load(&Id(7)).await.unwrap().is_none(), "stays deleted");
         assert!(session_keys(&tb).is_empty());
     }
 
