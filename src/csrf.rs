@@ -4,19 +4,23 @@
 //! `OPTIONS`, `TRACE`) passes when the browser says it comes from this
 //! origin, and is refused (403 problem+json) when it says otherwise:
 //!
-//! 1. **`Sec-Fetch-Site`** (Fetch Metadata, sent by every current
-//!    browser): `same-origin` and `none` (the user typed or bookmarked it)
-//!    pass; `same-site` and `cross-site` are refused, so a sibling
-//!    subdomain or another port cannot post either.
+//! 1. **`Sec-Fetch-Site`** (Fetch Metadata; current browsers send it to
+//!    secure contexts: https, and http on localhost): `same-origin` and
+//!    `none` (the user typed or bookmarked it) pass; `same-site`,
+//!    `cross-site` and anything else are refused, so a sibling subdomain
+//!    or another port cannot post either.
 //! 2. Else **`Origin`**: passes when its host and port are the request's
-//!    `Host` (or the URI's authority, in HTTP/2); `null` and any other
-//!    origin are refused.
-//! 3. Else (older browsers, scripts, tests) a **synchronizer token**: the
-//!    request must carry the session's token in the `x-csrf-token` header
-//!    or, for `application/x-www-form-urlencoded` bodies, in the
-//!    `csrf_token` form field. Put it in forms with [`CsrfToken`]; it is
-//!    made on first use, kept in the session (one per session, under the
-//!    key `__csrf`) and compared in constant time.
+//!    `Host` (or the URI's authority, in HTTP/2), default ports aside.
+//! 3. Else (older browsers, pages over plain http, a proxy that rewrites
+//!    `Host`, an `Origin` of elsewhere or `null`, scripts) a
+//!    **synchronizer token**: the request must carry the session's token in
+//!    the `x-csrf-token` header or, for `application/x-www-form-urlencoded`
+//!    bodies, in the `csrf_token` form field. Put it in forms with
+//!    [`CsrfToken`]; it is made on first use, kept in the session (one per
+//!    session, under the key `__csrf`, dropped when the session's id is
+//!    renewed) and compared in constant time. A page elsewhere cannot know
+//!    it, so an `Origin` that does not match is no reason to refuse a
+//!    request that carries it.
 //!
 //! [Trusted origins](CsrfLayerBuilder::trusted_origin) pass in steps 1
 //! and 2 (another site of yours that posts here), and [exempt
@@ -120,10 +124,11 @@ impl fmt::Display for CsrfToken {
 impl CsrfToken {
     /// The token of `session`, made and stored now if it has none.
     pub async fn of(session: &Session) -> Result<Self, SessionError> {
-        if let Some(token) = session.get::<String>(TOKEN_KEY).await? {
-            if is_token(&token) {
-                return Ok(CsrfToken(token));
-            }
+        match session.get::<String>(TOKEN_KEY).await {
+            Ok(Some(token)) if is_token(&token) => return Ok(CsrfToken(token)),
+            // Something else under the key (not ours): replaced below.
+            Ok(_) | Err(SessionError::Deserialize { .. }) => {}
+            Err(e) => return Err(e),
         }
         let token = new_token().map_err(|e| {
             SessionError::Store(Error::internal(format!("no randomness for a token: {e}")))
@@ -188,8 +193,8 @@ pub struct CsrfLayer {
 #[derive(Debug)]
 struct Config {
     exempt: Vec<String>,
-    /// Lowercase `host[:port]` of each trusted origin.
-    trusted: Vec<String>,
+    /// Each trusted origin, as [`parse_origin`] gives it.
+    trusted: Vec<(String, String)>,
     max_form_body: usize,
     on_refusal: OnRefusal,
 }
@@ -258,16 +263,18 @@ impl fmt::Debug for CsrfLayerBuilder {
 }
 
 impl CsrfLayerBuilder {
-    /// Requests whose path starts with `prefix` (which must start with
-    /// `/`) are not checked: routes authenticated by something a browser
-    /// does not send by itself (an API key header, a bearer token).
+    /// Requests whose path is `prefix` or under it (which must start with
+    /// `/`; `/api` covers `/api` and `/api/orders`, not `/apiary`) are not
+    /// checked: routes authenticated by something a browser does not send
+    /// by itself (an API key header, a bearer token).
     pub fn exempt(mut self, prefix: impl Into<String>) -> Self {
         self.exempt.push(prefix.into());
         self
     }
 
     /// Requests from `origin` (`https://host[:port]`, as browsers send it
-    /// in `Origin`) pass even when `Sec-Fetch-Site` says `same-site` or
+    /// in `Origin`; the scheme counts, so `http://` of the same host is
+    /// another origin) pass even when `Sec-Fetch-Site` says `same-site` or
     /// `cross-site`.
     pub fn trusted_origin(mut self, origin: impl Into<String>) -> Self {
         self.trusted.push(origin.into());
@@ -301,12 +308,12 @@ impl CsrfLayerBuilder {
         }
         let mut trusted = Vec::with_capacity(self.trusted.len());
         for origin in &self.trusted {
-            let authority = origin_authority(origin.as_bytes()).ok_or_else(|| {
+            let parsed = parse_origin(origin.as_bytes()).ok_or_else(|| {
                 Error::config(format!(
                     "a trusted origin must be scheme://host[:port], as in Origin: {origin:?}"
                 ))
             })?;
-            trusted.push(authority);
+            trusted.push(parsed);
         }
         Ok(CsrfLayer {
             config: Arc::new(Config {
@@ -319,10 +326,10 @@ impl CsrfLayerBuilder {
     }
 }
 
-/// The lowercase `host[:port]` of an `Origin` value
-/// (`scheme://host[:port]`, nothing after); `None` for `null` or anything
-/// else.
-fn origin_authority(origin: &[u8]) -> Option<String> {
+/// An `Origin` value (`scheme://host[:port]`, nothing after) as its
+/// lowercase scheme and `host[:port]`, without the scheme's default port
+/// (`:443` for https, `:80` for http); `None` for `null` or anything else.
+fn parse_origin(origin: &[u8]) -> Option<(String, String)> {
     let origin = std::str::from_utf8(origin).ok()?;
     let (scheme, rest) = origin.split_once("://")?;
     let scheme_ok = scheme
@@ -340,7 +347,23 @@ fn origin_authority(origin: &[u8]) -> Option<String> {
     if authority.as_str().contains('@') || authority.as_str().len() != rest.len() {
         return None;
     }
-    Some(authority.as_str().to_ascii_lowercase())
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = without_default_port(authority.as_str(), &scheme);
+    Some((scheme, authority))
+}
+
+/// `host[:port]` in lower case, without `:443` (https) or `:80` (http).
+fn without_default_port(authority: &str, scheme: &str) -> String {
+    let authority = authority.to_ascii_lowercase();
+    let default = match scheme {
+        "https" => Some(":443"),
+        "http" => Some(":80"),
+        _ => None,
+    };
+    match default.and_then(|port| authority.strip_suffix(port)) {
+        Some(host) => host.to_owned(),
+        None => authority,
+    }
 }
 
 impl<S> Layer<S> for CsrfLayer {
@@ -369,6 +392,15 @@ impl<S> fmt::Debug for CsrfService<S> {
     }
 }
 
+/// Whether `path` is `prefix` or under it: `/api` covers `/api` and
+/// `/api/x`, not `/apiary`; `/api/` covers `/api/x`.
+fn is_under(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
 /// What the request's headers decide.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
@@ -376,9 +408,10 @@ enum Verdict {
     Unchecked,
     /// The browser says it comes from this origin (or a trusted one).
     SameOrigin,
-    /// The browser says it comes from elsewhere.
+    /// The browser says (by `Sec-Fetch-Site`) it comes from elsewhere.
     CrossOrigin,
-    /// Neither header: the token decides.
+    /// No `Sec-Fetch-Site`, and no `Origin` of this host: the token
+    /// decides.
     Token,
 }
 
@@ -390,39 +423,46 @@ impl Config {
         ) || self
             .exempt
             .iter()
-            .any(|prefix| parts.uri.path().starts_with(prefix.as_str()))
+            .any(|prefix| is_under(parts.uri.path(), prefix))
         {
             return Verdict::Unchecked;
         }
         let headers = &parts.headers;
-        let origin = headers.get(header::ORIGIN).map(|o| o.as_bytes());
-        let trusted = || {
-            origin
-                .and_then(origin_authority)
-                .is_some_and(|a| self.trusted.contains(&a))
+        // One Origin, else none usable.
+        let mut origins = headers.get_all(header::ORIGIN).iter();
+        let origin = match (origins.next(), origins.next()) {
+            (Some(origin), None) => parse_origin(origin.as_bytes()),
+            _ => None,
         };
+        let trusted = origin.as_ref().is_some_and(|o| self.trusted.contains(o));
         if let Some(site) = headers.get("sec-fetch-site") {
             return match site.as_bytes() {
                 b"same-origin" | b"none" => Verdict::SameOrigin,
-                _ if trusted() => Verdict::SameOrigin,
+                _ if trusted => Verdict::SameOrigin,
                 _ => Verdict::CrossOrigin,
             };
         }
-        let Some(origin) = origin else {
+        // No Fetch Metadata: an older browser, a page served over plain
+        // http (browsers send it to secure contexts only), or a script.
+        let Some((scheme, authority)) = origin else {
             return Verdict::Token;
-        };
-        let Some(authority) = origin_authority(origin) else {
-            return Verdict::CrossOrigin;
         };
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| parts.uri.authority().map(|a| a.as_str()));
-        if host.is_some_and(|h| h.eq_ignore_ascii_case(&authority)) || trusted() {
-            Verdict::SameOrigin
-        } else {
-            Verdict::CrossOrigin
+        if trusted || host.is_some_and(|h| without_default_port(h, &scheme) == authority) {
+            return Verdict::SameOrigin;
         }
+        // Another origin, or one this host is not called by (a proxy that
+        // rewrites Host): the token decides, which a page elsewhere cannot
+        // know. A lone Origin is no proof either way.
+        tracing::debug!(
+            origin = %format!("{scheme}://{authority}"),
+            host = host.unwrap_or(""),
+            "CSRF: Origin is not this host; checking the token"
+        );
+        Verdict::Token
     }
 }
 
@@ -688,20 +728,25 @@ mod tests {
     fn the_headers_decide_in_order() {
         let c = layer(|b| {
             b.exempt("/api/")
+                .exempt("/hook")
                 .trusted_origin("https://Admin.Example.com")
         });
         let v = |method, path, headers: &[(&str, &str)]| c.verdict(&parts(method, path, headers));
+        let cross = [("sec-fetch-site", "cross-site")];
+        assert_eq!(v("GET", "/", &cross), Verdict::Unchecked);
+        assert_eq!(v("POST", "/api/x", &cross), Verdict::Unchecked);
+        assert_eq!(v("POST", "/apix", &cross), Verdict::CrossOrigin);
+        assert_eq!(v("POST", "/hook", &cross), Verdict::Unchecked);
+        assert_eq!(v("POST", "/hook/a", &cross), Verdict::Unchecked);
         assert_eq!(
-            v("GET", "/", &[("sec-fetch-site", "cross-site")]),
-            Verdict::Unchecked
+            v("POST", "/hooks", &cross),
+            Verdict::CrossOrigin,
+            "a segment, not a prefix"
         );
         assert_eq!(
-            v("POST", "/api/x", &[("sec-fetch-site", "cross-site")]),
-            Verdict::Unchecked
-        );
-        assert_eq!(
-            v("POST", "/apix", &[("sec-fetch-site", "cross-site")]),
-            Verdict::CrossOrigin
+            v("post", "/", &cross),
+            Verdict::CrossOrigin,
+            "an unknown method is unsafe"
         );
         assert_eq!(
             v("POST", "/", &[("sec-fetch-site", "same-origin")]),
@@ -726,24 +771,58 @@ mod tests {
             ("host", "a.test"),
         ];
         assert_eq!(v("POST", "/", &h), Verdict::CrossOrigin);
-        // A trusted origin passes even cross-site.
+        // A trusted origin passes even cross-site; its scheme counts.
         let h = [
             ("sec-fetch-site", "same-site"),
             ("origin", "https://admin.example.com"),
         ];
         assert_eq!(v("POST", "/", &h), Verdict::SameOrigin);
-        // Origin alone, against Host (ports count, case does not).
+        let h = [
+            ("sec-fetch-site", "same-site"),
+            ("origin", "https://admin.example.com:443"),
+        ];
+        assert_eq!(v("POST", "/", &h), Verdict::SameOrigin);
+        let h = [
+            ("sec-fetch-site", "same-site"),
+            ("origin", "http://admin.example.com"),
+        ];
+        assert_eq!(v("POST", "/", &h), Verdict::CrossOrigin);
+        // Origin alone, against Host (ports count, default ones and case do
+        // not); anything else leaves it to the token.
         let o = |origin, host| v("PUT", "/", &[("origin", origin), ("host", host)]);
         assert_eq!(o("http://a.test:8080", "A.test:8080"), Verdict::SameOrigin);
-        assert_eq!(o("http://a.test:8081", "a.test:8080"), Verdict::CrossOrigin);
-        assert_eq!(o("http://evil.test", "a.test"), Verdict::CrossOrigin);
-        assert_eq!(o("null", "a.test"), Verdict::CrossOrigin);
-        assert_eq!(o("http://a.test/path", "a.test"), Verdict::CrossOrigin);
-        assert_eq!(o("http://user@a.test", "a.test"), Verdict::CrossOrigin);
+        assert_eq!(o("https://a.test", "a.test:443"), Verdict::SameOrigin);
+        assert_eq!(o("http://a.test:80", "a.test"), Verdict::SameOrigin);
+        assert_eq!(o("https://a.test", "a.test:80"), Verdict::Token);
+        assert_eq!(o("http://a.test:8081", "a.test:8080"), Verdict::Token);
+        assert_eq!(o("http://evil.test", "a.test"), Verdict::Token);
+        assert_eq!(o("null", "a.test"), Verdict::Token);
+        assert_eq!(o("http://a.test/path", "a.test"), Verdict::Token);
+        assert_eq!(o("http://user@a.test", "a.test"), Verdict::Token);
         assert_eq!(
             o("https://admin.example.com", "a.test"),
             Verdict::SameOrigin
         );
+        // Two Origin headers are none.
+        let two = [
+            ("origin", "http://a.test"),
+            ("origin", "http://a.test"),
+            ("host", "a.test"),
+        ];
+        assert_eq!(v("POST", "/", &two), Verdict::Token);
+        // HTTP/2: no Host, the URI's authority.
+        let h2 = parts(
+            "POST",
+            "https://a.test/form",
+            &[("origin", "https://a.test")],
+        );
+        assert_eq!(c.verdict(&h2), Verdict::SameOrigin);
+        let h2 = parts(
+            "POST",
+            "https://a.test/form",
+            &[("origin", "https://b.test")],
+        );
+        assert_eq!(c.verdict(&h2), Verdict::Token);
         // Neither header: the token decides.
         assert_eq!(v("POST", "/", &[("host", "a.test")]), Verdict::Token);
     }

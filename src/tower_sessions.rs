@@ -34,12 +34,15 @@
 //!   where `<digest>` is the SHA-256 of the session id (hex): a dump of
 //!   Redis holds no live cookie. The value is JSON (`{"e": expiry,
 //!   "d": data}`); the id is not stored in it.
-//! - Its TTL is the record's `expiry_date` (`SET ... PXAT`), so Redis drops
-//!   it on time; a record whose expiry has passed is deleted, not saved.
+//! - Its TTL is what is left until the record's `expiry_date` by this
+//!   host's clock (`SET ... PX`: relative, so a Redis clock that differs
+//!   from this host's moves nothing), and Redis drops it on time; a record
+//!   whose expiry has passed is deleted, not saved.
 //! - `create` writes with `SET ... NX` and draws a new id on a collision,
 //!   as the trait asks, so a new session never overwrites another; `save`
 //!   writes with `SET ... XX`, so a request that ran while another logged
-//!   the session out (or it expired) does not bring it back.
+//!   the session out (or it expired) does not bring it back (tower-sessions
+//!   still sends its cookie, which then names no session).
 //! - On the memory backend the keys count as sessions: keys clients make
 //!   the other layers create never evict them.
 //!
@@ -112,11 +115,18 @@ impl TowerSessionStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         if expires_ms <= now_ms {
-            // Already expired: nothing to keep (and PXAT in the past would
-            // be refused by some servers).
-            self.backend.delete(&key).await.map_err(backend_error)?;
-            return Ok(mode == Write::Existing);
+            // Already expired: nothing to keep. A change removes the
+            // session; a new one is simply not stored (there is nothing
+            // under its fresh id to remove).
+            if mode == Write::Existing {
+                self.backend.delete(&key).await.map_err(backend_error)?;
+            }
+            return Ok(true);
         }
+        // What is left of it, by this host's clock (tower-sessions computes
+        // the expiry from now on this host): a relative TTL, so Redis's
+        // clock being off from this host's moves nothing.
+        let ttl_ms = u64::try_from(expires_ms - now_ms).unwrap_or(u64::MAX);
         let value = serde_json::to_vec(&Stored {
             e: expires_ms,
             d: std::borrow::Cow::Borrowed(&record.data),
@@ -125,7 +135,7 @@ impl TowerSessionStore {
         let written = match &self.backend {
             Backend::Redis(redis) => {
                 let mut cmd = ::redis::cmd("SET");
-                cmd.arg(&key).arg(&value).arg("PXAT").arg(expires_ms as u64);
+                cmd.arg(&key).arg(&value).arg("PX").arg(ttl_ms);
                 cmd.arg(match mode {
                     Write::New => "NX",
                     Write::Existing => "XX",
@@ -134,7 +144,7 @@ impl TowerSessionStore {
                 reply.is_some()
             }
             Backend::Memory(memory) => {
-                let ttl = Duration::from_millis((expires_ms - now_ms) as u64);
+                let ttl = Duration::from_millis(ttl_ms);
                 memory
                     .atomically(|ks| {
                         if ks.get(&key).is_some() != (mode == Write::Existing) {

@@ -152,6 +152,11 @@ support::both_backends! { TestBackend::new;
         second.expiry_date = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
         store.save(&second).await.unwrap();
         assert!(store.load(&second.id).await.unwrap().is_none());
+        // An expired new record is not stored, and takes no other id.
+        let mut late = Record { id: Id(11), data: Default::default(), expiry_date: second.expiry_date };
+        store.create(&mut late).await.unwrap();
+        assert_eq!(late.id, Id(11));
+        assert!(store.load(&Id(11)).await.unwrap().is_none());
         store.delete(&Id(7)).await.unwrap();
         assert!(store.load(&Id(7)).await.unwrap().is_none());
         // A save of a session deleted meanwhile (a logout by another

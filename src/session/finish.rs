@@ -47,7 +47,7 @@ impl Session {
         let state = self.state();
         let mut edits = self.edits();
         // (A logout followed by changes starts a new session: `finish`.)
-        if edits.destroyed && !edits.is_dirty() {
+        if edits.only_logout() {
             if state.had_cookie() {
                 self.remove_cookie(headers);
             }
@@ -109,7 +109,7 @@ impl Session {
             let state = std::mem::replace(&mut *state, taken);
             (state, std::mem::take(&mut *self.edits()))
         };
-        if edits.destroyed && !edits.is_dirty() {
+        if edits.only_logout() {
             if state.had_cookie() {
                 self.remove_cookie(headers);
             }
@@ -363,7 +363,13 @@ impl Session {
     ) -> (SaveRequest, Option<String>) {
         let mut data: BTreeMap<&str, Option<&str>> = BTreeMap::new();
         if !edits.clear {
-            data.extend(record.data.iter().map(|(k, v)| (k, Some(v))));
+            // Not the CSRF token: a session planted before the login (the
+            // reason ids are renewed) may have one its planter knows.
+            let kept = record
+                .data
+                .iter()
+                .filter(|(k, _)| *k != crate::csrf::TOKEN_KEY);
+            data.extend(kept.map(|(k, v)| (k, Some(v))));
         }
         data.extend(
             edits

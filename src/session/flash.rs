@@ -15,6 +15,10 @@ use super::{Session, SessionError};
 /// theirs (the session saves only the keys a request changed).
 pub const FLASH_KEY_PREFIX: &str = "__flash.";
 
+/// How many earlier requests' messages a request that reads the session
+/// and adds one keeps, its own aside.
+pub const MAX_UNREAD: usize = 31;
+
 /// How much a message matters, for its styling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,6 +97,9 @@ impl Message {
 /// - A response with a 5xx status saves nothing, so messages taken by a
 ///   request that then failed are shown again by the next one.
 /// - Unread messages stay until a request takes them or the session ends.
+///   A request that adds one after reading the session keeps at most the
+///   [`MAX_UNREAD`] latest requests' messages, dropping the oldest (a
+///   request that has not read it cannot count them, and adds its own).
 ///
 /// ```
 /// use axum::response::{Html, Redirect};
@@ -107,7 +114,10 @@ impl Message {
 /// async fn home(flash: Flash) -> Result<Html<String>, SessionError> {
 ///     let mut page = String::new();
 ///     for message in flash.take().await? {
-///         page.push_str(&format!("<p class={}>{}</p>", message.level, message.text));
+///         // Escaped: a message may hold what a user typed (a template
+///         // engine such as maud does this for you).
+///         let text = message.text.replace('&', "&amp;").replace('<', "&lt;");
+///         page.push_str(&format!("<p class={}>{text}</p>", message.level));
 ///     }
 ///     Ok(Html(page))
 /// }
@@ -156,9 +166,40 @@ impl Flash {
             None => {
                 let json = serde_json::to_string(&[message]).map_err(SessionError::Serialize)?;
                 edits.changes.insert(new_key(), Some(json));
+                drop(edits);
+                self.trim();
             }
         }
         Ok(())
+    }
+
+    /// Drops the oldest unread requests' messages beyond [`MAX_UNREAD`],
+    /// when this request has read the session (else it cannot count them).
+    fn trim(&self) {
+        let state = self.session.state();
+        let mut edits = self.session.edits();
+        let Known::Live(live) = &state.known else {
+            return;
+        };
+        if edits.clear {
+            return;
+        }
+        let mut unread: Vec<&str> = live
+            .record
+            .data
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|key| key.starts_with(FLASH_KEY_PREFIX))
+            .filter(|key| !edits.changes.contains_key(*key))
+            .collect();
+        if unread.len() <= MAX_UNREAD {
+            return;
+        }
+        unread.sort_unstable();
+        let drop = unread.len() - MAX_UNREAD;
+        for key in &unread[..drop] {
+            edits.changes.insert((*key).to_owned(), None);
+        }
     }
 
     /// Adds a message of `level`.

@@ -154,11 +154,22 @@ pub(super) struct Edits {
     pub(super) user_change: Option<Option<String>>,
     pub(super) cycle: bool,
     pub(super) destroyed: bool,
+    /// The logout is done (the session deleted, or there was none): the
+    /// changes made after it start a new session. A logout that failed
+    /// leaves this false, so they are dropped with the cookie.
+    pub(super) ended: bool,
 }
 
 impl Edits {
     pub(super) fn is_dirty(&self) -> bool {
         !self.changes.is_empty() || self.clear || self.user_change.is_some() || self.cycle
+    }
+
+    /// A logout whose response only drops the cookie: no later change, or
+    /// the logout failed (nothing may then be written, to the old session
+    /// or a new one).
+    pub(super) fn only_logout(&self) -> bool {
+        self.destroyed && !(self.ended && self.is_dirty())
     }
 }
 
@@ -471,7 +482,10 @@ impl Session {
                 Known::NoCookie
                 | Known::Missing
                 | Known::Degraded { cookie: None }
-                | Known::Finished { cookie: None } => return Ok(()),
+                | Known::Finished { cookie: None } => {
+                    self.edits().ended = true;
+                    return Ok(());
+                }
             }
         };
         let store = &self.config().store;
@@ -505,6 +519,7 @@ impl Session {
             return Err(e);
         }
         self.state().known = Known::Missing;
+        self.edits().ended = true;
         Ok(())
     }
 

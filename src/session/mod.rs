@@ -107,8 +107,8 @@
 //! # Conveniences
 //!
 //! - [`Typed`]: one struct under one key, with a stored value that no
-//!   longer deserialises read as absent once (and removed) rather than
-//!   failing every request.
+//!   longer deserialises read as absent (and left for older code until
+//!   replaced) rather than failing every request.
 //! - [`Flash`]: messages for the next page, through the field-level save.
 //! - [`crate::csrf`]: a CSRF layer whose token lives in the session.
 //!
@@ -167,7 +167,7 @@ pub use self::config::{
 pub use self::error::SessionError;
 #[cfg(feature = "axum")]
 pub use self::extract::MissingSessionLayer;
-pub use self::flash::{Flash, Level, Message, FLASH_KEY_PREFIX};
+pub use self::flash::{Flash, Level, Message, FLASH_KEY_PREFIX, MAX_UNREAD};
 pub use self::handle::Session;
 pub use self::id::{SessionHandle, SessionId};
 pub use self::layer::{ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService};

@@ -41,11 +41,14 @@ pub trait SessionValue: Serialize + DeserializeOwned + Send + Sync + 'static {
 ///
 /// When a deploy changes `T` so that a value stored by the older version no
 /// longer deserialises, [`get`](Self::get) treats it as absent: it logs a
-/// warning naming the key, answers `None`, and removes the stored value
-/// when the response goes out. So the user starts from an empty value once,
-/// instead of meeting an error on every request until the session ends.
-/// [`try_get`](Self::try_get) returns the error instead and leaves the
-/// value alone, for code that migrates old values itself.
+/// warning naming the key and answers `None`, so the user starts from an
+/// empty value instead of meeting an error on every request until the
+/// session ends. The stored value is left as it is until a
+/// [`set`](Self::set) or [`update`](Self::update) replaces it: during a
+/// rolling deploy (or after a rollback) the older version still reads it,
+/// and a value written meanwhile by another request is never removed
+/// because of this one's read. [`try_get`](Self::try_get) returns the
+/// error instead, for code that migrates old values itself.
 ///
 /// ```
 /// use redis_layers::session::{SessionError, SessionValue, Typed};
@@ -101,19 +104,16 @@ impl Session {
 
 impl<T: SessionValue> Typed<T> {
     /// The stored value; `None` when there is none, or when the stored one
-    /// no longer deserialises into `T` (it is then removed when the
-    /// response goes out; see the [type's docs](Typed)).
+    /// no longer deserialises into `T` (logged; see the [type's
+    /// docs](Typed)).
     pub async fn get(&self) -> Result<Option<T>, SessionError> {
         match self.try_get().await {
             Err(SessionError::Deserialize { key, source }) => {
                 tracing::warn!(
                     key,
                     error = %source,
-                    "a session value no longer fits its type: read as absent and removed"
+                    "a session value no longer fits its type: read as absent"
                 );
-                // After the response went out nothing can be removed; the
-                // next request that reads it removes it.
-                self.session.remove(T::KEY);
                 Ok(None)
             }
             other => other,

@@ -98,6 +98,13 @@ async fn flash_fail(flash: Flash) -> (StatusCode, String) {
     (StatusCode::INTERNAL_SERVER_ERROR, shown.to_string())
 }
 
+/// Reads the session, then adds a message.
+async fn read_and_flash(session: Session) -> Result<&'static str, SessionError> {
+    let _: Option<u64> = session.get("n").await?;
+    session.flash().info("last")?;
+    Ok("ok")
+}
+
 /// A write and a message in one request.
 async fn write_and_flash(session: Session) -> Result<&'static str, SessionError> {
     session.insert("n", 1)?;
@@ -109,6 +116,19 @@ async fn write_and_flash(session: Session) -> Result<&'static str, SessionError>
 async fn logout_with_flash(session: Session) -> Result<&'static str, SessionError> {
     session.insert("dropped", 1)?;
     session.destroy().await?;
+    session.flash().info("logged out")?;
+    Ok("ok")
+}
+
+async fn login(session: Session) -> Result<&'static str, SessionError> {
+    session.cycle_id().await?;
+    session.set_user("alice")?;
+    Ok("ok")
+}
+
+/// A "best effort" logout that ignores a failure, then flashes.
+async fn lenient_logout(session: Session) -> Result<&'static str, SessionError> {
+    let _ = session.destroy().await;
     session.flash().info("logged out")?;
     Ok("ok")
 }
@@ -132,9 +152,12 @@ fn routes() -> Router {
         .route("/flash", get(flash_show))
         .route("/flash/{level}/{text}", post(flash_add))
         .route("/flash-both", post(flash_both))
+        .route("/read-and-flash", post(read_and_flash))
         .route("/flash-fail", post(flash_fail))
         .route("/write-and-flash", post(write_and_flash))
         .route("/logout-flash", post(logout_with_flash))
+        .route("/lenient-logout", post(lenient_logout))
+        .route("/login", post(login))
         .route("/token", get(token))
         .route("/form", post(form_echo))
         .route("/api/form", post(form_echo))
@@ -204,7 +227,7 @@ crate::support::both_backends! { Fixture::new;
         assert_eq!(c.get("/cart").await.body, "empty");
     }
 
-    a_typed_value_that_no_longer_fits_is_read_as_absent_and_removed_once => |fx| {
+    a_typed_value_that_no_longer_fits_is_read_as_absent_until_replaced => |fx| {
         let mut c = Client::new(app(&fx));
         // What an older version stored under the key.
         c.post("/raw/cart/%5B1%2C2%5D").await;
@@ -215,11 +238,12 @@ crate::support::both_backends! { Fixture::new;
         assert_eq!(c.get("/raw/cart").await.body, "[1,2]", "try_get leaves it");
         let r = c.get("/cart").await;
         assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "empty"), "no 500");
-        assert_eq!(c.get("/raw/cart").await.body, "none", "removed with that response");
-        assert_eq!(c.get("/raw/other").await.body, "1", "nothing else goes");
+        assert_eq!(c.get("/cart").await.body, "empty", "every time");
+        assert_eq!(c.get("/raw/cart").await.body, "[1,2]", "kept for older code until replaced");
         // A fresh start from the default, stored in the new shape.
         assert_eq!(c.post("/cart/add/9").await.body, "1");
         assert_eq!(c.get("/cart/strict").await.body, "Some([9])");
+        assert_eq!(c.get("/raw/other").await.body, "1", "nothing else changed");
     }
 
     flash_messages_show_once_in_the_order_they_were_set => |fx| {
@@ -240,6 +264,21 @@ crate::support::both_backends! { Fixture::new;
         c.post("/flash/info/first").await;
         assert_eq!(c.post("/flash-both").await.body, "info:first");
         assert_eq!(c.get("/flash").await.body, "info:later");
+    }
+
+    unread_messages_are_bounded_by_a_request_that_reads_the_session => |fx| {
+        use redis_layers::session::MAX_UNREAD;
+        let mut c = Client::new(app(&fx));
+        let blind = MAX_UNREAD + 4;
+        for i in 0..blind {
+            c.post(&format!("/flash/info/m{i:02}")).await;
+        }
+        c.post("/read-and-flash").await;
+        let shown = c.get("/flash").await.body;
+        let got: Vec<&str> = shown.split(' ').collect();
+        let mut want: Vec<String> = (blind - MAX_UNREAD..blind).map(|i| format!("info:m{i:02}")).collect();
+        want.push("info:last".to_owned());
+        assert_eq!(got, want, "the oldest go first");
     }
 
     a_failed_response_keeps_the_messages_it_took => |fx| {
@@ -304,6 +343,21 @@ crate::support::both_backends! { Fixture::new;
         // The old cookie names nothing.
         let r = send(&app(&fx), "GET", "/raw/secret", Some(&old), &[], "").await;
         assert_eq!(r.body, "none");
+    }
+
+    a_failed_logout_writes_nothing_and_still_drops_the_cookie => |fx| {
+        let mut c = Client::new(app(&fx));
+        c.post("/raw/secret/1").await;
+        let old = c.cookie.clone().unwrap();
+        fx.fail_deletes.store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = c.post("/lenient-logout").await;
+        fx.fail_deletes.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(c.cookie, None, "the cookie is dropped: {:?}", r.set_cookie());
+        assert_eq!(fx.session_count(), 1, "no new session");
+        // The old session (its delete failed) got no message either.
+        let r = send(&app(&fx), "GET", "/flash", Some(&old), &[], "").await;
+        assert_eq!(r.body, "");
     }
 
     csrf_fetch_metadata_decides_for_browsers_that_send_it => |fx| {
@@ -376,6 +430,63 @@ crate::support::both_backends! { Fixture::new;
         assert_eq!(r.status, StatusCode::FORBIDDEN);
         let r = send(&app, "POST", "/form", Some(&mine), &[(TOKEN_HEADER, &theirs)], "").await;
         assert_eq!(r.status, StatusCode::FORBIDDEN);
+    }
+
+    csrf_a_login_renews_the_token_with_the_id => |fx| {
+        let app = guarded(&fx);
+        let (cookie, before) = session_with_token(&app).await;
+        let same = [("sec-fetch-site", "same-origin")];
+        let r = send(&app, "POST", "/login", Some(&cookie), &same, "").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let renewed = r.set_cookie().unwrap().split(';').next().unwrap().to_owned();
+        let after = send(&app, "GET", "/token", Some(&renewed), &[], "").await.body;
+        assert_ne!(after, before, "a token known before the login is no good after it");
+        let body = format!("{TOKEN_FIELD}={before}");
+        let r = send(&app, "POST", "/form", Some(&renewed), &[FORM], &body).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        let body = format!("{TOKEN_FIELD}={after}");
+        let r = send(&app, "POST", "/form", Some(&renewed), &[FORM], &body).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+
+    csrf_a_value_of_another_type_under_the_key_is_replaced_not_a_500 => |fx| {
+        let app = guarded(&fx);
+        let mut c = Client::new(app.clone());
+        c.post("/raw/__csrf/%5B1%5D").await;
+        let r = c.get("/token").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body.len(), 43, "{}", r.body);
+        assert_eq!(c.get("/token").await.body, r.body, "stored");
+    }
+
+    csrf_an_origin_that_is_not_this_host_falls_back_to_the_token => |fx| {
+        let app = guarded(&fx);
+        let (cookie, token) = session_with_token(&app).await;
+        // A proxy that rewrites Host: the browser's Origin names the public
+        // host; the token still gets the form through.
+        let h = [("origin", "https://shop.example"), ("host", "127.0.0.1:3000"), FORM];
+        let body = format!("{TOKEN_FIELD}={token}");
+        let r = send(&app, "POST", "/form", Some(&cookie), &h, &body).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let r = send(&app, "POST", "/form", Some(&cookie), &h, "a=1").await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+    }
+
+    csrf_a_chunked_form_over_the_limit_is_413 => |fx| {
+        let app = csrf_app(&fx, |b| b.max_form_body(64));
+        let (cookie, token) = session_with_token(&app).await;
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+            Ok(bytes::Bytes::from(format!("{TOKEN_FIELD}={token}&pad="))),
+            Ok(bytes::Bytes::from("x".repeat(40))),
+        ];
+        let body = Body::from_stream(futures_util::stream::iter(chunks));
+        let req = Request::post("/form")
+            .header(header::COOKIE, &cookie)
+            .header(FORM.0, FORM.1)
+            .body(body)
+            .unwrap();
+        let r = crate::support::reply::send(&app, req).await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
     }
 
     csrf_an_oversized_form_is_413_and_a_restyled_refusal_is_the_hooks => |fx| {
