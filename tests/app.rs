@@ -1218,3 +1218,31 @@ mod process {
         );
     }
 }
+
+/// "Remember me" at login: that session's cookie survives a browser
+/// restart (a week, the app's absolute timeout); another login's ends with
+/// the browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remember_me_makes_one_sessions_cookie_persistent() {
+    let tb = TestBackend::new(Kind::Memory);
+    let addr = serve(tb.backend.clone()).await;
+    let mut remembered = Client::new(addr);
+    let r = remembered
+        .form("/login", &format!("{LOGIN_ALICE}&remember=on"))
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let set = r.header("set-cookie").unwrap();
+    let week = 7 * 24 * 3600;
+    assert!(
+        set.contains(&format!("Max-Age={week}")) || set.contains(&format!("Max-Age={}", week - 1)),
+        "{set}"
+    );
+    assert!(remembered
+        .get("/account")
+        .await
+        .body
+        .contains("Sessions of alice"));
+    let r = Client::new(addr).form("/login", LOGIN_ALICE).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(!r.header("set-cookie").unwrap().contains("Max-Age"));
+}

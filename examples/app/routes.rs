@@ -40,6 +40,9 @@ fn known_api_key(headers: &HeaderMap) -> Option<&'static str> {
 /// The session cookie's name when served over https.
 pub const SECURE_COOKIE_NAME: &str = "__Host-shop";
 
+/// How long a "remember me" login lasts idle (and at most).
+const REMEMBER_ME: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// How long placing an order takes: it stands for the payment provider's
 /// round trip, and is why a concurrent duplicate sees 409.
 const ORDER_LATENCY: std::time::Duration = std::time::Duration::from_millis(150);
@@ -58,6 +61,10 @@ pub fn router(
     // counters when it is built.
     prometheus();
     let sessions = SessionLayer::builder(backend.clone())
+        // Idle 30 minutes (the default) for every session; a week at most
+        // for one whose user ticked "remember me" (its own idle timeout,
+        // see `login`). Sessions that stay active end after a week.
+        .absolute_timeout(REMEMBER_ME)
         // Plain http on localhost needs it off (a Secure cookie would never
         // come back); keep it on anywhere served over https.
         .secure(secure_cookies)
@@ -510,6 +517,8 @@ async fn login_form() -> maud::Markup {
 struct LoginForm {
     user: String,
     password: String,
+    /// The "remember me" checkbox (`on` when ticked).
+    remember: Option<String>,
 }
 
 /// The rule the login form states.
@@ -624,7 +633,13 @@ async fn login(
     // planted before login is useless after it.
     let result = async {
         session.cycle_id().await?;
-        session.set_user(user)
+        session.set_user(user)?;
+        if form.remember.is_some() {
+            // This session only: a week's idle timeout and a cookie that
+            // survives a browser restart.
+            session.remember(REMEMBER_ME)?;
+        }
+        Ok::<_, SessionError>(())
     }
     .await;
     match result {

@@ -161,6 +161,7 @@ pub fn login(error: Option<&str>, user: &str) -> Markup {
                 label { "Password "
                     input name="password" type="password" required maxlength="256"
                         autocomplete="current-password"; }
+                label { input name="remember" type="checkbox"; " Remember me on this device for a week" }
                 button { "Log in" }
             }
             p.hint { "User names are 1 to 64 letters, digits, '_', '.' or '-'. "

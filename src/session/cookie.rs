@@ -153,18 +153,17 @@ impl CookieConfig {
         })
     }
 
-    /// `Set-Cookie` for `id`; `max_age` is used for persistent cookies.
+    /// `Set-Cookie` for `id`: persistent with `max_age`, else ending with
+    /// the browser.
     pub(crate) fn set(&self, headers: &mut HeaderMap, id: &SessionId, max_age: Option<Duration>) {
         let mut cookie = self.base(id.as_str().to_owned());
-        if self.persistent {
-            if let Some(age) = max_age {
-                // Rounded up: a session with half a second left must not get
-                // `Max-Age=0`, which deletes the cookie at once.
-                let secs = age.as_millis().div_ceil(1000);
-                cookie.set_max_age(cookie::time::Duration::seconds(
-                    i64::try_from(secs).unwrap_or(i64::MAX),
-                ));
-            }
+        if let Some(age) = max_age {
+            // Rounded up: a session with half a second left must not get
+            // `Max-Age=0`, which deletes the cookie at once.
+            let secs = age.as_millis().div_ceil(1000);
+            cookie.set_max_age(cookie::time::Duration::seconds(
+                i64::try_from(secs).unwrap_or(i64::MAX),
+            ));
         }
         let cookie = match self.keys.first() {
             Some(key) => {
@@ -421,24 +420,19 @@ mod tests {
     fn set_cookie_carries_secure_defaults() {
         let c = CookieConfig::default();
         let mut out = HeaderMap::new();
-        c.set(
-            &mut out,
-            &SessionId::generate().unwrap(),
-            Some(Duration::from_secs(60)),
-        );
+        c.set(&mut out, &SessionId::generate().unwrap(), None);
         let raw = out.get(SET_COOKIE).unwrap().to_str().unwrap();
         for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
             assert!(raw.contains(attr), "{raw}");
         }
         assert!(
             !raw.contains("Max-Age"),
-            "browser-session cookie by default: {raw}"
+            "a browser-session cookie without a max age: {raw}"
         );
 
-        let p = CookieConfig {
-            persistent: true,
-            ..CookieConfig::default()
-        };
+        // With one, persistent (the caller decides, from the layer's
+        // setting or the session's own).
+        let p = CookieConfig::default();
         let mut out = HeaderMap::new();
         p.set(
             &mut out,

@@ -24,6 +24,14 @@ pub enum SessionError {
     },
     /// A user id must be 1 to 256 bytes.
     InvalidUser,
+    /// A session's own idle timeout must be longer than the layer's touch
+    /// interval (see [`Session::set_idle_timeout`](super::Session::set_idle_timeout)).
+    InvalidTimeout {
+        /// The idle timeout asked for.
+        timeout: std::time::Duration,
+        /// The layer's touch interval.
+        touch_interval: std::time::Duration,
+    },
     /// The response has gone out: a change made now (by a task the handler
     /// spawned, say) could no longer be saved. A logout still works.
     ResponseSent,
@@ -38,6 +46,13 @@ impl fmt::Display for SessionError {
                 write!(f, "session value {key:?} has an unexpected type: {source}")
             }
             SessionError::InvalidUser => f.write_str("a session user id must be 1 to 256 bytes"),
+            SessionError::InvalidTimeout {
+                timeout,
+                touch_interval,
+            } => write!(
+                f,
+                "a session's idle timeout ({timeout:?}) must be longer than the touch interval ({touch_interval:?})"
+            ),
             SessionError::ResponseSent => {
                 f.write_str("the response has gone out: session changes can no longer be saved")
             }
@@ -51,7 +66,9 @@ impl std::error::Error for SessionError {
             SessionError::Store(e) => Some(e),
             SessionError::Serialize(e) => Some(e),
             SessionError::Deserialize { source, .. } => Some(source),
-            SessionError::InvalidUser | SessionError::ResponseSent => None,
+            SessionError::InvalidUser
+            | SessionError::InvalidTimeout { .. }
+            | SessionError::ResponseSent => None,
         }
     }
 }

@@ -133,12 +133,12 @@ impl Session {
                 .await
                 .map(|()| Some("renewed")),
             Known::Live(live) => self
-                .update(&live.handle, Some(&live), &mut edits, headers)
+                .update(&live.id, Some(&live), &mut edits, headers)
                 .await
                 .map(|()| Some("saved")),
             // A blind write: the save itself checks the session exists.
             Known::Unloaded(id) => self
-                .update(&id.handle(), None, &mut edits, headers)
+                .update(&id, None, &mut edits, headers)
                 .await
                 .map(|()| Some("saved")),
             // Writing now would fork the session the other request renewed.
@@ -177,11 +177,27 @@ impl Session {
         no_store(headers);
     }
 
-    /// `Set-Cookie` for a newly issued id; a persistent cookie lives until
-    /// the session's absolute deadline, `ends_in` from now.
-    fn set_cookie(&self, headers: &mut HeaderMap, id: &SessionId, ends_in: Duration) {
-        self.config().cookie.set(headers, id, Some(ends_in));
+    /// `Set-Cookie` for `id` (newly issued, or whose persistence changed);
+    /// a `persistent` cookie lives until the session's absolute deadline,
+    /// `ends_in` from now.
+    fn set_cookie(
+        &self,
+        headers: &mut HeaderMap,
+        id: &SessionId,
+        ends_in: Duration,
+        persistent: bool,
+    ) {
+        self.config()
+            .cookie
+            .set(headers, id, persistent.then_some(ends_in));
         no_store(headers);
+    }
+
+    /// Whether the session's cookie is persistent: its own setting after
+    /// this request's change (`own`, what it had before), else the layer's.
+    fn persistent(&self, edits: &Edits, own: Option<bool>) -> bool {
+        let own = edits.persistent_change.unwrap_or(own);
+        own.unwrap_or(self.config().cookie.persistent)
     }
 
     /// The save request carrying `edits`.
@@ -189,6 +205,8 @@ impl Session {
         request.clear = edits.clear;
         request.data = std::mem::take(&mut edits.changes).into_iter().collect();
         request.user = edits.user_change.take();
+        request.own_idle = edits.idle_change;
+        request.own_persistent = edits.persistent_change;
         request
     }
 
@@ -196,19 +214,31 @@ impl Session {
     /// loaded, if it did.
     async fn update(
         &self,
-        handle: &SessionHandle,
+        id: &SessionId,
         prior: Option<&Live>,
         edits: &mut Edits,
         headers: &mut HeaderMap,
     ) -> Result<(), FinishError> {
         let config = self.config();
+        let handle = &prior.map_or_else(|| id.handle(), |p| p.handle);
         let new_user = edits.user_change.clone();
+        // The cookie is sent again only when its persistence changed.
+        let resend = edits
+            .persistent_change
+            .map(|change| change.unwrap_or(config.cookie.persistent));
         let request = Self::with_edits(SaveRequest::update(config.idle), edits);
         match config.store.save(handle, &request).await? {
-            SaveOutcome::Saved { deadline_ms, .. } => {
+            SaveOutcome::Saved {
+                deadline_ms,
+                ends_in,
+                ..
+            } => {
                 let old_user = prior.and_then(|p| p.record.user.as_deref());
                 self.reindex(handle, old_user, new_user, deadline_ms)
                     .await?;
+                if let Some(persistent) = resend {
+                    self.set_cookie(headers, id, ends_in, persistent);
+                }
                 Ok(())
             }
             // Renewed while the request ran: the change would be lost under
@@ -242,6 +272,7 @@ impl Session {
         }
         let config = self.config();
         let new_user = edits.user_change.clone();
+        let persistent = self.persistent(edits, None);
         let request = Self::with_edits(
             SaveRequest::create(config.idle, config.absolute, user_agent_text(state)),
             edits,
@@ -253,7 +284,7 @@ impl Session {
         };
         self.reindex(&id.handle(), None, new_user, deadline_ms)
             .await?;
-        self.set_cookie(headers, &id, ends_in);
+        self.set_cookie(headers, &id, ends_in, persistent);
         Ok(())
     }
 
@@ -333,7 +364,8 @@ impl Session {
                             tracing::debug!(error = %e, "could not drop a renewed session from its user index");
                         }
                     }
-                    self.set_cookie(headers, &id, ends_in);
+                    let persistent = self.persistent(edits, live.record.persistent);
+                    self.set_cookie(headers, &id, ends_in, persistent);
                     return Ok(());
                 }
                 outcome => {
@@ -392,6 +424,9 @@ impl Session {
             .filter_map(|(k, v)| Some((k.to_owned(), Some(v?.to_owned()))))
             .collect();
         request.user = user.clone().map(Some);
+        // The session's own expiry settings go with it.
+        request.own_idle = Some(edits.idle_change.unwrap_or(record.idle));
+        request.own_persistent = Some(edits.persistent_change.unwrap_or(record.persistent));
         (request, user)
     }
 

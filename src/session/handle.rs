@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
@@ -153,6 +154,10 @@ pub(super) struct Edits {
     pub(super) clear: bool,
     pub(super) user_change: Option<Option<String>>,
     pub(super) cycle: bool,
+    /// The session's own idle timeout: set, or dropped (`Some(None)`).
+    pub(super) idle_change: Option<Option<Duration>>,
+    /// The session's own cookie persistence: set, or dropped.
+    pub(super) persistent_change: Option<Option<bool>>,
     pub(super) destroyed: bool,
     /// The logout is done (the session deleted, or there was none): the
     /// changes made after it start a new session. A logout that failed
@@ -162,7 +167,12 @@ pub(super) struct Edits {
 
 impl Edits {
     pub(super) fn is_dirty(&self) -> bool {
-        !self.changes.is_empty() || self.clear || self.user_change.is_some() || self.cycle
+        !self.changes.is_empty()
+            || self.clear
+            || self.user_change.is_some()
+            || self.cycle
+            || self.idle_change.is_some()
+            || self.persistent_change.is_some()
     }
 
     /// A logout whose response only drops the cookie: no later change, or
@@ -441,6 +451,77 @@ impl Session {
         }
         self.edits().user_change = Some(Some(user));
         Ok(())
+    }
+
+    /// "Remember me": gives this session its own idle timeout `idle` and a
+    /// persistent cookie, when the response goes out. It is
+    /// [`set_idle_timeout`](Self::set_idle_timeout) and
+    /// [`set_persistent(true)`](Self::set_persistent) together; call it at
+    /// login (with [`cycle_id`](Self::cycle_id), which keeps both).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redis_layers::session::{Session, SessionError};
+    ///
+    /// async fn login(session: Session, remember_me: bool) -> Result<(), SessionError> {
+    ///     session.cycle_id().await?;
+    ///     session.set_user("alice")?;
+    ///     if remember_me {
+    ///         // Up to the layer's absolute timeout (set it long enough).
+    ///         session.remember(Duration::from_secs(30 * 24 * 3600))?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn remember(&self, idle: Duration) -> Result<(), SessionError> {
+        self.set_idle_timeout(idle)?;
+        self.set_persistent(true)
+    }
+
+    /// Gives this session its own idle timeout, longer or shorter than the
+    /// layer's (after a sensitive action, say), when the response goes out.
+    /// Every later save and touch slides the expiry by it; the layer's
+    /// absolute timeout still bounds the session, and nothing else changes
+    /// (the cookie stays as it was). It must be longer than the layer's
+    /// touch interval, or an active session could expire between touches
+    /// ([`SessionError::InvalidTimeout`]); it is cut to
+    /// [`MAX_TIMEOUT`](super::MAX_TIMEOUT). A request without a session
+    /// creates none for this alone.
+    pub fn set_idle_timeout(&self, idle: Duration) -> Result<(), SessionError> {
+        self.mark_used();
+        self.check_open()?;
+        let interval = self.config().touch_interval;
+        if idle <= interval {
+            return Err(SessionError::InvalidTimeout {
+                timeout: idle,
+                touch_interval: interval,
+            });
+        }
+        self.edits().idle_change = Some(Some(idle.min(super::MAX_TIMEOUT)));
+        Ok(())
+    }
+
+    /// Makes this session's cookie persistent (`Max-Age` running to the
+    /// session's absolute deadline, so it survives a browser restart) or
+    /// not (it ends with the browser), whatever the layer's
+    /// [`persistent`](super::SessionLayerBuilder::persistent) setting; the
+    /// cookie is sent again with the response.
+    pub fn set_persistent(&self, persistent: bool) -> Result<(), SessionError> {
+        self.mark_used();
+        self.check_open()?;
+        self.edits().persistent_change = Some(Some(persistent));
+        Ok(())
+    }
+
+    /// Drops this session's own idle timeout and cookie persistence: the
+    /// layer's settings apply again (the cookie is sent again to match).
+    pub fn reset_expiry(&self) {
+        self.mark_used();
+        if self.check_open().is_ok() {
+            let mut edits = self.edits();
+            edits.idle_change = Some(None);
+            edits.persistent_change = Some(None);
+        }
     }
 
     /// The user the session is bound to.

@@ -53,16 +53,17 @@ impl SessionStore for MemoryBackend {
             if renewed(raw).is_some() {
                 return Ok(LoadOutcome::Renewed);
             }
-            let mut header = Header::parse(raw)?;
-            let target = header.touch_target(now, ms(request.idle), ms(request.touch_interval));
+            // (Decoded whole even for a touch-only check: the session's
+            // own idle timeout is in the body, and memory is cheap to read.)
+            let (mut header, mut record) = layout::decode(Bytes::copy_from_slice(raw))?;
+            let idle_ms = layout::idle_ms(&record, ms(request.idle));
+            let target = header.touch_target(now, idle_ms, ms(request.touch_interval));
             if let Some(target) = target {
                 header.touch(target, now);
                 header.overwrite(raw);
+                record.last_seen_ms = now;
             }
-            let record = match request.fields {
-                true => Some(layout::decode(Bytes::copy_from_slice(raw))?.1),
-                false => None,
-            };
+            let record = request.fields.then_some(record);
             if let Some(target) = target {
                 ks.expire_at_millis(&key, target);
             }
@@ -126,7 +127,8 @@ impl SessionStore for MemoryBackend {
             layout::apply(&mut record, request);
             // A write is activity: it refreshes last-seen and slides the expiry.
             header.seen_ms = now;
-            header.expires_ms = now.saturating_add(ms(request.idle)).min(header.deadline_ms);
+            let idle_ms = layout::idle_ms(&record, ms(request.idle));
+            header.expires_ms = now.saturating_add(idle_ms).min(header.deadline_ms);
             header.revision += 1;
             ks.set(&key, Value::Bytes(layout::encode(&header, &record)), None)?;
             ks.expire_at_millis(&key, header.expires_ms);

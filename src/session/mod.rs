@@ -67,7 +67,13 @@
 //!   changing different keys both persist, and a session destroyed or
 //!   revoked while a request ran is never brought back.
 //! - Idle and absolute timeouts: the expiry is `min(now + idle, created +
-//!   absolute)`, computed from the store's clock.
+//!   absolute)`, computed from the store's clock. One session can have its
+//!   own idle timeout and cookie persistence ([`Session::remember`] for
+//!   "remember me", [`Session::set_idle_timeout`] to shorten it after a
+//!   sensitive action, [`Session::reset_expiry`]), kept in its record, so
+//!   every later save, touch and renewal follows it; a check of the header
+//!   alone reads it off the header (`expires − seen`), so it costs no extra
+//!   round trip.
 //! - Id renewal ([`Session::cycle_id`]) leaves exactly one successor however
 //!   many requests renew at once (a double-submitted login form): the old
 //!   record is retired only at the revision that was copied, and replaced

@@ -27,16 +27,25 @@ static INDEX_ADD: Script = script!("session-index-add", "index_add.lua");
 static INDEX_LIST: Script = script!("session-index-list", "index_list.lua");
 
 impl RedisBackend {
-    /// Runs `touch.lua`: the session's status (see the script), its
-    /// expiry and Redis's time. Teaches the clock estimate.
-    async fn touch(&self, key: &str, request: &LoadRequest) -> Result<(i64, u64, u64), Error> {
+    /// Runs `touch.lua` with the idle timeout `idle_ms`, the session's
+    /// own, or (`own`) the layer's with the session's own read by the
+    /// script: the session's status (see the script), its expiry and
+    /// Redis's time. Teaches the clock estimate.
+    async fn touch(
+        &self,
+        key: &str,
+        idle_ms: u64,
+        own: bool,
+        request: &LoadRequest,
+    ) -> Result<(i64, u64, u64), Error> {
         let clock = self.server_clock();
         let sent = clock.mono_ms();
         let reply: Vec<u8> = self
             .script(&TOUCH)
             .key(key)
-            .arg(ms(request.idle))
+            .arg(idle_ms)
             .arg(ms(request.touch_interval))
+            .arg(if own { "own" } else { "" })
             .invoke()
             .await?;
         let [status, expires, now] = numbers(&reply)?;
@@ -84,18 +93,34 @@ impl SessionStore for RedisBackend {
             return Ok(LoadOutcome::Renewed);
         }
         let mut header = Header::parse(&raw)?;
+        let mut record = if request.fields {
+            Some(layout::record(&header, raw.into())?)
+        } else {
+            None
+        };
+        // The idle timeout the expiry slides by: the session's own, read
+        // off the record, or off the header alone for a touch-only check
+        // (the script then reads the session's own, if any).
+        let idle_ms = match &record {
+            Some(record) => layout::idle_ms(record, ms(request.idle)),
+            None => header.idle_estimate(ms(request.idle)),
+        };
         // Redis's time unknown (at start, or the estimate is too old): ask
         // the script, which also measures it.
         let estimate = self.server_clock().estimate();
         let due = estimate.is_none_or(|now| {
             header
-                .touch_target(now, ms(request.idle), ms(request.touch_interval))
+                .touch_target(now, idle_ms, ms(request.touch_interval))
                 .is_some()
         });
         let (now, touched) = if due {
+            let (idle_ms, own) = match &record {
+                Some(_) => (idle_ms, false),
+                None => (ms(request.idle), true),
+            };
             // Boxed: rare, and its future would otherwise make every
             // load's future (and what it is copied into) larger.
-            let (status, expires, now) = Box::pin(self.touch(&key, request)).await?;
+            let (status, expires, now) = Box::pin(self.touch(&key, idle_ms, own, request)).await?;
             match status {
                 1 | 2 => {}
                 3 => return Ok(LoadOutcome::Renewed),
@@ -104,16 +129,13 @@ impl SessionStore for RedisBackend {
             header.expires_ms = expires;
             if status == 2 {
                 header.seen_ms = now;
+                if let Some(record) = &mut record {
+                    record.last_seen_ms = now;
+                }
             }
             (now, status == 2)
         } else {
             (estimate.unwrap_or_default(), false)
-        };
-        let record = if request.fields {
-            // (The header as the touch left it: `last_seen` is current.)
-            Some(layout::record(&header, raw.into())?)
-        } else {
-            None
         };
         let expires_in = Duration::from_millis(header.expires_ms.saturating_sub(now));
         Ok(LoadOutcome::Found(Loaded::new(expires_in, touched, record)))
@@ -159,6 +181,17 @@ impl SessionStore for RedisBackend {
             } => call.arg(ua.as_str()),
             _ => call.arg(""),
         };
+        call = match request.own_idle {
+            None => call.arg(""),
+            Some(None) => call.arg("-"),
+            Some(Some(idle)) => call.arg(ms(idle)),
+        };
+        call = call.arg(match request.own_persistent {
+            None => "",
+            Some(None) => "-",
+            Some(Some(true)) => "1",
+            Some(Some(false)) => "0",
+        });
         for (key, json) in &request.data {
             call = call.arg(key.as_str()).arg(json.as_deref().unwrap_or(""));
         }

@@ -4,7 +4,7 @@
 --
 -- KEYS[1]  the session
 -- ARGV[1]  "update" (the session must exist) or "create" (it must not)
--- ARGV[2]  idle timeout, ms
+-- ARGV[2]  idle timeout, ms, for a session without its own (rec.i)
 -- ARGV[3]  absolute timeout, ms (create)
 -- ARGV[4]  creation time to keep, ms, or "" for now (create; a renewal
 --          keeps the original creation time and deadline)
@@ -12,7 +12,9 @@
 -- ARGV[6]  "1" to remove every data key before the changes
 -- ARGV[7]  the user: "" unchanged, "-" unbind, "=" .. id to bind
 -- ARGV[8]  the user agent (create), or ""
--- ARGV[9..] data key, JSON pairs; an empty JSON removes the key
+-- ARGV[9]  the session's own idle timeout: "" unchanged, "-" none, or ms
+-- ARGV[10] its own cookie persistence: "" unchanged, "-" none, "0" or "1"
+-- ARGV[11..] data key, JSON pairs; an empty JSON removes the key
 --
 -- Returns (as four doubles, see reply4) 1, expires, deadline, now when
 -- saved; 0, 0, 0, now when the session is gone (update) or the kept
@@ -56,7 +58,7 @@ end
 
 local data = rec.d or {}
 if ARGV[6] == '1' then data = {} end
-for i = 9, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     data[ARGV[i]] = nil
   else
@@ -70,10 +72,14 @@ if ARGV[7] == '-' then
 elseif string.sub(ARGV[7], 1, 1) == '=' then
   rec.u = string.sub(ARGV[7], 2)
 end
+-- Kept as text: cmsgpack would pack a whole number as an integer of the
+-- smallest size, text reads back the same everywhere.
+if ARGV[9] == '-' then rec.i = nil elseif ARGV[9] ~= '' then rec.i = ARGV[9] end
+if ARGV[10] == '-' then rec.p = nil elseif ARGV[10] ~= '' then rec.p = ARGV[10] end
 
 -- A write is activity: it refreshes last-seen and slides the idle expiry.
 h.seen = now
-h.expires = math.min(now + tonumber(ARGV[2]), h.deadline)
+h.expires = math.min(now + tonumber(rec.i or ARGV[2]), h.deadline)
 h.revision = h.revision + 1
 redis.call('SET', key, pack_header(h) .. cmsgpack.pack(rec), 'PXAT', h.expires)
 return reply4(1, h.expires, h.deadline, now)

@@ -58,7 +58,9 @@ crate::seam::store_seam! {
         /// Loads a session, or only checks it and slides its expiry when
         /// [`LoadRequest::fields`] is false. Slides the idle expiry only when the
         /// new expiry, `min(now + idle, deadline)`, would be later than the
-        /// current one by more than [`LoadRequest::touch_interval`].
+        /// current one by more than [`LoadRequest::touch_interval`], where
+        /// `idle` is the session's own ([`SessionRecord::idle`]) when it has
+        /// one, else [`LoadRequest::idle`].
         async fn load<'a, 'b, 'c>(
             &'a self,
             handle: &'b SessionHandle,
@@ -66,8 +68,10 @@ crate::seam::store_seam! {
         ) -> Result<LoadOutcome, Error>;
 
         /// Applies one request's changes to a session (or creates one) and
-        /// slides its expiry. An update never recreates a session that is gone;
-        /// a create never overwrites one that exists.
+        /// slides its expiry by its own idle timeout (after the request's
+        /// [`SaveRequest::own_idle`] change), else [`SaveRequest::idle`]. An
+        /// update never recreates a session that is gone; a create never
+        /// overwrites one that exists.
         async fn save<'a, 'b, 'c>(
             &'a self,
             handle: &'b SessionHandle,
@@ -110,7 +114,8 @@ crate::seam::store_seam! {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoadRequest {
-    /// The idle timeout the expiry slides to.
+    /// The idle timeout the expiry slides to, for a session without one of
+    /// its own ([`SessionRecord::idle`]).
     pub idle: Duration,
     /// The expiry moves only when it would move by more than this.
     pub touch_interval: Duration,
@@ -202,6 +207,13 @@ pub struct SessionRecord {
     pub user: Option<String>,
     /// The User-Agent of the request that created it.
     pub user_agent: Option<String>,
+    /// Its own idle timeout ("remember me", or a shortened session), which
+    /// the expiry slides by instead of the layer's.
+    pub idle: Option<Duration>,
+    /// Its own cookie persistence: `Some(true)`, a cookie with `Max-Age`
+    /// running to the absolute deadline; `Some(false)`, one that ends with
+    /// the browser; `None`, the layer's setting.
+    pub persistent: Option<bool>,
     /// How many saves the session has seen; a renewal deletes the old
     /// record only at the revision it copied (see [`DeleteRequest::revision`]).
     pub revision: u64,
@@ -236,6 +248,12 @@ pub struct SaveRequest {
     pub data: Vec<(String, Option<String>)>,
     /// Bind to a user (`Some(Some(id))`) or unbind (`Some(None)`).
     pub user: Option<Option<String>>,
+    /// Give the session its own idle timeout (`Some(Some(idle))`), or drop
+    /// it to slide by [`idle`](Self::idle) again (`Some(None)`).
+    pub own_idle: Option<Option<Duration>>,
+    /// Set (`Some(Some(_))`) or drop (`Some(None)`) the session's own
+    /// cookie persistence ([`SessionRecord::persistent`]).
+    pub own_persistent: Option<Option<bool>>,
 }
 
 impl SaveRequest {
@@ -278,6 +296,8 @@ impl SaveRequest {
             clear: false,
             data: Vec::new(),
             user: None,
+            own_idle: None,
+            own_persistent: None,
         }
     }
 
@@ -299,6 +319,20 @@ impl SaveRequest {
     #[must_use]
     pub fn user(mut self, user: Option<String>) -> Self {
         self.user = Some(user);
+        self
+    }
+
+    /// Gives the session its own idle timeout, or drops it (`None`).
+    #[must_use]
+    pub fn own_idle(mut self, idle: Option<Duration>) -> Self {
+        self.own_idle = Some(idle);
+        self
+    }
+
+    /// Sets the session's own cookie persistence, or drops it (`None`).
+    #[must_use]
+    pub fn own_persistent(mut self, persistent: Option<bool>) -> Self {
+        self.own_persistent = Some(persistent);
         self
     }
 }

@@ -14,7 +14,8 @@ const ABSOLUTE: Duration = Duration::from_secs(3600);
 
 /// Checks `store` against the [`SessionStore`] contract: creating,
 /// updating (field by field, never recreating), loading and sliding the
-/// expiry (never past the absolute deadline), revisions, deletes with
+/// expiry (never past the absolute deadline, by the session's own idle
+/// timeout when it has one), revisions, deletes with
 /// their conditions, renewal markers, and the per-user index. Panics on
 /// the first check it fails (see the [module](super) docs).
 pub async fn session_store<S: SessionStore>(store: &S) {
@@ -26,6 +27,7 @@ pub async fn session_store<S: SessionStore>(store: &S) {
         large_change_sets_are_applied_whole,
         saves_count_revisions_and_delete_can_require_one,
         a_touch_moves_last_seen_and_the_expiry_together,
+        a_sessions_own_idle_timeout_rules_its_expiry,
         a_renewal_leaves_a_marker_that_gives_no_session,
         delete_can_require_an_owner,
         the_user_index_lists_live_owned_sessions_and_prunes_the_rest,
@@ -264,6 +266,56 @@ async fn load_touches_only_when_due_and_never_past_the_deadline<S: SessionStore>
         store.save(&ids.handle(5), &req).await.unwrap(),
         SaveOutcome::Missing
     );
+}
+
+async fn a_sessions_own_idle_timeout_rules_its_expiry<S: SessionStore>(store: &S, ids: &Fresh) {
+    let own = Duration::from_secs(30);
+    let h = ids.handle(40);
+    let req = create(&[("a", "1")], None)
+        .own_idle(Some(own))
+        .own_persistent(Some(true));
+    let SaveOutcome::Saved { expires_in, .. } = store.save(&h, &req).await.unwrap() else {
+        panic!("not created")
+    };
+    assert!(
+        expires_in <= own,
+        "created with its own idle timeout: {expires_in:?}"
+    );
+    let record = fields(store, &h).await;
+    assert_eq!((record.idle, record.persistent), (Some(own), Some(true)));
+    // Touches (of the header alone, and with the fields) slide by it, not
+    // by the request's idle timeout.
+    for fields in [false, true] {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let l = found(store, &h, load(fields, Duration::from_millis(5))).await;
+        assert!(l.touched, "a touch was due");
+        assert!(l.expires_in <= own, "fields {fields}: {:?}", l.expires_in);
+        assert!(
+            l.expires_in > own - Duration::from_secs(2),
+            "{:?}",
+            l.expires_in
+        );
+    }
+    // A save without a change of its own keeps both.
+    let SaveOutcome::Saved { expires_in, .. } = store
+        .save(&h, &update(&[("b", Some("2"))], false))
+        .await
+        .unwrap()
+    else {
+        panic!("not saved")
+    };
+    assert!(expires_in <= own, "{expires_in:?}");
+    let record = fields(store, &h).await;
+    assert_eq!((record.idle, record.persistent), (Some(own), Some(true)));
+    // Dropped: the request's idle timeout again.
+    let req = update(&[], false).own_idle(None).own_persistent(None);
+    let SaveOutcome::Saved { expires_in, .. } = store.save(&h, &req).await.unwrap() else {
+        panic!("not saved")
+    };
+    assert!(expires_in > own && expires_in <= IDLE, "{expires_in:?}");
+    let record = fields(store, &h).await;
+    assert_eq!((record.idle, record.persistent), (None, None));
+    assert_eq!(record.data.get("b"), Some("2"));
 }
 
 async fn large_change_sets_are_applied_whole<S: SessionStore>(store: &S, ids: &Fresh) {

@@ -6,6 +6,7 @@
 mod support;
 
 mod conveniences;
+mod expiry;
 mod harness;
 mod redis_only;
 

@@ -1,0 +1,237 @@
+//! Per-session expiry ("remember me", a shortened session) on every
+//! backend: the store's TTL and the cookie's `Max-Age` follow the session's
+//! own settings, through saves, touches and renewals.
+
+use std::time::Duration;
+
+use axum::extract::Path;
+use axum::routing::{get, post};
+use axum::Router;
+use http::StatusCode;
+use redis_layers::session::{Session, SessionError};
+use redis_layers::Backend;
+
+use crate::harness::{Client, Fixture};
+
+const MIN: u64 = 60;
+const DAY: u64 = 24 * 60 * MIN;
+
+async fn remember(session: Session, Path(secs): Path<u64>) -> Result<&'static str, SessionError> {
+    session.remember(Duration::from_secs(secs))?;
+    session.insert("n", 1)?;
+    Ok("ok")
+}
+
+async fn shorten(session: Session, Path(secs): Path<u64>) -> Result<&'static str, SessionError> {
+    session.set_idle_timeout(Duration::from_secs(secs))?;
+    Ok("ok")
+}
+
+async fn forget(session: Session) -> &'static str {
+    session.reset_expiry();
+    "ok"
+}
+
+async fn set(session: Session) -> Result<&'static str, SessionError> {
+    session.insert("n", 1)?;
+    Ok("ok")
+}
+
+async fn read(session: Session) -> Result<String, SessionError> {
+    Ok(format!("{:?}", session.get::<u64>("n").await?))
+}
+
+async fn login(session: Session) -> Result<&'static str, SessionError> {
+    session.cycle_id().await?;
+    session.set_user("alice")?;
+    Ok("ok")
+}
+
+async fn handle(session: Session) -> Result<String, SessionError> {
+    Ok(session
+        .id()
+        .await?
+        .map(|id| id.handle().as_str().to_owned())
+        .unwrap_or_default())
+}
+
+fn routes() -> Router {
+    Router::new()
+        .route("/remember/{secs}", post(remember))
+        .route("/shorten/{secs}", post(shorten))
+        .route("/forget", post(forget))
+        .route("/set", post(set))
+        .route("/read", get(read))
+        .route("/untouched", get(|| async { "ok" }))
+        .route("/login", post(login))
+        .route("/handle", get(handle))
+}
+
+/// Idle 10 minutes, absolute 30 days; a touch whenever the expiry would
+/// move by more than 1 ms, so every request slides it.
+fn app(fx: &Fixture) -> Router {
+    routes().layer(fx.layer(|l| {
+        l.idle_timeout(Duration::from_secs(10 * MIN))
+            .absolute_timeout(Duration::from_secs(30 * DAY))
+            .touch_interval(Duration::from_millis(1))
+    }))
+}
+
+/// The remaining TTL, in seconds, of the session `c` holds.
+async fn ttl_secs(fx: &Fixture, c: &mut Client) -> u64 {
+    let handle = c.get("/handle").await.body;
+    assert!(!handle.is_empty(), "a session");
+    let prefix = fx.backend().namespace().prefix().to_owned();
+    let key = format!("{prefix}:session:{{{handle}}}:v2");
+    let ms: i64 = match fx.backend() {
+        Backend::Memory(memory) => memory.atomically(|ks| {
+            ks.ttl(&key)
+                .flatten()
+                .map_or(-1, |ttl| ttl.as_millis() as i64)
+        }),
+        _ => fx.test.key_cmd(&key, &["PTTL", &key]),
+    };
+    assert!(ms > 0, "{key}: {ms}");
+    (ms as u64).div_ceil(1000)
+}
+
+/// The `Max-Age` of a `Set-Cookie`, if it has one.
+fn max_age(set_cookie: &str) -> Option<u64> {
+    set_cookie
+        .split(';')
+        .find_map(|part| part.trim().strip_prefix("Max-Age="))
+        .map(|v| v.parse().unwrap())
+}
+
+fn near(value: u64, want: u64) -> bool {
+    value <= want && value + 5 >= want
+}
+
+crate::support::both_backends! { Fixture::new;
+    remember_me_lengthens_one_session_and_makes_its_cookie_persistent => |fx| {
+        let mut remembered = Client::new(app(&fx));
+        let r = remembered.post(&format!("/remember/{}", 7 * DAY)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let age = max_age(r.set_cookie().unwrap()).expect("a persistent cookie");
+        assert!(near(age, 30 * DAY), "Max-Age runs to the absolute deadline: {age}");
+        let ttl = ttl_secs(&fx, &mut remembered).await;
+        assert!(near(ttl, 7 * DAY), "{ttl}");
+        // Another session keeps the layer's settings.
+        let mut plain = Client::new(app(&fx));
+        let r = plain.post("/set").await;
+        assert_eq!(max_age(r.set_cookie().unwrap()), None, "a browser-session cookie");
+        let ttl = ttl_secs(&fx, &mut plain).await;
+        assert!(near(ttl, 10 * MIN), "{ttl}");
+    }
+
+    the_sliding_touch_keeps_the_sessions_own_idle_timeout => |fx| {
+        let mut c = Client::new(app(&fx));
+        c.post(&format!("/remember/{}", 7 * DAY)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // A read (a full load, then a touch) and a request that does not use
+        // the session (a touch of the header alone): both slide by 7 days.
+        assert_eq!(c.get("/read").await.body, "Some(1)");
+        assert!(near(ttl_secs(&fx, &mut c).await, 7 * DAY));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let r = c.get("/untouched").await;
+        assert_eq!(r.set_cookie(), None, "a touch re-sends no cookie");
+        assert!(near(ttl_secs(&fx, &mut c).await, 7 * DAY));
+        // A write slides by it too.
+        c.post("/set").await;
+        assert!(near(ttl_secs(&fx, &mut c).await, 7 * DAY));
+    }
+
+    a_session_can_be_shortened_and_stays_short => |fx| {
+        let mut c = Client::new(app(&fx));
+        c.post("/set").await;
+        assert!(near(ttl_secs(&fx, &mut c).await, 10 * MIN));
+        let r = c.post("/shorten/120").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.set_cookie(), None, "the cookie stays as it was");
+        assert!(near(ttl_secs(&fx, &mut c).await, 120));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        c.get("/untouched").await;
+        assert!(near(ttl_secs(&fx, &mut c).await, 120), "a touch keeps it short");
+        c.get("/read").await;
+        assert!(near(ttl_secs(&fx, &mut c).await, 120));
+    }
+
+    a_renewal_keeps_the_sessions_own_expiry => |fx| {
+        let mut c = Client::new(app(&fx));
+        c.post(&format!("/remember/{}", 7 * DAY)).await;
+        let before = c.cookie.clone();
+        let r = c.post("/login").await;
+        assert_ne!(c.cookie, before, "a new id");
+        let age = max_age(r.set_cookie().unwrap()).expect("still persistent");
+        assert!(near(age, 30 * DAY), "{age}");
+        assert!(near(ttl_secs(&fx, &mut c).await, 7 * DAY));
+    }
+
+    forgetting_returns_to_the_layers_settings => |fx| {
+        let mut c = Client::new(app(&fx));
+        c.post(&format!("/remember/{}", 7 * DAY)).await;
+        let r = c.post("/forget").await;
+        let set = r.set_cookie().expect("the cookie re-sent as a browser-session cookie");
+        assert_eq!(max_age(set), None, "{set}");
+        assert!(c.cookie.is_some(), "the same session");
+        assert_eq!(c.get("/read").await.body, "Some(1)");
+        assert!(near(ttl_secs(&fx, &mut c).await, 10 * MIN));
+    }
+
+    an_idle_timeout_is_cut_to_the_absolute_deadline => |fx| {
+        let mut c = Client::new(app(&fx));
+        c.post(&format!("/remember/{}", 365 * DAY)).await;
+        assert!(near(ttl_secs(&fx, &mut c).await, 30 * DAY));
+    }
+
+    an_idle_timeout_within_the_touch_interval_is_refused => |fx| {
+        let app = routes().layer(fx.layer(|l| l.touch_interval(Duration::from_secs(MIN))));
+        let mut c = Client::new(app);
+        let r = c.post("/shorten/30").await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "a programming error");
+        assert!(r.is_problem());
+        assert_eq!(c.cookie, None, "nothing saved");
+    }
+}
+
+/// On Redis, a check of the header alone (a request that does not use the
+/// session) decides like a full load: a session's own idle timeout, longer
+/// or shorter than the layer's, slides at most once per touch interval and
+/// keeps sliding, with nothing but `GETRANGE` between touches.
+#[tokio::test]
+async fn the_header_alone_decides_touches_by_the_sessions_own_idle_timeout() {
+    let fx = Fixture::new(crate::support::Kind::Redis);
+    let interval = Duration::from_millis(200);
+    for own in [60, 2] {
+        let app = routes().layer(fx.layer(|l| {
+            l.idle_timeout(Duration::from_secs(10))
+                .touch_interval(interval)
+        }));
+        let mut c = Client::new(app);
+        let r = c.post(&format!("/remember/{own}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let mut monitor = crate::support::Monitor::start(fx.server());
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(1_500) {
+            assert_eq!(c.get("/untouched").await.status, StatusCode::OK);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let elapsed = started.elapsed();
+        let sent = monitor.take();
+        let touches = sent.iter().filter(|c| c.starts_with("eval")).count();
+        let checks = sent.iter().filter(|c| *c == "getrange").count();
+        assert_eq!(checks + touches, sent.len(), "own {own}s: {sent:?}");
+        // (Up to ~50 ms early: the estimate of Redis's clock; see
+        // `under_steady_traffic_the_touch_runs_at_most_once_per_interval`.)
+        let most = (elapsed.as_millis() / (interval.as_millis() - 50)) as usize + 2;
+        assert!(
+            touches <= most,
+            "own {own}s: {touches} touches in {elapsed:?}"
+        );
+        assert!(
+            touches >= 3,
+            "own {own}s: the expiry kept sliding: {sent:?}"
+        );
+        assert!(near(ttl_secs(&fx, &mut c).await, own), "own {own}s");
+    }
+}
