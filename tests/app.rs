@@ -1059,6 +1059,7 @@ mod process {
         let body = format!("user={user}&password=not-the-password");
         let request = format!(
             "POST /login HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\
+             Sec-Fetch-Site: same-origin\r\n\
              Content-Type: application/x-www-form-urlencoded\r\n\
              Content-Length: {}\r\n\r\n{body}",
             body.len()

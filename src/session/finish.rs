@@ -69,9 +69,10 @@ impl Session {
     /// cookie that names no session. `false` when a touch may be due (the
     /// cookie was never looked up and every request counts as activity).
     ///
-    /// A live session's cookie is never re-sent: a persistent cookie's
-    /// `Max-Age` runs to the absolute deadline from when the id was issued,
-    /// and the store enforces the idle timeout. So no read answered after a
+    /// A live session's cookie is never re-sent (only a write that changes
+    /// its persistence does, `update`): a persistent cookie's `Max-Age`
+    /// runs to the absolute deadline from when the id was issued, and the
+    /// store enforces the idle timeout. So no read answered after a
     /// concurrent login can put the old id back in the browser.
     fn untouched_without_store(&self, state: &State, headers: &mut HeaderMap) -> bool {
         match &state.known {
@@ -222,10 +223,14 @@ impl Session {
         let config = self.config();
         let handle = &prior.map_or_else(|| id.handle(), |p| p.handle);
         let new_user = edits.user_change.clone();
-        // The cookie is sent again only when its persistence changed.
-        let resend = edits
-            .persistent_change
-            .map(|change| change.unwrap_or(config.cookie.persistent));
+        // The cookie is sent again only when its persistence changes (or
+        // may: a blind write does not know what it was).
+        let layer = config.cookie.persistent;
+        let resend = edits.persistent_change.and_then(|change| {
+            let new = change.unwrap_or(layer);
+            let before = prior.map(|p| p.record.persistent.unwrap_or(layer));
+            (before != Some(new)).then_some(new)
+        });
         let request = Self::with_edits(SaveRequest::update(config.idle), edits);
         match config.store.save(handle, &request).await? {
             SaveOutcome::Saved {

@@ -457,7 +457,10 @@ impl Session {
     /// persistent cookie, when the response goes out. It is
     /// [`set_idle_timeout`](Self::set_idle_timeout) and
     /// [`set_persistent(true)`](Self::set_persistent) together; call it at
-    /// login (with [`cycle_id`](Self::cycle_id), which keeps both).
+    /// login (with [`cycle_id`](Self::cycle_id), which keeps both). The
+    /// absolute deadline still counts from the session's creation (a
+    /// renewal keeps it), so a session that began long before the login
+    /// ends sooner than one made at it.
     ///
     /// ```
     /// use std::time::Duration;
@@ -491,13 +494,16 @@ impl Session {
         self.mark_used();
         self.check_open()?;
         let interval = self.config().touch_interval;
-        if idle <= interval {
+        // (Compared as stored: whole milliseconds.)
+        let whole_ms = crate::time::millis(idle);
+        if whole_ms <= crate::time::millis(interval) || whole_ms == 0 {
             return Err(SessionError::InvalidTimeout {
                 timeout: idle,
                 touch_interval: interval,
             });
         }
-        self.edits().idle_change = Some(Some(idle.min(super::MAX_TIMEOUT)));
+        let idle = Duration::from_millis(whole_ms).min(super::MAX_TIMEOUT);
+        self.edits().idle_change = Some(Some(idle));
         Ok(())
     }
 

@@ -140,9 +140,11 @@ impl SessionLayerBuilder {
     /// A persistent cookie (with `Max-Age`, surviving browser restarts)
     /// instead of the default browser-session cookie. Its `Max-Age` runs to
     /// the session's absolute deadline and is set only when an id is issued
-    /// (creation, renewal); the idle timeout is enforced by the store. No
-    /// read ever re-sends the cookie, so a response to a read that raced a
-    /// login cannot put the old id back in the browser.
+    /// (creation, renewal), or when a write changes one session's
+    /// persistence ([`Session::set_persistent`]); the idle timeout is
+    /// enforced by the store. No read ever re-sends the cookie, so a
+    /// response to a read that raced a login cannot put the old id back in
+    /// the browser.
     pub fn persistent(mut self, persistent: bool) -> Self {
         self.config.cookie.persistent = persistent;
         self

@@ -147,10 +147,17 @@ impl Header {
 
     /// The touch rule: the expiry a touch at `now_ms` would set,
     /// `min(now + idle, deadline)`, when that is later than the current
-    /// expiry by more than `interval_ms`; `None` when no touch is due.
+    /// expiry by more than `interval_ms`, or when the expiry was set with
+    /// another idle timeout (the session's own changed, or the layer's
+    /// setting did: then even earlier, so that the header says the
+    /// session's timeout again; see [`idle_estimate`](Self::idle_estimate));
+    /// `None` when no touch is due. `touch.lua` applies the same rule.
     pub(crate) fn touch_target(&self, now_ms: u64, idle_ms: u64, interval_ms: u64) -> Option<u64> {
         let target = now_ms.saturating_add(idle_ms).min(self.deadline_ms);
-        (target > now_ms && target.saturating_sub(self.expires_ms) > interval_ms).then_some(target)
+        let stale = self.expires_ms < self.deadline_ms
+            && self.expires_ms.checked_sub(self.seen_ms) != Some(idle_ms);
+        (target > now_ms && (target.saturating_sub(self.expires_ms) > interval_ms || stale))
+            .then_some(target)
     }
 
     /// The idle timeout the expiry was last set with, read off the header
@@ -297,10 +304,74 @@ fn decode_body(raw: &[u8], record: &mut SessionRecord) -> Option<Option<(usize, 
                 }
                 data = Some((start, count));
             }
-            _ => return None,
+            // A field a later version added: skipped, so that this
+            // version still reads the session (and keeps the field: the
+            // save script merges into the stored body).
+            _ => skip(&mut rest, 0)?,
         }
     }
     rest.is_empty().then_some(data)
+}
+
+/// Skips one MessagePack value of any type (`None` when malformed or
+/// nested deeper than 8).
+fn skip(rest: &mut &[u8], depth: u8) -> Option<()> {
+    let (&marker, tail) = rest.split_first()?;
+    *rest = tail;
+    let take = |rest: &mut &[u8], n: usize| -> Option<()> {
+        *rest = rest.get(n..)?;
+        Some(())
+    };
+    let len = |rest: &mut &[u8], n: usize| -> Option<usize> {
+        let bytes = rest.get(..n)?;
+        *rest = &rest[n..];
+        Some(
+            bytes
+                .iter()
+                .fold(0usize, |acc, b| acc << 8 | usize::from(*b)),
+        )
+    };
+    let values = |rest: &mut &[u8], n: usize| -> Option<()> {
+        if depth >= 8 {
+            return None;
+        }
+        (0..n).try_for_each(|_| skip(rest, depth + 1))
+    };
+    match marker {
+        // positive and negative fixint, nil, false, true
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Some(()),
+        0x80..=0x8f => values(rest, 2 * usize::from(marker & 0x0f)),
+        0x90..=0x9f => values(rest, usize::from(marker & 0x0f)),
+        0xa0..=0xbf => take(rest, usize::from(marker & 0x1f)),
+        // bin 8/16/32, str 8/16/32
+        0xc4 | 0xd9 => len(rest, 1).and_then(|n| take(rest, n)),
+        0xc5 | 0xda => len(rest, 2).and_then(|n| take(rest, n)),
+        0xc6 | 0xdb => len(rest, 4).and_then(|n| take(rest, n)),
+        // ext 8/16/32: a length, a type byte, the data
+        0xc7 => len(rest, 1).and_then(|n| take(rest, n + 1)),
+        0xc8 => len(rest, 2).and_then(|n| take(rest, n + 1)),
+        0xc9 => len(rest, 4).and_then(|n| take(rest, n + 1)),
+        // float 32/64, uint 8..64, int 8..64
+        0xca => take(rest, 4),
+        0xcb => take(rest, 8),
+        0xcc | 0xd0 => take(rest, 1),
+        0xcd | 0xd1 => take(rest, 2),
+        0xce | 0xd2 => take(rest, 4),
+        0xcf | 0xd3 => take(rest, 8),
+        // fixext 1/2/4/8/16: a type byte, the data
+        0xd4 => take(rest, 2),
+        0xd5 => take(rest, 3),
+        0xd6 => take(rest, 5),
+        0xd7 => take(rest, 9),
+        0xd8 => take(rest, 17),
+        // array 16/32, map 16/32
+        0xdc => len(rest, 2).and_then(|n| values(rest, n)),
+        0xdd => len(rest, 4).and_then(|n| values(rest, n)),
+        0xde => len(rest, 2).and_then(|n| values(rest, 2 * n)),
+        0xdf => len(rest, 4).and_then(|n| values(rest, 2 * n)),
+        // 0xc1: never used
+        _ => None,
+    }
 }
 
 /// Applies a save's changes to a record (the memory store's side of
@@ -405,6 +476,30 @@ mod tests {
     }
 
     #[test]
+    fn fields_a_later_version_adds_are_skipped() {
+        // { z = { 1, { "x" = 1.5 }, nil, true }, u = "x", y = 300, w = -2 }
+        let mut raw = Vec::new();
+        header().write(&mut raw);
+        raw.extend_from_slice(&[0x84, 0xa1, b'z', 0x94, 0x01, 0x81, 0xa1, b'x', 0xcb]);
+        raw.extend_from_slice(&1.5f64.to_be_bytes());
+        raw.extend_from_slice(&[0xc0, 0xc3, 0xa1, b'u', 0xa1, b'x']);
+        raw.extend_from_slice(&[0xa1, b'y', 0xcd, 0x01, 0x2c, 0xa1, b'w', 0xfe]);
+        let (_, r) = decode(Bytes::from(raw.clone())).unwrap();
+        assert_eq!(r.user.as_deref(), Some("x"));
+        // Cut anywhere: an error, never a panic.
+        for end in HEADER_LEN..raw.len() {
+            let _ = decode(Bytes::copy_from_slice(&raw[..end]));
+        }
+        // Nested too deep: an error.
+        let mut deep = Vec::new();
+        header().write(&mut deep);
+        deep.extend_from_slice(&[0x81, 0xa1, b'z']);
+        deep.extend(std::iter::repeat_n(0x91, 20));
+        deep.push(0xc0);
+        assert!(decode(Bytes::from(deep)).is_err());
+    }
+
+    #[test]
     fn malformed_values_are_decode_errors_not_panics() {
         let good = encode(&header(), &SessionRecord::new(1, 2));
         let mut cases: Vec<Vec<u8>> = vec![
@@ -459,8 +554,25 @@ mod tests {
         let mut at_deadline = h;
         at_deadline.expires_ms = h.deadline_ms;
         assert_eq!(at_deadline.touch_target(h.deadline_ms - 1, idle, 0), None);
-        // A shorter idle timeout than the one the expiry was set with.
-        assert_eq!(h.touch_target(h.seen_ms + 1, 1_000, 0), None);
+        // Another idle timeout than the one the expiry was set with (the
+        // session's own changed, or the layer's setting): due, even when
+        // earlier, so the header says the session's timeout again.
+        assert_eq!(
+            h.touch_target(h.seen_ms + 1, 1_000, 0),
+            Some(h.seen_ms + 1 + 1_000)
+        );
+        assert_eq!(h.idle_estimate(5), idle, "expires - seen");
+        let mut capped = h;
+        capped.expires_ms = h.deadline_ms;
+        assert_eq!(capped.idle_estimate(5), 5, "at the deadline: the default");
+        assert_eq!(
+            capped.touch_target(h.deadline_ms - 10, 1, 0),
+            None,
+            "nothing slides"
+        );
+        let mut odd = h;
+        odd.expires_ms = h.seen_ms;
+        assert_eq!(odd.idle_estimate(5), 5, "expires <= seen: the default");
 
         let mut raw = encode(&h, &SessionRecord::new(1, 2));
         let mut touched = h;

@@ -1,7 +1,9 @@
 -- The stored session, as layout.rs describes it: a 42-byte header ("S1",
 -- then expires, seen, deadline, created and revision as big-endian doubles),
 -- then the fields as MessagePack: { u = user, a = user agent,
--- d = { key = json } }. Prepended to the session scripts that need it.
+-- d = { key = json }, i = its own idle timeout (ms, as text),
+-- p = its own cookie persistence ("1" or "0") }. Prepended to the session
+-- scripts that need it.
 local HEADER = 42
 local HEADER_FORMAT = '>c2ddddd'
 -- What a renewal leaves under the old id for a short while: 'R1' and the

@@ -27,25 +27,32 @@ static INDEX_ADD: Script = script!("session-index-add", "index_add.lua");
 static INDEX_LIST: Script = script!("session-index-list", "index_list.lua");
 
 impl RedisBackend {
-    /// Runs `touch.lua` with the idle timeout `idle_ms`, the session's
-    /// own, or (`own`) the layer's with the session's own read by the
-    /// script: the session's status (see the script), its expiry and
-    /// Redis's time. Teaches the clock estimate.
+    /// Runs `touch.lua`, telling it the session's own idle timeout as this
+    /// request read it at `header`'s revision (`Some(None)`: none), or
+    /// that it read only the header (`None`): the session's status (see
+    /// the script), its expiry and Redis's time. Teaches the clock
+    /// estimate.
     async fn touch(
         &self,
         key: &str,
-        idle_ms: u64,
-        own: bool,
+        own: Option<Option<Duration>>,
+        header: &Header,
         request: &LoadRequest,
     ) -> Result<(i64, u64, u64), Error> {
         let clock = self.server_clock();
         let sent = clock.mono_ms();
+        let own = match own {
+            None => "?".to_owned(),
+            Some(None) => String::new(),
+            Some(Some(idle)) => ms(idle).to_string(),
+        };
         let reply: Vec<u8> = self
             .script(&TOUCH)
             .key(key)
-            .arg(idle_ms)
+            .arg(ms(request.idle))
             .arg(ms(request.touch_interval))
-            .arg(if own { "own" } else { "" })
+            .arg(own)
+            .arg(header.revision)
             .invoke()
             .await?;
         let [status, expires, now] = numbers(&reply)?;
@@ -114,13 +121,10 @@ impl SessionStore for RedisBackend {
                 .is_some()
         });
         let (now, touched) = if due {
-            let (idle_ms, own) = match &record {
-                Some(_) => (idle_ms, false),
-                None => (ms(request.idle), true),
-            };
+            let own = record.as_ref().map(|record| record.idle);
             // Boxed: rare, and its future would otherwise make every
             // load's future (and what it is copied into) larger.
-            let (status, expires, now) = Box::pin(self.touch(&key, idle_ms, own, request)).await?;
+            let (status, expires, now) = Box::pin(self.touch(&key, own, &header, request)).await?;
             match status {
                 1 | 2 => {}
                 3 => return Ok(LoadOutcome::Renewed),

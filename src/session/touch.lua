@@ -1,12 +1,12 @@
 -- Slides a session's idle expiry, if a touch is due by Redis's clock.
 --
 -- KEYS[1]  the session
--- ARGV[1]  idle timeout, ms
+-- ARGV[1]  the layer's idle timeout, ms
 -- ARGV[2]  touch interval, ms: the expiry moves only when it would move
 --          later by more than this
--- ARGV[3]  "" when ARGV[1] is the session's idle timeout (the caller read
---          the session), "own" when it is the layer's and the session's
---          own (rec.i), if it has one, must be read here
+-- ARGV[3]  the session's own idle timeout as the caller read it: "" none,
+--          ms, or "?" when the caller read only the header
+-- ARGV[4]  the revision the caller read (not with "?")
 --
 -- Returns (as three doubles, see reply3) status, expires, now:
 --   0, 0, now        no live session
@@ -18,8 +18,10 @@
 -- A read is a plain GET: the caller decides from the header (with its
 -- estimate of Redis's time) whether a touch is due, and sends this script
 -- only then. Only the header is read and rewritten (GETRANGE, SETRANGE),
--- whatever the size of the session, unless the session's own idle timeout
--- must be read (ARGV[3] "own": the whole value, once per touch).
+-- whatever the size of the session, unless the caller may not know the
+-- session's own idle timeout (rec.i): a save since its read (another
+-- revision), or a header-only check of a session whose expiry was not set
+-- with the layer's. Then the whole value is read for it.
 local key = KEYS[1]
 local now = now_ms()
 local v = redis.call('GETRANGE', key, 0, HEADER - 1)
@@ -33,17 +35,35 @@ local h = header(v)
 if not h then
   return not_a_session()
 end
-local idle = tonumber(ARGV[1])
-if ARGV[3] == 'own' then
+local default = tonumber(ARGV[1])
+-- The idle timeout the expiry was last set with: a save or touch sets
+-- expires = min(seen + idle, deadline), so below the deadline it is
+-- expires - seen. At the deadline nothing slides, whatever the timeout.
+local capped = h.expires >= h.deadline
+local implied = h.expires - h.seen
+local function own_idle()
   local own = body(redis.call('GET', key)).i
-  if own then idle = tonumber(own) end
+  return tonumber(own) or default
+end
+local idle
+if ARGV[3] == '?' then
+  if not capped and implied ~= default then idle = own_idle() else idle = default end
+elseif h.revision ~= tonumber(ARGV[4]) then
+  idle = own_idle()
+else
+  idle = tonumber(ARGV[3]) or default
 end
 local target = math.min(now + idle, h.deadline)
 if target <= now then
   redis.call('DEL', key)
   return reply3(0, 0, now)
 end
-if target - h.expires <= tonumber(ARGV[2]) then
+-- Due when it moves the expiry later by more than the interval, or when
+-- the expiry was set with another idle timeout (the session's own changed,
+-- or the layer's setting did): then even earlier, so the header says the
+-- session's timeout again.
+local stale = not capped and implied ~= idle
+if target - h.expires <= tonumber(ARGV[2]) and not stale then
   return reply3(1, h.expires, now)
 end
 redis.call('SETRANGE', key, 2, struct.pack('>dd', target, now))
