@@ -172,12 +172,9 @@ fn is_token(token: &str) -> bool {
 impl<S: Send + Sync> axum_core::extract::FromRequestParts<S> for CsrfToken {
     type Rejection = axum_core::response::Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         use axum_core::response::IntoResponse as _;
-        let session =
-            <Session as axum_core::extract::FromRequestParts<S>>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| e.into_response())?;
+        let session = Session::of(parts).map_err(|e| e.into_response())?;
         CsrfToken::of(&session).await.map_err(|e| e.into_response())
     }
 }

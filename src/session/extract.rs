@@ -30,6 +30,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
     type Rejection = MissingSessionLayer;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Session::of(parts)
+    }
+}
+
+impl Session {
+    /// The request's session, as the session layer put it in the
+    /// extensions: what every extractor built on the session starts from.
+    pub(crate) fn of(parts: &Parts) -> Result<Self, MissingSessionLayer> {
         parts
             .extensions
             .get::<Session>()

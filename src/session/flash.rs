@@ -298,12 +298,9 @@ impl<S: Send + Sync> axum_core::extract::FromRequestParts<S> for Flash {
 
     async fn from_request_parts(
         parts: &mut http::request::Parts,
-        state: &S,
+        _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        let session =
-            <Session as axum_core::extract::FromRequestParts<S>>::from_request_parts(parts, state)
-                .await?;
-        Ok(session.flash())
+        Ok(Session::of(parts)?.flash())
     }
 }
 

@@ -161,11 +161,8 @@ impl<S: Send + Sync, T: SessionValue> axum_core::extract::FromRequestParts<S> fo
 
     async fn from_request_parts(
         parts: &mut http::request::Parts,
-        state: &S,
+        _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        let session =
-            <Session as axum_core::extract::FromRequestParts<S>>::from_request_parts(parts, state)
-                .await?;
-        Ok(session.typed())
+        Ok(Session::of(parts)?.typed())
     }
 }
