@@ -67,7 +67,9 @@ impl Config {
     /// because of them.
     pub(crate) fn validate(&self) -> Result<(), Error> {
         self.cookie.validate()?;
-        if self.idle.is_zero() || self.absolute.is_zero() {
+        // (Compared as the store keeps them: whole milliseconds.)
+        let ms = crate::time::millis;
+        if ms(self.idle) == 0 || ms(self.absolute) == 0 {
             return Err(Error::config(
                 "session idle and absolute timeouts must be at least 1 ms",
             ));
@@ -78,7 +80,7 @@ impl Config {
                 self.idle, self.absolute
             )));
         }
-        if self.touch_interval >= self.idle {
+        if ms(self.touch_interval) >= ms(self.idle) {
             return Err(Error::config(format!(
                 "session touch interval ({:?}) must be shorter than the idle timeout ({:?}), \
                  or an active session would expire between touches",

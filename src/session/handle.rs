@@ -496,7 +496,7 @@ impl Session {
         let interval = self.config().touch_interval;
         // (Compared as stored: whole milliseconds.)
         let whole_ms = crate::time::millis(idle);
-        if whole_ms <= crate::time::millis(interval) || whole_ms == 0 {
+        if whole_ms <= crate::time::millis(interval) {
             return Err(SessionError::InvalidTimeout {
                 timeout: idle,
                 touch_interval: interval,
@@ -510,8 +510,10 @@ impl Session {
     /// Makes this session's cookie persistent (`Max-Age` running to the
     /// session's absolute deadline, so it survives a browser restart) or
     /// not (it ends with the browser), whatever the layer's
-    /// [`persistent`](super::SessionLayerBuilder::persistent) setting; the
-    /// cookie is sent again with the response.
+    /// [`persistent`](super::SessionLayerBuilder::persistent) setting. The
+    /// cookie is sent again with the response when that changes what it
+    /// was (or may have: a request that did not read the session cannot
+    /// tell, and sends it).
     pub fn set_persistent(&self, persistent: bool) -> Result<(), SessionError> {
         self.mark_used();
         self.check_open()?;
@@ -520,7 +522,8 @@ impl Session {
     }
 
     /// Drops this session's own idle timeout and cookie persistence: the
-    /// layer's settings apply again (the cookie is sent again to match).
+    /// layer's settings apply again (the cookie is sent again when its
+    /// persistence changes, as with [`set_persistent`](Self::set_persistent)).
     pub fn reset_expiry(&self) {
         self.mark_used();
         if self.check_open().is_ok() {

@@ -147,14 +147,24 @@ impl Header {
 
     /// The touch rule: the expiry a touch at `now_ms` would set,
     /// `min(now + idle, deadline)`, when that is later than the current
-    /// expiry by more than `interval_ms`, or when the expiry was set with
-    /// another idle timeout (the session's own changed, or the layer's
-    /// setting did: then even earlier, so that the header says the
-    /// session's timeout again; see [`idle_estimate`](Self::idle_estimate));
-    /// `None` when no touch is due. `touch.lua` applies the same rule.
-    pub(crate) fn touch_target(&self, now_ms: u64, idle_ms: u64, interval_ms: u64) -> Option<u64> {
+    /// expiry by more than `interval_ms`, or when `idle_ms` is the
+    /// session's `own` idle timeout and the expiry was set with another
+    /// (by an older version of the crate, which does not know it: then
+    /// even earlier, so that the header says the session's timeout again;
+    /// see [`idle_estimate`](Self::idle_estimate)); `None` when no touch is
+    /// due. `touch.lua` applies the same rule. (A session without its own
+    /// keeps the plain rule: instances with different layer settings
+    /// sharing sessions must not undo each other's touches.)
+    pub(crate) fn touch_target(
+        &self,
+        now_ms: u64,
+        idle_ms: u64,
+        own: bool,
+        interval_ms: u64,
+    ) -> Option<u64> {
         let target = now_ms.saturating_add(idle_ms).min(self.deadline_ms);
-        let stale = self.expires_ms < self.deadline_ms
+        let stale = own
+            && self.expires_ms < self.deadline_ms
             && self.expires_ms.checked_sub(self.seen_ms) != Some(idle_ms);
         (target > now_ms && (target.saturating_sub(self.expires_ms) > interval_ms || stale))
             .then_some(target)
@@ -305,16 +315,19 @@ fn decode_body(raw: &[u8], record: &mut SessionRecord) -> Option<Option<(usize, 
                 data = Some((start, count));
             }
             // A field a later version added: skipped, so that this
-            // version still reads the session (and keeps the field: the
-            // save script merges into the stored body).
+            // version still reads the session. (`save.lua` merges into the
+            // stored body, so an update keeps it; a renewal, and the
+            // memory store, write only the fields they know.)
             _ => skip(&mut rest, 0)?,
         }
     }
     rest.is_empty().then_some(data)
 }
 
-/// Skips one MessagePack value of any type (`None` when malformed or
-/// nested deeper than 8).
+/// Skips one MessagePack value of a type Redis's `cmsgpack` reads back
+/// (nil, booleans, numbers, strings, arrays and maps of these); `None`
+/// when malformed, nested deeper than 16, or of a type it does not read
+/// (bin, ext), which `save.lua` could not merge into.
 fn skip(rest: &mut &[u8], depth: u8) -> Option<()> {
     let (&marker, tail) = rest.split_first()?;
     *rest = tail;
@@ -332,7 +345,7 @@ fn skip(rest: &mut &[u8], depth: u8) -> Option<()> {
         )
     };
     let values = |rest: &mut &[u8], n: usize| -> Option<()> {
-        if depth >= 8 {
+        if depth >= 16 {
             return None;
         }
         (0..n).try_for_each(|_| skip(rest, depth + 1))
@@ -343,14 +356,10 @@ fn skip(rest: &mut &[u8], depth: u8) -> Option<()> {
         0x80..=0x8f => values(rest, 2 * usize::from(marker & 0x0f)),
         0x90..=0x9f => values(rest, usize::from(marker & 0x0f)),
         0xa0..=0xbf => take(rest, usize::from(marker & 0x1f)),
-        // bin 8/16/32, str 8/16/32
-        0xc4 | 0xd9 => len(rest, 1).and_then(|n| take(rest, n)),
-        0xc5 | 0xda => len(rest, 2).and_then(|n| take(rest, n)),
-        0xc6 | 0xdb => len(rest, 4).and_then(|n| take(rest, n)),
-        // ext 8/16/32: a length, a type byte, the data
-        0xc7 => len(rest, 1).and_then(|n| take(rest, n + 1)),
-        0xc8 => len(rest, 2).and_then(|n| take(rest, n + 1)),
-        0xc9 => len(rest, 4).and_then(|n| take(rest, n + 1)),
+        // str 8/16/32
+        0xd9 => len(rest, 1).and_then(|n| take(rest, n)),
+        0xda => len(rest, 2).and_then(|n| take(rest, n)),
+        0xdb => len(rest, 4).and_then(|n| take(rest, n)),
         // float 32/64, uint 8..64, int 8..64
         0xca => take(rest, 4),
         0xcb => take(rest, 8),
@@ -358,18 +367,13 @@ fn skip(rest: &mut &[u8], depth: u8) -> Option<()> {
         0xcd | 0xd1 => take(rest, 2),
         0xce | 0xd2 => take(rest, 4),
         0xcf | 0xd3 => take(rest, 8),
-        // fixext 1/2/4/8/16: a type byte, the data
-        0xd4 => take(rest, 2),
-        0xd5 => take(rest, 3),
-        0xd6 => take(rest, 5),
-        0xd7 => take(rest, 9),
-        0xd8 => take(rest, 17),
         // array 16/32, map 16/32
         0xdc => len(rest, 2).and_then(|n| values(rest, n)),
         0xdd => len(rest, 4).and_then(|n| values(rest, n)),
-        0xde => len(rest, 2).and_then(|n| values(rest, 2 * n)),
-        0xdf => len(rest, 4).and_then(|n| values(rest, 2 * n)),
-        // 0xc1: never used
+        0xde => len(rest, 2).and_then(|n| values(rest, n.checked_mul(2)?)),
+        0xdf => len(rest, 4).and_then(|n| values(rest, n.checked_mul(2)?)),
+        // bin and ext (cmsgpack cannot read them back), and 0xc1 (never
+        // used)
         _ => None,
     }
 }
@@ -490,13 +494,15 @@ mod tests {
         for end in HEADER_LEN..raw.len() {
             let _ = decode(Bytes::copy_from_slice(&raw[..end]));
         }
-        // Nested too deep: an error.
-        let mut deep = Vec::new();
-        header().write(&mut deep);
-        deep.extend_from_slice(&[0x81, 0xa1, b'z']);
-        deep.extend(std::iter::repeat_n(0x91, 20));
-        deep.push(0xc0);
-        assert!(decode(Bytes::from(deep)).is_err());
+        // Nested too deep, or of a type cmsgpack cannot read: an error.
+        for bad in [&[0x91; 20][..], &[0xc4, 0x01, 0x00], &[0xd4, 0x01, 0x00]] {
+            let mut raw = Vec::new();
+            header().write(&mut raw);
+            raw.extend_from_slice(&[0x81, 0xa1, b'z']);
+            raw.extend_from_slice(bad);
+            raw.push(0xc0);
+            assert!(decode(Bytes::from(raw)).is_err(), "{bad:x?}");
+        }
     }
 
     #[test]
@@ -541,32 +547,41 @@ mod tests {
         let h = header();
         let (idle, interval) = (600_000, 60_000);
         // Last set at seen + idle: not due until the interval has passed.
-        assert_eq!(h.touch_target(h.seen_ms + 60_000, idle, interval), None);
         assert_eq!(
-            h.touch_target(h.seen_ms + 60_001, idle, interval),
+            h.touch_target(h.seen_ms + 60_000, idle, false, interval),
+            None
+        );
+        assert_eq!(
+            h.touch_target(h.seen_ms + 60_001, idle, false, interval),
             Some(h.seen_ms + 60_001 + idle)
         );
         // Never past the deadline, and nothing to slide at the deadline.
         assert_eq!(
-            h.touch_target(h.deadline_ms - 100_000, idle, interval),
+            h.touch_target(h.deadline_ms - 100_000, idle, false, interval),
             Some(h.deadline_ms)
         );
         let mut at_deadline = h;
         at_deadline.expires_ms = h.deadline_ms;
-        assert_eq!(at_deadline.touch_target(h.deadline_ms - 1, idle, 0), None);
-        // Another idle timeout than the one the expiry was set with (the
-        // session's own changed, or the layer's setting): due, even when
-        // earlier, so the header says the session's timeout again.
         assert_eq!(
-            h.touch_target(h.seen_ms + 1, 1_000, 0),
+            at_deadline.touch_target(h.deadline_ms - 1, idle, true, 0),
+            None
+        );
+        // The session's own idle timeout, but the expiry was set with
+        // another (an older version slid it by the layer's): due, even
+        // when earlier, so the header says the session's timeout again.
+        assert_eq!(
+            h.touch_target(h.seen_ms + 1, 1_000, true, 0),
             Some(h.seen_ms + 1 + 1_000)
         );
+        // The layer's idle timeout, set with another (instances with other
+        // settings share the session): the plain rule.
+        assert_eq!(h.touch_target(h.seen_ms + 1, 1_000, false, 0), None);
         assert_eq!(h.idle_estimate(5), idle, "expires - seen");
         let mut capped = h;
         capped.expires_ms = h.deadline_ms;
         assert_eq!(capped.idle_estimate(5), 5, "at the deadline: the default");
         assert_eq!(
-            capped.touch_target(h.deadline_ms - 10, 1, 0),
+            capped.touch_target(h.deadline_ms - 10, 1, true, 0),
             None,
             "nothing slides"
         );

@@ -57,7 +57,8 @@ impl SessionStore for MemoryBackend {
             // own idle timeout is in the body, and memory is cheap to read.)
             let (mut header, mut record) = layout::decode(Bytes::copy_from_slice(raw))?;
             let idle_ms = layout::idle_ms(&record, ms(request.idle));
-            let target = header.touch_target(now, idle_ms, ms(request.touch_interval));
+            let own = record.idle.is_some();
+            let target = header.touch_target(now, idle_ms, own, ms(request.touch_interval));
             if let Some(target) = target {
                 header.touch(target, now);
                 header.overwrite(raw);

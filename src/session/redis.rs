@@ -108,16 +108,19 @@ impl SessionStore for RedisBackend {
         // The idle timeout the expiry slides by: the session's own, read
         // off the record, or off the header alone for a touch-only check
         // (the script then reads the session's own, if any).
-        let idle_ms = match &record {
-            Some(record) => layout::idle_ms(record, ms(request.idle)),
-            None => header.idle_estimate(ms(request.idle)),
+        let (idle_ms, own) = match &record {
+            Some(record) => (
+                layout::idle_ms(record, ms(request.idle)),
+                record.idle.is_some(),
+            ),
+            None => (header.idle_estimate(ms(request.idle)), false),
         };
         // Redis's time unknown (at start, or the estimate is too old): ask
         // the script, which also measures it.
         let estimate = self.server_clock().estimate();
         let due = estimate.is_none_or(|now| {
             header
-                .touch_target(now, idle_ms, ms(request.touch_interval))
+                .touch_target(now, idle_ms, own, ms(request.touch_interval))
                 .is_some()
         });
         let (now, touched) = if due {

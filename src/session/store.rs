@@ -60,7 +60,10 @@ crate::seam::store_seam! {
         /// new expiry, `min(now + idle, deadline)`, would be later than the
         /// current one by more than [`LoadRequest::touch_interval`], where
         /// `idle` is the session's own ([`SessionRecord::idle`]) when it has
-        /// one, else [`LoadRequest::idle`].
+        /// one, else [`LoadRequest::idle`]. A session with its own whose
+        /// expiry was set with another (`expires − seen` differs, below the
+        /// deadline: an older version slid it) is touched too, even to an
+        /// earlier expiry.
         async fn load<'a, 'b, 'c>(
             &'a self,
             handle: &'b SessionHandle,

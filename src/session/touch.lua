@@ -41,28 +41,31 @@ local default = tonumber(ARGV[1])
 -- expires - seen. At the deadline nothing slides, whatever the timeout.
 local capped = h.expires >= h.deadline
 local implied = h.expires - h.seen
+-- The session's own idle timeout, read from the whole value; nil if none.
 local function own_idle()
-  local own = body(redis.call('GET', key)).i
-  return tonumber(own) or default
+  return tonumber(body(redis.call('GET', key)).i)
 end
-local idle
+local own
 if ARGV[3] == '?' then
-  if not capped and implied ~= default then idle = own_idle() else idle = default end
+  if not capped and implied ~= default then own = own_idle() end
 elseif h.revision ~= tonumber(ARGV[4]) then
-  idle = own_idle()
+  own = own_idle()
 else
-  idle = tonumber(ARGV[3]) or default
+  own = tonumber(ARGV[3])
 end
+local idle = own or default
 local target = math.min(now + idle, h.deadline)
 if target <= now then
   redis.call('DEL', key)
   return reply3(0, 0, now)
 end
 -- Due when it moves the expiry later by more than the interval, or when
--- the expiry was set with another idle timeout (the session's own changed,
--- or the layer's setting did): then even earlier, so the header says the
--- session's timeout again.
-local stale = not capped and implied ~= idle
+-- the session has its own idle timeout and the expiry was set with another
+-- (by an older version, which does not know it): then even earlier, so the
+-- header says the session's timeout again. (Without its own, the plain
+-- rule: instances with different layer settings sharing sessions must not
+-- undo each other's touches.)
+local stale = own ~= nil and not capped and implied ~= idle
 if target - h.expires <= tonumber(ARGV[2]) and not stale then
   return reply3(1, h.expires, now)
 end

@@ -253,8 +253,10 @@ crate::support::both_backends! { Fixture::new;
         assert_eq!(max_age(r.set_cookie().expect("sent")), None);
     }
 
-    a_changed_idle_timeout_takes_over_at_the_next_touch_even_when_shorter => |fx| {
-        // The layer's setting changes between deploys: 10 minutes, then 2.
+    instances_with_other_layer_settings_do_not_undo_each_others_touches => |fx| {
+        // Another instance (or the next deploy) with a 2-minute setting
+        // shares the session: the plain touch rule, so neither side moves
+        // the expiry earlier on every request.
         let mut c = Client::new(app(&fx));
         c.post("/set").await;
         assert!(near(ttl(&fx), 10 * MIN));
@@ -263,14 +265,72 @@ crate::support::both_backends! { Fixture::new;
                 .absolute_timeout(Duration::from_secs(30 * DAY))
                 .touch_interval(Duration::from_millis(1))
         }));
-        let mut later = Client::new(shorter);
-        later.cookie = c.cookie.clone();
+        let mut other = Client::new(shorter);
+        other.cookie = c.cookie.clone();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        // A request that does not use the session: the header alone.
-        assert_eq!(later.get("/untouched").await.status, StatusCode::OK);
-        assert!(near(ttl(&fx), 2 * MIN), "{:?}", ttls(&fx));
-        assert_eq!(later.get("/read").await.body, "Some(1)");
-        assert!(near(ttl(&fx), 2 * MIN));
+        assert_eq!(other.get("/untouched").await.status, StatusCode::OK);
+        assert_eq!(other.get("/read").await.body, "Some(1)");
+        assert!(near(ttl(&fx), 10 * MIN), "{:?}", ttls(&fx));
+    }
+}
+
+/// What a touch by an older version of the crate leaves on a session with
+/// its own idle timeout (it does not know it): the expiry slid by the
+/// layer's `idle`, from the store's time now.
+fn slide_as_an_older_version(fx: &Fixture, idle: Duration) {
+    let keys = fx.test.keys("session:*");
+    assert_eq!(keys.len(), 1);
+    let key = &keys[0];
+    let header = |now: u64| -> Vec<u8> {
+        let expires = now + idle.as_millis() as u64;
+        [(expires as f64).to_be_bytes(), (now as f64).to_be_bytes()].concat()
+    };
+    match fx.backend() {
+        Backend::Memory(memory) => memory.atomically(|ks| {
+            let now = ks.now_millis();
+            let Some(redis_layers::memory::Value::Bytes(b)) = ks.get_mut(key) else {
+                panic!("a session")
+            };
+            b[2..18].copy_from_slice(&header(now));
+            ks.expire_at_millis(key, now + idle.as_millis() as u64);
+        }),
+        _ => {
+            let mut admin = fx.server().admin();
+            let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut admin).unwrap();
+            let now = secs * 1000 + micros / 1000;
+            let _: () = redis::cmd("SETRANGE")
+                .arg(key)
+                .arg(2)
+                .arg(header(now))
+                .query(&mut admin)
+                .unwrap();
+            let _: () = redis::cmd("PEXPIRE")
+                .arg(key)
+                .arg(idle.as_millis() as u64)
+                .query(&mut admin)
+                .unwrap();
+        }
+    }
+}
+
+/// A session with its own idle timeout that an older version slid by the
+/// layer's (during a rolling deploy) gets its own back at the next touch of
+/// a full load, even though that moves the expiry.
+#[tokio::test]
+async fn a_touch_restores_an_own_idle_timeout_an_older_version_ignored() {
+    for kind in [crate::support::Kind::Memory, crate::support::Kind::Redis] {
+        for own in [7 * DAY, 2 * MIN] {
+            let fx = Fixture::new(kind);
+            let mut c = Client::new(app(&fx));
+            c.post("/set").await;
+            c.post(&format!("/shorten/{own}")).await;
+            assert!(near(ttl(&fx), own));
+            slide_as_an_older_version(&fx, Duration::from_secs(10 * MIN));
+            assert!(near(ttl(&fx), 10 * MIN));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert_eq!(c.get("/read").await.body, "Some(1)");
+            assert!(near(ttl(&fx), own), "{kind:?} {own}: {:?}", ttls(&fx));
+        }
     }
 }
 
