@@ -590,6 +590,7 @@ where
         // A value of another type under the key is no token.
         Err(SessionError::Deserialize { .. }) => None,
         Err(e) => {
+            crate::metrics::request("csrf", "store_error");
             let problem = e.problem();
             let kind = RefusalKind::StoreFailure;
             return Ok(refuse(&config, &parts, kind, problem));

@@ -32,7 +32,12 @@
 //!   `touched` (an unchanged session's expiry slid), `saved`, `created`,
 //!   `renewed` (a new id), `destroyed`, `conflict` (409: a concurrent
 //!   renewal won), `discarded` (a 5xx: nothing of the request kept),
-//!   `store_error`.
+//!   `store_error`;
+//! - `csrf` (unsafe methods on paths it checks): `same_origin` (passed by
+//!   `Sec-Fetch-Site` or `Origin`), `cross_origin` (403), `token` (passed
+//!   by the session's token), `bad_token` (403), `body_too_large` (413),
+//!   `body_unreadable` (400), `store_error` (the session could not be
+//!   read).
 //!
 //! Install the exporter before building the layers (per-rule counters
 //! are registered when a rate-limit layer is built).

@@ -303,6 +303,32 @@ fn the_metrics_move() {
             (1, 1, 1)
         );
 
+        // CSRF: by the headers, and without them by the token.
+        let csrf_app = Router::new()
+            .route("/f", post(|| async { "ok" }))
+            .layer(redis_layers::csrf::CsrfLayer::new())
+            .layer(redis_layers::session::SessionLayer::new(backend.clone()));
+        let form = |header: Option<(&str, &str)>| {
+            let mut req = Request::post("/f");
+            if let Some((name, value)) = header {
+                req = req.header(name, value);
+            }
+            req.body(Body::empty()).unwrap()
+        };
+        let cross = form(Some(("sec-fetch-site", "cross-site")));
+        assert_eq!(status(&csrf_app, cross).await, StatusCode::FORBIDDEN);
+        let same = form(Some(("sec-fetch-site", "same-origin")));
+        assert_eq!(status(&csrf_app, same).await, StatusCode::OK);
+        assert_eq!(status(&csrf_app, form(None)).await, StatusCode::FORBIDDEN);
+        assert_eq!(
+            (
+                requests("csrf", "cross_origin"),
+                requests("csrf", "same_origin"),
+                requests("csrf", "bad_token")
+            ),
+            (1, 1, 1)
+        );
+
         // Redis down: store errors by kind, and the layer's outcome.
         let locks = Locks::new(backend.clone());
         drop(
