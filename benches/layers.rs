@@ -592,6 +592,31 @@ fn scenarios() -> Vec<Scenario> {
                 })
             },
         },
+        // The backend's GET of `floor-1k`'s value: what a cache hit's
+        // payload costs through the backend (compare `cache-hit-redis`).
+        Scenario {
+            name: "backend-get-1k",
+            build: |ctx| {
+                Box::pin(async move {
+                    let backend = bench_backend(&ctx, ctx.prefix.clone());
+                    let key = backend.namespace().key(&["bench-1k"]);
+                    let router = Router::new()
+                        .route(
+                            "/",
+                            get(
+                                move |State((backend, key)): State<(RedisBackend, String)>| async move {
+                                    backend.get(&key).await.unwrap().unwrap_or_default()
+                                },
+                            ),
+                        )
+                        .with_state((backend, key));
+                    Target {
+                        router,
+                        request: plain_get("/"),
+                    }
+                })
+            },
+        },
         // The command a replay sends: `SET key value NX PX ms GET` on a
         // key that holds a record (the value is not written), with a
         // 45-byte value as the claim's: what the command costs next to a

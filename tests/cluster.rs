@@ -493,3 +493,88 @@ async fn losing_a_primary_to_its_replica_recovers_within_a_bounded_time() {
     assert_eq!(call(&app, "/limited", None).await.0, StatusCode::OK);
     eprintln!("recovered {recovered:?} after the primary died; {failures} reads failed meanwhile");
 }
+
+/// Established connections to `port` on this host and whether each has
+/// its keepalive timer armed, from `/proc/net/tcp` (Linux): a socket with
+/// `SO_KEEPALIVE` has the timer pending while it is idle (`tr` 2).
+#[cfg(target_os = "linux")]
+fn connections_to(port: u16) -> Vec<bool> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = u16::from_str_radix(fields[2].rsplit(':').next()?, 16).ok()?;
+            let established = fields[3] == "01";
+            let timer = u8::from_str_radix(fields[5].split(':').next()?, 16).ok()?;
+            (remote_port == port && established).then_some(timer == 2)
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_connections_probe_for_a_silent_host_and_a_paused_cluster_costs_the_deadline_only() {
+    let cluster = RedisCluster::start(3);
+    let deadline = Duration::from_millis(150);
+    let backend = RedisBackend::builder()
+        .cluster(cluster.nodes.iter().map(RedisServer::url))
+        .prefix("paused")
+        .deadline(deadline)
+        .build()
+        .unwrap();
+    // Keys on every node, so that every node's connection is open.
+    for i in 0..30 {
+        backend
+            .set(&format!("paused:k{i}"), b"v", None)
+            .await
+            .unwrap();
+    }
+    // No timer per request in redis-rs: a host gone without a word is
+    // found by TCP keepalive (and TCP_USER_TIMEOUT) on every node's
+    // connection instead.
+    for node in &cluster.nodes {
+        let connections = connections_to(node.port());
+        assert!(
+            connections.iter().any(|&keepalive| keepalive),
+            "a connection to node {} with keepalive: {connections:?}",
+            node.port()
+        );
+    }
+
+    // Every node paused: each call ends at the deadline, not later.
+    for node in &cluster.nodes {
+        let _: () = node.cmd(&["CLIENT", "PAUSE", "1000", "ALL"]);
+    }
+    let paused = Instant::now();
+    for i in 0..5 {
+        let started = Instant::now();
+        let err = backend.get(&format!("paused:k{i}")).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(took < deadline + Duration::from_millis(250), "{took:?}");
+    }
+    assert!(
+        paused.elapsed() < Duration::from_millis(1000),
+        "the pause outlasted the calls"
+    );
+
+    // Once the pause ends, the same backend answers again (the calls that
+    // timed out retired its connection; the next opens another).
+    tokio::time::sleep(Duration::from_millis(1000).saturating_sub(paused.elapsed())).await;
+    let started = Instant::now();
+    loop {
+        match backend.get("paused:k1").await {
+            Ok(v) => {
+                assert_eq!(v.as_deref(), Some(&b"v"[..]));
+                break;
+            }
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no recovery after the pause: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
