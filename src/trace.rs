@@ -138,46 +138,24 @@ impl Trace {
         self.counts.is_some()
     }
 
-    /// Runs `work`, the layer's own, counting its round trips; the span's
-    /// store fields are updated when it ends.
-    pub(crate) async fn measure<F: Future>(&self, work: F) -> F::Output {
-        match &self.counts {
-            None => work.await,
-            Some(counts) => {
-                let out = COUNTS.scope(Some(counts.clone()), work).await;
-                counts.record(&self.span);
-                out
-            }
-        }
-    }
-
-    /// [`measure`](Self::measure), owning the trace (for a future that
-    /// must be `'static`).
-    pub(crate) async fn measured<F: Future>(self, work: F) -> F::Output {
-        self.measure(work).await
-    }
-
-    /// Runs a layer's whole request (`work`) in the span, counting its
-    /// round trips except those of the inner service (call it through
-    /// [`unmeasured`]).
-    pub(crate) async fn run<F: Future>(self, work: F) -> F::Output {
-        let span = self.span.clone();
-        async move { self.measure(work).await }
-            .instrument(span)
-            .await
+    /// `work`, the layer's own, with its round trips counted when the
+    /// span is on; the span's store fields are updated when it ends.
+    pub(crate) fn measure<F: Future>(&self, work: F) -> Measure<F> {
+        self.clone().measuring(work)
     }
 }
 
 impl Trace {
-    /// `work` boxed: in the span and measured ([`run`](Self::run)) when the
-    /// span is on, else as it is (no wrapper to move it through: a
-    /// layer's future can be large).
+    /// `work` (a layer's whole request) boxed: when the span is on, run in
+    /// it with its round trips counted, except those of the inner service
+    /// (call it through [`unmeasured`]); else as it is.
     pub(crate) fn boxed<'a, F>(self, work: F) -> crate::BoxFuture<'a, F::Output>
     where
         F: Future + Send + 'a,
     {
         if self.is_on() {
-            Box::pin(self.run(work))
+            let span = self.span.clone();
+            Box::pin(self.measuring(work).instrument(span))
         } else {
             Box::pin(work)
         }
@@ -190,9 +168,59 @@ impl Trace {
         F: Future + Send + 'a,
     {
         if self.is_on() {
-            Box::pin(self.measured(work))
+            Box::pin(self.measuring(work))
         } else {
             Box::pin(work)
+        }
+    }
+
+    /// [`measure`](Self::measure), owning the trace.
+    fn measuring<F: Future>(self, work: F) -> Measure<F> {
+        match self.counts {
+            None => Measure::Off { work },
+            Some(counts) => Measure::On {
+                work: COUNTS.scope(Some(counts.clone()), work),
+                counts,
+                span: self.span,
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A layer's work, with its round trips counted when its span is on
+    /// ([`Trace::measure`]). A wrapper, not an `async fn`: that would hold
+    /// the work twice (as its argument and as what it awaits), and a
+    /// layer's future is kilobytes.
+    #[project = MeasureProj]
+    pub(crate) enum Measure<F: Future> {
+        Off {
+            #[pin]
+            work: F,
+        },
+        On {
+            #[pin]
+            work: tokio::task::futures::TaskLocalFuture<Option<Arc<Counts>>, F>,
+            counts: Arc<Counts>,
+            span: Span,
+        },
+    }
+}
+
+impl<F: Future> Future for Measure<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        match self.project() {
+            MeasureProj::Off { work } => work.poll(cx),
+            MeasureProj::On { work, counts, span } => {
+                let out = std::task::ready!(work.poll(cx));
+                counts.record(span);
+                std::task::Poll::Ready(out)
+            }
         }
     }
 }

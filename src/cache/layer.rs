@@ -492,7 +492,7 @@ where
         let config = self.config.clone();
         if is_read {
             // Read adds the purger only once the handler may run.
-            let read = counted(flow::read(config, inner, req, looked));
+            let read = read_future(config, inner, req, looked);
             return ResponseFuture::from_box(trace.boxed(read));
         }
         req.extensions_mut().insert(Purger::of(&config));
@@ -564,16 +564,56 @@ impl<T, E> fmt::Debug for ResponseFuture<T, E> {
     }
 }
 
+/// A GET's or HEAD's work: [`flow::read`], its outcome counted.
+fn read_future<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    inner: S,
+    req: Request<ReqBody>,
+    looked: bool,
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>> + Send
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    Counted {
+        read: flow::read(config, inner, req, looked),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A read, its outcome counted when it answers ([`count`]). A future
+    /// of its own rather than an `async fn` taking the read: that would
+    /// hold the read twice (as its argument and as what it awaits), and
+    /// the read's future is kilobytes.
+    struct Counted<F> {
+        #[pin]
+        read: F,
+    }
+}
+
+impl<F, B, E> Future for Counted<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let out = std::task::ready!(self.project().read.poll(cx));
+        count(&out);
+        Poll::Ready(out)
+    }
+}
+
 /// A read's outcome, from its `Cache-Status`: counted as a metric and
 /// recorded on the layer's span (when either listens).
-async fn counted<B, E>(
-    read: impl Future<Output = Result<Response<B>, E>>,
-) -> Result<Response<B>, E> {
-    let out = read.await;
+fn count<B, E>(out: &Result<Response<B>, E>) {
     if !cfg!(feature = "metrics") && !crate::trace::in_layer_span("cache") {
-        return out;
+        return;
     }
-    if let Ok(res) = &out {
+    if let Ok(res) = out {
         let status = res
             .headers()
             .get(CACHE_STATUS)
@@ -592,7 +632,6 @@ async fn counted<B, E>(
         };
         crate::trace::outcome("cache", outcome);
     }
-    out
 }
 
 impl<T, E> Future for ResponseFuture<T, E> {
@@ -614,5 +653,31 @@ impl<T, E> Future for ResponseFuture<T, E> {
                 Poll::Ready(out)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryBackend;
+
+    /// The read's future is what every request through the layer
+    /// allocates and moves: a wrapper holding it twice, or a store call
+    /// kept twice in its state (the mistakes that made it 15.7 KB), fails
+    /// here.
+    #[tokio::test]
+    async fn a_reads_future_stays_small() {
+        let layer = CacheLayer::builder(MemoryBackend::new()).build().unwrap();
+        let inner = tower::service_fn(|_: Request<String>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+        });
+        let read = read_future(
+            layer.config.clone(),
+            inner,
+            Request::new(String::new()),
+            false,
+        );
+        let size = std::mem::size_of_val(&read);
+        assert!(size <= 4096, "the read's future is {size} bytes");
     }
 }

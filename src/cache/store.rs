@@ -403,12 +403,23 @@ fn variant_of(read: Vec<Option<Vec<u8>>>) -> Option<Bytes> {
 
 impl CacheStore for RedisBackend {
     async fn lookup(&self, key: &str) -> Result<Option<Bytes>, Error> {
-        if split_key(key).1.is_some() {
-            let read: Vec<Option<Vec<u8>>> = self.query(&variant_read(self, key)).await?;
-            return Ok(variant_of(read));
-        }
-        let value = self.get(&entry_key(self.namespace(), key)).await?;
-        Ok(value.map(Bytes::from))
+        // One call whichever the command (a call's future is kilobytes,
+        // and two of them would both be part of every read's future).
+        let variant = split_key(key).1.is_some();
+        let cmd = if variant {
+            variant_read(self, key)
+        } else {
+            let mut get = ::redis::cmd("GET");
+            get.arg(entry_key(self.namespace(), key));
+            get
+        };
+        let read: ::redis::Value = self.query(&cmd).await?;
+        let decoded = if variant {
+            ::redis::from_redis_value(read).map(variant_of)
+        } else {
+            ::redis::from_redis_value::<Option<Vec<u8>>>(read).map(|v| v.map(Bytes::from))
+        };
+        decoded.map_err(|e| Error::decode("unexpected reply").with_source(e.to_string()))
     }
 
     async fn store(
