@@ -918,9 +918,59 @@ struct Outcome {
     elapsed: Duration,
     latencies_us: Vec<u32>,
     errors: u64,
+    /// CPU seconds (user and system) spent in the measured window by this
+    /// process, and by the `redis-server`s it started.
+    cpu: (f64, f64),
+}
+
+/// CPU seconds (user and system) process `pid` has used, from
+/// `/proc/<pid>/stat` (Linux; 0 elsewhere). In clock ticks of 10 ms.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command's name (which may hold spaces): the
+    // state first, utime and stime 11th and 12th.
+    let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 1)..]
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The `redis-server` processes this one started (the harness's own
+/// server or cluster nodes).
+fn redis_children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat[stat.rfind(')').map_or(0, |i| i + 1)..]
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_owned);
+            stat.contains("(redis-server)") && parent.as_deref() == Some(me.as_str())
+        })
+        .collect()
+}
+
+/// CPU seconds used so far by this process and by its `redis-server`s.
+fn cpu_now(servers: &[u32]) -> (f64, f64) {
+    (
+        cpu_secs(std::process::id()),
+        servers.iter().map(|pid| cpu_secs(*pid)).sum(),
+    )
 }
 
 impl Outcome {
+    /// Client and server CPU µs per request in the measured window.
+    fn cpu_per_request(&self) -> (f64, f64) {
+        let n = self.requests.max(1) as f64;
+        (self.cpu.0 * 1e6 / n, self.cpu.1 * 1e6 / n)
+    }
     fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -968,6 +1018,12 @@ async fn drive(target: Target, concurrency: usize, warmup: Duration, run: Durati
             (latencies, errors)
         }));
     }
+    // The CPU both sides use from the window's start to its end.
+    let servers = redis_children();
+    tokio::time::sleep_until(start.into()).await;
+    let before = cpu_now(&servers);
+    tokio::time::sleep_until(end.into()).await;
+    let after = cpu_now(&servers);
     let mut latencies_us = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -981,6 +1037,7 @@ async fn drive(target: Target, concurrency: usize, warmup: Duration, run: Durati
         elapsed: run,
         latencies_us,
         errors,
+        cpu: (after.0 - before.0, after.1 - before.1),
     }
 }
 
@@ -1213,11 +1270,21 @@ fn main() {
     };
     println!(
         "\nreq/s, p50 and p99: the round with the median throughput (floor: over all its runs);\n\
-         rps/floor and p50/floor: the median over rounds of the ratio to the floor run just before."
+         rps/floor and p50/floor: the median over rounds of the ratio to the floor run just before;\n\
+         cpu µs: CPU time per request of this process (client) and of the redis-servers it\n\
+         started (server), median over rounds (steadier than throughput on a shared VM)."
     );
     println!(
-        "\n{:<16} {:>11} {:>9} {:>9} {:>8} {:>10} {:>10}",
-        "scenario", "req/s", "p50 µs", "p99 µs", "errors", "rps/floor", "p50/floor"
+        "\n{:<16} {:>11} {:>9} {:>9} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "scenario",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "errors",
+        "rps/floor",
+        "p50/floor",
+        "client µs",
+        "server µs"
     );
     for name in order {
         if !results.contains_key(name) {
@@ -1231,8 +1298,11 @@ fn main() {
             ),
             None => (1.0, 1.0),
         };
+        let runs = &results[name];
+        let client = median(runs.iter().map(|r| r.cpu_per_request().0).collect());
+        let server = median(runs.iter().map(|r| r.cpu_per_request().1).collect());
         println!(
-            "{:<16} {:>11.0} {:>9.0} {:>9.0} {:>8} {:>10.2} {:>10.2}",
+            "{:<16} {:>11.0} {:>9.0} {:>9.0} {:>8} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
             name,
             o.rps(),
             o.percentile(0.50),
@@ -1240,6 +1310,8 @@ fn main() {
             o.errors,
             rps_ratio,
             p50_ratio,
+            client,
+            server,
         );
     }
     for (name, r) in bare_ratios {
