@@ -38,6 +38,34 @@ use tower::ServiceExt;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// The system allocator, counting allocations while `BENCH_ALLOCS=1`
+/// (a count per request is exact where throughput swings with the VM).
+struct Counting;
+
+static COUNT_ALLOCS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static ALLOCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if COUNT_ALLOCS.load(std::sync::atomic::Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        if COUNT_ALLOCS.load(std::sync::atomic::Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
 /// What every scenario gets to build its service.
 #[derive(Clone)]
 struct Ctx {
@@ -117,6 +145,35 @@ where
                     .arg(&key)
                     .query_async(&mut conn)
                     .await
+                    .unwrap();
+                v.unwrap_or_default()
+            }),
+        )
+        .with_state((conn, key));
+    Target {
+        router,
+        request: plain_get("/"),
+    }
+}
+
+/// [`floor_target`] with a deadline: the GET under one tokio timer of
+/// 2 s, as this crate's backend bounds every call (on one node the
+/// floor's connection has redis-rs's own reply timer of 500 ms, this one
+/// none: one timer either way; on a cluster the floor has none).
+fn floor_deadline_target<C>(conn: C, key: String) -> Target
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let router = Router::new()
+        .route(
+            "/",
+            get(|State((mut conn, key)): State<(C, String)>| async move {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(&key);
+                let get = cmd.query_async(&mut conn);
+                let v: Option<Vec<u8>> = tokio::time::timeout(Duration::from_secs(2), get)
+                    .await
+                    .unwrap()
                     .unwrap();
                 v.unwrap_or_default()
             }),
@@ -592,6 +649,26 @@ fn scenarios() -> Vec<Scenario> {
                 })
             },
         },
+        // The floor under a deadline's timer: what bounding a call costs.
+        Scenario {
+            name: "floor-deadline",
+            build: |ctx| {
+                Box::pin(async move {
+                    #[cfg(feature = "cluster")]
+                    if let Some(nodes) = &ctx.cluster {
+                        let client = redis::cluster::ClusterClient::new(nodes.to_vec()).unwrap();
+                        let conn = client.get_async_connection().await.unwrap();
+                        return floor_deadline_target(conn, format!("{}:bench", ctx.prefix));
+                    }
+                    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+                    let conn = raw_client(&ctx)
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .unwrap();
+                    floor_deadline_target(conn, format!("{}:bench", ctx.prefix))
+                })
+            },
+        },
         // The backend's GET of `floor-1k`'s value: what a cache hit's
         // payload costs through the backend (compare `cache-hit-redis`).
         Scenario {
@@ -921,6 +998,8 @@ struct Outcome {
     /// CPU seconds (user and system) spent in the measured window by this
     /// process, and by the `redis-server`s it started.
     cpu: (f64, f64),
+    /// Allocations made in the measured window (with `BENCH_ALLOCS=1`).
+    allocs: u64,
 }
 
 /// CPU seconds (user and system) process `pid` has used, from
@@ -934,7 +1013,12 @@ fn cpu_secs(pid: u32) -> f64 {
     let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 1)..]
         .split_whitespace()
         .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -1022,8 +1106,10 @@ async fn drive(target: Target, concurrency: usize, warmup: Duration, run: Durati
     let servers = redis_children();
     tokio::time::sleep_until(start.into()).await;
     let before = cpu_now(&servers);
+    let allocs_before = ALLOCS.load(std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep_until(end.into()).await;
     let after = cpu_now(&servers);
+    let allocs = ALLOCS.load(std::sync::atomic::Ordering::Relaxed) - allocs_before;
     let mut latencies_us = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -1038,6 +1124,7 @@ async fn drive(target: Target, concurrency: usize, warmup: Duration, run: Durati
         latencies_us,
         errors,
         cpu: (after.0 - before.0, after.1 - before.1),
+        allocs,
     }
 }
 
@@ -1070,6 +1157,8 @@ fn main() {
     let secs: f64 = env_or("BENCH_SECS", 3.0);
     let warmup: f64 = env_or("BENCH_WARMUP_SECS", 0.5);
     let rounds: usize = env_or("BENCH_ROUNDS", 1);
+    let count_allocs = std::env::var("BENCH_ALLOCS").is_ok_and(|v| v == "1");
+    COUNT_ALLOCS.store(count_allocs, std::sync::atomic::Ordering::Relaxed);
     let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
         .ok()
         .map(|s| s.split(',').map(|x| x.trim().to_owned()).collect());
@@ -1313,6 +1402,16 @@ fn main() {
             client,
             server,
         );
+    }
+    if count_allocs {
+        println!("\nallocations per request (all of this process's, the client's included):");
+        for (name, runs) in &results {
+            let per: Vec<f64> = runs
+                .iter()
+                .map(|r| r.allocs as f64 / r.requests.max(1) as f64)
+                .collect();
+            println!("{name:<24} {:>8.1}", median(per));
+        }
     }
     for (name, r) in bare_ratios {
         println!(
