@@ -11,7 +11,12 @@
 //! REDIS_URL=redis://127.0.0.1:6379 cargo bench        # use a running Redis
 //! BENCH_CLUSTER=1 cargo bench --features cluster     # a 3-primary cluster it starts
 //! BENCH_TLS=1 cargo bench --features tls             # over TLS (a CA made for the run)
+//! BENCH_ALLOCS=1 cargo bench                         # also allocations per request
 //! ```
+//!
+//! Beside the ratios, each scenario's CPU time per request is printed: this
+//! process's (`client µs`) and its `redis-server`s' (`server µs`), read
+//! from `/proc` over the measured window.
 //!
 //! With `BENCH_CLUSTER=1` the floor is a GET on a redis-rs cluster
 //! connection and every layer's backend is built with `.cluster(...)`.
