@@ -618,14 +618,17 @@ impl RedisBackendBuilder {
                 let mut builder =
                     ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
                         .connection_timeout(self.connection_timeout)
-                        // The deadline bounds every call; redis-rs sets
-                        // no timer of its own per request (a timer per
-                        // command measured 5-10% of the cluster's hot
-                        // paths). A host gone without a word is noticed
-                        // by the kernel instead, which fails the node's
-                        // connection and with it the requests waiting
-                        // on it, so they do not pile up.
-                        .tcp_settings(silent_host_settings());
+                        // The deadline bounds every call of ours. The
+                        // node connections' reply timer bounds what
+                        // redis-rs sends itself (the slot map, the PINGs
+                        // of a new connection, which hold up every slot
+                        // while they wait on a frozen node) and the
+                        // requests a node never answers, so they do not
+                        // pile up. It costs a timer per command; no
+                        // second, overall one on top.
+                        .response_timeout(Duration::from_secs(60))
+                        .overall_response_timeout(None)
+                        .tcp_settings(node_tcp_settings());
                 #[cfg(feature = "tls")]
                 if let Some(tls) = &self.tls {
                     builder = builder.certs(tls.certificates());
@@ -663,33 +666,40 @@ impl RedisBackendBuilder {
     }
 }
 
-/// A URL that does not parse (the URL itself is not repeated: it may hold
-/// a password).
-/// TCP settings for a cluster's node connections: keepalive probes on an
-/// idle connection, and on Linux `TCP_USER_TIMEOUT`, so that a node whose
-/// host vanished without closing its sockets fails its connection within
-/// [`SILENT_HOST`] (redis-rs then reconnects and asks for the slot map)
-/// rather than when the kernel's retransmissions give up, many minutes
-/// later. A node that is only slow or paused still acknowledges at the TCP
-/// level, so it is not cut off: its answers come when it resumes.
+/// TCP settings for a cluster's node connections: keepalive probes, so
+/// that an idle connection to a host that vanished without closing its
+/// sockets fails within about 30 s of quiet (Linux, macOS and the BSDs:
+/// [`KEEPALIVE_IDLE`], then three probes 5 s apart; elsewhere the
+/// system's probe interval and count), and redis-rs then reconnects and
+/// asks for the slot map, rather than when the next command's reply timer
+/// runs out. Probes only: a node that is
+/// paused still acknowledges at the TCP level and keeps its connection.
+/// (No `TCP_USER_TIMEOUT`: it also counts a full receive window, so it
+/// would cut off a paused node under load, and Redis would drop the
+/// commands it had received but not yet run.)
 #[cfg(feature = "cluster")]
-fn silent_host_settings() -> ::redis::io::tcp::TcpSettings {
+fn node_tcp_settings() -> ::redis::io::tcp::TcpSettings {
     use ::redis::io::tcp::socket2::TcpKeepalive;
-    let keepalive = TcpKeepalive::new()
-        .with_time(SILENT_HOST / 3)
-        .with_interval(SILENT_HOST / 6);
-    let settings = ::redis::io::tcp::TcpSettings::default().set_keepalive(keepalive);
-    #[cfg(target_os = "linux")]
-    let settings = settings.set_user_timeout(SILENT_HOST);
-    settings
+    let keepalive = TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "netbsd"
+    ))]
+    let keepalive = keepalive
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    ::redis::io::tcp::TcpSettings::default().set_keepalive(keepalive)
 }
 
-/// How long a cluster node's connection may go without the peer's TCP
-/// acknowledging what was sent (or answering keepalive probes) before it
-/// is closed as lost.
+/// How long a cluster node's connection stays idle before TCP probes it.
 #[cfg(feature = "cluster")]
-const SILENT_HOST: Duration = Duration::from_secs(30);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 
+/// A URL that does not parse (the URL itself is not repeated: it may hold
+/// a password).
 fn url_error(e: ::redis::RedisError) -> Error {
     Error::new(
         ErrorKind::Config,
