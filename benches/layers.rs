@@ -194,9 +194,21 @@ where
 /// cluster connection.
 #[cfg(feature = "cluster")]
 async fn cluster_floor(ctx: &Ctx, nodes: &[String], name: &str) -> Target {
+    cluster_target(ctx, nodes, name, floor_target).await
+}
+
+/// `make`'s target on a redis-rs cluster connection, for the key
+/// `{prefix}:<name>`.
+#[cfg(feature = "cluster")]
+async fn cluster_target(
+    ctx: &Ctx,
+    nodes: &[String],
+    name: &str,
+    make: fn(redis::cluster_async::ClusterConnection, String) -> Target,
+) -> Target {
     let client = redis::cluster::ClusterClient::new(nodes.to_vec()).unwrap();
     let conn = client.get_async_connection().await.unwrap();
-    floor_target(conn, format!("{}:{name}", ctx.prefix))
+    make(conn, format!("{}:{name}", ctx.prefix))
 }
 
 /// The values the raw scenarios read, on a cluster.
@@ -231,9 +243,18 @@ fn backend_target(
     ctx: Ctx,
     handle: fn(RedisBackend, String) -> BoxFuture<Vec<u8>>,
 ) -> BoxFuture<Target> {
+    backend_target_of(ctx, "bench", handle)
+}
+
+/// [`backend_target`] on the seeded value `name` (`bench`, `bench-1k`).
+fn backend_target_of(
+    ctx: Ctx,
+    name: &'static str,
+    handle: fn(RedisBackend, String) -> BoxFuture<Vec<u8>>,
+) -> BoxFuture<Target> {
     Box::pin(async move {
         let backend = bench_backend(&ctx, ctx.prefix.clone());
-        let key = backend.namespace().key(&["bench"]);
+        let key = backend.namespace().key(&[name]);
         let router = Router::new()
             .route(
                 "/",
@@ -661,9 +682,7 @@ fn scenarios() -> Vec<Scenario> {
                 Box::pin(async move {
                     #[cfg(feature = "cluster")]
                     if let Some(nodes) = &ctx.cluster {
-                        let client = redis::cluster::ClusterClient::new(nodes.to_vec()).unwrap();
-                        let conn = client.get_async_connection().await.unwrap();
-                        return floor_deadline_target(conn, format!("{}:bench", ctx.prefix));
+                        return cluster_target(&ctx, nodes, "bench", floor_deadline_target).await;
                     }
                     let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
                     let conn = raw_client(&ctx)
@@ -679,23 +698,8 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "backend-get-1k",
             build: |ctx| {
-                Box::pin(async move {
-                    let backend = bench_backend(&ctx, ctx.prefix.clone());
-                    let key = backend.namespace().key(&["bench-1k"]);
-                    let router = Router::new()
-                        .route(
-                            "/",
-                            get(
-                                move |State((backend, key)): State<(RedisBackend, String)>| async move {
-                                    backend.get(&key).await.unwrap().unwrap_or_default()
-                                },
-                            ),
-                        )
-                        .with_state((backend, key));
-                    Target {
-                        router,
-                        request: plain_get("/"),
-                    }
+                backend_target_of(ctx, "bench-1k", |backend, key| {
+                    Box::pin(async move { backend.get(&key).await.unwrap().unwrap_or_default() })
                 })
             },
         },
